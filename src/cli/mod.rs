@@ -1,0 +1,150 @@
+//! The command line: argument parsing, output formats and exit codes.
+//!
+//! Each subcommand lives in its own file and returns `Result<(), CliError>`; `main.rs`
+//! renders the error once and exits with its code. Exit codes are a contract:
+//! 0 success, 1 a failure in the data or the work, 2 bad usage or invalid configuration.
+//! Results go to stdout; status, warnings and progress go to stderr.
+
+pub mod output;
+pub mod pal_cmds;
+pub mod run;
+pub mod sql;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::pipeline::progress::Printer;
+use crate::store::{Store, StoreError};
+
+/// palpipe: preference data → leakage-free splits → embeddings → personalized reward models.
+///
+/// A store is a folder of Lance tables (items, prompts, pairs, users, embeddings, splits,
+/// models, runs). Pipelines (YAML) fill it; `sql` queries it; `train`, `eval` and `adapt`
+/// fit and test PAL heads on it.
+#[derive(Debug, Parser)]
+#[command(name = "palpipe", version, about, long_about = None, after_help = EXAMPLES)]
+pub struct Cli {
+    /// The store folder (default ./palstore, or the pipeline's `store:`).
+    #[arg(long, global = true, env = "PALPIPE_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// No status lines or progress bars on stderr (results and errors still print).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  palpipe run pipelines/synthetic.yaml --store /tmp/s
+  palpipe sql \"SELECT split, count(*) FROM pairs GROUP BY split\" --store /tmp/s
+  palpipe tables --store /tmp/s
+  palpipe eval --model synth-pal-a-k3 --split synthetic-test --store /tmp/s
+
+Exit codes: 0 ok, 1 failure in the data or the work, 2 bad usage or configuration.";
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline file: validate it, then run each stage whose inputs changed.
+    Run(run::RunArgs),
+    /// Run a read-only SQL query over the store's tables.
+    Sql(sql::SqlArgs),
+    /// List the store's tables with their current version and row count.
+    Tables(sql::TablesArgs),
+    /// Train a PAL head (or a baseline) on a named split.
+    Train(pal_cmds::TrainArgs),
+    /// Evaluate a trained model on a named split.
+    Eval(pal_cmds::EvalArgs),
+    /// Fit new users' mixture weights from a few of their comparisons and score the rest.
+    Adapt(pal_cmds::AdaptArgs),
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub error: anyhow::Error,
+}
+
+impl CliError {
+    pub fn usage(e: impl Into<anyhow::Error>) -> CliError {
+        CliError {
+            code: 2,
+            error: e.into(),
+        }
+    }
+    pub fn failure(e: impl Into<anyhow::Error>) -> CliError {
+        CliError {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> CliError {
+        let code = match e {
+            StoreError::NotAFolder(_)
+            | StoreError::Sql(_)
+            | StoreError::UnknownTable(_)
+            | StoreError::NoSuchVersion { .. } => 2,
+            _ => 1,
+        };
+        CliError {
+            code,
+            error: e.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> CliError {
+        CliError::failure(e)
+    }
+}
+
+/// Shared context every subcommand gets: where the store is and how to print.
+pub struct Ctx {
+    pub store_flag: Option<PathBuf>,
+    pub printer: Printer,
+}
+
+impl Ctx {
+    /// The store to use: --store / PALPIPE_STORE, else `fallback` (a pipeline's `store:`),
+    /// else ./palstore.
+    pub fn store(&self, fallback: Option<&str>) -> Result<Store, CliError> {
+        let path = self
+            .store_flag
+            .clone()
+            .or_else(|| fallback.map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("palstore"));
+        Ok(Store::open(path)?)
+    }
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::failure)
+}
+
+/// Runs the parsed command line.
+pub fn dispatch(cli: Cli) -> Result<(), CliError> {
+    let ctx = Ctx {
+        store_flag: cli.store,
+        printer: Printer::new(cli.quiet),
+    };
+    let rt = runtime()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Run(a) => run::run(&ctx, a).await,
+            Command::Sql(a) => sql::sql(&ctx, a).await,
+            Command::Tables(a) => sql::tables(&ctx, a).await,
+            Command::Train(a) => pal_cmds::train(&ctx, a).await,
+            Command::Eval(a) => pal_cmds::eval(&ctx, a).await,
+            Command::Adapt(a) => pal_cmds::adapt(&ctx, a).await,
+        }
+    })
+}

@@ -1,0 +1,253 @@
+//! `palpipe train`, `eval` and `adapt`: the same code the pipeline stages call, with flags.
+
+use serde_yaml::{Mapping, Value};
+
+use super::{CliError, Ctx};
+use crate::pipeline::pal_stages::{self, AdaptParams, EvalParams, TrainParams};
+use crate::pipeline::spec::{read_params, ParamError};
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example:\n  palpipe train --name pal-b-k2 --model pal-b --k 2 --train persona-train --val persona-val --encoder all-MiniLM-L6-v2"
+)]
+pub struct TrainArgs {
+    /// Name to register the model under in `models`.
+    #[arg(long)]
+    pub name: String,
+    /// pal-b | pal-a | bt (homogeneous reward, K = 1) | popularity
+    #[arg(long, default_value = "pal-b")]
+    pub model: String,
+    /// Number of prototypes K.
+    #[arg(long, default_value_t = 1)]
+    pub k: usize,
+    /// Split to train on (a name from the `splits` table).
+    #[arg(long)]
+    pub train: String,
+    /// Split that picks the checkpoint by lowest loss.
+    #[arg(long)]
+    pub val: Option<String>,
+    /// Encoder id, or a name when the store holds one encoder of that name.
+    #[arg(long)]
+    pub encoder: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Preference-space dimension d.
+    #[arg(long)]
+    pub d: Option<usize>,
+    /// Projector architecture for f and g_k, e.g. mlp2-gelu-dropout0 or mlp2-relu-dropout5-residual.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// logistic | hinge | smooth-hinge
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// mixture | partition
+    #[arg(long)]
+    pub mode: Option<String>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// A model name from the `models` table.
+    #[arg(long)]
+    pub model: String,
+    /// A split name from the `splits` table.
+    #[arg(long)]
+    pub split: String,
+    /// Print one JSON object (accuracy, ci95, n, ties, per_user, …) instead of a line.
+    #[arg(long)]
+    pub json: bool,
+    /// Bootstrap resamples over users for the users' interval.
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AdaptArgs {
+    /// A PAL model name from the `models` table.
+    #[arg(long)]
+    pub model: String,
+    /// Split holding the new users' comparisons.
+    #[arg(long)]
+    pub users: String,
+    /// Shots per user, comma-separated; 0 is zero-shot (the seen users' mean mixture).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,5,10,20")]
+    pub shots: Vec<usize>,
+    /// Steps fitting each new user's logits.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn set(m: &mut Mapping, key: &str, v: impl Into<Value>) {
+    m.insert(Value::String(key.into()), v.into());
+}
+
+fn params<T: serde::de::DeserializeOwned>(m: Mapping) -> Result<T, CliError> {
+    read_params(Value::Mapping(m)).map_err(|e| match e {
+        ParamError::Invalid { path, message } => CliError::usage(anyhow::anyhow!(
+            "--{}: {message}",
+            path.replace('.', "-").replace('_', "-")
+        )),
+        ParamError::UnknownKind => CliError::usage(anyhow::anyhow!("bad arguments")),
+    })
+}
+
+pub async fn train(ctx: &Ctx, a: TrainArgs) -> Result<(), CliError> {
+    let mut m = Mapping::new();
+    set(&mut m, "model", a.model.clone());
+    set(&mut m, "k", a.k as u64);
+    set(&mut m, "train", a.train.clone());
+    if let Some(v) = &a.val {
+        set(&mut m, "val", v.clone());
+    }
+    if let Some(e) = &a.encoder {
+        set(&mut m, "encoder", e.clone());
+    }
+    set(&mut m, "seed", a.seed);
+    let mut config = Mapping::new();
+    if let Some(d) = a.d {
+        set(&mut config, "d", d as u64);
+    }
+    if let Some(arch) = &a.arch {
+        set(&mut config, "item_arch", arch.clone());
+        set(&mut config, "prototype_arch", arch.clone());
+    }
+    if let Some(l) = &a.loss {
+        set(&mut config, "loss", l.clone());
+    }
+    if let Some(mo) = &a.mode {
+        set(&mut config, "mode", mo.clone());
+    }
+    let mut training = Mapping::new();
+    if let Some(e) = a.epochs {
+        set(&mut training, "epochs", e as u64);
+    }
+    if let Some(b) = a.batch_size {
+        set(&mut training, "batch_size", b as u64);
+    }
+    set(&mut m, "config", Value::Mapping(config));
+    set(&mut m, "training", Value::Mapping(training));
+    let p: TrainParams = params(m)?;
+    p.model_config().map_err(CliError::usage)?;
+    let store = ctx.store(None)?;
+    let _lock = store.lock()?;
+    let before = store.versions().await?;
+    match pal_stages::train_model(&store, &a.name, &p, None, ctx.printer).await {
+        Ok(t) => {
+            println!("trained '{}': {}", a.name, t.summary);
+            Ok(())
+        }
+        Err(e) => {
+            store.roll_back(&before).await?;
+            Err(classify(e))
+        }
+    }
+}
+
+/// Usage errors (bad configuration, unknown names) exit 2; the rest exit 1.
+fn classify(e: anyhow::Error) -> CliError {
+    let usage = e.chain().any(|c| {
+        c.downcast_ref::<crate::pal::PalError>()
+            .is_some_and(|p| p.is_usage())
+            || c.downcast_ref::<crate::pipeline::features::FeatureError>()
+                .is_some_and(|f| {
+                    matches!(
+                        f,
+                        crate::pipeline::features::FeatureError::NoSplit { .. }
+                            | crate::pipeline::features::FeatureError::NoEncoder { .. }
+                    )
+                })
+    }) || e.to_string().starts_with("no model named");
+    CliError {
+        code: if usage { 2 } else { 1 },
+        error: e,
+    }
+}
+
+pub async fn eval(ctx: &Ctx, a: EvalArgs) -> Result<(), CliError> {
+    let store = ctx.store(None)?;
+    let _lock = store.lock()?;
+    let p = EvalParams {
+        model: a.model.clone(),
+        split: a.split.clone(),
+        bootstrap: a.bootstrap,
+        seed: a.seed,
+    };
+    let r = pal_stages::eval_model(&store, &p).await.map_err(classify)?;
+    if a.json {
+        let mut v = pal_stages::summary_json(&r);
+        v["per_user"]["users_detail"] = serde_json::to_value(&r.users).unwrap_or_default();
+        v["model"] = a.model.clone().into();
+        v["split"] = a.split.clone().into();
+        println!("{v}");
+    } else {
+        println!("{} on '{}': {}", a.model, a.split, pal_stages::one_line(&r));
+        if let Some(ci) = &r.ci95_users {
+            println!(
+                "  95% CI over users (bootstrap, {} resamples): [{:.2}, {:.2}]",
+                a.bootstrap,
+                100.0 * ci.lo,
+                100.0 * ci.hi
+            );
+        }
+        if let Some(m) = &r.mixture {
+            let w: Vec<String> = m.mean_weight.iter().map(|x| format!("{x:.2}")).collect();
+            println!(
+                "  mixtures (K={}): mean weights [{}], users per top prototype {:?}, mean max weight {:.2}",
+                m.k,
+                w.join(", "),
+                m.argmax_users,
+                m.mean_max_weight
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
+    let store = ctx.store(None)?;
+    let _lock = store.lock()?;
+    let p = AdaptParams {
+        model: a.model.clone(),
+        users: a.users.clone(),
+        shots: a.shots.clone(),
+        steps: a
+            .steps
+            .unwrap_or_else(|| crate::pal::FewShotConfig::default().steps),
+        seed: a.seed,
+    };
+    let rows = pal_stages::adapt_model(&store, &p)
+        .await
+        .map_err(classify)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"model": a.model, "users": a.users, "results": rows})
+        );
+    } else {
+        println!(
+            "{:>6} {:>7} {:>10} {:>10}",
+            "shots", "users", "accuracy", "zero-shot"
+        );
+        for r in &rows {
+            println!(
+                "{:>6} {:>7} {:>9.2}% {:>9.2}%",
+                r.shots,
+                r.users,
+                100.0 * r.accuracy,
+                100.0 * r.zero_shot_accuracy
+            );
+        }
+    }
+    Ok(())
+}

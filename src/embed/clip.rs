@@ -1,0 +1,541 @@
+//! clip: CLIP image and text encoders through `candle_transformers::models::clip`.
+//!
+//! CLIP (Radford et al. 2021, §2.4) embeds an image with a ViT and a text with a causal
+//! transformer, each followed by a linear projection into a shared space; here both are
+//! L2-normalised so they can be compared by dot product. The model comes from a local
+//! folder in the Hugging Face layout (`config.json`, `model.safetensors`, `tokenizer.json`);
+//! no weights can be downloaded on palpipe's machines.
+//!
+//! - Config: HF's `config.json` is mapped by hand onto candle's `ClipConfig` (which has no
+//!   serde); only `quick_gelu` and layer-norm eps 1e-5 are supported (candle hard-codes both).
+//! - Images: OpenAI preprocessing — RGB, shortest side resized to `image_size` (bicubic,
+//!   `CatmullRom`), centre crop, scaled to [0, 1], normalised with CLIP's mean and std.
+//! - Text: tokenised, truncated and padded to `max_position_embeddings` (77), pooled at the
+//!   first end-of-text token (found on the host, so pad ids do not matter).
+//!
+//! The interface, device choice and errors live in `src/embed/mod.rs`; BERT sentence
+//! encoders live in `src/embed/bert.rs`. No parity fixture exists for CLIP yet.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::clip::text_model::{
+    Activation, ClipTextConfig, ClipTextTransformer,
+};
+use candle_transformers::models::clip::vision_model::{ClipVisionConfig, ClipVisionTransformer};
+use candle_transformers::models::clip::ClipConfig;
+use image::DynamicImage;
+use serde::Deserialize;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use super::{l2_normalize, read_file, require_file, weights_id, EmbedError};
+use super::{ImageEncoder, TextEncoder};
+
+/// Per-channel mean of OpenAI CLIP's training images (RGB).
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+/// Per-channel standard deviation of OpenAI CLIP's training images (RGB).
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// Default images (or texts) per forward pass.
+pub const DEFAULT_CLIP_BATCH_SIZE: usize = 16;
+
+/// A CLIP model whose image and text towers both embed into `projection_dim` floats.
+pub struct ClipEncoder {
+    text_model: ClipTextTransformer,
+    vision_model: ClipVisionTransformer,
+    text_projection: candle_nn::Linear,
+    visual_projection: candle_nn::Linear,
+    tokenizer: Tokenizer,
+    tokenizer_path: PathBuf,
+    device: Device,
+    id: String,
+    config: ClipConfig,
+    eot_id: u32,
+    pad_id: u32,
+    batch_size: usize,
+}
+
+impl std::fmt::Debug for ClipEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClipEncoder")
+            .field("id", &self.id)
+            .field("dim", &self.config.vision_config.projection_dim)
+            .field("image_size", &self.config.image_size)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+impl ClipEncoder {
+    /// Loads CLIP from a Hugging Face–layout folder `dir`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, EmbedError> {
+        if !dir.is_dir() {
+            let model = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+            return Err(EmbedError::MissingFile {
+                path: dir.to_path_buf(),
+                model: model.unwrap_or_else(|| "clip".to_string()),
+            });
+        }
+        let config_path = require_file(dir, "config.json")?;
+        let weights_path = require_file(dir, "model.safetensors")?;
+        let tokenizer_path = require_file(dir, "tokenizer.json")?;
+
+        let config = read_clip_config(&config_path)?;
+
+        let weights = read_file(&weights_path)?;
+        let id = weights_id(dir, &weights);
+        let vb =
+            VarBuilder::from_buffered_safetensors(weights, DType::F32, device).map_err(|e| {
+                EmbedError::CorruptWeights {
+                    path: weights_path.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        let mismatch = |reason: String| EmbedError::WeightsMismatch {
+            path: weights_path.clone(),
+            reason,
+        };
+        // candle silently draws a random class embedding when the tensor is absent.
+        if !vb.contains_tensor("vision_model.embeddings.class_embedding") {
+            return Err(mismatch(
+                "tensor 'vision_model.embeddings.class_embedding' is missing".into(),
+            ));
+        }
+        let load = || -> candle_core::Result<_> {
+            let text_model = ClipTextTransformer::new(vb.pp("text_model"), &config.text_config)?;
+            let vision_model =
+                ClipVisionTransformer::new(vb.pp("vision_model"), &config.vision_config)?;
+            let text_projection = candle_nn::linear_no_bias(
+                config.text_config.embed_dim,
+                config.text_config.projection_dim,
+                vb.pp("text_projection"),
+            )?;
+            let visual_projection = candle_nn::linear_no_bias(
+                config.vision_config.embed_dim,
+                config.vision_config.projection_dim,
+                vb.pp("visual_projection"),
+            )?;
+            Ok((text_model, vision_model, text_projection, visual_projection))
+        };
+        let (text_model, vision_model, text_projection, visual_projection) =
+            load().map_err(|e| mismatch(e.to_string()))?;
+
+        let tok_err = |reason: String| EmbedError::Tokenizer {
+            path: tokenizer_path.clone(),
+            reason,
+        };
+        let mut tokenizer =
+            Tokenizer::from_file(&tokenizer_path).map_err(|e| tok_err(e.to_string()))?;
+        let max_len = config.text_config.max_position_embeddings;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            }))
+            .map_err(|e| tok_err(e.to_string()))?;
+        let pad_id = tokenizer.get_padding().map(|p| p.pad_id).unwrap_or(0);
+        tokenizer.with_padding(None);
+        let eot_id = tokenizer
+            .token_to_id("<|endoftext|>")
+            .ok_or_else(|| tok_err("no '<|endoftext|>' token".into()))?;
+
+        Ok(Self {
+            text_model,
+            vision_model,
+            text_projection,
+            visual_projection,
+            tokenizer,
+            tokenizer_path,
+            device: device.clone(),
+            id,
+            config,
+            eot_id,
+            pad_id,
+            batch_size: DEFAULT_CLIP_BATCH_SIZE,
+        })
+    }
+
+    /// Embeds at most `batch_size` images or texts per forward pass (default 16).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Result<Self, EmbedError> {
+        if batch_size == 0 {
+            return Err(EmbedError::InvalidOption {
+                what: "batch size",
+                value: 0,
+                reason: "must be at least 1".into(),
+            });
+        }
+        self.batch_size = batch_size;
+        Ok(self)
+    }
+
+    /// Side of the square images the vision tower takes.
+    pub fn image_size(&self) -> usize {
+        self.config.image_size
+    }
+
+    /// Unnormalised-then-normalised image features of one batch of preprocessed images.
+    fn embed_image_batch(&self, images: &[&DynamicImage]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let s = self.config.image_size;
+        let mut pixels = Vec::with_capacity(images.len() * 3 * s * s);
+        for img in images {
+            pixels.extend(preprocess_image(img, s as u32));
+        }
+        let run = || -> candle_core::Result<Vec<Vec<f32>>> {
+            let x = Tensor::from_vec(pixels, (images.len(), 3, s, s), &self.device)?; // [B, 3, S, S]
+            let pooled = self.vision_model.forward(&x)?; // [B, D_v]
+            let z = self.visual_projection.forward(&pooled)?; // [B, P]
+            z.to_vec2::<f32>()
+        };
+        let mut out = run().map_err(EmbedError::candle("clip image forward pass"))?;
+        out.iter_mut().for_each(|v| l2_normalize(v));
+        Ok(out)
+    }
+
+    /// Text features of one batch: ids padded to 77, pooled at each text's first EOT.
+    fn embed_text_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EmbedError::Tokenizer {
+                path: self.tokenizer_path.clone(),
+                reason: e.to_string(),
+            })?;
+        let l = self.config.text_config.max_position_embeddings;
+        let b = texts.len();
+        let mut ids = vec![self.pad_id; b * l];
+        let mut eot_at = Vec::with_capacity(b);
+        for (row, e) in encodings.iter().enumerate() {
+            let t = e.get_ids();
+            ids[row * l..row * l + t.len()].copy_from_slice(t);
+            // Pool at the first end-of-text token; a tokenizer that adds none pools at the last.
+            eot_at.push(
+                t.iter()
+                    .position(|&i| i == self.eot_id)
+                    .unwrap_or(t.len().saturating_sub(1)),
+            );
+        }
+        let run = || -> candle_core::Result<Vec<Vec<f32>>> {
+            let ids = Tensor::from_vec(ids, (b, l), &self.device)?; // [B, L]
+            let h = self.text_model.forward_with_mask(&ids, usize::MAX)?; // [B, L, D_t]
+            let rows = eot_at
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| h.i((i, p))?.unsqueeze(0)) // [1, D_t]
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let pooled = Tensor::cat(&rows, 0)?; // [B, D_t]
+            let z = self.text_projection.forward(&pooled)?; // [B, P]
+            z.to_vec2::<f32>()
+        };
+        let mut out = run().map_err(EmbedError::candle("clip text forward pass"))?;
+        out.iter_mut().for_each(|v| l2_normalize(v));
+        Ok(out)
+    }
+}
+
+impl ImageEncoder for ClipEncoder {
+    fn encoder_id(&self) -> &str {
+        &self.id
+    }
+
+    fn dim(&self) -> usize {
+        self.config.vision_config.projection_dim
+    }
+
+    fn embed_images(&self, images: &[DynamicImage]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut out = Vec::with_capacity(images.len());
+        for chunk in images.chunks(self.batch_size) {
+            let refs: Vec<&DynamicImage> = chunk.iter().collect();
+            out.extend(self.embed_image_batch(&refs)?);
+        }
+        Ok(out)
+    }
+}
+
+impl TextEncoder for ClipEncoder {
+    fn encoder_id(&self) -> &str {
+        &self.id
+    }
+
+    fn dim(&self) -> usize {
+        self.config.text_config.projection_dim
+    }
+
+    fn embed_texts(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if let Some(index) = texts.iter().position(|t| t.trim().is_empty()) {
+            return Err(EmbedError::EmptyText { index });
+        }
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(self.batch_size) {
+            out.extend(self.embed_text_batch(chunk)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Decodes an encoded image (PNG or JPEG); `what` names it in the error.
+pub fn decode_image(bytes: &[u8], what: &str) -> Result<DynamicImage, EmbedError> {
+    image::load_from_memory(bytes).map_err(|e| EmbedError::Image {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// OpenAI CLIP preprocessing: RGB, shortest side → `size` (bicubic), centre crop
+/// `size`×`size`, [0, 1], minus [`CLIP_MEAN`], over [`CLIP_STD`]. Returns CHW floats.
+pub fn preprocess_image(img: &DynamicImage, size: u32) -> Vec<f32> {
+    let rgb = img.to_rgb8();
+    let (w, h) = rgb.dimensions();
+    // torchvision Resize(int): the short side becomes `size`, the long one int(size·long/short).
+    let (nw, nh) = if w <= h {
+        (
+            size,
+            ((size as u64 * h as u64) / w.max(1) as u64).max(1) as u32,
+        )
+    } else {
+        (
+            ((size as u64 * w as u64) / h.max(1) as u64).max(1) as u32,
+            size,
+        )
+    };
+    let resized = if (nw, nh) == (w, h) {
+        rgb
+    } else {
+        image::imageops::resize(&rgb, nw, nh, image::imageops::FilterType::CatmullRom)
+    };
+    // torchvision CenterCrop: offsets int(round((n - size) / 2)), ties to even.
+    let left = ((nw.saturating_sub(size)) as f64 / 2.0).round_ties_even() as u32;
+    let top = ((nh.saturating_sub(size)) as f64 / 2.0).round_ties_even() as u32;
+    let n = (size * size) as usize;
+    let mut out = vec![0f32; 3 * n];
+    for y in 0..size {
+        for x in 0..size {
+            let (sx, sy) = (left + x, top + y);
+            // A side shorter than `size` cannot happen after the resize; pad with 0 anyway.
+            let p = if sx < nw && sy < nh {
+                resized.get_pixel(sx, sy).0
+            } else {
+                [0, 0, 0]
+            };
+            let i = (y * size + x) as usize;
+            for c in 0..3 {
+                out[c * n + i] = (p[c] as f32 / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
+            }
+        }
+    }
+    out
+}
+
+/// HF `CLIPConfig` fields this encoder reads; defaults are HF's.
+#[derive(Debug, Deserialize)]
+struct HfClipConfig {
+    #[serde(default)]
+    text_config: HfTextConfig,
+    #[serde(default)]
+    vision_config: HfVisionConfig,
+    #[serde(default = "default_projection_dim")]
+    projection_dim: usize,
+    #[serde(default = "default_logit_scale")]
+    logit_scale_init_value: f32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct HfTextConfig {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    max_position_embeddings: usize,
+    hidden_act: String,
+    layer_norm_eps: f64,
+}
+
+impl Default for HfTextConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 512,
+            intermediate_size: 2048,
+            num_hidden_layers: 12,
+            num_attention_heads: 8,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct HfVisionConfig {
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_channels: usize,
+    image_size: usize,
+    patch_size: usize,
+    hidden_act: String,
+    layer_norm_eps: f64,
+}
+
+impl Default for HfVisionConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 32,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+fn default_projection_dim() -> usize {
+    512
+}
+
+fn default_logit_scale() -> f32 {
+    2.6592
+}
+
+/// Maps HF's `config.json` onto candle's `ClipConfig`, rejecting what candle cannot run.
+fn read_clip_config(path: &Path) -> Result<ClipConfig, EmbedError> {
+    let bytes = read_file(path)?;
+    let unsupported = |reason: String| EmbedError::UnsupportedConfig {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let hf: HfClipConfig =
+        serde_json::from_slice(&bytes).map_err(|e| unsupported(e.to_string()))?;
+    let (t, v) = (&hf.text_config, &hf.vision_config);
+    for (tower, act, eps) in [
+        ("text", &t.hidden_act, t.layer_norm_eps),
+        ("vision", &v.hidden_act, v.layer_norm_eps),
+    ] {
+        if act != "quick_gelu" {
+            return Err(unsupported(format!(
+                "{tower} hidden_act '{act}' (only 'quick_gelu' is supported)"
+            )));
+        }
+        if (eps - 1e-5).abs() > 1e-12 {
+            return Err(unsupported(format!(
+                "{tower} layer_norm_eps {eps} (only 1e-5 is supported)"
+            )));
+        }
+    }
+    for (tower, hidden, heads) in [
+        ("text", t.hidden_size, t.num_attention_heads),
+        ("vision", v.hidden_size, v.num_attention_heads),
+    ] {
+        if heads == 0 || hidden % heads != 0 {
+            return Err(unsupported(format!(
+                "{tower} hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
+            )));
+        }
+    }
+    if v.num_channels != 3 {
+        return Err(unsupported(format!(
+            "vision num_channels {} (only RGB, 3)",
+            v.num_channels
+        )));
+    }
+    if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        return Err(unsupported(format!(
+            "vision image_size {} is not a multiple of patch_size {}",
+            v.image_size, v.patch_size
+        )));
+    }
+    if t.max_position_embeddings < 2 {
+        return Err(unsupported(format!(
+            "text max_position_embeddings {}",
+            t.max_position_embeddings
+        )));
+    }
+    Ok(ClipConfig {
+        text_config: ClipTextConfig {
+            vocab_size: t.vocab_size,
+            embed_dim: t.hidden_size,
+            activation: Activation::QuickGelu,
+            intermediate_size: t.intermediate_size,
+            max_position_embeddings: t.max_position_embeddings,
+            pad_with: None,
+            num_hidden_layers: t.num_hidden_layers,
+            num_attention_heads: t.num_attention_heads,
+            projection_dim: hf.projection_dim,
+        },
+        vision_config: ClipVisionConfig {
+            embed_dim: v.hidden_size,
+            activation: Activation::QuickGelu,
+            intermediate_size: v.intermediate_size,
+            num_hidden_layers: v.num_hidden_layers,
+            num_attention_heads: v.num_attention_heads,
+            projection_dim: hf.projection_dim,
+            num_channels: v.num_channels,
+            image_size: v.image_size,
+            patch_size: v.patch_size,
+        },
+        logit_scale_init_value: hf.logit_scale_init_value,
+        image_size: v.image_size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_config_maps_hf_fields_and_rejects_gelu() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("config.json");
+        std::fs::write(
+            &p,
+            r#"{"projection_dim": 16, "text_config": {"hidden_size": 32, "num_attention_heads": 4,
+               "vocab_size": 100, "max_position_embeddings": 77},
+               "vision_config": {"hidden_size": 48, "num_attention_heads": 4, "image_size": 32,
+               "patch_size": 8}}"#,
+        )
+        .unwrap();
+        let c = read_clip_config(&p).unwrap();
+        assert_eq!(c.text_config.embed_dim, 32);
+        assert_eq!(c.vision_config.embed_dim, 48);
+        assert_eq!(c.text_config.projection_dim, 16);
+        assert_eq!(c.vision_config.projection_dim, 16);
+        assert_eq!(c.image_size, 32);
+        std::fs::write(&p, r#"{"vision_config": {"hidden_act": "gelu"}}"#).unwrap();
+        let e = read_clip_config(&p).unwrap_err();
+        assert!(e.to_string().contains("hidden_act 'gelu'"), "{e}");
+    }
+
+    #[test]
+    fn preprocess_crops_centre_and_normalises() {
+        // 4×2 image: left half black, right half white; shortest side 2 → crop 2×2 centre.
+        let mut img = image::RgbImage::new(4, 2);
+        for y in 0..2 {
+            for x in 2..4 {
+                img.put_pixel(x, y, image::Rgb([255, 255, 255]));
+            }
+        }
+        let px = preprocess_image(&DynamicImage::ImageRgb8(img), 2);
+        assert_eq!(px.len(), 3 * 4);
+        let black = (0.0 - CLIP_MEAN[0]) / CLIP_STD[0];
+        let white = (1.0 - CLIP_MEAN[0]) / CLIP_STD[0];
+        // centre crop of columns 1..3: column 1 black, column 2 white
+        assert!(
+            (px[0] - black).abs() < 1e-6 && (px[1] - white).abs() < 1e-6,
+            "{px:?}"
+        );
+    }
+
+    #[test]
+    fn missing_clip_folder_is_named() {
+        let e = ClipEncoder::load(Path::new("/nonexistent/clip-vit"), &Device::Cpu).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/clip-vit"), "{e}");
+    }
+}

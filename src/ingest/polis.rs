@@ -1,0 +1,777 @@
+//! `polis`: one Polis conversation (`<dir>/{summary,comments,votes}.csv`, the open-data export
+//! layout) turned into per-voter pairwise preferences. The folder's name is the conversation:
+//! the dataset is "polis/<conversation>", a voter's user id "polis/<conversation>/<voter-id>".
+//!
+//! Rules (from the data README):
+//! - the latest vote per (voter, statement) counts, by `timestamp`; on an equal timestamp the
+//!   later row of votes.csv wins;
+//! - statements with `moderated` = −1 are dropped (hidden from voters), and so are statements
+//!   with an empty body; votes on unknown or dropped statements are ignored;
+//! - for each voter, every statement voted agree (1) is preferred over every statement voted
+//!   disagree (−1); passes (0) give no pair. Statements are items keyed by their text, so two
+//!   statements with the same body are one item; an item a voter both agreed and disagreed with
+//!   (only possible through such duplicates) gives that voter no pair;
+//! - the context (the one prompt) is the conversation's `topic` from summary.csv.
+//!
+//! Voters with fewer than `min_pairs_per_user` pairs are dropped; a seeded `unseen_frac` of the
+//! remaining voters become unseen (every pair "unseen"); `max_pairs_per_user`, when given, caps
+//! a voter's pairs by a seeded sample without replacement (the floor applies before the cap).
+//! A seen voter's pairs are then split "test" / "val" / "train" by `test_frac` and `val_frac`.
+//! Only statements some pair uses are emitted as items (kind "text", text = `comment-body`).
+//! `users.group` is left empty: Polis's opinion groups are not in the export per voter.
+//! `source_ref` of a pair is "c<agreed comment-id>>c<disagreed comment-id>".
+//!
+//! Shared helpers (errors, CSV reading, seeded streams, splits) are in `common.rs`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    assign_splits, check_fractions, orient, read_csv, read_key_values, rng_for, CsvTable,
+    IngestError, ROLE_SEEN, ROLE_UNSEEN, SPLIT_UNSEEN,
+};
+use crate::store::records::{
+    content_id, pair_id, IngestBatch, ItemRow, PairRow, PromptRow, UserRow,
+};
+
+/// Parameters of a `polis` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// The conversation's folder (its name is the conversation). Required.
+    pub dir: PathBuf,
+    /// Cap on a voter's pairs, sampled with the seed. Default none (keep all).
+    #[serde(default)]
+    pub max_pairs_per_user: Option<usize>,
+    /// Voters with fewer agree-over-disagree pairs are dropped. Default 20.
+    #[serde(default = "default_min_pairs_per_user")]
+    pub min_pairs_per_user: usize,
+    /// Fraction of the kept voters held out as unseen users. Default 0.2.
+    #[serde(default = "default_unseen_frac")]
+    pub unseen_frac: f64,
+    /// Fraction of a seen voter's pairs tagged "test". Default 0.2.
+    #[serde(default = "default_test_frac")]
+    pub test_frac: f64,
+    /// Fraction of a seen voter's pairs tagged "val". Default 0.1.
+    #[serde(default = "default_val_frac")]
+    pub val_frac: f64,
+    /// Seed of every random draw. Default 0.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_min_pairs_per_user() -> usize {
+    20
+}
+fn default_unseen_frac() -> f64 {
+    0.2
+}
+fn default_test_frac() -> f64 {
+    0.2
+}
+fn default_val_frac() -> f64 {
+    0.1
+}
+
+impl Params {
+    /// Parameters with every default, reading the conversation in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Params {
+            dir: dir.into(),
+            max_pairs_per_user: None,
+            min_pairs_per_user: default_min_pairs_per_user(),
+            unseen_frac: default_unseen_frac(),
+            test_frac: default_test_frac(),
+            val_frac: default_val_frac(),
+            seed: 0,
+        }
+    }
+}
+
+/// The three files a conversation is read from.
+pub fn input_files(params: &Params) -> Vec<PathBuf> {
+    ["summary.csv", "comments.csv", "votes.csv"]
+        .iter()
+        .map(|f| params.dir.join(f))
+        .collect()
+}
+
+/// The conversation's name: the last component of `dir` (resolved when `dir` is "." or ends
+/// in "..").
+pub fn conversation(params: &Params) -> Result<String, IngestError> {
+    let name = match params.dir.file_name() {
+        Some(n) => Some(n.to_string_lossy().into_owned()),
+        None => params
+            .dir
+            .canonicalize()
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())),
+    };
+    match name {
+        Some(n) if !n.is_empty() && n != "." && n != ".." => Ok(n),
+        _ => Err(IngestError::bad_param(
+            "dir",
+            format!("'{}'", params.dir.display()),
+            "a conversation folder whose name names the conversation",
+        )),
+    }
+}
+
+/// The `dataset` value of this stage's rows: "polis/<conversation>".
+pub fn dataset_name(params: &Params) -> Result<String, IngestError> {
+    Ok(format!("polis/{}", conversation(params)?))
+}
+
+fn validate(p: &Params) -> Result<(), IngestError> {
+    if p.min_pairs_per_user == 0 {
+        return Err(IngestError::bad_param(
+            "min_pairs_per_user",
+            0,
+            "at least 1",
+        ));
+    }
+    if let Some(max) = p.max_pairs_per_user {
+        if max < p.min_pairs_per_user {
+            return Err(IngestError::bad_param(
+                "max_pairs_per_user",
+                max,
+                &format!("at least min_pairs_per_user ({})", p.min_pairs_per_user),
+            ));
+        }
+    }
+    if !(0.0..=1.0).contains(&p.unseen_frac) {
+        return Err(IngestError::bad_param(
+            "unseen_frac",
+            p.unseen_frac,
+            "a fraction in [0, 1]",
+        ));
+    }
+    check_fractions(p.test_frac, p.val_frac)
+}
+
+fn bad_value(table: &CsvTable, line: u64, field: &str, found: &str, expected: &str) -> IngestError {
+    IngestError::BadValue {
+        path: table.path.clone(),
+        line,
+        field: field.to_string(),
+        found: found.to_string(),
+        expected: expected.to_string(),
+    }
+}
+
+fn parse_int(table: &CsvTable, line: u64, field: &str, raw: &str) -> Result<i64, IngestError> {
+    raw.trim()
+        .parse::<i64>()
+        .map_err(|_| bad_value(table, line, field, raw, "an integer"))
+}
+
+/// The conversation's topic from summary.csv.
+fn read_topic(path: &Path) -> Result<String, IngestError> {
+    for (line, key, value) in read_key_values(path)? {
+        if key == "topic" {
+            let topic = value.trim().to_string();
+            if topic.is_empty() {
+                return Err(IngestError::BadValue {
+                    path: path.to_path_buf(),
+                    line,
+                    field: "topic".to_string(),
+                    found: value,
+                    expected: "a non-empty topic".to_string(),
+                });
+            }
+            return Ok(topic);
+        }
+    }
+    Err(IngestError::MissingKey {
+        path: path.to_path_buf(),
+        key: "topic".to_string(),
+    })
+}
+
+/// A usable statement.
+struct Statement {
+    comment_id: String,
+    text: String,
+    item_id: String,
+}
+
+/// comment-id → statement, for the statements that are neither moderated out nor empty.
+fn read_statements(path: &Path) -> Result<HashMap<String, Statement>, IngestError> {
+    let table = read_csv(path, &["comment-id", "moderated", "comment-body"])?;
+    let mut lines: HashMap<String, u64> = HashMap::new();
+    let mut out = HashMap::new();
+    for (line, rec) in &table.records {
+        let cid = table.get(rec, "comment-id").trim().to_string();
+        if cid.is_empty() {
+            return Err(bad_value(&table, *line, "comment-id", "", "a comment id"));
+        }
+        if let Some(first) = lines.insert(cid.clone(), *line) {
+            return Err(bad_value(
+                &table,
+                *line,
+                "comment-id",
+                &cid,
+                &format!("an id not already used on line {first}"),
+            ));
+        }
+        let raw = table.get(rec, "moderated");
+        let moderated = parse_int(&table, *line, "moderated", raw)?;
+        if !(-1..=1).contains(&moderated) {
+            return Err(bad_value(&table, *line, "moderated", raw, "-1, 0 or 1"));
+        }
+        let text = table.get(rec, "comment-body").trim().to_string();
+        if moderated == -1 || text.is_empty() {
+            continue;
+        }
+        let item_id = content_id(text.as_bytes());
+        out.insert(
+            cid.clone(),
+            Statement {
+                comment_id: cid,
+                text,
+                item_id,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// (voter, comment-id) → latest vote (1, 0 or −1).
+fn read_latest_votes(path: &Path) -> Result<BTreeMap<(String, String), i64>, IngestError> {
+    let table = read_csv(path, &["timestamp", "comment-id", "voter-id", "vote"])?;
+    let mut latest: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    for (line, rec) in &table.records {
+        let ts = parse_int(&table, *line, "timestamp", table.get(rec, "timestamp"))?;
+        let raw = table.get(rec, "vote");
+        let vote = parse_int(&table, *line, "vote", raw)?;
+        if !(-1..=1).contains(&vote) {
+            return Err(bad_value(
+                &table,
+                *line,
+                "vote",
+                raw,
+                "1 (agree), -1 (disagree) or 0 (pass)",
+            ));
+        }
+        let voter = table.get(rec, "voter-id").trim().to_string();
+        let cid = table.get(rec, "comment-id").trim().to_string();
+        if voter.is_empty() {
+            return Err(bad_value(&table, *line, "voter-id", "", "a voter id"));
+        }
+        let slot = latest.entry((voter, cid)).or_insert((ts, vote));
+        if ts >= slot.0 {
+            *slot = (ts, vote);
+        }
+    }
+    Ok(latest.into_iter().map(|(k, (_, v))| (k, v)).collect())
+}
+
+/// Sort key for voter and comment ids: numeric ids in numeric order, then the rest as text.
+fn id_key(v: &str) -> (u64, String) {
+    (v.parse::<u64>().unwrap_or(u64::MAX), v.to_string())
+}
+
+/// Reads the conversation and builds its comparisons.
+pub fn ingest(p: &Params) -> Result<IngestBatch, IngestError> {
+    validate(p)?;
+    let conv = conversation(p)?;
+    let dataset = format!("polis/{conv}");
+    for path in input_files(p) {
+        if !path.exists() {
+            return Err(IngestError::MissingFile { path });
+        }
+    }
+    let topic = read_topic(&p.dir.join("summary.csv"))?;
+    let statements = read_statements(&p.dir.join("comments.csv"))?;
+    let votes = read_latest_votes(&p.dir.join("votes.csv"))?;
+
+    // Per voter: agreed and disagreed items (item id → the statement standing for it).
+    type Side<'a> = BTreeMap<&'a str, &'a Statement>;
+    let mut by_voter: BTreeMap<String, (Side, Side)> = BTreeMap::new();
+    for ((voter, cid), vote) in &votes {
+        let Some(s) = statements.get(cid) else {
+            continue;
+        };
+        let entry = by_voter.entry(voter.clone()).or_default();
+        let side = match vote {
+            1 => &mut entry.0,
+            -1 => &mut entry.1,
+            _ => continue,
+        };
+        // Among statements sharing a text, the lowest comment id stands for the item.
+        let slot = side.entry(s.item_id.as_str()).or_insert(s);
+        if id_key(&s.comment_id) < id_key(&slot.comment_id) {
+            *slot = s;
+        }
+    }
+    let mut eligible: Vec<(String, Vec<&Statement>, Vec<&Statement>)> = Vec::new();
+    for (voter, (agreed, disagreed)) in by_voter {
+        let both: BTreeSet<&str> = agreed
+            .keys()
+            .filter(|k| disagreed.contains_key(*k))
+            .copied()
+            .collect();
+        let a: Vec<&Statement> = agreed
+            .iter()
+            .filter(|(k, _)| !both.contains(*k))
+            .map(|(_, s)| *s)
+            .collect();
+        let d: Vec<&Statement> = disagreed
+            .iter()
+            .filter(|(k, _)| !both.contains(*k))
+            .map(|(_, s)| *s)
+            .collect();
+        if a.len() * d.len() >= p.min_pairs_per_user {
+            eligible.push((voter, a, d));
+        }
+    }
+    if eligible.is_empty() {
+        return Err(IngestError::NoData {
+            path: p.dir.clone(),
+            what: format!(
+                "no voter has at least {} agree-over-disagree pairs\nhint: lower 'min_pairs_per_user'",
+                p.min_pairs_per_user
+            ),
+        });
+    }
+    eligible.sort_by_key(|(v, _, _)| id_key(v));
+
+    // Which voters are unseen: a seeded shuffle of the eligible voters, the first n_unseen.
+    let n_unseen = ((eligible.len() as f64) * p.unseen_frac).round() as usize;
+    let mut order: Vec<usize> = (0..eligible.len()).collect();
+    order.shuffle(&mut rng_for(p.seed, "unseen"));
+    let mut unseen = vec![false; eligible.len()];
+    for &i in order.iter().take(n_unseen) {
+        unseen[i] = true;
+    }
+
+    let prompt_id = content_id(topic.as_bytes());
+    let mut batch = IngestBatch::default();
+    batch.prompts.push(PromptRow {
+        prompt_id: prompt_id.clone(),
+        text: topic,
+        source: dataset.clone(),
+    });
+    let mut item_seen: BTreeSet<&str> = BTreeSet::new();
+    for (i, (voter, agreed, disagreed)) in eligible.iter().enumerate() {
+        let user_id = format!("{dataset}/{voter}");
+        let mut rng = rng_for(p.seed, &format!("user:{user_id}"));
+        let total = agreed.len() * disagreed.len();
+        let keep: Vec<usize> = match p.max_pairs_per_user {
+            Some(max) if total > max => {
+                let mut picks = rand::seq::index::sample(&mut rng, total, max).into_vec();
+                picks.sort_unstable();
+                picks
+            }
+            _ => (0..total).collect(),
+        };
+        let splits = if unseen[i] {
+            vec![SPLIT_UNSEEN; keep.len()]
+        } else {
+            assign_splits(keep.len(), p.test_frac, p.val_frac, &mut rng)
+        };
+        for (k, split) in keep.into_iter().zip(splits) {
+            let a = agreed[k / disagreed.len()];
+            let d = disagreed[k % disagreed.len()];
+            for s in [a, d] {
+                if item_seen.insert(&s.item_id) {
+                    batch.items.push(ItemRow {
+                        item_id: s.item_id.clone(),
+                        kind: "text".to_string(),
+                        text: Some(s.text.clone()),
+                        bytes: None,
+                        source: dataset.clone(),
+                        parent_id: None,
+                    });
+                }
+            }
+            let (left, right, label) = orient(&a.item_id, &d.item_id, &mut rng);
+            batch.pairs.push(PairRow {
+                pair_id: pair_id(&user_id, Some(&prompt_id), left, right, &label.to_string()),
+                user_id: user_id.clone(),
+                prompt_id: Some(prompt_id.clone()),
+                left_id: left.to_string(),
+                right_id: right.to_string(),
+                label,
+                dataset: dataset.clone(),
+                split: split.to_string(),
+                source_ref: Some(format!("c{}>c{}", a.comment_id, d.comment_id)),
+            });
+        }
+        batch.users.push(UserRow {
+            user_id,
+            dataset: dataset.clone(),
+            group: None,
+            role: if unseen[i] { ROLE_UNSEEN } else { ROLE_SEEN }.to_string(),
+        });
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    const CONVERSATIONS: [&str; 4] = [
+        "canadian-electoral-reform",
+        "football-concussions",
+        "scoop-hivemind.biodiversity",
+        "scoop-hivemind.taxes",
+    ];
+
+    fn conv_dir(name: &str) -> PathBuf {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/polis")).join(name)
+    }
+
+    /// An independent pass over the raw files: per voter, (agreed texts, disagreed texts) after
+    /// latest-vote and moderation rules.
+    fn rederive(dir: &Path) -> BTreeMap<String, (HashSet<String>, HashSet<String>)> {
+        let mut comments = csv::Reader::from_path(dir.join("comments.csv")).unwrap();
+        let h = comments.headers().unwrap().clone();
+        let col = |name: &str| h.iter().position(|x| x == name).unwrap();
+        let (cid, moderated, body) = (col("comment-id"), col("moderated"), col("comment-body"));
+        let mut text_of: HashMap<String, String> = HashMap::new();
+        for r in comments.records() {
+            let r = r.unwrap();
+            if &r[moderated] != "-1" && !r[body].trim().is_empty() {
+                text_of.insert(r[cid].to_string(), r[body].trim().to_string());
+            }
+        }
+        let mut votes = csv::Reader::from_path(dir.join("votes.csv")).unwrap();
+        let h = votes.headers().unwrap().clone();
+        let col = |name: &str| h.iter().position(|x| x == name).unwrap();
+        let (ts, vcid, voter, vote) = (
+            col("timestamp"),
+            col("comment-id"),
+            col("voter-id"),
+            col("vote"),
+        );
+        let mut latest: HashMap<(String, String), (u64, String)> = HashMap::new();
+        for r in votes.records() {
+            let r = r.unwrap();
+            let t: u64 = r[ts].parse().unwrap();
+            let key = (r[voter].to_string(), r[vcid].to_string());
+            let keep = latest.get(&key).is_none_or(|(old, _)| t >= *old);
+            if keep {
+                latest.insert(key, (t, r[vote].to_string()));
+            }
+        }
+        let mut out: BTreeMap<String, (HashSet<String>, HashSet<String>)> = BTreeMap::new();
+        for ((v, c), (_, x)) in latest {
+            let Some(text) = text_of.get(&c) else {
+                continue;
+            };
+            let e = out.entry(v).or_default();
+            match x.as_str() {
+                "1" => e.0.insert(text.clone()),
+                "-1" => e.1.insert(text.clone()),
+                _ => false,
+            };
+        }
+        out
+    }
+
+    fn check_conversation(name: &str, params: &Params) -> (usize, usize, usize) {
+        let dir = conv_dir(name);
+        let expect = rederive(&dir);
+        let batch = ingest(params).unwrap();
+        let texts: HashMap<&str, &str> = batch
+            .items
+            .iter()
+            .map(|i| (i.item_id.as_str(), i.text.as_deref().unwrap()))
+            .collect();
+        let eligible: BTreeMap<String, usize> = expect
+            .iter()
+            .map(|(v, (a, d))| (format!("polis/{name}/{v}"), a.len() * d.len()))
+            .filter(|(_, n)| *n >= params.min_pairs_per_user)
+            .collect();
+        assert_eq!(batch.users.len(), eligible.len(), "{name}: users");
+        let n_unseen = batch.users.iter().filter(|u| u.role == "unseen").count();
+        assert_eq!(
+            n_unseen,
+            ((eligible.len() as f64) * 0.2).round() as usize,
+            "{name}: unseen voters"
+        );
+
+        let mut per_user: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+        let mut left = 0usize;
+        for pair in &batch.pairs {
+            let voter = pair.user_id.rsplit('/').next().unwrap();
+            let (agreed, disagreed) = &expect[voter];
+            let (pref, other) = if pair.label == -1 {
+                (&pair.left_id, &pair.right_id)
+            } else {
+                (&pair.right_id, &pair.left_id)
+            };
+            assert!(
+                agreed.contains(texts[pref.as_str()]),
+                "{name}: preferred was not agreed"
+            );
+            assert!(
+                disagreed.contains(texts[other.as_str()]),
+                "{name}: other was not disagreed"
+            );
+            assert_eq!(pair.dataset, format!("polis/{name}"));
+            left += (pair.label == -1) as usize;
+            *per_user
+                .entry(&pair.user_id)
+                .or_default()
+                .entry(&pair.split)
+                .or_default() += 1;
+        }
+        let roles: HashMap<&str, &str> = batch
+            .users
+            .iter()
+            .map(|u| (u.user_id.as_str(), u.role.as_str()))
+            .collect();
+        for (user, n_before_cap) in &eligible {
+            let splits = &per_user[user.as_str()];
+            let n: usize = splits.values().sum();
+            assert_eq!(
+                n,
+                params
+                    .max_pairs_per_user
+                    .map_or(*n_before_cap, |m| m.min(*n_before_cap)),
+                "{user}"
+            );
+            if roles[user.as_str()] == "unseen" {
+                assert_eq!(splits.keys().copied().collect::<Vec<_>>(), vec!["unseen"]);
+            } else {
+                let test = (n as f64 * 0.2).round() as usize;
+                let val = (n as f64 * 0.3).round() as usize - test;
+                assert_eq!(splits.get("test").copied().unwrap_or(0), test, "{user}");
+                assert_eq!(splits.get("val").copied().unwrap_or(0), val, "{user}");
+                assert_eq!(
+                    splits.get("train").copied().unwrap_or(0),
+                    n - test - val,
+                    "{user}"
+                );
+            }
+        }
+        let frac = left as f64 / batch.pairs.len() as f64;
+        assert!(
+            (0.48..0.52).contains(&frac),
+            "{name}: left preferred {frac}"
+        );
+        let ids: HashSet<&str> = batch.pairs.iter().map(|p| p.pair_id.as_str()).collect();
+        assert_eq!(ids.len(), batch.pairs.len(), "{name}: pair ids unique");
+        assert_eq!(batch.prompts.len(), 1);
+        (batch.pairs.len(), batch.users.len(), n_unseen)
+    }
+
+    #[test]
+    fn real_conversations_match_an_independent_count() {
+        for name in CONVERSATIONS {
+            let (pairs, users, unseen) = check_conversation(name, &Params::new(conv_dir(name)));
+            eprintln!("polis {name}: {pairs} pairs, {users} voters kept, {unseen} unseen");
+        }
+    }
+
+    #[test]
+    fn cap_limits_pairs_per_voter() {
+        let name = "canadian-electoral-reform";
+        let mut p = Params::new(conv_dir(name));
+        p.max_pairs_per_user = Some(50);
+        let (pairs, users, _) = check_conversation(name, &p);
+        eprintln!("polis {name} capped at 50: {pairs} pairs, {users} voters");
+        assert!(pairs <= users * 50);
+    }
+
+    #[test]
+    fn topic_is_the_prompt_and_runs_repeat() {
+        let p = Params::new(conv_dir("scoop-hivemind.taxes"));
+        let a = ingest(&p).unwrap();
+        assert_eq!(a.prompts[0].text, "Tax HiveMind Window");
+        let b = ingest(&p).unwrap();
+        assert_eq!(a.pairs, b.pairs);
+        let c = ingest(&Params { seed: 1, ..p }).unwrap();
+        assert_ne!(a.pairs, c.pairs);
+        assert!(a.users[0]
+            .user_id
+            .starts_with("polis/scoop-hivemind.taxes/"));
+    }
+
+    fn fixture(dir: &Path) {
+        std::fs::write(
+            dir.join("summary.csv"),
+            "topic,Tiny talk\nurl,https://example.org\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("comments.csv"),
+            "timestamp,datetime,comment-id,author-id,agrees,disagrees,moderated,comment-body\n\
+             1,x,0,0,0,0,1,Alpha\n2,x,1,0,0,0,1,\"Beta, with a comma\"\n3,x,2,0,0,0,-1,Gamma\n\
+             4,x,3,0,0,0,0,Delta\n5,x,4,0,0,0,1,Alpha\n",
+        )
+        .unwrap();
+        // Voter 7: agrees 0 then changes to disagree; agrees 1; agrees 2 (moderated out);
+        // disagrees 3; passes 4. Voter 8: agrees 0 and disagrees 4 (same text "Alpha").
+        std::fs::write(
+            dir.join("votes.csv"),
+            "timestamp,datetime,comment-id,voter-id,vote\n\
+             10,x,0,7,1\n5,x,3,7,-1\n30,x,0,7,-1\n11,x,1,7,1\n12,x,2,7,1\n13,x,4,7,0\n\
+             10,x,0,8,1\n11,x,4,8,-1\n12,x,1,8,-1\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn fixture_rules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tiny");
+        std::fs::create_dir(&dir).unwrap();
+        fixture(&dir);
+        let mut p = Params::new(&dir);
+        p.min_pairs_per_user = 1;
+        p.unseen_frac = 0.0;
+        let batch = ingest(&p).unwrap();
+        let texts: HashMap<&str, &str> = batch
+            .items
+            .iter()
+            .map(|i| (i.item_id.as_str(), i.text.as_deref().unwrap()))
+            .collect();
+        let mut got: Vec<(String, String, String)> = batch
+            .pairs
+            .iter()
+            .map(|pair| {
+                let (a, d) = if pair.label == -1 {
+                    (&pair.left_id, &pair.right_id)
+                } else {
+                    (&pair.right_id, &pair.left_id)
+                };
+                (
+                    pair.user_id.clone(),
+                    texts[a.as_str()].to_string(),
+                    texts[d.as_str()].to_string(),
+                )
+            })
+            .collect();
+        got.sort();
+        let want = vec![
+            (
+                "polis/tiny/7".to_string(),
+                "Beta, with a comma".to_string(),
+                "Alpha".to_string(),
+            ),
+            (
+                "polis/tiny/7".to_string(),
+                "Beta, with a comma".to_string(),
+                "Delta".to_string(),
+            ),
+        ];
+        // Voter 8 agreed and disagreed with "Alpha" (two comments, one text): no Alpha pair;
+        // "Beta" was disagreed but nothing else agreed, so voter 8 has no pair and is dropped.
+        assert_eq!(got, want);
+        assert_eq!(batch.users.len(), 1);
+        assert_eq!(batch.prompts[0].text, "Tiny talk");
+        assert_eq!(batch.items.len(), 3);
+    }
+
+    #[test]
+    fn bad_inputs_name_file_line_and_column() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tiny");
+        std::fs::create_dir(&dir).unwrap();
+        let mut p = Params::new(&dir);
+        p.min_pairs_per_user = 1;
+
+        fixture(&dir);
+        std::fs::remove_file(dir.join("votes.csv")).unwrap();
+        let err = ingest(&p).unwrap_err();
+        assert!(matches!(err, IngestError::MissingFile { .. }), "{err}");
+        assert!(err.to_string().contains("votes.csv"), "{err}");
+
+        fixture(&dir);
+        std::fs::write(dir.join("comments.csv"), "").unwrap();
+        let err = ingest(&p).unwrap_err();
+        assert!(matches!(err, IngestError::EmptyFile { .. }), "{err}");
+        assert!(err.to_string().contains("comments.csv"));
+
+        fixture(&dir);
+        std::fs::write(
+            dir.join("votes.csv"),
+            "timestamp,datetime,comment-id,voter-id,vote\n",
+        )
+        .unwrap();
+        assert!(
+            matches!(ingest(&p).unwrap_err(), IngestError::EmptyFile { .. }),
+            "header alone is empty"
+        );
+
+        fixture(&dir);
+        std::fs::write(
+            dir.join("votes.csv"),
+            "timestamp,datetime,comment-id,voter-id\n1,x,0,7\n",
+        )
+        .unwrap();
+        let err = ingest(&p).unwrap_err().to_string();
+        assert!(err.contains("votes.csv: missing column 'vote'"), "{err}");
+        assert!(
+            err.contains("hint: the header has: timestamp,datetime,comment-id,voter-id"),
+            "{err}"
+        );
+
+        fixture(&dir);
+        std::fs::write(
+            dir.join("votes.csv"),
+            "timestamp,datetime,comment-id,voter-id,vote\n1,x,0,7,1\n2,x,1,7,yes\n",
+        )
+        .unwrap();
+        let err = ingest(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("votes.csv:3: field 'vote' is 'yes', expected an integer"),
+            "{err}"
+        );
+
+        fixture(&dir);
+        std::fs::write(
+            dir.join("votes.csv"),
+            "timestamp,datetime,comment-id,voter-id,vote\n1,x,0,7,1\n2,x,1\n",
+        )
+        .unwrap();
+        let err = ingest(&p).unwrap_err();
+        assert!(matches!(err, IngestError::Csv { line: 3, .. }), "{err}");
+
+        fixture(&dir);
+        std::fs::write(dir.join("summary.csv"), "url,https://example.org\n").unwrap();
+        let err = ingest(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("summary.csv: no row with key 'topic'"),
+            "{err}"
+        );
+
+        fixture(&dir);
+        p.min_pairs_per_user = 100;
+        let err = ingest(&p).unwrap_err().to_string();
+        assert!(err.contains("no voter has at least 100"), "{err}");
+
+        p.min_pairs_per_user = 20;
+        p.max_pairs_per_user = Some(10);
+        let err = ingest(&p).unwrap_err().to_string();
+        assert!(err.contains("'max_pairs_per_user' is 10"), "{err}");
+    }
+
+    #[test]
+    fn params_round_trip_through_yaml() {
+        let p: Params =
+            serde_yaml::from_str("dir: data/polis/football-concussions\nmax_pairs_per_user: 200\n")
+                .unwrap();
+        let want = Params {
+            max_pairs_per_user: Some(200),
+            ..Params::new("data/polis/football-concussions")
+        };
+        assert_eq!(p, want);
+        let back: Params = serde_yaml::from_str(&serde_yaml::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        assert!(serde_yaml::from_str::<Params>("dir: x\nmin_pairs: 3\n")
+            .unwrap_err()
+            .to_string()
+            .contains("min_pairs"));
+        assert_eq!(dataset_name(&p).unwrap(), "polis/football-concussions");
+        assert_eq!(input_files(&p).len(), 3);
+    }
+}

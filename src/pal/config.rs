@@ -1,0 +1,726 @@
+//! Configuration of the PAL heads: model ([`ModelConfig`]), training ([`TrainConfig`]) and
+//! few-shot adaptation ([`FewShotConfig`]), plus the projector architecture strings ([`Arch`]).
+//!
+//! Owns: the serde types (unknown fields rejected) that a pipeline YAML or a checkpoint card
+//! holds, their documented defaults and validation. Does not own: the layers themselves
+//! (`mlp.rs`) or the training loop (`train.rs`). PAL-SPEC "Projectors", "Losses", "Training".
+//!
+//! The defaults are chosen so that small heads on frozen embeddings train in seconds on a CPU
+//! (the paper's synthetic ideal-point setting reaches its reported accuracy with them); they are
+//! larger learning rates and more epochs than the reference code's 1-epoch text runs, which
+//! fine-tune far bigger heads. The reference values are listed beside each default.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{PalError, Result};
+
+// ---------------------------------------------------------------------------------------------
+// Architecture strings
+// ---------------------------------------------------------------------------------------------
+
+/// Activation after each hidden Linear (+ Dropout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Relu,
+    /// The exact (erf) GELU, as PyTorch's default.
+    Gelu,
+    /// No activation (identity).
+    Linear,
+}
+
+impl Activation {
+    fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Gelu => "gelu",
+            Activation::Linear => "linear",
+        }
+    }
+}
+
+/// A projector architecture, `mlp{L}-{relu|gelu|linear}-dropout{D}[-residual]`:
+/// L hidden blocks Linear(width d) → Dropout(p) → activation, then a final Linear to d
+/// (so `mlp2` has three Linear layers; `mlp0` is a single Linear). p = D / 10^len(D).
+/// `residual` adds the input to the output and needs input dim = d.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arch {
+    pub hidden_layers: usize,
+    pub activation: Activation,
+    /// The digits after `dropout`, kept to print the string back exactly.
+    dropout_digits: String,
+    pub residual: bool,
+}
+
+impl Arch {
+    /// The dropout probability p = D / 10^len(D).
+    pub fn dropout(&self) -> f64 {
+        let d: f64 = self.dropout_digits.parse().unwrap_or(0.0);
+        d / 10f64.powi(self.dropout_digits.len() as i32)
+    }
+
+    /// Number of Linear layers (hidden blocks + the final one).
+    pub fn linear_layers(&self) -> usize {
+        self.hidden_layers + 1
+    }
+
+    /// Parameter count of this projector from `d_in` to `d` (weights and biases).
+    pub fn param_count(&self, d_in: usize, d: usize) -> usize {
+        let mut n = 0;
+        let mut fan_in = d_in;
+        for _ in 0..self.linear_layers() {
+            n += fan_in * d + d;
+            fan_in = d;
+        }
+        n
+    }
+}
+
+impl FromStr for Arch {
+    type Err = PalError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let err = |part: &str, message: String| PalError::Arch {
+            arch: s.to_string(),
+            part: part.to_string(),
+            message,
+        };
+        let parts: Vec<&str> = s.split('-').collect();
+        if parts.len() < 3 || parts.len() > 4 {
+            return Err(err(
+                "the string",
+                format!("has {} dash-separated parts, expected 3 or 4", parts.len()),
+            ));
+        }
+        let layers = parts[0].strip_prefix("mlp").ok_or_else(|| {
+            err(
+                &format!("the first part '{}'", parts[0]),
+                "does not start with 'mlp'".into(),
+            )
+        })?;
+        let hidden_layers: usize = layers.parse().map_err(|_| {
+            err(
+                &format!("the layer count '{}'", parts[0]),
+                "is not 'mlp' followed by a whole number".into(),
+            )
+        })?;
+        let activation = match parts[1] {
+            "relu" => Activation::Relu,
+            "gelu" => Activation::Gelu,
+            "linear" => Activation::Linear,
+            other => {
+                return Err(err(
+                    &format!("the activation '{other}'"),
+                    "is not one of relu, gelu, linear".into(),
+                ));
+            }
+        };
+        let digits = parts[2].strip_prefix("dropout").ok_or_else(|| {
+            err(
+                &format!("the dropout part '{}'", parts[2]),
+                "does not start with 'dropout'".into(),
+            )
+        })?;
+        if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+            return Err(err(
+                &format!("the dropout part '{}'", parts[2]),
+                "is not 'dropout' followed by digits (dropout0, dropout5 = 0.5, dropout25 = 0.25)"
+                    .into(),
+            ));
+        }
+        let residual = match parts.get(3) {
+            None => false,
+            Some(&"residual") => true,
+            Some(other) => {
+                return Err(err(
+                    &format!("the suffix '{other}'"),
+                    "is not 'residual'".into(),
+                ));
+            }
+        };
+        Ok(Arch {
+            hidden_layers,
+            activation,
+            dropout_digits: digits.to_string(),
+            residual,
+        })
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "mlp{}-{}-dropout{}",
+            self.hidden_layers,
+            self.activation.name(),
+            self.dropout_digits
+        )?;
+        if self.residual {
+            write!(f, "-residual")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Arch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Arch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model configuration
+// ---------------------------------------------------------------------------------------------
+
+/// Which PAL model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelKind {
+    /// Ideal points: r_i(x; x_c) = −‖f([x_c; x]) − f(a_i)‖², a_i = Σ_k w_ik P_k.
+    #[serde(rename = "pal-a")]
+    PalA,
+    /// Prompt-conditioned preference mappings: r_i(x; x_c) = s·cos(f(x), Σ_k w_ik g_k(x_c)).
+    #[serde(rename = "pal-b")]
+    PalB,
+}
+
+/// Training loss on t = −y·m (PAL-SPEC "Losses").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LossKind {
+    /// log(1 + exp(−t)), in the stable softplus form.
+    Logistic,
+    /// max(0, 1 − t).
+    Hinge,
+    /// Smoothed hinge, margin 1, γ = 5.
+    SmoothHinge,
+}
+
+/// How user mixtures w_i are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// w_i = softmax(W_i / T) in training and evaluation.
+    Mixture,
+    /// Train with softmax, evaluate with the one-hot argmax (each user on one prototype).
+    Partition,
+}
+
+/// PAL-A distance between f(x) and f(a_i).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distance {
+    /// ‖·‖², the paper's form.
+    Squared,
+    /// ‖·‖, the reference code's form.
+    Plain,
+}
+
+/// The optional penalty λ·mean(max(0, ‖z‖ − ub)) on PAL-B user points (PAL-SPEC, PAL-B).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NormBound {
+    /// Upper bound on ‖z‖ (reference: 4).
+    #[serde(default = "default_ub")]
+    pub ub: f64,
+    /// Penalty weight λ (reference: 1).
+    #[serde(default = "default_lambda")]
+    pub lambda: f64,
+}
+
+fn default_ub() -> f64 {
+    4.0
+}
+fn default_lambda() -> f64 {
+    1.0
+}
+
+impl Default for NormBound {
+    fn default() -> Self {
+        NormBound {
+            ub: 4.0,
+            lambda: 1.0,
+        }
+    }
+}
+
+/// A PAL model. Serialised as is into the checkpoint card. `bt` (a plain Bradley–Terry reward
+/// model) is PAL-B (or PAL-A) with `k: 1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `pal-a` or `pal-b`. Default `pal-b`.
+    #[serde(default = "default_kind")]
+    pub kind: ModelKind,
+    /// Number of prototypes K ≥ 1. Default 1.
+    #[serde(default = "default_k")]
+    pub k: usize,
+    /// Preference-space dimension d. Default 16 (the paper's Tiny heads use 512 on CLIP).
+    #[serde(default = "default_d")]
+    pub d: usize,
+    /// Item mapping f. Default `mlp1-gelu-dropout0`.
+    #[serde(default = "default_item_arch")]
+    pub item_arch: Arch,
+    /// Prototype mappings g_k of PAL-B (ignored by PAL-A, and when dp = 0, where g_k are learned
+    /// vectors in R^d). Default `mlp1-gelu-dropout0`.
+    #[serde(default = "default_item_arch")]
+    pub prototype_arch: Arch,
+    /// Default `logistic`.
+    #[serde(default = "default_loss")]
+    pub loss: LossKind,
+    /// Default `mixture`.
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    /// Softmax temperature T > 0 of the user mixtures. Default 1.
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Norm-bound penalty on PAL-B user points; off by default.
+    #[serde(default)]
+    pub norm_bound: Option<NormBound>,
+    /// PAL-A distance. Default `squared`.
+    #[serde(default = "default_distance")]
+    pub distance: Distance,
+    /// Item embedding dimension Dx; 0 = take it from the training data.
+    #[serde(default)]
+    pub dx: usize,
+    /// Prompt embedding dimension Dp; 0 when the data has no context (taken from the training
+    /// data when training).
+    #[serde(default)]
+    pub dp: usize,
+}
+
+fn default_kind() -> ModelKind {
+    ModelKind::PalB
+}
+fn default_k() -> usize {
+    1
+}
+fn default_d() -> usize {
+    16
+}
+fn default_item_arch() -> Arch {
+    "mlp1-gelu-dropout0".parse().expect("valid default arch")
+}
+fn default_loss() -> LossKind {
+    LossKind::Logistic
+}
+fn default_mode() -> Mode {
+    Mode::Mixture
+}
+fn default_temperature() -> f64 {
+    1.0
+}
+fn default_distance() -> Distance {
+    Distance::Squared
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            kind: default_kind(),
+            k: default_k(),
+            d: default_d(),
+            item_arch: default_item_arch(),
+            prototype_arch: default_item_arch(),
+            loss: default_loss(),
+            mode: default_mode(),
+            temperature: default_temperature(),
+            norm_bound: None,
+            distance: default_distance(),
+            dx: 0,
+            dp: 0,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Input dimension of f: Dp + Dx for PAL-A, Dx for PAL-B.
+    pub fn f_input_dim(&self) -> usize {
+        match self.kind {
+            ModelKind::PalA => self.dp + self.dx,
+            ModelKind::PalB => self.dx,
+        }
+    }
+
+    /// Fills `dx`/`dp` from data when they are 0 and checks them otherwise.
+    pub fn resolve_dims(&mut self, dx: usize, dp: usize) -> Result<()> {
+        if self.dx == 0 {
+            self.dx = dx;
+        } else if self.dx != dx {
+            return Err(PalError::Dim {
+                what: "the item dimension of the data".into(),
+                expected: self.dx,
+                got: dx,
+            });
+        }
+        if self.dp == 0 && dp > 0 {
+            self.dp = dp;
+        } else if self.dp != dp {
+            return Err(PalError::Dim {
+                what: "the prompt dimension of the data".into(),
+                expected: self.dp,
+                got: dp,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks ranges and that residual projectors have matching dims. Dims must be resolved.
+    pub fn validate(&self) -> Result<()> {
+        if self.k == 0 {
+            return Err(PalError::config("k", "is 0, it must be at least 1"));
+        }
+        if self.d == 0 {
+            return Err(PalError::config("d", "is 0, it must be at least 1"));
+        }
+        if self.dx == 0 {
+            return Err(PalError::config(
+                "dx",
+                "is 0: the item dimension is unknown",
+            ));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(PalError::config(
+                "temperature",
+                format!("is {}, it must be a positive number", self.temperature),
+            ));
+        }
+        if let Some(nb) = &self.norm_bound {
+            if !(nb.ub.is_finite() && nb.ub > 0.0) {
+                return Err(PalError::config(
+                    "norm_bound.ub",
+                    format!("is {}, it must be positive", nb.ub),
+                ));
+            }
+            if !(nb.lambda.is_finite() && nb.lambda >= 0.0) {
+                return Err(PalError::config(
+                    "norm_bound.lambda",
+                    format!("is {}, it must be ≥ 0", nb.lambda),
+                ));
+            }
+        }
+        if self.item_arch.residual && self.f_input_dim() != self.d {
+            return Err(PalError::config(
+                "item_arch",
+                format!(
+                    "'{}' is residual but f maps {} dims to d = {}\nhint: drop '-residual' or set d = {}",
+                    self.item_arch,
+                    self.f_input_dim(),
+                    self.d,
+                    self.f_input_dim()
+                ),
+            ));
+        }
+        if self.kind == ModelKind::PalB
+            && self.dp > 0
+            && self.prototype_arch.residual
+            && self.dp != self.d
+        {
+            return Err(PalError::config(
+                "prototype_arch",
+                format!(
+                    "'{}' is residual but g_k maps dp = {} dims to d = {}\nhint: drop '-residual' or set d = {}",
+                    self.prototype_arch, self.dp, self.d, self.dp
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Number of trainable parameters for `n_users` users (f, g_k or P, τ, user logits).
+    pub fn param_count(&self, n_users: usize) -> usize {
+        let f = self.item_arch.param_count(self.f_input_dim(), self.d);
+        let protos = match self.kind {
+            ModelKind::PalA => self.k * self.f_input_dim(),
+            ModelKind::PalB if self.dp == 0 => self.k * self.d,
+            ModelKind::PalB => self.k * self.prototype_arch.param_count(self.dp, self.d),
+        };
+        let tau = usize::from(self.kind == ModelKind::PalB);
+        f + protos + tau + n_users * self.k
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training configuration
+// ---------------------------------------------------------------------------------------------
+
+/// Learning rate and decoupled weight decay of one parameter group.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub lr: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+}
+
+/// Which weights training returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Select {
+    /// The end of the epoch with the lowest validation loss (the last epoch without a
+    /// validation set).
+    BestVal,
+    /// The last epoch.
+    Last,
+}
+
+/// How to train. Defaults (reference values in brackets) are tuned for small heads on frozen
+/// embeddings: a few thousand to a few hundred thousand comparisons, seconds to minutes on CPU.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Passes over the training comparisons. Default 30 [1 for text, 10 for images].
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Comparisons per step. Default 64 [4].
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// The one seed every random choice derives from. Default 0.
+    #[serde(default)]
+    pub seed: u64,
+    /// f and g_k. Default lr 3e-3, wd 0.01 [1e-4, 0.01].
+    #[serde(default = "default_projectors")]
+    pub projectors: GroupConfig,
+    /// User logits W. Default lr 5e-2, wd 0 [5e-3, 0].
+    #[serde(default = "default_user_logits")]
+    pub user_logits: GroupConfig,
+    /// PAL-A prototypes P (and PAL-B's g_k vectors when dp = 0). Default lr 5e-3, wd 0 [same].
+    #[serde(default = "default_prototypes")]
+    pub prototypes: GroupConfig,
+    /// PAL-B scale τ. Default lr 0.1, wd 0 [same].
+    #[serde(default = "default_scale")]
+    pub scale: GroupConfig,
+    /// Default `best-val` (lowest validation loss, checked at the end of each epoch).
+    #[serde(default = "default_select")]
+    pub select: Select,
+}
+
+fn default_epochs() -> usize {
+    30
+}
+fn default_batch() -> usize {
+    64
+}
+fn default_projectors() -> GroupConfig {
+    GroupConfig {
+        lr: 3e-3,
+        weight_decay: 0.01,
+    }
+}
+fn default_user_logits() -> GroupConfig {
+    GroupConfig {
+        lr: 5e-2,
+        weight_decay: 0.0,
+    }
+}
+fn default_prototypes() -> GroupConfig {
+    GroupConfig {
+        lr: 5e-3,
+        weight_decay: 0.0,
+    }
+}
+fn default_scale() -> GroupConfig {
+    GroupConfig {
+        lr: 0.1,
+        weight_decay: 0.0,
+    }
+}
+fn default_select() -> Select {
+    Select::BestVal
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: default_epochs(),
+            batch_size: default_batch(),
+            seed: 0,
+            projectors: default_projectors(),
+            user_logits: default_user_logits(),
+            prototypes: default_prototypes(),
+            scale: default_scale(),
+            select: default_select(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(PalError::config("epochs", "is 0, it must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(PalError::config(
+                "batch_size",
+                "is 0, it must be at least 1",
+            ));
+        }
+        for (name, g) in [
+            ("projectors", &self.projectors),
+            ("user_logits", &self.user_logits),
+            ("prototypes", &self.prototypes),
+            ("scale", &self.scale),
+        ] {
+            if !(g.lr.is_finite() && g.lr >= 0.0) {
+                return Err(PalError::config(
+                    &format!("{name}.lr"),
+                    format!("is {}, it must be ≥ 0", g.lr),
+                ));
+            }
+            if !(g.weight_decay.is_finite() && g.weight_decay >= 0.0) {
+                return Err(PalError::config(
+                    &format!("{name}.weight_decay"),
+                    format!("is {}, it must be ≥ 0", g.weight_decay),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Few-shot adaptation of unseen users (PAL-SPEC "Users the model has not seen").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FewShotConfig {
+    /// Comparisons per user used to fit the user's K logits (N). Default 10.
+    #[serde(default = "default_shots")]
+    pub shots: usize,
+    /// Full-batch AdamW steps on the new logits (a fixed number: no held-out data decides).
+    /// Default 300.
+    #[serde(default = "default_fs_steps")]
+    pub steps: usize,
+    /// Learning rate of those steps. Default 0.05.
+    #[serde(default = "default_fs_lr")]
+    pub lr: f64,
+    /// Seed for the choice of shots. Default 0.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_shots() -> usize {
+    10
+}
+fn default_fs_steps() -> usize {
+    300
+}
+fn default_fs_lr() -> f64 {
+    0.05
+}
+
+impl Default for FewShotConfig {
+    fn default() -> Self {
+        FewShotConfig {
+            shots: default_shots(),
+            steps: default_fs_steps(),
+            lr: default_fs_lr(),
+            seed: 0,
+        }
+    }
+}
+
+impl FewShotConfig {
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.shots == 0 {
+            return Err(PalError::config("shots", "is 0, it must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return Err(PalError::config(
+                "lr",
+                format!("is {}, it must be ≥ 0", self.lr),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_parses_and_prints_back() {
+        for s in [
+            "mlp2-gelu-dropout0",
+            "mlp2-relu-dropout5-residual",
+            "mlp0-linear-dropout25",
+        ] {
+            let a: Arch = s.parse().unwrap();
+            assert_eq!(a.to_string(), s);
+        }
+        let a: Arch = "mlp2-relu-dropout5-residual".parse().unwrap();
+        assert_eq!(a.hidden_layers, 2);
+        assert_eq!(a.linear_layers(), 3);
+        assert!((a.dropout() - 0.5).abs() < 1e-12);
+        assert!(a.residual);
+        let a: Arch = "mlp1-gelu-dropout25".parse().unwrap();
+        assert!((a.dropout() - 0.25).abs() < 1e-12);
+    }
+
+    #[test]
+    fn arch_errors_name_the_bad_part() {
+        let cases = [
+            ("mlpx-gelu-dropout0", "layer count 'mlpx'"),
+            ("cnn2-gelu-dropout0", "first part 'cnn2'"),
+            ("mlp2-tanh-dropout0", "activation 'tanh'"),
+            ("mlp2-gelu-drop5", "dropout part 'drop5'"),
+            ("mlp2-gelu-dropout0.5", "dropout part 'dropout0.5'"),
+            ("mlp2-gelu-dropout0-skip", "suffix 'skip'"),
+            ("mlp2-gelu", "has 2 dash-separated parts"),
+        ];
+        for (s, want) in cases {
+            let e = s.parse::<Arch>().unwrap_err().to_string();
+            assert!(e.contains(want), "{s}: {e}");
+            assert!(e.contains(&format!("'{s}'")), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn configs_reject_unknown_fields_and_round_trip() {
+        let m: ModelConfig =
+            serde_json::from_str(r#"{"kind":"pal-a","k":3,"item_arch":"mlp1-relu-dropout0"}"#)
+                .unwrap();
+        assert_eq!(m.kind, ModelKind::PalA);
+        assert_eq!(m.k, 3);
+        let back: ModelConfig = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+        assert!(serde_json::from_str::<ModelConfig>(r#"{"kk":3}"#).is_err());
+        let e = serde_json::from_str::<ModelConfig>(r#"{"item_arch":"mlp1-tanh-dropout0"}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("activation 'tanh'"), "{e}");
+        let t: TrainConfig =
+            serde_json::from_str(r#"{"epochs":3,"user_logits":{"lr":0.1}}"#).unwrap();
+        assert_eq!(t.epochs, 3);
+        assert_eq!(t.user_logits.weight_decay, 0.0);
+        assert!(serde_json::from_str::<TrainConfig>(r#"{"lr":3}"#).is_err());
+        let f: FewShotConfig = serde_json::from_str(r#"{"shots":40}"#).unwrap();
+        assert_eq!(f.shots, 40);
+    }
+
+    #[test]
+    fn param_count_counts_three_linears_for_mlp2() {
+        let m = ModelConfig {
+            kind: ModelKind::PalB,
+            k: 2,
+            d: 512,
+            item_arch: "mlp2-gelu-dropout0".parse().unwrap(),
+            prototype_arch: "mlp2-gelu-dropout0".parse().unwrap(),
+            dx: 1024,
+            dp: 1024,
+            ..ModelConfig::default()
+        };
+        let one = (1024 * 512 + 512) + 2 * (512 * 512 + 512);
+        assert_eq!(m.param_count(10), 3 * one + 1 + 10 * 2);
+    }
+}

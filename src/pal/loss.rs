@@ -1,0 +1,80 @@
+//! The three comparison losses of PAL-SPEC "Losses", on t = −y·m (t > 0 when the model agrees
+//! with the label; m = r(x_l) − r(x_r), y = −1 when the left item is preferred).
+//!
+//! Owns: per-comparison loss tensors. Does not own: the margins (`model.rs`) or the batch mean
+//! and penalties (`train.rs`).
+
+use candle_core::Tensor;
+
+use super::config::LossKind;
+use super::error::Result;
+
+/// γ of the smoothed hinge.
+pub const SMOOTH_HINGE_GAMMA: f64 = 5.0;
+
+/// t = −y·m, `[B]`.
+pub(crate) fn agreement(m: &Tensor, y: &Tensor) -> Result<Tensor> {
+    Ok(m.mul(y)?.neg()?)
+}
+
+/// Per-comparison losses `[B]` for agreements t `[B]`.
+pub(crate) fn per_comparison(kind: LossKind, t: &Tensor) -> Result<Tensor> {
+    match kind {
+        // log(1 + e^{−t}) = max(−t, 0) + log(1 + e^{−|t|}): never overflows, never log(0).
+        LossKind::Logistic => {
+            let neg_t = t.neg()?;
+            let tail = (t.abs()?.neg()?.exp()? + 1.0)?.log()?;
+            Ok((neg_t.relu()? + tail)?)
+        }
+        // max(0, 1 − t)
+        LossKind::Hinge => Ok(t.affine(-1.0, 1.0)?.relu()?),
+        // u = 1 − t: u²/(2γ) for 0 ≤ u ≤ γ, 0 below, u − γ/2 above (continuous, C¹).
+        LossKind::SmoothHinge => {
+            let g = SMOOTH_HINGE_GAMMA;
+            let u = t.affine(-1.0, 1.0)?;
+            let quad = (u.relu()?.sqr()? / (2.0 * g))?;
+            let lin = (&u - g / 2.0)?;
+            let far = u.gt(g)?;
+            Ok(far.where_cond(&lin, &quad)?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn eval(kind: LossKind, ts: &[f64]) -> Vec<f64> {
+        let t = Tensor::new(ts, &Device::Cpu).unwrap();
+        per_comparison(kind, &t)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    #[test]
+    fn logistic_is_stable_softplus() {
+        let l = eval(LossKind::Logistic, &[0.0, 2.0, -2.0, 1000.0, -1000.0]);
+        assert!((l[0] - 2f64.ln()).abs() < 1e-12);
+        assert!((l[1] - (1.0 + (-2f64).exp()).ln()).abs() < 1e-12);
+        assert!((l[2] - (1.0 + 2f64.exp()).ln()).abs() < 1e-12);
+        assert_eq!(l[3], 0.0);
+        assert!((l[4] - 1000.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn hinge_and_smooth_hinge_values() {
+        assert_eq!(
+            eval(LossKind::Hinge, &[2.0, 1.0, 0.0, -3.0]),
+            vec![0.0, 0.0, 1.0, 4.0]
+        );
+        let s = eval(LossKind::SmoothHinge, &[2.0, 0.0, -4.0, -9.0]);
+        assert_eq!(s[0], 0.0);
+        assert!((s[1] - 0.1).abs() < 1e-12); // u = 1: 1/10
+        assert!((s[2] - 2.5).abs() < 1e-12); // u = 5 = γ: 25/10 = γ/2
+        assert!((s[3] - 7.5).abs() < 1e-12); // u = 10: 10 − 2.5
+    }
+}

@@ -1,0 +1,54 @@
+//! pal: personalized reward models on frozen embeddings — PAL-A and PAL-B heads
+//! ("PAL: Sample-Efficient Personalized Reward Modeling for Pluralistic Alignment", Chen et al.,
+//! ICLR 2025; the contract is `../shared/PAL-SPEC.md`).
+//!
+//! Owns: the data interface ([`ComparisonSet`]), configuration ([`ModelConfig`],
+//! [`TrainConfig`], [`FewShotConfig`]), the model ([`PalModel`]: f, g_k or P, τ, user logits W),
+//! the losses, the trainer ([`train`]), evaluation ([`evaluate`]), few-shot adaptation of unseen
+//! users ([`few_shot`]), checkpoints ([`PalModel::save`] / [`PalModel::load`]), scoring
+//! ([`PalModel::score`]) and the popularity baseline ([`Popularity`]). The `bt` baseline is PAL
+//! with K = 1. Does not own: where the data comes from (the store and the CLI build
+//! [`ComparisonSet`]s from tables), generic metrics (`src/eval/metrics.rs`), or rendering.
+//!
+//! Everything runs on the CPU with candle; every random choice derives from one seed.
+//!
+//! ```no_run
+//! # use palpipe::pal::*;
+//! # fn demo(train_set: &ComparisonSet, test_set: &ComparisonSet) -> Result<()> {
+//! let model_cfg = ModelConfig { kind: ModelKind::PalA, k: 3, ..ModelConfig::default() };
+//! let (model, _report) = train(&model_cfg, &TrainConfig::default(), train_set, None, &mut |_| {})?;
+//! let report = evaluate(&model, test_set, &EvalOptions::default())?;
+//! println!("accuracy {:.3}", report.accuracy);
+//! model.save(std::path::Path::new("models/demo"))?;
+//! # Ok(()) }
+//! ```
+
+mod baseline;
+mod checkpoint;
+mod config;
+mod data;
+mod error;
+mod evaluate;
+mod fewshot;
+mod loss;
+mod mlp;
+mod model;
+mod optim;
+mod train;
+
+#[cfg(test)]
+mod tests;
+
+pub use baseline::Popularity;
+pub use checkpoint::{CardInfo, ModelCard, CARD_FILE, CARD_FORMAT, WEIGHTS_FILE};
+pub use config::{
+    Activation, Arch, Distance, FewShotConfig, GroupConfig, LossKind, Mode, ModelConfig, ModelKind,
+    NormBound, Select, TrainConfig,
+};
+pub use data::{Comparison, ComparisonSet};
+pub use error::{PalError, Result};
+pub use evaluate::{evaluate, EvalOptions, EvalReport, MixtureSummary, Outcome, UserAccuracy};
+pub use fewshot::{few_shot, FewShotResult};
+pub use loss::SMOOTH_HINGE_GAMMA;
+pub use model::{PalModel, SCALE_MAX, TAU_INIT};
+pub use train::{mean_loss, train, EpochRecord, TrainProgress, TrainReport};

@@ -1,0 +1,605 @@
+//! Tests of the PAL heads as a whole: gradients against finite differences, losses and modes,
+//! reproducibility, checkpoints, masking of absent users, scoring, and accuracy on a small
+//! ideal-point simulation (paper App. C.2 / D.2). Unit tests of single pieces live beside them.
+
+use candle_core::{DType, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+use super::model::{rng, stream};
+use super::train::train_dtype;
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Data
+// ---------------------------------------------------------------------------------------------
+
+/// Ideal-point data: items and K* prototypes ~ N(0, I/d) (prototypes ≥ δ = 1 apart), a random
+/// linear map f*, users in partition (user u on prototype u mod K*), and a user prefers the item
+/// whose f*-image is closer to f*(a_u). Returns (train, test) with `n_train` / `n_test`
+/// comparisons per user, over a shared pool of items.
+fn ideal_points(
+    n_users: usize,
+    n_train: usize,
+    n_test: usize,
+    k_star: usize,
+    seed: u64,
+) -> (ComparisonSet, ComparisonSet) {
+    let d = 2;
+    let sd = (1.0 / d as f64).sqrt();
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let mut normal = |r: &mut ChaCha8Rng| -> f64 { StandardNormal.sample(r) };
+    let f_star: Vec<f64> = (0..d * d).map(|_| normal(&mut r)).collect();
+    let apply = |x: &[f64]| -> Vec<f64> {
+        (0..d)
+            .map(|i| (0..d).map(|j| f_star[i * d + j] * x[j]).sum())
+            .collect()
+    };
+    let mut protos: Vec<Vec<f64>> = Vec::new();
+    while protos.len() < k_star {
+        let p: Vec<f64> = (0..d).map(|_| sd * normal(&mut r)).collect();
+        if protos.iter().all(|q| {
+            q.iter()
+                .zip(&p)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                >= 1.0
+        }) {
+            protos.push(p);
+        }
+    }
+    let n_items = 2000;
+    let items: Vec<Vec<f64>> = (0..n_items)
+        .map(|_| (0..d).map(|_| sd * normal(&mut r)).collect())
+        .collect();
+    let f_items: Vec<Vec<f64>> = items.iter().map(|x| apply(x)).collect();
+    let flat: Vec<f32> = items.iter().flatten().map(|&v| v as f32).collect();
+    let user_ids: Vec<String> = (0..n_users).map(|u| format!("user{u:03}")).collect();
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for u in 0..n_users {
+        let fa = apply(&protos[u % k_star]);
+        let dist = |i: usize| {
+            f_items[i]
+                .iter()
+                .zip(&fa)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f64>()
+        };
+        for j in 0..n_train + n_test {
+            let (l, rr) = loop {
+                let (a, b) = (r.random_range(0..n_items), r.random_range(0..n_items));
+                if a != b {
+                    break (a, b);
+                }
+            };
+            let y = if dist(l) < dist(rr) { -1 } else { 1 };
+            let c = Comparison {
+                user: u as u32,
+                prompt: None,
+                left: l as u32,
+                right: rr as u32,
+                y,
+            };
+            if j < n_train {
+                train.push(c)
+            } else {
+                test.push(c)
+            }
+        }
+    }
+    let set = |comps| ComparisonSet {
+        dx: d,
+        dp: 0,
+        items: flat.clone(),
+        prompts: vec![],
+        user_ids: user_ids.clone(),
+        comps,
+    };
+    (set(train), set(test))
+}
+
+/// Random data with context: `n_users` users, prompts and items in small dims, random labels
+/// from a hidden per-user linear reward so that a model can learn something.
+fn with_context(n_users: usize, n_comps: usize, dx: usize, dp: usize, seed: u64) -> ComparisonSet {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let n_items = 40;
+    let n_prompts = 8;
+    let items: Vec<f32> = (0..n_items * dx)
+        .map(|_| r.random_range(-1.0..1.0))
+        .collect();
+    let prompts: Vec<f32> = (0..n_prompts * dp)
+        .map(|_| r.random_range(-1.0..1.0))
+        .collect();
+    let dirs: Vec<f32> = (0..n_users * dx)
+        .map(|_| r.random_range(-1.0..1.0))
+        .collect();
+    let comps = (0..n_comps)
+        .map(|i| {
+            let user = (i % n_users) as u32;
+            let (left, right) = (
+                r.random_range(0..n_items) as u32,
+                r.random_range(0..n_items) as u32,
+            );
+            let score = |it: u32| -> f32 {
+                (0..dx)
+                    .map(|j| items[it as usize * dx + j] * dirs[user as usize * dx + j])
+                    .sum()
+            };
+            let y = if score(left) >= score(right) { -1 } else { 1 };
+            Comparison {
+                user,
+                prompt: (dp > 0).then(|| r.random_range(0..n_prompts) as u32),
+                left,
+                right,
+                y,
+            }
+        })
+        .collect();
+    ComparisonSet {
+        dx,
+        dp,
+        items,
+        prompts,
+        user_ids: (0..n_users).map(|u| format!("u{u}")).collect(),
+        comps,
+    }
+}
+
+fn all_values(model: &PalModel) -> Vec<(String, Vec<u32>)> {
+    model
+        .params()
+        .iter()
+        .map(|p| {
+            let v: Vec<f32> = p
+                .var
+                .as_tensor()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            (p.name.clone(), v.iter().map(|x| x.to_bits()).collect())
+        })
+        .collect()
+}
+
+fn quick(epochs: usize, seed: u64) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 32,
+        seed,
+        ..TrainConfig::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gradients
+// ---------------------------------------------------------------------------------------------
+
+/// Batch loss of `model` on all of `set` in training mode without dropout (the archs here have
+/// none), as a scalar tensor.
+fn full_loss(model: &PalModel, set: &ComparisonSet) -> Tensor {
+    let idx: Vec<usize> = (0..set.comps.len()).collect();
+    let batch = model.gather(set, &idx, &|u| u).unwrap();
+    let users = Tensor::new(batch.users.as_slice(), &model.device).unwrap();
+    let w = model
+        .train_mixture(&model.logits.as_tensor().index_select(&users, 0).unwrap())
+        .unwrap();
+    let mut r = rng(0, stream::DROPOUT);
+    let (m, pen) = model.margins(&batch, &w, Some(&mut r)).unwrap();
+    let t = loss::agreement(&m, &batch.y).unwrap();
+    let l = loss::per_comparison(model.cfg.loss, &t)
+        .unwrap()
+        .mean_all()
+        .unwrap();
+    match pen {
+        Some(p) => (l + p).unwrap(),
+        None => l,
+    }
+}
+
+fn gradient_check(cfg: ModelConfig, set: &ComparisonSet) {
+    let mut cfg = cfg;
+    cfg.resolve_dims(set.dx, set.dp).unwrap();
+    let model = PalModel::new(cfg, set.user_ids.clone(), 11, DType::F64).unwrap();
+    let grads = full_loss(&model, set).backward().unwrap();
+    let h = 1e-6;
+    let mut checked = 0;
+    for p in model.params() {
+        let g: Vec<f64> = grads
+            .get(p.var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base: Vec<f64> = p.var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        let shape = p.var.as_tensor().shape().clone();
+        let n = base.len();
+        for &i in &[0, n / 2, n - 1] {
+            let eval_at = |delta: f64| -> f64 {
+                let mut v = base.clone();
+                v[i] += delta;
+                p.var
+                    .set(&Tensor::from_vec(v, shape.clone(), &model.device).unwrap())
+                    .unwrap();
+                let l = full_loss(&model, set).to_scalar::<f64>().unwrap();
+                p.var
+                    .set(&Tensor::from_vec(base.clone(), shape.clone(), &model.device).unwrap())
+                    .unwrap();
+                l
+            };
+            let fd = (eval_at(h) - eval_at(-h)) / (2.0 * h);
+            let err = (fd - g[i]).abs() / (1e-6 + fd.abs().max(g[i].abs()));
+            assert!(
+                err < 1e-4,
+                "{} [{i}]: backward {} vs finite difference {fd} (rel err {err:e})",
+                p.name,
+                g[i]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 9);
+}
+
+#[test]
+fn gradients_match_finite_differences_pal_b_with_context() {
+    let set = with_context(3, 24, 5, 4, 1);
+    let cfg = ModelConfig {
+        kind: ModelKind::PalB,
+        k: 2,
+        d: 3,
+        item_arch: "mlp1-gelu-dropout0".parse().unwrap(),
+        prototype_arch: "mlp1-gelu-dropout0".parse().unwrap(),
+        // ub small so the penalty is active
+        norm_bound: Some(NormBound {
+            ub: 0.05,
+            lambda: 1.0,
+        }),
+        ..ModelConfig::default()
+    };
+    gradient_check(cfg, &set);
+}
+
+#[test]
+fn gradients_match_finite_differences_pal_a() {
+    let set = with_context(3, 24, 3, 2, 2);
+    for (distance, loss) in [
+        (Distance::Squared, LossKind::Logistic),
+        (Distance::Plain, LossKind::SmoothHinge),
+    ] {
+        let cfg = ModelConfig {
+            kind: ModelKind::PalA,
+            k: 3,
+            d: 4,
+            item_arch: "mlp1-gelu-dropout0".parse().unwrap(),
+            distance,
+            loss,
+            ..ModelConfig::default()
+        };
+        gradient_check(cfg, &set);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training behaviour
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn every_loss_and_mode_decreases_the_training_loss() {
+    let set = with_context(6, 300, 4, 0, 3);
+    for kind in [ModelKind::PalA, ModelKind::PalB] {
+        for loss in [LossKind::Logistic, LossKind::Hinge, LossKind::SmoothHinge] {
+            for mode in [Mode::Mixture, Mode::Partition] {
+                let cfg = ModelConfig {
+                    kind,
+                    k: 2,
+                    d: 4,
+                    loss,
+                    mode,
+                    ..ModelConfig::default()
+                };
+                let (_, report) = train(&cfg, &quick(8, 5), &set, None, &mut |_| {}).unwrap();
+                let first = report.epochs.first().unwrap().train_loss;
+                let last = report.epochs.last().unwrap().train_loss;
+                assert!(
+                    last < first * 0.9,
+                    "{kind:?} {loss:?} {mode:?}: {first} → {last}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn same_seed_gives_bit_identical_weights() {
+    let set = with_context(5, 200, 4, 3, 4);
+    let cfg = ModelConfig {
+        kind: ModelKind::PalB,
+        k: 2,
+        d: 6,
+        item_arch: "mlp2-relu-dropout25".parse().unwrap(),
+        prototype_arch: "mlp1-gelu-dropout5".parse().unwrap(),
+        ..ModelConfig::default()
+    };
+    let run = |seed| {
+        let (m, r) = train(&cfg, &quick(3, seed), &set, Some(&set), &mut |_| {}).unwrap();
+        (all_values(&m), r.epochs)
+    };
+    let (a, ha) = run(9);
+    let (b, hb) = run(9);
+    assert_eq!(a, b);
+    assert_eq!(ha, hb);
+    let (c, _) = run(10);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn absent_users_keep_their_initial_logits() {
+    let mut set = with_context(4, 120, 3, 0, 5);
+    set.user_ids.push("ghost".into()); // row 4, no comparisons
+    let cfg = ModelConfig {
+        kind: ModelKind::PalA,
+        k: 3,
+        d: 3,
+        ..ModelConfig::default()
+    };
+    let tc = TrainConfig {
+        user_logits: GroupConfig {
+            lr: 0.1,
+            weight_decay: 0.1,
+        },
+        ..quick(3, 6)
+    };
+    let (trained, _) = train(&cfg, &tc, &set, None, &mut |_| {}).unwrap();
+    let mut rc = cfg.clone();
+    rc.resolve_dims(3, 0).unwrap();
+    let fresh = PalModel::new(rc, set.user_ids.clone(), 6, DType::F32).unwrap();
+    let row = |m: &PalModel, r: usize| {
+        m.logits
+            .as_tensor()
+            .get(r)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(row(&trained, 4), row(&fresh, 4));
+    assert_ne!(row(&trained, 0), row(&fresh, 0));
+}
+
+#[test]
+fn dp_zero_and_dp_positive_both_train_and_score() {
+    for (kind, dp) in [
+        (ModelKind::PalB, 0),
+        (ModelKind::PalB, 3),
+        (ModelKind::PalA, 0),
+        (ModelKind::PalA, 3),
+    ] {
+        let set = with_context(4, 160, 4, dp, 7);
+        let cfg = ModelConfig {
+            kind,
+            k: 2,
+            d: 4,
+            ..ModelConfig::default()
+        };
+        let (model, _) = train(&cfg, &quick(2, 1), &set, None, &mut |_| {}).unwrap();
+        let prompt = (dp > 0).then(|| set.prompt(0).to_vec());
+        let s = model
+            .score("u0", prompt.as_deref(), &[set.item(0), set.item(1)])
+            .unwrap();
+        assert_eq!(s.len(), 2);
+        // wrong prompt presence is a dimension error
+        let bad = if dp > 0 { None } else { Some(&[0.0f32][..]) };
+        assert!(model.score("u0", bad, &[set.item(0)]).is_err());
+    }
+}
+
+#[test]
+fn save_and_load_give_identical_scores() {
+    let set = with_context(4, 160, 4, 3, 8);
+    let cfg = ModelConfig {
+        kind: ModelKind::PalB,
+        k: 2,
+        d: 5,
+        mode: Mode::Partition,
+        ..ModelConfig::default()
+    };
+    let (mut model, _) = train(&cfg, &quick(2, 2), &set, None, &mut |_| {}).unwrap();
+    model.info.encoder_id = Some("test-encoder".into());
+    model
+        .info
+        .metrics
+        .insert("accuracy".into(), serde_json::json!(0.5));
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path()).unwrap();
+    let back = PalModel::load(dir.path()).unwrap();
+    assert_eq!(back.card(), model.card());
+    assert_eq!(all_values(&back), all_values(&model));
+    let cands = [set.item(0), set.item(1), set.item(2)];
+    for user in ["u0", "u3", "nobody"] {
+        assert_eq!(
+            back.score(user, Some(set.prompt(1)), &cands).unwrap(),
+            model.score(user, Some(set.prompt(1)), &cands).unwrap()
+        );
+    }
+    let ea = evaluate(&model, &set, &EvalOptions::default()).unwrap();
+    let eb = evaluate(&back, &set, &EvalOptions::default()).unwrap();
+    assert_eq!(ea.outcomes, eb.outcomes);
+    // a broken card is a checkpoint error naming the folder
+    std::fs::write(dir.path().join(CARD_FILE), "{}").unwrap();
+    let e = PalModel::load(dir.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("card.json") && e.contains("does not parse"),
+        "{e}"
+    );
+}
+
+#[test]
+fn score_agrees_with_evaluation_margins_and_unknown_users_get_the_mean_mixture() {
+    let set = with_context(3, 90, 3, 2, 9);
+    let cfg = ModelConfig {
+        kind: ModelKind::PalA,
+        k: 2,
+        d: 3,
+        ..ModelConfig::default()
+    };
+    let (model, _) = train(&cfg, &quick(2, 3), &set, None, &mut |_| {}).unwrap();
+    let (margins, known) = model.margins_for(&set).unwrap();
+    assert!(known.iter().all(|&k| k));
+    for (i, c) in set.comps.iter().take(10).enumerate() {
+        let user = &set.user_ids[c.user as usize];
+        let s = model
+            .score(
+                user,
+                Some(set.prompt(c.prompt.unwrap())),
+                &[set.item(c.left), set.item(c.right)],
+            )
+            .unwrap();
+        assert!(
+            (s[0] - s[1] - margins[i]).abs() < 1e-4,
+            "{} vs {}",
+            s[0] - s[1],
+            margins[i]
+        );
+    }
+    let mean = model.zero_shot_mixture().unwrap();
+    assert_eq!(model.mixture("stranger").unwrap(), mean);
+    let ws: Vec<Vec<f64>> = set
+        .user_ids
+        .iter()
+        .map(|u| model.mixture(u).unwrap())
+        .collect();
+    for k in 0..2 {
+        let m = ws.iter().map(|w| w[k]).sum::<f64>() / ws.len() as f64;
+        assert!((m - mean[k]).abs() < 1e-6);
+    }
+    let p = set.prompt(0);
+    assert_eq!(
+        model.score("stranger", Some(p), &[set.item(0)]).unwrap(),
+        model.score_mixture(&mean, Some(p), &[set.item(0)]).unwrap()
+    );
+}
+
+#[test]
+fn validation_set_picks_the_checkpoint() {
+    let (train_set, test_set) = ideal_points(30, 20, 10, 3, 21);
+    let cfg = ModelConfig {
+        kind: ModelKind::PalA,
+        k: 3,
+        ..ModelConfig::default()
+    };
+    let (model, report) =
+        train(&cfg, &quick(6, 4), &train_set, Some(&test_set), &mut |_| {}).unwrap();
+    let best = report
+        .epochs
+        .iter()
+        .map(|e| e.val_loss.unwrap())
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(report.best_val_loss, Some(best));
+    assert!((mean_loss(&model, &test_set).unwrap() - best).abs() < 1e-6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accuracy on the ideal-point simulation
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn pal_a_k3_beats_k1_on_ideal_points() {
+    let (train_set, test_set) = ideal_points(100, 50, 50, 3, 42);
+    let acc = |k: usize| {
+        let cfg = ModelConfig {
+            kind: ModelKind::PalA,
+            k,
+            ..ModelConfig::default()
+        };
+        let t0 = std::time::Instant::now();
+        let (model, _) =
+            train(&cfg, &TrainConfig::default(), &train_set, None, &mut |_| {}).unwrap();
+        let r = evaluate(&model, &test_set, &EvalOptions::default()).unwrap();
+        eprintln!(
+            "PAL-A K={k}: accuracy {:.4} (per-user mean {:.4} ± {:.4}) in {:.1}s",
+            r.accuracy,
+            r.per_user.mean,
+            r.per_user.std,
+            t0.elapsed().as_secs_f64()
+        );
+        (model, r)
+    };
+    let (model3, r3) = acc(3);
+    let (_, r1) = acc(1);
+    assert!(r3.accuracy >= 0.90, "K=3 accuracy {}", r3.accuracy);
+    assert!(
+        r3.accuracy - r1.accuracy >= 0.10,
+        "K=3 {} vs K=1 {}",
+        r3.accuracy,
+        r1.accuracy
+    );
+    let mix = r3.mixture.unwrap();
+    assert_eq!(mix.k, 3);
+    assert!(r1.mixture.is_none());
+
+    // Unseen users: same prototypes, new users; 40 shots within 5 points of seen accuracy.
+    let (_, unseen) = ideal_points(130, 0, 100, 3, 42);
+    let unseen = ComparisonSet {
+        user_ids: unseen.user_ids[100..].to_vec(),
+        comps: unseen
+            .comps
+            .iter()
+            .filter(|c| c.user >= 100)
+            .map(|c| Comparison {
+                user: c.user - 100,
+                ..*c
+            })
+            .collect(),
+        ..unseen
+    };
+    let fs = few_shot(
+        &model3,
+        &unseen,
+        &FewShotConfig {
+            shots: 40,
+            ..FewShotConfig::default()
+        },
+        &EvalOptions::default(),
+    )
+    .unwrap();
+    eprintln!(
+        "few-shot 40: {:.4}, zero-shot {:.4}",
+        fs.adapted.accuracy, fs.zero_shot.accuracy
+    );
+    assert_eq!(fs.user_ids.len(), 30);
+    assert_eq!(fs.adapted.n, 30 * 60);
+    assert!(
+        fs.adapted.accuracy >= r3.accuracy - 0.05,
+        "few-shot {} vs seen {}",
+        fs.adapted.accuracy,
+        r3.accuracy
+    );
+    assert!(fs.adapted.accuracy > fs.zero_shot.accuracy);
+}
+
+#[test]
+fn popularity_baseline_reports_like_pal() {
+    let (train_set, test_set) = ideal_points(20, 30, 10, 3, 5);
+    let p = Popularity::fit(&train_set).unwrap();
+    let r = p
+        .evaluate(
+            &test_set,
+            &EvalOptions {
+                bootstrap_reps: 200,
+                seed: 1,
+            },
+        )
+        .unwrap();
+    assert_eq!(r.n, 200);
+    // most test items were never seen in training: their rate is 0.5, and equal rates tie
+    assert!(r.ties > 0 && r.correct + r.ties <= r.n);
+    assert!(r.accuracy > 0.0 && r.accuracy < 1.0, "{}", r.accuracy);
+    assert!(r.ci95.lo <= r.accuracy && r.accuracy <= r.ci95.hi);
+    assert!(r.ci95_users.is_some());
+    assert_eq!(r.users.len(), 20);
+}

@@ -1,0 +1,594 @@
+//! The `train`, `eval` and `adapt` stages (and the `palpipe train|eval|adapt` commands):
+//! load named splits from the store, call the `pal` part, keep checkpoints under
+//! `<store>/checkpoints/<model>`, and register models and their metrics in `models`.
+//!
+//! The popularity baseline has no weights: its card names its training split and it is
+//! refitted from that split (a deterministic count) whenever it is evaluated.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+
+use arrow_array::{Array, Int32Array, Int64Array, StringArray};
+use serde::Deserialize;
+
+use super::features::{intern, load_split, split_pairs, FeatureError, LoadedSplit};
+use super::progress::Printer;
+use super::stages::StageCtx;
+use crate::pal::{
+    self, evaluate, few_shot, Comparison, ComparisonSet, EvalOptions, EvalReport, FewShotConfig,
+    ModelConfig, ModelKind, PalModel, Popularity, TrainConfig,
+};
+use crate::store::batches::{self, ModelRow};
+use crate::store::{now_ms, Store};
+
+fn default_k() -> usize {
+    1
+}
+fn default_shots() -> Vec<usize> {
+    vec![0, 1, 5, 10, 20]
+}
+fn default_steps() -> usize {
+    FewShotConfig::default().steps
+}
+fn default_bootstrap() -> usize {
+    1000
+}
+
+/// Parameters of a `train` stage (and of `palpipe train`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    /// The model's name in `models` (default: the stage's name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// pal-b | pal-a | bt (the homogeneous reward: PAL-B with K = 1) | popularity
+    pub model: String,
+    /// Number of prototypes K ≥ 1 (default 1).
+    #[serde(default = "default_k")]
+    pub k: usize,
+    /// Split to train on.
+    pub train: String,
+    /// Split that picks the checkpoint (lowest loss); optional.
+    #[serde(default)]
+    pub val: Option<String>,
+    /// Encoder of the vectors: an exact id, or a name (`all-MiniLM-L6-v2`) when the store
+    /// holds one encoder of that name. Not needed for popularity.
+    #[serde(default)]
+    pub encoder: Option<String>,
+    /// The seed of every random choice in training.
+    #[serde(default)]
+    pub seed: u64,
+    /// Model options (d, item_arch, prototype_arch, loss, mode, temperature, norm_bound,
+    /// distance); `model` and `k` above take precedence.
+    #[serde(default)]
+    pub config: ModelConfig,
+    /// Training options (epochs, batch_size, per-group lr / weight_decay, select); `seed`
+    /// above takes precedence.
+    #[serde(default)]
+    pub training: TrainConfig,
+}
+
+impl TrainParams {
+    pub fn split_refs(&self) -> Vec<(String, String)> {
+        let mut v = vec![("train".to_string(), self.train.clone())];
+        if let Some(s) = &self.val {
+            v.push(("val".into(), s.clone()));
+        }
+        v
+    }
+    pub fn describe(&self) -> String {
+        format!("{} K={} on '{}'", self.model, self.k, self.train)
+    }
+
+    /// The resolved model configuration (None for popularity).
+    pub fn model_config(&self) -> anyhow::Result<Option<ModelConfig>> {
+        let mut cfg = self.config.clone();
+        match self.model.as_str() {
+            "popularity" => return Ok(None),
+            "pal-a" => cfg.kind = ModelKind::PalA,
+            "pal-b" => cfg.kind = ModelKind::PalB,
+            "bt" => {
+                if self.k != 1 {
+                    anyhow::bail!(
+                        "model 'bt' is the homogeneous reward (K = 1); use 'pal-b' for k = {}",
+                        self.k
+                    );
+                }
+                cfg.kind = ModelKind::PalB;
+            }
+            other => {
+                anyhow::bail!("unknown model '{other}' (models: pal-b, pal-a, bt, popularity)")
+            }
+        }
+        if self.k < 1 {
+            anyhow::bail!("k must be at least 1 (got {})", self.k);
+        }
+        cfg.k = self.k;
+        Ok(Some(cfg))
+    }
+}
+
+/// Parameters of an `eval` stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalParams {
+    pub model: String,
+    pub split: String,
+    /// Bootstrap resamples over users for the users' 95% interval (0 skips it).
+    #[serde(default = "default_bootstrap")]
+    pub bootstrap: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// Parameters of an `adapt` stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptParams {
+    pub model: String,
+    /// Split holding the new users' comparisons.
+    pub users: String,
+    /// Shots per user to try; 0 is zero-shot (the seen users' mean mixture).
+    #[serde(default = "default_shots")]
+    pub shots: Vec<usize>,
+    /// Steps fitting each new user's K logits.
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// A registered model, as `models` holds it.
+#[derive(Debug, Clone)]
+pub struct ModelEntry {
+    pub row: ModelRow,
+}
+
+impl ModelEntry {
+    pub async fn find(store: &Store, name: &str) -> anyhow::Result<ModelEntry> {
+        let filter = format!("name = '{}'", name.replace('\'', "''"));
+        for b in store.read("models", &[], Some(&filter)).await? {
+            if b.num_rows() == 0 {
+                continue;
+            }
+            let s = |c: &str| -> Option<String> {
+                let a = b
+                    .column_by_name(c)?
+                    .as_any()
+                    .downcast_ref::<StringArray>()?;
+                (!a.is_null(0)).then(|| a.value(0).to_string())
+            };
+            let k = b
+                .column_by_name("k")
+                .and_then(|a| a.as_any().downcast_ref::<Int32Array>())
+                .map(|a| a.value(0))
+                .unwrap_or(1);
+            let created = b
+                .column_by_name("created_ms")
+                .and_then(|a| a.as_any().downcast_ref::<Int64Array>())
+                .map(|a| a.value(0))
+                .unwrap_or(0);
+            return Ok(ModelEntry {
+                row: ModelRow {
+                    name: name.to_string(),
+                    kind: s("kind").unwrap_or_default(),
+                    k,
+                    encoder_id: s("encoder_id"),
+                    train_split: s("train_split").unwrap_or_default(),
+                    checkpoint: s("checkpoint").unwrap_or_default(),
+                    card_json: s("card_json").unwrap_or_default(),
+                    metrics_json: s("metrics_json"),
+                    run_id: s("run_id"),
+                    created_ms: created,
+                },
+            });
+        }
+        let known = model_names(store).await?;
+        anyhow::bail!(
+            "no model named '{name}' in the store (models: {})\nhint: train one with 'palpipe train' or a 'train' stage",
+            if known.is_empty() { "none yet".to_string() } else { known.join(", ") }
+        )
+    }
+
+    /// Merges `value` under `key` into the model's metrics and saves the row.
+    async fn record_metric(
+        mut self,
+        store: &Store,
+        key: &str,
+        value: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let mut metrics: BTreeMap<String, serde_json::Value> = self
+            .row
+            .metrics_json
+            .as_deref()
+            .and_then(|m| serde_json::from_str(m).ok())
+            .unwrap_or_default();
+        metrics.insert(key.to_string(), value);
+        self.row.metrics_json = Some(serde_json::to_string(&metrics)?);
+        store
+            .upsert("models", batches::models(&[self.row])?)
+            .await?;
+        Ok(())
+    }
+
+    fn load_pal(&self, store: &Store) -> anyhow::Result<PalModel> {
+        if self.row.kind == "popularity" {
+            anyhow::bail!(
+                "model '{}' is the popularity baseline, which has no users to adapt",
+                self.row.name
+            );
+        }
+        Ok(PalModel::load(&store.root().join(&self.row.checkpoint))?)
+    }
+}
+
+async fn model_names(store: &Store) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for b in store.read("models", &["name"], None).await? {
+        if let Some(a) = b.column(0).as_any().downcast_ref::<StringArray>() {
+            out.extend((0..a.len()).map(|i| a.value(i).to_string()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// An encoder id from an exact id or a unique name prefix (`all-MiniLM-L6-v2`).
+pub async fn resolve_encoder(store: &Store, encoder: &str) -> anyhow::Result<String> {
+    let r = crate::store::sql::query(
+        store,
+        "SELECT DISTINCT encoder_id FROM embeddings",
+        &BTreeMap::new(),
+    )
+    .await?;
+    let mut ids = Vec::new();
+    for b in &r.batches {
+        if let Some(a) = b.column(0).as_any().downcast_ref::<StringArray>() {
+            ids.extend((0..a.len()).map(|i| a.value(i).to_string()));
+        }
+    }
+    if ids.iter().any(|i| i == encoder) {
+        return Ok(encoder.to_string());
+    }
+    let prefix = format!("{encoder}:");
+    let matches: Vec<&String> = ids.iter().filter(|i| i.starts_with(&prefix)).collect();
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(FeatureError::NoEncoder {
+            encoder: encoder.to_string(),
+            known: if ids.is_empty() {
+                "none yet".into()
+            } else {
+                ids.join(", ")
+            },
+        }
+        .into()),
+        many => anyhow::bail!(
+            "encoder '{encoder}' is ambiguous: the store holds {}; give the full id",
+            many.iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Evaluates the popularity baseline trained on `train_split` on `split`.
+async fn popularity_eval(
+    store: &Store,
+    train_split: &str,
+    split: &str,
+    opts: &EvalOptions,
+) -> anyhow::Result<EvalReport> {
+    // Popularity needs identities, not embeddings: each distinct item becomes a
+    // one-number "vector" (its row), shared by both splits.
+    let train_pairs = split_pairs(store, train_split).await?;
+    let test_pairs = split_pairs(store, split).await?;
+    let mut items: HashMap<String, u32> = HashMap::new();
+    for p in train_pairs.iter().chain(test_pairs.iter()) {
+        for id in [&p.left_id, &p.right_id] {
+            let n = items.len() as u32;
+            items.entry(id.clone()).or_insert(n);
+        }
+    }
+    let vectors: Vec<f32> = (0..items.len()).map(|i| i as f32).collect();
+    let build = |pairs: &[super::features::PairRef]| -> anyhow::Result<ComparisonSet> {
+        let (mut users, mut user_ids) = (HashMap::new(), Vec::new());
+        let comps = pairs
+            .iter()
+            .map(|p| Comparison {
+                user: intern(&mut users, &mut user_ids, &p.user_id),
+                prompt: None,
+                left: items[&p.left_id],
+                right: items[&p.right_id],
+                y: p.label,
+            })
+            .collect();
+        Ok(ComparisonSet::new(
+            1,
+            0,
+            vectors.clone(),
+            Vec::new(),
+            user_ids,
+            comps,
+        )?)
+    };
+    let fitted = Popularity::fit(&build(&train_pairs)?)?;
+    Ok(fitted.evaluate(&build(&test_pairs)?, opts)?)
+}
+
+/// What a train call produced.
+pub struct Trained {
+    pub summary: String,
+    pub card_json: String,
+}
+
+/// Trains and registers model `name` (replacing a model of that name).
+pub async fn train_model(
+    store: &Store,
+    name: &str,
+    p: &TrainParams,
+    run_id: Option<&str>,
+    printer: Printer,
+) -> anyhow::Result<Trained> {
+    let Some(mut cfg) = p.model_config()? else {
+        // popularity: check the split loads, record what it needs.
+        let n_train = split_pairs(store, &p.train).await?.len();
+        let card =
+            serde_json::json!({"model": "popularity", "train_split": p.train, "n_train": n_train});
+        let row = ModelRow {
+            name: name.to_string(),
+            kind: "popularity".into(),
+            k: 1,
+            encoder_id: None,
+            train_split: p.train.clone(),
+            checkpoint: String::new(),
+            card_json: card.to_string(),
+            metrics_json: None,
+            run_id: run_id.map(str::to_string),
+            created_ms: now_ms(),
+        };
+        store.upsert("models", batches::models(&[row])?).await?;
+        return Ok(Trained {
+            summary: format!("popularity over {n_train} comparisons"),
+            card_json: card.to_string(),
+        });
+    };
+    let encoder = p.encoder.as_deref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "model '{}' needs 'encoder' (the vectors to train on)",
+            p.model
+        )
+    })?;
+    let encoder = resolve_encoder(store, encoder).await?;
+    let train: LoadedSplit = load_split(store, &p.train, &encoder).await?;
+    let val = match &p.val {
+        Some(v) => Some(load_split(store, v, &encoder).await?),
+        None => None,
+    };
+    cfg.dx = 0;
+    cfg.dp = 0;
+    let mut tcfg = p.training.clone();
+    tcfg.seed = p.seed;
+    let steps_per_epoch = train.set.comps.len().div_ceil(tcfg.batch_size.max(1));
+    let bar = printer.bar((steps_per_epoch * tcfg.epochs) as u64, "training");
+    let bar2 = bar.clone();
+    let (mut model, report) = tokio::task::spawn_blocking(move || {
+        pal::train(
+            &cfg,
+            &tcfg,
+            &train.set,
+            val.as_ref().map(|v| &v.set),
+            &mut |pr| {
+                bar2.set_position(pr.step as u64);
+            },
+        )
+    })
+    .await??;
+    bar.finish_and_clear();
+    model.info.encoder_id = Some(encoder.clone());
+    model.info.train_split = Some(p.train.clone());
+    model.info.run_id = run_id.map(str::to_string);
+    model
+        .info
+        .extra
+        .insert("train_report".into(), serde_json::to_value(&report)?);
+    let rel = PathBuf::from("checkpoints").join(name);
+    let dir = store.root().join(&rel);
+    let tmp = store
+        .root()
+        .join("checkpoints")
+        .join(format!(".{name}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    model.save(&tmp)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir)?;
+    let card_json = serde_json::to_string(&model.card())?;
+    let row = ModelRow {
+        name: name.to_string(),
+        kind: p.model.clone(),
+        k: p.k as i32,
+        encoder_id: Some(encoder),
+        train_split: p.train.clone(),
+        checkpoint: rel.to_string_lossy().into_owned(),
+        card_json: card_json.clone(),
+        metrics_json: None,
+        run_id: run_id.map(str::to_string),
+        created_ms: now_ms(),
+    };
+    store.upsert("models", batches::models(&[row])?).await?;
+    let val_part = report
+        .best_val_loss
+        .map(|l| format!(", val loss {l:.4}"))
+        .unwrap_or_default();
+    Ok(Trained {
+        summary: format!(
+            "{} K={} ({} params) on {} comparisons, {} users; best epoch {}/{}{val_part}",
+            p.model,
+            p.k,
+            report.params,
+            report.n_train,
+            report.n_users,
+            report.best_epoch,
+            report.epochs.len()
+        ),
+        card_json,
+    })
+}
+
+/// Evaluates model `name` on `split` and records the metrics under the split's name.
+pub async fn eval_model(store: &Store, p: &EvalParams) -> anyhow::Result<EvalReport> {
+    let entry = ModelEntry::find(store, &p.model).await?;
+    let opts = EvalOptions {
+        bootstrap_reps: p.bootstrap,
+        seed: p.seed,
+    };
+    let report = if entry.row.kind == "popularity" {
+        popularity_eval(store, &entry.row.train_split, &p.split, &opts).await?
+    } else {
+        let model = entry.load_pal(store)?;
+        let encoder = entry.row.encoder_id.clone().unwrap_or_default();
+        let data = load_split(store, &p.split, &encoder).await?;
+        tokio::task::spawn_blocking(move || evaluate(&model, &data.set, &opts)).await??
+    };
+    entry
+        .record_metric(store, &p.split, summary_json(&report))
+        .await?;
+    Ok(report)
+}
+
+/// The report without its per-user and per-comparison lists (those go to --json output).
+pub fn summary_json(r: &EvalReport) -> serde_json::Value {
+    serde_json::json!({
+        "accuracy": r.accuracy,
+        "ci95": [r.ci95.lo, r.ci95.hi],
+        "ci95_users": r.ci95_users.as_ref().map(|c| [c.lo, c.hi]),
+        "n": r.n,
+        "ties": r.ties,
+        "per_user": {"mean": r.per_user.mean, "std": r.per_user.std, "users": r.users.len()},
+        "unknown_users": r.unknown_users,
+        "mixture": r.mixture,
+    })
+}
+
+pub fn one_line(r: &EvalReport) -> String {
+    format!(
+        "accuracy {:.2}% [{:.2}, {:.2}] n={} ties={}; per user {:.2} ± {:.2} over {} users",
+        100.0 * r.accuracy,
+        100.0 * r.ci95.lo,
+        100.0 * r.ci95.hi,
+        r.n,
+        r.ties,
+        100.0 * r.per_user.mean,
+        100.0 * r.per_user.std,
+        r.users.len()
+    )
+}
+
+/// One row of an adaptation result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdaptRow {
+    pub shots: usize,
+    pub users: usize,
+    pub skipped_users: usize,
+    pub report: serde_json::Value,
+    pub accuracy: f64,
+    pub zero_shot_accuracy: f64,
+}
+
+/// Adapts the users of `p.users` for each shot count and records the results.
+pub async fn adapt_model(store: &Store, p: &AdaptParams) -> anyhow::Result<Vec<AdaptRow>> {
+    let entry = ModelEntry::find(store, &p.model).await?;
+    let model = entry.load_pal(store)?;
+    let encoder = entry.row.encoder_id.clone().unwrap_or_default();
+    let data = load_split(store, &p.users, &encoder).await?;
+    let seen: HashSet<&str> = model.user_ids().iter().map(String::as_str).collect();
+    let overlap: Vec<&String> = data
+        .set
+        .user_ids
+        .iter()
+        .filter(|u| seen.contains(u.as_str()))
+        .collect();
+    if let Some(first) = overlap.first() {
+        anyhow::bail!(
+            "split '{}' holds {} user(s) that model '{}' saw in training (first: '{first}'); adapt is for new users\nhint: select only unseen users, e.g. split = 'unseen'",
+            p.users,
+            overlap.len(),
+            p.model
+        );
+    }
+    let shots = p.shots.clone();
+    let (steps, seed) = (p.steps, p.seed);
+    let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<AdaptRow>> {
+        let mut rows = Vec::new();
+        let opts = EvalOptions {
+            bootstrap_reps: 0,
+            seed,
+        };
+        for n in shots {
+            if n == 0 {
+                let r = evaluate(&model, &data.set, &opts)?;
+                rows.push(AdaptRow {
+                    shots: 0,
+                    users: r.users.len(),
+                    skipped_users: 0,
+                    accuracy: r.accuracy,
+                    zero_shot_accuracy: r.accuracy,
+                    report: summary_json(&r),
+                });
+                continue;
+            }
+            let cfg = FewShotConfig {
+                shots: n,
+                steps,
+                seed,
+                ..FewShotConfig::default()
+            };
+            let res = few_shot(&model, &data.set, &cfg, &opts)?;
+            rows.push(AdaptRow {
+                shots: n,
+                users: res.user_ids.len(),
+                skipped_users: res.skipped_users.len(),
+                accuracy: res.adapted.accuracy,
+                zero_shot_accuracy: res.zero_shot.accuracy,
+                report: summary_json(&res.adapted),
+            });
+        }
+        Ok(rows)
+    })
+    .await??;
+    entry
+        .record_metric(
+            store,
+            &format!("adapt:{}", p.users),
+            serde_json::to_value(&rows)?,
+        )
+        .await?;
+    Ok(rows)
+}
+
+pub async fn train(p: &TrainParams, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
+    let name = p.name.clone().unwrap_or_else(|| ctx.stage_name.to_string());
+    Ok(
+        train_model(ctx.store, &name, p, Some(ctx.run_id), ctx.printer)
+            .await?
+            .summary,
+    )
+}
+
+pub async fn eval(p: &EvalParams, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
+    Ok(one_line(&eval_model(ctx.store, p).await?))
+}
+
+pub async fn adapt(p: &AdaptParams, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
+    let rows = adapt_model(ctx.store, p).await?;
+    let parts: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{} shots {:.2}%", r.shots, 100.0 * r.accuracy))
+        .collect();
+    Ok(format!(
+        "{} users: {}",
+        rows.first().map(|r| r.users).unwrap_or(0),
+        parts.join(", ")
+    ))
+}

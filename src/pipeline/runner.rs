@@ -1,0 +1,309 @@
+//! Runs a validated pipeline against a store: one stage at a time, in file order.
+//!
+//! Each stage has a fingerprint (blake3 of its kind, its typed parameters, the contents of
+//! its input files and the versions of the tables it reads). A stage whose fingerprint
+//! matches its last successful run in this pipeline is skipped. A stage that fails has every
+//! table rolled back to the versions it found, and the run stops; the run is recorded in
+//! `runs` either way, with the error text.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::progress::Printer;
+use super::spec::{Pipeline, Stage};
+use super::stages::StageCtx;
+use crate::store::batches::{self, RunRow, SplitRow};
+use crate::store::{now_ms, sql, Store, StoreError};
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stages to rerun even when unchanged.
+    pub force: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// What happened to one stage in one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub name: String,
+    pub kind: String,
+    pub fingerprint: String,
+    /// done | skipped | failed | not-run | planned
+    pub status: String,
+    pub seconds: f64,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub run_id: String,
+    pub pipeline: String,
+    pub stages: Vec<StageRecord>,
+    pub error: Option<String>,
+}
+
+/// Errors that stop a run before or while it works.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad configuration found before any work (exit code 2).
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs `p` on `store`. A failed stage is reported in the returned record (and `error`),
+/// not as an `Err`: the run itself was recorded.
+pub async fn run(
+    p: &Pipeline,
+    store: &Store,
+    opts: &RunOptions,
+    printer: Printer,
+) -> Result<RunReport, RunError> {
+    for f in &opts.force {
+        if !p.stages.iter().any(|s| &s.name == f) {
+            return Err(RunError::Invalid(format!(
+                "--force names stage '{f}', which this pipeline does not have"
+            )));
+        }
+    }
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(store.lock()?)
+    };
+    check_references(p, store).await?;
+    let started = now_ms();
+    let run_id = format!("{}-{}", p.name, started);
+    let versions_before = store.versions().await?;
+    let previous = last_fingerprints(store, &p.name).await?;
+
+    if !opts.dry_run {
+        save_splits(p, store).await?;
+    }
+    let mut records = Vec::new();
+    let mut error = None;
+    for stage in &p.stages {
+        let kind = stage.params.kind().to_string();
+        let fp = fingerprint(stage, store).await?;
+        let unchanged = previous.get(&stage.name) == Some(&fp) && !opts.force.contains(&stage.name);
+        let mut rec = StageRecord {
+            name: stage.name.clone(),
+            kind,
+            fingerprint: fp,
+            status: String::new(),
+            seconds: 0.0,
+            summary: String::new(),
+        };
+        if error.is_some() {
+            rec.status = "not-run".into();
+        } else if unchanged {
+            rec.status = "skipped".into();
+            rec.summary = "unchanged since its last run".into();
+        } else if opts.dry_run {
+            rec.status = "planned".into();
+            rec.summary = stage.params.describe();
+        } else {
+            printer.status(format!("stage '{}' ({}) …", stage.name, rec.kind));
+            let before = store.versions().await?;
+            let t = Instant::now();
+            let ctx = StageCtx {
+                store,
+                pipeline: p,
+                stage_name: &stage.name,
+                run_id: &run_id,
+                printer,
+            };
+            let result = stage.params.run(&ctx).await;
+            rec.seconds = t.elapsed().as_secs_f64();
+            match result {
+                Ok(summary) => {
+                    rec.status = "done".into();
+                    rec.summary = summary;
+                }
+                Err(e) => {
+                    store.roll_back(&before).await?;
+                    rec.status = "failed".into();
+                    let msg = format!("stage '{}' ({}) failed: {e:#}", stage.name, rec.kind);
+                    rec.summary = msg.clone();
+                    error = Some(msg);
+                }
+            }
+        }
+        records.push(rec);
+    }
+    if !opts.dry_run {
+        let versions_after = store.versions().await?;
+        let row = RunRow {
+            run_id: run_id.clone(),
+            pipeline: p.name.clone(),
+            pipeline_file: Some(p.file.display().to_string()),
+            started_ms: started,
+            finished_ms: now_ms(),
+            outcome: if error.is_some() {
+                "failed".into()
+            } else {
+                "ok".into()
+            },
+            error: error.clone(),
+            stages_json: serde_json::to_string(&records).unwrap_or_default(),
+            versions_before_json: serde_json::to_string(&versions_before).unwrap_or_default(),
+            versions_after_json: serde_json::to_string(&versions_after).unwrap_or_default(),
+        };
+        store.append("runs", batches::runs(&[row])?).await?;
+    }
+    Ok(RunReport {
+        run_id,
+        pipeline: p.name.clone(),
+        stages: records,
+        error,
+    })
+}
+
+/// blake3 of the stage's kind, typed parameters, input file contents and read versions.
+async fn fingerprint(stage: &Stage, store: &Store) -> Result<String, RunError> {
+    let mut h = blake3::Hasher::new();
+    h.update(stage.params.kind().as_bytes());
+    h.update(format!("{:?}", stage.params).as_bytes());
+    for (_, path) in stage.params.inputs() {
+        h.update(path.to_string_lossy().as_bytes());
+        hash_path(&mut h, &path)?;
+    }
+    let versions = store.versions().await?;
+    for t in stage.params.reads() {
+        h.update(format!("{t}={:?};", versions.get(*t)).as_bytes());
+    }
+    Ok(h.finalize().to_hex()[..32].to_string())
+}
+
+fn hash_path(h: &mut blake3::Hasher, path: &std::path::Path) -> Result<(), RunError> {
+    let io = |e: std::io::Error| {
+        RunError::Invalid(format!("cannot read input '{}': {e}", path.display()))
+    };
+    if path.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .map_err(io)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for e in entries {
+            if e.is_file() {
+                h.update(e.to_string_lossy().as_bytes());
+                h.update_reader(std::fs::File::open(&e).map_err(io)?)
+                    .map_err(io)?;
+            }
+        }
+    } else if path.is_file() {
+        h.update_reader(std::fs::File::open(path).map_err(io)?)
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// The fingerprint of each stage's latest successful run in pipeline `name`.
+async fn last_fingerprints(
+    store: &Store,
+    name: &str,
+) -> Result<BTreeMap<String, String>, RunError> {
+    use arrow_array::{Array, Int64Array, StringArray};
+    let filter = format!("pipeline = '{}'", name.replace('\'', "''"));
+    let mut rows: Vec<(i64, String)> = Vec::new();
+    for b in store
+        .read("runs", &["started_ms", "stages_json"], Some(&filter))
+        .await?
+    {
+        let t = b.column(0).as_any().downcast_ref::<Int64Array>();
+        let s = b.column(1).as_any().downcast_ref::<StringArray>();
+        if let (Some(t), Some(s)) = (t, s) {
+            for i in 0..b.num_rows() {
+                if !s.is_null(i) {
+                    rows.push((t.value(i), s.value(i).to_string()));
+                }
+            }
+        }
+    }
+    rows.sort_by_key(|r| r.0);
+    let mut out = BTreeMap::new();
+    for (_, json) in rows {
+        let recs: Vec<StageRecord> = serde_json::from_str(&json).unwrap_or_default();
+        for r in recs {
+            if r.status == "done" {
+                out.insert(r.name, r.fingerprint);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Saves the pipeline's splits that are new or changed (so an unchanged rerun writes nothing).
+async fn save_splits(p: &Pipeline, store: &Store) -> Result<(), RunError> {
+    let stored = stored_splits(store).await?;
+    let now = now_ms();
+    let changed: Vec<SplitRow> = p
+        .splits
+        .iter()
+        .filter(|(n, q)| stored.get(*n) != Some(*q))
+        .map(|(n, q)| SplitRow {
+            name: n,
+            sql: q,
+            pipeline: Some(&p.name),
+            created_ms: now,
+        })
+        .collect();
+    if !changed.is_empty() {
+        store.upsert("splits", batches::splits(&changed)?).await?;
+    }
+    Ok(())
+}
+
+/// name → SQL of every split in the store.
+pub async fn stored_splits(store: &Store) -> Result<BTreeMap<String, String>, StoreError> {
+    use arrow_array::{Array, StringArray};
+    let mut out = BTreeMap::new();
+    for b in store.read("splits", &["name", "sql"], None).await? {
+        let n = b.column(0).as_any().downcast_ref::<StringArray>();
+        let q = b.column(1).as_any().downcast_ref::<StringArray>();
+        if let (Some(n), Some(q)) = (n, q) {
+            for i in 0..b.num_rows() {
+                out.insert(n.value(i).to_string(), q.value(i).to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Splits named by stages exist (in the pipeline or the store), and split SQL plans
+/// against the tables; checked before any work so a typo costs nothing.
+async fn check_references(p: &Pipeline, store: &Store) -> Result<(), RunError> {
+    let stored = stored_splits(store).await?;
+    let mut problems = Vec::new();
+    for s in &p.stages {
+        for (key, split) in s.params.split_refs() {
+            if !p.splits.contains_key(&split) && !stored.contains_key(&split) {
+                let line = s.line.map(|l| format!(":{l}")).unwrap_or_default();
+                problems.push(format!(
+                    "{}{line}: stage '{}' '{key}' names split '{split}', which is neither in this pipeline's 'splits' nor in the store",
+                    p.file.display(),
+                    s.name
+                ));
+            }
+        }
+    }
+    let ctx = sql::session(store, &BTreeMap::new()).await?;
+    for (name, q) in &p.splits {
+        let opts = datafusion::execution::context::SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false);
+        if let Err(e) = ctx.sql_with_options(q, opts).await {
+            problems.push(format!("{}: split '{name}': {e}", p.file.display()));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(RunError::Invalid(problems.join("\n")))
+    }
+}

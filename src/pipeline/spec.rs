@@ -1,0 +1,271 @@
+//! The pipeline file: YAML → typed spec, with every error naming file, line, column and key.
+//!
+//! Parsing happens in two steps. serde_yaml reads the top level (name, store, stages,
+//! splits) straight from the text, so its errors carry positions. Each stage's parameters
+//! are then read into the stage kind's own struct (unknown keys rejected) through
+//! `serde_path_to_error`, and the key path is turned back into a line with [`Positions`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+
+use super::positions::Positions;
+use super::stages::StageParams;
+
+/// One problem in a pipeline file, located.
+#[derive(Debug, Clone)]
+pub struct SpecError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub col: Option<usize>,
+    /// Dotted key path (`stages.1.epochs`), empty for the whole file.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let (Some(l), Some(c)) = (self.line, self.col) {
+            write!(f, ":{l}:{c}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": '{}'", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// All problems found, reported together.
+#[derive(Debug, Clone)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SpecErrors {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPipeline {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    store: Option<String>,
+    stages: Vec<Mapping>,
+    #[serde(default)]
+    splits: BTreeMap<String, String>,
+}
+
+/// A validated pipeline.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub file: PathBuf,
+    pub name: String,
+    pub description: Option<String>,
+    pub store: Option<String>,
+    pub stages: Vec<Stage>,
+    pub splits: BTreeMap<String, String>,
+}
+
+/// One stage: its name, and its kind with typed parameters.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub name: String,
+    pub params: StageParams,
+    /// Line of the stage in the file, for messages at run time.
+    pub line: Option<usize>,
+}
+
+/// A `--set stage.key=value` override.
+#[derive(Debug, Clone)]
+pub struct Override {
+    pub stage: String,
+    pub key: String,
+    pub value: Value,
+}
+
+impl Override {
+    /// Parses `stage.key=value`; the value is read as YAML (`3`, `true`, `[1, 2]`, `text`).
+    pub fn parse(s: &str) -> Result<Override, String> {
+        let (lhs, value) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--set '{s}': expected stage.key=value"))?;
+        let (stage, key) = lhs
+            .split_once('.')
+            .ok_or_else(|| format!("--set '{s}': expected stage.key=value"))?;
+        let value: Value =
+            serde_yaml::from_str(value).map_err(|e| format!("--set '{s}': value: {e}"))?;
+        Ok(Override {
+            stage: stage.to_string(),
+            key: key.to_string(),
+            value,
+        })
+    }
+}
+
+impl Pipeline {
+    /// Reads and validates a pipeline file; every problem is reported at once.
+    pub fn load(path: &Path, overrides: &[Override]) -> Result<Pipeline, SpecErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            SpecErrors(vec![SpecError {
+                file: path.to_path_buf(),
+                line: None,
+                col: None,
+                key: String::new(),
+                message: format!("cannot read: {e}"),
+            }])
+        })?;
+        Pipeline::parse(path, &text, overrides)
+    }
+
+    pub fn parse(path: &Path, text: &str, overrides: &[Override]) -> Result<Pipeline, SpecErrors> {
+        let err = |line: Option<usize>, col: Option<usize>, key: &str, message: String| SpecError {
+            file: path.to_path_buf(),
+            line,
+            col,
+            key: key.to_string(),
+            message,
+        };
+        let raw: RawPipeline = serde_yaml::from_str(text).map_err(|e| {
+            let loc = e.location();
+            SpecErrors(vec![err(
+                loc.as_ref().map(|l| l.line()),
+                loc.as_ref().map(|l| l.column()),
+                "",
+                e.to_string(),
+            )])
+        })?;
+        let pos = Positions::index(text);
+        let at = |key: &str, message: String| {
+            let p = pos.find(key);
+            err(p.map(|p| p.line), p.map(|p| p.col), key, message)
+        };
+        let mut errors = Vec::new();
+        let mut stages_raw = raw.stages;
+        for o in overrides {
+            match stages_raw
+                .iter_mut()
+                .find(|m| m.get("name").and_then(Value::as_str) == Some(o.stage.as_str()))
+            {
+                Some(m) => {
+                    m.insert(Value::String(o.key.clone()), o.value.clone());
+                }
+                None => errors.push(err(
+                    None,
+                    None,
+                    "",
+                    format!(
+                        "--set names stage '{}', which this pipeline does not have",
+                        o.stage
+                    ),
+                )),
+            }
+        }
+        let mut stages = Vec::new();
+        for (i, mut m) in stages_raw.into_iter().enumerate() {
+            let base = format!("stages.{i}");
+            let line = pos.find(&base).map(|p| p.line);
+            let name = match m.remove("name") {
+                Some(Value::String(s)) if !s.is_empty() => s,
+                Some(_) => {
+                    errors.push(at(
+                        &format!("{base}.name"),
+                        "expected a non-empty string".into(),
+                    ));
+                    continue;
+                }
+                None => {
+                    errors.push(at(&base, "stage has no 'name'".into()));
+                    continue;
+                }
+            };
+            let kind = match m.remove("kind") {
+                Some(Value::String(s)) => s,
+                _ => {
+                    errors.push(at(
+                        &base,
+                        format!(
+                            "stage '{name}' has no 'kind' (one of {})",
+                            StageParams::KINDS.join(", ")
+                        ),
+                    ));
+                    continue;
+                }
+            };
+            match StageParams::parse(&kind, Value::Mapping(m)) {
+                Ok(params) => stages.push(Stage { name, params, line }),
+                Err(ParamError::UnknownKind) => errors.push(at(
+                    &format!("{base}.kind"),
+                    format!(
+                        "unknown stage kind '{kind}' (kinds: {})",
+                        StageParams::KINDS.join(", ")
+                    ),
+                )),
+                Err(ParamError::Invalid { path, message }) => {
+                    let key = if path.is_empty() || path == "." {
+                        base.clone()
+                    } else {
+                        format!("{base}.{path}")
+                    };
+                    errors.push(at(&key, format!("stage '{name}' ({kind}): {message}")));
+                }
+            }
+        }
+        let mut seen = BTreeMap::new();
+        for (i, s) in stages.iter().enumerate() {
+            if let Some(first) = seen.insert(s.name.clone(), i) {
+                errors.push(at(
+                    &format!("stages.{i}.name"),
+                    format!(
+                        "duplicate stage name '{}' (first used by stage {})",
+                        s.name,
+                        first + 1
+                    ),
+                ));
+            }
+        }
+        let pipeline = Pipeline {
+            file: path.to_path_buf(),
+            name: raw.name,
+            description: raw.description,
+            store: raw.store,
+            stages,
+            splits: raw.splits,
+        };
+        errors.extend(super::validate::check(&pipeline, &pos));
+        if errors.is_empty() {
+            Ok(pipeline)
+        } else {
+            Err(SpecErrors(errors))
+        }
+    }
+}
+
+/// Why a stage's parameters were refused.
+#[derive(Debug)]
+pub enum ParamError {
+    UnknownKind,
+    Invalid { path: String, message: String },
+}
+
+/// Reads a stage kind's parameter struct, keeping the path of a bad key.
+pub fn read_params<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, ParamError> {
+    serde_path_to_error::deserialize(value).map_err(|e| ParamError::Invalid {
+        path: e.path().to_string(),
+        message: e.inner().to_string(),
+    })
+}

@@ -1,0 +1,67 @@
+//! Checks that need the whole pipeline: input files exist, split SQL parses, and stages
+//! reference splits and models that the pipeline defines (or that must already be in the
+//! store; those are checked when the run starts). Each pass adds located errors.
+
+use datafusion::sql::parser::DFParser;
+
+use super::positions::Positions;
+use super::spec::{Pipeline, SpecError};
+
+pub fn check(p: &Pipeline, pos: &Positions) -> Vec<SpecError> {
+    let at = |key: String, message: String| {
+        let found = pos.find(&key);
+        SpecError {
+            file: p.file.clone(),
+            line: found.map(|x| x.line),
+            col: found.map(|x| x.col),
+            key,
+            message,
+        }
+    };
+    let mut errors = Vec::new();
+    // Inputs exist.
+    for (i, s) in p.stages.iter().enumerate() {
+        for (key, path) in s.params.inputs() {
+            if !path.exists() {
+                errors.push(at(
+                    format!("stages.{i}.{key}"),
+                    format!(
+                        "stage '{}': input '{}' does not exist",
+                        s.name,
+                        path.display()
+                    ),
+                ));
+            }
+        }
+    }
+    // Splits parse as SQL.
+    for (name, sql) in &p.splits {
+        if let Err(e) = DFParser::parse_sql(sql) {
+            errors.push(at(
+                format!("splits.{name}"),
+                format!("split '{name}' is not valid SQL: {e}"),
+            ));
+        }
+    }
+    // Models referenced by eval/adapt are trained earlier in the pipeline (or already stored).
+    for (i, s) in p.stages.iter().enumerate() {
+        for (key, model) in s.params.model_refs() {
+            let trained_before = p.stages[..i]
+                .iter()
+                .any(|t| t.params.model_name(&t.name).as_deref() == Some(model.as_str()));
+            let trained_later = p.stages[i..]
+                .iter()
+                .any(|t| t.params.model_name(&t.name).as_deref() == Some(model.as_str()));
+            if trained_later && !trained_before {
+                errors.push(at(
+                    format!("stages.{i}.{key}"),
+                    format!(
+                        "stage '{}' uses model '{model}' before the stage that trains it",
+                        s.name
+                    ),
+                ));
+            }
+        }
+    }
+    errors
+}

@@ -1,0 +1,415 @@
+//! The feature store: a folder of Lance datasets, one per table (`<root>/<table>.lance`).
+//!
+//! Owns table layout, content-addressed writes (rows whose key exists add nothing), reading
+//! tables at a version, rolling tables back after a failed stage, the writer lock, and SQL
+//! over the tables (`sql.rs`). Knows nothing of models or of how a stage computes its rows.
+//! Row types live in `records.rs`, their Arrow form in `batches.rs`, schemas in `schema.rs`.
+
+pub mod batches;
+pub mod records;
+pub mod schema;
+pub mod sql;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{Array, RecordBatch, RecordBatchIterator, StringArray};
+use arrow_schema::DataType;
+use futures::TryStreamExt;
+use lance::dataset::{WriteMode, WriteParams};
+use lance::Dataset;
+
+pub use schema::{TableSchema, TABLES};
+
+/// Errors of the store. Messages name the table, the store folder and the bad value.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store path '{0}' exists and is not a folder")]
+    NotAFolder(PathBuf),
+    #[error("cannot create store folder '{path}': {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store '{0}' is in use by another palpipe process\nhint: wait for it to finish, or use another --store")]
+    Locked(PathBuf),
+    #[error("unknown table '{0}' (tables: items, prompts, pairs, users, embeddings, splits, models, runs)")]
+    UnknownTable(String),
+    #[error("schema file for '{table}': {message}")]
+    SchemaFile { table: String, message: String },
+    #[error("building a batch for '{table}': {message}")]
+    Batch { table: String, message: String },
+    #[error("vector for '{content_id}' has {got} dimensions, expected {expected}")]
+    VectorDim {
+        content_id: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error("the store's embeddings hold {have}-dimensional vectors; these have {got}\nhint: keep encoders of another width in another store (--store)")]
+    StoreVectorDim { have: usize, got: usize },
+    #[error("table '{table}' has no version {version} (latest is {latest})")]
+    NoSuchVersion {
+        table: String,
+        version: u64,
+        latest: u64,
+    },
+    #[error("table '{table}': {source}")]
+    Lance { table: String, source: lance::Error },
+    #[error("{0}")]
+    Sql(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn lance_err(table: &str) -> impl FnOnce(lance::Error) -> StoreError + '_ {
+    move |source| StoreError::Lance {
+        table: table.to_string(),
+        source,
+    }
+}
+
+/// How many rows a write added, and how many it found already present.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WriteStats {
+    pub inserted: usize,
+    pub existing: usize,
+}
+
+/// Handle to a store folder.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// Held while a process writes to the store; dropping it releases the lock.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+impl Store {
+    /// Opens the store at `root`, creating the folder when it does not exist.
+    pub fn open(root: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let root = root.as_ref().to_path_buf();
+        if root.exists() && !root.is_dir() {
+            return Err(StoreError::NotAFolder(root));
+        }
+        std::fs::create_dir_all(&root).map_err(|source| StoreError::Create {
+            path: root.clone(),
+            source,
+        })?;
+        Ok(Store { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Takes the writer lock, failing at once when another process holds it.
+    pub fn lock(&self) -> Result<StoreLock, StoreError> {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join(".palpipe.lock"))?;
+        match file.try_lock() {
+            Ok(()) => Ok(StoreLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(self.root.clone())),
+            Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+        }
+    }
+
+    fn uri(&self, table: &str) -> String {
+        self.root
+            .join(format!("{table}.lance"))
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    pub fn exists(&self, table: &str) -> bool {
+        self.root
+            .join(format!("{table}.lance"))
+            .join("_versions")
+            .is_dir()
+    }
+
+    /// The dataset of `table` at its latest version (or `version`), `None` when the table
+    /// has not been written yet.
+    pub async fn dataset(
+        &self,
+        table: &str,
+        version: Option<u64>,
+    ) -> Result<Option<Dataset>, StoreError> {
+        TableSchema::get(table)?;
+        if !self.exists(table) {
+            return Ok(None);
+        }
+        let ds = Dataset::open(&self.uri(table))
+            .await
+            .map_err(lance_err(table))?;
+        match version {
+            None => Ok(Some(ds)),
+            Some(v) => {
+                let latest = ds.version_id();
+                if v == 0 || v > latest {
+                    return Err(StoreError::NoSuchVersion {
+                        table: table.into(),
+                        version: v,
+                        latest,
+                    });
+                }
+                Ok(Some(
+                    ds.checkout_version(v).await.map_err(lance_err(table))?,
+                ))
+            }
+        }
+    }
+
+    /// The latest version of every table that exists.
+    pub async fn versions(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut out = BTreeMap::new();
+        for t in TABLES {
+            if let Some(ds) = self.dataset(t, None).await? {
+                out.insert(t.to_string(), ds.version_id());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rows in `table` (0 when it does not exist).
+    pub async fn count(&self, table: &str, filter: Option<String>) -> Result<usize, StoreError> {
+        match self.dataset(table, None).await? {
+            None => Ok(0),
+            Some(ds) => ds.count_rows(filter).await.map_err(lance_err(table)),
+        }
+    }
+
+    /// Reads `columns` of `table` (all when empty), optionally filtered by a SQL predicate.
+    pub async fn read(
+        &self,
+        table: &str,
+        columns: &[&str],
+        filter: Option<&str>,
+    ) -> Result<Vec<RecordBatch>, StoreError> {
+        let Some(ds) = self.dataset(table, None).await? else {
+            return Ok(Vec::new());
+        };
+        let mut scan = ds.scan();
+        if !columns.is_empty() {
+            scan.project(columns).map_err(lance_err(table))?;
+        }
+        if let Some(f) = filter {
+            scan.filter(f).map_err(lance_err(table))?;
+        }
+        let stream = scan.try_into_stream().await.map_err(lance_err(table))?;
+        stream.try_collect().await.map_err(lance_err(table))
+    }
+
+    /// The set of keys already in `table` (composite keys joined with '\u{1f}').
+    async fn existing_keys(&self, table: &str) -> Result<HashSet<String>, StoreError> {
+        let key = TableSchema::get(table)?.key;
+        let cols: Vec<&str> = key.iter().map(String::as_str).collect();
+        let mut keys = HashSet::new();
+        for batch in self.read(table, &cols, None).await? {
+            let arrays = key_columns(&batch, &cols)?;
+            for i in 0..batch.num_rows() {
+                keys.insert(join_key(&arrays, i));
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Content-addressed write: appends the rows of `batch` whose key is not yet in the
+    /// table (nor earlier in the batch). No new rows → no commit, the version is unchanged.
+    pub async fn insert_new(
+        &self,
+        table: &str,
+        batch: RecordBatch,
+    ) -> Result<WriteStats, StoreError> {
+        let spec = TableSchema::get(table)?;
+        let cols: Vec<&str> = spec.key.iter().map(String::as_str).collect();
+        let mut seen = self.existing_keys(table).await?;
+        let arrays = key_columns(&batch, &cols)?;
+        let keep: Vec<bool> = (0..batch.num_rows())
+            .map(|i| seen.insert(join_key(&arrays, i)))
+            .collect();
+        let inserted = keep.iter().filter(|k| **k).count();
+        let stats = WriteStats {
+            inserted,
+            existing: batch.num_rows() - inserted,
+        };
+        if inserted == 0 {
+            return Ok(stats);
+        }
+        let mask = arrow_array::BooleanArray::from(keep);
+        let fresh =
+            arrow::compute::filter_record_batch(&batch, &mask).map_err(|e| StoreError::Batch {
+                table: table.into(),
+                message: e.to_string(),
+            })?;
+        self.append(table, fresh).await?;
+        Ok(stats)
+    }
+
+    /// Replaces the rows whose key matches a row of `batch`, and adds the rest.
+    pub async fn upsert(&self, table: &str, batch: RecordBatch) -> Result<(), StoreError> {
+        let spec = TableSchema::get(table)?;
+        if spec.key.len() != 1 {
+            return Err(StoreError::Batch {
+                table: table.into(),
+                message: "upsert needs a single-column key".into(),
+            });
+        }
+        if let Some(mut ds) = self.dataset(table, None).await? {
+            let arrays = key_columns(&batch, &[spec.key[0].as_str()])?;
+            let list: Vec<String> = (0..batch.num_rows())
+                .map(|i| format!("'{}'", join_key(&arrays, i).replace('\'', "''")))
+                .collect();
+            if !list.is_empty() {
+                let pred = format!("{} IN ({})", spec.key[0], list.join(", "));
+                ds.delete(&pred).await.map_err(lance_err(table))?;
+            }
+        }
+        self.append(table, batch).await
+    }
+
+    /// Appends `batch` as one commit, creating the table when it does not exist.
+    pub async fn append(&self, table: &str, batch: RecordBatch) -> Result<(), StoreError> {
+        let existing = self.dataset(table, None).await?;
+        if let Some(ds) = &existing {
+            check_vector_width(table, ds, &batch)?;
+        }
+        let mode = if existing.is_some() {
+            WriteMode::Append
+        } else {
+            WriteMode::Create
+        };
+        let schema = batch.schema();
+        let reader = RecordBatchIterator::new(vec![Ok(batch)], schema);
+        let params = WriteParams {
+            mode,
+            ..Default::default()
+        };
+        Dataset::write(reader, self.uri(table).as_str(), Some(params))
+            .await
+            .map_err(lance_err(table))?;
+        Ok(())
+    }
+
+    /// Brings every table back to the versions in `before` (a table absent there is removed).
+    /// Used when a stage fails, so a failure leaves the store as it was.
+    pub async fn roll_back(&self, before: &BTreeMap<String, u64>) -> Result<(), StoreError> {
+        for (table, now) in self.versions().await? {
+            match before.get(&table) {
+                Some(v) if *v == now => {}
+                Some(v) => {
+                    let ds = self.dataset(&table, Some(*v)).await?;
+                    if let Some(mut ds) = ds {
+                        ds.restore().await.map_err(lance_err(&table))?;
+                    }
+                }
+                None => std::fs::remove_dir_all(self.root.join(format!("{table}.lance")))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The width of a `FixedSizeList` vector column, if the schema has one.
+pub fn vector_width(schema: &arrow_schema::Schema) -> Option<usize> {
+    schema.fields().iter().find_map(|f| match f.data_type() {
+        DataType::FixedSizeList(_, n) => Some(*n as usize),
+        _ => None,
+    })
+}
+
+fn check_vector_width(table: &str, ds: &Dataset, batch: &RecordBatch) -> Result<(), StoreError> {
+    let have = vector_width(&arrow_schema::Schema::from(ds.schema()));
+    let got = vector_width(&batch.schema());
+    match (have, got) {
+        (Some(have), Some(got)) if have != got => {
+            let _ = table;
+            Err(StoreError::StoreVectorDim { have, got })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn key_columns<'a>(
+    batch: &'a RecordBatch,
+    cols: &[&str],
+) -> Result<Vec<&'a StringArray>, StoreError> {
+    cols.iter()
+        .map(|c| {
+            batch
+                .column_by_name(c)
+                .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+                .ok_or_else(|| StoreError::Batch {
+                    table: String::new(),
+                    message: format!("key column '{c}' is missing or not text"),
+                })
+        })
+        .collect()
+}
+
+fn join_key(arrays: &[&StringArray], row: usize) -> String {
+    let parts: Vec<&str> = arrays
+        .iter()
+        .map(|a| if a.is_null(row) { "" } else { a.value(row) })
+        .collect();
+    parts.join("\u{1f}")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Writes everything one ingest stage produced, table by table, each as one commit.
+pub async fn write_ingest(
+    store: &Store,
+    batch: &records::IngestBatch,
+) -> Result<BTreeMap<String, WriteStats>, StoreError> {
+    let mut out = BTreeMap::new();
+    out.insert(
+        "items".to_string(),
+        store
+            .insert_new("items", batches::items(&batch.items)?)
+            .await?,
+    );
+    out.insert(
+        "prompts".to_string(),
+        store
+            .insert_new("prompts", batches::prompts(&batch.prompts)?)
+            .await?,
+    );
+    out.insert(
+        "users".to_string(),
+        store
+            .insert_new("users", batches::users(&batch.users)?)
+            .await?,
+    );
+    if let Some(b) = batches::embeddings(&batch.embeddings)? {
+        out.insert(
+            "embeddings".to_string(),
+            store.insert_new("embeddings", b).await?,
+        );
+    }
+    out.insert(
+        "pairs".to_string(),
+        store
+            .insert_new("pairs", batches::pairs(&batch.pairs)?)
+            .await?,
+    );
+    Ok(out)
+}
+
+/// Keeps `Arc<Dataset>` construction in one place for the SQL layer.
+pub(crate) fn shared(ds: Dataset) -> Arc<Dataset> {
+    Arc::new(ds)
+}

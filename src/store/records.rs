@@ -1,0 +1,95 @@
+//! Plain row types for the core tables, as ingest stages produce them.
+//!
+//! These are what a stage hands to the store: the store turns them into Arrow batches that
+//! match `schemas/*.json` and writes them with a merge on the key. Nothing here touches Lance.
+
+/// One piece of content: a text, an image, or a raw vector (synthetic data).
+/// `item_id` is the blake3 hex of the content bytes (see [`content_id`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemRow {
+    pub item_id: String,
+    /// "text", "image" or "vector".
+    pub kind: String,
+    pub text: Option<String>,
+    pub bytes: Option<Vec<u8>>,
+    /// The dataset the item first came from (e.g. "persona", "polis/football-concussions").
+    pub source: String,
+    /// The item this one was derived from (a colour-filtered image), if any.
+    pub parent_id: Option<String>,
+}
+
+/// A context x_c. `prompt_id` is the blake3 hex of the text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptRow {
+    pub prompt_id: String,
+    pub text: String,
+    pub source: String,
+}
+
+/// One comparison by one user. `label` is -1 when the left item is preferred, +1 when the
+/// right one is. `split` is a tag the ingest stage assigns ("train", "val", "test" for seen
+/// users' comparisons, "unseen" for users held out for few-shot adaptation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairRow {
+    pub pair_id: String,
+    pub user_id: String,
+    /// None when the data has no context (synthetic ideal points).
+    pub prompt_id: Option<String>,
+    pub left_id: String,
+    pub right_id: String,
+    pub label: i8,
+    pub dataset: String,
+    pub split: String,
+    /// The source's own row id where it has one (Pick-a-Pic `ranking_id`).
+    pub source_ref: Option<String>,
+}
+
+/// An annotator. `role` is "seen" or "unseen"; `group` is the true group when known
+/// (a persona, a synthetic prototype).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRow {
+    pub user_id: String,
+    pub dataset: String,
+    pub group: Option<String>,
+    pub role: String,
+}
+
+/// One vector for one piece of content under one encoder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingRow {
+    pub content_id: String,
+    pub encoder_id: String,
+    pub vector: Vec<f32>,
+}
+
+/// Everything one ingest stage produces; the store writes each part with a merge on its key.
+#[derive(Debug, Clone, Default)]
+pub struct IngestBatch {
+    pub items: Vec<ItemRow>,
+    pub prompts: Vec<PromptRow>,
+    pub pairs: Vec<PairRow>,
+    pub users: Vec<UserRow>,
+    /// Vectors known at ingest time (synthetic data), written to `embeddings`.
+    pub embeddings: Vec<EmbeddingRow>,
+}
+
+/// blake3 hex of some bytes: the id of every piece of content in the store.
+pub fn content_id(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// The id of a comparison: blake3 over user, prompt, left and right ids and the label.
+pub fn pair_id(
+    user_id: &str,
+    prompt_id: Option<&str>,
+    left: &str,
+    right: &str,
+    extra: &str,
+) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in [user_id, prompt_id.unwrap_or(""), left, right, extra] {
+        h.update(part.as_bytes());
+        h.update(&[0u8]);
+    }
+    h.finalize().to_hex().to_string()
+}

@@ -1,0 +1,1 @@
+//! transform: hashing and leakage splits, colour filters, Pick-a-Filter (not built yet).

@@ -1,0 +1,237 @@
+//! Bad input: each case exits non-zero with one clear message and leaves every table as it was.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn persona_line(statement: &str, matching: &str) -> String {
+    let other = if matching == " Yes" { " No" } else { " Yes" };
+    serde_json::json!({
+        "question": format!("Is the following statement something you would say?\n\"{statement}\""),
+        "statement": statement,
+        "answer_matching_behavior": matching,
+        "answer_not_matching_behavior": other,
+        "label_confidence": 0.9
+    })
+    .to_string()
+}
+
+/// A small persona folder: two personas, ten statements each.
+fn persona_dir(dir: &Path) -> std::path::PathBuf {
+    let d = dir.join("persona");
+    std::fs::create_dir_all(&d).unwrap();
+    for p in ["art", "math"] {
+        let lines: Vec<String> = (0..10)
+            .map(|i| {
+                persona_line(
+                    &format!("{p} statement {i}"),
+                    if i % 2 == 0 { " Yes" } else { " No" },
+                )
+            })
+            .collect();
+        std::fs::write(
+            d.join(format!("interest-in-{p}.jsonl")),
+            lines.join("\n") + "\n",
+        )
+        .unwrap();
+    }
+    d
+}
+
+fn persona_pipeline(dir: &Path, data: &Path) -> std::path::PathBuf {
+    let text = format!(
+        "name: bad\nstages:\n  - name: synth\n    kind: synthetic\n    d: 2\n    users: 3\n    unseen_users: 0\n    items: 20\n  - name: people\n    kind: persona\n    dir: {}\n    personas: [art, math]\n    users_per_persona: 2\n    queries_per_user: 6\n    unseen_users_per_persona: 1\n    unseen_queries_per_user: 4\n",
+        data.display()
+    );
+    write_pipeline(dir, "p.yaml", &text)
+}
+
+fn assert_store_empty(store: &Path) {
+    let v = versions(store);
+    assert!(v.keys().all(|t| t == "runs"), "tables written: {v:?}");
+}
+
+#[test]
+fn malformed_yaml_names_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let p = write_pipeline(
+        dir.path(),
+        "p.yaml",
+        "name: x\nstages:\n  - name: a\n    kind: [synthetic\n",
+    );
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(2);
+    assert!(r.stderr.contains("p.yaml:"), "{}", r.stderr);
+    assert_store_empty(&store);
+}
+
+#[test]
+fn unknown_stage_kind_names_line_and_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let p = write_pipeline(
+        dir.path(),
+        "p.yaml",
+        "name: x\nstages:\n  - name: a\n    kind: synthetik\n",
+    );
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(2);
+    assert!(r.stderr.contains("p.yaml:4:"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("unknown stage kind 'synthetik'"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("persona"),
+        "lists the kinds: {}",
+        r.stderr
+    );
+    assert_store_empty(&store);
+}
+
+#[test]
+fn wrong_parameter_type_and_unknown_key_name_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let p = write_pipeline(
+        dir.path(),
+        "p.yaml",
+        "name: x\nstages:\n  - name: a\n    kind: synthetic\n    users: many\n  - name: b\n    kind: synthetic\n    dataset: b\n    colour: red\n",
+    );
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(2);
+    assert!(
+        r.stderr.contains("p.yaml:5:5: 'stages.0.users'"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("p.yaml:9:5"),
+        "both errors at once: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("colour"), "{}", r.stderr);
+    assert_store_empty(&store);
+}
+
+#[test]
+fn duplicate_stage_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let p = write_pipeline(
+        dir.path(),
+        "p.yaml",
+        "name: x\nstages:\n  - name: a\n    kind: synthetic\n  - name: a\n    kind: synthetic\n",
+    );
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(2);
+    assert!(
+        r.stderr.contains("duplicate stage name 'a'"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("p.yaml:5:"), "{}", r.stderr);
+}
+
+#[test]
+fn missing_data_folder_is_found_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let p = persona_pipeline(dir.path(), &dir.path().join("nowhere"));
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(2);
+    assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
+    assert!(r.stderr.contains("p.yaml:"), "{}", r.stderr);
+    assert_store_empty(&store);
+}
+
+#[test]
+fn a_json_line_that_does_not_parse_names_file_and_line_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let data = persona_dir(dir.path());
+    let f = data.join("interest-in-math.jsonl");
+    let good = std::fs::read_to_string(&f).unwrap();
+    let mut lines: Vec<&str> = good.lines().collect();
+    lines[2] = "{\"statement\": oops";
+    std::fs::write(&f, lines.join("\n")).unwrap();
+    let p = persona_pipeline(dir.path(), &data);
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(1);
+    assert!(
+        r.stderr.contains("interest-in-math.jsonl:3"),
+        "{}",
+        r.stderr
+    );
+    // the first stage (synthetic) succeeded and stays; the failed stage wrote nothing
+    let users = scalar(
+        &store,
+        "SELECT count(*) FROM users WHERE dataset = 'persona'",
+    );
+    assert_eq!(users, 0);
+    let before = versions(&store);
+    // fix the file: the rerun skips the finished stage and retries the failed one
+    std::fs::write(&f, &good).unwrap();
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).ok();
+    assert!(r.stdout.contains("skipped"), "{}", r.stdout);
+    assert!(
+        scalar(
+            &store,
+            "SELECT count(*) FROM users WHERE dataset = 'persona'"
+        ) > 0
+    );
+    assert_eq!(versions(&store)["embeddings"], before["embeddings"]);
+}
+
+#[test]
+fn an_empty_data_file_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let data = persona_dir(dir.path());
+    std::fs::write(data.join("interest-in-art.jsonl"), "").unwrap();
+    let p = persona_pipeline(dir.path(), &data);
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(1);
+    assert!(r.stderr.contains("interest-in-art.jsonl"), "{}", r.stderr);
+    assert!(r.stderr.contains("empty"), "{}", r.stderr);
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT count(*) FROM users WHERE dataset = 'persona'"
+        ),
+        0
+    );
+}
+
+#[test]
+fn a_csv_missing_a_column_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let conv = dir.path().join("conv");
+    std::fs::create_dir_all(&conv).unwrap();
+    std::fs::write(
+        conv.join("summary.csv"),
+        "topic,A topic\nurl,x\nvoters,2\ncomments,2\ngroups,2\nconversation-description,d\n",
+    )
+    .unwrap();
+    std::fs::write(
+        conv.join("comments.csv"),
+        "timestamp,datetime,comment-id,author-id,agrees,disagrees,moderated,comment-body\n1,d,0,0,1,1,1,first\n2,d,1,0,1,1,1,second\n",
+    )
+    .unwrap();
+    // votes.csv lacks the `vote` column
+    std::fs::write(
+        conv.join("votes.csv"),
+        "timestamp,datetime,comment-id,voter-id\n1,d,0,5\n",
+    )
+    .unwrap();
+    let p = write_pipeline(
+        dir.path(),
+        "p.yaml",
+        &format!(
+            "name: x\nstages:\n  - name: v\n    kind: polis\n    dir: {}\n",
+            conv.display()
+        ),
+    );
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(1);
+    assert!(r.stderr.contains("votes.csv"), "{}", r.stderr);
+    assert!(r.stderr.contains("'vote'"), "{}", r.stderr);
+    assert_store_empty(&store);
+}

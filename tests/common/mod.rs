@@ -1,0 +1,110 @@
+//! Helpers shared by the CLI tests: run the real binary on a temp store.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_palpipe"))
+}
+
+pub fn shared_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn code(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+fn done(o: Output) -> Run {
+    Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// Runs `palpipe ARGS --store STORE --quiet`.
+pub fn palpipe(store: &Path, args: &[&str]) -> Run {
+    let o = bin()
+        .args(args)
+        .arg("--store")
+        .arg(store)
+        .arg("--quiet")
+        .output()
+        .expect("run palpipe");
+    done(o)
+}
+
+/// Runs palpipe without a --store flag (for tests of the flag itself).
+pub fn palpipe_raw(args: &[&str]) -> Run {
+    done(
+        bin()
+            .args(args)
+            .env_remove("PALPIPE_STORE")
+            .output()
+            .expect("run palpipe"),
+    )
+}
+
+/// `SELECT …` as JSON lines, parsed.
+pub fn query(store: &Path, sql: &str) -> Vec<serde_json::Value> {
+    let r = palpipe(store, &["sql", sql, "--format", "json"]).ok();
+    r.stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// One integer from a one-row query.
+pub fn scalar(store: &Path, sql: &str) -> i64 {
+    let rows = query(store, sql);
+    assert_eq!(rows.len(), 1, "{sql}: {rows:?}");
+    let obj = rows[0].as_object().expect("object");
+    obj.values()
+        .next()
+        .and_then(|v| v.as_i64())
+        .unwrap_or_else(|| panic!("{sql}: {rows:?}"))
+}
+
+/// table → (version, rows) for every table that exists, from `palpipe tables --format json`.
+pub fn versions(store: &Path) -> std::collections::BTreeMap<String, (i64, i64)> {
+    let r = palpipe(store, &["tables", "--format", "json"]).ok();
+    r.stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let t = v["table"].as_str()?.to_string();
+            Some((t, (v["version"].as_i64()?, v["rows"].as_i64()?)))
+        })
+        .collect()
+}
+
+/// Writes a pipeline file into `dir` and returns its path.
+pub fn write_pipeline(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}

@@ -1,0 +1,201 @@
+//! Training, evaluation and adaptation through the real binary on a synthetic store.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+const PIPELINE: &str = "\
+name: t
+stages:
+  - name: data
+    kind: synthetic
+    d: 2
+    k_star: 3
+    users: 30
+    comparisons_per_user: 60
+    held_out_per_user: 30
+    val_per_user: 5
+    unseen_users: 6
+    seed: 3
+  - {name: k1, kind: train, model: pal-a, k: 1, train: tr, val: va, encoder: synthetic-identity, config: {d: 2}, training: {epochs: 20}}
+  - {name: k3, kind: train, model: pal-a, k: 3, train: tr, val: va, encoder: synthetic-identity, config: {d: 2}, training: {epochs: 20}}
+  - {name: pop, kind: train, model: popularity, train: tr}
+  - {name: e1, kind: eval, model: k1, split: te}
+  - {name: e3, kind: eval, model: k3, split: te}
+  - {name: ep, kind: eval, model: pop, split: te}
+  - {name: ad, kind: adapt, model: k3, users: un, shots: [0, 10]}
+splits:
+  tr: \"SELECT * FROM pairs WHERE split = 'train'\"
+  va: \"SELECT * FROM pairs WHERE split = 'val'\"
+  te: \"SELECT * FROM pairs WHERE split = 'test'\"
+  un: \"SELECT * FROM pairs WHERE split = 'unseen'\"
+";
+
+fn trained_store(dir: &Path) -> std::path::PathBuf {
+    let store = dir.join("s");
+    let p = write_pipeline(dir, "p.yaml", PIPELINE);
+    palpipe(&store, &["run", p.to_str().unwrap()]).ok();
+    store
+}
+
+fn eval_json(store: &Path, model: &str, split: &str) -> serde_json::Value {
+    let r = palpipe(
+        store,
+        &["eval", "--model", model, "--split", split, "--json"],
+    )
+    .ok();
+    serde_json::from_str(r.stdout.trim()).expect("one JSON object")
+}
+
+#[test]
+fn pipeline_trains_evaluates_and_adapts() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = trained_store(dir.path());
+    let k1 = eval_json(&store, "k1", "te");
+    let k3 = eval_json(&store, "k3", "te");
+    for key in ["accuracy", "ci95", "n", "ties", "per_user"] {
+        assert!(k3.get(key).is_some(), "eval --json lacks {key}: {k3}");
+    }
+    assert_eq!(k3["n"], 30 * 30);
+    let (a1, a3) = (
+        k1["accuracy"].as_f64().unwrap(),
+        k3["accuracy"].as_f64().unwrap(),
+    );
+    assert!(a3 > a1 + 0.05, "K=3 {a3} should beat K=1 {a1}");
+    let ci = k3["ci95"].as_array().unwrap();
+    assert!(ci[0].as_f64().unwrap() <= a3 && a3 <= ci[1].as_f64().unwrap());
+    // the same checkpoint evaluates identically
+    assert_eq!(eval_json(&store, "k3", "te")["accuracy"], k3["accuracy"]);
+    let pop = eval_json(&store, "pop", "te");
+    assert!(pop["accuracy"].as_f64().unwrap() > 0.3);
+    // models registered, with metrics
+    assert_eq!(scalar(&store, "SELECT count(*) FROM models"), 3);
+    let r = palpipe(
+        &store,
+        &[
+            "adapt", "--model", "k3", "--users", "un", "--shots", "0,20", "--json",
+        ],
+    )
+    .ok();
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[1]["shots"], 20);
+    assert_eq!(results[1]["users"], 6);
+}
+
+#[test]
+fn training_twice_with_one_seed_gives_identical_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = trained_store(dir.path());
+    let args = [
+        "train",
+        "--name",
+        "again",
+        "--model",
+        "pal-a",
+        "--k",
+        "3",
+        "--train",
+        "tr",
+        "--val",
+        "va",
+        "--encoder",
+        "synthetic-identity",
+        "--d",
+        "2",
+        "--epochs",
+        "20",
+    ];
+    palpipe(&store, &args).ok();
+    let a = std::fs::read(store.join("checkpoints/again/weights.safetensors")).unwrap();
+    let b = std::fs::read(store.join("checkpoints/k3/weights.safetensors")).unwrap();
+    assert_eq!(a, b, "same config and seed must give bit-identical weights");
+}
+
+#[test]
+fn bad_training_requests_fail_clearly_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = trained_store(dir.path());
+    let before = versions(&store);
+    let base = [
+        "train",
+        "--name",
+        "x",
+        "--model",
+        "pal-b",
+        "--train",
+        "tr",
+        "--encoder",
+        "synthetic-identity",
+    ];
+    let with = |extra: &[&str]| {
+        let mut v: Vec<&str> = base.to_vec();
+        v.extend_from_slice(extra);
+        palpipe(&store, &v)
+    };
+    let r = with(&["--k", "0"]).code(2);
+    assert!(r.stderr.contains("k must be at least 1"), "{}", r.stderr);
+    let r = with(&["--arch", "mlp2-relux-dropout0"]).code(2);
+    assert!(r.stderr.contains("relux"), "{}", r.stderr);
+    let r = palpipe(
+        &store,
+        &[
+            "train",
+            "--name",
+            "x",
+            "--model",
+            "pal-b",
+            "--train",
+            "nosplit",
+            "--encoder",
+            "synthetic-identity",
+        ],
+    )
+    .code(2);
+    assert!(
+        r.stderr.contains("no split named 'nosplit'"),
+        "{}",
+        r.stderr
+    );
+    let r = palpipe(
+        &store,
+        &[
+            "train",
+            "--name",
+            "x",
+            "--model",
+            "pal-b",
+            "--train",
+            "tr",
+            "--encoder",
+            "nope",
+        ],
+    )
+    .code(2);
+    assert!(
+        r.stderr.contains("no vectors for encoder 'nope'"),
+        "{}",
+        r.stderr
+    );
+    let r = palpipe(&store, &["eval", "--model", "nomodel", "--split", "te"]).code(2);
+    assert!(
+        r.stderr.contains("no model named 'nomodel'"),
+        "{}",
+        r.stderr
+    );
+    let r = palpipe(
+        &store,
+        &["adapt", "--model", "k3", "--users", "te", "--shots", "5"],
+    )
+    .code(1);
+    assert!(r.stderr.contains("saw in training"), "{}", r.stderr);
+    let mut after = versions(&store);
+    // eval and adapt failures write nothing; only successful evals above touched models
+    after.remove("runs");
+    let mut before2 = before.clone();
+    before2.remove("runs");
+    assert_eq!(before2, after);
+}
