@@ -87,7 +87,7 @@ pub async fn run(
     let mut error = None;
     for stage in &p.stages {
         let kind = stage.params.kind().to_string();
-        let fp = fingerprint(stage, store).await?;
+        let fp = fingerprint(stage, store, &p.splits).await?;
         let unchanged = previous.get(&stage.name) == Some(&fp) && !opts.force.contains(&stage.name);
         let mut rec = StageRecord {
             name: stage.name.clone(),
@@ -163,7 +163,7 @@ pub async fn run(
 }
 
 /// blake3 of the stage's kind, typed parameters, input file contents and read versions.
-async fn fingerprint(stage: &Stage, store: &Store) -> Result<String, RunError> {
+async fn fingerprint(stage: &Stage, store: &Store, pipeline_splits: &BTreeMap<String, String>) -> Result<String, RunError> {
     let mut h = blake3::Hasher::new();
     h.update(stage.params.kind().as_bytes());
     h.update(format!("{:?}", stage.params).as_bytes());
@@ -174,6 +174,20 @@ async fn fingerprint(stage: &Stage, store: &Store) -> Result<String, RunError> {
     let versions = store.versions().await?;
     for t in stage.params.reads() {
         h.update(format!("{t}={:?};", versions.get(*t)).as_bytes());
+    }
+    let splits = stored_splits(store).await?;
+    for (_, split) in stage.params.split_refs() {
+        let sql = pipeline_splits.get(&split).or_else(|| splits.get(&split));
+        h.update(format!("split {split}={sql:?};").as_bytes());
+    }
+    // A model is identified by when it was trained, not by the version of `models`
+    // (evaluations record their metrics there, which must not make them rerun).
+    for (_, model) in stage.params.model_refs() {
+        let trained = match super::pal_stages::ModelEntry::find(store, &model).await {
+            Ok(m) => format!("{}@{}", m.row.checkpoint, m.row.created_ms),
+            Err(_) => "absent".to_string(),
+        };
+        h.update(format!("model {model}={trained};").as_bytes());
     }
     Ok(h.finalize().to_hex()[..32].to_string())
 }
