@@ -41,9 +41,16 @@ build: setup
 	cargo build --bin palpipe
 
 demo: build
-	$(BIN) run pipelines/demo.yaml --store $(DEMO_STORE)
-	@echo
-	$(BIN) sql "SELECT name, kind, k, metrics_json FROM models ORDER BY name" --store $(DEMO_STORE)
+	@$(BIN) run pipelines/demo.yaml --store $(DEMO_STORE)
+	@echo; echo "== the store's tables"
+	@$(BIN) tables --store $(DEMO_STORE)
+	@echo; echo "== comparisons per split (palpipe sql)"
+	@$(BIN) sql "SELECT split, count(*) AS pairs, count(DISTINCT user_id) AS users FROM pairs GROUP BY split ORDER BY split" --store $(DEMO_STORE)
+	@echo; echo "== a single reward (K = 1) against PAL-A with K = 3, seen users' held-out comparisons"
+	@$(BIN) eval --model homogeneous --split demo-test --store $(DEMO_STORE) --quiet
+	@$(BIN) eval --model pal-a-k3 --split demo-test --store $(DEMO_STORE) --quiet
+	@echo; echo "== new users, adapted from N of their comparisons"
+	@$(BIN) adapt --model pal-a-k3 --users demo-unseen --shots 0,5,20 --store $(DEMO_STORE) --quiet
 
 test: setup
 	cargo test --no-fail-fast -- --test-threads 2

@@ -72,7 +72,7 @@ impl ClipEncoder {
     pub fn load(dir: &Path, device: &Device) -> Result<Self, EmbedError> {
         if !dir.is_dir() {
             let model = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-            return Err(EmbedError::MissingFile {
+            return Err(EmbedError::MissingDir {
                 path: dir.to_path_buf(),
                 model: model.unwrap_or_else(|| "clip".to_string()),
             });

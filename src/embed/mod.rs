@@ -54,7 +54,10 @@ pub trait ImageEncoder: Send + Sync {
 /// when the fix is known.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {
-    /// A model folder or one of its files does not exist.
+    /// A model folder does not exist.
+    #[error("model folder '{}' not found\nhint: run 'make setup' (or set {MODELS_ENV} to a folder holding '{model}/')", path.display())]
+    MissingDir { path: PathBuf, model: String },
+    /// A file of a model folder does not exist.
     #[error("model file '{}' not found\nhint: run 'make setup' (or set {MODELS_ENV} to a folder holding '{model}/')", path.display())]
     MissingFile { path: PathBuf, model: String },
     /// A file exists but cannot be read.
@@ -169,7 +172,7 @@ pub fn resolve_model_dir(explicit: Option<&Path>, name: &str) -> Result<PathBuf,
         None => models_root(name)?.join(name),
     };
     if !dir.is_dir() {
-        return Err(EmbedError::MissingFile {
+        return Err(EmbedError::MissingDir {
             path: dir,
             model: name.to_string(),
         });
@@ -262,7 +265,10 @@ mod tests {
         let e = resolve_model_dir(Some(Path::new("/nonexistent/palpipe-model")), MINILM_L6_V2)
             .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("/nonexistent/palpipe-model"), "{msg}");
+        assert!(
+            msg.contains("model folder '/nonexistent/palpipe-model' not found"),
+            "{msg}"
+        );
         assert!(msg.contains("run 'make setup'"), "{msg}");
     }
 

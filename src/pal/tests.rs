@@ -8,7 +8,6 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 use super::model::{rng, stream};
-use super::train::train_dtype;
 use super::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -29,7 +28,7 @@ fn ideal_points(
     let d = 2;
     let sd = (1.0 / d as f64).sqrt();
     let mut r = ChaCha8Rng::seed_from_u64(seed);
-    let mut normal = |r: &mut ChaCha8Rng| -> f64 { StandardNormal.sample(r) };
+    let normal = |r: &mut ChaCha8Rng| -> f64 { StandardNormal.sample(r) };
     let f_star: Vec<f64> = (0..d * d).map(|_| normal(&mut r)).collect();
     let apply = |x: &[f64]| -> Vec<f64> {
         (0..d)
@@ -602,4 +601,41 @@ fn popularity_baseline_reports_like_pal() {
     assert!(r.ci95.lo <= r.accuracy && r.accuracy <= r.ci95.hi);
     assert!(r.ci95_users.is_some());
     assert_eq!(r.users.len(), 20);
+}
+
+#[test]
+#[ignore = "sweep for choosing defaults; prints a table"]
+fn sweep_ideal_points() {
+    let kinds = [ModelKind::PalA, ModelKind::PalB];
+    for seed in [1u64, 2, 3] {
+        let (train_set, test_set) = ideal_points(100, 50, 50, 3, seed);
+        for kind in kinds {
+            for k in [1, 2, 3] {
+                let cfg = ModelConfig { kind, k, ..ModelConfig::default() };
+                let tc = TrainConfig { seed, ..TrainConfig::default() };
+                let t0 = std::time::Instant::now();
+                let (model, _) = train(&cfg, &tc, &train_set, None, &mut |_| {}).unwrap();
+                let r = evaluate(&model, &test_set, &EvalOptions::default()).unwrap();
+                eprintln!("seed {seed} {kind:?} K={k}: {:.4} ({:.1}s)", r.accuracy, t0.elapsed().as_secs_f64());
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "timing of a CLIP-sized PAL-B head; prints seconds per step"]
+fn time_clip_sized_pal_b() {
+    let set = with_context(50, 1280, 1024, 1024, 1);
+    let cfg = ModelConfig {
+        kind: ModelKind::PalB,
+        k: 2,
+        d: 512,
+        item_arch: "mlp2-gelu-dropout0".parse().unwrap(),
+        prototype_arch: "mlp2-gelu-dropout0".parse().unwrap(),
+        ..ModelConfig::default()
+    };
+    let tc = TrainConfig { epochs: 1, batch_size: 64, ..TrainConfig::default() };
+    let t0 = std::time::Instant::now();
+    let (model, report) = train(&cfg, &tc, &set, None, &mut |_| {}).unwrap();
+    eprintln!("{} params, {} steps, {:.3}s/step", model.param_count(), report.steps, t0.elapsed().as_secs_f64() / report.steps as f64);
 }

@@ -77,8 +77,8 @@ pub fn train(
     train_dtype(model_cfg, train_cfg, data, val, progress, DType::F32)
 }
 
-/// [`train`] with a chosen float type (F64 for gradient checks).
-pub(crate) fn train_dtype(
+/// [`train`] with a chosen float type.
+fn train_dtype(
     model_cfg: &ModelConfig,
     train_cfg: &TrainConfig,
     data: &ComparisonSet,

@@ -473,7 +473,7 @@ pub fn summary_json(r: &EvalReport) -> serde_json::Value {
 
 pub fn one_line(r: &EvalReport) -> String {
     format!(
-        "accuracy {:.2}% [{:.2}, {:.2}] n={} ties={}; per user {:.2} ± {:.2} over {} users",
+        "accuracy {:.2}% (95% CI {:.2}-{:.2}, Wilson over comparisons) n={} ties={}; per user {:.2} ± {:.2} over {} users",
         100.0 * r.accuracy,
         100.0 * r.ci95.lo,
         100.0 * r.ci95.hi,
