@@ -9,6 +9,7 @@ pub mod output;
 pub mod pal_cmds;
 pub mod run;
 pub mod sql;
+pub mod vectors;
 
 use std::path::PathBuf;
 
@@ -58,6 +59,12 @@ pub enum Command {
     Eval(pal_cmds::EvalArgs),
     /// Fit new users' mixture weights from a few of their comparisons and score the rest.
     Adapt(pal_cmds::AdaptArgs),
+    /// Embed text items and prompts into `embeddings`, skipping what is already cached.
+    Embed(vectors::EmbedArgs),
+    /// Build a vector index over `embeddings`.
+    Index(vectors::IndexArgs),
+    /// Find the stored texts nearest to a query text.
+    Search(vectors::SearchArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -145,6 +152,9 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             Command::Train(a) => pal_cmds::train(&ctx, a).await,
             Command::Eval(a) => pal_cmds::eval(&ctx, a).await,
             Command::Adapt(a) => pal_cmds::adapt(&ctx, a).await,
+            Command::Embed(a) => vectors::embed(&ctx, a).await,
+            Command::Index(a) => vectors::index(&ctx, a).await,
+            Command::Search(a) => vectors::search(&ctx, a).await,
         }
     })
 }

@@ -538,4 +538,128 @@ mod tests {
         let e = ClipEncoder::load(Path::new("/nonexistent/clip-vit"), &Device::Cpu).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/clip-vit"), "{e}");
     }
+
+    const TINY_CLIP_CONFIG: &str = r#"{"projection_dim": 16,
+        "text_config": {"vocab_size": 9, "hidden_size": 32, "intermediate_size": 64,
+          "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
+          "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
+        "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "image_size": 32, "patch_size": 8,
+          "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}}"#;
+
+    /// Word-level stand-in for CLIP's BPE tokenizer; as in CLIP, end-of-text is the largest id.
+    const TINY_TOKENIZER: &str = r#"{"version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [
+          {"id": 0, "content": "<|startoftext|>", "single_word": false, "lstrip": false,
+           "rstrip": false, "normalized": false, "special": true},
+          {"id": 8, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
+           "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": {"type": "Lowercase"},
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": {"type": "TemplateProcessing",
+          "single": [{"SpecialToken": {"id": "<|startoftext|>", "type_id": 0}},
+                     {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}],
+          "pair": [{"SpecialToken": {"id": "<|startoftext|>", "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}},
+                   {"Sequence": {"id": "B", "type_id": 1}},
+                   {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}],
+          "special_tokens": {
+            "<|startoftext|>": {"id": "<|startoftext|>", "ids": [0], "tokens": ["<|startoftext|>"]},
+            "<|endoftext|>": {"id": "<|endoftext|>", "ids": [8], "tokens": ["<|endoftext|>"]}}},
+        "decoder": null,
+        "model": {"type": "WordLevel", "unk_token": "[UNK]",
+          "vocab": {"<|startoftext|>": 0, "[UNK]": 1, "a": 2, "photo": 3, "of": 4, "cat": 5,
+                    "dog": 6, "red": 7, "<|endoftext|>": 8}}}"#;
+
+    /// A randomly initialised tiny CLIP in a temp folder, plus candle's own `ClipModel` on
+    /// the same weights for cross-checks.
+    fn tiny_clip() -> (
+        tempfile::TempDir,
+        candle_transformers::models::clip::ClipModel,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), TINY_CLIP_CONFIG).unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), TINY_TOKENIZER).unwrap();
+        let config = read_clip_config(&dir.path().join("config.json")).unwrap();
+        let varmap = candle_nn::VarMap::new();
+        let dev = Device::Cpu;
+        varmap
+            .get(
+                32,
+                "vision_model.embeddings.class_embedding",
+                candle_nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+                DType::F32,
+                &dev,
+            )
+            .unwrap();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let reference = candle_transformers::models::clip::ClipModel::new(vb, &config).unwrap();
+        varmap.save(dir.path().join("model.safetensors")).unwrap();
+        (dir, reference)
+    }
+
+    fn test_image(w: u32, h: u32, seed: u32) -> DynamicImage {
+        DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+            let v = |k: u32| ((x * 7 + y * 13 + seed * 31 + k * 59) % 256) as u8;
+            image::Rgb([v(0), v(1), v(2)])
+        }))
+    }
+
+    #[test]
+    fn tiny_clip_matches_candle_clip_model() {
+        let (dir, reference) = tiny_clip();
+        let enc = ClipEncoder::load(dir.path(), &Device::Cpu)
+            .unwrap()
+            .with_batch_size(2)
+            .unwrap();
+        assert_eq!(ImageEncoder::dim(&enc), 16);
+        assert_eq!(TextEncoder::dim(&enc), 16);
+        assert!(ImageEncoder::encoder_id(&enc).contains(':'));
+
+        // Text: pooled at EOT whatever the batch; same as candle's argmax pooling on
+        // zero-padded ids.
+        let texts = ["a photo of a red cat", "dog", "A Photo of a Dog"];
+        let got = enc.embed_texts(&texts).unwrap();
+        let alone = enc.embed_texts(&["dog"]).unwrap();
+        assert!(crate::embed::cosine(&got[1], &alone[0]) > 0.999_999);
+        let ids: Vec<u32> = [0, 2, 3, 4, 2, 7, 5, 8]
+            .into_iter()
+            .chain(std::iter::repeat(0).take(77 - 8))
+            .collect();
+        let ids = Tensor::from_vec(ids, (1, 77), &Device::Cpu).unwrap();
+        let want = reference
+            .get_text_features(&ids)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let c = crate::embed::cosine(&got[0], &want[0]);
+        assert!(c > 0.999_999, "text vs candle ClipModel: {c}");
+
+        // Images: preprocessing then candle's image features.
+        let images = [
+            test_image(40, 30, 1),
+            test_image(32, 32, 2),
+            test_image(20, 50, 3),
+        ];
+        let got = enc.embed_images(&images).unwrap();
+        assert_eq!(got.len(), 3);
+        for (img, v) in images.iter().zip(&got) {
+            let px =
+                Tensor::from_vec(preprocess_image(img, 32), (1, 3, 32, 32), &Device::Cpu).unwrap();
+            let want = reference
+                .get_image_features(&px)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let c = crate::embed::cosine(v, &want[0]);
+            assert!(c > 0.999_999, "image vs candle ClipModel: {c}");
+            let norm = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5);
+        }
+        assert!(enc.embed_texts(&[""]).is_err());
+    }
 }

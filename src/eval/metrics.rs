@@ -205,7 +205,10 @@ mod tests {
         );
         assert!((i.level - 0.95).abs() < 1e-6);
         let all = wilson_interval(10, 10, Z95);
-        assert!((all.hi - 1.0).abs() < 1e-12 && (all.lo - 1.0 / (1.0 + Z95 * Z95 / 10.0)).abs() < 1e-12, "{all:?}");
+        assert!(
+            (all.hi - 1.0).abs() < 1e-12 && (all.lo - 1.0 / (1.0 + Z95 * Z95 / 10.0)).abs() < 1e-12,
+            "{all:?}"
+        );
     }
 
     #[test]

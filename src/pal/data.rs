@@ -99,7 +99,7 @@ impl ComparisonSet {
         if self.dx == 0 {
             return Err(PalError::Data("item dimension 'dx' is 0".into()));
         }
-        if self.items.len() % self.dx != 0 {
+        if !self.items.len().is_multiple_of(self.dx) {
             return Err(PalError::Data(format!(
                 "items hold {} values, not a multiple of dx = {}",
                 self.items.len(),
@@ -109,7 +109,7 @@ impl ComparisonSet {
         if self.dp == 0 && !self.prompts.is_empty() {
             return Err(PalError::Data("prompts are given but dp = 0".into()));
         }
-        if self.dp > 0 && self.prompts.len() % self.dp != 0 {
+        if self.dp > 0 && !self.prompts.len().is_multiple_of(self.dp) {
             return Err(PalError::Data(format!(
                 "prompts hold {} values, not a multiple of dp = {}",
                 self.prompts.len(),

@@ -14,7 +14,7 @@ use super::model::{argmax, PalModel};
 use crate::eval::metrics::{self, Interval, MeanStd, Tally};
 
 /// Options of an evaluation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalOptions {
     /// Bootstrap resamples over users for `ci95_users`; 0 (default) skips it.
@@ -23,15 +23,6 @@ pub struct EvalOptions {
     /// Seed of the bootstrap. Default 0.
     #[serde(default)]
     pub seed: u64,
-}
-
-impl Default for EvalOptions {
-    fn default() -> Self {
-        EvalOptions {
-            bootstrap_reps: 0,
-            seed: 0,
-        }
-    }
 }
 
 /// The outcome of one comparison.

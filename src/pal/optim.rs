@@ -83,59 +83,92 @@ impl AdamW {
             if slot.lr == 0.0 {
                 continue;
             }
-            let g: Vec<f64> = g.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
-            let t = slot.var.as_tensor();
-            let (dtype, shape, device) = (t.dtype(), t.shape().clone(), t.device().clone());
-            let mut p: Vec<f64> = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
-            match slot.row_len {
-                None => {
-                    slot.steps[0] += 1;
-                    let step = slot.steps[0];
-                    update(
-                        &mut p,
-                        &g,
-                        &mut slot.m,
-                        &mut slot.v,
-                        0..g.len(),
-                        step,
-                        slot.lr,
-                        slot.wd,
-                    );
-                }
-                Some(len) => {
-                    let mut done = vec![false; slot.steps.len()];
-                    for &r in rows {
-                        let r = r as usize;
-                        if r >= done.len() || done[r] {
-                            continue;
-                        }
-                        done[r] = true;
-                        slot.steps[r] += 1;
-                        let step = slot.steps[r];
-                        update(
-                            &mut p,
-                            &g,
-                            &mut slot.m,
-                            &mut slot.v,
-                            r * len..(r + 1) * len,
-                            step,
-                            slot.lr,
-                            slot.wd,
-                        );
-                    }
-                }
+            match slot.var.dtype() {
+                DType::F64 => slot.step::<f64>(g, rows)?,
+                _ => slot.step::<f32>(g, rows)?,
             }
-            let new = Tensor::from_vec(p, shape, &device)?.to_dtype(dtype)?;
-            slot.var.set(&new)?;
         }
         Ok(())
     }
 }
 
+/// Host element types the update reads and writes (the math itself is f64).
+trait Elem: candle_core::WithDType {
+    fn to64(self) -> f64;
+    fn from64(v: f64) -> Self;
+}
+
+impl Elem for f32 {
+    fn to64(self) -> f64 {
+        self as f64
+    }
+    fn from64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Elem for f64 {
+    fn to64(self) -> f64 {
+        self
+    }
+    fn from64(v: f64) -> Self {
+        v
+    }
+}
+
+impl Slot {
+    fn step<T: Elem>(&mut self, g: &Tensor, rows: &[u32]) -> Result<()> {
+        let t = self.var.as_tensor();
+        let (shape, device) = (t.shape().clone(), t.device().clone());
+        let g: Vec<T> = g.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1()?;
+        let mut p: Vec<T> = t.flatten_all()?.to_vec1()?;
+        match self.row_len {
+            None => {
+                self.steps[0] += 1;
+                let step = self.steps[0];
+                update(
+                    &mut p,
+                    &g,
+                    &mut self.m,
+                    &mut self.v,
+                    0..g.len(),
+                    step,
+                    self.lr,
+                    self.wd,
+                );
+            }
+            Some(len) => {
+                let mut done = vec![false; self.steps.len()];
+                for &r in rows {
+                    let r = r as usize;
+                    if r >= done.len() || done[r] {
+                        continue;
+                    }
+                    done[r] = true;
+                    self.steps[r] += 1;
+                    let step = self.steps[r];
+                    update(
+                        &mut p,
+                        &g,
+                        &mut self.m,
+                        &mut self.v,
+                        r * len..(r + 1) * len,
+                        step,
+                        self.lr,
+                        self.wd,
+                    );
+                }
+            }
+        }
+        self.var.set(&Tensor::from_vec(p, shape, &device)?)?;
+        Ok(())
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
-fn update(
-    p: &mut [f64],
-    g: &[f64],
+fn update<T: Elem>(
+    p: &mut [T],
+    g: &[T],
     m: &mut [f64],
     v: &mut [f64],
     range: std::ops::Range<usize>,
@@ -146,12 +179,14 @@ fn update(
     let bc1 = 1.0 - BETA1.powi(step as i32);
     let bc2 = 1.0 - BETA2.powi(step as i32);
     for i in range {
-        p[i] *= 1.0 - lr * wd;
-        m[i] = BETA1 * m[i] + (1.0 - BETA1) * g[i];
-        v[i] = BETA2 * v[i] + (1.0 - BETA2) * g[i] * g[i];
+        let gi = g[i].to64();
+        let mut pi = p[i].to64() * (1.0 - lr * wd);
+        m[i] = BETA1 * m[i] + (1.0 - BETA1) * gi;
+        v[i] = BETA2 * v[i] + (1.0 - BETA2) * gi * gi;
         let m_hat = m[i] / bc1;
         let v_hat = v[i] / bc2;
-        p[i] -= lr * m_hat / (v_hat.sqrt() + EPS);
+        pi -= lr * m_hat / (v_hat.sqrt() + EPS);
+        p[i] = T::from64(pi);
     }
 }
 
@@ -191,7 +226,8 @@ mod timing {
     #[test]
     #[ignore = "timing"]
     fn time_step_3m() {
-        let w = Var::from_tensor(&Tensor::ones((3000, 1000), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::ones((3000, 1000), DType::F32, &Device::Cpu).unwrap())
+            .unwrap();
         let mut opt = AdamW::new();
         opt.add(w.clone(), 1e-3, 0.01);
         let loss = w.as_tensor().sqr().unwrap().sum_all().unwrap();

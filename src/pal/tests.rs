@@ -611,12 +611,23 @@ fn sweep_ideal_points() {
         let (train_set, test_set) = ideal_points(100, 50, 50, 3, seed);
         for kind in kinds {
             for k in [1, 2, 3] {
-                let cfg = ModelConfig { kind, k, ..ModelConfig::default() };
-                let tc = TrainConfig { seed, ..TrainConfig::default() };
+                let cfg = ModelConfig {
+                    kind,
+                    k,
+                    ..ModelConfig::default()
+                };
+                let tc = TrainConfig {
+                    seed,
+                    ..TrainConfig::default()
+                };
                 let t0 = std::time::Instant::now();
                 let (model, _) = train(&cfg, &tc, &train_set, None, &mut |_| {}).unwrap();
                 let r = evaluate(&model, &test_set, &EvalOptions::default()).unwrap();
-                eprintln!("seed {seed} {kind:?} K={k}: {:.4} ({:.1}s)", r.accuracy, t0.elapsed().as_secs_f64());
+                eprintln!(
+                    "seed {seed} {kind:?} K={k}: {:.4} ({:.1}s)",
+                    r.accuracy,
+                    t0.elapsed().as_secs_f64()
+                );
             }
         }
     }
@@ -634,8 +645,17 @@ fn time_clip_sized_pal_b() {
         prototype_arch: "mlp2-gelu-dropout0".parse().unwrap(),
         ..ModelConfig::default()
     };
-    let tc = TrainConfig { epochs: 1, batch_size: 64, ..TrainConfig::default() };
+    let tc = TrainConfig {
+        epochs: 1,
+        batch_size: 64,
+        ..TrainConfig::default()
+    };
     let t0 = std::time::Instant::now();
     let (model, report) = train(&cfg, &tc, &set, None, &mut |_| {}).unwrap();
-    eprintln!("{} params, {} steps, {:.3}s/step", model.param_count(), report.steps, t0.elapsed().as_secs_f64() / report.steps as f64);
+    eprintln!(
+        "{} params, {} steps, {:.3}s/step",
+        model.param_count(),
+        report.steps,
+        t0.elapsed().as_secs_f64() / report.steps as f64
+    );
 }

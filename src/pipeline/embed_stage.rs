@@ -96,7 +96,7 @@ impl EmbedParams {
         )
     }
 
-    fn load(&self) -> anyhow::Result<BertSentenceEncoder> {
+    pub fn load(&self) -> anyhow::Result<BertSentenceEncoder> {
         if self.model_name() != embed::MINILM_L6_V2 {
             anyhow::bail!(
                 "unknown text encoder '{}' (supported: all-MiniLM-L6-v2)",

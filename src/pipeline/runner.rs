@@ -163,7 +163,11 @@ pub async fn run(
 }
 
 /// blake3 of the stage's kind, typed parameters, input file contents and read versions.
-async fn fingerprint(stage: &Stage, store: &Store, pipeline_splits: &BTreeMap<String, String>) -> Result<String, RunError> {
+async fn fingerprint(
+    stage: &Stage,
+    store: &Store,
+    pipeline_splits: &BTreeMap<String, String>,
+) -> Result<String, RunError> {
     let mut h = blake3::Hasher::new();
     h.update(stage.params.kind().as_bytes());
     h.update(format!("{:?}", stage.params).as_bytes());

@@ -97,7 +97,9 @@ impl StageParams {
             StageParams::Embed(_) => &["items", "prompts"],
             // Train, eval and adapt also hash the SQL of the splits and the identity of the
             // model they name (see the runner), not the versions of `splits` and `models`.
-            StageParams::Train(_) | StageParams::Eval(_) | StageParams::Adapt(_) => &["pairs", "embeddings"],
+            StageParams::Train(_) | StageParams::Eval(_) | StageParams::Adapt(_) => {
+                &["pairs", "embeddings"]
+            }
         }
     }
 

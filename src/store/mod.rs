@@ -9,6 +9,7 @@ pub mod batches;
 pub mod records;
 pub mod schema;
 pub mod sql;
+pub mod vector;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -63,7 +64,7 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
-fn lance_err(table: &str) -> impl FnOnce(lance::Error) -> StoreError + '_ {
+pub(crate) fn lance_err(table: &str) -> impl FnOnce(lance::Error) -> StoreError + '_ {
     move |source| StoreError::Lance {
         table: table.to_string(),
         source,

@@ -1,0 +1,197 @@
+//! `palpipe embed`, `palpipe index` and `palpipe search`: the embedding cache and vector search.
+
+use std::path::PathBuf;
+
+use arrow_array::{Array, StringArray};
+
+use super::{CliError, Ctx};
+use crate::embed::TextEncoder;
+use crate::pipeline::embed_stage::{embed_texts, EmbedParams};
+use crate::pipeline::pal_stages::resolve_encoder;
+use crate::store::vector::{self, IndexKind};
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example:\n  palpipe embed --targets prompts --where \"source = 'persona'\""
+)]
+pub struct EmbedArgs {
+    /// The text encoder (all-MiniLM-L6-v2).
+    #[arg(long, default_value = "all-MiniLM-L6-v2")]
+    pub encoder: String,
+    /// The model folder (default ~/.cache/palpipe/models/<encoder>, or $PALPIPE_MODELS).
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// Tables to embed: items, prompts (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "items,prompts")]
+    pub targets: Vec<String>,
+    /// A SQL predicate choosing rows, e.g. "source = 'persona'".
+    #[arg(long = "where")]
+    pub filter: Option<String>,
+    /// cpu or cuda (a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IndexArgs {
+    /// Index kind: ivf-flat (default, small tables), ivf-pq (compact), hnsw.
+    #[arg(long, value_enum, default_value = "ivf-flat")]
+    pub kind: IndexKind,
+    /// IVF partitions (default: about sqrt of the row count).
+    #[arg(long)]
+    pub partitions: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example:\n  palpipe search --encoder all-MiniLM-L6-v2 --text \"I love painting\" --k 5"
+)]
+pub struct SearchArgs {
+    /// Encoder id, or a name when the store holds one encoder of that name.
+    #[arg(long)]
+    pub encoder: String,
+    /// The query text (embedded with the same encoder).
+    #[arg(long)]
+    pub text: String,
+    /// How many results.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// The encoder's model folder (as for embed).
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn embed(ctx: &Ctx, a: EmbedArgs) -> Result<(), CliError> {
+    let store = ctx.store(None)?;
+    let _lock = store.lock()?;
+    let p = EmbedParams {
+        encoder: a.encoder,
+        model_dir: a.model_dir,
+        targets: a.targets,
+        filter: a.filter,
+        batch_size: a.batch_size,
+        max_length: None,
+        device: a.device,
+        chunk: 1024,
+    };
+    let c = embed_texts(&p, &store, ctx.printer).await?;
+    println!(
+        "{}: embedded {}, already cached {}, empty skipped {}",
+        c.encoder_id, c.embedded, c.cached, c.empty
+    );
+    Ok(())
+}
+
+pub async fn index(ctx: &Ctx, a: IndexArgs) -> Result<(), CliError> {
+    let store = ctx.store(None)?;
+    let _lock = store.lock()?;
+    let rows = store.count("embeddings", None).await?;
+    let partitions = a
+        .partitions
+        .unwrap_or_else(|| ((rows as f64).sqrt() as usize).clamp(1, 256));
+    vector::create_index(&store, a.kind, partitions).await?;
+    println!(
+        "indexed {rows} vectors ({:?}, {partitions} partitions)",
+        a.kind
+    );
+    Ok(())
+}
+
+pub async fn search(ctx: &Ctx, a: SearchArgs) -> Result<(), CliError> {
+    let store = ctx.store(None)?;
+    let encoder = resolve_encoder(&store, &a.encoder)
+        .await
+        .map_err(CliError::usage)?;
+    let name = encoder.split(':').next().unwrap_or(&encoder).to_string();
+    let p = EmbedParams {
+        encoder: name,
+        model_dir: a.model_dir.clone(),
+        targets: vec![],
+        filter: None,
+        batch_size: None,
+        max_length: None,
+        device: "cpu".into(),
+        chunk: 1,
+    };
+    let enc = tokio::task::spawn_blocking(move || p.load())
+        .await
+        .map_err(|e| CliError::failure(anyhow::Error::from(e)))??;
+    if enc.encoder_id() != encoder {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "the model files give encoder '{}', but the store's vectors are from '{encoder}'\nhint: point --model-dir at the weights that made them",
+            enc.encoder_id()
+        )));
+    }
+    let text = a.text.clone();
+    let q = tokio::task::spawn_blocking(move || enc.embed_texts(&[text.as_str()]))
+        .await
+        .map_err(|e| CliError::failure(anyhow::Error::from(e)))?
+        .map_err(CliError::usage)?;
+    let hits = vector::nearest(&store, &encoder, &q[0], a.k).await?;
+    let texts = texts_of(
+        &store,
+        &hits
+            .iter()
+            .map(|h| h.content_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .await?;
+    for (rank, h) in hits.iter().enumerate() {
+        let t = texts.get(&h.content_id).cloned().unwrap_or_default();
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"rank": rank + 1, "distance": h.distance, "content_id": h.content_id, "text": t})
+            );
+        } else {
+            println!(
+                "{:>3}  {:.4}  {}  {}",
+                rank + 1,
+                h.distance,
+                &h.content_id[..12.min(h.content_id.len())],
+                t.replace('\n', " ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// content id → text, from items and prompts.
+async fn texts_of(
+    store: &crate::store::Store,
+    ids: &[String],
+) -> Result<std::collections::HashMap<String, String>, CliError> {
+    let mut out = std::collections::HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let list = ids
+        .iter()
+        .map(|i| format!("'{}'", i.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (table, col) in [("items", "item_id"), ("prompts", "prompt_id")] {
+        for b in store
+            .read(table, &[col, "text"], Some(&format!("{col} IN ({list})")))
+            .await?
+        {
+            let (Some(i), Some(t)) = (
+                b.column(0).as_any().downcast_ref::<StringArray>(),
+                b.column(1).as_any().downcast_ref::<StringArray>(),
+            ) else {
+                continue;
+            };
+            for r in 0..b.num_rows() {
+                if !t.is_null(r) {
+                    out.insert(i.value(r).to_string(), t.value(r).to_string());
+                }
+            }
+        }
+    }
+    Ok(out)
+}

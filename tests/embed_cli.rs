@@ -1,0 +1,156 @@
+//! The embedding cache and vector search through the real binary, with all-MiniLM-L6-v2
+//! (installed by `make setup`) on real persona statements.
+
+mod common;
+
+use common::*;
+
+fn require_model() {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let root =
+        std::env::var("PALPIPE_MODELS").unwrap_or_else(|_| format!("{home}/.cache/palpipe/models"));
+    let f = std::path::Path::new(&root).join("all-MiniLM-L6-v2/model.safetensors");
+    assert!(
+        f.is_file(),
+        "{} is missing: run 'make setup' to install all-MiniLM-L6-v2",
+        f.display()
+    );
+}
+
+fn small_persona(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = format!(
+        "name: p\nstages:\n  - name: data\n    kind: persona\n    dir: {}\n    personas: [art, math]\n    users_per_persona: 2\n    queries_per_user: 15\n    unseen_users_per_persona: 0\n  - name: embed\n    kind: embed\n",
+        shared_data().join("persona").display()
+    );
+    write_pipeline(dir, "p.yaml", &text)
+}
+
+#[test]
+fn embed_caches_by_content_and_search_finds_the_statement_itself() {
+    require_model();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let p = small_persona(dir.path());
+    // first embed only the math prompts, then everything: the second pass embeds the rest only
+    palpipe(
+        &store,
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "--set",
+            "embed.where=text LIKE '%math%' OR text = ' Yes'",
+        ],
+    )
+    .ok();
+    let first = scalar(&store, "SELECT count(*) FROM embeddings");
+    let prompts = scalar(&store, "SELECT count(*) FROM prompts");
+    let items = scalar(&store, "SELECT count(*) FROM items");
+    assert!(
+        first > 0 && first < prompts + items,
+        "{first} of {}",
+        prompts + items
+    );
+    let r = palpipe(&store, &["embed"]).ok();
+    assert!(
+        r.stdout
+            .contains(&format!("embedded {}", prompts + items - first)),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        scalar(&store, "SELECT count(*) FROM embeddings"),
+        prompts + items
+    );
+    // nothing left: a rerun embeds nothing and adds no version
+    let before = versions(&store)["embeddings"];
+    let r = palpipe(&store, &["embed"]).ok();
+    assert!(r.stdout.contains("embedded 0"), "{}", r.stdout);
+    assert_eq!(versions(&store)["embeddings"], before);
+    assert_eq!(
+        scalar(&store, "SELECT count(DISTINCT content_id) FROM embeddings"),
+        prompts + items
+    );
+    // vectors are unit length and 384 wide
+    let dims = query(
+        &store,
+        "SELECT DISTINCT array_length(vector) AS d FROM embeddings",
+    );
+    assert_eq!(dims[0]["d"], 384);
+    // search with a prompt's own text finds it first, at distance ~0
+    let rows = query(
+        &store,
+        "SELECT text FROM prompts ORDER BY prompt_id LIMIT 1",
+    );
+    let text = rows[0]["text"].as_str().unwrap().to_string();
+    let r = palpipe(
+        &store,
+        &[
+            "search",
+            "--encoder",
+            "all-MiniLM-L6-v2",
+            "--text",
+            &text,
+            "--k",
+            "3",
+            "--json",
+        ],
+    )
+    .ok();
+    let first_hit: serde_json::Value =
+        serde_json::from_str(r.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(first_hit["text"], text);
+    assert!(
+        first_hit["distance"].as_f64().unwrap() < 1e-3,
+        "{}",
+        r.stdout
+    );
+    // with an index, the same answer
+    palpipe(
+        &store,
+        &["index", "--kind", "ivf-flat", "--partitions", "2"],
+    )
+    .ok();
+    let r = palpipe(
+        &store,
+        &[
+            "search",
+            "--encoder",
+            "all-MiniLM-L6-v2",
+            "--text",
+            &text,
+            "--k",
+            "3",
+            "--json",
+        ],
+    )
+    .ok();
+    let hit: serde_json::Value = serde_json::from_str(r.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(hit["text"], text);
+}
+
+#[test]
+fn a_missing_model_folder_is_named_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let p = small_persona(dir.path());
+    let r = palpipe(
+        &store,
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "--set",
+            "embed.model_dir=/nonexistent/minilm",
+        ],
+    )
+    .code(2);
+    assert!(r.stderr.contains("/nonexistent/minilm"), "{}", r.stderr);
+    let r = bin()
+        .args(["embed", "--quiet", "--store"])
+        .arg(&store)
+        .env("PALPIPE_MODELS", "/nonexistent")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("make setup"), "{err}");
+}
