@@ -199,3 +199,52 @@ fn bad_training_requests_fail_clearly_and_write_nothing() {
     before2.remove("runs");
     assert_eq!(before2, after);
 }
+
+#[test]
+fn sweep_prints_one_row_per_k_with_mean_over_seeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = trained_store(dir.path());
+    let r = palpipe(
+        &store,
+        &[
+            "sweep",
+            "--model",
+            "pal-a",
+            "--k",
+            "1,3",
+            "--seeds",
+            "0,1",
+            "--train",
+            "tr",
+            "--val",
+            "va",
+            "--test",
+            "te",
+            "--encoder",
+            "synthetic-identity",
+            "--d",
+            "2",
+            "--epochs",
+            "15",
+            "--json",
+        ],
+    )
+    .ok();
+    let rows: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", r.stdout);
+    assert_eq!(rows[0]["seeds"], 2);
+    assert!(
+        rows[1]["accuracy_mean"].as_f64().unwrap() > rows[0]["accuracy_mean"].as_f64().unwrap()
+    );
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT count(*) FROM models WHERE name LIKE 'sweep-%'"
+        ),
+        4
+    );
+}

@@ -5,6 +5,7 @@
 //! 0 success, 1 a failure in the data or the work, 2 bad usage or invalid configuration.
 //! Results go to stdout; status, warnings and progress go to stderr.
 
+pub mod bench;
 pub mod output;
 pub mod pal_cmds;
 pub mod run;
@@ -59,12 +60,16 @@ pub enum Command {
     Eval(pal_cmds::EvalArgs),
     /// Fit new users' mixture weights from a few of their comparisons and score the rest.
     Adapt(pal_cmds::AdaptArgs),
+    /// Train and evaluate a model for several K (and seeds) and print one table.
+    Sweep(pal_cmds::SweepArgs),
     /// Embed text items and prompts into `embeddings`, skipping what is already cached.
     Embed(vectors::EmbedArgs),
     /// Build a vector index over `embeddings`.
     Index(vectors::IndexArgs),
     /// Find the stored texts nearest to a query text.
     Search(vectors::SearchArgs),
+    #[command(hide = true)]
+    BenchPal(bench::BenchPalArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -152,9 +157,11 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             Command::Train(a) => pal_cmds::train(&ctx, a).await,
             Command::Eval(a) => pal_cmds::eval(&ctx, a).await,
             Command::Adapt(a) => pal_cmds::adapt(&ctx, a).await,
+            Command::Sweep(a) => pal_cmds::sweep(&ctx, a).await,
             Command::Embed(a) => vectors::embed(&ctx, a).await,
             Command::Index(a) => vectors::index(&ctx, a).await,
             Command::Search(a) => vectors::search(&ctx, a).await,
+            Command::BenchPal(a) => bench::bench_pal(&ctx, a).await,
         }
     })
 }

@@ -251,3 +251,114 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example:\n  palpipe sweep --model pal-b --k 1,2,3,4 --seeds 0,1,2 --train persona-train --val persona-val --test persona-test --encoder all-MiniLM-L6-v2"
+)]
+pub struct SweepArgs {
+    /// pal-b | pal-a
+    #[arg(long, default_value = "pal-b")]
+    pub model: String,
+    /// Values of K to train, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4")]
+    pub k: Vec<usize>,
+    /// Seeds to repeat each K with; the table shows mean ± std over them.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub seeds: Vec<u64>,
+    #[arg(long)]
+    pub train: String,
+    #[arg(long)]
+    pub val: Option<String>,
+    /// Split to evaluate on.
+    #[arg(long)]
+    pub test: String,
+    #[arg(long)]
+    pub encoder: String,
+    /// Models are registered as PREFIX-k{K}-s{SEED}.
+    #[arg(long, default_value = "sweep")]
+    pub prefix: String,
+    /// Preference-space dimension d.
+    #[arg(long)]
+    pub d: Option<usize>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Print JSON lines (one per K) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Trains and evaluates every (K, seed), then prints one row per K.
+pub async fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), CliError> {
+    let store = ctx.store(None)?;
+    let _lock = store.lock()?;
+    let mut rows = Vec::new();
+    for &k in &a.k {
+        let mut accs = Vec::new();
+        let mut last_ci = None;
+        for &seed in &a.seeds {
+            let mut m = Mapping::new();
+            set(&mut m, "model", a.model.clone());
+            set(&mut m, "k", k as u64);
+            set(&mut m, "train", a.train.clone());
+            if let Some(v) = &a.val {
+                set(&mut m, "val", v.clone());
+            }
+            set(&mut m, "encoder", a.encoder.clone());
+            set(&mut m, "seed", seed);
+            let mut config = Mapping::new();
+            if let Some(d) = a.d {
+                set(&mut config, "d", d as u64);
+            }
+            let mut training = Mapping::new();
+            if let Some(e) = a.epochs {
+                set(&mut training, "epochs", e as u64);
+            }
+            set(&mut m, "config", Value::Mapping(config));
+            set(&mut m, "training", Value::Mapping(training));
+            let p: TrainParams = params(m)?;
+            let name = format!("{}-k{k}-s{seed}", a.prefix);
+            ctx.printer.status(format!("training {name}"));
+            pal_stages::train_model(&store, &name, &p, None, ctx.printer)
+                .await
+                .map_err(classify)?;
+            let e = EvalParams {
+                model: name,
+                split: a.test.clone(),
+                bootstrap: 0,
+                seed,
+            };
+            let r = pal_stages::eval_model(&store, &e).await.map_err(classify)?;
+            accs.push(r.accuracy);
+            last_ci = Some(r.ci95);
+        }
+        let ms = crate::eval::metrics::mean_std(&accs);
+        rows.push((k, ms, last_ci));
+    }
+    for (k, ms, ci) in &rows {
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"k": k, "accuracy_mean": ms.mean, "accuracy_std": ms.std, "seeds": ms.count, "ci95_last_seed": ci.map(|c| [c.lo, c.hi])})
+            );
+        }
+    }
+    if !a.json {
+        println!(
+            "{:>3} {:>10} {:>8} {:>6} {:>22}",
+            "K", "accuracy", "std", "seeds", "95% CI (one seed)"
+        );
+        for (k, ms, ci) in &rows {
+            let ci = ci
+                .map(|c| format!("[{:.2}, {:.2}]", 100.0 * c.lo, 100.0 * c.hi))
+                .unwrap_or_default();
+            println!(
+                "{k:>3} {:>9.2}% {:>8.2} {:>6} {ci:>22}",
+                100.0 * ms.mean,
+                100.0 * ms.std,
+                ms.count
+            );
+        }
+    }
+    Ok(())
+}

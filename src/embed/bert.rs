@@ -28,8 +28,10 @@ use super::{TextEncoder, MINILM_L6_V2};
 /// Default maximum tokens per text, special tokens included (sentence-transformers' 256).
 pub const DEFAULT_MAX_LENGTH: usize = 256;
 
-/// Default texts per forward pass. Measured on a 2-core CPU over 1000 Persona statements:
-/// see the report in `scripts/minilm_reference.py`'s neighbour, the embed bench notes.
+/// Default texts per forward pass. On the 2-core dev CPU (2026-11, shared with builds, so
+/// noisy), 1000 Persona statements (12,321 tokens), best of 3 rounds in two runs:
+/// batch 1: 33–43 sentences/s, 16: 78–150, 32: 88–191, 64: 88–187, 128: 78
+/// (`bench_minilm_throughput` below). 32 is as fast as 64 and pads less on mixed lengths.
 pub const DEFAULT_BATCH_SIZE: usize = 32;
 
 /// A BERT sentence encoder loaded from a Hugging Face–layout folder.
@@ -320,7 +322,9 @@ fn read_config(path: &Path) -> Result<Config, EmbedError> {
     }
     if config.hidden_size == 0
         || config.num_attention_heads == 0
-        || config.hidden_size % config.num_attention_heads != 0
+        || !config
+            .hidden_size
+            .is_multiple_of(config.num_attention_heads)
     {
         return Err(unsupported(format!(
             "hidden_size {} is not a multiple of num_attention_heads {}",

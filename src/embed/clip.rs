@@ -32,9 +32,11 @@ use tokenizers::{Tokenizer, TruncationParams};
 use super::{l2_normalize, read_file, require_file, weights_id, EmbedError};
 use super::{ImageEncoder, TextEncoder};
 
-/// Per-channel mean of OpenAI CLIP's training images (RGB).
+/// Per-channel mean of OpenAI CLIP's training images (RGB), digits as OpenAI publishes them.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 /// Per-channel standard deviation of OpenAI CLIP's training images (RGB).
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Default images (or texts) per forward pass.
@@ -434,7 +436,7 @@ fn read_clip_config(path: &Path) -> Result<ClipConfig, EmbedError> {
         ("text", t.hidden_size, t.num_attention_heads),
         ("vision", v.hidden_size, v.num_attention_heads),
     ] {
-        if heads == 0 || hidden % heads != 0 {
+        if heads == 0 || !hidden.is_multiple_of(heads) {
             return Err(unsupported(format!(
                 "{tower} hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
             )));
@@ -446,7 +448,7 @@ fn read_clip_config(path: &Path) -> Result<ClipConfig, EmbedError> {
             v.num_channels
         )));
     }
-    if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+    if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
         return Err(unsupported(format!(
             "vision image_size {} is not a multiple of patch_size {}",
             v.image_size, v.patch_size
@@ -628,7 +630,7 @@ mod tests {
         assert!(crate::embed::cosine(&got[1], &alone[0]) > 0.999_999);
         let ids: Vec<u32> = [0, 2, 3, 4, 2, 7, 5, 8]
             .into_iter()
-            .chain(std::iter::repeat(0).take(77 - 8))
+            .chain(std::iter::repeat_n(0, 77 - 8))
             .collect();
         let ids = Tensor::from_vec(ids, (1, 77), &Device::Cpu).unwrap();
         let want = reference

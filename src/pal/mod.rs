@@ -51,4 +51,4 @@ pub use evaluate::{evaluate, EvalOptions, EvalReport, MixtureSummary, Outcome, U
 pub use fewshot::{few_shot, FewShotResult};
 pub use loss::SMOOTH_HINGE_GAMMA;
 pub use model::{PalModel, SCALE_MAX, TAU_INIT};
-pub use train::{mean_loss, train, EpochRecord, TrainProgress, TrainReport};
+pub use train::{mean_loss, train, EpochRecord, PhaseTimes, TrainProgress, TrainReport};

@@ -217,27 +217,3 @@ mod tests {
         assert!((after_first[1] - expect(4.0)).abs() < 1e-5);
     }
 }
-
-#[cfg(test)]
-mod timing {
-    use super::*;
-    use candle_core::Device;
-
-    #[test]
-    #[ignore = "timing"]
-    fn time_step_3m() {
-        let w = Var::from_tensor(&Tensor::ones((3000, 1000), DType::F32, &Device::Cpu).unwrap())
-            .unwrap();
-        let mut opt = AdamW::new();
-        opt.add(w.clone(), 1e-3, 0.01);
-        let loss = w.as_tensor().sqr().unwrap().sum_all().unwrap();
-        let t0 = std::time::Instant::now();
-        let grads = loss.backward().unwrap();
-        eprintln!("backward {:.3}s", t0.elapsed().as_secs_f64());
-        let t0 = std::time::Instant::now();
-        for _ in 0..5 {
-            opt.step(&grads, &[]).unwrap();
-        }
-        eprintln!("step {:.3}s", t0.elapsed().as_secs_f64() / 5.0);
-    }
-}

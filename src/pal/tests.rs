@@ -634,28 +634,30 @@ fn sweep_ideal_points() {
 }
 
 #[test]
-#[ignore = "timing of a CLIP-sized PAL-B head; prints seconds per step"]
-fn time_clip_sized_pal_b() {
-    let set = with_context(50, 1280, 1024, 1024, 1);
+fn progress_is_reported_every_step_and_at_epoch_ends() {
+    let set = with_context(3, 100, 3, 0, 12);
+    let (train_set, val_set) = (set.clone(), set);
     let cfg = ModelConfig {
         kind: ModelKind::PalB,
         k: 2,
-        d: 512,
-        item_arch: "mlp2-gelu-dropout0".parse().unwrap(),
-        prototype_arch: "mlp2-gelu-dropout0".parse().unwrap(),
+        d: 3,
         ..ModelConfig::default()
     };
-    let tc = TrainConfig {
-        epochs: 1,
-        batch_size: 64,
-        ..TrainConfig::default()
-    };
-    let t0 = std::time::Instant::now();
-    let (model, report) = train(&cfg, &tc, &set, None, &mut |_| {}).unwrap();
-    eprintln!(
-        "{} params, {} steps, {:.3}s/step",
-        model.param_count(),
-        report.steps,
-        t0.elapsed().as_secs_f64() / report.steps as f64
+    let mut seen = Vec::new();
+    let (model, report) = train(&cfg, &quick(2, 1), &train_set, Some(&val_set), &mut |p| {
+        seen.push(p)
+    })
+    .unwrap();
+    let steps: Vec<_> = seen.iter().filter(|p| !p.epoch_end).collect();
+    let ends: Vec<_> = seen.iter().filter(|p| p.epoch_end).collect();
+    assert_eq!(steps.len(), report.steps);
+    assert_eq!(report.steps, 2 * 100usize.div_ceil(32));
+    assert_eq!(
+        steps.last().unwrap().step,
+        steps.last().unwrap().total_steps
     );
+    assert_eq!(ends.len(), 2);
+    assert!(ends.iter().all(|p| p.val_loss.is_some()));
+    assert!((TAU_INIT - (1.0f64 / 0.07).ln()).abs() < 1e-15);
+    assert!((model.scale().unwrap() - TAU_INIT.exp()).abs() > 0.0); // τ is trained
 }

@@ -62,6 +62,25 @@ pub struct TrainReport {
     pub params: usize,
     /// Wall-clock seconds (not part of the reproducible output).
     pub seconds: f64,
+    /// Where the training steps spent their wall-clock time (not saved, not reproducible).
+    #[serde(skip)]
+    pub phases: PhaseTimes,
+}
+
+/// Wall-clock seconds spent in each part of the training steps, summed over all steps
+/// (timing only; used by `palpipe bench-pal`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseTimes {
+    /// Gathering the batch's distinct rows into tensors.
+    pub gather: f64,
+    /// Forward pass through the loss.
+    pub forward: f64,
+    /// Backward pass (candle's autograd).
+    pub backward: f64,
+    /// The AdamW update.
+    pub optimizer: f64,
+    /// Reading the batch loss back and reporting progress.
+    pub other: f64,
 }
 
 /// Trains a PAL model (f32) on `data`; `val` (optional) picks the checkpoint. The model's
@@ -124,12 +143,15 @@ fn train_dtype(
     let mut history = Vec::with_capacity(train_cfg.epochs);
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     let mut step = 0;
+    let mut phases = PhaseTimes::default();
 
     for epoch in 1..=train_cfg.epochs {
         order.shuffle(&mut shuffle_rng);
         let mut loss_sum = 0.0;
         for (i, chunk) in order.chunks(train_cfg.batch_size).enumerate() {
+            let t0 = Instant::now();
             let batch = model.gather(data, chunk, &|u| u)?;
+            let t1 = Instant::now();
             let users = Tensor::new(batch.users.as_slice(), &model.device)?;
             let logits = model.logits.as_tensor().index_select(&users, 0)?; // [Uu, K]
             let w = model.train_mixture(&logits)?;
@@ -139,8 +161,12 @@ fn train_dtype(
             if let Some(p) = penalty {
                 l = (l + p)?;
             }
+            let t2 = Instant::now();
             let grads = l.backward()?;
+            let t3 = Instant::now();
             opt.step(&grads, &batch.users)?;
+            drop(grads);
+            let t4 = Instant::now();
             let batch_loss = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             loss_sum += batch_loss;
             step += 1;
@@ -154,6 +180,12 @@ fn train_dtype(
                 val_loss: None,
                 epoch_end: false,
             });
+            let t5 = Instant::now();
+            phases.gather += (t1 - t0).as_secs_f64();
+            phases.forward += (t2 - t1).as_secs_f64();
+            phases.backward += (t3 - t2).as_secs_f64();
+            phases.optimizer += (t4 - t3).as_secs_f64();
+            phases.other += (t5 - t4).as_secs_f64();
         }
         let train_loss = loss_sum / steps_per_epoch as f64;
         let val_loss = match val {
@@ -199,6 +231,7 @@ fn train_dtype(
         n_users: model.user_ids.len(),
         params: model.param_count(),
         seconds: started.elapsed().as_secs_f64(),
+        phases,
     };
     Ok((model, report))
 }
