@@ -31,6 +31,7 @@ splits:
   va: \"SELECT * FROM pairs WHERE split = 'val'\"
   te: \"SELECT * FROM pairs WHERE split = 'test'\"
   un: \"SELECT * FROM pairs WHERE split = 'unseen'\"
+  none: \"SELECT * FROM pairs WHERE split = 'nothing'\"
 ";
 
 fn trained_store(dir: &Path) -> std::path::PathBuf {
@@ -247,4 +248,72 @@ fn sweep_prints_one_row_per_k_with_mean_over_seeds() {
         ),
         4
     );
+}
+
+#[test]
+fn empty_splits_and_nan_vectors_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = trained_store(dir.path());
+    let r = palpipe(
+        &store,
+        &[
+            "train",
+            "--name",
+            "x",
+            "--model",
+            "pal-a",
+            "--train",
+            "none",
+            "--encoder",
+            "synthetic-identity",
+        ],
+    )
+    .code(1);
+    assert!(
+        r.stderr.contains("split 'none' selects no comparisons"),
+        "{}",
+        r.stderr
+    );
+    // plant a NaN vector for every item under a new encoder id
+    let rows = query(&store, "SELECT item_id FROM items");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s = palpipe::store::Store::open(&store).unwrap();
+        let emb: Vec<_> = rows
+            .iter()
+            .map(|r| palpipe::store::records::EmbeddingRow {
+                content_id: r["item_id"].as_str().unwrap().to_string(),
+                encoder_id: "broken".into(),
+                vector: vec![f32::NAN, 0.0],
+            })
+            .collect();
+        s.append(
+            "embeddings",
+            palpipe::store::batches::embeddings(&emb).unwrap().unwrap(),
+        )
+        .await
+        .unwrap();
+    });
+    let before = versions(&store);
+    let r = palpipe(
+        &store,
+        &[
+            "train",
+            "--name",
+            "x",
+            "--model",
+            "pal-a",
+            "--train",
+            "tr",
+            "--encoder",
+            "broken",
+        ],
+    )
+    .code(1);
+    assert!(
+        r.stderr.to_lowercase().contains("nan") || r.stderr.contains("finite"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(before, versions(&store), "nothing written");
 }

@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod output;
 pub mod pal_cmds;
+pub mod report;
 pub mod run;
 pub mod sql;
 pub mod vectors;
@@ -68,6 +69,8 @@ pub enum Command {
     Index(vectors::IndexArgs),
     /// Find the stored texts nearest to a query text.
     Search(vectors::SearchArgs),
+    /// Write a run's report: Markdown tables of its models, metrics and stages, and SVG plots.
+    Report(report::ReportArgs),
     #[command(hide = true)]
     BenchPal(bench::BenchPalArgs),
 }
@@ -161,6 +164,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             Command::Embed(a) => vectors::embed(&ctx, a).await,
             Command::Index(a) => vectors::index(&ctx, a).await,
             Command::Search(a) => vectors::search(&ctx, a).await,
+            Command::Report(a) => report::report(&ctx, a).await,
             Command::BenchPal(a) => bench::bench_pal(&ctx, a).await,
         }
     })

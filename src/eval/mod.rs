@@ -6,3 +6,4 @@
 //! rendering (the CLI prints reports).
 
 pub mod metrics;
+pub mod report;

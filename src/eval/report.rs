@@ -130,7 +130,10 @@ pub fn select_models(
 fn run_trained_renamed(run: &RunInfo, models: &[ModelInfo]) -> bool {
     models.iter().any(|m| {
         m.run_id.as_deref() == Some(run.run_id.as_str())
-            && !run.stages.iter().any(|s| s.kind == "train" && s.name == m.name)
+            && !run
+                .stages
+                .iter()
+                .any(|s| s.kind == "train" && s.name == m.name)
     })
 }
 
@@ -175,7 +178,12 @@ fn provider_model<'a>(
         .collect();
     let unnamed: Vec<&&ModelInfo> = theirs
         .iter()
-        .filter(|m| !provider.stages.iter().any(|s| s.kind == "train" && s.name == m.name))
+        .filter(|m| {
+            !provider
+                .stages
+                .iter()
+                .any(|s| s.kind == "train" && s.name == m.name)
+        })
         .collect();
     if stages.len() != unnamed.len() {
         return None;
@@ -275,9 +283,19 @@ pub fn points(models: &[Selected]) -> (Vec<EvalPoint>, Vec<AdaptPoint>) {
 pub fn slug(s: &str) -> String {
     let out: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    if out.is_empty() { "_".into() } else { out }
+    if out.is_empty() {
+        "_".into()
+    } else {
+        out
+    }
 }
 
 /// The plot files of a report: (file name, SVG text, caption).
@@ -367,7 +385,10 @@ pub fn markdown(
             md,
             "Models trained by this run, or by an earlier run of the same pipeline for train stages this run skipped as unchanged. Metrics are as the store holds them now.\n"
         );
-        let _ = writeln!(md, "| model | kind | K | encoder | train split | checkpoint | trained | from |");
+        let _ = writeln!(
+            md,
+            "| model | kind | K | encoder | train split | checkpoint | trained | from |"
+        );
         let _ = writeln!(md, "|---|---|---:|---|---|---|---|---|");
         for s in selected {
             let m = &s.model;
@@ -379,7 +400,11 @@ pub fn markdown(
                 m.k,
                 cell(m.encoder_id.as_deref().unwrap_or("–")),
                 cell(&m.train_split),
-                cell(if m.checkpoint.is_empty() { "–" } else { &m.checkpoint }),
+                cell(if m.checkpoint.is_empty() {
+                    "–"
+                } else {
+                    &m.checkpoint
+                }),
                 utc(m.created_ms),
                 cell(&s.why)
             );
@@ -421,7 +446,9 @@ pub fn markdown(
                 e.n.map(|x| x.to_string()).unwrap_or_else(|| "–".into()),
                 e.ties.map(|x| x.to_string()).unwrap_or_else(|| "–".into()),
                 pu,
-                e.per_user.map(|p| p.2.to_string()).unwrap_or_else(|| "–".into()),
+                e.per_user
+                    .map(|p| p.2.to_string())
+                    .unwrap_or_else(|| "–".into()),
             );
         }
         md.push('\n');
@@ -433,7 +460,10 @@ pub fn markdown(
             md,
             "Each new user's mixture weights fitted from `shots` of their comparisons, scored on the rest; zero-shot uses the seen users' mean mixture.\n"
         );
-        let _ = writeln!(md, "| model | users split | shots | users | accuracy | 95% CI | zero-shot |");
+        let _ = writeln!(
+            md,
+            "| model | users split | shots | users | accuracy | 95% CI | zero-shot |"
+        );
         let _ = writeln!(md, "|---|---|---:|---:|---:|---|---:|");
         for a in adapts {
             let _ = writeln!(
@@ -445,7 +475,11 @@ pub fn markdown(
                 a.users,
                 pct(a.accuracy),
                 ci(a.ci95),
-                if a.zero_shot.is_finite() { pct(a.zero_shot) } else { "–".into() }
+                if a.zero_shot.is_finite() {
+                    pct(a.zero_shot)
+                } else {
+                    "–".into()
+                }
             );
         }
         md.push('\n');
@@ -578,7 +612,11 @@ fn axes(
             r##"<line x1="{l}" y1="{py:.1}" x2="{r}" y2="{py:.1}" stroke="#e5e5e5"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
             l - 6.0,
             py + 4.0,
-            if ystep < 1.0 { format!("{y:.1}") } else { format!("{y:.0}") }
+            if ystep < 1.0 {
+                format!("{y:.1}")
+            } else {
+                format!("{y:.0}")
+            }
         );
         y += ystep;
     }
@@ -618,13 +656,21 @@ fn axes(
 fn legend(s: &mut String, i: usize, color: &str, dashed: bool, marker: bool, label: &str) {
     let x = W - RIGHT + 16.0;
     let y = TOP + 8.0 + 20.0 * i as f64;
-    let dash = if dashed { r#" stroke-dasharray="6 4""# } else { "" };
+    let dash = if dashed {
+        r#" stroke-dasharray="6 4""#
+    } else {
+        ""
+    };
     let _ = writeln!(
         s,
         r##"<g class="legend"><line x1="{x}" y1="{y}" x2="{:.1}" y2="{y}" stroke="{color}" stroke-width="2"{dash}/>{}<text x="{:.1}" y="{:.1}">{}</text></g>"##,
         x + 26.0,
         if marker {
-            format!(r##"<rect x="{:.1}" y="{:.1}" width="6" height="6" fill="{color}"/>"##, x + 10.0, y - 3.0)
+            format!(
+                r##"<rect x="{:.1}" y="{:.1}" width="6" height="6" fill="{color}"/>"##,
+                x + 10.0,
+                y - 3.0
+            )
         } else {
             String::new()
         },
@@ -749,7 +795,13 @@ pub fn accuracy_vs_k_svg(pipeline: &str, split: &str, evals: &[&EvalPoint]) -> S
                 color,
                 px,
                 f.py(100.0 * e.accuracy),
-                &format!("{} (K={}): {:.2}% {}", e.model, e.k, 100.0 * e.accuracy, ci(e.ci95)),
+                &format!(
+                    "{} (K={}): {:.2}% {}",
+                    e.model,
+                    e.k,
+                    100.0 * e.accuracy,
+                    ci(e.ci95)
+                ),
             );
         }
         legend(&mut s, row, color, false, true, kind);
@@ -760,12 +812,18 @@ pub fn accuracy_vs_k_svg(pipeline: &str, split: &str, evals: &[&EvalPoint]) -> S
 }
 
 /// Adapted accuracy (%) against shots (x on a log(1 + shots) scale), one series per model,
-/// with each model's zero-shot level as a dashed line. One `circle.point` per row.
+/// with each model's zero-shot level (the seen users' mean mixture, scored on the same
+/// comparisons) as a dashed line. One `circle.point` per row.
 pub fn shots_svg(pipeline: &str, split: &str, rows: &[&AdaptPoint]) -> String {
     let tx = |shots: u64| (1.0 + shots as f64).ln();
     let ys = rows.iter().flat_map(|r| {
         let (lo, hi) = r.ci95.unwrap_or((r.accuracy, r.accuracy));
-        [100.0 * r.accuracy, 100.0 * lo, 100.0 * hi, 100.0 * r.zero_shot]
+        [
+            100.0 * r.accuracy,
+            100.0 * lo,
+            100.0 * hi,
+            100.0 * r.zero_shot,
+        ]
     });
     let (y0, y1, ystep) = y_range(ys);
     let shots: BTreeSet<u64> = rows.iter().map(|r| r.shots).collect();
@@ -806,9 +864,41 @@ pub fn shots_svg(pipeline: &str, split: &str, rows: &[&AdaptPoint]) -> String {
         let color = COLORS[i % COLORS.len()];
         let mut series: Vec<&&AdaptPoint> = rows.iter().filter(|r| r.model == *m).collect();
         series.sort_by_key(|r| r.shots);
-        let zero = series.iter().map(|r| r.zero_shot).find(|z| z.is_finite());
-        if let Some(z) = zero {
-            hline(&mut s, &f, color, 100.0 * z);
+        // Zero-shot is scored on the same held-out comparisons as each row, so it can move
+        // a little with the shots: a dashed line through each row's zero-shot accuracy.
+        let zeros: Vec<(f64, f64)> = series
+            .iter()
+            .filter(|r| r.zero_shot.is_finite())
+            .map(|r| (f.px(tx(r.shots)), f.py(100.0 * r.zero_shot)))
+            .collect();
+        let zero = (!zeros.is_empty()).then(|| {
+            let z: Vec<f64> = series
+                .iter()
+                .map(|r| r.zero_shot)
+                .filter(|z| z.is_finite())
+                .collect();
+            z.iter().sum::<f64>() / z.len() as f64
+        });
+        if zeros.len() == 1 {
+            hline(&mut s, &f, color, 100.0 * zero.unwrap_or(0.0));
+        } else if !zeros.is_empty() {
+            let p: Vec<String> = zeros
+                .iter()
+                .map(|(x, y)| format!("{x:.1},{y:.1}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                r##"<polyline class="zero-shot" points="{}" fill="none" stroke="{color}" stroke-width="1.5" stroke-dasharray="6 4"/>"##,
+                p.join(" ")
+            );
+            for (x, y) in &zeros {
+                let _ = writeln!(
+                    s,
+                    r##"<rect class="zero-shot-point" x="{:.1}" y="{:.1}" width="6" height="6" fill="#ffffff" stroke="{color}"/>"##,
+                    x - 3.0,
+                    y - 3.0
+                );
+            }
         }
         let line: Vec<(f64, f64)> = series
             .iter()
@@ -825,13 +915,33 @@ pub fn shots_svg(pipeline: &str, split: &str, rows: &[&AdaptPoint]) -> String {
                 color,
                 px,
                 f.py(100.0 * r.accuracy),
-                &format!("{} {} shots: {:.2}% over {} users", r.model, r.shots, 100.0 * r.accuracy, r.users),
+                &format!(
+                    "{} {} shots: {:.2}% over {} users",
+                    r.model,
+                    r.shots,
+                    100.0 * r.accuracy,
+                    r.users
+                ),
             );
         }
-        legend(&mut s, row, color, false, true, &format!("{m} (K={})", series[0].k));
+        legend(
+            &mut s,
+            row,
+            color,
+            false,
+            true,
+            &format!("{m} (K={})", series[0].k),
+        );
         row += 1;
         if let Some(z) = zero {
-            legend(&mut s, row, color, true, false, &format!("{m} zero-shot {:.1}%", 100.0 * z));
+            legend(
+                &mut s,
+                row,
+                color,
+                true,
+                false,
+                &format!("{m} zero-shot (mean {:.1}%)", 100.0 * z),
+            );
             row += 1;
         }
     }
@@ -883,8 +993,22 @@ mod tests {
 
     #[test]
     fn skipped_stages_take_the_model_of_the_run_that_trained_it() {
-        let r1 = run("p-1", 1, vec![stage("a", "train", "done", "fa"), stage("b", "train", "done", "fb")]);
-        let r2 = run("p-2", 2, vec![stage("a", "train", "skipped", "fa"), stage("b", "train", "done", "fb2")]);
+        let r1 = run(
+            "p-1",
+            1,
+            vec![
+                stage("a", "train", "done", "fa"),
+                stage("b", "train", "done", "fb"),
+            ],
+        );
+        let r2 = run(
+            "p-2",
+            2,
+            vec![
+                stage("a", "train", "skipped", "fa"),
+                stage("b", "train", "done", "fb2"),
+            ],
+        );
         let ms = vec![
             model("a", "pal-a", 1, "p-1", 1, serde_json::json!({})),
             model("b", "pal-a", 3, "p-2", 2, serde_json::json!({})),
@@ -904,8 +1028,22 @@ mod tests {
 
     #[test]
     fn renamed_models_pair_with_their_stages_in_order() {
-        let r1 = run("p-1", 1, vec![stage("s1", "train", "done", "f1"), stage("s2", "train", "done", "f2")]);
-        let r2 = run("p-2", 2, vec![stage("s1", "train", "skipped", "f1"), stage("s2", "train", "skipped", "f2")]);
+        let r1 = run(
+            "p-1",
+            1,
+            vec![
+                stage("s1", "train", "done", "f1"),
+                stage("s2", "train", "done", "f2"),
+            ],
+        );
+        let r2 = run(
+            "p-2",
+            2,
+            vec![
+                stage("s1", "train", "skipped", "f1"),
+                stage("s2", "train", "skipped", "f2"),
+            ],
+        );
         let ms = vec![
             model("x", "pal-a", 1, "p-1", 1, serde_json::json!({})),
             model("y", "pal-a", 2, "p-1", 2, serde_json::json!({})),
@@ -921,13 +1059,53 @@ mod tests {
         let r = run("p-1", 1, vec![]);
         let ev = |a: f64| serde_json::json!({"accuracy": a, "ci95": [a - 0.02, a + 0.02], "n": 100, "per_user": {"mean": a, "std": 0.1, "users": 10}});
         let ms = vec![
-            Selected { model: model("k1", "pal-a", 1, "p-1", 1, serde_json::json!({"te": ev(0.6)})), why: String::new() },
-            Selected { model: model("k3", "pal-a", 3, "p-1", 2, serde_json::json!({"te": ev(0.8), "adapt:un": [
+            Selected {
+                model: model(
+                    "k1",
+                    "pal-a",
+                    1,
+                    "p-1",
+                    1,
+                    serde_json::json!({"te": ev(0.6)}),
+                ),
+                why: String::new(),
+            },
+            Selected {
+                model: model(
+                    "k3",
+                    "pal-a",
+                    3,
+                    "p-1",
+                    2,
+                    serde_json::json!({"te": ev(0.8), "adapt:un": [
                 {"shots": 0, "users": 5, "accuracy": 0.6, "zero_shot_accuracy": 0.6, "report": {"ci95": [0.5, 0.7]}},
                 {"shots": 10, "users": 5, "accuracy": 0.75, "zero_shot_accuracy": 0.6, "report": {"ci95": [0.7, 0.8]}},
-                {"shots": 40, "users": 5, "accuracy": 0.8, "zero_shot_accuracy": 0.6, "report": {}}]})), why: String::new() },
-            Selected { model: model("b3", "pal-b", 3, "p-1", 3, serde_json::json!({"te": ev(0.7)})), why: String::new() },
-            Selected { model: model("pop", "popularity", 1, "p-1", 4, serde_json::json!({"te": ev(0.55)})), why: String::new() },
+                {"shots": 40, "users": 5, "accuracy": 0.8, "zero_shot_accuracy": 0.6, "report": {}}]}),
+                ),
+                why: String::new(),
+            },
+            Selected {
+                model: model(
+                    "b3",
+                    "pal-b",
+                    3,
+                    "p-1",
+                    3,
+                    serde_json::json!({"te": ev(0.7)}),
+                ),
+                why: String::new(),
+            },
+            Selected {
+                model: model(
+                    "pop",
+                    "popularity",
+                    1,
+                    "p-1",
+                    4,
+                    serde_json::json!({"te": ev(0.55)}),
+                ),
+                why: String::new(),
+            },
         ];
         let (evals, adapts) = points(&ms);
         assert_eq!(evals.len(), 4);
@@ -944,7 +1122,15 @@ mod tests {
             assert_eq!(p.svg.matches("<svg").count(), 1);
         }
         let md = markdown(&r, &ms, &[], &evals, &adapts, &ps);
-        for m in ["k1", "k3", "b3", "pop", "80.00%", "55.00%", "accuracy-vs-k-te.svg"] {
+        for m in [
+            "k1",
+            "k3",
+            "b3",
+            "pop",
+            "80.00%",
+            "55.00%",
+            "accuracy-vs-k-te.svg",
+        ] {
             assert!(md.contains(m), "{m} missing from\n{md}");
         }
     }
@@ -952,7 +1138,10 @@ mod tests {
     #[test]
     fn y_range_is_padded_and_within_percent() {
         let (lo, hi, step) = y_range([55.0, 80.0].into_iter());
-        assert!(lo <= 53.0 && hi >= 82.0 && hi <= 100.0 && step > 0.0, "{lo} {hi} {step}");
+        assert!(
+            lo <= 53.0 && hi >= 82.0 && hi <= 100.0 && step > 0.0,
+            "{lo} {hi} {step}"
+        );
         assert_eq!(y_range(std::iter::empty()), (0.0, 100.0, 10.0));
         let (_, hi, _) = y_range([99.5].into_iter());
         assert_eq!(hi, 100.0);

@@ -48,8 +48,55 @@ impl Linear {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // [n, in] · [in, out] → [n, out]
-        let y = x.matmul(&self.weight.as_tensor().t()?)?;
+        let y = x.apply_op2(self.weight.as_tensor(), LinearOp)?;
         Ok(y.broadcast_add(self.bias.as_tensor())?)
+    }
+}
+
+/// y = x Wᵀ as one autograd node (x `[n, in]`, W `[out, in]`). The same matmul as
+/// `x.matmul(&W.t())`, but its backward computes dW = gᵀx directly in W's layout (no
+/// transposed copy) and skips dx when x is data (the first layer's input), which candle's
+/// generic matmul backward always computes.
+struct LinearOp;
+
+impl candle_core::CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "pal-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (&[m, k], &[n, k2]) = (l1.dims(), l2.dims()) else {
+            candle_core::bail!("pal-linear: expected 2-D input and weight")
+        };
+        if k != k2 {
+            candle_core::bail!("pal-linear: input width {k} but weight width {k2}")
+        }
+        let wt = l2.transpose(0, 1)?;
+        let out = s1.matmul(s2, (1, m, n, k), l1, &wt)?;
+        Ok((out, (m, n).into()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dw = grad.t()?.matmul(x)?; // [out, n] · [n, in] = [out, in]
+        let dx = if x.track_op() {
+            Some(grad.matmul(w)?) // [n, out] · [out, in] = [n, in]
+        } else {
+            None
+        };
+        Ok((dx, Some(dw)))
     }
 }
 

@@ -7,11 +7,18 @@
 //! PyTorch's AdamW does for the reference code's one-parameter-per-user dictionary. Does not
 //! own: which rows are present (`train.rs`) or the gradients (candle's backward).
 //!
-//! The update runs in f64 on the host, in a fixed order, so the same inputs give bit-identical
-//! weights. For each element: p ← p·(1 − lr·wd); m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²;
-//! p ← p − lr·(m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ε).
+//! The update runs in the parameter's own float type (f32 for trained models, as PyTorch),
+//! in place in the variable's storage (a candle in-place op, no copies of the weights), with
+//! the moments kept beside it in the same type. Large parameters are split into contiguous
+//! chunks updated on separate threads; every element's arithmetic is the same whatever the
+//! split, so the same inputs give bit-identical weights. For each element, as PyTorch's AdamW:
+//! p ← p·(1 − lr·wd); m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²;
+//! p ← p − (lr/(1−β₁ᵗ))·m / (√v/√(1−β₂ᵗ) + ε).
 
-use candle_core::{backprop::GradStore, DType, Tensor, Var};
+use std::cell::RefCell;
+use std::ops::Range;
+
+use candle_core::{backprop::GradStore, CpuStorage, DType, Layout, Tensor, Var};
 
 use super::error::Result;
 
@@ -19,13 +26,36 @@ pub const BETA1: f64 = 0.9;
 pub const BETA2: f64 = 0.999;
 pub const EPS: f64 = 1e-8;
 
+/// Parameters with at least this many elements are updated on several threads.
+const PARALLEL_MIN: usize = 1 << 16;
+
+/// Adam moments in the parameter's float type.
+enum Moments {
+    F32 { m: Vec<f32>, v: Vec<f32> },
+    F64 { m: Vec<f64>, v: Vec<f64> },
+}
+
+impl Moments {
+    fn new(dtype: DType, n: usize) -> Moments {
+        match dtype {
+            DType::F64 => Moments::F64 {
+                m: vec![0.0; n],
+                v: vec![0.0; n],
+            },
+            _ => Moments::F32 {
+                m: vec![0.0; n],
+                v: vec![0.0; n],
+            },
+        }
+    }
+}
+
 /// One optimised parameter.
 struct Slot {
     var: Var,
     lr: f64,
     wd: f64,
-    m: Vec<f64>,
-    v: Vec<f64>,
+    moments: Moments,
     /// Row length when row-masked (`[rows, row_len]`), else `None`.
     row_len: Option<usize>,
     /// Step count per row (one entry when not row-masked).
@@ -45,12 +75,12 @@ impl AdamW {
     /// Adds a parameter updated whole at every step.
     pub fn add(&mut self, var: Var, lr: f64, wd: f64) {
         let n = var.elem_count();
+        let moments = Moments::new(var.dtype(), n);
         self.slots.push(Slot {
             var,
             lr,
             wd,
-            m: vec![0.0; n],
-            v: vec![0.0; n],
+            moments,
             row_len: None,
             steps: vec![0],
         });
@@ -59,13 +89,12 @@ impl AdamW {
     /// Adds a 2-D parameter `[rows, row_len]` whose rows are updated only when listed.
     pub fn add_rows(&mut self, var: Var, lr: f64, wd: f64) -> Result<()> {
         let (rows, row_len) = var.as_tensor().dims2()?;
-        let n = rows * row_len;
+        let moments = Moments::new(var.dtype(), rows * row_len);
         self.slots.push(Slot {
             var,
             lr,
             wd,
-            m: vec![0.0; n],
-            v: vec![0.0; n],
+            moments,
             row_len: Some(row_len),
             steps: vec![0; rows],
         });
@@ -83,62 +112,23 @@ impl AdamW {
             if slot.lr == 0.0 {
                 continue;
             }
-            match slot.var.dtype() {
-                DType::F64 => slot.step::<f64>(g, rows)?,
-                _ => slot.step::<f32>(g, rows)?,
-            }
+            slot.step(g, rows)?;
         }
         Ok(())
     }
 }
 
-/// Host element types the update reads and writes (the math itself is f64).
-trait Elem: candle_core::WithDType {
-    fn to64(self) -> f64;
-    fn from64(v: f64) -> Self;
-}
-
-impl Elem for f32 {
-    fn to64(self) -> f64 {
-        self as f64
-    }
-    fn from64(v: f64) -> Self {
-        v as f32
-    }
-}
-
-impl Elem for f64 {
-    fn to64(self) -> f64 {
-        self
-    }
-    fn from64(v: f64) -> Self {
-        v
-    }
-}
-
 impl Slot {
-    fn step<T: Elem>(&mut self, g: &Tensor, rows: &[u32]) -> Result<()> {
-        let t = self.var.as_tensor();
-        let (shape, device) = (t.shape().clone(), t.device().clone());
-        let g: Vec<T> = g.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1()?;
-        let mut p: Vec<T> = t.flatten_all()?.to_vec1()?;
-        match self.row_len {
+    fn step(&mut self, g: &Tensor, rows: &[u32]) -> Result<()> {
+        // The element ranges to update, each with its step count.
+        let ranges: Vec<(Range<usize>, u64)> = match self.row_len {
             None => {
                 self.steps[0] += 1;
-                let step = self.steps[0];
-                update(
-                    &mut p,
-                    &g,
-                    &mut self.m,
-                    &mut self.v,
-                    0..g.len(),
-                    step,
-                    self.lr,
-                    self.wd,
-                );
+                vec![(0..self.var.elem_count(), self.steps[0])]
             }
             Some(len) => {
                 let mut done = vec![false; self.steps.len()];
+                let mut out = Vec::new();
                 for &r in rows {
                     let r = r as usize;
                     if r >= done.len() || done[r] {
@@ -146,47 +136,217 @@ impl Slot {
                     }
                     done[r] = true;
                     self.steps[r] += 1;
-                    let step = self.steps[r];
-                    update(
-                        &mut p,
-                        &g,
-                        &mut self.m,
-                        &mut self.v,
-                        r * len..(r + 1) * len,
-                        step,
-                        self.lr,
-                        self.wd,
-                    );
+                    out.push((r * len..(r + 1) * len, self.steps[r]));
                 }
+                out
             }
+        };
+        if ranges.is_empty() {
+            return Ok(());
         }
-        self.var.set(&Tensor::from_vec(p, shape, &device)?)?;
+        let t = self.var.as_tensor();
+        let g = g.to_dtype(t.dtype())?.contiguous()?;
+        let (lr, wd) = (self.lr, self.wd);
+        match &mut self.moments {
+            Moments::F32 { m, v } => t.inplace_op2(&g, &Update::new(m, v, ranges, lr, wd))?,
+            Moments::F64 { m, v } => t.inplace_op2(&g, &Update::new(m, v, ranges, lr, wd))?,
+        }
         Ok(())
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn update<T: Elem>(
-    p: &mut [T],
-    g: &[T],
-    m: &mut [f64],
-    v: &mut [f64],
-    range: std::ops::Range<usize>,
-    step: u64,
+/// Float types the update runs in.
+trait Float:
+    candle_core::WithDType
+    + Send
+    + Sync
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+{
+    fn of(v: f64) -> Self;
+    fn sqrt(self) -> Self;
+    fn slice(s: &CpuStorage) -> Option<&[Self]>;
+    fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
+}
+
+impl Float for f32 {
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+    fn slice(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
+        match s {
+            CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl Float for f64 {
+    fn of(v: f64) -> Self {
+        v
+    }
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+    fn slice(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
+        match s {
+            CpuStorage::F64(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// The in-place AdamW update of one parameter (candle in-place op: dst = the parameter,
+/// src = its gradient), over the given element ranges.
+struct Update<'a, T> {
+    moments: RefCell<(&'a mut [T], &'a mut [T])>,
+    ranges: Vec<(Range<usize>, u64)>,
     lr: f64,
     wd: f64,
-) {
-    let bc1 = 1.0 - BETA1.powi(step as i32);
-    let bc2 = 1.0 - BETA2.powi(step as i32);
-    for i in range {
-        let gi = g[i].to64();
-        let mut pi = p[i].to64() * (1.0 - lr * wd);
-        m[i] = BETA1 * m[i] + (1.0 - BETA1) * gi;
-        v[i] = BETA2 * v[i] + (1.0 - BETA2) * gi * gi;
-        let m_hat = m[i] / bc1;
-        let v_hat = v[i] / bc2;
-        pi -= lr * m_hat / (v_hat.sqrt() + EPS);
-        p[i] = T::from64(pi);
+}
+
+impl<'a, T: Float> Update<'a, T> {
+    fn new(
+        m: &'a mut [T],
+        v: &'a mut [T],
+        ranges: Vec<(Range<usize>, u64)>,
+        lr: f64,
+        wd: f64,
+    ) -> Self {
+        Update {
+            moments: RefCell::new((m, v)),
+            ranges,
+            lr,
+            wd,
+        }
+    }
+}
+
+impl<T: Float> candle_core::InplaceOp2 for Update<'_, T> {
+    fn name(&self) -> &'static str {
+        "pal-adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let (Some((p0, p1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("pal-adamw: parameter and gradient must be contiguous")
+        };
+        let (Some(p), Some(g)) = (T::slice_mut(s1), T::slice(s2)) else {
+            candle_core::bail!("pal-adamw: unexpected storage type")
+        };
+        let (p, g) = (&mut p[p0..p1], &g[g0..g1]);
+        let mut guard = self.moments.borrow_mut();
+        let (m, v) = &mut *guard;
+        if p.len() != g.len() || p.len() != m.len() {
+            candle_core::bail!("pal-adamw: shape mismatch")
+        }
+        for (range, step) in &self.ranges {
+            let k = Coeffs::new(*step, self.lr, self.wd);
+            let r = range.clone();
+            update_par(
+                &mut p[r.clone()],
+                &g[r.clone()],
+                &mut m[r.clone()],
+                &mut v[r],
+                &k,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The per-step constants of the update.
+struct Coeffs<T> {
+    decay: T,
+    b1: T,
+    one_m_b1: T,
+    b2: T,
+    one_m_b2: T,
+    step_size: T,
+    inv_bc2_sqrt: T,
+    eps: T,
+}
+
+impl<T: Float> Coeffs<T> {
+    fn new(step: u64, lr: f64, wd: f64) -> Self {
+        let bc1 = 1.0 - BETA1.powi(step as i32);
+        let bc2 = 1.0 - BETA2.powi(step as i32);
+        Coeffs {
+            decay: T::of(1.0 - lr * wd),
+            b1: T::of(BETA1),
+            one_m_b1: T::of(1.0 - BETA1),
+            b2: T::of(BETA2),
+            one_m_b2: T::of(1.0 - BETA2),
+            step_size: T::of(lr / bc1),
+            inv_bc2_sqrt: T::of(1.0 / bc2.sqrt()),
+            eps: T::of(EPS),
+        }
+    }
+}
+
+/// [`update`] split into contiguous chunks on separate threads for large parameters.
+fn update_par<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: &Coeffs<T>) {
+    let n = p.len();
+    let threads = threads();
+    if n < PARALLEL_MIN || threads < 2 {
+        update(p, g, m, v, k);
+        return;
+    }
+    let chunk = n.div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts = p
+            .chunks_mut(chunk)
+            .zip(g.chunks(chunk))
+            .zip(m.chunks_mut(chunk))
+            .zip(v.chunks_mut(chunk));
+        for (((p, g), m), v) in parts {
+            s.spawn(move || update(p, g, m, v, k));
+        }
+    });
+}
+
+fn threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8)
+    })
+}
+
+/// The AdamW update of one contiguous run of elements.
+#[inline(never)]
+fn update<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: &Coeffs<T>) {
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        *m = k.b1 * *m + k.one_m_b1 * g;
+        *v = k.b2 * *v + k.one_m_b2 * (g * g);
+        let denom = v.sqrt() * k.inv_bc2_sqrt + k.eps;
+        *p = *p * k.decay - k.step_size * (*m / denom);
     }
 }
 

@@ -1,0 +1,158 @@
+//! `palpipe report`: one run's models, metrics and stages as Markdown plus SVG plots.
+//!
+//! Reads `runs` and `models`; the rendering (and which models belong to a run) lives in
+//! `crate::eval::report`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use arrow_array::{Array, Int32Array, Int64Array, RecordBatch, StringArray};
+
+use super::{CliError, Ctx};
+use crate::eval::report::{self as rep, ModelInfo, RunInfo, StageInfo};
+use crate::store::Store;
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example:\n  palpipe report --run latest --store /tmp/s --out docs/results/synthetic\n\nWrites OUT/report.md and one SVG per evaluated split (accuracy against K) and per\nadaptation split (accuracy against shots). The report covers the models this run trained,\nand, for train stages it skipped as unchanged, the models an earlier run of the same\npipeline trained for them."
+)]
+pub struct ReportArgs {
+    /// A run id from the `runs` table, or `latest` for the newest run.
+    #[arg(long, default_value = "latest")]
+    pub run: String,
+    /// Folder to write report.md and the plots into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+fn col<'a>(b: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
+    b.column_by_name(name)?
+        .as_any()
+        .downcast_ref::<StringArray>()
+}
+
+fn get(a: Option<&StringArray>, i: usize) -> Option<String> {
+    a.and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string()))
+}
+
+fn int64(b: &RecordBatch, name: &str, i: usize) -> i64 {
+    b.column_by_name(name)
+        .and_then(|a| a.as_any().downcast_ref::<Int64Array>())
+        .map(|a| a.value(i))
+        .unwrap_or(0)
+}
+
+async fn read_runs(store: &Store) -> Result<Vec<RunInfo>, CliError> {
+    let mut out = Vec::new();
+    for b in store.read("runs", &[], None).await? {
+        let (id, pipe, file, outcome, err, stages) = (
+            col(&b, "run_id"),
+            col(&b, "pipeline"),
+            col(&b, "pipeline_file"),
+            col(&b, "outcome"),
+            col(&b, "error"),
+            col(&b, "stages_json"),
+        );
+        for i in 0..b.num_rows() {
+            let stages: Vec<StageInfo> = get(stages, i)
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default();
+            out.push(RunInfo {
+                run_id: get(id, i).unwrap_or_default(),
+                pipeline: get(pipe, i).unwrap_or_default(),
+                pipeline_file: get(file, i),
+                started_ms: int64(&b, "started_ms", i),
+                finished_ms: int64(&b, "finished_ms", i),
+                outcome: get(outcome, i).unwrap_or_default(),
+                error: get(err, i),
+                stages,
+            });
+        }
+    }
+    out.sort_by(|a, b| (a.started_ms, &a.run_id).cmp(&(b.started_ms, &b.run_id)));
+    Ok(out)
+}
+
+async fn read_models(store: &Store) -> Result<Vec<ModelInfo>, CliError> {
+    let mut out = Vec::new();
+    for b in store.read("models", &[], None).await? {
+        let k = b
+            .column_by_name("k")
+            .and_then(|a| a.as_any().downcast_ref::<Int32Array>());
+        for i in 0..b.num_rows() {
+            let metrics: BTreeMap<String, serde_json::Value> = get(col(&b, "metrics_json"), i)
+                .and_then(|m| serde_json::from_str(&m).ok())
+                .unwrap_or_default();
+            out.push(ModelInfo {
+                name: get(col(&b, "name"), i).unwrap_or_default(),
+                kind: get(col(&b, "kind"), i).unwrap_or_default(),
+                k: k.map(|a| a.value(i)).unwrap_or(1),
+                encoder_id: get(col(&b, "encoder_id"), i),
+                train_split: get(col(&b, "train_split"), i).unwrap_or_default(),
+                checkpoint: get(col(&b, "checkpoint"), i).unwrap_or_default(),
+                metrics,
+                run_id: get(col(&b, "run_id"), i),
+                created_ms: int64(&b, "created_ms", i),
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub async fn report(ctx: &Ctx, a: ReportArgs) -> Result<(), CliError> {
+    let store = ctx.store(None)?;
+    let runs = read_runs(&store).await?;
+    let run = if a.run == "latest" {
+        runs.last().cloned().ok_or_else(|| {
+            CliError::usage(anyhow::anyhow!(
+                "the store has no runs yet\nhint: run a pipeline first with 'palpipe run PIPELINE.yaml'"
+            ))
+        })?
+    } else {
+        match runs.iter().find(|r| r.run_id == a.run) {
+            Some(r) => r.clone(),
+            None => {
+                let known: Vec<&str> = runs.iter().rev().map(|r| r.run_id.as_str()).collect();
+                return Err(CliError::usage(anyhow::anyhow!(
+                    "no run '{}' in the store (runs, newest first: {})\nhint: use --run latest for the newest",
+                    a.run,
+                    if known.is_empty() { "none yet".to_string() } else { known.join(", ") }
+                )));
+            }
+        }
+    };
+    let models = read_models(&store).await?;
+    let (selected, notes) = rep::select_models(&run, &runs, &models);
+    let (evals, adapts) = rep::points(&selected);
+    let plots = rep::plots(&run, &evals, &adapts);
+    let md = rep::markdown(&run, &selected, &notes, &evals, &adapts, &plots);
+
+    let io = |e: std::io::Error, p: &std::path::Path| {
+        CliError::failure(anyhow::anyhow!("cannot write '{}': {e}", p.display()))
+    };
+    if a.out.exists() && !a.out.is_dir() {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--out '{}' exists and is not a folder",
+            a.out.display()
+        )));
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| io(e, &a.out))?;
+    let path = a.out.join("report.md");
+    std::fs::write(&path, md).map_err(|e| io(e, &path))?;
+    for p in &plots {
+        let path = a.out.join(&p.file);
+        std::fs::write(&path, &p.svg).map_err(|e| io(e, &path))?;
+    }
+    ctx.printer.status(format!(
+        "run {}: {} models, {} evaluations, {} adaptation rows",
+        run.run_id,
+        selected.len(),
+        evals.len(),
+        adapts.len()
+    ));
+    println!("{}", a.out.join("report.md").display());
+    for p in &plots {
+        println!("{}", a.out.join(&p.file).display());
+    }
+    Ok(())
+}
