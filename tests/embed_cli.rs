@@ -154,3 +154,49 @@ fn a_missing_model_folder_is_named_with_a_hint() {
     assert_eq!(r.status.code(), Some(1), "{err}");
     assert!(err.contains("make setup"), "{err}");
 }
+
+#[test]
+fn an_embed_killed_midway_completes_on_rerun_without_duplicates() {
+    require_model();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let text = format!(
+        "name: p\nstages:\n  - name: data\n    kind: persona\n    dir: {}\n    personas: [art, music]\n    users_per_persona: 10\n    queries_per_user: 40\n    unseen_users_per_persona: 0\n",
+        shared_data().join("persona").display()
+    );
+    let p = write_pipeline(dir.path(), "p.yaml", &text);
+    palpipe(&store, &["run", p.to_str().unwrap()]).ok();
+    let total = scalar(&store, "SELECT count(*) FROM prompts")
+        + scalar(&store, "SELECT count(*) FROM items");
+    let mut child = bin()
+        .args(["embed", "--chunk", "16", "--quiet", "--store"])
+        .arg(&store)
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let n = scalar(&store, "SELECT count(*) FROM embeddings");
+        if n > 0 || start.elapsed().as_secs() > 120 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap(); // SIGKILL: no clean-up runs
+    child.wait().unwrap();
+    let partial = scalar(&store, "SELECT count(*) FROM embeddings");
+    assert!(
+        partial > 0 && partial < total,
+        "killed after {partial} of {total}"
+    );
+    let r = palpipe(&store, &["embed"]).ok();
+    assert!(
+        r.stdout.contains(&format!("already cached {partial}")),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(scalar(&store, "SELECT count(*) FROM embeddings"), total);
+    assert_eq!(
+        scalar(&store, "SELECT count(DISTINCT content_id) FROM embeddings"),
+        total
+    );
+}

@@ -32,6 +32,9 @@ pub struct EmbedArgs {
     pub device: String,
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Texts per commit: an interrupted run keeps every finished chunk.
+    #[arg(long, default_value_t = 1024)]
+    pub chunk: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,7 +80,7 @@ pub async fn embed(ctx: &Ctx, a: EmbedArgs) -> Result<(), CliError> {
         batch_size: a.batch_size,
         max_length: None,
         device: a.device,
-        chunk: 1024,
+        chunk: a.chunk,
     };
     let c = embed_texts(&p, &store, ctx.printer).await?;
     println!(
