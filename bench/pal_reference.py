@@ -170,8 +170,10 @@ def main():
     model.train()
     for i in range(a.warmup):
         step(i, False)
+    cpu0 = time.process_time()
     for i in range(a.warmup, a.warmup + a.steps):
         step(i, True)
+    cpu_s = time.process_time() - cpu0
     train_s = sum(ph.values())
 
     # scoring: evaluation mode, chunks of 4096, no gradients
@@ -198,6 +200,7 @@ def main():
         "warmup_steps": a.warmup, "steps": a.steps, "params": params,
         "train_comparisons_per_s": a.steps * a.batch / train_s,
         "train_ms_per_step": per_step(train_s),
+        "train_cpu_ms_per_step": per_step(cpu_s),
         "phases_ms_per_step": {k: per_step(v) for k, v in ph.items()},
         "eval_n": eval_n,
         "eval_comparisons_per_s": eval_n / eval_s,

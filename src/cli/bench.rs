@@ -136,6 +136,16 @@ fn take(set: &ComparisonSet, m: usize) -> ComparisonSet {
     }
 }
 
+/// User + system CPU seconds of this process, all threads (from /proc/self/stat).
+fn process_cpu_s() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // fields after the ")" that closes the command name: utime and stime are fields 14, 15
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0) // USER_HZ is 100 on Linux
+}
+
 /// Peak resident set size in MiB (VmHWM), when /proc says.
 fn peak_rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -199,10 +209,16 @@ pub async fn bench_pal(_ctx: &Ctx, a: BenchPalArgs) -> Result<(), CliError> {
     let timed = take(&full, a.steps * a.batch);
     let n_timed = timed.comps.len();
     let mut last: Option<Instant> = None;
+    let mut cpu_first: Option<f64> = None;
+    let mut cpu_last: Option<f64> = None;
     let t_call = Instant::now();
     let (model, report) = train(&model_cfg, &train_cfg, &timed, None, &mut |p| {
         if !p.epoch_end {
             last = Some(Instant::now());
+            cpu_last = process_cpu_s();
+            if p.step == 1 {
+                cpu_first = cpu_last;
+            }
         }
     })
     .map_err(CliError::failure)?;
@@ -211,6 +227,12 @@ pub async fn bench_pal(_ctx: &Ctx, a: BenchPalArgs) -> Result<(), CliError> {
     let init_s = (last.unwrap_or(t_call) - t_call).as_secs_f64() - step_sum;
     let train_s = step_sum;
     let steps = report.steps;
+    // CPU seconds (all threads) per step, from the end of step 1 to the end of the last step:
+    // less sensitive than wall time to other processes on a busy machine.
+    let cpu_ms_per_step = match (cpu_first, cpu_last) {
+        (Some(a0), Some(a1)) if steps > 1 => Some(1000.0 * (a1 - a0) / (steps - 1) as f64),
+        _ => None,
+    };
 
     // Scoring throughput.
     let eval_set = take(&full, a.eval_n.max(1));
@@ -236,6 +258,7 @@ pub async fn bench_pal(_ctx: &Ctx, a: BenchPalArgs) -> Result<(), CliError> {
         "params": report.params,
         "train_comparisons_per_s": n_timed as f64 / train_s,
         "train_ms_per_step": per_step(train_s),
+        "train_cpu_ms_per_step": cpu_ms_per_step,
         "phases_ms_per_step": {
             "gather": per_step(ph.gather),
             "forward": per_step(ph.forward),

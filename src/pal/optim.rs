@@ -376,4 +376,25 @@ mod tests {
         assert!((after_first[0] - expect(3.0)).abs() < 1e-5);
         assert!((after_first[1] - expect(4.0)).abs() < 1e-5);
     }
+
+    #[test]
+    fn threaded_update_matches_the_formula() {
+        // large enough to be split across threads
+        let n = 3 * PARALLEL_MIN + 5;
+        let p0: Vec<f32> = (0..n).map(|i| ((i % 97) as f32 - 48.0) / 10.0).collect();
+        let w = Var::from_tensor(&Tensor::new(p0.as_slice(), &Device::Cpu).unwrap()).unwrap();
+        let mut opt = AdamW::new();
+        opt.add(w.clone(), 0.01, 0.1);
+        let loss = w.as_tensor().sqr().unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        opt.step(&grads, &[]).unwrap();
+        let got = w.as_tensor().to_vec1::<f32>().unwrap();
+        for (i, (&p, &q)) in p0.iter().zip(&got).enumerate() {
+            let (p, g) = (p as f64, 2.0 * p as f64);
+            let m = 0.1 * g / 0.1;
+            let v = (0.001 * g * g / 0.001).sqrt();
+            let want = p * (1.0 - 0.01 * 0.1) - 0.01 * m / (v + 1e-8);
+            assert!((q as f64 - want).abs() < 1e-5, "element {i}: {q} vs {want}");
+        }
+    }
 }
