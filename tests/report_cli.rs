@@ -71,7 +71,12 @@ fn svg_points(p: &Path) -> usize {
         s.matches('>').count(),
         "unbalanced tags"
     );
-    assert!(s.contains("accuracy (%)"), "no y label in {}", p.display());
+    assert!(s.contains("rotate(-90"), "no y label in {}", p.display());
+    assert!(
+        s.contains("font-weight=\"bold\""),
+        "no title in {}",
+        p.display()
+    );
     s.matches("<circle class=\"point\"").count()
 }
 
@@ -107,6 +112,16 @@ fn check_report(out: &Path, accuracies: &[(String, String)]) {
     assert_eq!(svg_points(&a), 2);
     assert!(read(&a).contains("zero-shot"));
     assert!(md.contains("accuracy-vs-k-te.svg") && md.contains("adapt-un.svg"));
+    // d = 2 PAL-A models get a prototype plot: one point per seen user (30)
+    for m in ["k1", "k3"] {
+        let p = out.join(format!("prototypes-{m}.svg"));
+        assert_eq!(svg_points(&p), 30, "{}", p.display());
+        assert!(md.contains(&format!("prototypes-{m}.svg")));
+    }
+    assert!(
+        !out.join("prototypes-b2.svg").exists(),
+        "PAL-B has no input-space prototypes"
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ use crate::store::Store;
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Example:\n  palpipe report --run latest --store /tmp/s --out docs/results/synthetic\n\nWrites OUT/report.md and one SVG per evaluated split (accuracy against K) and per\nadaptation split (accuracy against shots). The report covers the models this run trained,\nand, for train stages it skipped as unchanged, the models an earlier run of the same\npipeline trained for them."
+    after_help = "Example:\n  palpipe report --run latest --store /tmp/s --out docs/results/synthetic\n\nWrites OUT/report.md and one SVG per evaluated split (accuracy against K) and per\nadaptation split (accuracy against shots), plus a prototype plot per PAL-A model with\n2-D inputs. The report covers the models this run trained,\nand, for train stages it skipped as unchanged, the models an earlier run of the same\npipeline trained for them."
 )]
 pub struct ReportArgs {
     /// A run id from the `runs` table, or `latest` for the newest run.
@@ -23,6 +23,93 @@ pub struct ReportArgs {
     /// Folder to write report.md and the plots into (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Skip the prototype plots of PAL-A models with 2-D inputs.
+    #[arg(long)]
+    pub no_prototypes: bool,
+}
+
+/// Each user's group (`users.group_name`), where set.
+async fn user_groups(store: &Store) -> Result<BTreeMap<String, String>, CliError> {
+    let mut out = BTreeMap::new();
+    for b in store
+        .read("users", &["user_id", "group_name"], None)
+        .await?
+    {
+        let (u, g) = (col(&b, "user_id"), col(&b, "group_name"));
+        for i in 0..b.num_rows() {
+            if let (Some(u), Some(g)) = (get(u, i), get(g, i)) {
+                out.insert(u, g);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The prototype plot of a PAL-A model whose prototypes live in a 2-D input space (no
+/// prompt part): items from `embeddings` under the model's encoder, P_k from the
+/// checkpoint, and each seen user at Σ_k w_k P_k with their evaluation mixture w.
+/// `None` when the model is not of that shape.
+async fn prototype_plot(
+    store: &Store,
+    m: &ModelInfo,
+    groups: &BTreeMap<String, String>,
+) -> anyhow::Result<Option<rep::ProtoPlot>> {
+    if m.checkpoint.is_empty() {
+        return Ok(None);
+    }
+    let dir = store.root().join(&m.checkpoint);
+    let weights = dir.join(crate::pal::WEIGHTS_FILE);
+    if !weights.is_file() {
+        return Ok(None);
+    }
+    let tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu)?;
+    let Some(p) = tensors.get("prototypes") else {
+        return Ok(None);
+    };
+    if p.dims().len() != 2 || p.dims()[1] != 2 {
+        return Ok(None);
+    }
+    let protos: Vec<Vec<f64>> = p.to_dtype(candle_core::DType::F64)?.to_vec2()?;
+    let protos: Vec<(f64, f64)> = protos.iter().map(|r| (r[0], r[1])).collect();
+    let model = crate::pal::PalModel::load(&dir)?;
+    let mut users = Vec::new();
+    for u in model.user_ids() {
+        let w = model.mixture(u)?;
+        let (mut x, mut y) = (0.0, 0.0);
+        for (wk, (px, py)) in w.iter().zip(&protos) {
+            x += wk * px;
+            y += wk * py;
+        }
+        users.push((x, y, groups.get(u).cloned().unwrap_or_else(|| "-".into())));
+    }
+    let mut items = Vec::new();
+    if let Some(enc) = &m.encoder_id {
+        let filter = format!("encoder_id = '{}'", enc.replace('\'', "''"));
+        for b in store.read("embeddings", &["vector"], Some(&filter)).await? {
+            let Some(v) = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::FixedSizeListArray>()
+            else {
+                continue;
+            };
+            if v.value_length() != 2 {
+                return Ok(None);
+            }
+            for i in 0..v.len() {
+                let row = v.value(i);
+                if let Some(x) = row.as_any().downcast_ref::<arrow_array::Float32Array>() {
+                    items.push((x.value(0) as f64, x.value(1) as f64));
+                }
+            }
+        }
+    }
+    Ok(Some(rep::ProtoPlot {
+        model: m.name.clone(),
+        items,
+        prototypes: protos,
+        users,
+    }))
 }
 
 fn col<'a>(b: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
@@ -124,7 +211,25 @@ pub async fn report(ctx: &Ctx, a: ReportArgs) -> Result<(), CliError> {
     let models = read_models(&store).await?;
     let (selected, notes) = rep::select_models(&run, &runs, &models);
     let (evals, adapts) = rep::points(&selected);
-    let plots = rep::plots(&run, &evals, &adapts);
+    let mut plots = rep::plots(&run, &evals, &adapts);
+    let mut notes = notes;
+    if !a.no_prototypes {
+        let groups = user_groups(&store).await.unwrap_or_default();
+        for s in selected.iter().filter(|s| s.model.kind == "pal-a") {
+            match prototype_plot(&store, &s.model, &groups).await {
+                Ok(Some(p)) => plots.push(rep::Plot {
+                    file: format!("prototypes-{}.svg", rep::slug(&p.model)),
+                    svg: rep::prototypes_svg(&run.pipeline, &p),
+                    caption: format!(
+                        "Learned prototypes of '{}' with the seen users' ideal points (d = 2)",
+                        p.model
+                    ),
+                }),
+                Ok(None) => {}
+                Err(e) => notes.push(format!("no prototype plot for '{}': {e:#}", s.model.name)),
+            }
+        }
+    }
     let md = rep::markdown(&run, &selected, &notes, &evals, &adapts, &plots);
 
     let io = |e: std::io::Error, p: &std::path::Path| {

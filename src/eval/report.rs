@@ -16,6 +16,11 @@
 //! listed as notes. Metrics are the model's metrics as the store holds them now: an `eval`
 //! run after the pipeline (e.g. `palpipe eval`) shows up too.
 //!
+//! Plots: accuracy against K per evaluated split (one series per model kind, 95% Wilson CI
+//! bars, the popularity baseline as a dashed line), new users' accuracy against shots per
+//! adaptation split (zero-shot dashed), and for PAL-A models whose prototypes live in a 2-D
+//! input space, the prototypes with the seen users' ideal points (the paper's Fig. D.1).
+//!
 //! The SVGs are small and self-contained (no fonts embedded, `sans-serif` text): every data
 //! point is a `<circle class="point">`, so tools and tests can count them.
 
@@ -512,10 +517,10 @@ pub fn markdown(
 // ---------------------------------------------------------------------------------------
 // SVG
 
-const W: f64 = 720.0;
+const W: f64 = 820.0;
 const H: f64 = 440.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 200.0; // legend column
+const RIGHT: f64 = 280.0; // legend column
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
 const COLORS: [&str; 8] = [
@@ -527,6 +532,17 @@ fn esc(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// `v` with as many decimals as `step` needs (2.5 → 1, 0.25 → 2).
+fn tick_label(v: f64, step: f64) -> String {
+    let d = (0..4)
+        .find(|&d| {
+            let x = step * 10f64.powi(d);
+            (x - x.round()).abs() < 1e-6
+        })
+        .unwrap_or(4) as usize;
+    format!("{v:.d$}")
 }
 
 /// A "nice" tick step for a range of `span` with about `n` ticks.
@@ -612,11 +628,7 @@ fn axes(
             r##"<line x1="{l}" y1="{py:.1}" x2="{r}" y2="{py:.1}" stroke="#e5e5e5"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
             l - 6.0,
             py + 4.0,
-            if ystep < 1.0 {
-                format!("{y:.1}")
-            } else {
-                format!("{y:.0}")
-            }
+            tick_label(y, ystep)
         );
         y += ystep;
     }
@@ -676,7 +688,7 @@ fn legend(s: &mut String, i: usize, color: &str, dashed: bool, marker: bool, lab
         },
         x + 32.0,
         y + 4.0,
-        esc(label)
+        esc(&label)
     );
 }
 
@@ -949,6 +961,144 @@ pub fn shots_svg(pipeline: &str, split: &str, rows: &[&AdaptPoint]) -> String {
     s
 }
 
+/// A PAL-A model with d = 2 in its input space (the paper's Fig. D.1): items, the learned
+/// prototypes P_k, and each seen user's ideal point Σ_k w_k P_k, coloured by the user's
+/// group (for synthetic data, the true prototype).
+#[derive(Debug, Clone)]
+pub struct ProtoPlot {
+    pub model: String,
+    pub items: Vec<(f64, f64)>,
+    pub prototypes: Vec<(f64, f64)>,
+    /// (x, y, group)
+    pub users: Vec<(f64, f64, String)>,
+}
+
+/// The prototype plot: grey items, black prototype crosses, users coloured by group on top
+/// (one `circle.point` per user; prototypes are `path.prototype`).
+pub fn prototypes_svg(pipeline: &str, p: &ProtoPlot) -> String {
+    let all = || {
+        p.items
+            .iter()
+            .copied()
+            .chain(p.prototypes.iter().copied())
+            .chain(p.users.iter().map(|u| (u.0, u.1)))
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+    };
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for (x, y) in all() {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if !x0.is_finite() {
+        (x0, x1, y0, y1) = (-1.0, 1.0, -1.0, 1.0);
+    }
+    let xs = nice_step((x1 - x0).max(1e-6), 6.0);
+    let ys = nice_step((y1 - y0).max(1e-6), 6.0);
+    let f = Frame {
+        x0: (x0 / xs).floor() * xs,
+        x1: ((x1 / xs).ceil() * xs).max((x0 / xs).floor() * xs + xs),
+        y0: (y0 / ys).floor() * ys,
+        y1: ((y1 / ys).ceil() * ys).max((y0 / ys).floor() * ys + ys),
+    };
+    let mut xticks = Vec::new();
+    let mut x = f.x0;
+    while x <= f.x1 + 1e-9 {
+        xticks.push((x, tick_label(x, xs)));
+        x += xs;
+    }
+    let mut s = String::new();
+    axes(
+        &mut s,
+        &f,
+        ys,
+        &xticks,
+        &format!("{pipeline}: {} prototypes and users (input space)", p.model),
+        "x₁",
+        "x₂",
+    );
+    for (x, y) in &p.items {
+        let _ = writeln!(
+            s,
+            r##"<circle class="item" cx="{:.1}" cy="{:.1}" r="1.6" fill="#bbbbbb"/>"##,
+            f.px(*x),
+            f.py(*y)
+        );
+    }
+    let groups: Vec<&str> = {
+        let mut g: Vec<&str> = p.users.iter().map(|u| u.2.as_str()).collect();
+        g.sort();
+        g.dedup();
+        g
+    };
+    for (k, (x, y)) in p.prototypes.iter().enumerate() {
+        let (px, py) = (f.px(*x), f.py(*y));
+        let _ = writeln!(
+            s,
+            r##"<path class="prototype" d="M{:.1} {:.1}L{:.1} {:.1}M{:.1} {:.1}L{:.1} {:.1}" stroke="#000000" stroke-width="2"><title>prototype {k}: ({x:.3}, {y:.3})</title></path><text x="{:.1}" y="{:.1}" font-weight="bold">P{k}</text>"##,
+            px - 7.0,
+            py - 7.0,
+            px + 7.0,
+            py + 7.0,
+            px - 7.0,
+            py + 7.0,
+            px + 7.0,
+            py - 7.0,
+            px + 9.0,
+            py - 8.0
+        );
+    }
+    for (x, y, g) in &p.users {
+        let i = groups.iter().position(|h| h == g).unwrap_or(0);
+        point(
+            &mut s,
+            COLORS[i % COLORS.len()],
+            f.px(*x),
+            f.py(*y),
+            &format!("user of group {g}"),
+        );
+    }
+    let mut row = 0;
+    legend(
+        &mut s,
+        row,
+        "#bbbbbb",
+        false,
+        true,
+        &format!("items ({})", p.items.len()),
+    );
+    row += 1;
+    legend(
+        &mut s,
+        row,
+        "#000000",
+        false,
+        false,
+        &format!("learned prototypes P_k (K={})", p.prototypes.len()),
+    );
+    row += 1;
+    for (i, g) in groups.iter().enumerate() {
+        let n = p.users.iter().filter(|u| u.2 == *g).count();
+        legend(
+            &mut s,
+            row,
+            COLORS[i % COLORS.len()],
+            false,
+            true,
+            &format!("users {g} ({n}): Σ w_k P_k"),
+        );
+        row += 1;
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1133,6 +1283,28 @@ mod tests {
         ] {
             assert!(md.contains(m), "{m} missing from\n{md}");
         }
+    }
+
+    #[test]
+    fn tick_labels_have_the_decimals_their_step_needs() {
+        assert_eq!(tick_label(70.0, 5.0), "70");
+        assert_eq!(tick_label(72.5, 2.5), "72.5");
+        assert_eq!(tick_label(0.25, 0.25), "0.25");
+    }
+
+    #[test]
+    fn prototype_plot_draws_each_user_and_prototype() {
+        let p = ProtoPlot {
+            model: "m".into(),
+            items: vec![(0.0, 0.0), (1.0, -1.0)],
+            prototypes: vec![(0.5, 0.5), (-0.5, 0.2), (0.0, -0.7)],
+            users: vec![(0.1, 0.1, "g0".into()), (0.2, 0.0, "g1".into())],
+        };
+        let svg = prototypes_svg("p", &p);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("class=\"point\"").count(), 2);
+        assert_eq!(svg.matches("class=\"prototype\"").count(), 3);
+        assert_eq!(svg.matches("class=\"item\"").count(), 2);
     }
 
     #[test]
