@@ -102,43 +102,52 @@ fn params<T: serde::de::DeserializeOwned>(m: Mapping) -> Result<T, CliError> {
     })
 }
 
+impl TrainArgs {
+    /// The flags as a `train` stage's parameters, checked as a pipeline would check them.
+    fn to_params(&self) -> Result<TrainParams, CliError> {
+        let a = self;
+        let mut m = Mapping::new();
+        set(&mut m, "model", a.model.clone());
+        set(&mut m, "k", a.k as u64);
+        set(&mut m, "train", a.train.clone());
+        if let Some(v) = &a.val {
+            set(&mut m, "val", v.clone());
+        }
+        if let Some(e) = &a.encoder {
+            set(&mut m, "encoder", e.clone());
+        }
+        set(&mut m, "seed", a.seed);
+        let mut config = Mapping::new();
+        if let Some(d) = a.d {
+            set(&mut config, "d", d as u64);
+        }
+        if let Some(arch) = &a.arch {
+            set(&mut config, "item_arch", arch.clone());
+            set(&mut config, "prototype_arch", arch.clone());
+        }
+        if let Some(l) = &a.loss {
+            set(&mut config, "loss", l.clone());
+        }
+        if let Some(mo) = &a.mode {
+            set(&mut config, "mode", mo.clone());
+        }
+        let mut training = Mapping::new();
+        if let Some(e) = a.epochs {
+            set(&mut training, "epochs", e as u64);
+        }
+        if let Some(b) = a.batch_size {
+            set(&mut training, "batch_size", b as u64);
+        }
+        set(&mut m, "config", Value::Mapping(config));
+        set(&mut m, "training", Value::Mapping(training));
+        let p: TrainParams = params(m)?;
+        p.model_config().map_err(CliError::usage)?;
+        Ok(p)
+    }
+}
+
 pub async fn train(ctx: &Ctx, a: TrainArgs) -> Result<(), CliError> {
-    let mut m = Mapping::new();
-    set(&mut m, "model", a.model.clone());
-    set(&mut m, "k", a.k as u64);
-    set(&mut m, "train", a.train.clone());
-    if let Some(v) = &a.val {
-        set(&mut m, "val", v.clone());
-    }
-    if let Some(e) = &a.encoder {
-        set(&mut m, "encoder", e.clone());
-    }
-    set(&mut m, "seed", a.seed);
-    let mut config = Mapping::new();
-    if let Some(d) = a.d {
-        set(&mut config, "d", d as u64);
-    }
-    if let Some(arch) = &a.arch {
-        set(&mut config, "item_arch", arch.clone());
-        set(&mut config, "prototype_arch", arch.clone());
-    }
-    if let Some(l) = &a.loss {
-        set(&mut config, "loss", l.clone());
-    }
-    if let Some(mo) = &a.mode {
-        set(&mut config, "mode", mo.clone());
-    }
-    let mut training = Mapping::new();
-    if let Some(e) = a.epochs {
-        set(&mut training, "epochs", e as u64);
-    }
-    if let Some(b) = a.batch_size {
-        set(&mut training, "batch_size", b as u64);
-    }
-    set(&mut m, "config", Value::Mapping(config));
-    set(&mut m, "training", Value::Mapping(training));
-    let p: TrainParams = params(m)?;
-    p.model_config().map_err(CliError::usage)?;
+    let p = a.to_params()?;
     let store = ctx.store(None)?;
     let _lock = store.lock()?;
     let before = store.versions().await?;
@@ -297,26 +306,22 @@ pub async fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), CliError> {
         let mut accs = Vec::new();
         let mut last_ci = None;
         for &seed in &a.seeds {
-            let mut m = Mapping::new();
-            set(&mut m, "model", a.model.clone());
-            set(&mut m, "k", k as u64);
-            set(&mut m, "train", a.train.clone());
-            if let Some(v) = &a.val {
-                set(&mut m, "val", v.clone());
+            let p = TrainArgs {
+                name: String::new(),
+                model: a.model.clone(),
+                k,
+                train: a.train.clone(),
+                val: a.val.clone(),
+                encoder: Some(a.encoder.clone()),
+                seed,
+                d: a.d,
+                arch: None,
+                loss: None,
+                mode: None,
+                epochs: a.epochs,
+                batch_size: None,
             }
-            set(&mut m, "encoder", a.encoder.clone());
-            set(&mut m, "seed", seed);
-            let mut config = Mapping::new();
-            if let Some(d) = a.d {
-                set(&mut config, "d", d as u64);
-            }
-            let mut training = Mapping::new();
-            if let Some(e) = a.epochs {
-                set(&mut training, "epochs", e as u64);
-            }
-            set(&mut m, "config", Value::Mapping(config));
-            set(&mut m, "training", Value::Mapping(training));
-            let p: TrainParams = params(m)?;
+            .to_params()?;
             let name = format!("{}-k{k}-s{seed}", a.prefix);
             ctx.printer.status(format!("training {name}"));
             pal_stages::train_model(&store, &name, &p, None, ctx.printer)
