@@ -64,3 +64,13 @@ lint:
 
 clean-demo:
 	rm -rf $(DEMO_STORE)
+
+# Regenerates tests/fixtures/tiny_clip (tiny random CLIP + transformers' embeddings) with a
+# venv it creates from PyPI (torch, transformers, pillow). The output is committed.
+TINY_CLIP_VENV ?= $(HOME)/.cache/palpipe/tiny-clip-venv
+.PHONY: tiny-clip
+tiny-clip:
+	@test -x $(TINY_CLIP_VENV)/bin/python || python3 -m venv $(TINY_CLIP_VENV)
+	$(TINY_CLIP_VENV)/bin/python -m pip install -q torch
+	$(TINY_CLIP_VENV)/bin/python -m pip install -q transformers tokenizers safetensors pillow numpy
+	$(TINY_CLIP_VENV)/bin/python tests/fixtures/make_tiny_clip.py tests/fixtures/tiny_clip

@@ -80,3 +80,65 @@ for mode in ("distinct", "repeating"):
 print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
       f"(nproc {os.cpu_count()}); written {out}")
 PY
+
+# ---------------------------------------------------------------------------------------
+# MiniLM embedding speed: palpipe (candle, dev profile) vs sentence-transformers (PyTorch),
+# all-MiniLM-L6-v2 on the 6,000 persona statements, batch 32, 2 threads. Skip with
+# MINILM=0; MINILM_ROUNDS (default 3) rounds each, best and median reported.
+# ---------------------------------------------------------------------------------------
+if [ "${MINILM:-1}" != "0" ]; then
+    PERSONA=${PERSONA:-/work/shared/data/persona}
+    MINILM_ROUNDS=${MINILM_ROUNDS:-3}
+    MOUT="bench/results/${DATE}-minilm.json"
+    MTMP=$(mktemp -d)
+    trap 'rm -rf "$TMP" "$MTMP"' EXIT
+    if ! "$VENV/bin/python" -c "import sentence_transformers" 2>/dev/null; then
+        echo "installing sentence-transformers into $VENV" >&2
+        "$VENV/bin/pip" install --quiet transformers scipy scikit-learn
+        "$VENV/bin/pip" install --quiet --no-deps sentence-transformers
+    fi
+    cat "$PERSONA"/*.jsonl > "$MTMP/persona.jsonl"
+    echo "== minilm: palpipe" >&2
+    # The ignored throughput test in src/embed/bert.rs (same encoder as `palpipe embed`).
+    RAYON_NUM_THREADS=2 PALPIPE_BENCH_FILE="$MTMP/persona.jsonl" PALPIPE_BENCH_BATCHES=32 \
+        PALPIPE_BENCH_ROUNDS="$MINILM_ROUNDS" \
+        /usr/bin/time -v cargo test --quiet --lib embed::bert::tests::bench_minilm_throughput \
+        -- --ignored --nocapture > "$MTMP/palpipe.log" 2>&1 \
+        || { cat "$MTMP/palpipe.log" >&2; exit 1; }
+    echo "== minilm: sentence-transformers" >&2
+    "$VENV/bin/python" bench/minilm_reference.py --batch 32 --threads 2 \
+        --rounds "$MINILM_ROUNDS" "$PERSONA"/*.jsonl > "$MTMP/reference.json"
+    "$VENV/bin/python" - "$MTMP" "$MOUT" <<'PY'
+import json, os, re, sys, platform
+tmp, out = sys.argv[1], sys.argv[2]
+log = open(os.path.join(tmp, "palpipe.log")).read()
+m = re.search(r"batch\s+32: best\s+([\d.]+) sentences/s, median\s+([\d.]+) sentences/s", log)
+if not m:
+    sys.exit("could not find palpipe's sentences/s in its log:\n" + log)
+rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", log)
+pal = {"tool": "palpipe (candle, dev profile)", "batch": 32,
+       "statements": int(re.search(r"(\d+) statements", log).group(1)),
+       "best_sentences_per_s": float(m.group(1)),
+       "median_sentences_per_s": float(m.group(2)),
+       # /usr/bin/time of `cargo test`: the test binary is the largest child.
+       "peak_rss_mib": int(rss.group(1)) / 1024 if rss else None}
+ref = json.load(open(os.path.join(tmp, "reference.json")))
+load = os.getloadavg()
+result = {"machine": {"nproc": os.cpu_count(), "platform": platform.platform(),
+                      "loadavg_at_end": load},
+          "runs": {"palpipe": pal, "sentence-transformers": ref},
+          "ratio_palpipe_over_sentence_transformers": {
+              "best": pal["best_sentences_per_s"] / ref["best_sentences_per_s"],
+              "median": pal["median_sentences_per_s"] / ref["median_sentences_per_s"]}}
+with open(out, "w") as fh:
+    json.dump(result, fh, indent=2, sort_keys=True)
+    fh.write("\n")
+print(f"{'minilm':<10} {'what':<14} {'palpipe':>10} {'st':>10} {'ratio':>7}")
+for k, label in (("best_sentences_per_s", "best sent/s"), ("median_sentences_per_s", "median sent/s")):
+    print(f"{'minilm':<10} {label:<14} {pal[k]:>10.1f} {ref[k]:>10.1f} {pal[k]/ref[k]:>7.2f}")
+prss = pal["peak_rss_mib"]
+print(f"{'minilm':<10} {'peak RSS MiB':<14} {prss if prss is not None else float('nan'):>10.0f} "
+      f"{ref['peak_rss_mib']:>10.0f}")
+print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; written {out}")
+PY
+fi

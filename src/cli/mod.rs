@@ -43,7 +43,8 @@ Examples:
   palpipe run pipelines/synthetic.yaml --store /tmp/s
   palpipe sql \"SELECT split, count(*) FROM pairs GROUP BY split\" --store /tmp/s
   palpipe tables --store /tmp/s
-  palpipe eval --model synth-pal-a-k3 --split synthetic-test --store /tmp/s
+  palpipe eval --model pal-a-k3 --split synthetic-test --store /tmp/s
+  palpipe report --run latest --out /tmp/report --store /tmp/s
 
 Exit codes: 0 ok, 1 failure in the data or the work, 2 bad usage or configuration.";
 

@@ -15,7 +15,8 @@ pub struct RunArgs {
     /// Validate and print the plan: which stages would run and which are unchanged.
     #[arg(long)]
     pub dry_run: bool,
-    /// Override a stage parameter: --set train.epochs=20 (value read as YAML; repeatable).
+    /// Override a stage parameter: --set data.users=50, --set "pal-a-k3.training={epochs: 50}"
+    /// (the value is read as YAML; repeatable).
     #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
     pub set: Vec<String>,
     /// Print the run report as one JSON object instead of a table.
