@@ -96,7 +96,7 @@ fn params<T: serde::de::DeserializeOwned>(m: Mapping) -> Result<T, CliError> {
     read_params(Value::Mapping(m)).map_err(|e| match e {
         ParamError::Invalid { path, message } => CliError::usage(anyhow::anyhow!(
             "--{}: {message}",
-            path.replace('.', "-").replace('_', "-")
+            path.replace(['.', '_'], "-")
         )),
         ParamError::UnknownKind => CliError::usage(anyhow::anyhow!("bad arguments")),
     })

@@ -14,7 +14,6 @@ pub mod vector;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use arrow_array::{Array, RecordBatch, RecordBatchIterator, StringArray};
 use arrow_schema::DataType;
@@ -280,7 +279,7 @@ impl Store {
     pub async fn append(&self, table: &str, batch: RecordBatch) -> Result<(), StoreError> {
         let existing = self.dataset(table, None).await?;
         if let Some(ds) = &existing {
-            check_vector_width(table, ds, &batch)?;
+            check_vector_width(ds, &batch)?;
         }
         let mode = if existing.is_some() {
             WriteMode::Append
@@ -326,14 +325,11 @@ pub fn vector_width(schema: &arrow_schema::Schema) -> Option<usize> {
     })
 }
 
-fn check_vector_width(table: &str, ds: &Dataset, batch: &RecordBatch) -> Result<(), StoreError> {
+fn check_vector_width(ds: &Dataset, batch: &RecordBatch) -> Result<(), StoreError> {
     let have = vector_width(&arrow_schema::Schema::from(ds.schema()));
     let got = vector_width(&batch.schema());
     match (have, got) {
-        (Some(have), Some(got)) if have != got => {
-            let _ = table;
-            Err(StoreError::StoreVectorDim { have, got })
-        }
+        (Some(have), Some(got)) if have != got => Err(StoreError::StoreVectorDim { have, got }),
         _ => Ok(()),
     }
 }
@@ -408,9 +404,4 @@ pub async fn write_ingest(
             .await?,
     );
     Ok(out)
-}
-
-/// Keeps `Arc<Dataset>` construction in one place for the SQL layer.
-pub(crate) fn shared(ds: Dataset) -> Arc<Dataset> {
-    Arc::new(ds)
 }

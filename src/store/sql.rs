@@ -14,7 +14,7 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::context::{SQLOptions, SessionContext};
 use lance::datafusion::LanceTableProvider;
 
-use super::{shared, Store, StoreError, TableSchema, TABLES};
+use super::{Store, StoreError, TableSchema, TABLES};
 
 /// A query's result: its schema (even with no rows) and its batches.
 pub struct QueryResult {
@@ -36,7 +36,7 @@ pub async fn session(
         let reg = match ds {
             Some(ds) => ctx.register_table(
                 t,
-                Arc::new(LanceTableProvider::new(shared(ds), false, false)),
+                Arc::new(LanceTableProvider::new(Arc::new(ds), false, false)),
             ),
             None => {
                 let schema = TableSchema::get(t)?.arrow(Some(1))?;

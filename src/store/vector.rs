@@ -39,7 +39,10 @@ pub async fn create_index(
     let params = match kind {
         IndexKind::IvfFlat => VectorIndexParams::ivf_flat(partitions, DistanceType::Cosine),
         IndexKind::IvfPq => {
-            let sub = (1..=dim.min(16)).rev().find(|s| dim % s == 0).unwrap_or(1);
+            let sub = (1..=dim.min(16))
+                .rev()
+                .find(|s| dim.is_multiple_of(*s))
+                .unwrap_or(1);
             VectorIndexParams::ivf_pq(partitions, 8, sub, DistanceType::Cosine, 50)
         }
         IndexKind::Hnsw => VectorIndexParams::ivf_hnsw(
