@@ -27,22 +27,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use serde::Deserialize;
 use serde_json::Value;
 
-/// One stage of a run, as `runs.stages_json` records it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct StageInfo {
-    pub name: String,
-    pub kind: String,
-    #[serde(default)]
-    pub fingerprint: String,
-    pub status: String,
-    #[serde(default)]
-    pub seconds: f64,
-    #[serde(default)]
-    pub summary: String,
-}
+/// One stage of a run, as `runs.stages_json` records it (the runner's own record type).
+pub type StageInfo = crate::pipeline::StageRecord;
 
 /// One row of `runs`.
 #[derive(Debug, Clone)]

@@ -29,10 +29,13 @@ pub struct RunOptions {
 pub struct StageRecord {
     pub name: String,
     pub kind: String,
+    #[serde(default)]
     pub fingerprint: String,
     /// done | skipped | failed | not-run | planned
     pub status: String,
+    #[serde(default)]
     pub seconds: f64,
+    #[serde(default)]
     pub summary: String,
 }
 
