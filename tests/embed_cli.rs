@@ -82,27 +82,28 @@ fn embed_caches_by_content_and_search_finds_the_statement_itself() {
         "SELECT text FROM prompts ORDER BY prompt_id LIMIT 1",
     );
     let text = rows[0]["text"].as_str().unwrap().to_string();
-    let r = palpipe(
-        &store,
-        &[
-            "search",
-            "--encoder",
-            "all-MiniLM-L6-v2",
-            "--text",
-            &text,
-            "--k",
-            "3",
-            "--json",
-        ],
-    )
-    .ok();
-    let first_hit: serde_json::Value =
-        serde_json::from_str(r.stdout.lines().next().unwrap()).unwrap();
+    let nearest = || -> serde_json::Value {
+        let r = palpipe(
+            &store,
+            &[
+                "search",
+                "--encoder",
+                "all-MiniLM-L6-v2",
+                "--text",
+                &text,
+                "--k",
+                "3",
+                "--json",
+            ],
+        )
+        .ok();
+        serde_json::from_str(r.stdout.lines().next().unwrap()).unwrap()
+    };
+    let first_hit = nearest();
     assert_eq!(first_hit["text"], text);
     assert!(
         first_hit["distance"].as_f64().unwrap() < 1e-3,
-        "{}",
-        r.stdout
+        "{first_hit}"
     );
     // with an index, the same answer
     palpipe(
@@ -110,21 +111,7 @@ fn embed_caches_by_content_and_search_finds_the_statement_itself() {
         &["index", "--kind", "ivf-flat", "--partitions", "2"],
     )
     .ok();
-    let r = palpipe(
-        &store,
-        &[
-            "search",
-            "--encoder",
-            "all-MiniLM-L6-v2",
-            "--text",
-            &text,
-            "--k",
-            "3",
-            "--json",
-        ],
-    )
-    .ok();
-    let hit: serde_json::Value = serde_json::from_str(r.stdout.lines().next().unwrap()).unwrap();
+    let hit = nearest();
     assert_eq!(hit["text"], text);
 }
 
