@@ -14,7 +14,7 @@ MINILM := $(MODELS)/all-MiniLM-L6-v2
 BIN := $(CARGO_TARGET_DIR)/debug/palpipe
 DEMO_STORE ?= palstore-demo
 
-.PHONY: setup protoc models build demo test bench lint clean-demo
+.PHONY: setup protoc models build demo test bench lint clean-demo fixtures
 
 setup: protoc models
 
@@ -51,6 +51,11 @@ demo: build
 	@$(BIN) eval --model pal-a-k3 --split demo-test --store $(DEMO_STORE) --quiet
 	@echo; echo "== new users, adapted from N of their comparisons"
 	@$(BIN) adapt --model pal-a-k3 --users demo-unseen --shots 0,5,20 --store $(DEMO_STORE) --quiet
+
+# Pick-a-Pic stand-in shards for pipelines/leakage-split.yaml and pick-a-filter.yaml.
+FIXTURES ?= data/pickapic-fixtures
+fixtures: build
+	@test -f $(FIXTURES)/manifest.json || $(BIN) fixtures pickapic --out $(FIXTURES)
 
 test: setup
 	cargo test --no-fail-fast -- --test-threads 2

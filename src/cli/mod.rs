@@ -6,6 +6,7 @@
 //! Results go to stdout; status, warnings and progress go to stderr.
 
 pub mod bench;
+pub mod fixtures;
 pub mod output;
 pub mod pal_cmds;
 pub mod report;
@@ -70,6 +71,8 @@ pub enum Command {
     Index(vectors::IndexArgs),
     /// Find the stored texts nearest to a query text.
     Search(vectors::SearchArgs),
+    /// Generate stand-in datasets (Pick-a-Pic shards) for tests and demos.
+    Fixtures(fixtures::FixturesArgs),
     /// Write a run's report: Markdown tables of its models, metrics and stages, and SVG plots.
     Report(report::ReportArgs),
     #[command(hide = true)]
@@ -166,6 +169,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             Command::Index(a) => vectors::index(&ctx, a).await,
             Command::Search(a) => vectors::search(&ctx, a).await,
             Command::Report(a) => report::report(&ctx, a).await,
+            Command::Fixtures(a) => fixtures::fixtures(&ctx, a).await,
             Command::BenchPal(a) => bench::bench_pal(&ctx, a).await,
         }
     })

@@ -70,7 +70,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<(), CliError> {
                 String::new()
             };
             println!(
-                "  {:<24} {:<10} {:<8}{secs}  {}",
+                "  {:<24} {:<13} {:<8}{secs}  {}",
                 s.name, s.kind, s.status, s.summary
             );
         }

@@ -97,6 +97,9 @@ pub enum IngestError {
         delta: f64,
         attempts: usize,
     },
+    /// The consumer of a streaming reader stopped (its own error is reported instead).
+    #[error("stopped: {0}")]
+    Stopped(String),
     /// The input holds nothing the stage can turn into comparisons.
     #[error("{}: {what}", .path.display())]
     NoData { path: PathBuf, what: String },

@@ -10,6 +10,10 @@
 //! | `synthetic` | [`synthetic`] | the ideal-point simulation of PAL App. C.2 / D.2 |
 //! | `persona` | [`persona`] | Anthropic persona statements, synthetic users (PAL App. D.4) |
 //! | `polis` | [`polis`] | one Polis conversation: agree ≻ disagree per voter |
+//! | `pickapic` | [`pickapic`] | Pick-a-Pic parquet shards (v1, v2), streamed |
+//!
+//! [`pickapic_fixtures`] writes Pick-a-Pic shards in the published layout for tests and demos
+//! (`palpipe fixtures pickapic`).
 //!
 //! Conventions every stage keeps: item and prompt ids are [`content_id`] of the content (text
 //! as UTF-8, vectors as f32 little-endian bytes); pair ids come from [`pair_id`] with the
@@ -21,7 +25,9 @@
 //!
 //! What this part does not do: write to the store (`crate::store` turns an [`IngestBatch`]
 //! into tables), embed text (`crate::embed`), or build transformed datasets such as
-//! Pick-a-Filter (`crate::transform`).
+//! Pick-a-Filter (`crate::transform`). The Pick-a-Pic reader streams
+//! (it hands chunks to a sink instead of returning one `IngestBatch`), since its shards hold
+//! the images themselves.
 //!
 //! [`content_id`]: crate::store::records::content_id
 //! [`pair_id`]: crate::store::records::pair_id
@@ -29,6 +35,8 @@
 
 pub mod common;
 pub mod persona;
+pub mod pickapic;
+pub mod pickapic_fixtures;
 pub mod polis;
 pub mod synthetic;
 

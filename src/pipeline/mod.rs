@@ -13,6 +13,7 @@ pub mod progress;
 pub mod runner;
 pub mod spec;
 pub mod stages;
+pub mod transform_stages;
 pub mod validate;
 
 pub use runner::{run, RunOptions, RunReport, StageRecord};

@@ -52,7 +52,8 @@ pub struct TrainParams {
     #[serde(default)]
     pub val: Option<String>,
     /// Encoder of the vectors: an exact id, or a name (`all-MiniLM-L6-v2`) when the store
-    /// holds one encoder of that name. Not needed for popularity.
+    /// holds one encoder of that name. Default: the store's only encoder. Not needed for
+    /// popularity.
     #[serde(default)]
     pub encoder: Option<String>,
     /// The seed of every random choice in training.
@@ -233,6 +234,32 @@ async fn model_names(store: &Store) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+/// The one encoder whose vectors the store holds (so a pipeline that embeds with a model
+/// the user points at need not repeat its id); an error when there are none or several.
+pub async fn only_encoder(store: &Store) -> anyhow::Result<String> {
+    let r = crate::store::sql::query(
+        store,
+        "SELECT DISTINCT encoder_id FROM embeddings ORDER BY encoder_id",
+        &BTreeMap::new(),
+    )
+    .await?;
+    let mut ids = Vec::new();
+    for b in &r.batches {
+        if let Some(a) = b.column(0).as_any().downcast_ref::<StringArray>() {
+            ids.extend((0..a.len()).map(|i| a.value(i).to_string()));
+        }
+    }
+    match ids.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => anyhow::bail!("the store holds no vectors yet\nhint: run an 'embed' stage first"),
+        many => anyhow::bail!(
+            "the store holds vectors of {} encoders ({}); name one with 'encoder'",
+            many.len(),
+            many.join(", ")
+        ),
+    }
+}
+
 /// An encoder id from an exact id or a unique name prefix (`all-MiniLM-L6-v2`).
 pub async fn resolve_encoder(store: &Store, encoder: &str) -> anyhow::Result<String> {
     let r = crate::store::sql::query(
@@ -354,13 +381,15 @@ pub async fn train_model(
             card_json: card.to_string(),
         });
     };
-    let encoder = p.encoder.as_deref().ok_or_else(|| {
-        anyhow::anyhow!(
-            "model '{}' needs 'encoder' (the vectors to train on)",
-            p.model
-        )
-    })?;
-    let encoder = resolve_encoder(store, encoder).await?;
+    let encoder = match p.encoder.as_deref() {
+        Some(e) => resolve_encoder(store, e).await?,
+        None => only_encoder(store).await.map_err(|e| {
+            e.context(format!(
+                "model '{}' needs 'encoder' (the vectors to train on)",
+                p.model
+            ))
+        })?,
+    };
     let train: LoadedSplit = load_split(store, &p.train, &encoder).await?;
     let val = match &p.val {
         Some(v) => Some(load_split(store, v, &encoder).await?),

@@ -1,8 +1,9 @@
 //! Runs a validated pipeline against a store: one stage at a time, in file order.
 //!
 //! Each stage has a fingerprint (blake3 of its kind, its typed parameters, the contents of
-//! its input files and the versions of the tables it reads). A stage whose fingerprint
-//! matches its last successful run in this pipeline is skipped. A stage that fails has every
+//! its input files and the versions of the tables it reads, or for stages that rewrite part
+//! of a table they read, the content of that part). A stage whose fingerprint matches its
+//! last successful run in this pipeline, before or after that run, is skipped. A stage that fails has every
 //! table rolled back to the versions it found, and the run stops; the run is recorded in
 //! `runs` either way, with the error text.
 
@@ -31,6 +32,10 @@ pub struct StageRecord {
     pub kind: String,
     #[serde(default)]
     pub fingerprint: String,
+    /// The fingerprint again after the stage ran, for stages that write tables they read
+    /// (`dedup`, `pick_a_filter`): the state it left counts as unchanged too.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint_after: String,
     /// done | skipped | failed | not-run | planned
     pub status: String,
     #[serde(default)]
@@ -91,11 +96,15 @@ pub async fn run(
     for stage in &p.stages {
         let kind = stage.params.kind().to_string();
         let fp = fingerprint(stage, store, &p.splits).await?;
-        let unchanged = previous.get(&stage.name) == Some(&fp) && !opts.force.contains(&stage.name);
+        let unchanged = previous
+            .get(&stage.name)
+            .is_some_and(|known| known.contains(&fp))
+            && !opts.force.contains(&stage.name);
         let mut rec = StageRecord {
             name: stage.name.clone(),
             kind,
             fingerprint: fp,
+            fingerprint_after: String::new(),
             status: String::new(),
             seconds: 0.0,
             summary: String::new(),
@@ -125,6 +134,12 @@ pub async fn run(
                 Ok(summary) => {
                     rec.status = "done".into();
                     rec.summary = summary;
+                    if !stage.params.reads().is_empty() || !stage.params.read_scopes().is_empty() {
+                        let after = fingerprint(stage, store, &p.splits).await?;
+                        if after != rec.fingerprint {
+                            rec.fingerprint_after = after;
+                        }
+                    }
                 }
                 Err(e) => {
                     store.roll_back(&before).await?;
@@ -182,6 +197,29 @@ async fn fingerprint(
     for t in stage.params.reads() {
         h.update(format!("{t}={:?};", versions.get(*t)).as_bytes());
     }
+    for (table, predicate, columns) in stage.params.read_scopes() {
+        h.update(format!("scope {table} WHERE {predicate};").as_bytes());
+        let mut rows: Vec<String> = Vec::new();
+        for b in store.read(table, columns, Some(&predicate)).await? {
+            let cols: Vec<&arrow_array::StringArray> = (0..b.num_columns())
+                .filter_map(|i| b.column(i).as_any().downcast_ref())
+                .collect();
+            for i in 0..b.num_rows() {
+                rows.push(
+                    cols.iter()
+                        .map(|c| c.value(i))
+                        .collect::<Vec<_>>()
+                        .join("\u{1f}"),
+                );
+            }
+        }
+        // Storage order changes when rows are rewritten; the content does not.
+        rows.sort_unstable();
+        for r in rows {
+            h.update(r.as_bytes());
+            h.update(b"\n");
+        }
+    }
     let splits = stored_splits(store).await?;
     for (_, split) in stage.params.split_refs() {
         let sql = pipeline_splits.get(&split).or_else(|| splits.get(&split));
@@ -224,11 +262,12 @@ fn hash_path(h: &mut blake3::Hasher, path: &std::path::Path) -> Result<(), RunEr
     Ok(())
 }
 
-/// The fingerprint of each stage's latest successful run in pipeline `name`.
+/// The fingerprints (before, and after where it differs) of each stage's latest successful
+/// run in pipeline `name`.
 async fn last_fingerprints(
     store: &Store,
     name: &str,
-) -> Result<BTreeMap<String, String>, RunError> {
+) -> Result<BTreeMap<String, Vec<String>>, RunError> {
     use arrow_array::{Array, Int64Array, StringArray};
     let filter = format!("pipeline = '{}'", name.replace('\'', "''"));
     let mut rows: Vec<(i64, String)> = Vec::new();
@@ -252,7 +291,11 @@ async fn last_fingerprints(
         let recs: Vec<StageRecord> = serde_json::from_str(&json).unwrap_or_default();
         for r in recs {
             if r.status == "done" {
-                out.insert(r.name, r.fingerprint);
+                let mut known = vec![r.fingerprint];
+                if !r.fingerprint_after.is_empty() {
+                    known.push(r.fingerprint_after);
+                }
+                out.insert(r.name, known);
             }
         }
     }

@@ -4,6 +4,9 @@
 //! | kind | part | reads | writes |
 //! |---|---|---|---|
 //! | `synthetic`, `persona`, `polis` | `ingest` | input files | items, prompts, pairs, users (+ embeddings for synthetic) |
+//! | `pickapic` | `ingest` | parquet shards (streamed) | items, prompts, pairs, users |
+//! | `dedup` | `transform` | pairs | pairs (split tags of the target split) |
+//! | `pick_a_filter` | `transform` | pairs, items | items (filtered images), pairs, users |
 //! | `embed` | `embed` | items, prompts | embeddings |
 //! | `train` | `pal` | pairs, embeddings, splits | models |
 //! | `eval`, `adapt` | `pal` + `eval` | pairs, embeddings, splits, the model they name | models (metrics) |
@@ -18,6 +21,7 @@ use super::progress::Printer;
 use super::spec::{read_params, ParamError, Pipeline};
 use crate::ingest;
 use crate::store::{write_ingest, Store};
+use crate::transform;
 
 /// A stage kind with its typed parameters. (A handful per pipeline: the size difference
 /// between variants does not matter.)
@@ -27,6 +31,9 @@ pub enum StageParams {
     Synthetic(ingest::synthetic::Params),
     Persona(ingest::persona::Params),
     Polis(ingest::polis::Params),
+    Pickapic(ingest::pickapic::Params),
+    Dedup(transform::dedup::Params),
+    PickAFilter(transform::pick_a_filter::Params),
     Embed(EmbedParams),
     Train(TrainParams),
     Eval(EvalParams),
@@ -43,10 +50,13 @@ pub struct StageCtx<'a> {
 }
 
 impl StageParams {
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 10] = [
         "synthetic",
         "persona",
         "polis",
+        "pickapic",
+        "dedup",
+        "pick_a_filter",
         "embed",
         "train",
         "eval",
@@ -58,6 +68,9 @@ impl StageParams {
             "synthetic" => StageParams::Synthetic(read_params(v)?),
             "persona" => StageParams::Persona(read_params(v)?),
             "polis" => StageParams::Polis(read_params(v)?),
+            "pickapic" => StageParams::Pickapic(read_params(v)?),
+            "dedup" => StageParams::Dedup(read_params(v)?),
+            "pick_a_filter" => StageParams::PickAFilter(read_params(v)?),
             "embed" => StageParams::Embed(read_params(v)?),
             "train" => StageParams::Train(read_params(v)?),
             "eval" => StageParams::Eval(read_params(v)?),
@@ -71,6 +84,9 @@ impl StageParams {
             StageParams::Synthetic(_) => "synthetic",
             StageParams::Persona(_) => "persona",
             StageParams::Polis(_) => "polis",
+            StageParams::Pickapic(_) => "pickapic",
+            StageParams::Dedup(_) => "dedup",
+            StageParams::PickAFilter(_) => "pick_a_filter",
             StageParams::Embed(_) => "embed",
             StageParams::Train(_) => "train",
             StageParams::Eval(_) => "eval",
@@ -87,6 +103,8 @@ impl StageParams {
             StageParams::Synthetic(p) => keyed("seed", ingest::synthetic::input_files(p)),
             StageParams::Persona(p) => keyed("dir", ingest::persona::input_files(p)),
             StageParams::Polis(p) => keyed("dir", ingest::polis::input_files(p)),
+            StageParams::Pickapic(p) => keyed("data_dir", ingest::pickapic::input_files(p)),
+            StageParams::Dedup(_) | StageParams::PickAFilter(_) => Vec::new(),
             StageParams::Embed(p) => p.inputs(),
             StageParams::Train(_) | StageParams::Eval(_) | StageParams::Adapt(_) => Vec::new(),
         }
@@ -95,13 +113,44 @@ impl StageParams {
     /// Tables whose versions enter the fingerprint.
     pub fn reads(&self) -> &'static [&'static str] {
         match self {
-            StageParams::Synthetic(_) | StageParams::Persona(_) | StageParams::Polis(_) => &[],
+            StageParams::Synthetic(_)
+            | StageParams::Persona(_)
+            | StageParams::Polis(_)
+            | StageParams::Pickapic(_) => &[],
+            // These read part of `pairs` and write other rows of it: see `read_scopes`.
+            StageParams::Dedup(_) | StageParams::PickAFilter(_) => &[],
             StageParams::Embed(_) => &["items", "prompts"],
             // Train, eval and adapt also hash the SQL of the splits and the identity of the
             // model they name (see the runner), not the versions of `splits` and `models`.
             StageParams::Train(_) | StageParams::Eval(_) | StageParams::Adapt(_) => {
                 &["pairs", "embeddings"]
             }
+        }
+    }
+
+    /// Parts of tables whose content (not version) enters the fingerprint: (table, SQL
+    /// predicate, columns). For stages that write other rows of a table they read, so that
+    /// their own writes, and other stages' writes elsewhere in the table, do not make them
+    /// run again. Items are content-addressed, so ids suffice.
+    pub fn read_scopes(&self) -> Vec<(&'static str, String, &'static [&'static str])> {
+        let q = |s: &str| format!("'{}'", s.replace('\'', "''"));
+        match self {
+            StageParams::Dedup(p) => vec![(
+                "pairs",
+                format!("dataset = {}", q(&p.dataset)),
+                &["pair_id", "split"],
+            )],
+            StageParams::PickAFilter(p) => vec![(
+                "pairs",
+                format!(
+                    "dataset = {} AND split IN ({}, {})",
+                    q(&p.source_dataset),
+                    q(&p.train),
+                    q(&p.test)
+                ),
+                &["pair_id", "split"],
+            )],
+            _ => Vec::new(),
         }
     }
 
@@ -143,6 +192,26 @@ impl StageParams {
                 format!("personas {:?} from {}", p.personas, p.dir.display())
             }
             StageParams::Polis(p) => format!("conversation {}", p.dir.display()),
+            StageParams::Pickapic(p) => format!(
+                "Pick-a-Pic shards {} from {}",
+                p.sets
+                    .iter()
+                    .map(|s| s.tag())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                p.data_dir.display()
+            ),
+            StageParams::Dedup(p) => format!(
+                "split '{}' of '{}' by content seen in {:?}",
+                p.target, p.dataset, p.reference
+            ),
+            StageParams::PickAFilter(p) => format!(
+                "Pick-a-Filter from '{}', beta {}, filters {} / {}",
+                p.source_dataset,
+                p.beta,
+                p.filters.first().map_or("?", |f| f.name.as_str()),
+                p.filters.get(1).map_or("?", |f| f.name.as_str())
+            ),
             StageParams::Embed(p) => p.describe(),
             StageParams::Train(p) => p.describe(),
             StageParams::Eval(p) => format!("model '{}' on split '{}'", p.model, p.split),
@@ -150,6 +219,26 @@ impl StageParams {
                 "model '{}', users of '{}', shots {:?}",
                 p.model, p.users, p.shots
             ),
+        }
+    }
+
+    /// Parameter checks that need more than their types, run before anything: the key at
+    /// fault (relative to the stage) and the message.
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let keyed = |msg: String| {
+            let first = msg.split([' ', ':']).next().unwrap_or_default().to_string();
+            let key = match first.as_str() {
+                "beta" | "val_frac" | "seen_users" | "filters" => first,
+                "filter" | "the" => "filters".to_string(),
+                "train" => "train".to_string(),
+                _ => String::new(),
+            };
+            (key, msg)
+        };
+        match self {
+            StageParams::Dedup(p) => p.check().map_err(keyed),
+            StageParams::PickAFilter(p) => p.check().map_err(keyed),
+            _ => Ok(()),
         }
     }
 
@@ -180,6 +269,9 @@ impl StageParams {
                 )
                 .await
             }
+            StageParams::Pickapic(p) => super::transform_stages::ingest_pickapic(p, ctx).await,
+            StageParams::Dedup(p) => super::transform_stages::dedup(p, ctx).await,
+            StageParams::PickAFilter(p) => super::transform_stages::pick_a_filter(p, ctx).await,
             StageParams::Embed(p) => super::embed_stage::run(p, ctx).await,
             StageParams::Train(p) => super::pal_stages::train(p, ctx).await,
             StageParams::Eval(p) => super::pal_stages::eval(p, ctx).await,

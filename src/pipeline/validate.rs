@@ -34,6 +34,17 @@ pub fn check(p: &Pipeline, pos: &Positions) -> Vec<SpecError> {
             }
         }
     }
+    // Parameters in range.
+    for (i, s) in p.stages.iter().enumerate() {
+        if let Err((key, message)) = s.params.check() {
+            let key = if key.is_empty() {
+                format!("stages.{i}")
+            } else {
+                format!("stages.{i}.{key}")
+            };
+            errors.push(at(key, format!("stage '{}': {message}", s.name)));
+        }
+    }
     // Splits parse as SQL.
     for (name, sql) in &p.splits {
         if let Err(e) = DFParser::parse_sql(sql) {

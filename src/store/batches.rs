@@ -78,6 +78,48 @@ pub fn pairs(rows: &[PairRow]) -> Result<RecordBatch, StoreError> {
     )
 }
 
+/// The inverse of [`pairs`]: the rows of a `pairs` batch (all columns read).
+pub fn read_pairs(batch: &RecordBatch) -> Result<Vec<PairRow>, StoreError> {
+    let bad = |c: &str| StoreError::Batch {
+        table: "pairs".into(),
+        message: format!("column '{c}' is missing or of the wrong type"),
+    };
+    let s = |c: &str| -> Result<&StringArray, StoreError> {
+        batch
+            .column_by_name(c)
+            .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| bad(c))
+    };
+    let label = batch
+        .column_by_name("label")
+        .and_then(|a| a.as_any().downcast_ref::<Int8Array>())
+        .ok_or_else(|| bad("label"))?;
+    let (id, user, prompt, left, right) = (
+        s("pair_id")?,
+        s("user_id")?,
+        s("prompt_id")?,
+        s("left_id")?,
+        s("right_id")?,
+    );
+    let (dataset, split, sref) = (s("dataset")?, s("split")?, s("source_ref")?);
+    let opt = |a: &StringArray, i: usize| {
+        (!arrow_array::Array::is_null(a, i)).then(|| a.value(i).to_string())
+    };
+    Ok((0..batch.num_rows())
+        .map(|i| PairRow {
+            pair_id: id.value(i).to_string(),
+            user_id: user.value(i).to_string(),
+            prompt_id: opt(prompt, i),
+            left_id: left.value(i).to_string(),
+            right_id: right.value(i).to_string(),
+            label: label.value(i),
+            dataset: dataset.value(i).to_string(),
+            split: split.value(i).to_string(),
+            source_ref: opt(sref, i),
+        })
+        .collect())
+}
+
 pub fn users(rows: &[UserRow]) -> Result<RecordBatch, StoreError> {
     build(
         "users",

@@ -228,9 +228,25 @@ impl Store {
         table: &str,
         batch: RecordBatch,
     ) -> Result<WriteStats, StoreError> {
+        let mut seen = self.existing_keys(table).await?;
+        self.insert_new_with(table, batch, &mut seen).await
+    }
+
+    /// The keys a table holds now, for a run of [`Store::insert_new_with`] calls.
+    pub async fn key_set(&self, table: &str) -> Result<HashSet<String>, StoreError> {
+        self.existing_keys(table).await
+    }
+
+    /// [`Store::insert_new`] against a key set the caller keeps (and this call extends), so
+    /// a stage that writes in many chunks reads the table's keys once, not once per chunk.
+    pub async fn insert_new_with(
+        &self,
+        table: &str,
+        batch: RecordBatch,
+        seen: &mut HashSet<String>,
+    ) -> Result<WriteStats, StoreError> {
         let spec = TableSchema::get(table)?;
         let cols: Vec<&str> = spec.key.iter().map(String::as_str).collect();
-        let mut seen = self.existing_keys(table).await?;
         let arrays = key_columns(&batch, &cols)?;
         let keep: Vec<bool> = (0..batch.num_rows())
             .map(|i| seen.insert(join_key(&arrays, i)))
@@ -276,6 +292,20 @@ impl Store {
     }
 
     /// Appends `batch` as one commit, creating the table when it does not exist.
+    /// Deletes the rows `predicate` selects and appends `batch` in their place (two commits;
+    /// a failing stage is rolled back as a whole by the runner).
+    pub async fn replace_where(
+        &self,
+        table: &str,
+        predicate: &str,
+        batch: RecordBatch,
+    ) -> Result<(), StoreError> {
+        if let Some(mut ds) = self.dataset(table, None).await? {
+            ds.delete(predicate).await.map_err(lance_err(table))?;
+        }
+        self.append(table, batch).await
+    }
+
     pub async fn append(&self, table: &str, batch: RecordBatch) -> Result<(), StoreError> {
         let existing = self.dataset(table, None).await?;
         if let Some(ds) = &existing {

@@ -1,0 +1,585 @@
+//! `pickapic`: the Pick-a-Pic reader (text-to-image preferences, v1 and v2).
+//!
+//! Reads the dataset's parquet shards as published (columns [`COLUMNS`]; the reader needs
+//! [`REQUIRED`] and uses `has_label` when present). Each shard set names its version and
+//! split (`sets:`, file patterns relative to `data_dir`); its pairs get the split tag
+//! `<version>-<split>` (`v1-train`, `v2-test`, …).
+//!
+//! Per row: a tie (0.5/0.5) or a row without a label is dropped and counted; a row whose
+//! image does not decode (or, with `verify_images: header`, whose header does not parse) is
+//! skipped and named by its `ranking_id`. Images go to `items` by content hash (the same bytes
+//! are stored once however many rows show them), captions to `prompts`, the row to `pairs`
+//! with `image_0` on the left (label −1 when it won) and `ranking_id` in `source_ref`. Users
+//! are `pickapic/<user_id>`, all "seen" (Pick-a-Filter chooses its own seen users).
+//!
+//! Shards are streamed: rows are read in record batches and handed on in chunks of about
+//! `chunk_mb` of image bytes, so memory does not grow with the dataset.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::compute::cast;
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, BooleanArray, Float64Array, LargeBinaryArray, RecordBatch,
+    StringArray,
+};
+use arrow_schema::DataType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use serde::{Deserialize, Serialize};
+
+use super::common::{IngestError, ROLE_SEEN};
+use crate::store::records::{
+    content_id, pair_id, IngestBatch, ItemRow, PairRow, PromptRow, UserRow,
+};
+
+/// The columns of a published Pick-a-Pic shard.
+pub const COLUMNS: [&str; 18] = [
+    "are_different",
+    "best_image_uid",
+    "caption",
+    "created_at",
+    "has_label",
+    "image_0_uid",
+    "image_0_url",
+    "image_1_uid",
+    "image_1_url",
+    "jpg_0",
+    "jpg_1",
+    "label_0",
+    "label_1",
+    "model_0",
+    "model_1",
+    "ranking_id",
+    "user_id",
+    "num_example_per_prompt",
+];
+
+/// The columns the reader needs; a shard without one of them is refused.
+pub const REQUIRED: [&str; 7] = [
+    "caption",
+    "jpg_0",
+    "jpg_1",
+    "label_0",
+    "label_1",
+    "ranking_id",
+    "user_id",
+];
+
+/// One set of shards: which version and split they are, and a file pattern relative to
+/// `data_dir` (`*` allowed in the file name, e.g. `v1/train-*.parquet`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardSet {
+    pub version: String,
+    pub split: String,
+    pub files: String,
+}
+
+impl ShardSet {
+    /// The split tag its pairs get: `<version>-<split>`.
+    pub fn tag(&self) -> String {
+        format!("{}-{}", self.version, self.split)
+    }
+}
+
+/// How much of each image the reader checks before accepting a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyImages {
+    /// Decode every image fully (catches truncated files; the default).
+    #[default]
+    Decode,
+    /// Parse the header only (format and size): much faster, misses truncated bodies.
+    Header,
+}
+
+fn default_sets() -> Vec<ShardSet> {
+    crate::ingest::pickapic_fixtures::SETS
+        .iter()
+        .map(|(v, s)| ShardSet {
+            version: v.to_string(),
+            split: s.to_string(),
+            files: format!("{v}/{s}-*.parquet"),
+        })
+        .collect()
+}
+fn default_dataset() -> String {
+    "pickapic".into()
+}
+fn default_chunk_mb() -> usize {
+    64
+}
+
+/// Parameters of a `pickapic` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// The folder the shard patterns are relative to. Required.
+    pub data_dir: PathBuf,
+    /// The shard sets. Default: the layout `palpipe fixtures pickapic` writes
+    /// (`v1/{train,validation,test}-*.parquet`, `v2/test-*.parquet`).
+    #[serde(default = "default_sets")]
+    pub sets: Vec<ShardSet>,
+    /// `decode` (default) or `header`.
+    #[serde(default)]
+    pub verify_images: VerifyImages,
+    /// The `dataset` value of pairs and users, and the prefix of user ids. Default "pickapic".
+    #[serde(default = "default_dataset")]
+    pub dataset: String,
+    /// Image bytes per write (MiB). Default 64.
+    #[serde(default = "default_chunk_mb")]
+    pub chunk_mb: usize,
+}
+
+/// The files of a pattern: `*` in the last path component matches any run of characters.
+/// Sorted; empty when nothing matches.
+pub fn expand(data_dir: &Path, pattern: &str) -> Vec<PathBuf> {
+    let full = data_dir.join(pattern);
+    let (Some(dir), Some(name)) = (full.parent(), full.file_name().and_then(|n| n.to_str())) else {
+        return Vec::new();
+    };
+    if !name.contains('*') {
+        return if full.is_file() {
+            vec![full]
+        } else {
+            Vec::new()
+        };
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| wildcard(name, n))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn wildcard(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Every shard file, with its set; a pattern that matches nothing is listed as the pattern
+/// itself, so the pipeline's input check reports it as missing.
+pub fn input_files(p: &Params) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for set in &p.sets {
+        let files = expand(&p.data_dir, &set.files);
+        if files.is_empty() {
+            out.push(p.data_dir.join(&set.files));
+        }
+        out.extend(files);
+    }
+    out
+}
+
+/// What the reader did with one shard set's rows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SetCounts {
+    pub files: usize,
+    pub rows: usize,
+    pub pairs: usize,
+    pub ties: usize,
+    pub unlabeled: usize,
+    /// Rows skipped because an image does not decode.
+    pub bad_images: usize,
+    /// Rows without a user id or caption.
+    pub incomplete: usize,
+    /// The first few skipped rows: (ranking_id, why).
+    pub bad_examples: Vec<(String, String)>,
+    pub image_bytes: u64,
+}
+
+/// The reader's counts per split tag.
+pub type ReadReport = BTreeMap<String, SetCounts>;
+
+fn parquet_err(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> IngestError + '_ {
+    move |e| IngestError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(format!("not a readable parquet file: {e}")),
+    }
+}
+
+/// Rows in all shards, from the parquet footers (for a progress bar).
+pub fn count_rows(p: &Params) -> Result<u64, IngestError> {
+    let mut n = 0u64;
+    for set in &p.sets {
+        for path in expand(&p.data_dir, &set.files) {
+            let file = open(&path)?;
+            let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err(&path))?;
+            n += b.metadata().file_metadata().num_rows().max(0) as u64;
+        }
+    }
+    Ok(n)
+}
+
+fn open(path: &Path) -> Result<File, IngestError> {
+    File::open(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            IngestError::MissingFile {
+                path: path.to_path_buf(),
+            }
+        } else {
+            IngestError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
+}
+
+/// Columns of one record batch, in the types the reader works with.
+struct Cols {
+    caption: StringArray,
+    ranking: StringArray,
+    user: StringArray,
+    label0: Float64Array,
+    label1: Float64Array,
+    has_label: Option<BooleanArray>,
+    jpg: [ArrayRef; 2],
+}
+
+fn bytes_at(a: &ArrayRef, i: usize) -> Option<&[u8]> {
+    if a.is_null(i) {
+        return None;
+    }
+    if let Some(b) = a.as_any().downcast_ref::<BinaryArray>() {
+        return Some(b.value(i));
+    }
+    a.as_any()
+        .downcast_ref::<LargeBinaryArray>()
+        .map(|b| b.value(i))
+}
+
+impl Cols {
+    fn from_batch(b: &RecordBatch, path: &Path) -> Result<Cols, IngestError> {
+        let get = |name: &str, to: &DataType| -> Result<ArrayRef, IngestError> {
+            let a = b
+                .column_by_name(name)
+                .ok_or_else(|| missing_column(path, name, b.schema().as_ref()))?;
+            cast(a, to).map_err(|e| IngestError::BadValue {
+                path: path.to_path_buf(),
+                line: 0,
+                field: name.to_string(),
+                found: a.data_type().to_string(),
+                expected: format!("a column castable to {to} ({e})"),
+            })
+        };
+        let s = |name: &str| -> Result<StringArray, IngestError> {
+            Ok(get(name, &DataType::Utf8)?
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .cloned()
+                .expect("cast to Utf8 gives a StringArray"))
+        };
+        let f = |name: &str| -> Result<Float64Array, IngestError> {
+            Ok(get(name, &DataType::Float64)?
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .cloned()
+                .expect("cast to Float64 gives a Float64Array"))
+        };
+        let jpg = |name: &str| -> Result<ArrayRef, IngestError> {
+            let a = b
+                .column_by_name(name)
+                .ok_or_else(|| missing_column(path, name, b.schema().as_ref()))?;
+            match a.data_type() {
+                DataType::Binary | DataType::LargeBinary => Ok(a.clone()),
+                other => Err(IngestError::BadValue {
+                    path: path.to_path_buf(),
+                    line: 0,
+                    field: name.to_string(),
+                    found: other.to_string(),
+                    expected: "binary image bytes".into(),
+                }),
+            }
+        };
+        let has_label = match b.column_by_name("has_label") {
+            Some(_) => Some(
+                get("has_label", &DataType::Boolean)?
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .cloned()
+                    .expect("cast to Boolean gives a BooleanArray"),
+            ),
+            None => None,
+        };
+        Ok(Cols {
+            caption: s("caption")?,
+            ranking: s("ranking_id")?,
+            user: s("user_id")?,
+            label0: f("label_0")?,
+            label1: f("label_1")?,
+            has_label,
+            jpg: [jpg("jpg_0")?, jpg("jpg_1")?],
+        })
+    }
+}
+
+fn missing_column(path: &Path, name: &str, schema: &arrow_schema::Schema) -> IngestError {
+    IngestError::MissingColumn {
+        path: path.to_path_buf(),
+        column: name.to_string(),
+        header: schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}
+
+/// Why an image is refused, or None when it is accepted.
+fn image_problem(bytes: &[u8], verify: VerifyImages) -> Option<String> {
+    let result = match verify {
+        VerifyImages::Decode => image::load_from_memory(bytes).map(|_| ()),
+        VerifyImages::Header => image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(image::ImageError::IoError)
+            .and_then(|r| r.into_dimensions().map(|_| ())),
+    };
+    result.err().map(|e| e.to_string())
+}
+
+/// Streams the shards of `p`, handing each chunk of rows to `sink` (the store writer) and
+/// `rows_done` the number of rows read so far. Items, prompts and users are handed on once
+/// per run. Returns the counts per split tag.
+pub fn read(
+    p: &Params,
+    mut sink: impl FnMut(IngestBatch) -> Result<(), IngestError>,
+    mut rows_done: impl FnMut(u64),
+) -> Result<ReadReport, IngestError> {
+    if p.chunk_mb == 0 {
+        return Err(IngestError::bad_param("chunk_mb", 0, "at least 1 (MiB)"));
+    }
+    let flush_bytes = (p.chunk_mb as u64) << 20;
+    let mut report = ReadReport::new();
+    let mut sent_items: HashSet<String> = HashSet::new();
+    let mut sent_prompts: HashSet<String> = HashSet::new();
+    let mut sent_users: HashSet<String> = HashSet::new();
+    let mut chunk = IngestBatch::default();
+    let mut chunk_bytes = 0u64;
+    let mut read_so_far = 0u64;
+    for set in &p.sets {
+        let tag = set.tag();
+        let files = expand(&p.data_dir, &set.files);
+        if files.is_empty() {
+            return Err(IngestError::MissingFile {
+                path: p.data_dir.join(&set.files),
+            });
+        }
+        let source = format!("{}/{}", p.dataset, set.version);
+        let counts = report.entry(tag.clone()).or_default();
+        for path in files {
+            counts.files += 1;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(open(&path)?)
+                .map_err(parquet_err(&path))?;
+            let schema = builder.schema().clone();
+            for name in REQUIRED {
+                if schema.field_with_name(name).is_err() {
+                    return Err(missing_column(&path, name, &schema));
+                }
+            }
+            let wanted: Vec<usize> = schema
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| REQUIRED.contains(&f.name().as_str()) || f.name() == "has_label")
+                .map(|(i, _)| i)
+                .collect();
+            let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
+            let reader = builder
+                .with_projection(mask)
+                .with_batch_size(64)
+                .build()
+                .map_err(parquet_err(&path))?;
+            for batch in reader {
+                let batch = batch.map_err(|e| IngestError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(format!("cannot decode a row group: {e}")),
+                })?;
+                let cols = Cols::from_batch(&batch, &path)?;
+                for i in 0..batch.num_rows() {
+                    counts.rows += 1;
+                    let ranking = if cols.ranking.is_null(i) {
+                        "?".to_string()
+                    } else {
+                        cols.ranking.value(i).to_string()
+                    };
+                    let labelled = cols
+                        .has_label
+                        .as_ref()
+                        .is_none_or(|h| !h.is_null(i) && h.value(i))
+                        && !cols.label0.is_null(i)
+                        && !cols.label1.is_null(i);
+                    if !labelled {
+                        counts.unlabeled += 1;
+                        continue;
+                    }
+                    let (l0, l1) = (cols.label0.value(i), cols.label1.value(i));
+                    if l0 == l1 {
+                        counts.ties += 1;
+                        continue;
+                    }
+                    if cols.user.is_null(i) || cols.caption.is_null(i) {
+                        counts.incomplete += 1;
+                        continue;
+                    }
+                    let images = [bytes_at(&cols.jpg[0], i), bytes_at(&cols.jpg[1], i)];
+                    let problem = match images {
+                        [Some(a), Some(b)] => image_problem(a, p.verify_images)
+                            .map(|e| format!("jpg_0: {e}"))
+                            .or_else(|| {
+                                image_problem(b, p.verify_images).map(|e| format!("jpg_1: {e}"))
+                            }),
+                        _ => Some("an image is missing (null)".to_string()),
+                    };
+                    let ([Some(a), Some(b)], None) = (images, problem.clone()) else {
+                        counts.bad_images += 1;
+                        if counts.bad_examples.len() < 5 {
+                            counts
+                                .bad_examples
+                                .push((ranking, problem.unwrap_or_default()));
+                        }
+                        continue;
+                    };
+                    let caption = cols.caption.value(i);
+                    let prompt = content_id(caption.as_bytes());
+                    let user = format!("{}/{}", p.dataset, cols.user.value(i));
+                    let mut ids = [String::new(), String::new()];
+                    for (k, bytes) in [a, b].into_iter().enumerate() {
+                        ids[k] = content_id(bytes);
+                        counts.image_bytes += bytes.len() as u64;
+                        if sent_items.insert(ids[k].clone()) {
+                            chunk_bytes += bytes.len() as u64;
+                            chunk.items.push(ItemRow {
+                                item_id: ids[k].clone(),
+                                kind: "image".into(),
+                                text: None,
+                                bytes: Some(bytes.to_vec()),
+                                source: source.clone(),
+                                parent_id: None,
+                            });
+                        }
+                    }
+                    if sent_prompts.insert(prompt.clone()) {
+                        chunk.prompts.push(PromptRow {
+                            prompt_id: prompt.clone(),
+                            text: caption.to_string(),
+                            source: p.dataset.clone(),
+                        });
+                    }
+                    if sent_users.insert(user.clone()) {
+                        chunk.users.push(UserRow {
+                            user_id: user.clone(),
+                            dataset: p.dataset.clone(),
+                            group: None,
+                            role: ROLE_SEEN.into(),
+                        });
+                    }
+                    let label: i8 = if l0 > l1 { -1 } else { 1 };
+                    chunk.pairs.push(PairRow {
+                        pair_id: pair_id(
+                            &user,
+                            Some(&prompt),
+                            &ids[0],
+                            &ids[1],
+                            &format!("{tag}:{ranking}"),
+                        ),
+                        user_id: user,
+                        prompt_id: Some(prompt),
+                        left_id: ids[0].clone(),
+                        right_id: ids[1].clone(),
+                        label,
+                        dataset: p.dataset.clone(),
+                        split: tag.clone(),
+                        source_ref: Some(ranking),
+                    });
+                    counts.pairs += 1;
+                }
+                read_so_far += batch.num_rows() as u64;
+                rows_done(read_so_far);
+                if chunk_bytes >= flush_bytes || chunk.pairs.len() >= 50_000 {
+                    sink(std::mem::take(&mut chunk))?;
+                    chunk_bytes = 0;
+                }
+            }
+        }
+    }
+    if !chunk.pairs.is_empty() || !chunk.items.is_empty() {
+        sink(chunk)?;
+    }
+    if report.values().all(|c| c.pairs == 0) {
+        return Err(IngestError::NoData {
+            path: p.data_dir.clone(),
+            what: "no labelled, tie-free row with decodable images in any shard".into(),
+        });
+    }
+    Ok(report)
+}
+
+/// One line per split tag for the stage summary.
+pub fn summarise(report: &ReadReport) -> String {
+    report
+        .iter()
+        .map(|(tag, c)| {
+            let mut s = format!(
+                "{tag}: {} rows → {} pairs ({} ties, {} unlabeled dropped",
+                c.rows, c.pairs, c.ties, c.unlabeled
+            );
+            if c.incomplete > 0 {
+                s += &format!(", {} without user or caption", c.incomplete);
+            }
+            if c.bad_images > 0 {
+                let examples: Vec<String> = c
+                    .bad_examples
+                    .iter()
+                    .map(|(r, why)| format!("ranking_id {r}: {why}"))
+                    .collect();
+                s += &format!(
+                    ", {} skipped: an image does not decode ({})",
+                    c.bad_images,
+                    examples.join("; ")
+                );
+            }
+            s + ")"
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_match_file_names() {
+        assert!(wildcard("train-*.parquet", "train-00000-of-00002.parquet"));
+        assert!(!wildcard("train-*.parquet", "test-00000-of-00002.parquet"));
+        assert!(!wildcard("train-*.parquet", "train-0.parquet.tmp"));
+        assert!(wildcard("*", "anything"));
+        assert!(wildcard("a*b*c", "axxbyyc"));
+        assert!(!wildcard("a*b*c", "axxcyyb"));
+    }
+}

@@ -1,0 +1,324 @@
+//! The image path without embeddings: generated Pick-a-Pic shards → `pickapic` ingest →
+//! `dedup` (the leakage split) → `pick_a_filter`, all through the real binary and store.
+//! Expected counts come from the fixture generator's manifest, not from palpipe's output.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::Value;
+
+/// Generates fixture shards into `dir/fx` and returns the folder and its manifest.
+fn fixtures(dir: &Path, extra: &[&str]) -> (PathBuf, Value) {
+    let out = dir.join("fx");
+    let mut args = vec!["fixtures", "pickapic", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let r = palpipe_raw(&args).ok();
+    assert!(r.stdout.contains("planted:"), "{}", r.stdout);
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    (out, manifest)
+}
+
+fn n(v: &Value) -> i64 {
+    v.as_i64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+const SPLITS: &str = r#"splits:
+  v2-leakage: "SELECT * FROM pairs WHERE dataset = 'pickapic' AND split = 'v2-leakage'"
+  v2-no-leakage: "SELECT * FROM pairs WHERE dataset = 'pickapic' AND split = 'v2-no-leakage'"
+"#;
+
+fn leakage_pipeline(dir: &Path, data: &Path) -> PathBuf {
+    let text = format!(
+        "name: leak\nstages:\n  - name: ingest\n    kind: pickapic\n    data_dir: {}\n  - name: leakage\n    kind: dedup\n{SPLITS}",
+        data.display()
+    );
+    write_pipeline(dir, "leak.yaml", &text)
+}
+
+#[test]
+fn leakage_split_finds_exactly_the_planted_leaks_and_reruns_do_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = fixtures(dir.path(), &[]);
+    let store = dir.path().join("s");
+    let p = leakage_pipeline(dir.path(), &data);
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).ok();
+    let leak = n(&m["v2_leakage"]);
+    let clean = n(&m["v2_no_leakage"]);
+    assert!(
+        r.stdout
+            .contains(&format!("v2-leakage {leak}, v2-no-leakage {clean}")),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("v1-train 10"), "{}", r.stdout);
+
+    // SQL agrees, split by split, with the manifest.
+    let rows = query(
+        &store,
+        "SELECT split, count(*) AS n FROM pairs GROUP BY split ORDER BY split",
+    );
+    let got: std::collections::BTreeMap<String, i64> = rows
+        .iter()
+        .map(|r| (r["split"].as_str().unwrap().to_string(), n(&r["n"])))
+        .collect();
+    let splits = &m["splits"];
+    let want: std::collections::BTreeMap<String, i64> = [
+        ("v1-train", n(&splits["v1-train"]["labelled"])),
+        ("v1-validation", n(&splits["v1-validation"]["labelled"])),
+        ("v1-test", n(&splits["v1-test"]["labelled"])),
+        ("v2-leakage", leak),
+        ("v2-no-leakage", clean),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(got, want);
+
+    // Each image is stored once: duplicates and leaks add no items.
+    let labelled: i64 = ["v1-train", "v1-validation", "v1-test", "v2-test"]
+        .iter()
+        .map(|s| n(&splits[*s]["labelled"]))
+        .sum();
+    let distinct_rows = labelled - n(&splits["v1-train"]["exact_duplicates"]) - leak;
+    assert_eq!(
+        scalar(&store, "SELECT count(*) FROM items WHERE kind = 'image'"),
+        2 * distinct_rows
+    );
+    // Ties and unlabeled rows are dropped and counted per split.
+    for s in ["v1-train", "v2-test"] {
+        let c = &splits[s];
+        let needle = format!(
+            "{s}: {} rows → {} pairs ({} ties, {} unlabeled dropped",
+            n(&c["rows"]),
+            n(&c["labelled"]),
+            n(&c["ties"]),
+            n(&c["unlabeled"])
+        );
+        assert!(r.stdout.contains(&needle), "{needle}\n{}", r.stdout);
+    }
+
+    // Ranking ids are kept, and leaked pairs have new ones (their content repeats, not ids).
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT count(*) FROM pairs a JOIN pairs b ON a.source_ref = b.source_ref \
+             WHERE a.split = 'v2-leakage' AND b.split LIKE 'v1-%'"
+        ),
+        0
+    );
+
+    let before = versions(&store);
+    let again = palpipe(&store, &["run", p.to_str().unwrap()]).ok();
+    assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
+    let after = versions(&store);
+    for (t, v) in &before {
+        if t != "runs" {
+            assert_eq!(after.get(t), Some(v), "table {t} changed on a rerun");
+        }
+    }
+}
+
+#[test]
+fn undecodable_images_are_skipped_and_named_by_ranking_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = fixtures(dir.path(), &["--corrupt", "2", "--rows", "1400"]);
+    let store = dir.path().join("s");
+    let p = leakage_pipeline(dir.path(), &data);
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).ok();
+    let ids = m["splits"]["v1-train"]["corrupt_ranking_ids"]
+        .as_array()
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    assert!(
+        r.stdout.contains("2 skipped: an image does not decode"),
+        "{}",
+        r.stdout
+    );
+    for id in ids {
+        assert!(
+            r.stdout.contains(&format!("ranking_id {id}")),
+            "{id} not named:\n{}",
+            r.stdout
+        );
+    }
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT count(*) FROM pairs WHERE split = 'v1-train'"
+        ),
+        n(&m["splits"]["v1-train"]["labelled"])
+    );
+}
+
+#[test]
+fn a_shard_without_a_required_column_is_refused_by_name() {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = fixtures(dir.path(), &[]);
+    // Rewrite the validation shard without its caption column.
+    let shard = data.join("v1/validation-00000-of-00001.parquet");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&shard).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+    let keep: Vec<usize> = (0..batches[0].num_columns())
+        .filter(|&i| batches[0].schema().field(i).name() != "caption")
+        .collect();
+    let projected: Vec<_> = batches.iter().map(|b| b.project(&keep).unwrap()).collect();
+    let file = std::fs::File::create(&shard).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, projected[0].schema(), None).unwrap();
+    for b in &projected {
+        w.write(b).unwrap();
+    }
+    w.close().unwrap();
+
+    let store = dir.path().join("s");
+    let p = leakage_pipeline(dir.path(), &data);
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(1);
+    assert!(
+        r.stderr.contains("missing column 'caption'"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("validation-00000-of-00001.parquet"),
+        "{}",
+        r.stderr
+    );
+    // Nothing half-written: the shards read before the bad one were rolled back (only the
+    // run record and the pipeline's split definitions are there).
+    let v = versions(&store);
+    assert!(
+        v.iter()
+            .all(|(t, (_, rows))| t == "runs" || t == "splits" || *rows == 0),
+        "tables written: {v:?}"
+    );
+    assert!(!v.contains_key("pairs") && !v.contains_key("items"), "{v:?}");
+}
+
+fn paf_pipeline(dir: &Path, data: &Path, filter_extra: &str) -> PathBuf {
+    let text = format!(
+        "name: paf\nstages:\n  - name: ingest\n    kind: pickapic\n    data_dir: {}\n  - name: filter\n    kind: pick_a_filter\n    seen_users: 12\n{filter_extra}",
+        data.display()
+    );
+    write_pipeline(dir, "paf.yaml", &text)
+}
+
+#[test]
+fn pick_a_filter_deals_two_groups_and_filters_one_image_per_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = fixtures(dir.path(), &[]);
+    let store = dir.path().join("s");
+    let p = paf_pipeline(dir.path(), &data, "    beta: 1.0\n");
+    palpipe(&store, &["run", p.to_str().unwrap()]).ok();
+
+    let heavy = m["heavy"].as_array().unwrap();
+    // Every heavy user (more than 50 labels in train + test) and no one else; the user with
+    // exactly 50 is left out.
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT count(*) FROM users WHERE dataset = 'pick-a-filter'"
+        ),
+        heavy.len() as i64
+    );
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT count(*) FROM users WHERE dataset = 'pick-a-filter' AND user_id = 'pick-a-filter/999'"
+        ),
+        0
+    );
+    let groups = query(
+        &store,
+        "SELECT group_name, count(*) AS n FROM users WHERE dataset = 'pick-a-filter' GROUP BY group_name ORDER BY group_name",
+    );
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    assert!(groups.iter().all(|g| n(&g["n"]) == heavy.len() as i64 / 2));
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT count(*) FROM users WHERE dataset = 'pick-a-filter' AND role = 'seen'"
+        ),
+        12
+    );
+    // The seen users are the 12 with the most labels.
+    let least_seen = heavy.len() - 12;
+    for (i, h) in heavy.iter().enumerate() {
+        let role = query(
+            &store,
+            &format!(
+                "SELECT role FROM users WHERE user_id = 'pick-a-filter/{}'",
+                h["user_id"]
+            ),
+        );
+        let want = if i >= least_seen { "seen" } else { "unseen" };
+        assert_eq!(role[0]["role"], want, "user {}", h["user_id"]);
+    }
+    // All their labels, each pair with exactly one filtered image (beta = 1).
+    let labels: i64 = heavy.iter().map(|h| n(&h["train"]) + n(&h["test"])).sum();
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT count(*) FROM pairs WHERE dataset = 'pick-a-filter'"
+        ),
+        labels
+    );
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT count(*) FROM pairs p \
+             JOIN items l ON p.left_id = l.item_id JOIN items r ON p.right_id = r.item_id \
+             WHERE p.dataset = 'pick-a-filter' \
+             AND ((l.parent_id IS NULL) <> (r.parent_id IS NULL))"
+        ),
+        labels
+    );
+    // Filtered images are new items whose parent is a stored image.
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT count(*) FROM items c LEFT JOIN items p ON c.parent_id = p.item_id \
+             WHERE c.parent_id IS NOT NULL AND p.item_id IS NULL"
+        ),
+        0
+    );
+    // A rerun does nothing.
+    let again = palpipe(&store, &["run", p.to_str().unwrap()]).ok();
+    assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
+}
+
+#[test]
+fn pick_a_filter_out_of_range_parameters_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("no-data-needed");
+    std::fs::create_dir_all(data.join("v1")).unwrap();
+    std::fs::create_dir_all(data.join("v2")).unwrap();
+    for f in [
+        "v1/train-0.parquet",
+        "v1/validation-0.parquet",
+        "v1/test-0.parquet",
+        "v2/test-0.parquet",
+    ] {
+        std::fs::write(data.join(f), b"").unwrap();
+    }
+    let store = dir.path().join("s");
+    for (extra, key, needle) in [
+        ("    beta: 1.5\n", "stages.1.beta", "beta is 1.5"),
+        (
+            "    filters:\n      - {name: cool, tint: [0, 0, 255], strength: 1.5}\n      - {name: warm, tint: [255, 0, 0], strength: 0.4}\n",
+            "stages.1.filters",
+            "strength is 1.5",
+        ),
+    ] {
+        let p = paf_pipeline(dir.path(), &data, extra);
+        let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(2);
+        assert!(r.stderr.contains(key), "{key}: {}", r.stderr);
+        assert!(r.stderr.contains(needle), "{needle}: {}", r.stderr);
+        assert!(r.stderr.contains("paf.yaml:"), "{}", r.stderr);
+    }
+}
