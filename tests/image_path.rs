@@ -197,7 +197,10 @@ fn a_shard_without_a_required_column_is_refused_by_name() {
             .all(|(t, (_, rows))| t == "runs" || t == "splits" || *rows == 0),
         "tables written: {v:?}"
     );
-    assert!(!v.contains_key("pairs") && !v.contains_key("items"), "{v:?}");
+    assert!(
+        !v.contains_key("pairs") && !v.contains_key("items"),
+        "{v:?}"
+    );
 }
 
 fn paf_pipeline(dir: &Path, data: &Path, filter_extra: &str) -> PathBuf {

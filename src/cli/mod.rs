@@ -6,6 +6,7 @@
 //! Results go to stdout; status, warnings and progress go to stderr.
 
 pub mod bench;
+pub mod bench_image;
 pub mod fixtures;
 pub mod output;
 pub mod pal_cmds;
@@ -77,6 +78,8 @@ pub enum Command {
     Report(report::ReportArgs),
     #[command(hide = true)]
     BenchPal(bench::BenchPalArgs),
+    #[command(hide = true)]
+    BenchHash(bench_image::BenchHashArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -171,6 +174,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             Command::Report(a) => report::report(&ctx, a).await,
             Command::Fixtures(a) => fixtures::fixtures(&ctx, a).await,
             Command::BenchPal(a) => bench::bench_pal(&ctx, a).await,
+            Command::BenchHash(a) => bench_image::bench_hash(&ctx, a).await,
         }
     })
 }
