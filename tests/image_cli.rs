@@ -247,6 +247,10 @@ fn clip_embeds_images_and_texts_skips_a_corrupt_image_and_scores_captions() {
     let f = fixture(dir.path());
     let store = &f.store;
 
+    // CLIP needs its folder: a usage error before anything is read
+    let r = palpipe(store, &["embed", "--encoder", "clip"]).code(2);
+    assert!(r.stderr.contains("--model-dir"), "{}", r.stderr);
+
     let r = embed_clip(store).ok();
     // 6 good images + 1 text item + 2 prompts; the corrupt image is reported, not embedded
     assert!(r.stdout.contains("embedded 9 (6 images)"), "{}", r.stdout);

@@ -83,6 +83,7 @@ pub async fn embed(ctx: &Ctx, a: EmbedArgs) -> Result<(), CliError> {
         device: a.device,
         chunk: a.chunk,
     };
+    p.check().map_err(CliError::usage)?;
     let c = embed_texts(&p, &store, ctx.printer).await?;
     for f in &c.failed {
         // Shown even with --quiet: each is an item left without a vector.

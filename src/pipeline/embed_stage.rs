@@ -141,25 +141,32 @@ impl EmbedParams {
         format!("{model} over {} on {}", self.targets.join("+"), self.device)
     }
 
+    /// Checks what can be checked without loading anything: the encoder is known, and CLIP
+    /// has its model folder.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.is_clip() && self.model_dir.is_none() {
+            anyhow::bail!(
+                "encoder 'clip' needs a model folder\nhint: pass --model-dir (or 'model_dir:') naming a CLIP folder in the Hugging Face layout (config.json, model.safetensors, tokenizer.json)"
+            );
+        }
+        if !self.is_clip() && self.model_name() != embed::MINILM_L6_V2 {
+            anyhow::bail!(
+                "unknown encoder '{}' (supported: all-MiniLM-L6-v2, clip)",
+                self.encoder
+            );
+        }
+        Ok(())
+    }
+
     pub fn load(&self) -> anyhow::Result<Encoder> {
+        self.check()?;
         let device = embed::device(&self.device)?;
-        if self.is_clip() {
-            let Some(dir) = &self.model_dir else {
-                anyhow::bail!(
-                    "encoder 'clip' needs a model folder\nhint: pass --model-dir (or 'model_dir:') naming a CLIP folder in the Hugging Face layout (config.json, model.safetensors, tokenizer.json)"
-                );
-            };
+        if let (true, Some(dir)) = (self.is_clip(), &self.model_dir) {
             let mut enc = ClipEncoder::load(dir, &device)?;
             if let Some(n) = self.batch_size {
                 enc = enc.with_batch_size(n)?;
             }
             return Ok(Encoder::Clip(enc));
-        }
-        if self.model_name() != embed::MINILM_L6_V2 {
-            anyhow::bail!(
-                "unknown encoder '{}' (supported: all-MiniLM-L6-v2, clip)",
-                self.encoder
-            );
         }
         let mut enc = BertSentenceEncoder::load(
             &embed::resolve_model_dir(self.model_dir.as_deref(), self.model_name())?,
