@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod bench_image;
 pub mod fixtures;
+pub mod images;
 pub mod output;
 pub mod pal_cmds;
 pub mod report;
@@ -60,13 +61,13 @@ pub enum Command {
     Tables(sql::TablesArgs),
     /// Train a PAL head (or a baseline) on a named split.
     Train(pal_cmds::TrainArgs),
-    /// Evaluate a trained model on a named split.
+    /// Evaluate a trained model (or the zero-shot CLIP score) on a named split.
     Eval(pal_cmds::EvalArgs),
     /// Fit new users' mixture weights from a few of their comparisons and score the rest.
     Adapt(pal_cmds::AdaptArgs),
     /// Train and evaluate a model for several K (and seeds) and print one table.
     Sweep(pal_cmds::SweepArgs),
-    /// Embed text items and prompts into `embeddings`, skipping what is already cached.
+    /// Embed text items and prompts (and, with CLIP, images) into `embeddings`, skipping what is cached.
     Embed(vectors::EmbedArgs),
     /// Build a vector index over `embeddings`.
     Index(vectors::IndexArgs),
@@ -74,6 +75,10 @@ pub enum Command {
     Search(vectors::SearchArgs),
     /// Generate stand-in datasets (Pick-a-Pic shards) for tests and demos.
     Fixtures(fixtures::FixturesArgs),
+    /// Write one image item to a PNG file.
+    ShowImage(images::ShowImageArgs),
+    /// Write an HTML page of source images beside their derived (e.g. colour-filtered) versions.
+    ContactSheet(images::ContactSheetArgs),
     /// Write a run's report: Markdown tables of its models, metrics and stages, and SVG plots.
     Report(report::ReportArgs),
     #[command(hide = true)]
@@ -171,6 +176,8 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             Command::Embed(a) => vectors::embed(&ctx, a).await,
             Command::Index(a) => vectors::index(&ctx, a).await,
             Command::Search(a) => vectors::search(&ctx, a).await,
+            Command::ShowImage(a) => images::show_image(&ctx, a).await,
+            Command::ContactSheet(a) => images::contact_sheet(&ctx, a).await,
             Command::Report(a) => report::report(&ctx, a).await,
             Command::Fixtures(a) => fixtures::fixtures(&ctx, a).await,
             Command::BenchPal(a) => bench::bench_pal(&ctx, a).await,

@@ -50,13 +50,20 @@ pub struct TrainArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  palpipe eval --model pal-b-k2 --split persona-test\n  palpipe eval --model clip-score --split pickapic-test --encoder clip-vit-h-14\n\n--model clip-score is the zero-shot CLIP score (the paper's CLIP-H row): each image scores\nthe cosine of its CLIP vector with its comparison's prompt (caption) vector. It needs the\nsplit's images and prompts embedded with one CLIP encoder (palpipe embed --encoder clip);\nits metrics are recorded in `models` under the name clip-score."
+)]
 pub struct EvalArgs {
-    /// A model name from the `models` table.
+    /// A model name from the `models` table, or clip-score (the zero-shot CLIP score).
     #[arg(long)]
     pub model: String,
     /// A split name from the `splits` table.
     #[arg(long)]
     pub split: String,
+    /// For clip-score: the CLIP encoder (an id, or a name when the store holds one encoder
+    /// of that name). Default: the one encoder with vectors for all the split's items and prompts.
+    #[arg(long)]
+    pub encoder: Option<String>,
     /// Print one JSON object (accuracy, ci95, n, ties, per_user, …) instead of a line.
     #[arg(long)]
     pub json: bool,
@@ -174,9 +181,17 @@ fn classify(e: anyhow::Error) -> CliError {
                         f,
                         crate::pipeline::features::FeatureError::NoSplit { .. }
                             | crate::pipeline::features::FeatureError::NoEncoder { .. }
+                            | crate::pipeline::features::FeatureError::NoCoveringEncoder { .. }
+                            | crate::pipeline::features::FeatureError::AmbiguousEncoder { .. }
                     )
                 })
-    }) || e.to_string().starts_with("no model named");
+    }) || {
+        let m = e.to_string();
+        m.starts_with("no model named")
+            || m.starts_with("'encoder' is only for")
+            || m.starts_with("the model name 'clip-score' is reserved")
+            || (m.starts_with("encoder '") && m.contains("is ambiguous"))
+    };
     CliError {
         code: if usage { 2 } else { 1 },
         error: e,
@@ -189,10 +204,13 @@ pub async fn eval(ctx: &Ctx, a: EvalArgs) -> Result<(), CliError> {
     let p = EvalParams {
         model: a.model.clone(),
         split: a.split.clone(),
+        encoder: a.encoder.clone(),
         bootstrap: a.bootstrap,
         seed: a.seed,
     };
-    let r = pal_stages::eval_model(&store, &p).await.map_err(classify)?;
+    let r = pal_stages::eval_model(&store, &p, None)
+        .await
+        .map_err(classify)?;
     if a.json {
         let mut v = pal_stages::summary_json(&r);
         v["per_user"]["users_detail"] = serde_json::to_value(&r.users).unwrap_or_default();
@@ -330,10 +348,13 @@ pub async fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), CliError> {
             let e = EvalParams {
                 model: name,
                 split: a.test.clone(),
+                encoder: None,
                 bootstrap: 0,
                 seed,
             };
-            let r = pal_stages::eval_model(&store, &e).await.map_err(classify)?;
+            let r = pal_stages::eval_model(&store, &e, None)
+                .await
+                .map_err(classify)?;
             accs.push(r.accuracy);
             last_ci = Some(r.ci95);
         }

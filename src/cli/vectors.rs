@@ -5,20 +5,20 @@ use std::path::PathBuf;
 use arrow_array::{Array, StringArray};
 
 use super::{CliError, Ctx};
-use crate::embed::TextEncoder;
-use crate::pipeline::embed_stage::{embed_texts, EmbedParams};
+use crate::pipeline::embed_stage::{embed_texts, EmbedParams, CLIP};
 use crate::pipeline::pal_stages::resolve_encoder;
 use crate::store::vector::{self, IndexKind};
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Example:\n  palpipe embed --targets prompts --where \"source = 'persona'\""
+    after_help = "Examples:\n  palpipe embed --targets prompts --where \"source = 'persona'\"\n  palpipe embed --encoder clip --model-dir models/clip-vit-h-14\n\nWith --encoder clip, image items go through CLIP's image tower and text items and prompts\nthrough its text tower, all under one encoder id. An image whose bytes do not decode gets\nno vector: each one is printed to stderr and the summary counts them."
 )]
 pub struct EmbedArgs {
-    /// The text encoder (all-MiniLM-L6-v2).
+    /// The encoder: all-MiniLM-L6-v2 (texts only) or clip (images and texts; needs --model-dir).
     #[arg(long, default_value = "all-MiniLM-L6-v2")]
     pub encoder: String,
-    /// The model folder (default ~/.cache/palpipe/models/<encoder>, or $PALPIPE_MODELS).
+    /// The model folder (default ~/.cache/palpipe/models/<encoder>, or $PALPIPE_MODELS);
+    /// for clip, a CLIP folder in the Hugging Face layout.
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
     /// Tables to embed: items, prompts (comma-separated).
@@ -30,9 +30,10 @@ pub struct EmbedArgs {
     /// cpu or cuda (a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Texts (or images) per forward pass (default: the encoder's).
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Texts per commit: an interrupted run keeps every finished chunk.
+    /// Texts or images per commit: an interrupted run keeps every finished chunk.
     #[arg(long, default_value_t = 1024)]
     pub chunk: usize,
 }
@@ -82,9 +83,26 @@ pub async fn embed(ctx: &Ctx, a: EmbedArgs) -> Result<(), CliError> {
         device: a.device,
         chunk: a.chunk,
     };
+    p.check().map_err(CliError::usage)?;
     let c = embed_texts(&p, &store, ctx.printer).await?;
+    for f in &c.failed {
+        // Shown even with --quiet: each is an item left without a vector.
+        ctx.printer.warn(format!(
+            "image '{}' failed to decode: {}",
+            f.item_id, f.reason
+        ));
+    }
+    let images = if c.images > 0 {
+        format!(" ({} images)", c.images)
+    } else {
+        String::new()
+    };
+    let failed = c
+        .failed_line()
+        .map(|f| format!(", {f}"))
+        .unwrap_or_default();
     println!(
-        "{}: embedded {}, already cached {}, empty skipped {}",
+        "{}: embedded {}{images}, already cached {}, empty skipped {}{failed}",
         c.encoder_id, c.embedded, c.cached, c.empty
     );
     Ok(())
@@ -111,8 +129,14 @@ pub async fn search(ctx: &Ctx, a: SearchArgs) -> Result<(), CliError> {
         .await
         .map_err(CliError::usage)?;
     let name = encoder.split(':').next().unwrap_or(&encoder).to_string();
+    // A store encoder that is not MiniLM is a CLIP folder (its id names the folder).
+    let kind = if name == crate::embed::MINILM_L6_V2 || a.model_dir.is_none() {
+        name
+    } else {
+        CLIP.to_string()
+    };
     let p = EmbedParams {
-        encoder: name,
+        encoder: kind,
         model_dir: a.model_dir.clone(),
         targets: vec![],
         filter: None,
@@ -131,7 +155,7 @@ pub async fn search(ctx: &Ctx, a: SearchArgs) -> Result<(), CliError> {
         )));
     }
     let text = a.text.clone();
-    let q = tokio::task::spawn_blocking(move || enc.embed_texts(&[text.as_str()]))
+    let q = tokio::task::spawn_blocking(move || enc.text().embed_texts(&[text.as_str()]))
         .await
         .map_err(|e| CliError::failure(anyhow::Error::from(e)))?
         .map_err(CliError::usage)?;

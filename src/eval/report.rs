@@ -4,7 +4,8 @@
 //! `runs` and `models` tables and writes the files). Nothing here touches the store.
 //!
 //! Which models belong to a run ([`select_models`]):
-//! 1. every model whose `run_id` is the run (trained by one of its `train` stages);
+//! 1. every model whose `run_id` is the run (trained by one of its `train` stages, or for
+//!    `clip-score`, evaluated by one of its `eval` stages);
 //! 2. for each `train` stage the run *skipped* (unchanged), the model that stage trained in
 //!    the latest earlier run of the same pipeline where it ran (`done`) — preferring one
 //!    with the same fingerprint — provided that model still carries that run's id (it was
@@ -12,13 +13,16 @@
 //!    when the stage renamed its model (`name:`), the run's unnamed-matched stages and
 //!    models are paired in training order.
 //!
+//! 3. the zero-shot `clip-score` row, when an `eval` stage of this run ran or was skipped
+//!    and the row was registered by this run or an earlier run of the same pipeline.
+//!
 //! Train stages whose model cannot be found (retrained by a later run, or removed) are
 //! listed as notes. Metrics are the model's metrics as the store holds them now: an `eval`
 //! run after the pipeline (e.g. `palpipe eval`) shows up too.
 //!
 //! Plots: accuracy against K per evaluated split (one series per model kind, 95% Wilson CI
-//! bars, the popularity baseline as a dashed line), new users' accuracy against shots per
-//! adaptation split (zero-shot dashed), and for PAL-A models whose prototypes live in a 2-D
+//! bars, the untrained baselines — popularity, the zero-shot CLIP score — as dashed lines),
+//! new users' accuracy against shots per adaptation split (zero-shot dashed), and for PAL-A models whose prototypes live in a 2-D
 //! input space, the prototypes with the seen users' ideal points (the paper's Fig. D.1).
 //!
 //! The SVGs are small and self-contained (no fonts embedded, `sans-serif` text): every data
@@ -114,6 +118,29 @@ pub fn select_models(
                 )),
             },
             _ => {}
+        }
+    }
+    // The zero-shot CLIP score has no train stage: an eval stage of this pipeline that ran
+    // or was skipped as unchanged keeps the row that an earlier run of it registered.
+    if run
+        .stages
+        .iter()
+        .any(|s| s.kind == "eval" && (s.status == "done" || s.status == "skipped"))
+    {
+        for m in models.iter().filter(|m| m.kind == "clip-score") {
+            let from = runs.iter().find(|r| {
+                Some(r.run_id.as_str()) == m.run_id.as_deref()
+                    && r.pipeline == run.pipeline
+                    && r.started_ms <= run.started_ms
+            });
+            if let Some(from) = from {
+                if taken.insert(m.name.clone()) {
+                    out.push(Selected {
+                        model: m.clone(),
+                        why: format!("zero-shot baseline, registered in run {}", from.run_id),
+                    });
+                }
+            }
         }
     }
     (out, notes)
@@ -720,11 +747,15 @@ fn hline(s: &mut String, f: &Frame, color: &str, y: f64) {
     );
 }
 
-/// Accuracy (%) against K, one series per model kind, popularity as a dashed line.
-/// Draws one `circle.point` per non-popularity model.
+/// Model kinds that have no K: drawn as dashed lines across the K plot, not as points.
+pub const BASELINE_KINDS: [&str; 2] = ["popularity", "clip-score"];
+
+/// Accuracy (%) against K, one series per model kind, the baselines (popularity, the CLIP
+/// score) as dashed lines. Draws one `circle.point` per model that is not a baseline.
 pub fn accuracy_vs_k_svg(pipeline: &str, split: &str, evals: &[&EvalPoint]) -> String {
-    let (base, pts): (Vec<&&EvalPoint>, Vec<&&EvalPoint>) =
-        evals.iter().partition(|e| e.kind == "popularity");
+    let (base, pts): (Vec<&&EvalPoint>, Vec<&&EvalPoint>) = evals
+        .iter()
+        .partition(|e| BASELINE_KINDS.contains(&e.kind.as_str()));
     let ys = evals.iter().flat_map(|e| {
         let (lo, hi) = e.ci95.unwrap_or((e.accuracy, e.accuracy));
         [100.0 * e.accuracy, 100.0 * lo, 100.0 * hi]
@@ -754,17 +785,20 @@ pub fn accuracy_vs_k_svg(pipeline: &str, split: &str, evals: &[&EvalPoint]) -> S
         "accuracy (%), 95% CI",
     );
     let mut row = 0;
-    for (i, b) in base.iter().enumerate() {
-        let color = "#555555";
+    for b in base.iter() {
+        let color = if b.kind == "popularity" {
+            "#555555"
+        } else {
+            "#8c564b"
+        };
         hline(&mut s, &f, color, 100.0 * b.accuracy);
-        let _ = i;
         legend(
             &mut s,
             row,
             color,
             true,
             false,
-            &format!("{} (popularity) {:.1}%", b.model, 100.0 * b.accuracy),
+            &format!("{} ({}) {:.1}%", b.model, b.kind, 100.0 * b.accuracy),
         );
         row += 1;
     }

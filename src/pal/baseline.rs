@@ -6,13 +6,17 @@
 //! across sets by their embedding's content (blake3 of the f32 bits), since embeddings are
 //! cached by content and a set's row numbers are local to it.
 //!
+//! [`ClipScore`] is the paper's zero-shot "CLIP-H" row: no training at all, each item scores
+//! the cosine of its image vector with its comparison's prompt (caption) vector, both from
+//! the same CLIP model; it reports through the same [`EvalReport`].
+//!
 //! The other baseline, `bt` (the homogeneous Bradley–Terry reward model), needs no code: it is
 //! a PAL model with K = 1.
 
 use std::collections::HashMap;
 
 use super::data::ComparisonSet;
-use super::error::Result;
+use super::error::{PalError, Result};
 use super::evaluate::{report_from_margins, EvalOptions, EvalReport};
 
 /// Win counts per item (keyed by the content hash of its embedding).
@@ -89,6 +93,47 @@ impl Popularity {
     }
 }
 
+/// The zero-shot CLIP score: r(x, x_c) = cos(CLIP_image(x), CLIP_text(x_c)).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClipScore;
+
+impl ClipScore {
+    /// Evaluates on `set`, whose items are image vectors and whose prompts are caption vectors
+    /// of the same model: margin = cos(x_l, x_c) − cos(x_r, x_c). Every comparison needs a
+    /// prompt; every user counts as known; there is no mixture summary.
+    pub fn evaluate(&self, set: &ComparisonSet, opts: &EvalOptions) -> Result<EvalReport> {
+        set.validate()?;
+        if set.dp != set.dx {
+            return Err(PalError::Dim {
+                what: "the prompt vectors".into(),
+                expected: set.dx,
+                got: set.dp,
+            });
+        }
+        let mut margins = Vec::with_capacity(set.comps.len());
+        for (i, c) in set.comps.iter().enumerate() {
+            let Some(p) = c.prompt else {
+                return Err(PalError::Data(format!(
+                    "comparison {i} has no prompt; the CLIP score compares images with their prompt"
+                )));
+            };
+            let x_c = set.prompt(p);
+            let s_l = crate::embed::cosine(set.item(c.left), x_c);
+            let s_r = crate::embed::cosine(set.item(c.right), x_c);
+            margins.push((s_l - s_r) as f32);
+        }
+        let known = vec![true; set.n_users()];
+        Ok(report_from_margins(
+            &set.user_ids,
+            &set.comps,
+            &margins,
+            &known,
+            None,
+            opts,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +174,39 @@ mod tests {
         assert_eq!(r.n, 4);
         assert_eq!(r.correct, 1); // only the first (rate 1 vs 0.5, left preferred) is right
         assert_eq!(r.ties, 1);
+    }
+
+    #[test]
+    fn clip_score_prefers_the_item_closer_to_the_prompt() {
+        let c = |prompt, left, right, y| Comparison {
+            user: 0,
+            prompt: Some(prompt),
+            left,
+            right,
+            y,
+        };
+        // items: along x, along y, diagonal; prompts: along x, along y
+        let set = ComparisonSet {
+            dx: 2,
+            dp: 2,
+            items: vec![1.0, 0.0, 0.0, 2.0, 1.0, 1.0],
+            prompts: vec![3.0, 0.0, 0.0, 1.0],
+            user_ids: vec!["u".into()],
+            comps: vec![
+                c(0, 0, 1, -1), // prompt x: left (x) closer, left preferred: right
+                c(1, 0, 1, -1), // prompt y: right (y) closer, left preferred: wrong
+                c(1, 2, 1, 1),  // prompt y: right closer, right preferred: right
+                c(0, 2, 2, 1),  // same item: a tie, wrong
+            ],
+        };
+        let r = ClipScore.evaluate(&set, &EvalOptions::default()).unwrap();
+        assert_eq!((r.n, r.correct, r.ties), (4, 2, 1));
+        assert!((r.outcomes[0].margin - 1.0).abs() < 1e-6);
+        assert!((r.outcomes[2].margin + (1.0 - 0.5f32.sqrt())).abs() < 1e-6);
+        let mut bare = set.clone();
+        bare.dp = 0;
+        bare.prompts.clear();
+        bare.comps.iter_mut().for_each(|c| c.prompt = None);
+        assert!(ClipScore.evaluate(&bare, &EvalOptions::default()).is_err());
     }
 }

@@ -39,7 +39,7 @@ mod train;
 #[cfg(test)]
 mod tests;
 
-pub use baseline::Popularity;
+pub use baseline::{ClipScore, Popularity};
 pub use checkpoint::{CardInfo, ModelCard, CARD_FILE, CARD_FORMAT, WEIGHTS_FILE};
 pub use config::{
     Activation, Arch, Distance, FewShotConfig, GroupConfig, LossKind, Mode, ModelConfig, ModelKind,

@@ -1,21 +1,33 @@
 //! The `embed` stage (and `palpipe embed`): the content-addressed embedding cache.
 //!
-//! Selects text items and/or prompts, drops every (content id, encoder id) already in
-//! `embeddings`, and embeds the rest in chunks, each chunk its own commit: an interrupted
-//! run keeps its finished chunks and a rerun completes the rest without duplicates.
-//! Empty texts are counted and skipped, never stored as a zero vector.
+//! Selects text items and/or prompts (and, with CLIP, image items), drops every
+//! (content id, encoder id) already in `embeddings`, and embeds the rest in chunks, each
+//! chunk its own commit: an interrupted run keeps its finished chunks and a rerun completes
+//! the rest without duplicates. Empty texts are counted and skipped, never stored as a zero
+//! vector; images that do not decode are counted, reported and skipped the same way.
+//!
+//! Images are streamed: their ids are selected first, then their bytes are read a few at a
+//! time (`item_id IN (…)`), so a store's images are never all in memory at once. Both CLIP
+//! towers write under the one encoder id, so image and caption vectors can be compared.
+//! The encoders live in `src/embed`; the store's write call in `src/store`.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow_array::{Array, StringArray};
+use arrow_array::{Array, LargeBinaryArray, StringArray};
 use serde::Deserialize;
 
 use super::stages::StageCtx;
-use crate::embed::{self, BertSentenceEncoder, TextEncoder};
+use crate::embed::{self, BertSentenceEncoder, ClipEncoder, EmbedError, ImageEncoder, TextEncoder};
 use crate::store::batches;
 use crate::store::records::EmbeddingRow;
+
+/// The `encoder` value that selects CLIP (with `model_dir`).
+pub const CLIP: &str = "clip";
+
+/// Images read from the store (and decoded) at a time, inside one commit chunk.
+const IMAGE_READ_BATCH: usize = 32;
 
 fn default_encoder() -> String {
     embed::MINILM_L6_V2.to_string()
@@ -34,11 +46,13 @@ fn default_chunk() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedParams {
-    /// The text encoder: `all-MiniLM-L6-v2` (default; `minilm` also accepted).
+    /// The encoder: `all-MiniLM-L6-v2` (default; `minilm` also accepted), a text encoder,
+    /// or `clip`, which embeds image items with its image tower and texts and prompts with
+    /// its text tower (needs `model_dir`).
     #[serde(default = "default_encoder")]
     pub encoder: String,
     /// The model folder (Hugging Face layout); default `$PALPIPE_MODELS/<encoder>` or
-    /// `~/.cache/palpipe/models/<encoder>`.
+    /// `~/.cache/palpipe/models/<encoder>`. Required for `clip`.
     #[serde(default)]
     pub model_dir: Option<PathBuf>,
     /// Which tables to embed: `items`, `prompts` or both (default).
@@ -47,7 +61,7 @@ pub struct EmbedParams {
     /// A SQL predicate over the target table selecting what to embed, e.g. "source = 'persona'".
     #[serde(default, rename = "where")]
     pub filter: Option<String>,
-    /// Texts per forward pass (default: the encoder's).
+    /// Texts (or images) per forward pass (default: the encoder's).
     #[serde(default)]
     pub batch_size: Option<usize>,
     /// Tokens kept per text (default 256, as sentence-transformers).
@@ -56,9 +70,37 @@ pub struct EmbedParams {
     /// `cpu` (default) or `cuda` (needs a build with `--features cuda`).
     #[serde(default = "default_device")]
     pub device: String,
-    /// Texts per commit (default 1024).
+    /// Texts or images per commit (default 1024).
     #[serde(default = "default_chunk")]
     pub chunk: usize,
+}
+
+/// A loaded encoder: MiniLM embeds texts; CLIP embeds texts and images under one id.
+pub enum Encoder {
+    Bert(BertSentenceEncoder),
+    Clip(ClipEncoder),
+}
+
+impl Encoder {
+    pub fn encoder_id(&self) -> &str {
+        self.text().encoder_id()
+    }
+
+    /// The text tower (the whole model for MiniLM).
+    pub fn text(&self) -> &dyn TextEncoder {
+        match self {
+            Encoder::Bert(e) => e,
+            Encoder::Clip(e) => e,
+        }
+    }
+
+    /// The image tower, when the encoder has one.
+    pub fn image(&self) -> Option<&dyn ImageEncoder> {
+        match self {
+            Encoder::Bert(_) => None,
+            Encoder::Clip(e) => Some(e),
+        }
+    }
 }
 
 impl EmbedParams {
@@ -67,6 +109,10 @@ impl EmbedParams {
             "minilm" => embed::MINILM_L6_V2,
             other => other,
         }
+    }
+
+    fn is_clip(&self) -> bool {
+        self.encoder.eq_ignore_ascii_case(CLIP)
     }
 
     pub fn inputs(&self) -> Vec<(String, PathBuf)> {
@@ -88,22 +134,40 @@ impl EmbedParams {
     }
 
     pub fn describe(&self) -> String {
-        format!(
-            "{} over {} on {}",
-            self.model_name(),
-            self.targets.join("+"),
-            self.device
-        )
+        let model = match (&self.model_dir, self.is_clip()) {
+            (Some(d), true) => format!("clip ({})", d.display()),
+            _ => self.model_name().to_string(),
+        };
+        format!("{model} over {} on {}", self.targets.join("+"), self.device)
     }
 
-    pub fn load(&self) -> anyhow::Result<BertSentenceEncoder> {
-        if self.model_name() != embed::MINILM_L6_V2 {
+    /// Checks what can be checked without loading anything: the encoder is known, and CLIP
+    /// has its model folder.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.is_clip() && self.model_dir.is_none() {
             anyhow::bail!(
-                "unknown text encoder '{}' (supported: all-MiniLM-L6-v2)",
+                "encoder 'clip' needs a model folder\nhint: pass --model-dir (or 'model_dir:') naming a CLIP folder in the Hugging Face layout (config.json, model.safetensors, tokenizer.json)"
+            );
+        }
+        if !self.is_clip() && self.model_name() != embed::MINILM_L6_V2 {
+            anyhow::bail!(
+                "unknown encoder '{}' (supported: all-MiniLM-L6-v2, clip)",
                 self.encoder
             );
         }
+        Ok(())
+    }
+
+    pub fn load(&self) -> anyhow::Result<Encoder> {
+        self.check()?;
         let device = embed::device(&self.device)?;
+        if let (true, Some(dir)) = (self.is_clip(), &self.model_dir) {
+            let mut enc = ClipEncoder::load(dir, &device)?;
+            if let Some(n) = self.batch_size {
+                enc = enc.with_batch_size(n)?;
+            }
+            return Ok(Encoder::Clip(enc));
+        }
         let mut enc = BertSentenceEncoder::load(
             &embed::resolve_model_dir(self.model_dir.as_deref(), self.model_name())?,
             &device,
@@ -114,61 +178,112 @@ impl EmbedParams {
         if let Some(n) = self.batch_size {
             enc = enc.with_batch_size(n)?;
         }
-        Ok(enc)
+        Ok(Encoder::Bert(enc))
     }
+}
+
+/// An image that could not be embedded, and why.
+#[derive(Debug, Clone)]
+pub struct ImageFailure {
+    pub item_id: String,
+    pub reason: String,
 }
 
 /// Outcome counts of one embed run.
 #[derive(Debug, Default)]
 pub struct EmbedCounts {
+    /// Vectors written (texts and images).
     pub embedded: usize,
+    /// Of those, images.
+    pub images: usize,
     pub cached: usize,
     pub empty: usize,
+    /// Images whose bytes do not decode (no vector written), in the order met.
+    pub failed: Vec<ImageFailure>,
     pub encoder_id: String,
+}
+
+impl EmbedCounts {
+    /// "2 images failed to decode (first: <id>: <reason>)", or None when all decoded.
+    pub fn failed_line(&self) -> Option<String> {
+        let first = self.failed.first()?;
+        Some(format!(
+            "{} image{} failed to decode (first: {}: {})",
+            self.failed.len(),
+            if self.failed.len() == 1 { "" } else { "s" },
+            first.item_id,
+            first.reason
+        ))
+    }
 }
 
 pub async fn run(p: &EmbedParams, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
     let c = embed_texts(p, ctx.store, ctx.printer).await?;
-    Ok(format!(
-        "{}: embedded {}, already cached {}{}",
+    let mut line = format!(
+        "{}: embedded {}{}, already cached {}",
         c.encoder_id,
         c.embedded,
-        c.cached,
-        if c.empty > 0 {
-            format!(", {} empty texts skipped", c.empty)
+        if c.images > 0 {
+            format!(" ({} images)", c.images)
         } else {
             String::new()
-        }
-    ))
+        },
+        c.cached,
+    );
+    if c.empty > 0 {
+        line.push_str(&format!(", {} empty texts skipped", c.empty));
+    }
+    if let Some(f) = c.failed_line() {
+        line.push_str(&format!(", {f}"));
+    }
+    Ok(line)
 }
 
-/// The cache itself, shared by the stage and `palpipe embed`.
+fn and(a: Option<String>, b: Option<&String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("({a}) AND ({b})")),
+        (Some(a), None) => Some(a),
+        (None, Some(b)) => Some(b.clone()),
+        (None, None) => None,
+    }
+}
+
+fn quoted_list(ids: &[String]) -> String {
+    ids.iter()
+        .map(|i| format!("'{}'", i.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The cache itself, shared by the stage and `palpipe embed`: texts (items of kind `text`
+/// and prompts) through the text tower and, when the encoder has an image tower, items of
+/// kind `image` through it.
 pub async fn embed_texts(
     p: &EmbedParams,
     store: &crate::store::Store,
     printer: super::progress::Printer,
 ) -> anyhow::Result<EmbedCounts> {
+    for target in &p.targets {
+        if target != "items" && target != "prompts" {
+            anyhow::bail!("embed: unknown target '{target}' (targets: items, prompts)");
+        }
+    }
     let params = p.clone();
     let enc = Arc::new(tokio::task::spawn_blocking(move || params.load()).await??);
+    let encoder_id = enc.encoder_id().to_string();
     let mut counts = EmbedCounts {
-        encoder_id: enc.encoder_id().to_string(),
+        encoder_id: encoder_id.clone(),
         ..Default::default()
     };
-    let done = cached_ids(store, enc.encoder_id()).await?;
+    let done = cached_ids(store, &encoder_id).await?;
     let mut todo: Vec<(String, String)> = Vec::new();
     let mut seen = HashSet::new();
     for target in &p.targets {
         let (table, id_col, pred) = match target.as_str() {
             "items" => ("items", "item_id", Some("kind = 'text'".to_string())),
-            "prompts" => ("prompts", "prompt_id", None),
-            other => anyhow::bail!("embed: unknown target '{other}' (targets: items, prompts)"),
+            _ => ("prompts", "prompt_id", None),
         };
-        let filter = match (pred, &p.filter) {
-            (Some(a), Some(b)) => Some(format!("({a}) AND ({b})")),
-            (Some(a), None) => Some(a),
-            (None, Some(b)) => Some(b.clone()),
-            (None, None) => None,
-        };
+        let filter = and(pred, p.filter.as_ref());
         for b in store
             .read(table, &[id_col, "text"], filter.as_deref())
             .await?
@@ -190,13 +305,31 @@ pub async fn embed_texts(
             }
         }
     }
-    let bar = printer.bar(todo.len() as u64, "embedding");
+    // Images: ids only here; their bytes are read chunk by chunk below.
+    let mut images: Vec<String> = Vec::new();
+    if enc.image().is_some() && p.targets.iter().any(|t| t == "items") {
+        let filter = and(Some("kind = 'image'".to_string()), p.filter.as_ref());
+        for b in store.read("items", &["item_id"], filter.as_deref()).await? {
+            let Some(ids) = b.column(0).as_any().downcast_ref::<StringArray>() else {
+                continue;
+            };
+            for i in 0..b.num_rows() {
+                let id = ids.value(i);
+                if done.contains(id) {
+                    counts.cached += 1;
+                } else if seen.insert(id.to_string()) {
+                    images.push(id.to_string());
+                }
+            }
+        }
+    }
+    let bar = printer.bar((todo.len() + images.len()) as u64, "embedding");
     for chunk in todo.chunks(p.chunk.max(1)) {
         let enc2 = enc.clone();
         let texts: Vec<String> = chunk.iter().map(|(_, t)| t.clone()).collect();
         let vectors = tokio::task::spawn_blocking(move || {
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            enc2.embed_texts(&refs)
+            enc2.text().embed_texts(&refs)
         })
         .await??;
         let rows: Vec<EmbeddingRow> = chunk
@@ -204,7 +337,7 @@ pub async fn embed_texts(
             .zip(vectors)
             .map(|((id, _), v)| EmbeddingRow {
                 content_id: id.clone(),
-                encoder_id: enc.encoder_id().to_string(),
+                encoder_id: encoder_id.clone(),
                 vector: v,
             })
             .collect();
@@ -214,8 +347,97 @@ pub async fn embed_texts(
         counts.embedded += rows.len();
         bar.inc(rows.len() as u64);
     }
+    for chunk in images.chunks(p.chunk.max(1)) {
+        let mut rows: Vec<EmbeddingRow> = Vec::with_capacity(chunk.len());
+        for group in chunk.chunks(IMAGE_READ_BATCH) {
+            let bytes = image_bytes(store, group).await?;
+            let enc2 = enc.clone();
+            let (ids, vectors, failed) =
+                tokio::task::spawn_blocking(move || embed_image_group(enc2.as_ref(), bytes))
+                    .await??;
+            rows.extend(ids.into_iter().zip(vectors).map(|(id, v)| EmbeddingRow {
+                content_id: id,
+                encoder_id: encoder_id.clone(),
+                vector: v,
+            }));
+            counts.failed.extend(failed);
+            bar.inc(group.len() as u64);
+        }
+        if let Some(batch) = batches::embeddings(&rows)? {
+            store.append("embeddings", batch).await?;
+        }
+        counts.embedded += rows.len();
+        counts.images += rows.len();
+    }
     bar.finish_and_clear();
     Ok(counts)
+}
+
+/// (item id, bytes) of the given items, in `ids` order; an id without bytes gets `None`.
+async fn image_bytes(
+    store: &crate::store::Store,
+    ids: &[String],
+) -> anyhow::Result<Vec<(String, Option<Vec<u8>>)>> {
+    let filter = format!("item_id IN ({})", quoted_list(ids));
+    let mut found = std::collections::HashMap::new();
+    for b in store
+        .read("items", &["item_id", "bytes"], Some(&filter))
+        .await?
+    {
+        let i = b.column(0).as_any().downcast_ref::<StringArray>();
+        let v = b.column(1).as_any().downcast_ref::<LargeBinaryArray>();
+        let (Some(i), Some(v)) = (i, v) else {
+            continue;
+        };
+        for r in 0..b.num_rows() {
+            found.insert(
+                i.value(r).to_string(),
+                (!v.is_null(r)).then(|| v.value(r).to_vec()),
+            );
+        }
+    }
+    Ok(ids
+        .iter()
+        .map(|id| (id.clone(), found.remove(id).flatten()))
+        .collect())
+}
+
+/// Decodes and embeds one group of images: the ids and vectors of those that decoded, and
+/// the failures of those that did not.
+#[allow(clippy::type_complexity)]
+fn embed_image_group(
+    enc: &Encoder,
+    group: Vec<(String, Option<Vec<u8>>)>,
+) -> anyhow::Result<(Vec<String>, Vec<Vec<f32>>, Vec<ImageFailure>)> {
+    let Some(tower) = enc.image() else {
+        anyhow::bail!("encoder '{}' has no image tower", enc.encoder_id());
+    };
+    let (mut ids, mut decoded, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, bytes) in group {
+        let Some(bytes) = bytes else {
+            failed.push(ImageFailure {
+                item_id: id,
+                reason: "the item has no bytes".into(),
+            });
+            continue;
+        };
+        match embed::clip::decode_image(&bytes, &id) {
+            Ok(img) => {
+                ids.push(id);
+                decoded.push(img);
+            }
+            Err(EmbedError::Image { reason, .. }) => failed.push(ImageFailure {
+                item_id: id,
+                reason,
+            }),
+            Err(e) => failed.push(ImageFailure {
+                item_id: id,
+                reason: e.to_string(),
+            }),
+        }
+    }
+    let vectors = tower.embed_images(&decoded)?;
+    Ok((ids, vectors, failed))
 }
 
 async fn cached_ids(store: &crate::store::Store, encoder: &str) -> anyhow::Result<HashSet<String>> {

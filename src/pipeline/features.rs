@@ -31,6 +31,16 @@ pub enum FeatureError {
         count: usize,
         example: String,
     },
+    #[error("split '{split}': {count} comparisons have no prompt (first: {example}); the CLIP score compares each image with its comparison's prompt")]
+    NoPrompt {
+        split: String,
+        count: usize,
+        example: String,
+    },
+    #[error("no encoder in the store has vectors for every item and prompt of split '{split}' (encoders: {known})\nhint: embed them with 'palpipe embed --encoder clip --model-dir DIR', or name one with --encoder")]
+    NoCoveringEncoder { split: String, known: String },
+    #[error("several encoders have vectors for every item and prompt of split '{split}': {ids}\nhint: choose one with --encoder (or 'encoder:' in the stage)")]
+    AmbiguousEncoder { split: String, ids: String },
     #[error("split '{split}': some comparisons have a prompt and some do not")]
     MixedContext { split: String },
     #[error("split '{split}': label {label} is not -1 or +1")]

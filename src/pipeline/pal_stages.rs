@@ -4,6 +4,11 @@
 //!
 //! The popularity baseline has no weights: its card names its training split and it is
 //! refitted from that split (a deterministic count) whenever it is evaluated.
+//!
+//! The zero-shot CLIP score (`model: clip-score`, the paper's "CLIP-H" row) has neither
+//! weights nor training: it is evaluated straight from a CLIP encoder's image and caption
+//! vectors, and registered in `models` (name and kind `clip-score`, with its encoder id) on
+//! its first evaluation so its metrics sit beside PAL's.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -15,8 +20,8 @@ use super::features::{intern, load_split, split_pairs, FeatureError, LoadedSplit
 use super::progress::Printer;
 use super::stages::StageCtx;
 use crate::pal::{
-    self, evaluate, few_shot, Comparison, ComparisonSet, EvalOptions, EvalReport, FewShotConfig,
-    ModelConfig, ModelKind, PalModel, Popularity, TrainConfig,
+    self, evaluate, few_shot, ClipScore, Comparison, ComparisonSet, EvalOptions, EvalReport,
+    FewShotConfig, ModelConfig, ModelKind, PalModel, Popularity, TrainConfig,
 };
 use crate::store::batches::{self, ModelRow};
 use crate::store::{now_ms, Store};
@@ -109,12 +114,20 @@ impl TrainParams {
     }
 }
 
+/// The model name (and kind) of the zero-shot CLIP score.
+pub const CLIP_SCORE: &str = "clip-score";
+
 /// Parameters of an `eval` stage.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalParams {
+    /// A model name from `models`, or `clip-score` (the zero-shot CLIP score).
     pub model: String,
     pub split: String,
+    /// For `clip-score` only: the CLIP encoder (exact id or name prefix). Default: the one
+    /// encoder whose vectors cover the split's items and prompts.
+    #[serde(default)]
+    pub encoder: Option<String>,
     /// Bootstrap resamples over users for the users' 95% interval (0 skips it).
     #[serde(default = "default_bootstrap")]
     pub bootstrap: usize,
@@ -358,6 +371,9 @@ pub async fn train_model(
     run_id: Option<&str>,
     printer: Printer,
 ) -> anyhow::Result<Trained> {
+    if name == CLIP_SCORE {
+        anyhow::bail!("the model name '{CLIP_SCORE}' is reserved for the zero-shot CLIP score\nhint: choose another --name");
+    }
     let Some(mut cfg) = p.model_config()? else {
         // popularity: check the split loads, record what it needs.
         let n_train = split_pairs(store, &p.train).await?.len();
@@ -466,12 +482,26 @@ pub async fn train_model(
 }
 
 /// Evaluates model `name` on `split` and records the metrics under the split's name.
-pub async fn eval_model(store: &Store, p: &EvalParams) -> anyhow::Result<EvalReport> {
-    let entry = ModelEntry::find(store, &p.model).await?;
+/// `run_id` is the pipeline run evaluating it (it only marks a `clip-score` row it creates).
+pub async fn eval_model(
+    store: &Store,
+    p: &EvalParams,
+    run_id: Option<&str>,
+) -> anyhow::Result<EvalReport> {
     let opts = EvalOptions {
         bootstrap_reps: p.bootstrap,
         seed: p.seed,
     };
+    if p.model == CLIP_SCORE {
+        return clip_score_eval(store, p, &opts, run_id).await;
+    }
+    if p.encoder.is_some() {
+        anyhow::bail!(
+            "'encoder' is only for model '{CLIP_SCORE}'; model '{}' uses the encoder it was trained on",
+            p.model
+        );
+    }
+    let entry = ModelEntry::find(store, &p.model).await?;
     let report = if entry.row.kind == "popularity" {
         popularity_eval(store, &entry.row.train_split, &p.split, &opts).await?
     } else {
@@ -479,6 +509,134 @@ pub async fn eval_model(store: &Store, p: &EvalParams) -> anyhow::Result<EvalRep
         let encoder = entry.row.encoder_id.clone().unwrap_or_default();
         let data = load_split(store, &p.split, &encoder).await?;
         tokio::task::spawn_blocking(move || evaluate(&model, &data.set, &opts)).await??
+    };
+    entry
+        .record_metric(store, &p.split, summary_json(&report))
+        .await?;
+    Ok(report)
+}
+
+/// The encoder whose vectors cover every item and prompt of `split` (or the one given).
+async fn clip_score_encoder(
+    store: &Store,
+    split: &str,
+    given: Option<&str>,
+) -> anyhow::Result<String> {
+    if let Some(e) = given {
+        return resolve_encoder(store, e).await;
+    }
+    let pairs = split_pairs(store, split).await?;
+    let mut need: HashSet<String> = HashSet::new();
+    for p in &pairs {
+        need.insert(p.left_id.clone());
+        need.insert(p.right_id.clone());
+        if let Some(x) = &p.prompt_id {
+            need.insert(x.clone());
+        }
+    }
+    let mut have: BTreeMap<String, usize> = BTreeMap::new();
+    for b in store
+        .read("embeddings", &["content_id", "encoder_id"], None)
+        .await?
+    {
+        let c = b.column(0).as_any().downcast_ref::<StringArray>();
+        let e = b.column(1).as_any().downcast_ref::<StringArray>();
+        let (Some(c), Some(e)) = (c, e) else {
+            continue;
+        };
+        for i in 0..b.num_rows() {
+            let n = have.entry(e.value(i).to_string()).or_default();
+            if need.contains(c.value(i)) {
+                *n += 1;
+            }
+        }
+    }
+    // (content_id, encoder_id) is the key, so a count equal to `need` covers them all.
+    let covering: Vec<&String> = have
+        .iter()
+        .filter(|(_, n)| **n == need.len())
+        .map(|(e, _)| e)
+        .collect();
+    match covering.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(FeatureError::NoCoveringEncoder {
+            split: split.to_string(),
+            known: if have.is_empty() {
+                "none yet".into()
+            } else {
+                have.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
+        }
+        .into()),
+        many => Err(FeatureError::AmbiguousEncoder {
+            split: split.to_string(),
+            ids: many
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+        .into()),
+    }
+}
+
+/// Evaluates the zero-shot CLIP score on `p.split` and records it as model `clip-score`.
+async fn clip_score_eval(
+    store: &Store,
+    p: &EvalParams,
+    opts: &EvalOptions,
+    run_id: Option<&str>,
+) -> anyhow::Result<EvalReport> {
+    let pairs = split_pairs(store, &p.split).await?;
+    let bare: Vec<&super::features::PairRef> =
+        pairs.iter().filter(|x| x.prompt_id.is_none()).collect();
+    if let Some(first) = bare.first() {
+        return Err(FeatureError::NoPrompt {
+            split: p.split.clone(),
+            count: bare.len(),
+            example: format!(
+                "user '{}', items '{}' and '{}'",
+                first.user_id, first.left_id, first.right_id
+            ),
+        }
+        .into());
+    }
+    let encoder = clip_score_encoder(store, &p.split, p.encoder.as_deref()).await?;
+    let data = load_split(store, &p.split, &encoder).await?;
+    let opts = opts.clone();
+    let report =
+        tokio::task::spawn_blocking(move || ClipScore.evaluate(&data.set, &opts)).await??;
+    // The row keeps its metrics (and creation time) while the encoder stays the same;
+    // another encoder starts a fresh row, so no metric is labelled with the wrong encoder.
+    let entry = match ModelEntry::find(store, CLIP_SCORE).await {
+        Ok(mut e) if e.row.encoder_id.as_deref() == Some(encoder.as_str()) => {
+            // A pipeline run that evaluates it claims it (its report shows it);
+            // `palpipe eval` leaves the row's run alone.
+            if let Some(r) = run_id {
+                e.row.run_id = Some(r.to_string());
+            }
+            e
+        }
+        _ => ModelEntry {
+            row: ModelRow {
+                name: CLIP_SCORE.into(),
+                kind: CLIP_SCORE.into(),
+                k: 1,
+                encoder_id: Some(encoder.clone()),
+                train_split: String::new(),
+                checkpoint: String::new(),
+                card_json: serde_json::json!({
+                    "model": CLIP_SCORE,
+                    "encoder_id": encoder,
+                    "score": "cos(image vector, prompt vector)",
+                    "trained": false,
+                })
+                .to_string(),
+                metrics_json: None,
+                run_id: run_id.map(str::to_string),
+                created_ms: now_ms(),
+            },
+        },
     };
     entry
         .record_metric(store, &p.split, summary_json(&report))
@@ -606,7 +764,7 @@ pub async fn train(p: &TrainParams, ctx: &StageCtx<'_>) -> anyhow::Result<String
 }
 
 pub async fn eval(p: &EvalParams, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
-    Ok(one_line(&eval_model(ctx.store, p).await?))
+    Ok(one_line(&eval_model(ctx.store, p, Some(ctx.run_id)).await?))
 }
 
 pub async fn adapt(p: &AdaptParams, ctx: &StageCtx<'_>) -> anyhow::Result<String> {

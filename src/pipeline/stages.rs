@@ -167,6 +167,8 @@ impl StageParams {
     /// Models this stage uses, with their keys.
     pub fn model_refs(&self) -> Vec<(String, String)> {
         match self {
+            // The CLIP score is no stored model: its encoder and vectors are in the fingerprint.
+            StageParams::Eval(p) if p.model == super::pal_stages::CLIP_SCORE => Vec::new(),
             StageParams::Eval(p) => vec![("model".into(), p.model.clone())],
             StageParams::Adapt(p) => vec![("model".into(), p.model.clone())],
             _ => Vec::new(),

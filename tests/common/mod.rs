@@ -4,8 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The binary under test: `$PALPIPE_TEST_BIN` when set (worktrees that share one
+/// CARGO_TARGET_DIR overwrite each other's `target/debug/palpipe`; point this at your own
+/// `target/debug/deps/palpipe-<hash>`), else the one cargo built for this test.
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_palpipe"))
+    match std::env::var_os("PALPIPE_TEST_BIN").filter(|v| !v.is_empty()) {
+        Some(b) => Command::new(b),
+        None => Command::new(env!("CARGO_BIN_EXE_palpipe")),
+    }
 }
 
 pub fn shared_data() -> PathBuf {
