@@ -3,6 +3,8 @@
 #   make demo    install what is missing, build, run pipelines/demo.yaml, print its report
 #   make test    install what is missing, build, run every test
 #   make bench   benchmarks (see bench/README.md)
+#   make build-cuda  nvcc from PyPI into ~/.cache/palpipe/cuda, then a --features cuda build
+#                    in its own target dir (see README.md, "CUDA build")
 #
 # Builds go to $(CARGO_TARGET_DIR) (default ~/.cache/palpipe/target), outside the clone, so
 # a fresh clone reuses compiled dependencies.
@@ -14,7 +16,7 @@ MINILM := $(MODELS)/all-MiniLM-L6-v2
 BIN := $(CARGO_TARGET_DIR)/debug/palpipe
 DEMO_STORE ?= palstore-demo
 
-.PHONY: setup protoc models build demo test bench lint clean-demo
+.PHONY: setup protoc models build demo test bench lint clean-demo cuda-toolkit build-cuda
 
 setup: protoc models
 
@@ -74,3 +76,43 @@ tiny-clip:
 	$(TINY_CLIP_VENV)/bin/python -m pip install -q torch
 	$(TINY_CLIP_VENV)/bin/python -m pip install -q transformers tokenizers safetensors pillow numpy
 	$(TINY_CLIP_VENV)/bin/python tests/fixtures/make_tiny_clip.py tests/fixtures/tiny_clip
+
+# CUDA build. The CUDA 13 compiler comes from PyPI (nvidia-cuda-nvcc ships bin/nvcc since
+# 13.0; the cu12 wheels only ship ptxas) into a venv under $(CUDA_PREFIX), outside the
+# clone; $(CUDA_PREFIX)/home links to its nvidia/cu13 folder (bin/nvcc, include, lib, nvvm),
+# the CUDA_HOME that cudarc (`nvcc --version`) and candle-kernels (cudaforge: nvcc on PATH,
+# CUDA_HOME) need; nvcc finds the headers itself (its nvcc.profile adds include/ and
+# include/cccl), and LIBRARY_PATH lets the final link find -lcudart. cudarc 0.19 knows
+# CUDA up to 13.4, hence the pins. No GPU is needed to build: CUDA_COMPUTE_CAP (default 90,
+# H100) replaces nvidia-smi. The build has its own target dir so that it never invalidates
+# the CPU build in $(CARGO_TARGET_DIR).
+CUDA_PREFIX ?= $(HOME)/.cache/palpipe/cuda
+CUDA_TARGET_DIR ?= $(HOME)/.cache/palpipe/target-cuda
+CUDA_COMPUTE_CAP ?= 90
+CUDA_VERSION_PIN ?= 13.4.92
+CUDA_CCCL_PIN ?= 13.3.5.0.6
+CUDA_HOME_DIR := $(CUDA_PREFIX)/home
+CUDA_ENV := PATH="$(CUDA_HOME_DIR)/bin:$$PATH" CUDA_HOME="$(CUDA_HOME_DIR)" \
+  CUDA_ROOT="$(CUDA_HOME_DIR)" CUDA_PATH="$(CUDA_HOME_DIR)" \
+  CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) \
+  LIBRARY_PATH="$(CUDA_HOME_DIR)/lib$${LIBRARY_PATH:+:$$LIBRARY_PATH}" \
+  LD_LIBRARY_PATH="$(CUDA_HOME_DIR)/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}"
+
+cuda-toolkit: $(CUDA_HOME_DIR)/bin/nvcc
+
+$(CUDA_HOME_DIR)/bin/nvcc:
+	@echo "installing nvcc $(CUDA_VERSION_PIN) from PyPI into $(CUDA_PREFIX)"
+	@test -x $(CUDA_PREFIX)/venv/bin/python || python3 -m venv $(CUDA_PREFIX)/venv
+	$(CUDA_PREFIX)/venv/bin/python -m pip install -q \
+	  nvidia-cuda-nvcc==$(CUDA_VERSION_PIN) nvidia-nvvm==$(CUDA_VERSION_PIN) \
+	  nvidia-cuda-runtime==$(CUDA_VERSION_PIN) nvidia-cuda-crt==$(CUDA_VERSION_PIN) \
+	  nvidia-cuda-cccl==$(CUDA_CCCL_PIN)
+	ln -sfn "$$($(CUDA_PREFIX)/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13" $(CUDA_HOME_DIR)
+	@# candle-kernels links -lcudart; the wheel ships only libcudart.so.13.
+	cd $(CUDA_HOME_DIR)/lib && { test -e libcudart.so || ln -s libcudart.so.13 libcudart.so; }
+	@test -x $@
+	$@ --version
+
+build-cuda: setup cuda-toolkit
+	$(CUDA_ENV) CARGO_TARGET_DIR="$(CUDA_TARGET_DIR)" cargo build --features cuda --bin palpipe
+	@echo "built $(CUDA_TARGET_DIR)/debug/palpipe (run it with LD_LIBRARY_PATH=$(CUDA_HOME_DIR)/lib)"

@@ -74,6 +74,8 @@ pub enum Command {
     Report(report::ReportArgs),
     #[command(hide = true)]
     BenchPal(bench::BenchPalArgs),
+    #[command(hide = true)]
+    BenchClip(bench::BenchClipArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -167,6 +169,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             Command::Search(a) => vectors::search(&ctx, a).await,
             Command::Report(a) => report::report(&ctx, a).await,
             Command::BenchPal(a) => bench::bench_pal(&ctx, a).await,
+            Command::BenchClip(a) => bench::bench_clip(&ctx, a).await,
         }
     })
 }
