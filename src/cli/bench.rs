@@ -332,8 +332,8 @@ fn synthetic_jpeg(r: &mut ChaCha8Rng, w: u32, h: u32, quality: u8) -> anyhow::Re
         for &(cx, cy, rad, col) in &discs {
             let d = ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)).sqrt();
             let a = (1.0 - (d - rad).max(0.0) / 4.0).clamp(0.0, 1.0);
-            for c in 0..3 {
-                p[c] = p[c] * (1.0 - a) + col[c] * a;
+            for (pc, cc) in p.iter_mut().zip(col) {
+                *pc = *pc * (1.0 - a) + cc * a;
             }
         }
         let n = noise[(y * w + x) as usize];
