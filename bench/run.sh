@@ -25,6 +25,14 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/palpipe/target}
 cargo build --quiet --bin palpipe
 BIN="$CARGO_TARGET_DIR/debug/palpipe"
 
+# The MINILM and CACHE sections measure peak RSS and CPU time with GNU time (Debian: `time`).
+if { [ "${MINILM:-1}" != "0" ] || [ "${CACHE:-1}" != "0" ]; } && [ ! -x /usr/bin/time ]; then
+    echo "installing GNU time (/usr/bin/time) with apt-get" >&2
+    apt-get install -y -qq time >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && apt-get install -y -qq time >/dev/null; } \
+        || { echo "error: /usr/bin/time is missing and apt-get could not install it" >&2; exit 1; }
+fi
+
 DATE=$(date -u +%Y-%m-%d)
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
