@@ -3,6 +3,8 @@
 #   make demo    install what is missing, build, run pipelines/demo.yaml, print its report
 #   make test    install what is missing, build, run every test
 #   make bench   benchmarks (see bench/README.md)
+#   make build-cuda  CUDA 13.4 from PyPI into ~/.cache/palpipe/cuda, then a --features cuda
+#                    build in its own target dir (see README.md, "CUDA build")
 #
 # Builds go to $(CARGO_TARGET_DIR) (default ~/.cache/palpipe/target), outside the clone, so
 # a fresh clone reuses compiled dependencies.
@@ -14,7 +16,7 @@ MINILM := $(MODELS)/all-MiniLM-L6-v2
 BIN := $(CARGO_TARGET_DIR)/debug/palpipe
 DEMO_STORE ?= palstore-demo
 
-.PHONY: setup protoc models build demo test bench lint clean-demo fixtures
+.PHONY: setup protoc models build demo test bench lint clean-demo fixtures cuda-toolkit build-cuda
 
 setup: protoc models
 
@@ -79,3 +81,58 @@ tiny-clip:
 	$(TINY_CLIP_VENV)/bin/python -m pip install -q torch
 	$(TINY_CLIP_VENV)/bin/python -m pip install -q transformers tokenizers safetensors pillow numpy
 	$(TINY_CLIP_VENV)/bin/python tests/fixtures/make_tiny_clip.py tests/fixtures/tiny_clip
+
+# CUDA build. The CUDA 13 compiler and the libraries cudarc links (cudart, nvrtc, cublas,
+# curand) come from PyPI (nvidia-cuda-nvcc ships bin/nvcc since 13.0; the cu12 wheels only
+# ship ptxas) into a venv under $(CUDA_PREFIX), outside the clone. $(CUDA_PREFIX)/home links
+# to the venv's nvidia/cu13 folder (bin/nvcc, include, lib, nvvm): the CUDA_HOME that cudarc
+# (`nvcc --version`, link paths) and candle-kernels (cudaforge: nvcc, CUDA_HOME) need. nvcc
+# finds the headers itself (its nvcc.profile adds include/ and include/cccl); LIBRARY_PATH
+# lets the final link find -lcudart. cudarc 0.19 knows CUDA up to 13.4, hence the pins. No
+# GPU is needed to build: CUDA_COMPUTE_CAP (default 90, H100) replaces nvidia-smi. The build
+# has its own target dir so that it never invalidates the CPU build in $(CARGO_TARGET_DIR).
+CUDA_PREFIX ?= $(HOME)/.cache/palpipe/cuda
+CUDA_TARGET_DIR ?= $(HOME)/.cache/palpipe/target-cuda
+CUDA_COMPUTE_CAP ?= 90
+CUDA_VERSION_PIN ?= 13.4.92
+CUDA_CCCL_PIN ?= 13.3.5.0.6
+CUDA_CUBLAS_PIN ?= 13.4.3.11
+CUDA_CURAND_PIN ?= 10.4.4.72
+CUDA_HOME_DIR := $(CUDA_PREFIX)/home
+CUDA_ENV := PATH="$(CUDA_HOME_DIR)/bin:$$PATH" CUDA_HOME="$(CUDA_HOME_DIR)" \
+  CUDA_ROOT="$(CUDA_HOME_DIR)" CUDA_PATH="$(CUDA_HOME_DIR)" \
+  CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) \
+  LIBRARY_PATH="$(CUDA_HOME_DIR)/lib$${LIBRARY_PATH:+:$$LIBRARY_PATH}" \
+  LD_LIBRARY_PATH="$(CUDA_HOME_DIR)/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}"
+
+cuda-toolkit: $(CUDA_HOME_DIR)/bin/nvcc $(CUDA_HOME_DIR)/lib/stubs/libcuda.so
+
+$(CUDA_HOME_DIR)/bin/nvcc:
+	@echo "installing nvcc $(CUDA_VERSION_PIN) and the CUDA libraries from PyPI into $(CUDA_PREFIX)"
+	@test -x $(CUDA_PREFIX)/venv/bin/python || python3 -m venv $(CUDA_PREFIX)/venv
+	$(CUDA_PREFIX)/venv/bin/python -m pip install -q \
+	  nvidia-cuda-nvcc==$(CUDA_VERSION_PIN) nvidia-nvvm==$(CUDA_VERSION_PIN) \
+	  nvidia-cuda-runtime==$(CUDA_VERSION_PIN) nvidia-cuda-crt==$(CUDA_VERSION_PIN) \
+	  nvidia-cuda-cccl==$(CUDA_CCCL_PIN) nvidia-cuda-nvrtc==$(CUDA_VERSION_PIN) \
+	  nvidia-cublas==$(CUDA_CUBLAS_PIN) nvidia-curand==$(CUDA_CURAND_PIN)
+	ln -sfn "$$($(CUDA_PREFIX)/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nvidia/cu13" $(CUDA_HOME_DIR)
+	@# The wheels ship libfoo.so.N only; the linker's -lfoo wants libfoo.so.
+	cd $(CUDA_HOME_DIR)/lib && for f in lib*.so.*; do \
+	  b=$${f%%.so.*}.so; test -e $$b || ln -s $$f $$b; done
+	@test -x $@
+	$@ --version
+
+# cudarc (as candle enables it) links libcuda, the driver, which PyPI does not ship and
+# which comes with a GPU's driver: link against a stub with the same soname and every
+# driver function cudarc declares (read from its bindings), as the toolkit's lib/stubs does.
+$(CUDA_HOME_DIR)/lib/stubs/libcuda.so: $(CUDA_HOME_DIR)/bin/nvcc
+	cargo fetch -q
+	@mkdir -p $(@D)
+	src=$$(ls -d $${CARGO_HOME:-$$HOME/.cargo}/registry/src/*/cudarc-$$(grep -A1 '^name = "cudarc"' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')/src/driver/sys/mod.rs | head -1) && \
+	  grep -oP '^pub unsafe fn \Kcu\w+(?=\()' "$$src" | sort -u | sed 's/.*/void &(void) {}/' > $(@D)/libcuda-stub.c
+	cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o $@ $(@D)/libcuda-stub.c
+	@echo "libcuda stub: $$(grep -c . $(@D)/libcuda-stub.c) functions"
+
+build-cuda: setup cuda-toolkit
+	$(CUDA_ENV) CARGO_TARGET_DIR="$(CUDA_TARGET_DIR)" cargo build --features cuda --bin palpipe
+	@echo "built $(CUDA_TARGET_DIR)/debug/palpipe (run it with LD_LIBRARY_PATH=$(CUDA_HOME_DIR)/lib)"

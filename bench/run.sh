@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# PAL-B training/scoring speed: palpipe (candle, dev profile) vs the PyTorch yardstick,
-# both data modes, same machine, same invocation. See bench/README.md.
+# Speed benchmarks (`make bench`). First PAL-B training/scoring speed: palpipe (candle, dev
+# profile) vs the PyTorch yardstick, both data modes, same machine, same invocation; then the
+# sections below. See bench/README.md.
 #
 #   bash bench/run.sh                 # defaults: 50 timed steps after 5 warm-up steps
 #   STEPS=20 WARMUP=3 bash bench/run.sh
 #   BENCH_VENV=/path/to/venv bash bench/run.sh
+#   PAL=0 MINILM=0 bash bench/run.sh  # only the embedding-cache and CLIP sections
+#
+# Sections, each skipped with its variable set to 0: PAL (PAL head vs PyTorch), MINILM
+# (MiniLM vs sentence-transformers), CACHE (the embedding cache, `palpipe embed` three
+# times), CLIP (`palpipe bench-clip`, tiny fixture model). See bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +25,20 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/palpipe/target}
 cargo build --quiet --bin palpipe
 BIN="$CARGO_TARGET_DIR/debug/palpipe"
 
+# The MINILM and CACHE sections measure peak RSS and CPU time with GNU time (Debian: `time`).
+if { [ "${MINILM:-1}" != "0" ] || [ "${CACHE:-1}" != "0" ]; } && [ ! -x /usr/bin/time ]; then
+    echo "installing GNU time (/usr/bin/time) with apt-get" >&2
+    apt-get install -y -qq time >/dev/null 2>&1 \
+        || { apt-get update -qq >/dev/null && apt-get install -y -qq time >/dev/null; } \
+        || { echo "error: /usr/bin/time is missing and apt-get could not install it" >&2; exit 1; }
+fi
+
+DATE=$(date -u +%Y-%m-%d)
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+PERSONA=${PERSONA:-/work/shared/data/persona}
+
+if [ "${PAL:-1}" != "0" ] || [ "${MINILM:-1}" != "0" ]; then
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     echo "creating $VENV with PyTorch (CPU wheel index first, then PyPI)" >&2
     python3 -m venv "$VENV"
@@ -26,11 +46,10 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch" 2>/dev/
     "$VENV/bin/pip" install --quiet torch --index-url https://download.pytorch.org/whl/cpu \
         || "$VENV/bin/pip" install --quiet torch
 fi
+fi
 
-DATE=$(date -u +%Y-%m-%d)
+if [ "${PAL:-1}" != "0" ]; then
 OUT="bench/results/${DATE}-pal.json"
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
 COMMON=(--n "$N" --steps "$STEPS" --warmup "$WARMUP" --eval-n "$EVAL_N")
 
 for mode in distinct repeating; do
@@ -80,6 +99,7 @@ for mode in ("distinct", "repeating"):
 print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
       f"(nproc {os.cpu_count()}); written {out}")
 PY
+fi
 
 # ---------------------------------------------------------------------------------------
 # MiniLM embedding speed: palpipe (candle, dev profile) vs sentence-transformers (PyTorch),
@@ -87,7 +107,6 @@ PY
 # MINILM=0; MINILM_ROUNDS (default 3) rounds each, best and median reported.
 # ---------------------------------------------------------------------------------------
 if [ "${MINILM:-1}" != "0" ]; then
-    PERSONA=${PERSONA:-/work/shared/data/persona}
     MINILM_ROUNDS=${MINILM_ROUNDS:-3}
     MOUT="bench/results/${DATE}-minilm.json"
     MTMP=$(mktemp -d)
@@ -140,5 +159,161 @@ prss = pal["peak_rss_mib"]
 print(f"{'minilm':<10} {'peak RSS MiB':<14} {prss if prss is not None else float('nan'):>10.0f} "
       f"{ref['peak_rss_mib']:>10.0f}")
 print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; written {out}")
+PY
+fi
+
+# ---------------------------------------------------------------------------------------
+# The embedding cache (src/pipeline/embed_stage.rs): `palpipe embed --targets prompts` over
+# the 6,000 persona statements in a temporary store, three times: (a) cold, everything
+# embedded; (b) again, nothing to embed (every content id is cached); (c) after a 7th persona
+# file with 100 new statements is ingested, only those embedded. Wall/CPU seconds and peak
+# RSS of each whole process (model loading included). Fails unless the counts are exactly
+# those. Skip with CACHE=0.
+# ---------------------------------------------------------------------------------------
+if [ "${CACHE:-1}" != "0" ]; then
+    COUT="bench/results/${DATE}-cache.json"
+    CT="$TMP/cache"
+    mkdir -p "$CT/persona"
+    cp "$PERSONA"/interest-in-*.jsonl "$CT/persona/"
+    NAMES=$(cd "$CT/persona" && ls interest-in-*.jsonl | sed 's/^interest-in-//; s/\.jsonl$//' | paste -sd, -)
+    NSTAT=$(cat "$CT/persona"/*.jsonl | python3 -c \
+        'import json, sys; print(len({json.loads(l)["question"] for l in sys.stdin if l.strip()}))')
+    # One seen user per persona answering every statement: every statement becomes a prompt.
+    cat > "$CT/pipeline.yaml" <<YAML
+name: bench-cache
+stages:
+  - name: data
+    kind: persona
+    dir: $CT/persona
+    personas: [$NAMES]
+    users_per_persona: 1
+    queries_per_user: $NSTAT
+    unseen_users_per_persona: 0
+YAML
+    ingest() { # extra `--set` arguments
+        "$BIN" run "$CT/pipeline.yaml" --store "$CT/store" --quiet --json "$@" > "$CT/ingest.json"
+        python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); sys.exit(1 if r.get("error") else 0)' \
+            "$CT/ingest.json" || { cat "$CT/ingest.json" >&2; exit 1; }
+    }
+    embed() { # name
+        echo "== cache: palpipe embed ($1)" >&2
+        RAYON_NUM_THREADS=2 /usr/bin/time -o "$CT/$1.time" -f '%e %U %S %M' \
+            "$BIN" embed --targets prompts --store "$CT/store" --quiet > "$CT/$1.out"
+        cat "$CT/$1.out" >&2
+    }
+    python3 -c 'import os; print(*os.getloadavg())' > "$CT/load-start"
+    ingest
+    embed first
+    embed second
+    # 100 statements no persona file has, in the files' format, as a 7th persona.
+    python3 - "$CT/persona/interest-in-benchextra.jsonl" <<'PY'
+import json, sys
+things = ["baking sourdough bread", "restoring old bicycles", "birdwatching at dawn",
+          "building model railways", "growing chili peppers", "solving cryptic crosswords",
+          "learning to juggle", "keeping bees", "making pottery by hand", "sailing small boats"]
+frames = ["I would happily spend a whole weekend {}",
+          "Few things relax me more than {}",
+          "I have always wanted to take a class in {}",
+          "My friends know me for {}",
+          "I think {} is a waste of time",
+          "I lose track of time when I am {}",
+          "I would rather watch television than spend an afternoon {}",
+          "I read blogs about {} every week",
+          "I save money so that I can spend more on {}",
+          "I cannot understand why anyone enjoys {}"]
+with open(sys.argv[1], "w") as fh:
+    for i, f in enumerate(frames):
+        for t in things:
+            s = f.format(t)
+            yes = i not in (4, 6, 9)
+            fh.write(json.dumps({
+                "question": f'Is the following statement something you would say?\n"{s}"',
+                "statement": s, "label_confidence": 0.9,
+                "answer_matching_behavior": " Yes" if yes else " No",
+                "answer_not_matching_behavior": " No" if yes else " Yes"}) + "\n")
+PY
+    ingest --set "data.personas=[$NAMES,benchextra]" --set "data.queries_per_user=$((NSTAT + 100))"
+    embed third
+    python3 -c 'import os; print(*os.getloadavg())' > "$CT/load-end"
+    python3 - "$CT" "$COUT" "$NSTAT" <<'PY'
+import json, os, re, sys, platform
+ct, out, nstat = sys.argv[1], sys.argv[2], int(sys.argv[3])
+runs, bad = {}, []
+want = {"first": (nstat, 0), "second": (0, nstat), "third": (100, nstat)}
+for name, (emb, cached) in want.items():
+    text = open(os.path.join(ct, f"{name}.out")).read()
+    m = re.search(r"embedded (\d+), already cached (\d+)", text)
+    wall, user, sys_s, rss = open(os.path.join(ct, f"{name}.time")).read().split()[-4:]
+    runs[name] = {"output": text.strip(), "wall_s": float(wall),
+                  "cpu_s": float(user) + float(sys_s), "peak_rss_mib": int(rss) / 1024,
+                  "embedded": int(m.group(1)) if m else None,
+                  "cached": int(m.group(2)) if m else None,
+                  "expected_embedded": emb, "expected_cached": cached}
+    if not m or (int(m.group(1)), int(m.group(2))) != (emb, cached):
+        bad.append(f"{name}: expected 'embedded {emb}, already cached {cached}', got {text.strip()!r}")
+f, s, t = (runs[k]["wall_s"] for k in ("first", "second", "third"))
+result = {
+    "what": "palpipe embed --targets prompts (all-MiniLM-L6-v2, batch 32, 2 threads) over the "
+            f"{nstat} persona statements in a fresh store: first (cold), second (all cached), "
+            "third (after 100 new statements); whole-process times, model loading included",
+    "machine": {"nproc": os.cpu_count(), "platform": platform.platform(),
+                "loadavg_at_start": [float(x) for x in open(os.path.join(ct, "load-start")).read().split()],
+                "loadavg_at_end": [float(x) for x in open(os.path.join(ct, "load-end")).read().split()]},
+    "runs": runs,
+    "ratio_second_over_first": s / f,
+    "ratio_third_over_first": t / f,
+    "statements": nstat,
+    "ok": not bad,
+}
+with open(out, "w") as fh:
+    json.dump(result, fh, indent=2, sort_keys=True)
+    fh.write("\n")
+print(f"{'cache':<10} {'run':<28} {'wall s':>8} {'cpu s':>8} {'embedded':>9} {'cached':>7}")
+for name, label in (("first", f"first ({nstat} new)"), ("second", "second (nothing new)"),
+                    ("third", "third (100 new)")):
+    r = runs[name]
+    print(f"{'cache':<10} {label:<28} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} "
+          f"{r['embedded'] if r['embedded'] is not None else '?':>9} "
+          f"{r['cached'] if r['cached'] is not None else '?':>7}")
+print(f"{'cache':<10} {'second / first':<28} {s / f:>8.3f}")
+print(f"{'cache':<10} {'third / first':<28} {t / f:>8.3f}")
+print(f"written {out}")
+if bad:
+    sys.exit("embedding cache check failed:\n" + "\n".join(bad))
+PY
+fi
+
+# ---------------------------------------------------------------------------------------
+# CLIP image embedding (`palpipe bench-clip`, src/cli/bench.rs) with the tiny fixture model
+# tests/fixtures/tiny_clip (32×32 input, 16-dim): CLIP_IMAGES (2,000) seeded JPEGs of about
+# CLIP_SIZE (256) pixels a side, batch CLIP_BATCH (64); images/s for decoding,
+# resize/crop/normalise, and the model, each timed apart. Skip with CLIP=0.
+# ---------------------------------------------------------------------------------------
+if [ "${CLIP:-1}" != "0" ]; then
+    CLOUT="bench/results/${DATE}-clip.json"
+    echo "== clip: palpipe bench-clip" >&2
+    RAYON_NUM_THREADS=2 "$BIN" bench-clip --images "${CLIP_IMAGES:-2000}" \
+        --size "${CLIP_SIZE:-256}" --batch "${CLIP_BATCH:-64}" \
+        --model-dir tests/fixtures/tiny_clip > "$TMP/clip.json"
+    python3 - "$TMP/clip.json" "$CLOUT" <<'PY'
+import json, os, sys, platform
+r = json.load(open(sys.argv[1]))
+out = sys.argv[2]
+load = os.getloadavg()
+result = {"machine": {"nproc": os.cpu_count(), "platform": platform.platform(),
+                      "loadavg_at_end": load},
+          "run": r}
+with open(out, "w") as fh:
+    json.dump(result, fh, indent=2, sort_keys=True)
+    fh.write("\n")
+print(f"{'clip':<10} {'what':<34} {'images/s':>10}")
+for k, label in (("decode_images_per_s", "JPEG decode"),
+                 ("resize_crop_normalise_images_per_s", "resize/crop/normalise"),
+                 ("preprocess_images_per_s", "preprocessing (both)"),
+                 ("model_images_per_s", f"model ({r['image_size']}px, {r['dim']}-dim)"),
+                 ("total_images_per_s", "total")):
+    print(f"{'clip':<10} {label:<34} {r[k]:>10.0f}")
+print(f"{r['images']} images of ~{r['nominal_side']}px, batch {r['batch']}; "
+      f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; written {out}")
 PY
 fi

@@ -1,4 +1,5 @@
-//! `palpipe bench-pal` (hidden): the PAL-B training and scoring speed benchmark of issue #3.
+//! `palpipe bench-pal` (hidden): the PAL-B training and scoring speed benchmark of issue #3;
+//! `palpipe bench-clip` (hidden, at the end): CLIP image embedding throughput.
 //!
 //! Generates seeded random data in memory (no store), trains a PAL-B head for a fixed number
 //! of steps after a few warm-up steps, scores comparisons with [`evaluate`], and prints one
@@ -272,6 +273,191 @@ pub async fn bench_pal(_ctx: &Ctx, a: BenchPalArgs) -> Result<(), CliError> {
         "data_gen_s": gen_s,
         "peak_rss_mib": peak_rss_mib(),
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).map_err(CliError::failure)?
+    );
+    Ok(())
+}
+
+/// `palpipe bench-clip`: CLIP image embedding throughput, preprocessing and model apart.
+#[derive(Debug, Args)]
+pub struct BenchClipArgs {
+    /// JPEG images generated (in memory, from the seed).
+    #[arg(long, default_value_t = 2000)]
+    pub images: usize,
+    /// Nominal side of the generated images; each side is drawn from 7/8..9/8 of it, so the
+    /// resize and the centre crop both have work to do.
+    #[arg(long, default_value_t = 256)]
+    pub size: u32,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// The CLIP model folder (Hugging Face layout).
+    #[arg(long, default_value = "tests/fixtures/tiny_clip")]
+    pub model_dir: std::path::PathBuf,
+    /// JPEG quality of the generated images.
+    #[arg(long, default_value_t = 90)]
+    pub quality: u8,
+    /// cpu or cuda (a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// One seeded test picture: a two-colour diagonal gradient, a few soft discs and some noise
+/// (smooth areas and edges, like a photo, rather than pure noise that JPEG handles badly).
+fn synthetic_jpeg(r: &mut ChaCha8Rng, w: u32, h: u32, quality: u8) -> anyhow::Result<Vec<u8>> {
+    let c0: [f32; 3] = std::array::from_fn(|_| r.random_range(0.0..255.0));
+    let c1: [f32; 3] = std::array::from_fn(|_| r.random_range(0.0..255.0));
+    let discs: Vec<(f32, f32, f32, [f32; 3])> = (0..4)
+        .map(|_| {
+            (
+                r.random_range(0.0..w as f32),
+                r.random_range(0.0..h as f32),
+                r.random_range(8.0..(w.min(h) as f32 / 3.0).max(9.0)),
+                std::array::from_fn(|_| r.random_range(0.0..255.0)),
+            )
+        })
+        .collect();
+    let noise: Vec<f32> = (0..(w * h) as usize)
+        .map(|_| r.random_range(-12.0..12.0))
+        .collect();
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        let t = (x + y) as f32 / (w + h) as f32;
+        let mut p: [f32; 3] = std::array::from_fn(|c| c0[c] * (1.0 - t) + c1[c] * t);
+        for &(cx, cy, rad, col) in &discs {
+            let d = ((x as f32 - cx).powi(2) + (y as f32 - cy).powi(2)).sqrt();
+            let a = (1.0 - (d - rad).max(0.0) / 4.0).clamp(0.0, 1.0);
+            for (pc, cc) in p.iter_mut().zip(col) {
+                *pc = *pc * (1.0 - a) + cc * a;
+            }
+        }
+        let n = noise[(y * w + x) as usize];
+        image::Rgb(std::array::from_fn(|c| (p[c] + n).clamp(0.0, 255.0) as u8))
+    });
+    let mut buf = Vec::new();
+    img.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
+        &mut buf, quality,
+    ))?;
+    Ok(buf)
+}
+
+pub async fn bench_clip(_ctx: &Ctx, a: BenchClipArgs) -> Result<(), CliError> {
+    use crate::embed::clip::{decode_image, preprocess_image, ClipEncoder};
+    use crate::embed::ImageEncoder;
+
+    if a.images == 0 || a.batch == 0 || a.size < 8 {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--images and --batch must be positive and --size at least 8"
+        )));
+    }
+    let device = crate::embed::device(&a.device).map_err(CliError::usage)?;
+    let t_load = Instant::now();
+    let enc = ClipEncoder::load(&a.model_dir, &device)
+        .and_then(|e| e.with_batch_size(a.batch))
+        .map_err(CliError::failure)?;
+    let load_s = t_load.elapsed().as_secs_f64();
+    let s = enc.image_size();
+
+    // The inputs: JPEG bytes, generated once (not timed as part of either throughput).
+    let t_gen = Instant::now();
+    let mut r = ChaCha8Rng::seed_from_u64(a.seed);
+    let (lo, hi) = (a.size * 7 / 8, a.size * 9 / 8);
+    let mut jpegs = Vec::with_capacity(a.images);
+    let mut pixels_in = 0u64;
+    for _ in 0..a.images {
+        let (w, h) = (r.random_range(lo..=hi), r.random_range(lo..=hi));
+        pixels_in += (w * h) as u64;
+        jpegs.push(synthetic_jpeg(&mut r, w, h, a.quality).map_err(CliError::failure)?);
+    }
+    let gen_s = t_gen.elapsed().as_secs_f64();
+    let jpeg_bytes: usize = jpegs.iter().map(Vec::len).sum();
+
+    // Warm-up: one batch through the whole path (allocator, thread pool), checked against
+    // ImageEncoder::embed_images, so the split timing below embeds what the encoder embeds.
+    let warm: Vec<image::DynamicImage> = jpegs[..a.batch.min(a.images)]
+        .iter()
+        .map(|b| decode_image(b, "generated"))
+        .collect::<Result<_, _>>()
+        .map_err(CliError::failure)?;
+    let whole = enc.embed_images(&warm).map_err(CliError::failure)?;
+    let pixels: Vec<f32> = warm
+        .iter()
+        .flat_map(|img| preprocess_image(img, s as u32))
+        .collect();
+    let split = enc
+        .embed_pixels(pixels, warm.len())
+        .map_err(CliError::failure)?;
+    let max_abs_diff = whole
+        .iter()
+        .flatten()
+        .zip(split.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    drop(warm);
+
+    // Timed: batch by batch, decode → preprocess (CPU, one thread, as embed_images does),
+    // then the model on the preprocessed batch.
+    let (mut decode_s, mut preprocess_s, mut model_s) = (0.0, 0.0, 0.0);
+    let mut embedded = 0usize;
+    for chunk in jpegs.chunks(a.batch) {
+        let t = Instant::now();
+        let imgs: Vec<image::DynamicImage> = chunk
+            .iter()
+            .map(|b| decode_image(b, "generated"))
+            .collect::<Result<_, _>>()
+            .map_err(CliError::failure)?;
+        decode_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let mut pixels = Vec::with_capacity(imgs.len() * 3 * s * s);
+        for img in &imgs {
+            pixels.extend(preprocess_image(img, s as u32));
+        }
+        preprocess_s += t.elapsed().as_secs_f64();
+        drop(imgs);
+        let t = Instant::now();
+        let v = enc
+            .embed_pixels(pixels, chunk.len())
+            .map_err(CliError::failure)?;
+        model_s += t.elapsed().as_secs_f64();
+        embedded += v.len();
+    }
+    let n = embedded as f64;
+    let prep_s = decode_s + preprocess_s;
+    let out = json!({
+        "tool": "palpipe",
+        "what": "CLIP image embedding: JPEG decode + resize/crop/normalise (crate::embed::clip::decode_image, preprocess_image) and the model (ClipEncoder::embed_pixels) timed apart",
+        "model_dir": a.model_dir.display().to_string(),
+        "encoder_id": ImageEncoder::encoder_id(&enc),
+        "image_size": s,
+        "dim": ImageEncoder::dim(&enc),
+        "device": a.device,
+        "images": embedded,
+        "nominal_side": a.size,
+        "mean_input_pixels": pixels_in as f64 / a.images as f64,
+        "jpeg_quality": a.quality,
+        "mean_jpeg_kib": jpeg_bytes as f64 / a.images as f64 / 1024.0,
+        "batch": a.batch,
+        "decode_images_per_s": n / decode_s,
+        "resize_crop_normalise_images_per_s": n / preprocess_s,
+        "preprocess_images_per_s": n / prep_s,
+        "model_images_per_s": n / model_s,
+        "total_images_per_s": n / (prep_s + model_s),
+        "seconds": {
+            "decode": decode_s,
+            "resize_crop_normalise": preprocess_s,
+            "model": model_s,
+            "model_load": load_s,
+            "generate_jpegs": gen_s,
+        },
+        "warmup_check_max_abs_diff_vs_embed_images": max_abs_diff,
+        "peak_rss_mib": peak_rss_mib(),
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "rayon_num_threads": std::env::var("RAYON_NUM_THREADS").ok(),
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
     println!(

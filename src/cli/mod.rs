@@ -85,6 +85,8 @@ pub enum Command {
     BenchPal(bench::BenchPalArgs),
     #[command(hide = true)]
     BenchHash(bench_image::BenchHashArgs),
+    #[command(hide = true)]
+    BenchClip(bench::BenchClipArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -182,6 +184,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             Command::Fixtures(a) => fixtures::fixtures(&ctx, a).await,
             Command::BenchPal(a) => bench::bench_pal(&ctx, a).await,
             Command::BenchHash(a) => bench_image::bench_hash(&ctx, a).await,
+            Command::BenchClip(a) => bench::bench_clip(&ctx, a).await,
         }
     })
 }

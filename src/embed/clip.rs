@@ -177,15 +177,34 @@ impl ClipEncoder {
         self.config.image_size
     }
 
-    /// Unnormalised-then-normalised image features of one batch of preprocessed images.
+    /// Image features of one batch of images: preprocessed here, then [`Self::embed_pixels`].
     fn embed_image_batch(&self, images: &[&DynamicImage]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let s = self.config.image_size;
         let mut pixels = Vec::with_capacity(images.len() * 3 * s * s);
         for img in images {
             pixels.extend(preprocess_image(img, s as u32));
         }
+        self.embed_pixels(pixels, images.len())
+    }
+
+    /// The model part of [`ImageEncoder::embed_images`]: L2-normalised features of `n` images
+    /// already preprocessed by [`preprocess_image`] at [`Self::image_size`], their CHW floats
+    /// concatenated (`n · 3 · S · S` values), in one forward pass. `palpipe bench-clip` times
+    /// it apart from the preprocessing.
+    pub fn embed_pixels(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let s = self.config.image_size;
+        if pixels.len() != n * 3 * s * s {
+            return Err(EmbedError::InvalidOption {
+                what: "pixel count",
+                value: pixels.len(),
+                reason: format!("{n} images of 3×{s}×{s} need {}", n * 3 * s * s),
+            });
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let run = || -> candle_core::Result<Vec<Vec<f32>>> {
-            let x = Tensor::from_vec(pixels, (images.len(), 3, s, s), &self.device)?; // [B, 3, S, S]
+            let x = Tensor::from_vec(pixels, (n, 3, s, s), &self.device)?; // [B, 3, S, S]
             let pooled = self.vision_model.forward(&x)?; // [B, D_v]
             let z = self.visual_projection.forward(&pooled)?; // [B, P]
             z.to_vec2::<f32>()
@@ -710,6 +729,19 @@ mod tests {
                 e["file"]
             );
         }
+        // The model part alone (what `palpipe bench-clip` times) gives the same vectors.
+        let pixels: Vec<f32> = decoded
+            .iter()
+            .flat_map(|img| preprocess_image(img, 32))
+            .collect();
+        assert!(enc.embed_pixels(pixels[1..].to_vec(), 4).is_err());
+        // (One pass of 4 here, passes of 3 + 1 above: equal up to rounding.)
+        let alone = enc.embed_pixels(pixels, 4).unwrap();
+        assert_eq!(alone.len(), 4);
+        for (a, b) in alone.iter().zip(&got) {
+            assert!(crate::embed::cosine(a, b) > 0.999_999);
+        }
+        assert!(enc.embed_pixels(Vec::new(), 0).unwrap().is_empty());
 
         let texts = expected["texts"].as_array().unwrap();
         assert_eq!(texts.len(), 4);
