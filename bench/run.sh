@@ -10,7 +10,8 @@
 #
 # Sections, each skipped with its variable set to 0: PAL (PAL head vs PyTorch), MINILM
 # (MiniLM vs sentence-transformers), CACHE (the embedding cache, `palpipe embed` three
-# times), CLIP (`palpipe bench-clip`, tiny fixture model). See bench/README.md.
+# times), CLIP (`palpipe bench-clip`, tiny fixture model), IMAGE (bench/image.sh: Pick-a-Pic
+# hashing vs b3sum, the image stages). See bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -316,4 +317,10 @@ for k, label in (("decode_images_per_s", "JPEG decode"),
 print(f"{r['images']} images of ~{r['nominal_side']}px, batch {r['batch']}; "
       f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; written {out}")
 PY
+fi
+
+# The image path (issue 4): Pick-a-Pic reading and hashing beside b3sum over > 1 GB of
+# generated shards, the ingest / dedup / Pick-a-Filter stages, peak memory. Skip with IMAGE=0.
+if [ "${IMAGE:-1}" != "0" ]; then
+    PALPIPE_BIN="$BIN" bash bench/image.sh
 fi

@@ -325,3 +325,124 @@ fn pick_a_filter_out_of_range_parameters_are_located() {
         assert!(r.stderr.contains("paf.yaml:"), "{}", r.stderr);
     }
 }
+
+/// The accuracy (in %) a stage's summary line reports, from `palpipe run --json`.
+fn stage_accuracy(run_json: &Value, stage: &str) -> f64 {
+    let s = run_json["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == stage)
+        .unwrap_or_else(|| panic!("no stage {stage}: {run_json}"));
+    let summary = s["summary"].as_str().unwrap();
+    let after = summary
+        .split("accuracy ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{stage}: {summary}"));
+    after.split('%').next().unwrap().parse().unwrap()
+}
+
+fn run_json(store: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let r = palpipe(store, &all).ok();
+    serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", r.stdout))
+}
+
+#[test]
+fn the_shipped_image_pipelines_run_on_fixtures_with_the_tiny_clip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, m) = fixtures(dir.path(), &[]);
+    let set_data = format!("ingest.data_dir={}", data.display());
+
+    // Leakage split: exact planted counts, PAL-B K=1 and the CLIP score on both parts.
+    let store = dir.path().join("leak");
+    let run = run_json(
+        &store,
+        &["pipelines/leakage-split.yaml", "--set", &set_data],
+    );
+    let leakage = run["stages"][1]["summary"].as_str().unwrap();
+    assert!(
+        leakage.contains(&format!(
+            "v2-leakage {}, v2-no-leakage {}",
+            m["v2_leakage"], m["v2_no_leakage"]
+        )),
+        "{leakage}"
+    );
+    for stage in [
+        "eval-no-leakage",
+        "eval-leakage",
+        "clip-no-leakage",
+        "clip-leakage",
+    ] {
+        let acc = stage_accuracy(&run, stage);
+        assert!((0.0..=100.0).contains(&acc), "{stage}: {acc}");
+    }
+    let e = palpipe(
+        &store,
+        &["eval", "--model", "pick-b-k1", "--split", "v2-no-leakage"],
+    )
+    .ok();
+    assert!(e.stdout.contains("95% CI"), "{}", e.stdout);
+    assert!(
+        e.stdout.contains(&format!("n={}", m["v2_no_leakage"])),
+        "{}",
+        e.stdout
+    );
+    let again = palpipe(
+        &store,
+        &["run", "pipelines/leakage-split.yaml", "--set", &set_data],
+    )
+    .ok();
+    assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
+
+    // Pick-a-Filter with beta = 1: a K = 2 mixture separates the two colour groups, one
+    // reward cannot; new users are placed from 20 of their comparisons.
+    let store = dir.path().join("paf");
+    let run = run_json(
+        &store,
+        &["pipelines/pick-a-filter.yaml", "--set", &set_data],
+    );
+    let (k1, k2) = (
+        stage_accuracy(&run, "eval-k1"),
+        stage_accuracy(&run, "eval-k2"),
+    );
+    assert!(k2 > k1 + 20.0 && k2 > 80.0, "K=1 {k1}%, K=2 {k2}%");
+    let adapt = run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "adapt-k2")
+        .unwrap()["summary"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shots20: f64 = adapt
+        .split("20 shots ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{adapt}"));
+    assert!(shots20 > 80.0, "{adapt}");
+    // The contact sheet shows originals beside their filtered versions.
+    let sheet = dir.path().join("sheet.html");
+    palpipe(
+        &store,
+        &[
+            "contact-sheet",
+            "--out",
+            sheet.to_str().unwrap(),
+            "--n",
+            "3",
+        ],
+    )
+    .ok();
+    let html = std::fs::read_to_string(&sheet).unwrap();
+    assert!(
+        html.matches("data:image/").count() >= 6,
+        "{}",
+        &html[..300.min(html.len())]
+    );
+    assert!(html.contains("pick-a-filter/"), "filter sources not shown");
+}

@@ -112,7 +112,7 @@ fn default_dataset() -> String {
     "pickapic".into()
 }
 fn default_chunk_mb() -> usize {
-    64
+    32
 }
 
 /// Parameters of a `pickapic` stage.
@@ -131,7 +131,7 @@ pub struct Params {
     /// The `dataset` value of pairs and users, and the prefix of user ids. Default "pickapic".
     #[serde(default = "default_dataset")]
     pub dataset: String,
-    /// Image bytes per write (MiB). Default 64.
+    /// Image bytes per write (MiB). Default 32.
     #[serde(default = "default_chunk_mb")]
     pub chunk_mb: usize,
 }

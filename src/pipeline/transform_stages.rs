@@ -74,11 +74,12 @@ impl<'a> ChunkWriter<'a> {
 }
 
 /// The `pickapic` stage: shards are read on a blocking thread and handed over in chunks
-/// (at most two in flight), so memory stays at a couple of chunks whatever the dataset size.
+/// (one in flight while the previous one is written), so memory stays at a few chunks
+/// whatever the dataset size.
 pub async fn ingest_pickapic(p: &pickapic::Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
     let total = pickapic::count_rows(p)?;
     let bar = ctx.printer.bar(total, "rows");
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<IngestBatch>(2);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<IngestBatch>(1);
     let params = p.clone();
     let reader_bar = bar.clone();
     let reader = tokio::task::spawn_blocking(move || {
