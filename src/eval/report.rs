@@ -93,15 +93,14 @@ pub fn select_models(
     }
     for st in run.stages.iter().filter(|s| s.kind == "train") {
         match st.status.as_str() {
-            "done" => {
+            "done"
                 if !out.iter().any(|s| s.model.name == st.name)
-                    && !run_trained_renamed(run, models)
-                {
-                    notes.push(format!(
-                        "train stage '{}' ran here, but its model now carries another run's id (retrained since?)",
-                        st.name
-                    ));
-                }
+                    && !run_trained_renamed(run, models) =>
+            {
+                notes.push(format!(
+                    "train stage '{}' ran here, but its model now carries another run's id (retrained since?)",
+                    st.name
+                ));
             }
             "skipped" => match provider_model(run, st, runs, models) {
                 Some((m, from)) if !taken.contains(&m.name) => {
@@ -703,7 +702,7 @@ fn legend(s: &mut String, i: usize, color: &str, dashed: bool, marker: bool, lab
         },
         x + 32.0,
         y + 4.0,
-        esc(&label)
+        esc(label)
     );
 }
 
@@ -1130,6 +1129,7 @@ mod tests {
             name: name.into(),
             kind: kind.into(),
             fingerprint: fp.into(),
+            fingerprint_after: String::new(),
             status: status.into(),
             seconds: 1.0,
             summary: "s".into(),
@@ -1333,7 +1333,7 @@ mod tests {
     fn y_range_is_padded_and_within_percent() {
         let (lo, hi, step) = y_range([55.0, 80.0].into_iter());
         assert!(
-            lo <= 53.0 && hi >= 82.0 && hi <= 100.0 && step > 0.0,
+            lo <= 53.0 && (82.0..=100.0).contains(&hi) && step > 0.0,
             "{lo} {hi} {step}"
         );
         assert_eq!(y_range(std::iter::empty()), (0.0, 100.0, 10.0));

@@ -590,14 +590,14 @@ fn shard_batch(plan: &Plan, spec: &FixtureSpec, rows: &[RowPlan]) -> (RecordBatc
         l0.push(a);
         l1.push(b);
         has.push(h);
-        best.push(match (a, b) {
-            (x, _) if x == 1.0 => ids[0].clone(),
-            (_, y) if y == 1.0 => ids[1].clone(),
-            _ => String::new(),
+        best.push(if a == 1.0 {
+            ids[0].clone()
+        } else if b == 1.0 {
+            ids[1].clone()
+        } else {
+            String::new()
         });
-        for k in 0..2 {
-            bytes += images[k].len() as u64;
-        }
+        bytes += images.iter().map(|i| i.len() as u64).sum::<u64>();
         let [a_img, b_img] = images;
         jpg[0].push(a_img);
         jpg[1].push(b_img);

@@ -247,9 +247,8 @@ async fn model_names(store: &Store) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-/// The one encoder whose vectors the store holds (so a pipeline that embeds with a model
-/// the user points at need not repeat its id); an error when there are none or several.
-pub async fn only_encoder(store: &Store) -> anyhow::Result<String> {
+/// Every encoder id in `embeddings`, sorted.
+async fn encoder_ids(store: &Store) -> anyhow::Result<Vec<String>> {
     let r = crate::store::sql::query(
         store,
         "SELECT DISTINCT encoder_id FROM embeddings ORDER BY encoder_id",
@@ -262,6 +261,13 @@ pub async fn only_encoder(store: &Store) -> anyhow::Result<String> {
             ids.extend((0..a.len()).map(|i| a.value(i).to_string()));
         }
     }
+    Ok(ids)
+}
+
+/// The one encoder whose vectors the store holds (so a pipeline that embeds with a model
+/// the user points at need not repeat its id); an error when there are none or several.
+pub async fn only_encoder(store: &Store) -> anyhow::Result<String> {
+    let ids = encoder_ids(store).await?;
     match ids.as_slice() {
         [one] => Ok(one.clone()),
         [] => anyhow::bail!("the store holds no vectors yet\nhint: run an 'embed' stage first"),
@@ -275,18 +281,7 @@ pub async fn only_encoder(store: &Store) -> anyhow::Result<String> {
 
 /// An encoder id from an exact id or a unique name prefix (`all-MiniLM-L6-v2`).
 pub async fn resolve_encoder(store: &Store, encoder: &str) -> anyhow::Result<String> {
-    let r = crate::store::sql::query(
-        store,
-        "SELECT DISTINCT encoder_id FROM embeddings",
-        &BTreeMap::new(),
-    )
-    .await?;
-    let mut ids = Vec::new();
-    for b in &r.batches {
-        if let Some(a) = b.column(0).as_any().downcast_ref::<StringArray>() {
-            ids.extend((0..a.len()).map(|i| a.value(i).to_string()));
-        }
-    }
+    let ids = encoder_ids(store).await?;
     if ids.iter().any(|i| i == encoder) {
         return Ok(encoder.to_string());
     }

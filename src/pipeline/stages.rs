@@ -287,8 +287,14 @@ async fn ingest_summary(
     batch: crate::store::records::IngestBatch,
 ) -> anyhow::Result<String> {
     let stats = write_ingest(ctx.store, &batch).await?;
-    let parts: Vec<String> = stats
-        .iter()
+    Ok(write_summary(stats.iter().map(|(t, s)| (t.as_str(), s))))
+}
+
+/// "items +4480, pairs +2310 (10 present)": what a stage's writes added, per table.
+pub fn write_summary<'a>(
+    stats: impl Iterator<Item = (&'a str, &'a crate::store::WriteStats)>,
+) -> String {
+    stats
         .map(|(t, s)| {
             if s.existing > 0 {
                 format!("{t} +{} ({} present)", s.inserted, s.existing)
@@ -296,6 +302,6 @@ async fn ingest_summary(
                 format!("{t} +{}", s.inserted)
             }
         })
-        .collect();
-    Ok(parts.join(", "))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -59,17 +59,7 @@ impl<'a> ChunkWriter<'a> {
     }
 
     fn summary(&self) -> String {
-        self.stats
-            .iter()
-            .map(|(t, s)| {
-                if s.existing > 0 {
-                    format!("{t} +{} ({} present)", s.inserted, s.existing)
-                } else {
-                    format!("{t} +{}", s.inserted)
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+        super::stages::write_summary(self.stats.iter().map(|(t, s)| (*t, s)))
     }
 }
 

@@ -330,8 +330,8 @@ mod tests {
         src.extend(pairs_for("pickapic/e", 40, 10)); // 50: not more than 50
         src.extend(pairs_for("pickapic/f", 90, 0)); // no test pairs
         let p = params("{seen_users: 2}");
-        let plan = plan(&src, &p).unwrap();
-        let users: Vec<(&str, usize, bool)> = plan
+        let made = plan(&src, &p).unwrap();
+        let users: Vec<(&str, usize, bool)> = made
             .users
             .iter()
             .map(|u| (u.source_id.as_str(), u.group, u.seen))
@@ -345,8 +345,8 @@ mod tests {
                 ("pickapic/d", 1, false)
             ]
         );
-        assert_eq!(plan.too_few_labels, 1);
-        let counts = plan.split_counts();
+        assert_eq!(made.too_few_labels, 1);
+        let counts = made.split_counts();
         assert_eq!(counts["paf-unseen"], 60 + 51);
         assert_eq!(counts["paf-test"], 40);
         assert_eq!(counts["paf-val"], 6 + 5);
@@ -359,9 +359,9 @@ mod tests {
             pairs_for("pickapic/b", 50, 20),
         ]
         .concat();
-        let plan = plan(&src, &params("{beta: 1.0}")).unwrap();
-        for u in &plan.users {
-            let mine: Vec<&PlannedPair> = plan
+        let made = plan(&src, &params("{beta: 1.0}")).unwrap();
+        for u in &made.users {
+            let mine: Vec<&PlannedPair> = made
                 .pairs
                 .iter()
                 .filter(|p| src[p.source].user_id == u.source_id)
