@@ -1,11 +1,12 @@
 //! Runs a validated pipeline against a store: one stage at a time, in file order.
 //!
 //! Each stage has a fingerprint (blake3 of its kind, its typed parameters, the contents of
-//! its input files and the versions of the tables it reads, or for stages that rewrite part
-//! of a table they read, the content of that part). A stage whose fingerprint matches its
-//! last successful run in this pipeline, before or after that run, is skipped. A stage that fails has every
-//! table rolled back to the versions it found, and the run stops; the run is recorded in
-//! `runs` either way, with the error text.
+//! its input files (size and modification time for files over 256 MiB) and the versions of
+//! the tables it reads, or for stages that rewrite part of a table they read, the content of
+//! that part). A stage whose fingerprint matches its last successful run in this pipeline,
+//! before or after that run, is skipped. A stage that fails has every table rolled back to
+//! the versions it found, and the run stops; the run is recorded in `runs` either way, with
+//! the error text.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -237,6 +238,25 @@ async fn fingerprint(
     Ok(h.finalize().to_hex()[..32].to_string())
 }
 
+/// Files above this size enter a fingerprint by size and modification time, not content:
+/// hashing hundreds of GB of image shards on every run would cost minutes.
+const HASH_CONTENT_UP_TO: u64 = 256 << 20;
+
+fn hash_file(h: &mut blake3::Hasher, path: &std::path::Path) -> std::io::Result<()> {
+    let meta = std::fs::metadata(path)?;
+    if meta.len() > HASH_CONTENT_UP_TO {
+        let mtime = meta
+            .modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        h.update(format!("size={} mtime={mtime};", meta.len()).as_bytes());
+    } else {
+        h.update_reader(std::fs::File::open(path)?)?;
+    }
+    Ok(())
+}
+
 fn hash_path(h: &mut blake3::Hasher, path: &std::path::Path) -> Result<(), RunError> {
     let io = |e: std::io::Error| {
         RunError::Invalid(format!("cannot read input '{}': {e}", path.display()))
@@ -251,13 +271,11 @@ fn hash_path(h: &mut blake3::Hasher, path: &std::path::Path) -> Result<(), RunEr
         for e in entries {
             if e.is_file() {
                 h.update(e.to_string_lossy().as_bytes());
-                h.update_reader(std::fs::File::open(&e).map_err(io)?)
-                    .map_err(io)?;
+                hash_file(h, &e).map_err(io)?;
             }
         }
     } else if path.is_file() {
-        h.update_reader(std::fs::File::open(path).map_err(io)?)
-            .map_err(io)?;
+        hash_file(h, path).map_err(io)?;
     }
     Ok(())
 }
