@@ -13,11 +13,14 @@
 //! are `pickapic/<user_id>`, all "seen" (Pick-a-Filter chooses its own seen users).
 //!
 //! Shards are streamed: rows are read in record batches and handed on in chunks of about
-//! `chunk_mb` of image bytes, so memory does not grow with the dataset.
+//! `chunk_mb` of image bytes, so memory does not grow with the dataset. The files of one set
+//! are read by two threads (hashing is cheap; decompressing and copying image bytes is not).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use arrow::compute::cast;
 use arrow_array::{
@@ -366,173 +369,101 @@ fn image_problem(bytes: &[u8], verify: VerifyImages) -> Option<String> {
     result.err().map(|e| e.to_string())
 }
 
+/// What the threads reading one shard set share: the ids already handed on (so each image,
+/// caption and user goes out once), the sink, the row count, and a stop flag.
+struct Shared<'a, S, R> {
+    p: &'a Params,
+    tag: String,
+    source: String,
+    flush_bytes: u64,
+    sent_items: Mutex<HashSet<String>>,
+    sent_prompts: Mutex<HashSet<String>>,
+    sent_users: Mutex<HashSet<String>>,
+    sink: Mutex<S>,
+    rows_done: Mutex<R>,
+    rows_read: AtomicU64,
+    stop: AtomicBool,
+}
+
 /// Streams the shards of `p`, handing each chunk of rows to `sink` (the store writer) and
-/// `rows_done` the number of rows read so far. Items, prompts and users are handed on once
-/// per run. Returns the counts per split tag.
-pub fn read(
-    p: &Params,
-    mut sink: impl FnMut(IngestBatch) -> Result<(), IngestError>,
-    mut rows_done: impl FnMut(u64),
-) -> Result<ReadReport, IngestError> {
+/// `rows_done` the number of rows read so far. The files of one shard set are read by up to
+/// two threads; sets are read in order. Items, prompts and users are handed on once per run,
+/// so the rows that reach the store do not depend on which thread read what first. Returns
+/// the counts per split tag.
+pub fn read<S, R>(p: &Params, sink: S, rows_done: R) -> Result<ReadReport, IngestError>
+where
+    S: FnMut(IngestBatch) -> Result<(), IngestError> + Send,
+    R: FnMut(u64) + Send,
+{
     if p.chunk_mb == 0 {
         return Err(IngestError::bad_param("chunk_mb", 0, "at least 1 (MiB)"));
     }
-    let flush_bytes = (p.chunk_mb as u64) << 20;
+    let mut shared = Shared {
+        p,
+        tag: String::new(),
+        source: String::new(),
+        flush_bytes: (p.chunk_mb as u64) << 20,
+        sent_items: Mutex::new(HashSet::new()),
+        sent_prompts: Mutex::new(HashSet::new()),
+        sent_users: Mutex::new(HashSet::new()),
+        sink: Mutex::new(sink),
+        rows_done: Mutex::new(rows_done),
+        rows_read: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+    };
     let mut report = ReadReport::new();
-    let mut sent_items: HashSet<String> = HashSet::new();
-    let mut sent_prompts: HashSet<String> = HashSet::new();
-    let mut sent_users: HashSet<String> = HashSet::new();
-    let mut chunk = IngestBatch::default();
-    let mut chunk_bytes = 0u64;
-    let mut read_so_far = 0u64;
     for set in &p.sets {
-        let tag = set.tag();
         let files = expand(&p.data_dir, &set.files);
         if files.is_empty() {
             return Err(IngestError::MissingFile {
                 path: p.data_dir.join(&set.files),
             });
         }
-        let source = format!("{}/{}", p.dataset, set.version);
-        let counts = report.entry(tag.clone()).or_default();
-        for path in files {
-            counts.files += 1;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(open(&path)?)
-                .map_err(parquet_err(&path))?;
-            let schema = builder.schema().clone();
-            for name in REQUIRED {
-                if schema.field_with_name(name).is_err() {
-                    return Err(missing_column(&path, name, &schema));
-                }
-            }
-            let wanted: Vec<usize> = schema
-                .fields()
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| REQUIRED.contains(&f.name().as_str()) || f.name() == "has_label")
-                .map(|(i, _)| i)
+        shared.tag = set.tag();
+        shared.source = format!("{}/{}", p.dataset, set.version);
+        let next = AtomicUsize::new(0);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 2)
+            .min(files.len());
+        let results: Vec<Result<SetCounts, IngestError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut counts = SetCounts::default();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::SeqCst);
+                            if i >= files.len() || shared.stop.load(Ordering::SeqCst) {
+                                return Ok(counts);
+                            }
+                            if let Err(e) = read_file(&files[i], &shared, &mut counts) {
+                                shared.stop.store(true, Ordering::SeqCst);
+                                return Err(e);
+                            }
+                        }
+                    })
+                })
                 .collect();
-            let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
-            let reader = builder
-                .with_projection(mask)
-                .with_batch_size(64)
-                .build()
-                .map_err(parquet_err(&path))?;
-            for batch in reader {
-                let batch = batch.map_err(|e| IngestError::Io {
-                    path: path.clone(),
-                    source: std::io::Error::other(format!("cannot decode a row group: {e}")),
-                })?;
-                let cols = Cols::from_batch(&batch, &path)?;
-                for i in 0..batch.num_rows() {
-                    counts.rows += 1;
-                    let ranking = if cols.ranking.is_null(i) {
-                        "?".to_string()
-                    } else {
-                        cols.ranking.value(i).to_string()
-                    };
-                    let labelled = cols
-                        .has_label
-                        .as_ref()
-                        .is_none_or(|h| !h.is_null(i) && h.value(i))
-                        && !cols.label0.is_null(i)
-                        && !cols.label1.is_null(i);
-                    if !labelled {
-                        counts.unlabeled += 1;
-                        continue;
-                    }
-                    let (l0, l1) = (cols.label0.value(i), cols.label1.value(i));
-                    if l0 == l1 {
-                        counts.ties += 1;
-                        continue;
-                    }
-                    if cols.user.is_null(i) || cols.caption.is_null(i) {
-                        counts.incomplete += 1;
-                        continue;
-                    }
-                    let images = [bytes_at(&cols.jpg[0], i), bytes_at(&cols.jpg[1], i)];
-                    let problem = match images {
-                        [Some(a), Some(b)] => image_problem(a, p.verify_images)
-                            .map(|e| format!("jpg_0: {e}"))
-                            .or_else(|| {
-                                image_problem(b, p.verify_images).map(|e| format!("jpg_1: {e}"))
-                            }),
-                        _ => Some("an image is missing (null)".to_string()),
-                    };
-                    let ([Some(a), Some(b)], None) = (images, problem.clone()) else {
-                        counts.bad_images += 1;
-                        if counts.bad_examples.len() < 5 {
-                            counts
-                                .bad_examples
-                                .push((ranking, problem.unwrap_or_default()));
-                        }
-                        continue;
-                    };
-                    let caption = cols.caption.value(i);
-                    let prompt = content_id(caption.as_bytes());
-                    let user = format!("{}/{}", p.dataset, cols.user.value(i));
-                    let mut ids = [String::new(), String::new()];
-                    for (k, bytes) in [a, b].into_iter().enumerate() {
-                        ids[k] = content_id(bytes);
-                        counts.image_bytes += bytes.len() as u64;
-                        if sent_items.insert(ids[k].clone()) {
-                            chunk_bytes += bytes.len() as u64;
-                            chunk.items.push(ItemRow {
-                                item_id: ids[k].clone(),
-                                kind: "image".into(),
-                                text: None,
-                                bytes: Some(bytes.to_vec()),
-                                source: source.clone(),
-                                parent_id: None,
-                            });
-                        }
-                    }
-                    if sent_prompts.insert(prompt.clone()) {
-                        chunk.prompts.push(PromptRow {
-                            prompt_id: prompt.clone(),
-                            text: caption.to_string(),
-                            source: p.dataset.clone(),
-                        });
-                    }
-                    if sent_users.insert(user.clone()) {
-                        chunk.users.push(UserRow {
-                            user_id: user.clone(),
-                            dataset: p.dataset.clone(),
-                            group: None,
-                            role: ROLE_SEEN.into(),
-                        });
-                    }
-                    let label: i8 = if l0 > l1 { -1 } else { 1 };
-                    chunk.pairs.push(PairRow {
-                        pair_id: pair_id(
-                            &user,
-                            Some(&prompt),
-                            &ids[0],
-                            &ids[1],
-                            &format!("{tag}:{ranking}"),
-                        ),
-                        user_id: user,
-                        prompt_id: Some(prompt),
-                        left_id: ids[0].clone(),
-                        right_id: ids[1].clone(),
-                        label,
-                        dataset: p.dataset.clone(),
-                        split: tag.clone(),
-                        source_ref: Some(ranking),
-                    });
-                    counts.pairs += 1;
-                }
-                read_so_far += batch.num_rows() as u64;
-                rows_done(read_so_far);
-                if chunk_bytes >= flush_bytes || chunk.pairs.len() >= 50_000 {
-                    sink(std::mem::take(&mut chunk))?;
-                    chunk_bytes = 0;
-                }
-            }
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("a shard reader thread panicked"))
+                .collect()
+        });
+        let counts = report.entry(shared.tag.clone()).or_default();
+        for r in results {
+            let c = r?;
+            counts.files += c.files;
+            counts.rows += c.rows;
+            counts.pairs += c.pairs;
+            counts.ties += c.ties;
+            counts.unlabeled += c.unlabeled;
+            counts.bad_images += c.bad_images;
+            counts.incomplete += c.incomplete;
+            counts.image_bytes += c.image_bytes;
+            counts.bad_examples.extend(c.bad_examples);
         }
-    }
-    if !chunk.pairs.is_empty() || !chunk.items.is_empty() {
-        sink(chunk)?;
+        counts.bad_examples.sort();
+        counts.bad_examples.truncate(5);
     }
     if report.values().all(|c| c.pairs == 0) {
         return Err(IngestError::NoData {
@@ -541,6 +472,171 @@ pub fn read(
         });
     }
     Ok(report)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Reads one shard file, handing its rows on in chunks.
+fn read_file<S, R>(
+    path: &Path,
+    shared: &Shared<'_, S, R>,
+    counts: &mut SetCounts,
+) -> Result<(), IngestError>
+where
+    S: FnMut(IngestBatch) -> Result<(), IngestError>,
+    R: FnMut(u64),
+{
+    let p = shared.p;
+    let tag = &shared.tag;
+    counts.files += 1;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(parquet_err(path))?;
+    let schema = builder.schema().clone();
+    for name in REQUIRED {
+        if schema.field_with_name(name).is_err() {
+            return Err(missing_column(path, name, &schema));
+        }
+    }
+    let wanted: Vec<usize> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| REQUIRED.contains(&f.name().as_str()) || f.name() == "has_label")
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(64)
+        .build()
+        .map_err(parquet_err(path))?;
+    let mut chunk = IngestBatch::default();
+    let mut chunk_bytes = 0u64;
+    let flush = |chunk: &mut IngestBatch| -> Result<(), IngestError> {
+        let c = std::mem::take(chunk);
+        let mut sink = lock(&shared.sink);
+        (*sink)(c)
+    };
+    for batch in reader {
+        if shared.stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let batch = batch.map_err(|e| IngestError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(format!("cannot decode a row group: {e}")),
+        })?;
+        let cols = Cols::from_batch(&batch, path)?;
+        for i in 0..batch.num_rows() {
+            counts.rows += 1;
+            let ranking = if cols.ranking.is_null(i) {
+                "?".to_string()
+            } else {
+                cols.ranking.value(i).to_string()
+            };
+            let labelled = cols
+                .has_label
+                .as_ref()
+                .is_none_or(|h| !h.is_null(i) && h.value(i))
+                && !cols.label0.is_null(i)
+                && !cols.label1.is_null(i);
+            if !labelled {
+                counts.unlabeled += 1;
+                continue;
+            }
+            let (l0, l1) = (cols.label0.value(i), cols.label1.value(i));
+            if l0 == l1 {
+                counts.ties += 1;
+                continue;
+            }
+            if cols.user.is_null(i) || cols.caption.is_null(i) {
+                counts.incomplete += 1;
+                continue;
+            }
+            let images = [bytes_at(&cols.jpg[0], i), bytes_at(&cols.jpg[1], i)];
+            let problem = match images {
+                [Some(a), Some(b)] => image_problem(a, p.verify_images)
+                    .map(|e| format!("jpg_0: {e}"))
+                    .or_else(|| image_problem(b, p.verify_images).map(|e| format!("jpg_1: {e}"))),
+                _ => Some("an image is missing (null)".to_string()),
+            };
+            let ([Some(a), Some(b)], None) = (images, problem.clone()) else {
+                counts.bad_images += 1;
+                counts
+                    .bad_examples
+                    .push((ranking, problem.unwrap_or_default()));
+                counts.bad_examples.sort();
+                counts.bad_examples.truncate(5);
+                continue;
+            };
+            let caption = cols.caption.value(i);
+            let prompt = content_id(caption.as_bytes());
+            let user = format!("{}/{}", p.dataset, cols.user.value(i));
+            let ids = [content_id(a), content_id(b)];
+            for (id, bytes) in ids.iter().zip([a, b]) {
+                counts.image_bytes += bytes.len() as u64;
+                if lock(&shared.sent_items).insert(id.clone()) {
+                    chunk_bytes += bytes.len() as u64;
+                    chunk.items.push(ItemRow {
+                        item_id: id.clone(),
+                        kind: "image".into(),
+                        text: None,
+                        bytes: Some(bytes.to_vec()),
+                        source: shared.source.clone(),
+                        parent_id: None,
+                    });
+                }
+            }
+            if lock(&shared.sent_prompts).insert(prompt.clone()) {
+                chunk.prompts.push(PromptRow {
+                    prompt_id: prompt.clone(),
+                    text: caption.to_string(),
+                    source: p.dataset.clone(),
+                });
+            }
+            if lock(&shared.sent_users).insert(user.clone()) {
+                chunk.users.push(UserRow {
+                    user_id: user.clone(),
+                    dataset: p.dataset.clone(),
+                    group: None,
+                    role: ROLE_SEEN.into(),
+                });
+            }
+            let label: i8 = if l0 > l1 { -1 } else { 1 };
+            chunk.pairs.push(PairRow {
+                pair_id: pair_id(
+                    &user,
+                    Some(&prompt),
+                    &ids[0],
+                    &ids[1],
+                    &format!("{tag}:{ranking}"),
+                ),
+                user_id: user,
+                prompt_id: Some(prompt),
+                left_id: ids[0].clone(),
+                right_id: ids[1].clone(),
+                label,
+                dataset: p.dataset.clone(),
+                split: tag.clone(),
+                source_ref: Some(ranking),
+            });
+            counts.pairs += 1;
+        }
+        let n = shared
+            .rows_read
+            .fetch_add(batch.num_rows() as u64, Ordering::SeqCst)
+            + batch.num_rows() as u64;
+        (*lock(&shared.rows_done))(n);
+        if chunk_bytes >= shared.flush_bytes || chunk.pairs.len() >= 50_000 {
+            flush(&mut chunk)?;
+            chunk_bytes = 0;
+        }
+    }
+    if !chunk.pairs.is_empty() || !chunk.items.is_empty() {
+        flush(&mut chunk)?;
+    }
+    Ok(())
 }
 
 /// One line per split tag for the stage summary.
