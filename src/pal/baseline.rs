@@ -81,15 +81,7 @@ impl Popularity {
             .iter()
             .map(|c| (rates[c.left as usize] - rates[c.right as usize]) as f32)
             .collect();
-        let known = vec![true; set.n_users()];
-        Ok(report_from_margins(
-            &set.user_ids,
-            &set.comps,
-            &margins,
-            &known,
-            None,
-            opts,
-        ))
+        Ok(report_all_known(set, &margins, opts))
     }
 }
 
@@ -122,16 +114,14 @@ impl ClipScore {
             let s_r = crate::embed::cosine(set.item(c.right), x_c);
             margins.push((s_l - s_r) as f32);
         }
-        let known = vec![true; set.n_users()];
-        Ok(report_from_margins(
-            &set.user_ids,
-            &set.comps,
-            &margins,
-            &known,
-            None,
-            opts,
-        ))
+        Ok(report_all_known(set, &margins, opts))
     }
+}
+
+/// The report of a scorer that knows every user and has no mixture to summarise.
+fn report_all_known(set: &ComparisonSet, margins: &[f32], opts: &EvalOptions) -> EvalReport {
+    let known = vec![true; set.n_users()];
+    report_from_margins(&set.user_ids, &set.comps, margins, &known, None, opts)
 }
 
 #[cfg(test)]
