@@ -467,3 +467,19 @@ fn the_shipped_image_pipelines_run_on_fixtures_with_the_tiny_clip() {
     );
     assert!(html.contains("pick-a-filter/"), "filter sources not shown");
 }
+
+#[test]
+fn a_clip_embed_stage_without_its_folder_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_pipeline(
+        dir.path(),
+        "clip.yaml",
+        "name: c\nstages:\n  - name: embed\n    kind: embed\n    encoder: clip\n",
+    );
+    let store = dir.path().join("s");
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(2);
+    assert!(r.stderr.contains("clip.yaml:5:"), "{}", r.stderr);
+    assert!(r.stderr.contains("'stages.0.encoder'"), "{}", r.stderr);
+    assert!(r.stderr.contains("needs a model folder"), "{}", r.stderr);
+    assert!(!r.stderr.contains("does not exist"), "{}", r.stderr);
+}

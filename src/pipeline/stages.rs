@@ -230,7 +230,7 @@ impl StageParams {
         let keyed = |msg: String| {
             let first = msg.split([' ', ':']).next().unwrap_or_default().to_string();
             let key = match first.as_str() {
-                "beta" | "val_frac" | "seen_users" | "filters" => first,
+                "beta" | "val_frac" | "seen_users" | "filters" | "encoder" => first,
                 "filter" | "the" => "filters".to_string(),
                 "train" => "train".to_string(),
                 _ => String::new(),
@@ -240,6 +240,7 @@ impl StageParams {
         match self {
             StageParams::Dedup(p) => p.check().map_err(keyed),
             StageParams::PickAFilter(p) => p.check().map_err(keyed),
+            StageParams::Embed(p) => p.check().map_err(|e| keyed(e.to_string())),
             _ => Ok(()),
         }
     }

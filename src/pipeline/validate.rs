@@ -19,8 +19,11 @@ pub fn check(p: &Pipeline, pos: &Positions) -> Vec<SpecError> {
         }
     };
     let mut errors = Vec::new();
-    // Inputs exist.
+    // Inputs exist (for stages whose parameters make sense: see below).
     for (i, s) in p.stages.iter().enumerate() {
+        if s.params.check().is_err() {
+            continue;
+        }
         for (key, path) in s.params.inputs() {
             if !path.exists() {
                 errors.push(at(
