@@ -31,13 +31,7 @@ pub async fn bench_hash(_ctx: &Ctx, a: BenchHashArgs) -> Result<(), CliError> {
             )))
         }
     };
-    let yaml = format!(
-        "data_dir: {}\nverify_images: {}",
-        a.data_dir.display(),
-        a.verify
-    );
-    let mut params: pickapic::Params =
-        serde_yaml::from_str(&yaml).map_err(|e| CliError::usage(anyhow::anyhow!(e)))?;
+    let mut params = pickapic::Params::new(&a.data_dir);
     params.verify_images = verify;
     let result = tokio::task::spawn_blocking(move || {
         let t = Instant::now();
@@ -52,8 +46,7 @@ pub async fn bench_hash(_ctx: &Ctx, a: BenchHashArgs) -> Result<(), CliError> {
         )?;
         let read_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let p: dedup::Params = serde_yaml::from_str("{}").expect("defaults parse");
-        let outcome = dedup::split(&pairs, &p);
+        let outcome = dedup::split(&pairs, &dedup::Params::default());
         let dedup_s = t.elapsed().as_secs_f64();
         Ok::<_, crate::ingest::IngestError>((report, read_s, dedup_s, pairs.len(), outcome))
     })

@@ -14,7 +14,7 @@ use arrow_array::{Array, LargeBinaryArray, RecordBatch, StringArray};
 use base64::Engine as _;
 
 use super::{CliError, Ctx};
-use crate::store::Store;
+use crate::store::{sql_list, sql_str, Store};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -85,15 +85,11 @@ fn items_of(batches: &[RecordBatch]) -> Vec<Item> {
     out
 }
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// The one item `id` names (exactly, or as a unique hex prefix), with its bytes.
 async fn find_item(store: &Store, id: &str) -> Result<Item, CliError> {
     let cols = ["item_id", "kind", "source", "parent_id", "bytes"];
     let exact = store
-        .read("items", &cols, Some(&format!("item_id = {}", quote(id))))
+        .read("items", &cols, Some(&format!("item_id = {}", sql_str(id))))
         .await?;
     let mut found = items_of(&exact);
     let is_prefix = id.len() >= 4 && id.chars().all(|c| c.is_ascii_hexdigit());
@@ -104,7 +100,7 @@ async fn find_item(store: &Store, id: &str) -> Result<Item, CliError> {
         match ids.as_slice() {
             [] => {}
             [one] => {
-                let f = format!("item_id = {}", quote(&one.item_id));
+                let f = format!("item_id = {}", sql_str(&one.item_id));
                 found = items_of(&store.read("items", &cols, Some(&f)).await?);
             }
             many => {
@@ -277,7 +273,7 @@ pub async fn contact_sheet(ctx: &Ctx, a: ContactSheetArgs) -> Result<(), CliErro
         let kids = &children[source];
         let mut ids: Vec<String> = vec![source.clone()];
         ids.extend(kids.iter().map(|k| k.item_id.clone()));
-        let list = ids.iter().map(|i| quote(i)).collect::<Vec<_>>().join(", ");
+        let list = sql_list(&ids);
         let mut rows = items_of(
             &store
                 .read(

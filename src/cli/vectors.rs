@@ -197,11 +197,7 @@ async fn texts_of(
     if ids.is_empty() {
         return Ok(out);
     }
-    let list = ids
-        .iter()
-        .map(|i| format!("'{}'", i.replace('\'', "''")))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = crate::store::sql_list(ids);
     for (table, col) in [("items", "item_id"), ("prompts", "prompt_id")] {
         for b in store
             .read(table, &[col, "text"], Some(&format!("{col} IN ({list})")))

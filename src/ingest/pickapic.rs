@@ -139,6 +139,19 @@ pub struct Params {
     pub chunk_mb: usize,
 }
 
+impl Params {
+    /// The defaults for the shards under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Params {
+        Params {
+            data_dir: data_dir.into(),
+            sets: default_sets(),
+            verify_images: VerifyImages::default(),
+            dataset: default_dataset(),
+            chunk_mb: default_chunk_mb(),
+        }
+    }
+}
+
 /// The files of a pattern: `*` in the last path component matches any run of characters.
 /// Sorted; empty when nothing matches.
 pub fn expand(data_dir: &Path, pattern: &str) -> Vec<PathBuf> {

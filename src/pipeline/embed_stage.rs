@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow_array::{Array, LargeBinaryArray, StringArray};
+use arrow_array::{Array, StringArray};
 use serde::Deserialize;
 
 use super::stages::StageCtx;
@@ -248,13 +248,6 @@ fn and(a: Option<String>, b: Option<&String>) -> Option<String> {
     }
 }
 
-fn quoted_list(ids: &[String]) -> String {
-    ids.iter()
-        .map(|i| format!("'{}'", i.replace('\'', "''")))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The cache itself, shared by the stage and `palpipe embed`: texts (items of kind `text`
 /// and prompts) through the text tower and, when the encoder has an image tower, items of
 /// kind `image` through it.
@@ -350,7 +343,7 @@ pub async fn embed_texts(
     for chunk in images.chunks(p.chunk.max(1)) {
         let mut rows: Vec<EmbeddingRow> = Vec::with_capacity(chunk.len());
         for group in chunk.chunks(IMAGE_READ_BATCH) {
-            let bytes = image_bytes(store, group).await?;
+            let bytes = store.item_bytes(group).await?;
             let enc2 = enc.clone();
             let (ids, vectors, failed) =
                 tokio::task::spawn_blocking(move || embed_image_group(enc2.as_ref(), bytes))
@@ -371,35 +364,6 @@ pub async fn embed_texts(
     }
     bar.finish_and_clear();
     Ok(counts)
-}
-
-/// (item id, bytes) of the given items, in `ids` order; an id without bytes gets `None`.
-async fn image_bytes(
-    store: &crate::store::Store,
-    ids: &[String],
-) -> anyhow::Result<Vec<(String, Option<Vec<u8>>)>> {
-    let filter = format!("item_id IN ({})", quoted_list(ids));
-    let mut found = std::collections::HashMap::new();
-    for b in store
-        .read("items", &["item_id", "bytes"], Some(&filter))
-        .await?
-    {
-        let i = b.column(0).as_any().downcast_ref::<StringArray>();
-        let v = b.column(1).as_any().downcast_ref::<LargeBinaryArray>();
-        let (Some(i), Some(v)) = (i, v) else {
-            continue;
-        };
-        for r in 0..b.num_rows() {
-            found.insert(
-                i.value(r).to_string(),
-                (!v.is_null(r)).then(|| v.value(r).to_vec()),
-            );
-        }
-    }
-    Ok(ids
-        .iter()
-        .map(|id| (id.clone(), found.remove(id).flatten()))
-        .collect())
 }
 
 /// Decodes and embeds one group of images: the ids and vectors of those that decoded, and

@@ -20,7 +20,7 @@ use super::pal_stages::{AdaptParams, EvalParams, TrainParams};
 use super::progress::Printer;
 use super::spec::{read_params, ParamError, Pipeline};
 use crate::ingest;
-use crate::store::{write_ingest, Store};
+use crate::store::{sql_str, write_ingest, Store};
 use crate::transform;
 
 /// A stage kind with its typed parameters. (A handful per pipeline: the size difference
@@ -133,20 +133,19 @@ impl StageParams {
     /// their own writes, and other stages' writes elsewhere in the table, do not make them
     /// run again. Items are content-addressed, so ids suffice.
     pub fn read_scopes(&self) -> Vec<(&'static str, String, &'static [&'static str])> {
-        let q = |s: &str| format!("'{}'", s.replace('\'', "''"));
         match self {
             StageParams::Dedup(p) => vec![(
                 "pairs",
-                format!("dataset = {}", q(&p.dataset)),
+                format!("dataset = {}", sql_str(&p.dataset)),
                 &["pair_id", "split"],
             )],
             StageParams::PickAFilter(p) => vec![(
                 "pairs",
                 format!(
                     "dataset = {} AND split IN ({}, {})",
-                    q(&p.source_dataset),
-                    q(&p.train),
-                    q(&p.test)
+                    sql_str(&p.source_dataset),
+                    sql_str(&p.train),
+                    sql_str(&p.test)
                 ),
                 &["pair_id", "split"],
             )],

@@ -2,66 +2,14 @@
 //! leakage split) and `pick_a_filter`. The decisions live in `crate::ingest::pickapic` and
 //! `crate::transform`; this file reads their inputs from the store and writes their output.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-
-use arrow_array::{Array, LargeBinaryArray, StringArray};
+use std::collections::{BTreeMap, HashMap};
 
 use super::stages::StageCtx;
 use crate::ingest::common::IngestError;
 use crate::ingest::pickapic;
 use crate::store::records::{content_id, pair_id, IngestBatch, ItemRow, PairRow, UserRow};
-use crate::store::{batches, Store, WriteStats};
+use crate::store::{batches, sql_list, sql_str, IngestWriter, Store};
 use crate::transform::{dedup, pick_a_filter};
-
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-/// Writes chunks of rows with a merge on each table's key, reading each table's keys once.
-struct ChunkWriter<'a> {
-    store: &'a Store,
-    keys: HashMap<&'static str, HashSet<String>>,
-    stats: BTreeMap<&'static str, WriteStats>,
-}
-
-impl<'a> ChunkWriter<'a> {
-    async fn new(store: &'a Store) -> anyhow::Result<ChunkWriter<'a>> {
-        let mut keys = HashMap::new();
-        for t in ["items", "prompts", "users", "pairs"] {
-            keys.insert(t, store.key_set(t).await?);
-        }
-        Ok(ChunkWriter {
-            store,
-            keys,
-            stats: BTreeMap::new(),
-        })
-    }
-
-    async fn write(&mut self, chunk: &IngestBatch) -> anyhow::Result<()> {
-        // Pairs last: a pair is never stored before the items it names.
-        let parts = [
-            ("items", batches::items(&chunk.items)?),
-            ("prompts", batches::prompts(&chunk.prompts)?),
-            ("users", batches::users(&chunk.users)?),
-            ("pairs", batches::pairs(&chunk.pairs)?),
-        ];
-        for (table, batch) in parts {
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            let keys = self.keys.get_mut(table).expect("every table has a key set");
-            let s = self.store.insert_new_with(table, batch, keys).await?;
-            let total = self.stats.entry(table).or_default();
-            total.inserted += s.inserted;
-            total.existing += s.existing;
-        }
-        Ok(())
-    }
-
-    fn summary(&self) -> String {
-        super::stages::write_summary(self.stats.iter().map(|(t, s)| (*t, s)))
-    }
-}
 
 /// The `pickapic` stage: shards are read on a blocking thread and handed over in chunks
 /// (one in flight while the previous one is written), so memory stays at a few chunks
@@ -82,7 +30,7 @@ pub async fn ingest_pickapic(p: &pickapic::Params, ctx: &StageCtx<'_>) -> anyhow
             |n| reader_bar.set_position(n),
         )
     });
-    let mut writer = ChunkWriter::new(ctx.store).await?;
+    let mut writer = IngestWriter::new(ctx.store);
     let mut write_error = None;
     while let Some(chunk) = rx.recv().await {
         if let Err(e) = writer.write(&chunk).await {
@@ -94,7 +42,7 @@ pub async fn ingest_pickapic(p: &pickapic::Params, ctx: &StageCtx<'_>) -> anyhow
     let read = reader.await?;
     bar.finish_and_clear();
     if let Some(e) = write_error {
-        return Err(e);
+        return Err(e.into());
     }
     let report = read?;
     for (tag, c) in &report {
@@ -106,13 +54,13 @@ pub async fn ingest_pickapic(p: &pickapic::Params, ctx: &StageCtx<'_>) -> anyhow
     Ok(format!(
         "{}; {}",
         pickapic::summarise(&report),
-        writer.summary()
+        super::stages::write_summary(writer.stats.iter().map(|(t, s)| (t.as_str(), s)))
     ))
 }
 
 async fn dataset_pairs(store: &Store, dataset: &str) -> anyhow::Result<Vec<PairRow>> {
     let mut out = Vec::new();
-    let filter = format!("dataset = {}", quote(dataset));
+    let filter = format!("dataset = {}", sql_str(dataset));
     for b in store.read("pairs", &[], Some(&filter)).await? {
         out.extend(batches::read_pairs(&b)?);
     }
@@ -146,8 +94,8 @@ pub async fn dedup(p: &dedup::Params, ctx: &StageCtx<'_>) -> anyhow::Result<Stri
             .collect();
         let predicate = format!(
             "dataset = {} AND split IN ({})",
-            quote(&p.dataset),
-            tags.iter().map(|t| quote(t)).collect::<Vec<_>>().join(", ")
+            sql_str(&p.dataset),
+            sql_list(&tags)
         );
         ctx.store
             .replace_where("pairs", &predicate, batches::pairs(&target)?)
@@ -170,38 +118,6 @@ pub async fn dedup(p: &dedup::Params, ctx: &StageCtx<'_>) -> anyhow::Result<Stri
     ))
 }
 
-/// Reads the bytes of `ids` from `items`, a few hundred at a time, calling `f` for each.
-async fn for_item_bytes(
-    store: &Store,
-    ids: &[String],
-    mut f: impl FnMut(&str, Option<&[u8]>),
-) -> anyhow::Result<()> {
-    for chunk in ids.chunks(256) {
-        let filter = format!(
-            "item_id IN ({})",
-            chunk
-                .iter()
-                .map(|i| quote(i))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        for b in store
-            .read("items", &["item_id", "bytes"], Some(&filter))
-            .await?
-        {
-            let ids = b.column(0).as_any().downcast_ref::<StringArray>();
-            let bytes = b.column(1).as_any().downcast_ref::<LargeBinaryArray>();
-            let (Some(ids), Some(bytes)) = (ids, bytes) else {
-                anyhow::bail!("items: unexpected column types for item_id / bytes");
-            };
-            for i in 0..b.num_rows() {
-                f(ids.value(i), (!bytes.is_null(i)).then(|| bytes.value(i)));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The `pick_a_filter` stage.
 pub async fn pick_a_filter(
     p: &pick_a_filter::Params,
@@ -216,7 +132,7 @@ pub async fn pick_a_filter(
     }
     let plan = pick_a_filter::plan(&source, p).map_err(anyhow::Error::msg)?;
     let jobs = plan.jobs(&source);
-    let mut writer = ChunkWriter::new(ctx.store).await?;
+    let mut writer = IngestWriter::new(ctx.store);
 
     // The filtered images, written a few hundred at a time.
     let bar = ctx.printer.bar(jobs.len() as u64, "filtering");
@@ -229,33 +145,27 @@ pub async fn pick_a_filter(
     let items: Vec<String> = by_item.keys().cloned().collect();
     for chunk in items.chunks(256) {
         let mut rows: Vec<ItemRow> = Vec::new();
-        let mut found = HashSet::new();
-        for_item_bytes(ctx.store, chunk, |id, bytes| {
-            found.insert(id.to_string());
-            for &f in &by_item[id] {
+        for (id, bytes) in ctx.store.item_bytes(chunk).await? {
+            for &f in &by_item[&id] {
                 let filter = &p.filters[f];
-                match bytes.map(|b| filter.apply_to_bytes(b)) {
+                match bytes.as_deref().map(|b| filter.apply_to_bytes(b)) {
                     Some(Ok(out)) => {
                         let new_id = content_id(&out);
-                        made.insert((id.to_string(), f), new_id.clone());
+                        made.insert((id.clone(), f), new_id.clone());
                         rows.push(ItemRow {
                             item_id: new_id,
                             kind: "image".into(),
                             text: None,
                             bytes: Some(out),
                             source: format!("{}/{}", p.dataset, filter.name),
-                            parent_id: Some(id.to_string()),
+                            parent_id: Some(id.clone()),
                         });
                     }
-                    Some(Err(e)) => failed.push((id.to_string(), e.to_string())),
-                    None => failed.push((id.to_string(), "the item has no bytes".into())),
+                    Some(Err(e)) => failed.push((id.clone(), e.to_string())),
+                    None => failed.push((id.clone(), "no such item, or it has no bytes".into())),
                 }
                 bar.inc(1);
             }
-        })
-        .await?;
-        for id in chunk.iter().filter(|id| !found.contains(*id)) {
-            failed.push((id.clone(), "no such item".into()));
         }
         writer
             .write(&IngestBatch {
@@ -345,6 +255,6 @@ pub async fn pick_a_filter(
         } else {
             String::new()
         },
-        writer.summary()
+        super::stages::write_summary(writer.stats.iter().map(|(t, s)| (t.as_str(), s)))
     ))
 }

@@ -11,7 +11,7 @@ pub mod schema;
 pub mod sql;
 pub mod vector;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -232,6 +232,43 @@ impl Store {
         self.insert_new_with(table, batch, &mut seen).await
     }
 
+    /// (item id, bytes) of the given items, in `ids` order; an id that is not stored, or
+    /// whose item has no bytes, gets `None`. One scan for all of them: callers pass a few
+    /// hundred ids at a time.
+    pub async fn item_bytes(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, StoreError> {
+        let filter = format!("item_id IN ({})", sql_list(ids));
+        let mut found = HashMap::new();
+        for b in self
+            .read("items", &["item_id", "bytes"], Some(&filter))
+            .await?
+        {
+            let i = b.column(0).as_any().downcast_ref::<StringArray>();
+            let v = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<arrow_array::LargeBinaryArray>();
+            let (Some(i), Some(v)) = (i, v) else {
+                return Err(StoreError::Batch {
+                    table: "items".into(),
+                    message: "unexpected column types for item_id / bytes".into(),
+                });
+            };
+            for r in 0..b.num_rows() {
+                found.insert(
+                    i.value(r).to_string(),
+                    (!v.is_null(r)).then(|| v.value(r).to_vec()),
+                );
+            }
+        }
+        Ok(ids
+            .iter()
+            .map(|id| (id.clone(), found.remove(id).flatten()))
+            .collect())
+    }
+
     /// The keys a table holds now, for a run of [`Store::insert_new_with`] calls.
     pub async fn key_set(&self, table: &str) -> Result<HashSet<String>, StoreError> {
         self.existing_keys(table).await
@@ -281,7 +318,7 @@ impl Store {
         if let Some(mut ds) = self.dataset(table, None).await? {
             let arrays = key_columns(&batch, &[spec.key[0].as_str()])?;
             let list: Vec<String> = (0..batch.num_rows())
-                .map(|i| format!("'{}'", join_key(&arrays, i).replace('\'', "''")))
+                .map(|i| sql_str(&join_key(&arrays, i)))
                 .collect();
             if !list.is_empty() {
                 let pred = format!("{} IN ({})", spec.key[0], list.join(", "));
@@ -389,6 +426,20 @@ fn join_key(arrays: &[&StringArray], row: usize) -> String {
     parts.join("\u{1f}")
 }
 
+/// A SQL string literal: `it's` → `'it''s'`.
+pub fn sql_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// A comma-separated list of SQL string literals, for `col IN (…)`.
+pub fn sql_list<S: AsRef<str>>(values: &[S]) -> String {
+    values
+        .iter()
+        .map(|v| sql_str(v.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -397,41 +448,61 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Writes everything one ingest stage produced, table by table, each as one commit.
+/// Writes ingest rows, in chunks or at once, with a merge on each table's key. Each table's
+/// keys are read once, the first time rows for it come, and kept, so a stage that writes many
+/// chunks does not re-read them per chunk. Pairs go last in each write: a pair is never stored
+/// before the items it names.
+pub struct IngestWriter<'a> {
+    store: &'a Store,
+    keys: HashMap<&'static str, HashSet<String>>,
+    /// Per table: rows added, rows found present (the four core tables always appear).
+    pub stats: BTreeMap<String, WriteStats>,
+}
+
+impl<'a> IngestWriter<'a> {
+    pub fn new(store: &'a Store) -> IngestWriter<'a> {
+        IngestWriter {
+            store,
+            keys: HashMap::new(),
+            stats: BTreeMap::new(),
+        }
+    }
+
+    pub async fn write(&mut self, batch: &records::IngestBatch) -> Result<(), StoreError> {
+        let mut parts = vec![
+            ("items", Some(batches::items(&batch.items)?)),
+            ("prompts", Some(batches::prompts(&batch.prompts)?)),
+            ("users", Some(batches::users(&batch.users)?)),
+            ("embeddings", batches::embeddings(&batch.embeddings)?),
+        ];
+        parts.push(("pairs", Some(batches::pairs(&batch.pairs)?)));
+        for (table, part) in parts {
+            let Some(part) = part else {
+                continue;
+            };
+            let total = self.stats.entry(table.to_string()).or_default();
+            if part.num_rows() == 0 {
+                continue;
+            }
+            if !self.keys.contains_key(table) {
+                let known = self.store.key_set(table).await?;
+                self.keys.insert(table, known);
+            }
+            let keys = self.keys.get_mut(table).expect("just inserted");
+            let s = self.store.insert_new_with(table, part, keys).await?;
+            total.inserted += s.inserted;
+            total.existing += s.existing;
+        }
+        Ok(())
+    }
+}
+
+/// Writes one ingest batch (see [`IngestWriter`]); returns what each table gained.
 pub async fn write_ingest(
     store: &Store,
     batch: &records::IngestBatch,
 ) -> Result<BTreeMap<String, WriteStats>, StoreError> {
-    let mut out = BTreeMap::new();
-    out.insert(
-        "items".to_string(),
-        store
-            .insert_new("items", batches::items(&batch.items)?)
-            .await?,
-    );
-    out.insert(
-        "prompts".to_string(),
-        store
-            .insert_new("prompts", batches::prompts(&batch.prompts)?)
-            .await?,
-    );
-    out.insert(
-        "users".to_string(),
-        store
-            .insert_new("users", batches::users(&batch.users)?)
-            .await?,
-    );
-    if let Some(b) = batches::embeddings(&batch.embeddings)? {
-        out.insert(
-            "embeddings".to_string(),
-            store.insert_new("embeddings", b).await?,
-        );
-    }
-    out.insert(
-        "pairs".to_string(),
-        store
-            .insert_new("pairs", batches::pairs(&batch.pairs)?)
-            .await?,
-    );
-    Ok(out)
+    let mut w = IngestWriter::new(store);
+    w.write(batch).await?;
+    Ok(w.stats)
 }

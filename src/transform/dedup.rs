@@ -52,6 +52,18 @@ pub struct Params {
     pub clean_tag: String,
 }
 
+impl Default for Params {
+    fn default() -> Params {
+        Params {
+            dataset: default_dataset(),
+            reference: default_reference(),
+            target: default_target(),
+            leak_tag: default_leak(),
+            clean_tag: default_clean(),
+        }
+    }
+}
+
 impl Params {
     /// The tags a target pair may carry (before or after a run).
     pub fn target_tags(&self) -> [&str; 3] {
@@ -163,7 +175,7 @@ mod tests {
 
     #[test]
     fn leaks_are_found_and_a_second_run_changes_nothing() {
-        let p: Params = serde_yaml::from_str("{}").unwrap();
+        let p = Params::default();
         let mut pairs = vec![
             pair("v1-train", "c1", "a", "b"),
             pair("v1-validation", "c2", "c", "d"),
