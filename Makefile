@@ -16,7 +16,7 @@ MINILM := $(MODELS)/all-MiniLM-L6-v2
 BIN := $(CARGO_TARGET_DIR)/debug/palpipe
 DEMO_STORE ?= palstore-demo
 
-.PHONY: setup protoc models build demo test bench lint clean-demo fixtures cuda-toolkit build-cuda
+.PHONY: setup protoc models build demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack
 
 setup: protoc models
 
@@ -125,14 +125,30 @@ $(CUDA_HOME_DIR)/bin/nvcc:
 # cudarc (as candle enables it) links libcuda, the driver, which PyPI does not ship and
 # which comes with a GPU's driver: link against a stub with the same soname and every
 # driver function cudarc declares (read from its bindings), as the toolkit's lib/stubs does.
-$(CUDA_HOME_DIR)/lib/stubs/libcuda.so: $(CUDA_HOME_DIR)/bin/nvcc
+# Each stub function returns 100, CUDA_ERROR_NO_DEVICE, so that a CUDA build run against the
+# stub (`make cuda-check`, on a machine without a GPU) reports "no device" rather than
+# misbehaving.
+$(CUDA_HOME_DIR)/lib/stubs/libcuda.so: $(CUDA_HOME_DIR)/bin/nvcc Makefile
 	cargo fetch -q
 	@mkdir -p $(@D)
 	src=$$(ls -d $${CARGO_HOME:-$$HOME/.cargo}/registry/src/*/cudarc-$$(grep -A1 '^name = "cudarc"' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')/src/driver/sys/mod.rs | head -1) && \
-	  grep -oP '^pub unsafe fn \Kcu\w+(?=\()' "$$src" | sort -u | sed 's/.*/void &(void) {}/' > $(@D)/libcuda-stub.c
+	  grep -oP '^pub unsafe fn \Kcu\w+(?=\()' "$$src" | sort -u | sed 's/.*/int &(void) { return 100; }/' > $(@D)/libcuda-stub.c
 	cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o $@ $(@D)/libcuda-stub.c
 	@echo "libcuda stub: $$(grep -c . $(@D)/libcuda-stub.c) functions"
 
 build-cuda: setup cuda-toolkit
 	$(CUDA_ENV) CARGO_TARGET_DIR="$(CUDA_TARGET_DIR)" cargo build --features cuda --bin palpipe
 	@echo "built $(CUDA_TARGET_DIR)/debug/palpipe (run it with LD_LIBRARY_PATH=$(CUDA_HOME_DIR)/lib)"
+
+# The CUDA build on this machine, without a GPU: it loads, passes the CPU paths and the
+# integration tests, and `--device cuda` is a clean error (scripts/cuda-check.sh).
+cuda-check: build-cuda build
+	bash scripts/cuda-check.sh $(CUDA_TARGET_DIR)/debug/palpipe $(CUDA_HOME_DIR)
+
+# The CUDA build, stripped and compressed to carry to a GPU machine, where
+# `bash scripts/device-check.sh .device/palpipe.xz` checks it.
+device-pack: build-cuda
+	@mkdir -p .device
+	strip -o .device/palpipe $(CUDA_TARGET_DIR)/debug/palpipe
+	xz -6 -T0 -f .device/palpipe
+	@ls -l .device/palpipe.xz

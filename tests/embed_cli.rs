@@ -187,3 +187,100 @@ fn an_embed_killed_midway_completes_on_rerun_without_duplicates() {
         total
     );
 }
+
+/// `palpipe parity`: the device check a CUDA build runs on a GPU, here on the CPU.
+#[test]
+fn parity_checks_clip_and_minilm_against_their_references() {
+    require_model();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let clip = root.join("tests/fixtures/tiny_clip");
+    let clip = clip.to_str().unwrap();
+
+    let r = palpipe_raw(&["parity", "--encoder", "clip", "--model-dir", clip]).ok();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 8, "4 images and 4 captions:\n{}", r.stdout);
+    for l in &lines {
+        let (cos, input) = l.split_once('\t').expect("cosine<TAB>input");
+        let cos: f64 = cos.parse().unwrap();
+        assert!(cos >= 0.9999, "{l}");
+        assert!(
+            input.starts_with("image ") || input.starts_with("text "),
+            "{l}"
+        );
+    }
+    assert!(
+        r.stderr.contains("8 vectors, lowest cosine"),
+        "{}",
+        r.stderr
+    );
+
+    // A threshold no vector reaches fails, and says how many fell short.
+    let r = palpipe_raw(&[
+        "parity",
+        "--encoder",
+        "clip",
+        "--model-dir",
+        clip,
+        "--min-cosine",
+        "1.5",
+    ])
+    .code(1);
+    assert!(r.stderr.contains("8 below 1.5"), "{}", r.stderr);
+
+    let expected = root.join("tests/fixtures/minilm/expected.json");
+    let r = palpipe_raw(&[
+        "parity",
+        "--encoder",
+        "minilm",
+        "--expected",
+        expected.to_str().unwrap(),
+        "--json",
+    ])
+    .ok();
+    let report: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let agreements = report["agreements"].as_array().unwrap();
+    assert!(agreements.len() >= 10, "{}", r.stdout);
+    for a in agreements {
+        assert!(a["cosine"].as_f64().unwrap() >= 0.9999, "{a}");
+    }
+    assert!(report["encoder_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("all-MiniLM-L6-v2:"));
+
+    // A GPU: exit 2 naming the feature in a CPU build; in a CUDA build, exit 1 naming the
+    // device where there is none, else the same 8 agreeing vectors.
+    let r = palpipe_raw(&[
+        "parity",
+        "--encoder",
+        "clip",
+        "--model-dir",
+        clip,
+        "--device",
+        "cuda",
+    ]);
+    match r.code {
+        0 => assert_eq!(r.stdout.lines().count(), 8, "{}", r.stdout),
+        1 => assert!(
+            r.stderr.contains("cannot open device 'cuda'"),
+            "{}",
+            r.stderr
+        ),
+        _ => {
+            let r = r.code(2);
+            assert!(r.stderr.contains("--features cuda"), "{}", r.stderr);
+        }
+    }
+    let r = palpipe_raw(&["parity", "--encoder", "clip", "--device", "tpu"]).code(2);
+    assert!(r.stderr.contains("unknown device 'tpu'"), "{}", r.stderr);
+    let missing = root.join("tests/fixtures");
+    let r = palpipe_raw(&[
+        "parity",
+        "--encoder",
+        "clip",
+        "--model-dir",
+        missing.to_str().unwrap(),
+    ])
+    .code(2);
+    assert!(r.stderr.contains("expected.json"), "{}", r.stderr);
+}

@@ -355,7 +355,7 @@ pub async fn bench_clip(_ctx: &Ctx, a: BenchClipArgs) -> Result<(), CliError> {
             "--images and --batch must be positive and --size at least 8"
         )));
     }
-    let device = crate::embed::device(&a.device).map_err(CliError::usage)?;
+    let device = super::open_device(&a.device)?;
     let t_load = Instant::now();
     let enc = ClipEncoder::load(&a.model_dir, &device)
         .and_then(|e| e.with_batch_size(a.batch))

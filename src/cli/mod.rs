@@ -11,6 +11,7 @@ pub mod fixtures;
 pub mod images;
 pub mod output;
 pub mod pal_cmds;
+pub mod parity;
 pub mod report;
 pub mod run;
 pub mod sql;
@@ -89,6 +90,14 @@ pub enum Command {
     BenchHash(bench_image::BenchHashArgs),
     #[command(hide = true)]
     BenchClip(bench::BenchClipArgs),
+    /// Compare an encoder's vectors with a reference implementation's (a device check).
+    ///
+    /// Prints `cosine<TAB>input` per vector on stdout and a summary on stderr; exits 1 when
+    /// a cosine is below --min-cosine. Examples:
+    ///   palpipe parity --encoder clip --device cuda
+    ///   palpipe parity --encoder minilm --model-dir ~/.cache/palpipe/models/all-MiniLM-L6-v2
+    #[command(hide = true, verbatim_doc_comment)]
+    Parity(parity::ParityArgs),
 }
 
 /// An error with the exit code it maps to.
@@ -154,6 +163,15 @@ impl Ctx {
     }
 }
 
+/// The compute device named by a `--device` flag: an unknown name, or `cuda` in a build
+/// without it, is bad usage (2); a CUDA device that cannot be opened is a failure (1).
+pub fn open_device(name: &str) -> Result<candle_core::Device, CliError> {
+    crate::embed::device(name).map_err(|e| match e {
+        crate::embed::EmbedError::Candle { .. } => CliError::failure(e),
+        _ => CliError::usage(e),
+    })
+}
+
 pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -187,6 +205,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             Command::BenchPal(a) => bench::bench_pal(&ctx, a).await,
             Command::BenchHash(a) => bench_image::bench_hash(&ctx, a).await,
             Command::BenchClip(a) => bench::bench_clip(&ctx, a).await,
+            Command::Parity(a) => parity::parity(&ctx, a).await,
         }
     })
 }

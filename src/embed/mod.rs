@@ -4,7 +4,8 @@
 //! that chooses a compute device ([`device`]), where model folders are found
 //! ([`resolve_model_dir`]) and the error type every encoder returns ([`EmbedError`]).
 //! The encoders themselves live beside it: [`bert`] (BERT-family sentence encoders such as
-//! all-MiniLM-L6-v2, mean pooled) and [`clip`] (CLIP image and text towers).
+//! all-MiniLM-L6-v2, mean pooled) and [`clip`] (CLIP image and text towers); [`parity`]
+//! compares either with a reference implementation's vectors on any device.
 //!
 //! It does not cache vectors or know about tables: the store (`src/store`) keys vectors by
 //! [`TextEncoder::encoder_id`], and the pipeline (`src/pipeline`) decides what to embed.
@@ -14,6 +15,7 @@
 
 pub mod bert;
 pub mod clip;
+pub mod parity;
 
 use std::path::{Path, PathBuf};
 
@@ -139,8 +141,9 @@ pub fn device(name: &str) -> Result<candle_core::Device, EmbedError> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(name: &str, ordinal: usize) -> Result<candle_core::Device, EmbedError> {
-    candle_core::Device::new_cuda(ordinal)
-        .map_err(EmbedError::candle(format!("cannot open device '{name}'")))
+    candle_core::Device::new_cuda(ordinal).map_err(EmbedError::candle(format!(
+        "cannot open device '{name}' (a GPU and its driver are needed; `nvidia-smi` lists them)"
+    )))
 }
 
 #[cfg(not(feature = "cuda"))]
