@@ -115,7 +115,15 @@ pub enum EmbedError {
 impl EmbedError {
     pub(crate) fn candle(context: impl Into<String>) -> impl FnOnce(candle_core::Error) -> Self {
         let context = context.into();
-        move |source| EmbedError::Candle { context, source }
+        // candle attaches a backtrace to its errors when RUST_BACKTRACE is set: a user-facing
+        // message keeps what went wrong and leaves the backtrace out.
+        move |source| EmbedError::Candle {
+            context,
+            source: match source {
+                candle_core::Error::WithBacktrace { inner, .. } => *inner,
+                other => other,
+            },
+        }
     }
 }
 
@@ -241,6 +249,16 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn candle_errors_keep_their_message_and_drop_backtraces() {
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("boom".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        let e = EmbedError::candle("running the model")(e);
+        assert_eq!(e.to_string(), "running the model: boom");
+    }
 
     #[test]
     fn device_cpu_and_unknown() {
