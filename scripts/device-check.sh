@@ -37,28 +37,34 @@ PY
 fi
 export LD_LIBRARY_PATH="${CUDA_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
+# Each step's stdout goes to OUT_DIR/<step>.json, every stderr to OUT_DIR/log.txt (a device
+# call brings back at most 8 files).
 status=0
 step() {
   local name=$1
   shift
-  echo "== $name: $*"
-  if "$@" > "$out/$name.out" 2> "$out/$name.err"; then
+  echo "== $name: $*" | tee -a "$out/log.txt"
+  if "$@" > "$out/$name.json" 2>> "$out/log.txt"; then
     echo "   ok"
   else
     echo "   FAILED (exit $?)"
     status=1
   fi
-  cat "$out/$name.out" "$out/$name.err"
+  cat "$out/$name.json"
 }
 
-{ nvidia-smi -L || true; } | tee "$out/gpu.txt"
-if ! ldd "$bin" > "$out/ldd.txt" || grep -q 'not found' "$out/ldd.txt"; then
-  echo "the binary cannot load all its libraries:" >&2
-  cat "$out/ldd.txt" >&2
+{
+  if command -v nvidia-smi > /dev/null; then nvidia-smi -L; else echo "no nvidia-smi here"; fi
+  ldd "$bin"
+} > "$out/env.txt" 2>&1
+cat "$out/env.txt"
+if grep -q '=> not found' "$out/env.txt"; then
+  echo "the binary cannot load all its libraries (see above)" >&2
   exit 1
 fi
 step parity-cuda "$bin" parity --encoder clip --device cuda --json
 step parity-cpu "$bin" parity --encoder clip --device cpu --json
 step clip-cuda "$bin" bench-clip --device cuda --images 2000
 step clip-cpu "$bin" bench-clip --device cpu --images 2000
+cat "$out/log.txt"
 exit $status
