@@ -15,11 +15,7 @@ fn main() {
             }) {
                 std::process::exit(0);
             }
-            let mut lines = format!("{:#}", e.error);
-            if lines.is_empty() {
-                lines = "unknown error".into();
-            }
-            eprintln!("palpipe: error: {lines}");
+            eprintln!("palpipe: error: {}", palpipe::cli::render_error(&e.error));
             std::process::exit(e.code);
         }
     }

@@ -172,6 +172,26 @@ pub fn open_device(name: &str) -> Result<candle_core::Device, CliError> {
     })
 }
 
+/// An error and its causes on one line, `outer: cause: …`, leaving out a cause whose text the
+/// line already holds (many errors print their source in their own message).
+pub fn render_error(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    if line.is_empty() {
+        line = "unknown error".into();
+    }
+    line
+}
+
 pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -208,4 +228,30 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             Command::Parity(a) => parity::parity(&ctx, a).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render_error;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open device 'cuda': {source}")]
+    struct Outer {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::other("no device");
+        let e = anyhow::Error::new(Outer { source: io });
+        assert_eq!(render_error(&e), "cannot open device 'cuda': no device");
+
+        let e = anyhow::Error::new(std::io::Error::other("disk full")).context("writing 'x'");
+        assert_eq!(render_error(&e), "writing 'x': disk full");
+        assert_eq!(
+            render_error(&anyhow::anyhow!("")),
+            "unknown error",
+            "an empty message still says something"
+        );
+    }
 }
