@@ -198,6 +198,19 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_clip")
     }
 
+    /// A copy of the tiny CLIP fixture in a temp folder, with its `expected.json` path and
+    /// contents, for tests that change the reference.
+    fn tiny_clip_copy() -> (tempfile::TempDir, PathBuf, serde_json::Value) {
+        let dir = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(tiny_clip()).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+        let path = dir.path().join("expected.json");
+        let doc = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        (dir, path, doc)
+    }
+
     #[test]
     fn clip_fixture_agrees_on_the_cpu() {
         let r = check_clip(&tiny_clip(), &Device::Cpu).unwrap();
@@ -209,14 +222,7 @@ mod tests {
 
     #[test]
     fn a_changed_reference_vector_is_reported_below() {
-        let dir = tempfile::tempdir().unwrap();
-        for f in std::fs::read_dir(tiny_clip()).unwrap() {
-            let f = f.unwrap().path();
-            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
-        }
-        let path = dir.path().join("expected.json");
-        let mut doc: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let (dir, path, mut doc) = tiny_clip_copy();
         // Negate the second caption's reference vector: cosine −1 for that input alone.
         for x in doc["texts"][1]["embedding"].as_array_mut().unwrap() {
             *x = serde_json::json!(-x.as_f64().unwrap());
@@ -247,14 +253,7 @@ mod tests {
 
     #[test]
     fn a_reference_of_another_dimension_is_an_error_not_a_cosine() {
-        let dir = tempfile::tempdir().unwrap();
-        for f in std::fs::read_dir(tiny_clip()).unwrap() {
-            let f = f.unwrap().path();
-            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
-        }
-        let path = dir.path().join("expected.json");
-        let mut doc: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let (dir, path, mut doc) = tiny_clip_copy();
         doc["images"][0]["embedding"]
             .as_array_mut()
             .unwrap()
