@@ -188,6 +188,11 @@ fn an_embed_killed_midway_completes_on_rerun_without_duplicates() {
     );
 }
 
+/// `palpipe parity ARGS` without a store.
+fn parity(args: &[&str]) -> Run {
+    palpipe_raw(&[&["parity"], args].concat())
+}
+
 /// `palpipe parity`: the device check a CUDA build runs on a GPU, here on the CPU.
 #[test]
 fn parity_checks_clip_and_minilm_against_their_references() {
@@ -196,7 +201,7 @@ fn parity_checks_clip_and_minilm_against_their_references() {
     let clip = root.join("tests/fixtures/tiny_clip");
     let clip = clip.to_str().unwrap();
 
-    let r = palpipe_raw(&["parity", "--encoder", "clip", "--model-dir", clip]).ok();
+    let r = parity(&["--encoder", "clip", "--model-dir", clip]).ok();
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(lines.len(), 8, "4 images and 4 captions:\n{}", r.stdout);
     for l in &lines {
@@ -215,8 +220,7 @@ fn parity_checks_clip_and_minilm_against_their_references() {
     );
 
     // A threshold no vector reaches fails, and says how many fell short.
-    let r = palpipe_raw(&[
-        "parity",
+    let r = parity(&[
         "--encoder",
         "clip",
         "--model-dir",
@@ -228,8 +232,7 @@ fn parity_checks_clip_and_minilm_against_their_references() {
     assert!(r.stderr.contains("8 below 1.5"), "{}", r.stderr);
 
     let expected = root.join("tests/fixtures/minilm/expected.json");
-    let r = palpipe_raw(&[
-        "parity",
+    let r = parity(&[
         "--encoder",
         "minilm",
         "--expected",
@@ -250,15 +253,7 @@ fn parity_checks_clip_and_minilm_against_their_references() {
 
     // A GPU: exit 2 naming the feature in a CPU build; in a CUDA build, exit 1 naming the
     // device where there is none, else the same 8 agreeing vectors.
-    let r = palpipe_raw(&[
-        "parity",
-        "--encoder",
-        "clip",
-        "--model-dir",
-        clip,
-        "--device",
-        "cuda",
-    ]);
+    let r = parity(&["--encoder", "clip", "--model-dir", clip, "--device", "cuda"]);
     match r.code {
         0 => assert_eq!(r.stdout.lines().count(), 8, "{}", r.stdout),
         1 => assert!(
@@ -271,11 +266,10 @@ fn parity_checks_clip_and_minilm_against_their_references() {
             assert!(r.stderr.contains("--features cuda"), "{}", r.stderr);
         }
     }
-    let r = palpipe_raw(&["parity", "--encoder", "clip", "--device", "tpu"]).code(2);
+    let r = parity(&["--encoder", "clip", "--device", "tpu"]).code(2);
     assert!(r.stderr.contains("unknown device 'tpu'"), "{}", r.stderr);
     let missing = root.join("tests/fixtures");
-    let r = palpipe_raw(&[
-        "parity",
+    let r = parity(&[
         "--encoder",
         "clip",
         "--model-dir",

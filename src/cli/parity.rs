@@ -63,25 +63,22 @@ pub async fn parity(ctx: &Ctx, a: ParityArgs) -> Result<(), CliError> {
         ParityError::Fixture { .. } => CliError::usage(e),
         ParityError::Embed(_) => CliError::failure(e),
     })?;
-    if report.agreements.is_empty() {
+    let Some(lowest) = report.lowest() else {
         return Err(CliError::usage(anyhow::anyhow!(
             "parity fixture '{}' holds no inputs",
             report.fixture.display()
         )));
-    }
+    };
+    let summary = format!(
+        "{} on {}: {} vectors, lowest cosine {:.7} ({})",
+        report.encoder_id,
+        a.device,
+        report.agreements.len(),
+        lowest.cosine,
+        lowest.input
+    );
     print_report(&report, a.json)?;
 
-    let summary = match report.lowest() {
-        Some(l) => format!(
-            "{} on {}: {} vectors, lowest cosine {:.7} ({})",
-            report.encoder_id,
-            a.device,
-            report.agreements.len(),
-            l.cosine,
-            l.input
-        ),
-        None => unreachable!("checked above: the report has vectors"),
-    };
     let below = report.below(a.min_cosine);
     if !below.is_empty() {
         return Err(CliError::failure(anyhow::anyhow!(
@@ -95,21 +92,20 @@ pub async fn parity(ctx: &Ctx, a: ParityArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Writes the report to stdout in one piece (a closed pipe is `main`'s to handle).
 fn print_report(report: &ParityReport, json: bool) -> Result<(), CliError> {
     use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let written = if json {
-        serde_json::to_writer(&mut out, report)
-            .map_err(std::io::Error::other)
-            .and_then(|_| writeln!(out))
+    let text = if json {
+        serde_json::to_string(report).map_err(CliError::failure)? + "\n"
     } else {
         report
             .agreements
             .iter()
-            .try_for_each(|g| writeln!(out, "{:.7}\t{}", g.cosine, g.input))
+            .map(|g| format!("{:.7}\t{}\n", g.cosine, g.input))
+            .collect()
     };
-    match written {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.map_err(CliError::failure),
-    }
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .map_err(CliError::failure)
 }
