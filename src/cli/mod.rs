@@ -57,6 +57,7 @@ Exit codes: 0 ok, 1 failure in the data or the work, 2 bad usage or configuratio
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a pipeline file: validate it, then run each stage whose inputs changed.
+    #[command(after_help = run::after_help())]
     Run(run::RunArgs),
     /// Run a read-only SQL query over the store's tables.
     Sql(sql::SqlArgs),

@@ -24,6 +24,14 @@ pub struct RunArgs {
     pub json: bool,
 }
 
+/// The text under `palpipe run --help`: the stage kinds, one line each, from the registry.
+pub fn after_help() -> String {
+    format!(
+        "Stage kinds (a stage's `kind:`):\n{}",
+        crate::pipeline::kinds::help_table()
+    )
+}
+
 pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<(), CliError> {
     let overrides = a
         .set

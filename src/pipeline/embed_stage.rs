@@ -1,4 +1,4 @@
-//! The `embed` stage (and `palpipe embed`): the content-addressed embedding cache.
+//! The embedding cache behind the `embed` stage kind (`kinds/embed.rs`) and `palpipe embed`: the content-addressed embedding cache.
 //!
 //! Selects text items and/or prompts (and, with CLIP, image items), drops every
 //! (content id, encoder id) already in `embeddings`, and embeds the rest in chunks, each
@@ -16,12 +16,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow_array::{Array, StringArray};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::stages::StageCtx;
 use crate::embed::{self, BertSentenceEncoder, ClipEncoder, EmbedError, ImageEncoder, TextEncoder};
 use crate::store::batches;
 use crate::store::records::EmbeddingRow;
+use crate::transform::ParamIssue;
 
 /// The `encoder` value that selects CLIP (with `model_dir`).
 pub const CLIP: &str = "clip";
@@ -43,7 +43,7 @@ fn default_chunk() -> usize {
 }
 
 /// Parameters of an `embed` stage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedParams {
     /// The encoder: `all-MiniLM-L6-v2` (default; `minilm` also accepted), a text encoder,
@@ -104,56 +104,36 @@ impl Encoder {
 }
 
 impl EmbedParams {
-    fn model_name(&self) -> &str {
+    /// The text encoder's name (`minilm` spelled out).
+    pub(crate) fn model_name(&self) -> &str {
         match self.encoder.as_str() {
             "minilm" => embed::MINILM_L6_V2,
             other => other,
         }
     }
 
-    fn is_clip(&self) -> bool {
+    /// Whether the encoder is CLIP.
+    pub(crate) fn is_clip(&self) -> bool {
         self.encoder.eq_ignore_ascii_case(CLIP)
     }
 
-    pub fn inputs(&self) -> Vec<(String, PathBuf)> {
-        let dir = match &self.model_dir {
-            Some(d) => d.clone(),
-            None => embed::models_root(self.model_name())
-                .map(|r| r.join(self.model_name()))
-                .unwrap_or_else(|_| PathBuf::from(self.model_name())),
-        };
-        vec![(
-            if self.model_dir.is_some() {
-                "model_dir"
-            } else {
-                "encoder"
-            }
-            .to_string(),
-            dir,
-        )]
-    }
-
-    pub fn describe(&self) -> String {
-        let model = match (&self.model_dir, self.is_clip()) {
-            (Some(d), true) => format!("clip ({})", d.display()),
-            _ => self.model_name().to_string(),
-        };
-        format!("{model} over {} on {}", self.targets.join("+"), self.device)
-    }
-
     /// Checks what can be checked without loading anything: the encoder is known, and CLIP
-    /// has its model folder.
-    pub fn check(&self) -> anyhow::Result<()> {
+    /// has its model folder. The key at fault comes with the message.
+    pub fn check(&self) -> Result<(), ParamIssue> {
         if self.is_clip() && self.model_dir.is_none() {
-            anyhow::bail!(
-                "encoder 'clip' needs a model folder\nhint: pass --model-dir (or 'model_dir:') naming a CLIP folder in the Hugging Face layout (config.json, model.safetensors, tokenizer.json)"
-            );
+            return Err(ParamIssue::new(
+                "encoder",
+                "encoder 'clip' needs a model folder\nhint: pass --model-dir (or 'model_dir:') naming a CLIP folder in the Hugging Face layout (config.json, model.safetensors, tokenizer.json)",
+            ));
         }
         if !self.is_clip() && self.model_name() != embed::MINILM_L6_V2 {
-            anyhow::bail!(
-                "unknown encoder '{}' (supported: all-MiniLM-L6-v2, clip)",
-                self.encoder
-            );
+            return Err(ParamIssue::new(
+                "encoder",
+                format!(
+                    "unknown encoder '{}' (supported: all-MiniLM-L6-v2, clip)",
+                    self.encoder
+                ),
+            ));
         }
         Ok(())
     }
@@ -215,28 +195,6 @@ impl EmbedCounts {
             first.reason
         ))
     }
-}
-
-pub async fn run(p: &EmbedParams, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
-    let c = embed_texts(p, ctx.store, ctx.printer).await?;
-    let mut line = format!(
-        "{}: embedded {}{}, already cached {}",
-        c.encoder_id,
-        c.embedded,
-        if c.images > 0 {
-            format!(" ({} images)", c.images)
-        } else {
-            String::new()
-        },
-        c.cached,
-    );
-    if c.empty > 0 {
-        line.push_str(&format!(", {} empty texts skipped", c.empty));
-    }
-    if let Some(f) = c.failed_line() {
-        line.push_str(&format!(", {f}"));
-    }
-    Ok(line)
 }
 
 fn and(a: Option<String>, b: Option<&String>) -> Option<String> {

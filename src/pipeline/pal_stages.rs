@@ -1,4 +1,5 @@
-//! The `train`, `eval` and `adapt` stages (and the `palpipe train|eval|adapt` commands):
+//! What the `train`, `eval` and `adapt` stage kinds (`kinds/`) and the `palpipe train|eval|adapt`
+//! commands share:
 //! load named splits from the store, call the `pal` part, keep checkpoints under
 //! `<store>/checkpoints/<model>`, and register models and their metrics in `models`.
 //!
@@ -14,11 +15,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use arrow_array::{Array, Int32Array, Int64Array, StringArray};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::features::{intern, load_split, split_pairs, FeatureError, LoadedSplit};
 use super::progress::Printer;
-use super::stages::StageCtx;
 use crate::pal::{
     self, evaluate, few_shot, ClipScore, Comparison, ComparisonSet, EvalOptions, EvalReport,
     FewShotConfig, ModelConfig, ModelKind, PalModel, Popularity, TrainConfig,
@@ -40,7 +40,7 @@ fn default_bootstrap() -> usize {
 }
 
 /// Parameters of a `train` stage (and of `palpipe train`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainParams {
     /// The model's name in `models` (default: the stage's name).
@@ -75,17 +75,6 @@ pub struct TrainParams {
 }
 
 impl TrainParams {
-    pub fn split_refs(&self) -> Vec<(String, String)> {
-        let mut v = vec![("train".to_string(), self.train.clone())];
-        if let Some(s) = &self.val {
-            v.push(("val".into(), s.clone()));
-        }
-        v
-    }
-    pub fn describe(&self) -> String {
-        format!("{} K={} on '{}'", self.model, self.k, self.train)
-    }
-
     /// The resolved model configuration (None for popularity).
     pub fn model_config(&self) -> anyhow::Result<Option<ModelConfig>> {
         let mut cfg = self.config.clone();
@@ -118,7 +107,7 @@ impl TrainParams {
 pub const CLIP_SCORE: &str = "clip-score";
 
 /// Parameters of an `eval` stage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalParams {
     /// A model name from `models`, or `clip-score` (the zero-shot CLIP score).
@@ -136,7 +125,7 @@ pub struct EvalParams {
 }
 
 /// Parameters of an `adapt` stage.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdaptParams {
     pub model: String,
@@ -747,30 +736,4 @@ pub async fn adapt_model(store: &Store, p: &AdaptParams) -> anyhow::Result<Vec<A
         )
         .await?;
     Ok(rows)
-}
-
-pub async fn train(p: &TrainParams, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
-    let name = p.name.clone().unwrap_or_else(|| ctx.stage_name.to_string());
-    Ok(
-        train_model(ctx.store, &name, p, Some(ctx.run_id), ctx.printer)
-            .await?
-            .summary,
-    )
-}
-
-pub async fn eval(p: &EvalParams, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
-    Ok(one_line(&eval_model(ctx.store, p, Some(ctx.run_id)).await?))
-}
-
-pub async fn adapt(p: &AdaptParams, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
-    let rows = adapt_model(ctx.store, p).await?;
-    let parts: Vec<String> = rows
-        .iter()
-        .map(|r| format!("{} shots {:.2}%", r.shots, 100.0 * r.accuracy))
-        .collect();
-    Ok(format!(
-        "{} users: {}",
-        rows.first().map(|r| r.users).unwrap_or(0),
-        parts.join(", ")
-    ))
 }

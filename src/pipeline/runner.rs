@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::kinds::StageCtx;
 use super::progress::Printer;
 use super::spec::{Pipeline, Stage};
-use super::stages::StageCtx;
 use crate::store::batches::{self, RunRow, SplitRow};
 use crate::store::{now_ms, sql, Store, StoreError};
 
@@ -198,10 +198,11 @@ async fn fingerprint(
     for t in stage.params.reads() {
         h.update(format!("{t}={:?};", versions.get(*t)).as_bytes());
     }
-    for (table, predicate, columns) in stage.params.read_scopes() {
+    for scope in stage.params.read_scopes() {
+        let (table, predicate) = (scope.table, &scope.predicate);
         h.update(format!("scope {table} WHERE {predicate};").as_bytes());
         let mut rows: Vec<String> = Vec::new();
-        for b in store.read(table, columns, Some(&predicate)).await? {
+        for b in store.read(table, scope.columns, Some(predicate)).await? {
             let cols: Vec<&arrow_array::StringArray> = (0..b.num_columns())
                 .filter_map(|i| b.column(i).as_any().downcast_ref())
                 .collect();

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 
+use super::kinds::{self, Kind};
 use super::positions::Positions;
-use super::stages::StageParams;
 
 /// One problem in a pipeline file, located.
 #[derive(Debug, Clone)]
@@ -85,7 +85,7 @@ pub struct Pipeline {
 #[derive(Debug, Clone)]
 pub struct Stage {
     pub name: String,
-    pub params: StageParams,
+    pub params: Kind,
     /// Line of the stage in the file, for messages at run time.
     pub line: Option<usize>,
 }
@@ -198,22 +198,24 @@ impl Pipeline {
                 _ => {
                     errors.push(at(
                         &base,
-                        format!(
-                            "stage '{name}' has no 'kind' (one of {})",
-                            StageParams::KINDS.join(", ")
-                        ),
+                        format!("stage '{name}' has no 'kind' (one of {})", kinds::names()),
                     ));
                     continue;
                 }
             };
-            match StageParams::parse(&kind, Value::Mapping(m)) {
-                Ok(params) => stages.push(Stage { name, params, line }),
+            let parsed = match kinds::find(&kind) {
+                Some(k) => (k.parse)(Value::Mapping(m)),
+                None => Err(ParamError::UnknownKind),
+            };
+            match parsed {
+                Ok(params) => stages.push(Stage {
+                    name,
+                    params: params.into(),
+                    line,
+                }),
                 Err(ParamError::UnknownKind) => errors.push(at(
                     &format!("{base}.kind"),
-                    format!(
-                        "unknown stage kind '{kind}' (kinds: {})",
-                        StageParams::KINDS.join(", ")
-                    ),
+                    format!("unknown stage kind '{kind}' (kinds: {})", kinds::names()),
                 )),
                 Err(ParamError::Invalid { path, message }) => {
                     let key = if path.is_empty() || path == "." {

@@ -39,13 +39,13 @@ pub fn check(p: &Pipeline, pos: &Positions) -> Vec<SpecError> {
     }
     // Parameters in range.
     for (i, s) in p.stages.iter().enumerate() {
-        if let Err((key, message)) = s.params.check() {
-            let key = if key.is_empty() {
+        if let Err(issue) = s.params.check() {
+            let key = if issue.key.is_empty() {
                 format!("stages.{i}")
             } else {
-                format!("stages.{i}.{key}")
+                format!("stages.{i}.{}", issue.key)
             };
-            errors.push(at(key, format!("stage '{}': {message}", s.name)));
+            errors.push(at(key, format!("stage '{}': {}", s.name, issue.message)));
         }
     }
     // Splits parse as SQL.

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::ParamIssue;
 use crate::store::records::PairRow;
 
 fn default_dataset() -> String {
@@ -70,18 +71,31 @@ impl Params {
         [&self.target, &self.leak_tag, &self.clean_tag]
     }
 
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks the tags and reference, naming the key at fault.
+    pub fn check(&self) -> Result<(), ParamIssue> {
         let tags = self.target_tags();
         if tags[0] == tags[1] || tags[1] == tags[2] || tags[0] == tags[2] {
-            return Err("target, leak_tag and clean_tag must be three different tags".into());
+            let key = if tags[1] == tags[2] {
+                "clean_tag"
+            } else {
+                "leak_tag"
+            };
+            return Err(ParamIssue::new(
+                key,
+                "target, leak_tag and clean_tag must be three different tags",
+            ));
         }
         if let Some(r) = self.reference.iter().find(|r| tags.contains(&r.as_str())) {
-            return Err(format!(
-                "reference split '{r}' is also the target or one of its tags"
+            return Err(ParamIssue::new(
+                "reference",
+                format!("reference split '{r}' is also the target or one of its tags"),
             ));
         }
         if self.reference.is_empty() {
-            return Err("reference must name at least one split".into());
+            return Err(ParamIssue::new(
+                "reference",
+                "reference must name at least one split",
+            ));
         }
         Ok(())
     }

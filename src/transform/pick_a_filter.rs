@@ -24,6 +24,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::filter::Filter;
+use super::ParamIssue;
 use crate::ingest::common::rng_for;
 use crate::store::records::PairRow;
 
@@ -90,36 +91,52 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn check(&self) -> Result<(), String> {
+    /// Checks ranges, the two filters and the splits, naming the key at fault.
+    pub fn check(&self) -> Result<(), ParamIssue> {
         if !(0.0..=1.0).contains(&self.beta) {
-            return Err(format!(
-                "beta is {}, expected a fraction in [0, 1]",
-                self.beta
+            return Err(ParamIssue::new(
+                "beta",
+                format!("beta is {}, expected a fraction in [0, 1]", self.beta),
             ));
         }
         if !(0.0..1.0).contains(&self.val_frac) {
-            return Err(format!(
-                "val_frac is {}, expected a fraction in [0, 1)",
-                self.val_frac
+            return Err(ParamIssue::new(
+                "val_frac",
+                format!(
+                    "val_frac is {}, expected a fraction in [0, 1)",
+                    self.val_frac
+                ),
             ));
         }
         if self.filters.len() != 2 {
-            return Err(format!(
-                "filters: expected exactly two (one per group), found {}",
-                self.filters.len()
+            return Err(ParamIssue::new(
+                "filters",
+                format!(
+                    "filters: expected exactly two (one per group), found {}",
+                    self.filters.len()
+                ),
             ));
         }
         for f in &self.filters {
-            f.check()?;
+            f.check().map_err(|m| ParamIssue::new("filters", m))?;
         }
         if self.filters[0].name == self.filters[1].name {
-            return Err("the two filters need different names".into());
+            return Err(ParamIssue::new(
+                "filters",
+                "the two filters need different names",
+            ));
         }
         if self.seen_users == 0 {
-            return Err("seen_users must be at least 1".into());
+            return Err(ParamIssue::new(
+                "seen_users",
+                "seen_users must be at least 1",
+            ));
         }
         if self.train == self.test {
-            return Err("train and test must be different splits".into());
+            return Err(ParamIssue::new(
+                "train",
+                "train and test must be different splits",
+            ));
         }
         Ok(())
     }
@@ -204,7 +221,7 @@ pub fn filtered_item(pair: &PairRow, change: Change) -> Option<(&str, usize)> {
 /// Builds the plan from the source dataset's pairs (any splits; only `train` and `test` are
 /// used).
 pub fn plan(source: &[PairRow], p: &Params) -> Result<Plan, String> {
-    p.check()?;
+    p.check().map_err(|e| e.message)?;
     let mut per_user: HashMap<&str, (Vec<usize>, usize, usize)> = HashMap::new();
     for (i, r) in source.iter().enumerate() {
         let in_train = r.split == p.train;

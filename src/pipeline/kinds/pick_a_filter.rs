@@ -1,128 +1,68 @@
-//! Store glue for the image path's stages: `pickapic` (streaming ingest), `dedup` (the
-//! leakage split) and `pick_a_filter`. The decisions live in `crate::ingest::pickapic` and
-//! `crate::transform`; this file reads their inputs from the store and writes their output.
+//! The `pick_a_filter` kind: Pick-a-Filter (PAL App. D.6; `crate::transform::pick_a_filter`
+//! decides). Reads the source dataset's train and test pairs and their images, writes the
+//! colour-filtered images (shared, content-addressed `items`) and owns its own dataset's
+//! pairs and users.
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::stages::StageCtx;
-use crate::ingest::common::IngestError;
-use crate::ingest::pickapic;
+use super::{
+    dataset_pairs, write_summary, KindInfo, ParamIssue, ReadScope, RunFuture, Scope, StageCtx,
+    StageKind,
+};
 use crate::store::records::{content_id, pair_id, IngestBatch, ItemRow, PairRow, UserRow};
-use crate::store::{batches, sql_list, sql_str, IngestWriter, Store};
-use crate::transform::{dedup, pick_a_filter};
+use crate::store::{sql_str, IngestWriter};
+use crate::transform::pick_a_filter::{self, Params};
 
-/// The `pickapic` stage: shards are read on a blocking thread and handed over in chunks
-/// (one in flight while the previous one is written), so memory stays at a few chunks
-/// whatever the dataset size.
-pub async fn ingest_pickapic(p: &pickapic::Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
-    let total = pickapic::count_rows(p)?;
-    let bar = ctx.printer.bar(total, "rows");
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<IngestBatch>(1);
-    let params = p.clone();
-    let reader_bar = bar.clone();
-    let reader = tokio::task::spawn_blocking(move || {
-        pickapic::read(
-            &params,
-            |chunk| {
-                tx.blocking_send(chunk)
-                    .map_err(|_| IngestError::Stopped("the store writer stopped".into()))
-            },
-            |n| reader_bar.set_position(n),
+/// The registry entry.
+pub const KIND: KindInfo = KindInfo::of::<Params>(
+    "pick_a_filter",
+    "Pick-a-Filter (PAL App. D.6): two user groups made by colour filters on Pick-a-Pic",
+    "source_dataset: pickapic\ndataset: pick-a-filter\ntrain: v1-train\ntest: v1-test\nmin_labels: 50\nseen_users: 12\nbeta: 0.5\nfilters:\n  - {name: cool, tint: [0, 60, 255], strength: 0.4}\n  - {name: warm, tint: [255, 60, 0], strength: 0.4}\nval_frac: 0.1\nseed: 0\n",
+);
+
+impl StageKind for Params {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn read_scopes(&self) -> Vec<ReadScope> {
+        vec![ReadScope {
+            table: "pairs",
+            predicate: format!(
+                "dataset = {} AND split IN ({}, {})",
+                sql_str(&self.source_dataset),
+                sql_str(&self.train),
+                sql_str(&self.test)
+            ),
+            columns: &["pair_id", "split"],
+        }]
+    }
+
+    fn owns(&self, _stage_name: &str) -> Vec<Scope> {
+        vec![Scope::Dataset(self.dataset.clone())]
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "Pick-a-Filter from '{}', beta {}, filters {} / {}",
+            self.source_dataset,
+            self.beta,
+            self.filters.first().map_or("?", |f| f.name.as_str()),
+            self.filters.get(1).map_or("?", |f| f.name.as_str())
         )
-    });
-    let mut writer = IngestWriter::new(ctx.store);
-    let mut write_error = None;
-    while let Some(chunk) = rx.recv().await {
-        if let Err(e) = writer.write(&chunk).await {
-            write_error = Some(e);
-            break;
-        }
     }
-    drop(rx);
-    let read = reader.await?;
-    bar.finish_and_clear();
-    if let Some(e) = write_error {
-        return Err(e.into());
-    }
-    let report = read?;
-    for (tag, c) in &report {
-        for (ranking, why) in &c.bad_examples {
-            ctx.printer
-                .warn(format!("{tag}: ranking_id {ranking} skipped: {why}"));
-        }
-    }
-    Ok(format!(
-        "{}; {}",
-        pickapic::summarise(&report),
-        super::stages::write_summary(writer.stats.iter().map(|(t, s)| (t.as_str(), s)))
-    ))
-}
 
-async fn dataset_pairs(store: &Store, dataset: &str) -> anyhow::Result<Vec<PairRow>> {
-    let mut out = Vec::new();
-    let filter = format!("dataset = {}", sql_str(dataset));
-    for b in store.read("pairs", &[], Some(&filter)).await? {
-        out.extend(batches::read_pairs(&b)?);
+    fn check(&self) -> Result<(), ParamIssue> {
+        Params::check(self)
     }
-    // Lance returns rows in storage order, which a rewrite changes: sort for a stable result.
-    out.sort_by(|a, b| a.pair_id.cmp(&b.pair_id));
-    Ok(out)
-}
 
-/// The `dedup` stage: tags each target pair leaked or not, rewriting only the target split.
-pub async fn dedup(p: &dedup::Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
-    p.check().map_err(anyhow::Error::msg)?;
-    let mut pairs = dataset_pairs(ctx.store, &p.dataset).await?;
-    let tags = p.target_tags();
-    if !pairs.iter().any(|r| tags.contains(&r.split.as_str())) {
-        anyhow::bail!(
-            "dataset '{}' has no pairs in split '{}' (nor '{}' / '{}')",
-            p.dataset,
-            p.target,
-            p.leak_tag,
-            p.clean_tag
-        );
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
+        Box::pin(filter(self, ctx))
     }
-    let outcome = dedup::split(&pairs, p);
-    if !outcome.retag.is_empty() {
-        for (i, tag) in &outcome.retag {
-            pairs[*i].split = tag.clone();
-        }
-        let target: Vec<PairRow> = pairs
-            .into_iter()
-            .filter(|r| tags.contains(&r.split.as_str()))
-            .collect();
-        let predicate = format!(
-            "dataset = {} AND split IN ({})",
-            sql_str(&p.dataset),
-            sql_list(&tags)
-        );
-        ctx.store
-            .replace_where("pairs", &predicate, batches::pairs(&target)?)
-            .await?;
-    }
-    let dups: Vec<String> = outcome
-        .duplicates
-        .iter()
-        .map(|(s, n)| format!("{s} {n}"))
-        .collect();
-    Ok(format!(
-        "{}: {} {}, {} {} ({} retagged); exact duplicates within a split: {}",
-        p.target,
-        p.leak_tag,
-        outcome.leak,
-        p.clean_tag,
-        outcome.clean,
-        outcome.retag.len(),
-        dups.join(", ")
-    ))
 }
 
 /// The `pick_a_filter` stage.
-pub async fn pick_a_filter(
-    p: &pick_a_filter::Params,
-    ctx: &StageCtx<'_>,
-) -> anyhow::Result<String> {
+async fn filter(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
     let source = dataset_pairs(ctx.store, &p.source_dataset).await?;
     if source.is_empty() {
         anyhow::bail!(
@@ -255,6 +195,37 @@ pub async fn pick_a_filter(
         } else {
             String::new()
         },
-        super::stages::write_summary(writer.stats.iter().map(|(t, s)| (t.as_str(), s)))
+        write_summary(writer.stats.iter().map(|(t, s)| (t.as_str(), s)))
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn example_round_trips() {
+        (super::KIND.round_trip)(super::KIND.example).unwrap();
+    }
+
+    #[test]
+    fn check_names_the_key_at_fault() {
+        let v: serde_yaml::Value = serde_yaml::from_str(super::KIND.example).unwrap();
+        let p: super::Params = serde_yaml::from_value(v).unwrap();
+        for (edit, key) in [
+            ("beta", "beta"),
+            ("val_frac", "val_frac"),
+            ("filters", "filters"),
+            ("seen_users", "seen_users"),
+            ("train", "train"),
+        ] {
+            let mut q = p.clone();
+            match edit {
+                "beta" => q.beta = 1.5,
+                "val_frac" => q.val_frac = 1.0,
+                "filters" => q.filters.truncate(1),
+                "seen_users" => q.seen_users = 0,
+                _ => q.test = q.train.clone(),
+            }
+            assert_eq!(q.check().unwrap_err().key, key);
+        }
+    }
 }

@@ -1,0 +1,291 @@
+//! Stage kinds: the [`StageKind`] trait every kind implements, and [`KINDS`], the one list
+//! of kinds that the parser, the validator and `palpipe run --help` read.
+//!
+//! One kind is one file here: its typed parameters' trait implementation (what it reads,
+//! which rows it owns, how it checks and runs) and its store glue. What a stage computes
+//! lives with its part (`ingest`, `transform`, `embed`, `pal`); adding a kind is one new
+//! file and one line in [`KINDS`].
+//!
+//! | kind | part | reads | owns (writes) |
+//! |---|---|---|---|
+//! | `synthetic`, `persona`, `polis` | `ingest` | input files | its dataset's pairs and users (+ shared items, prompts, embeddings) |
+//! | `pickapic` | `ingest` | parquet shards (streamed) | its dataset's pairs and users (+ shared items, prompts) |
+//! | `dedup` | `transform` | pairs | the split tags of its target |
+//! | `pick_a_filter` | `transform` | pairs, items | its dataset's pairs and users (+ shared filtered items) |
+//! | `embed` | `embed` | items, prompts | nothing of its own (shared, append-only `embeddings`) |
+//! | `train` | `pal` | pairs, embeddings, splits | its model's row and checkpoint |
+//! | `eval`, `adapt` | `pal` + `eval` | pairs, embeddings, splits, the model they name | one metric of that model |
+
+pub mod adapt;
+pub mod dedup;
+pub mod embed;
+pub mod eval;
+pub mod persona;
+pub mod pick_a_filter;
+pub mod pickapic;
+pub mod polis;
+pub mod synthetic;
+pub mod train;
+
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_yaml::Value;
+
+use super::progress::Printer;
+use super::spec::{read_params, ParamError, Pipeline};
+use crate::store::{write_ingest, Store};
+pub use crate::transform::ParamIssue;
+
+/// Every stage kind, in the order `--help` lists them. Adding a kind: one file, one line.
+pub const KINDS: &[KindInfo] = &[
+    synthetic::KIND,
+    persona::KIND,
+    polis::KIND,
+    pickapic::KIND,
+    dedup::KIND,
+    pick_a_filter::KIND,
+    embed::KIND,
+    train::KIND,
+    eval::KIND,
+    adapt::KIND,
+];
+
+/// The kind named `name`, if there is one.
+pub fn find(name: &str) -> Option<&'static KindInfo> {
+    KINDS.iter().find(|k| k.name == name)
+}
+
+/// The kinds' names, comma-separated, for messages.
+pub fn names() -> String {
+    KINDS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}
+
+/// One line per kind with its help, for `palpipe run --help`.
+pub fn help_table() -> String {
+    let width = KINDS.iter().map(|k| k.name.len()).max().unwrap_or(0);
+    KINDS
+        .iter()
+        .map(|k| format!("  {:<width$}  {}", k.name, k.help))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A registry entry: a kind's name, its one-line help, an example of its parameters (YAML,
+/// without `name`/`kind`), and how to read its parameters.
+pub struct KindInfo {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub example: &'static str,
+    /// Reads the parameters (unknown keys rejected, the bad key's path kept).
+    pub parse: fn(Value) -> Result<Box<dyn StageKind>, ParamError>,
+    /// Parses `example`-like YAML, writes it back and parses that: both must be equal.
+    pub round_trip: fn(&str) -> Result<(), String>,
+}
+
+impl KindInfo {
+    /// The entry for parameter type `T`.
+    pub const fn of<T>(name: &'static str, help: &'static str, example: &'static str) -> KindInfo
+    where
+        T: StageKind + DeserializeOwned + Serialize + PartialEq + 'static,
+    {
+        KindInfo {
+            name,
+            help,
+            example,
+            parse: parse_as::<T>,
+            round_trip: round_trip_as::<T>,
+        }
+    }
+}
+
+fn parse_as<T: StageKind + DeserializeOwned + 'static>(
+    v: Value,
+) -> Result<Box<dyn StageKind>, ParamError> {
+    Ok(Box::new(read_params::<T>(v)?))
+}
+
+fn round_trip_as<T>(yaml: &str) -> Result<(), String>
+where
+    T: StageKind + DeserializeOwned + Serialize + PartialEq,
+{
+    let v: Value = serde_yaml::from_str(yaml).map_err(|e| format!("example: {e}"))?;
+    let first: T = read_params(v).map_err(|e| format!("example does not parse: {e:?}"))?;
+    let text = serde_yaml::to_string(&first).map_err(|e| format!("cannot write back: {e}"))?;
+    let v: Value = serde_yaml::from_str(&text).map_err(|e| format!("written back: {e}"))?;
+    let second: T =
+        read_params(v).map_err(|e| format!("written-back text does not parse: {e:?}\n{text}"))?;
+    if first != second {
+        return Err(format!(
+            "parsed back differently:\n{first:?}\nvs\n{second:?}\n{text}"
+        ));
+    }
+    Ok(())
+}
+
+/// A part of a table whose content (not version) enters a stage's fingerprint: for stages
+/// that write other rows of a table they read, so that their own writes, and other stages'
+/// writes elsewhere in the table, do not make them run again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadScope {
+    pub table: &'static str,
+    /// SQL predicate over `table`.
+    pub predicate: String,
+    /// String columns whose values are hashed (sorted, so storage order does not matter).
+    pub columns: &'static [&'static str],
+}
+
+/// The rows a stage owns: what a run of it replaces. Content-addressed tables (`items`,
+/// `prompts`, `embeddings`) are shared and append-only, so no stage owns rows there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every row of `pairs` and `users` whose `dataset` is this (an ingest stage's output).
+    Dataset(String),
+    /// The rows of `pairs` in `dataset` whose split is one of `tags` (a re-tagging stage).
+    SplitTags { dataset: String, tags: Vec<String> },
+    /// The `models` row of this name and its checkpoint folder.
+    Model(String),
+    /// One key of a model's metrics (`eval`: the split; `adapt`: `adapt:<split>`).
+    ModelMetric { model: String, key: String },
+}
+
+/// What a running stage may use.
+pub struct StageCtx<'a> {
+    pub store: &'a Store,
+    pub pipeline: &'a Pipeline,
+    pub stage_name: &'a str,
+    pub run_id: &'a str,
+    pub printer: Printer,
+}
+
+/// The future a stage's `run` returns.
+pub type RunFuture<'a> = Pin<Box<dyn Future<Output = anyhow::Result<String>> + 'a>>;
+
+/// A stage kind with its typed parameters: what it reads, what it owns, how it checks its
+/// parameters, and how it runs. Defaults describe a stage that reads and owns nothing.
+pub trait StageKind: fmt::Debug + Send + Sync {
+    /// The `kind:` value.
+    fn kind(&self) -> &'static str;
+
+    /// Input files or folders, each with the parameter key that names it.
+    fn inputs(&self) -> Vec<(String, PathBuf)> {
+        Vec::new()
+    }
+
+    /// Tables whose versions enter the fingerprint.
+    fn reads(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Parts of tables whose content enters the fingerprint (see [`ReadScope`]).
+    fn read_scopes(&self) -> Vec<ReadScope> {
+        Vec::new()
+    }
+
+    /// The rows this stage owns (see [`Scope`]); `stage_name` names a model by default.
+    fn owns(&self, stage_name: &str) -> Vec<Scope>;
+
+    /// Split names this stage uses, with their keys.
+    fn split_refs(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// Models this stage uses, with their keys.
+    fn model_refs(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// The model this stage registers, if any.
+    fn model_name(&self, _stage_name: &str) -> Option<String> {
+        None
+    }
+
+    /// One line for `--dry-run`.
+    fn describe(&self) -> String;
+
+    /// Parameter checks that need more than their types, run before anything.
+    fn check(&self) -> Result<(), ParamIssue> {
+        Ok(())
+    }
+
+    /// Runs the stage; the returned line summarises what it did.
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a>;
+}
+
+/// A parsed stage kind, shared by the pipeline's copies.
+pub type Kind = Arc<dyn StageKind>;
+
+/// Writes an ingest batch and summarises the writes (the three in-memory ingest kinds).
+pub(crate) async fn ingest_summary(
+    ctx: &StageCtx<'_>,
+    batch: crate::store::records::IngestBatch,
+) -> anyhow::Result<String> {
+    let stats = write_ingest(ctx.store, &batch).await?;
+    Ok(write_summary(stats.iter().map(|(t, s)| (t.as_str(), s))))
+}
+
+/// The pairs of `dataset`, sorted by pair id (the transform kinds' input).
+pub(crate) async fn dataset_pairs(
+    store: &Store,
+    dataset: &str,
+) -> anyhow::Result<Vec<crate::store::records::PairRow>> {
+    let mut out = Vec::new();
+    let filter = format!("dataset = {}", crate::store::sql_str(dataset));
+    for b in store.read("pairs", &[], Some(&filter)).await? {
+        out.extend(crate::store::batches::read_pairs(&b)?);
+    }
+    // Lance returns rows in storage order, which a rewrite changes: sort for a stable result.
+    out.sort_by(|a, b| a.pair_id.cmp(&b.pair_id));
+    Ok(out)
+}
+
+/// "items +4480, pairs +2310 (10 present)": what a stage's writes added, per table.
+pub fn write_summary<'a>(
+    stats: impl Iterator<Item = (&'a str, &'a crate::store::WriteStats)>,
+) -> String {
+    stats
+        .map(|(t, s)| {
+            if s.existing > 0 {
+                format!("{t} +{} ({} present)", s.inserted, s.existing)
+            } else {
+                format!("{t} +{}", s.inserted)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// STYLE #11: every kind's example parses, writes back and parses back equal; the
+    /// registry's parser gives the kind it is listed under.
+    #[test]
+    fn every_kind_round_trips_its_example() {
+        for k in KINDS {
+            (k.round_trip)(k.example).unwrap_or_else(|e| panic!("kind '{}': {e}", k.name));
+            let v: Value = serde_yaml::from_str(k.example).unwrap();
+            let parsed = (k.parse)(v).unwrap_or_else(|e| panic!("kind '{}': {e:?}", k.name));
+            assert_eq!(parsed.kind(), k.name);
+            assert!(!parsed.describe().is_empty(), "kind '{}'", k.name);
+        }
+    }
+
+    #[test]
+    fn kind_names_are_unique_and_listed_in_help() {
+        let mut seen = std::collections::BTreeSet::new();
+        let help = help_table();
+        for k in KINDS {
+            assert!(seen.insert(k.name), "kind '{}' listed twice", k.name);
+            assert!(help.contains(k.name) && help.contains(k.help));
+            assert!(find(k.name).is_some());
+        }
+        assert!(find("no-such-kind").is_none());
+    }
+}

@@ -1,0 +1,52 @@
+//! The `persona` kind: Anthropic persona statements (`crate::ingest::persona`) as the PAL
+//! paper's Persona dataset. Reads one JSONL file per persona; owns its dataset's pairs and
+//! users.
+
+use std::path::PathBuf;
+
+use super::{ingest_summary, KindInfo, RunFuture, Scope, StageCtx, StageKind};
+use crate::ingest::persona::{self, Params};
+
+/// The registry entry.
+pub const KIND: KindInfo = KindInfo::of::<Params>(
+    "persona",
+    "Anthropic persona statements (interest-in-<name>.jsonl) as simulated users",
+    "dir: ../shared/data/persona\npersonas: [art, math]\nusers_per_persona: 2\nqueries_per_user: 6\nunseen_users_per_persona: 1\nunseen_queries_per_user: 4\n",
+);
+
+impl StageKind for Params {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn inputs(&self) -> Vec<(String, PathBuf)> {
+        persona::input_files(self)
+            .into_iter()
+            .map(|f| ("dir".to_string(), f))
+            .collect()
+    }
+
+    fn owns(&self, _stage_name: &str) -> Vec<Scope> {
+        vec![Scope::Dataset(self.dataset.clone())]
+    }
+
+    fn describe(&self) -> String {
+        format!("personas {:?} from {}", self.personas, self.dir.display())
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
+        Box::pin(async move {
+            let p = self.clone();
+            let batch = tokio::task::spawn_blocking(move || persona::ingest(&p)).await??;
+            ingest_summary(ctx, batch).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn example_round_trips() {
+        (super::KIND.round_trip)(super::KIND.example).unwrap();
+    }
+}

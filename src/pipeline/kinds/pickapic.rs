@@ -1,0 +1,108 @@
+//! The `pickapic` kind: Pick-a-Pic parquet shards streamed into the store
+//! (`crate::ingest::pickapic` decides; this file writes). Shards are read on a blocking
+//! thread and handed over in chunks (one in flight while the previous one is written), so
+//! memory stays at a few chunks whatever the dataset size. Owns its dataset's pairs and
+//! users; images and captions go to the shared, content-addressed `items` and `prompts`.
+
+use std::path::PathBuf;
+
+use super::{write_summary, KindInfo, RunFuture, Scope, StageCtx, StageKind};
+use crate::ingest::common::IngestError;
+use crate::ingest::pickapic::{self, Params};
+use crate::store::records::IngestBatch;
+use crate::store::IngestWriter;
+
+/// The registry entry.
+pub const KIND: KindInfo = KindInfo::of::<Params>(
+    "pickapic",
+    "Pick-a-Pic parquet shards (v1/v2, published layout), streamed: images, captions, pairs",
+    "data_dir: ../data/pickapic-fixtures\nsets:\n  - {version: v1, split: train, files: \"v1/train-*.parquet\"}\n  - {version: v2, split: test, files: \"v2/test-*.parquet\"}\nverify_images: header\ndataset: pickapic\nchunk_mb: 16\n",
+);
+
+impl StageKind for Params {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn inputs(&self) -> Vec<(String, PathBuf)> {
+        pickapic::input_files(self)
+            .into_iter()
+            .map(|f| ("data_dir".to_string(), f))
+            .collect()
+    }
+
+    fn owns(&self, _stage_name: &str) -> Vec<Scope> {
+        vec![Scope::Dataset(self.dataset.clone())]
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "Pick-a-Pic shards {} from {}",
+            self.sets
+                .iter()
+                .map(|s| s.tag())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.data_dir.display()
+        )
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
+        Box::pin(ingest(self, ctx))
+    }
+}
+
+/// The `pickapic` stage: shards are read on a blocking thread and handed over in chunks
+/// (one in flight while the previous one is written), so memory stays at a few chunks
+/// whatever the dataset size.
+async fn ingest(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
+    let total = pickapic::count_rows(p)?;
+    let bar = ctx.printer.bar(total, "rows");
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<IngestBatch>(1);
+    let params = p.clone();
+    let reader_bar = bar.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        pickapic::read(
+            &params,
+            |chunk| {
+                tx.blocking_send(chunk)
+                    .map_err(|_| IngestError::Stopped("the store writer stopped".into()))
+            },
+            |n| reader_bar.set_position(n),
+        )
+    });
+    let mut writer = IngestWriter::new(ctx.store);
+    let mut write_error = None;
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = writer.write(&chunk).await {
+            write_error = Some(e);
+            break;
+        }
+    }
+    drop(rx);
+    let read = reader.await?;
+    bar.finish_and_clear();
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    let report = read?;
+    for (tag, c) in &report {
+        for (ranking, why) in &c.bad_examples {
+            ctx.printer
+                .warn(format!("{tag}: ranking_id {ranking} skipped: {why}"));
+        }
+    }
+    Ok(format!(
+        "{}; {}",
+        pickapic::summarise(&report),
+        write_summary(writer.stats.iter().map(|(t, s)| (t.as_str(), s)))
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn example_round_trips() {
+        (super::KIND.round_trip)(super::KIND.example).unwrap();
+    }
+}

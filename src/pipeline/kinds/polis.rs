@@ -1,0 +1,54 @@
+//! The `polis` kind: one Polis conversation's votes (`crate::ingest::polis`) as pairs.
+//! Reads the export's three CSV files; owns the dataset `polis/<conversation>`.
+
+use std::path::PathBuf;
+
+use super::{ingest_summary, KindInfo, RunFuture, Scope, StageCtx, StageKind};
+use crate::ingest::polis::{self, Params};
+
+/// The registry entry.
+pub const KIND: KindInfo = KindInfo::of::<Params>(
+    "polis",
+    "a Polis conversation export (summary, comments, votes CSV): agree over disagree",
+    "dir: ../shared/data/polis/scoop-hivemind.taxes\nmax_pairs_per_user: 200\nmin_pairs_per_user: 20\nunseen_frac: 0.2\ntest_frac: 0.2\nval_frac: 0.1\nseed: 0\n",
+);
+
+impl StageKind for Params {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn inputs(&self) -> Vec<(String, PathBuf)> {
+        polis::input_files(self)
+            .into_iter()
+            .map(|f| ("dir".to_string(), f))
+            .collect()
+    }
+
+    fn owns(&self, _stage_name: &str) -> Vec<Scope> {
+        // The dataset is named after the folder; an unnamable folder fails at run time.
+        polis::dataset_name(self)
+            .map(|d| vec![Scope::Dataset(d)])
+            .unwrap_or_default()
+    }
+
+    fn describe(&self) -> String {
+        format!("conversation {}", self.dir.display())
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
+        Box::pin(async move {
+            let p = self.clone();
+            let batch = tokio::task::spawn_blocking(move || polis::ingest(&p)).await??;
+            ingest_summary(ctx, batch).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn example_round_trips() {
+        (super::KIND.round_trip)(super::KIND.example).unwrap();
+    }
+}
