@@ -3,7 +3,8 @@
 //!
 //! What each stage computes lives with its part (`ingest`, `embed`, `pal`, `eval`); this
 //! module only knows how to parse a stage's parameters, what tables it reads, and how to
-//! call it. `spec.rs` parses, `validate.rs` checks, `runner.rs` runs, `stages.rs` dispatches.
+//! call it. `spec.rs` parses, `sweep.rs` expands `foreach:` stages, `validate.rs` checks,
+//! `runner.rs` runs, `stages.rs` dispatches.
 
 pub mod embed_stage;
 pub mod features;
@@ -13,6 +14,7 @@ pub mod progress;
 pub mod runner;
 pub mod spec;
 pub mod stages;
+pub mod sweep;
 pub mod transform_stages;
 pub mod validate;
 
