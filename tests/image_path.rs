@@ -483,3 +483,102 @@ fn a_clip_embed_stage_without_its_folder_is_refused_before_any_work() {
     assert!(r.stderr.contains("needs a model folder"), "{}", r.stderr);
     assert!(!r.stderr.contains("does not exist"), "{}", r.stderr);
 }
+
+/// Pair ids in the order a plain scan of `pairs` returns them (storage order).
+fn stored_pair_order(store: &Path) -> Vec<String> {
+    query(store, "SELECT pair_id FROM pairs")
+        .iter()
+        .map(|r| r["pair_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn same_inputs_and_seed_give_the_same_checkpoint_whatever_the_reader_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _) = fixtures(
+        dir.path(),
+        &[
+            "--rows",
+            "300",
+            "--shard-rows",
+            "40",
+            "--leaks",
+            "12",
+            "--heavy-users",
+            "0",
+        ],
+    );
+    // A second copy of the shards with the first and last v1-train files swapped by name:
+    // the same rows, read in another order.
+    let swapped = dir.path().join("fx-swapped");
+    for sub in ["v1", "v2"] {
+        std::fs::create_dir_all(swapped.join(sub)).unwrap();
+        for e in std::fs::read_dir(data.join(sub)).unwrap() {
+            let e = e.unwrap().path();
+            std::fs::copy(&e, swapped.join(sub).join(e.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut train: Vec<PathBuf> = std::fs::read_dir(swapped.join("v1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("train-")
+        })
+        .collect();
+    train.sort();
+    assert!(train.len() >= 3, "{train:?}");
+    let (first, last) = (&train[0], &train[train.len() - 1]);
+    let tmp = swapped.join("v1/tmp.parquet");
+    std::fs::rename(first, &tmp).unwrap();
+    std::fs::rename(last, first).unwrap();
+    std::fs::rename(&tmp, last).unwrap();
+
+    let runs = [(&data, "1", "one"), (&swapped, "2", "two")];
+    for (shards, threads, name) in runs {
+        palpipe(
+            &dir.path().join(name),
+            &[
+                "run",
+                "pipelines/leakage-split.yaml",
+                "--set",
+                &format!("ingest.data_dir={}", shards.display()),
+                "--set",
+                &format!("ingest.threads={threads}"),
+            ],
+        )
+        .ok();
+    }
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    // The premise: the same rows, stored in another order.
+    let (a, b) = (stored_pair_order(&one), stored_pair_order(&two));
+    assert_ne!(a, b, "the two stores hold their pairs in the same order");
+    let (mut sa, mut sb) = (a.clone(), b.clone());
+    sa.sort();
+    sb.sort();
+    assert_eq!(sa, sb);
+
+    let weights =
+        |s: &Path| std::fs::read(s.join("checkpoints/pick-b-k1/weights.safetensors")).unwrap();
+    assert!(
+        weights(&one) == weights(&two),
+        "pick-b-k1's weights differ between the stores"
+    );
+    for (model, split) in [
+        ("pick-b-k1", "v2-no-leakage"),
+        ("pick-b-k1", "v2-leakage"),
+        ("clip-score", "v2-no-leakage"),
+    ] {
+        let eval = |s: &Path| {
+            palpipe(s, &["eval", "--model", model, "--split", split, "--json"])
+                .ok()
+                .stdout
+        };
+        let (x, y) = (eval(&one), eval(&two));
+        assert!(x.contains("users_detail"), "{x}");
+        assert_eq!(x, y, "{model} on {split}");
+    }
+}

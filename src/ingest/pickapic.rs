@@ -14,7 +14,9 @@
 //!
 //! Shards are streamed: rows are read in record batches and handed on in chunks of about
 //! `chunk_mb` of image bytes, so memory does not grow with the dataset. The files of one set
-//! are read by two threads (hashing is cheap; decompressing and copying image bytes is not).
+//! are read by `threads` threads, default two (hashing is cheap; decompressing and copying
+//! image bytes is not); which thread stores a row first changes the storage order only, and
+//! readers of the store sort (see `pipeline::features`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -117,6 +119,9 @@ fn default_dataset() -> String {
 fn default_chunk_mb() -> usize {
     32
 }
+fn default_threads() -> usize {
+    2
+}
 
 /// Parameters of a `pickapic` stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,6 +142,10 @@ pub struct Params {
     /// Image bytes per write (MiB). Default 32.
     #[serde(default = "default_chunk_mb")]
     pub chunk_mb: usize,
+    /// Threads reading the files of one shard set (at most one per file). Default 2. The
+    /// rows stored do not depend on it, only the order they are stored in.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
 }
 
 impl Params {
@@ -148,6 +157,7 @@ impl Params {
             verify_images: VerifyImages::default(),
             dataset: default_dataset(),
             chunk_mb: default_chunk_mb(),
+            threads: default_threads(),
         }
     }
 }
@@ -400,7 +410,7 @@ struct Shared<'a, S, R> {
 
 /// Streams the shards of `p`, handing each chunk of rows to `sink` (the store writer) and
 /// `rows_done` the number of rows read so far. The files of one shard set are read by up to
-/// two threads; sets are read in order. Items, prompts and users are handed on once per run,
+/// `p.threads` threads; sets are read in order. Items, prompts and users are handed on once per run,
 /// so the rows that reach the store do not depend on which thread read what first. Returns
 /// the counts per split tag.
 pub fn read<S, R>(p: &Params, sink: S, rows_done: R) -> Result<ReadReport, IngestError>
@@ -410,6 +420,9 @@ where
 {
     if p.chunk_mb == 0 {
         return Err(IngestError::bad_param("chunk_mb", 0, "at least 1 (MiB)"));
+    }
+    if p.threads == 0 {
+        return Err(IngestError::bad_param("threads", 0, "at least 1"));
     }
     let mut shared = Shared {
         p,
@@ -435,10 +448,7 @@ where
         shared.tag = set.tag();
         shared.source = format!("{}/{}", p.dataset, set.version);
         let next = AtomicUsize::new(0);
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 2)
-            .min(files.len());
+        let threads = p.threads.min(files.len());
         let results: Vec<Result<SetCounts, IngestError>> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
                 .map(|_| {

@@ -274,6 +274,10 @@ pub async fn embed_texts(
             }
         }
     }
+    // Batches in id order: a text's padded batch, hence its last bits, must not depend on
+    // the order rows happen to be stored in.
+    todo.sort_unstable();
+    images.sort_unstable();
     let bar = printer.bar((todo.len() + images.len()) as u64, "embedding");
     for chunk in todo.chunks(p.chunk.max(1)) {
         let enc2 = enc.clone();

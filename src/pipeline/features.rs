@@ -3,6 +3,11 @@
 //!
 //! Each distinct item and prompt is loaded once and comparisons hold indices into those
 //! matrices, so memory is the size of the vectors the split needs, not a copy per pair.
+//!
+//! Canonical order: a split's comparisons come out sorted by `pair_id` (then by their
+//! content), and users, items and prompts get their rows in id order, so what training,
+//! evaluation and adaptation see (and every seeded shuffle over it) does not depend on the
+//! order rows happen to be stored in, nor on how many threads wrote them.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -52,8 +57,10 @@ pub enum FeatureError {
 }
 
 /// One comparison as the split query returns it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PairRef {
+    /// The pair's id, when the split's query selects it (the first sort key).
+    pub pair_id: Option<String>,
     pub user_id: String,
     pub prompt_id: Option<String>,
     pub left_id: String,
@@ -85,7 +92,7 @@ pub async fn split_sql(store: &Store, name: &str) -> Result<String, FeatureError
         })
 }
 
-/// The comparisons a named split selects.
+/// The comparisons a named split selects, in canonical order (see [`canonical_order`]).
 pub async fn split_pairs(store: &Store, name: &str) -> Result<Vec<PairRef>, FeatureError> {
     let q = split_sql(store, name).await?;
     let result = sql::query(store, &q, &BTreeMap::new()).await?;
@@ -105,6 +112,16 @@ pub async fn split_pairs(store: &Store, name: &str) -> Result<Vec<PairRef>, Feat
         let lefts = col("left_id", &DataType::Utf8)?;
         let rights = col("right_id", &DataType::Utf8)?;
         let labels = col("label", &DataType::Int64)?;
+        let ids = match b.column_by_name("pair_id") {
+            Some(a) => Some(
+                cast(a, &DataType::Utf8)
+                    .map_err(|e| FeatureError::Store(StoreError::Sql(e.to_string())))?,
+            ),
+            None => None,
+        };
+        let ids = ids
+            .as_ref()
+            .and_then(|a| a.as_any().downcast_ref::<StringArray>());
         let s = |a: &std::sync::Arc<dyn Array>| a.as_any().downcast_ref::<StringArray>().cloned();
         let (Some(u), Some(p), Some(l), Some(r)) = (s(&users), s(&prompts), s(&lefts), s(&rights))
         else {
@@ -122,6 +139,7 @@ pub async fn split_pairs(store: &Store, name: &str) -> Result<Vec<PairRef>, Feat
                 });
             }
             out.push(PairRef {
+                pair_id: ids.and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string())),
                 user_id: u.value(i).to_string(),
                 prompt_id: (!p.is_null(i)).then(|| p.value(i).to_string()),
                 left_id: l.value(i).to_string(),
@@ -133,7 +151,14 @@ pub async fn split_pairs(store: &Store, name: &str) -> Result<Vec<PairRef>, Feat
     if out.is_empty() {
         return Err(FeatureError::EmptySplit(name.to_string()));
     }
+    canonical_order(&mut out);
     Ok(out)
+}
+
+/// Sorts comparisons by `pair_id`, then user, prompt, items and label: a total order on
+/// what a comparison holds, so any two orders of the same rows end up the same.
+pub fn canonical_order(pairs: &mut [PairRef]) {
+    pairs.sort_unstable();
 }
 
 /// Vectors of `encoder` for the given content ids, as one row-major matrix in `ids` order.
@@ -217,15 +242,55 @@ async fn known_encoders(store: &Store) -> Result<String, FeatureError> {
     })
 }
 
-/// The row of `id` in `ids`, appending it when new: one matrix row per distinct id.
-pub fn intern(rows: &mut HashMap<String, u32>, ids: &mut Vec<String>, id: &str) -> u32 {
-    if let Some(r) = rows.get(id) {
-        return *r;
+/// Comparisons as rows into sorted id lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Indexed {
+    /// Distinct user ids, sorted: user row r is `user_ids[r]`.
+    pub user_ids: Vec<String>,
+    /// Distinct item ids (left and right), sorted.
+    pub item_ids: Vec<String>,
+    /// Distinct prompt ids, sorted (empty when no comparison has one).
+    pub prompt_ids: Vec<String>,
+    /// One per pair, in the pairs' order.
+    pub comps: Vec<Comparison>,
+}
+
+/// Gives users, items and prompts their rows in id order and turns each pair into a
+/// [`Comparison`] over those rows. With pairs in [`canonical_order`], the result depends on
+/// the set of pairs only.
+pub fn index_pairs(pairs: &[PairRef]) -> Indexed {
+    fn rows<'a>(ids: impl Iterator<Item = &'a str>) -> (Vec<String>, HashMap<&'a str, u32>) {
+        let sorted: std::collections::BTreeSet<&str> = ids.collect();
+        let map = sorted
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, i as u32))
+            .collect();
+        (sorted.into_iter().map(str::to_string).collect(), map)
     }
-    let r = ids.len() as u32;
-    ids.push(id.to_string());
-    rows.insert(id.to_string(), r);
-    r
+    let (user_ids, users) = rows(pairs.iter().map(|p| p.user_id.as_str()));
+    let (item_ids, items) = rows(
+        pairs
+            .iter()
+            .flat_map(|p| [p.left_id.as_str(), p.right_id.as_str()]),
+    );
+    let (prompt_ids, prompts) = rows(pairs.iter().filter_map(|p| p.prompt_id.as_deref()));
+    let comps = pairs
+        .iter()
+        .map(|p| Comparison {
+            user: users[p.user_id.as_str()],
+            prompt: p.prompt_id.as_deref().map(|id| prompts[id]),
+            left: items[p.left_id.as_str()],
+            right: items[p.right_id.as_str()],
+            y: p.label,
+        })
+        .collect();
+    Indexed {
+        user_ids,
+        item_ids,
+        prompt_ids,
+        comps,
+    }
 }
 
 /// Loads a named split with `encoder`'s vectors into a [`ComparisonSet`].
@@ -241,27 +306,12 @@ pub async fn load_split(
             split: split.into(),
         });
     }
-    let mut item_rows: HashMap<String, u32> = HashMap::new();
-    let mut prompt_rows: HashMap<String, u32> = HashMap::new();
-    let mut user_rows: HashMap<String, u32> = HashMap::new();
-    let (mut item_ids, mut prompt_ids, mut user_ids) = (Vec::new(), Vec::new(), Vec::new());
-    let mut comps = Vec::with_capacity(pairs.len());
-    for p in &pairs {
-        let user = intern(&mut user_rows, &mut user_ids, &p.user_id);
-        let prompt = p
-            .prompt_id
-            .as_deref()
-            .map(|id| intern(&mut prompt_rows, &mut prompt_ids, id));
-        let left = intern(&mut item_rows, &mut item_ids, &p.left_id);
-        let right = intern(&mut item_rows, &mut item_ids, &p.right_id);
-        comps.push(Comparison {
-            user,
-            prompt,
-            left,
-            right,
-            y: p.label,
-        });
-    }
+    let Indexed {
+        user_ids,
+        item_ids,
+        prompt_ids,
+        comps,
+    } = index_pairs(&pairs);
     let (dx, items) = vectors(store, encoder, &item_ids, split, "items").await?;
     let (dp, prompts) = if prompt_ids.is_empty() {
         (0, Vec::new())
@@ -274,4 +324,91 @@ pub async fn load_split(
         item_ids,
         prompt_ids,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+
+    /// 40 comparisons by 5 users over 12 items and 4 prompts, every third without a pair id
+    /// (a split query need not select it), ids deliberately not in insertion order.
+    fn pairs() -> Vec<PairRef> {
+        (0..40u32)
+            .map(|i| PairRef {
+                pair_id: (i % 3 != 0).then(|| format!("p{:02}", (i * 7) % 40)),
+                user_id: format!("user-{}", (i * 3) % 5),
+                prompt_id: Some(format!("prompt-{}", (i * 5) % 4)),
+                left_id: format!("item-{:02}", (i * 5) % 12),
+                right_id: format!("item-{:02}", (i * 5 + 7) % 12),
+                label: if i % 2 == 0 { 1 } else { -1 },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn training_data_does_not_depend_on_the_order_rows_come_in() {
+        let original = pairs();
+        let mut a = original.clone();
+        canonical_order(&mut a);
+        let want = index_pairs(&a);
+        for seed in 0..5 {
+            let mut shuffled = original.clone();
+            shuffled.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+            assert_ne!(shuffled, original, "seed {seed} left the rows in place");
+            canonical_order(&mut shuffled);
+            assert_eq!(index_pairs(&shuffled), want, "seed {seed}");
+        }
+
+        // Rows are ids in sorted order, computed here without the code under test.
+        let sorted = |f: &dyn Fn(&PairRef) -> Vec<String>| -> Vec<String> {
+            let set: std::collections::BTreeSet<String> = original.iter().flat_map(f).collect();
+            set.into_iter().collect()
+        };
+        assert_eq!(want.user_ids, sorted(&|p| vec![p.user_id.clone()]));
+        assert_eq!(
+            want.item_ids,
+            sorted(&|p| vec![p.left_id.clone(), p.right_id.clone()])
+        );
+        assert_eq!(
+            want.prompt_ids,
+            sorted(&|p| p.prompt_id.iter().cloned().collect())
+        );
+        assert_eq!(want.user_ids.len(), 5);
+        assert_eq!(want.item_ids.len(), 12);
+
+        // Comparisons come in pair-id order (no id first), each pointing back at its row.
+        let mut by_id = original.clone();
+        by_id.sort_by(|x, y| {
+            (
+                &x.pair_id,
+                &x.user_id,
+                &x.prompt_id,
+                &x.left_id,
+                &x.right_id,
+                x.label,
+            )
+                .cmp(&(
+                    &y.pair_id,
+                    &y.user_id,
+                    &y.prompt_id,
+                    &y.left_id,
+                    &y.right_id,
+                    y.label,
+                ))
+        });
+        assert!(by_id[0].pair_id.is_none() && by_id[39].pair_id.is_some());
+        assert_eq!(want.comps.len(), by_id.len());
+        for (c, p) in want.comps.iter().zip(&by_id) {
+            assert_eq!(want.user_ids[c.user as usize], p.user_id);
+            assert_eq!(want.item_ids[c.left as usize], p.left_id);
+            assert_eq!(want.item_ids[c.right as usize], p.right_id);
+            assert_eq!(
+                c.prompt.map(|r| want.prompt_ids[r as usize].clone()),
+                p.prompt_id
+            );
+            assert_eq!(c.y, p.label);
+        }
+    }
 }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use arrow_array::{Array, Int32Array, Int64Array, StringArray};
 use serde::{Deserialize, Serialize};
 
-use super::features::{intern, load_split, split_pairs, FeatureError, LoadedSplit};
+use super::features::{index_pairs, load_split, split_pairs, FeatureError, LoadedSplit};
 use super::progress::Printer;
 use crate::pal::{
     self, evaluate, few_shot, ClipScore, Comparison, ComparisonSet, EvalOptions, EvalReport,
@@ -304,28 +304,31 @@ async fn popularity_eval(
     split: &str,
     opts: &EvalOptions,
 ) -> anyhow::Result<EvalReport> {
-    // Popularity needs identities, not embeddings: each distinct item becomes a
-    // one-number "vector" (its row), shared by both splits.
+    // Popularity needs identities, not embeddings: each distinct item of both splits
+    // becomes a one-number "vector" (its row, in id order).
     let train_pairs = split_pairs(store, train_split).await?;
     let test_pairs = split_pairs(store, split).await?;
-    let mut items: HashMap<String, u32> = HashMap::new();
-    for p in train_pairs.iter().chain(test_pairs.iter()) {
-        for id in [&p.left_id, &p.right_id] {
-            let n = items.len() as u32;
-            items.entry(id.clone()).or_insert(n);
-        }
-    }
+    let items: HashMap<&str, u32> = train_pairs
+        .iter()
+        .chain(test_pairs.iter())
+        .flat_map(|p| [p.left_id.as_str(), p.right_id.as_str()])
+        .collect::<std::collections::BTreeSet<&str>>()
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| (id, i as u32))
+        .collect();
     let vectors: Vec<f32> = (0..items.len()).map(|i| i as f32).collect();
     let build = |pairs: &[super::features::PairRef]| -> anyhow::Result<ComparisonSet> {
-        let (mut users, mut user_ids) = (HashMap::new(), Vec::new());
-        let comps = pairs
+        let ix = index_pairs(pairs);
+        let row = |r: u32| items[ix.item_ids[r as usize].as_str()];
+        let comps = ix
+            .comps
             .iter()
-            .map(|p| Comparison {
-                user: intern(&mut users, &mut user_ids, &p.user_id),
+            .map(|c| Comparison {
                 prompt: None,
-                left: items[&p.left_id],
-                right: items[&p.right_id],
-                y: p.label,
+                left: row(c.left),
+                right: row(c.right),
+                ..*c
             })
             .collect();
         Ok(ComparisonSet::new(
@@ -333,7 +336,7 @@ async fn popularity_eval(
             0,
             vectors.clone(),
             Vec::new(),
-            user_ids,
+            ix.user_ids,
             comps,
         )?)
     };

@@ -128,6 +128,27 @@ impl Positions {
         Positions { map: w.map }
     }
 
+    /// The index of a rebuilt stage list: stage `j` answers with the positions of the file's
+    /// stage `from[j]` (`stages.{from[j]}.…` become `stages.{j}.…`); other paths are kept.
+    pub fn renumber_stages(&self, from: &[usize]) -> Positions {
+        let mut by_stage: HashMap<usize, Vec<(&str, Pos)>> = HashMap::new();
+        let mut map = HashMap::new();
+        for (k, p) in &self.map {
+            match split_stage_key(k) {
+                Some((i, rest)) => by_stage.entry(i).or_default().push((rest, *p)),
+                None => {
+                    map.insert(k.clone(), *p);
+                }
+            }
+        }
+        for (j, i) in from.iter().enumerate() {
+            for (rest, p) in by_stage.get(i).into_iter().flatten() {
+                map.insert(format!("stages.{j}{rest}"), *p);
+            }
+        }
+        Positions { map }
+    }
+
     /// The position of `path`, or of its closest ancestor that has one.
     pub fn find(&self, path: &str) -> Option<Pos> {
         let mut p = path;
@@ -138,6 +159,13 @@ impl Positions {
             p = &p[..p.rfind('.')?];
         }
     }
+}
+
+/// `stages.7.k` → (7, ".k"); `stages.7` → (7, ""); `None` for a path outside a stage.
+pub fn split_stage_key(key: &str) -> Option<(usize, &str)> {
+    let rest = key.strip_prefix("stages.")?;
+    let end = rest.find('.').unwrap_or(rest.len());
+    Some((rest[..end].parse().ok()?, &rest[end..]))
 }
 
 #[cfg(test)]
@@ -153,5 +181,17 @@ mod tests {
         assert_eq!(p.find("stages.1.kind").unwrap().line, 7);
         // an unknown deeper path falls back to its parent
         assert_eq!(p.find("stages.1.kind.nested").unwrap().line, 7);
+    }
+
+    #[test]
+    fn renumbered_stages_answer_with_their_origin_lines() {
+        let text = "name: x\nstages:\n  - name: a\n    kind: synthetic\n  - name: b\n    k: 1\n";
+        let p = Positions::index(text).renumber_stages(&[0, 1, 1]);
+        assert_eq!(p.find("stages.2.k"), Some(Pos { line: 6, col: 5 }));
+        assert_eq!(p.find("stages.1").unwrap().line, 5);
+        assert_eq!(p.find("stages.0.kind").unwrap().line, 4);
+        assert_eq!(p.find("name"), Some(Pos { line: 1, col: 1 }));
+        assert_eq!(split_stage_key("stages.12.k.0"), Some((12, ".k.0")));
+        assert_eq!(split_stage_key("splits.a"), None);
     }
 }

@@ -4,6 +4,8 @@
 //! splits) straight from the text, so its errors carry positions. Each stage's parameters
 //! are then read into the stage kind's own struct (unknown keys rejected) through
 //! `serde_path_to_error`, and the key path is turned back into a line with [`Positions`].
+//! In between, stages with `foreach:` are expanded into one stage per combination
+//! (`sweep.rs`), each keeping the line of the stage as written.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -149,33 +151,25 @@ impl Pipeline {
                 e.to_string(),
             )])
         })?;
-        let pos = Positions::index(text);
-        let at = |key: &str, message: String| {
+        // Sweeps (`foreach:`) expand first, with `--set` applied; from here on `stages.{i}`
+        // is an index into the expanded list, and `pos` answers with the line each expanded
+        // stage was written on; `relocate` turns keys back into the file's (see `sweep.rs`).
+        let at_in = |pos: &Positions, key: &str, message: String| {
             let p = pos.find(key);
             err(p.map(|p| p.line), p.map(|p| p.col), key, message)
         };
+        let file_pos = Positions::index(text);
+        let (mut sweep, mut all_errors) =
+            super::sweep::expand(raw.stages, overrides, &|k: &str, m: String| {
+                at_in(&file_pos, k, m)
+            });
+        let pos = sweep.positions(&file_pos);
+        let at = |key: &str, message: String| at_in(&pos, key, message);
         let mut errors = Vec::new();
-        let mut stages_raw = raw.stages;
-        for o in overrides {
-            match stages_raw
-                .iter_mut()
-                .find(|m| m.get("name").and_then(Value::as_str) == Some(o.stage.as_str()))
-            {
-                Some(m) => {
-                    m.insert(Value::String(o.key.clone()), o.value.clone());
-                }
-                None => errors.push(err(
-                    None,
-                    None,
-                    "",
-                    format!(
-                        "--set names stage '{}', which this pipeline does not have",
-                        o.stage
-                    ),
-                )),
-            }
-        }
+        let stages_raw = std::mem::take(&mut sweep.stages);
         let mut stages = Vec::new();
+        // The index in the expanded list of each stage that parsed.
+        let mut parsed = Vec::new();
         for (i, mut m) in stages_raw.into_iter().enumerate() {
             let base = format!("stages.{i}");
             let line = pos.find(&base).map(|p| p.line);
@@ -203,16 +197,19 @@ impl Pipeline {
                     continue;
                 }
             };
-            let parsed = match kinds::find(&kind) {
+            let params = match kinds::find(&kind) {
                 Some(k) => (k.parse)(Value::Mapping(m)),
                 None => Err(ParamError::UnknownKind),
             };
-            match parsed {
-                Ok(params) => stages.push(Stage {
-                    name,
-                    params: params.into(),
-                    line,
-                }),
+            match params {
+                Ok(params) => {
+                    stages.push(Stage {
+                        name,
+                        params: params.into(),
+                        line,
+                    });
+                    parsed.push(i);
+                }
                 Err(ParamError::UnknownKind) => errors.push(at(
                     &format!("{base}.kind"),
                     format!("unknown stage kind '{kind}' (kinds: {})", kinds::names()),
@@ -227,15 +224,21 @@ impl Pipeline {
                 }
             }
         }
+        sweep.relocate(&mut errors);
+        all_errors.append(&mut errors);
+        // From here on `stages.{i}` indexes the stages that parsed.
+        let sweep = sweep.select(&parsed);
+        let pos = sweep.positions(&file_pos);
+        let at = |key: &str, message: String| at_in(&pos, key, message);
         let mut seen = BTreeMap::new();
         for (i, s) in stages.iter().enumerate() {
-            if let Some(first) = seen.insert(s.name.clone(), i) {
+            if let Some(first) = seen.insert(s.name.clone(), s.line) {
                 errors.push(at(
                     &format!("stages.{i}.name"),
                     format!(
-                        "duplicate stage name '{}' (first used by stage {})",
+                        "duplicate stage name '{}' (first used by the stage at line {})",
                         s.name,
-                        first + 1
+                        first.map_or("?".to_string(), |l| l.to_string())
                     ),
                 ));
             }
@@ -249,10 +252,12 @@ impl Pipeline {
             splits: raw.splits,
         };
         errors.extend(super::validate::check(&pipeline, &pos));
-        if errors.is_empty() {
+        sweep.relocate(&mut errors);
+        all_errors.append(&mut errors);
+        if all_errors.is_empty() {
             Ok(pipeline)
         } else {
-            Err(SpecErrors(errors))
+            Err(SpecErrors(all_errors))
         }
     }
 }
