@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod bench_image;
+pub mod eval_all;
 pub mod fixtures;
 pub mod images;
 pub mod output;
@@ -50,7 +51,7 @@ Examples:
   palpipe eval --model pal-a-k3 --split synthetic-test --store /tmp/s
   palpipe report --run latest --out /tmp/report --store /tmp/s
   palpipe fixtures pickapic --out data/pickapic-fixtures && palpipe run pipelines/leakage-split.yaml
-  palpipe eval --model pick-b-k1 --split v2-no-leakage --store palstore-leakage
+  palpipe eval --split v2-no-leakage --store palstore-leakage   # every model, best first
 
 Exit codes: 0 ok, 1 failure in the data or the work, 2 bad usage or configuration.";
 
@@ -65,7 +66,7 @@ pub enum Command {
     Tables(sql::TablesArgs),
     /// Train a PAL head (or a baseline) on a named split.
     Train(pal_cmds::TrainArgs),
-    /// Evaluate a trained model (or the zero-shot CLIP score) on a named split.
+    /// Evaluate a trained model (or the zero-shot CLIP score), or every one that can, on a named split.
     Eval(pal_cmds::EvalArgs),
     /// Fit new users' mixture weights from a few of their comparisons and score the rest.
     Adapt(pal_cmds::AdaptArgs),
@@ -152,15 +153,24 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// The store to use: --store / PALPIPE_STORE, else `fallback` (a pipeline's `store:`),
+    /// The store folder: --store / PALPIPE_STORE, else `fallback` (a pipeline's `store:`),
     /// else ./palstore.
-    pub fn store(&self, fallback: Option<&str>) -> Result<Store, CliError> {
-        let path = self
-            .store_flag
+    fn store_path(&self, fallback: Option<&str>) -> PathBuf {
+        self.store_flag
             .clone()
             .or_else(|| fallback.map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("palstore"));
-        Ok(Store::open(path)?)
+            .unwrap_or_else(|| PathBuf::from("palstore"))
+    }
+
+    /// The store a writing command (run, embed) fills, created when it does not exist.
+    pub fn store(&self, fallback: Option<&str>) -> Result<Store, CliError> {
+        Ok(Store::open(self.store_path(fallback))?)
+    }
+
+    /// The store a command reads (sql, tables, eval, search, …): it must exist already; a
+    /// missing folder is an error (exit 1) and nothing is created.
+    pub fn existing_store(&self) -> Result<Store, CliError> {
+        Ok(Store::open_existing(self.store_path(None))?)
     }
 }
 
@@ -174,11 +184,13 @@ pub fn open_device(name: &str) -> Result<candle_core::Device, CliError> {
 }
 
 /// An error and its causes on one line, `outer: cause: …`, leaving out a cause whose text the
-/// line already holds (many errors print their source in their own message).
+/// line already holds (many errors print their source in their own message), and without
+/// the Rust source locations dependencies put in their messages.
 pub fn render_error(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
-        let text = cause.to_string();
+        // Dependencies (Lance above all) append the Rust source file that raised an error.
+        let text = crate::store::messages::without_source_locations(&cause.to_string());
         if text.is_empty() || line.contains(&text) {
             continue;
         }

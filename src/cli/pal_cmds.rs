@@ -51,12 +51,13 @@ pub struct TrainArgs {
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  palpipe eval --model pal-b-k2 --split persona-test\n  palpipe eval --model clip-score --split pickapic-test --encoder clip-vit-h-14\n\n--model clip-score is the zero-shot CLIP score (the paper's CLIP-H row): each image scores\nthe cosine of its CLIP vector with its comparison's prompt (caption) vector. It needs the\nsplit's images and prompts embedded with one CLIP encoder (palpipe embed --encoder clip);\nits metrics are recorded in `models` under the name clip-score."
+    after_help = "Examples:\n  palpipe eval --split v2-no-leakage                 # every model that can score it, best first\n  palpipe eval --model pal-b-k2 --split persona-test\n  palpipe eval --model clip-score --split pickapic-test --encoder clip-vit-h-14\n\nWithout --model, each stored model (and the CLIP score when the split compares images) is\nevaluated as --model would, one row each, best first; a model that cannot score the split\n(vectors of another encoder, items not embedded, …) is skipped with its reason on stderr.\n\n--model clip-score is the zero-shot CLIP score (the paper's CLIP-H row): each image scores\nthe cosine of its CLIP vector with its comparison's prompt (caption) vector. It needs the\nsplit's images and prompts embedded with one CLIP encoder (palpipe embed --encoder clip);\nits metrics are recorded in `models` under the name clip-score."
 )]
 pub struct EvalArgs {
     /// A model name from the `models` table, or clip-score (the zero-shot CLIP score).
+    /// Default: every stored model that can score the split, as a table, best first.
     #[arg(long)]
-    pub model: String,
+    pub model: Option<String>,
     /// A split name from the `splits` table.
     #[arg(long)]
     pub split: String,
@@ -64,7 +65,8 @@ pub struct EvalArgs {
     /// of that name). Default: the one encoder with vectors for all the split's items and prompts.
     #[arg(long)]
     pub encoder: Option<String>,
-    /// Print one JSON object (accuracy, ci95, n, ties, per_user, …) instead of a line.
+    /// Print one JSON object (accuracy, ci95, n, ties, per_user, …) instead of a line;
+    /// without --model, one JSON line per model, best first.
     #[arg(long)]
     pub json: bool,
     /// Bootstrap resamples over users for the users' interval.
@@ -155,7 +157,7 @@ impl TrainArgs {
 
 pub async fn train(ctx: &Ctx, a: TrainArgs) -> Result<(), CliError> {
     let p = a.to_params()?;
-    let store = ctx.store(None)?;
+    let store = ctx.existing_store()?;
     let _lock = store.lock()?;
     let before = store.versions().await?;
     match pal_stages::train_model(&store, &a.name, &p, None, ctx.printer).await {
@@ -199,10 +201,20 @@ fn classify(e: anyhow::Error) -> CliError {
 }
 
 pub async fn eval(ctx: &Ctx, a: EvalArgs) -> Result<(), CliError> {
-    let store = ctx.store(None)?;
+    let store = ctx.existing_store()?;
     let _lock = store.lock()?;
+    let Some(model) = a.model.clone() else {
+        let all = super::eval_all::AllModels {
+            split: &a.split,
+            encoder: a.encoder.as_deref(),
+            bootstrap: a.bootstrap,
+            seed: a.seed,
+            json: a.json,
+        };
+        return super::eval_all::eval_all(ctx, &store, all).await;
+    };
     let p = EvalParams {
-        model: a.model.clone(),
+        model: model.clone(),
         split: a.split.clone(),
         encoder: a.encoder.clone(),
         bootstrap: a.bootstrap,
@@ -214,11 +226,11 @@ pub async fn eval(ctx: &Ctx, a: EvalArgs) -> Result<(), CliError> {
     if a.json {
         let mut v = pal_stages::summary_json(&r);
         v["per_user"]["users_detail"] = serde_json::to_value(&r.users).unwrap_or_default();
-        v["model"] = a.model.clone().into();
+        v["model"] = model.clone().into();
         v["split"] = a.split.clone().into();
         println!("{v}");
     } else {
-        println!("{} on '{}': {}", a.model, a.split, pal_stages::one_line(&r));
+        println!("{model} on '{}': {}", a.split, pal_stages::one_line(&r));
         if let Some(ci) = &r.ci95_users {
             println!(
                 "  95% CI over users (bootstrap, {} resamples): [{:.2}, {:.2}]",
@@ -242,7 +254,7 @@ pub async fn eval(ctx: &Ctx, a: EvalArgs) -> Result<(), CliError> {
 }
 
 pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
-    let store = ctx.store(None)?;
+    let store = ctx.existing_store()?;
     let _lock = store.lock()?;
     let p = AdaptParams {
         model: a.model.clone(),
@@ -317,7 +329,7 @@ pub struct SweepArgs {
 
 /// Trains and evaluates every (K, seed), then prints one row per K.
 pub async fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), CliError> {
-    let store = ctx.store(None)?;
+    let store = ctx.existing_store()?;
     let _lock = store.lock()?;
     let mut rows = Vec::new();
     for &k in &a.k {

@@ -187,7 +187,7 @@ async fn read_models(store: &Store) -> Result<Vec<ModelInfo>, CliError> {
 }
 
 pub async fn report(ctx: &Ctx, a: ReportArgs) -> Result<(), CliError> {
-    let store = ctx.store(None)?;
+    let store = ctx.existing_store()?;
     let runs = read_runs(&store).await?;
     let run = if a.run == "latest" {
         runs.last().cloned().ok_or_else(|| {

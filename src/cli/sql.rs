@@ -8,10 +8,15 @@ use super::{CliError, Ctx};
 use crate::store::{sql as store_sql, TABLES};
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  palpipe sql \"SELECT split, count(*) FROM pairs GROUP BY split\"\n  palpipe sql \"SELECT item_id, octet_length(bytes) AS size FROM items WHERE kind = 'image' LIMIT 5\"\n  palpipe sql \"SELECT * FROM users\" --format json\n\nThe store must exist (palpipe run creates it). SIMILAR TO is refused (the engine answers\nit wrongly): use LIKE or a regular expression with ~."
+)]
 pub struct SqlArgs {
     /// The query (read-only: SELECT, WITH, EXPLAIN).
     pub query: String,
-    /// Output format: table for people; csv, json (JSON lines) or arrow (IPC stream) for programs.
+    /// Output format: table for people; csv, json (JSON lines) or arrow (IPC stream) for
+    /// programs. The table shows a binary value (items.bytes) as its size and first bytes,
+    /// `<2.3 KiB 89504e47…>`; csv and json keep it whole, as hex.
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
     /// Query TABLE as of version N (repeatable), e.g. --version-of pairs=3.
@@ -49,7 +54,7 @@ fn parse_versions(specs: &[String]) -> Result<BTreeMap<String, u64>, CliError> {
 
 pub async fn sql(ctx: &Ctx, a: SqlArgs) -> Result<(), CliError> {
     let versions = parse_versions(&a.version_of)?;
-    let store = ctx.store(None)?;
+    let store = ctx.existing_store()?;
     let result = store_sql::query(&store, &a.query, &versions).await?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -62,7 +67,7 @@ pub async fn sql(ctx: &Ctx, a: SqlArgs) -> Result<(), CliError> {
 pub async fn tables(ctx: &Ctx, a: TablesArgs) -> Result<(), CliError> {
     use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
     use std::sync::Arc;
-    let store = ctx.store(None)?;
+    let store = ctx.existing_store()?;
     let (mut names, mut versions, mut rows) = (Vec::new(), Vec::new(), Vec::new());
     for t in TABLES {
         let ds = store.dataset(t, None).await?;

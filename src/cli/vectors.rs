@@ -6,7 +6,7 @@ use arrow_array::{Array, StringArray};
 
 use super::{CliError, Ctx};
 use crate::pipeline::embed_stage::{embed_texts, EmbedParams, CLIP};
-use crate::pipeline::pal_stages::resolve_encoder;
+use crate::pipeline::pal_stages::{only_encoder, resolve_encoder};
 use crate::store::vector::{self, IndexKind};
 
 #[derive(Debug, clap::Args)]
@@ -50,12 +50,13 @@ pub struct IndexArgs {
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Example:\n  palpipe search --encoder all-MiniLM-L6-v2 --text \"I love painting\" --k 5"
+    after_help = "Examples:\n  palpipe search --text \"I love painting\" --k 5\n  palpipe search --encoder all-MiniLM-L6-v2 --text \"I love painting\" --k 5"
 )]
 pub struct SearchArgs {
     /// Encoder id, or a name when the store holds one encoder of that name.
+    /// Default: the store's only encoder.
     #[arg(long)]
-    pub encoder: String,
+    pub encoder: Option<String>,
     /// The query text (embedded with the same encoder).
     #[arg(long)]
     pub text: String,
@@ -109,7 +110,7 @@ pub async fn embed(ctx: &Ctx, a: EmbedArgs) -> Result<(), CliError> {
 }
 
 pub async fn index(ctx: &Ctx, a: IndexArgs) -> Result<(), CliError> {
-    let store = ctx.store(None)?;
+    let store = ctx.existing_store()?;
     let _lock = store.lock()?;
     let rows = store.count("embeddings", None).await?;
     let partitions = a
@@ -124,10 +125,14 @@ pub async fn index(ctx: &Ctx, a: IndexArgs) -> Result<(), CliError> {
 }
 
 pub async fn search(ctx: &Ctx, a: SearchArgs) -> Result<(), CliError> {
-    let store = ctx.store(None)?;
-    let encoder = resolve_encoder(&store, &a.encoder)
-        .await
-        .map_err(CliError::usage)?;
+    let store = ctx.existing_store()?;
+    let encoder = match a.encoder.as_deref() {
+        Some(e) => resolve_encoder(&store, e).await,
+        None => only_encoder(&store)
+            .await
+            .map_err(|e| e.context("no --encoder given".to_string())),
+    }
+    .map_err(CliError::usage)?;
     let name = encoder.split(':').next().unwrap_or(&encoder).to_string();
     // A store encoder that is not MiniLM is a CLIP folder (its id names the folder).
     let kind = if name == crate::embed::MINILM_L6_V2 || a.model_dir.is_none() {

@@ -6,6 +6,7 @@
 //! Row types live in `records.rs`, their Arrow form in `batches.rs`, schemas in `schema.rs`.
 
 pub mod batches;
+pub mod messages;
 pub mod records;
 pub mod schema;
 pub mod sql;
@@ -33,6 +34,8 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("no store at '{path}'\nhint: {hint}")]
+    NoStore { path: PathBuf, hint: String },
     #[error("store '{0}' is in use by another palpipe process\nhint: wait for it to finish, or use another --store")]
     Locked(PathBuf),
     #[error("unknown table '{0}' (tables: items, prompts, pairs, users, embeddings, splits, models, runs)")]
@@ -55,7 +58,7 @@ pub enum StoreError {
         version: u64,
         latest: u64,
     },
-    #[error("table '{table}': {source}")]
+    #[error("table '{table}': {}", messages::without_source_locations(&source.to_string()))]
     Lance { table: String, source: lance::Error },
     #[error("{0}")]
     Sql(String),
@@ -101,6 +104,31 @@ impl Store {
             source,
         })?;
         Ok(Store { root })
+    }
+
+    /// Opens the store at `root` for reading: a folder that does not exist is an error
+    /// ([`StoreError::NoStore`], whose hint names the stores beside it) and nothing is
+    /// created. An existing empty folder is a store with no tables yet.
+    pub fn open_existing(root: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let root = root.as_ref().to_path_buf();
+        if root.is_dir() {
+            return Ok(Store { root });
+        }
+        if root.exists() {
+            return Err(StoreError::NotAFolder(root));
+        }
+        let nearby = stores_beside(&root);
+        let make = format!(
+            "to make one, run a pipeline: palpipe run PIPELINE.yaml --store {}",
+            root.display()
+        );
+        let hint = if nearby.is_empty() {
+            make
+        } else {
+            let names: Vec<String> = nearby.iter().map(|p| p.display().to_string()).collect();
+            format!("stores nearby: {}\nhint: {make}", names.join(", "))
+        };
+        Err(StoreError::NoStore { path: root, hint })
     }
 
     pub fn root(&self) -> &Path {
@@ -382,6 +410,41 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Whether `dir` looks like a store: a folder holding at least one `<table>.lance`.
+pub fn is_store(dir: &Path) -> bool {
+    TABLES
+        .iter()
+        .any(|t| dir.join(format!("{t}.lance")).is_dir())
+}
+
+/// Stores in the folder that would hold `path` (its parent, or the working folder), sorted
+/// by name, at most five: what a mistyped `--store` probably meant.
+fn stores_beside(path: &Path) -> Vec<PathBuf> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && is_store(p))
+        .map(|p| {
+            // `./palstore-x` reads better as `palstore-x` when the user gave a bare name.
+            if parent == Path::new(".") {
+                p.strip_prefix(".").map(Path::to_path_buf).unwrap_or(p)
+            } else {
+                p
+            }
+        })
+        .collect();
+    found.sort();
+    found.truncate(5);
+    found
 }
 
 /// The width of a `FixedSizeList` vector column, if the schema has one.

@@ -1,0 +1,118 @@
+//! Error text from the store's dependencies made fit to show a user.
+//!
+//! Lance (and errors it wraps from DataFusion and object_store) appends the Rust source
+//! location that raised an error, e.g. `Invalid user input: …, /root/.cargo/registry/src/…/
+//! lance-datafusion-14.0.2/src/planner.rs:712:21`. Such paths say nothing to a user and leak
+//! the build machine's layout, so every message that leaves the store (and the CLI's final
+//! rendering) goes through [`without_source_locations`]. The rest of the text is kept.
+
+/// `text` without Rust source locations (`path/file.rs:LINE:COL`, optionally introduced by
+/// `, `, `location: ` or `at `), each line on its own. Text without them is returned as is.
+pub fn without_source_locations(text: &str) -> String {
+    text.split('\n')
+        .map(strip_line)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn strip_line(line: &str) -> String {
+    let mut out = line.to_string();
+    // Each pass removes the first location found; a line holds a handful at most.
+    while let Some((start, end)) = find_location(&out) {
+        let before = trim_introducer(&out[..start]);
+        let after = &out[end..];
+        let joined = format!("{before}{after}");
+        if joined.len() >= out.len() {
+            break;
+        }
+        out = joined;
+    }
+    out
+}
+
+/// Byte range of the first `…file.rs:N:M` token in `s`.
+fn find_location(s: &str) -> Option<(usize, usize)> {
+    let bytes = s.as_bytes();
+    let mut from = 0;
+    while let Some(pos) = s[from..].find(".rs:") {
+        let dot = from + pos;
+        let mut i = dot + 4;
+        let line_digits = count_digits(&bytes[i..]);
+        i += line_digits;
+        let ok = line_digits > 0 && bytes.get(i) == Some(&b':') && {
+            let col_digits = count_digits(&bytes[i + 1..]);
+            i += 1 + col_digits;
+            col_digits > 0
+        };
+        if ok && dot > 0 {
+            let start = s[..dot]
+                .rfind(|c: char| c.is_whitespace() || matches!(c, '(' | '"' | '\'' | '`' | '['))
+                .map(|p| p + 1)
+                .unwrap_or(0);
+            if start < dot {
+                return Some((start, i));
+            }
+        }
+        from = dot + 4;
+    }
+    None
+}
+
+fn count_digits(b: &[u8]) -> usize {
+    b.iter().take_while(|c| c.is_ascii_digit()).count()
+}
+
+/// `s` without a trailing `, ` / `location: ` / ` at ` that introduced a location.
+fn trim_introducer(s: &str) -> &str {
+    let mut t = s.trim_end();
+    for intro in ["location:", " at", ","] {
+        if let Some(rest) = t.strip_suffix(intro) {
+            t = rest.trim_end();
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_source_locations as strip;
+
+    #[test]
+    fn locations_in_lance_messages_are_removed() {
+        assert_eq!(
+            strip("Invalid user input: LIKE with ESCAPE is not supported, /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/lance-datafusion-14.0.2/src/planner.rs:712:21"),
+            "Invalid user input: LIKE with ESCAPE is not supported"
+        );
+        assert_eq!(
+            strip("Append with different schema: x, location: lance/src/dataset.rs:12:3"),
+            "Append with different schema: x"
+        );
+        // Two locations (a wrapped error), and text after one of them.
+        assert_eq!(
+            strip("Wrapped error: Not found: t, /a/b/c.rs:1:2, /d/e.rs:30:4 (table 'pairs')"),
+            "Wrapped error: Not found: t (table 'pairs')"
+        );
+        assert_eq!(
+            strip("panicked at src/cli/sql.rs:10:5: boom"),
+            "panicked: boom"
+        );
+        // Each line on its own; hints survive.
+        assert_eq!(
+            strip("table 'items': IO: x, /r/f.rs:9:9\nhint: check the path"),
+            "table 'items': IO: x\nhint: check the path"
+        );
+    }
+
+    #[test]
+    fn text_without_locations_is_unchanged() {
+        for s in [
+            "no store at '/tmp/typo'",
+            "file 'data/x.rs' line 3",
+            "ratio 1.rs:2 is odd",
+            "version.rs:12:x",
+            "",
+        ] {
+            assert_eq!(strip(s), s);
+        }
+    }
+}
