@@ -235,3 +235,29 @@ fn a_csv_missing_a_column_names_it() {
     assert!(r.stderr.contains("'vote'"), "{}", r.stderr);
     assert_store_empty(&store);
 }
+
+#[test]
+fn a_kind_check_names_the_key_it_refuses() {
+    // Each kind's check returns its key: dedup's `reference` (line 5), pick_a_filter's
+    // `seen_users` (line 9), and embed's `encoder` (line 12), all reported at once.
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let p = write_pipeline(
+        dir.path(),
+        "p.yaml",
+        "name: x\nstages:\n  - name: leak\n    kind: dedup\n    reference: [v2-test]\n  - name: paf\n    kind: pick_a_filter\n    beta: 0.5\n    seen_users: 0\n  - name: vec\n    kind: embed\n    encoder: word2vec\n",
+    );
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(2);
+    for (at, what) in [
+        ("p.yaml:5:5: 'stages.0.reference'", "is also the target"),
+        ("p.yaml:9:5: 'stages.1.seen_users'", "at least 1"),
+        (
+            "p.yaml:12:5: 'stages.2.encoder'",
+            "unknown encoder 'word2vec'",
+        ),
+    ] {
+        assert!(r.stderr.contains(at), "{at}: {}", r.stderr);
+        assert!(r.stderr.contains(what), "{what}: {}", r.stderr);
+    }
+    assert_store_empty(&store);
+}
