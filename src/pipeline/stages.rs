@@ -265,11 +265,14 @@ impl StageParams {
             }
             StageParams::Polis(p) => {
                 let p = p.clone();
-                ingest_summary(
-                    ctx,
-                    tokio::task::spawn_blocking(move || ingest::polis::ingest(&p)).await??,
-                )
-                .await
+                let (batch, report) =
+                    tokio::task::spawn_blocking(move || ingest::polis::ingest_with_report(&p))
+                        .await??;
+                for w in report.warnings() {
+                    ctx.printer.warn(w);
+                }
+                let written = ingest_summary(ctx, batch).await?;
+                Ok(format!("{}; {written}", report.summary()))
             }
             StageParams::Pickapic(p) => super::transform_stages::ingest_pickapic(p, ctx).await,
             StageParams::Dedup(p) => super::transform_stages::dedup(p, ctx).await,
