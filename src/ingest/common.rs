@@ -31,12 +31,29 @@ pub enum IngestError {
     /// An input file is not there.
     #[error("input file '{}' does not exist", .path.display())]
     MissingFile { path: PathBuf },
-    /// An input file exists but cannot be read.
-    #[error("cannot read '{}': {source}", .path.display())]
+    /// An input file exists but cannot be read. The cause is the error's source, not part of
+    /// its message, so a report that prints the chain prints it once.
+    #[error("cannot read '{}'", .path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// A text input (CSV, JSON lines) holds bytes that are not UTF-8, typically a file saved
+    /// in Windows-1252 or Latin-1 (an Excel re-save): the first bad byte, where it is, and the
+    /// start of its line as far as it decodes.
+    #[error(
+        "{}:{line}:{column}: not valid UTF-8: byte 0x{byte:02X} after \"{before}\"\nhint: the file looks like another encoding (an Excel save in Windows-1252 or Latin-1?); re-save it as UTF-8, e.g. `iconv -f WINDOWS-1252 -t UTF-8 in.csv > out.csv`",
+        .path.display()
+    )]
+    NotUtf8 {
+        path: PathBuf,
+        line: u64,
+        /// 1-based, in characters of the line.
+        column: u64,
+        byte: u8,
+        /// The line's text before the bad byte (its last 40 characters at most).
+        before: String,
     },
     /// An input file has no records (no bytes, only blank lines, or a CSV header alone).
     #[error("input file '{}' is empty: it holds no records", .path.display())]
@@ -188,23 +205,43 @@ pub fn check_fractions(test_frac: f64, val_frac: f64) -> Result<(), IngestError>
     Ok(())
 }
 
-/// Reads a whole text file, telling a missing file, an unreadable one and an empty one apart.
+/// Reads a whole text file, telling a missing file, an unreadable one, one that is not UTF-8
+/// (with the line and column of the first bad byte) and an empty one apart.
 pub fn read_text(path: &Path) -> Result<String, IngestError> {
     if !path.exists() {
         return Err(IngestError::MissingFile {
             path: path.to_path_buf(),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(|source| IngestError::Io {
+    let bytes = std::fs::read(path).map_err(|source| IngestError::Io {
         path: path.to_path_buf(),
         source,
     })?;
+    let text =
+        String::from_utf8(bytes).map_err(|e| not_utf8(path, e.as_bytes(), e.utf8_error()))?;
     if text.trim().is_empty() {
         return Err(IngestError::EmptyFile {
             path: path.to_path_buf(),
         });
     }
     Ok(text)
+}
+
+/// Where the first invalid byte of `bytes` is, as an [`IngestError::NotUtf8`].
+fn not_utf8(path: &Path, bytes: &[u8], e: std::str::Utf8Error) -> IngestError {
+    let at = e.valid_up_to();
+    let good = &bytes[..at];
+    let line_start = good.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    // Everything before `at` is valid UTF-8, so this slice decodes.
+    let before = std::str::from_utf8(&good[line_start..]).unwrap_or_default();
+    let n_chars = before.chars().count();
+    IngestError::NotUtf8 {
+        path: path.to_path_buf(),
+        line: good.iter().filter(|&&b| b == b'\n').count() as u64 + 1,
+        column: n_chars as u64 + 1,
+        byte: bytes[at],
+        before: before.chars().skip(n_chars.saturating_sub(40)).collect(),
+    }
 }
 
 /// One JSON object of a JSON-lines file.
@@ -282,6 +319,8 @@ pub struct CsvTable {
     pub path: PathBuf,
     /// Column name → index, for the columns asked for.
     pub columns: BTreeMap<String, usize>,
+    /// Every column name of the header, trimmed, in file order.
+    pub header: Vec<String>,
     /// (1-based line where the record starts, record).
     pub records: Vec<(u64, csv::StringRecord)>,
 }
@@ -290,6 +329,13 @@ impl CsvTable {
     /// The value of `column` (one of those asked for) in `record`.
     pub fn get<'r>(&self, record: &'r csv::StringRecord, column: &str) -> &'r str {
         record.get(self.columns[column]).unwrap_or("")
+    }
+
+    /// The value of an optional `column` in `record`: None when the header lacks the column
+    /// (a file from an older export), "" when the record is short.
+    pub fn get_optional<'r>(&self, record: &'r csv::StringRecord, column: &str) -> Option<&'r str> {
+        let i = self.header.iter().position(|h| h == column)?;
+        Some(record.get(i).unwrap_or(""))
     }
 }
 
@@ -345,6 +391,7 @@ pub fn read_csv(path: &Path, required: &[&str]) -> Result<CsvTable, IngestError>
     Ok(CsvTable {
         path: path.to_path_buf(),
         columns,
+        header,
         records,
     })
 }
@@ -399,6 +446,42 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);
+    }
+
+    #[test]
+    fn a_windows_1252_byte_is_named_by_file_line_and_column() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("c.csv");
+        // "Café" saved in Windows-1252: é is the single byte 0xE9.
+        let mut bytes = b"id,text\n1,plain\n2,Caf".to_vec();
+        bytes.push(0xE9);
+        bytes.extend_from_slice(b" au lait\n");
+        std::fs::write(&path, &bytes).unwrap();
+        let Err(err) = read_csv(&path, &["id", "text"]) else {
+            panic!("a file that is not UTF-8 was read");
+        };
+        match &err {
+            IngestError::NotUtf8 {
+                line,
+                column,
+                byte,
+                before,
+                ..
+            } => assert_eq!(
+                (*line, *column, *byte, before.as_str()),
+                (3, 6, 0xE9, "2,Caf")
+            ),
+            other => panic!("{other}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains("c.csv:3:6: not valid UTF-8: byte 0xE9"),
+            "{msg}"
+        );
+        assert!(msg.contains("\nhint: "), "{msg}");
+        // The same bytes, valid as UTF-8, read fine.
+        std::fs::write(&path, "id,text\n1,plain\n2,Café au lait\n").unwrap();
+        assert_eq!(read_csv(&path, &["id"]).unwrap().records.len(), 2);
     }
 
     #[test]

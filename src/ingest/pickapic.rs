@@ -5,12 +5,23 @@
 //! split (`sets:`, file patterns relative to `data_dir`); its pairs get the split tag
 //! `<version>-<split>` (`v1-train`, `v2-test`, …).
 //!
-//! Per row: a tie (0.5/0.5) or a row without a label is dropped and counted; a row whose
-//! image does not decode (or, with `verify_images: header`, whose header does not parse) is
-//! skipped and named by its `ranking_id`. Images go to `items` by content hash (the same bytes
-//! are stored once however many rows show them), captions to `prompts`, the row to `pairs`
-//! with `image_0` on the left (label −1 when it won) and `ranking_id` in `source_ref`. Users
-//! are `pickapic/<user_id>`, all "seen" (Pick-a-Filter chooses its own seen users).
+//! Per row, only a preference becomes a pair; every other row is dropped and counted under the
+//! first of these that applies:
+//! - unlabeled: `has_label` false or null, or a null label;
+//! - a NaN label (either one): what a pandas or polars round trip writes for a missing label
+//!   when the shard has no `has_label` column;
+//! - a tie: equal labels (0.5/0.5);
+//! - incomplete: no user id or caption;
+//! - the same image twice: `are_different` false, or equal bytes on both sides;
+//! - an image that is missing or does not decode (or, with `verify_images: header`, whose
+//!   header does not parse), named by its `ranking_id`.
+//!
+//! A row that repeats one already read in the same shard set (same ranking id, user, caption
+//! and image bytes, e.g. one row in two overlapping shards) is one pair: the summary gives
+//! rows and distinct pairs. Images go to `items` by content hash (the same bytes are stored
+//! once however many rows show them), captions to `prompts`, the row to `pairs` with
+//! `image_0` on the left (label −1 when it won) and `ranking_id` in `source_ref`. Users are
+//! `pickapic/<user_id>`, all "seen" (Pick-a-Filter chooses its own seen users).
 //!
 //! Shards are streamed: rows are read in record batches and handed on in chunks of about
 //! `chunk_mb` of image bytes, so memory does not grow with the dataset. The files of one set
@@ -60,6 +71,9 @@ pub const COLUMNS: [&str; 18] = [
     "user_id",
     "num_example_per_prompt",
 ];
+
+/// The optional columns the reader uses when a shard has them.
+pub const OPTIONAL: [&str; 2] = ["has_label", "are_different"];
 
 /// The columns the reader needs; a shard without one of them is refused.
 pub const REQUIRED: [&str; 7] = [
@@ -231,6 +245,12 @@ pub struct SetCounts {
     pub pairs: usize,
     pub ties: usize,
     pub unlabeled: usize,
+    /// Rows with a NaN label.
+    pub nan_labels: usize,
+    /// Rows whose two images are one image (`are_different` false, or equal bytes).
+    pub same_image: usize,
+    /// Rows that repeat a row already read (same pair id): no new pair.
+    pub repeated: usize,
     /// Rows skipped because an image does not decode.
     pub bad_images: usize,
     /// Rows without a user id or caption.
@@ -286,6 +306,7 @@ struct Cols {
     label0: Float64Array,
     label1: Float64Array,
     has_label: Option<BooleanArray>,
+    are_different: Option<BooleanArray>,
     jpg: [ArrayRef; 2],
 }
 
@@ -344,15 +365,17 @@ impl Cols {
                 }),
             }
         };
-        let has_label = match b.column_by_name("has_label") {
-            Some(_) => Some(
-                get("has_label", &DataType::Boolean)?
-                    .as_any()
-                    .downcast_ref::<BooleanArray>()
-                    .cloned()
-                    .expect("cast to Boolean gives a BooleanArray"),
-            ),
-            None => None,
+        let flag = |name: &str| -> Result<Option<BooleanArray>, IngestError> {
+            match b.column_by_name(name) {
+                Some(_) => Ok(Some(
+                    get(name, &DataType::Boolean)?
+                        .as_any()
+                        .downcast_ref::<BooleanArray>()
+                        .cloned()
+                        .expect("cast to Boolean gives a BooleanArray"),
+                )),
+                None => Ok(None),
+            }
         };
         Ok(Cols {
             caption: s("caption")?,
@@ -360,7 +383,8 @@ impl Cols {
             user: s("user_id")?,
             label0: f("label_0")?,
             label1: f("label_1")?,
-            has_label,
+            has_label: flag("has_label")?,
+            are_different: flag("are_different")?,
             jpg: [jpg("jpg_0")?, jpg("jpg_1")?],
         })
     }
@@ -402,6 +426,8 @@ struct Shared<'a, S, R> {
     sent_items: Mutex<HashSet<String>>,
     sent_prompts: Mutex<HashSet<String>>,
     sent_users: Mutex<HashSet<String>>,
+    /// Pair ids handed on, as 128-bit keys (a repeated row is counted, not sent again).
+    sent_pairs: Mutex<HashSet<u128>>,
     sink: Mutex<S>,
     rows_done: Mutex<R>,
     rows_read: AtomicU64,
@@ -432,6 +458,7 @@ where
         sent_items: Mutex::new(HashSet::new()),
         sent_prompts: Mutex::new(HashSet::new()),
         sent_users: Mutex::new(HashSet::new()),
+        sent_pairs: Mutex::new(HashSet::new()),
         sink: Mutex::new(sink),
         rows_done: Mutex::new(rows_done),
         rows_read: AtomicU64::new(0),
@@ -480,6 +507,9 @@ where
             counts.pairs += c.pairs;
             counts.ties += c.ties;
             counts.unlabeled += c.unlabeled;
+            counts.nan_labels += c.nan_labels;
+            counts.same_image += c.same_image;
+            counts.repeated += c.repeated;
             counts.bad_images += c.bad_images;
             counts.incomplete += c.incomplete;
             counts.image_bytes += c.image_bytes;
@@ -491,7 +521,8 @@ where
     if report.values().all(|c| c.pairs == 0) {
         return Err(IngestError::NoData {
             path: p.data_dir.clone(),
-            what: "no labelled, tie-free row with decodable images in any shard".into(),
+            what: "no labelled, tie-free row with two different, decodable images in any shard"
+                .into(),
         });
     }
     Ok(report)
@@ -526,7 +557,9 @@ where
         .fields()
         .iter()
         .enumerate()
-        .filter(|(_, f)| REQUIRED.contains(&f.name().as_str()) || f.name() == "has_label")
+        .filter(|(_, f)| {
+            REQUIRED.contains(&f.name().as_str()) || OPTIONAL.contains(&f.name().as_str())
+        })
         .map(|(i, _)| i)
         .collect();
     let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
@@ -569,6 +602,10 @@ where
                 continue;
             }
             let (l0, l1) = (cols.label0.value(i), cols.label1.value(i));
+            if l0.is_nan() || l1.is_nan() {
+                counts.nan_labels += 1;
+                continue;
+            }
             if l0 == l1 {
                 counts.ties += 1;
                 continue;
@@ -578,6 +615,14 @@ where
                 continue;
             }
             let images = [bytes_at(&cols.jpg[0], i), bytes_at(&cols.jpg[1], i)];
+            let flagged_same = cols
+                .are_different
+                .as_ref()
+                .is_some_and(|d| !d.is_null(i) && !d.value(i));
+            if flagged_same || matches!(images, [Some(a), Some(b)] if a == b) {
+                counts.same_image += 1;
+                continue;
+            }
             let problem = match images {
                 [Some(a), Some(b)] => image_problem(a, p.verify_images)
                     .map(|e| format!("jpg_0: {e}"))
@@ -597,6 +642,17 @@ where
             let prompt = content_id(caption.as_bytes());
             let user = format!("{}/{}", p.dataset, cols.user.value(i));
             let ids = [content_id(a), content_id(b)];
+            let id = pair_id(
+                &user,
+                Some(&prompt),
+                &ids[0],
+                &ids[1],
+                &format!("{tag}:{ranking}"),
+            );
+            if !lock(&shared.sent_pairs).insert(pair_key(&id)) {
+                counts.repeated += 1;
+                continue;
+            }
             for (id, bytes) in ids.iter().zip([a, b]) {
                 counts.image_bytes += bytes.len() as u64;
                 if lock(&shared.sent_items).insert(id.clone()) {
@@ -628,13 +684,7 @@ where
             }
             let label: i8 = if l0 > l1 { -1 } else { 1 };
             chunk.pairs.push(PairRow {
-                pair_id: pair_id(
-                    &user,
-                    Some(&prompt),
-                    &ids[0],
-                    &ids[1],
-                    &format!("{tag}:{ranking}"),
-                ),
+                pair_id: id,
                 user_id: user,
                 prompt_id: Some(prompt),
                 left_id: ids[0].clone(),
@@ -662,14 +712,23 @@ where
     Ok(())
 }
 
-/// One line per split tag for the stage summary.
+/// A 128-bit key for a pair id (a hex string), so that the set of ids handed on stays small.
+fn pair_key(id: &str) -> u128 {
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&blake3::hash(id.as_bytes()).as_bytes()[..16]);
+    u128::from_le_bytes(k)
+}
+
+/// One line per split tag for the stage summary: rows, pairs, and each reason a row gave no
+/// pair.
 pub fn summarise(report: &ReadReport) -> String {
     report
         .iter()
         .map(|(tag, c)| {
             let mut s = format!(
-                "{tag}: {} rows → {} pairs ({} ties, {} unlabeled dropped",
-                c.rows, c.pairs, c.ties, c.unlabeled
+                "{tag}: {} rows → {} pairs ({} ties, {} unlabeled dropped, {} with a NaN label, \
+                 {} showing one image twice",
+                c.rows, c.pairs, c.ties, c.unlabeled, c.nan_labels, c.same_image
             );
             if c.incomplete > 0 {
                 s += &format!(", {} without user or caption", c.incomplete);
@@ -684,6 +743,14 @@ pub fn summarise(report: &ReadReport) -> String {
                     ", {} skipped: an image does not decode ({})",
                     c.bad_images,
                     examples.join("; ")
+                );
+            }
+            if c.repeated > 0 {
+                s += &format!(
+                    "; {} rows repeat a row already read, so {} preference rows are {} distinct pairs",
+                    c.repeated,
+                    c.pairs + c.repeated,
+                    c.pairs
                 );
             }
             s + ")"

@@ -3,10 +3,16 @@
 //! the dataset is "polis/<conversation>", a voter's user id "polis/<conversation>/<voter-id>".
 //!
 //! Rules (from the data README):
-//! - the latest vote per (voter, statement) counts, by `timestamp`; on an equal timestamp the
-//!   later row of votes.csv wins;
+//! - the latest vote per (voter, statement) counts, by `timestamp`. Rows with the same latest
+//!   timestamp and the same vote are one vote; rows with the same latest timestamp and
+//!   different votes cannot be ordered (the newer export writes seconds, newest rows first),
+//!   so that (voter, statement) is dropped and counted, whatever the row order. Timestamps
+//!   below 10^11 look like seconds, not milliseconds: the stage warns;
 //! - statements with `moderated` = −1 are dropped (hidden from voters), and so are statements
-//!   with an empty body; votes on unknown or dropped statements are ignored;
+//!   with an empty body and, unless `keep_meta`, statements marked `is-meta` (the newer
+//!   export's column; Polis leaves them out of its opinion model). A statement is counted
+//!   under the first of these that applies. Votes on unknown or dropped statements are
+//!   ignored;
 //! - for each voter, every statement voted agree (1) is preferred over every statement voted
 //!   disagree (−1); passes (0) give no pair. Statements are items keyed by their text, so two
 //!   statements with the same body are one item; an item a voter both agreed and disagreed with
@@ -20,6 +26,9 @@
 //! Only statements some pair uses are emitted as items (kind "text", text = `comment-body`).
 //! `users.group` is left empty: Polis's opinion groups are not in the export per voter.
 //! `source_ref` of a pair is "c<agreed comment-id>>c<disagreed comment-id>".
+//!
+//! [`ingest_with_report`] also returns a [`Report`]: what was read and what each rule left
+//! out, for the stage summary, and the warnings to show.
 //!
 //! Shared helpers (errors, CSV reading, seeded streams, splits) are in `common.rs`.
 
@@ -61,6 +70,9 @@ pub struct Params {
     /// Seed of every random draw. Default 0.
     #[serde(default)]
     pub seed: u64,
+    /// Keep statements marked `is-meta` as items. Default false (left out, as Polis does).
+    #[serde(default)]
+    pub keep_meta: bool,
 }
 
 fn default_min_pairs_per_user() -> usize {
@@ -87,6 +99,7 @@ impl Params {
             test_frac: default_test_frac(),
             val_frac: default_val_frac(),
             seed: 0,
+            keep_meta: false,
         }
     }
 }
@@ -198,12 +211,32 @@ struct Statement {
     item_id: String,
 }
 
-/// comment-id → statement, for the statements that are neither moderated out nor empty.
-fn read_statements(path: &Path) -> Result<HashMap<String, Statement>, IngestError> {
+/// The newer export's flag columns (`is-meta`, `is-seed`): true, false, 1, 0 or empty.
+fn parse_flag(table: &CsvTable, line: u64, field: &str, raw: &str) -> Result<bool, IngestError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "false" | "f" => Ok(false),
+        "1" | "true" | "t" => Ok(true),
+        _ => Err(bad_value(
+            table,
+            line,
+            field,
+            raw,
+            "true or false (or 1 / 0)",
+        )),
+    }
+}
+
+/// comment-id → statement, for the statements no rule leaves out; the counts go to `report`.
+fn read_statements(
+    path: &Path,
+    keep_meta: bool,
+    report: &mut Report,
+) -> Result<HashMap<String, Statement>, IngestError> {
     let table = read_csv(path, &["comment-id", "moderated", "comment-body"])?;
     let mut lines: HashMap<String, u64> = HashMap::new();
     let mut out = HashMap::new();
     for (line, rec) in &table.records {
+        report.statements += 1;
         let cid = table.get(rec, "comment-id").trim().to_string();
         if cid.is_empty() {
             return Err(bad_value(&table, *line, "comment-id", "", "a comment id"));
@@ -222,9 +255,24 @@ fn read_statements(path: &Path) -> Result<HashMap<String, Statement>, IngestErro
         if !(-1..=1).contains(&moderated) {
             return Err(bad_value(&table, *line, "moderated", raw, "-1, 0 or 1"));
         }
+        let meta = match table.get_optional(rec, "is-meta") {
+            Some(raw) => parse_flag(&table, *line, "is-meta", raw)?,
+            None => false,
+        };
         let text = table.get(rec, "comment-body").trim().to_string();
-        if moderated == -1 || text.is_empty() {
+        if moderated == -1 {
+            report.moderated_out += 1;
             continue;
+        }
+        if text.is_empty() {
+            report.empty += 1;
+            continue;
+        }
+        if meta {
+            report.meta += 1;
+            if !keep_meta {
+                continue;
+            }
         }
         let item_id = content_id(text.as_bytes());
         out.insert(
@@ -239,10 +287,27 @@ fn read_statements(path: &Path) -> Result<HashMap<String, Statement>, IngestErro
     Ok(out)
 }
 
-/// (voter, comment-id) → latest vote (1, 0 or −1).
-fn read_latest_votes(path: &Path) -> Result<BTreeMap<(String, String), i64>, IngestError> {
+/// Below this a `timestamp` reads as seconds since 1970 (10^11 ms is March 1973; 10^11 s is
+/// the year 5138).
+const SECONDS_BELOW: i64 = 100_000_000_000;
+
+/// The latest vote of one (voter, statement): its timestamp, the vote, and whether another row
+/// at that same timestamp holds a different vote.
+struct Latest {
+    ts: i64,
+    vote: i64,
+    conflict: bool,
+}
+
+/// (voter, comment-id) → latest vote (1, 0 or −1), or None when rows at the latest timestamp
+/// disagree. Independent of row order. Row count and timestamp range go to `report`.
+fn read_latest_votes(
+    path: &Path,
+    report: &mut Report,
+) -> Result<BTreeMap<(String, String), Option<i64>>, IngestError> {
     let table = read_csv(path, &["timestamp", "comment-id", "voter-id", "vote"])?;
-    let mut latest: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    let mut latest: BTreeMap<(String, String), Latest> = BTreeMap::new();
+    let mut max_ts = i64::MIN;
     for (line, rec) in &table.records {
         let ts = parse_int(&table, *line, "timestamp", table.get(rec, "timestamp"))?;
         let raw = table.get(rec, "vote");
@@ -261,12 +326,119 @@ fn read_latest_votes(path: &Path) -> Result<BTreeMap<(String, String), i64>, Ing
         if voter.is_empty() {
             return Err(bad_value(&table, *line, "voter-id", "", "a voter id"));
         }
-        let slot = latest.entry((voter, cid)).or_insert((ts, vote));
-        if ts >= slot.0 {
-            *slot = (ts, vote);
+        report.vote_rows += 1;
+        max_ts = max_ts.max(ts);
+        let slot = latest.entry((voter, cid)).or_insert(Latest {
+            ts,
+            vote,
+            conflict: false,
+        });
+        if ts > slot.ts {
+            *slot = Latest {
+                ts,
+                vote,
+                conflict: false,
+            };
+        } else if ts == slot.ts && vote != slot.vote {
+            slot.conflict = true;
         }
     }
-    Ok(latest.into_iter().map(|(k, (_, v))| (k, v)).collect())
+    if max_ts < SECONDS_BELOW {
+        report.seconds_max = Some(max_ts);
+    }
+    Ok(latest
+        .into_iter()
+        .map(|(k, l)| (k, (!l.conflict).then_some(l.vote)))
+        .collect())
+}
+
+/// What a `polis` stage read, what each rule left out and what it kept: the stage summary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Report {
+    /// Rows of comments.csv.
+    pub statements: usize,
+    /// Statements moderated out (`moderated` = −1).
+    pub moderated_out: usize,
+    /// Statements with an empty body (and not moderated out).
+    pub empty: usize,
+    /// Statements marked `is-meta` (and neither moderated out nor empty).
+    pub meta: usize,
+    /// Whether meta statements were kept (`keep_meta`).
+    pub keep_meta: bool,
+    /// Rows of votes.csv.
+    pub vote_rows: usize,
+    /// Distinct (voter, statement) keys among them.
+    pub vote_keys: usize,
+    /// Keys dropped because rows at their latest timestamp hold different votes.
+    pub conflicting: usize,
+    /// Keys on statements left out above or missing from comments.csv.
+    pub on_left_out: usize,
+    /// Keys whose latest vote is a pass (0), on kept statements.
+    pub passes: usize,
+    /// The largest timestamp, when timestamps look like seconds rather than milliseconds.
+    pub seconds_max: Option<i64>,
+    /// Distinct voters in votes.csv.
+    pub voters: usize,
+    /// Voters with fewer than `min_pairs_per_user` agree-over-disagree pairs.
+    pub few_pairs: usize,
+    /// The floor they missed.
+    pub min_pairs_per_user: usize,
+    /// Voters kept, and how many of them are unseen.
+    pub kept_voters: usize,
+    pub unseen_voters: usize,
+    /// Pairs left out by `max_pairs_per_user`.
+    pub capped: usize,
+    /// Pairs kept.
+    pub pairs: usize,
+}
+
+impl Report {
+    /// One line for the stage summary: each count with the rule behind it.
+    pub fn summary(&self) -> String {
+        let meta = if self.keep_meta {
+            format!("{} meta kept (keep_meta)", self.meta)
+        } else {
+            format!("{} meta left out", self.meta)
+        };
+        let mut s = format!(
+            "statements {}: {} moderated out, {} empty, {meta}; \
+             votes {} rows, {} (voter, statement): {} dropped for different votes at one timestamp, \
+             {} on left-out statements, {} passes; \
+             voters {}: {} kept ({} unseen), {} under min_pairs_per_user {}",
+            self.statements,
+            self.moderated_out,
+            self.empty,
+            self.vote_rows,
+            self.vote_keys,
+            self.conflicting,
+            self.on_left_out,
+            self.passes,
+            self.voters,
+            self.kept_voters,
+            self.unseen_voters,
+            self.few_pairs,
+            self.min_pairs_per_user,
+        );
+        s += &format!("; {} pairs", self.pairs);
+        if self.capped > 0 {
+            s += &format!(" ({} more left out by max_pairs_per_user)", self.capped);
+        }
+        s
+    }
+
+    /// Warnings worth showing even when quiet (timestamps in seconds).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(max) = self.seconds_max {
+            out.push(format!(
+                "votes.csv: timestamps look like seconds, not milliseconds (the largest is {max}): \
+                 votes changed within one second cannot be ordered, so {} (voter, statement) \
+                 with different votes at their latest timestamp were dropped",
+                self.conflicting
+            ));
+        }
+        out
+    }
 }
 
 /// Sort key for voter and comment ids: numeric ids in numeric order, then the rest as text.
@@ -274,8 +446,14 @@ fn id_key(v: &str) -> (u64, String) {
     (v.parse::<u64>().unwrap_or(u64::MAX), v.to_string())
 }
 
-/// Reads the conversation and builds its comparisons.
+/// Reads the conversation and builds its comparisons (see [`ingest_with_report`] for the
+/// counts of what was left out).
 pub fn ingest(p: &Params) -> Result<IngestBatch, IngestError> {
+    ingest_with_report(p).map(|(batch, _)| batch)
+}
+
+/// Reads the conversation and builds its comparisons, with what each rule left out.
+pub fn ingest_with_report(p: &Params) -> Result<(IngestBatch, Report), IngestError> {
     validate(p)?;
     let conv = conversation(p)?;
     let dataset = format!("polis/{conv}");
@@ -284,22 +462,38 @@ pub fn ingest(p: &Params) -> Result<IngestBatch, IngestError> {
             return Err(IngestError::MissingFile { path });
         }
     }
+    let mut report = Report {
+        keep_meta: p.keep_meta,
+        min_pairs_per_user: p.min_pairs_per_user,
+        ..Report::default()
+    };
     let topic = read_topic(&p.dir.join("summary.csv"))?;
-    let statements = read_statements(&p.dir.join("comments.csv"))?;
-    let votes = read_latest_votes(&p.dir.join("votes.csv"))?;
+    let statements = read_statements(&p.dir.join("comments.csv"), p.keep_meta, &mut report)?;
+    let votes = read_latest_votes(&p.dir.join("votes.csv"), &mut report)?;
+    report.vote_keys = votes.len();
 
     // Per voter: agreed and disagreed items (item id → the statement standing for it).
     type Side<'a> = BTreeMap<&'a str, &'a Statement>;
     let mut by_voter: BTreeMap<String, (Side, Side)> = BTreeMap::new();
+    let mut voters: BTreeSet<&str> = BTreeSet::new();
     for ((voter, cid), vote) in &votes {
+        voters.insert(voter.as_str());
+        let Some(vote) = vote else {
+            report.conflicting += 1;
+            continue;
+        };
         let Some(s) = statements.get(cid) else {
+            report.on_left_out += 1;
             continue;
         };
         let entry = by_voter.entry(voter.clone()).or_default();
         let side = match vote {
             1 => &mut entry.0,
             -1 => &mut entry.1,
-            _ => continue,
+            _ => {
+                report.passes += 1;
+                continue;
+            }
         };
         // Among statements sharing a text, the lowest comment id stands for the item.
         let slot = side.entry(s.item_id.as_str()).or_insert(s);
@@ -328,6 +522,9 @@ pub fn ingest(p: &Params) -> Result<IngestBatch, IngestError> {
             eligible.push((voter, a, d));
         }
     }
+    report.voters = voters.len();
+    report.kept_voters = eligible.len();
+    report.few_pairs = voters.len() - eligible.len();
     if eligible.is_empty() {
         return Err(IngestError::NoData {
             path: p.dir.clone(),
@@ -347,6 +544,7 @@ pub fn ingest(p: &Params) -> Result<IngestBatch, IngestError> {
     for &i in order.iter().take(n_unseen) {
         unseen[i] = true;
     }
+    report.unseen_voters = n_unseen;
 
     let prompt_id = content_id(topic.as_bytes());
     let mut batch = IngestBatch::default();
@@ -368,6 +566,8 @@ pub fn ingest(p: &Params) -> Result<IngestBatch, IngestError> {
             }
             _ => (0..total).collect(),
         };
+        report.capped += total - keep.len();
+        report.pairs += keep.len();
         let splits = if unseen[i] {
             vec![SPLIT_UNSEEN; keep.len()]
         } else {
@@ -408,7 +608,7 @@ pub fn ingest(p: &Params) -> Result<IngestBatch, IngestError> {
             role: if unseen[i] { ROLE_UNSEEN } else { ROLE_SEEN }.to_string(),
         });
     }
-    Ok(batch)
+    Ok((batch, report))
 }
 
 #[cfg(test)]
@@ -450,14 +650,18 @@ mod tests {
             col("voter-id"),
             col("vote"),
         );
-        let mut latest: HashMap<(String, String), (u64, String)> = HashMap::new();
+        // Per key: the latest timestamp and every vote cast at it.
+        let mut latest: HashMap<(String, String), (u64, BTreeSet<String>)> = HashMap::new();
         for r in votes.records() {
             let r = r.unwrap();
             let t: u64 = r[ts].parse().unwrap();
             let key = (r[voter].to_string(), r[vcid].to_string());
-            let keep = latest.get(&key).is_none_or(|(old, _)| t >= *old);
-            if keep {
-                latest.insert(key, (t, r[vote].to_string()));
+            let e = latest.entry(key).or_insert((t, BTreeSet::new()));
+            if t > e.0 {
+                *e = (t, BTreeSet::new());
+            }
+            if t == e.0 {
+                e.1.insert(r[vote].to_string());
             }
         }
         let mut out: BTreeMap<String, (HashSet<String>, HashSet<String>)> = BTreeMap::new();
@@ -465,6 +669,10 @@ mod tests {
             let Some(text) = text_of.get(&c) else {
                 continue;
             };
+            if x.len() != 1 {
+                continue;
+            }
+            let x = x.into_iter().next().unwrap();
             let e = out.entry(v).or_default();
             match x.as_str() {
                 "1" => e.0.insert(text.clone()),
@@ -753,6 +961,325 @@ mod tests {
         p.max_pairs_per_user = Some(10);
         let err = ingest(&p).unwrap_err().to_string();
         assert!(err.contains("'max_pairs_per_user' is 10"), "{err}");
+    }
+
+    /// A conversation in the newer export's layout: `is-seed` and `is-meta` columns, and
+    /// timestamps in seconds.
+    fn newer_export(
+        dir: &Path,
+        comments: &[(u32, i32, &str, &str)],
+        votes: &[(i64, u32, u32, i32)],
+    ) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("summary.csv"), "topic,Newer talk\n").unwrap();
+        let mut c = String::from(
+            "timestamp,datetime,comment-id,author-id,agrees,disagrees,moderated,comment-body,is-seed,is-meta\n",
+        );
+        for (id, moderated, body, meta) in comments {
+            c += &format!("1700000000,x,{id},0,0,0,{moderated},{body},false,{meta}\n");
+        }
+        std::fs::write(dir.join("comments.csv"), c).unwrap();
+        let mut v = String::from("timestamp,datetime,comment-id,voter-id,vote\n");
+        for (ts, cid, voter, vote) in votes {
+            v += &format!("{ts},x,{cid},{voter},{vote}\n");
+        }
+        std::fs::write(dir.join("votes.csv"), v).unwrap();
+    }
+
+    /// (user, preferred text, other text) of every pair, sorted.
+    fn pair_texts(batch: &IngestBatch) -> Vec<(String, String, String)> {
+        let texts: HashMap<&str, &str> = batch
+            .items
+            .iter()
+            .map(|i| (i.item_id.as_str(), i.text.as_deref().unwrap()))
+            .collect();
+        let mut out: Vec<(String, String, String)> = batch
+            .pairs
+            .iter()
+            .map(|p| {
+                let (a, d) = if p.label == -1 {
+                    (&p.left_id, &p.right_id)
+                } else {
+                    (&p.right_id, &p.left_id)
+                };
+                (
+                    p.user_id.clone(),
+                    texts[a.as_str()].to_string(),
+                    texts[d.as_str()].to_string(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn equal_timestamps_do_not_depend_on_row_order() {
+        let comments: Vec<(u32, i32, String, &str)> =
+            (0..6).map(|c| (c, 1, format!("S{c}"), "false")).collect();
+        let comments: Vec<(u32, i32, &str, &str)> = comments
+            .iter()
+            .map(|(c, m, b, x)| (*c, *m, b.as_str(), *x))
+            .collect();
+        // Oldest first: a vote per (voter, statement); every fourth key also gets a different
+        // vote in the same second, the next a repeat of the same vote in the same second, the
+        // next an older, different vote.
+        let mut votes: Vec<(i64, u32, u32, i32)> = Vec::new();
+        for voter in 1..=4u32 {
+            for c in 0..6u32 {
+                let ts = 1_700_000_000 + i64::from(voter * 100 + c);
+                let vote = ((voter + 2 * c) % 3) as i32 - 1;
+                let other = if vote == 1 { -1 } else { 1 };
+                match (voter + c) % 4 {
+                    0 => votes.extend([(ts, c, voter, vote), (ts, c, voter, other)]),
+                    1 => votes.extend([(ts, c, voter, vote), (ts, c, voter, vote)]),
+                    2 => votes.extend([(ts - 5, c, voter, other), (ts, c, voter, vote)]),
+                    _ => votes.push((ts, c, voter, vote)),
+                }
+            }
+        }
+        // The expectation, from the rows above: per key the latest second and the votes cast
+        // in it; a key with two different votes there gives nothing.
+        let mut latest: BTreeMap<(u32, u32), (i64, BTreeSet<i32>)> = BTreeMap::new();
+        for &(ts, c, voter, vote) in &votes {
+            let e = latest.entry((voter, c)).or_insert((ts, BTreeSet::new()));
+            if ts > e.0 {
+                *e = (ts, BTreeSet::new());
+            }
+            if ts == e.0 {
+                e.1.insert(vote);
+            }
+        }
+        let conflicting = latest.values().filter(|(_, v)| v.len() > 1).count();
+        assert!(conflicting >= 4, "the fixture plants conflicts");
+        let mut want = Vec::new();
+        for voter in 1..=4u32 {
+            let side = |x: i32| -> Vec<u32> {
+                (0..6)
+                    .filter(|c| {
+                        latest[&(voter, *c)].1.iter().copied().collect::<Vec<_>>() == vec![x]
+                    })
+                    .collect()
+            };
+            for a in side(1) {
+                for d in side(-1) {
+                    want.push((
+                        format!("polis/newer/{voter}"),
+                        format!("S{a}"),
+                        format!("S{d}"),
+                    ));
+                }
+            }
+        }
+        want.sort();
+
+        let tmp = tempfile::tempdir().unwrap();
+        let forward = tmp.path().join("a").join("newer");
+        let backward = tmp.path().join("b").join("newer");
+        newer_export(&forward, &comments, &votes);
+        let mut newest_first = votes.clone();
+        newest_first.reverse();
+        newer_export(&backward, &comments, &newest_first);
+        let run = |dir: &Path| {
+            let mut p = Params::new(dir);
+            p.min_pairs_per_user = 1;
+            p.unseen_frac = 0.0;
+            ingest_with_report(&p).unwrap()
+        };
+        let (a, ra) = run(&forward);
+        let (b, rb) = run(&backward);
+        assert_eq!(pair_texts(&a), want);
+        assert_eq!(a.pairs, b.pairs, "row order changed the pairs");
+        assert_eq!(ra, rb);
+        assert_eq!(ra.conflicting, conflicting);
+        assert_eq!(ra.vote_rows, votes.len());
+        assert_eq!(ra.vote_keys, latest.len());
+        assert!(ra.summary().contains(&format!(
+            "{conflicting} dropped for different votes at one timestamp"
+        )));
+        let warnings = ra.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("look like seconds"), "{warnings:?}");
+    }
+
+    #[test]
+    fn meta_statements_are_left_out_unless_kept() {
+        // S3 is meta; S4 is meta and moderated out (counted as moderated); S5 is meta "1".
+        let comments = [
+            (0, 1, "S0", "false"),
+            (1, 1, "S1", ""),
+            (2, 0, "S2", "0"),
+            (3, 1, "S3", "true"),
+            (4, -1, "S4", "true"),
+            (5, 1, "S5", "1"),
+        ];
+        // Voter 1 agrees S0, S3, S5 and disagrees S1, S2, S4; voter 2 agrees S3 and disagrees S0.
+        let votes = [
+            (1_700_000_000, 0, 1, 1),
+            (1_700_000_001, 3, 1, 1),
+            (1_700_000_002, 5, 1, 1),
+            (1_700_000_003, 1, 1, -1),
+            (1_700_000_004, 2, 1, -1),
+            (1_700_000_005, 4, 1, -1),
+            (1_700_000_006, 3, 2, 1),
+            (1_700_000_007, 0, 2, -1),
+        ];
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("newer");
+        newer_export(&dir, &comments, &votes);
+        let mut p = Params::new(&dir);
+        p.min_pairs_per_user = 1;
+        p.unseen_frac = 0.0;
+        let (batch, report) = ingest_with_report(&p).unwrap();
+        let t =
+            |u: u32, a: &str, d: &str| (format!("polis/newer/{u}"), a.to_string(), d.to_string());
+        // Without meta: voter 1 has S0 over S1 and S2; voter 2 has nothing left.
+        assert_eq!(pair_texts(&batch), vec![t(1, "S0", "S1"), t(1, "S0", "S2")]);
+        assert_eq!(
+            (report.statements, report.moderated_out, report.meta),
+            (6, 1, 2)
+        );
+        assert_eq!(
+            (report.voters, report.kept_voters, report.few_pairs),
+            (2, 1, 1)
+        );
+        // Votes on S3, S4, S5 by voter 1 and on S3 by voter 2.
+        assert_eq!(report.on_left_out, 4);
+        assert!(
+            report.summary().contains("2 meta left out"),
+            "{}",
+            report.summary()
+        );
+
+        p.keep_meta = true;
+        let (batch, report) = ingest_with_report(&p).unwrap();
+        assert_eq!(
+            pair_texts(&batch),
+            vec![
+                t(1, "S0", "S1"),
+                t(1, "S0", "S2"),
+                t(1, "S3", "S1"),
+                t(1, "S3", "S2"),
+                t(1, "S5", "S1"),
+                t(1, "S5", "S2"),
+                t(2, "S3", "S0"),
+            ]
+        );
+        assert_eq!(report.meta, 2);
+        assert!(
+            report.summary().contains("2 meta kept"),
+            "{}",
+            report.summary()
+        );
+
+        std::fs::write(
+            dir.join("comments.csv"),
+            "timestamp,datetime,comment-id,author-id,agrees,disagrees,moderated,comment-body,is-seed,is-meta\n1,x,0,0,0,0,1,S0,false,maybe\n",
+        )
+        .unwrap();
+        let err = ingest(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("comments.csv:2: field 'is-meta' is 'maybe'"),
+            "{err}"
+        );
+    }
+
+    /// What the report should say for a real conversation, counted here from the files.
+    #[test]
+    fn report_counts_real_conversations_independently() {
+        for name in CONVERSATIONS {
+            let dir = conv_dir(name);
+            let mut comments = csv::Reader::from_path(dir.join("comments.csv")).unwrap();
+            let h = comments.headers().unwrap().clone();
+            let col = |n: &str| h.iter().position(|x| x == n);
+            let (cid, moderated, body) = (
+                col("comment-id").unwrap(),
+                col("moderated").unwrap(),
+                col("comment-body").unwrap(),
+            );
+            let meta_col = col("is-meta");
+            let (mut statements, mut moderated_out, mut empty, mut meta) = (0, 0, 0, 0);
+            let mut kept: HashSet<String> = HashSet::new();
+            for r in comments.records() {
+                let r = r.unwrap();
+                statements += 1;
+                let is_meta = meta_col.is_some_and(|i| matches!(&r[i], "true" | "1"));
+                if &r[moderated] == "-1" {
+                    moderated_out += 1;
+                } else if r[body].trim().is_empty() {
+                    empty += 1;
+                } else if is_meta {
+                    meta += 1;
+                } else {
+                    kept.insert(r[cid].to_string());
+                }
+            }
+            let mut votes = csv::Reader::from_path(dir.join("votes.csv")).unwrap();
+            let mut rows = 0;
+            let mut latest: HashMap<(String, String), (i64, BTreeSet<String>)> = HashMap::new();
+            for r in votes.records() {
+                let r = r.unwrap();
+                rows += 1;
+                let t: i64 = r[0].parse().unwrap();
+                let e = latest
+                    .entry((r[3].to_string(), r[2].to_string()))
+                    .or_insert((t, BTreeSet::new()));
+                if t > e.0 {
+                    *e = (t, BTreeSet::new());
+                }
+                if t == e.0 {
+                    e.1.insert(r[4].to_string());
+                }
+            }
+            let conflicting = latest.values().filter(|(_, v)| v.len() > 1).count();
+            let settled = latest.iter().filter(|(_, (_, v))| v.len() == 1);
+            let on_left_out = settled
+                .clone()
+                .filter(|((_, c), _)| !kept.contains(c))
+                .count();
+            let passes = settled
+                .filter(|((_, c), (_, v))| kept.contains(c) && v.contains("0"))
+                .count();
+            let voters: HashSet<&str> = latest.keys().map(|(v, _)| v.as_str()).collect();
+            let eligible = rederive(&dir)
+                .values()
+                .filter(|(a, d)| a.len() * d.len() >= 20)
+                .count();
+
+            let (_, report) = ingest_with_report(&Params::new(&dir)).unwrap();
+            assert_eq!(
+                (
+                    report.statements,
+                    report.moderated_out,
+                    report.empty,
+                    report.meta
+                ),
+                (statements, moderated_out, empty, meta),
+                "{name}: statements"
+            );
+            assert_eq!(
+                (report.vote_rows, report.vote_keys, report.conflicting),
+                (rows, latest.len(), conflicting),
+                "{name}: votes"
+            );
+            assert_eq!(
+                (report.on_left_out, report.passes),
+                (on_left_out, passes),
+                "{name}"
+            );
+            assert_eq!(
+                (report.voters, report.kept_voters, report.few_pairs),
+                (voters.len(), eligible, voters.len() - eligible),
+                "{name}: voters"
+            );
+            // Polis's own exports write milliseconds: no warning.
+            assert!(
+                report.warnings().is_empty(),
+                "{name}: {:?}",
+                report.warnings()
+            );
+            eprintln!("polis {name}: {}", report.summary());
+        }
     }
 
     #[test]

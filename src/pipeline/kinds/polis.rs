@@ -39,8 +39,13 @@ impl StageKind for Params {
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
         Box::pin(async move {
             let p = self.clone();
-            let batch = tokio::task::spawn_blocking(move || polis::ingest(&p)).await??;
-            ingest_summary(ctx, batch).await
+            let (batch, report) =
+                tokio::task::spawn_blocking(move || polis::ingest_with_report(&p)).await??;
+            for w in report.warnings() {
+                ctx.printer.warn(w);
+            }
+            let written = ingest_summary(ctx, batch).await?;
+            Ok(format!("{}; {written}", report.summary()))
         })
     }
 }
