@@ -1,6 +1,7 @@
 # palpipe — set-up, demo, tests, benchmarks.
 #
-#   make demo    install what is missing, build, run pipelines/demo.yaml, print its report
+#   make demo    install what is missing, build, make the Pick-a-Pic fixtures, run
+#                pipelines/leakage-split.yaml and eval every model, then pipelines/demo.yaml
 #   make test    install what is missing, build, run every test
 #   make bench   benchmarks (see bench/README.md)
 #   make build-cuda  CUDA 13.4 from PyPI into ~/.cache/palpipe/cuda, then a --features cuda
@@ -15,6 +16,7 @@ MODELS ?= $(HOME)/.cache/palpipe/models
 MINILM := $(MODELS)/all-MiniLM-L6-v2
 BIN := $(CARGO_TARGET_DIR)/debug/palpipe
 DEMO_STORE ?= palstore-demo
+LEAKAGE_STORE ?= palstore-demo-leakage
 
 .PHONY: setup protoc models build demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack
 
@@ -42,7 +44,16 @@ $(MINILM)/model.safetensors:
 build: setup
 	cargo build --bin palpipe
 
-demo: build
+demo: fixtures
+	@echo "== 1. the main job: Pick-a-Pic shards → v2-test leakage split → CLIP vectors → PAL-B"
+	@echo "   (generated fixtures and the tiny random CLIP: read the counts; accuracies are near chance)"
+	@echo "$$ palpipe run pipelines/leakage-split.yaml --store $(LEAKAGE_STORE)"
+	@$(BIN) run pipelines/leakage-split.yaml --store $(LEAKAGE_STORE) --set ingest.data_dir=$(FIXTURES)
+	@echo; echo "$$ palpipe sql \"SELECT split, count(*) … FROM pairs GROUP BY split\""
+	@$(BIN) sql "SELECT split, count(*) AS pairs, count(DISTINCT user_id) AS users FROM pairs GROUP BY split ORDER BY split" --store $(LEAKAGE_STORE)
+	@echo; echo "$$ palpipe eval --split v2-no-leakage   # every model that can score it, best first"
+	@$(BIN) eval --split v2-no-leakage --store $(LEAKAGE_STORE) --quiet
+	@echo; echo "== 2. the PAL tour: synthetic users with K* = 3 preference types (pipelines/demo.yaml)"
 	@$(BIN) run pipelines/demo.yaml --store $(DEMO_STORE)
 	@echo; echo "== the store's tables"
 	@$(BIN) tables --store $(DEMO_STORE)
@@ -70,7 +81,7 @@ lint:
 	cargo clippy --all-targets -- -D warnings
 
 clean-demo:
-	rm -rf $(DEMO_STORE)
+	rm -rf $(DEMO_STORE) $(LEAKAGE_STORE)
 
 # Regenerates tests/fixtures/tiny_clip (tiny random CLIP + transformers' embeddings) with a
 # venv it creates from PyPI (torch, transformers, pillow). The output is committed.

@@ -49,6 +49,10 @@ fn persona_pipeline(dir: &Path, data: &Path) -> std::path::PathBuf {
 }
 
 fn assert_store_empty(store: &Path) {
+    // A run refused before any work need not create the folder at all.
+    if !store.exists() {
+        return;
+    }
     let v = versions(store);
     assert!(v.keys().all(|t| t == "runs"), "tables written: {v:?}");
 }

@@ -5,18 +5,6 @@ mod common;
 
 use common::*;
 
-fn require_model() {
-    let home = std::env::var("HOME").unwrap_or_default();
-    let root =
-        std::env::var("PALPIPE_MODELS").unwrap_or_else(|_| format!("{home}/.cache/palpipe/models"));
-    let f = std::path::Path::new(&root).join("all-MiniLM-L6-v2/model.safetensors");
-    assert!(
-        f.is_file(),
-        "{} is missing: run 'make setup' to install all-MiniLM-L6-v2",
-        f.display()
-    );
-}
-
 fn small_persona(dir: &std::path::Path) -> std::path::PathBuf {
     let text = format!(
         "name: p\nstages:\n  - name: data\n    kind: persona\n    dir: {}\n    personas: [art, math]\n    users_per_persona: 2\n    queries_per_user: 15\n    unseen_users_per_persona: 0\n  - name: embed\n    kind: embed\n",
@@ -27,7 +15,7 @@ fn small_persona(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn embed_caches_by_content_and_search_finds_the_statement_itself() {
-    require_model();
+    require_minilm();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
     let p = small_persona(dir.path());
@@ -144,7 +132,7 @@ fn a_missing_model_folder_is_named_with_a_hint() {
 
 #[test]
 fn an_embed_killed_midway_completes_on_rerun_without_duplicates() {
-    require_model();
+    require_minilm();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
     let text = format!(
@@ -196,7 +184,7 @@ fn parity(args: &[&str]) -> Run {
 /// `palpipe parity`: the device check a CUDA build runs on a GPU, here on the CPU.
 #[test]
 fn parity_checks_clip_and_minilm_against_their_references() {
-    require_model();
+    require_minilm();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let clip = root.join("tests/fixtures/tiny_clip");
     let clip = clip.to_str().unwrap();

@@ -167,6 +167,8 @@ fn sql_formats_and_old_versions() {
 fn sql_errors_are_clear() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
+    // An empty folder is a store with no tables yet (a missing one is an error).
+    std::fs::create_dir(&store).unwrap();
     let r = palpipe(&store, &["sql", "SELEC count(*) FROM pairs"]).code(2);
     assert!(r.stderr.starts_with("palpipe: error:"), "{}", r.stderr);
     assert_eq!(

@@ -197,6 +197,8 @@ fn report_covers_the_runs_models_plots_and_stages() {
 fn report_on_a_store_without_runs_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
+    // An existing, empty store (a missing one is 'no store at …').
+    std::fs::create_dir(&store).unwrap();
     let out = dir.path().join("out");
     let r = palpipe(&store, &["report", "--out", out.to_str().unwrap()]).code(2);
     assert!(r.stderr.contains("no runs"), "{}", r.stderr);

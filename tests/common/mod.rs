@@ -114,3 +114,16 @@ pub fn write_pipeline(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// Fails the test, saying how to install it, when all-MiniLM-L6-v2 (`make setup`) is missing.
+pub fn require_minilm() {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let root =
+        std::env::var("PALPIPE_MODELS").unwrap_or_else(|_| format!("{home}/.cache/palpipe/models"));
+    let f = Path::new(&root).join("all-MiniLM-L6-v2/model.safetensors");
+    assert!(
+        f.is_file(),
+        "{} is missing: run 'make setup' to install all-MiniLM-L6-v2",
+        f.display()
+    );
+}
