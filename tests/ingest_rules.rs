@@ -14,8 +14,9 @@ use arrow_array::{
     ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
     TimestampNanosecondArray,
 };
-use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use arrow_schema::{Field, Schema};
 use common::*;
+use palpipe::ingest::pickapic_fixtures::shard_schema;
 
 // ---------------------------------------------------------------------------------------
 // Pick-a-Pic
@@ -57,31 +58,13 @@ struct Row {
 /// Writes one shard in the published layout (the 18 columns), or without `has_label` (what
 /// a pandas or polars round trip of a shard whose labels were filled with NaN leaves).
 fn write_shard(path: &Path, rows: &[Row], with_has_label: bool) {
-    let s = |n: &str| Field::new(n, DataType::Utf8, true);
-    let mut fields = vec![
-        Field::new("are_different", DataType::Boolean, true),
-        s("best_image_uid"),
-        s("caption"),
-        Field::new(
-            "created_at",
-            DataType::Timestamp(TimeUnit::Nanosecond, None),
-            true,
-        ),
-        Field::new("has_label", DataType::Boolean, true),
-        s("image_0_uid"),
-        s("image_0_url"),
-        s("image_1_uid"),
-        s("image_1_url"),
-        Field::new("jpg_0", DataType::Binary, true),
-        Field::new("jpg_1", DataType::Binary, true),
-        Field::new("label_0", DataType::Float64, true),
-        Field::new("label_1", DataType::Float64, true),
-        s("model_0"),
-        s("model_1"),
-        Field::new("ranking_id", DataType::Int64, true),
-        Field::new("user_id", DataType::Int64, true),
-        Field::new("num_example_per_prompt", DataType::Int64, true),
-    ];
+    // The published schema, as the fixture writer declares it.
+    let mut fields: Vec<Field> = shard_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    assert_eq!(fields[4].name(), "has_label");
     let strs = |f: &dyn Fn(&Row) -> String| -> ArrayRef {
         Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
     };

@@ -837,28 +837,7 @@ mod tests {
         p.min_pairs_per_user = 1;
         p.unseen_frac = 0.0;
         let batch = ingest(&p).unwrap();
-        let texts: HashMap<&str, &str> = batch
-            .items
-            .iter()
-            .map(|i| (i.item_id.as_str(), i.text.as_deref().unwrap()))
-            .collect();
-        let mut got: Vec<(String, String, String)> = batch
-            .pairs
-            .iter()
-            .map(|pair| {
-                let (a, d) = if pair.label == -1 {
-                    (&pair.left_id, &pair.right_id)
-                } else {
-                    (&pair.right_id, &pair.left_id)
-                };
-                (
-                    pair.user_id.clone(),
-                    texts[a.as_str()].to_string(),
-                    texts[d.as_str()].to_string(),
-                )
-            })
-            .collect();
-        got.sort();
+        let got = pair_texts(&batch);
         let want = vec![
             (
                 "polis/tiny/7".to_string(),
