@@ -138,14 +138,21 @@ fn sql_formats_and_old_versions() {
         "SELECT DISTINCT array_length(vector) AS d FROM embeddings",
     );
     assert_eq!(dims[0]["d"], 2);
-    // a second ingest with more users makes version 2 of pairs; version 1 still answers
+    // a second ingest with another seed replaces the stage's rows (13 users × 20 again, as a
+    // fresh store holds) in version 2 of pairs; version 1 still answers
+    let first_ids = query(&store, "SELECT pair_id FROM pairs ORDER BY pair_id");
     palpipe(
         &store,
         &["run", p.to_str().unwrap(), "--set", "data.seed=8"],
     )
     .ok();
     let now = scalar(&store, "SELECT count(*) FROM pairs");
-    assert_eq!(now, 2 * 13 * 20);
+    assert_eq!(now, 13 * 20);
+    assert_eq!(versions(&store)["pairs"].0, 2);
+    assert_ne!(
+        query(&store, "SELECT pair_id FROM pairs ORDER BY pair_id"),
+        first_ids
+    );
     let r = palpipe(
         &store,
         &[

@@ -248,25 +248,31 @@ impl StageParams {
     pub async fn run(&self, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
         match self {
             StageParams::Synthetic(p) => {
+                let dataset = &p.dataset.to_string();
                 let p = p.clone();
                 ingest_summary(
                     ctx,
+                    &dataset,
                     tokio::task::spawn_blocking(move || ingest::synthetic::ingest(&p)).await??,
                 )
                 .await
             }
             StageParams::Persona(p) => {
+                let dataset = &p.dataset.to_string();
                 let p = p.clone();
                 ingest_summary(
                     ctx,
+                    &dataset,
                     tokio::task::spawn_blocking(move || ingest::persona::ingest(&p)).await??,
                 )
                 .await
             }
             StageParams::Polis(p) => {
+                let dataset = &ingest::polis::dataset_name(p)?.to_string();
                 let p = p.clone();
                 ingest_summary(
                     ctx,
+                    &dataset,
                     tokio::task::spawn_blocking(move || ingest::polis::ingest(&p)).await??,
                 )
                 .await
@@ -282,24 +288,36 @@ impl StageParams {
     }
 }
 
+/// Writes an ingest stage's output: its rows of `dataset` in `pairs` and `users` replace
+/// those a previous run left (one commit per table); content is merged on its key.
 async fn ingest_summary(
     ctx: &StageCtx<'_>,
+    dataset: &str,
     batch: crate::store::records::IngestBatch,
 ) -> anyhow::Result<String> {
-    let stats = write_ingest(ctx.store, &batch).await?;
+    let stats = write_ingest(ctx.store, dataset, &batch).await?;
     Ok(write_summary(stats.iter().map(|(t, s)| (t.as_str(), s))))
 }
 
-/// "items +4480, pairs +2310 (10 present)": what a stage's writes added, per table.
+/// "items +4480 (10 present), pairs +2310 −2288, users =40 (unchanged)": per table, what a
+/// stage's writes added (and found present), and for the rows it owns, how many it replaced
+/// or that they were unchanged.
 pub fn write_summary<'a>(
     stats: impl Iterator<Item = (&'a str, &'a crate::store::WriteStats)>,
 ) -> String {
     stats
         .map(|(t, s)| {
-            if s.existing > 0 {
-                format!("{t} +{} ({} present)", s.inserted, s.existing)
+            let present = if s.existing > 0 {
+                format!(" ({} present)", s.existing)
             } else {
-                format!("{t} +{}", s.inserted)
+                String::new()
+            };
+            if s.unchanged {
+                format!("{t} ={} (unchanged){present}", s.inserted)
+            } else if s.replaced > 0 {
+                format!("{t} +{} −{}{present}", s.inserted, s.replaced)
+            } else {
+                format!("{t} +{}{present}", s.inserted)
             }
         })
         .collect::<Vec<_>>()

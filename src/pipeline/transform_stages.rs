@@ -8,7 +8,7 @@ use super::stages::StageCtx;
 use crate::ingest::common::IngestError;
 use crate::ingest::pickapic;
 use crate::store::records::{content_id, pair_id, IngestBatch, ItemRow, PairRow, UserRow};
-use crate::store::{batches, sql_list, sql_str, IngestWriter, Store};
+use crate::store::{batches, sql_list, sql_str, StagedWriter, Store};
 use crate::transform::{dedup, pick_a_filter};
 
 /// The `pickapic` stage: shards are read on a blocking thread and handed over in chunks
@@ -30,7 +30,8 @@ pub async fn ingest_pickapic(p: &pickapic::Params, ctx: &StageCtx<'_>) -> anyhow
             |n| reader_bar.set_position(n),
         )
     });
-    let mut writer = IngestWriter::new(ctx.store);
+    // The stage owns its dataset's pairs and users: one commit per table once all is read.
+    let mut writer = StagedWriter::owning_dataset(ctx.store, &p.dataset).await?;
     let mut write_error = None;
     while let Some(chunk) = rx.recv().await {
         if let Err(e) = writer.write(&chunk).await {
@@ -41,10 +42,12 @@ pub async fn ingest_pickapic(p: &pickapic::Params, ctx: &StageCtx<'_>) -> anyhow
     drop(rx);
     let read = reader.await?;
     bar.finish_and_clear();
+    // On an error the writer is dropped uncommitted: the store keeps its previous rows.
     if let Some(e) = write_error {
         return Err(e.into());
     }
     let report = read?;
+    let stats = writer.commit().await?;
     for (tag, c) in &report {
         for (ranking, why) in &c.bad_examples {
             ctx.printer
@@ -54,7 +57,7 @@ pub async fn ingest_pickapic(p: &pickapic::Params, ctx: &StageCtx<'_>) -> anyhow
     Ok(format!(
         "{}; {}",
         pickapic::summarise(&report),
-        super::stages::write_summary(writer.stats.iter().map(|(t, s)| (t.as_str(), s)))
+        super::stages::write_summary(stats.iter().map(|(t, s)| (t.as_str(), s)))
     ))
 }
 
@@ -132,7 +135,8 @@ pub async fn pick_a_filter(
     }
     let plan = pick_a_filter::plan(&source, p).map_err(anyhow::Error::msg)?;
     let jobs = plan.jobs(&source);
-    let mut writer = IngestWriter::new(ctx.store);
+    // The stage owns its dataset's pairs and users; filtered images are shared content.
+    let mut writer = StagedWriter::owning_dataset(ctx.store, &p.dataset).await?;
 
     // The filtered images, written a few hundred at a time.
     let bar = ctx.printer.bar(jobs.len() as u64, "filtering");
@@ -230,6 +234,7 @@ pub async fn pick_a_filter(
             .warn(format!("pick_a_filter: item {id} not filtered: {why}"));
     }
     writer.write(&out).await?;
+    let stats = writer.commit().await?;
     let seen = plan.users.iter().filter(|u| u.seen).count();
     let g1 = plan.users.iter().filter(|u| u.group == 0).count();
     let splits: Vec<String> = plan
@@ -255,6 +260,6 @@ pub async fn pick_a_filter(
         } else {
             String::new()
         },
-        super::stages::write_summary(writer.stats.iter().map(|(t, s)| (t.as_str(), s)))
+        super::stages::write_summary(stats.iter().map(|(t, s)| (t.as_str(), s)))
     ))
 }
