@@ -245,8 +245,9 @@ fn an_unchanged_forced_ingest_commits_nothing() {
     for t in ["items", "pairs", "users", "embeddings"] {
         assert_eq!(before[t], after[t], "{t}");
     }
+    // 13 users × 20 comparisons, as the pipeline says.
     assert!(
-        r.stdout.contains("unchanged") || r.stderr.contains("unchanged"),
+        r.stdout.contains("pairs =260 (unchanged)") && r.stdout.contains("users =13 (unchanged)"),
         "{}{}",
         r.stdout,
         r.stderr
