@@ -10,55 +10,54 @@ use std::path::{Path, PathBuf};
 use common::*;
 use rand::{Rng, SeedableRng};
 
-/// Every pair as one text (id, user, sides, label, dataset, split), sorted: a multiset, so a
-/// duplicated row shows.
-fn pair_rows(store: &Path) -> Vec<String> {
-    let mut rows: Vec<String> = query(
-        store,
-        "SELECT pair_id, user_id, left_id, right_id, label, dataset, split FROM pairs",
-    )
-    .iter()
-    .map(|r| r.to_string())
-    .collect();
+/// The rows `sql` selects, each as one JSON text, sorted: a multiset, so a duplicated row
+/// shows.
+fn sorted_rows(store: &Path, sql: &str) -> Vec<String> {
+    let mut rows: Vec<String> = query(store, sql).iter().map(|r| r.to_string()).collect();
     rows.sort();
     rows
 }
 
-/// Every user as one text (id, dataset, group, role), sorted.
+/// Every pair: id, user, sides, label, dataset, split.
+fn pair_rows(store: &Path) -> Vec<String> {
+    sorted_rows(
+        store,
+        "SELECT pair_id, user_id, left_id, right_id, label, dataset, split FROM pairs",
+    )
+}
+
+/// Every user: id, dataset, group, role.
 fn user_rows(store: &Path) -> Vec<String> {
-    let mut rows: Vec<String> = query(
+    sorted_rows(
         store,
         "SELECT user_id, dataset, group_name, role FROM users",
     )
-    .iter()
-    .map(|r| r.to_string())
-    .collect();
-    rows.sort();
-    rows
+}
+
+/// Users whose role is `role`.
+fn users_with_role(store: &Path, role: &str) -> i64 {
+    scalar(
+        store,
+        &format!("SELECT count(*) FROM users WHERE role = '{role}'"),
+    )
 }
 
 /// `pairs` and `users` of `store` equal those of `fresh`, row for row.
 fn assert_same_rows(store: &Path, fresh: &Path, what: &str) {
-    let (a, b) = (pair_rows(store), pair_rows(fresh));
-    assert_eq!(
-        a.len(),
-        b.len(),
-        "{what}: pairs in the re-run store vs a fresh one"
-    );
-    assert!(
-        a == b,
-        "{what}: the re-run store's pairs differ from a fresh store's"
-    );
-    let (a, b) = (user_rows(store), user_rows(fresh));
-    assert_eq!(
-        a.len(),
-        b.len(),
-        "{what}: users in the re-run store vs a fresh one"
-    );
-    assert!(
-        a == b,
-        "{what}: the re-run store's users differ from a fresh store's"
-    );
+    let tables: [(&str, fn(&Path) -> Vec<String>); 2] =
+        [("pairs", pair_rows), ("users", user_rows)];
+    for (table, rows) in tables {
+        let (a, b) = (rows(store), rows(fresh));
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "{what}: {table} in the re-run store vs a fresh one"
+        );
+        assert!(
+            a == b,
+            "{what}: the re-run store's {table} differ from a fresh store's"
+        );
+    }
 }
 
 /// Split name → pairs, from the store.
@@ -87,14 +86,21 @@ fn run_ok(store: &Path, pipeline: &Path, sets: &[&str]) -> Run {
 }
 
 /// Runs `pipeline` with `first`, then again in the same store with `second`, and checks the
-/// store against a fresh one built with `second` only.
-fn rerun_equals_fresh(dir: &Path, pipeline: &Path, first: &[&str], second: &[&str], tag: &str) {
+/// store against a fresh one built with `second` only. Returns the re-run store.
+fn rerun_equals_fresh(
+    dir: &Path,
+    pipeline: &Path,
+    first: &[&str],
+    second: &[&str],
+    tag: &str,
+) -> PathBuf {
     let store = dir.join(format!("rerun-{tag}"));
     run_ok(&store, pipeline, first);
     run_ok(&store, pipeline, second);
     let fresh = dir.join(format!("fresh-{tag}"));
     run_ok(&fresh, pipeline, second);
     assert_same_rows(&store, &fresh, tag);
+    store
 }
 
 const POLIS: &str = "name: polis\nstages:\n  - name: votes\n    kind: polis\n    dir: DIR\n    max_pairs_per_user: 200\n    min_pairs_per_user: 20\n    unseen_frac: 0.2\n    seed: 0\n";
@@ -129,10 +135,7 @@ fn polis_rerun_with_changed_fractions_equals_a_fresh_store() {
         "{:?}",
         split_sizes(&store)
     );
-    assert_eq!(
-        scalar(&store, "SELECT count(*) FROM users WHERE role = 'unseen'"),
-        0
-    );
+    assert_eq!(users_with_role(&store, "unseen"), 0);
     assert_eq!(
         scalar(
             &store,
@@ -164,45 +167,27 @@ fn polis_rerun_with_changed_fractions_equals_a_fresh_store() {
     );
 }
 
-const SYNTH: &str = "\
-name: synth
-stages:
-  - name: data
-    kind: synthetic
-    d: 2
-    users: 10
-    comparisons_per_user: 20
-    held_out_per_user: 10
-    val_per_user: 2
-    unseen_users: 3
-    items: 50
-    seed: 7
-  - {name: k1, kind: train, model: pal-a, k: 1, train: tr, encoder: synthetic-identity, config: {d: 2}, training: {epochs: 3}}
-splits:
-  tr: \"SELECT * FROM pairs WHERE dataset = 'synthetic' AND split = 'train'\"
-";
+/// The small synthetic stage the foundation tests use, and a train stage on its pairs.
+fn synth() -> String {
+    format!(
+        "name: synth\nstages:\n{SMALL_SYNTH_STAGE}  - {{name: k1, kind: train, model: pal-a, k: 1, train: tr, encoder: synthetic-identity, config: {{d: 2}}, training: {{epochs: 3}}}}\nsplits:\n  tr: \"SELECT * FROM pairs WHERE dataset = 'synthetic' AND split = 'train'\"\n"
+    )
+}
 
 #[test]
 fn synthetic_rerun_with_other_users_equals_a_fresh_store_and_keeps_one_model_row() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write_pipeline(dir.path(), "synth.yaml", SYNTH);
-    rerun_equals_fresh(
+    let p = write_pipeline(dir.path(), "synth.yaml", &synth());
+    let store = rerun_equals_fresh(
         dir.path(),
         &p,
         &[],
         &["data.users=6", "data.unseen_users=5"],
         "users",
     );
-    let store = dir.path().join("rerun-users");
     // 6 seen and 5 unseen users of 20 comparisons each (counted from the parameters).
-    assert_eq!(
-        scalar(&store, "SELECT count(*) FROM users WHERE role = 'seen'"),
-        6
-    );
-    assert_eq!(
-        scalar(&store, "SELECT count(*) FROM users WHERE role = 'unseen'"),
-        5
-    );
+    assert_eq!(users_with_role(&store, "seen"), 6);
+    assert_eq!(users_with_role(&store, "unseen"), 5);
     assert_eq!(scalar(&store, "SELECT count(*) FROM pairs"), 11 * 20);
     assert_eq!(
         scalar(&store, "SELECT count(*) FROM pairs WHERE split = 'unseen'"),
@@ -236,7 +221,7 @@ fn synthetic_rerun_with_other_users_equals_a_fresh_store_and_keeps_one_model_row
 #[test]
 fn an_unchanged_forced_ingest_commits_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write_pipeline(dir.path(), "synth.yaml", SYNTH);
+    let p = write_pipeline(dir.path(), "synth.yaml", &synth());
     let store = dir.path().join("s");
     run_ok(&store, &p, &[]);
     let before = versions(&store);
@@ -271,18 +256,14 @@ fn persona_rerun_with_other_unseen_users_equals_a_fresh_store() {
         shared_data().join("persona").display()
     );
     let p = write_pipeline(dir.path(), "persona.yaml", &text);
-    rerun_equals_fresh(
+    let store = rerun_equals_fresh(
         dir.path(),
         &p,
         &[],
         &["data.unseen_users_per_persona=0", "data.test_frac=0.5"],
         "persona",
     );
-    let store = dir.path().join("rerun-persona");
-    assert_eq!(
-        scalar(&store, "SELECT count(*) FROM users WHERE role = 'unseen'"),
-        0
-    );
+    assert_eq!(users_with_role(&store, "unseen"), 0);
     assert_eq!(scalar(&store, "SELECT count(*) FROM users"), 2 * 4);
     // 20 comparisons a seen user, half of them test.
     assert_eq!(
@@ -377,7 +358,7 @@ fn a_failed_stage_keeps_another_writers_commit() {
 
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
-    let synth = write_pipeline(dir.path(), "synth.yaml", SYNTH);
+    let synth = write_pipeline(dir.path(), "synth.yaml", &synth());
     run_ok(&store, &synth, &[]);
     let before = pair_rows(&store);
 
@@ -464,7 +445,7 @@ fn image_transforms_rerun_with_changed_parameters_equal_a_fresh_store() {
     let p = write_pipeline(dir.path(), "img.yaml", &text);
     // Another seed and fewer seen users deal other groups, roles and splits; the leakage
     // split against v1-train alone tags fewer pairs leaked.
-    rerun_equals_fresh(
+    let store = rerun_equals_fresh(
         dir.path(),
         &p,
         &[],
@@ -475,7 +456,6 @@ fn image_transforms_rerun_with_changed_parameters_equal_a_fresh_store() {
         ],
         "transforms",
     );
-    let store = dir.path().join("rerun-transforms");
     assert_eq!(
         scalar(
             &store,

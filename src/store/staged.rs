@@ -502,6 +502,20 @@ mod tests {
             .collect()
     }
 
+    /// Appends one pair (a commit of `store`'s handle).
+    async fn add_pair(store: &Store, row: PairRow) {
+        let batch = batches::pairs(&[row]).unwrap();
+        store.append("pairs", batch).await.unwrap();
+    }
+
+    /// Replaces dataset `a`'s pairs by `rows`.
+    async fn replace_a(store: &Store, rows: &[PairRow]) -> WriteStats {
+        let batch = batches::pairs(rows).unwrap();
+        replace_scope(store, "pairs", "dataset = 'a'", batch)
+            .await
+            .unwrap()
+    }
+
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -530,14 +544,7 @@ mod tests {
                 pair("a3", "a", "val"),
                 pair("b1", "a", "x"),
             ];
-            let stats = replace_scope(
-                &store,
-                "pairs",
-                "dataset = 'a'",
-                batches::pairs(&new).unwrap(),
-            )
-            .await
-            .unwrap();
+            let stats = replace_a(&store, &new).await;
             assert_eq!(store.versions().await.unwrap()["pairs"], v1 + 1);
             assert_eq!(
                 stored(&store).await,
@@ -547,14 +554,7 @@ mod tests {
             assert_eq!((stats.inserted, stats.existing, stats.replaced), (2, 1, 2));
             // The same rows again: nothing to commit.
             let again = [pair("a3", "a", "val"), pair("a2", "a", "train")];
-            let stats = replace_scope(
-                &store,
-                "pairs",
-                "dataset = 'a'",
-                batches::pairs(&again).unwrap(),
-            )
-            .await
-            .unwrap();
+            let stats = replace_a(&store, &again).await;
             assert!(stats.unchanged);
             assert_eq!(store.versions().await.unwrap()["pairs"], v1 + 1);
         });
@@ -565,13 +565,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         runtime().block_on(async {
             let store = Store::open(dir.path()).unwrap();
-            store
-                .append(
-                    "pairs",
-                    batches::pairs(&[pair("a1", "a", "train")]).unwrap(),
-                )
-                .await
-                .unwrap();
+            add_pair(&store, pair("a1", "a", "train")).await;
             let before = store.versions().await.unwrap();
             let mut w = StagedWriter::owning_dataset(&store, "a").await.unwrap();
             w.stage("pairs", batches::pairs(&[pair("a9", "a", "test")]).unwrap())
@@ -591,21 +585,11 @@ mod tests {
         runtime().block_on(async {
             let mine = Store::open(dir.path()).unwrap();
             let other = Store::open(dir.path()).unwrap();
-            mine.append(
-                "pairs",
-                batches::pairs(&[pair("p0", "a", "train")]).unwrap(),
-            )
-            .await
-            .unwrap();
+            add_pair(&mine, pair("p0", "a", "train")).await;
 
             // Only this process wrote since: restored.
             let before = mine.versions().await.unwrap();
-            mine.append(
-                "pairs",
-                batches::pairs(&[pair("p1", "a", "train")]).unwrap(),
-            )
-            .await
-            .unwrap();
+            add_pair(&mine, pair("p1", "a", "train")).await;
             let user = crate::store::records::UserRow {
                 user_id: "a/u".into(),
                 dataset: "a".into(),
@@ -625,19 +609,8 @@ mod tests {
 
             // Another handle committed in between: its row stays, and the report says so.
             let before = mine.versions().await.unwrap();
-            mine.append(
-                "pairs",
-                batches::pairs(&[pair("p2", "a", "train")]).unwrap(),
-            )
-            .await
-            .unwrap();
-            other
-                .append(
-                    "pairs",
-                    batches::pairs(&[pair("q1", "b", "train")]).unwrap(),
-                )
-                .await
-                .unwrap();
+            add_pair(&mine, pair("p2", "a", "train")).await;
+            add_pair(&other, pair("q1", "b", "train")).await;
             let report = mine.roll_back(&before).await.unwrap();
             assert_eq!(report.kept.len(), 1, "{report:?}");
             assert!(report.kept[0].contains("table 'pairs'"), "{report:?}");
@@ -650,10 +623,7 @@ mod tests {
 
             // Another writer alone: nothing of ours to undo, nothing touched.
             let before = mine.versions().await.unwrap();
-            other
-                .append("pairs", batches::pairs(&[pair("q2", "b", "val")]).unwrap())
-                .await
-                .unwrap();
+            add_pair(&other, pair("q2", "b", "val")).await;
             let report = mine.roll_back(&before).await.unwrap();
             assert_eq!(report, RollBackReport::default());
             assert!(stored(&mine)
