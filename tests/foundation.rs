@@ -4,28 +4,16 @@ mod common;
 
 use common::*;
 
-const SMALL_SYNTH: &str = "\
-name: small
-stages:
-  - name: data
-    kind: synthetic
-    d: 2
-    users: 10
-    comparisons_per_user: 20
-    held_out_per_user: 10
-    val_per_user: 2
-    unseen_users: 3
-    items: 50
-    seed: 7
-splits:
-  train: \"SELECT * FROM pairs WHERE split = 'train'\"
-";
+/// The small synthetic stage and one split.
+static SMALL_SYNTH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("name: small\nstages:\n{SMALL_SYNTH_STAGE}splits:\n  train: \"SELECT * FROM pairs WHERE split = 'train'\"\n")
+});
 
 #[test]
 fn synthetic_run_counts_and_second_run_skips_everything() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
-    let p = write_pipeline(dir.path(), "p.yaml", SMALL_SYNTH);
+    let p = write_pipeline(dir.path(), "p.yaml", &SMALL_SYNTH);
     palpipe(&store, &["run", p.to_str().unwrap()]).ok();
     // 10 seen + 3 unseen users, 20 comparisons each.
     assert_eq!(scalar(&store, "SELECT count(*) AS n FROM pairs"), 13 * 20);
@@ -68,7 +56,7 @@ fn synthetic_run_counts_and_second_run_skips_everything() {
 fn ingesting_the_same_data_twice_adds_no_rows() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
-    let p = write_pipeline(dir.path(), "p.yaml", SMALL_SYNTH);
+    let p = write_pipeline(dir.path(), "p.yaml", &SMALL_SYNTH);
     palpipe(&store, &["run", p.to_str().unwrap()]).ok();
     let before = versions(&store);
     palpipe(&store, &["run", p.to_str().unwrap(), "--force", "data"]).ok();
@@ -82,7 +70,7 @@ fn ingesting_the_same_data_twice_adds_no_rows() {
 fn set_override_changes_a_parameter_and_unknown_stage_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
-    let p = write_pipeline(dir.path(), "p.yaml", SMALL_SYNTH);
+    let p = write_pipeline(dir.path(), "p.yaml", &SMALL_SYNTH);
     palpipe(
         &store,
         &["run", p.to_str().unwrap(), "--set", "data.users=4"],
@@ -104,7 +92,7 @@ fn set_override_changes_a_parameter_and_unknown_stage_is_refused() {
 fn dry_run_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
-    let p = write_pipeline(dir.path(), "p.yaml", SMALL_SYNTH);
+    let p = write_pipeline(dir.path(), "p.yaml", &SMALL_SYNTH);
     let r = palpipe(&store, &["run", p.to_str().unwrap(), "--dry-run"]).ok();
     assert!(r.stdout.contains("planned"), "{}", r.stdout);
     assert!(versions(&store).is_empty(), "{:?}", versions(&store));
@@ -114,7 +102,7 @@ fn dry_run_writes_nothing() {
 fn sql_formats_and_old_versions() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
-    let p = write_pipeline(dir.path(), "p.yaml", SMALL_SYNTH);
+    let p = write_pipeline(dir.path(), "p.yaml", &SMALL_SYNTH);
     palpipe(&store, &["run", p.to_str().unwrap()]).ok();
     let csv = palpipe(
         &store,
@@ -138,14 +126,21 @@ fn sql_formats_and_old_versions() {
         "SELECT DISTINCT array_length(vector) AS d FROM embeddings",
     );
     assert_eq!(dims[0]["d"], 2);
-    // a second ingest with more users makes version 2 of pairs; version 1 still answers
+    // a second ingest with another seed replaces the stage's rows (13 users × 20 again, as a
+    // fresh store holds) in version 2 of pairs; version 1 still answers
+    let first_ids = query(&store, "SELECT pair_id FROM pairs ORDER BY pair_id");
     palpipe(
         &store,
         &["run", p.to_str().unwrap(), "--set", "data.seed=8"],
     )
     .ok();
     let now = scalar(&store, "SELECT count(*) FROM pairs");
-    assert_eq!(now, 2 * 13 * 20);
+    assert_eq!(now, 13 * 20);
+    assert_eq!(versions(&store)["pairs"].0, 2);
+    assert_ne!(
+        query(&store, "SELECT pair_id FROM pairs ORDER BY pair_id"),
+        first_ids
+    );
     let r = palpipe(
         &store,
         &[
@@ -210,7 +205,7 @@ fn store_path_that_is_a_file_is_refused() {
 fn a_locked_store_fails_clearly_and_stays_intact() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
-    let p = write_pipeline(dir.path(), "p.yaml", SMALL_SYNTH);
+    let p = write_pipeline(dir.path(), "p.yaml", &SMALL_SYNTH);
     palpipe(&store, &["run", p.to_str().unwrap()]).ok();
     let before = versions(&store);
     let handle = palpipe::store::Store::open(&store).unwrap();
@@ -229,7 +224,7 @@ fn a_locked_store_fails_clearly_and_stays_intact() {
 fn two_runs_at_once_never_corrupt_a_table() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
-    let p = write_pipeline(dir.path(), "p.yaml", SMALL_SYNTH);
+    let p = write_pipeline(dir.path(), "p.yaml", &SMALL_SYNTH);
     let spawn = || {
         bin()
             .args(["run", p.to_str().unwrap(), "--quiet", "--store"])

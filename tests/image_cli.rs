@@ -174,7 +174,7 @@ fn fixture(dir: &Path) -> Fixture {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let s = Store::open(&store).unwrap();
-        write_ingest(&s, &batch).await.unwrap();
+        write_ingest(&s, "test-images", &batch).await.unwrap();
         let splits = [
             SplitRow {
                 name: "test",

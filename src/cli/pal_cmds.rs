@@ -166,7 +166,10 @@ pub async fn train(ctx: &Ctx, a: TrainArgs) -> Result<(), CliError> {
             Ok(())
         }
         Err(e) => {
-            store.roll_back(&before).await?;
+            // Only this process's own commits are undone; say which tables kept theirs.
+            for kept in store.roll_back(&before).await?.kept {
+                ctx.printer.warn(kept);
+            }
             Err(classify(e))
         }
     }

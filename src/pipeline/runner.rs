@@ -4,9 +4,11 @@
 //! its input files (size and modification time for files over 256 MiB) and the versions of
 //! the tables it reads, or for stages that rewrite part of a table they read, the content of
 //! that part). A stage whose fingerprint matches its last successful run in this pipeline,
-//! before or after that run, is skipped. A stage that fails has every table rolled back to
-//! the versions it found, and the run stops; the run is recorded in `runs` either way, with
-//! the error text.
+//! before or after that run, is skipped. Stages stage their rows and commit each table once
+//! at their end, so a failing stage mostly leaves nothing to undo; what this process did
+//! commit during a failed stage is rolled back, table by table, unless another writer
+//! committed to that table in between (its commit is kept, and the failure says so). The run
+//! stops there; it is recorded in `runs` either way, with the error text.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -143,9 +145,12 @@ pub async fn run(
                     }
                 }
                 Err(e) => {
-                    store.roll_back(&before).await?;
+                    let undo = store.roll_back(&before).await?;
                     rec.status = "failed".into();
-                    let msg = format!("stage '{}' ({}) failed: {e:#}", stage.name, rec.kind);
+                    let mut msg = format!("stage '{}' ({}) failed: {e:#}", stage.name, rec.kind);
+                    for kept in &undo.kept {
+                        msg.push_str(&format!("\nwarning: {kept}"));
+                    }
                     rec.summary = msg.clone();
                     error = Some(msg);
                 }

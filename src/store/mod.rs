@@ -1,20 +1,24 @@
 //! The feature store: a folder of Lance datasets, one per table (`<root>/<table>.lance`).
 //!
-//! Owns table layout, content-addressed writes (rows whose key exists add nothing), reading
-//! tables at a version, rolling tables back after a failed stage, the writer lock, and SQL
-//! over the tables (`sql.rs`). Knows nothing of models or of how a stage computes its rows.
-//! Row types live in `records.rs`, their Arrow form in `batches.rs`, schemas in `schema.rs`.
+//! Owns table layout, content-addressed writes (rows whose key exists add nothing), scoped
+//! replacement (a stage's rows replaced by its new output in one commit, `staged.rs`), reading
+//! tables at a version, rolling back this process's own commits after a failed stage, the
+//! writer lock, and SQL over the tables (`sql.rs`). Knows nothing of models or of how a stage
+//! computes its rows. Row types live in `records.rs`, their Arrow form in `batches.rs`,
+//! schemas in `schema.rs`.
 
 pub mod batches;
 pub mod messages;
 pub mod records;
 pub mod schema;
 pub mod sql;
+pub mod staged;
 pub mod vector;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use arrow_array::{Array, RecordBatch, RecordBatchIterator, StringArray};
 use arrow_schema::DataType;
@@ -23,6 +27,7 @@ use lance::dataset::{WriteMode, WriteParams};
 use lance::Dataset;
 
 pub use schema::{TableSchema, TABLES};
+pub use staged::StagedWriter;
 
 /// Errors of the store. Messages name the table, the store folder and the bad value.
 #[derive(Debug, thiserror::Error)]
@@ -73,17 +78,33 @@ pub(crate) fn lance_err(table: &str) -> impl FnOnce(lance::Error) -> StoreError 
     }
 }
 
-/// How many rows a write added, and how many it found already present.
+/// How many rows a write added, and how many it found already present. For a scope a stage
+/// owns: how many rows it held before and were replaced, or that it already held exactly
+/// these rows (nothing committed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WriteStats {
     pub inserted: usize,
     pub existing: usize,
+    pub replaced: usize,
+    pub unchanged: bool,
 }
 
-/// Handle to a store folder.
+/// Handle to a store folder. Clones share the record of the versions this process committed
+/// (see [`Store::roll_back`]).
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    commits: Arc<Mutex<BTreeMap<String, BTreeSet<u64>>>>,
+}
+
+/// What [`Store::roll_back`] did not undo, and why: one line per table, for the user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RollBackReport {
+    /// Tables brought back to their earlier version (or removed, when they were new).
+    pub restored: Vec<String>,
+    /// "table 'pairs': …" for each table left as it is because another writer committed to
+    /// it after the stage began.
+    pub kept: Vec<String>,
 }
 
 /// Held while a process writes to the store; dropping it releases the lock.
@@ -103,7 +124,26 @@ impl Store {
             path: root.clone(),
             source,
         })?;
-        Ok(Store { root })
+        Ok(Store {
+            root,
+            commits: Arc::default(),
+        })
+    }
+
+    /// Notes that this process committed `version` of `table`.
+    pub(crate) fn record_commit(&self, table: &str, version: u64) {
+        if let Ok(mut log) = self.commits.lock() {
+            log.entry(table.to_string()).or_default().insert(version);
+        }
+    }
+
+    /// The versions of `table` this process committed.
+    fn own_commits(&self, table: &str) -> BTreeSet<u64> {
+        self.commits
+            .lock()
+            .ok()
+            .and_then(|log| log.get(table).cloned())
+            .unwrap_or_default()
     }
 
     /// Opens the store at `root` for reading: a folder that does not exist is an error
@@ -112,7 +152,10 @@ impl Store {
     pub fn open_existing(root: impl AsRef<Path>) -> Result<Store, StoreError> {
         let root = root.as_ref().to_path_buf();
         if root.is_dir() {
-            return Ok(Store { root });
+            return Ok(Store {
+                root,
+                commits: Arc::default(),
+            });
         }
         if root.exists() {
             return Err(StoreError::NotAFolder(root));
@@ -149,7 +192,7 @@ impl Store {
         }
     }
 
-    fn uri(&self, table: &str) -> String {
+    pub(crate) fn uri(&self, table: &str) -> String {
         self.root
             .join(format!("{table}.lance"))
             .to_string_lossy()
@@ -235,31 +278,6 @@ impl Store {
         stream.try_collect().await.map_err(lance_err(table))
     }
 
-    /// The set of keys already in `table` (composite keys joined with '\u{1f}').
-    async fn existing_keys(&self, table: &str) -> Result<HashSet<String>, StoreError> {
-        let key = TableSchema::get(table)?.key;
-        let cols: Vec<&str> = key.iter().map(String::as_str).collect();
-        let mut keys = HashSet::new();
-        for batch in self.read(table, &cols, None).await? {
-            let arrays = key_columns(&batch, &cols)?;
-            for i in 0..batch.num_rows() {
-                keys.insert(join_key(&arrays, i));
-            }
-        }
-        Ok(keys)
-    }
-
-    /// Content-addressed write: appends the rows of `batch` whose key is not yet in the
-    /// table (nor earlier in the batch). No new rows → no commit, the version is unchanged.
-    pub async fn insert_new(
-        &self,
-        table: &str,
-        batch: RecordBatch,
-    ) -> Result<WriteStats, StoreError> {
-        let mut seen = self.existing_keys(table).await?;
-        self.insert_new_with(table, batch, &mut seen).await
-    }
-
     /// (item id, bytes) of the given items, in `ids` order; an id that is not stored, or
     /// whose item has no bytes, gets `None`. One scan for all of them: callers pass a few
     /// hundred ids at a time.
@@ -297,44 +315,8 @@ impl Store {
             .collect())
     }
 
-    /// The keys a table holds now, for a run of [`Store::insert_new_with`] calls.
-    pub async fn key_set(&self, table: &str) -> Result<HashSet<String>, StoreError> {
-        self.existing_keys(table).await
-    }
-
-    /// [`Store::insert_new`] against a key set the caller keeps (and this call extends), so
-    /// a stage that writes in many chunks reads the table's keys once, not once per chunk.
-    pub async fn insert_new_with(
-        &self,
-        table: &str,
-        batch: RecordBatch,
-        seen: &mut HashSet<String>,
-    ) -> Result<WriteStats, StoreError> {
-        let spec = TableSchema::get(table)?;
-        let cols: Vec<&str> = spec.key.iter().map(String::as_str).collect();
-        let arrays = key_columns(&batch, &cols)?;
-        let keep: Vec<bool> = (0..batch.num_rows())
-            .map(|i| seen.insert(join_key(&arrays, i)))
-            .collect();
-        let inserted = keep.iter().filter(|k| **k).count();
-        let stats = WriteStats {
-            inserted,
-            existing: batch.num_rows() - inserted,
-        };
-        if inserted == 0 {
-            return Ok(stats);
-        }
-        let mask = arrow_array::BooleanArray::from(keep);
-        let fresh =
-            arrow::compute::filter_record_batch(&batch, &mask).map_err(|e| StoreError::Batch {
-                table: table.into(),
-                message: e.to_string(),
-            })?;
-        self.append(table, fresh).await?;
-        Ok(stats)
-    }
-
-    /// Replaces the rows whose key matches a row of `batch`, and adds the rest.
+    /// Replaces the rows whose key matches a row of `batch`, and adds the rest, in one
+    /// commit (none when those rows are stored already, exactly).
     pub async fn upsert(&self, table: &str, batch: RecordBatch) -> Result<(), StoreError> {
         let spec = TableSchema::get(table)?;
         if spec.key.len() != 1 {
@@ -343,34 +325,30 @@ impl Store {
                 message: "upsert needs a single-column key".into(),
             });
         }
-        if let Some(mut ds) = self.dataset(table, None).await? {
-            let arrays = key_columns(&batch, &[spec.key[0].as_str()])?;
-            let list: Vec<String> = (0..batch.num_rows())
-                .map(|i| sql_str(&join_key(&arrays, i)))
-                .collect();
-            if !list.is_empty() {
-                let pred = format!("{} IN ({})", spec.key[0], list.join(", "));
-                ds.delete(&pred).await.map_err(lance_err(table))?;
-            }
+        let arrays = key_columns(&batch, &[spec.key[0].as_str()])?;
+        let list: Vec<String> = (0..batch.num_rows())
+            .map(|i| sql_str(&join_key(&arrays, i)))
+            .collect();
+        if list.is_empty() {
+            return Ok(());
         }
-        self.append(table, batch).await
+        let pred = format!("{} IN ({})", spec.key[0], list.join(", "));
+        self.replace_where(table, &pred, batch).await
     }
 
-    /// Appends `batch` as one commit, creating the table when it does not exist.
-    /// Deletes the rows `predicate` selects and appends `batch` in their place (two commits;
-    /// a failing stage is rolled back as a whole by the runner).
+    /// Deletes the rows `predicate` selects and appends `batch` in their place, in one
+    /// commit (none when they are exactly these rows already).
     pub async fn replace_where(
         &self,
         table: &str,
         predicate: &str,
         batch: RecordBatch,
     ) -> Result<(), StoreError> {
-        if let Some(mut ds) = self.dataset(table, None).await? {
-            ds.delete(predicate).await.map_err(lance_err(table))?;
-        }
-        self.append(table, batch).await
+        staged::replace_scope(self, table, predicate, batch).await?;
+        Ok(())
     }
 
+    /// Appends `batch` as one commit, creating the table when it does not exist.
     pub async fn append(&self, table: &str, batch: RecordBatch) -> Result<(), StoreError> {
         let existing = self.dataset(table, None).await?;
         if let Some(ds) = &existing {
@@ -387,28 +365,60 @@ impl Store {
             mode,
             ..Default::default()
         };
-        Dataset::write(reader, self.uri(table).as_str(), Some(params))
+        let ds = Dataset::write(reader, self.uri(table).as_str(), Some(params))
             .await
             .map_err(lance_err(table))?;
+        self.record_commit(table, ds.version_id());
         Ok(())
     }
 
-    /// Brings every table back to the versions in `before` (a table absent there is removed).
-    /// Used when a stage fails, so a failure leaves the store as it was.
-    pub async fn roll_back(&self, before: &BTreeMap<String, u64>) -> Result<(), StoreError> {
+    /// Undoes this process's commits since `before` (table → version; a table absent there
+    /// did not exist): a table whose every version since is one this process made is
+    /// restored to its version in `before` (or removed, when it did not exist). A table
+    /// another writer committed to in between is left as it is (restoring would undo that
+    /// commit too) and named in the report's `kept`; a table this process did not commit to
+    /// is not touched.
+    pub async fn roll_back(
+        &self,
+        before: &BTreeMap<String, u64>,
+    ) -> Result<RollBackReport, StoreError> {
+        let mut report = RollBackReport::default();
         for (table, now) in self.versions().await? {
-            match before.get(&table) {
-                Some(v) if *v == now => {}
-                Some(v) => {
-                    let ds = self.dataset(&table, Some(*v)).await?;
-                    if let Some(mut ds) = ds {
-                        ds.restore().await.map_err(lance_err(&table))?;
-                    }
-                }
-                None => std::fs::remove_dir_all(self.root.join(format!("{table}.lance")))?,
+            let from = before.get(&table).copied().unwrap_or(0);
+            if now <= from {
+                continue;
             }
+            let ours = self.own_commits(&table);
+            let since: Vec<u64> = (from + 1..=now).collect();
+            let mine: Vec<u64> = since.iter().copied().filter(|v| ours.contains(v)).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let foreign: Vec<u64> = since
+                .iter()
+                .copied()
+                .filter(|v| !ours.contains(v))
+                .collect();
+            if !foreign.is_empty() {
+                report.kept.push(format!(
+                    "table '{table}' was not rolled back: another writer committed version{} {} after this stage began, and restoring version {from} would undo it; this stage's version{} {} stay{}",
+                    plural(foreign.len()),
+                    join_versions(&foreign),
+                    plural(mine.len()),
+                    join_versions(&mine),
+                    if mine.len() == 1 { "s" } else { "" },
+                ));
+                continue;
+            }
+            if from == 0 {
+                std::fs::remove_dir_all(self.root.join(format!("{table}.lance")))?;
+            } else if let Some(mut ds) = self.dataset(&table, Some(from)).await? {
+                ds.restore().await.map_err(lance_err(&table))?;
+                self.record_commit(&table, ds.version_id());
+            }
+            report.restored.push(table);
         }
-        Ok(())
+        Ok(report)
     }
 }
 
@@ -445,6 +455,18 @@ fn stores_beside(path: &Path) -> Vec<PathBuf> {
     found.sort();
     found.truncate(5);
     found
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn join_versions(v: &[u64]) -> String {
+    v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// The width of a `FixedSizeList` vector column, if the schema has one.
@@ -511,61 +533,15 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Writes ingest rows, in chunks or at once, with a merge on each table's key. Each table's
-/// keys are read once, the first time rows for it come, and kept, so a stage that writes many
-/// chunks does not re-read them per chunk. Pairs go last in each write: a pair is never stored
-/// before the items it names.
-pub struct IngestWriter<'a> {
-    store: &'a Store,
-    keys: HashMap<&'static str, HashSet<String>>,
-    /// Per table: rows added, rows found present (the four core tables always appear).
-    pub stats: BTreeMap<String, WriteStats>,
-}
-
-impl<'a> IngestWriter<'a> {
-    pub fn new(store: &'a Store) -> IngestWriter<'a> {
-        IngestWriter {
-            store,
-            keys: HashMap::new(),
-            stats: BTreeMap::new(),
-        }
-    }
-
-    pub async fn write(&mut self, batch: &records::IngestBatch) -> Result<(), StoreError> {
-        let mut parts = vec![
-            ("items", Some(batches::items(&batch.items)?)),
-            ("prompts", Some(batches::prompts(&batch.prompts)?)),
-            ("users", Some(batches::users(&batch.users)?)),
-            ("embeddings", batches::embeddings(&batch.embeddings)?),
-        ];
-        parts.push(("pairs", Some(batches::pairs(&batch.pairs)?)));
-        for (table, part) in parts {
-            let Some(part) = part else {
-                continue;
-            };
-            let total = self.stats.entry(table.to_string()).or_default();
-            if part.num_rows() == 0 {
-                continue;
-            }
-            if !self.keys.contains_key(table) {
-                let known = self.store.key_set(table).await?;
-                self.keys.insert(table, known);
-            }
-            let keys = self.keys.get_mut(table).expect("just inserted");
-            let s = self.store.insert_new_with(table, part, keys).await?;
-            total.inserted += s.inserted;
-            total.existing += s.existing;
-        }
-        Ok(())
-    }
-}
-
-/// Writes one ingest batch (see [`IngestWriter`]); returns what each table gained.
+/// Writes one ingest batch for a stage that owns `dataset` (see [`StagedWriter`]): its rows
+/// of `pairs` and `users` are replaced, items, prompts and embeddings merged on their keys, one
+/// commit per table. Returns what each table gained.
 pub async fn write_ingest(
     store: &Store,
+    dataset: &str,
     batch: &records::IngestBatch,
 ) -> Result<BTreeMap<String, WriteStats>, StoreError> {
-    let mut w = IngestWriter::new(store);
+    let mut w = StagedWriter::owning_dataset(store, dataset).await?;
     w.write(batch).await?;
-    Ok(w.stats)
+    w.commit().await
 }

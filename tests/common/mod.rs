@@ -108,6 +108,20 @@ pub fn versions(store: &Path) -> std::collections::BTreeMap<String, (i64, i64)> 
         .collect()
 }
 
+/// A small synthetic ingest stage (10 seen and 3 unseen users, 20 comparisons each, 10 of a
+/// seen user's held out, 2 for validation), indented as an entry of a pipeline's `stages`.
+pub const SMALL_SYNTH_STAGE: &str = "  - name: data
+    kind: synthetic
+    d: 2
+    users: 10
+    comparisons_per_user: 20
+    held_out_per_user: 10
+    val_per_user: 2
+    unseen_users: 3
+    items: 50
+    seed: 7
+";
+
 /// Writes a pipeline file into `dir` and returns its path.
 pub fn write_pipeline(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

@@ -220,12 +220,15 @@ pub trait StageKind: fmt::Debug + Send + Sync {
 /// A parsed stage kind, shared by the pipeline's copies.
 pub type Kind = Arc<dyn StageKind>;
 
-/// Writes an ingest batch and summarises the writes (the three in-memory ingest kinds).
+/// Writes an ingest batch and summarises the writes (the three in-memory ingest kinds): the
+/// stage's rows of `dataset` in `pairs` and `users` replace those a previous run left (one
+/// commit per table); content is merged on its key.
 pub(crate) async fn ingest_summary(
     ctx: &StageCtx<'_>,
+    dataset: &str,
     batch: crate::store::records::IngestBatch,
 ) -> anyhow::Result<String> {
-    let stats = write_ingest(ctx.store, &batch).await?;
+    let stats = write_ingest(ctx.store, dataset, &batch).await?;
     Ok(write_summary(stats.iter().map(|(t, s)| (t.as_str(), s))))
 }
 
@@ -244,16 +247,25 @@ pub(crate) async fn dataset_pairs(
     Ok(out)
 }
 
-/// "items +4480, pairs +2310 (10 present)": what a stage's writes added, per table.
+/// "items +4480 (10 present), pairs +2310 −2288, users =40 (unchanged)": per table, what a
+/// stage's writes added (and found present), and for the rows it owns, how many it replaced
+/// or that they were unchanged.
 pub fn write_summary<'a>(
     stats: impl Iterator<Item = (&'a str, &'a crate::store::WriteStats)>,
 ) -> String {
     stats
         .map(|(t, s)| {
-            if s.existing > 0 {
-                format!("{t} +{} ({} present)", s.inserted, s.existing)
+            let present = if s.existing > 0 {
+                format!(" ({} present)", s.existing)
             } else {
-                format!("{t} +{}", s.inserted)
+                String::new()
+            };
+            if s.unchanged {
+                format!("{t} ={} (unchanged){present}", s.inserted)
+            } else if s.replaced > 0 {
+                format!("{t} +{} −{}{present}", s.inserted, s.replaced)
+            } else {
+                format!("{t} +{}{present}", s.inserted)
             }
         })
         .collect::<Vec<_>>()

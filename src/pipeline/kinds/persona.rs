@@ -38,7 +38,7 @@ impl StageKind for Params {
         Box::pin(async move {
             let p = self.clone();
             let batch = tokio::task::spawn_blocking(move || persona::ingest(&p)).await??;
-            ingest_summary(ctx, batch).await
+            ingest_summary(ctx, &self.dataset, batch).await
         })
     }
 }

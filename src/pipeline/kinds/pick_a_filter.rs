@@ -10,7 +10,7 @@ use super::{
     StageKind,
 };
 use crate::store::records::{content_id, pair_id, IngestBatch, ItemRow, PairRow, UserRow};
-use crate::store::{sql_str, IngestWriter};
+use crate::store::{sql_str, StagedWriter};
 use crate::transform::pick_a_filter::{self, Params};
 
 /// The registry entry.
@@ -72,7 +72,8 @@ async fn filter(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
     }
     let plan = pick_a_filter::plan(&source, p).map_err(anyhow::Error::msg)?;
     let jobs = plan.jobs(&source);
-    let mut writer = IngestWriter::new(ctx.store);
+    // The stage owns its dataset's pairs and users; filtered images are shared content.
+    let mut writer = StagedWriter::owning_dataset(ctx.store, &p.dataset).await?;
 
     // The filtered images, written a few hundred at a time.
     let bar = ctx.printer.bar(jobs.len() as u64, "filtering");
@@ -170,6 +171,7 @@ async fn filter(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
             .warn(format!("pick_a_filter: item {id} not filtered: {why}"));
     }
     writer.write(&out).await?;
+    let stats = writer.commit().await?;
     let seen = plan.users.iter().filter(|u| u.seen).count();
     let g1 = plan.users.iter().filter(|u| u.group == 0).count();
     let splits: Vec<String> = plan
@@ -195,7 +197,7 @@ async fn filter(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
         } else {
             String::new()
         },
-        write_summary(writer.stats.iter().map(|(t, s)| (t.as_str(), s)))
+        write_summary(stats.iter().map(|(t, s)| (t.as_str(), s)))
     ))
 }
 

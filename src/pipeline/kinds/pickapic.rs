@@ -10,7 +10,7 @@ use super::{write_summary, KindInfo, RunFuture, Scope, StageCtx, StageKind};
 use crate::ingest::common::IngestError;
 use crate::ingest::pickapic::{self, Params};
 use crate::store::records::IngestBatch;
-use crate::store::IngestWriter;
+use crate::store::StagedWriter;
 
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<Params>(
@@ -71,7 +71,8 @@ async fn ingest(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
             |n| reader_bar.set_position(n),
         )
     });
-    let mut writer = IngestWriter::new(ctx.store);
+    // The stage owns its dataset's pairs and users: one commit per table once all is read.
+    let mut writer = StagedWriter::owning_dataset(ctx.store, &p.dataset).await?;
     let mut write_error = None;
     while let Some(chunk) = rx.recv().await {
         if let Err(e) = writer.write(&chunk).await {
@@ -82,10 +83,12 @@ async fn ingest(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
     drop(rx);
     let read = reader.await?;
     bar.finish_and_clear();
+    // On an error the writer is dropped uncommitted: the store keeps its previous rows.
     if let Some(e) = write_error {
         return Err(e.into());
     }
     let report = read?;
+    let stats = writer.commit().await?;
     for (tag, c) in &report {
         for (ranking, why) in &c.bad_examples {
             ctx.printer
@@ -95,7 +98,7 @@ async fn ingest(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
     Ok(format!(
         "{}; {}",
         pickapic::summarise(&report),
-        write_summary(writer.stats.iter().map(|(t, s)| (t.as_str(), s)))
+        write_summary(stats.iter().map(|(t, s)| (t.as_str(), s)))
     ))
 }
 

@@ -44,7 +44,7 @@ impl StageKind for Params {
             for w in report.warnings() {
                 ctx.printer.warn(w);
             }
-            let written = ingest_summary(ctx, batch).await?;
+            let written = ingest_summary(ctx, &polis::dataset_name(self)?, batch).await?;
             Ok(format!("{}; {written}", report.summary()))
         })
     }
