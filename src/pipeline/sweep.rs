@@ -433,7 +433,7 @@ pub fn expand(
                         errors.push(at(
                             &format!("{base}.{path}"),
                             format!(
-                                "'{path}': placeholder '${{{k}}}' names no key of this stage's 'foreach' (keys: {})",
+                                "placeholder '${{{k}}}' names no key of this stage's 'foreach' (keys: {})",
                                 keys.join(", ")
                             ),
                         ));
