@@ -1,6 +1,7 @@
 # palpipe — set-up, demo, tests, benchmarks.
 #
 #   make demo    install what is missing, build, run pipelines/demo.yaml, print its report
+#   make install put palpipe on the PATH (a copy of the debug build in $(BINDIR))
 #   make test    install what is missing, build, run every test
 #   make bench   benchmarks (see bench/README.md)
 #   make build-cuda  CUDA 13.4 from PyPI into ~/.cache/palpipe/cuda, then a --features cuda
@@ -15,8 +16,9 @@ MODELS ?= $(HOME)/.cache/palpipe/models
 MINILM := $(MODELS)/all-MiniLM-L6-v2
 BIN := $(CARGO_TARGET_DIR)/debug/palpipe
 DEMO_STORE ?= palstore-demo
+BINDIR ?= $(HOME)/.cargo/bin
 
-.PHONY: setup protoc models build demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack
+.PHONY: setup protoc models build install demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack
 
 setup: protoc models
 
@@ -42,6 +44,15 @@ $(MINILM)/model.safetensors:
 build: setup
 	cargo build --bin palpipe
 
+# The debug build, copied: it reuses $(CARGO_TARGET_DIR), so at most palpipe itself is
+# recompiled. (`cargo install` builds the release profile: every dependency again, ~40 min
+# on 2 cores.) Run it again after changing the sources.
+install: build
+	@mkdir -p $(BINDIR)
+	@install -m 755 $(BIN) $(BINDIR)/palpipe
+	@echo "installed $(BINDIR)/palpipe (debug profile)"
+	@case ":$$PATH:" in *":$(BINDIR):"*) ;; *) echo "$(BINDIR) is not on your PATH: export PATH=\"$(BINDIR):\$$PATH\"";; esac
+
 demo: build
 	@$(BIN) run pipelines/demo.yaml --store $(DEMO_STORE)
 	@echo; echo "== the store's tables"
@@ -53,8 +64,12 @@ demo: build
 	@$(BIN) eval --model pal-a-k3 --split demo-test --store $(DEMO_STORE) --quiet
 	@echo; echo "== new users, adapted from N of their comparisons"
 	@$(BIN) adapt --model pal-a-k3 --users demo-unseen --shots 0,5,20 --store $(DEMO_STORE) --quiet
+	@echo; echo "== the binary is $(BIN); 'make install' copies it to $(BINDIR)/palpipe, then e.g.:"
+	@echo "   palpipe tables --store $(DEMO_STORE)"
+	@echo "   palpipe run leakage-split      # the Pick-a-Pic leakage split, fixtures made on the way"
 
-# Pick-a-Pic stand-in shards for pipelines/leakage-split.yaml and pick-a-filter.yaml.
+# Pick-a-Pic stand-in shards for pipelines/leakage-split.yaml and pick-a-filter.yaml (their
+# `fixtures` stage makes them too, when absent).
 FIXTURES ?= data/pickapic-fixtures
 fixtures: build
 	@test -f $(FIXTURES)/manifest.json || $(BIN) fixtures pickapic --out $(FIXTURES)

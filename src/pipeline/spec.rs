@@ -76,6 +76,7 @@ pub struct Pipeline {
     pub file: PathBuf,
     pub name: String,
     pub description: Option<String>,
+    /// The `store:` value, made absolute against the file's folder.
     pub store: Option<String>,
     pub stages: Vec<Stage>,
     pub splits: BTreeMap<String, String>,
@@ -155,6 +156,7 @@ impl Pipeline {
             err(p.map(|p| p.line), p.map(|p| p.col), key, message)
         };
         let mut errors = Vec::new();
+        let bases = super::paths::Bases::new(path, overrides);
         let mut stages_raw = raw.stages;
         for o in overrides {
             match stages_raw
@@ -208,11 +210,14 @@ impl Pipeline {
                 None => Err(ParamError::UnknownKind),
             };
             match parsed {
-                Ok(params) => stages.push(Stage {
-                    name,
-                    params: params.into(),
-                    line,
-                }),
+                Ok(mut params) => {
+                    params.resolve_paths(&|key, p| bases.resolve(&name, key, p));
+                    stages.push(Stage {
+                        name,
+                        params: params.into(),
+                        line,
+                    })
+                }
                 Err(ParamError::UnknownKind) => errors.push(at(
                     &format!("{base}.kind"),
                     format!("unknown stage kind '{kind}' (kinds: {})", kinds::names()),
@@ -244,7 +249,7 @@ impl Pipeline {
             file: path.to_path_buf(),
             name: raw.name,
             description: raw.description,
-            store: raw.store,
+            store: raw.store.map(|s| bases.store(&s)),
             stages,
             splits: raw.splits,
         };

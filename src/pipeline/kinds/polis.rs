@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{ingest_summary, KindInfo, RunFuture, Scope, StageCtx, StageKind};
+use super::{ingest_in_memory, KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind};
 use crate::ingest::polis::{self, Params};
 
 /// The registry entry.
@@ -25,6 +25,10 @@ impl StageKind for Params {
             .collect()
     }
 
+    fn resolve_paths(&mut self, resolve: &PathResolver<'_>) {
+        resolve("dir", &mut self.dir);
+    }
+
     fn owns(&self, _stage_name: &str) -> Vec<Scope> {
         // The dataset is named after the folder; an unnamable folder fails at run time.
         polis::dataset_name(self)
@@ -37,11 +41,7 @@ impl StageKind for Params {
     }
 
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
-        Box::pin(async move {
-            let p = self.clone();
-            let batch = tokio::task::spawn_blocking(move || polis::ingest(&p)).await??;
-            ingest_summary(ctx, batch).await
-        })
+        ingest_in_memory(ctx, self, polis::ingest)
     }
 }
 
