@@ -1,7 +1,8 @@
 # palpipe — set-up, demo, tests, benchmarks.
 #
-#   make demo    install what is missing, build, make the Pick-a-Pic fixtures, run
-#                pipelines/leakage-split.yaml and eval every model, then pipelines/demo.yaml
+#   make demo    install what is missing, build, run pipelines/leakage-split.yaml (which makes
+#                its Pick-a-Pic fixtures) and eval every model, then pipelines/demo.yaml
+#   make install put palpipe on the PATH (a copy of the debug build in $(BINDIR))
 #   make test    install what is missing, build, run every test
 #   make bench   benchmarks (see bench/README.md)
 #   make build-cuda  CUDA 13.4 from PyPI into ~/.cache/palpipe/cuda, then a --features cuda
@@ -17,8 +18,9 @@ MINILM := $(MODELS)/all-MiniLM-L6-v2
 BIN := $(CARGO_TARGET_DIR)/debug/palpipe
 DEMO_STORE ?= palstore-demo
 LEAKAGE_STORE ?= palstore-demo-leakage
+BINDIR ?= $(HOME)/.cargo/bin
 
-.PHONY: setup protoc models build demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack
+.PHONY: setup protoc models build install demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack
 
 setup: protoc models
 
@@ -44,11 +46,20 @@ $(MINILM)/model.safetensors:
 build: setup
 	cargo build --bin palpipe
 
-demo: fixtures
+# The debug build, copied: it reuses $(CARGO_TARGET_DIR), so at most palpipe itself is
+# recompiled. (`cargo install` builds the release profile: every dependency again, ~40 min
+# on 2 cores.) Run it again after changing the sources.
+install: build
+	@mkdir -p $(BINDIR)
+	@install -m 755 $(BIN) $(BINDIR)/palpipe
+	@echo "installed $(BINDIR)/palpipe (debug profile)"
+	@case ":$$PATH:" in *":$(BINDIR):"*) ;; *) echo "$(BINDIR) is not on your PATH: export PATH=\"$(BINDIR):\$$PATH\"";; esac
+
+demo: build
 	@echo "== 1. the main job: Pick-a-Pic shards → v2-test leakage split → CLIP vectors → PAL-B"
 	@echo "   (generated fixtures and the tiny random CLIP: read the counts; accuracies are near chance)"
 	@echo "$$ palpipe run pipelines/leakage-split.yaml --store $(LEAKAGE_STORE)"
-	@$(BIN) run pipelines/leakage-split.yaml --store $(LEAKAGE_STORE) --set ingest.data_dir=$(FIXTURES)
+	@$(BIN) run pipelines/leakage-split.yaml --store $(LEAKAGE_STORE)
 	@echo; echo "$$ palpipe sql \"SELECT split, count(*) … FROM pairs GROUP BY split\""
 	@$(BIN) sql "SELECT split, count(*) AS pairs, count(DISTINCT user_id) AS users FROM pairs GROUP BY split ORDER BY split" --store $(LEAKAGE_STORE)
 	@echo; echo "$$ palpipe eval --split v2-no-leakage   # every model that can score it, best first"
@@ -64,8 +75,12 @@ demo: fixtures
 	@$(BIN) eval --model pal-a-k3 --split demo-test --store $(DEMO_STORE) --quiet
 	@echo; echo "== new users, adapted from N of their comparisons"
 	@$(BIN) adapt --model pal-a-k3 --users demo-unseen --shots 0,5,20 --store $(DEMO_STORE) --quiet
+	@echo; echo "== the binary is $(BIN); 'make install' copies it to $(BINDIR)/palpipe, then e.g.:"
+	@echo "   palpipe tables --store $(DEMO_STORE)"
+	@echo "   palpipe run leakage-split      # the Pick-a-Pic leakage split, fixtures made on the way"
 
-# Pick-a-Pic stand-in shards for pipelines/leakage-split.yaml and pick-a-filter.yaml.
+# Pick-a-Pic stand-in shards for pipelines/leakage-split.yaml and pick-a-filter.yaml (their
+# `fixtures` stage makes them too, when absent).
 FIXTURES ?= data/pickapic-fixtures
 fixtures: build
 	@test -f $(FIXTURES)/manifest.json || $(BIN) fixtures pickapic --out $(FIXTURES)

@@ -376,14 +376,40 @@ fn the_shipped_image_pipelines_run_on_fixtures_with_the_tiny_clip() {
     let dir = tempfile::tempdir().unwrap();
     let (data, m) = fixtures(dir.path(), &[]);
     let set_data = format!("ingest.data_dir={}", data.display());
+    // The fixtures stage finds its shards present and writes nothing (into the repository).
+    let set_fx = format!("fixtures.out={}", data.display());
 
     // Leakage split: exact planted counts, PAL-B K=1 and the CLIP score on both parts.
     let store = dir.path().join("leak");
     let run = run_json(
         &store,
-        &["pipelines/leakage-split.yaml", "--set", &set_data],
+        &[
+            "pipelines/leakage-split.yaml",
+            "--set",
+            &set_data,
+            "--set",
+            &set_fx,
+        ],
     );
-    let leakage = run["stages"][1]["summary"].as_str().unwrap();
+    let stage = |name: &str| {
+        run["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no stage '{name}'"))
+            .clone()
+    };
+    assert!(
+        stage("fixtures")["summary"]
+            .as_str()
+            .unwrap()
+            .contains("nothing written"),
+        "{}",
+        stage("fixtures")
+    );
+    let leakage_stage = stage("leakage");
+    let leakage = leakage_stage["summary"].as_str().unwrap();
     assert!(
         leakage.contains(&format!(
             "v2-leakage {}, v2-no-leakage {}",
@@ -413,7 +439,14 @@ fn the_shipped_image_pipelines_run_on_fixtures_with_the_tiny_clip() {
     );
     let again = palpipe(
         &store,
-        &["run", "pipelines/leakage-split.yaml", "--set", &set_data],
+        &[
+            "run",
+            "pipelines/leakage-split.yaml",
+            "--set",
+            &set_data,
+            "--set",
+            &set_fx,
+        ],
     )
     .ok();
     assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
@@ -423,7 +456,13 @@ fn the_shipped_image_pipelines_run_on_fixtures_with_the_tiny_clip() {
     let store = dir.path().join("paf");
     let run = run_json(
         &store,
-        &["pipelines/pick-a-filter.yaml", "--set", &set_data],
+        &[
+            "pipelines/pick-a-filter.yaml",
+            "--set",
+            &set_data,
+            "--set",
+            &set_fx,
+        ],
     );
     let (k1, k2) = (
         stage_accuracy(&run, "eval-k1"),

@@ -50,7 +50,7 @@ Examples:
   palpipe tables --store /tmp/s
   palpipe eval --model pal-a-k3 --split synthetic-test --store /tmp/s
   palpipe report --run latest --out /tmp/report --store /tmp/s
-  palpipe fixtures pickapic --out data/pickapic-fixtures && palpipe run pipelines/leakage-split.yaml
+  palpipe run leakage-split          # pipelines/leakage-split.yaml, found by name
   palpipe eval --split v2-no-leakage --store palstore-leakage   # every model, best first
 
 Exit codes: 0 ok, 1 failure in the data or the work, 2 bad usage or configuration.";

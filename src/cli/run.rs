@@ -1,13 +1,16 @@
 //! `palpipe run PIPELINE.yaml`: validate, then run what changed, then print a report.
+//! `palpipe run NAME` runs `pipelines/NAME(.yaml)` of the project it is run in.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{CliError, Ctx};
 use crate::pipeline::{self, Override, Pipeline, RunOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The pipeline file (YAML).
+    /// The pipeline file (YAML), or the name of one in the project's `pipelines/` folder
+    /// (`leakage-split` runs pipelines/leakage-split.yaml of the current folder or the
+    /// nearest folder above it that has a `pipelines/` folder).
     pub pipeline: PathBuf,
     /// Rerun this stage even if unchanged (repeatable).
     #[arg(long, value_name = "STAGE")]
@@ -27,9 +30,65 @@ pub struct RunArgs {
 /// The text under `palpipe run --help`: the stage kinds, one line each, from the registry.
 pub fn after_help() -> String {
     format!(
-        "Stage kinds (a stage's `kind:`):\n{}",
+        "Paths: relative paths written in a pipeline file (data folders, model folders, \
+         `store:`) are relative to the folder holding that file, so a pipeline runs the same \
+         from any working directory; paths given with --set are relative to the current \
+         folder.\n\nStage kinds (a stage's `kind:`):\n{}",
         crate::pipeline::kinds::help_table()
     )
+}
+
+/// The pipeline file `arg` names: the file itself when it exists, else `pipelines/<arg>` or
+/// `pipelines/<arg>.yaml` in the current folder or the nearest folder above it that holds a
+/// `pipelines/` folder. Otherwise a usage error listing the pipelines found there.
+pub fn find_pipeline(arg: &Path, cwd: &Path) -> Result<PathBuf, CliError> {
+    if arg.is_file() {
+        return Ok(arg.to_path_buf());
+    }
+    let project = cwd
+        .ancestors()
+        .map(|d| d.join("pipelines"))
+        .find(|d| d.is_dir());
+    let plain = arg.components().count() == 1;
+    if let (Some(dir), true) = (&project, plain) {
+        let name = arg.to_string_lossy();
+        for candidate in [dir.join(&*name), dir.join(format!("{name}.yaml"))] {
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    let listing = match &project {
+        Some(dir) => {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            format!(
+                "\nhint: pipelines in {}: {}",
+                dir.display(),
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )
+        }
+        None => format!(
+            "\nhint: no 'pipelines' folder in {} or above it; give the pipeline file's path",
+            cwd.display()
+        ),
+    };
+    Err(CliError::usage(anyhow::anyhow!(
+        "no pipeline file '{}'{listing}",
+        arg.display()
+    )))
 }
 
 pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<(), CliError> {
@@ -39,7 +98,12 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<(), CliError> {
         .map(|s| Override::parse(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CliError::usage(anyhow::anyhow!(e)))?;
-    let p = Pipeline::load(&a.pipeline, &overrides).map_err(CliError::usage)?;
+    let cwd = std::env::current_dir().map_err(CliError::failure)?;
+    let file = find_pipeline(&a.pipeline, &cwd)?;
+    if file != a.pipeline {
+        ctx.printer.status(format!("running {}", file.display()));
+    }
+    let p = Pipeline::load(&file, &overrides).map_err(CliError::usage)?;
     let store = ctx.store(p.store.as_deref())?;
     let opts = RunOptions {
         force: a.force.clone(),

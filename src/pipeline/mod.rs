@@ -11,6 +11,7 @@ pub mod embed_stage;
 pub mod features;
 pub mod kinds;
 pub mod pal_stages;
+pub mod paths;
 pub mod positions;
 pub mod progress;
 pub mod runner;

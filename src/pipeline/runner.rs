@@ -199,6 +199,11 @@ async fn fingerprint(
         h.update(path.to_string_lossy().as_bytes());
         hash_path(&mut h, &path)?;
     }
+    // What the stage makes: deleting it (or changing it) makes the stage run again.
+    for path in stage.params.makes() {
+        h.update(format!("makes {} exists={};", path.display(), path.exists()).as_bytes());
+        hash_path(&mut h, &path)?;
+    }
     let versions = store.versions().await?;
     for t in stage.params.reads() {
         h.update(format!("{t}={:?};", versions.get(*t)).as_bytes());

@@ -78,6 +78,7 @@ pub struct Pipeline {
     pub file: PathBuf,
     pub name: String,
     pub description: Option<String>,
+    /// The `store:` value, made absolute against the file's folder.
     pub store: Option<String>,
     pub stages: Vec<Stage>,
     pub splits: BTreeMap<String, String>,
@@ -159,6 +160,12 @@ impl Pipeline {
             err(p.map(|p| p.line), p.map(|p| p.col), key, message)
         };
         let file_pos = Positions::index(text);
+        // Each file stage's name as written (a sweep's template), for `--set` paths below.
+        let file_names: Vec<Option<String>> = raw
+            .stages
+            .iter()
+            .map(|m| m.get("name").and_then(Value::as_str).map(String::from))
+            .collect();
         let (mut sweep, mut all_errors) =
             super::sweep::expand(raw.stages, overrides, &|k: &str, m: String| {
                 at_in(&file_pos, k, m)
@@ -167,6 +174,7 @@ impl Pipeline {
         let at = |key: &str, message: String| at_in(&pos, key, message);
         let mut errors = Vec::new();
         let stages_raw = std::mem::take(&mut sweep.stages);
+        let bases = super::paths::Bases::new(path, overrides);
         let mut stages = Vec::new();
         // The index in the expanded list of each stage that parsed.
         let mut parsed = Vec::new();
@@ -201,8 +209,17 @@ impl Pipeline {
                 Some(k) => (k.parse)(Value::Mapping(m)),
                 None => Err(ParamError::UnknownKind),
             };
+            // A path set with `--set` on this stage, or on the sweep that made it, is relative
+            // to the shell's folder; one written in the file, to the file's folder.
+            let template = sweep
+                .origins
+                .get(i)
+                .and_then(|o| file_names.get(o.index).cloned().flatten());
             match params {
-                Ok(params) => {
+                Ok(mut params) => {
+                    params.resolve_paths(&|key, p| {
+                        bases.resolve(&[name.as_str(), template.as_deref().unwrap_or("")], key, p)
+                    });
                     stages.push(Stage {
                         name,
                         params: params.into(),
@@ -247,7 +264,7 @@ impl Pipeline {
             file: path.to_path_buf(),
             name: raw.name,
             description: raw.description,
-            store: raw.store,
+            store: raw.store.map(|s| bases.store(&s)),
             stages,
             splits: raw.splits,
         };

@@ -1,4 +1,4 @@
-//! Checks that need the whole pipeline: input files exist, split SQL parses, and stages
+//! Checks that need the whole pipeline: input files exist (or an earlier stage makes them), split SQL parses, and stages
 //! reference splits and models that the pipeline defines (or that must already be in the
 //! store; those are checked when the run starts). Each pass adds located errors.
 
@@ -19,23 +19,31 @@ pub fn check(p: &Pipeline, pos: &Positions) -> Vec<SpecError> {
         }
     };
     let mut errors = Vec::new();
-    // Inputs exist (for stages whose parameters make sense: see below).
+    // Inputs exist (for stages whose parameters make sense: see below), or an earlier
+    // stage makes them.
+    let mut made: Vec<std::path::PathBuf> = Vec::new();
     for (i, s) in p.stages.iter().enumerate() {
-        if s.params.check().is_err() {
-            continue;
-        }
-        for (key, path) in s.params.inputs() {
-            if !path.exists() {
+        if s.params.check().is_ok() {
+            for (key, path) in s.params.inputs() {
+                if path.exists() || made.iter().any(|m| path.starts_with(m)) {
+                    continue;
+                }
+                let hint = s
+                    .params
+                    .missing_input_hint(&key)
+                    .map(|h| format!("\n{h}"))
+                    .unwrap_or_default();
                 errors.push(at(
                     format!("stages.{i}.{key}"),
                     format!(
-                        "stage '{}': input '{}' does not exist",
+                        "stage '{}': input '{}' does not exist{hint}",
                         s.name,
                         path.display()
                     ),
                 ));
             }
         }
+        made.extend(s.params.makes());
     }
     // Parameters in range.
     for (i, s) in p.stages.iter().enumerate() {

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::{KindInfo, ParamIssue, RunFuture, Scope, StageCtx, StageKind};
+use super::{KindInfo, ParamIssue, PathResolver, RunFuture, Scope, StageCtx, StageKind};
 use crate::embed as encoders;
 use crate::pipeline::embed_stage::{embed_texts, EmbedParams};
 
@@ -35,6 +35,18 @@ impl StageKind for EmbedParams {
             "encoder"
         };
         vec![(key.to_string(), dir)]
+    }
+
+    fn resolve_paths(&mut self, resolve: &PathResolver<'_>) {
+        if let Some(d) = self.model_dir.as_mut() {
+            resolve("model_dir", d);
+        }
+    }
+
+    fn missing_input_hint(&self, key: &str) -> Option<String> {
+        (key == "encoder" && self.model_name() == encoders::MINILM_L6_V2).then(|| {
+            "hint: run 'make setup' (it installs all-MiniLM-L6-v2), or set 'model_dir'".to_string()
+        })
     }
 
     fn reads(&self) -> &'static [&'static str] {

@@ -8,6 +8,7 @@
 //!
 //! | kind | part | reads | owns (writes) |
 //! |---|---|---|---|
+//! | `fixtures` | `ingest` | nothing | its folder of Pick-a-Pic stand-in shards (written once) |
 //! | `synthetic`, `persona`, `polis` | `ingest` | input files | its dataset's pairs and users (+ shared items, prompts, embeddings) |
 //! | `pickapic` | `ingest` | parquet shards (streamed) | its dataset's pairs and users (+ shared items, prompts) |
 //! | `dedup` | `transform` | pairs | the split tags of its target |
@@ -20,6 +21,7 @@ pub mod adapt;
 pub mod dedup;
 pub mod embed;
 pub mod eval;
+pub mod fixtures;
 pub mod persona;
 pub mod pick_a_filter;
 pub mod pickapic;
@@ -39,11 +41,14 @@ use serde_yaml::Value;
 
 use super::progress::Printer;
 use super::spec::{read_params, ParamError, Pipeline};
+use crate::ingest::common::IngestError;
+use crate::store::records::IngestBatch;
 use crate::store::{write_ingest, Store};
 pub use crate::transform::ParamIssue;
 
 /// Every stage kind, in the order `--help` lists them. Adding a kind: one file, one line.
 pub const KINDS: &[KindInfo] = &[
+    fixtures::KIND,
     synthetic::KIND,
     persona::KIND,
     polis::KIND,
@@ -152,6 +157,8 @@ pub enum Scope {
     Model(String),
     /// One key of a model's metrics (`eval`: the split; `adapt`: `adapt:<split>`).
     ModelMetric { model: String, key: String },
+    /// Files in a folder outside the store (`fixtures`).
+    Folder(PathBuf),
 }
 
 /// What a running stage may use.
@@ -213,20 +220,58 @@ pub trait StageKind: fmt::Debug + Send + Sync {
         Ok(())
     }
 
+    /// Makes each path-valued parameter absolute by calling `resolve(key, &mut path)` on it:
+    /// the pipeline decides the base (the pipeline file's folder, or the shell's folder for a
+    /// value given with `--set`). A kind with a path parameter must list it here.
+    fn resolve_paths(&mut self, _resolve: &PathResolver<'_>) {}
+
+    /// Files or folders this stage makes (and which later stages may name as inputs before
+    /// they exist). Their state enters this stage's fingerprint.
+    fn makes(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// The command that makes a missing input named by `key`, when one is known.
+    fn missing_input_hint(&self, _key: &str) -> Option<String> {
+        None
+    }
+
     /// Runs the stage; the returned line summarises what it did.
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a>;
 }
 
+/// Resolves one path-valued parameter in place, given its key (see
+/// [`StageKind::resolve_paths`]).
+pub type PathResolver<'a> = dyn Fn(&str, &mut PathBuf) + 'a;
+
 /// A parsed stage kind, shared by the pipeline's copies.
 pub type Kind = Arc<dyn StageKind>;
 
-/// Writes an ingest batch and summarises the writes (the three in-memory ingest kinds): the
-/// stage's rows of `dataset` in `pairs` and `users` replace those a previous run left (one
-/// commit per table); content is merged on its key.
+/// Runs an in-memory ingest (`synthetic`, `persona`) on a blocking thread, writes its batch as
+/// the rows of `dataset` and summarises the writes (see [`ingest_summary`]).
+pub(crate) fn ingest_in_memory<'a, P>(
+    ctx: &'a StageCtx<'a>,
+    params: &P,
+    dataset: &'a str,
+    ingest: fn(&P) -> Result<IngestBatch, IngestError>,
+) -> RunFuture<'a>
+where
+    P: Clone + Send + 'static,
+{
+    let p = params.clone();
+    Box::pin(async move {
+        let batch = tokio::task::spawn_blocking(move || ingest(&p)).await??;
+        ingest_summary(ctx, dataset, batch).await
+    })
+}
+
+/// Writes an ingest batch and summarises the writes: the stage's rows of `dataset` in `pairs`
+/// and `users` replace those a previous run left (one commit per table); content is merged
+/// on its key.
 pub(crate) async fn ingest_summary(
     ctx: &StageCtx<'_>,
     dataset: &str,
-    batch: crate::store::records::IngestBatch,
+    batch: IngestBatch,
 ) -> anyhow::Result<String> {
     let stats = write_ingest(ctx.store, dataset, &batch).await?;
     Ok(write_summary(stats.iter().map(|(t, s)| (t.as_str(), s))))

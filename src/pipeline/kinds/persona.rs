@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::{ingest_summary, KindInfo, RunFuture, Scope, StageCtx, StageKind};
+use super::{ingest_in_memory, KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind};
 use crate::ingest::persona::{self, Params};
 
 /// The registry entry.
@@ -26,6 +26,10 @@ impl StageKind for Params {
             .collect()
     }
 
+    fn resolve_paths(&mut self, resolve: &PathResolver<'_>) {
+        resolve("dir", &mut self.dir);
+    }
+
     fn owns(&self, _stage_name: &str) -> Vec<Scope> {
         vec![Scope::Dataset(self.dataset.clone())]
     }
@@ -35,11 +39,7 @@ impl StageKind for Params {
     }
 
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
-        Box::pin(async move {
-            let p = self.clone();
-            let batch = tokio::task::spawn_blocking(move || persona::ingest(&p)).await??;
-            ingest_summary(ctx, &self.dataset, batch).await
-        })
+        ingest_in_memory(ctx, self, &self.dataset, persona::ingest)
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use super::{write_summary, KindInfo, RunFuture, Scope, StageCtx, StageKind};
+use super::{write_summary, KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind};
 use crate::ingest::common::IngestError;
 use crate::ingest::pickapic::{self, Params};
 use crate::store::records::IngestBatch;
@@ -31,6 +31,10 @@ impl StageKind for Params {
             .collect()
     }
 
+    fn resolve_paths(&mut self, resolve: &PathResolver<'_>) {
+        resolve("data_dir", &mut self.data_dir);
+    }
+
     fn owns(&self, _stage_name: &str) -> Vec<Scope> {
         vec![Scope::Dataset(self.dataset.clone())]
     }
@@ -45,6 +49,15 @@ impl StageKind for Params {
                 .join(", "),
             self.data_dir.display()
         )
+    }
+
+    fn missing_input_hint(&self, key: &str) -> Option<String> {
+        (key == "data_dir").then(|| {
+            format!(
+                "hint: for stand-in shards run 'palpipe fixtures pickapic --out {}' (or put a 'fixtures' stage before this one)",
+                self.data_dir.display()
+            )
+        })
     }
 
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {

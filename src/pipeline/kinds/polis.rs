@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{ingest_summary, KindInfo, RunFuture, Scope, StageCtx, StageKind};
+use super::{ingest_summary, KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind};
 use crate::ingest::polis::{self, Params};
 
 /// The registry entry.
@@ -23,6 +23,10 @@ impl StageKind for Params {
             .into_iter()
             .map(|f| ("dir".to_string(), f))
             .collect()
+    }
+
+    fn resolve_paths(&mut self, resolve: &PathResolver<'_>) {
+        resolve("dir", &mut self.dir);
     }
 
     fn owns(&self, _stage_name: &str) -> Vec<Scope> {

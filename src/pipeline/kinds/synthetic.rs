@@ -1,7 +1,7 @@
 //! The `synthetic` kind: the PAL paper's ideal-point simulation (`crate::ingest::synthetic`)
 //! written into the store. It reads no files and owns its dataset's pairs and users.
 
-use super::{ingest_summary, KindInfo, RunFuture, Scope, StageCtx, StageKind};
+use super::{ingest_in_memory, KindInfo, RunFuture, Scope, StageCtx, StageKind};
 use crate::ingest::synthetic::{self, Params};
 
 /// The registry entry.
@@ -28,11 +28,7 @@ impl StageKind for Params {
     }
 
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
-        Box::pin(async move {
-            let p = self.clone();
-            let batch = tokio::task::spawn_blocking(move || synthetic::ingest(&p)).await??;
-            ingest_summary(ctx, &self.dataset, batch).await
-        })
+        ingest_in_memory(ctx, self, &self.dataset, synthetic::ingest)
     }
 }
 

@@ -1,0 +1,126 @@
+//! The `fixtures` kind: writes the Pick-a-Pic stand-in shards (what `palpipe fixtures
+//! pickapic` writes, `crate::ingest::pickapic_fixtures`) into its `out` folder when they are
+//! absent, and does nothing when they are present (the folder has a `manifest.json`). It
+//! lets the shipped image pipelines run on a fresh clone with nothing done first; with real
+//! data, delete the stage or point the ingest's `data_dir` elsewhere.
+//!
+//! It owns its folder, outside the store. Later stages name the shards as inputs, so they
+//! enter those stages' fingerprints like any input file; the validator does not ask for
+//! inputs under a folder an earlier `fixtures` stage makes.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind};
+use crate::ingest::pickapic_fixtures::{self, FixtureSpec};
+
+fn default_rows() -> usize {
+    FixtureSpec::default().rows
+}
+
+/// Parameters of a `fixtures` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// The folder to fill (relative paths: against the pipeline file's folder). Required.
+    pub out: PathBuf,
+    /// Labelled, tie-free v1-train rows (as `palpipe fixtures pickapic --rows`). Default 1500.
+    #[serde(default = "default_rows")]
+    pub rows: usize,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl Params {
+    fn manifest(&self) -> PathBuf {
+        self.out.join("manifest.json")
+    }
+
+    fn spec(&self) -> FixtureSpec {
+        FixtureSpec {
+            rows: self.rows,
+            seed: self.seed,
+            ..FixtureSpec::default()
+        }
+    }
+}
+
+/// The registry entry.
+pub const KIND: KindInfo = KindInfo::of::<Params>(
+    "fixtures",
+    "writes Pick-a-Pic stand-in shards into 'out' when absent (nothing when present)",
+    "out: ../data/pickapic-fixtures\nrows: 1500\nseed: 0\n",
+);
+
+impl StageKind for Params {
+    fn kind(&self) -> &'static str {
+        KIND.name
+    }
+
+    fn resolve_paths(&mut self, resolve: &PathResolver<'_>) {
+        resolve("out", &mut self.out);
+    }
+
+    fn owns(&self, _stage_name: &str) -> Vec<Scope> {
+        vec![Scope::Folder(self.out.clone())]
+    }
+
+    fn makes(&self) -> Vec<PathBuf> {
+        vec![self.out.clone()]
+    }
+
+    fn describe(&self) -> String {
+        if self.manifest().is_file() {
+            format!("Pick-a-Pic stand-ins in {} (present)", self.out.display())
+        } else {
+            format!(
+                "Pick-a-Pic stand-ins into {} ({} v1-train rows, seed {})",
+                self.out.display(),
+                self.rows,
+                self.seed
+            )
+        }
+    }
+
+    fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
+        Box::pin(async move {
+            if self.manifest().is_file() {
+                return Ok(format!(
+                    "present in {}: nothing written",
+                    self.out.display()
+                ));
+            }
+            let non_empty = std::fs::read_dir(&self.out).is_ok_and(|mut d| d.next().is_some());
+            if non_empty {
+                anyhow::bail!(
+                    "'{}' holds files but no manifest.json, so it is not a fixture set\nhint: empty that folder, or point 'out' elsewhere",
+                    self.out.display()
+                );
+            }
+            let spec = self.spec();
+            let total = pickapic_fixtures::total_rows(&spec)?;
+            let bar = ctx.printer.bar(total as u64, "rows");
+            let out = self.out.clone();
+            let manifest = tokio::task::spawn_blocking(move || {
+                pickapic_fixtures::write(&spec, &out, |n| bar.inc(n as u64))
+            })
+            .await??;
+            Ok(format!(
+                "wrote {} shards to {} (planted: v2-leakage {}, v2-no-leakage {})",
+                manifest.files.len(),
+                self.out.display(),
+                manifest.v2_leakage,
+                manifest.v2_no_leakage
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn example_round_trips() {
+        (super::KIND.round_trip)(super::KIND.example).unwrap();
+    }
+}
