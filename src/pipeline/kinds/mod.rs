@@ -321,6 +321,12 @@ mod tests {
             assert!(seen.insert(k.name), "kind '{}' listed twice", k.name);
             assert!(help.contains(k.name) && help.contains(k.help));
             assert!(find(k.name).is_some());
+            // One line each under `palpipe run --help`, which wraps at 100 columns.
+            assert!(
+                k.help.len() <= 80,
+                "kind '{}': help too long to fit",
+                k.name
+            );
         }
         assert!(find("no-such-kind").is_none());
     }

@@ -10,7 +10,7 @@ use crate::ingest::persona::{self, Params};
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<Params>(
     "persona",
-    "Anthropic persona statements (interest-in-<name>.jsonl) as simulated users",
+    "Anthropic persona statements (interest-in-<name>.jsonl) as users",
     "dir: ../shared/data/persona\npersonas: [art, math]\nusers_per_persona: 2\nqueries_per_user: 6\nunseen_users_per_persona: 1\nunseen_queries_per_user: 4\n",
 );
 

@@ -15,7 +15,7 @@ use crate::store::IngestWriter;
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<Params>(
     "pickapic",
-    "Pick-a-Pic parquet shards (v1/v2, published layout), streamed: images, captions, pairs",
+    "Pick-a-Pic parquet shards (published v1/v2 layout), streamed",
     "data_dir: ../data/pickapic-fixtures\nsets:\n  - {version: v1, split: train, files: \"v1/train-*.parquet\"}\n  - {version: v2, split: test, files: \"v2/test-*.parquet\"}\nverify_images: header\ndataset: pickapic\nchunk_mb: 16\n",
 );
 

@@ -9,7 +9,7 @@ use crate::ingest::polis::{self, Params};
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<Params>(
     "polis",
-    "a Polis conversation export (summary, comments, votes CSV): agree over disagree",
+    "a Polis conversation export (CSV): agree over disagree per voter",
     "dir: ../shared/data/polis/scoop-hivemind.taxes\nmax_pairs_per_user: 200\nmin_pairs_per_user: 20\nunseen_frac: 0.2\ntest_frac: 0.2\nval_frac: 0.1\nseed: 0\n",
 );
 
