@@ -247,6 +247,11 @@ pub type PathResolver<'a> = dyn Fn(&str, &mut PathBuf) + 'a;
 /// A parsed stage kind, shared by the pipeline's copies.
 pub type Kind = Arc<dyn StageKind>;
 
+/// Input files, each with the parameter key that names them.
+pub(crate) fn keyed_inputs(key: &str, files: Vec<PathBuf>) -> Vec<(String, PathBuf)> {
+    files.into_iter().map(|f| (key.to_string(), f)).collect()
+}
+
 /// Runs an in-memory ingest (`synthetic`, `persona`, `polis`) on a blocking thread, writes
 /// its batch and summarises the writes.
 pub(crate) fn ingest_in_memory<'a, P>(

@@ -6,7 +6,9 @@
 
 use std::path::PathBuf;
 
-use super::{write_summary, KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind};
+use super::{
+    keyed_inputs, write_summary, KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind,
+};
 use crate::ingest::common::IngestError;
 use crate::ingest::pickapic::{self, Params};
 use crate::store::records::IngestBatch;
@@ -25,10 +27,7 @@ impl StageKind for Params {
     }
 
     fn inputs(&self) -> Vec<(String, PathBuf)> {
-        pickapic::input_files(self)
-            .into_iter()
-            .map(|f| ("data_dir".to_string(), f))
-            .collect()
+        keyed_inputs("data_dir", pickapic::input_files(self))
     }
 
     fn resolve_paths(&mut self, resolve: &PathResolver<'_>) {

@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use super::{ingest_in_memory, KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind};
+use super::{
+    ingest_in_memory, keyed_inputs, KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind,
+};
 use crate::ingest::polis::{self, Params};
 
 /// The registry entry.
@@ -19,10 +21,7 @@ impl StageKind for Params {
     }
 
     fn inputs(&self) -> Vec<(String, PathBuf)> {
-        polis::input_files(self)
-            .into_iter()
-            .map(|f| ("dir".to_string(), f))
-            .collect()
+        keyed_inputs("dir", polis::input_files(self))
     }
 
     fn resolve_paths(&mut self, resolve: &PathResolver<'_>) {
