@@ -8,7 +8,7 @@ use crate::pipeline::pal_stages::{adapt_model, AdaptParams};
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<AdaptParams>(
     "adapt",
-    "places new users in a model from a few shots of their comparisons and scores the rest",
+    "places new users in a model from a few shots; scores the rest",
     "model: pal-b-k2\nusers: synthetic-unseen\nshots: [0, 5, 20]\nsteps: 100\nseed: 0\n",
 );
 

@@ -12,7 +12,7 @@ use crate::transform::dedup::{self, Params};
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<Params>(
     "dedup",
-    "the leakage split: target pairs whose content a reference split holds are tagged leaked",
+    "the leakage split: target pairs seen in a reference split are tagged leaked",
     "dataset: pickapic\nreference: [v1-train, v1-validation]\ntarget: v2-test\nleak_tag: v2-leakage\nclean_tag: v2-no-leakage\n",
 );
 

@@ -12,7 +12,7 @@ use crate::pipeline::embed_stage::{embed_texts, EmbedParams};
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<EmbedParams>(
     "embed",
-    "vectors for text items, prompts and (with clip) images; cached by content and encoder",
+    "vectors of texts, prompts and (clip) images, cached by content and encoder",
     "encoder: clip\nmodel_dir: ../tests/fixtures/tiny_clip\ntargets: [items, prompts]\nwhere: \"source = 'pickapic'\"\nbatch_size: 8\nmax_length: 77\ndevice: cpu\nchunk: 256\n",
 );
 

@@ -8,7 +8,7 @@ use crate::pipeline::pal_stages::{eval_model, one_line, EvalParams, CLIP_SCORE};
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<EvalParams>(
     "eval",
-    "scores a stored model (or clip-score) on a split: accuracy with 95% intervals",
+    "scores a stored model (or clip-score) on a split, with 95% intervals",
     "model: pal-b-k2\nsplit: synthetic-test\nbootstrap: 200\nseed: 1\n",
 );
 

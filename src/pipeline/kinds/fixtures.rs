@@ -49,7 +49,7 @@ impl Params {
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<Params>(
     "fixtures",
-    "writes Pick-a-Pic stand-in shards into 'out' when absent (nothing when present)",
+    "writes Pick-a-Pic stand-in shards into 'out' when absent, else nothing",
     "out: ../data/pickapic-fixtures\nrows: 1500\nseed: 0\n",
 );
 

@@ -247,6 +247,11 @@ pub type PathResolver<'a> = dyn Fn(&str, &mut PathBuf) + 'a;
 /// A parsed stage kind, shared by the pipeline's copies.
 pub type Kind = Arc<dyn StageKind>;
 
+/// Input files, each with the parameter key that names them.
+pub(crate) fn keyed_inputs(key: &str, files: Vec<PathBuf>) -> Vec<(String, PathBuf)> {
+    files.into_iter().map(|f| (key.to_string(), f)).collect()
+}
+
 /// Runs an in-memory ingest (`synthetic`, `persona`) on a blocking thread, writes its batch as
 /// the rows of `dataset` and summarises the writes (see [`ingest_summary`]).
 pub(crate) fn ingest_in_memory<'a, P>(
@@ -342,6 +347,12 @@ mod tests {
             assert!(seen.insert(k.name), "kind '{}' listed twice", k.name);
             assert!(help.contains(k.name) && help.contains(k.help));
             assert!(find(k.name).is_some());
+            // One line each under `palpipe run --help`, which wraps at 100 columns.
+            assert!(
+                k.help.len() <= 80,
+                "kind '{}': help too long to fit",
+                k.name
+            );
         }
         assert!(find("no-such-kind").is_none());
     }

@@ -4,13 +4,15 @@
 
 use std::path::PathBuf;
 
-use super::{ingest_in_memory, KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind};
+use super::{
+    ingest_in_memory, keyed_inputs, KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind,
+};
 use crate::ingest::persona::{self, Params};
 
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<Params>(
     "persona",
-    "Anthropic persona statements (interest-in-<name>.jsonl) as simulated users",
+    "Anthropic persona statements (interest-in-<name>.jsonl) as users",
     "dir: ../shared/data/persona\npersonas: [art, math]\nusers_per_persona: 2\nqueries_per_user: 6\nunseen_users_per_persona: 1\nunseen_queries_per_user: 4\n",
 );
 
@@ -20,10 +22,7 @@ impl StageKind for Params {
     }
 
     fn inputs(&self) -> Vec<(String, PathBuf)> {
-        persona::input_files(self)
-            .into_iter()
-            .map(|f| ("dir".to_string(), f))
-            .collect()
+        keyed_inputs("dir", persona::input_files(self))
     }
 
     fn resolve_paths(&mut self, resolve: &PathResolver<'_>) {

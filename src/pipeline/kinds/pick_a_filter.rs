@@ -16,7 +16,7 @@ use crate::transform::pick_a_filter::{self, Params};
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<Params>(
     "pick_a_filter",
-    "Pick-a-Filter (PAL App. D.6): two user groups made by colour filters on Pick-a-Pic",
+    "Pick-a-Filter (PAL App. D.6): two user groups made by colour filters",
     "source_dataset: pickapic\ndataset: pick-a-filter\ntrain: v1-train\ntest: v1-test\nmin_labels: 50\nseen_users: 12\nbeta: 0.5\nfilters:\n  - {name: cool, tint: [0, 60, 255], strength: 0.4}\n  - {name: warm, tint: [255, 60, 0], strength: 0.4}\nval_frac: 0.1\nseed: 0\n",
 );
 

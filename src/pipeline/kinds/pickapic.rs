@@ -6,7 +6,9 @@
 
 use std::path::PathBuf;
 
-use super::{write_summary, KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind};
+use super::{
+    keyed_inputs, write_summary, KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind,
+};
 use crate::ingest::common::IngestError;
 use crate::ingest::pickapic::{self, Params};
 use crate::store::records::IngestBatch;
@@ -15,7 +17,7 @@ use crate::store::StagedWriter;
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<Params>(
     "pickapic",
-    "Pick-a-Pic parquet shards (v1/v2, published layout), streamed: images, captions, pairs",
+    "Pick-a-Pic parquet shards (published v1/v2 layout), streamed",
     "data_dir: ../data/pickapic-fixtures\nsets:\n  - {version: v1, split: train, files: \"v1/train-*.parquet\"}\n  - {version: v2, split: test, files: \"v2/test-*.parquet\"}\nverify_images: header\ndataset: pickapic\nchunk_mb: 16\n",
 );
 
@@ -25,10 +27,7 @@ impl StageKind for Params {
     }
 
     fn inputs(&self) -> Vec<(String, PathBuf)> {
-        pickapic::input_files(self)
-            .into_iter()
-            .map(|f| ("data_dir".to_string(), f))
-            .collect()
+        keyed_inputs("data_dir", pickapic::input_files(self))
     }
 
     fn resolve_paths(&mut self, resolve: &PathResolver<'_>) {

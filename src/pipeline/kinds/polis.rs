@@ -3,13 +3,15 @@
 
 use std::path::PathBuf;
 
-use super::{ingest_summary, KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind};
+use super::{
+    ingest_summary, keyed_inputs, KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind,
+};
 use crate::ingest::polis::{self, Params};
 
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<Params>(
     "polis",
-    "a Polis conversation export (summary, comments, votes CSV): agree over disagree",
+    "a Polis conversation export (CSV): agree over disagree per voter",
     "dir: ../shared/data/polis/scoop-hivemind.taxes\nmax_pairs_per_user: 200\nmin_pairs_per_user: 20\nunseen_frac: 0.2\ntest_frac: 0.2\nval_frac: 0.1\nseed: 0\n",
 );
 
@@ -19,10 +21,7 @@ impl StageKind for Params {
     }
 
     fn inputs(&self) -> Vec<(String, PathBuf)> {
-        polis::input_files(self)
-            .into_iter()
-            .map(|f| ("dir".to_string(), f))
-            .collect()
+        keyed_inputs("dir", polis::input_files(self))
     }
 
     fn resolve_paths(&mut self, resolve: &PathResolver<'_>) {

@@ -7,7 +7,7 @@ use crate::ingest::synthetic::{self, Params};
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<Params>(
     "synthetic",
-    "simulated users on ideal points (PAL App. D.2): items, pairs, users and vectors",
+    "simulated users on ideal points (PAL App. D.2), with their vectors",
     "setting: partition\nd: 2\nk_star: 3\nusers: 10\ncomparisons_per_user: 20\nheld_out_per_user: 5\nval_per_user: 2\nunseen_users: 2\nseed: 0\n",
 );
 

@@ -8,7 +8,7 @@ use crate::pipeline::pal_stages::{train_model, TrainParams};
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<TrainParams>(
     "train",
-    "fits a PAL head (pal-a, pal-b), the BT reward or popularity on a split; registers the model",
+    "fits PAL-A/PAL-B, the BT reward or popularity on a split; registers it",
     "name: pal-b-k2\nmodel: pal-b\nk: 2\ntrain: synthetic-train\nval: synthetic-val\nencoder: synthetic-identity\nseed: 0\nconfig: {d: 2}\ntraining: {epochs: 3}\n",
 );
 
