@@ -95,7 +95,27 @@ fn dry_run_writes_nothing() {
     let p = write_pipeline(dir.path(), "p.yaml", &SMALL_SYNTH);
     let r = palpipe(&store, &["run", p.to_str().unwrap(), "--dry-run"]).ok();
     assert!(r.stdout.contains("planned"), "{}", r.stdout);
-    assert!(versions(&store).is_empty(), "{:?}", versions(&store));
+    assert!(!store.exists(), "a dry run made the store folder");
+}
+
+#[test]
+fn two_stages_owning_one_dataset_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    // The same stage twice under two names: both write the rows of dataset 'synthetic'.
+    let second = SMALL_SYNTH_STAGE.replacen("name: data", "name: again", 1);
+    let text = format!("name: twice\nstages:\n{SMALL_SYNTH_STAGE}{second}");
+    let p = write_pipeline(dir.path(), "p.yaml", &text);
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(2);
+    // The second stage's entry starts on the line after the first stage's last line.
+    let line = SMALL_SYNTH_STAGE.lines().count() + 3;
+    assert!(
+        r.stderr.contains(&format!("p.yaml:{line}:")) && r.stderr.contains("stage 'again'"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("stage 'data' writes too"), "{}", r.stderr);
+    assert!(!store.exists(), "a refused pipeline made the store folder");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Sweeps (`foreach:`) through the real binary: the shipped pipelines, rewritten with sweeps,
 //! plan the same stages as the hand-written files they replaced (kept in
-//! `tests/fixtures/hand-written-pipelines`); `--dry-run` lists expanded names; `--set` names
+//! `tests/fixtures/hand-written-pipelines`, with their paths written relative to that folder
+//! and the `fixtures` stage the image pipelines gained); `--dry-run` lists expanded names; `--set` names
 //! one expansion or a whole sweep; mistakes point at the line of the stage as written.
 
 mod common;

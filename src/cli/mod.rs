@@ -167,6 +167,11 @@ impl Ctx {
         Ok(Store::open(self.store_path(fallback))?)
     }
 
+    /// The store a dry run plans against: as [`Ctx::store`], but nothing is created.
+    pub fn planned_store(&self, fallback: Option<&str>) -> Result<Store, CliError> {
+        Ok(Store::open_for_plan(self.store_path(fallback))?)
+    }
+
     /// The store a command reads (sql, tables, eval, search, …): it must exist already; a
     /// missing folder is an error (exit 1) and nothing is created.
     pub fn existing_store(&self) -> Result<Store, CliError> {

@@ -104,7 +104,11 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<(), CliError> {
         ctx.printer.status(format!("running {}", file.display()));
     }
     let p = Pipeline::load(&file, &overrides).map_err(CliError::usage)?;
-    let store = ctx.store(p.store.as_deref())?;
+    let store = if a.dry_run {
+        ctx.planned_store(p.store.as_deref())?
+    } else {
+        ctx.store(p.store.as_deref())?
+    };
     let opts = RunOptions {
         force: a.force.clone(),
         dry_run: a.dry_run,

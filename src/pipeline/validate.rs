@@ -1,9 +1,11 @@
-//! Checks that need the whole pipeline: input files exist (or an earlier stage makes them), split SQL parses, and stages
-//! reference splits and models that the pipeline defines (or that must already be in the
-//! store; those are checked when the run starts). Each pass adds located errors.
+//! Checks that need the whole pipeline: input files exist (or an earlier stage makes them),
+//! split SQL parses, no two stages own the same rows, and stages reference splits and models
+//! that the pipeline defines (or that must already be in the store; those are checked when
+//! the run starts). Each pass adds located errors.
 
 use datafusion::sql::parser::DFParser;
 
+use super::kinds::Scope;
 use super::positions::Positions;
 use super::spec::{Pipeline, SpecError};
 
@@ -54,6 +56,29 @@ pub fn check(p: &Pipeline, pos: &Positions) -> Vec<SpecError> {
                 format!("stages.{i}.{}", issue.key)
             };
             errors.push(at(key, format!("stage '{}': {}", s.name, issue.message)));
+        }
+    }
+    // No two stages own the same rows: each run of one would replace the other's.
+    let mut owners: std::collections::BTreeMap<String, &str> = std::collections::BTreeMap::new();
+    for (i, s) in p.stages.iter().enumerate() {
+        for scope in s.params.owns(&s.name) {
+            let (what, key) = match &scope {
+                Scope::Dataset(d) => (format!("dataset '{d}'"), "dataset"),
+                Scope::Model(m) => (format!("model '{m}'"), "name"),
+                _ => continue,
+            };
+            match owners.get(&what) {
+                Some(first) => errors.push(at(
+                    format!("stages.{i}"),
+                    format!(
+                        "stage '{}' writes the rows of {what}, which stage '{first}' writes too: each run of one would replace the other's rows\nhint: give one of them another '{key}'",
+                        s.name
+                    ),
+                )),
+                None => {
+                    owners.insert(what, &s.name);
+                }
+            }
         }
     }
     // Splits parse as SQL.

@@ -146,6 +146,19 @@ impl Store {
             .unwrap_or_default()
     }
 
+    /// The store at `root` as it is, for planning (`palpipe run --dry-run`): nothing is created,
+    /// and a folder that does not exist yet reads as a store with no tables.
+    pub fn open_for_plan(root: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let root = root.as_ref().to_path_buf();
+        if root.exists() && !root.is_dir() {
+            return Err(StoreError::NotAFolder(root));
+        }
+        Ok(Store {
+            root,
+            commits: Arc::default(),
+        })
+    }
+
     /// Opens the store at `root` for reading: a folder that does not exist is an error
     /// ([`StoreError::NoStore`], whose hint names the stores beside it) and nothing is
     /// created. An existing empty folder is a store with no tables yet.

@@ -58,11 +58,3 @@ impl StageKind for AdaptParams {
         })
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn example_round_trips() {
-        (super::KIND.round_trip)(super::KIND.example).unwrap();
-    }
-}

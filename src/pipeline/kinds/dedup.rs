@@ -106,11 +106,6 @@ async fn retag(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn example_round_trips() {
-        (super::KIND.round_trip)(super::KIND.example).unwrap();
-    }
-
-    #[test]
     fn check_names_the_key_at_fault() {
         let mut p = super::Params::default();
         p.reference = vec!["v2-test".into()];

@@ -53,11 +53,3 @@ impl StageKind for EvalParams {
         })
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn example_round_trips() {
-        (super::KIND.round_trip)(super::KIND.example).unwrap();
-    }
-}

@@ -41,11 +41,3 @@ impl StageKind for Params {
         ingest_in_memory(ctx, self, &self.dataset, persona::ingest)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn example_round_trips() {
-        (super::KIND.round_trip)(super::KIND.example).unwrap();
-    }
-}

@@ -113,11 +113,3 @@ async fn ingest(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
         write_summary(stats.iter().map(|(t, s)| (t.as_str(), s)))
     ))
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn example_round_trips() {
-        (super::KIND.round_trip)(super::KIND.example).unwrap();
-    }
-}

@@ -52,11 +52,3 @@ impl StageKind for Params {
         })
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn example_round_trips() {
-        (super::KIND.round_trip)(super::KIND.example).unwrap();
-    }
-}

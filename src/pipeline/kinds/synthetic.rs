@@ -31,11 +31,3 @@ impl StageKind for Params {
         ingest_in_memory(ctx, self, &self.dataset, synthetic::ingest)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn example_round_trips() {
-        (super::KIND.round_trip)(super::KIND.example).unwrap();
-    }
-}

@@ -60,11 +60,3 @@ impl StageKind for TrainParams {
         })
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn example_round_trips() {
-        (super::KIND.round_trip)(super::KIND.example).unwrap();
-    }
-}
