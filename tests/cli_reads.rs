@@ -105,9 +105,11 @@ fn read_commands_on_a_missing_store_fail_and_create_nothing() {
     assert!(r.stderr.contains("no store at 'palstore'"), "{}", r.stderr);
     assert!(r.stderr.contains("palstore-real"), "{}", r.stderr);
     assert!(!dir.path().join("palstore").exists());
-    // A writing command still creates its store.
+    // A dry run plans against nothing and creates nothing; a real run creates its store.
     let p = dir.path().join("synth.yaml");
     palpipe(&typo, &["run", p.to_str().unwrap(), "--dry-run"]).ok();
+    assert!(!typo.exists());
+    palpipe(&typo, &["run", p.to_str().unwrap()]).ok();
     assert!(typo.is_dir());
 }
 

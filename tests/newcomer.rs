@@ -122,6 +122,25 @@ fn leakage_split_runs_from_a_folder_outside_the_repository_with_nothing_made_fir
         ),
         leak
     );
+
+    // Shards made with other parameters are not passed off as this stage's: a clear failure,
+    // the shards and the store untouched.
+    let mut other = args.to_vec();
+    other.extend(["--set", "fixtures.seed=99"]);
+    let r = palpipe_in(work.path(), &other).code(1);
+    assert!(
+        r.stderr.contains("made with other parameters") && r.stderr.contains("delete that folder"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read(&manifest_path).unwrap(), text_before);
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT count(*) FROM pairs WHERE split = 'v2-leakage'"
+        ),
+        leak
+    );
 }
 
 #[test]

@@ -62,21 +62,35 @@ pub fn check(p: &Pipeline, pos: &Positions) -> Vec<SpecError> {
     let mut owners: std::collections::BTreeMap<String, &str> = std::collections::BTreeMap::new();
     for (i, s) in p.stages.iter().enumerate() {
         for scope in s.params.owns(&s.name) {
-            let (what, key) = match &scope {
-                Scope::Dataset(d) => (format!("dataset '{d}'"), "dataset"),
-                Scope::Model(m) => (format!("model '{m}'"), "name"),
-                _ => continue,
+            let owned: Vec<(String, &str)> = match &scope {
+                Scope::Dataset(d) => vec![(format!("the rows of dataset '{d}'"), "dataset")],
+                Scope::Model(m) => vec![(format!("the row of model '{m}'"), "name")],
+                Scope::SplitTags { dataset, tags } => tags
+                    .iter()
+                    .map(|t| (format!("split tag '{t}' of dataset '{dataset}'"), "target"))
+                    .collect(),
+                Scope::ModelMetric { model, key } => {
+                    let param = if key.starts_with("adapt:") {
+                        "users"
+                    } else {
+                        "split"
+                    };
+                    vec![(format!("metric '{key}' of model '{model}'"), param)]
+                }
+                Scope::Folder(f) => vec![(format!("folder '{}'", f.display()), "out")],
             };
-            match owners.get(&what) {
-                Some(first) => errors.push(at(
-                    format!("stages.{i}"),
-                    format!(
-                        "stage '{}' writes the rows of {what}, which stage '{first}' writes too: each run of one would replace the other's rows\nhint: give one of them another '{key}'",
-                        s.name
-                    ),
-                )),
-                None => {
-                    owners.insert(what, &s.name);
+            for (what, key) in owned {
+                match owners.get(&what) {
+                    Some(first) => errors.push(at(
+                        format!("stages.{i}"),
+                        format!(
+                            "stage '{}' writes {what}, which stage '{first}' writes too: each run of one would replace the other's work\nhint: give one of them another '{key}'",
+                            s.name
+                        ),
+                    )),
+                    None => {
+                        owners.insert(what, &s.name);
+                    }
                 }
             }
         }

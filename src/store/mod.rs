@@ -425,6 +425,10 @@ impl Store {
             }
             if from == 0 {
                 std::fs::remove_dir_all(self.root.join(format!("{table}.lance")))?;
+                // A table made again later starts its versions at 1: none of those is ours yet.
+                if let Ok(mut log) = self.commits.lock() {
+                    log.remove(&table);
+                }
             } else if let Some(mut ds) = self.dataset(&table, Some(from)).await? {
                 ds.restore().await.map_err(lance_err(&table))?;
                 self.record_commit(&table, ds.version_id());

@@ -135,6 +135,14 @@ impl<'a> StagedWriter<'a> {
     /// commit they are replaced by the rows staged for `table` (by none, when none are).
     /// Call before staging rows for `table`.
     pub async fn own(&mut self, table: &str, predicate: &str) -> Result<(), StoreError> {
+        // Keys taken before the scope was known would count the scope's own rows as present
+        // elsewhere, and its deletion would then lose them.
+        if self.tables.contains_key(table) {
+            return Err(StoreError::Batch {
+                table: table.into(),
+                message: "a scope must be owned before any of the table's rows are staged".into(),
+            });
+        }
         let stage = self.touch(table, Some(predicate.to_string())).await?;
         stage.scope = Some(predicate.to_string());
         Ok(())
@@ -289,8 +297,17 @@ impl<'a> StagedWriter<'a> {
         let mut out = BTreeMap::new();
         for name in names {
             let stage = tables.remove(&name).expect("listed above");
-            let stats = commit_table(self.store, &name, stage).await?;
-            out.insert(name, stats);
+            match commit_table(self.store, &name, stage).await {
+                Ok(stats) => {
+                    out.insert(name, stats);
+                }
+                Err(e) => {
+                    // The tables not committed yet go back, so that dropping the writer
+                    // removes their staged files.
+                    self.tables = tables;
+                    return Err(e);
+                }
+            }
         }
         Ok(out)
     }

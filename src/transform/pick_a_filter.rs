@@ -93,6 +93,15 @@ pub struct Params {
 impl Params {
     /// Checks ranges, the two filters and the splits, naming the key at fault.
     pub fn check(&self) -> Result<(), ParamIssue> {
+        if self.dataset == self.source_dataset {
+            return Err(ParamIssue::new(
+                "dataset",
+                format!(
+                    "dataset '{}' is the source_dataset: the stage would replace the pairs it reads\nhint: name its output another dataset (default 'pick-a-filter')",
+                    self.dataset
+                ),
+            ));
+        }
         if !(0.0..=1.0).contains(&self.beta) {
             return Err(ParamIssue::new(
                 "beta",

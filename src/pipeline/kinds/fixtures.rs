@@ -86,6 +86,24 @@ impl StageKind for Params {
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
         Box::pin(async move {
             if self.manifest().is_file() {
+                // Present, but made with these parameters? Other ones would leave the shards
+                // (and all that is ingested from them) out of step with the pipeline.
+                let text = std::fs::read_to_string(self.manifest())?;
+                let stored: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!(
+                        "'{}': not a fixture manifest: {e}",
+                        self.manifest().display()
+                    )
+                })?;
+                let wanted = serde_json::to_value(self.spec())?;
+                if stored.get("spec") != Some(&wanted) {
+                    anyhow::bail!(
+                        "'{}' holds stand-in shards made with other parameters than this stage's (rows {}, seed {})\nhint: delete that folder to make them anew, or point 'out' elsewhere",
+                        self.out.display(),
+                        self.rows,
+                        self.seed
+                    );
+                }
                 return Ok(format!(
                     "present in {}: nothing written",
                     self.out.display()

@@ -213,6 +213,7 @@ mod tests {
             ("filters", "filters"),
             ("seen_users", "seen_users"),
             ("train", "train"),
+            ("dataset", "dataset"),
         ] {
             let mut q = p.clone();
             match edit {
@@ -220,6 +221,7 @@ mod tests {
                 "val_frac" => q.val_frac = 1.0,
                 "filters" => q.filters.truncate(1),
                 "seen_users" => q.seen_users = 0,
+                "dataset" => q.dataset = q.source_dataset.clone(),
                 _ => q.test = q.train.clone(),
             }
             assert_eq!(q.check().unwrap_err().key, key);
