@@ -587,6 +587,10 @@ fn same_inputs_and_seed_give_the_same_checkpoint_whatever_the_reader_threads() {
                 &format!("ingest.data_dir={}", shards.display()),
                 "--set",
                 &format!("ingest.threads={threads}"),
+                // The pipeline's own fixtures stage writes its default set here, never into
+                // the repository.
+                "--set",
+                &format!("fixtures.out={}", dir.path().join("stage-fx").display()),
             ],
         )
         .ok();
