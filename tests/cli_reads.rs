@@ -13,32 +13,22 @@ use palpipe::store::batches;
 use palpipe::store::records::{content_id, ItemRow};
 use palpipe::store::Store;
 
-const SYNTH: &str = "\
-name: t
-stages:
-  - name: data
-    kind: synthetic
-    d: 2
-    k_star: 3
-    users: 30
-    comparisons_per_user: 60
-    held_out_per_user: 30
-    val_per_user: 5
-    unseen_users: 0
-    seed: 3
-  - {name: k1, kind: train, model: pal-a, k: 1, train: tr, val: va, encoder: synthetic-identity, config: {d: 2}, training: {epochs: 20}}
-  - {name: k3, kind: train, model: pal-a, k: 3, train: tr, val: va, encoder: synthetic-identity, config: {d: 2}, training: {epochs: 20}}
-  - {name: pop, kind: train, model: popularity, train: tr}
-  - {name: gone, kind: train, model: pal-b, k: 2, train: tr, encoder: synthetic-identity, config: {d: 2}, training: {epochs: 2}}
-splits:
-  tr: \"SELECT * FROM pairs WHERE split = 'train'\"
-  va: \"SELECT * FROM pairs WHERE split = 'val'\"
-  te: \"SELECT * FROM pairs WHERE split = 'test'\"
-";
+/// Three trained models and one (`gone`) whose checkpoint a test deletes.
+fn synth() -> String {
+    synth_pal_pipeline(
+        "t",
+        0,
+        &[
+            "{name: pop, kind: train, model: popularity, train: tr}",
+            "{name: gone, kind: train, model: pal-b, k: 2, train: tr, encoder: synthetic-identity, config: {d: 2}, training: {epochs: 2}}",
+        ],
+        &[],
+    )
+}
 
 fn synthetic_store(dir: &Path, name: &str) -> PathBuf {
     let store = dir.join(name);
-    let p = write_pipeline(dir, "synth.yaml", SYNTH);
+    let p = write_pipeline(dir, "synth.yaml", &synth());
     palpipe(&store, &["run", p.to_str().unwrap()]).ok();
     store
 }

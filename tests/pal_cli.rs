@@ -6,37 +6,27 @@ use std::path::Path;
 
 use common::*;
 
-const PIPELINE: &str = "\
-name: t
-stages:
-  - name: data
-    kind: synthetic
-    d: 2
-    k_star: 3
-    users: 30
-    comparisons_per_user: 60
-    held_out_per_user: 30
-    val_per_user: 5
-    unseen_users: 6
-    seed: 3
-  - {name: k1, kind: train, model: pal-a, k: 1, train: tr, val: va, encoder: synthetic-identity, config: {d: 2}, training: {epochs: 20}}
-  - {name: k3, kind: train, model: pal-a, k: 3, train: tr, val: va, encoder: synthetic-identity, config: {d: 2}, training: {epochs: 20}}
-  - {name: pop, kind: train, model: popularity, train: tr}
-  - {name: e1, kind: eval, model: k1, split: te}
-  - {name: e3, kind: eval, model: k3, split: te}
-  - {name: ep, kind: eval, model: pop, split: te}
-  - {name: ad, kind: adapt, model: k3, users: un, shots: [0, 10]}
-splits:
-  tr: \"SELECT * FROM pairs WHERE split = 'train'\"
-  va: \"SELECT * FROM pairs WHERE split = 'val'\"
-  te: \"SELECT * FROM pairs WHERE split = 'test'\"
-  un: \"SELECT * FROM pairs WHERE split = 'unseen'\"
-  none: \"SELECT * FROM pairs WHERE split = 'nothing'\"
-";
+fn pipeline() -> String {
+    synth_pal_pipeline(
+        "t",
+        6,
+        &[
+            "{name: pop, kind: train, model: popularity, train: tr}",
+            "{name: e1, kind: eval, model: k1, split: te}",
+            "{name: e3, kind: eval, model: k3, split: te}",
+            "{name: ep, kind: eval, model: pop, split: te}",
+            "{name: ad, kind: adapt, model: k3, users: un, shots: [0, 10]}",
+        ],
+        &[
+            "un: \"SELECT * FROM pairs WHERE split = 'unseen'\"",
+            "none: \"SELECT * FROM pairs WHERE split = 'nothing'\"",
+        ],
+    )
+}
 
 fn trained_store(dir: &Path) -> std::path::PathBuf {
     let store = dir.join("s");
-    let p = write_pipeline(dir, "p.yaml", PIPELINE);
+    let p = write_pipeline(dir, "p.yaml", &pipeline());
     palpipe(&store, &["run", p.to_str().unwrap()]).ok();
     store
 }

@@ -6,35 +6,6 @@ use std::path::Path;
 
 use common::*;
 
-const PIPELINE: &str = "\
-name: rep
-stages:
-  - name: data
-    kind: synthetic
-    d: 2
-    k_star: 3
-    users: 30
-    comparisons_per_user: 60
-    held_out_per_user: 30
-    val_per_user: 5
-    unseen_users: 6
-    seed: 3
-  - {name: k1, kind: train, model: pal-a, k: 1, train: tr, val: va, encoder: synthetic-identity, config: {d: 2}, training: {epochs: 20}}
-  - {name: k3, kind: train, model: pal-a, k: 3, train: tr, val: va, encoder: synthetic-identity, config: {d: 2}, training: {epochs: 20}}
-  - {name: b2, kind: train, model: pal-b, k: 2, train: tr, val: va, encoder: synthetic-identity, config: {d: 2}, training: {epochs: 20}}
-  - {name: pop, kind: train, model: popularity, train: tr}
-  - {name: e1, kind: eval, model: k1, split: te}
-  - {name: e3, kind: eval, model: k3, split: te}
-  - {name: eb, kind: eval, model: b2, split: te}
-  - {name: ep, kind: eval, model: pop, split: te}
-  - {name: ad, kind: adapt, model: k3, users: un, shots: [0, 10]}
-splits:
-  tr: \"SELECT * FROM pairs WHERE split = 'train'\"
-  va: \"SELECT * FROM pairs WHERE split = 'val'\"
-  te: \"SELECT * FROM pairs WHERE split = 'test'\"
-  un: \"SELECT * FROM pairs WHERE split = 'unseen'\"
-";
-
 const MODELS: [&str; 4] = ["k1", "k3", "b2", "pop"];
 
 /// The accuracy as `palpipe eval` prints it, e.g. `87.33%`.
@@ -124,11 +95,28 @@ fn check_report(out: &Path, accuracies: &[(String, String)]) {
     );
 }
 
+fn pipeline() -> String {
+    synth_pal_pipeline(
+        "rep",
+        6,
+        &[
+            "{name: b2, kind: train, model: pal-b, k: 2, train: tr, val: va, encoder: synthetic-identity, config: {d: 2}, training: {epochs: 20}}",
+            "{name: pop, kind: train, model: popularity, train: tr}",
+            "{name: e1, kind: eval, model: k1, split: te}",
+            "{name: e3, kind: eval, model: k3, split: te}",
+            "{name: eb, kind: eval, model: b2, split: te}",
+            "{name: ep, kind: eval, model: pop, split: te}",
+            "{name: ad, kind: adapt, model: k3, users: un, shots: [0, 10]}",
+        ],
+        &["un: \"SELECT * FROM pairs WHERE split = 'unseen'\""],
+    )
+}
+
 #[test]
 fn report_covers_the_runs_models_plots_and_stages() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("s");
-    let p = write_pipeline(dir.path(), "p.yaml", PIPELINE);
+    let p = write_pipeline(dir.path(), "p.yaml", &pipeline());
     palpipe(&store, &["run", p.to_str().unwrap()]).ok();
     let accuracies: Vec<(String, String)> = MODELS
         .iter()

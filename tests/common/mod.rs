@@ -122,6 +122,45 @@ pub const SMALL_SYNTH_STAGE: &str = "  - name: data
     seed: 7
 ";
 
+/// A small synthetic pipeline with trained PAL-A heads, shared by the tests of model
+/// commands: K* = 3 preference types, 30 seen users with 60 comparisons each (30 held out,
+/// 5 for validation) and `unseen` new users; heads `k1` and `k3` (PAL-A, d = 2, 20 epochs)
+/// trained on split `tr` with `va` for validation; then `stages` (YAML flow mappings) and
+/// the splits `tr`, `va`, `te` followed by `splits` (`name: "SQL"` lines).
+pub fn synth_pal_pipeline(name: &str, unseen: usize, stages: &[&str], splits: &[&str]) -> String {
+    let head = format!(
+        "name: {name}
+stages:
+  - name: data
+    kind: synthetic
+    d: 2
+    k_star: 3
+    users: 30
+    comparisons_per_user: 60
+    held_out_per_user: 30
+    val_per_user: 5
+    unseen_users: {unseen}
+    seed: 3
+"
+    );
+    let heads = ["k1", "k3"].map(|k| format!(
+        "  - {{name: {k}, kind: train, model: pal-a, k: {}, train: tr, val: va, encoder: synthetic-identity, config: {{d: 2}}, training: {{epochs: 20}}}}\n",
+        &k[1..]
+    ));
+    let more: String = stages.iter().map(|st| format!("  - {st}\n")).collect();
+    let base_splits = [
+        "tr: \"SELECT * FROM pairs WHERE split = 'train'\"",
+        "va: \"SELECT * FROM pairs WHERE split = 'val'\"",
+        "te: \"SELECT * FROM pairs WHERE split = 'test'\"",
+    ];
+    let splits: String = base_splits
+        .iter()
+        .chain(splits)
+        .map(|sp| format!("  {sp}\n"))
+        .collect();
+    format!("{head}{}{more}splits:\n{splits}", heads.concat())
+}
+
 /// Writes a pipeline file into `dir` and returns its path.
 pub fn write_pipeline(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
