@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Run two (or more) benchmark commands interleaved — A, B, A, B, … — and summarise them
+the way bench/README.md ("How we measure") asks: the median and the spread (min, max) of
+every number each tool prints, the 1-minute load average before every run, a refusal
+when that load is above 1.0 + the threads the bench uses, and ratios of medians only
+when no run was refused.
+
+Each tool's command is a shell command that prints one JSON object on stdout (the whole
+stdout, or its last line). The wrapper adds `wall_s` and `peak_rss_mib` (GNU time's
+maximum resident set size of the command's process tree) to what the command prints.
+
+    python3 bench/interleave.py --name pal-distinct --rounds 3 --threads 2 \
+        --tool 'palpipe=target/debug/palpipe bench-pal --distinct' \
+        --tool 'pytorch=venv/bin/python bench/pal_reference.py --distinct' \
+        --metric train_comparisons_per_s --metric eval_comparisons_per_s \
+        --version torch=2.5.1 --out bench/results/2026-11-30-pal-distinct.json
+
+Exit status: 0, also when a run was refused for load (the result says so and the table
+prints no ratio); 1 when a command failed or printed no JSON.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def parse_json(text):
+    """The JSON object a command printed: all of stdout, or else its last non-empty line."""
+    text = text.strip()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        lines = [l for l in text.splitlines() if l.strip()]
+        if not lines:
+            raise
+        return json.loads(lines[-1])
+
+
+def run_one(cmd, env):
+    """Runs `cmd` under GNU time; returns (json, wall seconds, peak RSS MiB)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+        argv = ["/usr/bin/time", "-o", tf.name, "-f", "%M", "bash", "-c", cmd]
+        t = time.perf_counter()
+        p = subprocess.run(argv, stdout=subprocess.PIPE, env=env, text=True)
+        wall = time.perf_counter() - t
+        if p.returncode != 0:
+            sys.exit(f"bench: command failed with status {p.returncode}: {cmd}")
+        rss_kib = int(tf.read().split()[-1])
+    try:
+        out = parse_json(p.stdout)
+    except (json.JSONDecodeError, ValueError):
+        sys.exit(f"bench: command printed no JSON object: {cmd}\n{p.stdout[-2000:]}")
+    return out, wall, rss_kib / 1024.0
+
+
+def numbers(obj, prefix=""):
+    """Flattens the numeric leaves of a JSON object to {"a.b": value}."""
+    out = {}
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)):
+            out[key] = float(v)
+        elif isinstance(v, dict):
+            out.update(numbers(v, key + "."))
+    return out
+
+
+def summary(values):
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--name", required=True, help="what is measured (a word)")
+    ap.add_argument("--tool", action="append", required=True, metavar="NAME=COMMAND")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2, help="threads the bench uses")
+    ap.add_argument("--metric", action="append", default=[],
+                    help="a printed number to put in the table (higher is better)")
+    ap.add_argument("--version", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    if args.rounds < 3:
+        print("bench: fewer than 3 rounds; the result is marked not quotable", file=sys.stderr)
+
+    tools = []
+    for t in args.tool:
+        name, _, cmd = t.partition("=")
+        if not cmd:
+            sys.exit(f"bench: --tool must be NAME=COMMAND, got {t!r}")
+        tools.append((name, cmd))
+    limit = 1.0 + args.threads
+    env = dict(os.environ)
+
+    runs = {name: [] for name, _ in tools}
+    refusals = []
+    for r in range(args.rounds):
+        for name, cmd in tools:
+            load = os.getloadavg()
+            if load[0] > limit:
+                refusals.append(f"round {r + 1}, {name}: load average {load[0]:.2f} > {limit:.1f}")
+            print(f"== {args.name}: round {r + 1}/{args.rounds}, {name} (load {load[0]:.2f})",
+                  file=sys.stderr)
+            out, wall, rss = run_one(cmd, env)
+            runs[name].append({"round": r + 1, "load_before": list(load), "wall_s": wall,
+                               "peak_rss_mib": rss, "printed": out})
+
+    stats = {}
+    for name, rs in runs.items():
+        keys = set.intersection(*(set(numbers(x["printed"])) for x in rs))
+        per = {k: summary([numbers(x["printed"])[k] for x in rs]) for k in sorted(keys)}
+        per["wall_s"] = summary([x["wall_s"] for x in rs])
+        per["peak_rss_mib"] = summary([x["peak_rss_mib"] for x in rs])
+        stats[name] = per
+
+    quotable = not refusals and args.rounds >= 3
+    first = tools[0][0]
+    ratios = {}
+    for other, _ in tools[1:]:
+        for m in args.metric:
+            a, b = stats[first].get(m), stats[other].get(m)
+            if a and b and b["median"]:
+                ratios[f"{first}/{other} {m}"] = a["median"] / b["median"]
+
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True).stdout.strip()
+    result = {
+        "name": args.name,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"nproc": os.cpu_count(), "platform": platform.platform(),
+                    "loadavg_limit": limit},
+        "versions": dict(v.split("=", 1) for v in args.version) | {"palpipe_commit": git},
+        "commands": {name: cmd for name, cmd in tools},
+        "rounds": args.rounds,
+        "order": "interleaved: " + ", ".join(n for n, _ in tools) + " in each round",
+        "quotable": quotable,
+        "refused": refusals,
+        "runs": runs,
+        "stats": stats,
+        "ratio_of_medians": ratios if quotable else {},
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+
+    width = max(len(m) for m in args.metric + ["peak_rss_mib"])
+    head = "".join(f" {n:>24}" for n, _ in tools)
+    print(f"{args.name}: median [min–max] over {args.rounds} interleaved rounds")
+    print(f"{'':<{width}}{head}   ratio")
+    for m in args.metric + ["peak_rss_mib"]:
+        cells = ""
+        for n, _ in tools:
+            s = stats[n].get(m)
+            cells += f" {s['median']:>10.1f} [{s['min']:.0f}–{s['max']:.0f}]".rjust(25) if s else f" {'—':>24}"
+        ratio = ratios.get(f"{first}/{tools[1][0]} {m}") if len(tools) > 1 else None
+        rtxt = f"{ratio:.2f}" if (ratio is not None and quotable and m != "peak_rss_mib") else ""
+        print(f"{m:<{width}}{cells}   {rtxt}")
+    loads = [x["load_before"][0] for rs in runs.values() for x in rs]
+    print(f"load average before runs: {min(loads):.2f}–{max(loads):.2f} (limit {limit:.1f}); "
+          f"written {args.out}")
+    if not quotable:
+        why = "; ".join(refusals) if refusals else "fewer than 3 rounds"
+        print(f"NOT QUOTABLE ({why}): no ratio printed", file=sys.stderr)
+        print("NOT QUOTABLE: no ratio printed")
+
+
+if __name__ == "__main__":
+    main()
