@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use super::{CliError, Ctx};
 use crate::ingest::common::IngestError;
 use crate::ingest::pickapic_fixtures::{self, FixtureSpec};
+use crate::ingest::tldr_fixtures::{self, TldrFixtureSpec};
 
 #[derive(Debug, Args)]
 pub struct FixturesArgs {
@@ -26,6 +27,27 @@ Examples:
   palpipe fixtures pickapic --out data/pickapic-fixtures
   palpipe fixtures pickapic --out /tmp/big --rows 12000 --image-size 256 --noise 40   # ~1 GB")]
     Pickapic(PickapicArgs),
+    /// Reddit TL;DR comparisons in the summarize-from-feedback JSON-lines layout.
+    ///
+    /// Writes DIR/comparisons/batch<N>.json and DIR/manifest.json (the planted seen, unseen
+    /// and casual workers, equal-length and off-policy comparisons), the input of the
+    /// `length_preference_users` stage; the same seed gives the same bytes.
+    #[command(after_help = "\
+Examples:
+  palpipe fixtures summarize --out data/tldr-fixtures")]
+    Summarize(SummarizeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SummarizeArgs {
+    /// Folder to create (must not exist, or be empty).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Reddit posts, six summaries each.
+    #[arg(long, default_value_t = TldrFixtureSpec::default().posts)]
+    pub posts: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +99,7 @@ pub struct PickapicArgs {
 pub async fn fixtures(ctx: &Ctx, a: FixturesArgs) -> Result<(), CliError> {
     match a.what {
         FixtureKind::Pickapic(a) => pickapic(ctx, a).await,
+        FixtureKind::Summarize(a) => summarize(ctx, a).await,
     }
 }
 
@@ -129,6 +152,38 @@ async fn pickapic(ctx: &Ctx, a: PickapicArgs) -> Result<(), CliError> {
         manifest.spec.unlabeled,
         manifest.spec.duplicates,
         manifest.heavy.len(),
+        a.out.join("manifest.json").display()
+    );
+    Ok(())
+}
+
+async fn summarize(ctx: &Ctx, a: SummarizeArgs) -> Result<(), CliError> {
+    let spec = TldrFixtureSpec {
+        posts: a.posts,
+        seed: a.seed,
+        ..TldrFixtureSpec::default()
+    };
+    let out = a.out.clone();
+    let m = tokio::task::spawn_blocking(move || tldr_fixtures::write(&spec, &out))
+        .await
+        .map_err(CliError::failure)?
+        .map_err(|e| match e {
+            IngestError::BadParam { .. } => CliError::usage(e),
+            other => CliError::failure(other),
+        })?;
+    ctx.printer.status(format!(
+        "wrote {} comparisons in {} files to {}",
+        m.comparisons,
+        m.files.len(),
+        a.out.display()
+    ));
+    println!(
+        "planted: {} seen, {} unseen and {} casual workers, {} equal-length and {} off-policy comparisons; see {}",
+        m.seen.len(),
+        m.unseen.len(),
+        m.casual.len(),
+        m.equal_length,
+        m.off_policy,
         a.out.join("manifest.json").display()
     );
     Ok(())

@@ -205,6 +205,18 @@ pub fn check_fractions(test_frac: f64, val_frac: f64) -> Result<(), IngestError>
     Ok(())
 }
 
+/// Checks a stage's `dataset` parameter: a non-empty name without spaces.
+pub fn check_dataset(dataset: &str) -> Result<(), IngestError> {
+    if dataset.is_empty() || dataset.chars().any(char::is_whitespace) {
+        return Err(IngestError::bad_param(
+            "dataset",
+            format!("'{dataset}'"),
+            "a non-empty name without spaces",
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a whole text file, telling a missing file, an unreadable one, one that is not UTF-8
 /// (with the line and column of the first bad byte) and an empty one apart.
 pub fn read_text(path: &Path) -> Result<String, IngestError> {

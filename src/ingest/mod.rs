@@ -11,9 +11,11 @@
 //! | `persona` | [`persona`] | Anthropic persona statements, synthetic users (PAL App. D.4) |
 //! | `polis` | [`polis`] | one Polis conversation: agree ≻ disagree per voter |
 //! | `pickapic` | [`pickapic`] | Pick-a-Pic parquet shards (v1, v2), streamed |
+//! | `length_preference_users` | [`tldr`] | summarize-from-feedback comparisons → length-preference users (PAL D.3) |
 //!
 //! [`pickapic_fixtures`] writes Pick-a-Pic shards in the published layout for tests and demos
-//! (`palpipe fixtures pickapic`).
+//! (`palpipe fixtures pickapic`); [`tldr_fixtures`] writes summarize-from-feedback
+//! comparisons (the `summarize_fixtures` stage).
 //!
 //! Conventions every stage keeps: item and prompt ids are [`content_id`] of the content (text
 //! as UTF-8, vectors as f32 little-endian bytes); pair ids come from [`pair_id`] with the
@@ -39,5 +41,7 @@ pub mod pickapic;
 pub mod pickapic_fixtures;
 pub mod polis;
 pub mod synthetic;
+pub mod tldr;
+pub mod tldr_fixtures;
 
 pub use common::IngestError;

@@ -1,5 +1,10 @@
 //! `persona`: the semi-synthetic Persona dataset of PAL App. D.4, built from the Anthropic
-//! persona statement files `<dir>/interest-in-<name>.jsonl`.
+//! persona statement files in `<dir>`.
+//!
+//! A persona is named by its file's stem (`agreeableness` reads `<dir>/agreeableness.jsonl`,
+//! `believes-in-gun-rights` reads `believes-in-gun-rights.jsonl`); the paper's short names
+//! still work for the `interest-in-*` files (`art` reads `interest-in-art.jsonl` when there is
+//! no `art.jsonl`). A name with neither file is an error that lists the stems the folder holds.
 //!
 //! Statements are pooled from the K* named files (deduplicated by their `question` text). Each
 //! synthetic user holds one persona p and answers " Yes" to a statement exactly when the
@@ -28,8 +33,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    assign_splits, check_fractions, json_str, orient, read_json_lines, rng_for, IngestError,
-    ROLE_SEEN, ROLE_UNSEEN, SPLIT_UNSEEN,
+    assign_splits, check_dataset, check_fractions, json_str, orient, read_json_lines, rng_for,
+    IngestError, ROLE_SEEN, ROLE_UNSEEN, SPLIT_UNSEEN,
 };
 use crate::store::records::{
     content_id, pair_id, IngestBatch, ItemRow, PairRow, PromptRow, UserRow,
@@ -44,9 +49,11 @@ pub const NO: &str = " No";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
-    /// The folder holding `interest-in-<name>.jsonl` files. Required.
+    /// The folder holding the persona files (`<stem>.jsonl`). Required.
     pub dir: PathBuf,
-    /// The K* personas. Default [art, literature, math, music] (the paper's K* = 4).
+    /// The K* personas, by file stem (`agreeableness`), or by short name for the
+    /// `interest-in-<name>.jsonl` files. Default [art, literature, math, music] (the paper's
+    /// K* = 4).
     #[serde(default = "default_personas")]
     pub personas: Vec<String>,
     /// Seen users per persona (N). Default 50.
@@ -121,17 +128,68 @@ impl Params {
     }
 }
 
-/// The file one persona's statements are read from.
-pub fn persona_file(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("interest-in-{name}.jsonl"))
+/// The file one persona's statements are read from: `<dir>/<name>.jsonl` when it exists,
+/// else `<dir>/interest-in-<name>.jsonl` when that exists; neither is an error listing the
+/// persona files the folder holds.
+pub fn persona_file(dir: &Path, name: &str) -> Result<PathBuf, IngestError> {
+    let own = dir.join(format!("{name}.jsonl"));
+    if own.is_file() {
+        return Ok(own);
+    }
+    let short = dir.join(format!("interest-in-{name}.jsonl"));
+    if short.is_file() {
+        return Ok(short);
+    }
+    let stems = persona_stems(dir);
+    let holds = if stems.is_empty() {
+        "no .jsonl files".to_string()
+    } else {
+        const SHOWN: usize = 40;
+        let mut list = stems
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if stems.len() > SHOWN {
+            list += &format!(", … ({} more)", stems.len() - SHOWN);
+        }
+        list
+    };
+    Err(IngestError::NoData {
+        path: dir.to_path_buf(),
+        what: format!(
+            "no persona '{name}': neither '{name}.jsonl' nor 'interest-in-{name}.jsonl' is there\nhint: the folder holds {holds} (name a persona by its file stem; 'interest-in-<name>' files also by <name>)"
+        ),
+    })
 }
 
-/// The statement files of the chosen personas.
+/// The stems of the `.jsonl` files in `dir`, sorted (empty when it cannot be read).
+pub fn persona_stems(dir: &Path) -> Vec<String> {
+    let mut stems: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".jsonl").map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    stems.sort();
+    stems
+}
+
+/// The statement files of the chosen personas (for a name with no file, the path its own
+/// stem would have, so that a missing input is named).
 pub fn input_files(params: &Params) -> Vec<PathBuf> {
     params
         .personas
         .iter()
-        .map(|p| persona_file(&params.dir, p))
+        .map(|p| {
+            persona_file(&params.dir, p).unwrap_or_else(|_| params.dir.join(format!("{p}.jsonl")))
+        })
         .collect()
 }
 
@@ -182,13 +240,7 @@ fn validate(p: &Params) -> Result<(), IngestError> {
             "at least 1 when there are unseen users",
         ));
     }
-    if p.dataset.is_empty() || p.dataset.chars().any(char::is_whitespace) {
-        return Err(IngestError::bad_param(
-            "dataset",
-            format!("'{}'", p.dataset),
-            "a non-empty name without spaces",
-        ));
-    }
+    check_dataset(&p.dataset)?;
     check_fractions(p.test_frac, p.val_frac)
 }
 
@@ -199,7 +251,7 @@ fn read_pool(p: &Params) -> Result<Vec<Statement>, IngestError> {
     // (statement, persona) → (line, matches) to catch a file that contradicts itself.
     let mut answers: HashMap<(usize, usize), (u64, bool)> = HashMap::new();
     for (k, name) in p.personas.iter().enumerate() {
-        let path = persona_file(&p.dir, name);
+        let path = persona_file(&p.dir, name)?;
         let file_name = path
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
@@ -614,10 +666,20 @@ mod tests {
             &format!("{}\n{}\n", line("qa+", " Yes"), line("qa-", " No")),
         );
 
-        // b is missing.
+        // b is missing: the error names both files looked for and lists the folder's stems.
+        std::fs::write(dir.path().join("agreeableness.jsonl"), line("q", " Yes")).unwrap();
         let err = ingest(&p).unwrap_err();
-        assert!(matches!(err, IngestError::MissingFile { .. }), "{err}");
-        assert!(err.to_string().contains("interest-in-b.jsonl"), "{err}");
+        assert!(matches!(err, IngestError::NoData { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("no persona 'b': neither 'b.jsonl' nor 'interest-in-b.jsonl'"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("hint: the folder holds agreeableness, interest-in-a (name"),
+            "{msg}"
+        );
+        std::fs::remove_file(dir.path().join("agreeableness.jsonl")).unwrap();
 
         // b is empty.
         write(dir.path(), "b", "\n  \n");
@@ -698,12 +760,103 @@ mod tests {
             serde_yaml::from_str::<Params>("personas: [art]\n").is_err(),
             "dir is required"
         );
+        let mut real = p.clone();
+        real.dir = data_dir();
+        assert_eq!(
+            input_files(&real),
+            vec![
+                data_dir().join("interest-in-art.jsonl"),
+                data_dir().join("interest-in-literature.jsonl")
+            ]
+        );
+        // A name with no file keeps the path its own stem would have, for the missing-input
+        // message.
         assert_eq!(
             input_files(&p),
             vec![
-                PathBuf::from("data/persona/interest-in-art.jsonl"),
-                PathBuf::from("data/persona/interest-in-literature.jsonl")
+                PathBuf::from("data/persona/art.jsonl"),
+                PathBuf::from("data/persona/literature.jsonl")
             ]
         );
+    }
+
+    /// Persona files named by their own stems (the public set's `agreeableness.jsonl`,
+    /// `believes-in-gun-rights.jsonl`), mixed with a short name for an `interest-in-*` file;
+    /// an exact stem wins over the short name.
+    #[test]
+    fn personas_by_file_stem() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |stem: &str, lines: &[(&str, &str)]| {
+            let text: String = lines.iter().map(|(q, a)| line(q, a) + "\n").collect();
+            std::fs::write(dir.path().join(format!("{stem}.jsonl")), text).unwrap();
+        };
+        put("agreeableness", &[("agr+", " Yes"), ("agr-", " No")]);
+        put(
+            "believes-in-gun-rights",
+            &[("gun+", " Yes"), ("gun-", " No")],
+        );
+        put("interest-in-art", &[("art+", " Yes"), ("art-", " No")]);
+        // "math" exists both ways: the exact stem is read.
+        put("math", &[("m-exact", " Yes")]);
+        put("interest-in-math", &[("m-short", " Yes")]);
+
+        let mut p = tiny(dir.path());
+        p.personas = vec![
+            "agreeableness".into(),
+            "believes-in-gun-rights".into(),
+            "art".into(),
+            "math".into(),
+        ];
+        p.queries_per_user = 7;
+        p.unseen_users_per_persona = 0;
+        assert_eq!(
+            input_files(&p),
+            vec![
+                dir.path().join("agreeableness.jsonl"),
+                dir.path().join("believes-in-gun-rights.jsonl"),
+                dir.path().join("interest-in-art.jsonl"),
+                dir.path().join("math.jsonl"),
+            ]
+        );
+        let batch = ingest(&p).unwrap();
+        // 2 + 2 + 2 + 1 distinct statements; each user answers all 7.
+        let texts: HashSet<&str> = batch.prompts.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            HashSet::from(["agr+", "agr-", "gun+", "gun-", "art+", "art-", "m-exact"])
+        );
+        let groups: HashMap<&str, &str> = batch
+            .users
+            .iter()
+            .map(|u| (u.user_id.as_str(), u.group.as_deref().unwrap()))
+            .collect();
+        let prompts: HashMap<&str, &str> = batch
+            .prompts
+            .iter()
+            .map(|r| (r.prompt_id.as_str(), r.text.as_str()))
+            .collect();
+        let yes = blake3::hash(b" Yes").to_hex().to_string();
+        // The statement each persona's users answer " Yes" to: its own file's " Yes" line.
+        let agrees = HashMap::from([
+            ("agreeableness", "agr+"),
+            ("believes-in-gun-rights", "gun+"),
+            ("art", "art+"),
+            ("math", "m-exact"),
+        ]);
+        assert_eq!(batch.pairs.len(), 4 * 2 * 7);
+        for pair in &batch.pairs {
+            let q = prompts[pair.prompt_id.as_deref().unwrap()];
+            let g = groups[pair.user_id.as_str()];
+            let preferred = if pair.label == -1 {
+                &pair.left_id
+            } else {
+                &pair.right_id
+            };
+            assert_eq!(preferred == &yes, agrees[g] == q, "{g} on {q}");
+        }
+        assert!(batch
+            .pairs
+            .iter()
+            .any(|r| r.source_ref.as_deref() == Some("believes-in-gun-rights.jsonl:2")));
     }
 }

@@ -2,6 +2,14 @@
 //! layout) turned into per-voter pairwise preferences. The folder's name is the conversation:
 //! the dataset is "polis/<conversation>", a voter's user id "polis/<conversation>/<voter-id>".
 //!
+//! The votes come from `votes.csv` (one row per vote event) or, when a conversation has only
+//! that, from `participants-votes.csv`, Polis's wide export: one row per participant
+//! (`participant`, `xid` in some exports, `group-id`, `n-comments`, `n-votes`, `n-agree`,
+//! `n-disagree`), then one column per comment id holding the participant's latest vote (1, −1,
+//! 0) or nothing. Both give the same latest votes, hence the same pairs; `votes.csv` is
+//! preferred when both exist. Whenever the wide file is there, its `group-id` (Polis's opinion
+//! group) becomes the voter's `users.group`.
+//!
 //! Rules (from the data README):
 //! - the latest vote per (voter, statement) counts, by `timestamp`. Rows with the same latest
 //!   timestamp and the same vote are one vote; rows with the same latest timestamp and
@@ -24,7 +32,8 @@
 //! a voter's pairs by a seeded sample without replacement (the floor applies before the cap).
 //! A seen voter's pairs are then split "test" / "val" / "train" by `test_frac` and `val_frac`.
 //! Only statements some pair uses are emitted as items (kind "text", text = `comment-body`).
-//! `users.group` is left empty: Polis's opinion groups are not in the export per voter.
+//! `users.group` is the voter's `group-id` from `participants-votes.csv`, empty when that file
+//! is absent or the voter is in no group.
 //! `source_ref` of a pair is "c<agreed comment-id>>c<disagreed comment-id>".
 //!
 //! [`ingest_with_report`] also returns a [`Report`]: what was read and what each rule left
@@ -104,12 +113,36 @@ impl Params {
     }
 }
 
-/// The three files a conversation is read from.
+/// The long vote log: one row per vote event.
+pub const VOTES_FILE: &str = "votes.csv";
+/// The wide export: one row per participant, one column per comment.
+pub const WIDE_FILE: &str = "participants-votes.csv";
+
+/// The file a conversation's votes are read from: `votes.csv` when it exists (or when neither
+/// does, so that a missing input is named), else `participants-votes.csv`.
+pub fn votes_file(dir: &Path) -> PathBuf {
+    let long = dir.join(VOTES_FILE);
+    let wide = dir.join(WIDE_FILE);
+    if long.exists() || !wide.exists() {
+        long
+    } else {
+        wide
+    }
+}
+
+/// The files a conversation is read from: summary, comments, the votes (see [`votes_file`]),
+/// and the wide export for the voters' groups when it is there beside `votes.csv`.
 pub fn input_files(params: &Params) -> Vec<PathBuf> {
-    ["summary.csv", "comments.csv", "votes.csv"]
-        .iter()
-        .map(|f| params.dir.join(f))
-        .collect()
+    let mut files = vec![
+        params.dir.join("summary.csv"),
+        params.dir.join("comments.csv"),
+        votes_file(&params.dir),
+    ];
+    let wide = params.dir.join(WIDE_FILE);
+    if wide.exists() && !files.contains(&wide) {
+        files.push(wide);
+    }
+    files
 }
 
 /// The conversation's name: the last component of `dir` (resolved when `dir` is "." or ends
@@ -352,9 +385,101 @@ fn read_latest_votes(
         .collect())
 }
 
+/// The columns of `participants-votes.csv` that are not comment ids.
+const WIDE_FIXED: [&str; 7] = [
+    "participant",
+    "xid",
+    "group-id",
+    "n-comments",
+    "n-votes",
+    "n-agree",
+    "n-disagree",
+];
+
+/// What `participants-votes.csv` holds: each participant's latest votes (as
+/// [`read_latest_votes`] gives them, never conflicting) and group.
+struct Wide {
+    votes: BTreeMap<(String, String), Option<i64>>,
+    /// participant → `group-id`, for participants with a group.
+    groups: BTreeMap<String, String>,
+}
+
+/// Reads the wide export. Empty cells are no vote; a cell counts as one vote row in `report`.
+fn read_wide(path: &Path, report: &mut Report) -> Result<Wide, IngestError> {
+    let table = read_csv(path, &["participant", "group-id"])?;
+    // (column index, comment id) of the comment columns.
+    let mut comments: Vec<(usize, String)> = Vec::new();
+    for (i, name) in table.header.iter().enumerate() {
+        if WIDE_FIXED.contains(&name.as_str()) {
+            continue;
+        }
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_digit()) {
+            return Err(IngestError::BadValue {
+                path: path.to_path_buf(),
+                line: 1,
+                field: format!("column {}", i + 1),
+                found: name.clone(),
+                expected: format!("a comment id (digits) or one of {}", WIDE_FIXED.join(", ")),
+            });
+        }
+        comments.push((i, name.clone()));
+    }
+    let mut wide = Wide {
+        votes: BTreeMap::new(),
+        groups: BTreeMap::new(),
+    };
+    let mut lines: HashMap<String, u64> = HashMap::new();
+    for (line, rec) in &table.records {
+        let voter = table.get(rec, "participant").trim().to_string();
+        if voter.is_empty() {
+            return Err(bad_value(
+                &table,
+                *line,
+                "participant",
+                "",
+                "a participant id",
+            ));
+        }
+        if let Some(first) = lines.insert(voter.clone(), *line) {
+            return Err(bad_value(
+                &table,
+                *line,
+                "participant",
+                &voter,
+                &format!("an id not already used on line {first}"),
+            ));
+        }
+        let group = table.get(rec, "group-id").trim();
+        if !group.is_empty() {
+            wide.groups.insert(voter.clone(), group.to_string());
+        }
+        for (i, cid) in &comments {
+            let raw = rec.get(*i).unwrap_or("");
+            if raw.trim().is_empty() {
+                continue;
+            }
+            let vote = parse_int(&table, *line, cid, raw)?;
+            if !(-1..=1).contains(&vote) {
+                return Err(bad_value(
+                    &table,
+                    *line,
+                    cid,
+                    raw,
+                    "1 (agree), -1 (disagree), 0 (pass) or nothing",
+                ));
+            }
+            report.vote_rows += 1;
+            wide.votes.insert((voter.clone(), cid.clone()), Some(vote));
+        }
+    }
+    Ok(wide)
+}
+
 /// What a `polis` stage read, what each rule left out and what it kept: the stage summary.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Report {
+    /// The file the votes were read from (`votes.csv` or `participants-votes.csv`).
+    pub votes_from: String,
     /// Rows of comments.csv.
     pub statements: usize,
     /// Statements moderated out (`moderated` = −1).
@@ -365,7 +490,7 @@ pub struct Report {
     pub meta: usize,
     /// Whether meta statements were kept (`keep_meta`).
     pub keep_meta: bool,
-    /// Rows of votes.csv.
+    /// Rows of votes.csv, or non-empty vote cells of participants-votes.csv.
     pub vote_rows: usize,
     /// Distinct (voter, statement) keys among them.
     pub vote_keys: usize,
@@ -402,13 +527,19 @@ impl Report {
         };
         let mut s = format!(
             "statements {}: {} moderated out, {} empty, {meta}; \
-             votes {} rows, {} (voter, statement): {} dropped for different votes at one timestamp, \
+             votes ({}) {} {}, {} (voter, statement): {} dropped for different votes at one timestamp, \
              {} on left-out statements, {} passes; \
              voters {}: {} kept ({} unseen), {} under min_pairs_per_user {}",
             self.statements,
             self.moderated_out,
             self.empty,
+            self.votes_from,
             self.vote_rows,
+            if self.votes_from == WIDE_FILE {
+                "cells"
+            } else {
+                "rows"
+            },
             self.vote_keys,
             self.conflicting,
             self.on_left_out,
@@ -462,14 +593,32 @@ pub fn ingest_with_report(p: &Params) -> Result<(IngestBatch, Report), IngestErr
             return Err(IngestError::MissingFile { path });
         }
     }
+    let votes_path = votes_file(&p.dir);
+    let wide_path = p.dir.join(WIDE_FILE);
     let mut report = Report {
+        votes_from: votes_path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         keep_meta: p.keep_meta,
         min_pairs_per_user: p.min_pairs_per_user,
         ..Report::default()
     };
     let topic = read_topic(&p.dir.join("summary.csv"))?;
     let statements = read_statements(&p.dir.join("comments.csv"), p.keep_meta, &mut report)?;
-    let votes = read_latest_votes(&p.dir.join("votes.csv"), &mut report)?;
+    let (votes, groups) = if votes_path == wide_path {
+        let wide = read_wide(&wide_path, &mut report)?;
+        (wide.votes, wide.groups)
+    } else {
+        let votes = read_latest_votes(&votes_path, &mut report)?;
+        // The wide file beside it only for the groups: its votes are not counted again.
+        let groups = if wide_path.exists() {
+            read_wide(&wide_path, &mut Report::default())?.groups
+        } else {
+            BTreeMap::new()
+        };
+        (votes, groups)
+    };
     report.vote_keys = votes.len();
 
     // Per voter: agreed and disagreed items (item id → the statement standing for it).
@@ -604,7 +753,7 @@ pub fn ingest_with_report(p: &Params) -> Result<(IngestBatch, Report), IngestErr
         batch.users.push(UserRow {
             user_id,
             dataset: dataset.clone(),
-            group: None,
+            group: groups.get(voter.as_str()).cloned(),
             role: if unseen[i] { ROLE_UNSEEN } else { ROLE_SEEN }.to_string(),
         });
     }
@@ -1278,6 +1427,13 @@ mod tests {
             .to_string()
             .contains("min_pairs"));
         assert_eq!(dataset_name(&p).unwrap(), "polis/football-concussions");
-        assert_eq!(input_files(&p).len(), 3);
+        assert_eq!(
+            input_files(&p),
+            vec![
+                p.dir.join("summary.csv"),
+                p.dir.join("comments.csv"),
+                p.dir.join("votes.csv")
+            ]
+        );
     }
 }

@@ -30,8 +30,8 @@ use rand_distr::{Distribution, Normal, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    orient, rng_for, IngestError, ROLE_SEEN, ROLE_UNSEEN, SPLIT_TEST, SPLIT_TRAIN, SPLIT_UNSEEN,
-    SPLIT_VAL,
+    check_dataset, orient, rng_for, IngestError, ROLE_SEEN, ROLE_UNSEEN, SPLIT_TEST, SPLIT_TRAIN,
+    SPLIT_UNSEEN, SPLIT_VAL,
 };
 use crate::store::records::{
     content_id, pair_id, EmbeddingRow, IngestBatch, ItemRow, PairRow, UserRow,
@@ -223,14 +223,7 @@ fn validate(p: &Params) -> Result<(), IngestError> {
             "a finite distance >= 0",
         ));
     }
-    if p.dataset.is_empty() || p.dataset.chars().any(char::is_whitespace) {
-        return Err(IngestError::bad_param(
-            "dataset",
-            format!("'{}'", p.dataset),
-            "a non-empty name without spaces",
-        ));
-    }
-    Ok(())
+    check_dataset(&p.dataset)
 }
 
 /// Draws the K* prototypes: whole sets from N(0, I/d) until all pairwise distances are ≥ δ.

@@ -63,6 +63,18 @@ pub fn palpipe(store: &Path, args: &[&str]) -> Run {
     done(o)
 }
 
+/// Runs `palpipe ARGS --store STORE` without `--quiet`, so that stage summaries show on stderr.
+pub fn palpipe_verbose(store: &Path, args: &[&str]) -> Run {
+    done(
+        bin()
+            .args(args)
+            .arg("--store")
+            .arg(store)
+            .output()
+            .expect("run palpipe"),
+    )
+}
+
 /// Runs palpipe without a --store flag (for tests of the flag itself).
 pub fn palpipe_raw(args: &[&str]) -> Run {
     done(
@@ -179,4 +191,18 @@ pub fn require_minilm() {
         "{} is missing: run 'make setup' to install all-MiniLM-L6-v2",
         f.display()
     );
+}
+
+/// Every row of `pairs` (all columns but none derived) and of `users`, each as one JSON text,
+/// sorted: what two stores must share to hold the same comparisons and users.
+pub fn pairs_and_users(store: &Path) -> (Vec<String>, Vec<String>) {
+    let sorted = |sql: &str| {
+        let mut v: Vec<String> = query(store, sql).iter().map(|r| r.to_string()).collect();
+        v.sort();
+        v
+    };
+    (
+        sorted("SELECT pair_id, user_id, prompt_id, left_id, right_id, label, dataset, split, source_ref FROM pairs"),
+        sorted("SELECT user_id, dataset, group_name, role FROM users"),
+    )
 }

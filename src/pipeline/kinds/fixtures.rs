@@ -8,7 +8,7 @@
 //! enter those stages' fingerprints like any input file; the validator does not ask for
 //! inputs under a folder an earlier `fixtures` stage makes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,39 @@ impl Params {
             ..FixtureSpec::default()
         }
     }
+}
+
+/// Whether `out` already holds a fixture set made with `spec` (its `manifest.json` says so):
+/// true when it does, false when `out` is absent or empty; an error when it holds one made
+/// with other parameters (`params` names this stage's), which would leave the fixtures and all
+/// that is read from them out of step with the pipeline, or files that are not a fixture set.
+pub(crate) fn fixtures_present(
+    out: &Path,
+    spec: &serde_json::Value,
+    what: &str,
+    params: &str,
+) -> anyhow::Result<bool> {
+    let manifest = out.join("manifest.json");
+    if manifest.is_file() {
+        let text = std::fs::read_to_string(&manifest)?;
+        let stored: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!("'{}': not a fixture manifest: {e}", manifest.display())
+        })?;
+        if stored.get("spec") != Some(spec) {
+            anyhow::bail!(
+                "'{}' holds {what} made with other parameters than this stage's ({params})\nhint: delete that folder to make them anew, or point 'out' elsewhere",
+                out.display()
+            );
+        }
+        return Ok(true);
+    }
+    if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
+        anyhow::bail!(
+            "'{}' holds files but no manifest.json, so it is not a fixture set\nhint: empty that folder, or point 'out' elsewhere",
+            out.display()
+        );
+    }
+    Ok(false)
 }
 
 /// The registry entry.
@@ -85,36 +118,13 @@ impl StageKind for Params {
 
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
         Box::pin(async move {
-            if self.manifest().is_file() {
-                // Present, but made with these parameters? Other ones would leave the shards
-                // (and all that is ingested from them) out of step with the pipeline.
-                let text = std::fs::read_to_string(self.manifest())?;
-                let stored: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                    anyhow::anyhow!(
-                        "'{}': not a fixture manifest: {e}",
-                        self.manifest().display()
-                    )
-                })?;
-                let wanted = serde_json::to_value(self.spec())?;
-                if stored.get("spec") != Some(&wanted) {
-                    anyhow::bail!(
-                        "'{}' holds stand-in shards made with other parameters than this stage's (rows {}, seed {})\nhint: delete that folder to make them anew, or point 'out' elsewhere",
-                        self.out.display(),
-                        self.rows,
-                        self.seed
-                    );
-                }
+            let params = format!("rows {}, seed {}", self.rows, self.seed);
+            let wanted = serde_json::to_value(self.spec())?;
+            if fixtures_present(&self.out, &wanted, "stand-in shards", &params)? {
                 return Ok(format!(
                     "present in {}: nothing written",
                     self.out.display()
                 ));
-            }
-            let non_empty = std::fs::read_dir(&self.out).is_ok_and(|mut d| d.next().is_some());
-            if non_empty {
-                anyhow::bail!(
-                    "'{}' holds files but no manifest.json, so it is not a fixture set\nhint: empty that folder, or point 'out' elsewhere",
-                    self.out.display()
-                );
             }
             let spec = self.spec();
             let total = pickapic_fixtures::total_rows(&spec)?;

@@ -9,7 +9,9 @@
 //! | kind | part | reads | owns (writes) |
 //! |---|---|---|---|
 //! | `fixtures` | `ingest` | nothing | its folder of Pick-a-Pic stand-in shards (written once) |
+//! | `summarize_fixtures` | `ingest` | nothing | its folder of TL;DR stand-in comparisons (written once) |
 //! | `synthetic`, `persona`, `polis` | `ingest` | input files | its dataset's pairs and users (+ shared items, prompts, embeddings) |
+//! | `length_preference_users` | `ingest` | comparison files | its dataset's pairs and users (+ shared items, prompts) |
 //! | `pickapic` | `ingest` | parquet shards (streamed) | its dataset's pairs and users (+ shared items, prompts) |
 //! | `dedup` | `transform` | pairs | the split tags of its target |
 //! | `pick_a_filter` | `transform` | pairs, items | its dataset's pairs and users (+ shared filtered items) |
@@ -22,10 +24,12 @@ pub mod dedup;
 pub mod embed;
 pub mod eval;
 pub mod fixtures;
+pub mod length_preference_users;
 pub mod persona;
 pub mod pick_a_filter;
 pub mod pickapic;
 pub mod polis;
+pub mod summarize_fixtures;
 pub mod synthetic;
 pub mod train;
 
@@ -49,9 +53,11 @@ pub use crate::transform::ParamIssue;
 /// Every stage kind, in the order `--help` lists them. Adding a kind: one file, one line.
 pub const KINDS: &[KindInfo] = &[
     fixtures::KIND,
+    summarize_fixtures::KIND,
     synthetic::KIND,
     persona::KIND,
     polis::KIND,
+    length_preference_users::KIND,
     pickapic::KIND,
     dedup::KIND,
     pick_a_filter::KIND,

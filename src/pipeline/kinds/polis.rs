@@ -1,5 +1,7 @@
 //! The `polis` kind: one Polis conversation's votes (`crate::ingest::polis`) as pairs.
-//! Reads the export's three CSV files; owns the dataset `polis/<conversation>`.
+//! Reads the export's CSV files (the votes from `votes.csv`, or from the wide
+//! `participants-votes.csv` when it is alone; the wide file also gives the voters' groups);
+//! owns the dataset `polis/<conversation>`.
 
 use std::path::PathBuf;
 
