@@ -303,13 +303,11 @@ fn polis_hand_written_wide_export() {
             conv.display()
         ),
     );
-    let stderr = palpipe_verbose(&store, &["run", p.to_str().unwrap()])
-        .ok()
-        .stderr;
+    let stdout = palpipe(&store, &["run", p.to_str().unwrap()]).ok().stdout;
     // 3 + 4 + 1 + 2 vote cells.
     assert!(
-        stderr.contains("votes (participants-votes.csv) 10 cells"),
-        "{stderr}"
+        stdout.contains("votes (participants-votes.csv) 10 cells"),
+        "{stdout}"
     );
     let got: BTreeSet<(String, String, String)> = query(
         &store,

@@ -135,9 +135,7 @@ fn length_users_follow_the_selection_rules() {
     write_jsonl(&file, &rows);
     let p = users_pipeline(dir.path(), &file);
     let store = dir.path().join("s");
-    let stderr = palpipe_verbose(&store, &["run", p.to_str().unwrap()])
-        .ok()
-        .stderr;
+    let stdout = palpipe(&store, &["run", p.to_str().unwrap()]).ok().stdout;
 
     // Expectations from the written lines: kept = supervised; rank by kept train count.
     let mut train: BTreeMap<&str, usize> = BTreeMap::new();
@@ -267,16 +265,16 @@ fn length_users_follow_the_selection_rules() {
     }
     let off = rows.iter().filter(|w| !w.supervised).count();
     assert!(
-        stderr.contains(&format!(
+        stdout.contains(&format!(
             "{} comparisons in 1 files: {off} off-policy left out",
             rows.len()
         )),
-        "{stderr}"
+        "{stdout}"
     );
-    assert!(stderr.contains("2 equal-length dropped"), "{stderr}");
+    assert!(stdout.contains("2 equal-length dropped"), "{stdout}");
     assert!(
-        stderr.contains("seen users 4 (#1 6 longer, #2 5 shorter, #3 4 longer, #4 3 longer)"),
-        "{stderr}"
+        stdout.contains("seen users 4 (#1 6 longer, #2 5 shorter, #3 4 longer, #4 3 longer)"),
+        "{stdout}"
     );
 }
 

@@ -314,9 +314,15 @@ fn read_pool(p: &Params) -> Result<Vec<Statement>, IngestError> {
 pub fn ingest(p: &Params) -> Result<IngestBatch, IngestError> {
     validate(p)?;
     let pool = read_pool(p)?;
+    // Unseen users' statement count matters only when there are unseen users.
+    let unseen_queries = if p.unseen_users_per_persona > 0 {
+        p.unseen_queries_per_user
+    } else {
+        0
+    };
     for (param, n) in [
         ("queries_per_user", p.queries_per_user),
-        ("unseen_queries_per_user", p.unseen_queries_per_user),
+        ("unseen_queries_per_user", unseen_queries),
     ] {
         if n > pool.len() {
             return Err(IngestError::bad_param(

@@ -63,18 +63,6 @@ pub fn palpipe(store: &Path, args: &[&str]) -> Run {
     done(o)
 }
 
-/// Runs `palpipe ARGS --store STORE` without `--quiet`, so that stage summaries show on stderr.
-pub fn palpipe_verbose(store: &Path, args: &[&str]) -> Run {
-    done(
-        bin()
-            .args(args)
-            .arg("--store")
-            .arg(store)
-            .output()
-            .expect("run palpipe"),
-    )
-}
-
 /// Runs palpipe without a --store flag (for tests of the flag itself).
 pub fn palpipe_raw(args: &[&str]) -> Run {
     done(
