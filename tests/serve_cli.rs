@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -46,22 +46,6 @@ fn persona_store(dir: &Path) -> PathBuf {
     let p = write_pipeline(dir, "p.yaml", &text);
     palpipe(&store, &["run", p.to_str().unwrap()]).ok();
     store
-}
-
-/// content id → vector, from `palpipe sql`.
-fn stored_vectors(store: &Path) -> HashMap<String, Vec<f64>> {
-    query(store, "SELECT content_id, vector FROM embeddings")
-        .into_iter()
-        .map(|r| {
-            let v = r["vector"]
-                .as_array()
-                .unwrap_or_else(|| panic!("vector as a JSON list: {r}"))
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect();
-            (r["content_id"].as_str().unwrap().to_string(), v)
-        })
-        .collect()
 }
 
 /// `palpipe score --input FILE --json` → rewards per row.

@@ -168,13 +168,7 @@ fn input_requests(
     images: bool,
 ) -> Result<Vec<ScoreRequest>, ServeError> {
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = format!("{source}:{}", i + 1);
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| ServeError::bad(&at, format!("not valid JSON: {e}")))?;
+    for (at, v) in serve::json_lines(text, source)? {
         let obj = v.as_object().ok_or_else(|| {
             ServeError::bad(
                 &at,
@@ -308,11 +302,10 @@ pub async fn score(ctx: &Ctx, a: ScoreArgs) -> Result<(), CliError> {
     if !a.json {
         if many {
             println!("{:>5} {:>9} {:>12}", "row", "candidate", "reward");
+        } else if keep.is_some() {
+            println!("{:>4} {:>9} {:>12}  text", "rank", "candidate", "reward");
         } else {
-            println!(
-                "{:>4} {:>9} {:>12}  candidate",
-                "rank", "candidate", "reward"
-            );
+            println!("{:>9} {:>12}  text", "candidate", "reward");
         }
     }
     for (row, s) in scored.iter().enumerate() {
@@ -348,16 +341,17 @@ pub async fn score(ctx: &Ctx, a: ScoreArgs) -> Result<(), CliError> {
                     .map(|t| t.replace('\n', " "))
                     .unwrap_or_default();
                 let shown: String = text.chars().take(60).collect();
-                println!(
-                    "{:>4} {i:>9} {:>12.6}  {shown}{}",
-                    rank + 1,
-                    s.rewards[i],
-                    if truncated {
-                        "  (truncated to the encoder's token limit)"
-                    } else {
-                        ""
-                    }
-                );
+                let note = if truncated {
+                    "  (truncated to the encoder's token limit)"
+                } else {
+                    ""
+                };
+                let rank = if keep.is_some() {
+                    format!("{:>4} ", rank + 1)
+                } else {
+                    String::new()
+                };
+                println!("{rank}{i:>9} {:>12.6}  {shown}{note}", s.rewards[i]);
             }
         }
         if s.prompt_truncated {

@@ -107,13 +107,7 @@ pub fn parse_comparisons(
     source: &str,
 ) -> Result<Vec<ComparisonInput>, ServeError> {
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = format!("{source}:{}", i + 1);
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| ServeError::bad(&at, format!("not valid JSON: {e}")))?;
+    for (at, v) in super::json_lines(text, source)? {
         out.push(parse_comparison(&v, images, base, &at)?);
     }
     if out.is_empty() {

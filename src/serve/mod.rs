@@ -18,3 +18,22 @@ pub use enroll::{parse_comparisons, ComparisonInput, EnrollOutcome};
 pub use error::ServeError;
 pub use http::{serve, ServeConfig};
 pub use scorer::{Content, Prepared, ScoreRequest, Scored, Scorer, UserSel};
+
+/// The non-blank lines of a JSON-lines text, parsed, each with where it is (`source:line`)
+/// for error messages; a line that does not parse is an error naming it.
+pub fn json_lines(
+    text: &str,
+    source: &str,
+) -> Result<Vec<(String, serde_json::Value)>, ServeError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{source}:{}", i + 1);
+        let v = serde_json::from_str(line)
+            .map_err(|e| ServeError::bad(&at, format!("not valid JSON: {e}")))?;
+        out.push((at, v));
+    }
+    Ok(out)
+}
