@@ -20,9 +20,25 @@ DEMO_STORE ?= palstore-demo
 LEAKAGE_STORE ?= palstore-demo-leakage
 BINDIR ?= $(HOME)/.cargo/bin
 
-.PHONY: setup protoc models build install demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack
+.PHONY: setup protoc models pyref build install demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack
 
-setup: protoc models
+setup: protoc models pyref
+
+# numpy + safetensors from PyPI in a venv outside the clone, for scripts/pal_reference_score.py
+# and the test that checks it agrees with `palpipe score` (tests/serve_cli.rs reads
+# PALPIPE_PYTHON; without it that test prints a skip line).
+PYREF_VENV ?= $(HOME)/.cache/palpipe/venv
+export PALPIPE_PYTHON ?= $(PYREF_VENV)/bin/python
+pyref: $(PYREF_VENV)/.numpy-safetensors
+
+$(PYREF_VENV)/.numpy-safetensors:
+	@echo "installing numpy and safetensors from PyPI into $(PYREF_VENV)"
+	@test -x $(PYREF_VENV)/bin/python || python3 -m venv $(PYREF_VENV) || \
+	  { apt-get install -y -qq python3-venv >/dev/null 2>&1 || \
+	    (apt-get update -qq >/dev/null && apt-get install -y -qq python3-venv >/dev/null); \
+	    python3 -m venv $(PYREF_VENV); }
+	$(PYREF_VENV)/bin/python -m pip install -q numpy safetensors
+	@touch $@
 
 protoc:
 	@command -v protoc >/dev/null 2>&1 || { \

@@ -10,5 +10,6 @@ pub mod eval;
 pub mod ingest;
 pub mod pal;
 pub mod pipeline;
+pub mod serve;
 pub mod store;
 pub mod transform;

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -217,22 +216,6 @@ fn embed_clip(store: &Path) -> Run {
             "3",
         ],
     )
-}
-
-/// content id → vector, from `palpipe sql`.
-fn stored_vectors(store: &Path) -> HashMap<String, Vec<f64>> {
-    query(store, "SELECT content_id, vector FROM embeddings")
-        .into_iter()
-        .map(|r| {
-            let v = r["vector"]
-                .as_array()
-                .unwrap_or_else(|| panic!("vector as a JSON list: {r}"))
-                .iter()
-                .map(|x| x.as_f64().unwrap())
-                .collect();
-            (r["content_id"].as_str().unwrap().to_string(), v)
-        })
-        .collect()
 }
 
 fn cos(a: &[f64], b: &[f64]) -> f64 {

@@ -15,6 +15,7 @@ pub mod pal_cmds;
 pub mod parity;
 pub mod report;
 pub mod run;
+pub mod score;
 pub mod sql;
 pub mod vectors;
 
@@ -52,6 +53,8 @@ Examples:
   palpipe report --run latest --out /tmp/report --store /tmp/s
   palpipe run leakage-split          # pipelines/leakage-split.yaml, found by name
   palpipe eval --split v2-no-leakage --store palstore-leakage   # every model, best first
+  palpipe score --model pal-b-k4 --user u17 --prompt \"…\" --candidate \"…\" --candidate \"…\"
+  palpipe serve --model pal-b-k4     # HTTP on 127.0.0.1:8000, OpenRLHF's /get_reward
 
 Exit codes: 0 ok, 1 failure in the data or the work, 2 bad usage or configuration.";
 
@@ -72,6 +75,12 @@ pub enum Command {
     Adapt(pal_cmds::AdaptArgs),
     /// Train and evaluate a model for several K (and seeds) and print one table.
     Sweep(pal_cmds::SweepArgs),
+    /// Score candidates for one user with a PAL model (best-of-n), from flags or JSON lines.
+    Score(score::ScoreArgs),
+    /// Enroll a new user into a model from their comparisons (their mixture is fitted and stored).
+    Enroll(score::EnrollArgs),
+    /// Serve models over HTTP: /score, /get_reward (OpenRLHF), /users/{id}/enroll, /models, /health.
+    Serve(score::ServeArgs),
     /// Embed text items and prompts (and, with CLIP, images) into `embeddings`, skipping what is cached.
     Embed(vectors::EmbedArgs),
     /// Build a vector index over `embeddings`.
@@ -233,6 +242,9 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             Command::Eval(a) => pal_cmds::eval(&ctx, a).await,
             Command::Adapt(a) => pal_cmds::adapt(&ctx, a).await,
             Command::Sweep(a) => pal_cmds::sweep(&ctx, a).await,
+            Command::Score(a) => score::score(&ctx, a).await,
+            Command::Enroll(a) => score::enroll(&ctx, a).await,
+            Command::Serve(a) => score::serve_cmd(&ctx, a).await,
             Command::Embed(a) => vectors::embed(&ctx, a).await,
             Command::Index(a) => vectors::index(&ctx, a).await,
             Command::Search(a) => vectors::search(&ctx, a).await,

@@ -6,7 +6,8 @@
 //! [`TrainConfig`], [`FewShotConfig`]), the model ([`PalModel`]: f, g_k or P, τ, user logits W),
 //! the losses, the trainer ([`train`]), evaluation ([`evaluate`]), few-shot adaptation of unseen
 //! users ([`few_shot`]), checkpoints ([`PalModel::save`] / [`PalModel::load`]), scoring
-//! ([`PalModel::score`]) and the popularity baseline ([`Popularity`]). The `bt` baseline is PAL
+//! ([`PalModel::score`], [`PalModel::score_batch`]), one new user's fit
+//! ([`fit_user_logits`]) and the popularity baseline ([`Popularity`]). The `bt` baseline is PAL
 //! with K = 1. Does not own: where the data comes from (the store and the CLI build
 //! [`ComparisonSet`]s from tables), generic metrics (`src/eval/metrics.rs`), or rendering.
 //!
@@ -27,6 +28,7 @@ mod baseline;
 mod checkpoint;
 mod config;
 mod data;
+mod enroll;
 mod error;
 mod evaluate;
 mod fewshot;
@@ -34,6 +36,7 @@ mod loss;
 mod mlp;
 mod model;
 mod optim;
+mod score;
 mod train;
 
 #[cfg(test)]
@@ -46,9 +49,11 @@ pub use config::{
     NormBound, Select, TrainConfig,
 };
 pub use data::{Comparison, ComparisonSet};
+pub use enroll::fit_user_logits;
 pub use error::{PalError, Result};
 pub use evaluate::{evaluate, EvalOptions, EvalReport, MixtureSummary, Outcome, UserAccuracy};
 pub use fewshot::{few_shot, FewShotResult};
 pub use loss::SMOOTH_HINGE_GAMMA;
 pub use model::{PalModel, SCALE_MAX, TAU_INIT};
+pub use score::ScoreJob;
 pub use train::{mean_loss, train, EpochRecord, PhaseTimes, TrainProgress, TrainReport};

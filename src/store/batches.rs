@@ -266,6 +266,45 @@ pub fn runs(rows: &[RunRow]) -> Result<RecordBatch, StoreError> {
     )
 }
 
+/// One enrolled user of a model, as recorded in `enrollments`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnrollmentRow {
+    pub model: String,
+    pub user_id: String,
+    /// The K fitted logits, a JSON array.
+    pub logits_json: String,
+    pub comparisons: i32,
+    pub held_out: i32,
+    pub held_out_accuracy: Option<f64>,
+    pub fingerprint: String,
+    pub created_ms: i64,
+}
+
+pub fn enrollments(rows: &[EnrollmentRow]) -> Result<RecordBatch, StoreError> {
+    build(
+        "enrollments",
+        None,
+        vec![
+            strs(rows.iter().map(|r| r.model.as_str())),
+            strs(rows.iter().map(|r| r.user_id.as_str())),
+            strs(rows.iter().map(|r| r.logits_json.as_str())),
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| r.comparisons),
+            )),
+            Arc::new(Int32Array::from_iter_values(
+                rows.iter().map(|r| r.held_out),
+            )),
+            Arc::new(arrow_array::Float64Array::from_iter(
+                rows.iter().map(|r| r.held_out_accuracy),
+            )),
+            strs(rows.iter().map(|r| r.fingerprint.as_str())),
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|r| r.created_ms),
+            )),
+        ],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +391,17 @@ mod tests {
             versions_after_json: "{}".into(),
         };
         assert_eq!(runs(&[r]).unwrap().num_rows(), 1);
+        let e = EnrollmentRow {
+            model: "m".into(),
+            user_id: "u".into(),
+            logits_json: "[0.5]".into(),
+            comparisons: 8,
+            held_out: 2,
+            held_out_accuracy: Some(0.5),
+            fingerprint: "f".into(),
+            created_ms: 0,
+        };
+        assert_eq!(enrollments(&[e]).unwrap().num_rows(), 1);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::StoreError;
 
 /// The core tables, in the order `palpipe tables` lists them.
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 9] = [
     "items",
     "prompts",
     "pairs",
@@ -21,9 +21,10 @@ pub const TABLES: [&str; 8] = [
     "splits",
     "models",
     "runs",
+    "enrollments",
 ];
 
-const FILES: [(&str, &str); 8] = [
+const FILES: [(&str, &str); 9] = [
     ("items", include_str!("../../schemas/items.json")),
     ("prompts", include_str!("../../schemas/prompts.json")),
     ("pairs", include_str!("../../schemas/pairs.json")),
@@ -32,6 +33,10 @@ const FILES: [(&str, &str); 8] = [
     ("splits", include_str!("../../schemas/splits.json")),
     ("models", include_str!("../../schemas/models.json")),
     ("runs", include_str!("../../schemas/runs.json")),
+    (
+        "enrollments",
+        include_str!("../../schemas/enrollments.json"),
+    ),
 ];
 
 /// One table's schema file.

@@ -194,3 +194,19 @@ pub fn pairs_and_users(store: &Path) -> (Vec<String>, Vec<String>) {
         sorted("SELECT user_id, dataset, group_name, role FROM users"),
     )
 }
+
+/// content id → vector, from `palpipe sql` over `embeddings`.
+pub fn stored_vectors(store: &Path) -> std::collections::HashMap<String, Vec<f64>> {
+    query(store, "SELECT content_id, vector FROM embeddings")
+        .into_iter()
+        .map(|r| {
+            let v = r["vector"]
+                .as_array()
+                .unwrap_or_else(|| panic!("vector as a JSON list: {r}"))
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            (r["content_id"].as_str().unwrap().to_string(), v)
+        })
+        .collect()
+}

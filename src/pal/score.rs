@@ -1,0 +1,136 @@
+//! Batched scoring: the rewards r_i(x; x_c) of many (user mixture, prompt, candidates) jobs
+//! in one forward pass of f and g_k (PAL-SPEC "Scoring"; paper Sec. 3, the reward of a user).
+//!
+//! Owns: [`ScoreJob`] and [`PalModel::score_batch`], the path `palpipe score` and the HTTP
+//! server (`src/serve`) take. The math is the one `evaluate` uses for margins (features, the
+//! user side from the mixture table, then the reward of the left item), so
+//! sign(r(x_l) − r(x_r)) from here is eval's prediction. Does not own: where mixtures come
+//! from (seen, enrolled or zero-shot users: `src/serve`) or how vectors are made.
+
+use candle_core::{DType, Tensor};
+
+use super::data::{Comparison, ComparisonSet};
+use super::error::{PalError, Result};
+use super::model::PalModel;
+
+/// One scoring request: a user's mixture w (length K, on the simplex), the prompt vector x_c
+/// (exactly when the model has context, dp > 0) and the candidate vectors x.
+#[derive(Debug, Clone)]
+pub struct ScoreJob<'a> {
+    pub mixture: &'a [f64],
+    pub prompt: Option<&'a [f32]>,
+    pub candidates: Vec<&'a [f32]>,
+}
+
+/// Comparisons gathered per forward pass (as evaluation does).
+const CHUNK: usize = 4096;
+
+impl PalModel {
+    /// The rewards of every job's candidates, in job and candidate order (evaluation mode).
+    /// A model without context (dp = 0) ignores the prompts. Dimensions are checked per job.
+    pub fn score_batch(&self, jobs: &[ScoreJob<'_>]) -> Result<Vec<Vec<f32>>> {
+        let (k, dx, dp) = (self.cfg.k, self.cfg.dx, self.cfg.dp);
+        let mut table = Vec::with_capacity(jobs.len() * k);
+        let mut items = Vec::new();
+        let mut prompts = Vec::new();
+        let mut comps = Vec::new();
+        for (j, job) in jobs.iter().enumerate() {
+            if job.mixture.len() != k {
+                return Err(PalError::Dim {
+                    what: format!("the mixture of job {j}"),
+                    expected: k,
+                    got: job.mixture.len(),
+                });
+            }
+            table.extend_from_slice(job.mixture);
+            let prompt = if dp == 0 {
+                None
+            } else {
+                let p = job.prompt.ok_or_else(|| PalError::Dim {
+                    what: format!("the prompt vector of job {j} (none given)"),
+                    expected: dp,
+                    got: 0,
+                })?;
+                if p.len() != dp {
+                    return Err(PalError::Dim {
+                        what: format!("the prompt vector of job {j}"),
+                        expected: dp,
+                        got: p.len(),
+                    });
+                }
+                prompts.extend_from_slice(p);
+                Some(j as u32)
+            };
+            for (i, c) in job.candidates.iter().enumerate() {
+                if c.len() != dx {
+                    return Err(PalError::Dim {
+                        what: format!("candidate {i} of job {j}"),
+                        expected: dx,
+                        got: c.len(),
+                    });
+                }
+                let row = (items.len() / dx) as u32;
+                items.extend_from_slice(c);
+                comps.push(Comparison {
+                    user: j as u32,
+                    prompt,
+                    left: row,
+                    right: row,
+                    y: 1,
+                });
+            }
+        }
+        let mut out: Vec<Vec<f32>> = jobs
+            .iter()
+            .map(|j| Vec::with_capacity(j.candidates.len()))
+            .collect();
+        if comps.is_empty() {
+            return Ok(out);
+        }
+        let set = ComparisonSet {
+            dx,
+            dp,
+            items,
+            prompts,
+            user_ids: (0..jobs.len()).map(|j| j.to_string()).collect(),
+            comps,
+        };
+        set.validate()?;
+        let table = Tensor::from_vec(table, (jobs.len(), k), &self.device)?.to_dtype(self.dtype)?;
+        let idx: Vec<usize> = (0..set.comps.len()).collect();
+        for chunk in idx.chunks(CHUNK) {
+            let batch = self.gather(&set, chunk, &|u| u)?;
+            let users = Tensor::new(batch.users.as_slice(), &self.device)?;
+            let w = table.index_select(&users, 0)?; // [Uu, K]
+            let feats = self.features(&batch, None)?;
+            let (side, _) = self.user_side(&feats, &batch, &w, None)?;
+            let r = self
+                .reward(&feats, &side, &batch.left)?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?;
+            for (&c, v) in chunk.iter().zip(r) {
+                out[set.comps[c].user as usize].push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The evaluation mixture of user logits W_i (length K): softmax(W_i / T), or the one-hot
+    /// argmax in partition mode, as for a seen user.
+    pub fn mixture_of_logits(&self, logits: &[f32]) -> Result<Vec<f64>> {
+        if logits.len() != self.cfg.k {
+            return Err(PalError::Dim {
+                what: "the user logits".into(),
+                expected: self.cfg.k,
+                got: logits.len(),
+            });
+        }
+        let t = Tensor::from_vec(logits.to_vec(), (1, self.cfg.k), &self.device)?
+            .to_dtype(self.dtype)?;
+        Ok(self
+            .eval_mixture(&t)?
+            .get(0)?
+            .to_dtype(DType::F64)?
+            .to_vec1()?)
+    }
+}

@@ -1,0 +1,274 @@
+//! Enrolling a new user into a served model: their comparisons in, their fitted mixture out,
+//! stored in the `enrollments` table so that `score` and `serve` know them from then on.
+//!
+//! Owns: the comparison input format ([`parse_comparisons`]: JSON lines
+//! `{"prompt": …, "chosen": …, "rejected": …}`, each value a text, an image path or
+//! `{"id": …}` as for scoring), the held-out split, and [`Scorer::enroll`]. The fit itself is
+//! [`crate::pal::fit_user_logits`] (f, g_k or P and τ frozen; only the user's K logits move).
+//! With at least [`MIN_FOR_HELD_OUT`] comparisons, a fifth of them (at least 2, chosen by a
+//! seeded shuffle) is held out: a fit on the rest scores them, and that accuracy is reported;
+//! the stored logits are then fitted on every comparison. The held-out comparisons never take
+//! part in the fit they score. The base model's checkpoint is never rewritten; enrolling a
+//! user again replaces their row (one commit).
+
+use std::path::Path;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use super::error::{shown, ServeError};
+use super::scorer::{relative_to, Content, Scorer};
+use crate::pal::{fit_user_logits, Comparison, ComparisonSet, FewShotConfig, ScoreJob};
+use crate::store::batches::{self, EnrollmentRow};
+use crate::store::sql_str;
+
+/// Fewest comparisons for which a part is held out to measure accuracy.
+pub const MIN_FOR_HELD_OUT: usize = 10;
+
+/// One comparison of the user being enrolled: `chosen` preferred to `rejected`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComparisonInput {
+    pub prompt: Option<Content>,
+    pub chosen: Content,
+    pub rejected: Content,
+}
+
+/// What an enrolment did.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnrollOutcome {
+    pub model: String,
+    pub user: String,
+    /// The fitted logits W_i (K values) and their mixture w_i.
+    pub logits: Vec<f32>,
+    pub mixture: Vec<f64>,
+    /// Comparisons the stored fit used (all of them).
+    pub comparisons: usize,
+    /// Comparisons held out to measure accuracy (0 when too few were given).
+    pub held_out: usize,
+    /// Accuracy on the held-out comparisons of a fit on the others.
+    pub held_out_accuracy: Option<f64>,
+    /// Whether the user was enrolled before (their row was replaced).
+    pub replaced: bool,
+}
+
+/// Reads comparisons from one JSON value each: `{"prompt"?, "chosen", "rejected"}`. Strings
+/// are image paths (relative to `base`) when `images`, texts otherwise. `what(i)` names
+/// comparison `i` in errors (a line of a file, an index of a request).
+pub fn parse_comparison(
+    v: &serde_json::Value,
+    images: bool,
+    base: Option<&Path>,
+    at: &str,
+) -> Result<ComparisonInput, ServeError> {
+    let obj = v.as_object().ok_or_else(|| {
+        ServeError::bad(
+            at,
+            "must be an object {\"prompt\", \"chosen\", \"rejected\"}",
+        )
+    })?;
+    for k in obj.keys() {
+        if !matches!(k.as_str(), "prompt" | "chosen" | "rejected") {
+            return Err(ServeError::bad(
+                at,
+                format!(
+                    "unknown key '{}' (keys: prompt, chosen, rejected)",
+                    shown(k)
+                ),
+            ));
+        }
+    }
+    let field = |k: &str, images: bool| -> Result<Content, ServeError> {
+        let v = obj
+            .get(k)
+            .ok_or_else(|| ServeError::bad(format!("{at}: {k}"), "is missing"))?;
+        let c = Content::from_json(v, images, &format!("{at}: {k}"))?;
+        Ok(match c {
+            Content::Image(p) => Content::Image(relative_to(base, p)),
+            other => other,
+        })
+    };
+    let prompt = match obj.get("prompt") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(_) => Some(field("prompt", false)?),
+    };
+    Ok(ComparisonInput {
+        prompt,
+        chosen: field("chosen", images)?,
+        rejected: field("rejected", images)?,
+    })
+}
+
+/// Comparisons from JSON lines (blank lines skipped); errors name `source` and the line.
+pub fn parse_comparisons(
+    text: &str,
+    images: bool,
+    base: Option<&Path>,
+    source: &str,
+) -> Result<Vec<ComparisonInput>, ServeError> {
+    let mut out = Vec::new();
+    for (at, v) in super::json_lines(text, source)? {
+        out.push(parse_comparison(&v, images, base, &at)?);
+    }
+    if out.is_empty() {
+        return Err(ServeError::bad(source, "holds no comparisons"));
+    }
+    Ok(out)
+}
+
+impl Scorer {
+    /// Fits `user`'s logits on `comps` and records them (see the module doc).
+    pub async fn enroll(
+        &self,
+        user: &str,
+        comps: &[ComparisonInput],
+        cfg: &FewShotConfig,
+    ) -> Result<EnrollOutcome, ServeError> {
+        if user.is_empty() {
+            return Err(ServeError::bad("user", "is empty"));
+        }
+        if self.model.user_row(user).is_some() {
+            return Err(ServeError::bad(
+                "user",
+                format!(
+                    "'{}' is a user model '{}' was trained on; enrolment is for new users\nhint: pick another id",
+                    shown(user),
+                    self.name
+                ),
+            ));
+        }
+        if comps.is_empty() {
+            return Err(ServeError::bad("comparisons", "is empty"));
+        }
+        let dp = self.model.config().dp;
+        if dp > 0 {
+            if let Some(i) = comps.iter().position(|c| c.prompt.is_none()) {
+                return Err(ServeError::bad(
+                    format!("comparison {}", i + 1),
+                    format!(
+                        "has no prompt; model '{}' compares responses to a prompt",
+                        self.name
+                    ),
+                ));
+            }
+        }
+        // Vectors: items are chosen/rejected rows, prompts one row per comparison.
+        let mut contents: Vec<&Content> = Vec::with_capacity(3 * comps.len());
+        for c in comps {
+            contents.push(&c.chosen);
+            contents.push(&c.rejected);
+            if dp > 0 {
+                contents.push(c.prompt.as_ref().expect("checked above"));
+            }
+        }
+        let (vectors, _) = self.vectors(&contents).await?;
+        let per = if dp > 0 { 3 } else { 2 };
+        let mut items = Vec::with_capacity(2 * comps.len() * self.model.config().dx);
+        let mut prompts = Vec::new();
+        for c in vectors.chunks(per) {
+            items.extend_from_slice(&c[0]);
+            items.extend_from_slice(&c[1]);
+            if dp > 0 {
+                prompts.extend_from_slice(&c[2]);
+            }
+        }
+        let set_of = |idx: &[usize]| -> Result<ComparisonSet, ServeError> {
+            let comps = idx
+                .iter()
+                .map(|&i| Comparison {
+                    user: 0,
+                    prompt: (dp > 0).then_some(i as u32),
+                    left: 2 * i as u32,
+                    right: 2 * i as u32 + 1,
+                    y: -1,
+                })
+                .collect();
+            Ok(ComparisonSet::new(
+                self.model.config().dx,
+                dp,
+                items.clone(),
+                prompts.clone(),
+                vec![user.to_string()],
+                comps,
+            )?)
+        };
+        let n = comps.len();
+        let all: Vec<usize> = (0..n).collect();
+        let (held_out, held_out_accuracy) = if n >= MIN_FOR_HELD_OUT {
+            let mut order = all.clone();
+            order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed));
+            let h = (n / 5).max(2);
+            let (held, fit): (Vec<usize>, Vec<usize>) = (order[..h].to_vec(), order[h..].to_vec());
+            let fit_set = set_of(&fit)?;
+            let model = &self.model;
+            let logits = fit_user_logits(model, &fit_set, cfg)?;
+            let w = model.mixture_of_logits(&logits)?;
+            let mut correct = 0usize;
+            for &i in &held {
+                let job = ScoreJob {
+                    mixture: &w,
+                    prompt: (dp > 0).then(|| vectors[per * i + 2].as_slice()),
+                    candidates: vec![vectors[per * i].as_slice(), vectors[per * i + 1].as_slice()],
+                };
+                let r = model.score_batch(&[job])?;
+                if r[0][0] > r[0][1] {
+                    correct += 1;
+                }
+            }
+            (h, Some(correct as f64 / h as f64))
+        } else {
+            (0, None)
+        };
+        let logits = fit_user_logits(&self.model, &set_of(&all)?, cfg)?;
+        let mixture = self.model.mixture_of_logits(&logits)?;
+
+        let mut h = blake3::Hasher::new();
+        for c in &contents {
+            h.update(format!("{c:?}").as_bytes());
+            h.update(&[0]);
+        }
+        h.update(format!("{}:{}", cfg.steps, cfg.lr).as_bytes());
+        let row = EnrollmentRow {
+            model: self.name.clone(),
+            user_id: user.to_string(),
+            logits_json: serde_json::to_string(&logits)
+                .map_err(|e| ServeError::Internal(e.to_string()))?,
+            comparisons: n as i32,
+            held_out: held_out as i32,
+            held_out_accuracy,
+            fingerprint: h.finalize().to_hex().to_string(),
+            created_ms: crate::store::now_ms(),
+        };
+        let pred = format!(
+            "model = {} AND user_id = {}",
+            sql_str(&self.name),
+            sql_str(user)
+        );
+        let replaced = {
+            let _lock = self
+                .store()
+                .lock()
+                .map_err(|e| ServeError::Busy(e.to_string()))?;
+            let replaced = self
+                .store()
+                .count("enrollments", Some(pred.clone()))
+                .await?
+                > 0;
+            self.store()
+                .replace_where("enrollments", &pred, batches::enrollments(&[row])?)
+                .await?;
+            replaced
+        };
+        self.set_enrolled(user, logits.clone());
+        Ok(EnrollOutcome {
+            model: self.name.clone(),
+            user: user.to_string(),
+            logits,
+            mixture,
+            comparisons: n,
+            held_out,
+            held_out_accuracy,
+            replaced,
+        })
+    }
+}

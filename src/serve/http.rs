@@ -1,0 +1,531 @@
+//! The HTTP server (`palpipe serve`): axum on hyper and tokio.
+//!
+//! Owns: the routes, their JSON shapes and limits, bearer-token checks, the request log line,
+//! the scoring queue and graceful shutdown.
+//!
+//! - `POST /score` `{"model"?, "user", "prompt", "candidates": […]}` → `{"rewards": […]}`
+//!   (`"user": null` is the zero-shot mixture);
+//! - `POST /get_reward`, OpenRLHF's remote reward model shape: `{"query": […], "prompts":
+//!   […], "labels": […]}` → `{"rewards": […]}`, where `labels[i]` is the user id and the
+//!   response is `query[i]` less its `prompts[i]` prefix;
+//! - `POST /users/{id}/enroll` `{"model"?, "comparisons": [{"prompt", "chosen",
+//!   "rejected"}, …]}` → the fitted mixture and held-out accuracy (as `palpipe enroll`);
+//! - `GET /models`, `GET /health`.
+//!
+//! Errors are `{"error": "…"}` with 400 (bad input, naming the field), 401 (token), 404
+//! (unknown model or user), 413 (body or batch over a limit), 503 (queue full) or 500.
+//! Scoring requests go through a bounded queue: one worker takes everything waiting (up to
+//! `max_batch` requests), looks up their vectors together and runs them through the model in
+//! one forward pass, so concurrent requests are batched rather than served one by one; a
+//! full queue answers 503 at once. Does not own: scoring itself (`scorer.rs`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::enroll::parse_comparison;
+use super::error::ServeError;
+use super::scorer::{Content, ScoreRequest, Scored, Scorer, UserSel};
+use crate::pal::FewShotConfig;
+
+/// Limits and options of the server.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where to listen (127.0.0.1:8000 by default; port 0 picks a free one).
+    pub addr: SocketAddr,
+    /// When set, every route but `/health` wants `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Largest request body, bytes (413 above).
+    pub max_body: usize,
+    /// Most candidates in one `/score`, or items in one `/get_reward` (413 above).
+    pub max_candidates: usize,
+    /// Requests the scoring queue holds before answering 503.
+    pub queue: usize,
+    /// Most requests one forward pass takes from the queue.
+    pub max_batch: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            token: None,
+            max_body: 1 << 20,
+            max_candidates: 1024,
+            queue: 256,
+            max_batch: 64,
+        }
+    }
+}
+
+/// Work for the queue: requests of one model and where to answer.
+struct Job {
+    scorer: Arc<Scorer>,
+    reqs: Vec<ScoreRequest>,
+    reply: oneshot::Sender<Result<Vec<Scored>, ServeError>>,
+}
+
+struct App {
+    models: BTreeMap<String, Arc<Scorer>>,
+    default_model: String,
+    cfg: ServeConfig,
+    queue: mpsc::Sender<Job>,
+}
+
+type Shared = Arc<App>;
+
+/// An error as a JSON response.
+struct ApiError(ServeError);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(json!({"error": self.0.to_string()}))).into_response()
+    }
+}
+
+impl From<ServeError> for ApiError {
+    fn from(e: ServeError) -> Self {
+        ApiError(e)
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Serves `scorers` (the first is the default model) until `shutdown` completes, then
+/// finishes the requests in flight. `ready` gets the bound address once listening.
+pub async fn serve(
+    scorers: Vec<Arc<Scorer>>,
+    cfg: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    let default_model = scorers
+        .first()
+        .map(|s| s.name.clone())
+        .ok_or_else(|| ServeError::bad("--model", "name at least one model to serve"))?;
+    let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+    tokio::spawn(worker(rx, cfg.max_batch.max(1)));
+    let app = Arc::new(App {
+        models: scorers.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        default_model,
+        cfg: cfg.clone(),
+        queue: tx,
+    });
+    let router = Router::new()
+        .route("/score", post(score))
+        .route("/get_reward", post(get_reward))
+        .route("/users/{id}/enroll", post(enroll))
+        .route("/models", get(models))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(middleware::from_fn(log_line))
+        .with_state(app);
+    let listener = tokio::net::TcpListener::bind(cfg.addr)
+        .await
+        .map_err(|e| ServeError::bad("--addr", format!("cannot listen on {}: {e}", cfg.addr)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
+    ready(local);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| ServeError::Internal(format!("the server stopped: {e}")))
+}
+
+/// Takes every job waiting (up to `max_batch` requests), prepares them, and scores each
+/// model's share in one forward pass.
+async fn worker(mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        let mut n = jobs[0].reqs.len();
+        while n < max_batch {
+            match rx.try_recv() {
+                Ok(j) => {
+                    n += j.reqs.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        // Group by model, keeping each job's requests together.
+        let mut by_model: BTreeMap<String, Vec<Job>> = BTreeMap::new();
+        for j in jobs {
+            by_model.entry(j.scorer.name.clone()).or_default().push(j);
+        }
+        for (_, group) in by_model {
+            run_group(group).await;
+        }
+    }
+}
+
+async fn run_group(group: Vec<Job>) {
+    let scorer = group[0].scorer.clone();
+    // Each job prepared on its own, so one bad request fails only itself.
+    let mut ready = Vec::new();
+    for j in group {
+        match scorer.prepare_many(&j.reqs).await {
+            Ok(p) => ready.push((j, p)),
+            Err(e) => {
+                let _ = j.reply.send(Err(e));
+            }
+        }
+    }
+    if ready.is_empty() {
+        return;
+    }
+    let all: Vec<_> = ready.iter().flat_map(|(_, p)| p.iter().cloned()).collect();
+    let s2 = scorer.clone();
+    let result = tokio::task::spawn_blocking(move || s2.score_prepared(&all))
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))
+        .and_then(|r| r);
+    match result {
+        Ok(scored) => {
+            let mut it = scored.into_iter();
+            for (j, p) in ready {
+                let mine: Vec<Scored> = it.by_ref().take(p.len()).collect();
+                let _ = j.reply.send(Ok(mine));
+            }
+        }
+        Err(_) => {
+            // Score each job alone, so the error lands on the request that caused it.
+            for (j, p) in ready {
+                let s3 = scorer.clone();
+                let r = tokio::task::spawn_blocking(move || s3.score_prepared(&p))
+                    .await
+                    .map_err(|e| ServeError::Internal(e.to_string()))
+                    .and_then(|r| r);
+                let _ = j.reply.send(r);
+            }
+        }
+    }
+}
+
+/// Puts requests on the queue and waits for their rewards; 503 when the queue is full.
+async fn submit(
+    app: &App,
+    scorer: Arc<Scorer>,
+    reqs: Vec<ScoreRequest>,
+) -> Result<Vec<Scored>, ServeError> {
+    let (tx, rx) = oneshot::channel();
+    app.queue
+        .try_send(Job {
+            scorer,
+            reqs,
+            reply: tx,
+        })
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ServeError::Busy(format!(
+                "overloaded: {} requests are waiting; retry later",
+                app.cfg.queue
+            )),
+            mpsc::error::TrySendError::Closed(_) => {
+                ServeError::Internal("the scoring worker stopped".into())
+            }
+        })?;
+    rx.await
+        .map_err(|_| ServeError::Internal("the scoring worker dropped the request".into()))?
+}
+
+/// The body as JSON, within the size limit (a Content-Length over it is refused before
+/// anything is read).
+async fn body_json(app: &App, req: Request) -> Result<Value, ServeError> {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > app.cfg.max_body as u64) {
+        return Err(ServeError::TooLarge(format!(
+            "the request body is over {} bytes (--max-body)",
+            app.cfg.max_body
+        )));
+    }
+    let body: Body = req.into_body();
+    let bytes: Bytes = axum::body::to_bytes(body, app.cfg.max_body)
+        .await
+        .map_err(|e| {
+            let too_big = std::error::Error::source(&e)
+                .map(|s| s.to_string().contains("length limit"))
+                .unwrap_or(false)
+                || e.to_string().contains("length limit");
+            if too_big {
+                ServeError::TooLarge(format!(
+                    "the request body is over {} bytes (--max-body)",
+                    app.cfg.max_body
+                ))
+            } else {
+                ServeError::bad("body", format!("cannot be read: {e}"))
+            }
+        })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ServeError::bad("body", format!("is not valid JSON: {e}")))
+}
+
+fn model_of(app: &App, v: &Value) -> Result<Arc<Scorer>, ServeError> {
+    let name = match v.get("model") {
+        None | Some(Value::Null) => app.default_model.as_str(),
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(ServeError::bad("model", "must be a string")),
+    };
+    app.models.get(name).cloned().ok_or_else(|| {
+        ServeError::UnknownModel(format!(
+            "model '{}' is not served (serving: {})",
+            super::error::shown(name),
+            app.models.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })
+}
+
+fn array_field<'a>(v: &'a Value, key: &str) -> Result<&'a Vec<Value>, ServeError> {
+    match v.get(key) {
+        None => Err(ServeError::bad(key, "is missing")),
+        Some(Value::Array(a)) => Ok(a),
+        Some(_) => Err(ServeError::bad(key, "must be an array")),
+    }
+}
+
+async fn score(State(app): State<Shared>, req: Request) -> ApiResult {
+    let v = body_json(&app, req).await?;
+    if !v.is_object() {
+        return Err(ServeError::bad("body", "must be a JSON object").into());
+    }
+    let scorer = model_of(&app, &v)?;
+    let user = match v.get("user") {
+        None => return Err(ServeError::bad("user", "is missing (null scores zero-shot)").into()),
+        Some(Value::Null) => UserSel::ZeroShot,
+        Some(Value::String(s)) => UserSel::Id(s.clone()),
+        Some(_) => return Err(ServeError::bad("user", "must be a string or null").into()),
+    };
+    let prompt = match v.get("prompt") {
+        None | Some(Value::Null) => None,
+        Some(p) => Some(Content::from_json(p, false, "prompt")?),
+    };
+    let cands = array_field(&v, "candidates")?;
+    if cands.is_empty() {
+        return Err(ServeError::bad("candidates", "is empty; give at least one").into());
+    }
+    if cands.len() > app.cfg.max_candidates {
+        return Err(ServeError::TooLarge(format!(
+            "'candidates' holds {} candidates; the limit is {} per request (--max-candidates); split them over several requests",
+            cands.len(),
+            app.cfg.max_candidates
+        ))
+        .into());
+    }
+    let images = scorer.images();
+    let candidates = cands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Content::from_json(c, images, &format!("candidates[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let name = scorer.name.clone();
+    let mut out = submit(
+        &app,
+        scorer,
+        vec![ScoreRequest {
+            user: user.clone(),
+            prompt,
+            candidates,
+        }],
+    )
+    .await?;
+    let s = out.remove(0);
+    let mut resp = json!({
+        "model": name,
+        "user": match user { UserSel::Id(u) => Value::String(u), UserSel::ZeroShot => Value::Null },
+        "rewards": s.rewards,
+    });
+    if !s.truncated.is_empty() {
+        resp["truncated"] = json!(s.truncated);
+    }
+    if s.prompt_truncated {
+        resp["prompt_truncated"] = json!(true);
+    }
+    Ok(Json(resp).into_response())
+}
+
+async fn get_reward(State(app): State<Shared>, req: Request) -> ApiResult {
+    let v = body_json(&app, req).await?;
+    let scorer = model_of(&app, &v)?;
+    let query = array_field(&v, "query")?;
+    let prompts = array_field(&v, "prompts")?;
+    let labels = array_field(&v, "labels")?;
+    if prompts.len() != query.len() || labels.len() != query.len() {
+        return Err(ServeError::bad(
+            "prompts",
+            format!(
+                "'query', 'prompts' and 'labels' must have one entry each per sample (got {}, {}, {})",
+                query.len(),
+                prompts.len(),
+                labels.len()
+            ),
+        )
+        .into());
+    }
+    if query.len() > app.cfg.max_candidates {
+        return Err(ServeError::TooLarge(format!(
+            "'query' holds {} samples; the limit is {} per request (--max-candidates)",
+            query.len(),
+            app.cfg.max_candidates
+        ))
+        .into());
+    }
+    let mut reqs = Vec::with_capacity(query.len());
+    for i in 0..query.len() {
+        let q = query[i]
+            .as_str()
+            .ok_or_else(|| ServeError::bad(format!("query[{i}]"), "must be a string"))?;
+        let p = prompts[i]
+            .as_str()
+            .ok_or_else(|| ServeError::bad(format!("prompts[{i}]"), "must be a string"))?;
+        let user = labels[i].as_str().ok_or_else(|| {
+            ServeError::bad(format!("labels[{i}]"), "must be a string (the user id)")
+        })?;
+        let response = q.strip_prefix(p).ok_or_else(|| {
+            ServeError::bad(
+                format!("query[{i}]"),
+                format!("does not start with prompts[{i}]; the response is query[{i}] with the prompt removed"),
+            )
+        })?;
+        if response.trim().is_empty() {
+            return Err(ServeError::bad(
+                format!("query[{i}]"),
+                "holds no response after its prompt",
+            )
+            .into());
+        }
+        reqs.push(ScoreRequest {
+            user: UserSel::Id(user.to_string()),
+            prompt: if p.trim().is_empty() {
+                None
+            } else {
+                Some(Content::Text(p.to_string()))
+            },
+            candidates: vec![Content::Text(response.to_string())],
+        });
+    }
+    if reqs.is_empty() {
+        return Ok(Json(json!({"rewards": [], "scores": []})).into_response());
+    }
+    let scored = submit(&app, scorer, reqs).await?;
+    let rewards: Vec<f32> = scored.iter().map(|s| s.rewards[0]).collect();
+    let truncated: Vec<usize> = scored
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !s.truncated.is_empty())
+        .map(|(i, _)| i)
+        .collect();
+    let mut resp = json!({"rewards": rewards, "scores": rewards});
+    if !truncated.is_empty() {
+        resp["truncated"] = json!(truncated);
+    }
+    Ok(Json(resp).into_response())
+}
+
+async fn enroll(State(app): State<Shared>, Path(id): Path<String>, req: Request) -> ApiResult {
+    let v = body_json(&app, req).await?;
+    let scorer = model_of(&app, &v)?;
+    let comps = array_field(&v, "comparisons")?;
+    if comps.is_empty() {
+        return Err(ServeError::bad("comparisons", "is empty").into());
+    }
+    if comps.len() > app.cfg.max_candidates {
+        return Err(ServeError::TooLarge(format!(
+            "'comparisons' holds {}; the limit is {} per request (--max-candidates)",
+            comps.len(),
+            app.cfg.max_candidates
+        ))
+        .into());
+    }
+    let images = scorer.images();
+    let parsed = comps
+        .iter()
+        .enumerate()
+        .map(|(i, c)| parse_comparison(c, images, None, &format!("comparisons[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let out = scorer
+        .enroll(&id, &parsed, &FewShotConfig::default())
+        .await?;
+    Ok(Json(json!(out)).into_response())
+}
+
+async fn models(State(app): State<Shared>) -> ApiResult {
+    let list: Vec<Value> = app
+        .models
+        .values()
+        .map(|s| {
+            let c = s.model.config();
+            json!({
+                "name": s.name, "kind": s.kind, "k": c.k, "encoder_id": s.encoder_id,
+                "dx": c.dx, "dp": c.dp, "seen_users": s.model.user_ids().len(),
+                "enrolled_users": s.enrolled_count(), "default": s.name == app.default_model,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"models": list})).into_response())
+}
+
+async fn health(State(app): State<Shared>) -> ApiResult {
+    Ok(
+        Json(json!({"status": "ok", "models": app.models.keys().collect::<Vec<_>>()}))
+            .into_response(),
+    )
+}
+
+async fn not_found(req: Request) -> ApiResult {
+    Err(ServeError::UnknownModel(format!(
+        "no route {} {} (routes: POST /score, POST /get_reward, POST /users/{{id}}/enroll, GET /models, GET /health)",
+        req.method(),
+        req.uri().path()
+    ))
+    .into())
+}
+
+/// Bearer-token check (every route but /health) when a token is configured.
+async fn auth(State(app): State<Shared>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    if let Some(token) = &app.cfg.token {
+        if req.uri().path() != "/health" {
+            let given = headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.strip_prefix("Bearer "));
+            if given.map(str::trim) != Some(token.as_str()) {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    Json(json!({"error": "missing or wrong bearer token\nhint: send 'Authorization: Bearer <the token in --token-file>'"})),
+                )
+                    .into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// One line per request on stderr: method, path, status, milliseconds.
+async fn log_line(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let t = Instant::now();
+    let resp = next.run(req).await;
+    eprintln!(
+        "{method} {path} {} {:.1}ms",
+        resp.status().as_u16(),
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    resp
+}

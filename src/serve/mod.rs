@@ -1,0 +1,39 @@
+//! serve: the personalized reward put to use — scoring candidates for one user, enrolling a
+//! new user from their comparisons, and the HTTP server RL trainers call.
+//!
+//! Owns: [`Scorer`] (one served model: its PAL head, its encoder loaded once, the
+//! content-addressed vector cache, and its users: seen, enrolled or zero-shot), the
+//! enrolment of new users into the `enrollments` table ([`enroll`]), and the axum server
+//! ([`http`]) with its queue that batches concurrent requests through the model. `palpipe
+//! score`, `enroll` and `serve` (`src/cli/score.rs`) are thin layers over these. Does not
+//! own: the model math (`src/pal`: [`crate::pal::PalModel::score_batch`] computes the
+//! rewards that `palpipe eval` uses), the encoders (`src/embed`) or training.
+
+pub mod enroll;
+pub mod error;
+pub mod http;
+pub mod scorer;
+
+pub use enroll::{parse_comparisons, ComparisonInput, EnrollOutcome};
+pub use error::ServeError;
+pub use http::{serve, ServeConfig};
+pub use scorer::{Content, Prepared, ScoreRequest, Scored, Scorer, UserSel};
+
+/// The non-blank lines of a JSON-lines text, parsed, each with where it is (`source:line`)
+/// for error messages; a line that does not parse is an error naming it.
+pub fn json_lines(
+    text: &str,
+    source: &str,
+) -> Result<Vec<(String, serde_json::Value)>, ServeError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{source}:{}", i + 1);
+        let v = serde_json::from_str(line)
+            .map_err(|e| ServeError::bad(&at, format!("not valid JSON: {e}")))?;
+        out.push((at, v));
+    }
+    Ok(out)
+}

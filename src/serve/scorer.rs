@@ -1,0 +1,656 @@
+//! One served model: its PAL head, its encoder, its vector cache and its users.
+//!
+//! Owns: [`Scorer`] and the request types. A request names a user ([`UserSel`]), a prompt
+//! and candidates ([`Content`]: a text, an image file, or a content id already in the store);
+//! [`Scorer::prepare_many`] turns requests into mixtures and vectors, and
+//! [`Scorer::score_prepared`] runs them through the model in one batch.
+//!
+//! Vectors come from the content-addressed cache: the id of a text or image is the blake3 of
+//! its bytes (as every ingest stage computes it), looked up under the model's encoder id in
+//! memory, then in the store's `embeddings`; only what is in neither is embedded, with the
+//! model's own encoder (loaded once, on first need), and written back to `embeddings`, so a
+//! candidate scored twice is embedded once. An encoder whose files are missing, or whose
+//! weights hash to another id than the one the model was trained on, is
+//! [`ServeError::EncoderMissing`] naming the id and the folder looked in.
+//!
+//! Users: a seen user gets their trained mixture, an enrolled user (table `enrollments`,
+//! written by `enroll.rs`) the mixture of their fitted logits, [`UserSel::ZeroShot`] the mean
+//! of the seen users' mixtures; any other id is [`ServeError::UnknownUser`], never a silent
+//! zero-shot.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use arrow_array::{Array, FixedSizeListArray, Float32Array, StringArray};
+
+use super::error::{shown, ServeError};
+use crate::embed::{self, BertSentenceEncoder, ClipEncoder, ImageEncoder, TextEncoder};
+use crate::pal::{PalModel, ScoreJob};
+use crate::pipeline::pal_stages::ModelEntry;
+use crate::store::records::{content_id, EmbeddingRow};
+use crate::store::{batches, sql_list, sql_str, Store};
+
+/// Content ids per `IN (…)` lookup; above [`READ_ALL_ABOVE`] ids, the encoder's whole
+/// vector set is read once instead.
+const LOOKUP_CHUNK: usize = 1000;
+const READ_ALL_ABOVE: usize = 4000;
+
+/// A piece of content to score: a text, an image file, or a content id in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    Text(String),
+    Image(PathBuf),
+    Id(String),
+}
+
+impl Content {
+    /// Reads a JSON value: a string (a text, or an image path when `images`), or an object
+    /// `{"text": …}`, `{"image": PATH}` or `{"id": CONTENT_ID}`. `field` names it in errors.
+    pub fn from_json(
+        v: &serde_json::Value,
+        images: bool,
+        field: &str,
+    ) -> Result<Content, ServeError> {
+        match v {
+            serde_json::Value::String(s) if images => Ok(Content::Image(PathBuf::from(s))),
+            serde_json::Value::String(s) => Ok(Content::Text(s.clone())),
+            serde_json::Value::Object(m) if m.len() == 1 => {
+                let (k, val) = m.iter().next().expect("one entry");
+                let s = val
+                    .as_str()
+                    .ok_or_else(|| ServeError::bad(format!("{field}.{k}"), "must be a string"))?;
+                match k.as_str() {
+                    "text" => Ok(Content::Text(s.to_string())),
+                    "image" => Ok(Content::Image(PathBuf::from(s))),
+                    "id" => Ok(Content::Id(s.to_string())),
+                    other => Err(ServeError::bad(
+                        field,
+                        format!("unknown key '{}' (use text, image or id)", shown(other)),
+                    )),
+                }
+            }
+            _ => Err(ServeError::bad(
+                field,
+                "must be a string or an object {\"text\"|\"image\"|\"id\": …}",
+            )),
+        }
+    }
+}
+
+/// Whose reward: a user id, or the zero-shot mixture.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserSel {
+    Id(String),
+    ZeroShot,
+}
+
+/// One scoring request.
+#[derive(Debug, Clone)]
+pub struct ScoreRequest {
+    pub user: UserSel,
+    pub prompt: Option<Content>,
+    pub candidates: Vec<Content>,
+}
+
+/// A request made ready for the model: the mixture and the vectors.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub mixture: Vec<f64>,
+    pub prompt: Option<Arc<Vec<f32>>>,
+    pub candidates: Vec<Arc<Vec<f32>>>,
+    /// Indices of candidates whose text was longer than the encoder's token limit (their
+    /// vectors are of the truncated text).
+    pub truncated: Vec<usize>,
+    /// Whether the prompt was truncated.
+    pub prompt_truncated: bool,
+}
+
+/// A request's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub rewards: Vec<f32>,
+    pub truncated: Vec<usize>,
+    pub prompt_truncated: bool,
+}
+
+/// A loaded encoder of either family.
+enum Loaded {
+    Bert(BertSentenceEncoder),
+    Clip(ClipEncoder),
+}
+
+impl Loaded {
+    fn text(&self) -> &dyn TextEncoder {
+        match self {
+            Loaded::Bert(e) => e,
+            Loaded::Clip(e) => e,
+        }
+    }
+}
+
+/// One served model.
+pub struct Scorer {
+    /// The model's name in `models`.
+    pub name: String,
+    /// `pal-a` or `pal-b`.
+    pub kind: String,
+    pub model: PalModel,
+    /// The encoder the model's vectors came from (name + weights hash).
+    pub encoder_id: String,
+    encoder_dir: Option<PathBuf>,
+    encoder: Mutex<Option<Arc<Loaded>>>,
+    store: Store,
+    cache: Mutex<HashMap<String, Arc<Vec<f32>>>>,
+    enrolled: RwLock<HashMap<String, Vec<f32>>>,
+}
+
+impl Scorer {
+    /// Loads model `name` from the store, with its enrolled users. `encoder_dir` is the
+    /// encoder's folder when it is not `$PALPIPE_MODELS/<name>` (or ~/.cache/palpipe/models).
+    pub async fn open(
+        store: &Store,
+        name: &str,
+        encoder_dir: Option<PathBuf>,
+    ) -> Result<Scorer, ServeError> {
+        let entry = ModelEntry::find(store, name)
+            .await
+            .map_err(|e| ServeError::UnknownModel(format!("{e:#}")))?;
+        let row = entry.row;
+        if row.kind == "popularity" || row.kind == "clip-score" {
+            return Err(ServeError::UnknownModel(format!(
+                "model '{name}' is the {} baseline, which has no per-user reward to score\nhint: score with a PAL model (pal-a, pal-b or bt)",
+                row.kind
+            )));
+        }
+        let dir = store.root().join(&row.checkpoint);
+        let model = tokio::task::spawn_blocking(move || PalModel::load(&dir))
+            .await
+            .map_err(|e| ServeError::Internal(e.to_string()))??;
+        let encoder_id = row
+            .encoder_id
+            .clone()
+            .or_else(|| model.info.encoder_id.clone())
+            .unwrap_or_default();
+        let s = Scorer {
+            name: name.to_string(),
+            kind: row.kind.clone(),
+            model,
+            encoder_id,
+            encoder_dir,
+            encoder: Mutex::new(None),
+            store: store.clone(),
+            cache: Mutex::new(HashMap::new()),
+            enrolled: RwLock::new(HashMap::new()),
+        };
+        s.reload_enrolled(None).await?;
+        Ok(s)
+    }
+
+    /// The store the model lives in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether candidates given as plain strings are image paths (the encoder is CLIP).
+    pub fn images(&self) -> bool {
+        let name = self.encoder_name();
+        name != embed::MINILM_L6_V2 && name != crate::ingest::synthetic::ENCODER_ID
+    }
+
+    fn encoder_name(&self) -> &str {
+        self.encoder_id
+            .split(':')
+            .next()
+            .unwrap_or(&self.encoder_id)
+    }
+
+    /// Number of enrolled users.
+    pub fn enrolled_count(&self) -> usize {
+        self.enrolled.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Rereads the enrolled users of this model (only `user` when given) from the store.
+    pub async fn reload_enrolled(&self, user: Option<&str>) -> Result<(), ServeError> {
+        let mut filter = format!("model = {}", sql_str(&self.name));
+        if let Some(u) = user {
+            filter.push_str(&format!(" AND user_id = {}", sql_str(u)));
+        }
+        let mut found = Vec::new();
+        for b in self
+            .store
+            .read("enrollments", &["user_id", "logits_json"], Some(&filter))
+            .await?
+        {
+            let (Some(u), Some(l)) = (
+                b.column(0).as_any().downcast_ref::<StringArray>(),
+                b.column(1).as_any().downcast_ref::<StringArray>(),
+            ) else {
+                continue;
+            };
+            for i in 0..b.num_rows() {
+                let logits: Vec<f32> = serde_json::from_str(l.value(i)).map_err(|e| {
+                    ServeError::Internal(format!(
+                        "enrollments: the logits of user '{}' do not parse: {e}",
+                        shown(u.value(i))
+                    ))
+                })?;
+                found.push((u.value(i).to_string(), logits));
+            }
+        }
+        let mut map = self.enrolled.write().expect("enrolled users lock");
+        for (u, l) in found {
+            map.insert(u, l);
+        }
+        Ok(())
+    }
+
+    /// Records a user's enrolled logits in memory (after they were written to the store).
+    pub fn set_enrolled(&self, user: &str, logits: Vec<f32>) {
+        if let Ok(mut m) = self.enrolled.write() {
+            m.insert(user.to_string(), logits);
+        }
+    }
+
+    /// The mixture w of a user: seen, enrolled (rereading the store once on a miss, so that
+    /// a user enrolled by another process is found) or zero-shot.
+    pub async fn mixture(&self, user: &UserSel) -> Result<Vec<f64>, ServeError> {
+        let id = match user {
+            UserSel::ZeroShot => return Ok(self.model.zero_shot_mixture()?),
+            UserSel::Id(id) => id,
+        };
+        if self.model.user_row(id).is_some() {
+            return Ok(self.model.mixture(id)?);
+        }
+        if let Some(m) = self.enrolled_mixture(id)? {
+            return Ok(m);
+        }
+        self.reload_enrolled(Some(id)).await?;
+        self.enrolled_mixture(id)?
+            .ok_or_else(|| ServeError::UnknownUser {
+                model: self.name.clone(),
+                user: shown(id),
+            })
+    }
+
+    fn enrolled_mixture(&self, id: &str) -> Result<Option<Vec<f64>>, ServeError> {
+        let logits = self.enrolled.read().ok().and_then(|m| m.get(id).cloned());
+        match logits {
+            Some(l) => Ok(Some(self.model.mixture_of_logits(&l)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The encoder, loaded on first use and checked against the model's encoder id.
+    fn encoder(&self) -> Result<Arc<Loaded>, ServeError> {
+        let mut slot = self.encoder.lock().expect("encoder lock");
+        if let Some(e) = slot.as_ref() {
+            return Ok(e.clone());
+        }
+        let name = self.encoder_name().to_string();
+        let dir = match &self.encoder_dir {
+            Some(d) => d.clone(),
+            None => embed::models_root(&name)
+                .map_err(|e| self.missing(PathBuf::from(&name), e.to_string()))?
+                .join(&name),
+        };
+        if self.encoder_id.is_empty() || name == crate::ingest::synthetic::ENCODER_ID {
+            return Err(self.missing(
+                dir,
+                "the model's vectors were not made by an encoder palpipe can run; give candidates by content id ({\"id\": …})".into(),
+            ));
+        }
+        let device = candle_core::Device::Cpu;
+        let loaded = if name == embed::MINILM_L6_V2 {
+            let mut enc = BertSentenceEncoder::load(&dir, &device)
+                .map_err(|e| self.missing(dir.clone(), e.to_string()))?;
+            // An id ending in `@N` was made with N tokens kept per text.
+            if let Some(n) = self
+                .encoder_id
+                .rsplit_once('@')
+                .and_then(|(_, n)| n.parse::<usize>().ok())
+            {
+                enc = enc
+                    .with_max_length(n)
+                    .map_err(|e| self.missing(dir.clone(), e.to_string()))?;
+            }
+            Loaded::Bert(enc)
+        } else {
+            Loaded::Clip(
+                ClipEncoder::load(&dir, &device)
+                    .map_err(|e| self.missing(dir.clone(), e.to_string()))?,
+            )
+        };
+        let got = loaded.text().encoder_id().to_string();
+        if got != self.encoder_id {
+            return Err(self.missing(
+                dir,
+                format!(
+                    "the weights there are encoder '{got}', not the one the model was trained on"
+                ),
+            ));
+        }
+        let e = Arc::new(loaded);
+        *slot = Some(e.clone());
+        Ok(e)
+    }
+
+    fn missing(&self, looked: PathBuf, reason: String) -> ServeError {
+        ServeError::EncoderMissing {
+            encoder: self.encoder_id.clone(),
+            looked,
+            reason,
+        }
+    }
+
+    /// Loads the encoder now (the server does so at start), when the model has one.
+    pub fn warm_up(&self) -> Result<(), ServeError> {
+        self.encoder().map(|_| ())
+    }
+
+    /// Mixtures and vectors for many requests, with one vector lookup for all of them.
+    pub async fn prepare_many(&self, reqs: &[ScoreRequest]) -> Result<Vec<Prepared>, ServeError> {
+        // Users first: an unknown one fails before anything is embedded.
+        let mut mixtures = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            mixtures.push(self.mixture(&r.user).await?);
+        }
+        let mut contents: Vec<&Content> = Vec::new();
+        for r in reqs {
+            contents.extend(r.prompt.iter());
+            contents.extend(r.candidates.iter());
+        }
+        let (vectors, truncated) = self.vectors(&contents).await?;
+        let mut at = 0;
+        let mut out = Vec::with_capacity(reqs.len());
+        for (r, mixture) in reqs.iter().zip(mixtures) {
+            let (prompt, prompt_truncated) = match &r.prompt {
+                Some(_) => {
+                    at += 1;
+                    (Some(vectors[at - 1].clone()), truncated[at - 1])
+                }
+                None => (None, false),
+            };
+            let n = r.candidates.len();
+            let candidates = vectors[at..at + n].to_vec();
+            let trunc = (0..n).filter(|&i| truncated[at + i]).collect();
+            at += n;
+            out.push(Prepared {
+                mixture,
+                prompt,
+                candidates,
+                truncated: trunc,
+                prompt_truncated,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Rewards of prepared requests, in one forward pass (blocking: call it off the async
+    /// threads for large batches).
+    pub fn score_prepared(&self, prepared: &[Prepared]) -> Result<Vec<Scored>, ServeError> {
+        let uses_prompt = self.model.config().dp > 0;
+        let jobs: Vec<ScoreJob<'_>> = prepared
+            .iter()
+            .map(|p| ScoreJob {
+                mixture: &p.mixture,
+                prompt: if uses_prompt {
+                    p.prompt.as_ref().map(|v| v.as_slice())
+                } else {
+                    None
+                },
+                candidates: p.candidates.iter().map(|v| v.as_slice()).collect(),
+            })
+            .collect();
+        if uses_prompt {
+            if let Some(i) = prepared.iter().position(|p| p.prompt.is_none()) {
+                return Err(ServeError::bad(
+                    if prepared.len() > 1 {
+                        format!("request {i}: prompt")
+                    } else {
+                        "prompt".into()
+                    },
+                    format!(
+                        "is missing; model '{}' scores candidates for a prompt",
+                        self.name
+                    ),
+                ));
+            }
+        }
+        let rewards = self.model.score_batch(&jobs)?;
+        Ok(rewards
+            .into_iter()
+            .zip(prepared)
+            .map(|(rewards, p)| Scored {
+                rewards,
+                truncated: p.truncated.clone(),
+                prompt_truncated: p.prompt_truncated,
+            })
+            .collect())
+    }
+
+    /// Vectors of `contents` under the model's encoder, in order, with whether each text
+    /// was truncated: the memory cache, then `embeddings`, then the encoder (whose new
+    /// vectors are written to `embeddings`).
+    pub async fn vectors(
+        &self,
+        contents: &[&Content],
+    ) -> Result<(Vec<Arc<Vec<f32>>>, Vec<bool>), ServeError> {
+        // Content ids (image files are read here).
+        let mut ids = Vec::with_capacity(contents.len());
+        let mut image_bytes: HashMap<String, (PathBuf, Vec<u8>)> = HashMap::new();
+        for c in contents {
+            ids.push(match c {
+                Content::Text(t) => content_id(t.as_bytes()),
+                Content::Id(id) => id.clone(),
+                Content::Image(p) => {
+                    let bytes = std::fs::read(p).map_err(|e| {
+                        ServeError::File(format!("cannot read image '{}': {e}", p.display()))
+                    })?;
+                    let id = content_id(&bytes);
+                    image_bytes.insert(id.clone(), (p.clone(), bytes));
+                    id
+                }
+            });
+        }
+        // Memory, then the store.
+        let mut found: HashMap<String, Arc<Vec<f32>>> = HashMap::new();
+        {
+            let cache = self.cache.lock().expect("vector cache lock");
+            for id in &ids {
+                if let Some(v) = cache.get(id) {
+                    found.insert(id.clone(), v.clone());
+                }
+            }
+        }
+        let wanted: Vec<String> = ids
+            .iter()
+            .filter(|id| !found.contains_key(*id))
+            .cloned()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !wanted.is_empty() {
+            for (id, v) in self.read_vectors(&wanted).await? {
+                found.insert(id, Arc::new(v));
+            }
+        }
+        // The encoder, for what is in neither (and to tell which texts it truncates).
+        let mut texts: Vec<(String, String)> = Vec::new();
+        let mut images: Vec<(String, PathBuf, Vec<u8>)> = Vec::new();
+        let mut seen = HashSet::new();
+        for (c, id) in contents.iter().zip(&ids) {
+            if found.contains_key(id) || !seen.insert(id.clone()) {
+                continue;
+            }
+            match c {
+                Content::Text(t) => texts.push((id.clone(), t.clone())),
+                Content::Image(_) => {
+                    let (p, b) = image_bytes.remove(id).expect("read above");
+                    images.push((id.clone(), p, b));
+                }
+                Content::Id(id) => {
+                    return Err(ServeError::NoVector {
+                        id: id.clone(),
+                        encoder: self.encoder_id.clone(),
+                    })
+                }
+            }
+        }
+        let has_text = contents.iter().any(|c| matches!(c, Content::Text(_)));
+        let encoder = if !texts.is_empty() || !images.is_empty() {
+            Some(self.encoder()?)
+        } else if has_text {
+            self.encoder().ok()
+        } else {
+            None
+        };
+        if !texts.is_empty() || !images.is_empty() {
+            let enc = encoder.clone().expect("loaded above");
+            let new = tokio::task::spawn_blocking(move || embed_new(&enc, texts, images))
+                .await
+                .map_err(|e| ServeError::Internal(e.to_string()))??;
+            self.write_back(&new).await;
+            for (id, v) in new {
+                found.insert(id, Arc::new(v));
+            }
+        }
+        let truncated = match encoder.as_deref() {
+            Some(Loaded::Bert(b)) => {
+                let all: Vec<&str> = contents
+                    .iter()
+                    .map(|c| match c {
+                        Content::Text(t) => t.as_str(),
+                        _ => "x",
+                    })
+                    .collect();
+                let counts = b.count_tokens(&all).unwrap_or_default();
+                contents
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        matches!(c, Content::Text(_))
+                            && counts.get(i).is_some_and(|&n| n >= b.max_length())
+                    })
+                    .collect()
+            }
+            _ => vec![false; contents.len()],
+        };
+        {
+            let mut cache = self.cache.lock().expect("vector cache lock");
+            for (id, v) in &found {
+                cache.entry(id.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        let vectors = ids
+            .iter()
+            .map(|id| found.get(id).cloned().expect("every id found or embedded"))
+            .collect();
+        Ok((vectors, truncated))
+    }
+
+    /// Vectors of `ids` under the model's encoder from `embeddings` (those it holds).
+    async fn read_vectors(&self, ids: &[String]) -> Result<Vec<(String, Vec<f32>)>, ServeError> {
+        let enc = format!("encoder_id = {}", sql_str(&self.encoder_id));
+        let filters: Vec<String> = if ids.len() > READ_ALL_ABOVE {
+            vec![enc]
+        } else {
+            ids.chunks(LOOKUP_CHUNK)
+                .map(|c| format!("{enc} AND content_id IN ({})", sql_list(c)))
+                .collect()
+        };
+        let wanted: HashSet<&String> = ids.iter().collect();
+        let mut out = Vec::new();
+        for f in filters {
+            for b in self
+                .store
+                .read("embeddings", &["content_id", "vector"], Some(&f))
+                .await?
+            {
+                let (Some(c), Some(v)) = (
+                    b.column(0).as_any().downcast_ref::<StringArray>(),
+                    b.column(1).as_any().downcast_ref::<FixedSizeListArray>(),
+                ) else {
+                    continue;
+                };
+                for i in 0..b.num_rows() {
+                    if !wanted.contains(&c.value(i).to_string()) {
+                        continue;
+                    }
+                    let row = v.value(i);
+                    if let Some(f) = row.as_any().downcast_ref::<Float32Array>() {
+                        out.push((c.value(i).to_string(), f.values().to_vec()));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes new vectors to `embeddings` when the store's writer lock is free; otherwise
+    /// they stay in memory only (the next run embeds them again) and a line says so.
+    async fn write_back(&self, new: &[(String, Vec<f32>)]) {
+        let rows: Vec<EmbeddingRow> = new
+            .iter()
+            .map(|(id, v)| EmbeddingRow {
+                content_id: id.clone(),
+                encoder_id: self.encoder_id.clone(),
+                vector: v.clone(),
+            })
+            .collect();
+        let result = async {
+            let _lock = self.store.lock()?;
+            if let Some(b) = batches::embeddings(&rows)? {
+                self.store.append("embeddings", b).await?;
+            }
+            Ok::<(), crate::store::StoreError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            eprintln!(
+                "warning: {} new vector(s) not cached in the store: {e}",
+                rows.len()
+            );
+        }
+    }
+}
+
+/// Embeds texts and decoded images with `enc`: (content id, vector) pairs.
+fn embed_new(
+    enc: &Loaded,
+    texts: Vec<(String, String)>,
+    images: Vec<(String, PathBuf, Vec<u8>)>,
+) -> Result<Vec<(String, Vec<f32>)>, ServeError> {
+    let mut out = Vec::with_capacity(texts.len() + images.len());
+    if !texts.is_empty() {
+        let refs: Vec<&str> = texts.iter().map(|(_, t)| t.as_str()).collect();
+        let v = enc.text().embed_texts(&refs)?;
+        out.extend(texts.iter().map(|(id, _)| id.clone()).zip(v));
+    }
+    if !images.is_empty() {
+        let Loaded::Clip(clip) = enc else {
+            return Err(ServeError::bad(
+                "candidates",
+                "images need a model trained on CLIP vectors",
+            ));
+        };
+        let mut decoded = Vec::with_capacity(images.len());
+        for (_, path, bytes) in &images {
+            decoded.push(
+                embed::clip::decode_image(bytes, &path.display().to_string())
+                    .map_err(|e| ServeError::File(e.to_string()))?,
+            );
+        }
+        let v = clip.embed_images(&decoded)?;
+        out.extend(images.iter().map(|(id, _, _)| id.clone()).zip(v));
+    }
+    Ok(out)
+}
+
+/// A path given relative to `base` (a comparisons or input file's folder) when relative.
+pub fn relative_to(base: Option<&Path>, p: PathBuf) -> PathBuf {
+    match base {
+        Some(b) if p.is_relative() => b.join(p),
+        _ => p,
+    }
+}

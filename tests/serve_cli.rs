@@ -1,0 +1,1012 @@
+//! `palpipe score`, `enroll` and `serve` through the real binary: rewards against `eval`'s
+//! predictions and an independent NumPy reading of the checkpoint, enrolment, and the HTTP
+//! server with a plain TcpStream client (OpenRLHF's request shape, bad input, tokens,
+//! shutdown).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------
+
+/// The synthetic store with PAL-A heads k1 and k3 (no context, dp = 0) and 4 unseen users.
+fn synthetic_store(dir: &Path) -> PathBuf {
+    let store = dir.join("s");
+    let text = synth_pal_pipeline(
+        "t",
+        4,
+        &["{name: e3, kind: eval, model: k3, split: te}"],
+        &["un: \"SELECT * FROM pairs WHERE split = 'unseen'\""],
+    );
+    let p = write_pipeline(dir, "p.yaml", &text);
+    palpipe(&store, &["run", p.to_str().unwrap()]).ok();
+    store
+}
+
+/// A small persona store (MiniLM vectors of the statements and " Yes"/" No") with a PAL-B
+/// head `pb` (K = 2, prompt-conditioned g_k) trained on the seen users.
+fn persona_store(dir: &Path) -> PathBuf {
+    require_minilm();
+    let store = dir.join("s");
+    let text = format!(
+        "name: p\nstages:\n  - name: data\n    kind: persona\n    dir: {}\n    personas: [art, math]\n    users_per_persona: 3\n    queries_per_user: 20\n    unseen_users_per_persona: 1\n    unseen_queries_per_user: 16\n  - name: embed\n    kind: embed\n  - {{name: pb, kind: train, model: pal-b, k: 2, train: tr, encoder: all-MiniLM-L6-v2, config: {{d: 8}}, training: {{epochs: 5}}}}\nsplits:\n  tr: \"SELECT * FROM pairs WHERE split = 'train'\"\n",
+        shared_data().join("persona").display()
+    );
+    let p = write_pipeline(dir, "p.yaml", &text);
+    palpipe(&store, &["run", p.to_str().unwrap()]).ok();
+    store
+}
+
+/// `palpipe score --input FILE --json` → rewards per row.
+fn score_input(store: &Path, dir: &Path, model: &str, rows: &[Value]) -> Vec<Vec<f64>> {
+    let file = dir.join(format!("rows-{}.jsonl", rows.len()));
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&file, text).unwrap();
+    let r = palpipe(
+        store,
+        &[
+            "score",
+            "--model",
+            model,
+            "--input",
+            file.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .ok();
+    let mut out = vec![Vec::new(); rows.len()];
+    for line in r.stdout.lines() {
+        let v: Value = serde_json::from_str(line).expect("a JSON line");
+        let row = v["row"].as_u64().unwrap() as usize;
+        assert_eq!(
+            v["candidate"].as_u64().unwrap() as usize,
+            out[row].len(),
+            "input order"
+        );
+        out[row].push(v["reward"].as_f64().unwrap());
+    }
+    out
+}
+
+/// The Python that has numpy and safetensors: $PALPIPE_PYTHON, else python3; None (and a
+/// skip line) when neither imports them.
+fn reference_python() -> Option<String> {
+    let candidates = [
+        std::env::var("PALPIPE_PYTHON")
+            .ok()
+            .filter(|p| !p.is_empty()),
+        Some("python3".to_string()),
+    ];
+    for py in candidates.into_iter().flatten() {
+        let ok = Command::new(&py)
+            .args(["-c", "import numpy, safetensors.numpy"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Some(py);
+        }
+    }
+    eprintln!("SKIP numpy reference check: no python with numpy and safetensors (set PALPIPE_PYTHON, or run 'make setup')");
+    None
+}
+
+/// scripts/pal_reference_score.py on `rows` → rewards per row.
+fn numpy_rewards(py: &str, checkpoint: &Path, rows: &[Value]) -> Vec<Vec<f64>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pal_reference_score.py");
+    let mut child = Command::new(py)
+        .arg(&script)
+        .arg(checkpoint)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let input: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["rewards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+fn checkpoint_of(store: &Path, model: &str) -> PathBuf {
+    let rows = query(
+        store,
+        &format!("SELECT checkpoint FROM models WHERE name = '{model}'"),
+    );
+    store.join(rows[0]["checkpoint"].as_str().unwrap())
+}
+
+fn assert_close(a: &[Vec<f64>], b: &[Vec<f64>], tol: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: rows");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert_eq!(x.len(), y.len(), "{what}: row {i}");
+        for (p, q) in x.iter().zip(y) {
+            assert!(
+                (p - q).abs() <= tol * (1.0 + q.abs()),
+                "{what}: row {i}: {p} vs {q}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// score and enroll on the synthetic store
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn score_reproduces_eval_predictions_and_the_numpy_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = synthetic_store(dir.path());
+    // The test split's comparisons, as eval reads them.
+    let pairs = query(
+        &store,
+        "SELECT user_id, left_id, right_id, label FROM pairs WHERE split = 'test' ORDER BY pair_id",
+    );
+    assert!(pairs.len() > 100, "{}", pairs.len());
+    let rows: Vec<Value> = pairs
+        .iter()
+        .map(|p| json!({"user": p["user_id"], "candidates": [{"id": p["left_id"]}, {"id": p["right_id"]}]}))
+        .collect();
+    let rewards = score_input(&store, dir.path(), "k3", &rows);
+    // Per user: comparisons and those where sign(r_l − r_r) agrees with the label
+    // (label −1: the left item preferred); a tie counts as wrong, as in eval.
+    let mut per_user: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (p, r) in pairs.iter().zip(&rewards) {
+        let m = r[0] - r[1];
+        let label = p["label"].as_i64().unwrap();
+        let right = (label == -1 && m > 0.0) || (label == 1 && m < 0.0);
+        let e = per_user
+            .entry(p["user_id"].as_str().unwrap().to_string())
+            .or_default();
+        e.0 += 1;
+        e.1 += right as u64;
+    }
+    let ev = palpipe(
+        &store,
+        &["eval", "--model", "k3", "--split", "te", "--json"],
+    )
+    .ok();
+    let ev: Value = serde_json::from_str(ev.stdout.trim()).unwrap();
+    let detail = ev["per_user"]["users_detail"].as_array().unwrap();
+    assert_eq!(detail.len(), per_user.len());
+    for u in detail {
+        let id = u["user"].as_str().unwrap();
+        let (n, correct) = per_user[id];
+        assert_eq!(u["n"].as_u64().unwrap(), n, "user {id}");
+        assert_eq!(
+            u["correct"].as_u64().unwrap(),
+            correct,
+            "user {id}: eval vs score"
+        );
+    }
+    let total: u64 = per_user.values().map(|v| v.1).sum();
+    assert_eq!(ev["n"].as_u64().unwrap(), pairs.len() as u64);
+    assert!((ev["accuracy"].as_f64().unwrap() - total as f64 / pairs.len() as f64).abs() < 1e-12);
+    assert!(
+        total as f64 / pairs.len() as f64 > 0.7,
+        "a trained head beats chance: {total}"
+    );
+
+    // --best and --top order the candidates best first.
+    let (u, l, r) = (
+        pairs[0]["user_id"].as_str().unwrap(),
+        pairs[0]["left_id"].as_str().unwrap(),
+        pairs[0]["right_id"].as_str().unwrap(),
+    );
+    let one = format!(
+        "{{\"user\": \"{u}\", \"candidates\": [{{\"id\": \"{l}\"}}, {{\"id\": \"{r}\"}}]}}\n"
+    );
+    let f = dir.path().join("one.jsonl");
+    std::fs::write(&f, one).unwrap();
+    let best = palpipe(
+        &store,
+        &[
+            "score",
+            "--model",
+            "k3",
+            "--input",
+            f.to_str().unwrap(),
+            "--json",
+            "--best",
+        ],
+    )
+    .ok();
+    let lines: Vec<Value> = best
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    let want = if rewards[0][0] >= rewards[0][1] { 0 } else { 1 };
+    assert_eq!(lines[0]["candidate"], want);
+
+    // The NumPy reference, from the checkpoint files and the vectors alone.
+    if let Some(py) = reference_python() {
+        let vecs = stored_vectors(&store);
+        let ref_rows: Vec<Value> = pairs
+            .iter()
+            .take(60)
+            .map(|p| {
+                json!({"user": p["user_id"], "prompt": null, "candidates": [
+                    vecs[p["left_id"].as_str().unwrap()], vecs[p["right_id"].as_str().unwrap()]]})
+            })
+            .collect();
+        let np = numpy_rewards(&py, &checkpoint_of(&store, "k3"), &ref_rows);
+        assert_close(
+            &rewards[..60],
+            &np,
+            1e-4,
+            "palpipe score vs numpy (PAL-A, seen users)",
+        );
+        // Zero-shot: the mean of the seen users' mixtures.
+        let zs: Vec<Value> = ref_rows
+            .iter()
+            .map(|r| json!({"user": null, "candidates": r["candidates"]}))
+            .collect();
+        let zs_ids: Vec<Value> = rows
+            .iter()
+            .take(60)
+            .map(|r| json!({"user": null, "candidates": r["candidates"]}))
+            .collect();
+        let ours = score_input(&store, dir.path(), "k3", &zs_ids);
+        assert_close(
+            &ours,
+            &numpy_rewards(&py, &checkpoint_of(&store, "k3"), &zs),
+            1e-4,
+            "zero-shot",
+        );
+    }
+}
+
+#[test]
+fn enroll_fits_a_new_user_stores_them_and_score_knows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = synthetic_store(dir.path());
+    let unseen = query(
+        &store,
+        "SELECT user_id, left_id, right_id, label FROM pairs WHERE split = 'unseen' ORDER BY user_id, pair_id",
+    );
+    let user = unseen[0]["user_id"].as_str().unwrap().to_string();
+    let mine: Vec<&Value> = unseen
+        .iter()
+        .filter(|p| p["user_id"] == user.as_str())
+        .collect();
+    assert!(mine.len() >= 20, "{}", mine.len());
+    let line = |p: &Value| {
+        let (c, r) = if p["label"] == -1 {
+            ("left_id", "right_id")
+        } else {
+            ("right_id", "left_id")
+        };
+        json!({"chosen": {"id": p[c]}, "rejected": {"id": p[r]}}).to_string()
+    };
+    let f = dir.path().join("alice.jsonl");
+    let text: String = mine.iter().map(|&p| line(p) + "\n").collect();
+    std::fs::write(&f, &text).unwrap();
+
+    // Before enrolment the id is unknown: an error that says how to enroll, not a zero-shot.
+    let new_id = "alice \"the\" new";
+    let cands = format!(
+        "{{\"candidates\": [{{\"id\": \"{}\"}}]}}\n",
+        mine[0]["left_id"].as_str().unwrap()
+    );
+    let cf = dir.path().join("c.jsonl");
+    std::fs::write(&cf, &cands).unwrap();
+    let r = palpipe(
+        &store,
+        &[
+            "score",
+            "--model",
+            "k3",
+            "--user",
+            new_id,
+            "--input",
+            cf.to_str().unwrap(),
+        ],
+    )
+    .code(2);
+    assert!(
+        r.stderr.contains("unknown user 'alice \\\"the\\\" new'"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("palpipe enroll"), "{}", r.stderr);
+
+    let before = checkpoint_of(&store, "k3").join("weights.safetensors");
+    let weights_before = std::fs::read(&before).unwrap();
+    let r = palpipe(
+        &store,
+        &[
+            "enroll",
+            "--model",
+            "k3",
+            "--user",
+            new_id,
+            "--comparisons",
+            f.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .ok();
+    let out: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let n = mine.len();
+    let held = (n / 5).max(2);
+    assert_eq!(out["comparisons"], n);
+    assert_eq!(out["held_out"], held);
+    let acc = out["held_out_accuracy"].as_f64().unwrap();
+    let correct = acc * held as f64;
+    assert!(
+        (0.0..=1.0).contains(&acc) && (correct - correct.round()).abs() < 1e-9,
+        "{acc}"
+    );
+    let w: Vec<f64> = out["mixture"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(w.len(), 3);
+    assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-6, "{w:?}");
+    assert_eq!(out["replaced"], false);
+    assert_eq!(
+        std::fs::read(&before).unwrap(),
+        weights_before,
+        "the base model is not rewritten"
+    );
+
+    // The stored logits are the user's from then on: score agrees with the NumPy reference
+    // given those logits.
+    let rows = query(
+        &store,
+        "SELECT user_id, logits_json, comparisons FROM enrollments",
+    );
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["user_id"], new_id);
+    let r = palpipe(
+        &store,
+        &[
+            "score",
+            "--model",
+            "k3",
+            "--user",
+            new_id,
+            "--input",
+            cf.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .ok();
+    let ours: Value = serde_json::from_str(r.stdout.lines().next().unwrap()).unwrap();
+    if let Some(py) = reference_python() {
+        let vecs = stored_vectors(&store);
+        let logits: Value = serde_json::from_str(rows[0]["logits_json"].as_str().unwrap()).unwrap();
+        let np = numpy_rewards(
+            &py,
+            &checkpoint_of(&store, "k3"),
+            &[
+                json!({"logits": logits, "candidates": [vecs[mine[0]["left_id"].as_str().unwrap()]]}),
+            ],
+        );
+        assert_close(
+            &[vec![ours["reward"].as_f64().unwrap()]],
+            &np,
+            1e-4,
+            "enrolled user",
+        );
+    }
+
+    // Re-enrolling with fewer comparisons refits and replaces the one row; no held-out part.
+    let few: String = mine.iter().take(6).map(|&p| line(p) + "\n").collect();
+    std::fs::write(&f, few).unwrap();
+    let r = palpipe(
+        &store,
+        &[
+            "enroll",
+            "--model",
+            "k3",
+            "--user",
+            new_id,
+            "--comparisons",
+            f.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    assert!(r.stdout.starts_with("re-enrolled"), "{}", r.stdout);
+    assert!(r.stdout.contains("no held-out accuracy"), "{}", r.stdout);
+    let rows = query(&store, "SELECT comparisons, held_out FROM enrollments");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["comparisons"], 6);
+    assert_eq!(rows[0]["held_out"], 0);
+
+    // A seen user cannot be enrolled; a malformed line names the file and line.
+    let seen = query(
+        &store,
+        "SELECT user_id FROM pairs WHERE split = 'train' LIMIT 1",
+    );
+    let r = palpipe(
+        &store,
+        &[
+            "enroll",
+            "--model",
+            "k3",
+            "--user",
+            seen[0]["user_id"].as_str().unwrap(),
+            "--comparisons",
+            f.to_str().unwrap(),
+        ],
+    )
+    .code(2);
+    assert!(r.stderr.contains("trained on"), "{}", r.stderr);
+    std::fs::write(&f, format!("{}\n{{\"chosen\": 1\n", line(mine[0]))).unwrap();
+    let r = palpipe(
+        &store,
+        &[
+            "enroll",
+            "--model",
+            "k3",
+            "--user",
+            "bob",
+            "--comparisons",
+            f.to_str().unwrap(),
+        ],
+    )
+    .code(2);
+    assert!(r.stderr.contains("alice.jsonl:2"), "{}", r.stderr);
+}
+
+// ---------------------------------------------------------------------------------------
+// The persona store: texts, the encoder, the cache, and the server
+// ---------------------------------------------------------------------------------------
+
+/// A running `palpipe serve`, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(store: &Path, args: &[&str]) -> Server {
+    let mut child = bin()
+        .arg("serve")
+        .args(args)
+        .args(["--addr", "127.0.0.1:0", "--store"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start palpipe serve");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
+                let port: u16 = rest.split_whitespace().next().unwrap().parse().unwrap();
+                let _ = tx.send(port);
+            }
+            log2.lock().unwrap().push(line);
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("the server did not start: {:?}", log.lock().unwrap()));
+    Server { child, port, log }
+}
+
+/// One HTTP/1.1 request over a plain TcpStream: (status, JSON body).
+fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    http_raw(
+        port,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{auth}\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// Sends `request` as it is (one write) and reads the response: (status, JSON body).
+fn http_raw(port: u16, request: &str) -> (u16, Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // A reset after the response (the server closed with the request unread) ends it.
+            Err(e) if !raw.is_empty() => {
+                eprintln!("read ended: {e}");
+                break;
+            }
+            Err(e) => panic!("no response: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response: {text:?}"));
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    let v = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {body:?}"));
+    (status, v)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+fn healthy(port: u16) {
+    let (st, v) = http(port, "GET", "/health", None, "");
+    assert_eq!((st, v["status"].as_str()), (200, Some("ok")), "{v}");
+}
+
+#[test]
+fn text_scoring_embeds_once_serves_openrlhf_and_survives_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = persona_store(dir.path());
+    let users = query(
+        &store,
+        "SELECT DISTINCT user_id FROM pairs WHERE split = 'train' ORDER BY user_id",
+    );
+    let prompts = query(
+        &store,
+        "SELECT text FROM prompts ORDER BY prompt_id LIMIT 4",
+    );
+    let u0 = users[0]["user_id"].as_str().unwrap().to_string();
+    let u0s = u0.as_str();
+    let u1 = users[users.len() - 1]["user_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let p0 = prompts[0]["text"].as_str().unwrap().to_string();
+    let p0s = p0.as_str();
+
+    // score: flags, a table; a new text is embedded once and cached under the model's encoder.
+    let fresh = "I would rather spend the afternoon in a museum.";
+    let id = blake3::hash(fresh.as_bytes()).to_hex().to_string();
+    let count = |s: &Path| {
+        scalar(
+            s,
+            &format!("SELECT count(*) FROM embeddings WHERE content_id = '{id}'"),
+        )
+    };
+    assert_eq!(count(&store), 0);
+    let args = [
+        "score",
+        "--model",
+        "pb",
+        "--user",
+        u0s,
+        "--prompt",
+        p0s,
+        "--candidate",
+        " Yes",
+        "--candidate",
+        fresh,
+        "--json",
+    ];
+    let r1 = palpipe(&store, &args).ok();
+    assert_eq!(count(&store), 1, "embedded and cached");
+    let r2 = palpipe(&store, &args).ok();
+    assert_eq!(count(&store), 1, "the second score reads the cache");
+    assert_eq!(r1.stdout, r2.stdout, "same rewards from the cached vector");
+    let lines: Vec<Value> = r1
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        (
+            lines[0]["candidate"].as_u64(),
+            lines[1]["candidate"].as_u64()
+        ),
+        (Some(0), Some(1))
+    );
+
+    // A missing encoder is an error naming the encoder id and where it looked; texts that
+    // are all cached still score without it.
+    let nowhere = dir.path().join("no-models");
+    let o = bin()
+        .args([
+            "score",
+            "--model",
+            "pb",
+            "--user",
+            u0s,
+            "--prompt",
+            p0s,
+            "--candidate",
+            "never embedded before",
+            "--store",
+        ])
+        .arg(&store)
+        .env("PALPIPE_MODELS", &nowhere)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("encoder 'all-MiniLM-L6-v2:") && err.contains(&nowhere.display().to_string()),
+        "{err}"
+    );
+    let o = bin()
+        .args([
+            "score",
+            "--model",
+            "pb",
+            "--user",
+            u0s,
+            "--prompt",
+            p0s,
+            "--candidate",
+            " Yes",
+            "--quiet",
+            "--store",
+        ])
+        .arg(&store)
+        .env("PALPIPE_MODELS", &nowhere)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // The NumPy reference agrees on PAL-B with prompt-conditioned g_k.
+    if let Some(py) = reference_python() {
+        let vecs = stored_vectors(&store);
+        let pid = blake3::hash(p0.as_bytes()).to_hex().to_string();
+        let yes = blake3::hash(b" Yes").to_hex().to_string();
+        let row = json!({"user": u0, "prompt": vecs[&pid], "candidates": [vecs[&yes], vecs[&id]]});
+        let np = numpy_rewards(&py, &checkpoint_of(&store, "pb"), &[row]);
+        let ours = vec![lines
+            .iter()
+            .map(|l| l["reward"].as_f64().unwrap())
+            .collect::<Vec<_>>()];
+        assert_close(&ours, &np, 1e-4, "palpipe score vs numpy (PAL-B)");
+    }
+
+    // The server.
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    let srv = start_server(
+        &store,
+        &[
+            "--model",
+            "pb",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--max-candidates",
+            "64",
+        ],
+    );
+    let port = srv.port;
+    let tok = Some("s3cret");
+    healthy(port);
+
+    // Exactly what OpenRLHF posts: query = prompt + response, labels = the user column.
+    let mut q = Vec::new();
+    let mut ps = Vec::new();
+    let mut ls = Vec::new();
+    let mut rows = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let p = p["text"].as_str().unwrap();
+        for (j, resp) in [" Yes", " No"].iter().enumerate() {
+            let user = if (i + j) % 2 == 0 { &u0 } else { &u1 };
+            q.push(format!("{p}{resp}"));
+            ps.push(p.to_string());
+            ls.push(user.clone());
+            rows.push(json!({"user": user, "prompt": p, "candidates": [resp]}));
+        }
+    }
+    let body = json!({"query": q, "prompts": ps, "labels": ls}).to_string();
+    let (st, v) = http(port, "POST", "/get_reward", tok, &body);
+    assert_eq!(st, 200, "{v}");
+    let got: Vec<f64> = v["rewards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let want: Vec<f64> = score_input(&store, dir.path(), "pb", &rows)
+        .into_iter()
+        .map(|r| r[0])
+        .collect();
+    assert_close(
+        &[got.clone()],
+        &[want],
+        1e-5,
+        "/get_reward vs palpipe score",
+    );
+
+    // /score answers as palpipe score does.
+    let (st, v) = http(
+        port,
+        "POST",
+        "/score",
+        tok,
+        &json!({"user": u0, "prompt": p0, "candidates": [" Yes", fresh]}).to_string(),
+    );
+    assert_eq!(st, 200, "{v}");
+    let srv_r: Vec<f64> = v["rewards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let cli_r: Vec<f64> = lines
+        .iter()
+        .map(|l| l["reward"].as_f64().unwrap())
+        .collect();
+    assert_close(&[srv_r], &[cli_r], 1e-5, "/score vs palpipe score");
+
+    // Bad input: each answered with its status and a JSON error; the server keeps serving.
+    let long = "painting ".repeat(400);
+    let cases: Vec<(&str, &str, Option<&str>, String, u16, &str)> = vec![
+        (
+            "POST",
+            "/score",
+            tok,
+            "{\"user\": ".into(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "POST",
+            "/score",
+            tok,
+            json!({"prompt": p0, "candidates": ["x"]}).to_string(),
+            400,
+            "user",
+        ),
+        (
+            "POST",
+            "/score",
+            tok,
+            json!({"user": u0, "prompt": p0}).to_string(),
+            400,
+            "candidates",
+        ),
+        (
+            "POST",
+            "/score",
+            tok,
+            json!({"user": u0, "prompt": p0, "candidates": []}).to_string(),
+            400,
+            "empty",
+        ),
+        (
+            "POST",
+            "/score",
+            tok,
+            json!({"user": u0, "prompt": p0, "candidates": vec!["x"; 10_000]}).to_string(),
+            413,
+            "limit",
+        ),
+        (
+            "POST",
+            "/score",
+            tok,
+            json!({"model": "nope", "user": u0, "prompt": p0, "candidates": ["x"]}).to_string(),
+            404,
+            "'nope'",
+        ),
+        (
+            "POST",
+            "/score",
+            tok,
+            json!({"user": "q\"uo\nte", "prompt": p0, "candidates": ["x"]}).to_string(),
+            404,
+            "unknown user 'q\\\"uo\\nte'",
+        ),
+        (
+            "POST",
+            "/score",
+            Some("wrong"),
+            json!({"user": u0, "prompt": p0, "candidates": ["x"]}).to_string(),
+            401,
+            "token",
+        ),
+        (
+            "POST",
+            "/score",
+            None,
+            json!({"user": u0, "prompt": p0, "candidates": ["x"]}).to_string(),
+            401,
+            "token",
+        ),
+        (
+            "POST",
+            "/get_reward",
+            tok,
+            json!({"query": ["abc"], "prompts": ["xyz"], "labels": [u0]}).to_string(),
+            400,
+            "query[0]",
+        ),
+        ("GET", "/nowhere", tok, String::new(), 404, "no route"),
+    ];
+    for (method, path, t, body, status, needle) in &cases {
+        let (st, v) = http(port, method, path, *t, body);
+        let e = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{path} {status}: {v}"));
+        assert_eq!(st, *status, "{path}: {e}");
+        assert!(
+            e.contains(needle),
+            "{path} {status}: {e:?} lacks {needle:?}"
+        );
+        healthy(port);
+    }
+    // A body over --max-body (its Content-Length says so) is refused before it is read.
+    let (st, v) = http_raw(
+        port,
+        "POST /score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Length: 5000000\r\nConnection: close\r\n\r\n{",
+    );
+    assert_eq!(st, 413, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("--max-body"), "{v}");
+    healthy(port);
+    // A text over the encoder's token limit is scored truncated, and the response says so.
+    let (st, v) = http(
+        port,
+        "POST",
+        "/score",
+        tok,
+        &json!({"user": u0, "prompt": p0, "candidates": [" Yes", long]}).to_string(),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["truncated"], json!([1]), "{v}");
+    // A client that disconnects mid-request.
+    {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\nAuthorization: Bearer s3cret\r\n\r\n{{\"user\":").unwrap();
+    }
+    healthy(port);
+
+    // Enrolment over HTTP, then the new user scores.
+    let unseen = query(&store, "SELECT p.user_id, pr.text AS prompt, l.text AS l, r.text AS r, p.label FROM pairs p JOIN prompts pr ON p.prompt_id = pr.prompt_id JOIN items l ON p.left_id = l.item_id JOIN items r ON p.right_id = r.item_id WHERE p.split = 'unseen' ORDER BY p.user_id, p.pair_id");
+    let first = unseen[0]["user_id"].clone();
+    let comps: Vec<Value> = unseen
+        .iter()
+        .filter(|p| p["user_id"] == first)
+        .map(|p| {
+            let (c, r) = if p["label"] == -1 {
+                (&p["l"], &p["r"])
+            } else {
+                (&p["r"], &p["l"])
+            };
+            json!({"prompt": p["prompt"], "chosen": c, "rejected": r})
+        })
+        .collect();
+    let (st, v) = http(
+        port,
+        "POST",
+        "/users/new%20person/enroll",
+        tok,
+        &json!({"comparisons": comps}).to_string(),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["user"], "new person");
+    assert_eq!(v["comparisons"], comps.len());
+    let (st, v) = http(
+        port,
+        "POST",
+        "/score",
+        tok,
+        &json!({"user": "new person", "prompt": p0, "candidates": [" Yes", " No"]}).to_string(),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = http(port, "GET", "/models", tok, "");
+    assert_eq!(st, 200);
+    assert_eq!(v["models"][0]["enrolled_users"], 1, "{v}");
+    assert_eq!(v["models"][0]["k"], 2, "{v}");
+    // The CLI sees the user the server enrolled.
+    palpipe(
+        &store,
+        &[
+            "score",
+            "--model",
+            "pb",
+            "--user",
+            "new person",
+            "--prompt",
+            p0s,
+            "--candidate",
+            " Yes",
+        ],
+    )
+    .ok();
+
+    // Concurrent requests are all answered.
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let body = json!({"user": if i % 2 == 0 { &u0 } else { &u1 }, "prompt": p0, "candidates": [" Yes", " No"]}).to_string();
+            std::thread::spawn(move || http(port, "POST", "/score", Some("s3cret"), &body).0)
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+
+    // A request log line each, then SIGTERM: a clean stop.
+    let pid = srv.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t = Instant::now();
+    let mut srv = srv;
+    let status = loop {
+        if let Some(s) = srv.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let log = srv.log.lock().unwrap().join("\n");
+    assert!(log.contains("POST /get_reward 200"), "{log}");
+    assert!(log.contains("POST /score 413"), "{log}");
+    assert!(log.contains("palpipe serve: stopped"), "{log}");
+}
