@@ -519,3 +519,19 @@ fn vector_functions_over_stored_columns() {
     );
     assert_eq!(n as usize, vectors.len());
 }
+
+#[test]
+fn a_run_whose_rows_were_committed_meanwhile_is_refused() {
+    require_minilm();
+    let dir = tempfile::tempdir().unwrap();
+    let store = persona_store(dir.path(), 1);
+    palpipe(&store, &["embed", "--targets", "items"]).ok();
+    // Run x stages the statements; before it is committed, a plain embed commits them.
+    finish_shard(start_shard(&store, "x", 0, 1, &["--targets", "prompts"]));
+    palpipe(&store, &["embed"]).ok();
+    let before = versions(&store)["embeddings"];
+    let r = palpipe(&store, &["commit", "--run-id", "x", "--shards", "1"]).code(1);
+    assert!(r.stderr.contains("already in embeddings"), "{}", r.stderr);
+    assert!(r.stderr.contains("hint:"), "{}", r.stderr);
+    assert_eq!(versions(&store)["embeddings"], before, "nothing committed");
+}
