@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod bench_image;
+pub mod commit;
 pub mod eval_all;
 pub mod fixtures;
 pub mod images;
@@ -17,6 +18,7 @@ pub mod report;
 pub mod run;
 pub mod score;
 pub mod sql;
+pub mod vacuum;
 pub mod vectors;
 
 use std::path::PathBuf;
@@ -87,6 +89,10 @@ pub enum Command {
     Index(vectors::IndexArgs),
     /// Find the stored texts nearest to a query text.
     Search(vectors::SearchArgs),
+    /// Publish the shards of a sharded `embed` run as one new version of `embeddings`.
+    Commit(commit::CommitArgs),
+    /// Remove data files never committed and table versions past a retention.
+    Vacuum(vacuum::VacuumArgs),
     /// Generate stand-in datasets (Pick-a-Pic shards) for tests and demos.
     Fixtures(fixtures::FixturesArgs),
     /// Write one image item to a PNG file.
@@ -248,6 +254,8 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             Command::Embed(a) => vectors::embed(&ctx, a).await,
             Command::Index(a) => vectors::index(&ctx, a).await,
             Command::Search(a) => vectors::search(&ctx, a).await,
+            Command::Commit(a) => commit::commit(&ctx, a).await,
+            Command::Vacuum(a) => vacuum::vacuum(&ctx, a).await,
             Command::ShowImage(a) => images::show_image(&ctx, a).await,
             Command::ContactSheet(a) => images::contact_sheet(&ctx, a).await,
             Command::Report(a) => report::report(&ctx, a).await,

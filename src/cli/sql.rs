@@ -2,14 +2,16 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 
 use super::output::{self, Format};
 use super::{CliError, Ctx};
+use crate::store::knn::QueryEncoder;
 use crate::store::{sql as store_sql, TABLES};
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  palpipe sql \"SELECT split, count(*) FROM pairs GROUP BY split\"\n  palpipe sql \"SELECT item_id, octet_length(bytes) AS size FROM items WHERE kind = 'image' LIMIT 5\"\n  palpipe sql \"SELECT * FROM users\" --format json\n\nThe store must exist (palpipe run creates it). SIMILAR TO is refused (the engine answers\nit wrongly): use LIKE or a regular expression with ~."
+    after_help = "Examples:\n  palpipe sql \"SELECT split, count(*) FROM pairs GROUP BY split\"\n  palpipe sql \"SELECT item_id, octet_length(bytes) AS size FROM items WHERE kind = 'image' LIMIT 5\"\n  palpipe sql \"SELECT * FROM users\" --format json\n  palpipe sql \"SELECT rank, distance, text FROM knn('all-MiniLM-L6-v2', 'I love painting', 5) JOIN items USING (item_id)\"\n  palpipe sql \"SELECT cosine_similarity(vector, [0.1, 0.2]) FROM embeddings\"\n\nknn(encoder, text or [numbers], k): the k nearest stored vectors (cosine distance), with\nrank, content_id (also as item_id and prompt_id) and distance; the vector index is used\nwhen there is one. cosine_similarity(a, b) and l2_distance(a, b) take two vectors.\n\nThe store must exist (palpipe run creates it). SIMILAR TO is refused (the engine answers\nit wrongly): use LIKE or a regular expression with ~."
 )]
 pub struct SqlArgs {
     /// The query (read-only: SELECT, WITH, EXPLAIN).
@@ -55,7 +57,9 @@ fn parse_versions(specs: &[String]) -> Result<BTreeMap<String, u64>, CliError> {
 pub async fn sql(ctx: &Ctx, a: SqlArgs) -> Result<(), CliError> {
     let versions = parse_versions(&a.version_of)?;
     let store = ctx.existing_store()?;
-    let result = store_sql::query(&store, &a.query, &versions).await?;
+    let encoder: Arc<dyn QueryEncoder> = Arc::new(super::vectors::StoreEncoders::default());
+    let session = store_sql::session_with(&store, &versions, Some(encoder)).await?;
+    let result = store_sql::query_in(&session, &a.query).await?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     output::write(&mut out, &result.schema, &result.batches, a.format)?;

@@ -1,13 +1,18 @@
-//! `palpipe embed`, `palpipe index` and `palpipe search`: the embedding cache and vector search.
+//! `palpipe embed` (whole, or one shard of a sharded run), `palpipe index` and `palpipe search`:
+//! the embedding cache and vector search; also the query encoder `knn` uses in `palpipe sql`.
 
 use std::path::PathBuf;
 
 use arrow_array::{Array, StringArray};
 
 use super::{CliError, Ctx};
-use crate::pipeline::embed_stage::{embed_texts, EmbedParams, CLIP};
+use crate::pipeline::embed_stage::{embed_into, EmbedParams, EmbedSink, CLIP};
 use crate::pipeline::pal_stages::{only_encoder, resolve_encoder};
+use crate::store::knn::QueryEncoder;
+use crate::store::shards::{check_run_id, ShardError, ShardSpec, ShardWriter};
 use crate::store::vector::{self, IndexKind};
+use crate::store::StoreError;
+use futures::future::BoxFuture;
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -36,6 +41,17 @@ pub struct EmbedArgs {
     /// Texts or images per commit: an interrupted run keeps every finished chunk.
     #[arg(long, default_value_t = 1024)]
     pub chunk: usize,
+    /// Embed only shard K of N (K from 0) of what is not cached, e.g. 2/4; `auto/N` takes K
+    /// from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX. Needs --uncommitted and --run-id.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// Write the vectors as uncommitted fragments and the shard's metadata under
+    /// <store>/_palpipe/runs/<run-id>/; `palpipe commit` publishes all shards at once.
+    #[arg(long)]
+    pub uncommitted: bool,
+    /// The sharded run this worker belongs to (letters, digits, '.', '_', '-').
+    #[arg(long)]
+    pub run_id: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,9 +87,30 @@ pub struct SearchArgs {
     pub json: bool,
 }
 
+/// The shard a sharded `embed` writes, from its flags: all three of --shard, --uncommitted
+/// and --run-id, or none.
+fn shard_flags(a: &EmbedArgs) -> Result<Option<(ShardSpec, String)>, CliError> {
+    match (&a.shard, a.uncommitted, &a.run_id) {
+        (None, false, None) => Ok(None),
+        (Some(spec), true, Some(run)) => {
+            let spec = ShardSpec::parse(spec, |k| std::env::var(k).ok()).map_err(CliError::usage)?;
+            check_run_id(run).map_err(CliError::usage)?;
+            Ok(Some((spec, run.clone())))
+        }
+        _ => Err(CliError::usage(anyhow::anyhow!(
+            "--shard, --uncommitted and --run-id go together\nhint: palpipe embed --shard 0/4 --uncommitted --run-id RUN (one per shard), then palpipe commit --run-id RUN --shards 4"
+        ))),
+    }
+}
+
 pub async fn embed(ctx: &Ctx, a: EmbedArgs) -> Result<(), CliError> {
+    let sharded = shard_flags(&a)?;
     let store = ctx.store(None)?;
-    let _lock = store.lock()?;
+    // A shard commits nothing, so N of them run side by side; `commit` takes the lock.
+    let _lock = match sharded {
+        None => Some(store.lock()?),
+        Some(_) => None,
+    };
     let p = EmbedParams {
         encoder: a.encoder,
         model_dir: a.model_dir,
@@ -85,7 +122,15 @@ pub async fn embed(ctx: &Ctx, a: EmbedArgs) -> Result<(), CliError> {
         chunk: a.chunk,
     };
     p.check().map_err(CliError::usage)?;
-    let c = embed_texts(&p, &store, ctx.printer).await?;
+    let mut sink = match &sharded {
+        None => EmbedSink::Commit,
+        Some((spec, run)) => EmbedSink::Shard(
+            ShardWriter::new(&store, run, *spec)
+                .await
+                .map_err(shard_err)?,
+        ),
+    };
+    let c = embed_into(&p, &store, ctx.printer, &mut sink).await?;
     for f in &c.failed {
         // Shown even with --quiet: each is an item left without a vector.
         ctx.printer.warn(format!(
@@ -102,11 +147,32 @@ pub async fn embed(ctx: &Ctx, a: EmbedArgs) -> Result<(), CliError> {
         .failed_line()
         .map(|f| format!(", {f}"))
         .unwrap_or_default();
+    let shard_note = match (&sharded, sink) {
+        (Some((spec, _)), EmbedSink::Shard(w)) => {
+            let path = w.finish().map_err(shard_err)?;
+            format!(
+                " (shard {}/{}, uncommitted; {} rows in other shards; metadata {})",
+                spec.index,
+                spec.count,
+                c.other_shards,
+                path.display()
+            )
+        }
+        _ => String::new(),
+    };
     println!(
-        "{}: embedded {}{images}, already cached {}, empty skipped {}{failed}",
+        "{}: embedded {}{images}, already cached {}, empty skipped {}{failed}{shard_note}",
         c.encoder_id, c.embedded, c.cached, c.empty
     );
     Ok(())
+}
+
+/// A sharded write's error with its exit code.
+pub(crate) fn shard_err(e: ShardError) -> CliError {
+    CliError {
+        code: e.exit_code(),
+        error: e.into(),
+    }
 }
 
 pub async fn index(ctx: &Ctx, a: IndexArgs) -> Result<(), CliError> {
@@ -124,25 +190,32 @@ pub async fn index(ctx: &Ctx, a: IndexArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-pub async fn search(ctx: &Ctx, a: SearchArgs) -> Result<(), CliError> {
-    let store = ctx.existing_store()?;
-    let encoder = match a.encoder.as_deref() {
-        Some(e) => resolve_encoder(&store, e).await,
-        None => only_encoder(&store)
+/// The encoder id `name` stands for in `store` (the store's only encoder when `None`) and
+/// the vector of `text` under it, with the model loaded from `model_dir` (or the default
+/// folder). Shared by `palpipe search` and `knn` in `palpipe sql`.
+async fn query_vector(
+    store: &crate::store::Store,
+    name: Option<&str>,
+    model_dir: Option<PathBuf>,
+    text: &str,
+) -> Result<(String, Vec<f32>), CliError> {
+    let encoder = match name {
+        Some(e) => resolve_encoder(store, e).await,
+        None => only_encoder(store)
             .await
             .map_err(|e| e.context("no --encoder given".to_string())),
     }
     .map_err(CliError::usage)?;
     let name = encoder.split(':').next().unwrap_or(&encoder).to_string();
     // A store encoder that is not MiniLM is a CLIP folder (its id names the folder).
-    let kind = if name == crate::embed::MINILM_L6_V2 || a.model_dir.is_none() {
+    let kind = if name == crate::embed::MINILM_L6_V2 || model_dir.is_none() {
         name
     } else {
         CLIP.to_string()
     };
     let p = EmbedParams {
         encoder: kind,
-        model_dir: a.model_dir.clone(),
+        model_dir,
         targets: vec![],
         filter: None,
         batch_size: None,
@@ -159,12 +232,55 @@ pub async fn search(ctx: &Ctx, a: SearchArgs) -> Result<(), CliError> {
             enc.encoder_id()
         )));
     }
-    let text = a.text.clone();
-    let q = tokio::task::spawn_blocking(move || enc.text().embed_texts(&[text.as_str()]))
+    let text = text.to_string();
+    let mut q = tokio::task::spawn_blocking(move || enc.text().embed_texts(&[text.as_str()]))
         .await
         .map_err(|e| CliError::failure(anyhow::Error::from(e)))?
         .map_err(CliError::usage)?;
-    let hits = vector::nearest(&store, &encoder, &q[0], a.k).await?;
+    Ok((encoder, q.remove(0)))
+}
+
+/// The [`QueryEncoder`] of `palpipe sql`: encoders resolved in the store, models from their
+/// default folders.
+#[derive(Debug, Default)]
+pub struct StoreEncoders;
+
+fn as_store_err(e: CliError) -> StoreError {
+    StoreError::Sql(super::render_error(&e.error))
+}
+
+impl QueryEncoder for StoreEncoders {
+    fn resolve<'a>(
+        &'a self,
+        store: &'a crate::store::Store,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<String, StoreError>> {
+        Box::pin(async move {
+            resolve_encoder(store, name)
+                .await
+                .map_err(|e| StoreError::Sql(super::render_error(&e)))
+        })
+    }
+
+    fn embed<'a>(
+        &'a self,
+        store: &'a crate::store::Store,
+        name: &'a str,
+        text: &'a str,
+    ) -> BoxFuture<'a, Result<(String, Vec<f32>), StoreError>> {
+        Box::pin(async move {
+            query_vector(store, Some(name), None, text)
+                .await
+                .map_err(as_store_err)
+        })
+    }
+}
+
+pub async fn search(ctx: &Ctx, a: SearchArgs) -> Result<(), CliError> {
+    let store = ctx.existing_store()?;
+    let (encoder, q) =
+        query_vector(&store, a.encoder.as_deref(), a.model_dir.clone(), &a.text).await?;
+    let hits = vector::nearest(&store, &encoder, &q, a.k).await?;
     let texts = texts_of(
         &store,
         &hits

@@ -10,6 +10,10 @@
 //! time (`item_id IN (…)`), so a store's images are never all in memory at once. Both CLIP
 //! towers write under the one encoder id, so image and caption vectors can be compared.
 //! The encoders live in `src/embed`; the store's write call in `src/store`.
+//!
+//! A sharded run (`palpipe embed --shard K/N --uncommitted`) goes through the same code with
+//! an [`EmbedSink::Shard`]: only the content ids of shard K are embedded, and the chunks are
+//! staged as uncommitted fragments for `palpipe commit` (`src/store/shards.rs`).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -21,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::embed::{self, BertSentenceEncoder, ClipEncoder, EmbedError, ImageEncoder, TextEncoder};
 use crate::store::batches;
 use crate::store::records::EmbeddingRow;
+use crate::store::shards::ShardWriter;
 use crate::transform::ParamIssue;
 
 /// The `encoder` value that selects CLIP (with `model_dir`).
@@ -181,6 +186,8 @@ pub struct EmbedCounts {
     /// Images whose bytes do not decode (no vector written), in the order met.
     pub failed: Vec<ImageFailure>,
     pub encoder_id: String,
+    /// Rows left to the other shards of a sharded run (0 otherwise).
+    pub other_shards: usize,
 }
 
 impl EmbedCounts {
@@ -206,13 +213,59 @@ fn and(a: Option<String>, b: Option<&String>) -> Option<String> {
     }
 }
 
+/// Where embedded chunks go.
+pub enum EmbedSink<'a> {
+    /// Each chunk its own commit (the stage, and `palpipe embed` without `--shard`).
+    Commit,
+    /// One shard of a sharded run: only the content ids the shard owns are embedded, and
+    /// their chunks are staged uncommitted (see `src/store/shards.rs`).
+    Shard(ShardWriter<'a>),
+}
+
+impl EmbedSink<'_> {
+    /// Writes one chunk of vectors.
+    async fn put(
+        &mut self,
+        store: &crate::store::Store,
+        rows: &[EmbeddingRow],
+        encoder_id: &str,
+    ) -> anyhow::Result<()> {
+        let Some(batch) = batches::embeddings(rows)? else {
+            return Ok(());
+        };
+        match self {
+            EmbedSink::Commit => store.append("embeddings", batch).await?,
+            EmbedSink::Shard(w) => w.stage(batch, encoder_id).await?,
+        }
+        Ok(())
+    }
+
+    /// Whether this sink takes `content_id` (a shard takes its own ids only).
+    fn takes(&self, content_id: &str) -> bool {
+        match self {
+            EmbedSink::Commit => true,
+            EmbedSink::Shard(w) => w.spec().owns(content_id),
+        }
+    }
+}
+
 /// The cache itself, shared by the stage and `palpipe embed`: texts (items of kind `text`
 /// and prompts) through the text tower and, when the encoder has an image tower, items of
-/// kind `image` through it.
+/// kind `image` through it. Each chunk is committed as it is done.
 pub async fn embed_texts(
     p: &EmbedParams,
     store: &crate::store::Store,
     printer: super::progress::Printer,
+) -> anyhow::Result<EmbedCounts> {
+    embed_into(p, store, printer, &mut EmbedSink::Commit).await
+}
+
+/// As [`embed_texts`], with the chunks going to `sink`.
+pub async fn embed_into(
+    p: &EmbedParams,
+    store: &crate::store::Store,
+    printer: super::progress::Printer,
+    sink: &mut EmbedSink<'_>,
 ) -> anyhow::Result<EmbedCounts> {
     for target in &p.targets {
         if target != "items" && target != "prompts" {
@@ -246,7 +299,9 @@ pub async fn embed_texts(
             };
             for i in 0..b.num_rows() {
                 let id = ids.value(i);
-                if done.contains(id) {
+                if !sink.takes(id) {
+                    counts.other_shards += 1;
+                } else if done.contains(id) {
                     counts.cached += 1;
                 } else if texts.is_null(i) || texts.value(i).trim().is_empty() {
                     counts.empty += 1;
@@ -266,7 +321,9 @@ pub async fn embed_texts(
             };
             for i in 0..b.num_rows() {
                 let id = ids.value(i);
-                if done.contains(id) {
+                if !sink.takes(id) {
+                    counts.other_shards += 1;
+                } else if done.contains(id) {
                     counts.cached += 1;
                 } else if seen.insert(id.to_string()) {
                     images.push(id.to_string());
@@ -296,9 +353,7 @@ pub async fn embed_texts(
                 vector: v,
             })
             .collect();
-        if let Some(batch) = batches::embeddings(&rows)? {
-            store.append("embeddings", batch).await?;
-        }
+        sink.put(store, &rows, &encoder_id).await?;
         counts.embedded += rows.len();
         bar.inc(rows.len() as u64);
     }
@@ -318,9 +373,7 @@ pub async fn embed_texts(
             counts.failed.extend(failed);
             bar.inc(group.len() as u64);
         }
-        if let Some(batch) = batches::embeddings(&rows)? {
-            store.append("embeddings", batch).await?;
-        }
+        sink.put(store, &rows, &encoder_id).await?;
         counts.embedded += rows.len();
         counts.images += rows.len();
     }

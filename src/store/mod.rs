@@ -8,11 +8,14 @@
 //! schemas in `schema.rs`.
 
 pub mod batches;
+pub mod knn;
 pub mod messages;
 pub mod records;
 pub mod schema;
+pub mod shards;
 pub mod sql;
 pub mod staged;
+pub mod vacuum;
 pub mod vector;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -4,7 +4,9 @@
 //! and filter pushdown); a table not written yet is registered empty with its schema, so a
 //! query over a fresh store answers zero rows instead of failing. DDL, DML and other
 //! statements are refused, and so are constructs the engine answers wrongly (`SIMILAR TO`).
-//! `octet_length` also measures binary values (the engine's measures strings only).
+//! `octet_length` also measures binary values (the engine's measures strings only);
+//! `cosine_similarity`, `l2_distance` and, for `palpipe sql`, the `knn` table function come
+//! from `knn.rs`.
 //! Formatting results for people is the CLI's job.
 
 use std::collections::BTreeMap;
@@ -23,6 +25,7 @@ use datafusion::logical_expr::{
 };
 use lance::datafusion::LanceTableProvider;
 
+use super::knn::{Knn, QueryEncoder, VectorMeasure};
 use super::{Store, StoreError, TableSchema, TABLES};
 
 /// A query's result: its schema (even with no rows) and its batches.
@@ -36,11 +39,26 @@ pub async fn session(
     store: &Store,
     versions: &BTreeMap<String, u64>,
 ) -> Result<SessionContext, StoreError> {
+    session_with(store, versions, None).await
+}
+
+/// As [`session`], with the `knn` table function when `encoder` is given (it embeds text
+/// queries; see `knn.rs`).
+pub async fn session_with(
+    store: &Store,
+    versions: &BTreeMap<String, u64>,
+    encoder: Option<Arc<dyn QueryEncoder>>,
+) -> Result<SessionContext, StoreError> {
     for t in versions.keys() {
         TableSchema::get(t)?;
     }
     let ctx = SessionContext::new();
     ctx.register_udf(ScalarUDF::from(OctetLength::new()));
+    ctx.register_udf(ScalarUDF::from(VectorMeasure::cosine_similarity()));
+    ctx.register_udf(ScalarUDF::from(VectorMeasure::l2_distance()));
+    if let Some(encoder) = encoder {
+        ctx.register_udtf("knn", Arc::new(Knn::new(store.clone(), encoder)));
+    }
     for t in TABLES {
         let ds = store.dataset(t, versions.get(t).copied()).await?;
         let reg = match ds {
