@@ -11,6 +11,7 @@
 //! | `persona` | [`persona`] | Anthropic persona statements, synthetic users (PAL App. D.4) |
 //! | `polis` | [`polis`] | one Polis conversation: agree ≻ disagree per voter |
 //! | `pickapic` | [`pickapic`] | Pick-a-Pic parquet shards (v1, v2), streamed |
+//! | `preferences` | [`preferences`] | your own data: any of the public formats and layouts, streamed |
 //!
 //! [`pickapic_fixtures`] writes Pick-a-Pic shards in the published layout for tests and demos
 //! (`palpipe fixtures pickapic`).
@@ -38,6 +39,7 @@ pub mod persona;
 pub mod pickapic;
 pub mod pickapic_fixtures;
 pub mod polis;
+pub mod preferences;
 pub mod synthetic;
 
 pub use common::IngestError;

@@ -11,6 +11,7 @@
 //! | `fixtures` | `ingest` | nothing | its folder of Pick-a-Pic stand-in shards (written once) |
 //! | `synthetic`, `persona`, `polis` | `ingest` | input files | its dataset's pairs and users (+ shared items, prompts, embeddings) |
 //! | `pickapic` | `ingest` | parquet shards (streamed) | its dataset's pairs and users (+ shared items, prompts) |
+//! | `preferences` | `ingest` | your files: parquet, csv/tsv, jsonl, json (streamed) | its dataset's pairs and users (+ shared items, prompts) |
 //! | `dedup` | `transform` | pairs | the split tags of its target |
 //! | `pick_a_filter` | `transform` | pairs, items | its dataset's pairs and users (+ shared filtered items) |
 //! | `embed` | `embed` | items, prompts | nothing of its own (shared, append-only `embeddings`) |
@@ -26,6 +27,7 @@ pub mod persona;
 pub mod pick_a_filter;
 pub mod pickapic;
 pub mod polis;
+pub mod preferences;
 pub mod synthetic;
 pub mod train;
 
@@ -53,6 +55,7 @@ pub const KINDS: &[KindInfo] = &[
     persona::KIND,
     polis::KIND,
     pickapic::KIND,
+    preferences::KIND,
     dedup::KIND,
     pick_a_filter::KIND,
     embed::KIND,
