@@ -403,9 +403,10 @@ struct Reader<'a, S> {
     file_split: Option<String>,
     chunk: IngestBatch,
     chunk_bytes: u64,
-    sent_items: HashSet<String>,
-    sent_prompts: HashSet<String>,
-    sent_users: HashSet<String>,
+    /// Ids handed on already, as 128-bit keys (see [`key`]), so that memory per id is small.
+    sent_items: HashSet<u128>,
+    sent_prompts: HashSet<u128>,
+    sent_users: HashSet<u128>,
     sent_pairs: HashSet<u128>,
     /// Per mapped path: the first non-null value's kind and where it was.
     kinds: HashMap<String, (&'static str, PathBuf, Loc)>,
@@ -1022,7 +1023,7 @@ where
 
     fn put_prompt(&mut self, text: String) -> String {
         let id = content_id(text.as_bytes());
-        if self.sent_prompts.insert(id.clone()) {
+        if self.sent_prompts.insert(key(&id)) {
             self.chunk.prompts.push(PromptRow {
                 prompt_id: id.clone(),
                 text,
@@ -1033,7 +1034,7 @@ where
     }
 
     fn put_item(&mut self, it: Item) -> Result<String, PrefError> {
-        if self.sent_items.insert(it.id.clone()) {
+        if self.sent_items.insert(key(&it.id)) {
             let kind = if it.bytes.is_some() { "image" } else { "text" };
             self.chunk_bytes += it.bytes.as_ref().map_or(0, |b| b.len() as u64);
             self.chunk.items.push(ItemRow {
@@ -1112,13 +1113,11 @@ where
         };
         let extra = format!("{label}:{split}:{}", id.unwrap_or(""));
         let pid = pair_id(&user_id, prompt.as_deref(), left, right, &extra);
-        let mut k = [0u8; 16];
-        k.copy_from_slice(&blake3::hash(pid.as_bytes()).as_bytes()[..16]);
-        if !self.sent_pairs.insert(u128::from_le_bytes(k)) {
+        if !self.sent_pairs.insert(key(&pid)) {
             self.report.repeated += 1;
             return Ok(());
         }
-        if self.sent_users.insert(user_id.clone()) {
+        if self.sent_users.insert(key(&user_id)) {
             self.chunk.users.push(UserRow {
                 user_id: user_id.clone(),
                 dataset: self.p.dataset.clone(),
@@ -1153,6 +1152,13 @@ where
         }
         (self.sink)(c)
     }
+}
+
+/// A 128-bit key for an id or a name: the first 16 bytes of its blake3.
+fn key(id: &str) -> u128 {
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&blake3::hash(id.as_bytes()).as_bytes()[..16]);
+    u128::from_le_bytes(k)
 }
 
 /// An image item from its bytes, or a drop when they are no image.
