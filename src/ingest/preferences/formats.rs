@@ -133,19 +133,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn open(path: &Path) -> Result<File, PrefError> {
-    File::open(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            IngestError::MissingFile {
-                path: path.to_path_buf(),
-            }
-        } else {
-            IngestError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-        .into()
-    })
+    Ok(crate::ingest::common::open_file(path)?)
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> PrefError + '_ {

@@ -285,6 +285,44 @@ pub(crate) async fn ingest_summary(
     Ok(write_summary(stats.iter().map(|(t, s)| (t.as_str(), s))))
 }
 
+/// Runs a streaming reader on a blocking thread and writes each chunk it sends as rows of
+/// `dataset` (one chunk in flight while the previous one is written, so memory stays at a
+/// few chunks), committing once at the end. `read` gets the sending end; when the writer
+/// fails, sends fail and the writer's error is returned. On any error nothing is committed
+/// and the store keeps its previous rows. Returns the reader's result and the write stats.
+pub(crate) async fn ingest_streamed<T, E, F>(
+    ctx: &StageCtx<'_>,
+    dataset: &str,
+    read: F,
+) -> anyhow::Result<(
+    T,
+    std::collections::BTreeMap<String, crate::store::WriteStats>,
+)>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<IngestBatch>) -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: Into<anyhow::Error> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<IngestBatch>(1);
+    let reader = tokio::task::spawn_blocking(move || read(tx));
+    // The stage owns its dataset's pairs and users: one commit per table once all is read.
+    let mut writer = crate::store::StagedWriter::owning_dataset(ctx.store, dataset).await?;
+    let mut write_error = None;
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = writer.write(&chunk).await {
+            write_error = Some(e);
+            break;
+        }
+    }
+    drop(rx);
+    let read = reader.await?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    let out = read.map_err(Into::into)?;
+    Ok((out, writer.commit().await?))
+}
+
 /// The pairs of `dataset`, sorted by pair id (the transform kinds' input).
 pub(crate) async fn dataset_pairs(
     store: &Store,

@@ -7,12 +7,10 @@
 use std::path::PathBuf;
 
 use super::{
-    keyed_inputs, write_summary, KindInfo, ParamIssue, PathResolver, RunFuture, Scope, StageCtx,
-    StageKind,
+    ingest_streamed, keyed_inputs, write_summary, KindInfo, ParamIssue, PathResolver, RunFuture,
+    Scope, StageCtx, StageKind,
 };
 use crate::ingest::preferences::{self, Params, PrefError};
-use crate::store::records::IngestBatch;
-use crate::store::StagedWriter;
 
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<Params>(
@@ -66,28 +64,13 @@ impl StageKind for Params {
 /// Reads on a blocking thread, writes chunks as they come, commits once at the end; on any
 /// error nothing is committed and the store keeps its previous rows.
 async fn ingest(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<IngestBatch>(1);
     let params = p.clone();
-    let reader = tokio::task::spawn_blocking(move || {
+    let (report, stats) = ingest_streamed(ctx, &p.dataset, move |tx| {
         preferences::read(&params, |chunk| {
             tx.blocking_send(chunk).map_err(|_| PrefError::Stopped)
         })
-    });
-    let mut writer = StagedWriter::owning_dataset(ctx.store, &p.dataset).await?;
-    let mut write_error = None;
-    while let Some(chunk) = rx.recv().await {
-        if let Err(e) = writer.write(&chunk).await {
-            write_error = Some(e);
-            break;
-        }
-    }
-    drop(rx);
-    let read = reader.await?;
-    if let Some(e) = write_error {
-        return Err(e.into());
-    }
-    let report = read?;
-    let stats = writer.commit().await?;
+    })
+    .await?;
     for (why, d) in &report.dropped {
         if why.starts_with("missing '") {
             ctx.printer.warn(format!(
