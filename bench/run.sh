@@ -12,7 +12,8 @@
 # Sections, each skipped with its variable set to 0: PAL (PAL head vs PyTorch), MINILM
 # (MiniLM vs sentence-transformers), CACHE (the embedding cache, `palpipe embed` three
 # times), CLIP (`palpipe bench-clip`, tiny fixture model), IMAGE (bench/image.sh: Pick-a-Pic
-# hashing vs b3sum, the image stages). See bench/README.md.
+# hashing vs b3sum, the image stages), INGEST (bench/ingest.sh: JSON lines ingest vs wc -l and
+# json.loads). See bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -267,4 +268,10 @@ fi
 # generated shards, the ingest / dedup / Pick-a-Filter stages, peak memory. Skip with IMAGE=0.
 if [ "${IMAGE:-1}" != "0" ]; then
     PALPIPE_BIN="$BIN" bash bench/image.sh
+fi
+
+# Ingest of JSON lines text pairs (issue 12): peak memory at 100 MB and 1 GB, throughput
+# beside wc -l and a Python json.loads pass. Skip with INGEST=0.
+if [ "${INGEST:-1}" != "0" ]; then
+    PALPIPE_BIN="$BIN" bash bench/ingest.sh
 fi

@@ -11,6 +11,7 @@ pub mod commit;
 pub mod eval_all;
 pub mod fixtures;
 pub mod images;
+pub mod ingest;
 pub mod output;
 pub mod pal_cmds;
 pub mod parity;
@@ -65,6 +66,8 @@ pub enum Command {
     /// Run a pipeline file: validate it, then run each stage whose inputs changed.
     #[command(after_help = run::after_help())]
     Run(run::RunArgs),
+    /// Read your own preference data (a file, glob or folder) into the store's pairs.
+    Ingest(ingest::IngestArgs),
     /// Run a read-only SQL query over the store's tables.
     Sql(sql::SqlArgs),
     /// List the store's tables with their current version and row count.
@@ -242,6 +245,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
     rt.block_on(async move {
         match cli.command {
             Command::Run(a) => run::run(&ctx, a).await,
+            Command::Ingest(a) => ingest::ingest(&ctx, a).await,
             Command::Sql(a) => sql::sql(&ctx, a).await,
             Command::Tables(a) => sql::tables(&ctx, a).await,
             Command::Train(a) => pal_cmds::train(&ctx, a).await,

@@ -104,22 +104,33 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<(), CliError> {
         ctx.printer.status(format!("running {}", file.display()));
     }
     let p = Pipeline::load(&file, &overrides).map_err(CliError::usage)?;
-    let store = if a.dry_run {
-        ctx.planned_store(p.store.as_deref())?
-    } else {
-        ctx.store(p.store.as_deref())?
-    };
     let opts = RunOptions {
         force: a.force.clone(),
         dry_run: a.dry_run,
     };
-    let report = pipeline::run(&p, &store, &opts, ctx.printer)
+    run_pipeline(ctx, &p, &opts, a.json).await
+}
+
+/// Runs a parsed pipeline on the store (`--store`, else its `store:`) and prints its report
+/// (a table, or one JSON object with `json`); the stage's error, if one failed, is returned.
+pub async fn run_pipeline(
+    ctx: &Ctx,
+    p: &Pipeline,
+    opts: &RunOptions,
+    json: bool,
+) -> Result<(), CliError> {
+    let store = if opts.dry_run {
+        ctx.planned_store(p.store.as_deref())?
+    } else {
+        ctx.store(p.store.as_deref())?
+    };
+    let report = pipeline::run(p, &store, opts, ctx.printer)
         .await
         .map_err(|e| match e {
             pipeline::runner::RunError::Invalid(m) => CliError::usage(anyhow::anyhow!(m)),
             pipeline::runner::RunError::Store(s) => s.into(),
         })?;
-    if a.json {
+    if json {
         let v = serde_json::json!({
             "run_id": report.run_id,
             "pipeline": report.pipeline,
@@ -129,7 +140,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<(), CliError> {
         });
         println!("{v}");
     } else {
-        let mode = if a.dry_run {
+        let mode = if opts.dry_run {
             " (dry run: nothing written)"
         } else {
             ""
@@ -158,7 +169,7 @@ pub async fn run(ctx: &Ctx, a: RunArgs) -> Result<(), CliError> {
                 .filter(|s| s.status == "skipped")
                 .count(),
         );
-        if !a.dry_run && report.error.is_none() {
+        if !opts.dry_run && report.error.is_none() {
             if done == 0 {
                 println!("nothing to do: all {skipped} stages unchanged");
             } else {

@@ -217,6 +217,23 @@ pub fn check_dataset(dataset: &str) -> Result<(), IngestError> {
     Ok(())
 }
 
+/// Opens a file for reading: a missing file is [`IngestError::MissingFile`], any other
+/// failure [`IngestError::Io`].
+pub fn open_file(path: &Path) -> Result<std::fs::File, IngestError> {
+    std::fs::File::open(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            IngestError::MissingFile {
+                path: path.to_path_buf(),
+            }
+        } else {
+            IngestError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
+}
+
 /// Reads a whole text file, telling a missing file, an unreadable one, one that is not UTF-8
 /// (with the line and column of the first bad byte) and an empty one apart.
 pub fn read_text(path: &Path) -> Result<String, IngestError> {

@@ -12,6 +12,7 @@
 //! | `polis` | [`polis`] | one Polis conversation: agree ≻ disagree per voter |
 //! | `pickapic` | [`pickapic`] | Pick-a-Pic parquet shards (v1, v2), streamed |
 //! | `length_preference_users` | [`tldr`] | summarize-from-feedback comparisons → length-preference users (PAL D.3) |
+//! | `preferences` | [`preferences`] | your own data: any of the public formats and layouts, streamed |
 //!
 //! [`pickapic_fixtures`] writes Pick-a-Pic shards in the published layout for tests and demos
 //! (`palpipe fixtures pickapic`); [`tldr_fixtures`] writes summarize-from-feedback
@@ -40,6 +41,7 @@ pub mod persona;
 pub mod pickapic;
 pub mod pickapic_fixtures;
 pub mod polis;
+pub mod preferences;
 pub mod synthetic;
 pub mod tldr;
 pub mod tldr_fixtures;

@@ -284,18 +284,7 @@ pub fn count_rows(p: &Params) -> Result<u64, IngestError> {
 }
 
 fn open(path: &Path) -> Result<File, IngestError> {
-    File::open(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            IngestError::MissingFile {
-                path: path.to_path_buf(),
-            }
-        } else {
-            IngestError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    })
+    super::common::open_file(path)
 }
 
 /// Columns of one record batch, in the types the reader works with.

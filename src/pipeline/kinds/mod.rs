@@ -13,6 +13,7 @@
 //! | `synthetic`, `persona`, `polis` | `ingest` | input files | its dataset's pairs and users (+ shared items, prompts, embeddings) |
 //! | `length_preference_users` | `ingest` | comparison files | its dataset's pairs and users (+ shared items, prompts) |
 //! | `pickapic` | `ingest` | parquet shards (streamed) | its dataset's pairs and users (+ shared items, prompts) |
+//! | `preferences` | `ingest` | your files: parquet, csv/tsv, jsonl, json (streamed) | its dataset's pairs and users (+ shared items, prompts) |
 //! | `dedup` | `transform` | pairs | the split tags of its target |
 //! | `pick_a_filter` | `transform` | pairs, items | its dataset's pairs and users (+ shared filtered items) |
 //! | `embed` | `embed` | items, prompts | nothing of its own (shared, append-only `embeddings`) |
@@ -30,6 +31,7 @@ pub mod pick_a_filter;
 pub mod pickapic;
 pub mod polis;
 pub mod summarize_fixtures;
+pub mod preferences;
 pub mod synthetic;
 pub mod train;
 
@@ -59,6 +61,7 @@ pub const KINDS: &[KindInfo] = &[
     polis::KIND,
     length_preference_users::KIND,
     pickapic::KIND,
+    preferences::KIND,
     dedup::KIND,
     pick_a_filter::KIND,
     embed::KIND,
@@ -286,6 +289,44 @@ pub(crate) async fn ingest_summary(
 ) -> anyhow::Result<String> {
     let stats = write_ingest(ctx.store, dataset, &batch).await?;
     Ok(write_summary(stats.iter().map(|(t, s)| (t.as_str(), s))))
+}
+
+/// Runs a streaming reader on a blocking thread and writes each chunk it sends as rows of
+/// `dataset` (one chunk in flight while the previous one is written, so memory stays at a
+/// few chunks), committing once at the end. `read` gets the sending end; when the writer
+/// fails, sends fail and the writer's error is returned. On any error nothing is committed
+/// and the store keeps its previous rows. Returns the reader's result and the write stats.
+pub(crate) async fn ingest_streamed<T, E, F>(
+    ctx: &StageCtx<'_>,
+    dataset: &str,
+    read: F,
+) -> anyhow::Result<(
+    T,
+    std::collections::BTreeMap<String, crate::store::WriteStats>,
+)>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<IngestBatch>) -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: Into<anyhow::Error> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<IngestBatch>(1);
+    let reader = tokio::task::spawn_blocking(move || read(tx));
+    // The stage owns its dataset's pairs and users: one commit per table once all is read.
+    let mut writer = crate::store::StagedWriter::owning_dataset(ctx.store, dataset).await?;
+    let mut write_error = None;
+    while let Some(chunk) = rx.recv().await {
+        if let Err(e) = writer.write(&chunk).await {
+            write_error = Some(e);
+            break;
+        }
+    }
+    drop(rx);
+    let read = reader.await?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    let out = read.map_err(Into::into)?;
+    Ok((out, writer.commit().await?))
 }
 
 /// The pairs of `dataset`, sorted by pair id (the transform kinds' input).

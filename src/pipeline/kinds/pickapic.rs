@@ -7,12 +7,11 @@
 use std::path::PathBuf;
 
 use super::{
-    keyed_inputs, write_summary, KindInfo, PathResolver, RunFuture, Scope, StageCtx, StageKind,
+    ingest_streamed, keyed_inputs, write_summary, KindInfo, PathResolver, RunFuture, Scope,
+    StageCtx, StageKind,
 };
 use crate::ingest::common::IngestError;
 use crate::ingest::pickapic::{self, Params};
-use crate::store::records::IngestBatch;
-use crate::store::StagedWriter;
 
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<Params>(
@@ -70,10 +69,9 @@ impl StageKind for Params {
 async fn ingest(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
     let total = pickapic::count_rows(p)?;
     let bar = ctx.printer.bar(total, "rows");
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<IngestBatch>(1);
     let params = p.clone();
     let reader_bar = bar.clone();
-    let reader = tokio::task::spawn_blocking(move || {
+    let result = ingest_streamed(ctx, &p.dataset, move |tx| {
         pickapic::read(
             &params,
             |chunk| {
@@ -82,25 +80,10 @@ async fn ingest(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
             },
             |n| reader_bar.set_position(n),
         )
-    });
-    // The stage owns its dataset's pairs and users: one commit per table once all is read.
-    let mut writer = StagedWriter::owning_dataset(ctx.store, &p.dataset).await?;
-    let mut write_error = None;
-    while let Some(chunk) = rx.recv().await {
-        if let Err(e) = writer.write(&chunk).await {
-            write_error = Some(e);
-            break;
-        }
-    }
-    drop(rx);
-    let read = reader.await?;
+    })
+    .await;
     bar.finish_and_clear();
-    // On an error the writer is dropped uncommitted: the store keeps its previous rows.
-    if let Some(e) = write_error {
-        return Err(e.into());
-    }
-    let report = read?;
-    let stats = writer.commit().await?;
+    let (report, stats) = result?;
     for (tag, c) in &report {
         for (ranking, why) in &c.bad_examples {
             ctx.printer

@@ -1,0 +1,134 @@
+//! The errors of the preferences reader: each names the file, the row or line, and the
+//! column, with a hint where the fix is known.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::ingest::common::IngestError;
+
+/// Where a row is in its file: a line (JSON lines, CSV), a row (Parquet) or an element (a
+/// JSON array), 1-based.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    pub unit: &'static str,
+    pub n: u64,
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.unit, self.n)
+    }
+}
+
+/// Everything that stops a preferences ingest.
+#[derive(Debug, thiserror::Error)]
+pub enum PrefError {
+    /// A shared ingest error (a missing or unreadable file, a bad JSON line, …).
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// A parameter that cannot work (unknown preset, a layout without its columns, …).
+    #[error("{message}")]
+    Param { key: String, message: String },
+    /// `path` matches no data file.
+    #[error("no data files at '{}'\nhint: give a file, a glob (data/train-*.parquet) or a folder holding .parquet, .csv, .tsv, .jsonl or .json files (optionally .gz or .zst)", .path.display())]
+    NoFiles { path: PathBuf },
+    /// A mapped column that the file does not have.
+    #[error("{}: column '{column}' (columns.{key}) is not in the file\nhint: the file has: {have}{}", .path.display(), .closest.as_ref().map(|c| format!("; did you mean '{c}'?")).unwrap_or_default())]
+    NoColumn {
+        path: PathBuf,
+        key: String,
+        column: String,
+        have: String,
+        closest: Option<String>,
+    },
+    /// A value of one row that the mapping cannot use.
+    #[error("{}: {at}, column '{column}': {message}{}", .path.display(), .hint.as_ref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
+    Row {
+        path: PathBuf,
+        at: Loc,
+        column: String,
+        message: String,
+        hint: Option<String>,
+    },
+    /// A column holding one kind of value in one place and another elsewhere.
+    #[error("column '{column}' holds {first_kind} in {}: {first_at} but {kind} in {}: {at}\nhint: the files disagree on the column's type; convert one of them", .first_path.display(), .path.display())]
+    MixedTypes {
+        column: String,
+        first_path: PathBuf,
+        first_at: Loc,
+        first_kind: &'static str,
+        path: PathBuf,
+        at: Loc,
+        kind: &'static str,
+    },
+    /// A file whose content is not the format its name (or `format:`) says.
+    #[error("'{}' is not a {format} file: {found}\nhint: rename it, or set 'format:' to what it holds", .path.display())]
+    NotFormat {
+        path: PathBuf,
+        format: String,
+        found: String,
+    },
+    /// The store writer stopped (its own error is reported instead).
+    #[error("stopped: the store writer stopped")]
+    Stopped,
+}
+
+impl PrefError {
+    /// A parameter problem.
+    pub fn param(key: &str, message: impl Into<String>) -> PrefError {
+        PrefError::Param {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether the user's configuration (not the data) is at fault: exit code 2.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, PrefError::Param { .. })
+    }
+}
+
+/// The name in `have` closest to `want` (edit distance, case-insensitive), when it is close
+/// enough to be a likely typo.
+pub fn closest<'a>(want: &str, have: impl Iterator<Item = &'a str>) -> Option<String> {
+    let want_l = want.to_lowercase();
+    have.map(|h| (distance(&want_l, &h.to_lowercase()), h))
+        .filter(|(d, h)| *d <= (want.len().max(h.len()) / 2).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, h)| h.to_string())
+}
+
+/// Levenshtein distance in characters.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_closest_name_is_a_likely_typo_or_none() {
+        let have = ["worker", "choice", "summaries"];
+        assert_eq!(
+            closest("choise", have.iter().copied()).as_deref(),
+            Some("choice")
+        );
+        assert_eq!(
+            closest("Worker", have.iter().copied()).as_deref(),
+            Some("worker")
+        );
+        assert_eq!(closest("zzzzzzzzzz", have.iter().copied()), None);
+        assert_eq!(distance("kitten", "sitting"), 3);
+    }
+}

@@ -1,0 +1,481 @@
+//! Finding and reading preference files: a file, a glob or a folder (the Hugging Face
+//! datasets layout); the format from the extension (or `format:`); gzip and zstd by their
+//! magic bytes; and one streaming reader per format that hands each row on as a [`Val`].
+//!
+//! JSON lines, CSV/TSV and Parquet are read a line or a record batch at a time, so memory
+//! does not grow with the file; a JSON array is parsed whole (its format has no rows to
+//! stop between).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use serde::{Deserialize, Serialize};
+
+use super::error::{Loc, PrefError};
+use super::value::{from_arrow, Val};
+use crate::ingest::common::IngestError;
+
+/// A file format the reader knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Parquet,
+    Csv,
+    Tsv,
+    /// One JSON object a line.
+    Jsonl,
+    /// A JSON array of objects (a `.json` file whose first character is `{` is read as JSON
+    /// lines, which is how many releases name them).
+    Json,
+}
+
+impl Format {
+    /// The format's name, as `format:` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Parquet => "parquet",
+            Format::Csv => "csv",
+            Format::Tsv => "tsv",
+            Format::Jsonl => "jsonl",
+            Format::Json => "json",
+        }
+    }
+}
+
+const COMPRESSED: [&str; 3] = ["gz", "zst", "zstd"];
+
+/// The file name without a compression extension, and that extension.
+fn strip_compression(name: &str) -> (&str, Option<&str>) {
+    for ext in COMPRESSED {
+        if let Some(base) = name.strip_suffix(&format!(".{ext}")) {
+            return (base, Some(ext));
+        }
+    }
+    (name, None)
+}
+
+/// The format a file name says (compression extension left aside), if any.
+pub fn format_from_name(path: &Path) -> Option<Format> {
+    let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+    let (base, _) = strip_compression(&name);
+    let ext = base.rsplit_once('.')?.1;
+    Some(match ext {
+        "parquet" | "pq" => Format::Parquet,
+        "csv" => Format::Csv,
+        "tsv" | "tab" => Format::Tsv,
+        "jsonl" | "ndjson" => Format::Jsonl,
+        "json" => Format::Json,
+        _ => return None,
+    })
+}
+
+/// The split a Hugging Face file name gives: `<split>.<ext>` or
+/// `<split>-00000-of-00003.<ext>`, when `<split>` starts with a split word (train, test,
+/// valid…, val, dev, eval: `test_prefs`, `valid1` count).
+pub fn split_from_name(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let (base, _) = strip_compression(name);
+    let stem = base.rsplit_once('.').map_or(base, |(s, _)| s);
+    let stem = match stem.rsplit_once("-of-") {
+        Some((left, total)) if total.chars().all(|c| c.is_ascii_digit()) => left
+            .rsplit_once('-')
+            .filter(|(_, n)| n.chars().all(|c| c.is_ascii_digit()))
+            .map_or(left, |(s, _)| s),
+        _ => stem,
+    };
+    let lower = stem.to_ascii_lowercase();
+    ["train", "test", "valid", "val", "dev", "eval"]
+        .iter()
+        .any(|w| lower.starts_with(w))
+        .then(|| stem.to_string())
+}
+
+/// The data files `path` names, sorted: the file itself, the files a glob matches, or every
+/// file of a known format under a folder (hidden entries skipped). Empty when none.
+pub fn list_files(path: &Path) -> Vec<PathBuf> {
+    let text = path.to_string_lossy();
+    if text.contains(['*', '?', '[']) {
+        let mut out: Vec<PathBuf> = glob::glob(&text)
+            .map(|g| g.filter_map(Result::ok).filter(|p| p.is_file()).collect())
+            .unwrap_or_default();
+        out.sort();
+        return out;
+    }
+    if path.is_file() {
+        return vec![path.to_path_buf()];
+    }
+    let mut out = Vec::new();
+    if path.is_dir() {
+        walk(path, &mut out);
+    }
+    out.sort();
+    out
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let p = e.path();
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            walk(&p, out);
+        } else if format_from_name(&p).is_some() {
+            out.push(p);
+        }
+    }
+}
+
+fn open(path: &Path) -> Result<File, PrefError> {
+    Ok(crate::ingest::common::open_file(path)?)
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> PrefError + '_ {
+    move |source| {
+        IngestError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+        .into()
+    }
+}
+
+/// The first bytes of a file (up to 8).
+fn magic(path: &Path) -> Result<Vec<u8>, PrefError> {
+    let mut head = Vec::with_capacity(8);
+    open(path)?
+        .take(8)
+        .read_to_end(&mut head)
+        .map_err(io(path))?;
+    Ok(head)
+}
+
+/// The file's text stream: decompressed when its bytes start with the gzip or zstd magic;
+/// a `.gz`/`.zst` name on a file that is neither is an error.
+fn text_stream(path: &Path) -> Result<Box<dyn Read>, PrefError> {
+    let head = magic(path)?;
+    let file = open(path)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase());
+    let said = name.as_deref().and_then(|n| strip_compression(n).1);
+    if head.starts_with(&[0x1f, 0x8b]) {
+        return Ok(Box::new(flate2::read::MultiGzDecoder::new(file)));
+    }
+    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let d = zstd::stream::read::Decoder::new(file).map_err(io(path))?;
+        return Ok(Box::new(d));
+    }
+    if let Some(ext) = said {
+        return Err(PrefError::NotFormat {
+            path: path.to_path_buf(),
+            format: if ext == "gz" { "gzip" } else { "zstd" }.into(),
+            found: format!("it starts with bytes {}", hex(&head)),
+        });
+    }
+    Ok(Box::new(file))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What a reader tells its consumer: the file's columns once (before any row), then each
+/// row with its place.
+pub trait RowSink {
+    /// The top-level column names (a CSV header, a Parquet schema, the first JSON object's
+    /// keys).
+    fn columns(&mut self, names: &[String]) -> Result<(), PrefError>;
+    /// One row.
+    fn row(&mut self, at: Loc, row: Val) -> Result<(), PrefError>;
+}
+
+/// Reads every row of `path` as `format` into `sink`. `wanted` names the top-level columns
+/// the mapping uses (Parquet reads only those).
+pub fn read_file(
+    path: &Path,
+    format: Format,
+    wanted: &[String],
+    sink: &mut dyn RowSink,
+) -> Result<(), PrefError> {
+    match format {
+        Format::Parquet => read_parquet(path, wanted, sink),
+        Format::Csv => read_csv(path, b',', sink),
+        Format::Tsv => read_csv(path, b'\t', sink),
+        Format::Jsonl | Format::Json => {
+            let mut r = BufReader::with_capacity(1 << 20, text_stream(path)?);
+            // A `.json` file may hold JSON lines: the first non-blank byte tells.
+            let first = loop {
+                let buf = r.fill_buf().map_err(io(path))?;
+                match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+                    Some(i) => break Some(buf[i]),
+                    None if buf.is_empty() => break None,
+                    None => {
+                        let n = buf.len();
+                        r.consume(n);
+                    }
+                }
+            };
+            match (format, first) {
+                (_, None) => Err(IngestError::EmptyFile {
+                    path: path.to_path_buf(),
+                }
+                .into()),
+                (Format::Json, Some(b'[')) => read_json_array(path, r, sink),
+                _ => read_json_lines(path, r, format, sink),
+            }
+        }
+    }
+}
+
+fn read_json_lines(
+    path: &Path,
+    mut r: impl BufRead,
+    format: Format,
+    sink: &mut dyn RowSink,
+) -> Result<(), PrefError> {
+    let mut line = Vec::with_capacity(4096);
+    let mut n = 0u64;
+    let mut first = true;
+    loop {
+        line.clear();
+        let got = r.read_until(b'\n', &mut line).map_err(io(path))?;
+        if got == 0 {
+            break;
+        }
+        n += 1;
+        let mut bytes = line.as_slice();
+        if first {
+            bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+        }
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let value: serde_json::Value = match serde_json::from_slice(bytes) {
+            Ok(v) => v,
+            Err(e) if first => {
+                return Err(PrefError::NotFormat {
+                    path: path.to_path_buf(),
+                    format: format!("{} (JSON lines)", format.name()),
+                    found: format!("line {n} does not parse as JSON: {e}"),
+                })
+            }
+            Err(e) => {
+                return Err(IngestError::BadJson {
+                    path: path.to_path_buf(),
+                    line: n,
+                    message: e.to_string(),
+                }
+                .into())
+            }
+        };
+        let at = Loc { unit: "line", n };
+        let row = object(path, at, value)?;
+        if first {
+            sink.columns(&keys(&row))?;
+            first = false;
+        }
+        sink.row(at, row)?;
+    }
+    if first {
+        return Err(IngestError::EmptyFile {
+            path: path.to_path_buf(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn keys(row: &Val) -> Vec<String> {
+    match row {
+        Val::Map(f) => f.iter().map(|(k, _)| k.clone()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn object(path: &Path, at: Loc, value: serde_json::Value) -> Result<Val, PrefError> {
+    match value {
+        serde_json::Value::Object(_) => Ok(Val::from(value)),
+        other => Err(PrefError::Row {
+            path: path.to_path_buf(),
+            at,
+            column: "(row)".into(),
+            message: format!("expected a JSON object, found {}", Val::from(other).kind()),
+            hint: None,
+        }),
+    }
+}
+
+fn read_json_array(path: &Path, r: impl Read, sink: &mut dyn RowSink) -> Result<(), PrefError> {
+    let values: Vec<serde_json::Value> =
+        serde_json::from_reader(r).map_err(|e| IngestError::BadJson {
+            path: path.to_path_buf(),
+            line: e.line() as u64,
+            message: e.to_string(),
+        })?;
+    if values.is_empty() {
+        return Err(IngestError::EmptyFile {
+            path: path.to_path_buf(),
+        }
+        .into());
+    }
+    for (i, v) in values.into_iter().enumerate() {
+        let at = Loc {
+            unit: "element",
+            n: i as u64 + 1,
+        };
+        let row = object(path, at, v)?;
+        if i == 0 {
+            sink.columns(&keys(&row))?;
+        }
+        sink.row(at, row)?;
+    }
+    Ok(())
+}
+
+fn read_csv(path: &Path, delimiter: u8, sink: &mut dyn RowSink) -> Result<(), PrefError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(true)
+        .from_reader(text_stream(path)?);
+    let csv_err = |e: csv::Error| -> PrefError {
+        IngestError::Csv {
+            path: path.to_path_buf(),
+            line: e.position().map(|p| p.line()).unwrap_or(0),
+            message: e.to_string(),
+        }
+        .into()
+    };
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(csv_err)?
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let h = if i == 0 {
+                h.trim_start_matches('\u{feff}')
+            } else {
+                h
+            };
+            h.trim().to_string()
+        })
+        .collect();
+    sink.columns(&header)?;
+    let mut any = false;
+    let mut record = csv::StringRecord::new();
+    while reader.read_record(&mut record).map_err(csv_err)? {
+        any = true;
+        let n = record.position().map(|p| p.line()).unwrap_or(0);
+        let row = Val::Map(
+            header
+                .iter()
+                .zip(record.iter())
+                .map(|(h, v)| {
+                    let v = if v.is_empty() {
+                        Val::Null
+                    } else {
+                        Val::Str(v.to_string())
+                    };
+                    (h.clone(), v)
+                })
+                .collect(),
+        );
+        sink.row(Loc { unit: "line", n }, row)?;
+    }
+    if !any {
+        return Err(IngestError::EmptyFile {
+            path: path.to_path_buf(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn read_parquet(path: &Path, wanted: &[String], sink: &mut dyn RowSink) -> Result<(), PrefError> {
+    let head = magic(path)?;
+    if !head.starts_with(b"PAR1") {
+        return Err(PrefError::NotFormat {
+            path: path.to_path_buf(),
+            format: "parquet".into(),
+            found: format!(
+                "it starts with bytes {} (parquet files start with PAR1)",
+                hex(&head)
+            ),
+        });
+    }
+    let not_parquet = |e: parquet::errors::ParquetError| PrefError::NotFormat {
+        path: path.to_path_buf(),
+        format: "parquet".into(),
+        found: e.to_string(),
+    };
+    let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(not_parquet)?;
+    let schema = builder.schema().clone();
+    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    sink.columns(&names)?;
+    let roots: Vec<usize> = names
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| wanted.iter().any(|w| w == *n))
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(1024)
+        .build()
+        .map_err(not_parquet)?;
+    let mut n = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| IngestError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(format!("cannot decode a row group: {e}")),
+        })?;
+        let schema = batch.schema();
+        for i in 0..batch.num_rows() {
+            n += 1;
+            let row = Val::Map(
+                schema
+                    .fields()
+                    .iter()
+                    .zip(batch.columns())
+                    .map(|(f, c)| (f.name().clone(), from_arrow(c, i)))
+                    .collect(),
+            );
+            sink.row(Loc { unit: "row", n }, row)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hugging_face_file_names_give_their_split() {
+        let s = |n: &str| split_from_name(Path::new(n));
+        assert_eq!(
+            s("data/train-00000-of-00003.parquet").as_deref(),
+            Some("train")
+        );
+        assert_eq!(
+            s("test_prefs-00001-of-00002.parquet").as_deref(),
+            Some("test_prefs")
+        );
+        assert_eq!(s("valid1.jsonl.gz").as_deref(), Some("valid1"));
+        assert_eq!(s("validation.csv").as_deref(), Some("validation"));
+        assert_eq!(s("comparisons.jsonl"), None);
+        assert_eq!(
+            format_from_name(Path::new("a/b.jsonl.zst")),
+            Some(Format::Jsonl)
+        );
+        assert_eq!(format_from_name(Path::new("b.TSV")), Some(Format::Tsv));
+        assert_eq!(format_from_name(Path::new("b.txt")), None);
+    }
+}

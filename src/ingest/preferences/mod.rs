@@ -1,0 +1,1218 @@
+//! `preferences`: pairwise preference data with annotator ids, in the formats people hold.
+//!
+//! A stage names its files (`path`: a file, a glob or a folder in the Hugging Face datasets
+//! layout; [`formats`]), how rows are laid out (`layout`; [`layouts`]) and which column, or
+//! dotted path into nested records, holds each part (`columns`; [`value`]), or a `preset`
+//! that fills those in ([`presets`]). Rows are streamed: each becomes zero or more pairs,
+//! handed on in chunks, so memory holds a chunk plus the ids already sent (and, for the
+//! `ratings` layout, each group's ratings until the files are read).
+//!
+//! Per row:
+//! - the user is `<dataset>/<user column>` (or `user: {constant: NAME}`); all users "seen";
+//! - the split is the `split` column, else the file name's split (`train-00000-of-00002`,
+//!   `valid1.jsonl`), else "train";
+//! - items are texts, or images (bytes, a Hugging Face `Image` record `{bytes, path}`, or with
+//!   `items: image` a path relative to the data file), stored by content hash; two chat
+//!   transcripts (lists of `{role, content}`, or HH-RLHF text) are split into their shared
+//!   history (the prompt, unless a `prompt` column is mapped) and their final replies;
+//! - `chosen`/`rejected` pairs put the preferred item on a side drawn from the pair's content
+//!   (seeded), `left`/`right` pairs keep their sides; the pair id hashes user, prompt,
+//!   items, label, split and the `id` column, so a repeated row is one pair;
+//! - rows that make no preference (missing label, NaN, a tie, the same item twice, empty
+//!   text, no user) are dropped and counted by reason; a mapped path missing in a row is
+//!   counted with the first row it happened in, or is an error with `strict: true`.
+//!
+//! The rows stored do not depend on the order of the input rows (every decision is a
+//! function of the row's content), only their storage order, which readers sort away.
+
+pub mod error;
+pub mod formats;
+pub mod layouts;
+pub mod presets;
+pub mod value;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use error::{Loc, PrefError};
+pub use formats::Format;
+pub use layouts::{LabelConvention, Layout};
+use layouts::{Verdict, MISSING_LABEL, NAN_LABEL, TIE};
+use value::{Found, Val};
+
+use super::common::{IngestError, ROLE_SEEN};
+use crate::store::records::{
+    content_id, pair_id, IngestBatch, ItemRow, PairRow, PromptRow, UserRow,
+};
+
+/// What a key of `columns` maps to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Column {
+    /// A column name or a dotted path (`info.post`, `summaries.0.text`).
+    Path(String),
+    /// Several paths: response columns (`[response_a, response_b]`), a two-score label
+    /// (`[label_0, label_1]`), or a group made of several columns.
+    Paths(Vec<String>),
+    /// The same value for every row (`user: {constant: anon}`).
+    Constant { constant: String },
+}
+
+impl Column {
+    fn paths(&self) -> Vec<&str> {
+        match self {
+            Column::Path(p) => vec![p.as_str()],
+            Column::Paths(ps) => ps.iter().map(String::as_str).collect(),
+            Column::Constant { .. } => Vec::new(),
+        }
+    }
+}
+
+/// The keys `columns` takes.
+pub const KEYS: [&str; 14] = [
+    "user",
+    "prompt",
+    "chosen",
+    "rejected",
+    "left",
+    "right",
+    "label",
+    "responses",
+    "preferred",
+    "response",
+    "score",
+    "group",
+    "split",
+    "id",
+];
+
+/// What string items are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemKind {
+    /// Texts (binary values and `{bytes, path}` records are still images).
+    #[default]
+    Text,
+    /// Paths of image files, relative to the data file's folder.
+    Image,
+}
+
+/// Parameters of a `preferences` stage (and of `palpipe ingest`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// The `dataset` of its pairs and users, and the prefix of user ids. Required.
+    pub dataset: String,
+    /// A file, a glob (`data/train-*.parquet`) or a folder. Required.
+    pub path: PathBuf,
+    /// `parquet`, `csv`, `tsv`, `jsonl` or `json`; default: from each file's extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+    /// `pairwise` (default), `best_of_k` or `ratings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
+    /// Key → column or dotted path (see [`KEYS`]); over the preset's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub columns: BTreeMap<String, Column>,
+    /// A preset's name (see [`presets`]): its settings, under the stage's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// `index` (0/1, default for one label column), `sign` (−1/+1) or `scores` (two columns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_convention: Option<LabelConvention>,
+    /// `ratings`: the smallest score difference that makes a pair. Default: any difference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_gap: Option<f64>,
+    /// A mapped path missing in a row is an error instead of a counted drop.
+    #[serde(default)]
+    pub strict: bool,
+    /// What string items are: `text` (default) or `image` (paths).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<ItemKind>,
+    /// Seeds the side each chosen/rejected pair's preferred item goes on. Default 0.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// A preset file: the settings a stage may leave to it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresetSettings {
+    #[serde(default)]
+    format: Option<Format>,
+    #[serde(default)]
+    layout: Option<Layout>,
+    #[serde(default)]
+    columns: BTreeMap<String, Column>,
+    #[serde(default)]
+    label_convention: Option<LabelConvention>,
+    #[serde(default)]
+    min_gap: Option<f64>,
+    #[serde(default)]
+    items: Option<ItemKind>,
+}
+
+/// The settings in force: the stage's over its preset's over the defaults, checked.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    pub format: Option<Format>,
+    pub layout: Layout,
+    pub columns: BTreeMap<String, Column>,
+    pub convention: LabelConvention,
+    pub min_gap: f64,
+    pub items: ItemKind,
+}
+
+/// Resolves the preset and checks that the layout has the columns it needs.
+pub fn mapping(p: &Params) -> Result<Mapping, PrefError> {
+    let preset = match &p.preset {
+        None => PresetSettings::default(),
+        Some(name) => {
+            let text = presets::get(name).ok_or_else(|| {
+                PrefError::param(
+                    "preset",
+                    format!(
+                        "unknown preset '{name}'\nhint: presets: {}",
+                        presets::names()
+                    ),
+                )
+            })?;
+            serde_yaml::from_str(text).map_err(|e| {
+                PrefError::param("preset", format!("preset '{name}' does not parse: {e}"))
+            })?
+        }
+    };
+    let mut columns = preset.columns;
+    columns.extend(p.columns.clone());
+    for key in columns.keys() {
+        if !KEYS.contains(&key.as_str()) {
+            return Err(PrefError::param(
+                &format!("columns.{key}"),
+                format!(
+                    "unknown column key '{key}'\nhint: keys: {}",
+                    KEYS.join(", ")
+                ),
+            ));
+        }
+    }
+    let layout = p.layout.or(preset.layout).unwrap_or_default();
+    let has = |k: &str| columns.contains_key(k);
+    if !has("user") {
+        return Err(PrefError::param(
+            "columns.user",
+            "no user column: palpipe learns per-user preferences\nhint: map the annotator id (columns: {user: worker_id}), or say every row is one user's with columns: {user: {constant: NAME}}",
+        ));
+    }
+    let need = |keys: &[&str], what: &str| -> Result<(), PrefError> {
+        match keys.iter().find(|k| !has(**k)) {
+            Some(k) => Err(PrefError::param(
+                &format!("columns.{k}"),
+                format!("layout '{what}' needs columns.{k}"),
+            )),
+            None => Ok(()),
+        }
+    };
+    match layout {
+        Layout::Pairwise => {
+            if has("chosen") || has("rejected") {
+                need(&["chosen", "rejected"], "pairwise")?;
+            } else if has("left") || has("right") {
+                need(&["left", "right", "label"], "pairwise")?;
+            } else {
+                return Err(PrefError::param(
+                    "columns",
+                    "layout 'pairwise' needs columns chosen and rejected, or left, right and label",
+                ));
+            }
+        }
+        Layout::BestOfK => need(&["responses", "preferred"], "best_of_k")?,
+        Layout::Ratings => {
+            need(&["response"], "ratings")?;
+            if !has("score") && !has("preferred") {
+                return Err(PrefError::param(
+                    "columns.score",
+                    "layout 'ratings' needs columns.score (pairs by score) or columns.preferred (a flag on the chosen response)",
+                ));
+            }
+            if !has("group") && !has("prompt") {
+                return Err(PrefError::param(
+                    "columns.group",
+                    "layout 'ratings' needs columns.group or columns.prompt: ratings are compared within one rater and group",
+                ));
+            }
+        }
+    }
+    let two_labels = matches!(columns.get("label"), Some(Column::Paths(v)) if v.len() == 2);
+    let convention = p
+        .label_convention
+        .or(preset.label_convention)
+        .unwrap_or(if two_labels {
+            LabelConvention::Scores
+        } else {
+            LabelConvention::Index
+        });
+    if has("label") && (convention == LabelConvention::Scores) != two_labels {
+        return Err(PrefError::param(
+            "label_convention",
+            "label_convention 'scores' takes two label columns (label: [label_0, label_1]); 'index' and 'sign' take one",
+        ));
+    }
+    let min_gap = p.min_gap.or(preset.min_gap).unwrap_or(0.0);
+    if !(min_gap >= 0.0) {
+        return Err(PrefError::param(
+            "min_gap",
+            format!("min_gap is {min_gap}, expected a number >= 0"),
+        ));
+    }
+    if p.dataset.trim().is_empty() || p.dataset.contains(['\'', '"']) {
+        return Err(PrefError::param(
+            "dataset",
+            format!("dataset '{}' is not a usable name", p.dataset),
+        ));
+    }
+    Ok(Mapping {
+        format: p.format.or(preset.format),
+        layout,
+        columns,
+        convention,
+        min_gap,
+        items: p.items.or(preset.items).unwrap_or_default(),
+    })
+}
+
+/// The data files of a stage, or `path` itself when it matches none (so that the pipeline's
+/// input check reports it missing).
+pub fn input_files(p: &Params) -> Vec<PathBuf> {
+    let files = formats::list_files(&p.path);
+    if files.is_empty() {
+        vec![p.path.clone()]
+    } else {
+        files
+    }
+}
+
+/// A row drop reason's count and the first row it happened in.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Dropped {
+    pub rows: usize,
+    pub first: String,
+}
+
+/// What a read did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub files: usize,
+    pub rows: usize,
+    pub pairs: usize,
+    /// Pairs per split tag.
+    pub splits: BTreeMap<String, usize>,
+    /// Rows (or, for best-of-k and ratings, comparisons) dropped, by reason.
+    pub dropped: BTreeMap<String, Dropped>,
+    /// Comparisons that repeat a pair already read (same pair id): one pair.
+    pub repeated: usize,
+}
+
+impl Report {
+    /// One line for the stage summary.
+    pub fn summary(&self) -> String {
+        let splits: Vec<String> = self
+            .splits
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        let mut s = format!(
+            "{} file(s), {} rows → {} pairs ({})",
+            self.files,
+            self.rows,
+            self.pairs,
+            splits.join(", ")
+        );
+        if !self.dropped.is_empty() {
+            let d: Vec<String> = self
+                .dropped
+                .iter()
+                .map(|(why, d)| format!("{} {why} (first: {})", d.rows, d.first))
+                .collect();
+            s += &format!("; dropped: {}", d.join(", "));
+        }
+        if self.repeated > 0 {
+            s += &format!("; {} repeat a pair already read", self.repeated);
+        }
+        s
+    }
+
+    fn note_drop(&mut self, why: &str, path: &Path, at: Loc) {
+        let d = self.dropped.entry(why.to_string()).or_default();
+        if d.rows == 0 {
+            d.first = format!("{} {at}", path.display());
+        }
+        d.rows += 1;
+    }
+}
+
+/// A content-addressed item read from a row.
+#[derive(Debug, Clone)]
+struct Item {
+    id: String,
+    text: Option<String>,
+    bytes: Option<Vec<u8>>,
+}
+
+impl Item {
+    fn text(s: String) -> Item {
+        Item {
+            id: content_id(s.as_bytes()),
+            text: Some(s),
+            bytes: None,
+        }
+    }
+    fn image(b: Vec<u8>) -> Item {
+        Item {
+            id: content_id(&b),
+            text: None,
+            bytes: Some(b),
+        }
+    }
+}
+
+/// One rating of the `ratings` layout, kept until its group is complete.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+struct Rated {
+    item: String,
+    score: f64,
+    chosen: bool,
+    prompt: Option<String>,
+    split: String,
+    at: String,
+}
+
+/// A row that gives no comparison: why.
+type Skip = &'static str;
+
+/// Pairs per chunk handed to the store writer, and image bytes per chunk.
+const CHUNK_PAIRS: usize = 20_000;
+const CHUNK_BYTES: u64 = 32 << 20;
+
+struct Reader<'a, S> {
+    p: &'a Params,
+    m: &'a Mapping,
+    sink: S,
+    file: PathBuf,
+    file_split: Option<String>,
+    chunk: IngestBatch,
+    chunk_bytes: u64,
+    /// Ids handed on already, as 128-bit keys (see [`key`]), so that memory per id is small.
+    sent_items: HashSet<u128>,
+    sent_prompts: HashSet<u128>,
+    sent_users: HashSet<u128>,
+    sent_pairs: HashSet<u128>,
+    /// Per mapped path: the first non-null value's kind and where it was.
+    kinds: HashMap<String, (&'static str, PathBuf, Loc)>,
+    groups: BTreeMap<(String, String), Vec<Rated>>,
+    report: Report,
+}
+
+/// Streams the files of `p`, handing chunks of rows to `sink`. Returns what it did.
+pub fn read<S>(p: &Params, sink: S) -> Result<Report, PrefError>
+where
+    S: FnMut(IngestBatch) -> Result<(), PrefError>,
+{
+    let m = mapping(p)?;
+    let files = formats::list_files(&p.path);
+    if files.is_empty() {
+        return Err(PrefError::NoFiles {
+            path: p.path.clone(),
+        });
+    }
+    let mut wanted = Vec::new();
+    for c in m.columns.values() {
+        for path in c.paths() {
+            wanted.push(path.to_string());
+            wanted.push(path.split('.').next().unwrap_or(path).to_string());
+        }
+    }
+    let mut r = Reader {
+        p,
+        m: &m,
+        sink,
+        file: PathBuf::new(),
+        file_split: None,
+        chunk: IngestBatch::default(),
+        chunk_bytes: 0,
+        sent_items: HashSet::new(),
+        sent_prompts: HashSet::new(),
+        sent_users: HashSet::new(),
+        sent_pairs: HashSet::new(),
+        kinds: HashMap::new(),
+        groups: BTreeMap::new(),
+        report: Report::default(),
+    };
+    for f in &files {
+        let format = match m.format.or_else(|| formats::format_from_name(f)) {
+            Some(x) => x,
+            None => {
+                return Err(PrefError::param(
+                    "format",
+                    format!(
+                        "cannot tell the format of '{}' from its name\nhint: set format: parquet, csv, tsv, jsonl or json",
+                        f.display()
+                    ),
+                ))
+            }
+        };
+        r.file = f.clone();
+        r.file_split = formats::split_from_name(f);
+        formats::read_file(f, format, &wanted, &mut r)?;
+        r.report.files += 1;
+    }
+    r.finish_groups()?;
+    r.flush()?;
+    if r.report.pairs == 0 {
+        return Err(IngestError::NoData {
+            path: p.path.clone(),
+            what: format!("no row makes a preference: {}", r.report.summary()),
+        }
+        .into());
+    }
+    Ok(r.report)
+}
+
+/// A mapped path missing in a row (the path).
+struct Missing(String);
+
+impl<S> formats::RowSink for Reader<'_, S>
+where
+    S: FnMut(IngestBatch) -> Result<(), PrefError>,
+{
+    fn columns(&mut self, names: &[String]) -> Result<(), PrefError> {
+        for (key, col) in &self.m.columns {
+            for path in col.paths() {
+                let root = path.split('.').next().unwrap_or(path);
+                if names.iter().any(|n| n == path || n == root) {
+                    continue;
+                }
+                return Err(PrefError::NoColumn {
+                    path: self.file.clone(),
+                    key: key.clone(),
+                    column: path.to_string(),
+                    have: names.join(", "),
+                    closest: error::closest(root, names.iter().map(String::as_str)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn row(&mut self, at: Loc, row: Val) -> Result<(), PrefError> {
+        self.report.rows += 1;
+        let outcome = match self.m.layout {
+            Layout::Pairwise => self.pairwise(at, &row),
+            Layout::BestOfK => self.best_of_k(at, &row),
+            Layout::Ratings => self.rating(at, &row),
+        }?;
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(RowSkip::Reason(why)) => {
+                let file = self.file.clone();
+                self.report.note_drop(why, &file, at);
+                Ok(())
+            }
+            Err(RowSkip::Missing(Missing(path))) => {
+                if self.p.strict {
+                    return Err(PrefError::Row {
+                        path: self.file.clone(),
+                        at,
+                        column: path,
+                        message: "the path is missing in this row".into(),
+                        hint: Some("strict: true makes a missing path an error; without it such rows are dropped and counted".into()),
+                    });
+                }
+                let file = self.file.clone();
+                self.report
+                    .note_drop(&format!("missing '{path}'"), &file, at);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Why a row gave nothing: a reason, or a missing path.
+enum RowSkip {
+    Reason(Skip),
+    Missing(Missing),
+}
+
+impl From<Missing> for RowSkip {
+    fn from(m: Missing) -> RowSkip {
+        RowSkip::Missing(m)
+    }
+}
+
+/// A row's result: `Err` stops the read, `Ok(Err)` drops the row.
+type RowResult = Result<Result<(), RowSkip>, PrefError>;
+
+macro_rules! skip {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(s) => return Ok(Err(s.into())),
+        }
+    };
+}
+
+impl<S> Reader<'_, S>
+where
+    S: FnMut(IngestBatch) -> Result<(), PrefError>,
+{
+    /// The value at a mapped key's (single) path; `Missing` when the path is absent.
+    fn val<'r>(
+        &mut self,
+        row: &'r Val,
+        key: &str,
+        at: Loc,
+    ) -> Result<Result<&'r Val, Missing>, PrefError> {
+        let Some(Column::Path(path)) = self.m.columns.get(key) else {
+            return Ok(Err(Missing(key.to_string())));
+        };
+        let path = path.clone();
+        self.lookup(row, &path, at)
+    }
+
+    /// The value at `path`, with the type check across rows and files.
+    fn lookup<'r>(
+        &mut self,
+        row: &'r Val,
+        path: &str,
+        at: Loc,
+    ) -> Result<Result<&'r Val, Missing>, PrefError> {
+        match row.lookup(path) {
+            Found::Missing => Ok(Err(Missing(path.to_string()))),
+            Found::Value(v) => {
+                if !matches!(v, Val::Null) {
+                    let kind = v.kind();
+                    match self.kinds.get(path) {
+                        None => {
+                            self.kinds
+                                .insert(path.to_string(), (kind, self.file.clone(), at));
+                        }
+                        Some((k, f, a)) if *k != kind => {
+                            return Err(PrefError::MixedTypes {
+                                column: path.to_string(),
+                                first_path: f.clone(),
+                                first_at: *a,
+                                first_kind: *k,
+                                path: self.file.clone(),
+                                at,
+                                kind,
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(Ok(v))
+            }
+        }
+    }
+
+    /// A key's value as text: a constant, one path's scalar, or several paths' scalars joined.
+    /// `Ok(Ok(None))`: null.
+    fn text(
+        &mut self,
+        row: &Val,
+        key: &str,
+        at: Loc,
+    ) -> Result<Result<Option<String>, Missing>, PrefError> {
+        let Some(col) = self.m.columns.get(key).cloned() else {
+            return Ok(Ok(None));
+        };
+        let paths = match col {
+            Column::Constant { constant } => return Ok(Ok(Some(constant))),
+            Column::Path(p) => vec![p],
+            Column::Paths(ps) => ps,
+        };
+        let mut parts = Vec::new();
+        for path in &paths {
+            let v = match self.lookup(row, path, at)? {
+                Ok(v) => v,
+                Err(m) => return Ok(Err(m)),
+            };
+            if let Some(msgs) = layouts::messages(v) {
+                parts.push(layouts::render(&msgs));
+                continue;
+            }
+            match v {
+                Val::Null => return Ok(Ok(None)),
+                other => match other.as_text() {
+                    Some(t) => parts.push(t),
+                    None => {
+                        return Err(self.bad(at, path, format!("{} is not text", other.show())))
+                    }
+                },
+            }
+        }
+        Ok(Ok(Some(parts.join("\u{1f}"))))
+    }
+
+    fn bad(&self, at: Loc, column: &str, message: String) -> PrefError {
+        PrefError::Row {
+            path: self.file.clone(),
+            at,
+            column: column.to_string(),
+            message,
+            hint: None,
+        }
+    }
+
+    /// The row's user (required) and split.
+    fn user_split(
+        &mut self,
+        row: &Val,
+        at: Loc,
+    ) -> Result<Result<(String, String), RowSkip>, PrefError> {
+        let user = match self.text(row, "user", at)? {
+            Ok(Some(u)) if !u.trim().is_empty() => u,
+            Ok(_) => return Ok(Err(RowSkip::Reason("no user id"))),
+            Err(m) => return Ok(Err(m.into())),
+        };
+        let split = match self.text(row, "split", at)? {
+            Ok(Some(s)) => s,
+            Ok(None) => self.file_split.clone().unwrap_or_else(|| "train".into()),
+            Err(m) => return Ok(Err(m.into())),
+        };
+        Ok(Ok((user, split)))
+    }
+
+    /// The row's `id` (optional: a missing one is no id).
+    fn id(&mut self, row: &Val, at: Loc) -> Result<Option<String>, PrefError> {
+        Ok(self.text(row, "id", at)?.ok().flatten())
+    }
+
+    /// An item from a value: text, image bytes, an `{bytes, path}` record, or an image path.
+    fn item(&self, v: &Val, column: &str, at: Loc) -> Result<Result<Item, RowSkip>, PrefError> {
+        match v {
+            Val::Null => Ok(Err(RowSkip::Reason("missing item"))),
+            Val::Str(s) if self.m.items == ItemKind::Image => self.image_file(s, column, at),
+            Val::Str(s) if s.trim().is_empty() => Ok(Err(RowSkip::Reason("empty text"))),
+            Val::Str(s) => Ok(Ok(Item::text(s.clone()))),
+            Val::Bytes(b) => Ok(image_bytes(b.clone())),
+            Val::Map(_) => {
+                if let Found::Value(Val::Bytes(b)) = v.lookup("bytes") {
+                    return Ok(image_bytes(b.clone()));
+                }
+                if let Found::Value(Val::Str(p)) = v.lookup("path") {
+                    return self.image_file(p, column, at);
+                }
+                Err(self.bad(
+                    at,
+                    column,
+                    "a record without image bytes or path: expected text or an image".into(),
+                ))
+            }
+            Val::List(_) => match layouts::messages(v) {
+                Some(m) => Ok(Ok(Item::text(layouts::render(&m)))),
+                None => Err(self.bad(at, column, format!("{} is not text or an image", v.show()))),
+            },
+            other => Err(self.bad(
+                at,
+                column,
+                format!("{} is not text or an image", other.show()),
+            )),
+        }
+    }
+
+    fn image_file(
+        &self,
+        rel: &str,
+        column: &str,
+        at: Loc,
+    ) -> Result<Result<Item, RowSkip>, PrefError> {
+        let base = self.file.parent().unwrap_or(Path::new("."));
+        let full = base.join(rel);
+        match std::fs::read(&full) {
+            Ok(b) => Ok(image_bytes(b)),
+            Err(e) => Err(PrefError::Row {
+                path: self.file.clone(),
+                at,
+                column: column.to_string(),
+                message: format!("image '{}' cannot be read: {e}", full.display()),
+                hint: Some("image paths are relative to the data file's folder".into()),
+            }),
+        }
+    }
+
+    fn pairwise(&mut self, at: Loc, row: &Val) -> RowResult {
+        let (user, split) = skip!(self.user_split(row, at)?);
+        let prompt = skip!(self.text(row, "prompt", at)?);
+        let chosen_rejected = self.m.columns.contains_key("chosen");
+        let (ka, kb) = if chosen_rejected {
+            ("chosen", "rejected")
+        } else {
+            ("left", "right")
+        };
+        let a = skip!(self.val(row, ka, at)?);
+        let b = skip!(self.val(row, kb, at)?);
+        let verdict = if chosen_rejected {
+            Verdict::Left
+        } else {
+            let label_paths: Vec<String> = self.m.columns["label"]
+                .paths()
+                .into_iter()
+                .map(String::from)
+                .collect();
+            let mut vals = Vec::new();
+            for path in &label_paths {
+                vals.push(skip!(self.lookup(row, path, at)?));
+            }
+            match layouts::judge(self.m.convention, &vals) {
+                Ok(v) => v,
+                Err(message) => return Err(PrefError::Row {
+                    path: self.file.clone(),
+                    at,
+                    column: label_paths.join(", "),
+                    message,
+                    hint: Some(
+                        "set label_convention: index (0/1), sign (-1/+1) or scores (two columns)"
+                            .into(),
+                    ),
+                }),
+            }
+        };
+        if let Verdict::Drop(why) = verdict {
+            return Ok(Err(RowSkip::Reason(why)));
+        }
+        // Two transcripts: the shared history is the prompt, the final replies the items.
+        let (mut history, ia, ib) = match (layouts::messages(a), layouts::messages(b)) {
+            (Some(ma), Some(mb)) => {
+                let (h, x, y) = layouts::split_messages(&ma, &mb);
+                (h, Item::text(x), Item::text(y))
+            }
+            _ => match (a, b) {
+                (Val::Str(sa), Val::Str(sb)) if layouts::is_hh(sa) && layouts::is_hh(sb) => {
+                    match layouts::split_hh(sa, sb) {
+                        Some((h, x, y)) => (Some(h), Item::text(x), Item::text(y)),
+                        None => (None, Item::text(sa.clone()), Item::text(sb.clone())),
+                    }
+                }
+                _ => {
+                    let ia = skip!(self.item(a, ka, at)?);
+                    let ib = skip!(self.item(b, kb, at)?);
+                    (None, ia, ib)
+                }
+            },
+        };
+        for it in [&ia, &ib] {
+            if it.text.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                return Ok(Err(RowSkip::Reason("empty text")));
+            }
+        }
+        if ia.id == ib.id {
+            return Ok(Err(RowSkip::Reason("same item twice")));
+        }
+        if prompt.is_some() {
+            history = prompt;
+        }
+        let id = self.id(row, at)?;
+        let prompt_id = history.map(|h| self.put_prompt(h));
+        if chosen_rejected {
+            self.emit_preferred(&user, prompt_id, ia, ib, &split, id.as_deref())?;
+        } else {
+            let label = if verdict == Verdict::Left { -1 } else { 1 };
+            self.emit(&user, prompt_id, ia, ib, label, &split, id.as_deref())?;
+        }
+        Ok(Ok(()))
+    }
+
+    fn best_of_k(&mut self, at: Loc, row: &Val) -> RowResult {
+        let (user, split) = skip!(self.user_split(row, at)?);
+        let prompt = skip!(self.text(row, "prompt", at)?);
+        let (names, responses): (Vec<String>, Vec<Val>) = match self.m.columns["responses"].clone()
+        {
+            Column::Paths(paths) => {
+                let mut vals = Vec::new();
+                for p in &paths {
+                    // A response column absent in a row is a response not given.
+                    vals.push(self.lookup(row, p, at)?.cloned().unwrap_or(Val::Null));
+                }
+                (paths, vals)
+            }
+            Column::Path(p) => match skip!(self.lookup(row, &p, at)?) {
+                Val::List(items) => (
+                    (0..items.len()).map(|i| i.to_string()).collect(),
+                    items.clone(),
+                ),
+                Val::Null => return Ok(Err(RowSkip::Reason("missing item"))),
+                other => {
+                    return Err(self.bad(
+                        at,
+                        &p,
+                        format!("{} is not a list of responses", other.show()),
+                    ))
+                }
+            },
+            Column::Constant { .. } => {
+                return Err(PrefError::param(
+                    "columns.responses",
+                    "responses cannot be a constant",
+                ))
+            }
+        };
+        let pref_path = self.m.columns["preferred"].paths().join(",");
+        let pv = skip!(self.val(row, "preferred", at)?);
+        let best = match layouts::preferred_index(pv, responses.len(), &names) {
+            Ok(Some(i)) => i,
+            Ok(None) => return Ok(Err(RowSkip::Reason(MISSING_LABEL))),
+            Err(message) => {
+                return Err(PrefError::Row {
+                    path: self.file.clone(),
+                    at,
+                    column: pref_path,
+                    message,
+                    hint: None,
+                })
+            }
+        };
+        let winner = skip!(self.item(&responses[best], &names[best], at)?);
+        let id = self.id(row, at)?;
+        let prompt_id = prompt.map(|h| self.put_prompt(h));
+        let mut made = 0;
+        for (j, r) in responses.iter().enumerate() {
+            if j == best || matches!(r, Val::Null) {
+                continue;
+            }
+            let other = match self.item(r, &names[j], at)? {
+                Ok(it) => it,
+                Err(_) => continue,
+            };
+            if other.id == winner.id {
+                let file = self.file.clone();
+                self.report.note_drop("same item twice", &file, at);
+                continue;
+            }
+            let tag = format!("{}:{j}", id.as_deref().unwrap_or(""));
+            self.emit_preferred(
+                &user,
+                prompt_id.clone(),
+                winner.clone(),
+                other,
+                &split,
+                Some(&tag),
+            )?;
+            made += 1;
+        }
+        if made == 0 {
+            return Ok(Err(RowSkip::Reason("no other response")));
+        }
+        Ok(Ok(()))
+    }
+
+    fn rating(&mut self, at: Loc, row: &Val) -> RowResult {
+        let (user, split) = skip!(self.user_split(row, at)?);
+        let prompt = skip!(self.text(row, "prompt", at)?);
+        let group = if self.m.columns.contains_key("group") {
+            skip!(self.text(row, "group", at)?)
+        } else {
+            prompt.clone()
+        };
+        let Some(group) = group else {
+            return Ok(Err(RowSkip::Reason("no group")));
+        };
+        let resp = skip!(self.val(row, "response", at)?);
+        let item = skip!(self.item(resp, "response", at)?);
+        let (score, chosen) = if self.m.columns.contains_key("preferred") {
+            (0.0, skip!(self.val(row, "preferred", at)?).truthy())
+        } else {
+            let sv = skip!(self.val(row, "score", at)?);
+            let path = self.m.columns["score"].paths().join(",");
+            match sv {
+                Val::Null => return Ok(Err(RowSkip::Reason(MISSING_LABEL))),
+                v => match v.as_f64() {
+                    Some(x) if x.is_nan() => return Ok(Err(RowSkip::Reason(NAN_LABEL))),
+                    Some(x) => (x, false),
+                    None => {
+                        return Err(self.bad(
+                            at,
+                            &path,
+                            format!("score {} is not a number", v.show()),
+                        ))
+                    }
+                },
+            }
+        };
+        let prompt_id = prompt.map(|h| self.put_prompt(h));
+        let item_id = self.put_item(item)?;
+        self.groups.entry((user, group)).or_default().push(Rated {
+            item: item_id,
+            score,
+            chosen,
+            prompt: prompt_id,
+            split,
+            at: format!("{} {at}", self.file.display()),
+        });
+        Ok(Ok(()))
+    }
+
+    /// The ratings layout's pairs, once every row is read: per (user, group), in a fixed
+    /// order.
+    fn finish_groups(&mut self) -> Result<(), PrefError> {
+        let groups = std::mem::take(&mut self.groups);
+        let by_flag = self.m.columns.contains_key("preferred");
+        for ((user, group), mut rated) in groups {
+            rated.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            let note = |r: &mut Report, why: &str, at: &str| {
+                let d = r.dropped.entry(why.to_string()).or_default();
+                if d.rows == 0 {
+                    d.first = at.to_string();
+                }
+                d.rows += 1;
+            };
+            let mut pairs: Vec<(usize, usize)> = Vec::new();
+            if by_flag {
+                if !rated.iter().any(|r| r.chosen) {
+                    note(
+                        &mut self.report,
+                        "group without a chosen response",
+                        &rated[0].at,
+                    );
+                }
+                for (i, w) in rated.iter().enumerate() {
+                    for (j, l) in rated.iter().enumerate() {
+                        if w.chosen && !l.chosen {
+                            pairs.push((i, j));
+                        }
+                    }
+                }
+            } else {
+                for i in 0..rated.len() {
+                    for j in i + 1..rated.len() {
+                        let (a, b) = (&rated[i], &rated[j]);
+                        let gap = (a.score - b.score).abs();
+                        if gap == 0.0 {
+                            note(&mut self.report, TIE, &b.at);
+                        } else if gap < self.m.min_gap {
+                            note(&mut self.report, "score gap below min_gap", &b.at);
+                        } else if a.score > b.score {
+                            pairs.push((i, j));
+                        } else {
+                            pairs.push((j, i));
+                        }
+                    }
+                }
+            }
+            for (w, l) in pairs {
+                let (win, lose) = (&rated[w], &rated[l]);
+                if win.item == lose.item {
+                    note(&mut self.report, "same item twice", &lose.at);
+                    continue;
+                }
+                let prompt = win.prompt.clone().or_else(|| lose.prompt.clone());
+                self.emit_ids(
+                    &user,
+                    prompt,
+                    &win.item.clone(),
+                    &lose.item.clone(),
+                    None,
+                    &win.split.clone(),
+                    Some(&group),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn put_prompt(&mut self, text: String) -> String {
+        let id = content_id(text.as_bytes());
+        if self.sent_prompts.insert(key(&id)) {
+            self.chunk.prompts.push(PromptRow {
+                prompt_id: id.clone(),
+                text,
+                source: self.p.dataset.clone(),
+            });
+        }
+        id
+    }
+
+    fn put_item(&mut self, it: Item) -> Result<String, PrefError> {
+        if self.sent_items.insert(key(&it.id)) {
+            let kind = if it.bytes.is_some() { "image" } else { "text" };
+            self.chunk_bytes += it.bytes.as_ref().map_or(0, |b| b.len() as u64);
+            self.chunk.items.push(ItemRow {
+                item_id: it.id.clone(),
+                kind: kind.into(),
+                text: it.text,
+                bytes: it.bytes,
+                source: self.p.dataset.clone(),
+                parent_id: None,
+            });
+        }
+        Ok(it.id)
+    }
+
+    /// A pair whose preferred item is `win`: its side is drawn from the pair's content.
+    fn emit_preferred(
+        &mut self,
+        user: &str,
+        prompt: Option<String>,
+        win: Item,
+        lose: Item,
+        split: &str,
+        id: Option<&str>,
+    ) -> Result<(), PrefError> {
+        let w = self.put_item(win)?;
+        let l = self.put_item(lose)?;
+        self.emit_ids(user, prompt, &w, &l, None, split, id)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        user: &str,
+        prompt: Option<String>,
+        left: Item,
+        right: Item,
+        label: i8,
+        split: &str,
+        id: Option<&str>,
+    ) -> Result<(), PrefError> {
+        let l = self.put_item(left)?;
+        let r = self.put_item(right)?;
+        // With a label, `l`/`r` are the sides as given.
+        self.emit_ids(user, prompt, &l, &r, Some(label), split, id)
+    }
+
+    /// Stores one pair. `label` None: `a` is preferred and goes on a side drawn from the
+    /// pair's content; Some: `a` is left, `b` right, as the row said.
+    #[allow(clippy::too_many_arguments)]
+    fn emit_ids(
+        &mut self,
+        user: &str,
+        prompt: Option<String>,
+        a: &str,
+        b: &str,
+        label: Option<i8>,
+        split: &str,
+        id: Option<&str>,
+    ) -> Result<(), PrefError> {
+        let user_id = format!("{}/{user}", self.p.dataset);
+        let (left, right, label) = match label {
+            Some(l) => (a, b, l),
+            None => {
+                let mut h = blake3::Hasher::new();
+                h.update(&self.p.seed.to_le_bytes());
+                for part in [user_id.as_str(), prompt.as_deref().unwrap_or(""), a, b] {
+                    h.update(part.as_bytes());
+                    h.update(&[0]);
+                }
+                if h.finalize().as_bytes()[0] & 1 == 0 {
+                    (a, b, -1)
+                } else {
+                    (b, a, 1)
+                }
+            }
+        };
+        let extra = format!("{label}:{split}:{}", id.unwrap_or(""));
+        let pid = pair_id(&user_id, prompt.as_deref(), left, right, &extra);
+        if !self.sent_pairs.insert(key(&pid)) {
+            self.report.repeated += 1;
+            return Ok(());
+        }
+        if self.sent_users.insert(key(&user_id)) {
+            self.chunk.users.push(UserRow {
+                user_id: user_id.clone(),
+                dataset: self.p.dataset.clone(),
+                group: None,
+                role: ROLE_SEEN.into(),
+            });
+        }
+        self.chunk.pairs.push(PairRow {
+            pair_id: pid,
+            user_id,
+            prompt_id: prompt,
+            left_id: left.to_string(),
+            right_id: right.to_string(),
+            label,
+            dataset: self.p.dataset.clone(),
+            split: split.to_string(),
+            source_ref: id.map(String::from),
+        });
+        self.report.pairs += 1;
+        *self.report.splits.entry(split.to_string()).or_default() += 1;
+        if self.chunk.pairs.len() >= CHUNK_PAIRS || self.chunk_bytes >= CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), PrefError> {
+        let c = std::mem::take(&mut self.chunk);
+        self.chunk_bytes = 0;
+        if c.pairs.is_empty() && c.items.is_empty() && c.prompts.is_empty() && c.users.is_empty() {
+            return Ok(());
+        }
+        (self.sink)(c)
+    }
+}
+
+/// A 128-bit key for an id or a name: the first 16 bytes of its blake3.
+fn key(id: &str) -> u128 {
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&blake3::hash(id.as_bytes()).as_bytes()[..16]);
+    u128::from_le_bytes(k)
+}
+
+/// An image item from its bytes, or a drop when they are no image.
+fn image_bytes(b: Vec<u8>) -> Result<Item, RowSkip> {
+    let ok = image::ImageReader::new(std::io::Cursor::new(&b))
+        .with_guessed_format()
+        .ok()
+        .is_some_and(|r| r.into_dimensions().is_ok());
+    if ok {
+        Ok(Item::image(b))
+    } else {
+        Err(RowSkip::Reason("image does not decode"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(yaml: &str) -> Params {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn every_preset_parses_and_maps_a_layout() {
+        for (name, _) in presets::PRESETS {
+            let p = params(&format!("dataset: d\npath: x\npreset: {name}\n"));
+            let m = mapping(&p).unwrap_or_else(|e| panic!("preset {name}: {e}"));
+            assert!(m.columns.contains_key("user"), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_stage_overrides_its_preset_and_missing_columns_are_named() {
+        let p = params(
+            "dataset: d\npath: x\npreset: summarize-from-feedback\ncolumns: {user: batch}\n",
+        );
+        let m = mapping(&p).unwrap();
+        assert_eq!(m.columns["user"], Column::Path("batch".into()));
+        assert_eq!(m.columns["label"], Column::Path("choice".into()));
+        let e = mapping(&params(
+            "dataset: d\npath: x\ncolumns: {chosen: a, rejected: b}\n",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("constant"), "{e}");
+        let e = mapping(&params(
+            "dataset: d\npath: x\nlayout: ratings\ncolumns: {user: u, response: r}\n",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("columns.score"), "{e}");
+        let e = mapping(&params(
+            "dataset: d\npath: x\npreset: nope\ncolumns: {user: u}\n",
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("hh-rlhf"), "{e}");
+    }
+}

@@ -1,0 +1,883 @@
+//! The `preferences` stage and `palpipe ingest`: one test per layout and per preset, on
+//! small files written here in the published structures, with the expected comparisons
+//! computed from those rows in the test; determinism; the README's examples.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{
+    ArrayRef, BinaryArray, Float64Array, Int64Array, RecordBatch, StringArray, StructArray,
+};
+use arrow_schema::{DataType, Field, Fields, Schema};
+use common::{palpipe, query, scalar};
+use serde_json::{json, Value};
+
+/// (user, split, prompt, preferred text, other text) of one stored comparison.
+type Cmp = (String, String, Option<String>, String, String);
+
+/// Every comparison of `dataset`, with texts looked up in `items` and `prompts`.
+fn comparisons(store: &Path, dataset: &str) -> BTreeSet<Cmp> {
+    let rows = query(
+        store,
+        &format!(
+            "SELECT p.user_id, p.split, pr.text AS prompt, l.text AS lt, r.text AS rt, p.label \
+             FROM pairs p JOIN items l ON p.left_id = l.item_id \
+             JOIN items r ON p.right_id = r.item_id \
+             LEFT JOIN prompts pr ON p.prompt_id = pr.prompt_id WHERE p.dataset = '{dataset}'"
+        ),
+    );
+    let set: BTreeSet<Cmp> = rows
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            let (w, l) = if r["label"].as_i64() == Some(-1) {
+                (s("lt"), s("rt"))
+            } else {
+                assert_eq!(r["label"].as_i64(), Some(1), "{r}");
+                (s("rt"), s("lt"))
+            };
+            (
+                s("user_id"),
+                s("split"),
+                r["prompt"].as_str().map(String::from),
+                w,
+                l,
+            )
+        })
+        .collect();
+    assert_eq!(set.len(), rows.len(), "a comparison stored twice");
+    set
+}
+
+fn cmp(user: &str, split: &str, prompt: Option<&str>, w: &str, l: &str) -> Cmp {
+    (
+        user.to_string(),
+        split.to_string(),
+        prompt.map(String::from),
+        w.to_string(),
+        l.to_string(),
+    )
+}
+
+fn write_jsonl(path: &Path, rows: &[Value]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(path, text).unwrap();
+}
+
+fn write_jsonl_gz(path: &Path, rows: &[Value]) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+    for r in rows {
+        writeln!(gz, "{r}").unwrap();
+    }
+    gz.finish().unwrap();
+}
+
+fn write_parquet(path: &Path, batch: &RecordBatch) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+}
+
+fn strs(v: &[Option<&str>]) -> ArrayRef {
+    Arc::new(StringArray::from(v.to_vec()))
+}
+
+fn ingest(store: &Path, args: &[&str]) -> common::Run {
+    let mut a = vec!["ingest"];
+    a.extend_from_slice(args);
+    palpipe(store, &a)
+}
+
+/// Pairwise chosen/rejected, JSON lines gzip-compressed, via `palpipe ingest`: the rows that
+/// make no preference are dropped and counted, a repeated row is one pair.
+#[test]
+fn pairwise_chosen_rejected_from_gzipped_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+    for i in 0..24 {
+        let mut r = json!({
+            "annotator": format!("w{}", i % 3),
+            "prompt": format!("prompt {}", i % 5),
+            "chosen": format!("good answer {i}"),
+            "rejected": format!("bad answer {i}"),
+        });
+        match i {
+            5 => r["rejected"] = r["chosen"].clone(),
+            7 => r["chosen"] = json!(""),
+            9 => r["annotator"] = Value::Null,
+            _ => {}
+        }
+        rows.push(r);
+    }
+    rows.push(rows[10].clone()); // the same comparison again
+    let expected: BTreeSet<Cmp> = rows
+        .iter()
+        .filter(|r| {
+            r["annotator"].is_string()
+                && r["chosen"] != r["rejected"]
+                && r["chosen"].as_str() != Some("")
+        })
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap();
+            cmp(
+                &format!("mine/{}", s("annotator")),
+                "train",
+                Some(s("prompt")),
+                s("chosen"),
+                s("rejected"),
+            )
+        })
+        .collect();
+    assert_eq!(expected.len(), 21);
+    let file = dir.path().join("prefs.jsonl.gz");
+    write_jsonl_gz(&file, &rows);
+    let store = dir.path().join("store");
+    let run = ingest(
+        &store,
+        &[
+            file.to_str().unwrap(),
+            "--dataset",
+            "mine",
+            "--column",
+            "user=annotator",
+            "--column",
+            "prompt=prompt",
+            "--column",
+            "chosen=chosen",
+            "--column",
+            "rejected=rejected",
+        ],
+    )
+    .ok();
+    assert_eq!(comparisons(&store, "mine"), expected);
+    for reason in ["1 same item twice", "1 empty text", "1 no user id"] {
+        assert!(run.stdout.contains(reason), "{reason}: {}", run.stdout);
+    }
+    assert!(run.stdout.contains("1 repeat a pair"), "{}", run.stdout);
+    assert_eq!(
+        scalar(&store, "SELECT count(*) FROM users WHERE dataset = 'mine'"),
+        3
+    );
+    // The preferred item's side is drawn: both sides occur.
+    let left = scalar(&store, "SELECT count(*) FROM pairs WHERE label = -1");
+    assert!(left > 0 && left < 21, "{left}");
+}
+
+/// Pairwise left/right with a 0/1 index label, from a Hugging Face folder of parquet
+/// shards: the split comes from each file's name, sides are kept as written, a null label
+/// is dropped.
+#[test]
+fn pairwise_left_right_index_from_a_hugging_face_parquet_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("hf/data");
+    let mut expected = BTreeSet::new();
+    let mut sides = BTreeSet::new();
+    for (file, split, n) in [
+        ("train-00000-of-00002.parquet", "train", 6),
+        ("train-00001-of-00002.parquet", "train", 5),
+        ("test-00000-of-00001.parquet", "test", 4),
+    ] {
+        let mut cols: [Vec<Option<String>>; 4] = Default::default();
+        let mut pick = Vec::new();
+        for i in 0..n {
+            let tag = format!("{split}{file}{i}");
+            let (a, b) = (format!("A {tag}"), format!("B {tag}"));
+            let label = if i == 2 { None } else { Some((i % 2) as i64) };
+            if let Some(l) = label {
+                let (w, lo) = if l == 0 { (&a, &b) } else { (&b, &a) };
+                let user = format!("hf/u{}", i % 2);
+                expected.insert(cmp(&user, split, Some(&format!("q{i}")), w, lo));
+                sides.insert((a.clone(), b.clone()));
+            }
+            cols[0].push(Some(format!("u{}", i % 2)));
+            cols[1].push(Some(format!("q{i}")));
+            cols[2].push(Some(a));
+            cols[3].push(Some(b));
+            pick.push(label);
+        }
+        let names = ["annotator_id", "question", "response_0", "response_1"];
+        let mut fields: Vec<Field> = names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, true))
+            .collect();
+        fields.push(Field::new("pick", DataType::Int64, true));
+        let mut arrays: Vec<ArrayRef> = cols
+            .iter()
+            .map(|c| Arc::new(StringArray::from(c.clone())) as ArrayRef)
+            .collect();
+        arrays.push(Arc::new(Int64Array::from(pick)));
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap();
+        write_parquet(&data.join(file), &batch);
+    }
+    assert_eq!(expected.len(), 12);
+    let yaml = "name: hf\nstages:\n  - name: prefs\n    kind: preferences\n    dataset: hf\n    path: hf\n    columns: {user: annotator_id, prompt: question, left: response_0, right: response_1, label: pick}\n";
+    let pipeline = dir.path().join("hf.yaml");
+    std::fs::write(&pipeline, yaml).unwrap();
+    let store = dir.path().join("store");
+    let run = palpipe(&store, &["run", pipeline.to_str().unwrap()]).ok();
+    assert_eq!(comparisons(&store, "hf"), expected);
+    assert!(run.stdout.contains("3 missing label"), "{}", run.stdout);
+    // Sides as written: the left item is always response_0.
+    let rows = query(
+        &store,
+        "SELECT l.text AS lt, r.text AS rt FROM pairs p JOIN items l ON p.left_id = l.item_id JOIN items r ON p.right_id = r.item_id",
+    );
+    let got: BTreeSet<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["lt"].as_str().unwrap().to_string(),
+                r["rt"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got, sides);
+}
+
+/// A small PNG of one colour.
+fn png(rgb: [u8; 3]) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(4, 4, image::Rgb(rgb));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// Pairwise with two score columns (Pick-a-Pic's label_0/label_1, ties at 0.5) and image
+/// items as Hugging Face `Image` records `{bytes, path}`: one of them by bytes, one by a path
+/// relative to the data file.
+#[test]
+fn pairwise_two_scores_with_hugging_face_image_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let images: Vec<Vec<u8>> = (0..12u8)
+        .map(|i| png([i * 20, 100, 200 - i * 10]))
+        .collect();
+    std::fs::create_dir_all(dir.path().join("pics")).unwrap();
+    std::fs::write(dir.path().join("pics/on-disk.png"), &images[11]).unwrap();
+    // (l0, l1) per row; row 1 a tie, row 2 NaN; row 3's right image is on disk.
+    let labels = [
+        (1.0, 0.0),
+        (0.5, 0.5),
+        (f64::NAN, 1.0),
+        (0.0, 1.0),
+        (1.0, 0.0),
+    ];
+    let mut expected = BTreeSet::new();
+    let (mut b0, mut b1, mut p1) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (l0, l1)) in labels.iter().enumerate() {
+        let left = images[2 * i].clone();
+        let (right, path) = if i == 3 {
+            (images[11].clone(), Some("pics/on-disk.png"))
+        } else {
+            (images[2 * i + 1].clone(), None)
+        };
+        if !l0.is_nan() && l0 != l1 {
+            let id = |b: &[u8]| blake3::hash(b).to_hex().to_string();
+            let (w, l) = if l0 > l1 {
+                (&left, &right)
+            } else {
+                (&right, &left)
+            };
+            expected.insert((format!("pp/u{i}"), id(w), id(l)));
+        }
+        b0.push(Some(left));
+        b1.push(if path.is_some() { None } else { Some(right) });
+        p1.push(path);
+    }
+    let image_fields = Fields::from(vec![
+        Field::new("bytes", DataType::Binary, true),
+        Field::new("path", DataType::Utf8, true),
+    ]);
+    let record = |bytes: Vec<Option<Vec<u8>>>, paths: Vec<Option<&str>>| -> ArrayRef {
+        let b: BinaryArray = bytes.iter().map(|x| x.as_deref()).collect();
+        Arc::new(StructArray::new(
+            image_fields.clone(),
+            vec![Arc::new(b) as ArrayRef, strs(&paths)],
+            None,
+        ))
+    };
+    let n = labels.len();
+    let users: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+    let batch = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("user_id", DataType::Utf8, false),
+            Field::new("caption", DataType::Utf8, false),
+            Field::new("image_0", DataType::Struct(image_fields.clone()), true),
+            Field::new("image_1", DataType::Struct(image_fields.clone()), true),
+            Field::new("label_0", DataType::Float64, false),
+            Field::new("label_1", DataType::Float64, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from(users)),
+            Arc::new(StringArray::from(vec!["a cat"; n])),
+            record(b0, vec![None; n]),
+            record(b1, p1),
+            Arc::new(Float64Array::from_iter_values(labels.iter().map(|l| l.0))),
+            Arc::new(Float64Array::from_iter_values(labels.iter().map(|l| l.1))),
+        ],
+    )
+    .unwrap();
+    let file = dir.path().join("pics.parquet");
+    write_parquet(&file, &batch);
+    let store = dir.path().join("store");
+    let run = ingest(
+        &store,
+        &[
+            file.to_str().unwrap(),
+            "--dataset",
+            "pp",
+            "--column",
+            "user=user_id",
+            "--column",
+            "prompt=caption",
+            "--column",
+            "left=image_0",
+            "--column",
+            "right=image_1",
+            "--column",
+            "label=[label_0, label_1]",
+        ],
+    )
+    .ok();
+    let rows = query(
+        &store,
+        "SELECT user_id, left_id, right_id, label FROM pairs WHERE dataset = 'pp'",
+    );
+    let got: BTreeSet<(String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap().to_string();
+            if r["label"].as_i64() == Some(-1) {
+                (s("user_id"), s("left_id"), s("right_id"))
+            } else {
+                (s("user_id"), s("right_id"), s("left_id"))
+            }
+        })
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(got.len(), 3);
+    assert!(run.stdout.contains("1 tie"), "{}", run.stdout);
+    assert!(run.stdout.contains("1 NaN label"), "{}", run.stdout);
+    assert_eq!(
+        scalar(&store, "SELECT count(*) FROM items WHERE kind = 'image'"),
+        6
+    );
+}
+
+/// Community Alignment rows: best of four per first turn, the preferred one named
+/// `response_b` or a bare letter; a missing fourth response gives one pair fewer.
+#[test]
+fn best_of_k_community_alignment_preset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+    let mut expected = BTreeSet::new();
+    let letters = ["a", "b", "c", "d"];
+    for i in 0..8 {
+        let user = format!("ann{}", i % 3);
+        let prompt = format!("how do I {i}?");
+        let resp: Vec<Option<String>> = (0..4)
+            .map(|k| (!(i == 3 && k == 0)).then(|| format!("reply {i}{}", letters[k])))
+            .collect();
+        let best = i % 4;
+        let preferred = match i {
+            6 => Value::Null,
+            _ if i % 2 == 0 => json!(format!("response_{}", letters[best])),
+            _ => json!(letters[best]),
+        };
+        if i != 6 {
+            for k in 0..4 {
+                if let (true, Some(other)) = (k != best, &resp[k]) {
+                    expected.insert(cmp(
+                        &format!("ca/{user}"),
+                        "train",
+                        Some(&prompt),
+                        resp[best].as_ref().unwrap(),
+                        other,
+                    ));
+                }
+            }
+        }
+        rows.push(json!({
+            "conversation_id": i,
+            "annotator_id": user,
+            "first_turn_prompt": prompt,
+            "first_turn_response_a": resp[0],
+            "first_turn_response_b": resp[1],
+            "first_turn_response_c": resp[2],
+            "first_turn_response_d": resp[3],
+            "first_turn_preferred_response": preferred,
+            "first_turn_feedback": "",
+        }));
+    }
+    assert_eq!(expected.len(), 7 * 3 - 1);
+    write_jsonl(&dir.path().join("ca/train.jsonl"), &rows);
+    let store = dir.path().join("store");
+    let run = ingest(
+        &store,
+        &[
+            dir.path().join("ca").to_str().unwrap(),
+            "--dataset",
+            "ca",
+            "--preset",
+            "community-alignment",
+        ],
+    )
+    .ok();
+    assert_eq!(comparisons(&store, "ca"), expected);
+    assert!(run.stdout.contains("1 missing label"), "{}", run.stdout);
+}
+
+/// Ratings in a CSV: pairs within each (rater, question) whose scores differ by at least
+/// `min_gap`; equal scores are ties, counted.
+#[test]
+fn ratings_csv_with_min_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("rater,question,answer,stars\n");
+    let mut ratings: Vec<(String, String, String, i64)> = Vec::new();
+    for r in 0..3 {
+        for q in 0..3 {
+            for a in 0..4 {
+                let stars = ((r * 3 + q * 5 + a * a * 7) % 5) as i64;
+                let ans = format!("answer {q}-{a}");
+                csv += &format!("r{r},\"question {q}, please\",{ans},{stars}\n");
+                ratings.push((format!("r{r}"), format!("question {q}, please"), ans, stars));
+            }
+        }
+    }
+    let mut expected = BTreeSet::new();
+    let mut ties = 0;
+    for (i, x) in ratings.iter().enumerate() {
+        for y in &ratings[i + 1..] {
+            if x.0 != y.0 || x.1 != y.1 {
+                continue;
+            }
+            let gap = (x.3 - y.3).abs();
+            if gap == 0 {
+                ties += 1;
+            } else if gap >= 2 {
+                let (w, l) = if x.3 > y.3 { (x, y) } else { (y, x) };
+                expected.insert(cmp(&format!("rt/{}", x.0), "train", Some(&x.1), &w.2, &l.2));
+            }
+        }
+    }
+    assert!(ties > 0 && expected.len() > 10, "{ties} {}", expected.len());
+    let file = dir.path().join("ratings.csv");
+    std::fs::write(&file, csv).unwrap();
+    let store = dir.path().join("store");
+    let run = ingest(
+        &store,
+        &[
+            file.to_str().unwrap(),
+            "--dataset",
+            "rt",
+            "--layout",
+            "ratings",
+            "--column",
+            "user=rater",
+            "--column",
+            "prompt=question",
+            "--column",
+            "response=answer",
+            "--column",
+            "score=stars",
+            "--min-gap",
+            "2",
+        ],
+    )
+    .ok();
+    assert_eq!(comparisons(&store, "rt"), expected);
+    assert!(
+        run.stdout.contains(&format!("{ties} tie")),
+        "{ties}: {}",
+        run.stdout
+    );
+}
+
+/// PRISM's utterances.jsonl: within each (user, conversation, turn), the chosen response
+/// over each other one.
+#[test]
+fn prism_preset_chosen_over_the_others_of_its_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+    let mut expected = BTreeSet::new();
+    for u in 0..2 {
+        for c in 0..2 {
+            for t in 0..2 {
+                let n = if t == 0 { 4 } else { 2 };
+                let chosen = (u + c + t) % n;
+                let prompt = format!("user {u} asks {c}/{t}");
+                for k in 0..n {
+                    let text = format!("model says {u}{c}{t}{k}");
+                    if k != chosen {
+                        expected.insert(cmp(
+                            &format!("prism/user{u}"),
+                            "train",
+                            Some(&prompt),
+                            &format!("model says {u}{c}{t}{chosen}"),
+                            &text,
+                        ));
+                    }
+                    rows.push(json!({
+                        "conversation_id": format!("c{u}{c}"),
+                        "user_id": format!("user{u}"),
+                        "turn": t,
+                        "within_turn_id": k,
+                        "interaction_id": format!("c{u}{c}-{t}-{k}"),
+                        "model_provider": "acme",
+                        "model_name": format!("model-{k}"),
+                        "user_prompt": prompt,
+                        "model_response": text,
+                        "score": 10 + k * 20,
+                        "if_chosen": k == chosen,
+                        "included_in_balanced_subset": true,
+                    }));
+                }
+            }
+        }
+    }
+    assert_eq!(expected.len(), 4 * 3 + 4);
+    let file = dir.path().join("utterances.jsonl");
+    write_jsonl(&file, &rows);
+    let store = dir.path().join("store");
+    ingest(
+        &store,
+        &[
+            file.to_str().unwrap(),
+            "--dataset",
+            "prism",
+            "--preset",
+            "prism",
+        ],
+    )
+    .ok();
+    assert_eq!(comparisons(&store, "prism"), expected);
+}
+
+/// The summarize-from-feedback comparisons in their published structure (JSON lines named
+/// `.json`, a null `note`, an empty `extra`): the worker's choice is the label, the post the
+/// prompt, `split` the split.
+#[test]
+fn summarize_from_feedback_preset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = BTreeSet::new();
+    for batch in [3, 5] {
+        let mut rows = Vec::new();
+        for i in 0..7 {
+            let split = ["train", "valid1", "valid2"][i % 3];
+            let post = format!("TITLE: my story {batch}-{i}\n\nPOST: it was long");
+            let texts = [
+                format!(" short {batch}{i}"),
+                format!(" longer one {batch}{i}"),
+            ];
+            let choice = (i * batch) % 2;
+            let worker = format!("worker{}", (i + batch) % 4);
+            expected.insert(cmp(
+                &format!("tldr/{worker}"),
+                split,
+                Some(&post),
+                &texts[choice],
+                &texts[1 - choice],
+            ));
+            rows.push(json!({
+                "info": {"id": format!("t3_{batch}{i}"), "post": post, "title": "my story", "subreddit": "relationships"},
+                "split": split,
+                "summaries": [
+                    {"text": texts[0], "policy": "sup2", "note": null},
+                    {"text": texts[1], "policy": "ppo_xl", "note": if i == 0 { json!("nice") } else { Value::Null }},
+                ],
+                "choice": choice,
+                "worker": worker,
+                "batch": format!("batch{batch}"),
+                "extra": if i == 1 { json!({"confidence": 8}) } else { json!({}) },
+            }));
+        }
+        write_jsonl(
+            &dir.path().join(format!("comparisons/batch{batch}.json")),
+            &rows,
+        );
+    }
+    let store = dir.path().join("store");
+    ingest(
+        &store,
+        &[
+            dir.path().join("comparisons").to_str().unwrap(),
+            "--dataset",
+            "tldr",
+            "--preset",
+            "summarize-from-feedback",
+        ],
+    )
+    .ok();
+    assert_eq!(comparisons(&store, "tldr"), expected);
+    assert_eq!(
+        scalar(
+            &store,
+            "SELECT count(*) FROM pairs WHERE dataset = 'tldr' AND source_ref LIKE 't3_%'"
+        ),
+        14
+    );
+}
+
+/// Chat transcripts: HH-RLHF text (the hh-rlhf preset) and lists of {role, content}: the
+/// shared history is the prompt, the final replies the items.
+#[test]
+fn chat_transcripts_share_their_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hh = Vec::new();
+    let mut expected_hh = BTreeSet::new();
+    for i in 0..5 {
+        let history = format!("\n\nHuman: question {i}\n\nAssistant: first reply\n\nHuman: and then {i}?\n\nAssistant:");
+        let (good, bad) = (format!("Then it works {i}."), format!("Then no {i}."));
+        hh.push(
+            json!({"chosen": format!("{history} {good}"), "rejected": format!("{history} {bad}")}),
+        );
+        expected_hh.insert(cmp(
+            "hh/hh-rlhf",
+            "train",
+            Some(history.trim()),
+            &good,
+            &bad,
+        ));
+    }
+    write_jsonl(&dir.path().join("hh/train.jsonl"), &hh);
+    let store = dir.path().join("store");
+    ingest(
+        &store,
+        &[
+            dir.path().join("hh").to_str().unwrap(),
+            "--dataset",
+            "hh",
+            "--preset",
+            "hh-rlhf",
+        ],
+    )
+    .ok();
+    assert_eq!(comparisons(&store, "hh"), expected_hh);
+
+    let mut chats = Vec::new();
+    let mut expected = BTreeSet::new();
+    for i in 0..4 {
+        let q = format!("what is {i}+{i}?");
+        let m = |role: &str, c: &str| json!({"role": role, "content": c});
+        chats.push(json!({
+            "user_id": format!("p{}", i % 2),
+            "chosen": [m("user", &q), m("assistant", &format!("{}", 2 * i))],
+            "rejected": [m("user", &q), m("assistant", "no idea")],
+        }));
+        expected.insert(cmp(
+            &format!("chat/p{}", i % 2),
+            "test",
+            Some(&q),
+            &format!("{}", 2 * i),
+            "no idea",
+        ));
+    }
+    write_jsonl(&dir.path().join("chat/test.jsonl"), &chats);
+    ingest(
+        &store,
+        &[
+            dir.path().join("chat").to_str().unwrap(),
+            "--dataset",
+            "chat",
+            "--column",
+            "user=user_id",
+            "--column",
+            "chosen=chosen",
+            "--column",
+            "rejected=rejected",
+        ],
+    )
+    .ok();
+    assert_eq!(comparisons(&store, "chat"), expected);
+    // The first dataset is untouched by the second.
+    assert_eq!(comparisons(&store, "hh"), expected_hh);
+}
+
+fn table(store: &Path, sql: &str) -> Vec<Value> {
+    query(store, sql)
+}
+
+fn snapshot(store: &Path) -> [Vec<Value>; 4] {
+    [
+        table(store, "SELECT * FROM pairs ORDER BY pair_id"),
+        table(store, "SELECT * FROM users ORDER BY user_id"),
+        table(store, "SELECT * FROM items ORDER BY item_id"),
+        table(store, "SELECT * FROM prompts ORDER BY prompt_id"),
+    ]
+}
+
+/// The same rows in another order give the same store rows; a re-run with a changed
+/// parameter leaves the store equal to a fresh run with that parameter.
+#[test]
+fn row_order_does_not_matter_and_a_rerun_equals_a_fresh_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<Value> = (0..40)
+        .map(|i| {
+            json!({
+                "u": format!("u{}", i % 4),
+                "p": format!("p{}", i % 6),
+                "c": format!("c{}", i % 13),
+                "r": format!("r{}", i % 11),
+            })
+        })
+        .collect();
+    let mut shuffled = rows.clone();
+    // A fixed permutation: 17 is coprime with 40.
+    for (i, slot) in shuffled.iter_mut().enumerate() {
+        *slot = rows[(i * 17 + 3) % 40].clone();
+    }
+    assert_ne!(rows, shuffled);
+    let pipeline = |data: &str| {
+        format!(
+            "name: det\nstages:\n  - name: prefs\n    kind: preferences\n    dataset: det\n    path: {data}\n    columns: {{user: u, prompt: p, chosen: c, rejected: r}}\n"
+        )
+    };
+    write_jsonl(&dir.path().join("a.jsonl"), &rows);
+    write_jsonl(&dir.path().join("b.jsonl"), &shuffled);
+    let pa = dir.path().join("a.yaml");
+    let pb = dir.path().join("b.yaml");
+    std::fs::write(&pa, pipeline("a.jsonl")).unwrap();
+    std::fs::write(&pb, pipeline("b.jsonl")).unwrap();
+    let (sa, sb) = (dir.path().join("sa"), dir.path().join("sb"));
+    palpipe(&sa, &["run", pa.to_str().unwrap()]).ok();
+    palpipe(&sb, &["run", pb.to_str().unwrap()]).ok();
+    let a = snapshot(&sa);
+    assert_eq!(a[0].len(), 40);
+    assert_eq!(a, snapshot(&sb));
+
+    // Re-run with another seed (sides drawn anew) and another user column.
+    let sets = [
+        "--set",
+        "prefs.seed=5",
+        "--set",
+        "prefs.columns={user: p, prompt: u, chosen: c, rejected: r}",
+    ];
+    let mut args = vec!["run", pa.to_str().unwrap()];
+    args.extend_from_slice(&sets);
+    palpipe(&sa, &args).ok();
+    let fresh = dir.path().join("fresh");
+    palpipe(&fresh, &args).ok();
+    let rerun = snapshot(&sa);
+    let fresh_rows = snapshot(&fresh);
+    assert_eq!(rerun[0], fresh_rows[0]);
+    assert_eq!(rerun[1], fresh_rows[1]);
+    assert_ne!(rerun[0], a[0]);
+    assert_eq!(
+        scalar(
+            &sa,
+            "SELECT count(*) FROM users WHERE user_id LIKE 'det/u%'"
+        ),
+        0
+    );
+}
+
+/// The README's "Bring your own data" examples run as written, on files in the layouts
+/// their comments describe.
+#[test]
+fn readme_bring_your_own_data_examples_run() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split("## Bring your own data")
+        .nth(1)
+        .expect("README has a 'Bring your own data' section");
+    let section = section.split("\n## ").next().unwrap();
+    let blocks: Vec<&str> = section
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert_eq!(blocks.len(), 3, "three examples");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // 1. A Hugging Face folder of parquet shards with chosen/rejected and annotator ids.
+    for (split, n) in [("train", 5usize), ("test", 3)] {
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(
+                ["annotator_id", "prompt", "chosen", "rejected"]
+                    .map(|c| Field::new(c, DataType::Utf8, false))
+                    .to_vec(),
+            )),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("a{}", i % 2)),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("{split} q{i}")),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("{split} yes{i}")),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    (0..n).map(|i| format!("{split} no{i}")),
+                )),
+            ],
+        )
+        .unwrap();
+        write_parquet(
+            &d.join(format!("my-dataset/data/{split}-00000-of-00001.parquet")),
+            &batch,
+        );
+    }
+    // 2. Ratings: rater, question, answer, stars (1-5).
+    let mut csv = String::from("rater,question,answer,stars\n");
+    let stars: [[i32; 3]; 2] = [[5, 4, 1], [2, 2, 5]];
+    let mut rating_pairs = 0i64;
+    for (r, row) in stars.iter().enumerate() {
+        for (a, s) in row.iter().enumerate() {
+            csv += &format!("rater{r},favourite colour?,answer {a},{s}\n");
+        }
+        for i in 0..3 {
+            for j in i + 1..3 {
+                if (row[i] - row[j]).abs() >= 2 {
+                    rating_pairs += 1;
+                }
+            }
+        }
+    }
+    std::fs::write(d.join("ratings.csv"), csv).unwrap();
+    // 3. Chat transcripts, zstd-compressed.
+    let chats: String = (0..4)
+        .map(|i| {
+            format!(
+                "{}\n",
+                json!({
+                    "user_id": format!("u{}", i % 2),
+                    "chosen": [{"role": "user", "content": format!("hi {i}")}, {"role": "assistant", "content": "hello!"}],
+                    "rejected": [{"role": "user", "content": format!("hi {i}")}, {"role": "assistant", "content": "go away"}],
+                })
+            )
+        })
+        .collect();
+    std::fs::write(
+        d.join("chats.jsonl.zst"),
+        zstd::stream::encode_all(chats.as_bytes(), 3).unwrap(),
+    )
+    .unwrap();
+
+    let expected_pairs = [8i64, rating_pairs, 4];
+    for (i, (block, want)) in blocks.iter().zip(expected_pairs).enumerate() {
+        let file = d.join(format!("example{i}.yaml"));
+        std::fs::write(&file, block).unwrap();
+        let store = d.join(format!("store{i}"));
+        palpipe(&store, &["run", file.to_str().unwrap()]).ok();
+        assert_eq!(
+            scalar(&store, "SELECT count(*) FROM pairs"),
+            want,
+            "example {i}:\n{block}"
+        );
+    }
+    let s0 = d.join("store0");
+    assert_eq!(
+        scalar(&s0, "SELECT count(*) FROM pairs WHERE split = 'test'"),
+        3
+    );
+}

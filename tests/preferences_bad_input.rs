@@ -1,0 +1,268 @@
+//! Bad input to the `preferences` stage (`palpipe ingest`): each case exits non-zero with
+//! one message naming the file, the row or line and the column, and writes nothing (every
+//! table keeps its version and rows).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{palpipe, versions};
+use serde_json::{json, Value};
+
+fn write_jsonl(path: &Path, rows: &[Value]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// TL;DR-like rows: `worker`, `choice`, `summaries[2].text`, `info.post`.
+fn tldr_rows(n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            json!({
+                "info": {"id": format!("t3_{i}"), "post": format!("post {i}")},
+                "summaries": [{"text": format!("a{i}"), "note": null}, {"text": format!("b{i}"), "note": null}],
+                "choice": i % 2,
+                "worker": format!("w{}", i % 3),
+            })
+        })
+        .collect()
+}
+
+const TLDR: [&str; 10] = [
+    "--column",
+    "user=worker",
+    "--column",
+    "left=summaries.0.text",
+    "--column",
+    "right=summaries.1.text",
+    "--column",
+    "label=choice",
+    "--column",
+    "prompt=info.post",
+];
+
+/// Every data table's version and row count (`runs`, the log of runs, records a failed run
+/// too, by design).
+fn data_tables(store: &Path) -> std::collections::BTreeMap<String, (i64, i64)> {
+    let mut v = versions(store);
+    v.remove("runs");
+    v
+}
+
+/// A store holding one good dataset, and its tables' versions and row counts.
+fn store_with_data(dir: &Path) -> (PathBuf, std::collections::BTreeMap<String, (i64, i64)>) {
+    let good = dir.join("good.jsonl");
+    write_jsonl(&good, &tldr_rows(6));
+    let store = dir.join("store");
+    let mut args = vec!["ingest", good.to_str().unwrap(), "--dataset", "good"];
+    args.extend_from_slice(&TLDR);
+    palpipe(&store, &args).ok();
+    let v = data_tables(&store);
+    assert_eq!(v["pairs"].1, 6);
+    (store, v)
+}
+
+/// Runs `palpipe ingest FILE --dataset bad ARGS`, expects failure, and that the store is
+/// unchanged; returns stderr.
+fn fails(dir: &Path, file: &Path, extra: &[&str]) -> String {
+    let (store, before) = store_with_data(dir);
+    let mut args = vec!["ingest", file.to_str().unwrap(), "--dataset", "bad"];
+    args.extend_from_slice(extra);
+    let r = palpipe(&store, &args);
+    assert_ne!(r.code, 0, "expected a failure\n{}\n{}", r.stdout, r.stderr);
+    assert_eq!(
+        data_tables(&store),
+        before,
+        "the store changed:\n{}",
+        r.stderr
+    );
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(!all.contains(".rs:"), "a Rust source path in: {all}");
+    all
+}
+
+fn has(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "missing '{p}' in:\n{msg}");
+    }
+}
+
+#[test]
+fn a_mapped_column_that_does_not_exist_lists_the_columns_and_the_closest() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.jsonl");
+    write_jsonl(&file, &tldr_rows(4));
+    let mut args = TLDR.to_vec();
+    args[1] = "user=wroker";
+    let msg = fails(dir.path(), &file, &args);
+    has(
+        &msg,
+        &[
+            "data.jsonl",
+            "'wroker'",
+            "columns.user",
+            "did you mean 'worker'",
+            "summaries",
+        ],
+    );
+}
+
+#[test]
+fn a_label_outside_its_convention_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.jsonl");
+    let mut rows = tldr_rows(5);
+    rows[3]["choice"] = json!(2);
+    write_jsonl(&file, &rows);
+    let msg = fails(dir.path(), &file, &TLDR);
+    has(
+        &msg,
+        &[
+            "data.jsonl",
+            "line 4",
+            "column 'choice'",
+            "2",
+            "label_convention",
+        ],
+    );
+}
+
+#[test]
+fn a_json_line_that_does_not_parse_names_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.jsonl");
+    let mut lines: Vec<String> = tldr_rows(5).iter().map(|r| r.to_string()).collect();
+    lines[3] = lines[3].replacen('{', "{\"broken\": ,", 1); // the fourth line
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let msg = fails(dir.path(), &file, &TLDR);
+    has(&msg, &["data.jsonl:4", "not a valid JSON line"]);
+}
+
+#[test]
+fn a_nested_path_missing_in_some_rows_is_counted_or_an_error_when_strict() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.jsonl");
+    let mut rows = tldr_rows(6);
+    rows[1]["info"] = json!({"id": "t3_1"});
+    rows[4]["info"] = json!({"id": "t3_4"});
+    write_jsonl(&file, &rows);
+    // Counted: 2 rows dropped, the first named.
+    let store = dir.path().join("ok");
+    let mut args = vec!["ingest", file.to_str().unwrap(), "--dataset", "d"];
+    args.extend_from_slice(&TLDR);
+    let r = palpipe(&store, &args).ok();
+    has(&r.stdout, &["2 missing 'info.post'", "data.jsonl line 2"]);
+    assert_eq!(common::scalar(&store, "SELECT count(*) FROM pairs"), 4);
+    // Strict: an error naming the first such row.
+    let mut strict = TLDR.to_vec();
+    strict.push("--strict");
+    let msg = fails(&dir.path().join("strict"), &file, &strict);
+    has(
+        &msg,
+        &["data.jsonl", "line 2", "column 'info.post'", "missing"],
+    );
+}
+
+#[test]
+fn an_image_path_that_does_not_exist_names_row_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("imgs.csv");
+    std::fs::create_dir_all(dir.path().join("img")).unwrap();
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_pixel(2, 2, image::Rgb([1, 2, 3]))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    std::fs::write(dir.path().join("img/a.png"), png.get_ref()).unwrap();
+    let mut png2 = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_pixel(2, 2, image::Rgb([9, 9, 9]))
+        .write_to(&mut png2, image::ImageFormat::Png)
+        .unwrap();
+    std::fs::write(dir.path().join("img/b.png"), png2.get_ref()).unwrap();
+    std::fs::write(
+        &file,
+        "user,good,bad\nu1,img/a.png,img/b.png\nu2,img/b.png,img/missing.png\n",
+    )
+    .unwrap();
+    let msg = fails(
+        dir.path(),
+        &file,
+        &[
+            "--items",
+            "image",
+            "--column",
+            "user=user",
+            "--column",
+            "chosen=good",
+            "--column",
+            "rejected=bad",
+        ],
+    );
+    has(
+        &msg,
+        &["imgs.csv", "line 3", "column 'rejected'", "missing.png"],
+    );
+}
+
+#[test]
+fn a_file_that_is_not_its_extensions_format_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.parquet");
+    std::fs::write(&file, "worker,choice\nw1,0\n").unwrap();
+    let msg = fails(dir.path(), &file, &TLDR);
+    has(&msg, &["data.parquet", "is not a parquet file", "PAR1"]);
+    let gz = dir.path().join("plain.jsonl.gz");
+    std::fs::write(&gz, "{\"worker\": \"w\"}\n").unwrap();
+    let msg = fails(&dir.path().join("gz"), &gz, &TLDR);
+    has(&msg, &["plain.jsonl.gz", "is not a gzip file"]);
+}
+
+#[test]
+fn mixed_types_in_a_column_across_files_name_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("parts");
+    write_jsonl(&data.join("a.jsonl"), &tldr_rows(3));
+    let mut rows = tldr_rows(3);
+    for r in &mut rows {
+        r["choice"] = json!(r["choice"].to_string());
+    }
+    write_jsonl(&data.join("b.jsonl"), &rows);
+    let msg = fails(dir.path(), &data, &TLDR);
+    has(
+        &msg,
+        &[
+            "column 'choice'",
+            "a.jsonl",
+            "line 1",
+            "b.jsonl",
+            "a number",
+            "a string",
+        ],
+    );
+}
+
+#[test]
+fn rows_without_a_user_column_are_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.jsonl");
+    write_jsonl(&file, &tldr_rows(3));
+    let (store, before) = store_with_data(dir.path());
+    let r = palpipe(
+        &store,
+        &[
+            "ingest",
+            file.to_str().unwrap(),
+            "--dataset",
+            "x",
+            "--column",
+            "left=summaries.0.text",
+            "--column",
+            "right=summaries.1.text",
+            "--column",
+            "label=choice",
+        ],
+    )
+    .code(2);
+    has(&r.stderr, &["columns.user", "constant"]);
+    assert_eq!(data_tables(&store), before);
+}
