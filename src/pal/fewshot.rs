@@ -425,7 +425,10 @@ pub fn fit_new_user(
     cfg: &FewShotConfig,
 ) -> Result<Vec<f32>> {
     cfg.validate()?;
-    comparisons.validate()?;
+    // No comparison at all is allowed here: the answer is the prior's (see above).
+    if !comparisons.comps.is_empty() {
+        comparisons.validate()?;
+    }
     model.check_dims(comparisons)?;
     let est = resolve(cfg.estimator);
     let prior = Prior::of(model)?;
