@@ -1007,27 +1007,30 @@ pub fn shots_svg(pipeline: &str, split: &str, rows: &[&AdaptPoint]) -> String {
             row += 1;
         }
         // The oracle mixture (a bound, dotted) and the seen users' accuracy (dashed).
-        if let Some(o) = series.iter().find_map(|r| r.oracle) {
-            hline_styled(&mut s, &f, "oracle", color, "2 3", 100.0 * o);
+        let refs = [
+            (
+                series.iter().find_map(|r| r.oracle),
+                "oracle",
+                "2 3",
+                "oracle mixture, a bound",
+            ),
+            (
+                series.iter().find_map(|r| r.seen),
+                "seen",
+                "12 4",
+                "seen users",
+            ),
+        ];
+        for (v, class, dash, what) in refs {
+            let Some(v) = v else { continue };
+            hline_styled(&mut s, &f, class, color, dash, 100.0 * v);
             legend_styled(
                 &mut s,
                 row,
                 color,
-                Some("2 3"),
+                Some(dash),
                 false,
-                &format!("{m} oracle mixture, a bound ({:.1}%)", 100.0 * o),
-            );
-            row += 1;
-        }
-        if let Some(v) = series.iter().find_map(|r| r.seen) {
-            hline_styled(&mut s, &f, "seen", color, "12 4", 100.0 * v);
-            legend_styled(
-                &mut s,
-                row,
-                color,
-                Some("12 4"),
-                false,
-                &format!("{m} seen users ({:.1}%)", 100.0 * v),
+                &format!("{m} {what} ({:.1}%)", 100.0 * v),
             );
             row += 1;
         }
