@@ -66,15 +66,57 @@ fn pipeline_trains_evaluates_and_adapts() {
     let r = palpipe(
         &store,
         &[
-            "adapt", "--model", "k3", "--users", "un", "--shots", "0,20", "--json",
+            "adapt",
+            "--model",
+            "k3",
+            "--users",
+            "un",
+            "--shots",
+            "0,5,20",
+            "--seen-split",
+            "te",
+            "--tune-split",
+            "tr",
+            "--json",
         ],
     )
     .ok();
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
     let results = v["results"].as_array().unwrap();
-    assert_eq!(results.len(), 2);
-    assert_eq!(results[1]["shots"], 20);
-    assert_eq!(results[1]["users"], 6);
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[2]["shots"], 20);
+    assert_eq!(results[2]["users"], 6);
+    // 6 new users with 60 comparisons each: 30 fixed queries each, the same at every N.
+    for row in results {
+        assert_eq!(row["n"], 6 * 30, "{row}");
+        assert_eq!(row["skipped_users"], 0);
+    }
+    // 0 shots is the zero-shot mixture itself.
+    assert_eq!(results[0]["accuracy"], results[0]["zero_shot_accuracy"]);
+    // seen accuracy is the model's accuracy on 'te', as `eval` reports it
+    assert_eq!(v["seen_accuracy"], k3["accuracy"]);
+    let oracle = v["oracle_accuracy"].as_f64().unwrap();
+    assert!(oracle > 0.0 && oracle <= 1.0);
+    // the simulation on seen users' training pairs ran and picked a listed candidate
+    let sim = v["simulation"].as_array().unwrap();
+    assert_eq!(sim.len(), 9);
+    let picked = (&results[0]["estimator"], &results[0]["prior_scale"]);
+    assert!(
+        sim.iter()
+            .any(|s| (&s["estimator"], &s["prior_scale"]) == picked),
+        "{picked:?}"
+    );
+    // Too many shots for every user: nothing to score, a data error (exit 1) with a hint.
+    let r = palpipe(
+        &store,
+        &["adapt", "--model", "k3", "--users", "un", "--shots", "0,31"],
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("31 shots") && r.stderr.contains("hint:"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

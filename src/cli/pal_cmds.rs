@@ -87,11 +87,29 @@ pub struct AdaptArgs {
     /// Shots per user, comma-separated; 0 is zero-shot (the seen users' mean mixture).
     #[arg(long, value_delimiter = ',', default_value = "0,1,5,10,20")]
     pub shots: Vec<usize>,
-    /// Steps fitting each new user's logits.
+    /// Steps fitting each new user's logits (map, mle).
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// auto | map | posterior | mle. auto: the winner of the simulation on --tune-split, else posterior.
+    #[arg(long, default_value = "auto")]
+    pub estimator: crate::pal::Estimator,
+    /// Prior scale of map / posterior when no --tune-split picks it.
+    #[arg(long)]
+    pub prior_scale: Option<f64>,
+    /// Split of SEEN users' comparisons (e.g. their training pairs) to simulate few-shot on.
+    #[arg(long)]
+    pub tune_split: Option<String>,
+    /// Split of seen users' test comparisons whose accuracy is shown beside the curve.
+    #[arg(long)]
+    pub seen_split: Option<String>,
+    /// Share of each new user's comparisons held out as fixed queries.
+    #[arg(long)]
+    pub query_frac: Option<f64>,
+    /// Fewest queries per new user.
+    #[arg(long)]
+    pub min_queries: Option<usize>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -196,6 +214,7 @@ fn classify(e: anyhow::Error) -> CliError {
             || m.starts_with("'encoder' is only for")
             || m.starts_with("the model name 'clip-score' is reserved")
             || (m.starts_with("encoder '") && m.contains("is ambiguous"))
+            || m.contains("this split must hold seen users only")
     };
     CliError {
         code: if usage { 2 } else { 1 },
@@ -259,37 +278,110 @@ pub async fn eval(ctx: &Ctx, a: EvalArgs) -> Result<(), CliError> {
 pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
     let store = ctx.existing_store()?;
     let _lock = store.lock()?;
+    let d = crate::pal::FewShotConfig::default();
     let p = AdaptParams {
         model: a.model.clone(),
         users: a.users.clone(),
         shots: a.shots.clone(),
-        steps: a
-            .steps
-            .unwrap_or_else(|| crate::pal::FewShotConfig::default().steps),
+        steps: a.steps.unwrap_or(d.steps),
         seed: a.seed,
+        estimator: a.estimator,
+        prior_scale: a.prior_scale.unwrap_or(d.prior_scale),
+        tune_split: a.tune_split.clone(),
+        seen_split: a.seen_split.clone(),
+        query_frac: a.query_frac.unwrap_or(d.query_frac),
+        min_queries: a.min_queries.unwrap_or(d.min_queries),
     };
-    let rows = pal_stages::adapt_model(&store, &p)
+    let out = pal_stages::adapt_model(&store, &p)
         .await
         .map_err(classify)?;
+    let first = out.rows.first();
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"model": a.model, "users": a.users, "results": rows})
+            serde_json::json!({
+                "model": a.model,
+                "users": a.users,
+                "results": out.rows,
+                "oracle_accuracy": first.map(|r| r.oracle_accuracy),
+                "seen_accuracy": first.and_then(|r| r.seen_accuracy),
+                "zero_shot": out.zero_shot,
+                "oracle": out.oracle,
+                "seen": out.seen,
+                "simulation": out.simulation,
+            })
         );
-    } else {
+        return Ok(());
+    }
+    let ci = |c: Option<[f64; 2]>| {
+        c.map(|[lo, hi]| format!("[{:.2}, {:.2}]", 100.0 * lo, 100.0 * hi))
+            .unwrap_or_else(|| "-".into())
+    };
+    let ci_of = |v: &serde_json::Value| {
+        v["ci95_users"]
+            .as_array()
+            .and_then(|a| Some([a.first()?.as_f64()?, a.get(1)?.as_f64()?]))
+    };
+    if let Some(r) = first {
         println!(
-            "{:>6} {:>7} {:>10} {:>10}",
-            "shots", "users", "accuracy", "zero-shot"
+            "{} users ({} excluded: too few comparisons), {} queries each N; estimator {} (prior scale {})",
+            r.users, r.skipped_users, r.n, r.estimator, r.prior_scale
         );
-        for r in &rows {
+    }
+    if !out.simulation.is_empty() {
+        println!("simulated few-shot on seen users (mean query accuracy over N):");
+        for s in &out.simulation {
+            let per: Vec<String> = s
+                .per_shots
+                .iter()
+                .map(|(n, acc)| format!("{n}: {:.2}%", 100.0 * acc))
+                .collect();
             println!(
-                "{:>6} {:>7} {:>9.2}% {:>9.2}%",
-                r.shots,
-                r.users,
-                100.0 * r.accuracy,
-                100.0 * r.zero_shot_accuracy
+                "  {:<9} scale {:<4} {:>6.2}%  ({}; {} users)",
+                s.estimator.name(),
+                s.prior_scale,
+                100.0 * s.accuracy,
+                per.join(", "),
+                s.users
             );
         }
+    }
+    println!(
+        "{:>10} {:>10} {:>18}",
+        "shots", "accuracy", "95% CI over users"
+    );
+    if let Some(r) = first {
+        println!(
+            "{:>10} {:>9.2}% {:>18}",
+            "zero-shot",
+            100.0 * r.zero_shot_accuracy,
+            ci(ci_of(&out.zero_shot))
+        );
+    }
+    for r in &out.rows {
+        println!(
+            "{:>10} {:>9.2}% {:>18}",
+            r.shots,
+            100.0 * r.accuracy,
+            ci(r.ci95_users)
+        );
+    }
+    if let Some(r) = first {
+        println!(
+            "{:>10} {:>9.2}% {:>18}  (bound: fitted on the queries too)",
+            "oracle",
+            100.0 * r.oracle_accuracy,
+            ci(ci_of(&out.oracle))
+        );
+    }
+    if let Some(s) = &out.seen {
+        println!(
+            "{:>10} {:>9.2}% {:>18}  (seen users on '{}')",
+            "seen",
+            100.0 * s["accuracy"].as_f64().unwrap_or(f64::NAN),
+            ci(ci_of(s)),
+            a.seen_split.as_deref().unwrap_or("")
+        );
     }
     Ok(())
 }

@@ -66,8 +66,8 @@ pub struct ScoreArgs {
 
 Each line of the comparisons is {\"prompt\": …, \"chosen\": …, \"rejected\": …}: texts, or image
 files (relative to the file's folder) for a model on CLIP vectors, or {\"id\": CONTENT_ID}. The
-user's K mixture logits are fitted with the model's shared parts frozen (the few-shot fit of
-`palpipe adapt`) and stored in the `enrollments` table: `score` and `serve` know the user from
+user's K mixture logits are fitted with the model's shared parts frozen (the new-user estimator
+of `palpipe adapt`) and stored in the `enrollments` table: `score` and `serve` know the user from
 then on; the model itself is not changed. Enrolling again refits and replaces the user. With
 10 or more comparisons, a fifth of them is held out and scored by a fit on the others (the
 accuracy printed); the stored fit uses all of them.")]
@@ -81,7 +81,11 @@ pub struct EnrollArgs {
     /// JSON lines of the user's comparisons (a file, or - for stdin).
     #[arg(long)]
     pub comparisons: String,
-    /// AdamW steps fitting the logits.
+    /// How the logits are estimated: posterior (the default: the posterior mean under a prior
+    /// learned from the seen users), map, or mle (no prior); as `palpipe adapt --estimator`.
+    #[arg(long, default_value = "auto")]
+    pub estimator: crate::pal::Estimator,
+    /// Gradient steps of the map and mle fits.
     #[arg(long)]
     pub steps: Option<usize>,
     /// Seed choosing the held-out comparisons.
@@ -378,6 +382,7 @@ pub async fn enroll(ctx: &Ctx, a: EnrollArgs) -> Result<(), CliError> {
         .map_err(cli_err)?;
     let cfg = FewShotConfig {
         steps: a.steps.unwrap_or_else(|| FewShotConfig::default().steps),
+        estimator: a.estimator,
         seed: a.seed,
         ..FewShotConfig::default()
     };

@@ -237,7 +237,12 @@ pub struct AdaptPoint {
     pub users: u64,
     pub accuracy: f64,
     pub zero_shot: f64,
+    /// 95% interval: over users when the row has one, else Wilson over comparisons.
     pub ci95: Option<(f64, f64)>,
+    /// The oracle mixture's accuracy on the same queries (a bound), when recorded.
+    pub oracle: Option<f64>,
+    /// The model's accuracy on the seen users' test split, when recorded.
+    pub seen: Option<f64>,
 }
 
 fn pair(v: &Value) -> Option<(f64, f64)> {
@@ -268,7 +273,9 @@ pub fn points(models: &[Selected]) -> (Vec<EvalPoint>, Vec<AdaptPoint>) {
                         users: row["users"].as_u64().unwrap_or(0),
                         accuracy: acc,
                         zero_shot: row["zero_shot_accuracy"].as_f64().unwrap_or(f64::NAN),
-                        ci95: pair(&row["report"]["ci95"]),
+                        ci95: pair(&row["ci95_users"]).or_else(|| pair(&row["report"]["ci95"])),
+                        oracle: row["oracle_accuracy"].as_f64(),
+                        seen: row["seen_accuracy"].as_f64(),
                     });
                 }
             } else if let Some(acc) = v["accuracy"].as_f64() {
@@ -477,17 +484,17 @@ pub fn markdown(
         let _ = writeln!(md, "## Adaptation to new users\n");
         let _ = writeln!(
             md,
-            "Each new user's mixture weights fitted from `shots` of their comparisons, scored on the rest; zero-shot uses the seen users' mean mixture.\n"
+            "Each new user's mixture weights fitted from `shots` of their comparisons and scored on a fixed query set of that user's comparisons, the same at every shot count; zero-shot uses the seen users' mean mixture; the oracle mixture is fitted on the queries too (a bound, not a result); seen is the model's accuracy on the seen users' test split. CIs over users when recorded.\n"
         );
         let _ = writeln!(
             md,
-            "| model | users split | shots | users | accuracy | 95% CI | zero-shot |"
+            "| model | users split | shots | users | accuracy | 95% CI | zero-shot | oracle (bound) | seen |"
         );
-        let _ = writeln!(md, "|---|---|---:|---:|---:|---|---:|");
+        let _ = writeln!(md, "|---|---|---:|---:|---:|---|---:|---:|---:|");
         for a in adapts {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 cell(&a.model),
                 cell(&a.split),
                 a.shots,
@@ -498,7 +505,9 @@ pub fn markdown(
                     pct(a.zero_shot)
                 } else {
                     "–".into()
-                }
+                },
+                a.oracle.map(pct).unwrap_or_else(|| "–".into()),
+                a.seen.map(pct).unwrap_or_else(|| "–".into())
             );
         }
         md.push('\n');
@@ -680,13 +689,23 @@ fn axes(
 
 /// One legend entry at row `i`: a line (dashed or not) with an optional marker.
 fn legend(s: &mut String, i: usize, color: &str, dashed: bool, marker: bool, label: &str) {
+    legend_styled(s, i, color, dashed.then_some("6 4"), marker, label);
+}
+
+/// A legend row whose line has the dash pattern `dash` (solid when `None`).
+fn legend_styled(
+    s: &mut String,
+    i: usize,
+    color: &str,
+    dash: Option<&str>,
+    marker: bool,
+    label: &str,
+) {
     let x = W - RIGHT + 16.0;
     let y = TOP + 8.0 + 20.0 * i as f64;
-    let dash = if dashed {
-        r#" stroke-dasharray="6 4""#
-    } else {
-        ""
-    };
+    let dash = dash
+        .map(|d| format!(r#" stroke-dasharray="{d}""#))
+        .unwrap_or_default();
     let _ = writeln!(
         s,
         r##"<g class="legend"><line x1="{x}" y1="{y}" x2="{:.1}" y2="{y}" stroke="{color}" stroke-width="2"{dash}/>{}<text x="{:.1}" y="{:.1}">{}</text></g>"##,
@@ -738,10 +757,15 @@ fn point(s: &mut String, color: &str, px: f64, py: f64, title: &str) {
 }
 
 fn hline(s: &mut String, f: &Frame, color: &str, y: f64) {
+    hline_styled(s, f, "baseline", color, "6 4", y);
+}
+
+/// A horizontal reference line across the plot at accuracy `y`, of class `class`.
+fn hline_styled(s: &mut String, f: &Frame, class: &str, color: &str, dash: &str, y: f64) {
     let py = f.py(y);
     let _ = writeln!(
         s,
-        r##"<line class="baseline" x1="{LEFT}" y1="{py:.1}" x2="{}" y2="{py:.1}" stroke="{color}" stroke-width="1.5" stroke-dasharray="6 4"/>"##,
+        r##"<line class="{class}" x1="{LEFT}" y1="{py:.1}" x2="{}" y2="{py:.1}" stroke="{color}" stroke-width="1.5" stroke-dasharray="{dash}"/>"##,
         W - RIGHT
     );
 }
@@ -857,6 +881,11 @@ pub fn shots_svg(pipeline: &str, split: &str, rows: &[&AdaptPoint]) -> String {
             100.0 * hi,
             100.0 * r.zero_shot,
         ]
+        .into_iter()
+        .chain(r.oracle.map(|o| 100.0 * o))
+        .chain(r.seen.map(|o| 100.0 * o))
+        .filter(|y| y.is_finite())
+        .collect::<Vec<f64>>()
     });
     let (y0, y1, ystep) = y_range(ys);
     let shots: BTreeSet<u64> = rows.iter().map(|r| r.shots).collect();
@@ -974,6 +1003,34 @@ pub fn shots_svg(pipeline: &str, split: &str, rows: &[&AdaptPoint]) -> String {
                 true,
                 false,
                 &format!("{m} zero-shot (mean {:.1}%)", 100.0 * z),
+            );
+            row += 1;
+        }
+        // The oracle mixture (a bound, dotted) and the seen users' accuracy (dashed).
+        let refs = [
+            (
+                series.iter().find_map(|r| r.oracle),
+                "oracle",
+                "2 3",
+                "oracle mixture, a bound",
+            ),
+            (
+                series.iter().find_map(|r| r.seen),
+                "seen",
+                "12 4",
+                "seen users",
+            ),
+        ];
+        for (v, class, dash, what) in refs {
+            let Some(v) = v else { continue };
+            hline_styled(&mut s, &f, class, color, dash, 100.0 * v);
+            legend_styled(
+                &mut s,
+                row,
+                color,
+                Some(dash),
+                false,
+                &format!("{m} {what} ({:.1}%)", 100.0 * v),
             );
             row += 1;
         }
@@ -1250,9 +1307,9 @@ mod tests {
                     "p-1",
                     2,
                     serde_json::json!({"te": ev(0.8), "adapt:un": [
-                {"shots": 0, "users": 5, "accuracy": 0.6, "zero_shot_accuracy": 0.6, "report": {"ci95": [0.5, 0.7]}},
-                {"shots": 10, "users": 5, "accuracy": 0.75, "zero_shot_accuracy": 0.6, "report": {"ci95": [0.7, 0.8]}},
-                {"shots": 40, "users": 5, "accuracy": 0.8, "zero_shot_accuracy": 0.6, "report": {}}]}),
+                {"shots": 0, "users": 5, "accuracy": 0.6, "zero_shot_accuracy": 0.6, "report": {"ci95": [0.5, 0.7]}, "ci95_users": [0.45, 0.75], "oracle_accuracy": 0.9, "seen_accuracy": 0.85},
+                {"shots": 10, "users": 5, "accuracy": 0.75, "zero_shot_accuracy": 0.6, "report": {"ci95": [0.7, 0.8]}, "oracle_accuracy": 0.9, "seen_accuracy": 0.85},
+                {"shots": 40, "users": 5, "accuracy": 0.8, "zero_shot_accuracy": 0.6, "report": {}, "oracle_accuracy": 0.9, "seen_accuracy": 0.85}]}),
                 ),
                 why: String::new(),
             },
@@ -1288,6 +1345,14 @@ mod tests {
         assert_eq!(ps[0].svg.matches("class=\"point\"").count(), 3);
         assert_eq!(ps[0].svg.matches("class=\"baseline\"").count(), 1);
         assert_eq!(ps[1].svg.matches("class=\"point\"").count(), 3);
+        // the oracle bound and the seen users' accuracy are one line each
+        assert_eq!(ps[1].svg.matches("class=\"oracle\"").count(), 1);
+        assert_eq!(ps[1].svg.matches("class=\"seen\"").count(), 1);
+        assert!(ps[1].svg.contains("oracle mixture, a bound (90.0%)"));
+        // a row's CI over users is preferred to the Wilson interval over comparisons
+        let a0 = adapts.iter().find(|a| a.shots == 0).unwrap();
+        assert_eq!(a0.ci95, Some((0.45, 0.75)));
+        assert_eq!((a0.oracle, a0.seen), (Some(0.9), Some(0.85)));
         for p in &ps {
             assert!(p.svg.starts_with("<svg"));
             assert!(p.svg.trim_end().ends_with("</svg>"));
@@ -1301,6 +1366,8 @@ mod tests {
             "pop",
             "80.00%",
             "55.00%",
+            "90.00%",
+            "85.00%",
             "accuracy-vs-k-te.svg",
         ] {
             assert!(md.contains(m), "{m} missing from\n{md}");

@@ -589,27 +589,92 @@ impl TrainConfig {
     }
 }
 
+/// How a new user's K logits are estimated from their comparisons (PAL-SPEC "Users the model
+/// has not seen").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Estimator {
+    /// Whichever of the others wins the simulated few-shot on the seen users (when a split of
+X
+    #[default]
+    Auto,
+    /// The maximum a posteriori logits under a Gaussian prior learned from the seen users'
+    /// logits, centred so that no comparison at all gives the zero-shot mixture.
+    Map,
+    /// The posterior mean of the mixture w under the same prior (seeded importance sampling).
+    Posterior,
+    /// The original method: uniform start, mean loss, no prior, a fixed number of steps.
+    Mle,
+}
+
+impl Estimator {
+    /// The name used in configs and output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Estimator::Auto => "auto",
+            Estimator::Map => "map",
+            Estimator::Posterior => "posterior",
+            Estimator::Mle => "mle",
+        }
+    }
+}
+
+impl fmt::Display for Estimator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Estimator {
+    type Err = PalError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Estimator::Auto),
+            "map" => Ok(Estimator::Map),
+            "posterior" => Ok(Estimator::Posterior),
+            "mle" => Ok(Estimator::Mle),
+            other => Err(PalError::config(
+                "estimator",
+                format!("is '{other}', expected one of auto, map, posterior, mle"),
+            )),
+        }
+    }
+}
+
 /// Few-shot adaptation of unseen users (PAL-SPEC "Users the model has not seen").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FewShotConfig {
-    /// Comparisons per user used to fit the user's K logits (N). Default 10.
-    #[serde(default = "default_shots")]
-    pub shots: usize,
-    /// Full-batch AdamW steps on the new logits (a fixed number: no held-out data decides).
-    /// Default 300.
+    /// The estimator of a new user's logits. Default `auto`.
+    #[serde(default)]
+    pub estimator: Estimator,
+    /// Multiplies the prior's standard deviations (`map`, `posterior`): above 1 trusts the
+    /// shots more, below 1 the seen users more. Default 1.
+    #[serde(default = "default_prior_scale")]
+    pub prior_scale: f64,
+    /// Full-batch AdamW steps on the new logits (`map`, `mle`; a fixed number: no held-out
+    /// data decides). Default 300.
     #[serde(default = "default_fs_steps")]
     pub steps: usize,
     /// Learning rate of those steps. Default 0.05.
     #[serde(default = "default_fs_lr")]
     pub lr: f64,
-    /// Seed for the choice of shots. Default 0.
+    /// Prior draws of the importance sampler (`posterior`). Default 512.
+    #[serde(default = "default_samples")]
+    pub samples: usize,
+    /// Share of each user's comparisons held out as that user's fixed query set. Default 0.5.
+    #[serde(default = "default_query_frac")]
+    pub query_frac: f64,
+    /// Fewest queries per user. Default 10.
+    #[serde(default = "default_min_queries")]
+    pub min_queries: usize,
+    /// Seed for the query sets, the shots and the sampler. Default 0.
     #[serde(default)]
     pub seed: u64,
 }
 
-fn default_shots() -> usize {
-    10
+fn default_prior_scale() -> f64 {
+    1.0
 }
 fn default_fs_steps() -> usize {
     300
@@ -617,13 +682,26 @@ fn default_fs_steps() -> usize {
 fn default_fs_lr() -> f64 {
     0.05
 }
+fn default_samples() -> usize {
+    512
+}
+fn default_query_frac() -> f64 {
+    0.5
+}
+fn default_min_queries() -> usize {
+    10
+}
 
 impl Default for FewShotConfig {
     fn default() -> Self {
         FewShotConfig {
-            shots: default_shots(),
+            estimator: Estimator::default(),
+            prior_scale: default_prior_scale(),
             steps: default_fs_steps(),
             lr: default_fs_lr(),
+            samples: default_samples(),
+            query_frac: default_query_frac(),
+            min_queries: default_min_queries(),
             seed: 0,
         }
     }
@@ -632,14 +710,29 @@ impl Default for FewShotConfig {
 impl FewShotConfig {
     /// Checks ranges.
     pub fn validate(&self) -> Result<()> {
-        if self.shots == 0 {
-            return Err(PalError::config("shots", "is 0, it must be at least 1"));
-        }
         if !(self.lr.is_finite() && self.lr >= 0.0) {
             return Err(PalError::config(
                 "lr",
                 format!("is {}, it must be ≥ 0", self.lr),
             ));
+        }
+        if !(self.prior_scale.is_finite() && self.prior_scale > 0.0) {
+            return Err(PalError::config(
+                "prior_scale",
+                format!("is {}, it must be > 0", self.prior_scale),
+            ));
+        }
+        if !(self.query_frac > 0.0 && self.query_frac < 1.0) {
+            return Err(PalError::config(
+                "query_frac",
+                format!(
+                    "is {}, it must be between 0 and 1 (exclusive)",
+                    self.query_frac
+                ),
+            ));
+        }
+        if self.samples == 0 {
+            return Err(PalError::config("samples", "is 0, it must be at least 1"));
         }
         Ok(())
     }
@@ -704,8 +797,11 @@ mod tests {
         assert_eq!(t.epochs, 3);
         assert_eq!(t.user_logits.weight_decay, 0.0);
         assert!(serde_json::from_str::<TrainConfig>(r#"{"lr":3}"#).is_err());
-        let f: FewShotConfig = serde_json::from_str(r#"{"shots":40}"#).unwrap();
-        assert_eq!(f.shots, 40);
+        let f: FewShotConfig =
+            serde_json::from_str(r#"{"estimator":"posterior","steps":40}"#).unwrap();
+        assert_eq!(f.estimator, Estimator::Posterior);
+        assert_eq!(f.steps, 40);
+        assert!(serde_json::from_str::<FewShotConfig>(r#"{"estimator":"mean"}"#).is_err());
     }
 
     #[test]

@@ -1,18 +1,34 @@
 //! Users the model has not seen (PAL-SPEC "Users the model has not seen"; paper Sec. 3.2,
 //! few-shot localisation).
 //!
-//! Owns: [`few_shot`] — keep f, g_k (or P) and τ frozen, give each new user fresh logits
-//! W_i = 0 (the uniform mixture), fit only those K numbers on N of the user's comparisons
-//! (picked by a seed) with a *fixed* number of full-batch AdamW steps — no held-out or test
-//! comparison takes part in any choice — then score the user's remaining comparisons. The same
-//! remaining comparisons are also scored zero-shot, with the mean of the seen users' mixtures.
+//! Owns: the fixed-query few-shot protocol ([`few_shot_curve`]), the estimators of a new user's
+//! K logits ([`Estimator`]: `map`, `posterior`, `mle`), the single-user entry point other parts
+//! call ([`fit_new_user`]), and the simulated few-shot on seen users that picks an estimator and
+//! its prior strength ([`simulate_seen`]). f, g_k (or P) and τ stay frozen throughout.
+//!
+//! Protocol: per user, a seeded shuffle of their comparisons; the first `max(⌈query_frac·n⌉,
+//! min_queries)` are the user's queries, the rest (in shuffled order) the shots, so the shots
+//! for N are a prefix of those for any larger N and every N is scored on the same queries. Users
+//! without enough remainder for the largest N are excluded from every N (and listed). Zero-shot
+//! (the seen users' mean mixture w̄) and the oracle mixture (maximum likelihood on all of the
+//! user's comparisons, queries included: a bound, not a result) are scored on the same queries.
+//!
+//! Prior: a Gaussian on a new user's logits, one standard deviation per prototype (the spread of
+//! the seen users' logits once each user's mean logit is removed, times `prior_scale`), centred
+//! at T·ln w̄ so that `map` with no comparison gives w̄ exactly (softmax of the mean logits would
+//! not: softmax(mean) ≠ mean(softmax)). `posterior` re-centres the same Gaussian so that the mean
+//! of its draws in w-space is w̄, and writes its estimate as w̄ + Σ_j (ω_j − 1/M)·w_j, which is
+//! w̄ exactly when there is no evidence (all ω_j = 1/M). The likelihood is the model's own loss
+//! per comparison (−log σ(t) for the logistic loss); the norm-bound penalty, a training
+//! regulariser, takes no part in `map` or `posterior`.
 //! Does not own: training of the shared parts (`train.rs`).
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use rand::seq::SliceRandom;
+use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use super::config::FewShotConfig;
+use super::config::{Estimator, FewShotConfig};
 use super::data::{Comparison, ComparisonSet};
 use super::error::{PalError, Result};
 use super::evaluate::{report_from_margins, EvalOptions, EvalReport};
@@ -20,155 +36,724 @@ use super::loss;
 use super::model::{rng, stream, Features, PalModel};
 use super::optim::AdamW;
 
-/// The outcome of few-shot adaptation.
+/// Floor of a mixture weight before its log is taken (partition-mode means can hold zeros).
+const W_FLOOR: f64 = 1e-6;
+/// Fewest AdamW steps of the oracle fit (it has many comparisons per user).
+const ORACLE_MIN_STEPS: usize = 600;
+/// Prior scales tried by the simulation for `map` and `posterior`.
+const SIM_SCALES: [f64; 4] = [0.5, 1.0, 2.0, 4.0];
+/// Seen users the simulation uses at most.
+const SIM_MAX_USERS: usize = 100;
+/// Fewest seen users the simulation needs for its largest shot count.
+const SIM_MIN_USERS: usize = 10;
+
+/// One point of the few-shot curve.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FewShotResult {
-    /// N, shots per user.
+pub struct FewShotPoint {
+    /// N, shots per user (0: the zero-shot mixture itself).
     pub shots: usize,
-    /// Accuracy on each adapted user's remaining comparisons with the fitted mixture.
+    /// Accuracy on the users' fixed queries with the mixture fitted from N shots.
     pub adapted: EvalReport,
-    /// The same comparisons scored with the zero-shot mixture.
-    pub zero_shot: EvalReport,
-    /// Adapted users, in order.
-    pub user_ids: Vec<String>,
-    /// Their fitted logits, `user_ids.len() * K`, row-major (see [`PalModel::add_users`]).
+    /// The fitted logits, `user_ids.len() * K`, row-major (see [`PalModel::add_users`]).
     pub logits: Vec<f32>,
-    /// Users with N or fewer comparisons (nothing left to score), not adapted.
-    pub skipped_users: Vec<String>,
-    /// Mean loss on the shots after the last step.
-    pub final_shot_loss: f64,
 }
 
-/// Adapts every user of `set` with more than `cfg.shots` comparisons (all treated as new users,
-/// whatever their ids) and evaluates them; see the module doc.
-pub fn few_shot(
+/// The whole few-shot curve of a set of new users; see the module doc.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FewShotCurve {
+    /// The estimator used (never `auto`).
+    pub estimator: Estimator,
+    /// Its prior scale.
+    pub prior_scale: f64,
+    /// Users scored, in set order.
+    pub user_ids: Vec<String>,
+    /// Users without enough comparisons for the queries and the largest N, in set order.
+    pub excluded_users: Vec<String>,
+    /// Query comparisons scored at every N (all users together).
+    pub queries: usize,
+    /// The queries scored with the zero-shot mixture.
+    pub zero_shot: EvalReport,
+    /// One point per requested N, in the order given.
+    pub points: Vec<FewShotPoint>,
+    /// The queries scored with each user's oracle mixture (a bound, not a result).
+    pub oracle: EvalReport,
+}
+
+/// One candidate of the simulated few-shot on seen users.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimRow {
+    pub estimator: Estimator,
+    pub prior_scale: f64,
+    /// Mean over the simulated shot counts of the query accuracy.
+    pub accuracy: f64,
+    /// (N, query accuracy) per simulated shot count.
+    pub per_shots: Vec<(usize, f64)>,
+    /// Seen users simulated.
+    pub users: usize,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prior
+// ---------------------------------------------------------------------------------------------
+
+/// The Gaussian prior over a new user's logits, learned from the seen users.
+#[derive(Debug, Clone)]
+struct Prior {
+    /// T·ln w̄: softmax(centre / T) = w̄ (up to the floor).
+    centre: Vec<f64>,
+    /// Per prototype, the spread of the seen users' logits after removing each user's mean.
+    sd: Vec<f64>,
+    /// The zero-shot mixture w̄.
+    zero: Vec<f64>,
+}
+
+impl Prior {
+    fn of(model: &PalModel) -> Result<Prior> {
+        let k = model.cfg.k;
+        let t = model.cfg.temperature;
+        let zero = model.zero_shot_mixture()?;
+        let centre = zero.iter().map(|&w| t * w.max(W_FLOOR).ln()).collect();
+        let rows = model
+            .logits
+            .as_tensor()
+            .to_dtype(DType::F64)?
+            .to_vec2::<f64>()?;
+        let sd = if rows.len() < 2 {
+            vec![1.0; k]
+        } else {
+            let centred: Vec<Vec<f64>> = rows
+                .iter()
+                .map(|r| {
+                    let m = r.iter().sum::<f64>() / k as f64;
+                    r.iter().map(|x| x - m).collect()
+                })
+                .collect();
+            let n = centred.len() as f64;
+            (0..k)
+                .map(|j| {
+                    let mean = centred.iter().map(|r| r[j]).sum::<f64>() / n;
+                    let var =
+                        centred.iter().map(|r| (r[j] - mean).powi(2)).sum::<f64>() / (n - 1.0);
+                    var.sqrt().max(1e-3)
+                })
+                .collect()
+        };
+        Ok(Prior { centre, sd, zero })
+    }
+}
+
+/// softmax(l / t) in f64.
+fn softmax(l: &[f64], t: f64) -> Vec<f64> {
+    let mx = l.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x / t));
+    let e: Vec<f64> = l.iter().map(|&x| (x / t - mx).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|x| x / s).collect()
+}
+
+/// Σ_j a_j · w_j.
+fn weighted(draws: &[Vec<f64>], a: &[f64], k: usize) -> Vec<f64> {
+    let mut out = vec![0.0; k];
+    for (w, &aj) in draws.iter().zip(a) {
+        for (o, x) in out.iter_mut().zip(w) {
+            *o += aj * x;
+        }
+    }
+    out
+}
+
+/// `auto` without a simulation to decide: `posterior`, which won the seen-user simulation on
+/// 11 of the 12 stores measured for issue 14 (Polis × seeds, Persona, synthetic partition).
+fn resolve(e: Estimator) -> Estimator {
+    match e {
+        Estimator::Auto => Estimator::Posterior,
+        other => other,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Estimators
+// ---------------------------------------------------------------------------------------------
+
+/// Frozen features of the comparisons `idx`, with the batch they came from.
+fn frozen(
     model: &PalModel,
     set: &ComparisonSet,
-    cfg: &FewShotConfig,
-    opts: &EvalOptions,
-) -> Result<FewShotResult> {
-    cfg.validate()?;
-    set.validate()?;
-    model.check_dims(set)?;
-    let k = model.cfg.k;
-
-    // Pick the shots: each user's comparisons shuffled by the seed, the first N are shots.
-    let mut r = rng(cfg.seed, stream::FEW_SHOT);
-    let mut local = vec![u32::MAX; set.n_users()];
-    let (mut user_ids, mut skipped_users) = (Vec::new(), Vec::new());
-    let (mut shot_idx, mut query_idx) = (Vec::new(), Vec::new());
-    for (u, mut idx) in set.by_user().into_iter().enumerate() {
-        if idx.is_empty() {
-            continue;
-        }
-        if idx.len() <= cfg.shots {
-            skipped_users.push(set.user_ids[u].clone());
-            continue;
-        }
-        idx.shuffle(&mut r);
-        local[u] = user_ids.len() as u32;
-        user_ids.push(set.user_ids[u].clone());
-        shot_idx.extend_from_slice(&idx[..cfg.shots]);
-        query_idx.extend_from_slice(&idx[cfg.shots..]);
-    }
-    if user_ids.is_empty() {
-        return Err(PalError::Data(format!(
-            "no user has more than {} comparisons, so none can be adapted and scored\nhint: lower 'shots'",
-            cfg.shots
-        )));
-    }
-    shot_idx.sort_unstable();
-    query_idx.sort_unstable();
-    let n = user_ids.len();
-
-    // Frozen features of the shots, computed once.
-    let batch = model.gather(set, &shot_idx, &|u| local[u as usize])?;
+    idx: &[usize],
+    user_of: &dyn Fn(u32) -> u32,
+) -> Result<(super::data::Batch, Features)> {
+    let batch = model.gather(set, idx, user_of)?;
     let f = model.features(&batch, None)?;
     let feats = Features {
         fx: f.fx.detach(),
         g: f.g.map(|g| g.detach()),
     };
-    let users = Tensor::new(batch.users.as_slice(), &model.device)?;
+    Ok((batch, feats))
+}
 
-    // Fresh logits W = 0 (uniform mixtures), the only thing that moves.
-    let logits = Var::zeros((n, k), model.dtype, &model.device)?;
+/// `map` or `mle` logits of `n_users` users from the comparisons `idx` (`user_of` maps a set
+/// user to one of them): full-batch AdamW for `steps` steps.
+#[allow(clippy::too_many_arguments)]
+fn fit_gd(
+    model: &PalModel,
+    set: &ComparisonSet,
+    idx: &[usize],
+    user_of: &dyn Fn(u32) -> u32,
+    n_users: usize,
+    est: Estimator,
+    prior: &Prior,
+    cfg: &FewShotConfig,
+    steps: usize,
+) -> Result<Vec<Vec<f64>>> {
+    let k = model.cfg.k;
+    let (dev, dt) = (&model.device, model.dtype);
+    let init: Vec<f64> = match est {
+        Estimator::Mle => vec![0.0; k],
+        _ => prior.centre.clone(),
+    };
+    if idx.is_empty() || n_users == 0 {
+        return Ok(vec![init; n_users]);
+    }
+    let (batch, feats) = frozen(model, set, idx, user_of)?;
+    let users = Tensor::new(batch.users.as_slice(), dev)?;
+    let flat: Vec<f64> = (0..n_users).flat_map(|_| init.iter().copied()).collect();
+    let logits = Var::from_tensor(&Tensor::from_vec(flat, (n_users, k), dev)?.to_dtype(dt)?)?;
+    let centre = Tensor::from_vec(prior.centre.clone(), (1, k), dev)?.to_dtype(dt)?;
+    let prec: Vec<f64> = prior
+        .sd
+        .iter()
+        .map(|s| 1.0 / (cfg.prior_scale * s).powi(2))
+        .collect();
+    let prec = Tensor::from_vec(prec, (1, k), dev)?.to_dtype(dt)?;
     let mut opt = AdamW::new();
     opt.add_rows(logits.clone(), cfg.lr, 0.0)?;
-    let all_rows: Vec<u32> = (0..n as u32).collect();
-    let shot_loss = |w: &Tensor| -> Result<Tensor> {
-        let (m, penalty) = model.margins_from(&feats, &batch, w, None)?;
-        let t = loss::agreement(&m, &batch.y)?;
-        let l = loss::per_comparison(model.cfg.loss, &t)?.mean_all()?;
-        Ok(match penalty {
-            Some(p) => (l + p)?,
-            None => l,
-        })
-    };
-    for _ in 0..cfg.steps {
-        let w = model.train_mixture(&logits.as_tensor().index_select(&users, 0)?)?;
-        let l = shot_loss(&w)?;
-        let grads = l.backward()?;
+    let all_rows: Vec<u32> = (0..n_users as u32).collect();
+    for _ in 0..steps {
+        let l = logits.as_tensor();
+        let w = model.train_mixture(&l.index_select(&users, 0)?)?;
+        let (m, penalty) = model.margins_from(&feats, &batch, &w, None)?;
+        let per = loss::per_comparison(model.cfg.loss, &loss::agreement(&m, &batch.y)?)?;
+        let obj = match est {
+            // The original objective: the mean loss (and the norm-bound penalty).
+            Estimator::Mle => match penalty {
+                Some(p) => (per.mean_all()? + p)?,
+                None => per.mean_all()?,
+            },
+            // −log p(shots | W) − log p(W): summed, so each shot counts for what it is worth.
+            _ => {
+                let d = l.broadcast_sub(&centre)?;
+                let pr = (d.sqr()?.broadcast_mul(&prec)?.sum_all()? * 0.5)?;
+                (per.sum_all()? + pr)?
+            }
+        };
+        let grads = obj.backward()?;
         opt.step(&grads, &all_rows)?;
     }
-    let final_shot_loss =
-        shot_loss(&model.train_mixture(&logits.as_tensor().index_select(&users, 0)?)?)?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
+    Ok(logits.as_tensor().to_dtype(DType::F64)?.to_vec2::<f64>()?)
+}
 
-    // Score the remaining comparisons, adapted and zero-shot.
-    let table = model.eval_mixture(logits.as_tensor())?.detach(); // [n, K]
-    let adapted_m =
-        model.margins_with_table(set, &table, &|u| local[u as usize], query_idx.clone())?;
-    let zero_table = model.mixture_table()?;
-    let zero_row = Tensor::new(&[zero_table.dim(0)? as u32 - 1], &model.device)?;
-    let zero_table = zero_table.index_select(&zero_row, 0)?; // [1, K]
-    let zero_m = model.margins_with_table(set, &zero_table, &|_| 0, query_idx.clone())?;
+/// `posterior` logits for every N of `ns` at once: each user's first N shots weigh the same
+/// prior draws. Returns `[ns][user][K]`.
+fn posterior_curve(
+    model: &PalModel,
+    set: &ComparisonSet,
+    shots: &[Vec<usize>],
+    ns: &[usize],
+    user_of: &dyn Fn(u32) -> u32,
+    prior: &Prior,
+    cfg: &FewShotConfig,
+) -> Result<Vec<Vec<Vec<f64>>>> {
+    let k = model.cfg.k;
+    let t = model.cfg.temperature;
+    let n_users = shots.len();
+    let m = cfg.samples;
+    let maxn = ns.iter().copied().max().unwrap_or(0);
 
-    let comps: Vec<Comparison> = query_idx
+    // Draws from the prior, re-centred so that their mean in w-space is w̄.
+    let mut r = rng(cfg.seed, stream::POSTERIOR);
+    let eps: Vec<Vec<f64>> = (0..m)
+        .map(|_| {
+            (0..k)
+                .map(|_| {
+                    let x: f64 = StandardNormal.sample(&mut r);
+                    x
+                })
+                .collect()
+        })
+        .collect();
+    let uniform = vec![1.0 / m as f64; m];
+    let mut centre = prior.centre.clone();
+    let draw = |c: &[f64]| -> Vec<Vec<f64>> {
+        eps.iter()
+            .map(|e| {
+                let l: Vec<f64> = (0..k)
+                    .map(|j| c[j] + cfg.prior_scale * prior.sd[j] * e[j])
+                    .collect();
+                softmax(&l, t)
+            })
+            .collect()
+    };
+    let mut draws = draw(&centre);
+    for _ in 0..100 {
+        let base = weighted(&draws, &uniform, k);
+        let gap = base
+            .iter()
+            .zip(&prior.zero)
+            .map(|(b, z)| (b - z).abs())
+            .fold(0.0, f64::max);
+        if gap < 1e-9 {
+            break;
+        }
+        for j in 0..k {
+            centre[j] += t * (prior.zero[j].max(W_FLOOR).ln() - base[j].max(W_FLOOR).ln());
+        }
+        draws = draw(&centre);
+    }
+
+    // Log-likelihood of each user's first N shots under each draw: ll[N][user][draw].
+    let mut idx = Vec::new();
+    let mut owner = Vec::new();
+    for (u, s) in shots.iter().enumerate() {
+        for &c in s.iter().take(maxn) {
+            idx.push(c);
+            owner.push(u);
+        }
+    }
+    let mut ll = vec![vec![vec![0f64; m]; n_users]; ns.len()];
+    if !idx.is_empty() {
+        let (batch, feats) = frozen(model, set, &idx, user_of)?;
+        let uu = batch.users.len();
+        for (j, w) in draws.iter().enumerate() {
+            let flat: Vec<f64> = (0..uu).flat_map(|_| w.iter().copied()).collect();
+            let wt = Tensor::from_vec(flat, (uu, k), &model.device)?.to_dtype(model.dtype)?;
+            let (mg, _) = model.margins_from(&feats, &batch, &wt, None)?;
+            let per = loss::per_comparison(model.cfg.loss, &loss::agreement(&mg, &batch.y)?)?
+                .to_dtype(DType::F64)?
+                .to_vec1::<f64>()?;
+            let mut run = vec![0f64; n_users];
+            let mut count = vec![0usize; n_users];
+            for (c, &u) in owner.iter().enumerate() {
+                run[u] -= per[c];
+                count[u] += 1;
+                for (ni, &n) in ns.iter().enumerate() {
+                    if count[u] == n {
+                        ll[ni][u][j] = run[u];
+                    }
+                }
+            }
+            for (ni, &n) in ns.iter().enumerate() {
+                for u in 0..n_users {
+                    if count[u] < n {
+                        ll[ni][u][j] = run[u];
+                    }
+                }
+            }
+        }
+    }
+
+    // ŵ = w̄ + Σ_j (ω_j − 1/M)·w_j, floored and renormalised only when a weight falls short.
+    let base = weighted(&draws, &uniform, k);
+    let mut out = Vec::with_capacity(ns.len());
+    for per_n in &ll {
+        let mut rows = Vec::with_capacity(n_users);
+        for lw in per_n {
+            let mx = lw.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x));
+            let e: Vec<f64> = lw.iter().map(|&x| (x - mx).exp()).collect();
+            let s: f64 = e.iter().sum();
+            let omega: Vec<f64> = e.iter().map(|x| x / s).collect();
+            let post = weighted(&draws, &omega, k);
+            let mut w: Vec<f64> = (0..k).map(|j| prior.zero[j] + post[j] - base[j]).collect();
+            if w.iter().any(|&x| x < W_FLOOR) {
+                w.iter_mut().for_each(|x| *x = x.max(W_FLOOR));
+                let s: f64 = w.iter().sum();
+                w.iter_mut().for_each(|x| *x /= s);
+            }
+            rows.push(w.iter().map(|x| t * x.ln()).collect());
+        }
+        out.push(rows);
+    }
+    Ok(out)
+}
+
+/// Logits per N of `ns` (`[ns][user][K]`) for users whose shots, in order, are `shots`.
+#[allow(clippy::too_many_arguments)]
+fn fit_curve(
+    model: &PalModel,
+    set: &ComparisonSet,
+    shots: &[Vec<usize>],
+    ns: &[usize],
+    user_of: &dyn Fn(u32) -> u32,
+    est: Estimator,
+    prior: &Prior,
+    cfg: &FewShotConfig,
+) -> Result<Vec<Vec<Vec<f64>>>> {
+    if est == Estimator::Posterior {
+        return posterior_curve(model, set, shots, ns, user_of, prior, cfg);
+    }
+    let mut out = Vec::with_capacity(ns.len());
+    for &n in ns {
+        if n == 0 {
+            out.push(vec![prior.centre.clone(); shots.len()]);
+            continue;
+        }
+        let mut idx: Vec<usize> = shots
+            .iter()
+            .flat_map(|s| s.iter().take(n))
+            .copied()
+            .collect();
+        idx.sort_unstable();
+        out.push(fit_gd(
+            model,
+            set,
+            &idx,
+            user_of,
+            shots.len(),
+            est,
+            prior,
+            cfg,
+            cfg.steps,
+        )?);
+    }
+    Ok(out)
+}
+
+/// Fits ONE new user's K logits from `comparisons` (all of them belong to that user, whatever
+/// their user rows say) with `cfg.estimator` (`auto` is `posterior`) and `cfg.prior_scale`; the shared
+/// parts of `model` stay frozen. With no comparison, `map` and `posterior` return T·ln w̄, the
+/// zero-shot mixture's logits, and `mle` the uniform mixture's zeros. The result can be given
+/// to [`PalModel::add_users`]. Stable entry point (used by enrolment).
+pub fn fit_new_user(
+    model: &PalModel,
+    comparisons: &ComparisonSet,
+    cfg: &FewShotConfig,
+) -> Result<Vec<f32>> {
+    cfg.validate()?;
+    // No comparison at all is allowed here: the answer is the prior's (see above).
+    if !comparisons.comps.is_empty() {
+        comparisons.validate()?;
+    }
+    model.check_dims(comparisons)?;
+    let est = resolve(cfg.estimator);
+    let prior = Prior::of(model)?;
+    let all: Vec<usize> = (0..comparisons.comps.len()).collect();
+    let row = match est {
+        Estimator::Posterior => posterior_curve(
+            model,
+            comparisons,
+            &[all.clone()],
+            &[all.len()],
+            &|_| 0,
+            &prior,
+            cfg,
+        )?
+        .remove(0)
+        .remove(0),
+        _ => fit_gd(
+            model,
+            comparisons,
+            &all,
+            &|_| 0,
+            1,
+            est,
+            &prior,
+            cfg,
+            cfg.steps,
+        )?
+        .remove(0),
+    };
+    Ok(row.into_iter().map(|x| x as f32).collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Protocol
+// ---------------------------------------------------------------------------------------------
+
+/// Each user's queries and shots.
+struct Split {
+    /// Set user row → local row (`u32::MAX`: not scored).
+    local: Vec<u32>,
+    user_ids: Vec<String>,
+    excluded: Vec<String>,
+    /// All users' queries, sorted.
+    queries: Vec<usize>,
+    /// Per local user, the shots in order (prefixes are the shots for each N).
+    shots: Vec<Vec<usize>>,
+    /// Per local user, every comparison (queries and shots).
+    all: Vec<Vec<usize>>,
+}
+
+fn split_users(set: &ComparisonSet, maxn: usize, cfg: &FewShotConfig, stream_id: u64) -> Split {
+    let mut r = rng(cfg.seed, stream_id);
+    let mut sp = Split {
+        local: vec![u32::MAX; set.n_users()],
+        user_ids: Vec::new(),
+        excluded: Vec::new(),
+        queries: Vec::new(),
+        shots: Vec::new(),
+        all: Vec::new(),
+    };
+    for (u, mut idx) in set.by_user().into_iter().enumerate() {
+        if idx.is_empty() {
+            continue;
+        }
+        let q = ((cfg.query_frac * idx.len() as f64).ceil() as usize).max(cfg.min_queries);
+        if idx.len() < q + maxn {
+            sp.excluded.push(set.user_ids[u].clone());
+            continue;
+        }
+        idx.shuffle(&mut r);
+        sp.local[u] = sp.user_ids.len() as u32;
+        sp.user_ids.push(set.user_ids[u].clone());
+        sp.queries.extend_from_slice(&idx[..q]);
+        sp.shots.push(idx[q..].to_vec());
+        idx.sort_unstable();
+        sp.all.push(idx);
+    }
+    sp.queries.sort_unstable();
+    sp
+}
+
+/// Scores the queries with mixture rows `table` (`row_of`: set user → row), reporting users
+/// as known or not.
+fn score(
+    model: &PalModel,
+    set: &ComparisonSet,
+    sp: &Split,
+    table: &Tensor,
+    row_of: &dyn Fn(u32) -> u32,
+    known: bool,
+    opts: &EvalOptions,
+) -> Result<EvalReport> {
+    let n = sp.user_ids.len();
+    let margins = model.margins_with_table(set, table, row_of, sp.queries.clone())?;
+    let comps: Vec<Comparison> = sp
+        .queries
         .iter()
         .map(|&i| Comparison {
-            user: local[set.comps[i].user as usize],
+            user: sp.local[set.comps[i].user as usize],
             ..set.comps[i]
         })
         .collect();
-    let (adapted_w, zero_w) = if k > 1 {
-        let t = table.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
-        let z = zero_table
-            .to_dtype(candle_core::DType::F64)?
-            .to_vec2::<f64>()?
-            .remove(0);
-        (Some(t), Some(vec![z; n]))
+    let mixtures = if model.cfg.k > 1 {
+        let t = table.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        Some(if t.len() == n {
+            t
+        } else {
+            vec![t[0].clone(); n]
+        })
     } else {
-        (None, None)
+        None
     };
-    let adapted = report_from_margins(
-        &user_ids,
+    Ok(report_from_margins(
+        &sp.user_ids,
         &comps,
-        &adapted_m,
-        &vec![true; n],
-        adapted_w.as_deref(),
+        &margins,
+        &vec![known; n],
+        mixtures.as_deref(),
         opts,
-    );
-    let zero_shot = report_from_margins(
-        &user_ids,
-        &comps,
-        &zero_m,
-        &vec![false; n],
-        zero_w.as_deref(),
-        opts,
-    );
-    let logits = logits
-        .as_tensor()
-        .to_dtype(candle_core::DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    Ok(FewShotResult {
-        shots: cfg.shots,
-        adapted,
+    ))
+}
+
+fn rows_tensor(model: &PalModel, rows: &[Vec<f64>]) -> Result<Tensor> {
+    let k = model.cfg.k;
+    let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+    Ok(Tensor::from_vec(flat, (rows.len(), k), &model.device)?.to_dtype(model.dtype)?)
+}
+
+/// The zero-shot row of the mixture table, `[1, K]`.
+fn zero_table(model: &PalModel) -> Result<Tensor> {
+    let t = model.mixture_table()?;
+    let last = Tensor::new(&[t.dim(0)? as u32 - 1], &model.device)?;
+    Ok(t.index_select(&last, 0)?)
+}
+
+/// Adapts every user of `set` (all treated as new users, whatever their ids) for every N of
+/// `ns` under the fixed-query protocol (module doc), with `cfg.estimator` (`auto` is `posterior`).
+pub fn few_shot_curve(
+    model: &PalModel,
+    set: &ComparisonSet,
+    ns: &[usize],
+    cfg: &FewShotConfig,
+    opts: &EvalOptions,
+) -> Result<FewShotCurve> {
+    cfg.validate()?;
+    set.validate()?;
+    model.check_dims(set)?;
+    let maxn = ns.iter().copied().max().ok_or_else(|| {
+        PalError::config(
+            "shots",
+            "is empty, give at least one shot count (0 is zero-shot)",
+        )
+    })?;
+    let est = resolve(cfg.estimator);
+    let sp = split_users(set, maxn, cfg, stream::FEW_SHOT);
+    if sp.user_ids.is_empty() {
+        return Err(PalError::Data(format!(
+            "no user has enough comparisons for {} of queries (at least {}) plus {maxn} shots, so none can be adapted and scored\nhint: lower the largest shot count, 'query_frac' or 'min_queries'",
+            cfg.query_frac, cfg.min_queries
+        )));
+    }
+    let prior = Prior::of(model)?;
+    let local = sp.local.clone();
+    let row_of = move |u: u32| local[u as usize];
+
+    let zero_shot = score(model, set, &sp, &zero_table(model)?, &|_| 0, false, opts)?;
+    let fits = fit_curve(model, set, &sp.shots, ns, &row_of, est, &prior, cfg)?;
+    let mut points = Vec::with_capacity(ns.len());
+    for (&n, rows) in ns.iter().zip(fits) {
+        let adapted = if n == 0 {
+            zero_shot.clone()
+        } else {
+            let table = model.eval_mixture(&rows_tensor(model, &rows)?)?.detach();
+            score(model, set, &sp, &table, &row_of, true, opts)?
+        };
+        points.push(FewShotPoint {
+            shots: n,
+            adapted,
+            logits: rows.iter().flatten().map(|&x| x as f32).collect(),
+        });
+    }
+
+    // The oracle: maximum likelihood on every comparison of the user, queries included.
+    let mut all: Vec<usize> = sp.all.iter().flatten().copied().collect();
+    all.sort_unstable();
+    let oracle_rows = fit_gd(
+        model,
+        set,
+        &all,
+        &row_of,
+        sp.user_ids.len(),
+        Estimator::Mle,
+        &prior,
+        cfg,
+        cfg.steps.max(ORACLE_MIN_STEPS),
+    )?;
+    let table = model
+        .eval_mixture(&rows_tensor(model, &oracle_rows)?)?
+        .detach();
+    let oracle = score(model, set, &sp, &table, &row_of, true, opts)?;
+
+    Ok(FewShotCurve {
+        estimator: est,
+        prior_scale: cfg.prior_scale,
+        user_ids: sp.user_ids.clone(),
+        excluded_users: sp.excluded.clone(),
+        queries: sp.queries.len(),
         zero_shot,
-        user_ids,
-        logits,
-        skipped_users,
-        final_shot_loss,
+        points,
+        oracle,
     })
+}
+
+/// Simulated few-shot on SEEN users: the comparisons of `seen` (a split of users the model was
+/// trained on, e.g. their validation or training pairs; never new users' data) go through the
+/// same protocol as new users, their own logits ignored, for `mle` and for `map` and
+/// `posterior` at several prior scales. Shot counts are those of `ns` above 0, the largest
+/// dropped while fewer than 10 users have enough comparisons; at most 100 users (seeded pick).
+/// Rows come in a fixed order; see [`choose`] for the pick.
+pub fn simulate_seen(
+    model: &PalModel,
+    seen: &ComparisonSet,
+    ns: &[usize],
+    cfg: &FewShotConfig,
+) -> Result<Vec<SimRow>> {
+    cfg.validate()?;
+    seen.validate()?;
+    model.check_dims(seen)?;
+    let mut sim_ns: Vec<usize> = ns.iter().copied().filter(|&n| n > 0).collect();
+    sim_ns.sort_unstable();
+    sim_ns.dedup();
+    let mut sp = loop {
+        let maxn = sim_ns.last().copied().unwrap_or(0);
+        let sp = split_users(seen, maxn, cfg, stream::SIMULATE);
+        if sp.user_ids.len() >= SIM_MIN_USERS || sim_ns.len() <= 1 {
+            break sp;
+        }
+        sim_ns.pop();
+    };
+    if sim_ns.is_empty() || sp.user_ids.len() < SIM_MIN_USERS {
+        return Err(PalError::Data(format!(
+            "only {} seen users have enough comparisons to simulate few-shot adaptation (at least {SIM_MIN_USERS} needed)\nhint: simulate on a larger split of seen users, e.g. their training pairs",
+            sp.user_ids.len()
+        )));
+    }
+    if sp.user_ids.len() > SIM_MAX_USERS {
+        // Keep a seeded subset of users: drop the others from the split.
+        let mut keep: Vec<usize> = (0..sp.user_ids.len()).collect();
+        keep.shuffle(&mut rng(cfg.seed, stream::SIMULATE + 100));
+        keep.truncate(SIM_MAX_USERS);
+        keep.sort_unstable();
+        let mut new_local = vec![u32::MAX; sp.local.len()];
+        let old_to_new: std::collections::HashMap<u32, u32> = keep
+            .iter()
+            .enumerate()
+            .map(|(new, &old)| (old as u32, new as u32))
+            .collect();
+        for (u, l) in sp.local.iter().enumerate() {
+            if let Some(&n) = old_to_new.get(l) {
+                new_local[u] = n;
+            }
+        }
+        let kept_queries: Vec<usize> = sp
+            .queries
+            .iter()
+            .copied()
+            .filter(|&i| new_local[seen.comps[i].user as usize] != u32::MAX)
+            .collect();
+        sp = Split {
+            local: new_local,
+            user_ids: keep.iter().map(|&i| sp.user_ids[i].clone()).collect(),
+            excluded: std::mem::take(&mut sp.excluded),
+            queries: kept_queries,
+            shots: keep.iter().map(|&i| sp.shots[i].clone()).collect(),
+            all: keep.iter().map(|&i| sp.all[i].clone()).collect(),
+        };
+    }
+    let prior = Prior::of(model)?;
+    let local = sp.local.clone();
+    let row_of = move |u: u32| local[u as usize];
+    let opts = EvalOptions::default();
+    let mut cands = vec![(Estimator::Mle, 1.0)];
+    for e in [Estimator::Map, Estimator::Posterior] {
+        for s in SIM_SCALES {
+            cands.push((e, s));
+        }
+    }
+    let mut out = Vec::with_capacity(cands.len());
+    for (est, scale) in cands {
+        let c = FewShotConfig {
+            estimator: est,
+            prior_scale: scale,
+            ..cfg.clone()
+        };
+        let fits = fit_curve(model, seen, &sp.shots, &sim_ns, &row_of, est, &prior, &c)?;
+        let mut per_shots = Vec::with_capacity(sim_ns.len());
+        for (&n, rows) in sim_ns.iter().zip(fits) {
+            let table = model.eval_mixture(&rows_tensor(model, &rows)?)?.detach();
+            per_shots.push((
+                n,
+                score(model, seen, &sp, &table, &row_of, true, &opts)?.accuracy,
+            ));
+        }
+        let accuracy = per_shots.iter().map(|p| p.1).sum::<f64>() / per_shots.len() as f64;
+        out.push(SimRow {
+            estimator: est,
+            prior_scale: scale,
+            accuracy,
+            per_shots,
+            users: sp.user_ids.len(),
+        });
+    }
+    Ok(out)
+}
+
+/// The estimator and prior scale the simulation picks: for `auto`, the best row; for a named
+/// estimator, its best row. Ties go to the earlier row. `None` when no row fits.
+pub fn choose(rows: &[SimRow], wanted: Estimator) -> Option<(Estimator, f64)> {
+    rows.iter()
+        .filter(|r| wanted == Estimator::Auto || r.estimator == wanted)
+        .fold(None::<&SimRow>, |best, r| match best {
+            Some(b) if b.accuracy >= r.accuracy => Some(b),
+            _ => Some(r),
+        })
+        .map(|r| (r.estimator, r.prior_scale))
 }

@@ -5,9 +5,10 @@
 //! Owns: the data interface ([`ComparisonSet`]), configuration ([`ModelConfig`],
 //! [`TrainConfig`], [`FewShotConfig`]), the model ([`PalModel`]: f, g_k or P, τ, user logits W),
 //! the losses, the trainer ([`train`]), evaluation ([`evaluate`]), few-shot adaptation of unseen
-//! users ([`few_shot`]), checkpoints ([`PalModel::save`] / [`PalModel::load`]), scoring
-//! ([`PalModel::score`], [`PalModel::score_batch`]), one new user's fit
-//! ([`fit_user_logits`]) and the popularity baseline ([`Popularity`]). The `bt` baseline is PAL
+//! users ([`few_shot_curve`], [`fit_new_user`]), checkpoints ([`PalModel::save`] /
+//! [`PalModel::load`]), scoring ([`PalModel::score`], [`PalModel::score_batch`]), one new
+//! user's enrolment ([`fit_user_logits`]) and the popularity baseline ([`Popularity`]). The
+//! `bt` baseline is PAL
 //! with K = 1. Does not own: where the data comes from (the store and the CLI build
 //! [`ComparisonSet`]s from tables), generic metrics (`src/eval/metrics.rs`), or rendering.
 //!
@@ -45,14 +46,16 @@ mod tests;
 pub use baseline::{ClipScore, Popularity};
 pub use checkpoint::{CardInfo, ModelCard, CARD_FILE, CARD_FORMAT, WEIGHTS_FILE};
 pub use config::{
-    Activation, Arch, Distance, FewShotConfig, GroupConfig, LossKind, Mode, ModelConfig, ModelKind,
-    NormBound, Select, TrainConfig,
+    Activation, Arch, Distance, Estimator, FewShotConfig, GroupConfig, LossKind, Mode, ModelConfig,
+    ModelKind, NormBound, Select, TrainConfig,
 };
 pub use data::{Comparison, ComparisonSet};
 pub use enroll::fit_user_logits;
 pub use error::{PalError, Result};
 pub use evaluate::{evaluate, EvalOptions, EvalReport, MixtureSummary, Outcome, UserAccuracy};
-pub use fewshot::{few_shot, FewShotResult};
+pub use fewshot::{
+    choose, few_shot_curve, fit_new_user, simulate_seen, FewShotCurve, FewShotPoint, SimRow,
+};
 pub use loss::SMOOTH_HINGE_GAMMA;
 pub use model::{PalModel, SCALE_MAX, TAU_INIT};
 pub use score::ScoreJob;

@@ -32,6 +32,8 @@ pub(crate) mod stream {
     pub const SHUFFLE: u64 = 2;
     pub const DROPOUT: u64 = 3;
     pub const FEW_SHOT: u64 = 4;
+    pub const POSTERIOR: u64 = 5;
+    pub const SIMULATE: u64 = 6;
 }
 
 /// A ChaCha8 RNG for `seed` on `stream`.

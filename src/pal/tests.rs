@@ -556,29 +556,182 @@ fn pal_a_k3_beats_k1_on_ideal_points() {
             .collect(),
         ..unseen
     };
-    let fs = few_shot(
+    let curve = few_shot_curve(
         &model3,
         &unseen,
-        &FewShotConfig {
-            shots: 40,
-            ..FewShotConfig::default()
-        },
+        &[0, 10, 40],
+        &FewShotConfig::default(),
         &EvalOptions::default(),
     )
     .unwrap();
+    let at = |i: usize| curve.points[i].adapted.accuracy;
     eprintln!(
-        "few-shot 40: {:.4}, zero-shot {:.4}",
-        fs.adapted.accuracy, fs.zero_shot.accuracy
+        "seen {:.4}; unseen zero-shot {:.4}, 10 shots {:.4}, 40 shots {:.4}, oracle {:.4}",
+        r3.accuracy,
+        curve.zero_shot.accuracy,
+        at(1),
+        at(2),
+        curve.oracle.accuracy
     );
-    assert_eq!(fs.user_ids.len(), 30);
-    assert_eq!(fs.adapted.n, 30 * 60);
+    // 100 comparisons per user: 50 queries each, scored at every N.
+    assert_eq!(curve.user_ids.len(), 30);
+    assert!(curve.excluded_users.is_empty());
+    assert_eq!(curve.queries, 30 * 50);
+    for p in &curve.points {
+        assert_eq!(p.adapted.n, 30 * 50);
+    }
+    assert_eq!(curve.points[0].adapted, curve.zero_shot);
     assert!(
-        fs.adapted.accuracy >= r3.accuracy - 0.05,
+        at(2) >= r3.accuracy - 0.05,
         "few-shot {} vs seen {}",
-        fs.adapted.accuracy,
+        at(2),
         r3.accuracy
     );
-    assert!(fs.adapted.accuracy > fs.zero_shot.accuracy);
+    assert!(at(2) > curve.zero_shot.accuracy);
+}
+
+/// A trained PAL-B model without context (K = 2, dx = 4) and a pool of 400 random items.
+fn small_pal_b() -> (PalModel, Vec<Vec<f32>>) {
+    let set = with_context(6, 600, 4, 0, 11);
+    let cfg = ModelConfig {
+        kind: ModelKind::PalB,
+        k: 2,
+        d: 4,
+        ..ModelConfig::default()
+    };
+    let (model, _) = train(&cfg, &quick(3, 2), &set, None, &mut |_| {}).unwrap();
+    let mut r = ChaCha8Rng::seed_from_u64(5);
+    let items = (0..400)
+        .map(|_| (0..4).map(|_| r.random_range(-1.0f32..1.0)).collect())
+        .collect();
+    (model, items)
+}
+
+/// `n` comparisons of one user whose mixture is `w`: labels drawn from the model's own
+/// Bradley–Terry probability σ(r(x_l) − r(x_r)) under `w` (the model is the truth here).
+fn comparisons_of(
+    model: &PalModel,
+    items: &[Vec<f32>],
+    w: &[f64],
+    n: usize,
+    seed: u64,
+) -> ComparisonSet {
+    let refs: Vec<&[f32]> = items.iter().map(|v| v.as_slice()).collect();
+    let rew = model.score_mixture(w, None, &refs).unwrap();
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    let comps = (0..n)
+        .map(|_| {
+            let (l, rr) = loop {
+                let (a, b) = (
+                    r.random_range(0..items.len()),
+                    r.random_range(0..items.len()),
+                );
+                if a != b {
+                    break (a, b);
+                }
+            };
+            let p_left = 1.0 / (1.0 + (-(rew[l] - rew[rr]) as f64).exp());
+            let y = if r.random::<f64>() < p_left { -1 } else { 1 };
+            Comparison {
+                user: 0,
+                prompt: None,
+                left: l as u32,
+                right: rr as u32,
+                y,
+            }
+        })
+        .collect();
+    ComparisonSet {
+        dx: 4,
+        dp: 0,
+        items: items.iter().flatten().copied().collect(),
+        prompts: Vec::new(),
+        user_ids: vec!["new".into()],
+        comps,
+    }
+}
+
+fn mixture_of(model: &PalModel, logits: &[f32]) -> Vec<f64> {
+    let t = model.cfg.temperature;
+    let e: Vec<f64> = logits.iter().map(|&l| (l as f64 / t).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|x| x / s).collect()
+}
+
+#[test]
+fn map_and_posterior_converge_to_the_true_mixture_and_start_at_zero_shot() {
+    let (model, items) = small_pal_b();
+    let zero = model.zero_shot_mixture().unwrap();
+    let truth = [0.85, 0.15];
+    for est in [Estimator::Map, Estimator::Posterior] {
+        let cfg = FewShotConfig {
+            estimator: est,
+            ..FewShotConfig::default()
+        };
+        // No comparison: the zero-shot mixture (up to the f32 logits).
+        let empty = comparisons_of(&model, &items, &truth, 0, 1);
+        let w0 = mixture_of(&model, &fit_new_user(&model, &empty, &cfg).unwrap());
+        for (a, b) in w0.iter().zip(&zero) {
+            assert!(
+                (a - b).abs() < 1e-5,
+                "{est}: 0 shots {w0:?} vs zero-shot {zero:?}"
+            );
+        }
+        let err = |n: usize| {
+            let set = comparisons_of(&model, &items, &truth, n, 7);
+            let w = mixture_of(&model, &fit_new_user(&model, &set, &cfg).unwrap());
+            (w[0] - truth[0]).abs()
+        };
+        let errs: Vec<f64> = [5, 50, 2000].iter().map(|&n| err(n)).collect();
+        eprintln!("{est}: |w - w*| at 5, 50, 2000 comparisons: {errs:?} (zero-shot {zero:?})");
+        assert!(errs[2] < 0.05, "{est}: {errs:?}");
+        assert!(errs[2] < errs[0], "{est}: {errs:?}");
+        assert!(errs[2] < (zero[0] - truth[0]).abs(), "{est}: {errs:?}");
+    }
+}
+
+#[test]
+fn curve_scores_every_n_on_the_same_queries_and_counts_exclusions() {
+    let (model, items) = small_pal_b();
+    // Four users with 30, 25, 12 and 40 comparisons; shots up to 10. Queries per user:
+    // max(⌈n/2⌉, 10) = 15, 13, 10, 20; the user with 12 lacks 10 + 10 and is excluded.
+    let counts = [30usize, 25, 12, 40];
+    let mut set = comparisons_of(&model, &items, &[0.3, 0.7], 0, 1);
+    set.user_ids = (0..4).map(|u| format!("n{u}")).collect();
+    for (u, &c) in counts.iter().enumerate() {
+        let one = comparisons_of(&model, &items, &[0.3, 0.7], c, 20 + u as u64);
+        set.comps.extend(one.comps.into_iter().map(|x| Comparison {
+            user: u as u32,
+            ..x
+        }));
+    }
+    for est in [Estimator::Map, Estimator::Posterior, Estimator::Mle] {
+        let cfg = FewShotConfig {
+            estimator: est,
+            ..FewShotConfig::default()
+        };
+        let c =
+            few_shot_curve(&model, &set, &[0, 1, 5, 10], &cfg, &EvalOptions::default()).unwrap();
+        assert_eq!(c.excluded_users, vec!["n2".to_string()]);
+        assert_eq!(c.user_ids, vec!["n0", "n1", "n3"]);
+        assert_eq!(c.queries, 15 + 13 + 20);
+        for p in &c.points {
+            assert_eq!(p.adapted.n, 48, "{est} at {}", p.shots);
+        }
+        assert_eq!(c.points[0].adapted, c.zero_shot);
+        assert_eq!(c.oracle.n, 48);
+    }
+    // Nobody has enough comparisons for 40 shots: a data error naming the need.
+    let e = few_shot_curve(
+        &model,
+        &set,
+        &[40],
+        &FewShotConfig::default(),
+        &EvalOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("40 shots") && e.contains("hint:"), "{e}");
 }
 
 #[test]

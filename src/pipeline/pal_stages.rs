@@ -20,8 +20,9 @@ use serde::{Deserialize, Serialize};
 use super::features::{index_pairs, load_split, split_pairs, FeatureError, LoadedSplit};
 use super::progress::Printer;
 use crate::pal::{
-    self, evaluate, few_shot, ClipScore, Comparison, ComparisonSet, EvalOptions, EvalReport,
-    FewShotConfig, ModelConfig, ModelKind, PalModel, Popularity, TrainConfig,
+    self, evaluate, few_shot_curve, simulate_seen, ClipScore, Comparison, ComparisonSet, Estimator,
+    EvalOptions, EvalReport, FewShotConfig, ModelConfig, ModelKind, PalModel, Popularity, SimRow,
+    TrainConfig,
 };
 use crate::store::batches::{self, ModelRow};
 use crate::store::{now_ms, Store};
@@ -31,6 +32,15 @@ fn default_k() -> usize {
 }
 fn default_shots() -> Vec<usize> {
     vec![0, 1, 5, 10, 20]
+}
+fn default_prior_scale() -> f64 {
+    FewShotConfig::default().prior_scale
+}
+fn default_query_frac() -> f64 {
+    FewShotConfig::default().query_frac
+}
+fn default_min_queries() -> usize {
+    FewShotConfig::default().min_queries
 }
 fn default_steps() -> usize {
     FewShotConfig::default().steps
@@ -134,11 +144,31 @@ pub struct AdaptParams {
     /// Shots per user to try; 0 is zero-shot (the seen users' mean mixture).
     #[serde(default = "default_shots")]
     pub shots: Vec<usize>,
-    /// Steps fitting each new user's K logits.
+    /// Steps fitting each new user's K logits (`map`, `mle`).
     #[serde(default = "default_steps")]
     pub steps: usize,
     #[serde(default)]
     pub seed: u64,
+    /// auto | map | posterior | mle (see `pal::Estimator`). Default auto: the winner of the
+    /// simulation on `tune_split` when one is named, `posterior` otherwise.
+    #[serde(default)]
+    pub estimator: Estimator,
+    /// Prior scale of `map` / `posterior` when no `tune_split` picks it. Default 1.
+    #[serde(default = "default_prior_scale")]
+    pub prior_scale: f64,
+    /// Split of SEEN users' comparisons (their training or validation pairs) on which a
+    /// simulated few-shot picks the estimator and prior scale. Optional.
+    #[serde(default)]
+    pub tune_split: Option<String>,
+    /// Split of seen users' test comparisons whose accuracy is reported beside the curve.
+    #[serde(default)]
+    pub seen_split: Option<String>,
+    /// Share of each new user's comparisons held out as fixed queries. Default 0.5.
+    #[serde(default = "default_query_frac")]
+    pub query_frac: f64,
+    /// Fewest queries per new user. Default 10.
+    #[serde(default = "default_min_queries")]
+    pub min_queries: usize,
 }
 
 /// A registered model, as `models` holds it.
@@ -659,19 +689,47 @@ pub fn one_line(r: &EvalReport) -> String {
     )
 }
 
-/// One row of an adaptation result.
+/// One row of an adaptation result (one N). Every row of a result carries the same `n`,
+/// `oracle_accuracy` and `seen_accuracy`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AdaptRow {
     pub shots: usize,
     pub users: usize,
+    /// Users without enough comparisons for the queries and the largest N (excluded at every N).
     pub skipped_users: usize,
+    /// Query comparisons scored (the same at every N).
+    pub n: usize,
     pub report: serde_json::Value,
     pub accuracy: f64,
+    /// 95% bootstrap interval over users.
+    pub ci95_users: Option<[f64; 2]>,
     pub zero_shot_accuracy: f64,
+    /// The same queries with each user's oracle mixture (a bound, not a result).
+    pub oracle_accuracy: f64,
+    /// The model's accuracy on `seen_split`, when given.
+    pub seen_accuracy: Option<f64>,
+    pub estimator: Estimator,
+    pub prior_scale: f64,
 }
 
-/// Adapts the users of `p.users` for each shot count and records the results.
-pub async fn adapt_model(store: &Store, p: &AdaptParams) -> anyhow::Result<Vec<AdaptRow>> {
+/// The whole outcome of an adaptation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdaptOutcome {
+    pub rows: Vec<AdaptRow>,
+    pub zero_shot: serde_json::Value,
+    pub oracle: serde_json::Value,
+    pub seen: Option<serde_json::Value>,
+    /// The simulated few-shot on seen users (empty without `tune_split`).
+    pub simulation: Vec<SimRow>,
+}
+
+fn ci_users(r: &EvalReport) -> Option<[f64; 2]> {
+    r.ci95_users.as_ref().map(|c| [c.lo, c.hi])
+}
+
+/// Adapts the users of `p.users` for every shot count under the fixed-query protocol and
+/// records the rows as the model's `adapt:<users>` metric.
+pub async fn adapt_model(store: &Store, p: &AdaptParams) -> anyhow::Result<AdaptOutcome> {
     let entry = ModelEntry::find(store, &p.model).await?;
     let model = entry.load_pal(store)?;
     let encoder = entry.row.encoder_id.clone().unwrap_or_default();
@@ -691,52 +749,86 @@ pub async fn adapt_model(store: &Store, p: &AdaptParams) -> anyhow::Result<Vec<A
             p.model
         );
     }
-    let shots = p.shots.clone();
-    let (steps, seed) = (p.steps, p.seed);
-    let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<AdaptRow>> {
-        let mut rows = Vec::new();
-        let opts = EvalOptions {
-            bootstrap_reps: 0,
-            seed,
-        };
-        for n in shots {
-            if n == 0 {
-                let r = evaluate(&model, &data.set, &opts)?;
-                rows.push(AdaptRow {
-                    shots: 0,
-                    users: r.users.len(),
-                    skipped_users: 0,
-                    accuracy: r.accuracy,
-                    zero_shot_accuracy: r.accuracy,
-                    report: summary_json(&r),
-                });
-                continue;
+    let tune = match &p.tune_split {
+        Some(s) => Some(load_split(store, s, &encoder).await?),
+        None => None,
+    };
+    let seen_data = match &p.seen_split {
+        Some(s) => Some(load_split(store, s, &encoder).await?),
+        None => None,
+    };
+    for (what, d) in [("tune_split", &tune), ("seen_split", &seen_data)] {
+        if let Some(d) = d {
+            if let Some(u) = d.set.user_ids.iter().find(|u| !seen.contains(u.as_str())) {
+                anyhow::bail!(
+                    "{what}: user '{u}' is not one model '{}' was trained on; this split must hold seen users only\nhint: name a split of the training users, e.g. their 'val' or 'train' pairs",
+                    p.model
+                );
             }
-            let cfg = FewShotConfig {
-                shots: n,
-                steps,
-                seed,
-                ..FewShotConfig::default()
-            };
-            let res = few_shot(&model, &data.set, &cfg, &opts)?;
-            rows.push(AdaptRow {
-                shots: n,
-                users: res.user_ids.len(),
-                skipped_users: res.skipped_users.len(),
-                accuracy: res.adapted.accuracy,
-                zero_shot_accuracy: res.zero_shot.accuracy,
-                report: summary_json(&res.adapted),
-            });
         }
-        Ok(rows)
+    }
+    let shots = p.shots.clone();
+    let base = FewShotConfig {
+        estimator: p.estimator,
+        prior_scale: p.prior_scale,
+        steps: p.steps,
+        seed: p.seed,
+        query_frac: p.query_frac,
+        min_queries: p.min_queries,
+        ..FewShotConfig::default()
+    };
+    let out = tokio::task::spawn_blocking(move || -> anyhow::Result<AdaptOutcome> {
+        let opts = EvalOptions {
+            bootstrap_reps: 1000,
+            seed: base.seed,
+        };
+        let mut cfg = base.clone();
+        let mut simulation = Vec::new();
+        if let Some(t) = &tune {
+            simulation = simulate_seen(&model, &t.set, &shots, &base)?;
+            if let Some((e, s)) = pal::choose(&simulation, base.estimator) {
+                cfg.estimator = e;
+                cfg.prior_scale = s;
+            }
+        }
+        let seen = match &seen_data {
+            Some(d) => Some(evaluate(&model, &d.set, &opts)?),
+            None => None,
+        };
+        let curve = few_shot_curve(&model, &data.set, &shots, &cfg, &opts)?;
+        let rows = curve
+            .points
+            .iter()
+            .map(|pt| AdaptRow {
+                shots: pt.shots,
+                users: curve.user_ids.len(),
+                skipped_users: curve.excluded_users.len(),
+                n: pt.adapted.n,
+                report: summary_json(&pt.adapted),
+                accuracy: pt.adapted.accuracy,
+                ci95_users: ci_users(&pt.adapted),
+                zero_shot_accuracy: curve.zero_shot.accuracy,
+                oracle_accuracy: curve.oracle.accuracy,
+                seen_accuracy: seen.as_ref().map(|r| r.accuracy),
+                estimator: curve.estimator,
+                prior_scale: curve.prior_scale,
+            })
+            .collect();
+        Ok(AdaptOutcome {
+            rows,
+            zero_shot: summary_json(&curve.zero_shot),
+            oracle: summary_json(&curve.oracle),
+            seen: seen.as_ref().map(summary_json),
+            simulation,
+        })
     })
     .await??;
     entry
         .record_metric(
             store,
             &format!("adapt:{}", p.users),
-            serde_json::to_value(&rows)?,
+            serde_json::to_value(&out.rows)?,
         )
         .await?;
-    Ok(rows)
+    Ok(out)
 }

@@ -1,5 +1,7 @@
 //! The `adapt` kind: fits new users' mixture weights from a few of their comparisons and
-//! scores the rest (`crate::pipeline::pal_stages::adapt_model`, shared with `palpipe adapt`).
+//! scores each user's fixed queries at every shot count, beside zero-shot, the oracle mixture
+//! and the seen users' accuracy (`crate::pipeline::pal_stages::adapt_model`, shared with
+//! `palpipe adapt`).
 //! Owns the `adapt:<split>` metric of the model it names.
 
 use super::{KindInfo, RunFuture, Scope, StageCtx, StageKind};
@@ -8,8 +10,8 @@ use crate::pipeline::pal_stages::{adapt_model, AdaptParams};
 /// The registry entry.
 pub const KIND: KindInfo = KindInfo::of::<AdaptParams>(
     "adapt",
-    "places new users in a model from a few shots; scores the rest",
-    "model: pal-b-k2\nusers: synthetic-unseen\nshots: [0, 5, 20]\nsteps: 100\nseed: 0\n",
+    "places new users in a model from a few shots; scores their fixed queries",
+    "model: pal-b-k2\nusers: synthetic-unseen\nshots: [0, 5, 20]\nseed: 0\ntune_split: synthetic-train\nseen_split: synthetic-test\n",
 );
 
 impl StageKind for AdaptParams {
@@ -29,7 +31,14 @@ impl StageKind for AdaptParams {
     }
 
     fn split_refs(&self) -> Vec<(String, String)> {
-        vec![("users".into(), self.users.clone())]
+        let mut v = vec![("users".into(), self.users.clone())];
+        if let Some(t) = &self.tune_split {
+            v.push(("tune_split".into(), t.clone()));
+        }
+        if let Some(t) = &self.seen_split {
+            v.push(("seen_split".into(), t.clone()));
+        }
+        v
     }
 
     fn model_refs(&self) -> Vec<(String, String)> {
@@ -45,16 +54,26 @@ impl StageKind for AdaptParams {
 
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
         Box::pin(async move {
-            let rows = adapt_model(ctx.store, self).await?;
+            let out = adapt_model(ctx.store, self).await?;
+            let rows = &out.rows;
             let parts: Vec<String> = rows
                 .iter()
                 .map(|r| format!("{} shots {:.2}%", r.shots, 100.0 * r.accuracy))
                 .collect();
-            Ok(format!(
-                "{} users: {}",
-                rows.first().map(|r| r.users).unwrap_or(0),
-                parts.join(", ")
-            ))
+            let first = rows.first();
+            let mut msg = format!(
+                "{} users ({} excluded), {} queries, {}: {}; oracle {:.2}%",
+                first.map(|r| r.users).unwrap_or(0),
+                first.map(|r| r.skipped_users).unwrap_or(0),
+                first.map(|r| r.n).unwrap_or(0),
+                first.map(|r| r.estimator.name()).unwrap_or("map"),
+                parts.join(", "),
+                100.0 * first.map(|r| r.oracle_accuracy).unwrap_or(f64::NAN)
+            );
+            if let Some(s) = first.and_then(|r| r.seen_accuracy) {
+                msg.push_str(&format!("; seen {:.2}%", 100.0 * s));
+            }
+            Ok(msg)
         })
     }
 }
