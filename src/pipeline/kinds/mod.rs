@@ -30,8 +30,8 @@ pub mod persona;
 pub mod pick_a_filter;
 pub mod pickapic;
 pub mod polis;
-pub mod summarize_fixtures;
 pub mod preferences;
+pub mod summarize_fixtures;
 pub mod synthetic;
 pub mod train;
 
