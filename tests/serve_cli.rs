@@ -80,7 +80,7 @@ fn score_input(store: &Path, dir: &Path, model: &str, rows: &[Value]) -> Vec<Vec
 }
 
 /// The Python that has numpy and safetensors: $PALPIPE_PYTHON, else python3; None (and a
-/// skip line) when neither imports them.
+/// skip line) when neither imports them and PALPIPE_PYTHON is unset (a failure when it is set).
 fn reference_python() -> Option<String> {
     let candidates = [
         std::env::var("PALPIPE_PYTHON")
@@ -97,6 +97,10 @@ fn reference_python() -> Option<String> {
         if ok {
             return Some(py);
         }
+    }
+    // `make test` names the venv `make setup` made: there the check must run, not skip.
+    if std::env::var("PALPIPE_PYTHON").is_ok_and(|p| !p.is_empty()) {
+        panic!("PALPIPE_PYTHON is set but cannot import numpy and safetensors (run 'make setup')");
     }
     eprintln!("SKIP numpy reference check: no python with numpy and safetensors (set PALPIPE_PYTHON, or run 'make setup')");
     None
@@ -492,6 +496,8 @@ struct Server {
     child: Child,
     port: u16,
     log: Arc<Mutex<Vec<String>>>,
+    /// The thread copying the server's stderr into `log`; it ends at EOF, after the exit.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Server {
@@ -515,7 +521,7 @@ fn start_server(store: &Path, args: &[&str]) -> Server {
     let log = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
     let log2 = log.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
                 let port: u16 = rest.split_whitespace().next().unwrap().parse().unwrap();
@@ -527,7 +533,12 @@ fn start_server(store: &Path, args: &[&str]) -> Server {
     let port = rx
         .recv_timeout(Duration::from_secs(120))
         .unwrap_or_else(|_| panic!("the server did not start: {:?}", log.lock().unwrap()));
-    Server { child, port, log }
+    Server {
+        child,
+        port,
+        log,
+        reader: Some(reader),
+    }
 }
 
 /// One HTTP/1.1 request over a plain TcpStream: (status, JSON body).
@@ -1004,7 +1015,8 @@ fn text_scoring_embeds_once_serves_openrlhf_and_survives_bad_input() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
-    std::thread::sleep(Duration::from_millis(200));
+    // Every line is in the log once the reader has seen EOF.
+    srv.reader.take().unwrap().join().unwrap();
     let log = srv.log.lock().unwrap().join("\n");
     assert!(log.contains("POST /get_reward 200"), "{log}");
     assert!(log.contains("POST /score 413"), "{log}");

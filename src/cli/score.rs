@@ -443,6 +443,14 @@ pub async fn serve_cmd(ctx: &Ctx, a: ServeArgs) -> Result<(), CliError> {
         }
         None => None,
     };
+    // Anyone who can connect can enrol users (a write to the store): off the loopback
+    // interface a token is required.
+    if token.is_none() && !a.addr.ip().is_loopback() {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--addr {} is reachable from other machines and no --token-file was given\nhint: give --token-file FILE (clients send 'Authorization: Bearer <token>'), or bind 127.0.0.1",
+            a.addr
+        )));
+    }
     let mut scorers = Vec::new();
     for m in &a.model {
         let s = Scorer::open(&store, m, a.encoder_dir.clone())

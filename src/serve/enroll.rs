@@ -192,42 +192,58 @@ impl Scorer {
                 comps,
             )?)
         };
+        // The fits are CPU work: run them where they do not hold up the runtime's other
+        // tasks (a server's scoring and health checks go on meanwhile).
         let n = comps.len();
-        let all: Vec<usize> = (0..n).collect();
-        let (held_out, held_out_accuracy) = if n >= MIN_FOR_HELD_OUT {
-            let mut order = all.clone();
-            order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed));
-            let h = (n / 5).max(2);
-            let (held, fit): (Vec<usize>, Vec<usize>) = (order[..h].to_vec(), order[h..].to_vec());
-            let fit_set = set_of(&fit)?;
-            let model = &self.model;
-            let logits = fit_user_logits(model, &fit_set, cfg)?;
-            let w = model.mixture_of_logits(&logits)?;
-            let mut correct = 0usize;
-            for &i in &held {
-                let job = ScoreJob {
-                    mixture: &w,
-                    prompt: (dp > 0).then(|| vectors[per * i + 2].as_slice()),
-                    candidates: vec![vectors[per * i].as_slice(), vectors[per * i + 1].as_slice()],
+        let (held_out, held_out_accuracy, logits, mixture) =
+            tokio::task::block_in_place(|| -> Result<_, ServeError> {
+                let all: Vec<usize> = (0..n).collect();
+                let (held_out, held_out_accuracy) = if n >= MIN_FOR_HELD_OUT {
+                    let mut order = all.clone();
+                    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed));
+                    let h = (n / 5).max(2);
+                    let (held, fit): (Vec<usize>, Vec<usize>) =
+                        (order[..h].to_vec(), order[h..].to_vec());
+                    let fit_set = set_of(&fit)?;
+                    let model = &self.model;
+                    let logits = fit_user_logits(model, &fit_set, cfg)?;
+                    let w = model.mixture_of_logits(&logits)?;
+                    let mut correct = 0usize;
+                    for &i in &held {
+                        let job = ScoreJob {
+                            mixture: &w,
+                            prompt: (dp > 0).then(|| vectors[per * i + 2].as_slice()),
+                            candidates: vec![
+                                vectors[per * i].as_slice(),
+                                vectors[per * i + 1].as_slice(),
+                            ],
+                        };
+                        let r = model.score_batch(&[job])?;
+                        if r[0][0] > r[0][1] {
+                            correct += 1;
+                        }
+                    }
+                    (h, Some(correct as f64 / h as f64))
+                } else {
+                    (0, None)
                 };
-                let r = model.score_batch(&[job])?;
-                if r[0][0] > r[0][1] {
-                    correct += 1;
-                }
-            }
-            (h, Some(correct as f64 / h as f64))
-        } else {
-            (0, None)
-        };
-        let logits = fit_user_logits(&self.model, &set_of(&all)?, cfg)?;
-        let mixture = self.model.mixture_of_logits(&logits)?;
+                let logits = fit_user_logits(&self.model, &set_of(&all)?, cfg)?;
+                let mixture = self.model.mixture_of_logits(&logits)?;
+                Ok((held_out, held_out_accuracy, logits, mixture))
+            })?;
 
         let mut h = blake3::Hasher::new();
         for c in &contents {
             h.update(format!("{c:?}").as_bytes());
             h.update(&[0]);
         }
-        h.update(format!("{}:{}", cfg.steps, cfg.lr).as_bytes());
+        h.update(
+            format!(
+                "{}:{}:{}:{}",
+                cfg.estimator, cfg.prior_scale, cfg.steps, cfg.lr
+            )
+            .as_bytes(),
+        );
         let row = EnrollmentRow {
             model: self.name.clone(),
             user_id: user.to_string(),

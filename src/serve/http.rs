@@ -34,7 +34,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::enroll::parse_comparison;
+use super::enroll::{parse_comparison, ComparisonInput};
 use super::error::ServeError;
 use super::scorer::{Content, ScoreRequest, Scored, Scorer, UserSel};
 use crate::pal::FewShotConfig;
@@ -332,7 +332,10 @@ async fn score(State(app): State<Shared>, req: Request) -> ApiResult {
     let candidates = cands
         .iter()
         .enumerate()
-        .map(|(i, c)| Content::from_json(c, images, &format!("candidates[{i}]")))
+        .map(|(i, c)| {
+            let field = format!("candidates[{i}]");
+            Content::from_json(c, images, &field).and_then(|c| no_file(c, &field))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let name = scorer.name.clone();
     let mut out = submit(
@@ -457,8 +460,19 @@ async fn enroll(State(app): State<Shared>, Path(id): Path<String>, req: Request)
     let parsed = comps
         .iter()
         .enumerate()
-        .map(|(i, c)| parse_comparison(c, images, None, &format!("comparisons[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(i, c)| {
+            let at = format!("comparisons[{i}]");
+            let c = parse_comparison(c, images, None, &at)?;
+            Ok(ComparisonInput {
+                prompt: c
+                    .prompt
+                    .map(|p| no_file(p, &format!("{at}: prompt")))
+                    .transpose()?,
+                chosen: no_file(c.chosen, &format!("{at}: chosen"))?,
+                rejected: no_file(c.rejected, &format!("{at}: rejected"))?,
+            })
+        })
+        .collect::<Result<Vec<_>, ServeError>>()?;
     let out = scorer
         .enroll(&id, &parsed, &FewShotConfig::default())
         .await?;
@@ -497,6 +511,24 @@ async fn not_found(req: Request) -> ApiResult {
     .into())
 }
 
+/// Over HTTP an image is the content id of an image already in the store: the server never
+/// opens a file a client names (which would let any client read or probe the server's disk).
+fn no_file(c: Content, field: &str) -> Result<Content, ServeError> {
+    match c {
+        Content::Image(_) => Err(ServeError::bad(
+            field,
+            "names a file; over HTTP give an image as {\"id\": CONTENT_ID} of an image already in the store (only the palpipe CLI reads image files)",
+        )),
+        other => Ok(other),
+    }
+}
+
+/// The same 32-byte digest for equal texts; comparing digests takes the same time wherever
+/// two tokens differ, so response times do not reveal how much of a guess was right.
+fn token_digest(t: &str) -> [u8; 32] {
+    *blake3::hash(t.as_bytes()).as_bytes()
+}
+
 /// Bearer-token check (every route but /health) when a token is configured.
 async fn auth(State(app): State<Shared>, headers: HeaderMap, req: Request, next: Next) -> Response {
     if let Some(token) = &app.cfg.token {
@@ -505,7 +537,8 @@ async fn auth(State(app): State<Shared>, headers: HeaderMap, req: Request, next:
                 .get(axum::http::header::AUTHORIZATION)
                 .and_then(|h| h.to_str().ok())
                 .and_then(|h| h.strip_prefix("Bearer "));
-            if given.map(str::trim) != Some(token.as_str()) {
+            let ok = given.is_some_and(|g| token_digest(g.trim()) == token_digest(token));
+            if !ok {
                 return (
                     StatusCode::UNAUTHORIZED,
                     Json(json!({"error": "missing or wrong bearer token\nhint: send 'Authorization: Bearer <the token in --token-file>'"})),

@@ -406,6 +406,13 @@ pub async fn commit_run(
         return Ok(CommitOutcome::Empty);
     }
     if let Some(ds) = &latest {
+        // The table may have been created (by another encoder) after the shards were staged.
+        let have = super::vector_width(&arrow_schema::Schema::from(ds.schema()));
+        if let (Some(have), Some(got)) = (have, metas.iter().find_map(|m| m.dim)) {
+            if have != got {
+                return Err(StoreError::StoreVectorDim { have, got }.into());
+            }
+        }
         refuse_stored(store, ds, run, &metas, &fragments).await?;
     }
     let mut props = HashMap::new();
