@@ -120,6 +120,10 @@ pub struct ServeArgs {
     /// A file holding the bearer token clients must send (Authorization: Bearer …).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Serve a non-loopback --addr without --token-file (a trusted private network only:
+    /// OpenRLHF's remote reward client sends no token).
+    #[arg(long)]
+    pub no_token: bool,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body: usize,
@@ -445,9 +449,9 @@ pub async fn serve_cmd(ctx: &Ctx, a: ServeArgs) -> Result<(), CliError> {
     };
     // Anyone who can connect can enrol users (a write to the store): off the loopback
     // interface a token is required.
-    if token.is_none() && !a.addr.ip().is_loopback() {
+    if token.is_none() && !a.no_token && !a.addr.ip().is_loopback() {
         return Err(CliError::usage(anyhow::anyhow!(
-            "--addr {} is reachable from other machines and no --token-file was given\nhint: give --token-file FILE (clients send 'Authorization: Bearer <token>'), or bind 127.0.0.1",
+            "--addr {} is reachable from other machines and no --token-file was given\nhint: give --token-file FILE (clients send 'Authorization: Bearer <token>'), bind 127.0.0.1, or on a trusted private network say --no-token",
             a.addr
         )));
     }
