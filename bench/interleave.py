@@ -171,6 +171,8 @@ def main():
         ratio = ratios.get(f"{first}/{tools[1][0]} {m}") if len(tools) > 1 else None
         rtxt = f"{ratio:.2f}" if (ratio is not None and quotable and m != "peak_rss_mib") else ""
         print(f"{m:<{width}}{cells}   {rtxt}")
+    if len(tools) > 1:
+        print(f"ratio = {first} median / {tools[1][0]} median (for times in ms, above 1 is slower)")
     loads = [x["load_before"][0] for rs in runs.values() for x in rs]
     print(f"load average before runs: {min(loads):.2f}–{max(loads):.2f} (limit {limit:.1f}); "
           f"written {args.out}")
