@@ -122,8 +122,9 @@ def main():
 
     stats = {}
     for name, rs in runs.items():
-        keys = set.intersection(*(set(numbers(x["printed"])) for x in rs))
-        per = {k: summary([numbers(x["printed"])[k] for x in rs]) for k in sorted(keys)}
+        flat = [numbers(x["printed"]) for x in rs]
+        keys = set.intersection(*(set(f) for f in flat))
+        per = {k: summary([f[k] for f in flat]) for k in sorted(keys)}
         per["wall_s"] = summary([x["wall_s"] for x in rs])
         per["peak_rss_mib"] = summary([x["peak_rss_mib"] for x in rs])
         stats[name] = per

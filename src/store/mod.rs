@@ -498,8 +498,12 @@ pub fn vector_width(schema: &arrow_schema::Schema) -> Option<usize> {
 }
 
 fn check_vector_width(ds: &Dataset, batch: &RecordBatch) -> Result<(), StoreError> {
+    check_width(ds, vector_width(&batch.schema()))
+}
+
+/// Refuses vectors `got` wide for a table whose vector column has another width.
+fn check_width(ds: &Dataset, got: Option<usize>) -> Result<(), StoreError> {
     let have = vector_width(&arrow_schema::Schema::from(ds.schema()));
-    let got = vector_width(&batch.schema());
     match (have, got) {
         (Some(have), Some(got)) if have != got => Err(StoreError::StoreVectorDim { have, got }),
         _ => Ok(()),

@@ -27,7 +27,7 @@ use lance::table::format::Fragment;
 use lance::Dataset;
 use serde::{Deserialize, Serialize};
 
-use super::{check_vector_width, lance_err, Store, StoreError, TableSchema};
+use super::{check_vector_width, check_width, lance_err, Store, StoreError, TableSchema};
 
 /// The table sharded writes go to.
 const TABLE: &str = "embeddings";
@@ -407,12 +407,7 @@ pub async fn commit_run(
     }
     if let Some(ds) = &latest {
         // The table may have been created (by another encoder) after the shards were staged.
-        let have = super::vector_width(&arrow_schema::Schema::from(ds.schema()));
-        if let (Some(have), Some(got)) = (have, metas.iter().find_map(|m| m.dim)) {
-            if have != got {
-                return Err(StoreError::StoreVectorDim { have, got }.into());
-            }
-        }
+        check_width(ds, metas.iter().find_map(|m| m.dim))?;
         refuse_stored(store, ds, run, &metas, &fragments).await?;
     }
     let mut props = HashMap::new();
