@@ -15,8 +15,11 @@ use crate::serve::{self, Content, ScoreRequest, Scorer, ServeConfig, ServeError,
 #[command(after_help = "Examples:
   palpipe score --model pal-b-k4 --user u17 --prompt \"Is art essential?\" --candidate \" Yes\" --candidate \" No\"
   palpipe score --model pal-b-k4 --zero-shot --prompt \"…\" --candidate \"…\" --candidate \"…\" --best --json
-  palpipe score --model pick-b-k1 --user 42 --prompt \"a red fox\" --candidate a.png --candidate b.png
   palpipe score --model pal-b-k4 --input rows.jsonl --json      # {\"user\", \"prompt\", \"candidates\"} per line
+  # images, for a model trained on CLIP vectors (e.g. pipelines/pick-a-filter.yaml's paf-k2):
+  palpipe score --model paf-k2 --user pick-a-filter/3 --prompt \"a red fox\" --candidate a.png --candidate b.jpg --best
+  echo '{\"user\": \"pick-a-filter/3\", \"prompt\": \"a red fox\", \"candidates\": [\"a.png\", {\"id\": \"<content id>\"}]}' \\
+    | palpipe score --model paf-k2 --input - --json             # paths relative to the input file
 
 Reward = r_i(x; x_c), the number `palpipe eval` compares (PAL-B: s·cos(f(x), z_i(x_c));
 PAL-A: −‖f([x_c; x]) − f(a_i)‖²); higher is preferred. Texts (or, for a model on CLIP
@@ -63,6 +66,8 @@ pub struct ScoreArgs {
 #[command(after_help = "Examples:
   palpipe enroll --model pal-b-k4 --user alice --comparisons alice.jsonl
   cat alice.jsonl | palpipe enroll --model pal-b-k4 --user alice --comparisons - --json
+  # images (a model on CLIP vectors): {\"prompt\": \"a red fox\", \"chosen\": \"fox1.png\", \"rejected\": \"fox2.png\"}
+  palpipe enroll --model paf-k2 --user carol --comparisons carol-images.jsonl
 
 Each line of the comparisons is {\"prompt\": …, \"chosen\": …, \"rejected\": …}: texts, or image
 files (relative to the file's folder) for a model on CLIP vectors, or {\"id\": CONTENT_ID}. The
@@ -104,12 +109,18 @@ pub struct EnrollArgs {
   palpipe serve --model pal-b-k4
   palpipe serve --model pal-b-k4 --model pal-a-k4 --addr 127.0.0.1:8000 --token-file token.txt
   curl -s localhost:8000/score -d '{\"user\": \"u17\", \"prompt\": \"…\", \"candidates\": [\"…\", \"…\"]}'
+  palpipe serve --model paf-k2 --write-back --cache-mib 1024     # images; keep new vectors
+  curl -s localhost:8000/score -d '{\"user\": \"pick-a-filter/3\", \"prompt\": \"a red fox\",
+    \"candidates\": [{\"id\": \"<content id of a stored image>\"}, {\"image_base64\": \"'$(base64 -w0 fox.png)'\"}]}'
 
 Routes: POST /score, POST /get_reward (OpenRLHF's remote reward model: {\"query\", \"prompts\",
 \"labels\"} with labels[i] = the user id; OpenRLHF: --remote_rm_url http://HOST:8000/get_reward
 --label_key USER_COLUMN), POST /users/{id}/enroll, GET /models, GET /health. Errors are JSON
 {\"error\": …} with 400, 401, 404, 413, 503. Concurrent requests are batched through the
-model. SIGINT or SIGTERM stops it after the requests in flight. See docs/serve.md.")]
+model. Images come by content id or inline ({\"image_base64\": …}); the server opens no file a
+request names. Vectors are cached in memory (LRU, --cache-mib); vectors embedded while serving
+are written to the store only with --write-back, in batches. SIGINT or SIGTERM stops it after
+the requests in flight. See docs/serve.md.")]
 pub struct ServeArgs {
     /// A model to serve (repeatable; the first is the default of requests that name none).
     #[arg(long, required = true)]
@@ -136,6 +147,24 @@ pub struct ServeArgs {
     /// Most requests scored in one forward pass.
     #[arg(long, default_value_t = 64)]
     pub max_batch: usize,
+    /// Most comparisons per POST /users/{id}/enroll.
+    #[arg(long, default_value_t = 4096)]
+    pub max_comparisons: usize,
+    /// Bound of each model's in-memory vector cache, MiB (least recently used vectors are
+    /// dropped first; they are read or embedded again when needed).
+    #[arg(long, default_value_t = serve::DEFAULT_CACHE_MIB)]
+    pub cache_mib: f64,
+    /// Write vectors embedded while serving to the store's `embeddings` (in batches: see
+    /// --write-back-every and --write-back-secs; the rest at shutdown). Without it the
+    /// server does not write embeddings.
+    #[arg(long)]
+    pub write_back: bool,
+    /// With --write-back: write once this many new vectors wait.
+    #[arg(long, default_value_t = 4096)]
+    pub write_back_every: usize,
+    /// With --write-back: write what waits once the oldest has waited this long, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub write_back_secs: f64,
     /// The encoder's folder (as for score).
     #[arg(long)]
     pub encoder_dir: Option<PathBuf>,
@@ -455,11 +484,34 @@ pub async fn serve_cmd(ctx: &Ctx, a: ServeArgs) -> Result<(), CliError> {
             a.addr
         )));
     }
+    if !(a.cache_mib >= 0.0 && a.cache_mib.is_finite()) {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--cache-mib {} is not a size: give MiB, 0 or more",
+            a.cache_mib
+        )));
+    }
+    if a.write_back && (a.write_back_every == 0 || !(a.write_back_secs > 0.0)) {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--write-back-every {} / --write-back-secs {}: both must be above 0",
+            a.write_back_every,
+            a.write_back_secs
+        )));
+    }
+    let write_back = if a.write_back {
+        serve::WriteBack::Batched {
+            every: a.write_back_every,
+            secs: a.write_back_secs,
+        }
+    } else {
+        serve::WriteBack::Off
+    };
     let mut scorers = Vec::new();
     for m in &a.model {
         let s = Scorer::open(&store, m, a.encoder_dir.clone())
             .await
-            .map_err(cli_err)?;
+            .map_err(cli_err)?
+            .with_cache_mib(a.cache_mib)
+            .with_write_back(write_back);
         // Load the encoder once, now; a model whose vectors no encoder can make still
         // serves candidates given by content id.
         let s = Arc::new(s);
@@ -479,6 +531,7 @@ pub async fn serve_cmd(ctx: &Ctx, a: ServeArgs) -> Result<(), CliError> {
         max_candidates: a.max_candidates,
         queue: a.queue,
         max_batch: a.max_batch,
+        max_comparisons: a.max_comparisons,
     };
     let stop = Arc::new(tokio::sync::Notify::new());
     let s2 = stop.clone();

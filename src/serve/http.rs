@@ -12,6 +12,9 @@
 //!   "rejected"}, …]}` → the fitted mixture and held-out accuracy (as `palpipe enroll`);
 //! - `GET /models`, `GET /health`.
 //!
+//! `GET /models` also reports each model's vector cache (entries, counted bytes, its bound,
+//! evictions, vectors waiting for write-back and written back).
+//!
 //! Errors are `{"error": "…"}` with 400 (bad input, naming the field), 401 (token), 404
 //! (unknown model or user), 413 (body or batch over a limit), 503 (queue full) or 500.
 //! Scoring requests go through a bounded queue: one worker takes everything waiting (up to
@@ -54,6 +57,8 @@ pub struct ServeConfig {
     pub queue: usize,
     /// Most requests one forward pass takes from the queue.
     pub max_batch: usize,
+    /// Most comparisons in one `POST /users/{id}/enroll` (413 above).
+    pub max_comparisons: usize,
 }
 
 impl Default for ServeConfig {
@@ -65,6 +70,7 @@ impl Default for ServeConfig {
             max_candidates: 1024,
             queue: 256,
             max_batch: 64,
+            max_comparisons: 4096,
         }
     }
 }
@@ -118,6 +124,19 @@ pub async fn serve(
         .ok_or_else(|| ServeError::bad("--model", "name at least one model to serve"))?;
     let (tx, rx) = mpsc::channel(cfg.queue.max(1));
     tokio::spawn(worker(rx, cfg.max_batch.max(1)));
+    // Batched write-back: what has waited long enough is written even when no request
+    // comes to trigger it; what waits at shutdown is written after the last request.
+    let all: Vec<Arc<Scorer>> = scorers.clone();
+    let ticking = all.clone();
+    let ticker = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            for s in &ticking {
+                s.flush_pending(false).await;
+            }
+        }
+    });
     let app = Arc::new(App {
         models: scorers.into_iter().map(|s| (s.name.clone(), s)).collect(),
         default_model,
@@ -141,10 +160,15 @@ pub async fn serve(
         .local_addr()
         .map_err(|e| ServeError::Internal(e.to_string()))?;
     ready(local);
-    axum::serve(listener, router)
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|e| ServeError::Internal(format!("the server stopped: {e}")))
+        .map_err(|e| ServeError::Internal(format!("the server stopped: {e}")));
+    ticker.abort();
+    for s in &all {
+        s.flush_pending(true).await;
+    }
+    served
 }
 
 /// Takes every job waiting (up to `max_batch` requests), prepares them, and scores each
@@ -448,11 +472,11 @@ async fn enroll(State(app): State<Shared>, Path(id): Path<String>, req: Request)
     if comps.is_empty() {
         return Err(ServeError::bad("comparisons", "is empty").into());
     }
-    if comps.len() > app.cfg.max_candidates {
+    if comps.len() > app.cfg.max_comparisons {
         return Err(ServeError::TooLarge(format!(
-            "'comparisons' holds {}; the limit is {} per request (--max-candidates)",
+            "'comparisons' holds {}; the limit is {} per request (--max-comparisons)",
             comps.len(),
-            app.cfg.max_candidates
+            app.cfg.max_comparisons
         ))
         .into());
     }
@@ -489,6 +513,7 @@ async fn models(State(app): State<Shared>) -> ApiResult {
                 "name": s.name, "kind": s.kind, "k": c.k, "encoder_id": s.encoder_id,
                 "dx": c.dx, "dp": c.dp, "seen_users": s.model.user_ids().len(),
                 "enrolled_users": s.enrolled_count(), "default": s.name == app.default_model,
+                "cache": s.cache_stats(),
             })
         })
         .collect();

@@ -7,9 +7,11 @@
 //!
 //! Vectors come from the content-addressed cache: the id of a text or image is the blake3 of
 //! its bytes (as every ingest stage computes it), looked up under the model's encoder id in
-//! memory, then in the store's `embeddings`; only what is in neither is embedded, with the
-//! model's own encoder (loaded once, on first need), and written back to `embeddings`, so a
-//! candidate scored twice is embedded once. An encoder whose files are missing, or whose
+//! memory (a bounded LRU map, `cache.rs`), then in the store's `embeddings`; only what is in
+//! neither is embedded, with the model's own encoder (loaded once, on first need). New
+//! vectors go back to `embeddings` as the model's [`WriteBack`] policy says: after each
+//! batch for `palpipe score`, so a candidate scored twice is embedded once; not at all, or
+//! in batches, for `palpipe serve`. An encoder whose files are missing, or whose
 //! weights hash to another id than the one the model was trained on, is
 //! [`ServeError::EncoderMissing`] naming the id and the folder looked in.
 //!
@@ -24,6 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use arrow_array::{Array, FixedSizeListArray, Float32Array, StringArray};
 
+use super::cache::{CacheStats, Pending, VectorCache, WriteBack, DEFAULT_CACHE_MIB};
 use super::error::{shown, ServeError};
 use crate::embed::{self, BertSentenceEncoder, ClipEncoder, ImageEncoder, TextEncoder};
 use crate::pal::{PalModel, ScoreJob};
@@ -36,17 +39,25 @@ use crate::store::{batches, sql_list, sql_str, Store};
 const LOOKUP_CHUNK: usize = 1000;
 const READ_ALL_ABOVE: usize = 4000;
 
-/// A piece of content to score: a text, an image file, or a content id in the store.
+/// A piece of content to score: a text, an image file, an image's bytes sent inline, or a
+/// content id in the store.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Content {
     Text(String),
     Image(PathBuf),
+    /// An image's encoded bytes (PNG or JPEG) and the name errors give it (over HTTP, the
+    /// field it came in, e.g. `candidates[3]`).
+    ImageData {
+        bytes: Vec<u8>,
+        name: String,
+    },
     Id(String),
 }
 
 impl Content {
     /// Reads a JSON value: a string (a text, or an image path when `images`), or an object
-    /// `{"text": …}`, `{"image": PATH}` or `{"id": CONTENT_ID}`. `field` names it in errors.
+    /// `{"text": …}`, `{"image": PATH}`, `{"image_base64": BASE64}` (an image's PNG or JPEG
+    /// bytes) or `{"id": CONTENT_ID}`. `field` names it in errors.
     pub fn from_json(
         v: &serde_json::Value,
         images: bool,
@@ -63,16 +74,34 @@ impl Content {
                 match k.as_str() {
                     "text" => Ok(Content::Text(s.to_string())),
                     "image" => Ok(Content::Image(PathBuf::from(s))),
+                    "image_base64" => {
+                        use base64::Engine as _;
+                        let bytes = base64::engine::general_purpose::STANDARD
+                            .decode(s.trim())
+                            .map_err(|e| {
+                                ServeError::bad(
+                                    format!("{field}.image_base64"),
+                                    format!("is not valid base64: {e}"),
+                                )
+                            })?;
+                        Ok(Content::ImageData {
+                            bytes,
+                            name: field.to_string(),
+                        })
+                    }
                     "id" => Ok(Content::Id(s.to_string())),
                     other => Err(ServeError::bad(
                         field,
-                        format!("unknown key '{}' (use text, image or id)", shown(other)),
+                        format!(
+                            "unknown key '{}' (use text, image, image_base64 or id)",
+                            shown(other)
+                        ),
                     )),
                 }
             }
             _ => Err(ServeError::bad(
                 field,
-                "must be a string or an object {\"text\"|\"image\"|\"id\": …}",
+                "must be a string or an object {\"text\"|\"image\"|\"image_base64\"|\"id\": …}",
             )),
         }
     }
@@ -141,7 +170,9 @@ pub struct Scorer {
     encoder_dir: Option<PathBuf>,
     encoder: Mutex<Option<Arc<Loaded>>>,
     store: Store,
-    cache: Mutex<HashMap<String, Arc<Vec<f32>>>>,
+    cache: Mutex<VectorCache>,
+    write_back: WriteBack,
+    pending: Mutex<Pending>,
     enrolled: RwLock<HashMap<String, Vec<f32>>>,
 }
 
@@ -180,7 +211,11 @@ impl Scorer {
             encoder_dir,
             encoder: Mutex::new(None),
             store: store.clone(),
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(VectorCache::new(VectorCache::limit_of_mib(
+                DEFAULT_CACHE_MIB,
+            ))),
+            write_back: WriteBack::Immediate,
+            pending: Mutex::new(Pending::default()),
             enrolled: RwLock::new(HashMap::new()),
         };
         s.reload_enrolled(None).await?;
@@ -190,6 +225,51 @@ impl Scorer {
     /// The store the model lives in.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Bounds the in-memory vector cache to `mib` MiB (counted as [`cache::entry_bytes`]).
+    ///
+    /// [`cache::entry_bytes`]: super::cache::entry_bytes
+    pub fn with_cache_mib(mut self, mib: f64) -> Scorer {
+        self.cache = Mutex::new(VectorCache::new(VectorCache::limit_of_mib(mib)));
+        self
+    }
+
+    /// Sets where vectors embedded while scoring go (default [`WriteBack::Immediate`]).
+    pub fn with_write_back(mut self, policy: WriteBack) -> Scorer {
+        self.write_back = policy;
+        self
+    }
+
+    /// The vector cache's counters.
+    pub fn cache_stats(&self) -> CacheStats {
+        let (entries, bytes, limit_bytes, evictions) =
+            self.cache.lock().expect("vector cache lock").stats();
+        let pending = self.pending.lock().expect("pending vectors lock");
+        CacheStats {
+            entries,
+            bytes,
+            limit_bytes,
+            evictions,
+            pending_write_back: pending.len(),
+            written_back: pending.written,
+        }
+    }
+
+    /// Writes the vectors waiting for a batched write-back, when they are due (`force`: now,
+    /// whatever is waiting: at shutdown).
+    pub async fn flush_pending(&self, force: bool) {
+        let rows = {
+            let mut p = self.pending.lock().expect("pending vectors lock");
+            if p.is_empty() || !(force || p.due(self.write_back)) {
+                return;
+            }
+            p.take()
+        };
+        let n = rows.len() as u64;
+        if self.append_vectors(&rows).await {
+            self.pending.lock().expect("pending vectors lock").written += n;
+        }
     }
 
     /// Whether candidates given as plain strings are image paths (the encoder is CLIP).
@@ -438,7 +518,8 @@ impl Scorer {
     ) -> Result<(Vec<Arc<Vec<f32>>>, Vec<bool>), ServeError> {
         // Content ids (image files are read here).
         let mut ids = Vec::with_capacity(contents.len());
-        let mut image_bytes: HashMap<String, (PathBuf, Vec<u8>)> = HashMap::new();
+        // content id → (the name errors give the image, its bytes)
+        let mut image_bytes: HashMap<String, (String, Vec<u8>)> = HashMap::new();
         for c in contents {
             ids.push(match c {
                 Content::Text(t) => content_id(t.as_bytes()),
@@ -448,18 +529,31 @@ impl Scorer {
                         ServeError::File(format!("cannot read image '{}': {e}", p.display()))
                     })?;
                     let id = content_id(&bytes);
-                    image_bytes.insert(id.clone(), (p.clone(), bytes));
+                    image_bytes.insert(id.clone(), (p.display().to_string(), bytes));
+                    id
+                }
+                Content::ImageData { bytes, name } => {
+                    let id = content_id(bytes);
+                    image_bytes
+                        .entry(id.clone())
+                        .or_insert_with(|| (name.clone(), bytes.clone()));
                     id
                 }
             });
         }
-        // Memory, then the store.
+        // Memory (the cache, then vectors waiting to be written), then the store. `found`
+        // holds every vector of this call, so what the bounded cache evicts meanwhile does
+        // not matter here.
         let mut found: HashMap<String, Arc<Vec<f32>>> = HashMap::new();
         {
-            let cache = self.cache.lock().expect("vector cache lock");
+            let mut cache = self.cache.lock().expect("vector cache lock");
+            let pending = self.pending.lock().expect("pending vectors lock");
             for id in &ids {
-                if let Some(v) = cache.get(id) {
-                    found.insert(id.clone(), v.clone());
+                if found.contains_key(id) {
+                    continue;
+                }
+                if let Some(v) = cache.get(id).or_else(|| pending.get(id)) {
+                    found.insert(id.clone(), v);
                 }
             }
         }
@@ -477,7 +571,7 @@ impl Scorer {
         }
         // The encoder, for what is in neither (and to tell which texts it truncates).
         let mut texts: Vec<(String, String)> = Vec::new();
-        let mut images: Vec<(String, PathBuf, Vec<u8>)> = Vec::new();
+        let mut images: Vec<(String, String, Vec<u8>)> = Vec::new();
         let mut seen = HashSet::new();
         for (c, id) in contents.iter().zip(&ids) {
             if found.contains_key(id) || !seen.insert(id.clone()) {
@@ -485,9 +579,9 @@ impl Scorer {
             }
             match c {
                 Content::Text(t) => texts.push((id.clone(), t.clone())),
-                Content::Image(_) => {
-                    let (p, b) = image_bytes.remove(id).expect("read above");
-                    images.push((id.clone(), p, b));
+                Content::Image(_) | Content::ImageData { .. } => {
+                    let (name, b) = image_bytes.remove(id).expect("read above");
+                    images.push((id.clone(), name, b));
                 }
                 Content::Id(id) => {
                     return Err(ServeError::NoVector {
@@ -510,9 +604,20 @@ impl Scorer {
             let new = tokio::task::spawn_blocking(move || embed_new(&enc, texts, images))
                 .await
                 .map_err(|e| ServeError::Internal(e.to_string()))??;
-            self.write_back(&new).await;
+            let new: Vec<(String, Arc<Vec<f32>>)> =
+                new.into_iter().map(|(id, v)| (id, Arc::new(v))).collect();
+            match self.write_back {
+                WriteBack::Immediate => {
+                    self.append_vectors(&new).await;
+                }
+                WriteBack::Off => {}
+                WriteBack::Batched { .. } => {
+                    self.pending.lock().expect("pending vectors lock").add(&new);
+                    self.flush_pending(false).await;
+                }
+            }
             for (id, v) in new {
-                found.insert(id, Arc::new(v));
+                found.insert(id, v);
             }
         }
         let truncated = match encoder.as_deref() {
@@ -538,8 +643,8 @@ impl Scorer {
         };
         {
             let mut cache = self.cache.lock().expect("vector cache lock");
-            for (id, v) in &found {
-                cache.entry(id.clone()).or_insert_with(|| v.clone());
+            for id in &ids {
+                cache.insert(id, found[id].clone());
             }
         }
         let vectors = ids
@@ -587,15 +692,16 @@ impl Scorer {
         Ok(out)
     }
 
-    /// Writes new vectors to `embeddings` when the store's writer lock is free; otherwise
-    /// they stay in memory only (the next run embeds them again) and a line says so.
-    async fn write_back(&self, new: &[(String, Vec<f32>)]) {
+    /// Appends vectors to `embeddings` in one commit when the store's writer lock is free
+    /// (true when written); otherwise they stay in memory only (the next run embeds them
+    /// again) and a line says so.
+    async fn append_vectors(&self, new: &[(String, Arc<Vec<f32>>)]) -> bool {
         let rows: Vec<EmbeddingRow> = new
             .iter()
             .map(|(id, v)| EmbeddingRow {
                 content_id: id.clone(),
                 encoder_id: self.encoder_id.clone(),
-                vector: v.clone(),
+                vector: v.as_ref().clone(),
             })
             .collect();
         let result = async {
@@ -606,11 +712,15 @@ impl Scorer {
             Ok::<(), crate::store::StoreError>(())
         }
         .await;
-        if let Err(e) = result {
-            eprintln!(
-                "warning: {} new vector(s) not cached in the store: {e}",
-                rows.len()
-            );
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!(
+                    "warning: {} new vector(s) not cached in the store: {e}",
+                    rows.len()
+                );
+                false
+            }
         }
     }
 }
@@ -619,7 +729,7 @@ impl Scorer {
 fn embed_new(
     enc: &Loaded,
     texts: Vec<(String, String)>,
-    images: Vec<(String, PathBuf, Vec<u8>)>,
+    images: Vec<(String, String, Vec<u8>)>,
 ) -> Result<Vec<(String, Vec<f32>)>, ServeError> {
     let mut out = Vec::with_capacity(texts.len() + images.len());
     if !texts.is_empty() {
@@ -635,9 +745,9 @@ fn embed_new(
             ));
         };
         let mut decoded = Vec::with_capacity(images.len());
-        for (_, path, bytes) in &images {
+        for (_, name, bytes) in &images {
             decoded.push(
-                embed::clip::decode_image(bytes, &path.display().to_string())
+                embed::clip::decode_image(bytes, name)
                     .map_err(|e| ServeError::File(e.to_string()))?,
             );
         }
