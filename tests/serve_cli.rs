@@ -605,6 +605,32 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// SIGTERM, then waits for a clean exit (status 0) and returns the server's stderr.
+fn stop(mut srv: Server) -> String {
+    let pid = srv.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = srv.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    // Every line is in the log once the reader has seen EOF.
+    srv.reader.take().unwrap().join().unwrap();
+    let log = srv.log.lock().unwrap().join("\n");
+    log
+}
+
 fn healthy(port: u16) {
     let (st, v) = http(port, "GET", "/health", None, "");
     assert_eq!((st, v["status"].as_str()), (200, Some("ok")), "{v}");
@@ -996,29 +1022,623 @@ fn text_scoring_embeds_once_serves_openrlhf_and_survives_bad_input() {
     }
 
     // A request log line each, then SIGTERM: a clean stop.
-    let pid = srv.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let t = Instant::now();
-    let mut srv = srv;
-    let status = loop {
-        if let Some(s) = srv.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the server did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status:?}");
-    // Every line is in the log once the reader has seen EOF.
-    srv.reader.take().unwrap().join().unwrap();
-    let log = srv.log.lock().unwrap().join("\n");
+    let log = stop(srv);
     assert!(log.contains("POST /get_reward 200"), "{log}");
     assert!(log.contains("POST /score 413"), "{log}");
     assert!(log.contains("palpipe serve: stopped"), "{log}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The Pick-a-Filter fixtures store: images through score, enroll and serve
+// ---------------------------------------------------------------------------------------
+
+fn tiny_clip() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_clip")
+}
+
+/// The shipped pipelines/pick-a-filter.yaml on generated Pick-a-Pic fixtures and the tiny
+/// random CLIP: PAL-B heads paf-k1 and paf-k2 on CLIP vectors of filtered images.
+fn paf_store(dir: &Path) -> PathBuf {
+    let data = dir.join("fx");
+    palpipe_raw(&["fixtures", "pickapic", "--out", data.to_str().unwrap()]).ok();
+    let store = dir.join("paf");
+    let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/pick-a-filter.yaml");
+    palpipe(
+        &store,
+        &[
+            "run",
+            pipeline.to_str().unwrap(),
+            "--set",
+            &format!("ingest.data_dir={}", data.display()),
+            "--set",
+            &format!("fixtures.out={}", data.display()),
+        ],
+    )
+    .ok();
+    store
+}
+
+/// item id → the encoded bytes the store holds for it, read through the library.
+fn item_bytes(store: &Path, ids: &[String]) -> BTreeMap<String, Vec<u8>> {
+    use arrow_array::{Array, LargeBinaryArray, StringArray};
+    let list: Vec<String> = ids.iter().map(|i| format!("'{i}'")).collect();
+    let filter = format!("item_id IN ({})", list.join(", "));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let batches = rt.block_on(async {
+        let s = palpipe::store::Store::open(store).unwrap();
+        s.read("items", &["item_id", "bytes"], Some(&filter))
+            .await
+            .unwrap()
+    });
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let id = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let by = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<LargeBinaryArray>()
+            .unwrap();
+        for i in 0..b.num_rows() {
+            out.insert(id.value(i).to_string(), by.value(i).to_vec());
+        }
+    }
+    assert_eq!(out.len(), ids.len(), "every image item found");
+    out
+}
+
+/// The same pixels as `bytes`, written as a PNG with other settings: other bytes, so another
+/// content id, but the same CLIP vector.
+fn reencoded(bytes: &[u8]) -> Vec<u8> {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    let img = image::load_from_memory(bytes).unwrap();
+    let mut out = Vec::new();
+    img.write_with_encoder(PngEncoder::new_with_quality(
+        &mut out,
+        CompressionType::Best,
+        FilterType::Paeth,
+    ))
+    .unwrap();
+    assert_ne!(out, bytes, "re-encoding changed the bytes");
+    out
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn rewards_of(v: &Value) -> Vec<f64> {
+    v["rewards"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rewards: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// The paf-test comparisons: (user, prompt id, left id, right id, label).
+fn paf_test_pairs(store: &Path) -> Vec<(String, String, String, String, i64)> {
+    query(
+        store,
+        "SELECT user_id, prompt_id, left_id, right_id, label FROM pairs WHERE dataset = 'pick-a-filter' AND split = 'paf-test' ORDER BY pair_id",
+    )
+    .iter()
+    .map(|p| {
+        (
+            p["user_id"].as_str().unwrap().to_string(),
+            p["prompt_id"].as_str().unwrap().to_string(),
+            p["left_id"].as_str().unwrap().to_string(),
+            p["right_id"].as_str().unwrap().to_string(),
+            p["label"].as_i64().unwrap(),
+        )
+    })
+    .collect()
+}
+
+#[test]
+fn images_score_enroll_and_serve_on_the_pick_a_filter_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = paf_store(dir.path());
+    let enc = tiny_clip();
+    let enc = enc.to_str().unwrap();
+    let pairs = paf_test_pairs(&store);
+    assert!(pairs.len() >= 20, "{}", pairs.len());
+
+    // The test split's images as files (their stored bytes: the same content ids).
+    let mut ids: Vec<String> = pairs
+        .iter()
+        .flat_map(|p| [p.2.clone(), p.3.clone()])
+        .collect();
+    ids.sort();
+    ids.dedup();
+    let bytes = item_bytes(&store, &ids);
+    let imgs = dir.path().join("img");
+    std::fs::create_dir_all(&imgs).unwrap();
+    for (id, b) in &bytes {
+        std::fs::write(imgs.join(format!("{id}.png")), b).unwrap();
+    }
+
+    // score --input with image paths (relative to the input file) reproduces eval's
+    // per-user predictions: sign(r_l − r_r) against the label, a tie counting as wrong.
+    let rows: Vec<Value> = pairs
+        .iter()
+        .map(|(u, p, l, r, _)| {
+            json!({"user": u, "prompt": {"id": p},
+                   "candidates": [format!("img/{l}.png"), format!("img/{r}.png")]})
+        })
+        .collect();
+    let before = versions(&store)["embeddings"];
+    let rewards = score_input(&store, dir.path(), "paf-k2", &rows);
+    assert_eq!(
+        versions(&store)["embeddings"],
+        before,
+        "stored images are not embedded again"
+    );
+    let mut per_user: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (p, r) in pairs.iter().zip(&rewards) {
+        let m = r[0] - r[1];
+        let right = (p.4 == -1 && m > 0.0) || (p.4 == 1 && m < 0.0);
+        let e = per_user.entry(p.0.clone()).or_default();
+        e.0 += 1;
+        e.1 += right as u64;
+    }
+    let ev = palpipe(
+        &store,
+        &["eval", "--model", "paf-k2", "--split", "paf-test", "--json"],
+    )
+    .ok();
+    let ev: Value = serde_json::from_str(ev.stdout.trim()).unwrap();
+    let detail = ev["per_user"]["users_detail"].as_array().unwrap();
+    assert_eq!(detail.len(), per_user.len());
+    for u in detail {
+        let id = u["user"].as_str().unwrap();
+        let (n, correct) = per_user[id];
+        assert_eq!(u["n"].as_u64().unwrap(), n, "user {id}");
+        assert_eq!(u["correct"].as_u64().unwrap(), correct, "user {id}");
+    }
+    let total: u64 = per_user.values().map(|v| v.1).sum();
+    assert!(
+        total as f64 / pairs.len() as f64 > 0.8,
+        "K = 2 separates the colour groups: {total} of {}",
+        pairs.len()
+    );
+
+    // --candidate paths and --best: the argmax of the full list; a new file with the same
+    // pixels as a stored image is embedded (once) to the stored image's reward.
+    let (u0, p0) = (pairs[0].0.clone(), pairs[0].1.clone());
+    let prompt_text = query(
+        &store,
+        &format!("SELECT text FROM prompts WHERE prompt_id = '{p0}'"),
+    )[0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let three: Vec<String> = ids[..3]
+        .iter()
+        .map(|i| imgs.join(format!("{i}.png")).display().to_string())
+        .collect();
+    let copy = dir.path().join("copy.png");
+    std::fs::write(&copy, reencoded(&bytes[&ids[0]])).unwrap();
+    let copy_id = blake3::hash(&std::fs::read(&copy).unwrap())
+        .to_hex()
+        .to_string();
+    let mut args: Vec<&str> = vec![
+        "score",
+        "--model",
+        "paf-k2",
+        "--user",
+        &u0,
+        "--prompt",
+        &prompt_text,
+        "--encoder-dir",
+        enc,
+        "--json",
+    ];
+    for c in &three {
+        args.extend(["--candidate", c.as_str()]);
+    }
+    args.extend(["--candidate", copy.to_str().unwrap()]);
+    let count_copy = || {
+        scalar(
+            &store,
+            &format!("SELECT count(*) FROM embeddings WHERE content_id = '{copy_id}'"),
+        )
+    };
+    assert_eq!(count_copy(), 0);
+    let all = palpipe(&store, &args).ok();
+    assert_eq!(count_copy(), 1, "the new file is embedded and cached");
+    let r: Vec<f64> = all
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["reward"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(r.len(), 4);
+    assert!(
+        (r[3] - r[0]).abs() <= 1e-4 * (1.0 + r[0].abs()),
+        "same pixels, same reward: {r:?}"
+    );
+    args.push("--best");
+    let best = palpipe(&store, &args).ok();
+    assert_eq!(count_copy(), 1, "embedded once");
+    let best: Value = serde_json::from_str(best.stdout.trim()).unwrap();
+    let argmax = (0..4).fold(0, |b, i| if r[i] > r[b] { i } else { b });
+    assert_eq!(best["candidate"].as_u64(), Some(argmax as u64), "{r:?}");
+
+    // An image that does not decode: exit 1 naming the file.
+    let bad = dir.path().join("broken.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\n and then nothing of a PNG").unwrap();
+    let r = palpipe(
+        &store,
+        &[
+            "score",
+            "--model",
+            "paf-k2",
+            "--user",
+            &u0,
+            "--prompt",
+            &prompt_text,
+            "--encoder-dir",
+            enc,
+            "--candidate",
+            &three[0],
+            "--candidate",
+            bad.to_str().unwrap(),
+        ],
+    )
+    .code(1);
+    assert!(r.stderr.contains("broken.png"), "{}", r.stderr);
+
+    // enroll a new user from image comparisons (files): two unseen users, one of each
+    // colour group, placed from 20 comparisons each and scored on the rest of theirs.
+    let unseen = query(
+        &store,
+        "SELECT p.user_id AS user_id, u.group_name AS g, p.prompt_id AS prompt_id, p.left_id AS left_id, p.right_id AS right_id, p.label AS label FROM pairs p JOIN users u ON p.user_id = u.user_id WHERE p.dataset = 'pick-a-filter' AND p.split = 'paf-unseen' ORDER BY p.user_id, p.pair_id",
+    );
+    let mut by_group: BTreeMap<String, String> = BTreeMap::new();
+    for row in &unseen {
+        by_group
+            .entry(row["g"].as_str().unwrap().to_string())
+            .or_insert_with(|| row["user_id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(by_group.len(), 2, "both groups have unseen users");
+    let mut right = 0usize;
+    let mut scored = 0usize;
+    let mut fitted: Vec<(Value, Vec<f64>)> = Vec::new();
+    for (g, user) in &by_group {
+        let mine: Vec<&Value> = unseen.iter().filter(|r| r["user_id"] == *user).collect();
+        assert!(mine.len() >= 30, "{user}: {}", mine.len());
+        let mut wanted: Vec<String> = mine
+            .iter()
+            .flat_map(|r| {
+                [
+                    r["left_id"].as_str().unwrap().to_string(),
+                    r["right_id"].as_str().unwrap().to_string(),
+                ]
+            })
+            .filter(|i| !imgs.join(format!("{i}.png")).exists())
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        if !wanted.is_empty() {
+            for (id, b) in item_bytes(&store, &wanted) {
+                std::fs::write(imgs.join(format!("{id}.png")), b).unwrap();
+            }
+        }
+        let (fit, rest) = mine.split_at(20);
+        let comps: String = fit
+            .iter()
+            .map(|r| {
+                let (l, rr) = (r["left_id"].as_str().unwrap(), r["right_id"].as_str().unwrap());
+                let (c, x) = if r["label"] == -1 { (l, rr) } else { (rr, l) };
+                format!(
+                    "{}\n",
+                    json!({"prompt": {"id": r["prompt_id"]}, "chosen": format!("img/{c}.png"), "rejected": format!("img/{x}.png")})
+                )
+            })
+            .collect();
+        let f = dir.path().join(format!("enroll-{g}.jsonl"));
+        std::fs::write(&f, comps).unwrap();
+        let new_user = format!("new-{g}");
+        let out = palpipe(
+            &store,
+            &[
+                "enroll",
+                "--model",
+                "paf-k2",
+                "--user",
+                &new_user,
+                "--comparisons",
+                f.to_str().unwrap(),
+                "--encoder-dir",
+                enc,
+                "--json",
+            ],
+        )
+        .ok();
+        let out: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        assert_eq!(out["comparisons"], 20, "{out}");
+        assert_eq!(out["mixture"].as_array().unwrap().len(), 2, "{out}");
+        let by_id: Vec<Value> = fit
+            .iter()
+            .map(|r| {
+                let (l, rr) = (&r["left_id"], &r["right_id"]);
+                let (c, x) = if r["label"] == -1 { (l, rr) } else { (rr, l) };
+                json!({"prompt": {"id": r["prompt_id"]}, "chosen": {"id": c}, "rejected": {"id": x}})
+            })
+            .collect();
+        let w: Vec<f64> = out["mixture"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        fitted.push((json!({"comparisons": by_id}), w));
+        let rows: Vec<Value> = rest
+            .iter()
+            .map(|r| {
+                json!({"user": new_user, "prompt": {"id": r["prompt_id"]}, "candidates": [
+                    format!("img/{}.png", r["left_id"].as_str().unwrap()),
+                    format!("img/{}.png", r["right_id"].as_str().unwrap())]})
+            })
+            .collect();
+        let rw = score_input(&store, dir.path(), "paf-k2", &rows);
+        for (r, w) in rest.iter().zip(&rw) {
+            let m = w[0] - w[1];
+            let label = r["label"].as_i64().unwrap();
+            right += ((label == -1 && m > 0.0) || (label == 1 && m < 0.0)) as usize;
+            scored += 1;
+        }
+    }
+    assert!(
+        right as f64 / scored as f64 > 0.75,
+        "enrolled from 20 image comparisons: {right} of {scored}"
+    );
+
+    // serve: images by content id (the rewards `score` gave) and inline; a broken inline
+    // image is a 400 naming its candidate index and the server keeps serving. Without
+    // --write-back the store's embeddings stay as they were.
+    let embeddings_before = versions(&store)["embeddings"];
+    let srv = start_server(&store, &["--model", "paf-k2", "--encoder-dir", enc]);
+    let port = srv.port;
+    healthy(port);
+    for (i, (u, p, l, r, _)) in pairs.iter().enumerate().take(5) {
+        let (st, v) = http(
+            port,
+            "POST",
+            "/score",
+            None,
+            &json!({"user": u, "prompt": {"id": p}, "candidates": [{"id": l}, {"id": r}]})
+                .to_string(),
+        );
+        assert_eq!(st, 200, "{v}");
+        assert_close(
+            &[rewards_of(&v)],
+            &rewards[i..i + 1],
+            1e-5,
+            "serve vs score",
+        );
+    }
+    let fresh = reencoded(&bytes[&ids[1]]);
+    let fresh_id = blake3::hash(&fresh).to_hex().to_string();
+    let (st, v) = http(
+        port,
+        "POST",
+        "/score",
+        None,
+        &json!({"user": u0, "prompt": {"id": p0}, "candidates": [
+            {"id": ids[1]}, {"image_base64": b64(&fresh)}]})
+        .to_string(),
+    );
+    assert_eq!(st, 200, "{v}");
+    let rw = rewards_of(&v);
+    assert!(
+        (rw[1] - rw[0]).abs() <= 1e-4 * (1.0 + rw[0].abs()),
+        "inline copy, same reward: {rw:?}"
+    );
+    let (st, v) = http(
+        port,
+        "POST",
+        "/score",
+        None,
+        &json!({"user": u0, "prompt": {"id": p0}, "candidates": [
+            {"id": ids[1]}, {"id": ids[2]}, {"image_base64": b64(b"\x89PNG\r\n\x1a\n no")}]})
+        .to_string(),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("candidates[2]"),
+        "{v}"
+    );
+    let (st, v) = http(
+        port,
+        "POST",
+        "/score",
+        None,
+        &json!({"user": u0, "prompt": {"id": p0}, "candidates": [{"image_base64": "not base64!"}]})
+            .to_string(),
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("candidates[0]"),
+        "{v}"
+    );
+    healthy(port);
+    // A file path over HTTP is refused (the server opens no file a client names).
+    let (st, v) = http(
+        port,
+        "POST",
+        "/score",
+        None,
+        &json!({"user": u0, "prompt": {"id": p0}, "candidates": [three[0]]}).to_string(),
+    );
+    assert_eq!(st, 400, "{v}");
+    // The users enrolled by the CLI are served; a user enrolled over HTTP from image ids
+    // gets the mixture the CLI fitted from the same comparisons as files.
+    for (i, (body, w)) in fitted.iter().enumerate() {
+        let (st, v) = http(
+            port,
+            "POST",
+            &format!("/users/http-{i}/enroll"),
+            None,
+            &body.to_string(),
+        );
+        assert_eq!(st, 200, "{v}");
+        let got: Vec<f64> = v["mixture"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        assert_close(&[got], &[w.clone()], 1e-5, "enrolled over HTTP vs the CLI");
+    }
+    let (st, v) = http(
+        port,
+        "POST",
+        "/score",
+        None,
+        &json!({"user": format!("new-{}", by_group.keys().next().unwrap()),
+                 "prompt": {"id": p0}, "candidates": [{"id": ids[0]}]})
+        .to_string(),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = http(port, "GET", "/models", None, "");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["models"][0]["cache"]["written_back"], 0, "{v}");
+    let log = stop(srv);
+    assert!(log.contains("POST /score 400"), "{log}");
+    assert_eq!(
+        versions(&store)["embeddings"],
+        embeddings_before,
+        "serve without --write-back leaves embeddings alone"
+    );
+    assert_eq!(
+        scalar(
+            &store,
+            &format!("SELECT count(*) FROM embeddings WHERE content_id = '{fresh_id}'")
+        ),
+        0
+    );
+}
+
+#[test]
+fn serve_bounds_its_vector_cache_and_writes_back_only_when_asked_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = paf_store(dir.path());
+    let enc = tiny_clip();
+    let enc = enc.to_str().unwrap();
+    let pairs = paf_test_pairs(&store);
+    let rows: Vec<Value> = pairs
+        .iter()
+        .take(12)
+        .map(|(u, p, l, r, _)| {
+            json!({"user": u, "prompt": {"id": p}, "candidates": [{"id": l}, {"id": r}]})
+        })
+        .collect();
+    let want = score_input(&store, dir.path(), "paf-k2", &rows);
+
+    // A bound of 1,024 bytes (1/1024 MiB) holds four tiny-CLIP vectors (16 values: 64 B, a
+    // 64-byte id and 96 B counted per entry): 12 requests of 3 vectors each go through it.
+    let limit = 1.0 / 1024.0;
+    let srv = start_server(
+        &store,
+        &[
+            "--model",
+            "paf-k2",
+            "--encoder-dir",
+            enc,
+            "--cache-mib",
+            &format!("{limit}"),
+        ],
+    );
+    let port = srv.port;
+    let cache = |port: u16| {
+        let (st, v) = http(port, "GET", "/models", None, "");
+        assert_eq!(st, 200, "{v}");
+        v["models"][0]["cache"].clone()
+    };
+    for round in 0..2 {
+        for (i, row) in rows.iter().enumerate() {
+            let (st, v) = http(port, "POST", "/score", None, &row.to_string());
+            assert_eq!(st, 200, "{v}");
+            assert_close(
+                &[rewards_of(&v)],
+                &want[i..i + 1],
+                1e-5,
+                &format!("round {round}, request {i}, after evictions"),
+            );
+            let c = cache(port);
+            assert_eq!(c["limit_bytes"], 1024, "{c}");
+            assert!(c["bytes"].as_u64().unwrap() <= 1024, "{c}");
+            assert!(c["entries"].as_u64().unwrap() <= 4, "{c}");
+        }
+    }
+    let c = cache(port);
+    assert!(c["evictions"].as_u64().unwrap() > 0, "{c}");
+    stop(srv);
+
+    // --write-back: new vectors wait and are written in batches of --write-back-every, the
+    // rest at shutdown: three requests with a new image each make two commits, not three.
+    let ids: Vec<String> = pairs.iter().take(3).map(|p| p.2.clone()).collect();
+    let bytes = item_bytes(&store, &ids);
+    let before = versions(&store)["embeddings"];
+    let srv = start_server(
+        &store,
+        &[
+            "--model",
+            "paf-k2",
+            "--encoder-dir",
+            enc,
+            "--write-back",
+            "--write-back-every",
+            "2",
+            "--write-back-secs",
+            "600",
+        ],
+    );
+    let port = srv.port;
+    let mut fresh_ids = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let fresh = reencoded(&bytes[id]);
+        fresh_ids.push(blake3::hash(&fresh).to_hex().to_string());
+        let (st, v) = http(
+            port,
+            "POST",
+            "/score",
+            None,
+            &json!({"user": pairs[0].0, "prompt": {"id": pairs[0].1}, "candidates": [
+                {"id": id}, {"image_base64": b64(&fresh)}]})
+            .to_string(),
+        );
+        assert_eq!(st, 200, "{v}");
+        let rw = rewards_of(&v);
+        assert!(
+            (rw[1] - rw[0]).abs() <= 1e-4 * (1.0 + rw[0].abs()),
+            "request {i}: {rw:?}"
+        );
+    }
+    let c = cache(port);
+    assert_eq!(
+        (c["written_back"].as_u64(), c["pending_write_back"].as_u64()),
+        (Some(2), Some(1)),
+        "{c}"
+    );
+    assert_eq!(
+        versions(&store)["embeddings"],
+        (before.0 + 1, before.1 + 2),
+        "one commit of two vectors while serving"
+    );
+    stop(srv);
+    assert_eq!(
+        versions(&store)["embeddings"],
+        (before.0 + 2, before.1 + 3),
+        "the waiting vector is written at shutdown"
+    );
+    let stored = stored_vectors(&store);
+    for id in &fresh_ids {
+        assert!(stored.contains_key(id), "{id} written back");
+    }
 }
