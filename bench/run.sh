@@ -13,7 +13,8 @@
 # (MiniLM vs sentence-transformers), CACHE (the embedding cache, `palpipe embed` three
 # times), CLIP (`palpipe bench-clip`, tiny fixture model), IMAGE (bench/image.sh: Pick-a-Pic
 # hashing vs b3sum, the image stages), INGEST (bench/ingest.sh: JSON lines ingest vs wc -l and
-# json.loads). See bench/README.md.
+# json.loads), SCORE (bench/score.sh: `palpipe score` vs PyTorch, `palpipe serve` under load).
+# See bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +42,7 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 PERSONA=${PERSONA:-/work/shared/data/persona}
 
-if [ "${PAL:-1}" != "0" ] || [ "${MINILM:-1}" != "0" ]; then
+if [ "${PAL:-1}" != "0" ] || [ "${MINILM:-1}" != "0" ] || [ "${SCORE:-1}" != "0" ]; then
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     echo "creating $VENV with PyTorch (CPU wheel index first, then PyPI)" >&2
     python3 -m venv "$VENV"
@@ -274,4 +275,11 @@ fi
 # beside wc -l and a Python json.loads pass. Skip with INGEST=0.
 if [ "${INGEST:-1}" != "0" ]; then
     PALPIPE_BIN="$BIN" bash bench/ingest.sh
+fi
+
+# Scoring with a trained head (issue 13): `palpipe score --input` of 10,000 rows x 8
+# candidates beside PyTorch on the same checkpoint, and `palpipe serve` under a 30 s,
+# 16-connection load. Skip with SCORE=0.
+if [ "${SCORE:-1}" != "0" ]; then
+    PALPIPE_BIN="$BIN" BENCH_VENV="$VENV" ROUNDS="$ROUNDS" THREADS="$THREADS" bash bench/score.sh
 fi
