@@ -162,6 +162,52 @@ fn assert_close(a: &[Vec<f64>], b: &[Vec<f64>], tol: f64, what: &str) {
     }
 }
 
+/// Whether the margin r_l − r_r predicts `label` (−1: the left item preferred); a tie is
+/// wrong, as in eval.
+fn predicted(label: i64, margin: f64) -> bool {
+    (label == -1 && margin > 0.0) || (label == 1 && margin < 0.0)
+}
+
+/// Checks that the comparisons' outcomes (user, label, r_l − r_r), in the order eval reads
+/// `split`, give exactly `palpipe eval`'s per-user counts and accuracy; returns how many
+/// were predicted right.
+fn assert_matches_eval(
+    store: &Path,
+    model: &str,
+    split: &str,
+    outcomes: &[(String, i64, f64)],
+) -> u64 {
+    let mut per_user: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for (user, label, margin) in outcomes {
+        let e = per_user.entry(user.as_str()).or_default();
+        e.0 += 1;
+        e.1 += predicted(*label, *margin) as u64;
+    }
+    let ev = palpipe(
+        store,
+        &["eval", "--model", model, "--split", split, "--json"],
+    )
+    .ok();
+    let ev: Value = serde_json::from_str(ev.stdout.trim()).unwrap();
+    let detail = ev["per_user"]["users_detail"].as_array().unwrap();
+    assert_eq!(detail.len(), per_user.len());
+    for u in detail {
+        let id = u["user"].as_str().unwrap();
+        let (n, correct) = per_user[id];
+        assert_eq!(u["n"].as_u64().unwrap(), n, "user {id}");
+        assert_eq!(
+            u["correct"].as_u64().unwrap(),
+            correct,
+            "user {id}: eval vs score"
+        );
+    }
+    let total: u64 = per_user.values().map(|v| v.1).sum();
+    let n = outcomes.len() as f64;
+    assert_eq!(ev["n"].as_u64().unwrap(), outcomes.len() as u64);
+    assert!((ev["accuracy"].as_f64().unwrap() - total as f64 / n).abs() < 1e-12);
+    total
+}
+
 // ---------------------------------------------------------------------------------------
 // score and enroll on the synthetic store
 // ---------------------------------------------------------------------------------------
@@ -181,40 +227,18 @@ fn score_reproduces_eval_predictions_and_the_numpy_reference() {
         .map(|p| json!({"user": p["user_id"], "candidates": [{"id": p["left_id"]}, {"id": p["right_id"]}]}))
         .collect();
     let rewards = score_input(&store, dir.path(), "k3", &rows);
-    // Per user: comparisons and those where sign(r_l − r_r) agrees with the label
-    // (label −1: the left item preferred); a tie counts as wrong, as in eval.
-    let mut per_user: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for (p, r) in pairs.iter().zip(&rewards) {
-        let m = r[0] - r[1];
-        let label = p["label"].as_i64().unwrap();
-        let right = (label == -1 && m > 0.0) || (label == 1 && m < 0.0);
-        let e = per_user
-            .entry(p["user_id"].as_str().unwrap().to_string())
-            .or_default();
-        e.0 += 1;
-        e.1 += right as u64;
-    }
-    let ev = palpipe(
-        &store,
-        &["eval", "--model", "k3", "--split", "te", "--json"],
-    )
-    .ok();
-    let ev: Value = serde_json::from_str(ev.stdout.trim()).unwrap();
-    let detail = ev["per_user"]["users_detail"].as_array().unwrap();
-    assert_eq!(detail.len(), per_user.len());
-    for u in detail {
-        let id = u["user"].as_str().unwrap();
-        let (n, correct) = per_user[id];
-        assert_eq!(u["n"].as_u64().unwrap(), n, "user {id}");
-        assert_eq!(
-            u["correct"].as_u64().unwrap(),
-            correct,
-            "user {id}: eval vs score"
-        );
-    }
-    let total: u64 = per_user.values().map(|v| v.1).sum();
-    assert_eq!(ev["n"].as_u64().unwrap(), pairs.len() as u64);
-    assert!((ev["accuracy"].as_f64().unwrap() - total as f64 / pairs.len() as f64).abs() < 1e-12);
+    let outcomes: Vec<(String, i64, f64)> = pairs
+        .iter()
+        .zip(&rewards)
+        .map(|(p, r)| {
+            (
+                p["user_id"].as_str().unwrap().to_string(),
+                p["label"].as_i64().unwrap(),
+                r[0] - r[1],
+            )
+        })
+        .collect();
+    let total = assert_matches_eval(&store, "k3", "te", &outcomes);
     assert!(
         total as f64 / pairs.len() as f64 > 0.7,
         "a trained head beats chance: {total}"
@@ -1174,29 +1198,12 @@ fn images_score_enroll_and_serve_on_the_pick_a_filter_store() {
         before,
         "stored images are not embedded again"
     );
-    let mut per_user: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for (p, r) in pairs.iter().zip(&rewards) {
-        let m = r[0] - r[1];
-        let right = (p.4 == -1 && m > 0.0) || (p.4 == 1 && m < 0.0);
-        let e = per_user.entry(p.0.clone()).or_default();
-        e.0 += 1;
-        e.1 += right as u64;
-    }
-    let ev = palpipe(
-        &store,
-        &["eval", "--model", "paf-k2", "--split", "paf-test", "--json"],
-    )
-    .ok();
-    let ev: Value = serde_json::from_str(ev.stdout.trim()).unwrap();
-    let detail = ev["per_user"]["users_detail"].as_array().unwrap();
-    assert_eq!(detail.len(), per_user.len());
-    for u in detail {
-        let id = u["user"].as_str().unwrap();
-        let (n, correct) = per_user[id];
-        assert_eq!(u["n"].as_u64().unwrap(), n, "user {id}");
-        assert_eq!(u["correct"].as_u64().unwrap(), correct, "user {id}");
-    }
-    let total: u64 = per_user.values().map(|v| v.1).sum();
+    let outcomes: Vec<(String, i64, f64)> = pairs
+        .iter()
+        .zip(&rewards)
+        .map(|(p, r)| (p.0.clone(), p.4, r[0] - r[1]))
+        .collect();
+    let total = assert_matches_eval(&store, "paf-k2", "paf-test", &outcomes);
     assert!(
         total as f64 / pairs.len() as f64 > 0.8,
         "K = 2 separates the colour groups: {total} of {}",
@@ -1387,9 +1394,7 @@ fn images_score_enroll_and_serve_on_the_pick_a_filter_store() {
             .collect();
         let rw = score_input(&store, dir.path(), "paf-k2", &rows);
         for (r, w) in rest.iter().zip(&rw) {
-            let m = w[0] - w[1];
-            let label = r["label"].as_i64().unwrap();
-            right += ((label == -1 && m > 0.0) || (label == 1 && m < 0.0)) as usize;
+            right += predicted(r["label"].as_i64().unwrap(), w[0] - w[1]) as usize;
             scored += 1;
         }
     }
@@ -1552,9 +1557,20 @@ fn serve_bounds_its_vector_cache_and_writes_back_only_when_asked_in_batches() {
             enc,
             "--cache-mib",
             &format!("{limit}"),
+            "--max-comparisons",
+            "3",
         ],
     );
     let port = srv.port;
+    // Enrolment has its own limit, apart from --max-candidates (1024 here).
+    let four =
+        json!({"comparisons": vec![json!({"chosen": {"id": "a"}, "rejected": {"id": "b"}}); 4]});
+    let (st, v) = http(port, "POST", "/users/x/enroll", None, &four.to_string());
+    assert_eq!(st, 413, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("--max-comparisons"),
+        "{v}"
+    );
     let cache = |port: u16| {
         let (st, v) = http(port, "GET", "/models", None, "");
         assert_eq!(st, 200, "{v}");
