@@ -1229,7 +1229,7 @@ fn images_score_enroll_and_serve_on_the_pick_a_filter_store() {
     let copy_id = blake3::hash(&std::fs::read(&copy).unwrap())
         .to_hex()
         .to_string();
-    let mut args: Vec<&str> = vec![
+    let base: Vec<&str> = vec![
         "score",
         "--model",
         "paf-k2",
@@ -1239,8 +1239,9 @@ fn images_score_enroll_and_serve_on_the_pick_a_filter_store() {
         &prompt_text,
         "--encoder-dir",
         enc,
-        "--json",
     ];
+    let mut args = base.clone();
+    args.push("--json");
     for c in &three {
         args.extend(["--candidate", c.as_str()]);
     }
@@ -1278,25 +1279,14 @@ fn images_score_enroll_and_serve_on_the_pick_a_filter_store() {
     // An image that does not decode: exit 1 naming the file.
     let bad = dir.path().join("broken.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\n and then nothing of a PNG").unwrap();
-    let r = palpipe(
-        &store,
-        &[
-            "score",
-            "--model",
-            "paf-k2",
-            "--user",
-            &u0,
-            "--prompt",
-            &prompt_text,
-            "--encoder-dir",
-            enc,
-            "--candidate",
-            &three[0],
-            "--candidate",
-            bad.to_str().unwrap(),
-        ],
-    )
-    .code(1);
+    let mut args = base.clone();
+    args.extend([
+        "--candidate",
+        &three[0],
+        "--candidate",
+        bad.to_str().unwrap(),
+    ]);
+    let r = palpipe(&store, &args).code(1);
     assert!(r.stderr.contains("broken.png"), "{}", r.stderr);
 
     // enroll a new user from image comparisons (files): two unseen users, one of each
