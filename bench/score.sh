@@ -12,7 +12,7 @@
 # epochs on a small persona store embedded with all-MiniLM-L6-v2 (384-dim), which this
 # script builds in a temporary folder (about a minute). Writes bench/results/<date>-score.json.
 #
-#   bash bench/score.sh                                   # the full run (about 8 minutes)
+#   bash bench/score.sh                                   # the full run (about 10-12 minutes)
 #   SCORE_ROWS=500 SERVE_SECONDS=3 ROUNDS=1 bash bench/score.sh   # a smoke test
 #   PALPIPE_BIN=target/debug/palpipe BENCH_VENV=/tmp/benchvenv bash bench/score.sh
 set -euo pipefail
