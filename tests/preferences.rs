@@ -53,6 +53,22 @@ fn comparisons(store: &Path, dataset: &str) -> BTreeSet<Cmp> {
     set
 }
 
+/// The comparisons of {annotator, prompt, chosen, rejected} rows ingested as dataset `mine`.
+fn chosen_rejected(rows: &[Value]) -> BTreeSet<Cmp> {
+    rows.iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap();
+            cmp(
+                &format!("mine/{}", s("annotator")),
+                "train",
+                Some(s("prompt")),
+                s("chosen"),
+                s("rejected"),
+            )
+        })
+        .collect()
+}
+
 fn cmp(user: &str, split: &str, prompt: Option<&str>, w: &str, l: &str) -> Cmp {
     (
         user.to_string(),
@@ -117,20 +133,12 @@ fn pairwise_chosen_rejected_from_gzipped_json_lines() {
         rows.push(r);
     }
     rows.push(rows[10].clone()); // the same comparison again
-    let expected: BTreeSet<Cmp> = rows
+    let kept: Vec<Value> = rows
         .iter()
         .filter(|r| r["chosen"] != r["rejected"] && r["chosen"].as_str() != Some(""))
-        .map(|r| {
-            let s = |k: &str| r[k].as_str().unwrap();
-            cmp(
-                &format!("mine/{}", s("annotator")),
-                "train",
-                Some(s("prompt")),
-                s("chosen"),
-                s("rejected"),
-            )
-        })
+        .cloned()
         .collect();
+    let expected = chosen_rejected(&kept);
     assert_eq!(expected.len(), 22);
     let file = dir.path().join("prefs.jsonl.gz");
     write_jsonl_gz(&file, &rows);
@@ -894,19 +902,7 @@ fn spilled_runs_and_row_order_leave_the_same_rows_in_the_same_order() {
             })
         })
         .collect();
-    let expected: BTreeSet<Cmp> = rows
-        .iter()
-        .map(|r| {
-            let s = |k: &str| r[k].as_str().unwrap();
-            cmp(
-                &format!("mine/{}", s("annotator")),
-                "train",
-                Some(s("prompt")),
-                s("chosen"),
-                s("rejected"),
-            )
-        })
-        .collect();
+    let expected = chosen_rejected(&rows);
     assert_eq!(expected.len(), 120);
     // The same rows reversed, and every seventh row once more (18 repeats).
     let mut shuffled: Vec<Value> = rows.iter().rev().cloned().collect();
