@@ -1,24 +1,37 @@
 #!/usr/bin/env bash
 # Ingest of JSON lines text pairs (issue 12, "Speed and memory"): `palpipe ingest` on a
-# generated file of SIZES (default 100 MB and 1 GB), beside `wc -l` and a Python
-# `json.loads` pass over the same file. Reports peak RSS (GNU time) per size, so that memory
-# flat in file size shows, and throughput (MB/s) of all three. Writes
-# bench/results/<date>-ingest.json. Run by `make bench` (skip with INGEST=0), or alone:
+# generated file of each size in SIZES (MB; default 100 and 1000), interleaved with the
+# reference the issue names, `wc -l` plus a Python `json.loads` pass over the same file
+# (bench/ingest_pass.py), through bench/interleave.py (A, B, A, B, ROUNDS rounds, the load
+# checked before every run; see bench/README.md "How we measure"). Reports per size the peak
+# RSS of palpipe (flat in file size is the goal), and the throughput (MB/s) of palpipe, of
+# the reference, of `wc -l` and of `json.loads` alone (the goal: palpipe >= 50% of the
+# reference). Writes bench/results/<date>-ingest-<MB>.json per size (interleave.py's full
+# record) and bench/results/<date>-ingest.json (the summary). Run by `make bench` (skip with
+# INGEST=0), or alone:
 #
 #   PALPIPE_BIN=path/to/palpipe bash bench/ingest.sh
-#   SIZES="100" bash bench/ingest.sh          # sizes in MB
+#   SIZES="100" ROUNDS=3 bash bench/ingest.sh
+#
+# Disk: the file, palpipe's temporary run files (about the file's size) and the store, per
+# size at once, under BENCH_TMP (default: a new folder in TMPDIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${PALPIPE_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/palpipe/target}/debug/palpipe}
 SIZES=${SIZES:-"100 1000"}
+ROUNDS=${ROUNDS:-3}
+THREADS=${THREADS:-2}
 TMP=${BENCH_TMP:-$(mktemp -d)}
 trap 'rm -rf "$TMP"' EXIT
 [ -x /usr/bin/time ] || { echo "error: GNU time (/usr/bin/time) is needed: apt-get install time" >&2; exit 1; }
-OUT="bench/results/$(date -u +%Y-%m-%d)-ingest.json"
+[ -x "$BIN" ] || { printf "error: no palpipe binary at %s\nhint: cargo build --bin palpipe, or set PALPIPE_BIN\n" "$BIN" >&2; exit 1; }
+DATE=$(date -u +%Y-%m-%d)
+OUT="bench/results/$DATE-ingest.json"
+mkdir -p bench/results
 
-# One file per size: rows of {annotator, prompt, chosen, rejected}, ~ 600 bytes each, 500
-# annotators, texts drawn from a seeded generator (so most items are distinct).
+# One file per size: rows of {annotator, prompt, chosen, rejected}, ~ 640 bytes each, 500
+# annotators, texts drawn from a seeded generator (so almost every item is distinct).
 gen() {
     python3 - "$1" "$2" <<'PY'
 import json, random, sys
@@ -39,53 +52,55 @@ with open(path, "w") as f:
 PY
 }
 
-results="[]"
+parts=()
 for mb in $SIZES; do
     file="$TMP/pairs-$mb.jsonl"
     echo "== generating $mb MB" >&2
     gen "$mb" "$file"
-    bytes=$(stat -c %s "$file")
-    t0=$(date +%s.%N); wc -l < "$file" > /dev/null; t1=$(date +%s.%N)
-    python3 -c "
-import json, sys
-for line in open(sys.argv[1], 'rb'):
-    json.loads(line)
-" "$file"
-    t2=$(date +%s.%N)
-    store="$TMP/store-$mb"
-    /usr/bin/time -f "%M %e" -o "$TMP/time-$mb" "$BIN" ingest "$file" --dataset bench \
-        --column user=annotator --column prompt=prompt --column chosen=chosen \
-        --column rejected=rejected --store "$store" --quiet > "$TMP/out-$mb"
-    read -r rss_kb wall < "$TMP/time-$mb"
-    load=$(cut -d' ' -f1-3 /proc/loadavg)
-    results=$(python3 - "$results" "$mb" "$bytes" "$t0" "$t1" "$t2" "$rss_kb" "$wall" "$load" <<'PY'
-import json, sys
-res = json.loads(sys.argv[1])
-mb, size = int(sys.argv[2]), int(sys.argv[3])
-t0, t1, t2 = map(float, sys.argv[4:7])
-rss_kb, wall = int(sys.argv[7]), float(sys.argv[8])
-mbs = size / 1e6
-res.append({"size_mb": round(mbs, 1), "wc_l_mb_per_s": round(mbs / (t1 - t0), 1),
-            "python_json_loads_mb_per_s": round(mbs / (t2 - t1), 1),
-            "palpipe_ingest_mb_per_s": round(mbs / wall, 1),
-            "palpipe_ingest_s": wall, "palpipe_peak_rss_mib": round(rss_kb / 1024, 1),
-            "wc_plus_python_s": round(t2 - t0, 2),
-            "loadavg_after": sys.argv[9]})
-print(json.dumps(res))
-PY
-)
-    rm -rf "$store" "$file"
+    part="bench/results/$DATE-ingest-$mb.json"
+    # TMPDIR: palpipe's run files go beside the file, and are removed when it ends.
+    TMPDIR="$TMP" python3 bench/interleave.py --name "ingest-$mb" --rounds "$ROUNDS" \
+        --threads "$THREADS" \
+        --tool "palpipe=python3 bench/ingest_pass.py palpipe $file $TMP/store-$mb $BIN" \
+        --tool "reference=python3 bench/ingest_pass.py reference $file" \
+        --metric mb_per_s --out "$part"
+    parts+=("$part")
+    rm -f "$file"
 done
-python3 - "$results" "$OUT" <<'PY'
-import json, os, sys
-res = json.loads(sys.argv[1])
-with open(sys.argv[2], "w") as fh:
-    json.dump({"nproc": os.cpu_count(), "runs": res}, fh, indent=2)
+
+python3 - "$OUT" "${parts[@]}" <<'PY'
+import json, sys
+out, parts = sys.argv[1], sys.argv[2:]
+rows = []
+for p in parts:
+    r = json.load(open(p))
+    pp, ref = r["stats"]["palpipe"], r["stats"]["reference"]
+    med = lambda s, k: round(s[k]["median"], 1)
+    rows.append({
+        "size_mb": med(pp, "mb"),
+        "palpipe_mb_per_s": med(pp, "mb_per_s"),
+        "reference_mb_per_s": med(ref, "mb_per_s"),
+        "wc_l_mb_per_s": med(ref, "wc_l_mb_per_s"),
+        "json_loads_mb_per_s": med(ref, "json_loads_mb_per_s"),
+        "palpipe_over_reference": round(pp["mb_per_s"]["median"] / ref["mb_per_s"]["median"], 2)
+        if r["quotable"] else None,
+        "palpipe_peak_rss_mib": med(pp, "peak_rss_mib"),
+        "palpipe_peak_rss_mib_max": round(pp["peak_rss_mib"]["max"], 1),
+        "quotable": r["quotable"],
+        "refused": r["refused"],
+        "detail": p,
+    })
+with open(out, "w") as fh:
+    json.dump({"name": "ingest", "goal": "palpipe >= 0.5 x reference (wc -l + json.loads); "
+               "peak RSS flat in size", "sizes": rows}, fh, indent=2)
     fh.write("\n")
-print(f"{'MB':>7} {'wc -l MB/s':>11} {'json.loads MB/s':>16} {'palpipe MB/s':>13} {'peak RSS MiB':>13}  load")
-for r in res:
-    print(f"{r['size_mb']:>7} {r['wc_l_mb_per_s']:>11} {r['python_json_loads_mb_per_s']:>16} "
-          f"{r['palpipe_ingest_mb_per_s']:>13} {r['palpipe_peak_rss_mib']:>13}  {r['loadavg_after']}")
-print(f"written {sys.argv[2]}; palpipe's target: >= 50% of the wc -l + json.loads pass "
-      "(compare palpipe_ingest_s with wc_plus_python_s)")
+print(f"{'MB':>7} {'palpipe MB/s':>13} {'wc+json MB/s':>13} {'wc -l':>8} {'json.loads':>11} "
+      f"{'ratio':>6} {'peak RSS MiB':>13}")
+for r in rows:
+    ratio = f"{r['palpipe_over_reference']:.2f}" if r["quotable"] else "—"
+    print(f"{r['size_mb']:>7} {r['palpipe_mb_per_s']:>13} {r['reference_mb_per_s']:>13} "
+          f"{r['wc_l_mb_per_s']:>8} {r['json_loads_mb_per_s']:>11} {ratio:>6} "
+          f"{r['palpipe_peak_rss_mib']:>13}")
+print(f"medians of the interleaved rounds; written {out}"
+      + ("" if all(r["quotable"] for r in rows) else "; NOT QUOTABLE (load): no ratio"))
 PY

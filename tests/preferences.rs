@@ -53,6 +53,22 @@ fn comparisons(store: &Path, dataset: &str) -> BTreeSet<Cmp> {
     set
 }
 
+/// The comparisons of {annotator, prompt, chosen, rejected} rows ingested as dataset `mine`.
+fn chosen_rejected(rows: &[Value]) -> BTreeSet<Cmp> {
+    rows.iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap();
+            cmp(
+                &format!("mine/{}", s("annotator")),
+                "train",
+                Some(s("prompt")),
+                s("chosen"),
+                s("rejected"),
+            )
+        })
+        .collect()
+}
+
 fn cmp(user: &str, split: &str, prompt: Option<&str>, w: &str, l: &str) -> Cmp {
     (
         user.to_string(),
@@ -112,31 +128,18 @@ fn pairwise_chosen_rejected_from_gzipped_json_lines() {
         match i {
             5 => r["rejected"] = r["chosen"].clone(),
             7 => r["chosen"] = json!(""),
-            9 => r["annotator"] = Value::Null,
             _ => {}
         }
         rows.push(r);
     }
     rows.push(rows[10].clone()); // the same comparison again
-    let expected: BTreeSet<Cmp> = rows
+    let kept: Vec<Value> = rows
         .iter()
-        .filter(|r| {
-            r["annotator"].is_string()
-                && r["chosen"] != r["rejected"]
-                && r["chosen"].as_str() != Some("")
-        })
-        .map(|r| {
-            let s = |k: &str| r[k].as_str().unwrap();
-            cmp(
-                &format!("mine/{}", s("annotator")),
-                "train",
-                Some(s("prompt")),
-                s("chosen"),
-                s("rejected"),
-            )
-        })
+        .filter(|r| r["chosen"] != r["rejected"] && r["chosen"].as_str() != Some(""))
+        .cloned()
         .collect();
-    assert_eq!(expected.len(), 21);
+    let expected = chosen_rejected(&kept);
+    assert_eq!(expected.len(), 22);
     let file = dir.path().join("prefs.jsonl.gz");
     write_jsonl_gz(&file, &rows);
     let store = dir.path().join("store");
@@ -158,7 +161,7 @@ fn pairwise_chosen_rejected_from_gzipped_json_lines() {
     )
     .ok();
     assert_eq!(comparisons(&store, "mine"), expected);
-    for reason in ["1 same item twice", "1 empty text", "1 no user id"] {
+    for reason in ["1 same item twice", "1 empty text"] {
         assert!(run.stdout.contains(reason), "{reason}: {}", run.stdout);
     }
     assert!(run.stdout.contains("1 repeat a pair"), "{}", run.stdout);
@@ -168,7 +171,7 @@ fn pairwise_chosen_rejected_from_gzipped_json_lines() {
     );
     // The preferred item's side is drawn: both sides occur.
     let left = scalar(&store, "SELECT count(*) FROM pairs WHERE label = -1");
-    assert!(left > 0 && left < 21, "{left}");
+    assert!(left > 0 && left < 22, "{left}");
 }
 
 /// Pairwise left/right with a 0/1 index label, from a Hugging Face folder of parquet
@@ -880,4 +883,96 @@ fn readme_bring_your_own_data_examples_run() {
         scalar(&s0, "SELECT count(*) FROM pairs WHERE split = 'test'"),
         3
     );
+}
+
+/// Rows go through sorted runs (temporary files past a memory budget, merged one row per
+/// id): forced to spill into many tiny runs (more than are merged at once), and fed in
+/// another order with repeated rows, the store holds the same rows in the same storage order
+/// (id order) as a run that kept everything in memory.
+#[test]
+fn spilled_runs_and_row_order_leave_the_same_rows_in_the_same_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: Vec<Value> = (0..120)
+        .map(|i| {
+            json!({
+                "annotator": format!("w{}", i % 4),
+                "prompt": format!("prompt {}", i % 10),
+                "chosen": format!("good {i}"),
+                "rejected": format!("bad {}", i % 30),
+            })
+        })
+        .collect();
+    let expected = chosen_rejected(&rows);
+    assert_eq!(expected.len(), 120);
+    // The same rows reversed, and every seventh row once more (18 repeats).
+    let mut shuffled: Vec<Value> = rows.iter().rev().cloned().collect();
+    shuffled.extend(rows.iter().step_by(7).cloned());
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    write_jsonl(&a, &rows);
+    write_jsonl(&b, &shuffled);
+    let args = |file: &Path| -> Vec<String> {
+        [
+            "ingest",
+            file.to_str().unwrap(),
+            "--dataset",
+            "mine",
+            "--column",
+            "user=annotator",
+            "--column",
+            "prompt=prompt",
+            "--column",
+            "chosen=chosen",
+            "--column",
+            "rejected=rejected",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let (sa, sb) = (dir.path().join("store-a"), dir.path().join("store-b"));
+    let a_args = args(&a);
+    palpipe(&sa, &a_args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
+    let spill_dir = dir.path().join("tmp");
+    std::fs::create_dir_all(&spill_dir).unwrap();
+    let out = common::bin()
+        .args(args(&b))
+        .arg("--store")
+        .arg(&sb)
+        .arg("--quiet")
+        .env("PALPIPE_INGEST_RUN_BYTES", "600")
+        .env("TMPDIR", &spill_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("138 rows → 120 pairs"), "{stdout}");
+    assert!(stdout.contains("18 repeat a pair"), "{stdout}");
+    assert_eq!(
+        std::fs::read_dir(&spill_dir).unwrap().count(),
+        0,
+        "the run files are removed"
+    );
+    assert_eq!(comparisons(&sa, "mine"), expected);
+    assert_eq!(comparisons(&sb, "mine"), expected);
+    for (table, id) in [
+        ("pairs", "pair_id"),
+        ("items", "item_id"),
+        ("prompts", "prompt_id"),
+    ] {
+        let ids = |store: &Path| -> Vec<String> {
+            query(store, &format!("SELECT {id} FROM {table}"))
+                .iter()
+                .map(|r| r[id].as_str().unwrap().to_string())
+                .collect()
+        };
+        let (ia, ib) = (ids(&sa), ids(&sb));
+        assert_eq!(ia, ib, "{table}: storage order differs");
+        let mut sorted = ia.clone();
+        sorted.sort();
+        assert_eq!(ia, sorted, "{table}: not in id order");
+    }
 }

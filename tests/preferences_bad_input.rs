@@ -266,3 +266,71 @@ fn rows_without_a_user_column_are_refused_before_anything_runs() {
     has(&r.stderr, &["columns.user", "constant"]);
     assert_eq!(data_tables(&store), before);
 }
+
+#[test]
+fn a_row_without_a_user_id_is_an_error_naming_its_line() {
+    // A null user on line 3; then a row whose user key is absent on line 2.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.jsonl");
+    let mut rows = tldr_rows(5);
+    rows[2]["worker"] = Value::Null;
+    write_jsonl(&file, &rows);
+    let msg = fails(dir.path(), &file, &TLDR);
+    has(
+        &msg,
+        &[
+            "data.jsonl",
+            "line 3",
+            "column 'worker'",
+            "no user id",
+            "{user: {constant: NAME}}",
+        ],
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.jsonl");
+    let mut rows = tldr_rows(5);
+    rows[1].as_object_mut().unwrap().remove("worker");
+    write_jsonl(&file, &rows);
+    let msg = fails(dir.path(), &file, &TLDR);
+    has(
+        &msg,
+        &[
+            "data.jsonl",
+            "line 2",
+            "column 'worker'",
+            "'worker' is missing",
+        ],
+    );
+}
+
+#[test]
+fn a_json_array_read_element_by_element_names_the_element_in_errors() {
+    // One element per line after the opening bracket: element n is on line n + 1.
+    let array = |rows: &[String]| format!("[\n{}\n]\n", rows.join(",\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.json");
+    let mut rows = tldr_rows(6);
+    rows[3]["choice"] = json!(2);
+    let text: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+    std::fs::write(&file, array(&text)).unwrap();
+    let msg = fails(dir.path(), &file, &TLDR);
+    has(
+        &msg,
+        &[
+            "data.json",
+            "element 4",
+            "column 'choice'",
+            "label_convention",
+        ],
+    );
+
+    // A syntax error inside the third element: its line and the element.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.json");
+    let mut text: Vec<String> = tldr_rows(6).iter().map(|r| r.to_string()).collect();
+    text[2] = text[2].replacen('{', "{\"broken\": ,", 1);
+    std::fs::write(&file, array(&text)).unwrap();
+    let msg = fails(dir.path(), &file, &TLDR);
+    has(&msg, &["data.json:4", "in element 3"]);
+}

@@ -15,6 +15,7 @@
 //!   unchanged stage leaves every version as it was.
 
 use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
@@ -68,11 +69,18 @@ impl RowDigest {
                 message: e.to_string(),
             })?;
         for row in 0..batch.num_rows() {
-            let mut h = blake3::Hasher::new();
+            let mut h = HashWriter(blake3::Hasher::new());
             for f in &formatters {
-                h.update(f.value(row).to_string().as_bytes());
-                h.update(&[0x1f]);
+                // Each cell's text straight into the hasher (no string per cell).
+                std::fmt::Write::write_fmt(&mut h, format_args!("{}", f.value(row))).map_err(
+                    |e| StoreError::Batch {
+                        table: table.into(),
+                        message: e.to_string(),
+                    },
+                )?;
+                h.0.update(&[0x1f]);
             }
+            let h = h.0;
             let bytes = h.finalize();
             for (slot, part) in self.sum.iter_mut().zip(bytes.as_bytes().chunks_exact(8)) {
                 let mut word = [0u8; 8];
@@ -85,13 +93,52 @@ impl RowDigest {
     }
 }
 
+/// A key as 128 bits of its blake3: 16 bytes per key held, whatever the key's length.
+fn key_digest(key: &str) -> u128 {
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&blake3::hash(key.as_bytes()).as_bytes()[..16]);
+    u128::from_le_bytes(k)
+}
+
+/// Hashes a [`key_digest`] by taking its low bits: it is uniform already.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u128(&mut self, k: u128) {
+        self.0 = k as u64;
+    }
+}
+
+/// A set of [`key_digest`]s.
+type KeySet = HashSet<u128, BuildHasherDefault<DigestHasher>>;
+
+/// Text written into a blake3 hasher.
+struct HashWriter(blake3::Hasher);
+
+impl std::fmt::Write for HashWriter {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.update(s.as_bytes());
+        Ok(())
+    }
+}
+
 /// What a stage has staged for one table.
 struct TableStage {
     /// The predicate of the rows the stage owns; `None` for a shared, content-addressed table.
     scope: Option<String>,
     /// Keys a new row must not take: for a shared table every stored key, for an owned scope
-    /// the keys stored outside it; and the keys staged so far.
-    keys: HashSet<String>,
+    /// the keys stored outside it; and the keys staged so far (unless the stage's rows come
+    /// unique, see [`StagedWriter::rows_arrive_unique`]).
+    keys: KeySet,
     /// The table at the version the stage first touched it (`None`: it did not exist).
     base: Option<Arc<Dataset>>,
     /// The uncommitted write: an `Append` (or, for a table that does not exist yet, the
@@ -106,6 +153,8 @@ struct TableStage {
 pub struct StagedWriter<'a> {
     store: &'a Store,
     tables: BTreeMap<String, TableStage>,
+    /// Whether staged keys are remembered, to leave out a later row with the same key.
+    remember_staged: bool,
 }
 
 impl<'a> StagedWriter<'a> {
@@ -115,7 +164,15 @@ impl<'a> StagedWriter<'a> {
         StagedWriter {
             store,
             tables: BTreeMap::new(),
+            remember_staged: true,
         }
+    }
+
+    /// Says that the stage never hands the same key twice (its reader de-duplicates), so
+    /// the writer need not remember the keys it staged: its memory then holds only the keys
+    /// stored before the stage, not one more per row written.
+    pub fn rows_arrive_unique(&mut self) {
+        self.remember_staged = false;
     }
 
     /// A writer for an ingest-like stage that owns `dataset`: its rows of `pairs` and `users`
@@ -159,12 +216,12 @@ impl<'a> StagedWriter<'a> {
             let base = self.store.dataset(table, None).await?.map(Arc::new);
             let cols: Vec<&str> = spec.key.iter().map(String::as_str).collect();
             let outside = scope.as_ref().map(|p| format!("NOT ({p})"));
-            let mut keys = HashSet::new();
+            let mut keys = KeySet::default();
             if base.is_some() {
                 for batch in self.store.read(table, &cols, outside.as_deref()).await? {
                     let arrays = key_columns(&batch, &cols)?;
                     for i in 0..batch.num_rows() {
-                        keys.insert(join_key(&arrays, i));
+                        keys.insert(key_digest(&join_key(&arrays, i)));
                     }
                 }
             }
@@ -187,13 +244,26 @@ impl<'a> StagedWriter<'a> {
     /// uncommitted fragments of `table`.
     pub async fn stage(&mut self, table: &str, batch: RecordBatch) -> Result<(), StoreError> {
         let uri = self.store.uri(table);
+        let remember = self.remember_staged;
         let stage = self.touch(table, None).await?;
         let spec = TableSchema::get(table)?;
         let cols: Vec<&str> = spec.key.iter().map(String::as_str).collect();
         let arrays = key_columns(&batch, &cols)?;
-        let keep: Vec<bool> = (0..batch.num_rows())
-            .map(|i| stage.keys.insert(join_key(&arrays, i)))
-            .collect();
+        // Rows that come unique, into a table with no key to avoid: all kept, no key made.
+        let keep: Vec<bool> = if !remember && stage.keys.is_empty() {
+            vec![true; batch.num_rows()]
+        } else {
+            (0..batch.num_rows())
+                .map(|i| {
+                    let k = key_digest(&join_key(&arrays, i));
+                    if remember {
+                        stage.keys.insert(k)
+                    } else {
+                        !stage.keys.contains(&k)
+                    }
+                })
+                .collect()
+        };
         let kept = keep.iter().filter(|k| **k).count();
         stage.stats.inserted += kept;
         stage.stats.existing += batch.num_rows() - kept;

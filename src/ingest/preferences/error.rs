@@ -68,6 +68,13 @@ pub enum PrefError {
         format: String,
         found: String,
     },
+    /// The temporary run files of the de-duplication (see `spill`) could not be written or
+    /// read back.
+    #[error("temporary files in {}: {source}\nhint: set TMPDIR to a folder with free space (ingest writes about the input's size there while it runs)", .dir.display())]
+    Spill {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     /// The store writer stopped (its own error is reported instead).
     #[error("stopped: the store writer stopped")]
     Stopped,

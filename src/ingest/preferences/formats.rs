@@ -257,7 +257,7 @@ fn read_json_lines(
         if bytes.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let value: serde_json::Value = match serde_json::from_slice(bytes) {
+        let value: Val = match serde_json::from_slice(bytes) {
             Ok(v) => v,
             Err(e) if first => {
                 return Err(PrefError::NotFormat {
@@ -299,44 +299,90 @@ fn keys(row: &Val) -> Vec<String> {
     }
 }
 
-fn object(path: &Path, at: Loc, value: serde_json::Value) -> Result<Val, PrefError> {
+fn object(path: &Path, at: Loc, value: Val) -> Result<Val, PrefError> {
     match value {
-        serde_json::Value::Object(_) => Ok(Val::from(value)),
+        Val::Map(_) => Ok(value),
         other => Err(PrefError::Row {
             path: path.to_path_buf(),
             at,
             column: "(row)".into(),
-            message: format!("expected a JSON object, found {}", Val::from(other).kind()),
+            message: format!("expected a JSON object, found {}", other.kind()),
             hint: None,
         }),
     }
 }
 
+/// A JSON array of objects, streamed: each element is read, handed to the sink and dropped
+/// before the next is read.
 fn read_json_array(path: &Path, r: impl Read, sink: &mut dyn RowSink) -> Result<(), PrefError> {
-    let values: Vec<serde_json::Value> =
-        serde_json::from_reader(r).map_err(|e| IngestError::BadJson {
+    let mut elements = Elements {
+        path,
+        sink,
+        n: 0,
+        stopped: None,
+    };
+    let mut de = serde_json::Deserializer::from_reader(r);
+    let parsed =
+        serde::Deserializer::deserialize_seq(&mut de, &mut elements).and_then(|()| de.end());
+    if let Some(e) = elements.stopped.take() {
+        return Err(e);
+    }
+    if let Err(e) = parsed {
+        return Err(IngestError::BadJson {
             path: path.to_path_buf(),
             line: e.line() as u64,
-            message: e.to_string(),
-        })?;
-    if values.is_empty() {
+            message: format!("{e} (in element {})", elements.n.max(1)),
+        }
+        .into());
+    }
+    if elements.n == 0 {
         return Err(IngestError::EmptyFile {
             path: path.to_path_buf(),
         }
         .into());
     }
-    for (i, v) in values.into_iter().enumerate() {
-        let at = Loc {
-            unit: "element",
-            n: i as u64 + 1,
-        };
-        let row = object(path, at, v)?;
-        if i == 0 {
-            sink.columns(&keys(&row))?;
-        }
-        sink.row(at, row)?;
-    }
     Ok(())
+}
+
+/// The visitor of a JSON array's elements: `n` counts the elements begun; a sink error is
+/// kept in `stopped` (serde's error type cannot carry it) and stops the parse.
+struct Elements<'a, 's> {
+    path: &'a Path,
+    sink: &'s mut dyn RowSink,
+    n: u64,
+    stopped: Option<PrefError>,
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut Elements<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of objects")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        loop {
+            self.n += 1;
+            let Some(v) = seq.next_element::<Val>()? else {
+                self.n -= 1;
+                return Ok(());
+            };
+            let at = Loc {
+                unit: "element",
+                n: self.n,
+            };
+            let done = object(self.path, at, v).and_then(|row| {
+                if self.n == 1 {
+                    self.sink.columns(&keys(&row))?;
+                }
+                self.sink.row(at, row)
+            });
+            if let Err(e) = done {
+                self.stopped = Some(e);
+                return Err(serde::de::Error::custom("stopped"));
+            }
+        }
+    }
 }
 
 fn read_csv(path: &Path, delimiter: u8, sink: &mut dyn RowSink) -> Result<(), PrefError> {

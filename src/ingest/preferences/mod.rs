@@ -3,9 +3,13 @@
 //! A stage names its files (`path`: a file, a glob or a folder in the Hugging Face datasets
 //! layout; [`formats`]), how rows are laid out (`layout`; [`layouts`]) and which column, or
 //! dotted path into nested records, holds each part (`columns`; [`value`]), or a `preset`
-//! that fills those in ([`presets`]). Rows are streamed: each becomes zero or more pairs,
-//! handed on in chunks, so memory holds a chunk plus the ids already sent (and, for the
-//! `ratings` layout, each group's ratings until the files are read).
+//! that fills those in ([`presets`]). Rows are streamed: each becomes zero or more pairs, and
+//! the items, prompts and pairs gather in sorted runs that go to temporary files when they
+//! outgrow their budget ([`spill`]). Once the files are read the runs are merged, one row per
+//! id, in id order, and handed on in chunks (the `ratings` layout's ratings go through runs
+//! too, merged group by group once the files are read). So memory holds a run per table and
+//! one entry per distinct user, whatever the file size, and the rows stored do not depend on
+//! how the input was cut.
 //!
 //! Per row:
 //! - the user is `<dataset>/<user column>` (or `user: {constant: NAME}`); all users "seen";
@@ -19,8 +23,9 @@
 //!   (seeded), `left`/`right` pairs keep their sides; the pair id hashes user, prompt,
 //!   items, label, split and the `id` column, so a repeated row is one pair;
 //! - rows that make no preference (missing label, NaN, a tie, the same item twice, empty
-//!   text, no user) are dropped and counted by reason; a mapped path missing in a row is
-//!   counted with the first row it happened in, or is an error with `strict: true`.
+//!   text) are dropped and counted by reason; a mapped path missing in a row is counted with
+//!   the first row it happened in, or is an error with `strict: true`; a row without a user
+//!   id is an error (`user: {constant: NAME}` says that all rows share one).
 //!
 //! The rows stored do not depend on the order of the input rows (every decision is a
 //! function of the row's content), only their storage order, which readers sort away.
@@ -29,6 +34,7 @@ pub mod error;
 pub mod formats;
 pub mod layouts;
 pub mod presets;
+pub mod spill;
 pub mod value;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -40,6 +46,7 @@ pub use error::{Loc, PrefError};
 pub use formats::Format;
 pub use layouts::{LabelConvention, Layout};
 use layouts::{Verdict, MISSING_LABEL, NAN_LABEL, TIE};
+use spill::{Runs, SpillDir};
 use value::{Found, Val};
 
 use super::common::{IngestError, ROLE_SEEN};
@@ -377,9 +384,14 @@ impl Item {
     }
 }
 
-/// One rating of the `ratings` layout, kept until its group is complete.
+/// One rating of the `ratings` layout, kept (in sorted runs, see [`spill`]) until every
+/// file is read and its group is complete.
 #[derive(Debug, Clone, PartialEq, PartialOrd)]
 struct Rated {
+    /// `user` and `group` joined: the runs' sort key.
+    key: String,
+    user: String,
+    group: String,
     item: String,
     score: f64,
     chosen: bool,
@@ -388,12 +400,80 @@ struct Rated {
     at: String,
 }
 
+impl spill::Record for Rated {
+    fn key(&self) -> &str {
+        &self.key
+    }
+    fn size(&self) -> usize {
+        use spill::{len, opt_len};
+        len(&self.key)
+            + len(&self.user)
+            + len(&self.group)
+            + len(&self.item)
+            + opt_len(self.prompt.as_deref())
+            + len(&self.split)
+            + len(&self.at)
+            + 16
+    }
+    fn encode(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        use spill::{put_opt, put_str};
+        put_str(w, &self.key)?;
+        put_str(w, &self.user)?;
+        put_str(w, &self.group)?;
+        put_str(w, &self.item)?;
+        w.write_all(&self.score.to_le_bytes())?;
+        w.write_all(&[u8::from(self.chosen)])?;
+        put_opt(w, self.prompt.as_deref())?;
+        put_str(w, &self.split)?;
+        put_str(w, &self.at)
+    }
+    fn decode(r: &mut impl std::io::Read) -> std::io::Result<Option<Rated>> {
+        use spill::{get_first, get_opt, get_str};
+        let Some(key) = get_first(r)? else {
+            return Ok(None);
+        };
+        let user = get_str(r)?;
+        let group = get_str(r)?;
+        let item = get_str(r)?;
+        let mut score = [0u8; 8];
+        r.read_exact(&mut score)?;
+        let mut chosen = [0u8; 1];
+        r.read_exact(&mut chosen)?;
+        Ok(Some(Rated {
+            key,
+            user,
+            group,
+            item,
+            score: f64::from_le_bytes(score),
+            chosen: chosen[0] != 0,
+            prompt: get_opt(r)?,
+            split: get_str(r)?,
+            at: get_str(r)?,
+        }))
+    }
+}
+
 /// A row that gives no comparison: why.
 type Skip = &'static str;
 
-/// Pairs per chunk handed to the store writer, and image bytes per chunk.
-const CHUNK_PAIRS: usize = 20_000;
-const CHUNK_BYTES: u64 = 32 << 20;
+/// Rows per chunk handed to the store writer, and bytes per chunk (about).
+const CHUNK_ROWS: usize = 32_000;
+const CHUNK_BYTES: usize = 16 << 20;
+/// Memory budget of each table's sorted run before it goes to a file.
+const RUN_ITEMS: usize = 32 << 20;
+const RUN_PROMPTS: usize = 8 << 20;
+const RUN_PAIRS: usize = 8 << 20;
+const RUN_RATINGS: usize = 16 << 20;
+/// Sets every table's run budget in bytes instead (tests use it to make runs spill).
+pub const RUN_BYTES_VAR: &str = "PALPIPE_INGEST_RUN_BYTES";
+
+/// A run budget: `default`, or the bytes `PALPIPE_INGEST_RUN_BYTES` says.
+fn run_budget(default: usize) -> usize {
+    std::env::var(RUN_BYTES_VAR)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
 
 struct Reader<'a, S> {
     p: &'a Params,
@@ -401,16 +481,18 @@ struct Reader<'a, S> {
     sink: S,
     file: PathBuf,
     file_split: Option<String>,
-    chunk: IngestBatch,
-    chunk_bytes: u64,
-    /// Ids handed on already, as 128-bit keys (see [`key`]), so that memory per id is small.
-    sent_items: HashSet<u128>,
-    sent_prompts: HashSet<u128>,
+    /// Where runs go when they outgrow their budget.
+    spill: SpillDir,
+    items: Runs<ItemRow>,
+    prompts: Runs<PromptRow>,
+    pairs: Runs<PairRow>,
+    /// The users met (one per distinct user), as 128-bit keys (see [`key`]), and their rows.
     sent_users: HashSet<u128>,
-    sent_pairs: HashSet<u128>,
+    users: Vec<UserRow>,
     /// Per mapped path: the first non-null value's kind and where it was.
     kinds: HashMap<String, (&'static str, PathBuf, Loc)>,
-    groups: BTreeMap<(String, String), Vec<Rated>>,
+    /// The `ratings` layout's ratings, grouped by (user, group) when merged.
+    ratings: Runs<Rated>,
     report: Report,
 }
 
@@ -439,14 +521,17 @@ where
         sink,
         file: PathBuf::new(),
         file_split: None,
-        chunk: IngestBatch::default(),
-        chunk_bytes: 0,
-        sent_items: HashSet::new(),
-        sent_prompts: HashSet::new(),
+        spill: SpillDir::new().map_err(|source| PrefError::Spill {
+            dir: std::env::temp_dir(),
+            source,
+        })?,
+        items: Runs::new("items", run_budget(RUN_ITEMS)),
+        prompts: Runs::new("prompts", run_budget(RUN_PROMPTS)),
+        pairs: Runs::new("pairs", run_budget(RUN_PAIRS)),
         sent_users: HashSet::new(),
-        sent_pairs: HashSet::new(),
+        users: Vec::new(),
         kinds: HashMap::new(),
-        groups: BTreeMap::new(),
+        ratings: Runs::keep_all("ratings", run_budget(RUN_RATINGS)),
         report: Report::default(),
     };
     for f in &files {
@@ -468,7 +553,7 @@ where
         r.report.files += 1;
     }
     r.finish_groups()?;
-    r.flush()?;
+    r.finish()?;
     if r.report.pairs == 0 {
         return Err(IngestError::NoData {
             path: p.path.clone(),
@@ -573,11 +658,11 @@ where
         key: &str,
         at: Loc,
     ) -> Result<Result<&'r Val, Missing>, PrefError> {
-        let Some(Column::Path(path)) = self.m.columns.get(key) else {
+        let m = self.m;
+        let Some(Column::Path(path)) = m.columns.get(key) else {
             return Ok(Err(Missing(key.to_string())));
         };
-        let path = path.clone();
-        self.lookup(row, &path, at)
+        self.lookup(row, path, at)
     }
 
     /// The value at `path`, with the type check across rows and files.
@@ -624,16 +709,25 @@ where
         key: &str,
         at: Loc,
     ) -> Result<Result<Option<String>, Missing>, PrefError> {
-        let Some(col) = self.m.columns.get(key).cloned() else {
+        let m = self.m;
+        let Some(col) = m.columns.get(key) else {
             return Ok(Ok(None));
         };
-        let paths = match col {
-            Column::Constant { constant } => return Ok(Ok(Some(constant))),
-            Column::Path(p) => vec![p],
+        let paths: &[String] = match col {
+            Column::Constant { constant } => return Ok(Ok(Some(constant.clone()))),
+            Column::Path(p) => std::slice::from_ref(p),
             Column::Paths(ps) => ps,
         };
+        // One path holding a plain string (the common case): the string itself.
+        if let [path] = paths {
+            if let Found::Value(Val::Str(s)) = row.lookup(path) {
+                // The type check across rows and files.
+                let _ = self.lookup(row, path, at)?;
+                return Ok(Ok(Some(s.clone())));
+            }
+        }
         let mut parts = Vec::new();
-        for path in &paths {
+        for path in paths {
             let v = match self.lookup(row, path, at)? {
                 Ok(v) => v,
                 Err(m) => return Ok(Err(m)),
@@ -671,10 +765,25 @@ where
         row: &Val,
         at: Loc,
     ) -> Result<Result<(String, String), RowSkip>, PrefError> {
-        let user = match self.text(row, "user", at)? {
-            Ok(Some(u)) if !u.trim().is_empty() => u,
-            Ok(_) => return Ok(Err(RowSkip::Reason("no user id"))),
-            Err(m) => return Ok(Err(m.into())),
+        // Every row needs its user: a row without one is an error, not a drop.
+        let what = match self.text(row, "user", at)? {
+            Ok(Some(u)) if !u.trim().is_empty() => Ok(u),
+            Ok(Some(u)) if !u.is_empty() => Err("a blank user id".to_string()),
+            Ok(Some(_)) => Err("an empty user id".to_string()),
+            Ok(None) => Err("no user id (null)".to_string()),
+            Err(Missing(path)) => Err(format!("no user id ('{path}' is missing in this row)")),
+        };
+        let user = match what {
+            Ok(u) => u,
+            Err(message) => {
+                return Err(PrefError::Row {
+                    path: self.file.clone(),
+                    at,
+                    column: self.m.columns["user"].paths().join(", "),
+                    message,
+                    hint: Some("every row needs its annotator's id; if the rows all come from one user, say so with columns: {user: {constant: NAME}}".into()),
+                })
+            }
         };
         let split = match self.text(row, "split", at)? {
             Ok(Some(s)) => s,
@@ -814,7 +923,10 @@ where
             history = prompt;
         }
         let id = self.id(row, at)?;
-        let prompt_id = history.map(|h| self.put_prompt(h));
+        let prompt_id = match history {
+            Some(h) => Some(self.put_prompt(h)?),
+            None => None,
+        };
         if chosen_rejected {
             self.emit_preferred(&user, prompt_id, ia, ib, &split, id.as_deref())?;
         } else {
@@ -875,7 +987,10 @@ where
         };
         let winner = skip!(self.item(&responses[best], &names[best], at)?);
         let id = self.id(row, at)?;
-        let prompt_id = prompt.map(|h| self.put_prompt(h));
+        let prompt_id = match prompt {
+            Some(h) => Some(self.put_prompt(h)?),
+            None => None,
+        };
         let mut made = 0;
         for (j, r) in responses.iter().enumerate() {
             if j == best || matches!(r, Val::Null) {
@@ -940,25 +1055,57 @@ where
                 },
             }
         };
-        let prompt_id = prompt.map(|h| self.put_prompt(h));
+        let prompt_id = match prompt {
+            Some(h) => Some(self.put_prompt(h)?),
+            None => None,
+        };
         let item_id = self.put_item(item)?;
-        self.groups.entry((user, group)).or_default().push(Rated {
+        let rated = Rated {
+            key: format!("{user}\u{1f}{group}"),
+            user,
+            group,
             item: item_id,
             score,
             chosen,
             prompt: prompt_id,
             split,
             at: format!("{} {at}", self.file.display()),
-        });
+        };
+        self.ratings
+            .push(&self.spill, rated)
+            .map_err(|e| self.spill_error(e))?;
         Ok(Ok(()))
     }
 
     /// The ratings layout's pairs, once every row is read: per (user, group), in a fixed
-    /// order.
+    /// order. The ratings come merged from their runs, one group after another.
     fn finish_groups(&mut self) -> Result<(), PrefError> {
-        let groups = std::mem::take(&mut self.groups);
+        let runs = std::mem::replace(&mut self.ratings, Runs::keep_all("ratings", 0));
+        let mut merged = runs.merge(&self.spill).map_err(|e| self.spill_error(e))?;
+        let mut group: Vec<Rated> = Vec::new();
+        loop {
+            let next = merged.next_row().map_err(|e| self.spill_error(e))?;
+            let ends = match (group.first(), &next) {
+                (None, _) => false,
+                (Some(first), Some(r)) => r.key != first.key,
+                (Some(_), None) => true,
+            };
+            if ends {
+                let done = std::mem::take(&mut group);
+                self.pairs_of_group(done)?;
+            }
+            match next {
+                Some(r) => group.push(r),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    /// The pairs of one (user, group)'s ratings.
+    fn pairs_of_group(&mut self, mut rated: Vec<Rated>) -> Result<(), PrefError> {
         let by_flag = self.m.columns.contains_key("preferred");
-        for ((user, group), mut rated) in groups {
+        let (user, group) = (rated[0].user.clone(), rated[0].group.clone());
+        {
             rated.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
             let note = |r: &mut Report, why: &str, at: &str| {
                 let d = r.dropped.entry(why.to_string()).or_default();
@@ -1021,31 +1168,39 @@ where
         Ok(())
     }
 
-    fn put_prompt(&mut self, text: String) -> String {
-        let id = content_id(text.as_bytes());
-        if self.sent_prompts.insert(key(&id)) {
-            self.chunk.prompts.push(PromptRow {
-                prompt_id: id.clone(),
-                text,
-                source: self.p.dataset.clone(),
-            });
+    fn spill_error(&self, source: std::io::Error) -> PrefError {
+        PrefError::Spill {
+            dir: self.spill.path().to_path_buf(),
+            source,
         }
-        id
+    }
+
+    fn put_prompt(&mut self, text: String) -> Result<String, PrefError> {
+        let id = content_id(text.as_bytes());
+        let row = PromptRow {
+            prompt_id: id.clone(),
+            text,
+            source: self.p.dataset.clone(),
+        };
+        self.prompts
+            .push(&self.spill, row)
+            .map_err(|e| self.spill_error(e))?;
+        Ok(id)
     }
 
     fn put_item(&mut self, it: Item) -> Result<String, PrefError> {
-        if self.sent_items.insert(key(&it.id)) {
-            let kind = if it.bytes.is_some() { "image" } else { "text" };
-            self.chunk_bytes += it.bytes.as_ref().map_or(0, |b| b.len() as u64);
-            self.chunk.items.push(ItemRow {
-                item_id: it.id.clone(),
-                kind: kind.into(),
-                text: it.text,
-                bytes: it.bytes,
-                source: self.p.dataset.clone(),
-                parent_id: None,
-            });
-        }
+        let kind = if it.bytes.is_some() { "image" } else { "text" };
+        let row = ItemRow {
+            item_id: it.id.clone(),
+            kind: kind.into(),
+            text: it.text,
+            bytes: it.bytes,
+            source: self.p.dataset.clone(),
+            parent_id: None,
+        };
+        self.items
+            .push(&self.spill, row)
+            .map_err(|e| self.spill_error(e))?;
         Ok(it.id)
     }
 
@@ -1113,19 +1268,15 @@ where
         };
         let extra = format!("{label}:{split}:{}", id.unwrap_or(""));
         let pid = pair_id(&user_id, prompt.as_deref(), left, right, &extra);
-        if !self.sent_pairs.insert(key(&pid)) {
-            self.report.repeated += 1;
-            return Ok(());
-        }
         if self.sent_users.insert(key(&user_id)) {
-            self.chunk.users.push(UserRow {
+            self.users.push(UserRow {
                 user_id: user_id.clone(),
                 dataset: self.p.dataset.clone(),
                 group: None,
                 role: ROLE_SEEN.into(),
             });
         }
-        self.chunk.pairs.push(PairRow {
+        let row = PairRow {
             pair_id: pid,
             user_id,
             prompt_id: prompt,
@@ -1135,22 +1286,80 @@ where
             dataset: self.p.dataset.clone(),
             split: split.to_string(),
             source_ref: id.map(String::from),
-        });
-        self.report.pairs += 1;
-        *self.report.splits.entry(split.to_string()).or_default() += 1;
-        if self.chunk.pairs.len() >= CHUNK_PAIRS || self.chunk_bytes >= CHUNK_BYTES {
-            self.flush()?;
+        };
+        self.pairs
+            .push(&self.spill, row)
+            .map_err(|e| self.spill_error(e))
+    }
+
+    /// Merges each table's runs and hands the rows on in chunks: one row per id, in id
+    /// order. Counts the pairs (per split) and the repeated ones.
+    fn finish(&mut self) -> Result<(), PrefError> {
+        let mut chunk = IngestBatch {
+            users: std::mem::take(&mut self.users),
+            ..IngestBatch::default()
+        };
+        let mut bytes = 0usize;
+        // Runs that went to files put the rest there too: their memory is free before the
+        // merges begin.
+        let dir = &self.spill;
+        let settled = (self.items.spill_rest(dir))
+            .and_then(|()| self.prompts.spill_rest(dir))
+            .and_then(|()| self.pairs.spill_rest(dir));
+        settled.map_err(|e| self.spill_error(e))?;
+        let items = std::mem::replace(&mut self.items, Runs::new("items", 0));
+        let mut merged = items.merge(&self.spill).map_err(|e| self.spill_error(e))?;
+        while let Some(row) = merged.next_row().map_err(|e| self.spill_error(e))? {
+            bytes += spill::Record::size(&row);
+            chunk.items.push(row);
+            self.flush_if_full(&mut chunk, &mut bytes)?;
+        }
+        let prompts = std::mem::replace(&mut self.prompts, Runs::new("prompts", 0));
+        let mut merged = prompts
+            .merge(&self.spill)
+            .map_err(|e| self.spill_error(e))?;
+        while let Some(row) = merged.next_row().map_err(|e| self.spill_error(e))? {
+            bytes += spill::Record::size(&row);
+            chunk.prompts.push(row);
+            self.flush_if_full(&mut chunk, &mut bytes)?;
+        }
+        let pairs = std::mem::replace(&mut self.pairs, Runs::new("pairs", 0));
+        let mut merged = pairs.merge(&self.spill).map_err(|e| self.spill_error(e))?;
+        while let Some(row) = merged.next_row().map_err(|e| self.spill_error(e))? {
+            self.report.pairs += 1;
+            match self.report.splits.get_mut(&row.split) {
+                Some(n) => *n += 1,
+                None => {
+                    self.report.splits.insert(row.split.clone(), 1);
+                }
+            }
+            bytes += spill::Record::size(&row);
+            chunk.pairs.push(row);
+            self.flush_if_full(&mut chunk, &mut bytes)?;
+        }
+        self.report.repeated += merged.repeated;
+        if !(chunk.items.is_empty()
+            && chunk.prompts.is_empty()
+            && chunk.pairs.is_empty()
+            && chunk.users.is_empty())
+        {
+            (self.sink)(chunk)?;
         }
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), PrefError> {
-        let c = std::mem::take(&mut self.chunk);
-        self.chunk_bytes = 0;
-        if c.pairs.is_empty() && c.items.is_empty() && c.prompts.is_empty() && c.users.is_empty() {
-            return Ok(());
+    /// Hands `chunk` on when it holds enough rows or bytes.
+    fn flush_if_full(
+        &mut self,
+        chunk: &mut IngestBatch,
+        bytes: &mut usize,
+    ) -> Result<(), PrefError> {
+        let rows = chunk.items.len() + chunk.prompts.len() + chunk.pairs.len();
+        if rows >= CHUNK_ROWS || *bytes >= CHUNK_BYTES {
+            (self.sink)(std::mem::take(chunk))?;
+            *bytes = 0;
         }
-        (self.sink)(c)
+        Ok(())
     }
 }
 

@@ -140,6 +140,68 @@ impl Val {
     }
 }
 
+/// A JSON value read straight into a [`Val`] (no intermediate `serde_json::Value`): objects
+/// keep their fields in file order.
+impl<'de> serde::Deserialize<'de> for Val {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Val, D::Error> {
+        d.deserialize_any(ValVisitor)
+    }
+}
+
+struct ValVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ValVisitor {
+    type Value = Val;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Val, E> {
+        Ok(Val::Null)
+    }
+    fn visit_none<E>(self) -> Result<Val, E> {
+        Ok(Val::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Val, D::Error> {
+        d.deserialize_any(ValVisitor)
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Val, E> {
+        Ok(Val::Bool(b))
+    }
+    fn visit_i64<E>(self, i: i64) -> Result<Val, E> {
+        Ok(Val::Int(i))
+    }
+    fn visit_u64<E>(self, u: u64) -> Result<Val, E> {
+        Ok(i64::try_from(u).map_or(Val::Float(u as f64), Val::Int))
+    }
+    fn visit_f64<E>(self, x: f64) -> Result<Val, E> {
+        Ok(Val::Float(x))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Val, E> {
+        Ok(Val::Str(s.to_string()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Val, E> {
+        Ok(Val::Str(s))
+    }
+    fn visit_bytes<E>(self, b: &[u8]) -> Result<Val, E> {
+        Ok(Val::Bytes(b.to_vec()))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Val, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(v) = seq.next_element::<Val>()? {
+            items.push(v);
+        }
+        Ok(Val::List(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Val, A::Error> {
+        let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(4));
+        while let Some((k, v)) = map.next_entry::<String, Val>()? {
+            fields.push((k, v));
+        }
+        Ok(Val::Map(fields))
+    }
+}
+
 impl From<serde_json::Value> for Val {
     fn from(v: serde_json::Value) -> Val {
         match v {

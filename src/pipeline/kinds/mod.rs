@@ -296,9 +296,12 @@ pub(crate) async fn ingest_summary(
 /// few chunks), committing once at the end. `read` gets the sending end; when the writer
 /// fails, sends fail and the writer's error is returned. On any error nothing is committed
 /// and the store keeps its previous rows. Returns the reader's result and the write stats.
+/// `unique`: the reader never sends the same key twice, so the writer need not remember the
+/// keys it wrote (see `StagedWriter::rows_arrive_unique`).
 pub(crate) async fn ingest_streamed<T, E, F>(
     ctx: &StageCtx<'_>,
     dataset: &str,
+    unique: bool,
     read: F,
 ) -> anyhow::Result<(
     T,
@@ -313,6 +316,9 @@ where
     let reader = tokio::task::spawn_blocking(move || read(tx));
     // The stage owns its dataset's pairs and users: one commit per table once all is read.
     let mut writer = crate::store::StagedWriter::owning_dataset(ctx.store, dataset).await?;
+    if unique {
+        writer.rows_arrive_unique();
+    }
     let mut write_error = None;
     while let Some(chunk) = rx.recv().await {
         if let Err(e) = writer.write(&chunk).await {

@@ -71,7 +71,7 @@ async fn ingest(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
     let bar = ctx.printer.bar(total, "rows");
     let params = p.clone();
     let reader_bar = bar.clone();
-    let result = ingest_streamed(ctx, &p.dataset, move |tx| {
+    let result = ingest_streamed(ctx, &p.dataset, false, move |tx| {
         pickapic::read(
             &params,
             |chunk| {

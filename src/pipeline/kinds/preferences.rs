@@ -1,8 +1,9 @@
 //! The `preferences` kind: your own pairwise preference data (`crate::ingest::preferences`
-//! reads it; this file writes). Files are read on a blocking thread and handed over in
-//! chunks (one in flight while the previous one is written), so memory stays at a few chunks
-//! whatever the file size. Owns its dataset's pairs and users; texts, images and prompts go
-//! to the shared, content-addressed `items` and `prompts`. `palpipe ingest` runs this kind.
+//! reads it; this file writes). Files are read on a blocking thread into sorted runs (spilled
+//! to temporary files past a budget), merged one row per id and handed over in chunks (one
+//! in flight while the previous one is written), so memory stays flat in the file size.
+//! Owns its dataset's pairs and users; texts, images and prompts go to the shared,
+//! content-addressed `items` and `prompts`. `palpipe ingest` runs this kind.
 
 use std::path::PathBuf;
 
@@ -65,7 +66,7 @@ impl StageKind for Params {
 /// error nothing is committed and the store keeps its previous rows.
 async fn ingest(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
     let params = p.clone();
-    let (report, stats) = ingest_streamed(ctx, &p.dataset, move |tx| {
+    let (report, stats) = ingest_streamed(ctx, &p.dataset, true, move |tx| {
         preferences::read(&params, |chunk| {
             tx.blocking_send(chunk).map_err(|_| PrefError::Stopped)
         })

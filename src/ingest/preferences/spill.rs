@@ -1,0 +1,564 @@
+//! De-duplication in bounded memory: rows are gathered into sorted runs, each run that
+//! outgrows its budget is written to a temporary file, and the runs are merged back in key
+//! order, one row per key.
+//!
+//! This is how the `preferences` reader keeps memory flat in the file's size: it holds no
+//! per-row set of the ids it has seen, only one run per table, and the rows it hands on come
+//! out in key order, so the stored rows are the same whatever the chunking and the order of
+//! the input rows.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use crate::store::records::{ItemRow, PairRow, PromptRow};
+
+/// A row that can go through a run file.
+pub trait Record: Sized {
+    /// The key rows are sorted and de-duplicated by: two rows with the same key are equal.
+    fn key(&self) -> &str;
+    /// About how many bytes the row holds in memory.
+    fn size(&self) -> usize;
+    /// Writes the row in the run file encoding.
+    fn encode(&self, w: &mut impl Write) -> io::Result<()>;
+    /// Reads one row; `None` at the end of the file.
+    fn decode(r: &mut impl Read) -> io::Result<Option<Self>>;
+}
+
+/// Runs merged at once at most; more are merged into one file first.
+const MAX_RUNS: usize = 64;
+/// Read and write buffer per run file.
+const RUN_BUFFER: usize = 256 << 10;
+
+/// A folder for run files, removed with its contents when dropped.
+pub struct SpillDir {
+    path: PathBuf,
+}
+
+impl SpillDir {
+    /// A new folder under the system's temporary folder (`TMPDIR`).
+    pub fn new() -> io::Result<SpillDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path =
+            std::env::temp_dir().join(format!("palpipe-spill-{}-{nanos:x}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(SpillDir { path })
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SpillDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The rows of one table: a run in memory plus the run files written so far.
+pub struct Runs<T> {
+    name: &'static str,
+    budget: usize,
+    /// One row per key (else every row is kept, grouped by key).
+    dedup: bool,
+    rows: Vec<T>,
+    bytes: usize,
+    files: Vec<PathBuf>,
+    written: usize,
+    /// Rows left out so far because their key came already.
+    repeated: usize,
+}
+
+impl<T: Record> Runs<T> {
+    /// Runs named `name` (the file prefix), each up to about `budget` bytes in memory.
+    pub fn new(name: &'static str, budget: usize) -> Runs<T> {
+        Runs {
+            name,
+            budget,
+            dedup: true,
+            rows: Vec::new(),
+            bytes: 0,
+            files: Vec::new(),
+            written: 0,
+            repeated: 0,
+        }
+    }
+
+    /// Runs that keep every row: the merge gives rows of equal key one after another.
+    pub fn keep_all(name: &'static str, budget: usize) -> Runs<T> {
+        Runs {
+            dedup: false,
+            ..Runs::new(name, budget)
+        }
+    }
+
+    /// Adds a row; writes the run to `dir` when it outgrows its budget.
+    pub fn push(&mut self, dir: &SpillDir, row: T) -> io::Result<()> {
+        self.bytes += row.size();
+        self.rows.push(row);
+        if self.bytes >= self.budget {
+            self.spill(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Sorts the run in memory by key (one row per key when de-duplicating).
+    fn sort(&mut self) {
+        if !self.dedup {
+            // Stable: rows of one key keep the order they came in.
+            self.rows.sort_by(|a, b| a.key().cmp(b.key()));
+            return;
+        }
+        self.rows.sort_unstable_by(|a, b| a.key().cmp(b.key()));
+        let before = self.rows.len();
+        self.rows.dedup_by(|a, b| a.key() == b.key());
+        self.repeated += before - self.rows.len();
+    }
+
+    fn next_file(&mut self, dir: &SpillDir) -> PathBuf {
+        self.written += 1;
+        dir.path()
+            .join(format!("{}-{:05}.run", self.name, self.written))
+    }
+
+    fn spill(&mut self, dir: &SpillDir) -> io::Result<()> {
+        self.sort();
+        let path = self.next_file(dir);
+        let mut w = BufWriter::with_capacity(RUN_BUFFER, File::create(&path)?);
+        for row in self.rows.drain(..) {
+            row.encode(&mut w)?;
+        }
+        w.flush()?;
+        self.bytes = 0;
+        self.files.push(path);
+        if self.files.len() >= MAX_RUNS {
+            // Too many files to hold open at once: merge them into one.
+            let files = std::mem::take(&mut self.files);
+            let path = self.next_file(dir);
+            let mut w = BufWriter::with_capacity(RUN_BUFFER, File::create(&path)?);
+            let mut merged = Merge::<T>::open(&files, Vec::new(), self.dedup)?;
+            while let Some(row) = merged.next_row()? {
+                row.encode(&mut w)?;
+            }
+            w.flush()?;
+            self.repeated += merged.repeated;
+            for f in &files {
+                let _ = std::fs::remove_file(f);
+            }
+            self.files.push(path);
+        }
+        Ok(())
+    }
+
+    /// Once some rows went to files: writes the rest too and frees the run's memory, so that
+    /// the merge holds only its read buffers.
+    pub fn spill_rest(&mut self, dir: &SpillDir) -> io::Result<()> {
+        if !self.files.is_empty() && !self.rows.is_empty() {
+            self.spill(dir)?;
+        }
+        if !self.files.is_empty() {
+            self.rows = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Every row pushed, one per key, in key order.
+    pub fn merge(mut self, dir: &SpillDir) -> io::Result<Merge<T>> {
+        self.spill_rest(dir)?;
+        self.sort();
+        let rows = std::mem::take(&mut self.rows);
+        let mut merged = Merge::open(&self.files, rows, self.dedup)?;
+        merged.repeated = self.repeated;
+        Ok(merged)
+    }
+}
+
+/// One source of a merge: a run file, or the run that stayed in memory.
+enum Source<T> {
+    File(BufReader<File>),
+    Memory(std::vec::IntoIter<T>),
+}
+
+impl<T: Record> Source<T> {
+    fn next(&mut self) -> io::Result<Option<T>> {
+        match self {
+            Source::File(r) => T::decode(r),
+            Source::Memory(it) => Ok(it.next()),
+        }
+    }
+}
+
+/// The head row of a source, ordered so that the smallest key is on top of the heap (and,
+/// between equal keys, the earlier source, which makes the merge deterministic).
+struct Head<T> {
+    row: T,
+    source: usize,
+}
+
+impl<T: Record> Ord for Head<T> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .row
+            .key()
+            .cmp(self.row.key())
+            .then(other.source.cmp(&self.source))
+    }
+}
+
+impl<T: Record> PartialOrd for Head<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<T: Record> PartialEq for Head<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl<T: Record> Eq for Head<T> {}
+
+/// The merge of sorted runs: rows in key order, one per key (or all, see
+/// [`Runs::keep_all`]).
+pub struct Merge<T> {
+    sources: Vec<Source<T>>,
+    heap: BinaryHeap<Head<T>>,
+    dedup: bool,
+    last: Option<String>,
+    /// Rows left out because their key came already (in the runs, and in the merge).
+    pub repeated: usize,
+}
+
+impl<T: Record> Merge<T> {
+    fn open(files: &[PathBuf], memory: Vec<T>, dedup: bool) -> io::Result<Merge<T>> {
+        let mut sources = Vec::with_capacity(files.len() + 1);
+        for f in files {
+            sources.push(Source::File(BufReader::with_capacity(
+                RUN_BUFFER,
+                File::open(f)?,
+            )));
+        }
+        sources.push(Source::Memory(memory.into_iter()));
+        let mut heap = BinaryHeap::with_capacity(sources.len());
+        for (i, s) in sources.iter_mut().enumerate() {
+            if let Some(row) = s.next()? {
+                heap.push(Head { row, source: i });
+            }
+        }
+        Ok(Merge {
+            sources,
+            heap,
+            dedup,
+            last: None,
+            repeated: 0,
+        })
+    }
+
+    /// The next row whose key has not come yet.
+    pub fn next_row(&mut self) -> io::Result<Option<T>> {
+        while let Some(Head { row, source }) = self.heap.pop() {
+            if let Some(next) = self.sources[source].next()? {
+                self.heap.push(Head { row: next, source });
+            }
+            if !self.dedup {
+                return Ok(Some(row));
+            }
+            if self.last.as_deref() == Some(row.key()) {
+                self.repeated += 1;
+                continue;
+            }
+            self.last = Some(row.key().to_string());
+            return Ok(Some(row));
+        }
+        Ok(None)
+    }
+}
+
+/// Writes a length-prefixed value (`None`: the absent marker).
+pub fn put_bytes(w: &mut impl Write, b: Option<&[u8]>) -> io::Result<()> {
+    match b {
+        None => w.write_all(&u32::MAX.to_le_bytes()),
+        Some(b) => {
+            let n = u32::try_from(b.len())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a value over 4 GiB"))?;
+            w.write_all(&n.to_le_bytes())?;
+            w.write_all(b)
+        }
+    }
+}
+
+/// Writes a string.
+pub fn put_str(w: &mut impl Write, s: &str) -> io::Result<()> {
+    put_bytes(w, Some(s.as_bytes()))
+}
+
+/// Writes an optional string.
+pub fn put_opt(w: &mut impl Write, s: Option<&str>) -> io::Result<()> {
+    put_bytes(w, s.map(str::as_bytes))
+}
+
+/// A length-prefixed value; `Ok(None)` for the absent marker. `first` is true for a row's
+/// first field, where the end of the file is a clean end.
+fn get_bytes(r: &mut impl Read, first: bool) -> io::Result<Option<Option<Vec<u8>>>> {
+    let mut n = [0u8; 4];
+    if first {
+        let got = r.read(&mut n[..1])?;
+        if got == 0 {
+            return Ok(None);
+        }
+        r.read_exact(&mut n[1..])?;
+    } else {
+        r.read_exact(&mut n)?;
+    }
+    let n = u32::from_le_bytes(n);
+    if n == u32::MAX {
+        return Ok(Some(None));
+    }
+    let mut b = vec![0u8; n as usize];
+    r.read_exact(&mut b)?;
+    Ok(Some(Some(b)))
+}
+
+fn corrupt(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("a run file is damaged ({what})"),
+    )
+}
+
+fn text(b: Vec<u8>) -> io::Result<String> {
+    String::from_utf8(b).map_err(|_| corrupt("text is not UTF-8"))
+}
+
+/// Reads an optional string.
+pub fn get_opt(r: &mut impl Read) -> io::Result<Option<String>> {
+    match get_bytes(r, false)? {
+        Some(Some(b)) => Ok(Some(text(b)?)),
+        Some(None) => Ok(None),
+        None => Err(corrupt("truncated")),
+    }
+}
+
+/// Reads a string.
+pub fn get_str(r: &mut impl Read) -> io::Result<String> {
+    get_opt(r)?.ok_or_else(|| corrupt("a required value is absent"))
+}
+
+/// The first field of a row: `None` at the end of the file.
+pub fn get_first(r: &mut impl Read) -> io::Result<Option<String>> {
+    match get_bytes(r, true)? {
+        None => Ok(None),
+        Some(Some(b)) => Ok(Some(text(b)?)),
+        Some(None) => Err(corrupt("a key is absent")),
+    }
+}
+
+/// Bytes a string holds beside its own size.
+pub fn len(s: &str) -> usize {
+    s.len() + 24
+}
+
+/// [`len`] of an optional string.
+pub fn opt_len(s: Option<&str>) -> usize {
+    s.map_or(24, len)
+}
+
+impl Record for ItemRow {
+    fn key(&self) -> &str {
+        &self.item_id
+    }
+    fn size(&self) -> usize {
+        len(&self.item_id)
+            + len(&self.kind)
+            + opt_len(self.text.as_deref())
+            + self.bytes.as_ref().map_or(24, |b| b.len() + 24)
+            + len(&self.source)
+            + opt_len(self.parent_id.as_deref())
+    }
+    fn encode(&self, w: &mut impl Write) -> io::Result<()> {
+        put_str(w, &self.item_id)?;
+        put_str(w, &self.kind)?;
+        put_opt(w, self.text.as_deref())?;
+        put_bytes(w, self.bytes.as_deref())?;
+        put_str(w, &self.source)?;
+        put_opt(w, self.parent_id.as_deref())
+    }
+    fn decode(r: &mut impl Read) -> io::Result<Option<ItemRow>> {
+        let Some(item_id) = get_first(r)? else {
+            return Ok(None);
+        };
+        Ok(Some(ItemRow {
+            item_id,
+            kind: get_str(r)?,
+            text: get_opt(r)?,
+            bytes: get_bytes(r, false)?.ok_or_else(|| corrupt("truncated"))?,
+            source: get_str(r)?,
+            parent_id: get_opt(r)?,
+        }))
+    }
+}
+
+impl Record for PromptRow {
+    fn key(&self) -> &str {
+        &self.prompt_id
+    }
+    fn size(&self) -> usize {
+        len(&self.prompt_id) + len(&self.text) + len(&self.source)
+    }
+    fn encode(&self, w: &mut impl Write) -> io::Result<()> {
+        put_str(w, &self.prompt_id)?;
+        put_str(w, &self.text)?;
+        put_str(w, &self.source)
+    }
+    fn decode(r: &mut impl Read) -> io::Result<Option<PromptRow>> {
+        let Some(prompt_id) = get_first(r)? else {
+            return Ok(None);
+        };
+        Ok(Some(PromptRow {
+            prompt_id,
+            text: get_str(r)?,
+            source: get_str(r)?,
+        }))
+    }
+}
+
+impl Record for PairRow {
+    fn key(&self) -> &str {
+        &self.pair_id
+    }
+    fn size(&self) -> usize {
+        len(&self.pair_id)
+            + len(&self.user_id)
+            + opt_len(self.prompt_id.as_deref())
+            + len(&self.left_id)
+            + len(&self.right_id)
+            + len(&self.dataset)
+            + len(&self.split)
+            + opt_len(self.source_ref.as_deref())
+            + 8
+    }
+    fn encode(&self, w: &mut impl Write) -> io::Result<()> {
+        put_str(w, &self.pair_id)?;
+        put_str(w, &self.user_id)?;
+        put_opt(w, self.prompt_id.as_deref())?;
+        put_str(w, &self.left_id)?;
+        put_str(w, &self.right_id)?;
+        w.write_all(&[self.label as u8])?;
+        put_str(w, &self.dataset)?;
+        put_str(w, &self.split)?;
+        put_opt(w, self.source_ref.as_deref())
+    }
+    fn decode(r: &mut impl Read) -> io::Result<Option<PairRow>> {
+        let Some(pair_id) = get_first(r)? else {
+            return Ok(None);
+        };
+        let user_id = get_str(r)?;
+        let prompt_id = get_opt(r)?;
+        let left_id = get_str(r)?;
+        let right_id = get_str(r)?;
+        let mut label = [0u8; 1];
+        r.read_exact(&mut label)?;
+        Ok(Some(PairRow {
+            pair_id,
+            user_id,
+            prompt_id,
+            left_id,
+            right_id,
+            label: label[0] as i8,
+            dataset: get_str(r)?,
+            split: get_str(r)?,
+            source_ref: get_opt(r)?,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompt(id: &str) -> PromptRow {
+        PromptRow {
+            prompt_id: id.into(),
+            text: format!("text of {id}"),
+            source: "d".into(),
+        }
+    }
+
+    /// Whatever the budget (all in memory, a file per row, more runs than are merged at
+    /// once), the merge gives each key once, in order, and counts the repeats.
+    #[test]
+    fn runs_merge_to_one_row_per_key_in_order_whatever_the_budget() {
+        // 300 rows over 97 keys, in a scrambled order: keys k00000..k00096.
+        let keys: Vec<String> = (0..300u64)
+            .map(|i| format!("k{:05}", (i * 7919) % 97))
+            .collect();
+        let mut want: Vec<String> = keys.clone();
+        want.sort();
+        want.dedup();
+        assert_eq!(want.len(), 97);
+        for budget in [1usize, 200, 5_000, 1 << 30] {
+            let dir = SpillDir::new().unwrap();
+            let mut runs = Runs::new("prompts", budget);
+            for k in &keys {
+                runs.push(&dir, prompt(k)).unwrap();
+            }
+            let mut merged = runs.merge(&dir).unwrap();
+            let mut got = Vec::new();
+            while let Some(row) = merged.next_row().unwrap() {
+                assert_eq!(row.text, format!("text of {}", row.prompt_id));
+                got.push(row.prompt_id);
+            }
+            assert_eq!(got, want, "budget {budget}");
+            assert_eq!(merged.repeated, 300 - 97, "budget {budget}");
+            let path = dir.path().to_path_buf();
+            drop(dir);
+            assert!(!path.exists(), "the spill folder is removed");
+        }
+    }
+
+    /// Each record type reads back as written, absent values included.
+    #[test]
+    fn records_round_trip_through_a_run_file() {
+        let item = ItemRow {
+            item_id: "i".into(),
+            kind: "image".into(),
+            text: None,
+            bytes: Some(vec![0, 255, 7]),
+            source: "s".into(),
+            parent_id: Some("p".into()),
+        };
+        let pair = PairRow {
+            pair_id: "p".into(),
+            user_id: "d/u".into(),
+            prompt_id: None,
+            left_id: "a".into(),
+            right_id: "b".into(),
+            label: -1,
+            dataset: "d".into(),
+            split: "train".into(),
+            source_ref: Some("r7".into()),
+        };
+        let mut buf = Vec::new();
+        item.encode(&mut buf).unwrap();
+        item.encode(&mut buf).unwrap();
+        let mut r = buf.as_slice();
+        assert_eq!(ItemRow::decode(&mut r).unwrap(), Some(item.clone()));
+        assert_eq!(ItemRow::decode(&mut r).unwrap(), Some(item));
+        assert_eq!(ItemRow::decode(&mut r).unwrap(), None);
+        let mut buf = Vec::new();
+        pair.encode(&mut buf).unwrap();
+        assert_eq!(
+            PairRow::decode(&mut buf.as_slice()).unwrap(),
+            Some(pair.clone())
+        );
+        // A file cut inside a row is an error, not a clean end.
+        assert!(PairRow::decode(&mut &buf[..buf.len() - 1]).is_err());
+    }
+}
