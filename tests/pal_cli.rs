@@ -98,8 +98,19 @@ fn pipeline_trains_evaluates_and_adapts() {
     let oracle = v["oracle_accuracy"].as_f64().unwrap();
     assert!(oracle > 0.0 && oracle <= 1.0);
     // the simulation on seen users' training pairs ran and picked a listed candidate
+    // (mle once; map and posterior at 4 prior scales; empirical at 4 blurs)
     let sim = v["simulation"].as_array().unwrap();
-    assert_eq!(sim.len(), 9);
+    let count = |e: &str| sim.iter().filter(|s| s["estimator"] == e).count();
+    assert_eq!(
+        [
+            count("mle"),
+            count("map"),
+            count("posterior"),
+            count("empirical")
+        ],
+        [1, 4, 4, 4]
+    );
+    assert_eq!(sim.len(), 13);
     let picked = (&results[0]["estimator"], &results[0]["prior_scale"]);
     assert!(
         sim.iter()

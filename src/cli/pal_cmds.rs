@@ -92,10 +92,10 @@ pub struct AdaptArgs {
     pub steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// auto | map | posterior | mle. auto: the winner of the simulation on --tune-split, else posterior.
+    /// auto | map | posterior | empirical | mle. auto: the winner of the simulation on --tune-split, else posterior.
     #[arg(long, default_value = "auto")]
     pub estimator: crate::pal::Estimator,
-    /// Prior scale of map / posterior when no --tune-split picks it.
+    /// Prior scale of map / posterior / empirical when no --tune-split picks it.
     #[arg(long)]
     pub prior_scale: Option<f64>,
     /// Split of SEEN users' comparisons (e.g. their training pairs) to simulate few-shot on.

@@ -87,7 +87,8 @@ pub struct EnrollArgs {
     #[arg(long)]
     pub comparisons: String,
     /// How the logits are estimated: posterior (the default: the posterior mean under a prior
-    /// learned from the seen users), map, or mle (no prior); as `palpipe adapt --estimator`.
+    /// learned from the seen users), map, empirical (the posterior mean under the seen users'
+    /// own mixtures as the prior), or mle (no prior); as `palpipe adapt --estimator`.
     #[arg(long, default_value = "auto")]
     pub estimator: crate::pal::Estimator,
     /// Gradient steps of the map and mle fits.

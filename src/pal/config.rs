@@ -603,6 +603,11 @@ pub enum Estimator {
     Map,
     /// The posterior mean of the mixture w under the same prior (seeded importance sampling).
     Posterior,
+    /// The posterior mean of w under an empirical prior: one atom per seen user (their own
+    /// fitted logits), each blurred by a narrow Gaussian (`prior_scale` × a quarter of the
+    /// seen users' logit spread) so that any mixture stays reachable. No comparison gives the
+    /// seen users' mean mixture, i.e. zero-shot.
+    Empirical,
     /// The original method: uniform start, mean loss, no prior, a fixed number of steps.
     Mle,
 }
@@ -614,6 +619,7 @@ impl Estimator {
             Estimator::Auto => "auto",
             Estimator::Map => "map",
             Estimator::Posterior => "posterior",
+            Estimator::Empirical => "empirical",
             Estimator::Mle => "mle",
         }
     }
@@ -632,10 +638,11 @@ impl FromStr for Estimator {
             "auto" => Ok(Estimator::Auto),
             "map" => Ok(Estimator::Map),
             "posterior" => Ok(Estimator::Posterior),
+            "empirical" => Ok(Estimator::Empirical),
             "mle" => Ok(Estimator::Mle),
             other => Err(PalError::config(
                 "estimator",
-                format!("is '{other}', expected one of auto, map, posterior, mle"),
+                format!("is '{other}', expected one of auto, map, posterior, empirical, mle"),
             )),
         }
     }
@@ -648,8 +655,9 @@ pub struct FewShotConfig {
     /// The estimator of a new user's logits. Default `auto`.
     #[serde(default)]
     pub estimator: Estimator,
-    /// Multiplies the prior's standard deviations (`map`, `posterior`): above 1 trusts the
-    /// shots more, below 1 the seen users more. Default 1.
+    /// Multiplies the prior's standard deviations (`map`, `posterior`; for `empirical`, the
+    /// blur around each seen user's atom): above 1 trusts the shots more, below 1 the seen
+    /// users more. Default 1.
     #[serde(default = "default_prior_scale")]
     pub prior_scale: f64,
     /// Full-batch AdamW steps on the new logits (`map`, `mle`; a fixed number: no held-out
@@ -659,7 +667,8 @@ pub struct FewShotConfig {
     /// Learning rate of those steps. Default 0.05.
     #[serde(default = "default_fs_lr")]
     pub lr: f64,
-    /// Prior draws of the importance sampler (`posterior`). Default 512.
+    /// Prior draws of the importance sampler (`posterior`; `empirical` takes at least one per
+    /// seen user, at most this many seen users). Default 512.
     #[serde(default = "default_samples")]
     pub samples: usize,
     /// Share of each user's comparisons held out as that user's fixed query set. Default 0.5.

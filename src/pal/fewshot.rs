@@ -2,7 +2,7 @@
 //! few-shot localisation).
 //!
 //! Owns: the fixed-query few-shot protocol ([`few_shot_curve`]), the estimators of a new user's
-//! K logits ([`Estimator`]: `map`, `posterior`, `mle`), the single-user entry point other parts
+//! K logits ([`Estimator`]: `map`, `posterior`, `empirical`, `mle`), the single-user entry point other parts
 //! call ([`fit_new_user`]), and the simulated few-shot on seen users that picks an estimator and
 //! its prior strength ([`simulate_seen`]). f, g_k (or P) and τ stay frozen throughout.
 //!
@@ -21,6 +21,16 @@
 //! w̄ exactly when there is no evidence (all ω_j = 1/M). The likelihood is the model's own loss
 //! per comparison (−log σ(t) for the logistic loss); the norm-bound penalty, a training
 //! regulariser, takes no part in `map` or `posterior`.
+//!
+//! Empirical prior (`empirical`): one atom per seen user, their own fitted logits, each blurred
+//! by a Gaussian of `prior_scale` × [`EMPIRICAL_BLUR`] × the spread above, so the prior keeps
+//! the seen users' clusters (e.g. one per persona) instead of one wide bump; mixed, with
+//! weight [`EMPIRICAL_SMOOTH`], with the `posterior` prior at scale 1, so that any mixture
+//! stays reachable as shots pile up (atoms alone would stop at the nearest seen user). The
+//! estimate is the posterior mean, written as for `posterior`, so 0 comparisons give w̄, the
+//! seen users' mean mixture, exactly. In the
+//! simulation on seen users, a user's own atom is left out of their prior (leave-one-out), or
+//! the prior would already hold the answer.
 //! Does not own: training of the shared parts (`train.rs`).
 
 use candle_core::{DType, Tensor, Var};
@@ -42,6 +52,13 @@ const W_FLOOR: f64 = 1e-6;
 const ORACLE_MIN_STEPS: usize = 600;
 /// Prior scales tried by the simulation for `map` and `posterior`.
 const SIM_SCALES: [f64; 4] = [0.5, 1.0, 2.0, 4.0];
+/// Prior scales tried by the simulation for `empirical` (its blur, see [`EMPIRICAL_BLUR`]).
+const SIM_EMPIRICAL_SCALES: [f64; 4] = [0.25, 0.5, 1.0, 2.0];
+/// The blur around each seen user's atom at `prior_scale` 1, as a share of the prior's spread.
+pub const EMPIRICAL_BLUR: f64 = 0.25;
+/// The prior mass of `empirical` given to the smooth `posterior` prior (scale 1), the rest
+/// to the seen users' atoms.
+pub const EMPIRICAL_SMOOTH: f64 = 0.1;
 /// Seen users the simulation uses at most.
 const SIM_MAX_USERS: usize = 100;
 /// Fewest seen users the simulation needs for its largest shot count.
@@ -101,6 +118,8 @@ pub struct SimRow {
 struct Prior {
     /// T·ln w̄: softmax(centre / T) = w̄ (up to the floor).
     centre: Vec<f64>,
+    /// The seen users' own logits, in model row order (the atoms of `empirical`).
+    rows: Vec<Vec<f64>>,
     /// Per prototype, the spread of the seen users' logits after removing each user's mean.
     sd: Vec<f64>,
     /// The zero-shot mixture w̄.
@@ -138,7 +157,12 @@ impl Prior {
                 })
                 .collect()
         };
-        Ok(Prior { centre, sd, zero })
+        Ok(Prior {
+            centre,
+            rows,
+            sd,
+            zero,
+        })
     }
 }
 
@@ -251,24 +275,20 @@ fn fit_gd(
     Ok(logits.as_tensor().to_dtype(DType::F64)?.to_vec2::<f64>()?)
 }
 
-/// `posterior` logits for every N of `ns` at once: each user's first N shots weigh the same
-/// prior draws. Returns `[ns][user][K]`.
-fn posterior_curve(
-    model: &PalModel,
-    set: &ComparisonSet,
-    shots: &[Vec<usize>],
-    ns: &[usize],
-    user_of: &dyn Fn(u32) -> u32,
-    prior: &Prior,
-    cfg: &FewShotConfig,
-) -> Result<Vec<Vec<Vec<f64>>>> {
-    let k = model.cfg.k;
-    let t = model.cfg.temperature;
-    let n_users = shots.len();
-    let m = cfg.samples;
-    let maxn = ns.iter().copied().max().unwrap_or(0);
+/// Prior draws of the importance sampler, in w-space.
+struct Draws {
+    /// One mixture per draw.
+    w: Vec<Vec<f64>>,
+    /// Per draw, the model row of the seen user whose atom it blurs (`empirical`); `None` for
+    /// the Gaussian prior's draws.
+    atom: Vec<Option<u32>>,
+    /// Per draw, its prior mass (they sum to 1).
+    mass: Vec<f64>,
+}
 
-    // Draws from the prior, re-centred so that their mean in w-space is w̄.
+/// `posterior`'s draws: the Gaussian prior, re-centred so that their mean in w-space is w̄.
+fn gaussian_draws(prior: &Prior, cfg: &FewShotConfig, k: usize, t: f64) -> Draws {
+    let m = cfg.samples;
     let mut r = rng(cfg.seed, stream::POSTERIOR);
     let eps: Vec<Vec<f64>> = (0..m)
         .map(|_| {
@@ -308,6 +328,90 @@ fn posterior_curve(
         }
         draws = draw(&centre);
     }
+    Draws {
+        atom: vec![None; m],
+        mass: uniform,
+        w: draws,
+    }
+}
+
+/// `empirical`'s draws: per seen user (a seeded `cfg.samples` of them when there are more),
+/// ⌈samples / users⌉ draws of their logits plus a Gaussian blur of `prior_scale` ×
+/// [`EMPIRICAL_BLUR`] × the prior's spread, together holding 1 − [`EMPIRICAL_SMOOTH`] of the
+/// mass; then the `posterior` draws at scale 1 with the rest. With no seen user there is
+/// nothing to be empirical about: the Gaussian prior's draws alone.
+fn empirical_draws(prior: &Prior, cfg: &FewShotConfig, k: usize, t: f64) -> Draws {
+    let smooth = gaussian_draws(
+        prior,
+        &FewShotConfig {
+            prior_scale: 1.0,
+            ..cfg.clone()
+        },
+        k,
+        t,
+    );
+    if prior.rows.is_empty() {
+        return smooth;
+    }
+    let mut r = rng(cfg.seed, stream::EMPIRICAL);
+    let mut atoms: Vec<usize> = (0..prior.rows.len()).collect();
+    if atoms.len() > cfg.samples {
+        atoms.shuffle(&mut r);
+        atoms.truncate(cfg.samples);
+        atoms.sort_unstable();
+    }
+    let per = cfg.samples.div_ceil(atoms.len());
+    let blur: Vec<f64> = prior
+        .sd
+        .iter()
+        .map(|s| cfg.prior_scale * EMPIRICAL_BLUR * s)
+        .collect();
+    let n_atoms = atoms.len() * per;
+    let mut out = Draws {
+        w: Vec::with_capacity(n_atoms + smooth.w.len()),
+        atom: Vec::with_capacity(n_atoms + smooth.w.len()),
+        mass: Vec::with_capacity(n_atoms + smooth.w.len()),
+    };
+    for &a in &atoms {
+        for _ in 0..per {
+            let l: Vec<f64> = (0..k)
+                .map(|j| {
+                    let x: f64 = StandardNormal.sample(&mut r);
+                    prior.rows[a][j] + blur[j] * x
+                })
+                .collect();
+            out.w.push(softmax(&l, t));
+            out.atom.push(Some(a as u32));
+            out.mass.push((1.0 - EMPIRICAL_SMOOTH) / n_atoms as f64);
+        }
+    }
+    out.w.extend(smooth.w);
+    out.atom.extend(smooth.atom);
+    out.mass
+        .extend(smooth.mass.iter().map(|p| EMPIRICAL_SMOOTH * p));
+    out
+}
+
+/// Importance-sampled posterior means (`posterior`, `empirical`) for every N of `ns` at once:
+/// each user's first N shots weigh the same prior `draws`. `own` gives a local user's model
+/// row when they are a seen user (the simulation): their own atom is then left out of their
+/// prior. Returns `[ns][user][K]` logits.
+#[allow(clippy::too_many_arguments)]
+fn importance_curve(
+    model: &PalModel,
+    set: &ComparisonSet,
+    shots: &[Vec<usize>],
+    ns: &[usize],
+    user_of: &dyn Fn(u32) -> u32,
+    own: &dyn Fn(usize) -> Option<u32>,
+    draws: &Draws,
+    zero: &[f64],
+) -> Result<Vec<Vec<Vec<f64>>>> {
+    let k = model.cfg.k;
+    let t = model.cfg.temperature;
+    let n_users = shots.len();
+    let m = draws.w.len();
+    let maxn = ns.iter().copied().max().unwrap_or(0);
 
     // Log-likelihood of each user's first N shots under each draw: ll[N][user][draw].
     let mut idx = Vec::new();
@@ -322,7 +426,7 @@ fn posterior_curve(
     if !idx.is_empty() {
         let (batch, feats) = frozen(model, set, &idx, user_of)?;
         let uu = batch.users.len();
-        for (j, w) in draws.iter().enumerate() {
+        for (j, w) in draws.w.iter().enumerate() {
             let flat: Vec<f64> = (0..uu).flat_map(|_| w.iter().copied()).collect();
             let wt = Tensor::from_vec(flat, (uu, k), &model.device)?.to_dtype(model.dtype)?;
             let (mg, _) = model.margins_from(&feats, &batch, &wt, None)?;
@@ -350,18 +454,52 @@ fn posterior_curve(
         }
     }
 
-    // ŵ = w̄ + Σ_j (ω_j − 1/M)·w_j, floored and renormalised only when a weight falls short.
-    let base = weighted(&draws, &uniform, k);
+    // Per user, the draws in their prior (all but their own atom's, when they have one).
+    let kept: Vec<Vec<bool>> = (0..n_users)
+        .map(|u| {
+            let mine = own(u);
+            let keep: Vec<bool> = draws
+                .atom
+                .iter()
+                .map(|a| mine.is_none() || *a != mine)
+                .collect();
+            if keep.iter().any(|&x| x) {
+                keep
+            } else {
+                vec![true; m]
+            }
+        })
+        .collect();
+
+    // ŵ = w̄ + Σ_j ω_j·w_j − Σ_j π_j·w_j (π: the prior mass): the posterior mean, shifted by
+    // the draws' own sampling error so that no evidence gives w̄ exactly; floored and
+    // renormalised only when a weight falls short.
+    let base = weighted(&draws.w, &draws.mass, k);
     let mut out = Vec::with_capacity(ns.len());
     for per_n in &ll {
         let mut rows = Vec::with_capacity(n_users);
-        for lw in per_n {
-            let mx = lw.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x));
-            let e: Vec<f64> = lw.iter().map(|&x| (x - mx).exp()).collect();
+        for (u, lw) in per_n.iter().enumerate() {
+            // log(π_j) + log-likelihood, over the draws in this user's prior.
+            let lp: Vec<f64> = lw
+                .iter()
+                .zip(&draws.mass)
+                .zip(&kept[u])
+                .map(
+                    |((&x, &p), &keep)| {
+                        if keep {
+                            x + p.ln()
+                        } else {
+                            f64::NEG_INFINITY
+                        }
+                    },
+                )
+                .collect();
+            let mx = lp.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x));
+            let e: Vec<f64> = lp.iter().map(|&x| (x - mx).exp()).collect();
             let s: f64 = e.iter().sum();
             let omega: Vec<f64> = e.iter().map(|x| x / s).collect();
-            let post = weighted(&draws, &omega, k);
-            let mut w: Vec<f64> = (0..k).map(|j| prior.zero[j] + post[j] - base[j]).collect();
+            let post = weighted(&draws.w, &omega, k);
+            let mut w: Vec<f64> = (0..k).map(|j| zero[j] + post[j] - base[j]).collect();
             if w.iter().any(|&x| x < W_FLOOR) {
                 w.iter_mut().for_each(|x| *x = x.max(W_FLOOR));
                 let s: f64 = w.iter().sum();
@@ -374,7 +512,17 @@ fn posterior_curve(
     Ok(out)
 }
 
-/// Logits per N of `ns` (`[ns][user][K]`) for users whose shots, in order, are `shots`.
+/// The importance sampler's draws for `est` (`posterior` or `empirical`).
+fn draws_for(model: &PalModel, est: Estimator, prior: &Prior, cfg: &FewShotConfig) -> Draws {
+    let (k, t) = (model.cfg.k, model.cfg.temperature);
+    match est {
+        Estimator::Empirical => empirical_draws(prior, cfg, k, t),
+        _ => gaussian_draws(prior, cfg, k, t),
+    }
+}
+
+/// Logits per N of `ns` (`[ns][user][K]`) for users whose shots, in order, are `shots`
+/// (`own`: a local user's model row when they are a seen user, see [`importance_curve`]).
 #[allow(clippy::too_many_arguments)]
 fn fit_curve(
     model: &PalModel,
@@ -382,12 +530,14 @@ fn fit_curve(
     shots: &[Vec<usize>],
     ns: &[usize],
     user_of: &dyn Fn(u32) -> u32,
+    own: &dyn Fn(usize) -> Option<u32>,
     est: Estimator,
     prior: &Prior,
     cfg: &FewShotConfig,
 ) -> Result<Vec<Vec<Vec<f64>>>> {
-    if est == Estimator::Posterior {
-        return posterior_curve(model, set, shots, ns, user_of, prior, cfg);
+    if matches!(est, Estimator::Posterior | Estimator::Empirical) {
+        let draws = draws_for(model, est, prior, cfg);
+        return importance_curve(model, set, shots, ns, user_of, own, &draws, &prior.zero);
     }
     let mut out = Vec::with_capacity(ns.len());
     for &n in ns {
@@ -436,14 +586,15 @@ pub fn fit_new_user(
     let prior = Prior::of(model)?;
     let all: Vec<usize> = (0..comparisons.comps.len()).collect();
     let row = match est {
-        Estimator::Posterior => posterior_curve(
+        Estimator::Posterior | Estimator::Empirical => importance_curve(
             model,
             comparisons,
             &[all.clone()],
             &[all.len()],
             &|_| 0,
-            &prior,
-            cfg,
+            &|_| None,
+            &draws_for(model, est, &prior, cfg),
+            &prior.zero,
         )?
         .remove(0)
         .remove(0),
@@ -597,7 +748,17 @@ pub fn few_shot_curve(
     let row_of = move |u: u32| local[u as usize];
 
     let zero_shot = score(model, set, &sp, &zero_table(model)?, &|_| 0, false, opts)?;
-    let fits = fit_curve(model, set, &sp.shots, ns, &row_of, est, &prior, cfg)?;
+    let fits = fit_curve(
+        model,
+        set,
+        &sp.shots,
+        ns,
+        &row_of,
+        &|_| None,
+        est,
+        &prior,
+        cfg,
+    )?;
     let mut points = Vec::with_capacity(ns.len());
     for (&n, rows) in ns.iter().zip(fits) {
         let adapted = if n == 0 {
@@ -646,8 +807,9 @@ pub fn few_shot_curve(
 
 /// Simulated few-shot on SEEN users: the comparisons of `seen` (a split of users the model was
 /// trained on, e.g. their validation or training pairs; never new users' data) go through the
-/// same protocol as new users, their own logits ignored, for `mle` and for `map` and
-/// `posterior` at several prior scales. Shot counts are those of `ns` above 0, the largest
+/// same protocol as new users, their own logits ignored (and their atom left out of the
+/// `empirical` prior), for `mle` and for `map`, `posterior` and `empirical` at several prior
+/// scales. Shot counts are those of `ns` above 0, the largest
 /// dropped while fewer than 10 users have enough comparisons; at most 100 users (seeded pick).
 /// Rows come in a fixed order; see [`choose`] for the pick.
 pub fn simulate_seen(
@@ -718,6 +880,12 @@ pub fn simulate_seen(
             cands.push((e, s));
         }
     }
+    for s in SIM_EMPIRICAL_SCALES {
+        cands.push((Estimator::Empirical, s));
+    }
+    // Each simulated user's own model row: their atom leaves their empirical prior.
+    let own_rows: Vec<Option<u32>> = sp.user_ids.iter().map(|id| model.user_row(id)).collect();
+    let own = |u: usize| own_rows[u];
     let mut out = Vec::with_capacity(cands.len());
     for (est, scale) in cands {
         let c = FewShotConfig {
@@ -725,7 +893,9 @@ pub fn simulate_seen(
             prior_scale: scale,
             ..cfg.clone()
         };
-        let fits = fit_curve(model, seen, &sp.shots, &sim_ns, &row_of, est, &prior, &c)?;
+        let fits = fit_curve(
+            model, seen, &sp.shots, &sim_ns, &row_of, &own, est, &prior, &c,
+        )?;
         let mut per_shots = Vec::with_capacity(sim_ns.len());
         for (&n, rows) in sim_ns.iter().zip(fits) {
             let table = model.eval_mixture(&rows_tensor(model, &rows)?)?.detach();

@@ -34,6 +34,7 @@ pub(crate) mod stream {
     pub const FEW_SHOT: u64 = 4;
     pub const POSTERIOR: u64 = 5;
     pub const SIMULATE: u64 = 6;
+    pub const EMPIRICAL: u64 = 7;
 }
 
 /// A ChaCha8 RNG for `seed` on `stream`.

@@ -663,7 +663,7 @@ fn map_and_posterior_converge_to_the_true_mixture_and_start_at_zero_shot() {
     let (model, items) = small_pal_b();
     let zero = model.zero_shot_mixture().unwrap();
     let truth = [0.85, 0.15];
-    for est in [Estimator::Map, Estimator::Posterior] {
+    for est in [Estimator::Map, Estimator::Posterior, Estimator::Empirical] {
         let cfg = FewShotConfig {
             estimator: est,
             ..FewShotConfig::default()
@@ -682,11 +682,19 @@ fn map_and_posterior_converge_to_the_true_mixture_and_start_at_zero_shot() {
             let w = mixture_of(&model, &fit_new_user(&model, &set, &cfg).unwrap());
             (w[0] - truth[0]).abs()
         };
-        let errs: Vec<f64> = [5, 50, 2000].iter().map(|&n| err(n)).collect();
-        eprintln!("{est}: |w - w*| at 5, 50, 2000 comparisons: {errs:?} (zero-shot {zero:?})");
-        assert!(errs[2] < 0.05, "{est}: {errs:?}");
-        assert!(errs[2] < errs[0], "{est}: {errs:?}");
-        assert!(errs[2] < (zero[0] - truth[0]).abs(), "{est}: {errs:?}");
+        // The empirical prior puts 0.9 of its mass near the six seen users' mixtures, so at
+        // 2,000 comparisons (w still loosely identified here: map is 0.22 off at 50) it may
+        // sit on the nearest atom; 20,000 leave no doubt.
+        let errs: Vec<f64> = [5, 50, 2000, 20000].iter().map(|&n| err(n)).collect();
+        eprintln!(
+            "{est}: |w - w*| at 5, 50, 2,000, 20,000 comparisons: {errs:?} (zero-shot {zero:?})"
+        );
+        assert!(errs[3] < 0.05, "{est}: {errs:?}");
+        assert!(errs[3] < errs[0], "{est}: {errs:?}");
+        assert!(errs[3] < (zero[0] - truth[0]).abs(), "{est}: {errs:?}");
+        if est != Estimator::Empirical {
+            assert!(errs[2] < 0.05, "{est}: {errs:?}");
+        }
     }
 }
 
@@ -705,7 +713,12 @@ fn curve_scores_every_n_on_the_same_queries_and_counts_exclusions() {
             ..x
         }));
     }
-    for est in [Estimator::Map, Estimator::Posterior, Estimator::Mle] {
+    for est in [
+        Estimator::Map,
+        Estimator::Posterior,
+        Estimator::Empirical,
+        Estimator::Mle,
+    ] {
         let cfg = FewShotConfig {
             estimator: est,
             ..FewShotConfig::default()

@@ -149,11 +149,11 @@ pub struct AdaptParams {
     pub steps: usize,
     #[serde(default)]
     pub seed: u64,
-    /// auto | map | posterior | mle (see `pal::Estimator`). Default auto: the winner of the
+    /// auto | map | posterior | empirical | mle (see `pal::Estimator`). Default auto: the winner of the
     /// simulation on `tune_split` when one is named, `posterior` otherwise.
     #[serde(default)]
     pub estimator: Estimator,
-    /// Prior scale of `map` / `posterior` when no `tune_split` picks it. Default 1.
+    /// Prior scale of `map` / `posterior` / `empirical` when no `tune_split` picks it. Default 1.
     #[serde(default = "default_prior_scale")]
     pub prior_scale: f64,
     /// Split of SEEN users' comparisons (their training or validation pairs) on which a
