@@ -7,6 +7,9 @@
 #   make bench   benchmarks (see bench/README.md)
 #   make build-cuda  CUDA 13.4 from PyPI into ~/.cache/palpipe/cuda, then a --features cuda
 #                    build in its own target dir (see README.md, "CUDA build")
+#   make mkl         Intel MKL (static) from PyPI into ~/.cache/palpipe/mkl (optional)
+#   make build-mkl   a --features mkl build in its own target dir; `make bench` uses it when
+#                    `make mkl` has been run
 #
 # Builds go to $(CARGO_TARGET_DIR) (default ~/.cache/palpipe/target), outside the clone, so
 # a fresh clone reuses compiled dependencies.
@@ -20,7 +23,7 @@ DEMO_STORE ?= palstore-demo
 LEAKAGE_STORE ?= palstore-demo-leakage
 BINDIR ?= $(HOME)/.cargo/bin
 
-.PHONY: setup protoc models pyref build install demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack
+.PHONY: setup protoc models pyref build install demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack mkl build-mkl
 
 setup: protoc models pyref
 
@@ -105,7 +108,7 @@ test: setup
 	cargo test --no-fail-fast -- --test-threads 2
 
 bench: setup
-	bash bench/run.sh
+	MKL_PREFIX="$(MKL_PREFIX)" MKL_TARGET_DIR="$(MKL_TARGET_DIR)" bash bench/run.sh
 
 lint:
 	cargo fmt --all -- --check
@@ -194,3 +197,43 @@ device-pack: build-cuda
 	strip -o .device/palpipe $(CUDA_TARGET_DIR)/debug/palpipe
 	xz -6 -T0 -f .device/palpipe
 	@ls -l .device/palpipe.xz
+
+# MKL build (optional). candle's `mkl` feature links Intel MKL statically through
+# intel-mkl-src (configuration mkl-static-lp64-iomp: MKL's LP64 interface, its OpenMP threading
+# layer, Intel's OpenMP runtime). The static libraries come from PyPI (mkl-static, which
+# brings intel-openmp; mkl-include for mkl.h) into a venv under $(MKL_PREFIX). intel-mkl-src's
+# build script finds them through $$MKLROOT, walking that folder for mkl.h, libmkl_core.a and
+# libiomp5.a/.so; the wheels put libiomp5.so beside libiomp5.a, and the linker would take the
+# shared one, so MKLROOT is $(MKL_PREFIX)/root: links to mkl.h, mkl_version.h and the static
+# archives only. The binary then needs nothing from $(MKL_PREFIX) at run time (check:
+# `ldd` shows no libiomp5). MKL reads MKL_NUM_THREADS / OMP_NUM_THREADS; candle's own ops
+# use RAYON_NUM_THREADS. The build has its own target dir so that it never invalidates
+# $(CARGO_TARGET_DIR); when that dir does not exist yet it starts as a copy of
+# $(CARGO_TARGET_DIR), which saves compiling the dependencies MKL does not change.
+MKL_PREFIX ?= $(HOME)/.cache/palpipe/mkl
+MKL_TARGET_DIR ?= $(HOME)/.cache/palpipe/target-mkl
+MKL_VERSION_PIN ?= 2026.2.0
+MKL_ROOT := $(MKL_PREFIX)/root
+
+mkl: $(MKL_ROOT)/lib/libmkl_core.a
+
+$(MKL_ROOT)/lib/libmkl_core.a:
+	@echo "installing MKL $(MKL_VERSION_PIN) (static) from PyPI into $(MKL_PREFIX)"
+	@test -x $(MKL_PREFIX)/venv/bin/python || python3 -m venv $(MKL_PREFIX)/venv
+	$(MKL_PREFIX)/venv/bin/python -m pip install -q \
+	  mkl-static==$(MKL_VERSION_PIN) mkl-include==$(MKL_VERSION_PIN)
+	@mkdir -p $(MKL_ROOT)/lib $(MKL_ROOT)/include
+	@for f in mkl.h mkl_version.h; do \
+	  test -f $(MKL_PREFIX)/venv/include/$$f || { echo "error: $(MKL_PREFIX)/venv/include/$$f is missing"; exit 1; }; \
+	  ln -sfn $(MKL_PREFIX)/venv/include/$$f $(MKL_ROOT)/include/$$f; done
+	@for f in libmkl_intel_lp64.a libmkl_intel_thread.a libmkl_core.a libiomp5.a; do \
+	  test -f $(MKL_PREFIX)/venv/lib/$$f || { echo "error: $(MKL_PREFIX)/venv/lib/$$f is missing"; exit 1; }; \
+	  ln -sfn $(MKL_PREFIX)/venv/lib/$$f $(MKL_ROOT)/lib/$$f; done
+	@echo "MKLROOT for the build: $(MKL_ROOT)"
+
+build-mkl: setup mkl
+	@test -d $(MKL_TARGET_DIR) || ! test -d $(CARGO_TARGET_DIR)/debug || { \
+	  echo "seeding $(MKL_TARGET_DIR) from $(CARGO_TARGET_DIR)"; \
+	  cp -a $(CARGO_TARGET_DIR) $(MKL_TARGET_DIR); }
+	MKLROOT="$(MKL_ROOT)" CARGO_TARGET_DIR="$(MKL_TARGET_DIR)" cargo build --features mkl --bin palpipe
+	@echo "built $(MKL_TARGET_DIR)/debug/palpipe (Intel MKL, static)"

@@ -174,6 +174,11 @@ def main():
         print(f"{m:<{width}}{cells}   {rtxt}")
     if len(tools) > 1:
         print(f"ratio = {first} median / {tools[1][0]} median (for times in ms, above 1 is slower)")
+    for other, _ in (tools[2:] if quotable else []):
+        cells = [f"{m} {ratios[f'{first}/{other} {m}']:.2f}" for m in args.metric
+                 if f"{first}/{other} {m}" in ratios]
+        if cells:
+            print(f"{first} / {other}: " + ", ".join(cells))
     loads = [x["load_before"][0] for rs in runs.values() for x in rs]
     print(f"load average before runs: {min(loads):.2f}–{max(loads):.2f} (limit {limit:.1f}); "
           f"written {args.out}")

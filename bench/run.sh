@@ -8,6 +8,13 @@
 #   ROUNDS=5 THREADS=2 bash bench/run.sh   # interleaved rounds per tool; threads each tool uses
 #   BENCH_VENV=/path/to/venv bash bench/run.sh
 #   PAL=0 MINILM=0 bash bench/run.sh  # only the embedding-cache and CLIP sections
+#   MKL=both bash bench/run.sh        # the PAL and MiniLM sections with both palpipe builds
+#
+# Which palpipe build (MKL): `auto` (default) takes the Intel MKL build (`make build-mkl`,
+# built here when missing) when `make mkl` has installed MKL under MKL_PREFIX, else the plain
+# build; `1` requires the MKL build, `0` takes the plain one, `both` interleaves the MKL
+# build, the yardstick and the plain build in the PAL and MiniLM sections (the other
+# sections use the MKL build). Every result file names the build in `versions`.
 #
 # Sections, each skipped with its variable set to 0: PAL (PAL head vs PyTorch), MINILM
 # (MiniLM vs sentence-transformers), CACHE (the embedding cache, `palpipe embed` three
@@ -26,8 +33,41 @@ VENV=${BENCH_VENV:-/tmp/benchvenv}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/palpipe/target}
 
 # The dev profile: dependencies at opt-level 3, our crate at opt-level 1 (see Cargo.toml).
-cargo build --quiet --bin palpipe
-BIN="$CARGO_TARGET_DIR/debug/palpipe"
+# PLAIN is the build without features; MKLBIN, when MKL is used, the `--features mkl` build
+# in its own target dir (Makefile, `build-mkl`); BIN is the one the single-tool sections run.
+MKL_PREFIX=${MKL_PREFIX:-$HOME/.cache/palpipe/mkl}
+export MKL_TARGET_DIR=${MKL_TARGET_DIR:-$HOME/.cache/palpipe/target-mkl}
+MKL_MODE=${MKL:-auto}
+case "$MKL_MODE" in
+    auto) if [ -f "$MKL_PREFIX/root/lib/libmkl_core.a" ]; then BUILDS="mkl"; else BUILDS="plain"; fi ;;
+    1) BUILDS="mkl" ;;
+    0) BUILDS="plain" ;;
+    both) BUILDS="mkl plain" ;;
+    *) echo "error: MKL must be auto, 1, 0 or both, got '$MKL_MODE'" >&2; exit 2 ;;
+esac
+PROFILE="dev (dependencies opt-level 3, palpipe opt-level 1)"
+MKL_DESC="Intel MKL $(cat "$MKL_PREFIX/venv/lib/python3"*/site-packages/mkl_static-*.dist-info/METADATA 2>/dev/null \
+    | sed -n 's/^Version: //p' | head -1) from PyPI, static (mkl-static-lp64-iomp)"
+if [[ " $BUILDS " == *" mkl "* ]]; then
+    make --no-print-directory build-mkl MKL_PREFIX="$MKL_PREFIX" >&2
+    MKLBIN="$MKL_TARGET_DIR/debug/palpipe"
+    BIN=$MKLBIN
+fi
+if [[ " $BUILDS " == *" plain "* ]]; then
+    cargo build --quiet --bin palpipe
+    PLAIN="$CARGO_TARGET_DIR/debug/palpipe"
+    BIN=${MKLBIN:-$PLAIN}
+fi
+# MKL's threads (Intel OpenMP) get the same count as candle's rayon pool and PyTorch.
+export MKL_NUM_THREADS=${MKL_NUM_THREADS:-${THREADS:-2}} OMP_NUM_THREADS=${OMP_NUM_THREADS:-${THREADS:-2}}
+# The build each palpipe tool name stands for, for the result files.
+BUILD_VERSIONS=()
+for b in $BUILDS; do
+    case $b in
+        mkl) BUILD_VERSIONS+=(--version "palpipe-mkl_build=--features mkl, $MKL_DESC, MKL_NUM_THREADS=$MKL_NUM_THREADS") ;;
+        plain) BUILD_VERSIONS+=(--version "palpipe_build=no features (candle's own gemm)") ;;
+    esac
+done
 
 # The MINILM and CACHE sections measure peak RSS and CPU time with GNU time (Debian: `time`).
 if { [ "${MINILM:-1}" != "0" ] || [ "${CACHE:-1}" != "0" ]; } && [ ! -x /usr/bin/time ]; then
@@ -61,16 +101,20 @@ pyver() { "$VENV/bin/python" -c "import $1; print($1.__version__)" 2>/dev/null |
 if [ "${PAL:-1}" != "0" ]; then
 COMMON="--n $N --steps $STEPS --warmup $WARMUP --eval-n $EVAL_N"
 for mode in distinct repeating; do
-    # A, B, A, B, …: the two tools alternate, ROUNDS rounds each; see bench/interleave.py.
+    # A, B, A, B, …: the tools alternate, ROUNDS rounds each; see bench/interleave.py. The
+    # first palpipe build comes first, so the printed ratio is it / PyTorch.
+    TOOLS=()
+    [ -n "${MKLBIN:-}" ] && TOOLS+=(--tool "palpipe-mkl=$MKLBIN bench-pal --$mode $COMMON")
+    [ -z "${MKLBIN:-}" ] && TOOLS+=(--tool "palpipe=$PLAIN bench-pal --$mode $COMMON")
+    TOOLS+=(--tool "pytorch=$VENV/bin/python bench/pal_reference.py --$mode $COMMON --threads $THREADS")
+    [ -n "${MKLBIN:-}" ] && [ -n "${PLAIN:-}" ] && TOOLS+=(--tool "palpipe=$PLAIN bench-pal --$mode $COMMON")
     RAYON_NUM_THREADS=$THREADS python3 bench/interleave.py --name "pal-$mode" \
-        --rounds "$ROUNDS" --threads "$THREADS" \
-        --tool "palpipe=$BIN bench-pal --$mode $COMMON" \
-        --tool "pytorch=$VENV/bin/python bench/pal_reference.py --$mode $COMMON --threads $THREADS" \
+        --rounds "$ROUNDS" --threads "$THREADS" "${TOOLS[@]}" \
         --metric train_comparisons_per_s --metric eval_comparisons_per_s \
         --metric phases_ms_per_step.forward --metric phases_ms_per_step.backward \
         --metric phases_ms_per_step.optimizer \
         --version "torch=$(pyver torch)" --version "candle=$CANDLE_VERSION" \
-        --version "palpipe_profile=dev (dependencies opt-level 3, palpipe opt-level 1)" \
+        --version "palpipe_profile=$PROFILE" "${BUILD_VERSIONS[@]}" \
         --out "bench/results/${DATE}-pal-$mode.json"
 done
 fi
@@ -91,21 +135,35 @@ if [ "${MINILM:-1}" != "0" ]; then
         "$VENV/bin/pip" install --quiet --no-deps sentence-transformers
     fi
     cat "$PERSONA"/*.jsonl > "$MTMP/persona.jsonl"
-    TESTBIN=$(cargo test --quiet --lib --no-run --message-format=json 2>/dev/null \
-        | python3 -c 'import json, sys
+    # The library's test binary of a build: lib_testbin [cargo test arguments]
+    lib_testbin() {
+        cargo test --quiet --lib --no-run --message-format=json "$@" 2>/dev/null \
+            | python3 -c 'import json, sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["lib"]:
-        print(m["executable"])')
-    [ -x "$TESTBIN" ] || { echo "error: could not find the library test binary" >&2; exit 1; }
+        print(m["executable"])'
+    }
+    TOOLS=()
+    if [ -n "${MKLBIN:-}" ]; then
+        MKLTEST=$(MKLROOT="$MKL_PREFIX/root" CARGO_TARGET_DIR="$MKL_TARGET_DIR" lib_testbin --features mkl)
+        [ -x "$MKLTEST" ] || { echo "error: could not find the MKL build's library test binary" >&2; exit 1; }
+        TOOLS+=(--tool "palpipe-mkl=bash bench/minilm_palpipe.sh $MKLTEST $MTMP/persona.jsonl 32")
+    fi
+    if [ -n "${PLAIN:-}" ]; then
+        TESTBIN=$(lib_testbin)
+        [ -x "$TESTBIN" ] || { echo "error: could not find the library test binary" >&2; exit 1; }
+        PLAINTOOL=(--tool "palpipe=bash bench/minilm_palpipe.sh $TESTBIN $MTMP/persona.jsonl 32")
+        [ -z "${MKLBIN:-}" ] && TOOLS+=("${PLAINTOOL[@]}")
+    fi
+    TOOLS+=(--tool "sentence-transformers=$VENV/bin/python bench/minilm_reference.py --batch 32 --threads $THREADS --rounds 1 $PERSONA/*.jsonl")
+    [ -n "${MKLBIN:-}" ] && [ -n "${PLAIN:-}" ] && TOOLS+=("${PLAINTOOL[@]}")
     RAYON_NUM_THREADS=$THREADS python3 bench/interleave.py --name minilm \
-        --rounds "$ROUNDS" --threads "$THREADS" \
-        --tool "palpipe=bash bench/minilm_palpipe.sh $TESTBIN $MTMP/persona.jsonl 32" \
-        --tool "sentence-transformers=$VENV/bin/python bench/minilm_reference.py --batch 32 --threads $THREADS --rounds 1 $PERSONA/*.jsonl" \
+        --rounds "$ROUNDS" --threads "$THREADS" "${TOOLS[@]}" \
         --metric median_sentences_per_s \
         --version "torch=$(pyver torch)" --version "sentence_transformers=$(pyver sentence_transformers)" \
         --version "candle=$CANDLE_VERSION" \
-        --version "palpipe_profile=dev (dependencies opt-level 3, palpipe opt-level 1)" \
+        --version "palpipe_profile=$PROFILE" "${BUILD_VERSIONS[@]}" \
         --out "bench/results/${DATE}-minilm.json"
 fi
 
