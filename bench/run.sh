@@ -47,7 +47,7 @@ case "$MKL_MODE" in
 esac
 PROFILE="dev (dependencies opt-level 3, palpipe opt-level 1)"
 MKL_DESC="Intel MKL $(cat "$MKL_PREFIX/venv/lib/python3"*/site-packages/mkl_static-*.dist-info/METADATA 2>/dev/null \
-    | sed -n 's/^Version: //p' | head -1) from PyPI, static (mkl-static-lp64-iomp)"
+    | sed -n 's/^Version: //p' | head -1 || true) from PyPI, static (mkl-static-lp64-iomp)"
 if [[ " $BUILDS " == *" mkl "* ]]; then
     make --no-print-directory build-mkl MKL_PREFIX="$MKL_PREFIX" >&2
     MKLBIN="$MKL_TARGET_DIR/debug/palpipe"

@@ -962,6 +962,7 @@ fn spilled_runs_and_row_order_leave_the_same_rows_in_the_same_order() {
         ("pairs", "pair_id"),
         ("items", "item_id"),
         ("prompts", "prompt_id"),
+        ("users", "user_id"),
     ] {
         let ids = |store: &Path| -> Vec<String> {
             query(store, &format!("SELECT {id} FROM {table}"))

@@ -295,12 +295,28 @@ impl TextEncoder for ClipEncoder {
     }
 }
 
-/// Decodes an encoded image (PNG or JPEG); `what` names it in the error.
+/// The largest side, in pixels, of an image [`decode_image`] accepts.
+pub const MAX_IMAGE_SIDE: u32 = 8192;
+/// The most memory, in bytes, one decode may allocate (256 MiB: an 8192² RGBA image).
+pub const MAX_IMAGE_ALLOC: u64 = 256 << 20;
+
+/// Decodes an encoded image (PNG or JPEG); `what` names it in the error. Sides over
+/// [`MAX_IMAGE_SIDE`] or a decode needing more than [`MAX_IMAGE_ALLOC`] bytes are errors, so
+/// a small compressed file cannot expand into gigabytes.
 pub fn decode_image(bytes: &[u8], what: &str) -> Result<DynamicImage, EmbedError> {
-    image::load_from_memory(bytes).map_err(|e| EmbedError::Image {
+    let bad = |reason: String| EmbedError::Image {
         what: what.to_string(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| bad(e.to_string()))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(MAX_IMAGE_ALLOC);
+    reader.limits(limits);
+    reader.decode().map_err(|e| bad(e.to_string()))
 }
 
 /// OpenAI CLIP preprocessing: RGB, shortest side → `size` (bicubic), centre crop

@@ -471,10 +471,24 @@ fn importance_curve(
         })
         .collect();
 
-    // ŵ = w̄ + Σ_j ω_j·w_j − Σ_j π_j·w_j (π: the prior mass): the posterior mean, shifted by
-    // the draws' own sampling error so that no evidence gives w̄ exactly; floored and
+    // ŵ = w̄ + Σ_j ω_j·w_j − Σ_j π_j·w_j (π: the prior mass over this user's draws,
+    // renormalised when their own atom is left out): the posterior mean, shifted by the
+    // draws' own sampling error so that no evidence gives w̄ exactly; floored and
     // renormalised only when a weight falls short.
-    let base = weighted(&draws.w, &draws.mass, k);
+    let bases: Vec<Vec<f64>> = kept
+        .iter()
+        .map(|keep| {
+            let mass: Vec<f64> = draws
+                .mass
+                .iter()
+                .zip(keep)
+                .map(|(&p, &k)| if k { p } else { 0.0 })
+                .collect();
+            let total: f64 = mass.iter().sum();
+            let mass: Vec<f64> = mass.iter().map(|p| p / total).collect();
+            weighted(&draws.w, &mass, k)
+        })
+        .collect();
     let mut out = Vec::with_capacity(ns.len());
     for per_n in &ll {
         let mut rows = Vec::with_capacity(n_users);
@@ -499,6 +513,7 @@ fn importance_curve(
             let s: f64 = e.iter().sum();
             let omega: Vec<f64> = e.iter().map(|x| x / s).collect();
             let post = weighted(&draws.w, &omega, k);
+            let base = &bases[u];
             let mut w: Vec<f64> = (0..k).map(|j| zero[j] + post[j] - base[j]).collect();
             if w.iter().any(|&x| x < W_FLOOR) {
                 w.iter_mut().for_each(|x| *x = x.max(W_FLOOR));

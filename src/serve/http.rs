@@ -128,9 +128,13 @@ pub async fn serve(
     // comes to trigger it; what waits at shutdown is written after the last request.
     let all: Vec<Arc<Scorer>> = scorers.clone();
     let ticking = all.clone();
+    // The ticker is stopped by a flag and awaited, never aborted: an abort could land in the
+    // middle of a write and lose the vectors it had taken.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
     let ticker = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-        loop {
+        while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
             tick.tick().await;
             for s in &ticking {
                 s.flush_pending(false).await;
@@ -164,9 +168,19 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| ServeError::Internal(format!("the server stopped: {e}")));
-    ticker.abort();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = ticker.await;
+    // What still waits is written now; another process holding the store's writer lock gets
+    // a few seconds to let go before the vectors are given up (with a warning).
     for s in &all {
-        s.flush_pending(true).await;
+        for attempt in 0..8 {
+            if s.flush_pending(true).await {
+                break;
+            }
+            if attempt < 7 {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
     }
     served
 }
@@ -338,7 +352,7 @@ async fn score(State(app): State<Shared>, req: Request) -> ApiResult {
     };
     let prompt = match v.get("prompt") {
         None | Some(Value::Null) => None,
-        Some(p) => Some(Content::from_json(p, false, "prompt")?),
+        Some(p) => Some(no_file(Content::from_json(p, false, "prompt")?, "prompt")?),
     };
     let cands = array_field(&v, "candidates")?;
     if cands.is_empty() {

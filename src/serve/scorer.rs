@@ -257,19 +257,35 @@ impl Scorer {
     }
 
     /// Writes the vectors waiting for a batched write-back, when they are due (`force`: now,
-    /// whatever is waiting: at shutdown).
-    pub async fn flush_pending(&self, force: bool) {
+    /// whatever is waiting: at shutdown). Flushes of every model in this process take turns
+    /// (they share the store's writer lock); vectors a write could not store (the lock held
+    /// by another process, a failed append) go back to wait for the next flush. Returns
+    /// whether nothing is left waiting.
+    pub async fn flush_pending(&self, force: bool) -> bool {
+        static FLUSHES: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+        let _turn = FLUSHES
+            .get_or_init(|| tokio::sync::Mutex::new(()))
+            .lock()
+            .await;
         let rows = {
             let mut p = self.pending.lock().expect("pending vectors lock");
-            if p.is_empty() || !(force || p.due(self.write_back)) {
-                return;
+            if p.is_empty() {
+                return true;
+            }
+            if !(force || p.due(self.write_back)) {
+                return false;
             }
             p.take()
         };
         let n = rows.len() as u64;
-        if self.append_vectors(&rows).await {
-            self.pending.lock().expect("pending vectors lock").written += n;
+        let stored = self.append_vectors(&rows).await;
+        let mut p = self.pending.lock().expect("pending vectors lock");
+        if stored {
+            p.written += n;
+        } else {
+            p.add(&rows);
         }
+        stored && p.is_empty()
     }
 
     /// Whether candidates given as plain strings are image paths (the encoder is CLIP).
@@ -744,15 +760,18 @@ fn embed_new(
                 "images need a model trained on CLIP vectors",
             ));
         };
-        let mut decoded = Vec::with_capacity(images.len());
-        for (_, name, bytes) in &images {
-            decoded.push(
-                embed::clip::decode_image(bytes, name)
-                    .map_err(|e| ServeError::File(e.to_string()))?,
-            );
+        // A few decoded images at a time: a decoded image can be far larger than its bytes.
+        for chunk in images.chunks(8) {
+            let mut decoded = Vec::with_capacity(chunk.len());
+            for (_, name, bytes) in chunk {
+                decoded.push(
+                    embed::clip::decode_image(bytes, name)
+                        .map_err(|e| ServeError::File(e.to_string()))?,
+                );
+            }
+            let v = clip.embed_images(&decoded)?;
+            out.extend(chunk.iter().map(|(id, _, _)| id.clone()).zip(v));
         }
-        let v = clip.embed_images(&decoded)?;
-        out.extend(images.iter().map(|(id, _, _)| id.clone()).zip(v));
     }
     Ok(out)
 }

@@ -1295,8 +1295,11 @@ where
     /// Merges each table's runs and hands the rows on in chunks: one row per id, in id
     /// order. Counts the pairs (per split) and the repeated ones.
     fn finish(&mut self) -> Result<(), PrefError> {
+        // Users in id order too, so that row order in the files never shows in the store.
+        let mut users = std::mem::take(&mut self.users);
+        users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         let mut chunk = IngestBatch {
-            users: std::mem::take(&mut self.users),
+            users,
             ..IngestBatch::default()
         };
         let mut bytes = 0usize;

@@ -195,8 +195,12 @@ impl<'de> serde::de::Visitor<'de> for ValVisitor {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Val, A::Error> {
         let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(4));
+        // A repeated key keeps its last value, as serde_json's own maps do.
         while let Some((k, v)) = map.next_entry::<String, Val>()? {
-            fields.push((k, v));
+            match fields.iter_mut().find(|(name, _)| *name == k) {
+                Some(slot) => slot.1 = v,
+                None => fields.push((k, v)),
+            }
         }
         Ok(Val::Map(fields))
     }
