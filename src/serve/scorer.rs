@@ -262,18 +262,31 @@ impl Scorer {
     /// by another process, a failed append) go back to wait for the next flush. Returns
     /// whether nothing is left waiting.
     pub async fn flush_pending(&self, force: bool) -> bool {
-        static FLUSHES: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
-        let _turn = FLUSHES
-            .get_or_init(|| tokio::sync::Mutex::new(()))
-            .lock()
-            .await;
-        let rows = {
-            let mut p = self.pending.lock().expect("pending vectors lock");
+        static FLUSHES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        // Nothing waits or nothing is due: done, without touching the shared turn.
+        {
+            let p = self.pending.lock().expect("pending vectors lock");
             if p.is_empty() {
                 return true;
             }
             if !(force || p.due(self.write_back)) {
                 return false;
+            }
+        }
+        // A request's flush never waits behind another flush's write (the ticker comes back
+        // to what it leaves); only a forced one, at shutdown, waits for its turn.
+        let _turn = if force {
+            FLUSHES.lock().await
+        } else {
+            match FLUSHES.try_lock() {
+                Ok(turn) => turn,
+                Err(_) => return false,
+            }
+        };
+        let rows = {
+            let mut p = self.pending.lock().expect("pending vectors lock");
+            if p.is_empty() {
+                return true;
             }
             p.take()
         };
