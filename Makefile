@@ -23,9 +23,25 @@ DEMO_STORE ?= palstore-demo
 LEAKAGE_STORE ?= palstore-demo-leakage
 BINDIR ?= $(HOME)/.cargo/bin
 
-.PHONY: setup protoc models pyref build install demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack mkl build-mkl
+.PHONY: setup protoc models pyref moto build install demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack mkl build-mkl
 
-setup: protoc models pyref
+setup: protoc models pyref moto
+
+# moto's S3 server (moto[server] from PyPI) in a venv outside the clone, for tests/s3_cli.rs:
+# the tests start it on a free 127.0.0.1 port. Without it those tests fail (not skip) unless
+# PALPIPE_NO_S3_TESTS=1 is set.
+MOTO_VENV ?= $(HOME)/.cache/palpipe/venv-moto
+export PALPIPE_MOTO_PYTHON ?= $(MOTO_VENV)/bin/python
+moto: $(MOTO_VENV)/.moto-server
+
+$(MOTO_VENV)/.moto-server:
+	@echo "installing moto[server] from PyPI into $(MOTO_VENV)"
+	@test -x $(MOTO_VENV)/bin/python || python3 -m venv $(MOTO_VENV) || \
+	  { apt-get install -y -qq python3-venv >/dev/null 2>&1 || \
+	    (apt-get update -qq >/dev/null && apt-get install -y -qq python3-venv >/dev/null); \
+	    python3 -m venv $(MOTO_VENV); }
+	$(MOTO_VENV)/bin/python -m pip install -q 'moto[server]'
+	@touch $@
 
 # numpy + safetensors from PyPI in a venv outside the clone, for scripts/pal_reference_score.py
 # and the test that checks it agrees with `palpipe score` (tests/serve_cli.rs reads

@@ -7,11 +7,208 @@ use std::process::{Command, Output};
 /// The binary under test: `$PALPIPE_TEST_BIN` when set (worktrees that share one
 /// CARGO_TARGET_DIR overwrite each other's `target/debug/palpipe`; point this at your own
 /// `target/debug/deps/palpipe-<hash>`), else the one cargo built for this test.
+/// When this test process has started a moto server ([`s3_store`]), the command also gets
+/// the environment that points palpipe at it.
 pub fn bin() -> Command {
-    match std::env::var_os("PALPIPE_TEST_BIN").filter(|v| !v.is_empty()) {
+    let mut c = match std::env::var_os("PALPIPE_TEST_BIN").filter(|v| !v.is_empty()) {
         Some(b) => Command::new(b),
         None => Command::new(env!("CARGO_BIN_EXE_palpipe")),
+    };
+    if let Some(Some(m)) = MOTO.get() {
+        c.envs(m.env());
     }
+    c
+}
+
+/// The moto S3 server of this test process, started by the first [`s3_store`] (`None`
+/// inside: tests skipped by `PALPIPE_NO_S3_TESTS=1`).
+static MOTO: std::sync::OnceLock<Option<MotoServer>> = std::sync::OnceLock::new();
+
+/// A moto S3 server (`moto[server]` from PyPI) on a free 127.0.0.1 port, in a Python child
+/// that stops it when its stdin closes: when the handle is dropped, or when the test process
+/// ends in any way (a static is never dropped, so the pipe's end is the backstop).
+pub struct MotoServer {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+/// The Python that starts moto: port 0 lets the OS pick a free one, printed on stdout.
+const MOTO_MAIN: &str = "import sys
+from moto.server import ThreadedMotoServer
+s = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)
+s.start()
+print(s.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+s.stop()
+";
+
+impl MotoServer {
+    /// The Python of the moto venv: `$PALPIPE_MOTO_PYTHON`, else the one `make setup`
+    /// installs (`~/.cache/palpipe/venv-moto`).
+    pub fn python() -> PathBuf {
+        match std::env::var_os("PALPIPE_MOTO_PYTHON").filter(|v| !v.is_empty()) {
+            Some(p) => PathBuf::from(p),
+            None => PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/palpipe/venv-moto/bin/python"),
+        }
+    }
+
+    /// Starts moto, or `None` when `PALPIPE_NO_S3_TESTS=1`. Panics with a hint when moto is
+    /// not installed: the S3 tests never skip silently.
+    pub fn start() -> Option<MotoServer> {
+        use std::io::BufRead;
+        if std::env::var("PALPIPE_NO_S3_TESTS").as_deref() == Ok("1") {
+            eprintln!("skipped: PALPIPE_NO_S3_TESTS=1");
+            return None;
+        }
+        let python = Self::python();
+        let has_moto = Command::new(&python)
+            .args(["-c", "import moto.server, flask"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            has_moto,
+            "moto[server] is not installed for {} \nhint: run 'make setup' (or set \
+             PALPIPE_MOTO_PYTHON to a Python with moto[server]; PALPIPE_NO_S3_TESTS=1 skips these tests)",
+            python.display()
+        );
+        let log = std::env::temp_dir().join(format!("palpipe-moto-{}.log", std::process::id()));
+        let mut child = Command::new(&python)
+            .args(["-c", MOTO_MAIN])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("moto log file"))
+            .spawn()
+            .expect("start moto");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("moto stdout"))
+            .read_line(&mut line)
+            .expect("read moto's port");
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!(
+                "moto did not print its port (got {line:?}); its log: {}",
+                log.display()
+            )
+        });
+        Some(MotoServer { child, port })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What palpipe needs to reach the server: its endpoint, moto's keys, a region, few and
+    /// short retries (so a broken request fails a test quickly). No `AWS_ALLOW_HTTP`:
+    /// palpipe allows plain HTTP itself for an `http://` endpoint.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("OBJECT_STORE_CLIENT_MAX_RETRIES", "3".into()),
+            ("OBJECT_STORE_CLIENT_RETRY_TIMEOUT", "30".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// Creates bucket `name` (an unsigned `PUT /name`: moto does not check signatures).
+    pub fn create_bucket(&self, name: &str) {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("reach moto");
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            tcp,
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut reply = String::new();
+        let _ = tcp.read_to_string(&mut reply);
+        assert!(
+            reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"),
+            "creating bucket {name}: {reply}"
+        );
+    }
+}
+
+impl MotoServer {
+    /// The keys under `prefix` in `bucket` (an unsigned ListObjectsV2), sorted.
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("reach moto");
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            tcp,
+            "GET /{bucket}?list-type=2&prefix={prefix} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut reply = String::new();
+        let _ = tcp.read_to_string(&mut reply);
+        assert!(reply.starts_with("HTTP/1.1 200"), "listing {bucket}: {reply}");
+        assert!(
+            !reply.contains("<IsTruncated>true</IsTruncated>"),
+            "more than one page of keys under {prefix}"
+        );
+        let mut keys: Vec<String> = reply
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|part| part.split("</Key>").next())
+            .map(str::to_string)
+            .collect();
+        keys.sort();
+        keys
+    }
+}
+
+/// This process's moto server (after a [`s3_store`]).
+pub fn moto() -> &'static MotoServer {
+    MOTO.get()
+        .and_then(Option::as_ref)
+        .expect("s3_store() starts moto first")
+}
+
+/// The keys of an `s3://bucket/prefix` store under its `rel` (relative to the store),
+/// each relative to the store.
+pub fn store_keys(store: &Path, rel: &str) -> Vec<String> {
+    let uri = store.to_str().unwrap().strip_prefix("s3://").unwrap();
+    let (bucket, prefix) = uri.split_once('/').unwrap();
+    moto()
+        .keys(bucket, &format!("{prefix}/{rel}"))
+        .into_iter()
+        .map(|k| k[prefix.len() + 1..].to_string())
+        .collect()
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh, empty store on this process's moto server (`s3://<bucket>/store`, one bucket
+/// per call), or `None` when the S3 tests are skipped (`PALPIPE_NO_S3_TESTS=1`). Every
+/// command from [`bin`] (and so [`palpipe`], [`query`], …) then reaches moto.
+pub fn s3_store(name: &str) -> Option<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let moto = MOTO.get_or_init(MotoServer::start).as_ref()?;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    // Bucket names: 3-63 characters, lowercase letters, digits and hyphens.
+    let clean: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .take(40)
+        .collect();
+    let bucket = format!("pp-{clean}-{n}");
+    moto.create_bucket(&bucket);
+    Some(PathBuf::from(format!("s3://{bucket}/store")))
 }
 
 pub fn shared_data() -> PathBuf {
