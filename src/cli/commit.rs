@@ -21,7 +21,7 @@ pub struct CommitArgs {
 }
 
 pub async fn commit(ctx: &Ctx, a: CommitArgs) -> Result<(), CliError> {
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     let _lock = store.lock()?;
     let started = Instant::now();
     let outcome = commit_run(&store, &a.run_id, a.shards)

@@ -121,7 +121,7 @@ async fn find_item(store: &Store, id: &str) -> Result<Item, CliError> {
 }
 
 pub async fn show_image(ctx: &Ctx, a: ShowImageArgs) -> Result<(), CliError> {
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     let item = find_item(&store, &a.item_id).await?;
     if item.kind != "image" {
         return Err(CliError::usage(anyhow::anyhow!(
@@ -210,7 +210,7 @@ pub async fn contact_sheet(ctx: &Ctx, a: ContactSheetArgs) -> Result<(), CliErro
     if a.n == 0 {
         return Err(CliError::usage(anyhow::anyhow!("--n must be at least 1")));
     }
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     // Derived images, without their bytes: parent → children.
     let derived = items_of(
         &store

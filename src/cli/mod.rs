@@ -22,12 +22,13 @@ pub mod sql;
 pub mod vacuum;
 pub mod vectors;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
 use crate::pipeline::progress::Printer;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreLocation};
 
 /// palpipe: preference data → leakage-free splits → embeddings → personalized reward models.
 ///
@@ -37,8 +38,8 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, Parser)]
 #[command(name = "palpipe", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {
-    /// The store folder (default ./palstore, or the pipeline's `store:`).
-    #[arg(long, global = true, env = "PALPIPE_STORE", value_name = "DIR")]
+    /// The store: a folder, or s3://bucket/prefix (default ./palstore, or the pipeline's `store:`).
+    #[arg(long, global = true, env = "PALPIPE_STORE", value_name = "DIR|URI")]
     pub store: Option<PathBuf>,
     /// No status lines or progress bars on stderr (results and errors still print).
     #[arg(long, short, global = true)]
@@ -146,6 +147,7 @@ impl From<StoreError> for CliError {
     fn from(e: StoreError) -> CliError {
         let code = match e {
             StoreError::NotAFolder(_)
+            | StoreError::Location { .. }
             | StoreError::Sql(_)
             | StoreError::UnknownTable(_)
             | StoreError::NoSuchVersion { .. } => 2,
@@ -171,29 +173,49 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// The store folder: --store / PALPIPE_STORE, else `fallback` (a pipeline's `store:`),
-    /// else ./palstore.
-    fn store_path(&self, fallback: Option<&str>) -> PathBuf {
-        self.store_flag
-            .clone()
-            .or_else(|| fallback.map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("palstore"))
+    /// Where the store is: --store / PALPIPE_STORE, else `fallback` (a pipeline's `store:`),
+    /// else ./palstore; a remote store gets `options` (a pipeline's `store_options:`).
+    fn location(
+        &self,
+        fallback: Option<&str>,
+        options: &BTreeMap<String, String>,
+    ) -> Result<StoreLocation, CliError> {
+        let text = match (&self.store_flag, fallback) {
+            (Some(flag), _) => flag.to_string_lossy().into_owned(),
+            (None, Some(f)) => f.to_string(),
+            (None, None) => "palstore".to_string(),
+        };
+        Ok(StoreLocation::parse(&text, options)?)
     }
 
     /// The store a writing command (run, embed) fills, created when it does not exist.
     pub fn store(&self, fallback: Option<&str>) -> Result<Store, CliError> {
-        Ok(Store::open(self.store_path(fallback))?)
+        self.store_with(fallback, &BTreeMap::new())
+    }
+
+    /// As [`Ctx::store`], with a pipeline's `store_options:`.
+    pub fn store_with(
+        &self,
+        fallback: Option<&str>,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Store, CliError> {
+        Ok(Store::open_at(self.location(fallback, options)?)?)
     }
 
     /// The store a dry run plans against: as [`Ctx::store`], but nothing is created.
-    pub fn planned_store(&self, fallback: Option<&str>) -> Result<Store, CliError> {
-        Ok(Store::open_for_plan(self.store_path(fallback))?)
+    pub fn planned_store(
+        &self,
+        fallback: Option<&str>,
+        options: &BTreeMap<String, String>,
+    ) -> Result<Store, CliError> {
+        Ok(Store::open_for_plan_at(self.location(fallback, options)?)?)
     }
 
     /// The store a command reads (sql, tables, eval, search, …): it must exist already; a
-    /// missing folder is an error (exit 1) and nothing is created.
-    pub fn existing_store(&self) -> Result<Store, CliError> {
-        Ok(Store::open_existing(self.store_path(None))?)
+    /// missing folder (or a prefix with no table) is an error (exit 1) and nothing is
+    /// created.
+    pub async fn existing_store(&self) -> Result<Store, CliError> {
+        Ok(Store::open_existing_at(self.location(None, &BTreeMap::new())?).await?)
     }
 }
 

@@ -175,7 +175,7 @@ impl TrainArgs {
 
 pub async fn train(ctx: &Ctx, a: TrainArgs) -> Result<(), CliError> {
     let p = a.to_params()?;
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     let _lock = store.lock()?;
     let before = store.versions().await?;
     match pal_stages::train_model(&store, &a.name, &p, None, ctx.printer).await {
@@ -223,7 +223,7 @@ fn classify(e: anyhow::Error) -> CliError {
 }
 
 pub async fn eval(ctx: &Ctx, a: EvalArgs) -> Result<(), CliError> {
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     let _lock = store.lock()?;
     let Some(model) = a.model.clone() else {
         let all = super::eval_all::AllModels {
@@ -276,7 +276,7 @@ pub async fn eval(ctx: &Ctx, a: EvalArgs) -> Result<(), CliError> {
 }
 
 pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     let _lock = store.lock()?;
     let d = crate::pal::FewShotConfig::default();
     let p = AdaptParams {
@@ -424,7 +424,7 @@ pub struct SweepArgs {
 
 /// Trains and evaluates every (K, seed), then prints one row per K.
 pub async fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), CliError> {
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     let _lock = store.lock()?;
     let mut rows = Vec::new();
     for &k in &a.k {

@@ -57,8 +57,8 @@ async fn prototype_plot(
     if m.checkpoint.is_empty() {
         return Ok(None);
     }
-    let dir = store.root().join(&m.checkpoint);
-    let weights = dir.join(crate::pal::WEIGHTS_FILE);
+    let dir = store.local_dir(&m.checkpoint).await?;
+    let weights = dir.path.join(crate::pal::WEIGHTS_FILE);
     if !weights.is_file() {
         return Ok(None);
     }
@@ -71,7 +71,7 @@ async fn prototype_plot(
     }
     let protos: Vec<Vec<f64>> = p.to_dtype(candle_core::DType::F64)?.to_vec2()?;
     let protos: Vec<(f64, f64)> = protos.iter().map(|r| (r[0], r[1])).collect();
-    let model = crate::pal::PalModel::load(&dir)?;
+    let model = crate::pal::PalModel::load(&dir.path)?;
     let mut users = Vec::new();
     for u in model.user_ids() {
         let w = model.mixture(u)?;
@@ -187,7 +187,7 @@ async fn read_models(store: &Store) -> Result<Vec<ModelInfo>, CliError> {
 }
 
 pub async fn report(ctx: &Ctx, a: ReportArgs) -> Result<(), CliError> {
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     let runs = read_runs(&store).await?;
     let run = if a.run == "latest" {
         runs.last().cloned().ok_or_else(|| {

@@ -120,9 +120,9 @@ pub async fn run_pipeline(
     json: bool,
 ) -> Result<(), CliError> {
     let store = if opts.dry_run {
-        ctx.planned_store(p.store.as_deref())?
+        ctx.planned_store(p.store.as_deref(), &p.store_options)?
     } else {
-        ctx.store(p.store.as_deref())?
+        ctx.store_with(p.store.as_deref(), &p.store_options)?
     };
     let report = pipeline::run(p, &store, opts, ctx.printer)
         .await

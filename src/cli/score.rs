@@ -271,7 +271,7 @@ fn input_requests(
 }
 
 pub async fn score(ctx: &Ctx, a: ScoreArgs) -> Result<(), CliError> {
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     let default_user = match (&a.user, a.zero_shot) {
         (Some(u), _) => Some(UserSel::Id(u.clone())),
         (None, true) => Some(UserSel::ZeroShot),
@@ -402,7 +402,7 @@ pub async fn score(ctx: &Ctx, a: ScoreArgs) -> Result<(), CliError> {
 }
 
 pub async fn enroll(ctx: &Ctx, a: EnrollArgs) -> Result<(), CliError> {
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     let scorer = Scorer::open(&store, &a.model, a.encoder_dir.clone())
         .await
         .map_err(cli_err)?;
@@ -457,7 +457,7 @@ pub async fn enroll(ctx: &Ctx, a: EnrollArgs) -> Result<(), CliError> {
 }
 
 pub async fn serve_cmd(ctx: &Ctx, a: ServeArgs) -> Result<(), CliError> {
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     let token = match &a.token_file {
         Some(p) => {
             let t = std::fs::read_to_string(p).map_err(|e| {

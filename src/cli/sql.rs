@@ -56,7 +56,7 @@ fn parse_versions(specs: &[String]) -> Result<BTreeMap<String, u64>, CliError> {
 
 pub async fn sql(ctx: &Ctx, a: SqlArgs) -> Result<(), CliError> {
     let versions = parse_versions(&a.version_of)?;
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     let encoder: Arc<dyn QueryEncoder> = Arc::new(super::vectors::StoreEncoders::default());
     let session = store_sql::session_with(&store, &versions, Some(encoder)).await?;
     let result = store_sql::query_in(&session, &a.query).await?;
@@ -71,7 +71,7 @@ pub async fn sql(ctx: &Ctx, a: SqlArgs) -> Result<(), CliError> {
 pub async fn tables(ctx: &Ctx, a: TablesArgs) -> Result<(), CliError> {
     use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
     use std::sync::Arc;
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     let (mut names, mut versions, mut rows) = (Vec::new(), Vec::new(), Vec::new());
     for t in TABLES {
         let ds = store.dataset(t, None).await?;

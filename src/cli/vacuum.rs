@@ -45,7 +45,7 @@ fn parse_age(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn vacuum(ctx: &Ctx, a: VacuumArgs) -> Result<(), CliError> {
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     // A vacuum must not run beside a writer of this machine: a stage's staged files are young,
     // but its commit could read a version being removed.
     let _lock = store.lock()?;

@@ -149,7 +149,7 @@ pub async fn embed(ctx: &Ctx, a: EmbedArgs) -> Result<(), CliError> {
         .unwrap_or_default();
     let shard_note = match (&sharded, sink) {
         (Some((spec, _)), EmbedSink::Shard(w)) => {
-            let path = w.finish().map_err(shard_err)?;
+            let path = w.finish().await.map_err(shard_err)?;
             format!(
                 " (shard {}/{}, uncommitted; {} rows in other shards; metadata {})",
                 spec.index,
@@ -176,7 +176,7 @@ pub(crate) fn shard_err(e: ShardError) -> CliError {
 }
 
 pub async fn index(ctx: &Ctx, a: IndexArgs) -> Result<(), CliError> {
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     let _lock = store.lock()?;
     let rows = store.count("embeddings", None).await?;
     let partitions = a
@@ -277,7 +277,7 @@ impl QueryEncoder for StoreEncoders {
 }
 
 pub async fn search(ctx: &Ctx, a: SearchArgs) -> Result<(), CliError> {
-    let store = ctx.existing_store()?;
+    let store = ctx.existing_store().await?;
     let (encoder, q) =
         query_vector(&store, a.encoder.as_deref(), a.model_dir.clone(), &a.text).await?;
     let hits = vector::nearest(&store, &encoder, &q, a.k).await?;

@@ -244,14 +244,14 @@ impl ModelEntry {
         Ok(())
     }
 
-    fn load_pal(&self, store: &Store) -> anyhow::Result<PalModel> {
+    async fn load_pal(&self, store: &Store) -> anyhow::Result<PalModel> {
         if self.row.kind == "popularity" {
             anyhow::bail!(
                 "model '{}' is the popularity baseline, which has no users to adapt",
                 self.row.name
             );
         }
-        Ok(PalModel::load(&store.root().join(&self.row.checkpoint))?)
+        Ok(load_checkpoint(store, &self.row.checkpoint).await?)
     }
 }
 
@@ -456,15 +456,9 @@ pub async fn train_model(
         .extra
         .insert("train_report".into(), serde_json::to_value(&report)?);
     let rel = PathBuf::from("checkpoints").join(name);
-    let dir = store.root().join(&rel);
-    let tmp = store
-        .root()
-        .join("checkpoints")
-        .join(format!(".{name}.tmp"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    model.save(&tmp)?;
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir)?;
+    store
+        .save_dir(&format!("checkpoints/{name}"), |dir| Ok(model.save(dir)?))
+        .await?;
     let card_json = serde_json::to_string(&model.card())?;
     let row = ModelRow {
         name: name.to_string(),
@@ -522,7 +516,7 @@ pub async fn eval_model(
     let report = if entry.row.kind == "popularity" {
         popularity_eval(store, &entry.row.train_split, &p.split, &opts).await?
     } else {
-        let model = entry.load_pal(store)?;
+        let model = entry.load_pal(store).await?;
         let encoder = entry.row.encoder_id.clone().unwrap_or_default();
         let data = load_split(store, &p.split, &encoder).await?;
         tokio::task::spawn_blocking(move || evaluate(&model, &data.set, &opts)).await??
@@ -731,7 +725,7 @@ fn ci_users(r: &EvalReport) -> Option<[f64; 2]> {
 /// records the rows as the model's `adapt:<users>` metric.
 pub async fn adapt_model(store: &Store, p: &AdaptParams) -> anyhow::Result<AdaptOutcome> {
     let entry = ModelEntry::find(store, &p.model).await?;
-    let model = entry.load_pal(store)?;
+    let model = entry.load_pal(store).await?;
     let encoder = entry.row.encoder_id.clone().unwrap_or_default();
     let data = load_split(store, &p.users, &encoder).await?;
     let seen: HashSet<&str> = model.user_ids().iter().map(String::as_str).collect();
@@ -831,4 +825,10 @@ pub async fn adapt_model(store: &Store, p: &AdaptParams) -> anyhow::Result<Adapt
         )
         .await?;
     Ok(out)
+}
+
+/// Loads the checkpoint stored at `rel` (a folder of the store, local or remote).
+pub async fn load_checkpoint(store: &Store, rel: &str) -> anyhow::Result<PalModel> {
+    let dir = store.local_dir(rel).await?;
+    Ok(PalModel::load(&dir.path)?)
 }

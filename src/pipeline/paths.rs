@@ -46,7 +46,11 @@ impl Bases {
     }
 
     /// The pipeline's `store:` value, made absolute against the file's folder.
+    /// A URI (`s3://bucket/prefix`) is kept as it is.
     pub fn store(&self, store: &str) -> String {
+        if store.contains("://") {
+            return store.to_string();
+        }
         self.absolute(Path::new(store), false)
             .to_string_lossy()
             .into_owned()

@@ -67,6 +67,8 @@ struct RawPipeline {
     description: Option<String>,
     #[serde(default)]
     store: Option<String>,
+    #[serde(default)]
+    store_options: BTreeMap<String, Value>,
     stages: Vec<Mapping>,
     #[serde(default)]
     splits: BTreeMap<String, String>,
@@ -80,6 +82,9 @@ pub struct Pipeline {
     pub description: Option<String>,
     /// The `store:` value, made absolute against the file's folder.
     pub store: Option<String>,
+    /// The `store_options:` map: options for a store on object storage (`aws_region`,
+    /// `aws_endpoint`, `allow_http`, …), passed to lance's object store as they are.
+    pub store_options: BTreeMap<String, String>,
     pub stages: Vec<Stage>,
     pub splits: BTreeMap<String, String>,
 }
@@ -265,6 +270,11 @@ impl Pipeline {
             name: raw.name,
             description: raw.description,
             store: raw.store.map(|s| bases.store(&s)),
+            store_options: raw
+                .store_options
+                .into_iter()
+                .map(|(k, v)| (k, option_text(&v)))
+                .collect(),
             stages,
             splits: raw.splits,
         };
@@ -292,4 +302,18 @@ pub fn read_params<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, Pa
         path: e.path().to_string(),
         message: e.inner().to_string(),
     })
+}
+
+/// A `store_options:` value as the text lance's options take: strings as they are, numbers
+/// and booleans as written.
+fn option_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    }
 }

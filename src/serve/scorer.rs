@@ -194,8 +194,11 @@ impl Scorer {
                 row.kind
             )));
         }
-        let dir = store.root().join(&row.checkpoint);
-        let model = tokio::task::spawn_blocking(move || PalModel::load(&dir))
+        let dir = store
+            .local_dir(&row.checkpoint)
+            .await
+            .map_err(|e| ServeError::Internal(e.to_string()))?;
+        let model = tokio::task::spawn_blocking(move || PalModel::load(&dir.path))
             .await
             .map_err(|e| ServeError::Internal(e.to_string()))??;
         let encoder_id = row

@@ -1,4 +1,5 @@
-//! The feature store: a folder of Lance datasets, one per table (`<root>/<table>.lance`).
+//! The feature store: a folder (or an `s3://` prefix, see `location.rs`) of Lance datasets,
+//! one per table (`<root>/<table>.lance`).
 //!
 //! Owns table layout, content-addressed writes (rows whose key exists add nothing), scoped
 //! replacement (a stage's rows replaced by its new output in one commit, `staged.rs`), reading
@@ -9,6 +10,7 @@
 
 pub mod batches;
 pub mod knn;
+pub mod location;
 pub mod messages;
 pub mod records;
 pub mod schema;
@@ -29,6 +31,7 @@ use futures::TryStreamExt;
 use lance::dataset::{WriteMode, WriteParams};
 use lance::Dataset;
 
+pub use location::{LocalDir, StoreEntry, StoreLocation};
 pub use schema::{TableSchema, TABLES};
 pub use staged::StagedWriter;
 
@@ -70,6 +73,8 @@ pub enum StoreError {
     Lance { table: String, source: lance::Error },
     #[error("{0}")]
     Sql(String),
+    #[error("store '{store}': {message}")]
+    Location { store: String, message: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -92,11 +97,15 @@ pub struct WriteStats {
     pub unchanged: bool,
 }
 
-/// Handle to a store folder. Clones share the record of the versions this process committed
-/// (see [`Store::roll_back`]).
+/// Handle to a store (a folder, or a prefix on object storage). Clones share the record of
+/// the versions this process committed (see [`Store::roll_back`]).
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// The folder; for a remote store its URI as a path, for messages only.
     root: PathBuf,
+    location: StoreLocation,
+    /// Lance's object stores, opened once per bucket and options for this handle's files.
+    registry: Arc<lance::io::ObjectStoreRegistry>,
     commits: Arc<Mutex<BTreeMap<String, BTreeSet<u64>>>>,
 }
 
@@ -110,13 +119,110 @@ pub struct RollBackReport {
     pub kept: Vec<String>,
 }
 
-/// Held while a process writes to the store; dropping it releases the lock.
+/// Held while a process writes to a local store; dropping it releases the lock. On object
+/// storage there is no lock: every stage commits through Lance's conditional commit.
 #[derive(Debug)]
 pub struct StoreLock {
-    _file: File,
+    _file: Option<File>,
 }
 
 impl Store {
+    fn remote(location: StoreLocation) -> Store {
+        Store {
+            root: PathBuf::from(location.display()),
+            location,
+            registry: Arc::default(),
+            commits: Arc::default(),
+        }
+    }
+
+    fn local(root: PathBuf) -> Store {
+        Store {
+            location: StoreLocation::Local(root.clone()),
+            root,
+            registry: Arc::default(),
+            commits: Arc::default(),
+        }
+    }
+
+    /// Opens the store at `location` for writing: a local folder is created when it does
+    /// not exist; a remote prefix needs nothing made (its bucket must exist).
+    pub fn open_at(location: StoreLocation) -> Result<Store, StoreError> {
+        match location {
+            StoreLocation::Local(p) => Store::open(p),
+            remote => Ok(Store::remote(remote)),
+        }
+    }
+
+    /// As [`Store::open_for_plan`], at `location`.
+    pub fn open_for_plan_at(location: StoreLocation) -> Result<Store, StoreError> {
+        match location {
+            StoreLocation::Local(p) => Store::open_for_plan(p),
+            remote => Ok(Store::remote(remote)),
+        }
+    }
+
+    /// As [`Store::open_existing`], at `location`: a remote prefix must hold a table.
+    pub async fn open_existing_at(location: StoreLocation) -> Result<Store, StoreError> {
+        match location {
+            StoreLocation::Local(p) => Store::open_existing(p),
+            remote => {
+                let store = Store::remote(remote);
+                let entries = store.list_dir("").await?;
+                if !entries.iter().any(|e| {
+                    e.name
+                        .strip_suffix(".lance")
+                        .is_some_and(|t| TABLES.contains(&t))
+                }) {
+                    return Err(StoreError::NoStore {
+                        path: store.root.clone(),
+                        hint: format!(
+                            "no tables under that prefix\nhint: to make one, run a pipeline: palpipe run PIPELINE.yaml --store {}",
+                            store.location.display()
+                        ),
+                    });
+                }
+                Ok(store)
+            }
+        }
+    }
+
+    /// Where the store is.
+    pub fn location(&self) -> &StoreLocation {
+        &self.location
+    }
+
+    /// Whether the store is on object storage.
+    pub fn is_remote(&self) -> bool {
+        self.location.is_remote()
+    }
+
+    /// Lance's object-store parameters for a remote store (`None`: a local folder).
+    pub(crate) fn store_params(&self) -> Option<lance::io::ObjectStoreParams> {
+        match &self.location {
+            StoreLocation::Remote(r) => Some(r.params()),
+            StoreLocation::Local(_) => None,
+        }
+    }
+
+    /// Write parameters in `mode`, with the store's object-store options.
+    pub(crate) fn write_params(&self, mode: WriteMode) -> WriteParams {
+        WriteParams {
+            mode,
+            store_params: self.store_params(),
+            ..Default::default()
+        }
+    }
+
+    /// A commit that creates `table` (or commits to it by URI).
+    pub(crate) fn commit_to_uri<'a>(&self, uri: &'a str) -> lance::dataset::CommitBuilder<'a> {
+        let b = lance::dataset::CommitBuilder::new(uri);
+        match self.store_params() {
+            Some(p) => b.with_store_params(p),
+            None => b,
+        }
+    }
+
     /// Opens the store at `root`, creating the folder when it does not exist.
     pub fn open(root: impl AsRef<Path>) -> Result<Store, StoreError> {
         let root = root.as_ref().to_path_buf();
@@ -127,10 +233,7 @@ impl Store {
             path: root.clone(),
             source,
         })?;
-        Ok(Store {
-            root,
-            commits: Arc::default(),
-        })
+        Ok(Store::local(root))
     }
 
     /// Notes that this process committed `version` of `table`.
@@ -156,10 +259,7 @@ impl Store {
         if root.exists() && !root.is_dir() {
             return Err(StoreError::NotAFolder(root));
         }
-        Ok(Store {
-            root,
-            commits: Arc::default(),
-        })
+        Ok(Store::local(root))
     }
 
     /// Opens the store at `root` for reading: a folder that does not exist is an error
@@ -168,10 +268,7 @@ impl Store {
     pub fn open_existing(root: impl AsRef<Path>) -> Result<Store, StoreError> {
         let root = root.as_ref().to_path_buf();
         if root.is_dir() {
-            return Ok(Store {
-                root,
-                commits: Arc::default(),
-            });
+            return Ok(Store::local(root));
         }
         if root.exists() {
             return Err(StoreError::NotAFolder(root));
@@ -190,36 +287,58 @@ impl Store {
         Err(StoreError::NoStore { path: root, hint })
     }
 
+    /// The store folder; for a remote store its URI as a path, good for messages only (its
+    /// files go through [`Store::read_file`] and the other methods of `location.rs`).
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Takes the writer lock, failing at once when another process holds it.
+    /// Takes the writer lock of a local store, failing at once when another process holds
+    /// it. On object storage there is nothing to take (see [`StoreLock`]).
     pub fn lock(&self) -> Result<StoreLock, StoreError> {
+        if self.is_remote() {
+            return Ok(StoreLock { _file: None });
+        }
         let file = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(self.root.join(".palpipe.lock"))?;
         match file.try_lock() {
-            Ok(()) => Ok(StoreLock { _file: file }),
+            Ok(()) => Ok(StoreLock { _file: Some(file) }),
             Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(self.root.clone())),
             Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
         }
     }
 
     pub(crate) fn uri(&self, table: &str) -> String {
-        self.root
-            .join(format!("{table}.lance"))
-            .to_string_lossy()
-            .into_owned()
+        match &self.location {
+            StoreLocation::Remote(r) => format!("{}/{table}.lance", r.uri),
+            StoreLocation::Local(root) => root
+                .join(format!("{table}.lance"))
+                .to_string_lossy()
+                .into_owned(),
+        }
     }
 
+    /// Whether a local store holds `table` (always false for a remote store: see
+    /// [`Store::has_table`]).
     pub fn exists(&self, table: &str) -> bool {
-        self.root
-            .join(format!("{table}.lance"))
-            .join("_versions")
-            .is_dir()
+        !self.is_remote()
+            && self
+                .root
+                .join(format!("{table}.lance"))
+                .join("_versions")
+                .is_dir()
+    }
+
+    /// Whether the store holds `table` (a version of it has been committed).
+    pub async fn has_table(&self, table: &str) -> Result<bool, StoreError> {
+        if !self.is_remote() {
+            return Ok(self.exists(table));
+        }
+        let versions = self.list_dir(&format!("{table}.lance/_versions")).await?;
+        Ok(versions.iter().any(|e| !e.is_dir))
     }
 
     /// The dataset of `table` at its latest version (or `version`), `None` when the table
@@ -230,12 +349,14 @@ impl Store {
         version: Option<u64>,
     ) -> Result<Option<Dataset>, StoreError> {
         TableSchema::get(table)?;
-        if !self.exists(table) {
+        if !self.has_table(table).await? {
             return Ok(None);
         }
-        let ds = Dataset::open(&self.uri(table))
-            .await
-            .map_err(lance_err(table))?;
+        let mut builder = lance::dataset::builder::DatasetBuilder::from_uri(self.uri(table));
+        if let StoreLocation::Remote(r) = &self.location {
+            builder = builder.with_storage_options(r.options.clone().into_iter().collect());
+        }
+        let ds = builder.load().await.map_err(lance_err(table))?;
         match version {
             None => Ok(Some(ds)),
             Some(v) => {
@@ -377,10 +498,7 @@ impl Store {
         };
         let schema = batch.schema();
         let reader = RecordBatchIterator::new(vec![Ok(batch)], schema);
-        let params = WriteParams {
-            mode,
-            ..Default::default()
-        };
+        let params = self.write_params(mode);
         let ds = Dataset::write(reader, self.uri(table).as_str(), Some(params))
             .await
             .map_err(lance_err(table))?;
@@ -427,7 +545,7 @@ impl Store {
                 continue;
             }
             if from == 0 {
-                std::fs::remove_dir_all(self.root.join(format!("{table}.lance")))?;
+                self.remove_dir(&format!("{table}.lance")).await?;
                 // A table made again later starts its versions at 1: none of those is ours yet.
                 if let Ok(mut log) = self.commits.lock() {
                     log.remove(&table);

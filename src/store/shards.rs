@@ -3,7 +3,8 @@
 //! This is Lance's distributed write protocol applied to the content-addressed embedding
 //! cache. A worker ([`ShardWriter`]) writes its rows as uncommitted fragments under the table's
 //! `data/` folder and, last, the shard's metadata (the fragments, as JSON) under
-//! `<store>/_palpipe/runs/<run>/shard-<k>-of-<n>.json`, atomically (a temporary file renamed).
+//! `<store>/_palpipe/runs/<run>/shard-<k>-of-<n>.json`, whole (a temporary file renamed on a
+//! local store, one PUT on object storage; see `location.rs`).
 //! [`commit_run`] reads every shard's metadata and publishes all their fragments as one new
 //! version of `embeddings`, with the run id in the transaction's properties; it refuses a run
 //! with a missing shard and does nothing for a run the table's history shows committed
@@ -15,14 +16,14 @@
 //! what to embed and how is the embed stage's business (`src/pipeline/embed_stage.rs`).
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow_array::{Array, RecordBatch, StringArray};
 use futures::TryStreamExt;
 use lance::dataset::fragment::FileFragment;
 use lance::dataset::transaction::{Operation, TransactionBuilder};
-use lance::dataset::{CommitBuilder, InsertBuilder, WriteMode, WriteParams};
+use lance::dataset::{CommitBuilder, InsertBuilder, WriteMode};
 use lance::table::format::Fragment;
 use lance::Dataset;
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,8 @@ pub enum ShardError {
         first: String,
         dir: PathBuf,
     },
+    #[error("run '{run}' is being committed by another process (claim '{claim}')\nhint: wait for that commit; if none is running (it died), remove '{claim}' and commit again")]
+    CommitInProgress { run: String, claim: String },
     #[error("writing '{path}': {source}")]
     Io {
         path: PathBuf,
@@ -173,16 +176,25 @@ pub fn check_run_id(run: &str) -> Result<(), ShardError> {
     }
 }
 
-/// The folder holding every run's shard metadata.
+/// The store folder holding every run's shard metadata.
+pub const RUNS_DIR: &str = "_palpipe/runs";
+
+/// The folder holding every run's shard metadata (a path or URI, for messages).
 pub fn runs_dir(store: &Store) -> PathBuf {
-    store.root().join("_palpipe").join("runs")
+    PathBuf::from(store.describe(RUNS_DIR))
 }
 
-/// The metadata file of one shard of a run.
+/// The store file of one shard's metadata.
+fn shard_rel(run: &str, spec: ShardSpec) -> String {
+    format!(
+        "{RUNS_DIR}/{run}/shard-{}-of-{}.json",
+        spec.index, spec.count
+    )
+}
+
+/// The metadata file of one shard of a run (a path or URI, for messages).
 pub fn shard_path(store: &Store, run: &str, spec: ShardSpec) -> PathBuf {
-    runs_dir(store)
-        .join(run)
-        .join(format!("shard-{}-of-{}.json", spec.index, spec.count))
+    PathBuf::from(store.describe(&shard_rel(run, spec)))
 }
 
 /// What a worker staged: written last, so its presence means the shard is complete.
@@ -261,20 +273,14 @@ impl<'a> ShardWriter<'a> {
         let dim = super::vector_width(&batch.schema());
         let written = match &self.base {
             Some(ds) => {
-                let params = WriteParams {
-                    mode: WriteMode::Append,
-                    ..Default::default()
-                };
+                let params = self.store.write_params(WriteMode::Append);
                 InsertBuilder::new(ds.clone())
                     .with_params(&params)
                     .execute_uncommitted(vec![batch])
                     .await
             }
             None => {
-                let params = WriteParams {
-                    mode: WriteMode::Create,
-                    ..Default::default()
-                };
+                let params = self.store.write_params(WriteMode::Create);
                 InsertBuilder::new(self.store.uri(TABLE).as_str())
                     .with_params(&params)
                     .execute_uncommitted(vec![batch])
@@ -301,7 +307,7 @@ impl<'a> ShardWriter<'a> {
     }
 
     /// Writes the shard's metadata (replacing an earlier attempt's) and returns its path.
-    pub fn finish(self) -> Result<PathBuf, ShardError> {
+    pub async fn finish(self) -> Result<PathBuf, ShardError> {
         let meta = ShardMetadata {
             run_id: self.run.clone(),
             shard: self.spec.index,
@@ -319,24 +325,11 @@ impl<'a> ShardWriter<'a> {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        write_atomically(&path, text.as_bytes())?;
+        self.store
+            .write_file(&shard_rel(&self.run, self.spec), text.as_bytes())
+            .await?;
         Ok(path)
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file beside it and a rename, so a reader
-/// sees the old file or the new one, never half of one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ShardError> {
-    let io = |source| ShardError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let tmp = path.with_extension(format!("json.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// What [`commit_run`] did.
@@ -356,8 +349,8 @@ pub enum CommitOutcome {
 
 /// The marker a committed run leaves beside its shards, so that the run is still known as
 /// committed after `vacuum` has removed the version that carries its id.
-fn committed_marker(store: &Store, run: &str) -> PathBuf {
-    runs_dir(store).join(run).join("committed.json")
+fn committed_marker(run: &str) -> String {
+    format!("{RUNS_DIR}/{run}/committed.json")
 }
 
 /// The version of `ds` whose transaction carries run id `run`, newest first.
@@ -396,10 +389,10 @@ pub async fn commit_run(
             return Ok(CommitOutcome::AlreadyCommitted { version });
         }
     }
-    if let Some(version) = read_marker(store, run) {
+    if let Some(version) = read_marker(store, run).await? {
         return Ok(CommitOutcome::AlreadyCommitted { version });
     }
-    let metas = read_shards(store, run, shards)?;
+    let metas = read_shards(store, run, shards).await?;
     let fragments: Vec<Fragment> = metas.iter().flat_map(|m| m.fragments.clone()).collect();
     let rows: usize = metas.iter().map(|m| m.rows).sum();
     if fragments.is_empty() {
@@ -415,7 +408,57 @@ pub async fn commit_run(
     props.insert("palpipe.shards".to_string(), shards.to_string());
     let props = Some(Arc::new(props));
     let count = fragments.len();
-    let done = match &latest {
+    // On object storage no lock serialises two commits of one run: the first to create
+    // the claim (a conditional create) commits, the other is refused.
+    let claim = format!("{RUNS_DIR}/{run}/commit-claim.json");
+    if store.is_remote() {
+        let text = serde_json::json!({"run_id": run, "pid": std::process::id(), "written_ms": super::now_ms()});
+        if !store
+            .create_file(&claim, text.to_string().as_bytes())
+            .await?
+        {
+            if let Some(version) = read_marker(store, run).await? {
+                return Ok(CommitOutcome::AlreadyCommitted { version });
+            }
+            return Err(ShardError::CommitInProgress {
+                run: run.into(),
+                claim: store.describe(&claim),
+            });
+        }
+    }
+    let done = publish(store, latest.as_ref(), &metas, run, fragments, props).await;
+    let done = match done {
+        Ok(d) => d,
+        Err(e) => {
+            if store.is_remote() {
+                let _ = store.remove_file(&claim).await;
+            }
+            return Err(e);
+        }
+    };
+    let version = done.version_id();
+    store.record_commit(TABLE, version);
+    let marker = serde_json::json!({"run_id": run, "version": version, "shards": shards});
+    store
+        .write_file(&committed_marker(run), marker.to_string().as_bytes())
+        .await?;
+    Ok(CommitOutcome::Committed {
+        version,
+        rows,
+        fragments: count,
+    })
+}
+
+/// Commits the shards' fragments: an append to the table, or its first version.
+async fn publish(
+    store: &Store,
+    latest: Option<&Arc<Dataset>>,
+    metas: &[ShardMetadata],
+    run: &str,
+    fragments: Vec<Fragment>,
+    props: Option<Arc<HashMap<String, String>>>,
+) -> Result<Dataset, ShardError> {
+    let done = match latest {
         Some(ds) => {
             let tx = TransactionBuilder::new(ds.version_id(), Operation::Append { fragments })
                 .transaction_properties(props)
@@ -428,12 +471,9 @@ pub async fn commit_run(
         None => {
             // The table is new: the shards' fragments become its first version, with the
             // schema a creating write of these rows gets.
-            let dim = vector_width_of(&metas, store, run)?;
+            let dim = vector_width_of(metas, store, run)?;
             let schema = TableSchema::get(TABLE)?.arrow(Some(dim))?;
-            let params = WriteParams {
-                mode: WriteMode::Create,
-                ..Default::default()
-            };
+            let params = store.write_params(WriteMode::Create);
             let template = InsertBuilder::new(store.uri(TABLE).as_str())
                 .with_params(&params)
                 .execute_uncommitted(vec![RecordBatch::new_empty(schema)])
@@ -462,33 +502,29 @@ pub async fn commit_run(
             let tx = TransactionBuilder::new(0, op)
                 .transaction_properties(props)
                 .build();
-            CommitBuilder::new(store.uri(TABLE).as_str())
+            let uri = store.uri(TABLE);
+            store
+                .commit_to_uri(&uri)
                 .execute(tx)
                 .await
                 .map_err(lance_err(TABLE))?
         }
     };
-    let version = done.version_id();
-    store.record_commit(TABLE, version);
-    let marker = serde_json::json!({"run_id": run, "version": version, "shards": shards});
-    write_atomically(&committed_marker(store, run), marker.to_string().as_bytes())?;
-    Ok(CommitOutcome::Committed {
-        version,
-        rows,
-        fragments: count,
-    })
+    Ok(done)
 }
 
 /// The version a committed run's marker names, if it has one.
-fn read_marker(store: &Store, run: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(committed_marker(store, run)).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["version"].as_u64()
+async fn read_marker(store: &Store, run: &str) -> Result<Option<u64>, StoreError> {
+    let Some(bytes) = store.read_file(&committed_marker(run)).await? else {
+        return Ok(None);
+    };
+    let v: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+    Ok(v.and_then(|v| v["version"].as_u64()))
 }
 
 /// Whether run `run` has been committed (by the table's history or its marker).
 pub async fn is_committed(store: &Store, run: &str) -> Result<bool, StoreError> {
-    if read_marker(store, run).is_some() {
+    if read_marker(store, run).await?.is_some() {
         return Ok(true);
     }
     match store.dataset(TABLE, None).await? {
@@ -499,11 +535,13 @@ pub async fn is_committed(store: &Store, run: &str) -> Result<bool, StoreError> 
 
 /// The metadata of shards 0..n of `run`, each checked against its name; refuses missing
 /// shards (naming them all) and shard files of another count.
-fn read_shards(store: &Store, run: &str, n: usize) -> Result<Vec<ShardMetadata>, ShardError> {
-    let dir = runs_dir(store).join(run);
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
+async fn read_shards(store: &Store, run: &str, n: usize) -> Result<Vec<ShardMetadata>, ShardError> {
+    let dir_rel = format!("{RUNS_DIR}/{run}");
+    let dir = PathBuf::from(store.describe(&dir_rel));
+    let entries = store.list_dir(&dir_rel).await?;
+    {
+        for e in entries.iter().filter(|e| !e.is_dir) {
+            let name = e.name.clone();
             let other = name
                 .strip_suffix(".json")
                 .and_then(|s| s.rsplit_once("-of-"))
@@ -513,7 +551,7 @@ fn read_shards(store: &Store, run: &str, n: usize) -> Result<Vec<ShardMetadata>,
                     run: run.into(),
                     shards: n,
                     other,
-                    path: e.path(),
+                    path: dir.join(&name),
                     dir: dir.clone(),
                 });
             }
@@ -522,7 +560,10 @@ fn read_shards(store: &Store, run: &str, n: usize) -> Result<Vec<ShardMetadata>,
     let paths: Vec<PathBuf> = (0..n)
         .map(|k| shard_path(store, run, ShardSpec { index: k, count: n }))
         .collect();
-    let missing: Vec<usize> = (0..n).filter(|k| !paths[*k].is_file()).collect();
+    let names: HashSet<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    let missing: Vec<usize> = (0..n)
+        .filter(|k| !names.contains(format!("shard-{k}-of-{n}.json").as_str()))
+        .collect();
     if let Some(first) = missing.first() {
         let list: Vec<String> = missing.iter().map(usize::to_string).collect();
         let which = match list.len() {
@@ -543,8 +584,12 @@ fn read_shards(store: &Store, run: &str, n: usize) -> Result<Vec<ShardMetadata>,
             path: path.clone(),
             reason,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let meta: ShardMetadata = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let rel = shard_rel(run, ShardSpec { index: k, count: n });
+        let bytes = store
+            .read_file(&rel)
+            .await?
+            .ok_or_else(|| bad("it is gone".into()))?;
+        let meta: ShardMetadata = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
         if meta.run_id != run || meta.shard != k || meta.shards != n || meta.table != TABLE {
             return Err(bad(format!(
                 "it describes shard {}/{} of run '{}' (table '{}')",

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use futures::TryStreamExt;
 use lance::dataset::transaction::{Operation, Transaction, UpdateMode};
-use lance::dataset::{CommitBuilder, DeleteBuilder, InsertBuilder, WriteMode, WriteParams};
+use lance::dataset::{CommitBuilder, DeleteBuilder, InsertBuilder, WriteMode};
 use lance::Dataset;
 
 use super::{
@@ -245,6 +245,7 @@ impl<'a> StagedWriter<'a> {
     pub async fn stage(&mut self, table: &str, batch: RecordBatch) -> Result<(), StoreError> {
         let uri = self.store.uri(table);
         let remember = self.remember_staged;
+        let store = self.store;
         let stage = self.touch(table, None).await?;
         let spec = TableSchema::get(table)?;
         let cols: Vec<&str> = spec.key.iter().map(String::as_str).collect();
@@ -285,14 +286,11 @@ impl<'a> StagedWriter<'a> {
         if stage.scope.is_some() {
             stage.digest.add(&batch, table)?;
         }
-        let params = WriteParams {
-            mode: if stage.base.is_some() {
-                WriteMode::Append
-            } else {
-                WriteMode::Create
-            },
-            ..Default::default()
-        };
+        let params = store.write_params(if stage.base.is_some() {
+            WriteMode::Append
+        } else {
+            WriteMode::Create
+        });
         let written = match &stage.base {
             Some(ds) => {
                 InsertBuilder::new(ds.clone())
@@ -402,8 +400,13 @@ fn unexpected(table: &str, op: &Operation) -> StoreError {
     }
 }
 
-/// Best-effort removal of the data files of fragments that will never be committed.
+/// Best-effort removal of the data files of fragments that will never be committed, on a
+/// local store (on object storage they stay for `palpipe vacuum`: this runs in `drop`, which
+/// cannot wait for requests).
 fn remove_staged_files(store: &Store, table: &str, op: &Operation) {
+    if store.is_remote() {
+        return;
+    }
     let fragments = match op {
         Operation::Append { fragments } | Operation::Overwrite { fragments, .. } => fragments,
         _ => return,
@@ -448,7 +451,9 @@ async fn commit_table(
     let Some(latest) = latest else {
         // The table does not exist: the staged write creates it.
         if let Some(t) = stage.staged {
-            let done = CommitBuilder::new(store.uri(table).as_str())
+            let uri = store.uri(table);
+            let done = store
+                .commit_to_uri(&uri)
                 .execute(t)
                 .await
                 .map_err(lance_err(table))?;

@@ -10,7 +10,6 @@
 //! table's object store, so the same code serves a local folder and a bucket.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -54,7 +53,8 @@ pub struct VacuumReport {
 /// A sharded run found under `_palpipe/runs`.
 struct RunFolder {
     name: String,
-    dir: PathBuf,
+    /// Its folder in the store.
+    dir: String,
     /// The data files its shards list.
     files: HashSet<String>,
     /// The newest shard metadata's age.
@@ -74,7 +74,7 @@ pub async fn vacuum(store: &Store, opts: VacuumOptions) -> Result<VacuumReport, 
             protected.extend(run.files);
         } else {
             if !opts.dry_run {
-                std::fs::remove_dir_all(&run.dir)?;
+                store.remove_dir(&run.dir).await?;
             }
             report.abandoned_runs.push(run.name);
         }
@@ -167,36 +167,33 @@ fn file_name(path: &str) -> String {
 
 /// The runs under `_palpipe/runs` that are not committed, with the files their shards list.
 async fn pending_runs(store: &Store) -> Result<Vec<RunFolder>, StoreError> {
-    let root = shards::runs_dir(store);
-    let Ok(entries) = std::fs::read_dir(&root) else {
-        return Ok(Vec::new());
-    };
     let mut out = Vec::new();
-    for e in entries.flatten() {
-        let dir = e.path();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !dir.is_dir() || shards::is_committed(store, &name).await? {
+    for e in store.list_dir(shards::RUNS_DIR).await? {
+        let name = e.name;
+        if !e.is_dir || shards::is_committed(store, &name).await? {
             continue;
         }
+        let dir = format!("{}/{name}", shards::RUNS_DIR);
         let mut run = RunFolder {
             name,
             dir: dir.clone(),
             files: HashSet::new(),
             newest_age: None,
         };
-        for f in std::fs::read_dir(&dir)?.flatten() {
+        for f in store.list_dir(&dir).await? {
+            if f.is_dir {
+                continue;
+            }
             let age = f
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
+                .modified
                 .and_then(|t| t.elapsed().ok())
                 .unwrap_or_default();
             run.newest_age = Some(run.newest_age.map_or(age, |a| a.min(age)));
             // A metadata file that does not parse protects nothing but still counts as recent.
-            let Ok(text) = std::fs::read_to_string(f.path()) else {
+            let Ok(Some(bytes)) = store.read_file(&format!("{dir}/{}", f.name)).await else {
                 continue;
             };
-            if let Ok(meta) = serde_json::from_str::<ShardMetadata>(&text) {
+            if let Ok(meta) = serde_json::from_slice::<ShardMetadata>(&bytes) {
                 for frag in &meta.fragments {
                     run.files
                         .extend(frag.files.iter().map(|d| file_name(&d.path)));

@@ -151,7 +151,10 @@ impl MotoServer {
         .unwrap();
         let mut reply = String::new();
         let _ = tcp.read_to_string(&mut reply);
-        assert!(reply.starts_with("HTTP/1.1 200"), "listing {bucket}: {reply}");
+        assert!(
+            reply.starts_with("HTTP/1.1 200"),
+            "listing {bucket}: {reply}"
+        );
         assert!(
             !reply.contains("<IsTruncated>true</IsTruncated>"),
             "more than one page of keys under {prefix}"
@@ -203,7 +206,13 @@ pub fn s3_store(name: &str) -> Option<PathBuf> {
     // Bucket names: 3-63 characters, lowercase letters, digits and hyphens.
     let clean: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .take(40)
         .collect();
     let bucket = format!("pp-{clean}-{n}");

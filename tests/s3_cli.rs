@@ -1,0 +1,424 @@
+//! Stores on object storage: `--store s3://bucket/prefix` against a real S3-compatible server
+//! (moto, started by the harness on a free 127.0.0.1 port; see tests/common). The same
+//! pipeline run on S3 and on a local folder gives the same tables, models and metrics;
+//! checkpoints and shard metadata live under the store's prefix; two concurrent runs lose no
+//! commit; N = 4 shard processes with one killed and rerun commit every content id once.
+//!
+//! moto must be installed (`make setup`); `PALPIPE_NO_S3_TESTS=1` skips these tests.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A synthetic pipeline with two trained PAL-A heads, a popularity baseline and their evals.
+fn trained_pipeline() -> String {
+    synth_pal_pipeline(
+        "s3t",
+        4,
+        &[
+            "{name: pop, kind: train, model: popularity, train: tr}",
+            "{name: e3, kind: eval, model: k3, split: te}",
+        ],
+        &[],
+    )
+}
+
+fn eval_json(store: &Path, model: &str, split: &str) -> serde_json::Value {
+    let r = palpipe(
+        store,
+        &["eval", "--model", model, "--split", split, "--json"],
+    )
+    .ok();
+    serde_json::from_str(r.stdout.trim()).expect("one JSON object")
+}
+
+/// (table, rows) of every table, from `palpipe tables`.
+fn row_counts(store: &Path) -> BTreeMap<String, i64> {
+    versions(store)
+        .into_iter()
+        .map(|(t, (_, rows))| (t, rows))
+        .collect()
+}
+
+#[test]
+fn a_pipeline_on_s3_equals_the_same_pipeline_on_a_folder() {
+    let Some(s3) = s3_store("run") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local");
+    let p = write_pipeline(dir.path(), "p.yaml", &trained_pipeline());
+    palpipe(&local, &["run", p.to_str().unwrap()]).ok();
+    palpipe(&s3, &["run", p.to_str().unwrap()]).ok();
+
+    // The same tables, rows, comparisons and users.
+    let counts = row_counts(&local);
+    assert!(counts["pairs"] > 0 && counts["models"] == 3, "{counts:?}");
+    assert_eq!(row_counts(&s3), counts);
+    assert_eq!(pairs_and_users(&s3), pairs_and_users(&local));
+    // Every table lives under the prefix, and nothing was made in a local folder named
+    // after the URI.
+    let keys = store_keys(&s3, "");
+    for t in counts.keys() {
+        assert!(
+            keys.iter()
+                .any(|k| k.starts_with(&format!("{t}.lance/_versions/"))),
+            "no versions of {t} under the prefix: {keys:?}"
+        );
+    }
+    assert!(!Path::new("s3:").exists() && !dir.path().join("s3:").exists());
+
+    // The checkpoints are under the prefix too, and the models evaluate the same.
+    for m in ["k1", "k3"] {
+        let files = store_keys(&s3, &format!("checkpoints/{m}/"));
+        let local_files: BTreeSet<String> = std::fs::read_dir(local.join("checkpoints").join(m))
+            .unwrap()
+            .map(|e| {
+                format!(
+                    "checkpoints/{m}/{}",
+                    e.unwrap().file_name().to_string_lossy()
+                )
+            })
+            .collect();
+        assert!(!local_files.is_empty());
+        assert_eq!(files.into_iter().collect::<BTreeSet<_>>(), local_files);
+    }
+    let a = eval_json(&s3, "k3", "te");
+    let b = eval_json(&local, "k3", "te");
+    assert_eq!(a["n"], 30 * 30);
+    assert_eq!(a["accuracy"], b["accuracy"]);
+    assert_eq!(a["per_user"], b["per_user"]);
+
+    // SQL over the remote tables.
+    let sql = "SELECT split, count(*) AS n FROM pairs GROUP BY split ORDER BY split";
+    assert_eq!(query(&s3, sql), query(&local, sql));
+
+    // A re-run of the unchanged pipeline commits nothing but its row in `runs`.
+    let data_versions = |s: &Path| {
+        let mut v = versions(s);
+        v.remove("runs");
+        v
+    };
+    let before = data_versions(&s3);
+    palpipe(&s3, &["run", p.to_str().unwrap()]).ok();
+    assert_eq!(data_versions(&s3), before);
+    assert_eq!(versions(&s3)["runs"].1, 2);
+
+    // The report reads the checkpoint from the bucket (the prototype plots need it).
+    let out = dir.path().join("report");
+    palpipe(
+        &s3,
+        &["report", "--run", "latest", "--out", out.to_str().unwrap()],
+    )
+    .ok();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("prototypes-k3.svg"), "{md}");
+    assert!(out.join("prototypes-k3.svg").is_file());
+}
+
+#[test]
+fn store_uris_that_cannot_be_used_are_refused_clearly() {
+    let Some(s3) = s3_store("bad") else { return };
+    // An empty prefix is no store for a reading command.
+    let r = palpipe(&s3, &["tables"]).code(1);
+    assert!(r.stderr.contains("no store at 's3://"), "{}", r.stderr);
+    assert!(r.stderr.contains("hint:"), "{}", r.stderr);
+    // Schemes this build does not have: bad usage, saying what is built.
+    for uri in ["gs://b/p", "az://c/p"] {
+        let r = palpipe(Path::new(uri), &["tables"]).code(2);
+        assert!(r.stderr.contains("not built"), "{}", r.stderr);
+        assert!(r.stderr.contains("s3://"), "{}", r.stderr);
+    }
+    // A bucket that does not exist: a failure naming it, not a hang.
+    let start = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_pipeline(
+        dir.path(),
+        "p.yaml",
+        &format!("name: n\nstages:\n{SMALL_SYNTH_STAGE}"),
+    );
+    let r = palpipe(
+        Path::new("s3://no-such-bucket-here/x"),
+        &["run", p.to_str().unwrap()],
+    )
+    .code(1);
+    assert!(r.stderr.contains("no-such-bucket-here"), "{}", r.stderr);
+    assert!(start.elapsed() < Duration::from_secs(120));
+}
+
+#[test]
+fn store_and_store_options_come_from_the_pipeline_file() {
+    let Some(s3) = s3_store("opts") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // The endpoint and the region from the file; the keys from the environment.
+    let text = format!(
+        "name: o\nstore: {}\nstore_options:\n  aws_endpoint: {}\n  aws_region: us-east-1\nstages:\n{SMALL_SYNTH_STAGE}",
+        s3.display(),
+        moto().endpoint()
+    );
+    let p = write_pipeline(dir.path(), "p.yaml", &text);
+    let o = bin()
+        .args(["run", p.to_str().unwrap(), "--quiet"])
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("PALPIPE_STORE")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!store_keys(&s3, "pairs.lance/_versions/").is_empty());
+    // 13 users × 20 comparisons (SMALL_SYNTH_STAGE).
+    assert_eq!(scalar(&s3, "SELECT count(*) FROM pairs"), 13 * 20);
+}
+
+/// Two pipelines that own different datasets of one store.
+fn two_pipelines(dir: &Path) -> [PathBuf; 2] {
+    ["a", "b"].map(|n| {
+        let stage = SMALL_SYNTH_STAGE
+            .replace("name: data", &format!("name: {n}"))
+            .replace("seed: 7", if n == "a" { "seed: 7" } else { "seed: 8" });
+        write_pipeline(
+            dir,
+            &format!("{n}.yaml"),
+            &format!("name: {n}\nstages:\n{stage}"),
+        )
+    })
+}
+
+fn start_run(store: &Path, p: &Path) -> Child {
+    bin()
+        .args(["run", p.to_str().unwrap(), "--quiet", "--store"])
+        .arg(store)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn two_concurrent_runs_on_one_s3_store_lose_no_commit() {
+    let Some(s3) = s3_store("concurrent") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b] = two_pipelines(dir.path());
+    // What the store must hold: both pipelines, one after the other, on a folder.
+    let local = dir.path().join("local");
+    palpipe(&local, &["run", a.to_str().unwrap()]).ok();
+    palpipe(&local, &["run", b.to_str().unwrap()]).ok();
+    let expected = pairs_and_users(&local);
+
+    // Twice: on a new store (both create the tables) and on one that has them.
+    for round in 0..2 {
+        let runs = [start_run(&s3, &a), start_run(&s3, &b)];
+        let mut failed = Vec::new();
+        for (child, p) in runs.into_iter().zip([&a, &b]) {
+            let o = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            match o.status.code() {
+                Some(0) => {}
+                Some(1) => {
+                    // A clean refusal: one error line with a hint, no panic.
+                    assert!(err.starts_with("error:"), "round {round}: {err}");
+                    assert!(!err.contains("panicked"), "round {round}: {err}");
+                    assert!(!err.contains(".rs:"), "round {round}: {err}");
+                    failed.push(p.clone());
+                }
+                other => panic!("round {round}: exit {other:?}: {err}"),
+            }
+        }
+        // What failed is run again, alone; then the store holds both.
+        for p in failed {
+            palpipe(&s3, &["run", p.to_str().unwrap()]).ok();
+        }
+        assert_eq!(pairs_and_users(&s3), expected, "round {round}");
+        let items = scalar(&s3, "SELECT count(*) FROM items");
+        let distinct = scalar(&s3, "SELECT count(DISTINCT item_id) FROM items");
+        assert_eq!(items, distinct, "round {round}: an item stored twice");
+        assert_eq!(
+            items,
+            scalar(&local, "SELECT count(*) FROM items"),
+            "round {round}"
+        );
+    }
+}
+
+/// A persona store without vectors (the data stage only) at `store`.
+fn persona_store(dir: &Path, store: &Path, users: usize) {
+    let text = format!(
+        "name: p\nstages:\n  - name: data\n    kind: persona\n    dir: {}\n    personas: [art, music]\n    users_per_persona: {users}\n    queries_per_user: 30\n    unseen_users_per_persona: 0\n",
+        shared_data().join("persona").display()
+    );
+    let p = write_pipeline(dir, "p.yaml", &text);
+    palpipe(store, &["run", p.to_str().unwrap()]).ok();
+}
+
+fn start_shard(store: &Path, run: &str, k: usize, n: usize, extra: &[&str]) -> Child {
+    bin()
+        .args(["embed", "--uncommitted", "--run-id", run, "--shard"])
+        .arg(format!("{k}/{n}"))
+        .args(extra)
+        .args(["--quiet", "--store"])
+        .arg(store)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish_shard(child: Child) -> usize {
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out.split("embedded ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {out}"))
+}
+
+#[test]
+fn four_shards_on_s3_one_killed_and_rerun_equal_one_embed() {
+    require_minilm();
+    let Some(s3) = s3_store("shards") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    persona_store(dir.path(), &s3, 2);
+    let local = dir.path().join("local");
+    persona_store(dir.path(), &local, 2);
+    palpipe(&local, &["embed"]).ok();
+    let expected = stored_vectors(&local);
+    assert!(expected.len() > 20, "{}", expected.len());
+
+    // Shard 1 is killed once it has staged a chunk (one text per chunk), before its metadata.
+    let data = |s: &Path| store_keys(s, "embeddings.lance/data/");
+    let mut victim = start_shard(&s3, "r1", 1, 4, &["--chunk", "1"]);
+    let start = Instant::now();
+    while data(&s3).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "shard 1 wrote nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    assert!(
+        store_keys(&s3, "_palpipe/runs/r1/").is_empty(),
+        "shard 1 finished before it was killed; the test needs a longer shard"
+    );
+    let orphans = data(&s3).len();
+
+    // The others side by side, then shard 1 again, then one commit.
+    let others: Vec<Child> = [0, 2, 3]
+        .iter()
+        .map(|k| start_shard(&s3, "r1", *k, 4, &["--chunk", "8"]))
+        .collect();
+    let mut embedded: usize = others.into_iter().map(finish_shard).sum();
+    assert!(
+        store_keys(&s3, "embeddings.lance/_versions/").is_empty(),
+        "a shard committed"
+    );
+    let r = palpipe(&s3, &["commit", "--run-id", "r1", "--shards", "4"]).code(1);
+    assert!(r.stderr.contains("missing shard 1 of 4"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("s3://") && r.stderr.contains("shard-1-of-4.json"),
+        "{}",
+        r.stderr
+    );
+    embedded += finish_shard(start_shard(&s3, "r1", 1, 4, &["--chunk", "8"]));
+    assert_eq!(embedded, expected.len());
+    let metas = store_keys(&s3, "_palpipe/runs/r1/");
+    assert_eq!(
+        metas,
+        (0..4)
+            .map(|k| format!("_palpipe/runs/r1/shard-{k}-of-4.json"))
+            .collect::<Vec<_>>()
+    );
+    // Two commits of the run at once: no lock file on a bucket, yet one version only.
+    let commits: Vec<Child> = (0..2)
+        .map(|_| {
+            bin()
+                .args(["commit", "--run-id", "r1", "--shards", "4", "--store"])
+                .arg(&s3)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outcomes: Vec<(Option<i32>, String, String)> = commits
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            (
+                o.status.code(),
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .collect();
+    let published = outcomes
+        .iter()
+        .filter(|(code, out, _)| {
+            *code == Some(0) && out.contains(&format!("committed {embedded} rows"))
+        })
+        .count();
+    assert_eq!(published, 1, "{outcomes:?}");
+    for (code, out, err) in &outcomes {
+        let ok = (*code == Some(0)
+            && (out.contains("committed") || out.contains("already committed")))
+            || (*code == Some(1) && err.contains("is being committed by another process"));
+        assert!(ok, "{code:?}\n{out}\n{err}");
+    }
+    assert_eq!(versions(&s3)["embeddings"], (1, expected.len() as i64));
+    let got = stored_vectors(&s3);
+    assert_eq!(
+        got.keys().collect::<BTreeSet<_>>(),
+        expected.keys().collect::<BTreeSet<_>>()
+    );
+    for (id, v) in &expected {
+        let w = &got[id];
+        assert_eq!(v.len(), w.len());
+        let worst = v
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-4, "{id}: differs by {worst}");
+    }
+    // The same commit again is a no-op; vacuum removes the killed attempt's files.
+    let r = palpipe(&s3, &["commit", "--run-id", "r1", "--shards", "4"]).ok();
+    assert!(r.stdout.contains("already committed"), "{}", r.stdout);
+    let r = palpipe(&s3, &["vacuum", "--older-than", "0s"]).ok();
+    assert!(
+        r.stdout.contains(&format!(
+            "embeddings: removed {orphans} uncommitted data files"
+        )),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(stored_vectors(&s3).len(), expected.len());
+    // Vector search over the remote table finds what it finds over the folder.
+    let texts = |s: &Path| -> Vec<String> {
+        let r = palpipe(s, &["search", "--text", "painting", "--k", "3", "--json"]).ok();
+        r.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].to_string())
+            .collect()
+    };
+    let found = texts(&s3);
+    assert_eq!(found.len(), 3);
+    assert_eq!(found, texts(&local));
+}
