@@ -17,7 +17,7 @@ fn small_persona(dir: &std::path::Path) -> std::path::PathBuf {
 fn embed_caches_by_content_and_search_finds_the_statement_itself() {
     require_minilm();
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = small_persona(dir.path());
     // first embed only the math prompts, then everything: the second pass embeds the rest only
     palpipe(
@@ -106,7 +106,7 @@ fn embed_caches_by_content_and_search_finds_the_statement_itself() {
 #[test]
 fn a_missing_model_folder_is_named_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = small_persona(dir.path());
     let r = palpipe(
         &store,
@@ -134,7 +134,7 @@ fn a_missing_model_folder_is_named_with_a_hint() {
 fn an_embed_killed_midway_completes_on_rerun_without_duplicates() {
     require_minilm();
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let text = format!(
         "name: p\nstages:\n  - name: data\n    kind: persona\n    dir: {}\n    personas: [art, music]\n    users_per_persona: 10\n    queries_per_user: 40\n    unseen_users_per_persona: 0\n",
         shared_data().join("persona").display()

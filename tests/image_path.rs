@@ -42,7 +42,7 @@ fn leakage_pipeline(dir: &Path, data: &Path) -> PathBuf {
 fn leakage_split_finds_exactly_the_planted_leaks_and_reruns_do_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (data, m) = fixtures(dir.path(), &[]);
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = leakage_pipeline(dir.path(), &data);
     let r = palpipe(&store, &["run", p.to_str().unwrap()]).ok();
     let leak = n(&m["v2_leakage"]);
@@ -125,7 +125,7 @@ fn leakage_split_finds_exactly_the_planted_leaks_and_reruns_do_nothing() {
 fn undecodable_images_are_skipped_and_named_by_ranking_id() {
     let dir = tempfile::tempdir().unwrap();
     let (data, m) = fixtures(dir.path(), &["--corrupt", "2", "--rows", "1400"]);
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = leakage_pipeline(dir.path(), &data);
     let r = palpipe(&store, &["run", p.to_str().unwrap()]).ok();
     let ids = m["splits"]["v1-train"]["corrupt_ranking_ids"]
@@ -176,7 +176,7 @@ fn a_shard_without_a_required_column_is_refused_by_name() {
     }
     w.close().unwrap();
 
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = leakage_pipeline(dir.path(), &data);
     let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(1);
     assert!(
@@ -215,7 +215,7 @@ fn paf_pipeline(dir: &Path, data: &Path, filter_extra: &str) -> PathBuf {
 fn pick_a_filter_deals_two_groups_and_filters_one_image_per_pair() {
     let dir = tempfile::tempdir().unwrap();
     let (data, m) = fixtures(dir.path(), &[]);
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = paf_pipeline(dir.path(), &data, "    beta: 1.0\n");
     palpipe(&store, &["run", p.to_str().unwrap()]).ok();
 
@@ -330,7 +330,7 @@ fn pick_a_filter_out_of_range_parameters_are_located() {
     ] {
         std::fs::write(data.join(f), b"").unwrap();
     }
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     for (extra, key, needle) in [
         ("    beta: 1.5\n", "stages.1.beta", "beta is 1.5"),
         (
@@ -515,7 +515,7 @@ fn a_clip_embed_stage_without_its_folder_is_refused_before_any_work() {
         "clip.yaml",
         "name: c\nstages:\n  - name: embed\n    kind: embed\n    encoder: clip\n",
     );
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(2);
     assert!(r.stderr.contains("clip.yaml:5:"), "{}", r.stderr);
     assert!(r.stderr.contains("'stages.0.encoder'"), "{}", r.stderr);

@@ -191,7 +191,7 @@ fn pickapic_rows_that_are_not_preferences_are_dropped_and_counted() {
             data.display()
         ),
     );
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let r = palpipe(&store, &["run", p.to_str().unwrap()]).ok();
 
     // Expectations from the rows written above.
@@ -461,7 +461,7 @@ fn a_windows_1252_csv_is_named_by_file_and_line_once_with_a_hint() {
             conv.display()
         ),
     );
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(1);
     let file = conv.join("comments.csv").display().to_string();
     assert!(

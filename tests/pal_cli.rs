@@ -25,7 +25,7 @@ fn pipeline() -> String {
 }
 
 fn trained_store(dir: &Path) -> std::path::PathBuf {
-    let store = dir.join("s");
+    let store = new_store(dir, "s");
     let p = write_pipeline(dir, "p.yaml", &pipeline());
     palpipe(&store, &["run", p.to_str().unwrap()]).ok();
     store

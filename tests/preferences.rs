@@ -142,7 +142,7 @@ fn pairwise_chosen_rejected_from_gzipped_json_lines() {
     assert_eq!(expected.len(), 22);
     let file = dir.path().join("prefs.jsonl.gz");
     write_jsonl_gz(&file, &rows);
-    let store = dir.path().join("store");
+    let store = new_store(dir.path(), "store");
     let run = ingest(
         &store,
         &[
@@ -224,7 +224,7 @@ fn pairwise_left_right_index_from_a_hugging_face_parquet_folder() {
     let yaml = "name: hf\nstages:\n  - name: prefs\n    kind: preferences\n    dataset: hf\n    path: hf\n    columns: {user: annotator_id, prompt: question, left: response_0, right: response_1, label: pick}\n";
     let pipeline = dir.path().join("hf.yaml");
     std::fs::write(&pipeline, yaml).unwrap();
-    let store = dir.path().join("store");
+    let store = new_store(dir.path(), "store");
     let run = palpipe(&store, &["run", pipeline.to_str().unwrap()]).ok();
     assert_eq!(comparisons(&store, "hf"), expected);
     assert!(run.stdout.contains("3 missing label"), "{}", run.stdout);
@@ -329,7 +329,7 @@ fn pairwise_two_scores_with_hugging_face_image_records() {
     .unwrap();
     let file = dir.path().join("pics.parquet");
     write_parquet(&file, &batch);
-    let store = dir.path().join("store");
+    let store = new_store(dir.path(), "store");
     let run = ingest(
         &store,
         &[
@@ -421,7 +421,7 @@ fn best_of_k_community_alignment_preset() {
     }
     assert_eq!(expected.len(), 7 * 3 - 1);
     write_jsonl(&dir.path().join("ca/train.jsonl"), &rows);
-    let store = dir.path().join("store");
+    let store = new_store(dir.path(), "store");
     let run = ingest(
         &store,
         &[
@@ -473,7 +473,7 @@ fn ratings_csv_with_min_gap() {
     assert!(ties > 0 && expected.len() > 10, "{ties} {}", expected.len());
     let file = dir.path().join("ratings.csv");
     std::fs::write(&file, csv).unwrap();
-    let store = dir.path().join("store");
+    let store = new_store(dir.path(), "store");
     let run = ingest(
         &store,
         &[
@@ -548,7 +548,7 @@ fn prism_preset_chosen_over_the_others_of_its_turn() {
     assert_eq!(expected.len(), 4 * 3 + 4);
     let file = dir.path().join("utterances.jsonl");
     write_jsonl(&file, &rows);
-    let store = dir.path().join("store");
+    let store = new_store(dir.path(), "store");
     ingest(
         &store,
         &[
@@ -606,7 +606,7 @@ fn summarize_from_feedback_preset() {
             &rows,
         );
     }
-    let store = dir.path().join("store");
+    let store = new_store(dir.path(), "store");
     ingest(
         &store,
         &[
@@ -650,7 +650,7 @@ fn chat_transcripts_share_their_history() {
         ));
     }
     write_jsonl(&dir.path().join("hh/train.jsonl"), &hh);
-    let store = dir.path().join("store");
+    let store = new_store(dir.path(), "store");
     ingest(
         &store,
         &[

@@ -54,7 +54,7 @@ fn data_tables(store: &Path) -> std::collections::BTreeMap<String, (i64, i64)> {
 fn store_with_data(dir: &Path) -> (PathBuf, std::collections::BTreeMap<String, (i64, i64)>) {
     let good = dir.join("good.jsonl");
     write_jsonl(&good, &tldr_rows(6));
-    let store = dir.join("store");
+    let store = new_store(dir, "store");
     let mut args = vec!["ingest", good.to_str().unwrap(), "--dataset", "good"];
     args.extend_from_slice(&TLDR);
     palpipe(&store, &args).ok();

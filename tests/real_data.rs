@@ -53,7 +53,7 @@ fn polis_pairs_match_an_independent_count_of_the_votes() {
     let expected: usize = eligible.iter().map(|n| (*n).min(200)).sum();
 
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = write_pipeline(
         dir.path(),
         "p.yaml",
@@ -95,7 +95,7 @@ fn persona_labels_follow_each_users_persona_in_the_files() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = write_pipeline(
         dir.path(),
         "p.yaml",

@@ -115,7 +115,7 @@ fn pipeline() -> String {
 #[test]
 fn report_covers_the_runs_models_plots_and_stages() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = write_pipeline(dir.path(), "p.yaml", &pipeline());
     palpipe(&store, &["run", p.to_str().unwrap()]).ok();
     let accuracies: Vec<(String, String)> = MODELS
@@ -184,7 +184,7 @@ fn report_covers_the_runs_models_plots_and_stages() {
 #[test]
 fn report_on_a_store_without_runs_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     // An existing, empty store (a missing one is 'no store at …').
     std::fs::create_dir(&store).unwrap();
     let out = dir.path().join("out");

@@ -225,7 +225,8 @@ fn two_concurrent_runs_on_one_s3_store_lose_no_commit() {
                 Some(0) => {}
                 Some(1) => {
                     // A clean refusal: one error line with a hint, no panic.
-                    assert!(err.starts_with("error:"), "round {round}: {err}");
+                    assert!(err.starts_with("palpipe: error:"), "round {round}: {err}");
+                    assert!(err.contains("hint:"), "round {round}: {err}");
                     assert!(!err.contains("panicked"), "round {round}: {err}");
                     assert!(!err.contains(".rs:"), "round {round}: {err}");
                     failed.push(p.clone());

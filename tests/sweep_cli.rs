@@ -108,7 +108,7 @@ fn shipped_pipelines_plan_the_stages_they_used_to_spell_out() {
 fn dry_run_lists_the_expanded_stages() {
     let dir = tempfile::tempdir().unwrap();
     let r = palpipe(
-        &dir.path().join("s"),
+        &new_store(dir.path(), "s"),
         &["run", "pipelines/persona.yaml", "--dry-run"],
     )
     .ok();
@@ -188,7 +188,7 @@ const HEAD: &str = "name: t\nsplits:\n  s: \"SELECT * FROM pairs\"\nstages:\n  -
 fn refused(dir: &Path, file: &str, text: &str) -> String {
     let p = write_pipeline(dir, file, text);
     palpipe(
-        &dir.join("store"),
+        &new_store(dir, "store"),
         &["run", p.to_str().unwrap(), "--dry-run"],
     )
     .code(2)

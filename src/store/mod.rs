@@ -75,6 +75,8 @@ pub enum StoreError {
     Sql(String),
     #[error("store '{store}': {message}")]
     Location { store: String, message: String },
+    #[error("table '{table}' {what}\nhint: run the pipeline again: what the other writer committed stays, and this stage's work is redone")]
+    Concurrent { table: String, what: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -83,6 +85,29 @@ pub(crate) fn lance_err(table: &str) -> impl FnOnce(lance::Error) -> StoreError 
     move |source| StoreError::Lance {
         table: table.to_string(),
         source,
+    }
+}
+
+/// As [`lance_err`], for a commit: a table another writer created, or a commit that
+/// conflicts with another writer's, becomes [`StoreError::Concurrent`].
+pub(crate) fn commit_err(table: &str) -> impl FnOnce(lance::Error) -> StoreError + '_ {
+    move |source| {
+        match source {
+        lance::Error::DatasetAlreadyExists { .. } => StoreError::Concurrent {
+            table: table.to_string(),
+            what: "was created by another writer while this stage ran".into(),
+        },
+        lance::Error::CommitConflict { .. }
+        | lance::Error::IncompatibleTransaction { .. }
+        | lance::Error::RetryableCommitConflict { .. } => StoreError::Concurrent {
+            table: table.to_string(),
+            what: format!(
+                "was changed by another writer at the same time, in a way this stage's commit cannot be applied over ({})",
+                messages::without_source_locations(&source.to_string())
+            ),
+        },
+        other => lance_err(table)(other),
+    }
     }
 }
 

@@ -466,7 +466,7 @@ async fn publish(
             CommitBuilder::new(ds.clone())
                 .execute(tx)
                 .await
-                .map_err(lance_err(TABLE))?
+                .map_err(super::commit_err(TABLE))?
         }
         None => {
             // The table is new: the shards' fragments become its first version, with the
@@ -507,7 +507,7 @@ async fn publish(
                 .commit_to_uri(&uri)
                 .execute(tx)
                 .await
-                .map_err(lance_err(TABLE))?
+                .map_err(super::commit_err(TABLE))?
         }
     };
     Ok(done)

@@ -25,8 +25,8 @@ use lance::dataset::{CommitBuilder, DeleteBuilder, InsertBuilder, WriteMode};
 use lance::Dataset;
 
 use super::{
-    batches, check_vector_width, join_key, key_columns, lance_err, records, sql_str, Store,
-    StoreError, TableSchema, WriteStats,
+    batches, check_vector_width, commit_err, join_key, key_columns, lance_err, records, sql_str,
+    Store, StoreError, TableSchema, WriteStats,
 };
 
 /// The order tables are committed in: content first, so a pair never names an item that is
@@ -456,7 +456,7 @@ async fn commit_table(
                 .commit_to_uri(&uri)
                 .execute(t)
                 .await
-                .map_err(lance_err(table))?;
+                .map_err(commit_err(table))?;
             store.record_commit(table, done.version_id());
         }
         return Ok(stats);
@@ -467,9 +467,9 @@ async fn commit_table(
         Some(other) => {
             // Staged as the table's creation, but another writer created it meanwhile.
             remove_staged_files(store, table, &other);
-            return Err(StoreError::Batch {
+            return Err(StoreError::Concurrent {
                 table: table.into(),
-                message: "the table was created by another writer while this stage ran\nhint: run the pipeline again".into(),
+                what: "was created by another writer while this stage ran".into(),
             });
         }
     };
@@ -487,7 +487,7 @@ async fn commit_table(
             let done = CommitBuilder::new(latest)
                 .execute(tx)
                 .await
-                .map_err(lance_err(table))?;
+                .map_err(commit_err(table))?;
             store.record_commit(table, done.version_id());
         }
         return Ok(stats);
@@ -531,7 +531,7 @@ async fn commit_table(
     if let Some(rows) = deletion.affected_rows {
         builder = builder.with_affected_rows(rows);
     }
-    let done = builder.execute(tx).await.map_err(lance_err(table))?;
+    let done = builder.execute(tx).await.map_err(commit_err(table))?;
     store.record_commit(table, done.version_id());
     Ok(stats)
 }

@@ -196,6 +196,16 @@ impl Drop for MotoServer {
     }
 }
 
+/// A new store for a test: the folder `dir/name`, or, with `PALPIPE_TEST_STORE=s3`, a fresh
+/// prefix on a moto server (the same test then runs against S3; see tests/s3_cli.rs).
+pub fn new_store(dir: &Path, name: &str) -> PathBuf {
+    match std::env::var("PALPIPE_TEST_STORE").as_deref() {
+        Ok("s3") => s3_store(name).unwrap_or_else(|| dir.join(name)),
+        Ok("") | Err(_) => dir.join(name),
+        Ok(other) => panic!("PALPIPE_TEST_STORE={other}: expected s3 (or unset for a folder)"),
+    }
+}
+
 /// A fresh, empty store on this process's moto server (`s3://<bucket>/store`, one bucket
 /// per call), or `None` when the S3 tests are skipped (`PALPIPE_NO_S3_TESTS=1`). Every
 /// command from [`bin`] (and so [`palpipe`], [`query`], …) then reaches moto.
