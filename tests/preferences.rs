@@ -13,7 +13,7 @@ use arrow_array::{
     ArrayRef, BinaryArray, Float64Array, Int64Array, RecordBatch, StringArray, StructArray,
 };
 use arrow_schema::{DataType, Field, Fields, Schema};
-use common::{palpipe, query, scalar};
+use common::{new_store, palpipe, query, scalar};
 use serde_json::{json, Value};
 
 /// (user, split, prompt, preferred text, other text) of one stored comparison.

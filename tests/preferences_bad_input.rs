@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{palpipe, versions};
+use common::{new_store, palpipe, versions};
 use serde_json::{json, Value};
 
 fn write_jsonl(path: &Path, rows: &[Value]) {

@@ -180,8 +180,9 @@ fn store_and_store_options_come_from_the_pipeline_file() {
 /// Two pipelines that own different datasets of one store.
 fn two_pipelines(dir: &Path) -> [PathBuf; 2] {
     ["a", "b"].map(|n| {
+        // Each its own dataset (the rows it owns) and seed (its own items).
         let stage = SMALL_SYNTH_STAGE
-            .replace("name: data", &format!("name: {n}"))
+            .replace("name: data", &format!("name: {n}\n    dataset: syn-{n}"))
             .replace("seed: 7", if n == "a" { "seed: 7" } else { "seed: 8" });
         write_pipeline(
             dir,

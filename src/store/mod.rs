@@ -239,13 +239,28 @@ impl Store {
         }
     }
 
-    /// A commit that creates `table` (or commits to it by URI).
+    /// The commit that creates a table (an `Overwrite` read at version 0). Without retries:
+    /// lance would otherwise rebase an overwrite over a table another writer created
+    /// meanwhile, replacing that writer's rows; in this strict mode it fails instead (see
+    /// [`Store::creation_err`]).
     pub(crate) fn commit_to_uri<'a>(&self, uri: &'a str) -> lance::dataset::CommitBuilder<'a> {
-        let b = lance::dataset::CommitBuilder::new(uri);
+        let b = lance::dataset::CommitBuilder::new(uri).with_max_retries(0);
         match self.store_params() {
             Some(p) => b.with_store_params(p),
             None => b,
         }
+    }
+
+    /// The error of a failed creation of `table`: when the table exists now, another writer
+    /// created it first ([`StoreError::Concurrent`]); otherwise lance's error.
+    pub(crate) async fn creation_err(&self, table: &str, source: lance::Error) -> StoreError {
+        if self.has_table(table).await.unwrap_or(false) {
+            return StoreError::Concurrent {
+                table: table.to_string(),
+                what: "was created by another writer while this stage ran".into(),
+            };
+        }
+        commit_err(table)(source)
     }
 
     /// Opens the store at `root`, creating the folder when it does not exist.
@@ -510,23 +525,45 @@ impl Store {
         Ok(())
     }
 
-    /// Appends `batch` as one commit, creating the table when it does not exist.
+    /// Appends `batch` as one commit, creating the table when it does not exist (or
+    /// appending to it when another writer created it meanwhile).
     pub async fn append(&self, table: &str, batch: RecordBatch) -> Result<(), StoreError> {
         let existing = self.dataset(table, None).await?;
         if let Some(ds) = &existing {
             check_vector_width(ds, &batch)?;
         }
-        let mode = if existing.is_some() {
-            WriteMode::Append
-        } else {
-            WriteMode::Create
-        };
-        let schema = batch.schema();
-        let reader = RecordBatchIterator::new(vec![Ok(batch)], schema);
-        let params = self.write_params(mode);
-        let ds = Dataset::write(reader, self.uri(table).as_str(), Some(params))
-            .await
-            .map_err(lance_err(table))?;
+        if existing.is_none() {
+            let uri = self.uri(table);
+            let staged = lance::dataset::InsertBuilder::new(uri.as_str())
+                .with_params(&self.write_params(WriteMode::Create))
+                .execute_uncommitted(vec![batch.clone()])
+                .await
+                .map_err(lance_err(table))?;
+            match self.commit_to_uri(&uri).execute(staged).await {
+                Ok(ds) => {
+                    self.record_commit(table, ds.version_id());
+                    return Ok(());
+                }
+                // Created by another writer meanwhile: append to theirs (the files staged
+                // for the creation are left for `vacuum`).
+                Err(e) => match self.creation_err(table, e).await {
+                    StoreError::Concurrent { .. } => {
+                        if let Some(ds) = self.dataset(table, None).await? {
+                            check_vector_width(&ds, &batch)?;
+                        }
+                    }
+                    other => return Err(other),
+                },
+            }
+        }
+        let reader = RecordBatchIterator::new(vec![Ok(batch.clone())], batch.schema());
+        let ds = Dataset::write(
+            reader,
+            self.uri(table).as_str(),
+            Some(self.write_params(WriteMode::Append)),
+        )
+        .await
+        .map_err(commit_err(table))?;
         self.record_commit(table, ds.version_id());
         Ok(())
     }

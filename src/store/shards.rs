@@ -503,11 +503,10 @@ async fn publish(
                 .transaction_properties(props)
                 .build();
             let uri = store.uri(TABLE);
-            store
-                .commit_to_uri(&uri)
-                .execute(tx)
-                .await
-                .map_err(super::commit_err(TABLE))?
+            match store.commit_to_uri(&uri).execute(tx).await {
+                Ok(d) => d,
+                Err(e) => return Err(store.creation_err(TABLE, e).await.into()),
+            }
         }
     };
     Ok(done)

@@ -452,11 +452,10 @@ async fn commit_table(
         // The table does not exist: the staged write creates it.
         if let Some(t) = stage.staged {
             let uri = store.uri(table);
-            let done = store
-                .commit_to_uri(&uri)
-                .execute(t)
-                .await
-                .map_err(commit_err(table))?;
+            let done = match store.commit_to_uri(&uri).execute(t).await {
+                Ok(d) => d,
+                Err(e) => return Err(store.creation_err(table, e).await),
+            };
             store.record_commit(table, done.version_id());
         }
         return Ok(stats);
