@@ -24,20 +24,20 @@ fn pipeline() -> String {
     )
 }
 
+/// A trained store: a folder, or a bucket prefix with `PALPIPE_TEST_STORE=s3`.
 fn trained_store(dir: &Path) -> std::path::PathBuf {
-    let store = new_store(dir, "s");
+    trained_at(dir, new_store(dir, "s"))
+}
+
+/// A trained store in a folder always (for tests that read its files or open it directly).
+fn trained_local_store(dir: &Path) -> std::path::PathBuf {
+    trained_at(dir, dir.join("s"))
+}
+
+fn trained_at(dir: &Path, store: std::path::PathBuf) -> std::path::PathBuf {
     let p = write_pipeline(dir, "p.yaml", &pipeline());
     palpipe(&store, &["run", p.to_str().unwrap()]).ok();
     store
-}
-
-fn eval_json(store: &Path, model: &str, split: &str) -> serde_json::Value {
-    let r = palpipe(
-        store,
-        &["eval", "--model", model, "--split", split, "--json"],
-    )
-    .ok();
-    serde_json::from_str(r.stdout.trim()).expect("one JSON object")
 }
 
 #[test]
@@ -133,7 +133,7 @@ fn pipeline_trains_evaluates_and_adapts() {
 #[test]
 fn training_twice_with_one_seed_gives_identical_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let store = trained_store(dir.path());
+    let store = trained_local_store(dir.path());
     let args = [
         "train",
         "--name",
@@ -296,7 +296,7 @@ fn sweep_prints_one_row_per_k_with_mean_over_seeds() {
 #[test]
 fn empty_splits_and_nan_vectors_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let store = trained_store(dir.path());
+    let store = trained_local_store(dir.path());
     let r = palpipe(
         &store,
         &[

@@ -184,7 +184,7 @@ fn report_covers_the_runs_models_plots_and_stages() {
 #[test]
 fn report_on_a_store_without_runs_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
-    let store = new_store(dir.path(), "s");
+    let store = dir.path().join("s");
     // An existing, empty store (a missing one is 'no store at …').
     std::fs::create_dir(&store).unwrap();
     let out = dir.path().join("out");

@@ -28,15 +28,6 @@ fn trained_pipeline() -> String {
     )
 }
 
-fn eval_json(store: &Path, model: &str, split: &str) -> serde_json::Value {
-    let r = palpipe(
-        store,
-        &["eval", "--model", model, "--split", split, "--json"],
-    )
-    .ok();
-    serde_json::from_str(r.stdout.trim()).expect("one JSON object")
-}
-
 /// (table, rows) of every table, from `palpipe tables`.
 fn row_counts(store: &Path) -> BTreeMap<String, i64> {
     versions(store)
@@ -259,35 +250,6 @@ fn persona_store(dir: &Path, store: &Path, users: usize) {
     );
     let p = write_pipeline(dir, "p.yaml", &text);
     palpipe(store, &["run", p.to_str().unwrap()]).ok();
-}
-
-fn start_shard(store: &Path, run: &str, k: usize, n: usize, extra: &[&str]) -> Child {
-    bin()
-        .args(["embed", "--uncommitted", "--run-id", run, "--shard"])
-        .arg(format!("{k}/{n}"))
-        .args(extra)
-        .args(["--quiet", "--store"])
-        .arg(store)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn finish_shard(child: Child) -> usize {
-    let o = child.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out.split("embedded ")
-        .nth(1)
-        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no count in {out}"))
 }
 
 #[test]

@@ -37,38 +37,6 @@ fn embeddable_ids(store: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// `palpipe embed --shard K/N --uncommitted --run-id RUN EXTRA…`, started.
-fn start_shard(store: &Path, run: &str, k: usize, n: usize, extra: &[&str]) -> Child {
-    bin()
-        .args(["embed", "--uncommitted", "--run-id", run, "--shard"])
-        .arg(format!("{k}/{n}"))
-        .args(extra)
-        .args(["--quiet", "--store"])
-        .arg(store)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start palpipe")
-}
-
-/// Waits for a shard and returns how many vectors it says it embedded.
-fn finish_shard(child: Child) -> usize {
-    let o = child.wait_with_output().unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{out}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let n = out
-        .split("embedded ")
-        .nth(1)
-        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|s| s.parse().ok());
-    n.unwrap_or_else(|| panic!("no count in {out}"))
-}
-
 /// The data files of `embeddings`.
 fn data_files(store: &Path) -> BTreeSet<String> {
     std::fs::read_dir(store.join("embeddings.lance/data"))

@@ -426,3 +426,50 @@ pub fn stored_vectors(store: &Path) -> std::collections::HashMap<String, Vec<f64
         })
         .collect()
 }
+
+/// `palpipe eval --model M --split S --json`, parsed.
+pub fn eval_json(store: &Path, model: &str, split: &str) -> serde_json::Value {
+    let r = palpipe(
+        store,
+        &["eval", "--model", model, "--split", split, "--json"],
+    )
+    .ok();
+    serde_json::from_str(r.stdout.trim()).expect("one JSON object")
+}
+
+/// `palpipe embed --shard K/N --uncommitted --run-id RUN EXTRA…`, started.
+pub fn start_shard(
+    store: &Path,
+    run: &str,
+    k: usize,
+    n: usize,
+    extra: &[&str],
+) -> std::process::Child {
+    bin()
+        .args(["embed", "--uncommitted", "--run-id", run, "--shard"])
+        .arg(format!("{k}/{n}"))
+        .args(extra)
+        .args(["--quiet", "--store"])
+        .arg(store)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start palpipe")
+}
+
+/// Waits for a shard and returns how many vectors it says it embedded.
+pub fn finish_shard(child: std::process::Child) -> usize {
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out.split("embedded ")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {out}"))
+}
