@@ -154,13 +154,21 @@ impl<T: Record> Runs<T> {
 
     /// Sorts the run in memory by key (one row per key when de-duplicating).
     fn sort(&mut self) {
-        if !self.dedup {
+        // The rows' order is sorted as indices (4 bytes each, where a row is 150–250), then
+        // each row is moved once to its place.
+        let rows = &self.rows;
+        let mut order: Vec<u32> = (0..rows.len() as u32).collect();
+        let by_key = |a: &u32, b: &u32| key_order(rows[*a as usize].key(), rows[*b as usize].key());
+        if self.dedup {
+            order.sort_unstable_by(by_key);
+        } else {
             // Stable: rows of one key keep the order they came in.
-            self.rows.sort_by(|a, b| key_order(a.key(), b.key()));
+            order.sort_by(by_key);
+        }
+        permute(&mut self.rows, order);
+        if !self.dedup {
             return;
         }
-        self.rows
-            .sort_unstable_by(|a, b| key_order(a.key(), b.key()));
         let before = self.rows.len();
         self.rows.dedup_by(|a, b| a.key() == b.key());
         self.repeated += before - self.rows.len();
@@ -176,10 +184,11 @@ impl<T: Record> Runs<T> {
         self.sort();
         let path = self.next_file(dir);
         let mut w = BufWriter::with_capacity(RUN_BUFFER, File::create(&path)?);
-        for row in self.rows.drain(..) {
+        for row in &self.rows {
             row.encode(&mut w)?;
         }
         w.flush()?;
+        self.rows.clear();
         self.bytes = 0;
         self.add_file(dir, 0, path)
     }
@@ -261,6 +270,23 @@ impl<T: Record> Runs<T> {
         let mut merged = Merge::open(&files, rows, self.dedup)?;
         merged.repeated = self.repeated;
         Ok(merged)
+    }
+}
+
+/// Puts `rows[order[i]]` at place `i`, following each cycle of the permutation with swaps
+/// (`order` is a permutation of the indices; it is used up as the marks of places done).
+fn permute<T>(rows: &mut [T], mut order: Vec<u32>) {
+    for start in 0..rows.len() {
+        let mut place = start;
+        loop {
+            let from = order[place] as usize;
+            order[place] = place as u32;
+            if from == start || from == place {
+                break;
+            }
+            rows.swap(place, from);
+            place = from;
+        }
     }
 }
 
@@ -683,6 +709,35 @@ mod tests {
             for b in keys {
                 assert_eq!(key_order(a, b), a.cmp(b), "{a:?} {b:?}");
             }
+        }
+    }
+
+    /// `permute` puts each row where the order says, for every permutation of four rows
+    /// and a longer scrambled one.
+    #[test]
+    fn permute_moves_each_row_to_its_place() {
+        let mut perms = Vec::new();
+        for a in 0..4u32 {
+            for b in 0..4u32 {
+                for c in 0..4u32 {
+                    for d in 0..4u32 {
+                        let p = vec![a, b, c, d];
+                        let mut q = p.clone();
+                        q.sort();
+                        if q == [0, 1, 2, 3] {
+                            perms.push(p);
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(perms.len(), 24);
+        perms.push((0..97u32).map(|i| (i * 31 + 7) % 97).collect());
+        for order in perms {
+            let mut rows: Vec<String> = (0..order.len()).map(|i| format!("r{i}")).collect();
+            let want: Vec<String> = order.iter().map(|&i| format!("r{i}")).collect();
+            permute(&mut rows, order);
+            assert_eq!(rows, want);
         }
     }
 
