@@ -978,27 +978,23 @@ fn spilled_runs_and_row_order_leave_the_same_rows_in_the_same_order() {
     }
 }
 
-/// Runs `palpipe ingest FILE` of {annotator, prompt, chosen, rejected} rows into `store`
-/// with `env` set; returns the exit code, stdout and stderr.
-fn ingest_with_env(file: &Path, store: &Path, env: &[(&str, &str)]) -> common::Run {
+/// `palpipe ingest FILE` of {annotator, prompt, chosen, rejected} rows as dataset `mine`
+/// into `store`, quiet.
+fn ingest_mine(file: &Path, store: &Path) -> std::process::Command {
     let mut cmd = common::bin();
-    cmd.args([
-        "ingest",
-        file.to_str().unwrap(),
-        "--dataset",
-        "mine",
-        "--column",
-        "user=annotator",
-        "--column",
-        "prompt=prompt",
-        "--column",
-        "chosen=chosen",
-        "--column",
-        "rejected=rejected",
-        "--store",
-    ])
-    .arg(store)
-    .arg("--quiet");
+    cmd.arg("ingest")
+        .arg(file)
+        .args(["--dataset", "mine", "--column", "user=annotator"])
+        .args(["--column", "prompt=prompt", "--column", "chosen=chosen"])
+        .args(["--column", "rejected=rejected", "--store"])
+        .arg(store)
+        .arg("--quiet");
+    cmd
+}
+
+/// Runs [`ingest_mine`] with `env` set; returns the exit code, stdout and stderr.
+fn ingest_with_env(file: &Path, store: &Path, env: &[(&str, &str)]) -> common::Run {
+    let mut cmd = ingest_mine(file, store);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -1197,24 +1193,7 @@ fn a_killed_ingest_leaves_no_spill_folder() {
             })
             .collect()
     };
-    let mut child = common::bin()
-        .args([
-            "ingest",
-            file.to_str().unwrap(),
-            "--dataset",
-            "mine",
-            "--column",
-            "user=annotator",
-            "--column",
-            "prompt=prompt",
-            "--column",
-            "chosen=chosen",
-            "--column",
-            "rejected=rejected",
-            "--store",
-        ])
-        .arg(d.join("store"))
-        .arg("--quiet")
+    let mut child = ingest_mine(&file, &d.join("store"))
         // Tiny runs: thousands of run files, so the ingest is still running when killed.
         .env("PALPIPE_INGEST_RUN_BYTES", "2000")
         .env("TMPDIR", &tmp)
