@@ -977,3 +977,260 @@ fn spilled_runs_and_row_order_leave_the_same_rows_in_the_same_order() {
         assert_eq!(ia, sorted, "{table}: not in id order");
     }
 }
+
+/// `palpipe ingest FILE` of {annotator, prompt, chosen, rejected} rows as dataset `mine`
+/// into `store`, quiet.
+fn ingest_mine(file: &Path, store: &Path) -> std::process::Command {
+    let mut cmd = common::bin();
+    cmd.arg("ingest")
+        .arg(file)
+        .args(["--dataset", "mine", "--column", "user=annotator"])
+        .args(["--column", "prompt=prompt", "--column", "chosen=chosen"])
+        .args(["--column", "rejected=rejected", "--store"])
+        .arg(store)
+        .arg("--quiet");
+    cmd
+}
+
+/// Runs [`ingest_mine`] with `env` set; returns the exit code, stdout and stderr.
+fn ingest_with_env(file: &Path, store: &Path, env: &[(&str, &str)]) -> common::Run {
+    let mut cmd = ingest_mine(file, store);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    common::Run {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// JSON lines are parsed on several threads in blocks of lines: whatever the number of
+/// threads and the block size, the store holds the same rows in the same order, the
+/// summary (drops and their first rows) is the same, and a bad line or a column whose type
+/// changes is reported at the same line.
+#[test]
+fn threads_and_block_size_leave_the_same_store_report_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 300 rows: every 23rd has an empty chosen text, every 31st the same text twice, every
+    // 10th repeats row i - 5 (a repeated pair); a blank line every 50 lines.
+    let mut rows: Vec<Value> = Vec::new();
+    for i in 0..300usize {
+        let src = if i % 10 == 9 { i - 5 } else { i };
+        let chosen = if i % 23 == 22 {
+            String::new()
+        } else {
+            format!("good {src}")
+        };
+        let rejected = if i % 31 == 30 {
+            chosen.clone()
+        } else {
+            format!("bad {}", src % 40)
+        };
+        rows.push(json!({
+            "annotator": format!("w{}", src % 7),
+            "prompt": format!("prompt {}", src % 12),
+            "chosen": chosen,
+            "rejected": rejected,
+        }));
+    }
+    let mut text = String::new();
+    for (i, r) in rows.iter().enumerate() {
+        if i % 50 == 49 {
+            text.push('\n');
+        }
+        text += &format!("{r}\n");
+    }
+    let file = d.join("rows.jsonl");
+    std::fs::write(&file, &text).unwrap();
+    // The expected comparisons, from the rows: dropped rows left out, repeats once.
+    let kept: Vec<Value> = rows
+        .iter()
+        .filter(|r| {
+            let (c, j) = (
+                r["chosen"].as_str().unwrap(),
+                r["rejected"].as_str().unwrap(),
+            );
+            !c.is_empty() && c != j
+        })
+        .cloned()
+        .collect();
+    let expected = chosen_rejected(&kept);
+    let empty = rows.iter().filter(|r| r["chosen"] == "").count();
+    let same = rows
+        .iter()
+        .filter(|r| r["chosen"] != "" && r["chosen"] == r["rejected"])
+        .count();
+    assert!(empty > 10 && same > 5 && expected.len() < kept.len());
+
+    let runs = [
+        ("one", vec![("PALPIPE_INGEST_THREADS", "1")]),
+        (
+            "three",
+            vec![
+                ("PALPIPE_INGEST_THREADS", "3"),
+                ("PALPIPE_INGEST_BLOCK_BYTES", "300"),
+            ],
+        ),
+        (
+            "two",
+            vec![
+                ("PALPIPE_INGEST_THREADS", "2"),
+                ("PALPIPE_INGEST_BLOCK_BYTES", "4000"),
+            ],
+        ),
+    ];
+    let mut first: Option<([Vec<Value>; 4], String)> = None;
+    for (name, env) in &runs {
+        let store = d.join(format!("store-{name}"));
+        let r = ingest_with_env(&file, &store, env).ok();
+        let summary = r
+            .stdout
+            .lines()
+            .find(|l| l.contains("rows →"))
+            .unwrap_or_default()
+            .split("  done ")
+            .nth(1)
+            .unwrap_or_default()
+            .split_once("s  ")
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or_default();
+        assert!(
+            summary.contains(&format!("300 rows → {} pairs", expected.len())),
+            "{name}: {}",
+            r.stdout
+        );
+        assert!(
+            summary.contains(&format!("{empty} empty text")),
+            "{name}: {summary}"
+        );
+        assert!(
+            summary.contains(&format!("{same} same item twice")),
+            "{name}: {summary}"
+        );
+        assert_eq!(comparisons(&store, "mine"), expected, "{name}");
+        let snap = snapshot(&store);
+        let ids = |table: &str, id: &str| -> Vec<String> {
+            query(&store, &format!("SELECT {id} FROM {table}"))
+                .iter()
+                .map(|r| r[id].as_str().unwrap().to_string())
+                .collect()
+        };
+        let order = format!("{:?}", [ids("pairs", "pair_id"), ids("items", "item_id")]);
+        match &first {
+            None => first = Some((snap, summary.clone() + &order)),
+            Some((s, sum)) => {
+                assert_eq!(&snap, s, "{name}: stored rows differ");
+                assert_eq!(&(summary + &order), sum, "{name}: summary or order differs");
+            }
+        }
+    }
+
+    // A line that does not parse (line 254, blank before), and a prompt that is a number on
+    // line 203 (blank before): each named the same way whatever the threads.
+    let mut bad = text.lines().map(String::from).collect::<Vec<_>>();
+    let broken = bad.clone();
+    bad[253] = "{\"annotator\": \"w1\", \"prompt\": ".into();
+    let mut typed = broken;
+    typed[202] =
+        json!({"annotator": "w1", "prompt": 7, "chosen": "x", "rejected": "y"}).to_string();
+    for (name, lines, want) in [
+        ("bad-json", bad, "bad-json.jsonl:254: not a valid JSON line"),
+        ("mixed", typed, "line 203"),
+    ] {
+        let f = d.join(format!("{name}.jsonl"));
+        std::fs::write(&f, lines.join("\n") + "\n").unwrap();
+        let mut messages = Vec::new();
+        for (threads, block) in [("1", "1000000"), ("3", "200")] {
+            let store = d.join(format!("store-{name}-{threads}"));
+            let env = [
+                ("PALPIPE_INGEST_THREADS", threads),
+                ("PALPIPE_INGEST_BLOCK_BYTES", block),
+            ];
+            let r = ingest_with_env(&f, &store, &env).code(1);
+            assert!(r.stderr.contains(want), "{name} {threads}: {}", r.stderr);
+            assert!(
+                !store.join("pairs.lance").exists(),
+                "{name}: nothing written"
+            );
+            messages.push(r.stderr);
+        }
+        assert_eq!(messages[0], messages[1], "{name}");
+    }
+}
+
+/// A SIGTERM'd ingest removes its spill folder (a new one, private to its owner) on the way
+/// out.
+#[test]
+fn a_killed_ingest_leaves_no_spill_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rows: Vec<Value> = (0..40_000)
+        .map(|i| {
+            json!({
+                "annotator": format!("w{}", i % 50),
+                "prompt": format!("prompt {i}"),
+                "chosen": format!("a good answer number {i}"),
+                "rejected": format!("a bad answer number {i}"),
+            })
+        })
+        .collect();
+    let file = d.join("many.jsonl");
+    write_jsonl(&file, &rows);
+    let tmp = d.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let spill_dirs = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&tmp)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("palpipe-spill-"))
+            })
+            .collect()
+    };
+    let mut child = ingest_mine(&file, &d.join("store"))
+        // Tiny runs: thousands of run files, so the ingest is still running when killed.
+        .env("PALPIPE_INGEST_RUN_BYTES", "2000")
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let found = loop {
+        let found = spill_dirs();
+        if !found.is_empty() || start.elapsed().as_secs() > 60 {
+            break found;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert_eq!(found.len(), 1, "one spill folder while the ingest runs");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&found[0]).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "the spill folder is private");
+    // Let it write some run files first.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "stopped by the signal, not finished: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(spill_dirs().is_empty(), "the spill folder is removed");
+    assert!(!found[0].exists());
+}

@@ -279,14 +279,53 @@ pub type JsonObject = serde_json::Map<String, serde_json::Value>;
 /// The non-blank lines of a JSON-lines file, each parsed as a JSON object, with its 1-based
 /// line number.
 pub fn read_json_lines(path: &Path) -> Result<Vec<(u64, JsonObject)>, IngestError> {
-    let text = read_text(path)?;
     let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = (i + 1) as u64;
+    for_each_json_line(path, |line, map| {
+        out.push((line, map));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Streams the non-blank lines of a JSON-lines file to `each`, parsed as JSON objects, with
+/// their 1-based line numbers: one line in memory at a time. The errors are those of
+/// [`read_text`] (a missing, unreadable, non-UTF-8 or empty file) and of a line that is not
+/// a JSON object, and any `each` returns.
+pub fn for_each_json_line(
+    path: &Path,
+    mut each: impl FnMut(u64, JsonObject) -> Result<(), IngestError>,
+) -> Result<(), IngestError> {
+    use std::io::BufRead;
+    let file = open_file(path)?;
+    let mut r = std::io::BufReader::with_capacity(1 << 20, file);
+    let io = |source| IngestError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut buf = Vec::new();
+    let (mut line, mut any) = (0u64, false);
+    loop {
+        buf.clear();
+        if r.read_until(b'\n', &mut buf).map_err(io)? == 0 {
+            break;
+        }
+        line += 1;
+        let text = match std::str::from_utf8(&buf) {
+            Ok(t) => t,
+            Err(e) => {
+                let mut err = not_utf8(path, &buf, e);
+                if let IngestError::NotUtf8 { line: l, .. } = &mut err {
+                    *l = line;
+                }
+                return Err(err);
+            }
+        };
+        let raw = text.trim_end_matches('\n').trim_end_matches('\r');
         let raw = raw.trim_start_matches('\u{feff}');
         if raw.trim().is_empty() {
             continue;
         }
+        any = true;
         let value: serde_json::Value =
             serde_json::from_str(raw).map_err(|e| IngestError::BadJson {
                 path: path.to_path_buf(),
@@ -294,7 +333,7 @@ pub fn read_json_lines(path: &Path) -> Result<Vec<(u64, JsonObject)>, IngestErro
                 message: e.to_string(),
             })?;
         match value {
-            serde_json::Value::Object(map) => out.push((line, map)),
+            serde_json::Value::Object(map) => each(line, map)?,
             other => {
                 return Err(IngestError::BadJson {
                     path: path.to_path_buf(),
@@ -304,7 +343,12 @@ pub fn read_json_lines(path: &Path) -> Result<Vec<(u64, JsonObject)>, IngestErro
             }
         }
     }
-    Ok(out)
+    if !any {
+        return Err(IngestError::EmptyFile {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::common::{
-    assign_splits, check_dataset, read_json_lines, rng_for, IngestError, ROLE_SEEN, ROLE_UNSEEN,
+    assign_splits, check_dataset, for_each_json_line, rng_for, IngestError, ROLE_SEEN, ROLE_UNSEEN,
     SPLIT_TEST, SPLIT_UNSEEN,
 };
 use crate::store::records::{
@@ -342,7 +342,8 @@ pub fn ingest_with_report(p: &Params) -> Result<(IngestBatch, Report), IngestErr
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
-        for (line, record) in read_json_lines(file)? {
+        // One comparison in memory at a time: only what is kept stays.
+        for_each_json_line(file, |line, record| {
             report.comparisons += 1;
             let v = Value::Object(record);
             let policies = [
@@ -351,12 +352,12 @@ pub fn ingest_with_report(p: &Params) -> Result<(IngestBatch, Report), IngestErr
             ];
             if !supervised_pair(policies) {
                 report.off_policy += 1;
-                continue;
+                return Ok(());
             }
             let worker = str_at(file, line, &v, "worker")?.trim();
             if worker.is_empty() {
                 return Err(IngestError::BadValue {
-                    path: file.clone(),
+                    path: file.to_path_buf(),
                     line,
                     field: "worker".to_string(),
                     found: String::new(),
@@ -402,7 +403,8 @@ pub fn ingest_with_report(p: &Params) -> Result<(IngestBatch, Report), IngestErr
                 lengths,
                 source_ref: format!("{name}:{line}"),
             });
-        }
+            Ok(())
+        })?;
     }
 
     // Seen users: the busiest workers in train, by count then id.

@@ -14,7 +14,7 @@
 //!   output equals the stored scope row for row, nothing is committed, so re-running an
 //!   unchanged stage leaves every version as it was.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
@@ -51,6 +51,14 @@ struct RowDigest {
 }
 
 impl RowDigest {
+    /// The digest of two sets of rows together.
+    fn merge(&mut self, other: RowDigest) {
+        self.rows += other.rows;
+        for (slot, part) in self.sum.iter_mut().zip(other.sum) {
+            *slot = slot.wrapping_add(part);
+        }
+    }
+
     /// Adds every row of `batch`, its columns taken in name order, each cell as Arrow
     /// displays it (nulls as a marker no value can take).
     fn add(&mut self, batch: &RecordBatch, table: &str) -> Result<(), StoreError> {
@@ -144,9 +152,18 @@ struct TableStage {
     /// The uncommitted write: an `Append` (or, for a table that does not exist yet, the
     /// `Overwrite` that creates it) whose fragments grow with every chunk.
     staged: Option<Transaction>,
+    /// Writes under way, oldest first: their fragments join `staged` in this order.
+    pending: VecDeque<PendingWrite>,
     digest: RowDigest,
     stats: WriteStats,
 }
+
+/// A chunk being written as uncommitted fragments (and, for an owned scope, its digest).
+type PendingWrite = tokio::task::JoinHandle<Result<(Transaction, Option<RowDigest>), StoreError>>;
+
+/// Chunk writes under way per table at once: while Lance encodes one chunk, the next one is
+/// encoded too (on another core), and the stage's reader goes on.
+const WRITES_IN_FLIGHT: usize = 2;
 
 /// Writes a stage's rows as uncommitted fragments and commits each table once at the end.
 /// See the module documentation for the shared and owned rules.
@@ -232,6 +249,7 @@ impl<'a> StagedWriter<'a> {
                     keys,
                     base,
                     staged: None,
+                    pending: VecDeque::new(),
                     digest: RowDigest::default(),
                     stats: WriteStats::default(),
                 },
@@ -241,7 +259,9 @@ impl<'a> StagedWriter<'a> {
     }
 
     /// Stages the rows of `batch` whose key is not taken (see [`TableStage::keys`]) as
-    /// uncommitted fragments of `table`.
+    /// uncommitted fragments of `table`. The write runs as a task, up to
+    /// `WRITES_IN_FLIGHT` per table at once; their fragments join the table's in the order
+    /// the batches came (see [`settle`]).
     pub async fn stage(&mut self, table: &str, batch: RecordBatch) -> Result<(), StoreError> {
         let uri = self.store.uri(table);
         let remember = self.remember_staged;
@@ -283,47 +303,41 @@ impl<'a> StagedWriter<'a> {
         if let Some(ds) = &stage.base {
             check_vector_width(ds, &batch)?;
         }
-        if stage.scope.is_some() {
-            stage.digest.add(&batch, table)?;
-        }
         let params = store.write_params(if stage.base.is_some() {
             WriteMode::Append
         } else {
             WriteMode::Create
         });
-        let written = match &stage.base {
-            Some(ds) => {
-                InsertBuilder::new(ds.clone())
-                    .with_params(&params)
-                    .execute_uncommitted(vec![batch])
-                    .await
-            }
-            None => {
-                InsertBuilder::new(uri.as_str())
-                    .with_params(&params)
-                    .execute_uncommitted(vec![batch])
-                    .await
-            }
-        }
-        .map_err(lance_err(table))?;
-        let merged =
-            match stage.staged.take() {
-                None => written,
-                Some(mut t) => {
-                    let more = match written.operation {
-                        Operation::Append { fragments }
-                        | Operation::Overwrite { fragments, .. } => fragments,
-                        other => return Err(unexpected(table, &other)),
-                    };
-                    match &mut t.operation {
-                        Operation::Append { fragments }
-                        | Operation::Overwrite { fragments, .. } => fragments.extend(more),
-                        other => return Err(unexpected(table, other)),
-                    }
-                    t
-                }
+        let (base, owned, name) = (stage.base.clone(), stage.scope.is_some(), table.to_string());
+        stage.pending.push_back(tokio::spawn(async move {
+            // An owned scope's digest (order-independent: a sum over rows).
+            let digest = if owned {
+                let mut d = RowDigest::default();
+                d.add(&batch, &name)?;
+                Some(d)
+            } else {
+                None
             };
-        stage.staged = Some(merged);
+            let written = match base {
+                Some(ds) => {
+                    InsertBuilder::new(ds)
+                        .with_params(&params)
+                        .execute_uncommitted(vec![batch])
+                        .await
+                }
+                None => {
+                    InsertBuilder::new(uri.as_str())
+                        .with_params(&params)
+                        .execute_uncommitted(vec![batch])
+                        .await
+                }
+            }
+            .map_err(lance_err(&name))?;
+            Ok((written, digest))
+        }));
+        while stage.pending.len() > WRITES_IN_FLIGHT {
+            settle(stage, table).await?;
+        }
         Ok(())
     }
 
@@ -354,6 +368,12 @@ impl<'a> StagedWriter<'a> {
     /// for an owned scope the rows it held before (`replaced`), or `unchanged` when it held
     /// exactly the staged rows and nothing was committed.
     pub async fn commit(mut self) -> Result<BTreeMap<String, WriteStats>, StoreError> {
+        // Every write under way first: its fragments, in order, or its error.
+        for (name, stage) in self.tables.iter_mut() {
+            while !stage.pending.is_empty() {
+                settle(stage, name).await?;
+            }
+        }
         let mut tables = std::mem::take(&mut self.tables);
         let mut names: Vec<String> = tables.keys().cloned().collect();
         names.sort_by_key(|t| {
@@ -386,11 +406,50 @@ impl<'a> StagedWriter<'a> {
 impl Drop for StagedWriter<'_> {
     fn drop(&mut self) {
         for (table, stage) in std::mem::take(&mut self.tables) {
+            // Writes under way are stopped (files they had begun are not committed either).
+            for task in &stage.pending {
+                task.abort();
+            }
             if let Some(t) = stage.staged {
                 remove_staged_files(self.store, &table, &t.operation);
             }
         }
     }
+}
+
+/// Waits for the oldest write under way of `table` and adds its fragments (after those of
+/// the writes before it) and its digest.
+async fn settle(stage: &mut TableStage, table: &str) -> Result<(), StoreError> {
+    let Some(task) = stage.pending.pop_front() else {
+        return Ok(());
+    };
+    let (written, digest) = task.await.map_err(|e| StoreError::Batch {
+        table: table.into(),
+        message: format!("a write stopped: {e}"),
+    })??;
+    if let Some(d) = digest {
+        stage.digest.merge(d);
+    }
+    let merged = match stage.staged.take() {
+        None => written,
+        Some(mut t) => {
+            let more = match written.operation {
+                Operation::Append { fragments } | Operation::Overwrite { fragments, .. } => {
+                    fragments
+                }
+                other => return Err(unexpected(table, &other)),
+            };
+            match &mut t.operation {
+                Operation::Append { fragments } | Operation::Overwrite { fragments, .. } => {
+                    fragments.extend(more)
+                }
+                other => return Err(unexpected(table, other)),
+            }
+            t
+        }
+    };
+    stage.staged = Some(merged);
+    Ok(())
 }
 
 fn unexpected(table: &str, op: &Operation) -> StoreError {

@@ -2,9 +2,9 @@
 //! datasets layout); the format from the extension (or `format:`); gzip and zstd by their
 //! magic bytes; and one streaming reader per format that hands each row on as a [`Val`].
 //!
-//! JSON lines, CSV/TSV and Parquet are read a line or a record batch at a time, so memory
-//! does not grow with the file; a JSON array is parsed whole (its format has no rows to
-//! stop between).
+//! JSON lines (in blocks of whole lines, which the sink may parse on several threads), CSV/TSV
+//! and Parquet are read a block, a line or a record batch at a time, so memory does not grow
+//! with the file; a JSON array is streamed element by element.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -194,6 +194,15 @@ pub trait RowSink {
     fn columns(&mut self, names: &[String]) -> Result<(), PrefError>;
     /// One row.
     fn row(&mut self, at: Loc, row: Val) -> Result<(), PrefError>;
+    /// Every row of a JSON lines stream (see [`Blocks`], [`parse_line`]): the sink reads
+    /// the lines itself, so that it can parse them on several threads. The file's first row
+    /// gives its columns; a stream without rows is an empty file.
+    fn json_lines(
+        &mut self,
+        path: &Path,
+        format: Format,
+        r: &mut dyn BufRead,
+    ) -> Result<(), PrefError>;
 }
 
 /// Reads every row of `path` as `format` into `sink`. `wanted` names the top-level columns
@@ -228,78 +237,119 @@ pub fn read_file(
                 }
                 .into()),
                 (Format::Json, Some(b'[')) => read_json_array(path, r, sink),
-                _ => read_json_lines(path, r, format, sink),
+                _ => sink.json_lines(path, format, &mut r),
             }
         }
     }
 }
 
-fn read_json_lines(
+/// Whole lines of a JSON lines stream, and the number of the first (1-based).
+pub struct Block {
+    pub first_line: u64,
+    pub data: Vec<u8>,
+}
+
+impl Block {
+    /// The lines with their numbers (a line keeps its end of line).
+    pub fn lines(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        (self.first_line..).zip(self.data.split_inclusive(|b| *b == b'\n'))
+    }
+}
+
+/// Reads a JSON lines stream in [`Block`]s of about `target` bytes.
+pub struct Blocks<'r> {
+    path: &'r Path,
+    r: &'r mut dyn BufRead,
+    target: usize,
+    next_line: u64,
+}
+
+impl<'r> Blocks<'r> {
+    /// Blocks of `r` (the stream of `path`).
+    pub fn new(path: &'r Path, r: &'r mut dyn BufRead, target: usize) -> Blocks<'r> {
+        Blocks {
+            path,
+            r,
+            target,
+            next_line: 1,
+        }
+    }
+
+    /// The next block, in `data` (a buffer done with, emptied first): whole lines, at least
+    /// `target` bytes unless the stream ends first.
+    pub fn next_block(&mut self, mut data: Vec<u8>) -> Result<Option<Block>, PrefError> {
+        data.clear();
+        data.reserve(self.target + (self.target >> 4));
+        let first_line = self.next_line;
+        while data.len() < self.target {
+            let got = self.r.read_until(b'\n', &mut data).map_err(io(self.path))?;
+            if got == 0 {
+                break;
+            }
+            self.next_line += 1;
+        }
+        Ok((!data.is_empty()).then_some(Block { first_line, data }))
+    }
+}
+
+/// What one JSON line holds.
+pub enum Line {
+    /// Nothing but white space.
+    Blank,
+    Value(Val),
+    /// Not JSON: the parser's message.
+    Syntax(String),
+}
+
+/// Parses line `n` of a JSON lines file (the first line may start with a byte order mark).
+pub fn parse_line(n: u64, line: &[u8]) -> Line {
+    let mut bytes = line;
+    if n == 1 {
+        bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Line::Blank;
+    }
+    match serde_json::from_slice(bytes) {
+        Ok(v) => Line::Value(v),
+        Err(e) => Line::Syntax(e.to_string()),
+    }
+}
+
+/// The error for line `n` of a JSON lines file that does not parse: the file is not JSON
+/// lines at all when no row came before (`first`), else that line is bad.
+pub fn syntax_error(
     path: &Path,
-    mut r: impl BufRead,
     format: Format,
-    sink: &mut dyn RowSink,
-) -> Result<(), PrefError> {
-    let mut line = Vec::with_capacity(4096);
-    let mut n = 0u64;
-    let mut first = true;
-    loop {
-        line.clear();
-        let got = r.read_until(b'\n', &mut line).map_err(io(path))?;
-        if got == 0 {
-            break;
-        }
-        n += 1;
-        let mut bytes = line.as_slice();
-        if first {
-            bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
-        }
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let value: Val = match serde_json::from_slice(bytes) {
-            Ok(v) => v,
-            Err(e) if first => {
-                return Err(PrefError::NotFormat {
-                    path: path.to_path_buf(),
-                    format: format!("{} (JSON lines)", format.name()),
-                    found: format!("line {n} does not parse as JSON: {e}"),
-                })
-            }
-            Err(e) => {
-                return Err(IngestError::BadJson {
-                    path: path.to_path_buf(),
-                    line: n,
-                    message: e.to_string(),
-                }
-                .into())
-            }
-        };
-        let at = Loc { unit: "line", n };
-        let row = object(path, at, value)?;
-        if first {
-            sink.columns(&keys(&row))?;
-            first = false;
-        }
-        sink.row(at, row)?;
-    }
+    n: u64,
+    message: String,
+    first: bool,
+) -> PrefError {
     if first {
-        return Err(IngestError::EmptyFile {
+        return PrefError::NotFormat {
             path: path.to_path_buf(),
-        }
-        .into());
+            format: format!("{} (JSON lines)", format.name()),
+            found: format!("line {n} does not parse as JSON: {message}"),
+        };
     }
-    Ok(())
+    IngestError::BadJson {
+        path: path.to_path_buf(),
+        line: n,
+        message,
+    }
+    .into()
 }
 
-fn keys(row: &Val) -> Vec<String> {
+/// The top-level keys of a record, in file order.
+pub fn keys(row: &Val) -> Vec<String> {
     match row {
         Val::Map(f) => f.iter().map(|(k, _)| k.clone()).collect(),
         _ => Vec::new(),
     }
 }
 
-fn object(path: &Path, at: Loc, value: Val) -> Result<Val, PrefError> {
+/// `value` when it is a record, else the error naming the row.
+pub fn object(path: &Path, at: Loc, value: Val) -> Result<Val, PrefError> {
     match value {
         Val::Map(_) => Ok(value),
         other => Err(PrefError::Row {

@@ -5,7 +5,10 @@
 //! dotted path into nested records, holds each part (`columns`; [`value`]), or a `preset`
 //! that fills those in ([`presets`]). Rows are streamed: each becomes zero or more pairs, and
 //! the items, prompts and pairs gather in sorted runs that go to temporary files when they
-//! outgrow their budget ([`spill`]). Once the files are read the runs are merged, one row per
+//! outgrow their budget ([`spill`]). JSON lines are parsed and mapped in blocks of lines on
+//! several threads (`PALPIPE_INGEST_THREADS`), and what each row does is applied in file
+//! order on one (see `Effect`), so nothing depends on the threads. Once the files are read
+//! the runs are merged, one row per
 //! id, in id order, and handed on in chunks (the `ratings` layout's ratings go through runs
 //! too, merged group by group once the files are read). So memory holds a run per table and
 //! one entry per distinct user, whatever the file size, and the rows stored do not depend on
@@ -37,8 +40,11 @@ pub mod presets;
 pub mod spill;
 pub mod value;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -475,22 +481,74 @@ fn run_budget(default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Sets the number of threads that parse and map JSON lines (default: the machine's
+/// cores, at most 8; 1 reads on the calling thread). The rows stored do not depend on it.
+pub const THREADS_VAR: &str = "PALPIPE_INGEST_THREADS";
+/// Sets the bytes of JSON lines per block handed to a thread (tests make blocks small).
+pub const BLOCK_BYTES_VAR: &str = "PALPIPE_INGEST_BLOCK_BYTES";
+/// Bytes of JSON lines per block (whole lines, so a block may be a little longer).
+const BLOCK_BYTES: usize = 1 << 20;
+
+/// A count from the environment variable `var`, else `default`.
+fn env_count(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// The threads that read JSON lines (see [`THREADS_VAR`]).
+fn reader_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    env_count(THREADS_VAR, cores.min(8)).max(1)
+}
+
+/// What reading a row does, in the order the row does it. The row logic ([`Rows`]) only
+/// reads the stage's settings, so blocks of rows can go through it on several threads; the
+/// effects are then applied in file order by one [`Reader`], which owns every piece of state
+/// (runs, users, counts, the type check across rows). So the result, errors included, is
+/// the same whatever the number of threads and the size of the blocks.
+enum Effect<'m> {
+    /// A row begins (it is counted).
+    Row,
+    /// The keys of a JSON lines block's first row: the file's columns, when no row came
+    /// before.
+    Columns(Vec<String>),
+    /// A JSON line that does not parse (as JSON, or at all when no row came before).
+    Syntax {
+        n: u64,
+        message: String,
+    },
+    /// A mapped path's value kind, where it was met (checked across rows and files).
+    Kind(&'m str, &'static str, Loc),
+    Item(ItemRow),
+    Prompt(PromptRow),
+    Pair(PairRow),
+    Rating(Rated),
+    /// A row (or comparison) that gives nothing, and why.
+    Drop(Cow<'static, str>, Loc),
+    /// The read stops with this error.
+    Fail(PrefError),
+}
+
 struct Reader<'a, S> {
     p: &'a Params,
     m: &'a Mapping,
     sink: S,
     file: PathBuf,
     file_split: Option<String>,
+    /// Threads that parse and map JSON lines.
+    threads: usize,
     /// Where runs go when they outgrow their budget.
     spill: SpillDir,
     items: Runs<ItemRow>,
     prompts: Runs<PromptRow>,
     pairs: Runs<PairRow>,
-    /// The users met (one per distinct user), as 128-bit keys (see [`key`]), and their rows.
-    sent_users: HashSet<u128>,
+    /// The users met (one per distinct user), and their rows.
+    sent_users: HashSet<String>,
     users: Vec<UserRow>,
     /// Per mapped path: the first non-null value's kind and where it was.
-    kinds: HashMap<String, (&'static str, PathBuf, Loc)>,
+    kinds: HashMap<&'a str, (&'static str, PathBuf, Loc)>,
     /// The `ratings` layout's ratings, grouped by (user, group) when merged.
     ratings: Runs<Rated>,
     report: Report,
@@ -521,6 +579,7 @@ where
         sink,
         file: PathBuf::new(),
         file_split: None,
+        threads: reader_threads(),
         spill: SpillDir::new().map_err(|source| PrefError::Spill {
             dir: std::env::temp_dir(),
             source,
@@ -567,10 +626,15 @@ where
 /// A mapped path missing in a row (the path).
 struct Missing(String);
 
-impl<S> formats::RowSink for Reader<'_, S>
+impl<'a, S> formats::RowSink for Reader<'a, S>
 where
     S: FnMut(IngestBatch) -> Result<(), PrefError>,
 {
+    /// Checks that every mapped column is in the file. Only the file's columns (a CSV
+    /// header, a Parquet schema, the first JSON row's keys) are checked here: a JSON row
+    /// further on that lacks a mapped path is a row with a missing path, dropped and counted
+    /// (or an error with `strict: true`) like a missing nested path, since JSON rows need not
+    /// share their keys.
     fn columns(&mut self, names: &[String]) -> Result<(), PrefError> {
         for (key, col) in &self.m.columns {
             for path in col.paths() {
@@ -592,32 +656,388 @@ where
 
     fn row(&mut self, at: Loc, row: Val) -> Result<(), PrefError> {
         self.report.rows += 1;
-        let outcome = match self.m.layout {
-            Layout::Pairwise => self.pairwise(at, &row),
-            Layout::BestOfK => self.best_of_k(at, &row),
-            Layout::Ratings => self.rating(at, &row),
-        }?;
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(RowSkip::Reason(why)) => {
-                let file = self.file.clone();
-                self.report.note_drop(why, &file, at);
+        let mut rows = Rows::new(self.p, self.m, &self.file, self.file_split.as_deref());
+        rows.row(at, &row);
+        let effects = rows.out;
+        for e in effects {
+            self.apply(e)?;
+        }
+        Ok(())
+    }
+
+    /// JSON lines in blocks of whole lines: parsed and mapped on `threads` threads, the
+    /// blocks' effects applied in file order on this one.
+    fn json_lines(
+        &mut self,
+        path: &Path,
+        format: Format,
+        r: &mut dyn BufRead,
+    ) -> Result<(), PrefError> {
+        let target = env_count(BLOCK_BYTES_VAR, BLOCK_BYTES).max(1);
+        let mut lines = formats::Blocks::new(path, r, target);
+        let mut first = true;
+        if self.threads <= 1 {
+            // One block buffer and one effect list, reused.
+            let (mut data, mut effects) = (Vec::new(), Vec::new());
+            while let Some(block) = lines.next_block(data)? {
+                effects = block_effects(
+                    self.p,
+                    self.m,
+                    &self.file,
+                    self.file_split.as_deref(),
+                    &block,
+                    effects,
+                );
+                self.apply_lines(&mut effects, format, &mut first)?;
+                data = block.data;
+            }
+        } else {
+            self.json_lines_parallel(&mut lines, format, &mut first)?;
+        }
+        if first {
+            return Err(IngestError::EmptyFile {
+                path: path.to_path_buf(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// The effects of one block of JSON lines, in `out` (emptied first: lists are reused, so
+/// that each block does not ask the allocator for megabytes afresh): each line parsed and
+/// mapped, in order, up to the first line that stops the read.
+fn block_effects<'m>(
+    p: &'m Params,
+    m: &'m Mapping,
+    file: &Path,
+    file_split: Option<&str>,
+    block: &formats::Block,
+    mut out: Vec<Effect<'m>>,
+) -> Vec<Effect<'m>> {
+    out.clear();
+    let mut rows = Rows::new(p, m, file, file_split);
+    rows.out = out;
+    let mut first = true;
+    for (n, line) in block.lines() {
+        let at = Loc { unit: "line", n };
+        let value = match formats::parse_line(n, line) {
+            formats::Line::Blank => continue,
+            formats::Line::Value(v) => v,
+            formats::Line::Syntax(message) => {
+                rows.out.push(Effect::Syntax { n, message });
+                break;
+            }
+        };
+        let row = match formats::object(file, at, value) {
+            Ok(row) => row,
+            Err(e) => {
+                rows.out.push(Effect::Fail(e));
+                break;
+            }
+        };
+        if first {
+            rows.out.push(Effect::Columns(formats::keys(&row)));
+            first = false;
+        }
+        rows.out.push(Effect::Row);
+        if !rows.row(at, &row) {
+            break;
+        }
+    }
+    rows.out
+}
+
+/// A worker's answer: a block's index and its effects (or the worker's panic).
+type Done<'m> = (usize, std::thread::Result<Vec<Effect<'m>>>);
+
+/// Block buffers and effect lists done with, for the next blocks.
+struct Spare<'m> {
+    blocks: Mutex<Vec<Vec<u8>>>,
+    effects: Mutex<Vec<Vec<Effect<'m>>>>,
+}
+
+impl<'m> Spare<'m> {
+    fn block(&self) -> Vec<u8> {
+        self.blocks
+            .lock()
+            .ok()
+            .and_then(|mut v| v.pop())
+            .unwrap_or_default()
+    }
+    fn effects(&self) -> Vec<Effect<'m>> {
+        self.effects
+            .lock()
+            .ok()
+            .and_then(|mut v| v.pop())
+            .unwrap_or_default()
+    }
+    fn give_block(&self, b: Vec<u8>) {
+        if let Ok(mut v) = self.blocks.lock() {
+            v.push(b);
+        }
+    }
+    fn give_effects(&self, e: Vec<Effect<'m>>) {
+        if let Ok(mut v) = self.effects.lock() {
+            v.push(e);
+        }
+    }
+}
+
+impl<'a, S> Reader<'a, S>
+where
+    S: FnMut(IngestBatch) -> Result<(), PrefError>,
+{
+    /// Reads blocks of `lines` on worker threads, a few blocks ahead, and applies their
+    /// effects in file order.
+    fn json_lines_parallel(
+        &mut self,
+        lines: &mut formats::Blocks<'_>,
+        format: Format,
+        first: &mut bool,
+    ) -> Result<(), PrefError> {
+        let (p, m, threads) = (self.p, self.m, self.threads);
+        let file = self.file.clone();
+        let file_split = self.file_split.clone();
+        let (work_tx, work_rx) = mpsc::channel::<(usize, formats::Block)>();
+        let work_rx = Mutex::new(work_rx);
+        let (done_tx, done_rx) = mpsc::channel::<Done<'a>>();
+        let spare = Spare {
+            blocks: Mutex::new(Vec::new()),
+            effects: Mutex::new(Vec::new()),
+        };
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                let done_tx = done_tx.clone();
+                let (work_rx, file, file_split, spare) =
+                    (&work_rx, &file, file_split.as_deref(), &spare);
+                s.spawn(move || loop {
+                    // The lock is held while waiting: the next block goes to one waiting
+                    // thread.
+                    let job = match work_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((i, block)) = job else { return };
+                    let out = spare.effects();
+                    let effects = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        block_effects(p, m, file, file_split, &block, out)
+                    }));
+                    spare.give_block(block.data);
+                    if done_tx.send((i, effects)).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(done_tx);
+            let fed = self.feed_blocks(lines, &work_tx, &done_rx, &spare, format, first);
+            // No more blocks: the threads end once their block is done.
+            drop(work_tx);
+            fed
+        })
+    }
+
+    /// Sends blocks to the threads (at most a few more than are applied) and applies their
+    /// effects in block order.
+    fn feed_blocks(
+        &mut self,
+        lines: &mut formats::Blocks<'_>,
+        work: &mpsc::Sender<(usize, formats::Block)>,
+        done: &mpsc::Receiver<Done<'a>>,
+        spare: &Spare<'a>,
+        format: Format,
+        first: &mut bool,
+    ) -> Result<(), PrefError> {
+        let ahead = 2 * self.threads + 2;
+        let (mut sent, mut applied, mut end) = (0usize, 0usize, false);
+        let mut waiting: BTreeMap<usize, Vec<Effect<'a>>> = BTreeMap::new();
+        loop {
+            while !end && sent - applied < ahead {
+                match lines.next_block(spare.block())? {
+                    Some(block) => {
+                        if work.send((sent, block)).is_err() {
+                            return Err(worker_gone());
+                        }
+                        sent += 1;
+                    }
+                    None => end = true,
+                }
+            }
+            if applied == sent {
+                return Ok(());
+            }
+            let mut effects = loop {
+                if let Some(e) = waiting.remove(&applied) {
+                    break e;
+                }
+                match done.recv() {
+                    Ok((i, Ok(e))) => {
+                        waiting.insert(i, e);
+                    }
+                    Ok((_, Err(panic))) => std::panic::resume_unwind(panic),
+                    Err(_) => return Err(worker_gone()),
+                }
+            };
+            applied += 1;
+            self.apply_lines(&mut effects, format, first)?;
+            spare.give_effects(effects);
+        }
+    }
+
+    /// Applies a JSON lines block's effects: the columns check on the file's first row, a
+    /// line that does not parse, then the rows' own effects.
+    fn apply_lines(
+        &mut self,
+        effects: &mut Vec<Effect<'a>>,
+        format: Format,
+        first: &mut bool,
+    ) -> Result<(), PrefError> {
+        for e in effects.drain(..) {
+            match e {
+                Effect::Columns(names) => {
+                    if *first {
+                        *first = false;
+                        formats::RowSink::columns(self, &names)?;
+                    }
+                }
+                Effect::Syntax { n, message } => {
+                    return Err(formats::syntax_error(
+                        &self.file, format, n, message, *first,
+                    ))
+                }
+                other => self.apply(other)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one effect of a row.
+    fn apply(&mut self, e: Effect<'a>) -> Result<(), PrefError> {
+        match e {
+            Effect::Row => self.report.rows += 1,
+            Effect::Kind(path, kind, at) => self.check_kind(path, kind, at)?,
+            Effect::Item(row) => self
+                .items
+                .push(&self.spill, row)
+                .map_err(|e| self.spill_error(e))?,
+            Effect::Prompt(row) => self
+                .prompts
+                .push(&self.spill, row)
+                .map_err(|e| self.spill_error(e))?,
+            Effect::Pair(row) => self.add_pair(row)?,
+            Effect::Rating(r) => self
+                .ratings
+                .push(&self.spill, r)
+                .map_err(|e| self.spill_error(e))?,
+            Effect::Drop(why, at) => self.report.note_drop(&why, &self.file, at),
+            Effect::Fail(e) => return Err(e),
+            // Only JSON lines blocks have these (see `apply_lines`).
+            Effect::Columns(_) | Effect::Syntax { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// The type check across rows and files: a mapped path's values are of one kind.
+    fn check_kind(&mut self, path: &'a str, kind: &'static str, at: Loc) -> Result<(), PrefError> {
+        match self.kinds.get(path) {
+            None => {
+                self.kinds.insert(path, (kind, self.file.clone(), at));
                 Ok(())
             }
-            Err(RowSkip::Missing(Missing(path))) => {
+            Some((k, f, a)) if *k != kind => Err(PrefError::MixedTypes {
+                column: path.to_string(),
+                first_path: f.clone(),
+                first_at: *a,
+                first_kind: k,
+                path: self.file.clone(),
+                at,
+                kind,
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// A pair for the runs, and its user when it is the first of that user's.
+    fn add_pair(&mut self, row: PairRow) -> Result<(), PrefError> {
+        if !self.sent_users.contains(&row.user_id) {
+            self.sent_users.insert(row.user_id.clone());
+            self.users.push(UserRow {
+                user_id: row.user_id.clone(),
+                dataset: self.p.dataset.clone(),
+                group: None,
+                role: ROLE_SEEN.into(),
+            });
+        }
+        self.pairs
+            .push(&self.spill, row)
+            .map_err(|e| self.spill_error(e))
+    }
+}
+
+/// The reading threads stopped without a word (they only stop so when the read is over).
+fn worker_gone() -> PrefError {
+    PrefError::Spill {
+        dir: PathBuf::from("(reading threads)"),
+        source: std::io::Error::other("a reading thread stopped"),
+    }
+}
+
+/// The row logic: what each row gives, as [`Effect`]s. It reads only the stage's settings
+/// and the file's name, so blocks of rows go through it on any thread.
+struct Rows<'m, 'f> {
+    p: &'m Params,
+    m: &'m Mapping,
+    file: &'f Path,
+    file_split: Option<&'f str>,
+    /// The kind first met per path in this block: a value of that kind again needs no
+    /// check, any other is an effect to check.
+    kinds: Vec<(&'m str, &'static str)>,
+    out: Vec<Effect<'m>>,
+}
+
+impl<'m, 'f> Rows<'m, 'f> {
+    fn new(p: &'m Params, m: &'m Mapping, file: &'f Path, file_split: Option<&'f str>) -> Self {
+        Rows {
+            p,
+            m,
+            file,
+            file_split,
+            kinds: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// One row's effects; false when the row stops the read.
+    fn row(&mut self, at: Loc, row: &Val) -> bool {
+        let outcome = match self.m.layout {
+            Layout::Pairwise => self.pairwise(at, row),
+            Layout::BestOfK => self.best_of_k(at, row),
+            Layout::Ratings => self.rating(at, row),
+        };
+        match outcome {
+            Ok(Ok(())) => true,
+            Ok(Err(RowSkip::Reason(why))) => {
+                self.out.push(Effect::Drop(Cow::Borrowed(why), at));
+                true
+            }
+            Ok(Err(RowSkip::Missing(Missing(path)))) => {
                 if self.p.strict {
-                    return Err(PrefError::Row {
-                        path: self.file.clone(),
+                    self.out.push(Effect::Fail(PrefError::Row {
+                        path: self.file.to_path_buf(),
                         at,
                         column: path,
                         message: "the path is missing in this row".into(),
                         hint: Some("strict: true makes a missing path an error; without it such rows are dropped and counted".into()),
-                    });
+                    }));
+                    return false;
                 }
-                let file = self.file.clone();
-                self.report
-                    .note_drop(&format!("missing '{path}'"), &file, at);
-                Ok(())
+                self.out
+                    .push(Effect::Drop(Cow::Owned(format!("missing '{path}'")), at));
+                true
+            }
+            Err(e) => {
+                self.out.push(Effect::Fail(e));
+                false
             }
         }
     }
@@ -647,56 +1067,34 @@ macro_rules! skip {
     };
 }
 
-impl<S> Reader<'_, S>
-where
-    S: FnMut(IngestBatch) -> Result<(), PrefError>,
-{
+impl<'m> Rows<'m, '_> {
     /// The value at a mapped key's (single) path; `Missing` when the path is absent.
-    fn val<'r>(
-        &mut self,
-        row: &'r Val,
-        key: &str,
-        at: Loc,
-    ) -> Result<Result<&'r Val, Missing>, PrefError> {
+    fn val<'r>(&mut self, row: &'r Val, key: &str, at: Loc) -> Result<&'r Val, Missing> {
         let m = self.m;
         let Some(Column::Path(path)) = m.columns.get(key) else {
-            return Ok(Err(Missing(key.to_string())));
+            return Err(Missing(key.to_string()));
         };
         self.lookup(row, path, at)
     }
 
-    /// The value at `path`, with the type check across rows and files.
-    fn lookup<'r>(
-        &mut self,
-        row: &'r Val,
-        path: &str,
-        at: Loc,
-    ) -> Result<Result<&'r Val, Missing>, PrefError> {
+    /// The value at `path`; its kind goes to the type check across rows and files (see
+    /// [`Effect::Kind`]).
+    fn lookup<'r>(&mut self, row: &'r Val, path: &'m str, at: Loc) -> Result<&'r Val, Missing> {
         match row.lookup(path) {
-            Found::Missing => Ok(Err(Missing(path.to_string()))),
+            Found::Missing => Err(Missing(path.to_string())),
             Found::Value(v) => {
                 if !matches!(v, Val::Null) {
                     let kind = v.kind();
-                    match self.kinds.get(path) {
+                    match self.kinds.iter().find(|(p, _)| *p == path) {
+                        Some((_, k)) if *k == kind => {}
+                        Some(_) => self.out.push(Effect::Kind(path, kind, at)),
                         None => {
-                            self.kinds
-                                .insert(path.to_string(), (kind, self.file.clone(), at));
+                            self.kinds.push((path, kind));
+                            self.out.push(Effect::Kind(path, kind, at));
                         }
-                        Some((k, f, a)) if *k != kind => {
-                            return Err(PrefError::MixedTypes {
-                                column: path.to_string(),
-                                first_path: f.clone(),
-                                first_at: *a,
-                                first_kind: *k,
-                                path: self.file.clone(),
-                                at,
-                                kind,
-                            })
-                        }
-                        _ => {}
                     }
                 }
-                Ok(Ok(v))
+                Ok(v)
             }
         }
     }
@@ -713,22 +1111,20 @@ where
         let Some(col) = m.columns.get(key) else {
             return Ok(Ok(None));
         };
-        let paths: &[String] = match col {
+        let paths: &'m [String] = match col {
             Column::Constant { constant } => return Ok(Ok(Some(constant.clone()))),
             Column::Path(p) => std::slice::from_ref(p),
             Column::Paths(ps) => ps,
         };
         // One path holding a plain string (the common case): the string itself.
         if let [path] = paths {
-            if let Found::Value(Val::Str(s)) = row.lookup(path) {
-                // The type check across rows and files.
-                let _ = self.lookup(row, path, at)?;
+            if let Ok(Val::Str(s)) = self.lookup(row, path, at) {
                 return Ok(Ok(Some(s.clone())));
             }
         }
         let mut parts = Vec::new();
         for path in paths {
-            let v = match self.lookup(row, path, at)? {
+            let v = match self.lookup(row, path, at) {
                 Ok(v) => v,
                 Err(m) => return Ok(Err(m)),
             };
@@ -751,7 +1147,7 @@ where
 
     fn bad(&self, at: Loc, column: &str, message: String) -> PrefError {
         PrefError::Row {
-            path: self.file.clone(),
+            path: self.file.to_path_buf(),
             at,
             column: column.to_string(),
             message,
@@ -777,7 +1173,7 @@ where
             Ok(u) => u,
             Err(message) => {
                 return Err(PrefError::Row {
-                    path: self.file.clone(),
+                    path: self.file.to_path_buf(),
                     at,
                     column: self.m.columns["user"].paths().join(", "),
                     message,
@@ -787,7 +1183,7 @@ where
         };
         let split = match self.text(row, "split", at)? {
             Ok(Some(s)) => s,
-            Ok(None) => self.file_split.clone().unwrap_or_else(|| "train".into()),
+            Ok(None) => self.file_split.unwrap_or("train").to_string(),
             Err(m) => return Ok(Err(m.into())),
         };
         Ok(Ok((user, split)))
@@ -842,7 +1238,7 @@ where
         match std::fs::read(&full) {
             Ok(b) => Ok(image_bytes(b)),
             Err(e) => Err(PrefError::Row {
-                path: self.file.clone(),
+                path: self.file.to_path_buf(),
                 at,
                 column: column.to_string(),
                 message: format!("image '{}' cannot be read: {e}", full.display()),
@@ -860,24 +1256,21 @@ where
         } else {
             ("left", "right")
         };
-        let a = skip!(self.val(row, ka, at)?);
-        let b = skip!(self.val(row, kb, at)?);
+        let a = skip!(self.val(row, ka, at));
+        let b = skip!(self.val(row, kb, at));
         let verdict = if chosen_rejected {
             Verdict::Left
         } else {
-            let label_paths: Vec<String> = self.m.columns["label"]
-                .paths()
-                .into_iter()
-                .map(String::from)
-                .collect();
+            let m = self.m;
+            let label_paths: Vec<&'m str> = m.columns["label"].paths();
             let mut vals = Vec::new();
             for path in &label_paths {
-                vals.push(skip!(self.lookup(row, path, at)?));
+                vals.push(skip!(self.lookup(row, path, at)));
             }
             match layouts::judge(self.m.convention, &vals) {
                 Ok(v) => v,
                 Err(message) => return Err(PrefError::Row {
-                    path: self.file.clone(),
+                    path: self.file.to_path_buf(),
                     at,
                     column: label_paths.join(", "),
                     message,
@@ -923,15 +1316,12 @@ where
             history = prompt;
         }
         let id = self.id(row, at)?;
-        let prompt_id = match history {
-            Some(h) => Some(self.put_prompt(h)?),
-            None => None,
-        };
+        let prompt_id = history.map(|h| self.put_prompt(h));
         if chosen_rejected {
-            self.emit_preferred(&user, prompt_id, ia, ib, &split, id.as_deref())?;
+            self.emit_preferred(&user, prompt_id, ia, ib, &split, id.as_deref());
         } else {
             let label = if verdict == Verdict::Left { -1 } else { 1 };
-            self.emit(&user, prompt_id, ia, ib, label, &split, id.as_deref())?;
+            self.emit(&user, prompt_id, ia, ib, label, &split, id.as_deref());
         }
         Ok(Ok(()))
     }
@@ -939,17 +1329,17 @@ where
     fn best_of_k(&mut self, at: Loc, row: &Val) -> RowResult {
         let (user, split) = skip!(self.user_split(row, at)?);
         let prompt = skip!(self.text(row, "prompt", at)?);
-        let (names, responses): (Vec<String>, Vec<Val>) = match self.m.columns["responses"].clone()
-        {
+        let m = self.m;
+        let (names, responses): (Vec<String>, Vec<Val>) = match &m.columns["responses"] {
             Column::Paths(paths) => {
                 let mut vals = Vec::new();
-                for p in &paths {
+                for p in paths {
                     // A response column absent in a row is a response not given.
-                    vals.push(self.lookup(row, p, at)?.cloned().unwrap_or(Val::Null));
+                    vals.push(self.lookup(row, p, at).cloned().unwrap_or(Val::Null));
                 }
-                (paths, vals)
+                (paths.clone(), vals)
             }
-            Column::Path(p) => match skip!(self.lookup(row, &p, at)?) {
+            Column::Path(p) => match skip!(self.lookup(row, p, at)) {
                 Val::List(items) => (
                     (0..items.len()).map(|i| i.to_string()).collect(),
                     items.clone(),
@@ -958,7 +1348,7 @@ where
                 other => {
                     return Err(self.bad(
                         at,
-                        &p,
+                        p,
                         format!("{} is not a list of responses", other.show()),
                     ))
                 }
@@ -971,13 +1361,13 @@ where
             }
         };
         let pref_path = self.m.columns["preferred"].paths().join(",");
-        let pv = skip!(self.val(row, "preferred", at)?);
+        let pv = skip!(self.val(row, "preferred", at));
         let best = match layouts::preferred_index(pv, responses.len(), &names) {
             Ok(Some(i)) => i,
             Ok(None) => return Ok(Err(RowSkip::Reason(MISSING_LABEL))),
             Err(message) => {
                 return Err(PrefError::Row {
-                    path: self.file.clone(),
+                    path: self.file.to_path_buf(),
                     at,
                     column: pref_path,
                     message,
@@ -987,10 +1377,7 @@ where
         };
         let winner = skip!(self.item(&responses[best], &names[best], at)?);
         let id = self.id(row, at)?;
-        let prompt_id = match prompt {
-            Some(h) => Some(self.put_prompt(h)?),
-            None => None,
-        };
+        let prompt_id = prompt.map(|h| self.put_prompt(h));
         let mut made = 0;
         for (j, r) in responses.iter().enumerate() {
             if j == best || matches!(r, Val::Null) {
@@ -1001,8 +1388,8 @@ where
                 Err(_) => continue,
             };
             if other.id == winner.id {
-                let file = self.file.clone();
-                self.report.note_drop("same item twice", &file, at);
+                self.out
+                    .push(Effect::Drop(Cow::Borrowed("same item twice"), at));
                 continue;
             }
             let tag = format!("{}:{j}", id.as_deref().unwrap_or(""));
@@ -1013,7 +1400,7 @@ where
                 other,
                 &split,
                 Some(&tag),
-            )?;
+            );
             made += 1;
         }
         if made == 0 {
@@ -1033,12 +1420,12 @@ where
         let Some(group) = group else {
             return Ok(Err(RowSkip::Reason("no group")));
         };
-        let resp = skip!(self.val(row, "response", at)?);
+        let resp = skip!(self.val(row, "response", at));
         let item = skip!(self.item(resp, "response", at)?);
         let (score, chosen) = if self.m.columns.contains_key("preferred") {
-            (0.0, skip!(self.val(row, "preferred", at)?).truthy())
+            (0.0, skip!(self.val(row, "preferred", at)).truthy())
         } else {
-            let sv = skip!(self.val(row, "score", at)?);
+            let sv = skip!(self.val(row, "score", at));
             let path = self.m.columns["score"].paths().join(",");
             match sv {
                 Val::Null => return Ok(Err(RowSkip::Reason(MISSING_LABEL))),
@@ -1055,11 +1442,8 @@ where
                 },
             }
         };
-        let prompt_id = match prompt {
-            Some(h) => Some(self.put_prompt(h)?),
-            None => None,
-        };
-        let item_id = self.put_item(item)?;
+        let prompt_id = prompt.map(|h| self.put_prompt(h));
+        let item_id = self.put_item(item);
         let rated = Rated {
             key: format!("{user}\u{1f}{group}"),
             user,
@@ -1071,12 +1455,72 @@ where
             split,
             at: format!("{} {at}", self.file.display()),
         };
-        self.ratings
-            .push(&self.spill, rated)
-            .map_err(|e| self.spill_error(e))?;
+        self.out.push(Effect::Rating(rated));
         Ok(Ok(()))
     }
 
+    fn put_prompt(&mut self, text: String) -> String {
+        let id = content_id(text.as_bytes());
+        self.out.push(Effect::Prompt(PromptRow {
+            prompt_id: id.clone(),
+            text,
+            source: self.p.dataset.clone(),
+        }));
+        id
+    }
+
+    fn put_item(&mut self, it: Item) -> String {
+        let kind = if it.bytes.is_some() { "image" } else { "text" };
+        self.out.push(Effect::Item(ItemRow {
+            item_id: it.id.clone(),
+            kind: kind.into(),
+            text: it.text,
+            bytes: it.bytes,
+            source: self.p.dataset.clone(),
+            parent_id: None,
+        }));
+        it.id
+    }
+
+    /// A pair whose preferred item is `win`: its side is drawn from the pair's content.
+    fn emit_preferred(
+        &mut self,
+        user: &str,
+        prompt: Option<String>,
+        win: Item,
+        lose: Item,
+        split: &str,
+        id: Option<&str>,
+    ) {
+        let w = self.put_item(win);
+        let l = self.put_item(lose);
+        let row = pair_row(self.p, user, prompt, &w, &l, None, split, id);
+        self.out.push(Effect::Pair(row));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        user: &str,
+        prompt: Option<String>,
+        left: Item,
+        right: Item,
+        label: i8,
+        split: &str,
+        id: Option<&str>,
+    ) {
+        let l = self.put_item(left);
+        let r = self.put_item(right);
+        // With a label, `l`/`r` are the sides as given.
+        let row = pair_row(self.p, user, prompt, &l, &r, Some(label), split, id);
+        self.out.push(Effect::Pair(row));
+    }
+}
+
+impl<S> Reader<'_, S>
+where
+    S: FnMut(IngestBatch) -> Result<(), PrefError>,
+{
     /// The ratings layout's pairs, once every row is read: per (user, group), in a fixed
     /// order. The ratings come merged from their runs, one group after another.
     fn finish_groups(&mut self) -> Result<(), PrefError> {
@@ -1154,15 +1598,17 @@ where
                     continue;
                 }
                 let prompt = win.prompt.clone().or_else(|| lose.prompt.clone());
-                self.emit_ids(
+                let row = pair_row(
+                    self.p,
                     &user,
                     prompt,
-                    &win.item.clone(),
-                    &lose.item.clone(),
+                    &win.item,
+                    &lose.item,
                     None,
-                    &win.split.clone(),
+                    &win.split,
                     Some(&group),
-                )?;
+                );
+                self.add_pair(row)?;
             }
         }
         Ok(())
@@ -1173,123 +1619,6 @@ where
             dir: self.spill.path().to_path_buf(),
             source,
         }
-    }
-
-    fn put_prompt(&mut self, text: String) -> Result<String, PrefError> {
-        let id = content_id(text.as_bytes());
-        let row = PromptRow {
-            prompt_id: id.clone(),
-            text,
-            source: self.p.dataset.clone(),
-        };
-        self.prompts
-            .push(&self.spill, row)
-            .map_err(|e| self.spill_error(e))?;
-        Ok(id)
-    }
-
-    fn put_item(&mut self, it: Item) -> Result<String, PrefError> {
-        let kind = if it.bytes.is_some() { "image" } else { "text" };
-        let row = ItemRow {
-            item_id: it.id.clone(),
-            kind: kind.into(),
-            text: it.text,
-            bytes: it.bytes,
-            source: self.p.dataset.clone(),
-            parent_id: None,
-        };
-        self.items
-            .push(&self.spill, row)
-            .map_err(|e| self.spill_error(e))?;
-        Ok(it.id)
-    }
-
-    /// A pair whose preferred item is `win`: its side is drawn from the pair's content.
-    fn emit_preferred(
-        &mut self,
-        user: &str,
-        prompt: Option<String>,
-        win: Item,
-        lose: Item,
-        split: &str,
-        id: Option<&str>,
-    ) -> Result<(), PrefError> {
-        let w = self.put_item(win)?;
-        let l = self.put_item(lose)?;
-        self.emit_ids(user, prompt, &w, &l, None, split, id)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn emit(
-        &mut self,
-        user: &str,
-        prompt: Option<String>,
-        left: Item,
-        right: Item,
-        label: i8,
-        split: &str,
-        id: Option<&str>,
-    ) -> Result<(), PrefError> {
-        let l = self.put_item(left)?;
-        let r = self.put_item(right)?;
-        // With a label, `l`/`r` are the sides as given.
-        self.emit_ids(user, prompt, &l, &r, Some(label), split, id)
-    }
-
-    /// Stores one pair. `label` None: `a` is preferred and goes on a side drawn from the
-    /// pair's content; Some: `a` is left, `b` right, as the row said.
-    #[allow(clippy::too_many_arguments)]
-    fn emit_ids(
-        &mut self,
-        user: &str,
-        prompt: Option<String>,
-        a: &str,
-        b: &str,
-        label: Option<i8>,
-        split: &str,
-        id: Option<&str>,
-    ) -> Result<(), PrefError> {
-        let user_id = format!("{}/{user}", self.p.dataset);
-        let (left, right, label) = match label {
-            Some(l) => (a, b, l),
-            None => {
-                let mut h = blake3::Hasher::new();
-                h.update(&self.p.seed.to_le_bytes());
-                for part in [user_id.as_str(), prompt.as_deref().unwrap_or(""), a, b] {
-                    h.update(part.as_bytes());
-                    h.update(&[0]);
-                }
-                if h.finalize().as_bytes()[0] & 1 == 0 {
-                    (a, b, -1)
-                } else {
-                    (b, a, 1)
-                }
-            }
-        };
-        let extra = format!("{label}:{split}:{}", id.unwrap_or(""));
-        let pid = pair_id(&user_id, prompt.as_deref(), left, right, &extra);
-        if self.sent_users.insert(key(&user_id)) {
-            self.users.push(UserRow {
-                user_id: user_id.clone(),
-                dataset: self.p.dataset.clone(),
-                group: None,
-                role: ROLE_SEEN.into(),
-            });
-        }
-        let row = PairRow {
-            pair_id: pid,
-            user_id,
-            prompt_id: prompt,
-            left_id: left.to_string(),
-            right_id: right.to_string(),
-            label,
-            dataset: self.p.dataset.clone(),
-            split: split.to_string(),
-            source_ref: id.map(String::from),
-        };
-        self.pairs
-            .push(&self.spill, row)
-            .map_err(|e| self.spill_error(e))
     }
 
     /// Merges each table's runs and hands the rows on in chunks: one row per id, in id
@@ -1366,11 +1695,48 @@ where
     }
 }
 
-/// A 128-bit key for an id or a name: the first 16 bytes of its blake3.
-fn key(id: &str) -> u128 {
-    let mut k = [0u8; 16];
-    k.copy_from_slice(&blake3::hash(id.as_bytes()).as_bytes()[..16]);
-    u128::from_le_bytes(k)
+/// One pair of `user`. `label` None: `a` is preferred and goes on a side drawn from the
+/// pair's content (seeded); Some: `a` is left, `b` right, as the row said.
+#[allow(clippy::too_many_arguments)]
+fn pair_row(
+    p: &Params,
+    user: &str,
+    prompt: Option<String>,
+    a: &str,
+    b: &str,
+    label: Option<i8>,
+    split: &str,
+    id: Option<&str>,
+) -> PairRow {
+    let user_id = format!("{}/{user}", p.dataset);
+    let (left, right, label) = match label {
+        Some(l) => (a, b, l),
+        None => {
+            let mut h = blake3::Hasher::new();
+            h.update(&p.seed.to_le_bytes());
+            for part in [user_id.as_str(), prompt.as_deref().unwrap_or(""), a, b] {
+                h.update(part.as_bytes());
+                h.update(&[0]);
+            }
+            if h.finalize().as_bytes()[0] & 1 == 0 {
+                (a, b, -1)
+            } else {
+                (b, a, 1)
+            }
+        }
+    };
+    let extra = format!("{label}:{split}:{}", id.unwrap_or(""));
+    PairRow {
+        pair_id: pair_id(&user_id, prompt.as_deref(), left, right, &extra),
+        user_id,
+        prompt_id: prompt,
+        left_id: left.to_string(),
+        right_id: right.to_string(),
+        label,
+        dataset: p.dataset.clone(),
+        split: split.to_string(),
+        source_ref: id.map(String::from),
+    }
 }
 
 /// An image item from its bytes, or a drop when they are no image.

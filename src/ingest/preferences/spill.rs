@@ -12,6 +12,7 @@ use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
 
 use crate::store::records::{ItemRow, PairRow, PromptRow};
 
@@ -27,26 +28,62 @@ pub trait Record: Sized {
     fn decode(r: &mut impl Read) -> io::Result<Option<Self>>;
 }
 
-/// Runs merged at once at most; more are merged into one file first.
+/// Runs merged at once at most: every `MAX_RUNS` runs of one level are merged into one run
+/// of the next level, so each row is rewritten once per level (log base 64 of the runs).
 const MAX_RUNS: usize = 64;
 /// Read and write buffer per run file.
 const RUN_BUFFER: usize = 256 << 10;
 
-/// A folder for run files, removed with its contents when dropped.
+/// A folder for run files: a new one with an unpredictable name under the system's
+/// temporary folder (`TMPDIR`), readable by its owner only, never one that existed before;
+/// removed with its contents when dropped, and on SIGINT/SIGTERM (see [`on_signal`]).
 pub struct SpillDir {
+    dir: Option<tempfile::TempDir>,
     path: PathBuf,
 }
 
+/// The spill folders alive in this process, for the signal handler to remove.
+static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static HANDLER: Once = Once::new();
+
+/// On SIGINT or SIGTERM: removes the live spill folders and exits with status 130. Set up
+/// with the first spill folder, once per process. Only an ingest makes spill folders and
+/// `palpipe serve` sets its own handler; they never run in one process (were a handler set
+/// already, this one is not set and the folders are left to the next reboot's cleanup).
+fn on_signal() {
+    HANDLER.call_once(|| {
+        let _ = ctrlc::set_handler(|| {
+            let live = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+            for path in live {
+                // A thread may be writing a run file meanwhile: try again.
+                for _ in 0..3 {
+                    if std::fs::remove_dir_all(&path).is_ok() || !path.exists() {
+                        break;
+                    }
+                }
+            }
+            eprintln!("palpipe: stopped by a signal");
+            std::process::exit(130);
+        });
+    });
+}
+
 impl SpillDir {
-    /// A new folder under the system's temporary folder (`TMPDIR`).
+    /// A new folder under `TMPDIR`.
     pub fn new() -> io::Result<SpillDir> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path =
-            std::env::temp_dir().join(format!("palpipe-spill-{}-{nanos:x}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
-        Ok(SpillDir { path })
+        on_signal();
+        let dir = tempfile::Builder::new()
+            .prefix("palpipe-spill-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir_in(std::env::temp_dir())?;
+        let path = dir.path().to_path_buf();
+        if let Ok(mut live) = LIVE.lock() {
+            live.push(path.clone());
+        }
+        Ok(SpillDir {
+            dir: Some(dir),
+            path,
+        })
     }
 
     /// The folder.
@@ -57,7 +94,12 @@ impl SpillDir {
 
 impl Drop for SpillDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        if let Ok(mut live) = LIVE.lock() {
+            live.retain(|p| p != &self.path);
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.close();
+        }
     }
 }
 
@@ -69,7 +111,9 @@ pub struct Runs<T> {
     dedup: bool,
     rows: Vec<T>,
     bytes: usize,
-    files: Vec<PathBuf>,
+    /// Run files by level: level 0 holds runs written from memory, level i + 1 the merges
+    /// of `MAX_RUNS` runs of level i. Fewer than `MAX_RUNS` per level.
+    files: Vec<Vec<PathBuf>>,
     written: usize,
     /// Rows left out so far because their key came already.
     repeated: usize,
@@ -110,12 +154,21 @@ impl<T: Record> Runs<T> {
 
     /// Sorts the run in memory by key (one row per key when de-duplicating).
     fn sort(&mut self) {
-        if !self.dedup {
+        // The rows' order is sorted as indices (4 bytes each, where a row is 150–250), then
+        // each row is moved once to its place.
+        let rows = &self.rows;
+        let mut order: Vec<u32> = (0..rows.len() as u32).collect();
+        let by_key = |a: &u32, b: &u32| key_order(rows[*a as usize].key(), rows[*b as usize].key());
+        if self.dedup {
+            order.sort_unstable_by(by_key);
+        } else {
             // Stable: rows of one key keep the order they came in.
-            self.rows.sort_by(|a, b| a.key().cmp(b.key()));
+            order.sort_by(by_key);
+        }
+        permute(&mut self.rows, order);
+        if !self.dedup {
             return;
         }
-        self.rows.sort_unstable_by(|a, b| a.key().cmp(b.key()));
         let before = self.rows.len();
         self.rows.dedup_by(|a, b| a.key() == b.key());
         self.repeated += before - self.rows.len();
@@ -131,38 +184,78 @@ impl<T: Record> Runs<T> {
         self.sort();
         let path = self.next_file(dir);
         let mut w = BufWriter::with_capacity(RUN_BUFFER, File::create(&path)?);
-        for row in self.rows.drain(..) {
+        for row in &self.rows {
             row.encode(&mut w)?;
         }
         w.flush()?;
+        self.rows.clear();
         self.bytes = 0;
-        self.files.push(path);
-        if self.files.len() >= MAX_RUNS {
-            // Too many files to hold open at once: merge them into one.
-            let files = std::mem::take(&mut self.files);
-            let path = self.next_file(dir);
-            let mut w = BufWriter::with_capacity(RUN_BUFFER, File::create(&path)?);
-            let mut merged = Merge::<T>::open(&files, Vec::new(), self.dedup)?;
-            while let Some(row) = merged.next_row()? {
-                row.encode(&mut w)?;
-            }
-            w.flush()?;
-            self.repeated += merged.repeated;
-            for f in &files {
-                let _ = std::fs::remove_file(f);
-            }
-            self.files.push(path);
+        self.add_file(dir, 0, path)
+    }
+
+    /// Adds a run file at `level`; a level that reaches `MAX_RUNS` files is merged into one
+    /// file of the next level.
+    fn add_file(&mut self, dir: &SpillDir, level: usize, path: PathBuf) -> io::Result<()> {
+        if self.files.len() <= level {
+            self.files.resize_with(level + 1, Vec::new);
+        }
+        self.files[level].push(path);
+        if self.files[level].len() >= MAX_RUNS {
+            let files = std::mem::take(&mut self.files[level]);
+            let merged = self.merge_files(dir, &files)?;
+            self.add_file(dir, level + 1, merged)?;
         }
         Ok(())
+    }
+
+    /// Merges run files into a new one (and removes them).
+    fn merge_files(&mut self, dir: &SpillDir, files: &[PathBuf]) -> io::Result<PathBuf> {
+        let path = self.next_file(dir);
+        let mut w = BufWriter::with_capacity(RUN_BUFFER, File::create(&path)?);
+        let mut merged = Merge::<T>::open(files, Vec::new(), self.dedup)?;
+        while let Some(row) = merged.next_row()? {
+            row.encode(&mut w)?;
+        }
+        w.flush()?;
+        self.repeated += merged.repeated;
+        for f in files {
+            let _ = std::fs::remove_file(f);
+        }
+        Ok(path)
+    }
+
+    /// The run files, fewer than `MAX_RUNS` (the lowest levels, the smallest files, are
+    /// merged first), oldest first.
+    fn final_files(&mut self, dir: &SpillDir) -> io::Result<Vec<PathBuf>> {
+        let mut level = 0;
+        while self.files.iter().map(Vec::len).sum::<usize>() >= MAX_RUNS {
+            if level >= self.files.len() {
+                break;
+            }
+            let files = std::mem::take(&mut self.files[level]);
+            if files.len() > 1 {
+                let merged = self.merge_files(dir, &files)?;
+                self.add_file(dir, level + 1, merged)?;
+            } else {
+                // One file (or none): it moves up as it is.
+                if let Some(f) = files.into_iter().next() {
+                    self.add_file(dir, level + 1, f)?;
+                }
+            }
+            level += 1;
+        }
+        // Higher levels hold older rows: oldest first keeps the merge's tie order.
+        Ok(self.files.drain(..).rev().flatten().collect())
     }
 
     /// Once some rows went to files: writes the rest too and frees the run's memory, so that
     /// the merge holds only its read buffers.
     pub fn spill_rest(&mut self, dir: &SpillDir) -> io::Result<()> {
-        if !self.files.is_empty() && !self.rows.is_empty() {
+        let spilled = self.files.iter().any(|l| !l.is_empty());
+        if spilled && !self.rows.is_empty() {
             self.spill(dir)?;
         }
-        if !self.files.is_empty() {
+        if spilled {
             self.rows = Vec::new();
         }
         Ok(())
@@ -173,10 +266,43 @@ impl<T: Record> Runs<T> {
         self.spill_rest(dir)?;
         self.sort();
         let rows = std::mem::take(&mut self.rows);
-        let mut merged = Merge::open(&self.files, rows, self.dedup)?;
+        let files = self.final_files(dir)?;
+        let mut merged = Merge::open(&files, rows, self.dedup)?;
         merged.repeated = self.repeated;
         Ok(merged)
     }
+}
+
+/// Puts `rows[order[i]]` at place `i`, following each cycle of the permutation with swaps
+/// (`order` is a permutation of the indices; it is used up as the marks of places done).
+fn permute<T>(rows: &mut [T], mut order: Vec<u32>) {
+    for start in 0..rows.len() {
+        let mut place = start;
+        loop {
+            let from = order[place] as usize;
+            order[place] = place as u32;
+            if from == start || from == place {
+                break;
+            }
+            rows.swap(place, from);
+            place = from;
+        }
+    }
+}
+
+/// The order of two keys: their bytes' order (as `str::cmp`), most often told by their first
+/// eight bytes as one number, without a call to compare the rest.
+fn key_order(a: &str, b: &str) -> Ordering {
+    prefix(a).cmp(&prefix(b)).then_with(|| a.cmp(b))
+}
+
+/// The first eight bytes of a key as a big-endian number (zeros past its end): keys whose
+/// prefixes differ are in the prefixes' order.
+fn prefix(key: &str) -> u64 {
+    let mut head = [0u8; 8];
+    let n = key.len().min(8);
+    head[..n].copy_from_slice(&key.as_bytes()[..n]);
+    u64::from_be_bytes(head)
 }
 
 /// One source of a merge: a run file, or the run that stayed in memory.
@@ -203,11 +329,7 @@ struct Head<T> {
 
 impl<T: Record> Ord for Head<T> {
     fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .row
-            .key()
-            .cmp(self.row.key())
-            .then(other.source.cmp(&self.source))
+        key_order(other.row.key(), self.row.key()).then(other.source.cmp(&self.source))
     }
 }
 
@@ -231,6 +353,7 @@ pub struct Merge<T> {
     sources: Vec<Source<T>>,
     heap: BinaryHeap<Head<T>>,
     dedup: bool,
+    /// The key of the last row given (its buffer reused), when one was.
     last: Option<String>,
     /// Rows left out because their key came already (in the runs, and in the merge).
     pub repeated: usize,
@@ -274,7 +397,13 @@ impl<T: Record> Merge<T> {
                 self.repeated += 1;
                 continue;
             }
-            self.last = Some(row.key().to_string());
+            match &mut self.last {
+                Some(last) => {
+                    last.clear();
+                    last.push_str(row.key());
+                }
+                None => self.last = Some(row.key().to_string()),
+            }
             return Ok(Some(row));
         }
         Ok(None)
@@ -321,8 +450,11 @@ fn get_bytes(r: &mut impl Read, first: bool) -> io::Result<Option<Option<Vec<u8>
     if n == u32::MAX {
         return Ok(Some(None));
     }
-    let mut b = vec![0u8; n as usize];
-    r.read_exact(&mut b)?;
+    // Read straight into the value's own buffer (no zeroing first).
+    let mut b = Vec::with_capacity(n as usize);
+    if r.by_ref().take(u64::from(n)).read_to_end(&mut b)? != n as usize {
+        return Err(corrupt("truncated"));
+    }
     Ok(Some(Some(b)))
 }
 
@@ -520,6 +652,92 @@ mod tests {
             let path = dir.path().to_path_buf();
             drop(dir);
             assert!(!path.exists(), "the spill folder is removed");
+        }
+    }
+
+    /// Past `MAX_RUNS` runs the merges go level by level: 4,095 one-row runs make 63 merges
+    /// of 64 runs (level 1) while they come, then at the end the 63 runs left are merged
+    /// (making level 1 full) and level 1 into one file: 4,095 + 63 + 1 + 1 files written,
+    /// each row written 3 times in all; and every key comes out once, in order.
+    #[test]
+    fn many_runs_merge_level_by_level() {
+        let n = 63 * 64 + 63;
+        let keys: Vec<String> = (0..n as u64)
+            .map(|i| format!("k{:05}", (i * 7919) % n as u64))
+            .collect();
+        let dir = SpillDir::new().unwrap();
+        let mut runs = Runs::new("prompts", 1);
+        for k in &keys {
+            runs.push(&dir, prompt(k)).unwrap();
+        }
+        assert_eq!(runs.files.len(), 2);
+        assert_eq!((runs.files[0].len(), runs.files[1].len()), (63, 63));
+        let mut merged = Runs::merge(runs, &dir).unwrap();
+        let mut got = Vec::new();
+        while let Some(row) = merged.next_row().unwrap() {
+            got.push(row.prompt_id);
+        }
+        let mut want = keys.clone();
+        want.sort();
+        assert_eq!(got, want);
+        let written = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(written, 1, "one run file left: {written}");
+    }
+
+    /// `key_order` is `str::cmp`, on keys that share prefixes, are shorter than eight bytes,
+    /// or hold zero bytes.
+    #[test]
+    fn key_order_is_the_strings_order() {
+        let keys = [
+            "",
+            "a",
+            "a\0",
+            "a\0b",
+            "ab",
+            "abcdefgh",
+            "abcdefg",
+            "abcdefgh\0",
+            "abcdefghi",
+            "abcdefgi",
+            "b",
+            "\u{1f}",
+            "ff00",
+            "ff",
+            "00ff",
+        ];
+        for a in keys {
+            for b in keys {
+                assert_eq!(key_order(a, b), a.cmp(b), "{a:?} {b:?}");
+            }
+        }
+    }
+
+    /// `permute` puts each row where the order says, for every permutation of four rows
+    /// and a longer scrambled one.
+    #[test]
+    fn permute_moves_each_row_to_its_place() {
+        let mut perms = Vec::new();
+        for a in 0..4u32 {
+            for b in 0..4u32 {
+                for c in 0..4u32 {
+                    for d in 0..4u32 {
+                        let p = vec![a, b, c, d];
+                        let mut q = p.clone();
+                        q.sort();
+                        if q == [0, 1, 2, 3] {
+                            perms.push(p);
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(perms.len(), 24);
+        perms.push((0..97u32).map(|i| (i * 31 + 7) % 97).collect());
+        for order in perms {
+            let mut rows: Vec<String> = (0..order.len()).map(|i| format!("r{i}")).collect();
+            let want: Vec<String> = order.iter().map(|&i| format!("r{i}")).collect();
+            permute(&mut rows, order);
+            assert_eq!(rows, want);
         }
     }
 
