@@ -310,10 +310,12 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
                 "results": out.rows,
                 "oracle_accuracy": first.map(|r| r.oracle_accuracy),
                 "heldout_oracle_accuracy": first.map(|r| r.heldout_oracle_accuracy),
+                "heldout_estimator_accuracy": first.map(|r| r.heldout_estimator_accuracy),
                 "seen_accuracy": first.and_then(|r| r.seen_accuracy),
                 "zero_shot": out.zero_shot,
                 "oracle": out.oracle,
                 "heldout_oracle": out.heldout_oracle,
+                "heldout_estimator": out.heldout_estimator,
                 "seen": out.seen,
                 "group_bound": out.group_bound.as_ref().map(group_bound_json),
                 "simulation": out.simulation,
@@ -386,6 +388,12 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
             "held-out",
             100.0 * r.heldout_oracle_accuracy,
             ci(ci_of(&out.heldout_oracle))
+        );
+        println!(
+            "{:>10} {:>9.2}% {:>18}  (the estimator on every comparison but the queries)",
+            "all shots",
+            100.0 * r.heldout_estimator_accuracy,
+            ci(ci_of(&out.heldout_estimator))
         );
     }
     if let Some(g) = &out.group_bound {

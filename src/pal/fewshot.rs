@@ -103,6 +103,9 @@ pub struct FewShotCurve {
     /// An estimator that only sees the user's non-query comparisons is not expected to beat it
     /// by more than chance.
     pub heldout_oracle: EvalReport,
+    /// The queries scored with the curve's own estimator fitted on every comparison of the
+    /// user except the queries (the curve's end, had the protocol no shot limit).
+    pub heldout_estimator: EvalReport,
 }
 
 /// One candidate of the simulated few-shot on seen users.
@@ -845,6 +848,21 @@ pub fn few_shot_curve(
     // The held-out oracle: every comparison but the queries, i.e. the most shots the protocol
     // could give.
     let heldout_oracle = oracle_on(&sp.shots)?;
+    // The estimator itself on the same comparisons (all of each user's shots).
+    let rows = fit_curve(
+        model,
+        set,
+        &sp.shots,
+        &[usize::MAX],
+        &row_of,
+        &|_| None,
+        est,
+        &prior,
+        cfg,
+    )?
+    .remove(0);
+    let table = model.eval_mixture(&rows_tensor(model, &rows)?)?.detach();
+    let heldout_estimator = score(model, set, &sp, &table, &row_of, true, opts)?;
 
     Ok(FewShotCurve {
         estimator: est,
@@ -856,6 +874,7 @@ pub fn few_shot_curve(
         points,
         oracle,
         heldout_oracle,
+        heldout_estimator,
     })
 }
 

@@ -771,6 +771,8 @@ fn heldout_oracle_is_the_mle_fit_on_every_non_query_comparison() {
     assert_eq!(c.queries, 45);
     assert_eq!(c.heldout_oracle.n, 45);
     assert_eq!(c.heldout_oracle, c.points[2].adapted);
+    // The curve's estimator (here mle, with the oracle's steps) on the same comparisons.
+    assert_eq!(c.heldout_estimator, c.heldout_oracle);
     // With fewer shots the fit differs: the held-out oracle is not just another name for a
     // point of the curve.
     assert_ne!(c.points[1].logits, c.points[2].logits);

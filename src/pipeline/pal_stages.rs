@@ -710,6 +710,8 @@ pub struct AdaptRow {
     /// The same queries with each user's held-out oracle mixture, fitted on every comparison
     /// but the queries (the most shots the protocol could give).
     pub heldout_oracle_accuracy: f64,
+    /// The same queries with the estimator fitted on every comparison but the queries.
+    pub heldout_estimator_accuracy: f64,
     /// The model's accuracy on `seen_split`, when given.
     pub seen_accuracy: Option<f64>,
     pub estimator: Estimator,
@@ -723,6 +725,7 @@ pub struct AdaptOutcome {
     pub zero_shot: serde_json::Value,
     pub oracle: serde_json::Value,
     pub heldout_oracle: serde_json::Value,
+    pub heldout_estimator: serde_json::Value,
     pub seen: Option<serde_json::Value>,
     /// The known-group bound (only when asked for; see [`crate::pal::group_bound`]).
     pub group_bound: Option<GroupBound>,
@@ -857,6 +860,7 @@ pub async fn adapt_model(
                 zero_shot_accuracy: curve.zero_shot.accuracy,
                 oracle_accuracy: curve.oracle.accuracy,
                 heldout_oracle_accuracy: curve.heldout_oracle.accuracy,
+                heldout_estimator_accuracy: curve.heldout_estimator.accuracy,
                 seen_accuracy: seen.as_ref().map(|r| r.accuracy),
                 estimator: curve.estimator,
                 prior_scale: curve.prior_scale,
@@ -867,6 +871,7 @@ pub async fn adapt_model(
             zero_shot: summary_json(&curve.zero_shot),
             oracle: summary_json(&curve.oracle),
             heldout_oracle: summary_json(&curve.heldout_oracle),
+            heldout_estimator: summary_json(&curve.heldout_estimator),
             seen: seen.as_ref().map(summary_json),
             group_bound,
             simulation,
