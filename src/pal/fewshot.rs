@@ -677,13 +677,9 @@ pub(super) struct Split {
 }
 
 /// Each user's fixed queries and ordered shots under the protocol (module doc); `stream_id`
-/// [`stream::FEW_SHOT`] for new users, so that other checks can rebuild the same split.
-pub(super) fn split_users(
-    set: &ComparisonSet,
-    maxn: usize,
-    cfg: &FewShotConfig,
-    stream_id: u64,
-) -> Split {
+/// [`stream::FEW_SHOT`] for new users (see [`new_user_split`]), [`stream::SIMULATE`] for the
+/// simulation on seen users.
+fn split_users(set: &ComparisonSet, maxn: usize, cfg: &FewShotConfig, stream_id: u64) -> Split {
     let mut r = rng(cfg.seed, stream_id);
     let mut sp = Split {
         local: vec![u32::MAX; set.n_users()],
@@ -768,15 +764,15 @@ fn zero_table(model: &PalModel) -> Result<Tensor> {
     Ok(t.index_select(&last, 0)?)
 }
 
-/// Adapts every user of `set` (all treated as new users, whatever their ids) for every N of
-/// `ns` under the fixed-query protocol (module doc), with `cfg.estimator` (`auto` is `empirical`).
-pub fn few_shot_curve(
+/// Checks `set` and `ns` against `model` and splits the users of `set` into fixed queries and
+/// ordered shots as new users (the split every check of new users shares); a data error when
+/// no user has enough comparisons for the largest N.
+pub(super) fn new_user_split(
     model: &PalModel,
     set: &ComparisonSet,
     ns: &[usize],
     cfg: &FewShotConfig,
-    opts: &EvalOptions,
-) -> Result<FewShotCurve> {
+) -> Result<Split> {
     cfg.validate()?;
     set.validate()?;
     model.check_dims(set)?;
@@ -786,7 +782,6 @@ pub fn few_shot_curve(
             "is empty, give at least one shot count (0 is zero-shot)",
         )
     })?;
-    let est = resolve(cfg.estimator);
     let sp = split_users(set, maxn, cfg, stream::FEW_SHOT);
     if sp.user_ids.is_empty() {
         return Err(PalError::Data(format!(
@@ -794,6 +789,20 @@ pub fn few_shot_curve(
             cfg.query_frac, cfg.min_queries
         )));
     }
+    Ok(sp)
+}
+
+/// Adapts every user of `set` (all treated as new users, whatever their ids) for every N of
+/// `ns` under the fixed-query protocol (module doc), with `cfg.estimator` (`auto` is `empirical`).
+pub fn few_shot_curve(
+    model: &PalModel,
+    set: &ComparisonSet,
+    ns: &[usize],
+    cfg: &FewShotConfig,
+    opts: &EvalOptions,
+) -> Result<FewShotCurve> {
+    let sp = new_user_split(model, set, ns, cfg)?;
+    let est = resolve(cfg.estimator);
     let prior = Prior::of(model)?;
     let local = sp.local.clone();
     let row_of = move |u: u32| local[u as usize];

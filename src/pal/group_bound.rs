@@ -26,8 +26,8 @@ use super::config::FewShotConfig;
 use super::data::{Comparison, ComparisonSet};
 use super::error::{PalError, Result};
 use super::evaluate::{report_from_margins, EvalOptions, EvalReport};
-use super::fewshot::{shot_loglik, split_users};
-use super::model::{stream, PalModel};
+use super::fewshot::{new_user_split, shot_loglik};
+use super::model::PalModel;
 
 /// One shot count of the known-group bound.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,21 +70,7 @@ pub fn group_bound(
     opts: &EvalOptions,
     groups: &BTreeMap<String, String>,
 ) -> Result<GroupBound> {
-    cfg.validate()?;
-    set.validate()?;
-    model.check_dims(set)?;
-    let maxn = ns.iter().copied().max().ok_or_else(|| {
-        PalError::config(
-            "shots",
-            "is empty, give at least one shot count (0 is zero-shot)",
-        )
-    })?;
-    let sp = split_users(set, maxn, cfg, stream::FEW_SHOT);
-    if sp.user_ids.is_empty() {
-        return Err(PalError::Data(format!(
-            "no user has enough comparisons for the queries plus {maxn} shots, so there is nothing to bound\nhint: lower the largest shot count"
-        )));
-    }
+    let sp = new_user_split(model, set, ns, cfg)?;
 
     // The seen users with a group: their evaluation mixtures, grouped.
     let table = model
