@@ -676,6 +676,19 @@ pub(super) struct Split {
     pub(super) all: Vec<Vec<usize>>,
 }
 
+impl Split {
+    /// The queries, in `queries` order, with their users' local rows.
+    pub(super) fn query_comps(&self, set: &ComparisonSet) -> Vec<Comparison> {
+        self.queries
+            .iter()
+            .map(|&i| Comparison {
+                user: self.local[set.comps[i].user as usize],
+                ..set.comps[i]
+            })
+            .collect()
+    }
+}
+
 /// Each user's fixed queries and ordered shots under the protocol (module doc); `stream_id`
 /// [`stream::FEW_SHOT`] for new users (see [`new_user_split`]), [`stream::SIMULATE`] for the
 /// simulation on seen users.
@@ -723,14 +736,7 @@ fn score(
 ) -> Result<EvalReport> {
     let n = sp.user_ids.len();
     let margins = model.margins_with_table(set, table, row_of, sp.queries.clone())?;
-    let comps: Vec<Comparison> = sp
-        .queries
-        .iter()
-        .map(|&i| Comparison {
-            user: sp.local[set.comps[i].user as usize],
-            ..set.comps[i]
-        })
-        .collect();
+    let comps = sp.query_comps(set);
     let mixtures = if model.cfg.k > 1 {
         let t = table.to_dtype(DType::F64)?.to_vec2::<f64>()?;
         Some(if t.len() == n {

@@ -23,7 +23,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::config::FewShotConfig;
-use super::data::{Comparison, ComparisonSet};
+use super::data::ComparisonSet;
 use super::error::{PalError, Result};
 use super::evaluate::{report_from_margins, EvalOptions, EvalReport};
 use super::fewshot::{new_user_split, shot_loglik};
@@ -139,14 +139,7 @@ pub fn group_bound(
             model.margins_with_table(set, &t, &|_| 0, sp.queries.clone())
         })
         .collect::<Result<_>>()?;
-    let comps: Vec<Comparison> = sp
-        .queries
-        .iter()
-        .map(|&i| Comparison {
-            user: sp.local[set.comps[i].user as usize],
-            ..set.comps[i]
-        })
-        .collect();
+    let comps = sp.query_comps(set);
     let n_users = sp.user_ids.len();
     let known = vec![true; n_users];
     let report = |pick: &dyn Fn(usize, usize) -> f32| -> EvalReport {
