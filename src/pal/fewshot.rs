@@ -198,8 +198,8 @@ fn weighted(draws: &[Vec<f64>], a: &[f64], k: usize) -> Vec<f64> {
 }
 
 /// `auto` without a simulation to decide: `empirical`, which won the seen-user simulation on
-/// 10 of the 11 stores measured for issue 14 once it was a candidate (Polis × seeds and
-/// Persona; `posterior` won the other, electoral reform seed 1, by 0.15 points).
+/// 11 of the 13 stores measured for issue 14 (12 Polis stores and Persona; a tie on one,
+/// `posterior` ahead by 0.09 points on the other).
 fn resolve(e: Estimator) -> Estimator {
     match e {
         Estimator::Auto => Estimator::Empirical,
