@@ -77,6 +77,7 @@ fn pipeline_trains_evaluates_and_adapts() {
             "te",
             "--tune-split",
             "tr",
+            "--group-bound",
             "--json",
         ],
     )
@@ -97,6 +98,43 @@ fn pipeline_trains_evaluates_and_adapts() {
     assert_eq!(v["seen_accuracy"], k3["accuracy"]);
     let oracle = v["oracle_accuracy"].as_f64().unwrap();
     assert!(oracle > 0.0 && oracle <= 1.0);
+    // The held-out oracle and the estimator on every non-query comparison: bounds on the same
+    // 180 queries, the same in every row.
+    for key in ["heldout_oracle", "heldout_estimator"] {
+        let acc = v[format!("{key}_accuracy")].as_f64().unwrap();
+        assert!(acc > 0.0 && acc <= 1.0, "{key} {acc}");
+        assert_eq!(v[key]["n"], 6 * 30, "{key}");
+        for row in results {
+            assert_eq!(row[format!("{key}_accuracy")], v[format!("{key}_accuracy")]);
+        }
+    }
+    // The known-group bound: the synthetic users' groups are their largest prototype; every
+    // seen user has one, so at 0 shots the prior over groups is the seen users' mean mixture,
+    // i.e. zero-shot.
+    let g = &v["group_bound"];
+    let seen_users = scalar(
+        &store,
+        "SELECT count(*) FROM users WHERE role = 'seen' AND group_name IS NOT NULL",
+    );
+    let per_group: i64 = g["seen_per_group"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .sum();
+    assert_eq!(per_group, seen_users, "{g}");
+    assert_eq!((g["users"].as_u64(), g["n"].as_u64()), (Some(6), Some(180)));
+    let points = g["points"].as_array().unwrap();
+    assert_eq!(points.len(), 3);
+    assert_eq!(
+        points[0]["posterior_accuracy"],
+        results[0]["zero_shot_accuracy"]
+    );
+    for p in points {
+        let h = p["hit_rate"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&h), "{p}");
+    }
+    assert!(g["true_group_accuracy"].as_f64().unwrap() > 0.0);
     // the simulation on seen users' training pairs ran and picked a listed candidate
     // (mle once; map and posterior at 4 prior scales; empirical at 4 blurs)
     let sim = v["simulation"].as_array().unwrap();

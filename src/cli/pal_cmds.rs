@@ -92,7 +92,7 @@ pub struct AdaptArgs {
     pub steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// auto | map | posterior | empirical | mle. auto: the winner of the simulation on --tune-split, else posterior.
+    /// auto | map | posterior | empirical | mle. auto: the winner of the simulation on --tune-split, else empirical.
     #[arg(long, default_value = "auto")]
     pub estimator: crate::pal::Estimator,
     /// Prior scale of map / posterior / empirical when no --tune-split picks it.
@@ -110,6 +110,11 @@ pub struct AdaptArgs {
     /// Fewest queries per new user.
     #[arg(long)]
     pub min_queries: Option<usize>,
+    /// Also report the known-group bound: the same queries scored from a posterior over the
+    /// groups of `users.group_name` (e.g. Persona's personas) given the same shots, and with
+    /// each user's true group. A diagnostic: it reads the true groups.
+    #[arg(long)]
+    pub group_bound: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -292,7 +297,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
         query_frac: a.query_frac.unwrap_or(d.query_frac),
         min_queries: a.min_queries.unwrap_or(d.min_queries),
     };
-    let out = pal_stages::adapt_model(&store, &p)
+    let out = pal_stages::adapt_model(&store, &p, a.group_bound)
         .await
         .map_err(classify)?;
     let first = out.rows.first();
@@ -304,10 +309,15 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
                 "users": a.users,
                 "results": out.rows,
                 "oracle_accuracy": first.map(|r| r.oracle_accuracy),
+                "heldout_oracle_accuracy": first.map(|r| r.heldout_oracle_accuracy),
+                "heldout_estimator_accuracy": first.map(|r| r.heldout_estimator_accuracy),
                 "seen_accuracy": first.and_then(|r| r.seen_accuracy),
                 "zero_shot": out.zero_shot,
                 "oracle": out.oracle,
+                "heldout_oracle": out.heldout_oracle,
+                "heldout_estimator": out.heldout_estimator,
                 "seen": out.seen,
+                "group_bound": out.group_bound.as_ref().map(group_bound_json),
                 "simulation": out.simulation,
             })
         );
@@ -372,6 +382,45 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
             "oracle",
             100.0 * r.oracle_accuracy,
             ci(ci_of(&out.oracle))
+        );
+        println!(
+            "{:>10} {:>9.2}% {:>18}  (bound: fitted on every comparison but the queries)",
+            "held-out",
+            100.0 * r.heldout_oracle_accuracy,
+            ci(ci_of(&out.heldout_oracle))
+        );
+        println!(
+            "{:>10} {:>9.2}% {:>18}  (the estimator on every comparison but the queries)",
+            "all shots",
+            100.0 * r.heldout_estimator_accuracy,
+            ci(ci_of(&out.heldout_estimator))
+        );
+    }
+    if let Some(g) = &out.group_bound {
+        let users = |r: &crate::pal::EvalReport| ci(r.ci95_users.as_ref().map(|c| [c.lo, c.hi]));
+        println!(
+            "known-group bound (groups {}; posterior over groups from the same shots):",
+            g.groups.join(", ")
+        );
+        println!(
+            "{:>10} {:>10} {:>18} {:>10} {:>9}",
+            "shots", "posterior", "95% CI over users", "argmax", "hit rate"
+        );
+        for pt in &g.points {
+            println!(
+                "{:>10} {:>9.2}% {:>18} {:>9.2}% {:>8.1}%",
+                pt.shots,
+                100.0 * pt.posterior.accuracy,
+                users(&pt.posterior),
+                100.0 * pt.argmax.accuracy,
+                100.0 * pt.hit_rate
+            );
+        }
+        println!(
+            "{:>10} {:>9.2}% {:>18}  (each user's true group)",
+            "true",
+            100.0 * g.true_group.accuracy,
+            users(&g.true_group)
         );
     }
     if let Some(s) = &out.seen {
@@ -494,4 +543,24 @@ pub async fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// The known-group bound as `--json` prints it: reports without their per-user lists.
+fn group_bound_json(g: &crate::pal::GroupBound) -> serde_json::Value {
+    serde_json::json!({
+        "groups": g.groups,
+        "seen_per_group": g.seen_per_group,
+        "users": g.user_ids.len(),
+        "n": g.queries,
+        "points": g.points.iter().map(|p| serde_json::json!({
+            "shots": p.shots,
+            "posterior_accuracy": p.posterior.accuracy,
+            "posterior": pal_stages::summary_json(&p.posterior),
+            "argmax_accuracy": p.argmax.accuracy,
+            "argmax": pal_stages::summary_json(&p.argmax),
+            "hit_rate": p.hit_rate,
+        })).collect::<Vec<_>>(),
+        "true_group_accuracy": g.true_group.accuracy,
+        "true_group": pal_stages::summary_json(&g.true_group),
+    })
 }

@@ -30,19 +30,7 @@ pub struct ReportArgs {
 
 /// Each user's group (`users.group_name`), where set.
 async fn user_groups(store: &Store) -> Result<BTreeMap<String, String>, CliError> {
-    let mut out = BTreeMap::new();
-    for b in store
-        .read("users", &["user_id", "group_name"], None)
-        .await?
-    {
-        let (u, g) = (col(&b, "user_id"), col(&b, "group_name"));
-        for i in 0..b.num_rows() {
-            if let (Some(u), Some(g)) = (get(u, i), get(g, i)) {
-                out.insert(u, g);
-            }
-        }
-    }
-    Ok(out)
+    Ok(crate::pipeline::pal_stages::user_groups(store).await?)
 }
 
 /// The prototype plot of a PAL-A model whose prototypes live in a 2-D input space (no

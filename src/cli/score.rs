@@ -86,9 +86,10 @@ pub struct EnrollArgs {
     /// JSON lines of the user's comparisons (a file, or - for stdin).
     #[arg(long)]
     pub comparisons: String,
-    /// How the logits are estimated: posterior (the default: the posterior mean under a prior
-    /// learned from the seen users), map, empirical (the posterior mean under the seen users'
-    /// own mixtures as the prior), or mle (no prior); as `palpipe adapt --estimator`.
+    /// How the logits are estimated: empirical (what the default auto means here: the
+    /// posterior mean under the seen users' own mixtures as the prior), posterior (the
+    /// posterior mean under a Gaussian prior learned from the seen users), map, or mle (no
+    /// prior); as `palpipe adapt --estimator`.
     #[arg(long, default_value = "auto")]
     pub estimator: crate::pal::Estimator,
     /// Gradient steps of the map and mle fits.

@@ -595,7 +595,7 @@ impl TrainConfig {
 #[serde(rename_all = "lowercase")]
 pub enum Estimator {
     /// Whichever of the others wins the simulated few-shot on the seen users (when a split of
-    /// seen users' comparisons is given to simulate on); `posterior` otherwise.
+    /// seen users' comparisons is given to simulate on); `empirical` otherwise.
     #[default]
     Auto,
     /// The maximum a posteriori logits under a Gaussian prior learned from the seen users'

@@ -5,7 +5,7 @@
 //! Owns: the data interface ([`ComparisonSet`]), configuration ([`ModelConfig`],
 //! [`TrainConfig`], [`FewShotConfig`]), the model ([`PalModel`]: f, g_k or P, τ, user logits W),
 //! the losses, the trainer ([`train`]), evaluation ([`evaluate`]), few-shot adaptation of unseen
-//! users ([`few_shot_curve`], [`fit_new_user`]), checkpoints ([`PalModel::save`] /
+//! users ([`few_shot_curve`], [`fit_new_user`]; the known-group bound [`group_bound`]), checkpoints ([`PalModel::save`] /
 //! [`PalModel::load`]), scoring ([`PalModel::score`], [`PalModel::score_batch`]), one new
 //! user's enrolment ([`fit_user_logits`]) and the popularity baseline ([`Popularity`]). The
 //! `bt` baseline is PAL
@@ -33,6 +33,7 @@ mod enroll;
 mod error;
 mod evaluate;
 mod fewshot;
+mod group_bound;
 mod loss;
 mod mlp;
 mod model;
@@ -56,6 +57,7 @@ pub use evaluate::{evaluate, EvalOptions, EvalReport, MixtureSummary, Outcome, U
 pub use fewshot::{
     choose, few_shot_curve, fit_new_user, simulate_seen, FewShotCurve, FewShotPoint, SimRow,
 };
+pub use group_bound::{group_bound, GroupBound, GroupBoundPoint};
 pub use loss::SMOOTH_HINGE_GAMMA;
 pub use model::{PalModel, SCALE_MAX, TAU_INIT};
 pub use score::ScoreJob;

@@ -748,6 +748,123 @@ fn curve_scores_every_n_on_the_same_queries_and_counts_exclusions() {
 }
 
 #[test]
+fn heldout_oracle_is_the_mle_fit_on_every_non_query_comparison() {
+    let (model, items) = small_pal_b();
+    // Three users with 30 comparisons each: 15 queries and 15 others, so 15 shots are every
+    // comparison but the queries, and `mle` at 15 shots (with the oracle's 600 steps) is the
+    // held-out oracle's fit.
+    let mut set = comparisons_of(&model, &items, &[0.3, 0.7], 0, 1);
+    set.user_ids = (0..3).map(|u| format!("n{u}")).collect();
+    for (u, w) in [[0.9, 0.1], [0.5, 0.5], [0.2, 0.8]].iter().enumerate() {
+        let one = comparisons_of(&model, &items, w, 30, 60 + u as u64);
+        set.comps.extend(one.comps.into_iter().map(|x| Comparison {
+            user: u as u32,
+            ..x
+        }));
+    }
+    let cfg = FewShotConfig {
+        estimator: Estimator::Mle,
+        steps: 600,
+        ..FewShotConfig::default()
+    };
+    let c = few_shot_curve(&model, &set, &[0, 5, 15], &cfg, &EvalOptions::default()).unwrap();
+    assert_eq!(c.queries, 45);
+    assert_eq!(c.heldout_oracle.n, 45);
+    assert_eq!(c.heldout_oracle, c.points[2].adapted);
+    // The curve's estimator (here mle, with the oracle's steps) on the same comparisons.
+    assert_eq!(c.heldout_estimator, c.heldout_oracle);
+    // With fewer shots the fit differs: the held-out oracle is not just another name for a
+    // point of the curve.
+    assert_ne!(c.points[1].logits, c.points[2].logits);
+}
+
+/// The small model with its six seen users set to two sharp groups: users 0-2 on w = (0.95,
+/// 0.05) ("a"), users 3-5 on (0.05, 0.95) ("b").
+fn two_group_model() -> (PalModel, Vec<Vec<f32>>, [Vec<f64>; 2]) {
+    let (model, items) = small_pal_b();
+    let t = model.cfg.temperature;
+    let wa: Vec<f64> = vec![0.95, 0.05];
+    let wb: Vec<f64> = vec![0.05, 0.95];
+    let rows: Vec<f64> = (0..6)
+        .flat_map(|u| {
+            let w = if u < 3 { &wa } else { &wb };
+            w.iter().map(|x| t * x.ln()).collect::<Vec<f64>>()
+        })
+        .collect();
+    let l = Tensor::from_vec(rows, (6, 2), &model.device)
+        .unwrap()
+        .to_dtype(model.dtype)
+        .unwrap();
+    model.logits.set(&l).unwrap();
+    (model, items, [wa, wb])
+}
+
+#[test]
+fn group_bound_knows_the_groups_and_starts_at_zero_shot() {
+    let (model, items, means) = two_group_model();
+    let mut groups = std::collections::BTreeMap::new();
+    for (u, id) in model.user_ids().iter().enumerate() {
+        groups.insert(id.clone(), if u < 3 { "a" } else { "b" }.to_string());
+    }
+    // Eight new users, four per group, each answering 100 comparisons exactly as their group's
+    // mixture ranks the two items (no noise; near-ties left out).
+    let refs: Vec<&[f32]> = items.iter().map(|v| v.as_slice()).collect();
+    let mut set = comparisons_of(&model, &items, &means[0], 0, 1);
+    set.user_ids = (0..8).map(|u| format!("n{u}")).collect();
+    let mut r = ChaCha8Rng::seed_from_u64(9);
+    for u in 0..8u32 {
+        let g = (u / 4) as usize;
+        groups.insert(format!("n{u}"), ["a", "b"][g].to_string());
+        let rew = model.score_mixture(&means[g], None, &refs).unwrap();
+        let mut made = 0;
+        while made < 100 {
+            let (a, b) = (
+                r.random_range(0..items.len()),
+                r.random_range(0..items.len()),
+            );
+            if a == b || (rew[a] - rew[b]).abs() < 1e-3 {
+                continue;
+            }
+            set.comps.push(Comparison {
+                user: u,
+                prompt: None,
+                left: a as u32,
+                right: b as u32,
+                y: if rew[a] > rew[b] { -1 } else { 1 },
+            });
+            made += 1;
+        }
+    }
+    let cfg = FewShotConfig::default();
+    let ns = [0, 2, 40];
+    let opts = EvalOptions::default();
+    let b = group_bound(&model, &set, &ns, &cfg, &opts, &groups).unwrap();
+    let c = few_shot_curve(&model, &set, &ns, &cfg, &opts).unwrap();
+    assert_eq!(b.groups, vec!["a", "b"]);
+    assert_eq!(b.seen_per_group, vec![3, 3]);
+    // The same users and queries as the curve: 50 queries each.
+    assert_eq!(b.user_ids, c.user_ids);
+    assert_eq!((b.queries, c.queries), (400, 400));
+    // Knowing the group, every query is answered as that group's mixture ranks it.
+    assert_eq!(b.true_group.accuracy, 1.0);
+    // The groups disagree on some pairs, so the zero-shot mixture (0.5, 0.5) misses some.
+    assert!(c.zero_shot.accuracy < 1.0, "{}", c.zero_shot.accuracy);
+    // 0 shots: the prior over groups (3 and 3 seen users) gives the seen users' mean mixture,
+    // i.e. zero-shot.
+    assert_eq!(b.points[0].posterior.accuracy, c.zero_shot.accuracy);
+    // 40 noiseless answers tell the two groups apart for every user.
+    assert_eq!(b.points[2].hit_rate, 1.0);
+    assert_eq!(b.points[2].argmax.accuracy, 1.0);
+    assert!(b.points[2].posterior.accuracy > c.zero_shot.accuracy);
+    // A new user without a group: a data error naming them.
+    groups.remove("n5");
+    let e = group_bound(&model, &set, &ns, &cfg, &opts, &groups)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'n5'") && e.contains("hint:"), "{e}");
+}
+
+#[test]
 fn popularity_baseline_reports_like_pal() {
     let (train_set, test_set) = ideal_points(20, 30, 10, 3, 5);
     let p = Popularity::fit(&train_set).unwrap();

@@ -21,8 +21,8 @@ use super::features::{index_pairs, load_split, split_pairs, FeatureError, Loaded
 use super::progress::Printer;
 use crate::pal::{
     self, evaluate, few_shot_curve, simulate_seen, ClipScore, Comparison, ComparisonSet, Estimator,
-    EvalOptions, EvalReport, FewShotConfig, ModelConfig, ModelKind, PalModel, Popularity, SimRow,
-    TrainConfig,
+    EvalOptions, EvalReport, FewShotConfig, GroupBound, ModelConfig, ModelKind, PalModel,
+    Popularity, SimRow, TrainConfig,
 };
 use crate::store::batches::{self, ModelRow};
 use crate::store::{now_ms, Store};
@@ -150,7 +150,7 @@ pub struct AdaptParams {
     #[serde(default)]
     pub seed: u64,
     /// auto | map | posterior | empirical | mle (see `pal::Estimator`). Default auto: the winner of the
-    /// simulation on `tune_split` when one is named, `posterior` otherwise.
+    /// simulation on `tune_split` when one is named, `empirical` otherwise.
     #[serde(default)]
     pub estimator: Estimator,
     /// Prior scale of `map` / `posterior` / `empirical` when no `tune_split` picks it. Default 1.
@@ -698,8 +698,14 @@ pub struct AdaptRow {
     /// 95% bootstrap interval over users.
     pub ci95_users: Option<[f64; 2]>,
     pub zero_shot_accuracy: f64,
-    /// The same queries with each user's oracle mixture (a bound, not a result).
+    /// The same queries with each user's oracle mixture, fitted on all of the user's
+    /// comparisons, the queries too (an in-sample bound, optimistic; not a result).
     pub oracle_accuracy: f64,
+    /// The same queries with each user's held-out oracle mixture, fitted on every comparison
+    /// but the queries (the most shots the protocol could give).
+    pub heldout_oracle_accuracy: f64,
+    /// The same queries with the estimator fitted on every comparison but the queries.
+    pub heldout_estimator_accuracy: f64,
     /// The model's accuracy on `seen_split`, when given.
     pub seen_accuracy: Option<f64>,
     pub estimator: Estimator,
@@ -712,7 +718,11 @@ pub struct AdaptOutcome {
     pub rows: Vec<AdaptRow>,
     pub zero_shot: serde_json::Value,
     pub oracle: serde_json::Value,
+    pub heldout_oracle: serde_json::Value,
+    pub heldout_estimator: serde_json::Value,
     pub seen: Option<serde_json::Value>,
+    /// The known-group bound (only when asked for; see [`crate::pal::group_bound`]).
+    pub group_bound: Option<GroupBound>,
     /// The simulated few-shot on seen users (empty without `tune_split`).
     pub simulation: Vec<SimRow>,
 }
@@ -721,9 +731,40 @@ fn ci_users(r: &EvalReport) -> Option<[f64; 2]> {
     r.ci95_users.as_ref().map(|c| [c.lo, c.hi])
 }
 
+/// Each user's group (`users.group_name`), where set.
+pub async fn user_groups(
+    store: &Store,
+) -> Result<BTreeMap<String, String>, crate::store::StoreError> {
+    let mut out = BTreeMap::new();
+    for b in store
+        .read("users", &["user_id", "group_name"], None)
+        .await?
+    {
+        let col = |name: &str| {
+            b.column_by_name(name)
+                .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+        };
+        let (Some(u), Some(g)) = (col("user_id"), col("group_name")) else {
+            continue;
+        };
+        for i in 0..b.num_rows() {
+            if !u.is_null(i) && !g.is_null(i) {
+                out.insert(u.value(i).to_string(), g.value(i).to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Adapts the users of `p.users` for every shot count under the fixed-query protocol and
-/// records the rows as the model's `adapt:<users>` metric.
-pub async fn adapt_model(store: &Store, p: &AdaptParams) -> anyhow::Result<AdaptOutcome> {
+/// records the rows as the model's `adapt:<users>` metric. With `group_bound`, also the
+/// known-group bound on the same queries and shots, from the users' groups in `users`
+/// (reported, not recorded).
+pub async fn adapt_model(
+    store: &Store,
+    p: &AdaptParams,
+    group_bound: bool,
+) -> anyhow::Result<AdaptOutcome> {
     let entry = ModelEntry::find(store, &p.model).await?;
     let model = entry.load_pal(store).await?;
     let encoder = entry.row.encoder_id.clone().unwrap_or_default();
@@ -761,6 +802,11 @@ pub async fn adapt_model(store: &Store, p: &AdaptParams) -> anyhow::Result<Adapt
             }
         }
     }
+    let groups = if group_bound {
+        Some(user_groups(store).await?)
+    } else {
+        None
+    };
     let shots = p.shots.clone();
     let base = FewShotConfig {
         estimator: p.estimator,
@@ -790,6 +836,10 @@ pub async fn adapt_model(store: &Store, p: &AdaptParams) -> anyhow::Result<Adapt
             None => None,
         };
         let curve = few_shot_curve(&model, &data.set, &shots, &cfg, &opts)?;
+        let group_bound = match &groups {
+            Some(g) => Some(pal::group_bound(&model, &data.set, &shots, &cfg, &opts, g)?),
+            None => None,
+        };
         let rows = curve
             .points
             .iter()
@@ -803,6 +853,8 @@ pub async fn adapt_model(store: &Store, p: &AdaptParams) -> anyhow::Result<Adapt
                 ci95_users: ci_users(&pt.adapted),
                 zero_shot_accuracy: curve.zero_shot.accuracy,
                 oracle_accuracy: curve.oracle.accuracy,
+                heldout_oracle_accuracy: curve.heldout_oracle.accuracy,
+                heldout_estimator_accuracy: curve.heldout_estimator.accuracy,
                 seen_accuracy: seen.as_ref().map(|r| r.accuracy),
                 estimator: curve.estimator,
                 prior_scale: curve.prior_scale,
@@ -812,7 +864,10 @@ pub async fn adapt_model(store: &Store, p: &AdaptParams) -> anyhow::Result<Adapt
             rows,
             zero_shot: summary_json(&curve.zero_shot),
             oracle: summary_json(&curve.oracle),
+            heldout_oracle: summary_json(&curve.heldout_oracle),
+            heldout_estimator: summary_json(&curve.heldout_estimator),
             seen: seen.as_ref().map(summary_json),
+            group_bound,
             simulation,
         })
     })

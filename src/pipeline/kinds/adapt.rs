@@ -1,6 +1,6 @@
 //! The `adapt` kind: fits new users' mixture weights from a few of their comparisons and
 //! scores each user's fixed queries at every shot count, beside zero-shot, the oracle mixture
-//! and the seen users' accuracy (`crate::pipeline::pal_stages::adapt_model`, shared with
+//! (in-sample and held out) and the seen users' accuracy (`crate::pipeline::pal_stages::adapt_model`, shared with
 //! `palpipe adapt`).
 //! Owns the `adapt:<split>` metric of the model it names.
 
@@ -54,7 +54,7 @@ impl StageKind for AdaptParams {
 
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
         Box::pin(async move {
-            let out = adapt_model(ctx.store, self).await?;
+            let out = adapt_model(ctx.store, self, false).await?;
             let rows = &out.rows;
             let parts: Vec<String> = rows
                 .iter()
@@ -62,13 +62,14 @@ impl StageKind for AdaptParams {
                 .collect();
             let first = rows.first();
             let mut msg = format!(
-                "{} users ({} excluded), {} queries, {}: {}; oracle {:.2}%",
+                "{} users ({} excluded), {} queries, {}: {}; oracle {:.2}% (held-out {:.2}%)",
                 first.map(|r| r.users).unwrap_or(0),
                 first.map(|r| r.skipped_users).unwrap_or(0),
                 first.map(|r| r.n).unwrap_or(0),
                 first.map(|r| r.estimator.name()).unwrap_or("map"),
                 parts.join(", "),
-                100.0 * first.map(|r| r.oracle_accuracy).unwrap_or(f64::NAN)
+                100.0 * first.map(|r| r.oracle_accuracy).unwrap_or(f64::NAN),
+                100.0 * first.map(|r| r.heldout_oracle_accuracy).unwrap_or(f64::NAN)
             );
             if let Some(s) = first.and_then(|r| r.seen_accuracy) {
                 msg.push_str(&format!("; seen {:.2}%", 100.0 * s));
