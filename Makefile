@@ -40,7 +40,7 @@ $(MOTO_VENV)/.moto-server:
 	  { apt-get install -y -qq python3-venv >/dev/null 2>&1 || \
 	    (apt-get update -qq >/dev/null && apt-get install -y -qq python3-venv >/dev/null); \
 	    python3 -m venv $(MOTO_VENV); }
-	$(MOTO_VENV)/bin/python -m pip install -q 'moto[server]'
+	$(MOTO_VENV)/bin/python -m pip install -q 'moto[server]>=5.1,<6'
 	@touch $@
 
 # numpy + safetensors from PyPI in a venv outside the clone, for scripts/pal_reference_score.py

@@ -573,7 +573,9 @@ impl Store {
     /// restored to its version in `before` (or removed, when it did not exist). A table
     /// another writer committed to in between is left as it is (restoring would undo that
     /// commit too) and named in the report's `kept`; a table this process did not commit to
-    /// is not touched.
+    /// is not touched. On object storage nothing is restored or removed (every table this
+    /// process committed to is named in `kept`): without a lock, no check can keep a restore
+    /// from undoing a commit that lands after it.
     pub async fn roll_back(
         &self,
         before: &BTreeMap<String, u64>,
@@ -595,6 +597,19 @@ impl Store {
                 .copied()
                 .filter(|v| !ours.contains(v))
                 .collect();
+            if self.is_remote() {
+                // On object storage nothing serialises writers: between any check and a
+                // restore (which lance rebases over whatever landed) another writer may commit,
+                // and rolling back a shared table could drop items its pairs point at. A failed
+                // stage's commits stay; the next run redoes the stage and replaces its scope.
+                report.kept.push(format!(
+                    "table '{table}' was not rolled back: on object storage a restore could undo another writer's commit; this stage's version{} {} stay{} until the pipeline runs again",
+                    plural(mine.len()),
+                    join_versions(&mine),
+                    if mine.len() == 1 { "s" } else { "" },
+                ));
+                continue;
+            }
             if !foreign.is_empty() {
                 report.kept.push(format!(
                     "table '{table}' was not rolled back: another writer committed version{} {} after this stage began, and restoring version {from} would undo it; this stage's version{} {} stay{}",
