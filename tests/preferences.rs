@@ -1159,6 +1159,31 @@ fn threads_and_block_size_leave_the_same_store_report_and_errors() {
         }
         assert_eq!(messages[0], messages[1], "{name}");
     }
+
+    // A bad line (line 2), then a gzip stream cut in half, inside the blocks read ahead of
+    // the first one applied: the bad line is reported whatever the threads, not the read
+    // error behind it.
+    let mut early = text.lines().take(60).map(String::from).collect::<Vec<_>>();
+    early[1] = "{\"annotator\": ".into();
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut enc, (early.join("\n") + "\n").as_bytes()).unwrap();
+    let mut gz = enc.finish().unwrap();
+    gz.truncate(gz.len() / 2);
+    let f = d.join("cut.jsonl.gz");
+    std::fs::write(&f, &gz).unwrap();
+    for threads in ["1", "2", "3"] {
+        let store = d.join(format!("store-cut-{threads}"));
+        let env = [
+            ("PALPIPE_INGEST_THREADS", threads),
+            ("PALPIPE_INGEST_BLOCK_BYTES", "500"),
+        ];
+        let r = ingest_with_env(&f, &store, &env).code(1);
+        assert!(
+            r.stderr.contains("cut.jsonl.gz:2: not a valid JSON line"),
+            "{threads} threads: {}",
+            r.stderr
+        );
+    }
 }
 
 /// A SIGTERM'd ingest removes its spill folder (a new one, private to its owner) on the way
@@ -1217,8 +1242,14 @@ fn a_killed_ingest_leaves_no_spill_folder() {
         &std::fs::metadata(&found[0]).unwrap().permissions(),
     );
     assert_eq!(mode & 0o777, 0o700, "the spill folder is private");
-    // Let it write some run files first.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Kill it as soon as it has written a run file (no fixed sleep: a fast machine could
+    // finish the ingest first).
+    while std::fs::read_dir(&found[0]).map_or(0, |r| r.count()) == 0
+        && child.try_wait().unwrap().is_none()
+        && start.elapsed().as_secs() < 60
+    {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -384,7 +384,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
             ci(ci_of(&out.oracle))
         );
         println!(
-            "{:>10} {:>9.2}% {:>18}  (bound: fitted on every comparison but the queries)",
+            "{:>10} {:>9.2}% {:>18}  (reference: fitted on every comparison but the queries)",
             "held-out",
             100.0 * r.heldout_oracle_accuracy,
             ci(ci_of(&out.heldout_oracle))

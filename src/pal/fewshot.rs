@@ -100,8 +100,8 @@ pub struct FewShotCurve {
     pub oracle: EvalReport,
     /// The queries scored with each user's held-out oracle mixture: the same fit on every
     /// comparison of the user except the queries (the most shots the protocol could give).
-    /// An estimator that only sees the user's non-query comparisons is not expected to beat it
-    /// by more than chance.
+    /// A reference, not a bound: a plain maximum-likelihood fit, which an estimator with a
+    /// prior (`map`, `posterior`, `empirical`) can beat on the same comparisons.
     pub heldout_oracle: EvalReport,
     /// The queries scored with the curve's own estimator fitted on every comparison of the
     /// user except the queries (the curve's end, had the protocol no shot limit).

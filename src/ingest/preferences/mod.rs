@@ -673,7 +673,14 @@ where
         format: Format,
         r: &mut dyn BufRead,
     ) -> Result<(), PrefError> {
-        let target = env_count(BLOCK_BYTES_VAR, BLOCK_BYTES).max(1);
+        // Rows naming image files carry the files' bytes in their effects until the block is
+        // applied: one line per block then, so a few images are in flight, not a block's worth.
+        let default = if self.m.items == ItemKind::Image {
+            1
+        } else {
+            BLOCK_BYTES
+        };
+        let target = env_count(BLOCK_BYTES_VAR, default).max(1);
         let mut lines = formats::Blocks::new(path, r, target);
         let mut first = true;
         if self.threads <= 1 {
@@ -851,20 +858,27 @@ where
         let ahead = 2 * self.threads + 2;
         let (mut sent, mut applied, mut end) = (0usize, 0usize, false);
         let mut waiting: BTreeMap<usize, Vec<Effect<'a>>> = BTreeMap::new();
+        // A read error (I/O, a truncated .gz) waits until the blocks before it are applied:
+        // an earlier row's error comes first, as it does on one thread.
+        let mut read_error: Option<PrefError> = None;
         loop {
-            while !end && sent - applied < ahead {
-                match lines.next_block(spare.block())? {
-                    Some(block) => {
+            while !end && read_error.is_none() && sent - applied < ahead {
+                match lines.next_block(spare.block()) {
+                    Ok(Some(block)) => {
                         if work.send((sent, block)).is_err() {
                             return Err(worker_gone());
                         }
                         sent += 1;
                     }
-                    None => end = true,
+                    Ok(None) => end = true,
+                    Err(e) => read_error = Some(e),
                 }
             }
             if applied == sent {
-                return Ok(());
+                return match read_error {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                };
             }
             let mut effects = loop {
                 if let Some(e) = waiting.remove(&applied) {
