@@ -159,6 +159,20 @@ fn io_err(what: &str, source: impl std::fmt::Display) -> StoreError {
     )))
 }
 
+/// A local file operation's result, with a missing file or folder read as `absent` (`None`,
+/// nothing to remove, an empty listing) and any other error described by `what`.
+fn or_absent<T>(
+    r: std::io::Result<T>,
+    absent: impl FnOnce() -> T,
+    what: impl FnOnce() -> String,
+) -> Result<T, StoreError> {
+    match r {
+        Ok(v) => Ok(v),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(absent()),
+        Err(e) => Err(io_err(&what(), e)),
+    }
+}
+
 impl Store {
     /// `rel` (a `/`-separated path inside the store) as a folder path or a URI, for messages.
     pub fn describe(&self, rel: &str) -> String {
@@ -171,11 +185,11 @@ impl Store {
     /// The bytes of the store's file `rel`, `None` when there is none.
     pub async fn read_file(&self, rel: &str) -> Result<Option<Vec<u8>>, StoreError> {
         match &self.location {
-            StoreLocation::Local(root) => match std::fs::read(root.join(rel)) {
-                Ok(b) => Ok(Some(b)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(io_err(&format!("reading '{}'", self.describe(rel)), e)),
-            },
+            StoreLocation::Local(root) => or_absent(
+                std::fs::read(root.join(rel)).map(Some),
+                || None,
+                || format!("reading '{}'", self.describe(rel)),
+            ),
             StoreLocation::Remote(r) => {
                 let (os, path) = remote_object!(self, r, rel);
                 let what = || format!("reading '{}'", self.describe(rel));
@@ -259,11 +273,9 @@ impl Store {
     pub async fn remove_file(&self, rel: &str) -> Result<(), StoreError> {
         let what = || format!("removing '{}'", self.describe(rel));
         match &self.location {
-            StoreLocation::Local(root) => match std::fs::remove_file(root.join(rel)) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(io_err(&what(), e)),
-            },
+            StoreLocation::Local(root) => {
+                or_absent(std::fs::remove_file(root.join(rel)), || (), what)
+            }
             StoreLocation::Remote(r) => {
                 let (os, path) = remote_object!(self, r, rel);
                 if os.exists(&path).await.map_err(|e| io_err(&what(), e))? {
@@ -281,12 +293,9 @@ impl Store {
         let mut out = Vec::new();
         match &self.location {
             StoreLocation::Local(root) => {
-                let entries = match std::fs::read_dir(root.join(rel)) {
-                    Ok(e) => e,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-                    Err(e) => return Err(io_err(&what(), e)),
-                };
-                for e in entries.flatten() {
+                let entries =
+                    or_absent(std::fs::read_dir(root.join(rel)).map(Some), || None, what)?;
+                for e in entries.into_iter().flatten().flatten() {
                     let meta = e.metadata().ok();
                     out.push(StoreEntry {
                         name: e.file_name().to_string_lossy().into_owned(),
@@ -329,11 +338,9 @@ impl Store {
     pub async fn remove_dir(&self, rel: &str) -> Result<(), StoreError> {
         let what = || format!("removing '{}'", self.describe(rel));
         match &self.location {
-            StoreLocation::Local(root) => match std::fs::remove_dir_all(root.join(rel)) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(io_err(&what(), e)),
-            },
+            StoreLocation::Local(root) => {
+                or_absent(std::fs::remove_dir_all(root.join(rel)), || (), what)
+            }
             StoreLocation::Remote(r) => {
                 let (os, path) = remote_object!(self, r, rel);
                 os.remove_dir_all(path)
