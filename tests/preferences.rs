@@ -1242,14 +1242,15 @@ fn a_killed_ingest_leaves_no_spill_folder() {
         &std::fs::metadata(&found[0]).unwrap().permissions(),
     );
     assert_eq!(mode & 0o777, 0o700, "the spill folder is private");
-    // Kill it as soon as it has written a run file (no fixed sleep: a fast machine could
-    // finish the ingest first).
+    // Kill it once it has written a run file (waiting for one rather than a fixed time: a
+    // fast machine could finish the ingest first), while it is writing more.
     while std::fs::read_dir(&found[0]).map_or(0, |r| r.count()) == 0
         && child.try_wait().unwrap().is_none()
         && start.elapsed().as_secs() < 60
     {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
+    std::thread::sleep(std::time::Duration::from_millis(50));
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

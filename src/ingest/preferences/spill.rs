@@ -55,11 +55,20 @@ fn on_signal() {
         let _ = ctrlc::set_handler(|| {
             let live = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
             for path in live {
-                // A thread may be writing a run file meanwhile: try again.
-                for _ in 0..3 {
-                    if std::fs::remove_dir_all(&path).is_ok() || !path.exists() {
+                // A thread may be writing run files meanwhile: move the folder aside first, so
+                // that new files under its old name fail instead of landing in it, then remove
+                // it, trying again briefly for a file that was being created as it moved.
+                let mut aside = path.clone().into_os_string();
+                aside.push(".removing");
+                let target = match std::fs::rename(&path, &aside) {
+                    Ok(()) => PathBuf::from(aside),
+                    Err(_) => path,
+                };
+                for _ in 0..50 {
+                    if std::fs::remove_dir_all(&target).is_ok() || !target.exists() {
                         break;
                     }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
                 }
             }
             eprintln!("palpipe: stopped by a signal");
