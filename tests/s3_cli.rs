@@ -242,6 +242,129 @@ fn two_concurrent_runs_on_one_s3_store_lose_no_commit() {
     }
 }
 
+/// A synthetic pipeline of `dataset` from `seed`: its 50 items (and their vectors) follow
+/// from the seed alone, so two pipelines of one seed add the same items, each with pairs and
+/// users of its own dataset.
+fn seeded_pipeline(dir: &Path, name: &str, dataset: &str, seed: u64) -> PathBuf {
+    let stage = SMALL_SYNTH_STAGE
+        .replace("name: data", &format!("name: data\n    dataset: {dataset}"))
+        .replace("seed: 7", &format!("seed: {seed}"));
+    write_pipeline(
+        dir,
+        &format!("{name}.yaml"),
+        &format!("name: {name}\nstages:\n{stage}"),
+    )
+}
+
+/// The content tables' keys, counted: (rows, distinct keys) of items and of embeddings.
+fn content_keys(store: &Path) -> Vec<(i64, i64)> {
+    [
+        ("items", "item_id"),
+        ("embeddings", "content_id || '/' || encoder_id"),
+    ]
+    .iter()
+    .map(|(t, k)| {
+        (
+            scalar(store, &format!("SELECT count(*) FROM {t}")),
+            scalar(store, &format!("SELECT count(DISTINCT {k}) FROM {t}")),
+        )
+    })
+    .collect()
+}
+
+/// Starts `pipelines` on `store` at the same moment; waits for all and returns, per run,
+/// `None` when it succeeded or its error text when it failed cleanly (exit 1, one error line
+/// with a hint, no panic, no source path). Any other outcome fails the test.
+fn race(store: &Path, pipelines: &[&Path], round: usize) -> Vec<Option<String>> {
+    let runs: Vec<Child> = pipelines.iter().map(|p| start_run(store, p)).collect();
+    runs.into_iter()
+        .map(|child| {
+            let o = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            match o.status.code() {
+                Some(0) => None,
+                Some(1) => {
+                    assert!(err.starts_with("palpipe: error:"), "round {round}: {err}");
+                    assert!(err.contains("hint:"), "round {round}: {err}");
+                    assert!(!err.contains("panicked"), "round {round}: {err}");
+                    assert!(!err.contains(".rs:"), "round {round}: {err}");
+                    Some(err)
+                }
+                other => panic!("round {round}: exit {other:?}: {err}"),
+            }
+        })
+        .collect()
+}
+
+/// Two runs adding the same new items at the same moment, many times over: on each round's
+/// fresh store a base pipeline (other items) runs first, then two pipelines of one seed
+/// start together: on even rounds two datasets (the same items, pairs of their own), on odd
+/// rounds the same pipeline twice (one owned scope, empty when both read it). Afterwards every
+/// item and vector is stored once and the store equals the same pipelines run one after the
+/// other on a folder. `new` makes each round's store.
+fn same_new_items_from_two_writers(new: &dyn Fn(usize) -> PathBuf, rounds: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let base = seeded_pipeline(dir.path(), "base", "syn-base", 9);
+    let a = seeded_pipeline(dir.path(), "a", "syn-a", 7);
+    let b = seeded_pipeline(dir.path(), "b", "syn-b", 7);
+    // What the store must hold: the pipelines one after the other, on a folder.
+    let expect = |ps: &[&Path], name: &str| {
+        let local = dir.path().join(name);
+        for p in ps {
+            palpipe(&local, &["run", p.to_str().unwrap()]).ok();
+        }
+        (pairs_and_users(&local), content_keys(&local))
+    };
+    let both = expect(&[&base, &a, &b], "both");
+    let one = expect(&[&base, &a], "one");
+    // 50 items of seed 9 and 50 of seed 7, each with its vector, once.
+    assert_eq!(both.1, vec![(100, 100), (100, 100)]);
+    assert_eq!(one.1, both.1);
+    let mut refused = 0;
+    for round in 0..rounds {
+        let store = new(round);
+        palpipe(&store, &["run", base.to_str().unwrap()]).ok();
+        let (runs, expected): (Vec<&Path>, _) = if round % 2 == 0 {
+            (vec![&a, &b], &both)
+        } else {
+            (vec![&a, &a], &one)
+        };
+        let outcome = race(&store, &runs, round);
+        // What failed is run again, alone.
+        for (p, o) in runs.iter().zip(&outcome) {
+            if o.is_some() {
+                refused += 1;
+                palpipe(&store, &["run", p.to_str().unwrap()]).ok();
+            }
+        }
+        assert_eq!(
+            content_keys(&store),
+            expected.1,
+            "round {round}: (rows, distinct keys) of items and embeddings; runs: {outcome:?}"
+        );
+        assert_eq!(pairs_and_users(&store), expected.0, "round {round}");
+    }
+    eprintln!("{rounds} rounds, {refused} runs refused and run again");
+}
+
+#[test]
+fn two_runs_adding_the_same_items_on_s3_store_each_once() {
+    if s3_store("probe").is_none() {
+        return;
+    }
+    same_new_items_from_two_writers(
+        &|round| s3_store(&format!("same-{round}")).expect("moto started above"),
+        10,
+    );
+}
+
+#[test]
+fn two_runs_adding_the_same_items_on_a_folder_store_each_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // On a folder the writer lock lets one run at a time: the other is refused cleanly.
+    same_new_items_from_two_writers(&|round| dir.path().join(format!("s{round}")), 4);
+}
+
 /// A persona store without vectors (the data stage only) at `store`.
 fn persona_store(dir: &Path, store: &Path, users: usize) {
     let text = format!(

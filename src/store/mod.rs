@@ -9,6 +9,7 @@
 //! schemas in `schema.rs`.
 
 pub mod batches;
+mod keyed;
 pub mod knn;
 pub mod location;
 pub mod messages;
@@ -527,7 +528,15 @@ impl Store {
 
     /// Appends `batch` as one commit, creating the table when it does not exist (or
     /// appending to it when another writer created it meanwhile).
+    /// On a content-addressed table (`items`, `prompts`, `embeddings`) the commit is keyed
+    /// (see `keyed.rs`): a row whose key another writer adds at the same moment is left out.
     pub async fn append(&self, table: &str, batch: RecordBatch) -> Result<(), StoreError> {
+        if keyed::SHARED.contains(&table) {
+            let mut w = StagedWriter::adding(self);
+            w.stage(table, batch).await?;
+            w.commit().await?;
+            return Ok(());
+        }
         let existing = self.dataset(table, None).await?;
         if let Some(ds) = &existing {
             check_vector_width(ds, &batch)?;

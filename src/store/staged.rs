@@ -20,13 +20,13 @@ use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use futures::TryStreamExt;
-use lance::dataset::transaction::{Operation, Transaction, UpdateMode};
+use lance::dataset::transaction::{Operation, Transaction};
 use lance::dataset::{CommitBuilder, DeleteBuilder, InsertBuilder, WriteMode};
 use lance::Dataset;
 
 use super::{
-    batches, check_vector_width, commit_err, join_key, key_columns, lance_err, records, sql_str,
-    Store, StoreError, TableSchema, WriteStats,
+    batches, check_vector_width, commit_err, join_key, key_columns, keyed, lance_err, records,
+    sql_str, Store, StoreError, TableSchema, WriteStats,
 };
 
 /// The order tables are committed in: content first, so a pair never names an item that is
@@ -56,6 +56,14 @@ impl RowDigest {
         self.rows += other.rows;
         for (slot, part) in self.sum.iter_mut().zip(other.sum) {
             *slot = slot.wrapping_add(part);
+        }
+    }
+
+    /// The digest without the rows of `other` (a subset of these rows).
+    fn subtract(&mut self, other: RowDigest) {
+        self.rows -= other.rows;
+        for (slot, part) in self.sum.iter_mut().zip(other.sum) {
+            *slot = slot.wrapping_sub(part);
         }
     }
 
@@ -155,6 +163,8 @@ struct TableStage {
     /// Writes under way, oldest first: their fragments join `staged` in this order.
     pending: VecDeque<PendingWrite>,
     digest: RowDigest,
+    /// The keys of the rows staged, for the commit's conflict check (see `keyed.rs`).
+    added: keyed::AddedKeys,
     stats: WriteStats,
 }
 
@@ -172,6 +182,9 @@ pub struct StagedWriter<'a> {
     tables: BTreeMap<String, TableStage>,
     /// Whether staged keys are remembered, to leave out a later row with the same key.
     remember_staged: bool,
+    /// Whether the keys stored when a table is first touched are read, to leave out rows
+    /// whose key is stored already (see [`StagedWriter::adding`]).
+    read_stored_keys: bool,
 }
 
 impl<'a> StagedWriter<'a> {
@@ -182,7 +195,17 @@ impl<'a> StagedWriter<'a> {
             store,
             tables: BTreeMap::new(),
             remember_staged: true,
+            read_stored_keys: true,
         }
+    }
+
+    /// A writer for rows its caller has already checked against the store (the chunks of
+    /// an embedding run): the keys stored are not read again; only what other writers add
+    /// while the writer runs, and keys repeated among its own rows, are left out.
+    pub fn adding(store: &'a Store) -> StagedWriter<'a> {
+        let mut w = StagedWriter::new(store);
+        w.read_stored_keys = false;
+        w
     }
 
     /// Says that the stage never hands the same key twice (its reader de-duplicates), so
@@ -234,7 +257,7 @@ impl<'a> StagedWriter<'a> {
             let cols: Vec<&str> = spec.key.iter().map(String::as_str).collect();
             let outside = scope.as_ref().map(|p| format!("NOT ({p})"));
             let mut keys = KeySet::default();
-            if base.is_some() {
+            if base.is_some() && self.read_stored_keys {
                 for batch in self.store.read(table, &cols, outside.as_deref()).await? {
                     let arrays = key_columns(&batch, &cols)?;
                     for i in 0..batch.num_rows() {
@@ -251,6 +274,7 @@ impl<'a> StagedWriter<'a> {
                     staged: None,
                     pending: VecDeque::new(),
                     digest: RowDigest::default(),
+                    added: keyed::AddedKeys::default(),
                     stats: WriteStats::default(),
                 },
             );
@@ -285,6 +309,9 @@ impl<'a> StagedWriter<'a> {
                 })
                 .collect()
         };
+        for (i, _) in keep.iter().enumerate().filter(|(_, k)| **k) {
+            stage.added.add(join_key(&arrays, i));
+        }
         let kept = keep.iter().filter(|k| **k).count();
         stage.stats.inserted += kept;
         stage.stats.existing += batch.num_rows() - kept;
@@ -462,7 +489,7 @@ fn unexpected(table: &str, op: &Operation) -> StoreError {
 /// Best-effort removal of the data files of fragments that will never be committed, on a
 /// local store (on object storage they stay for `palpipe vacuum`: this runs in `drop`, which
 /// cannot wait for requests).
-fn remove_staged_files(store: &Store, table: &str, op: &Operation) {
+pub(crate) fn remove_staged_files(store: &Store, table: &str, op: &Operation) {
     if store.is_remote() {
         return;
     }
@@ -507,91 +534,152 @@ async fn commit_table(
 ) -> Result<WriteStats, StoreError> {
     let mut stats = stage.stats;
     let latest = store.dataset(table, None).await?.map(Arc::new);
-    let Some(latest) = latest else {
-        // The table does not exist: the staged write creates it.
-        if let Some(t) = stage.staged {
-            let uri = store.uri(table);
-            let done = match store.commit_to_uri(&uri).execute(t).await {
-                Ok(d) => d,
-                Err(e) => return Err(store.creation_err(table, e).await),
+    // The version the staged rows were checked against: keys stored in it were left out.
+    let mut known = stage.base.clone();
+    let mut fragments = match stage.staged.map(|t| t.operation) {
+        None => Vec::new(),
+        Some(Operation::Append { fragments }) => fragments,
+        Some(Operation::Overwrite {
+            fragments,
+            schema,
+            config_upsert_values,
+            initial_bases,
+        }) => {
+            let create = Operation::Overwrite {
+                fragments: fragments.clone(),
+                schema: schema.clone(),
+                config_upsert_values,
+                initial_bases,
             };
-            store.record_commit(table, done.version_id());
-        }
-        return Ok(stats);
-    };
-    let staged = match stage.staged.map(|t| t.operation) {
-        None => None,
-        Some(Operation::Append { fragments }) => Some(fragments),
-        Some(other) => {
-            // Staged as the table's creation, but another writer created it meanwhile.
-            remove_staged_files(store, table, &other);
-            return Err(StoreError::Concurrent {
-                table: table.into(),
-                what: "was created by another writer while this stage ran".into(),
+            let created = match &latest {
+                None => {
+                    // The table does not exist: the staged write creates it.
+                    let t = Transaction::new(0, create, None);
+                    let uri = store.uri(table);
+                    match store.commit_to_uri(&uri).execute(t).await {
+                        Ok(done) => {
+                            store.record_commit(table, done.version_id());
+                            return Ok(stats);
+                        }
+                        Err(e) => match store.creation_err(table, e).await {
+                            StoreError::Concurrent { .. } => {
+                                store.dataset(table, None).await?.map(Arc::new)
+                            }
+                            other => return Err(other),
+                        },
+                    }
+                }
+                Some(ds) => Some(ds.clone()),
+            };
+            // Another writer created the table while this stage ran. Fragments written for
+            // a table of the same columns are rows of theirs too: they are added to it, less
+            // the keys stored there (all of them are new to this stage).
+            let same_columns = created.as_ref().is_some_and(|ds| {
+                arrow_schema::Schema::from(ds.schema()).fields()
+                    == arrow_schema::Schema::from(&schema).fields()
             });
+            if !same_columns {
+                remove_staged_files(store, table, &Operation::Append { fragments });
+                return Err(StoreError::Concurrent {
+                    table: table.into(),
+                    what: "was created by another writer while this stage ran, with other columns"
+                        .into(),
+                });
+            }
+            known = None;
+            fragments
         }
+        Some(other) => return Err(unexpected(table, &other)),
     };
-    let Some(scope) = stage.scope else {
-        // Shared: append what is new, if anything.
-        if let Some(fragments) = staged {
-            let tx = Transaction::new(
-                stage
-                    .base
-                    .as_ref()
-                    .map_or(latest.version_id(), |b| b.version_id()),
-                Operation::Append { fragments },
-                None,
-            );
-            let done = CommitBuilder::new(latest)
-                .execute(tx)
-                .await
-                .map_err(commit_err(table))?;
-            store.record_commit(table, done.version_id());
-        }
+    let Some(mut latest) = (match latest {
+        Some(ds) => Some(ds),
+        None => store.dataset(table, None).await?.map(Arc::new),
+    }) else {
+        // Nothing staged for a table that does not exist.
         return Ok(stats);
     };
-    // Owned: against the latest version, so that rows another writer put in the scope
-    // meanwhile are replaced too (the stage's output is the whole scope).
-    let before = scope_digest(&latest, table, &scope).await?;
-    if before == stage.digest {
-        stats.unchanged = true;
-        if let Some(fragments) = staged {
-            remove_staged_files(store, table, &Operation::Append { fragments });
+    let mut digest = stage.digest;
+    for attempt in 0..keyed::COMMIT_TRIES {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10 * attempt as u64)).await;
+            latest = match store.dataset(table, None).await? {
+                Some(ds) => Arc::new(ds),
+                None => {
+                    return Err(StoreError::Concurrent {
+                        table: table.into(),
+                        what: "was removed by another writer while this stage ran".into(),
+                    })
+                }
+            };
         }
-        return Ok(stats);
+        // Keys other writers added since the rows were checked: those rows are left out.
+        if known.as_ref().map(|k| k.version_id()) != Some(latest.version_id()) {
+            let taken =
+                keyed::keys_added_since(known.as_deref(), &latest, table, stage.scope.as_deref())
+                    .await?;
+            let out = keyed::leave_out(store, &latest, table, fragments, &taken).await?;
+            fragments = out.fragments;
+            for b in &out.dropped {
+                stats.inserted = stats.inserted.saturating_sub(b.num_rows());
+                stats.existing += b.num_rows();
+                if stage.scope.is_some() {
+                    let mut d = RowDigest::default();
+                    d.add(b, table)?;
+                    digest.subtract(d);
+                }
+            }
+            known = Some(latest.clone());
+        }
+        let filter = stage.added.filter(&latest, table)?;
+        let mut builder = CommitBuilder::new(latest.clone());
+        let op = match &stage.scope {
+            // Shared: add what is new, if anything.
+            None => {
+                if fragments.is_empty() {
+                    return Ok(stats);
+                }
+                keyed::keyed_update(fragments.clone(), Vec::new(), Vec::new(), filter)
+            }
+            // Owned: against the latest version, so that rows another writer put in the
+            // scope meanwhile are replaced too (the stage's output is the whole scope).
+            Some(scope) => {
+                let before = scope_digest(&latest, table, scope).await?;
+                if before == digest {
+                    stats.unchanged = true;
+                    remove_staged_files(store, table, &Operation::Append { fragments });
+                    return Ok(stats);
+                }
+                stats.replaced = before.rows as usize;
+                let deletion = DeleteBuilder::new(latest.clone(), scope.as_str())
+                    .execute_uncommitted()
+                    .await
+                    .map_err(lance_err(table))?;
+                let (updated, removed) = match deletion.transaction.operation {
+                    Operation::Delete {
+                        updated_fragments,
+                        deleted_fragment_ids,
+                        ..
+                    } => (updated_fragments, deleted_fragment_ids),
+                    other => return Err(unexpected(table, &other)),
+                };
+                if let Some(rows) = deletion.affected_rows {
+                    builder = builder.with_affected_rows(rows);
+                }
+                keyed::keyed_update(fragments.clone(), updated, removed, filter)
+            }
+        };
+        let tx = Transaction::new(latest.version_id(), op, None);
+        match builder.execute(tx).await {
+            Ok(done) => {
+                store.record_commit(table, done.version_id());
+                return Ok(stats);
+            }
+            Err(e) if keyed::lost_to_another_writer(&e) => continue,
+            Err(e) => return Err(commit_err(table)(e)),
+        }
     }
-    stats.replaced = before.rows as usize;
-    let deletion = DeleteBuilder::new(latest.clone(), scope.as_str())
-        .execute_uncommitted()
-        .await
-        .map_err(lance_err(table))?;
-    let (updated_fragments, removed_fragment_ids) = match deletion.transaction.operation {
-        Operation::Delete {
-            updated_fragments,
-            deleted_fragment_ids,
-            ..
-        } => (updated_fragments, deleted_fragment_ids),
-        other => return Err(unexpected(table, &other)),
-    };
-    let op = Operation::Update {
-        removed_fragment_ids,
-        updated_fragments,
-        new_fragments: staged.unwrap_or_default(),
-        fields_modified: Vec::new(),
-        compacted_sstables: Vec::new(),
-        fields_for_preserving_frag_bitmap: Vec::new(),
-        update_mode: Some(UpdateMode::RewriteRows),
-        inserted_rows_filter: None,
-        updated_fragment_offsets: None,
-    };
-    let tx = Transaction::new(latest.version_id(), op, None);
-    let mut builder = CommitBuilder::new(latest.clone());
-    if let Some(rows) = deletion.affected_rows {
-        builder = builder.with_affected_rows(rows);
-    }
-    let done = builder.execute(tx).await.map_err(commit_err(table))?;
-    store.record_commit(table, done.version_id());
-    Ok(stats)
+    remove_staged_files(store, table, &Operation::Append { fragments });
+    Err(keyed::tries_spent(table))
 }
 
 /// One scope of `table` replaced by `batch` in a single commit (none when `batch` holds
