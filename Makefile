@@ -120,8 +120,18 @@ FIXTURES ?= data/pickapic-fixtures
 fixtures: build
 	@test -f $(FIXTURES)/manifest.json || $(BIN) fixtures pickapic --out $(FIXTURES)
 
+# Then the same integration tests on an S3 store (a moto server per test process), selected by
+# PALPIPE_TEST_STORE=s3: the test files whose stores come from new_store() (tests/common).
+# Tests there that check what only a folder has print "skipped on s3: …" and return; the
+# files not listed keep their stores in folders (README.md, "Tests on S3").
+S3_PASS_TESTS := embed_cli foundation image_path ingest_rules pal_cli preferences \
+  preferences_bad_input real_data report_cli scope sweep_cli
 test: setup
-	cargo test --no-fail-fast -- --test-threads 2
+	@status=0; \
+	cargo test --no-fail-fast -- --test-threads 2 || status=1; \
+	echo "== the integration tests again, on S3 (moto): PALPIPE_TEST_STORE=s3"; \
+	PALPIPE_TEST_STORE=s3 cargo test --no-fail-fast $(S3_PASS_TESTS:%=--test %) -- --test-threads 2 || status=1; \
+	exit $$status
 
 bench: setup
 	MKL_PREFIX="$(MKL_PREFIX)" MKL_TARGET_DIR="$(MKL_TARGET_DIR)" bash bench/run.sh

@@ -798,6 +798,149 @@ mod tests {
         });
     }
 
+    fn item(id: &str) -> crate::store::records::ItemRow {
+        crate::store::records::ItemRow {
+            item_id: id.into(),
+            kind: "text".into(),
+            text: Some(format!("text of {id}")),
+            bytes: None,
+            source: "t".into(),
+            parent_id: None,
+        }
+    }
+
+    /// Item ids stored, sorted, duplicates kept.
+    async fn item_ids(store: &Store) -> Vec<String> {
+        let mut out = Vec::new();
+        for b in store.read("items", &["item_id"], None).await.unwrap() {
+            let a = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap();
+            out.extend(a.iter().flatten().map(str::to_string));
+        }
+        out.sort();
+        out
+    }
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn two_writers_adding_the_same_items_store_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        runtime().block_on(async {
+            // Two handles on one store, as two processes without a lock (object storage).
+            let a = Store::open(dir.path()).unwrap();
+            let b = Store::open(dir.path()).unwrap();
+            a.append("items", batches::items(&[item("i0")]).unwrap())
+                .await
+                .unwrap();
+            // Both read the table before either commits; i1 and i2 are new to both.
+            let mut wa = StagedWriter::new(&a);
+            let mut wb = StagedWriter::new(&b);
+            let rows = |v: &[&str]| {
+                batches::items(&v.iter().map(|i| item(i)).collect::<Vec<_>>()).unwrap()
+            };
+            wa.stage("items", rows(&["i0", "i1", "i2"])).await.unwrap();
+            wb.stage("items", rows(&["i2", "i3", "i1", "i0"]))
+                .await
+                .unwrap();
+            let sa = wa.commit().await.unwrap()["items"];
+            let v = a.versions().await.unwrap()["items"];
+            // b finds the keys a added since b read the table: i1 and i2 are left out of its
+            // staged file (rewritten), i3 goes in.
+            let sb = wb.commit().await.unwrap()["items"];
+            assert_eq!((sa.inserted, sa.existing), (2, 1));
+            assert_eq!((sb.inserted, sb.existing), (1, 3));
+            assert_eq!(a.versions().await.unwrap()["items"], v + 1);
+            assert_eq!(item_ids(&a).await, ids(&["i0", "i1", "i2", "i3"]));
+            // Its rewritten rows are whole rows: i3's text came through.
+            let text = a
+                .read("items", &["text"], Some("item_id = 'i3'"))
+                .await
+                .unwrap();
+            let t = text[0]
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .unwrap();
+            assert_eq!(t.value(0), "text of i3");
+            // The files of the rows left out were removed: one data file per commit remains.
+            let files = std::fs::read_dir(dir.path().join("items.lance/data")).unwrap();
+            assert_eq!(files.count(), 3);
+
+            // Nothing new left after the overlap: no commit at all.
+            let mut wa = StagedWriter::new(&a);
+            let mut wb = StagedWriter::new(&b);
+            wa.stage("items", rows(&["i4"])).await.unwrap();
+            wb.stage("items", rows(&["i4"])).await.unwrap();
+            wa.commit().await.unwrap();
+            let v = a.versions().await.unwrap()["items"];
+            let sb = wb.commit().await.unwrap()["items"];
+            assert_eq!((sb.inserted, sb.existing), (0, 1));
+            assert_eq!(a.versions().await.unwrap()["items"], v);
+            assert_eq!(item_ids(&a).await, ids(&["i0", "i1", "i2", "i3", "i4"]));
+        });
+    }
+
+    #[test]
+    fn two_writers_creating_a_table_with_the_same_items_store_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        runtime().block_on(async {
+            let a = Store::open(dir.path()).unwrap();
+            let b = Store::open(dir.path()).unwrap();
+            let mut wa = StagedWriter::new(&a);
+            let mut wb = StagedWriter::new(&b);
+            let rows = |v: &[&str]| {
+                batches::items(&v.iter().map(|i| item(i)).collect::<Vec<_>>()).unwrap()
+            };
+            wa.stage("items", rows(&["i1", "i2"])).await.unwrap();
+            wb.stage("items", rows(&["i2", "i3"])).await.unwrap();
+            wa.commit().await.unwrap();
+            // b staged the table's creation; a created it first: b's new row joins a's table.
+            let sb = wb.commit().await.unwrap()["items"];
+            assert_eq!((sb.inserted, sb.existing), (1, 1));
+            assert_eq!(a.versions().await.unwrap()["items"], 2);
+            assert_eq!(item_ids(&a).await, ids(&["i1", "i2", "i3"]));
+        });
+    }
+
+    #[test]
+    fn two_writers_owning_one_empty_scope_leave_one_writers_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        runtime().block_on(async {
+            let a = Store::open(dir.path()).unwrap();
+            let b = Store::open(dir.path()).unwrap();
+            add_pair(&a, pair("b1", "b", "train")).await;
+            // Both own dataset a, empty when both read it, and stage the same pairs.
+            let mut wa = StagedWriter::new(&a);
+            wa.own("pairs", "dataset = 'a'").await.unwrap();
+            let mut wb = StagedWriter::new(&b);
+            wb.own("pairs", "dataset = 'a'").await.unwrap();
+            let rows = [pair("a1", "a", "train"), pair("a2", "a", "test")];
+            wa.stage("pairs", batches::pairs(&rows).unwrap())
+                .await
+                .unwrap();
+            wb.stage("pairs", batches::pairs(&rows).unwrap())
+                .await
+                .unwrap();
+            wa.commit().await.unwrap();
+            let v = a.versions().await.unwrap()["pairs"];
+            // b's commit is refused by lance (a's keys), then b finds the scope holds exactly
+            // its rows already: nothing to commit.
+            let sb = wb.commit().await.unwrap()["pairs"];
+            assert!(sb.unchanged, "{sb:?}");
+            assert_eq!(a.versions().await.unwrap()["pairs"], v);
+            assert_eq!(
+                stored(&a).await,
+                owned(&[("a1", "train"), ("a2", "test"), ("b1", "train")])
+            );
+        });
+    }
+
     #[test]
     fn a_writer_dropped_before_commit_leaves_the_table_as_it_was() {
         let dir = tempfile::tempdir().unwrap();

@@ -206,6 +206,18 @@ pub fn new_store(dir: &Path, name: &str) -> PathBuf {
     }
 }
 
+/// Whether this is the S3 pass (`PALPIPE_TEST_STORE=s3`) and the calling test checks what only
+/// a store in a folder has (its files read with `std::fs`, the writer lock, roll-back): then
+/// it prints that it is skipped, and why, and the test returns. The tests that call it are
+/// listed in README.md ("Tests on S3").
+pub fn local_only(test: &str, why: &str) -> bool {
+    let s3 = std::env::var("PALPIPE_TEST_STORE").as_deref() == Ok("s3");
+    if s3 {
+        eprintln!("skipped on s3: {test}: {why}");
+    }
+    s3
+}
+
 /// A fresh, empty store on this process's moto server (`s3://<bucket>/store`, one bucket
 /// per call), or `None` when the S3 tests are skipped (`PALPIPE_NO_S3_TESTS=1`). Every
 /// command from [`bin`] (and so [`palpipe`], [`query`], …) then reaches moto.
