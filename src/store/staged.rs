@@ -335,6 +335,7 @@ impl<'a> StagedWriter<'a> {
         } else {
             WriteMode::Create
         });
+        let appending = store.write_params(WriteMode::Append);
         let (base, owned, name) = (stage.base.clone(), stage.scope.is_some(), table.to_string());
         stage.pending.push_back(tokio::spawn(async move {
             // An owned scope's digest (order-independent: a sum over rows).
@@ -352,12 +353,21 @@ impl<'a> StagedWriter<'a> {
                         .execute_uncommitted(vec![batch])
                         .await
                 }
-                None => {
-                    InsertBuilder::new(uri.as_str())
-                        .with_params(&params)
-                        .execute_uncommitted(vec![batch])
-                        .await
-                }
+                None => match InsertBuilder::new(uri.as_str())
+                    .with_params(&params)
+                    .execute_uncommitted(vec![batch.clone()])
+                    .await
+                {
+                    // Another writer created the table since this stage looked: the rows are
+                    // staged as an addition to it (the commit leaves out the keys stored there).
+                    Err(lance::Error::DatasetAlreadyExists { .. }) => {
+                        InsertBuilder::new(uri.as_str())
+                            .with_params(&appending)
+                            .execute_uncommitted(vec![batch])
+                            .await
+                    }
+                    other => other,
+                },
             }
             .map_err(lance_err(&name))?;
             Ok((written, digest))
