@@ -12,6 +12,7 @@ pub mod batches;
 pub mod knn;
 pub mod location;
 pub mod messages;
+pub mod migrate;
 pub mod records;
 pub mod schema;
 pub mod shards;
@@ -528,6 +529,7 @@ impl Store {
     /// Appends `batch` as one commit, creating the table when it does not exist (or
     /// appending to it when another writer created it meanwhile).
     pub async fn append(&self, table: &str, batch: RecordBatch) -> Result<(), StoreError> {
+        migrate::upgrade(self, table).await?;
         let existing = self.dataset(table, None).await?;
         if let Some(ds) = &existing {
             check_vector_width(ds, &batch)?;
