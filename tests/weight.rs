@@ -259,3 +259,132 @@ fn an_old_store_is_upgraded_once_and_then_equals_a_fresh_run() {
     assert!(!run.stderr.contains("added column"), "{}", run.stderr);
     assert_eq!(versions(&old)["pairs"], after["pairs"]);
 }
+
+/// The f32 values of every tensor in a safetensors file, in name order (the format: an
+/// 8-byte little-endian header length, a JSON header naming each tensor's dtype and byte
+/// range, then the data).
+fn safetensors_values(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut names: Vec<&String> = header.keys().filter(|k| *k != "__metadata__").collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let t = &header[name];
+        assert_eq!(t["dtype"], "F32", "{name}: {t}");
+        let (a, b) = (
+            t["data_offsets"][0].as_u64().unwrap() as usize,
+            t["data_offsets"][1].as_u64().unwrap() as usize,
+        );
+        out.extend(
+            data[a..b]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap())),
+        );
+    }
+    out
+}
+
+/// Ingests `rows` (with `columns`), embeds them with all-MiniLM-L6-v2 and trains a PAL-B
+/// head on every pair in full batches; returns the head's parameters.
+fn train_on(dir: &Path, name: &str, rows: &[Value], columns: &str) -> Vec<f32> {
+    let file = dir.join(format!("{name}.jsonl"));
+    write_jsonl(&file, rows);
+    let pipeline = format!(
+        "name: {name}
+stages:
+  - name: prefs
+    kind: preferences
+    dataset: mine
+    path: {}
+    columns: {columns}
+  - name: embed
+    kind: embed
+    encoder: all-MiniLM-L6-v2
+  - name: head
+    kind: train
+    model: pal-b
+    k: 2
+    train: all
+    encoder: all-MiniLM-L6-v2
+    config: {{d: 4}}
+    training: {{epochs: 15, batch_size: 1000}}
+splits:
+  all: \"SELECT * FROM pairs\"
+",
+        file.display()
+    );
+    let p = common::write_pipeline(dir, &format!("{name}.yaml"), &pipeline);
+    let store = new_store(dir, name);
+    palpipe(&store, &["run", p.to_str().unwrap()]).ok();
+    safetensors_values(&store.join("checkpoints/head/weights.safetensors"))
+}
+
+/// Training takes each comparison's weight from the store: with full-batch steps a pair of
+/// weight 2 trains as the same pair given twice (a second row with another id), weight 2 on
+/// every pair as no weight at all (up to summation order, as the pairs' order differs), and
+/// the weights do change the model.
+#[test]
+fn training_reads_the_weights_from_the_store() {
+    common::require_minilm();
+    let dir = tempfile::tempdir().unwrap();
+    let base: Vec<Value> = (0..16)
+        .map(|i| {
+            json!({
+                "annotator": format!("w{}", i % 2),
+                "prompt": format!("question {}", i % 4),
+                "chosen": format!("a careful answer number {i}"),
+                "rejected": format!("no {i}"),
+                "rid": format!("r{i}"),
+            })
+        })
+        .collect();
+    let heavy = [1usize, 6, 11];
+    let with_conf = |conf: &dyn Fn(usize) -> f64| -> Vec<Value> {
+        base.iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut r = r.clone();
+                r["conf"] = json!(conf(i));
+                r
+            })
+            .collect()
+    };
+    let cols = "{user: annotator, prompt: prompt, chosen: chosen, rejected: rejected, id: rid";
+    let weighted = train_on(
+        dir.path(),
+        "weighted",
+        &with_conf(&|i| if heavy.contains(&i) { 2.0 } else { 1.0 }),
+        &format!("{cols}, weight: conf}}"),
+    );
+    let mut twice = base.clone();
+    for &i in &heavy {
+        let mut r = base[i].clone();
+        r["rid"] = json!(format!("r{i}-again"));
+        twice.push(r);
+    }
+    let copied = train_on(dir.path(), "copied", &twice, &format!("{cols}}}"));
+    let plain = train_on(dir.path(), "plain", &base, &format!("{cols}}}"));
+    let doubled = train_on(
+        dir.path(),
+        "doubled",
+        &with_conf(&|_| 2.0),
+        &format!("{cols}, weight: conf}}"),
+    );
+    let gap = |a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(
+        gap(&weighted, &copied) < 1e-4,
+        "{}",
+        gap(&weighted, &copied)
+    );
+    assert!(gap(&doubled, &plain) < 1e-4, "{}", gap(&doubled, &plain));
+    assert!(gap(&weighted, &plain) > 1e-3, "{}", gap(&weighted, &plain));
+}
