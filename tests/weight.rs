@@ -9,32 +9,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{RecordBatch, RecordBatchIterator};
-use common::{new_store, palpipe, query, scalar, versions};
+use common::{ingest_chosen_rejected, new_store, palpipe, query, scalar, versions};
 use futures::TryStreamExt;
 use serde_json::{json, Value};
 
 fn write_jsonl(path: &Path, rows: &[Value]) {
     let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
     std::fs::write(path, text).unwrap();
-}
-
-fn ingest(store: &Path, file: &Path, extra: &[&str]) -> common::Run {
-    let mut args = vec![
-        "ingest",
-        file.to_str().unwrap(),
-        "--dataset",
-        "mine",
-        "--column",
-        "user=annotator",
-        "--column",
-        "prompt=prompt",
-        "--column",
-        "chosen=chosen",
-        "--column",
-        "rejected=rejected",
-    ];
-    args.extend_from_slice(extra);
-    palpipe(store, &args)
 }
 
 /// (preferred text, weight) of every stored pair, sorted.
@@ -97,7 +78,7 @@ fn mapped_weights_are_stored_and_bad_ones_are_dropped_by_reason() {
     let file = dir.path().join("prefs.jsonl");
     write_jsonl(&file, &rows);
     let store = new_store(dir.path(), "store");
-    let run = ingest(&store, &file, &["--column", "weight=conf"]).ok();
+    let run = ingest_chosen_rejected(&store, &file, &["--column", "weight=conf"]).ok();
     let expected = vec![
         ("good 00".to_string(), 2.0),
         ("good 01".to_string(), 0.5),
@@ -129,7 +110,7 @@ fn mapped_weights_are_stored_and_bad_ones_are_dropped_by_reason() {
     )
     .unwrap();
     let store2 = new_store(dir.path(), "store2");
-    let run = ingest(&store2, &csv, &["--column", "weight=conf"]).ok();
+    let run = ingest_chosen_rejected(&store2, &csv, &["--column", "weight=conf"]).ok();
     assert_eq!(
         preferred_weights(&store2),
         vec![("good v".to_string(), 0.25), ("good x".to_string(), 2.5)]
@@ -140,7 +121,7 @@ fn mapped_weights_are_stored_and_bad_ones_are_dropped_by_reason() {
 
     // Without the mapping every pair weighs 1.0.
     let store3 = new_store(dir.path(), "store3");
-    ingest(&store3, &csv, &[]).ok();
+    ingest_chosen_rejected(&store3, &csv, &[]).ok();
     assert_eq!(scalar(&store3, "SELECT count(*) FROM pairs"), 4);
     assert_eq!(
         scalar(&store3, "SELECT count(*) FROM pairs WHERE weight = 1.0"),
@@ -222,9 +203,9 @@ fn an_old_store_is_upgraded_once_and_then_equals_a_fresh_run() {
     let file = dir.path().join("prefs.jsonl");
     write_jsonl(&file, &rows);
     let fresh = new_store(dir.path(), "fresh");
-    ingest(&fresh, &file, &[]).ok();
+    ingest_chosen_rejected(&fresh, &file, &[]).ok();
     let old = new_store(dir.path(), "old");
-    ingest(&old, &file, &[]).ok();
+    ingest_chosen_rejected(&old, &file, &[]).ok();
     make_old(&old);
 
     // Read as it is: the rows are there, the column is not, nothing is written.
@@ -240,7 +221,7 @@ fn an_old_store_is_upgraded_once_and_then_equals_a_fresh_run() {
     assert_eq!(versions(&old), before);
 
     // The next run upgrades: one new version of pairs, one note.
-    let run = ingest(&old, &file, &[]).ok();
+    let run = ingest_chosen_rejected(&old, &file, &[]).ok();
     let note = "added column 'weight' = 1.0 to its 12 rows";
     assert_eq!(run.stderr.matches(note).count(), 1, "{}", run.stderr);
     assert_eq!(versions(&old)["pairs"].0, before["pairs"].0 + 1);
@@ -255,7 +236,7 @@ fn an_old_store_is_upgraded_once_and_then_equals_a_fresh_run() {
 
     // Upgraded once: a further run says nothing and commits nothing to pairs.
     let after = versions(&old);
-    let run = ingest(&old, &file, &[]).ok();
+    let run = ingest_chosen_rejected(&old, &file, &[]).ok();
     assert!(!run.stderr.contains("added column"), "{}", run.stderr);
     assert_eq!(versions(&old)["pairs"], after["pairs"]);
 }
