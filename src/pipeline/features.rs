@@ -118,23 +118,18 @@ pub async fn split_pairs(store: &Store, name: &str) -> Result<Vec<PairRef>, Feat
         let lefts = col("left_id", &DataType::Utf8)?;
         let rights = col("right_id", &DataType::Utf8)?;
         let labels = col("label", &DataType::Int64)?;
-        let weights = match b.column_by_name("weight") {
-            Some(a) => Some(
-                cast(a, &DataType::Float32)
-                    .map_err(|e| FeatureError::Store(StoreError::Sql(e.to_string())))?,
-            ),
-            None => None,
+        // Columns a split's query need not select.
+        let optional = |c: &str, ty: &DataType| -> Result<_, FeatureError> {
+            b.column_by_name(c)
+                .map(|a| cast(a, ty))
+                .transpose()
+                .map_err(|e| FeatureError::Store(StoreError::Sql(e.to_string())))
         };
+        let weights = optional("weight", &DataType::Float32)?;
         let weights = weights
             .as_ref()
             .and_then(|a| a.as_any().downcast_ref::<Float32Array>());
-        let ids = match b.column_by_name("pair_id") {
-            Some(a) => Some(
-                cast(a, &DataType::Utf8)
-                    .map_err(|e| FeatureError::Store(StoreError::Sql(e.to_string())))?,
-            ),
-            None => None,
-        };
+        let ids = optional("pair_id", &DataType::Utf8)?;
         let ids = ids
             .as_ref()
             .and_then(|a| a.as_any().downcast_ref::<StringArray>());

@@ -4,11 +4,12 @@
 //! One so far: `pairs.weight` (per-comparison weights in the PAL loss). A `pairs` table
 //! without it gets the column through Lance's add-columns, 1.0 on every row (what every stage
 //! that wrote those rows gives when the data has no weight), as one new version; no row is
-//! rewritten, and stderr says so once per process. Readers do not need the upgrade: a
+//! rewritten. `palpipe run` (and `ingest`) upgrades before its first stage and says so on
+//! stderr; the writers upgrade too (silently: a run has done it already), so no write can
+//! meet the old schema. Readers do not need the upgrade: a
 //! `pairs` batch without `weight` reads as weight 1.0 ([`super::batches::read_pairs`], the
 //! PAL loader), so read-only commands leave an old store as it is.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow_array::{Float32Array, RecordBatch};
@@ -20,13 +21,29 @@ use super::{lance_err, Store, StoreError};
 /// The column the upgrade adds to `pairs`.
 pub const PAIRS_WEIGHT: &str = "weight";
 
-/// Whether this process has said on stderr that it upgraded a table.
-static TOLD: AtomicBool = AtomicBool::new(false);
+/// What one upgrade did, for the message that says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgraded {
+    pub table: String,
+    pub column: String,
+    pub rows: usize,
+    pub version: u64,
+}
+
+impl std::fmt::Display for Upgraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "table '{}' was written before per-comparison weights: added column '{}' = 1.0 to its {} rows (version {})",
+            self.table, self.column, self.rows, self.version
+        )
+    }
+}
 
 /// Brings `table` to the current schema when an earlier version wrote it: today, adds
-/// `pairs.weight` = 1.0. Returns the new version when it committed one (`None`: nothing to
-/// do, or the table does not exist yet).
-pub async fn upgrade(store: &Store, table: &str) -> Result<Option<u64>, StoreError> {
+/// `pairs.weight` = 1.0. Returns what it did when it committed a version (`None`: nothing
+/// to do, or the table does not exist yet).
+pub async fn upgrade(store: &Store, table: &str) -> Result<Option<Upgraded>, StoreError> {
     if table != "pairs" {
         return Ok(None);
     }
@@ -62,10 +79,10 @@ pub async fn upgrade(store: &Store, table: &str) -> Result<Option<u64>, StoreErr
     .map_err(lance_err(table))?;
     let version = ds.version_id();
     store.record_commit(table, version);
-    if !TOLD.swap(true, Ordering::SeqCst) {
-        eprintln!(
-            "note: table 'pairs' was written before per-comparison weights: added column 'weight' = 1.0 to its {rows} rows (version {version})"
-        );
-    }
-    Ok(Some(version))
+    Ok(Some(Upgraded {
+        table: table.to_string(),
+        column: PAIRS_WEIGHT.to_string(),
+        rows,
+        version,
+    }))
 }
