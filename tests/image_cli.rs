@@ -142,6 +142,7 @@ fn fixture(dir: &Path) -> Fixture {
             dataset: "test-images".into(),
             split: "test".into(),
             source_ref: None,
+            weight: 1.0,
         })
         .collect();
     pairs.push(PairRow {
@@ -154,6 +155,7 @@ fn fixture(dir: &Path) -> Fixture {
         dataset: "test-images".into(),
         split: "bare".into(),
         source_ref: None,
+        weight: 1.0,
     });
     let batch = IngestBatch {
         items,

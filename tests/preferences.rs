@@ -143,23 +143,7 @@ fn pairwise_chosen_rejected_from_gzipped_json_lines() {
     let file = dir.path().join("prefs.jsonl.gz");
     write_jsonl_gz(&file, &rows);
     let store = new_store(dir.path(), "store");
-    let run = ingest(
-        &store,
-        &[
-            file.to_str().unwrap(),
-            "--dataset",
-            "mine",
-            "--column",
-            "user=annotator",
-            "--column",
-            "prompt=prompt",
-            "--column",
-            "chosen=chosen",
-            "--column",
-            "rejected=rejected",
-        ],
-    )
-    .ok();
+    let run = common::ingest_chosen_rejected(&store, &file, &[]).ok();
     assert_eq!(comparisons(&store, "mine"), expected);
     for reason in ["1 same item twice", "1 empty text"] {
         assert!(run.stdout.contains(reason), "{reason}: {}", run.stdout);
@@ -910,25 +894,7 @@ fn spilled_runs_and_row_order_leave_the_same_rows_in_the_same_order() {
     let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
     write_jsonl(&a, &rows);
     write_jsonl(&b, &shuffled);
-    let args = |file: &Path| -> Vec<String> {
-        [
-            "ingest",
-            file.to_str().unwrap(),
-            "--dataset",
-            "mine",
-            "--column",
-            "user=annotator",
-            "--column",
-            "prompt=prompt",
-            "--column",
-            "chosen=chosen",
-            "--column",
-            "rejected=rejected",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let args = |file: &Path| common::chosen_rejected_args(file, &[]);
     let (sa, sb) = (dir.path().join("store-a"), dir.path().join("store-b"));
     let a_args = args(&a);
     palpipe(&sa, &a_args.iter().map(String::as_str).collect::<Vec<_>>()).ok();

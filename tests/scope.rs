@@ -409,6 +409,7 @@ fn a_failed_stage_keeps_another_writers_commit() {
         dataset: "other".into(),
         split: "train".into(),
         source_ref: None,
+        weight: 1.0,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

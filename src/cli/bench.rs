@@ -116,6 +116,7 @@ fn generate(a: &BenchPalArgs, distinct: bool) -> ComparisonSet {
                 left,
                 right,
                 y,
+                weight: crate::pal::Weight::ONE,
             }
         })
         .collect();

@@ -19,7 +19,9 @@ Examples:
       --column chosen=chosen --column rejected=rejected
   palpipe ingest ratings.csv --dataset r --layout ratings --column user=rater \\
       --column group=question --column response=answer --column score=stars --min-gap 1
-  palpipe ingest hh.jsonl.gz --dataset hh --preset hh-rlhf")]
+  palpipe ingest hh.jsonl.gz --dataset hh --preset hh-rlhf
+  palpipe ingest votes.jsonl --dataset mine --column user=rater --column chosen=a \\
+      --column rejected=b --column weight=confidence")]
 pub struct IngestArgs {
     /// A file, a glob (quoted) or a folder (the Hugging Face datasets layout).
     pub path: PathBuf,
@@ -37,7 +39,9 @@ pub struct IngestArgs {
     pub preset: Option<String>,
     /// KEY=COLUMN (a dotted path, a YAML list, or {constant: NAME}); repeatable. Keys:
     /// user, prompt, chosen, rejected, left, right, label, responses, preferred, response,
-    /// score, group, split, id.
+    /// score, group, split, id, weight (a positive number per row that weighs its
+    /// comparisons in the PAL loss, Σ w·loss / Σ w; default 1.0; rows with a missing, NaN,
+    /// negative or zero weight are dropped and counted; not for the ratings layout).
     #[arg(long = "column", value_name = "KEY=COLUMN")]
     pub columns: Vec<String>,
     /// index (0/1), sign (-1/+1) or scores (two label columns).

@@ -402,6 +402,7 @@ pub fn ingest(p: &Params) -> Result<IngestBatch, IngestError> {
                 dataset: p.dataset.clone(),
                 split: split.to_string(),
                 source_ref: Some(pool[s].source_ref.clone()),
+                weight: 1.0,
             });
         }
         batch.users.push(UserRow {

@@ -682,6 +682,7 @@ where
                 dataset: p.dataset.clone(),
                 split: tag.clone(),
                 source_ref: Some(ranking),
+                weight: 1.0,
             });
             counts.pairs += 1;
         }

@@ -748,6 +748,7 @@ pub fn ingest_with_report(p: &Params) -> Result<(IngestBatch, Report), IngestErr
                 dataset: dataset.clone(),
                 split: split.to_string(),
                 source_ref: Some(format!("c{}>c{}", a.comment_id, d.comment_id)),
+                weight: 1.0,
             });
         }
         batch.users.push(UserRow {

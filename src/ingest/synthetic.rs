@@ -372,6 +372,7 @@ pub fn generate(p: &Params) -> Result<(IngestBatch, Truth), IngestError> {
                 dataset: p.dataset.clone(),
                 split: split.to_string(),
                 source_ref: Some(format!("item{pref}>item{other}")),
+                weight: 1.0,
             });
         }
         batch.users.push(UserRow {

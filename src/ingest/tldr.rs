@@ -530,6 +530,7 @@ pub fn ingest_with_report(p: &Params) -> Result<(IngestBatch, Report), IngestErr
                 dataset: p.dataset.clone(),
                 split: split.to_string(),
                 source_ref: Some(c.source_ref.clone()),
+                weight: 1.0,
             });
         }
         batch.users.push(UserRow {

@@ -138,6 +138,7 @@ mod tests {
             left,
             right,
             y,
+            weight: crate::pal::Weight::ONE,
         };
         let train = ComparisonSet {
             dx: 1,
@@ -174,6 +175,7 @@ mod tests {
             left,
             right,
             y,
+            weight: crate::pal::Weight::ONE,
         };
         // items: along x, along y, diagonal; prompts: along x, along y
         let set = ComparisonSet {

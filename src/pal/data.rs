@@ -12,6 +12,43 @@ use candle_core::{DType, Device, Tensor};
 
 use super::error::{PalError, Result};
 
+/// A comparison's weight in the training loss (PAL-SPEC "Losses": the batch loss is
+/// Σ w·ℓ / Σ w). Positive and finite where it comes from the store; compared and ordered by
+/// [`f32::total_cmp`], so that the rows holding one can be sorted and compared.
+#[derive(Debug, Clone, Copy)]
+pub struct Weight(pub f32);
+
+impl Weight {
+    /// The weight of a comparison whose data gives none.
+    pub const ONE: Weight = Weight(1.0);
+}
+
+impl Default for Weight {
+    fn default() -> Self {
+        Weight::ONE
+    }
+}
+
+impl PartialEq for Weight {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.total_cmp(&other.0).is_eq()
+    }
+}
+
+impl Eq for Weight {}
+
+impl PartialOrd for Weight {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Weight {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
 /// One pairwise comparison, all fields indices into its [`ComparisonSet`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Comparison {
@@ -25,6 +62,8 @@ pub struct Comparison {
     pub right: u32,
     /// −1 when the left item is preferred, +1 when the right one is.
     pub y: i8,
+    /// Its weight in the training loss ([`Weight::ONE`] unless the data gives one).
+    pub weight: Weight,
 }
 
 /// Comparisons over shared embedding matrices.
@@ -173,6 +212,12 @@ impl ComparisonSet {
                 }
                 _ => {}
             }
+            if !(c.weight.0.is_finite() && c.weight.0 > 0.0) {
+                return Err(PalError::Data(format!(
+                    "comparison {i}: weight {} is not a positive finite number",
+                    c.weight.0
+                )));
+            }
             if c.y != -1 && c.y != 1 {
                 return Err(PalError::Data(format!(
                     "comparison {i}: label y = {} is not -1 or +1",
@@ -213,6 +258,8 @@ pub(crate) struct Batch {
     pub users: Vec<u32>,
     /// Labels y, `[B]`.
     pub y: Tensor,
+    /// Per comparison: its weight in the loss (see [`crate::pal::Weight`]).
+    pub weights: Vec<f32>,
 }
 
 impl Batch {
@@ -236,6 +283,7 @@ impl Batch {
         let mut prompt_vals: Vec<f32> = Vec::new();
         let mut user_map: HashMap<u32, u32> = HashMap::new();
         let mut users = Vec::new();
+        let mut weights = Vec::with_capacity(b);
         let (mut left, mut right, mut prompt, mut user, mut y) = (
             Vec::with_capacity(b),
             Vec::with_capacity(b),
@@ -282,6 +330,7 @@ impl Batch {
                 next
             }));
             y.push(c.y as f32);
+            weights.push(c.weight.0);
         }
         let n_rows = item_map.len();
         let item_rows = Tensor::from_vec(item_vals, (n_rows, d_in), device)?.to_dtype(dtype)?;
@@ -300,6 +349,7 @@ impl Batch {
             user: Tensor::from_vec(user, b, device)?,
             users,
             y: Tensor::from_vec(y, b, device)?.to_dtype(dtype)?,
+            weights,
         })
     }
 }
@@ -322,6 +372,7 @@ mod tests {
                     left: 0,
                     right: 1,
                     y: -1,
+                    weight: crate::pal::Weight::ONE,
                 },
                 Comparison {
                     user: 1,
@@ -329,6 +380,7 @@ mod tests {
                     left: 1,
                     right: 2,
                     y: 1,
+                    weight: crate::pal::Weight::ONE,
                 },
                 Comparison {
                     user: 0,
@@ -336,6 +388,7 @@ mod tests {
                     left: 2,
                     right: 0,
                     y: 1,
+                    weight: crate::pal::Weight::ONE,
                 },
             ],
         }

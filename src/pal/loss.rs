@@ -1,8 +1,8 @@
 //! The three comparison losses of PAL-SPEC "Losses", on t = −y·m (t > 0 when the model agrees
 //! with the label; m = r(x_l) − r(x_r), y = −1 when the left item is preferred).
 //!
-//! Owns: per-comparison loss tensors. Does not own: the margins (`model.rs`) or the batch mean
-//! and penalties (`train.rs`).
+//! Owns: per-comparison loss tensors and their weighted batch mean Σ w·ℓ / Σ w
+//! ([`weighted_mean`]). Does not own: the margins (`model.rs`) or the penalties (`train.rs`).
 
 use candle_core::Tensor;
 
@@ -40,6 +40,19 @@ pub(crate) fn per_comparison(kind: LossKind, t: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The batch loss Σ w·ℓ / Σ w of per-comparison losses `per` `[B]` with weights `weights`
+/// (one per comparison, positive). When every weight is the same, that is the plain mean,
+/// and it is computed as the plain mean, so data without weights (all 1.0) trains bit for
+/// bit as it did before weights existed, and scaling every weight changes nothing.
+pub(crate) fn weighted_mean(per: &Tensor, weights: &[f32]) -> Result<Tensor> {
+    if weights.windows(2).all(|p| p[0] == p[1]) {
+        return Ok(per.mean_all()?);
+    }
+    let total: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+    let w = Tensor::new(weights, per.device())?.to_dtype(per.dtype())?;
+    Ok((per.mul(&w)?.sum_all()? / total)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +76,23 @@ mod tests {
         assert!((l[2] - (1.0 + 2f64.exp()).ln()).abs() < 1e-12);
         assert_eq!(l[3], 0.0);
         assert!((l[4] - 1000.0).abs() < 1e-9);
+    }
+
+    /// Σ w·ℓ / Σ w against the same sum written out by hand; equal weights give the mean.
+    #[test]
+    fn weighted_mean_is_the_weighted_average() {
+        let per = Tensor::new(&[1.0f64, 4.0, 10.0], &Device::Cpu).unwrap();
+        let got = weighted_mean(&per, &[2.0, 1.0, 0.5])
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        // (2·1 + 1·4 + 0.5·10) / 3.5 = 11 / 3.5
+        assert!((got - 11.0 / 3.5).abs() < 1e-12, "{got}");
+        let same = weighted_mean(&per, &[3.0, 3.0, 3.0])
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!((same - 5.0).abs() < 1e-12, "{same}");
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub use config::{
     Activation, Arch, Distance, Estimator, FewShotConfig, GroupConfig, LossKind, Mode, ModelConfig,
     ModelKind, NormBound, Select, TrainConfig,
 };
-pub use data::{Comparison, ComparisonSet};
+pub use data::{Comparison, ComparisonSet, Weight};
 pub use enroll::fit_user_logits;
 pub use error::{PalError, Result};
 pub use evaluate::{evaluate, EvalOptions, EvalReport, MixtureSummary, Outcome, UserAccuracy};

@@ -607,6 +607,7 @@ impl PalModel {
                     left: i,
                     right: i,
                     y: 1,
+                    weight: crate::pal::Weight::ONE,
                 })
                 .collect(),
         };

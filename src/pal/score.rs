@@ -77,6 +77,7 @@ impl PalModel {
                     left: row,
                     right: row,
                     y: 1,
+                    weight: crate::pal::Weight::ONE,
                 });
             }
         }

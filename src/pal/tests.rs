@@ -80,6 +80,7 @@ fn ideal_points(
                 left: l as u32,
                 right: rr as u32,
                 y,
+                weight: crate::pal::Weight::ONE,
             };
             if j < n_train {
                 train.push(c)
@@ -133,6 +134,7 @@ fn with_context(n_users: usize, n_comps: usize, dx: usize, dp: usize, seed: u64)
                 left,
                 right,
                 y,
+                weight: crate::pal::Weight::ONE,
             }
         })
         .collect();
@@ -638,6 +640,7 @@ fn comparisons_of(
                 left: l as u32,
                 right: rr as u32,
                 y,
+                weight: crate::pal::Weight::ONE,
             }
         })
         .collect();
@@ -831,6 +834,7 @@ fn group_bound_knows_the_groups_and_starts_at_zero_shot() {
                 left: a as u32,
                 right: b as u32,
                 y: if rew[a] > rew[b] { -1 } else { 1 },
+                weight: crate::pal::Weight::ONE,
             });
             made += 1;
         }
@@ -943,4 +947,115 @@ fn progress_is_reported_every_step_and_at_epoch_ends() {
     assert!(ends.iter().all(|p| p.val_loss.is_some()));
     assert!((TAU_INIT - (1.0f64 / 0.07).ln()).abs() < 1e-15);
     assert!((model.scale().unwrap() - TAU_INIT.exp()).abs() > 0.0); // τ is trained
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights (PAL-SPEC "Losses": the batch loss is Σ w·ℓ / Σ w)
+// ---------------------------------------------------------------------------------------------
+
+/// A PAL-B model without dropout, so that two sets holding the same comparisons in a
+/// different order train to the same point up to rounding.
+fn no_dropout_pal_b() -> ModelConfig {
+    ModelConfig {
+        kind: ModelKind::PalB,
+        k: 2,
+        d: 6,
+        item_arch: "mlp2-relu-dropout0".parse().unwrap(),
+        prototype_arch: "mlp1-gelu-dropout0".parse().unwrap(),
+        ..ModelConfig::default()
+    }
+}
+
+/// Every weight 1.0 and every weight 2.0 are the same mean: the same model bit for bit (and
+/// 1.0 everywhere is what data without weights has, so such data trains as before weights).
+#[test]
+fn equal_weights_train_the_same_model_bit_for_bit() {
+    let set = with_context(4, 120, 4, 3, 11);
+    let mut doubled = set.clone();
+    doubled
+        .comps
+        .iter_mut()
+        .for_each(|c| c.weight = Weight(2.0));
+    let cfg = no_dropout_pal_b();
+    let run = |s: &ComparisonSet| {
+        let (m, r) = train(&cfg, &quick(3, 5), s, Some(s), &mut |_| {}).unwrap();
+        (all_values(&m), r.epochs)
+    };
+    assert_eq!(run(&set), run(&doubled));
+}
+
+/// A comparison of weight 2 trains as the same comparison given twice with weight 1, for
+/// full-batch steps (Σ w·ℓ / Σ w is then the mean over the rows with the copy): the same
+/// parameters up to summation order. And the weight matters: with weight 1 the model differs.
+#[test]
+fn a_weight_of_two_trains_as_the_comparison_given_twice() {
+    let mut set = with_context(3, 60, 4, 0, 12);
+    // Heavier rows, and the same rows given twice instead.
+    let mut twice = set.clone();
+    for i in [0usize, 7, 19] {
+        set.comps[i].weight = Weight(2.0);
+        twice.comps.push(twice.comps[i]);
+    }
+    let plain = {
+        let mut s = set.clone();
+        s.comps.iter_mut().for_each(|c| c.weight = Weight::ONE);
+        s
+    };
+    let cfg = no_dropout_pal_b();
+    let full = TrainConfig {
+        epochs: 20,
+        batch_size: 1000,
+        seed: 3,
+        ..TrainConfig::default()
+    };
+    let values = |s: &ComparisonSet| -> Vec<f32> {
+        let (m, _) = train(&cfg, &full, s, None, &mut |_| {}).unwrap();
+        all_values(&m)
+            .into_iter()
+            .flat_map(|(_, v)| v.into_iter().map(f32::from_bits))
+            .collect()
+    };
+    let (weighted, copied, unweighted) = (values(&set), values(&twice), values(&plain));
+    let gap = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    assert_eq!(weighted.len(), copied.len());
+    assert!(
+        gap(&weighted, &copied) < 1e-4,
+        "{}",
+        gap(&weighted, &copied)
+    );
+    assert!(
+        gap(&weighted, &unweighted) > 1e-3,
+        "{}",
+        gap(&weighted, &unweighted)
+    );
+}
+
+/// The validation loss is weighted as training is: Σ w·ℓ / Σ w of the per-comparison losses,
+/// computed here from the model's own per-comparison losses on single-comparison sets.
+#[test]
+fn validation_loss_is_the_weighted_mean() {
+    let set = with_context(3, 12, 4, 0, 13);
+    let (model, _) = train(&no_dropout_pal_b(), &quick(2, 1), &set, None, &mut |_| {}).unwrap();
+    let ws = [0.5f32, 1.0, 3.0];
+    let mut weighted = set.clone();
+    for (i, c) in weighted.comps.iter_mut().enumerate() {
+        c.weight = Weight(ws[i % 3]);
+    }
+    let (mut num, mut den) = (0f64, 0f64);
+    for (i, c) in set.comps.iter().enumerate() {
+        let one = ComparisonSet {
+            comps: vec![*c],
+            ..set.clone()
+        };
+        let l = mean_loss(&model, &one).unwrap();
+        num += f64::from(ws[i % 3]) * l;
+        den += f64::from(ws[i % 3]);
+    }
+    let got = mean_loss(&model, &weighted).unwrap();
+    assert!((got - num / den).abs() < 1e-9, "{got} vs {}", num / den);
 }

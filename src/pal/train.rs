@@ -1,7 +1,7 @@
 //! The trainer (PAL-SPEC "Training"; paper Sec. 3, reference code's Lightning loop).
 //!
 //! Owns: [`train`] — shuffled mini-batches of comparisons (not ordered by user), the batch loss
-//! mean(ℓ(t)) (+ the optional norm-bound penalty), AdamW per parameter group with the user
+//! Σ w·ℓ(t) / Σ w (the plain mean when the weights are equal; see `loss::weighted_mean`) (+ the optional norm-bound penalty), AdamW per parameter group with the user
 //! logits updated only for the batch's users, seeded dropout, checkpoint selection by the lowest
 //! validation loss, and progress reporting. Everything random derives from
 //! [`TrainConfig::seed`], so the same config, data and seed give bit-identical weights.
@@ -157,7 +157,8 @@ fn train_dtype(
             let w = model.train_mixture(&logits)?;
             let (m, penalty) = model.margins(&batch, &w, Some(&mut dropout_rng))?;
             let t = loss::agreement(&m, &batch.y)?;
-            let mut l = loss::per_comparison(model.cfg.loss, &t)?.mean_all()?;
+            let per = loss::per_comparison(model.cfg.loss, &t)?;
+            let mut l = loss::weighted_mean(&per, &batch.weights)?;
             if let Some(p) = penalty {
                 l = (l + p)?;
             }
@@ -236,15 +237,16 @@ fn train_dtype(
     Ok((model, report))
 }
 
-/// Mean loss ℓ(t) over every comparison of `set` in evaluation mode (no penalty): the
-/// validation loss. Unknown users get the zero-shot mixture.
+/// Mean loss ℓ(t) over every comparison of `set` in evaluation mode (no penalty), weighted
+/// as in training (Σ w·ℓ / Σ w): the validation loss. Unknown users get the zero-shot
+/// mixture.
 pub fn mean_loss(model: &PalModel, set: &ComparisonSet) -> Result<f64> {
     let (margins, _) = model.margins_for(set)?;
     let m = Tensor::new(margins.as_slice(), &model.device)?.to_dtype(DType::F64)?;
     let y: Vec<f64> = set.comps.iter().map(|c| c.y as f64).collect();
     let y = Tensor::new(y.as_slice(), &model.device)?;
     let t = loss::agreement(&m, &y)?;
-    Ok(loss::per_comparison(model.cfg.loss, &t)?
-        .mean_all()?
-        .to_scalar::<f64>()?)
+    let weights: Vec<f32> = set.comps.iter().map(|c| c.weight.0).collect();
+    let per = loss::per_comparison(model.cfg.loss, &t)?;
+    Ok(loss::weighted_mean(&per, &weights)?.to_scalar::<f64>()?)
 }

@@ -50,6 +50,8 @@ pub enum FeatureError {
     MixedContext { split: String },
     #[error("split '{split}': label {label} is not -1 or +1")]
     BadLabel { split: String, label: i64 },
+    #[error("split '{split}': weight {weight} is not a positive finite number\nhint: a split's 'weight' column weighs each comparison in the loss; select the stored pairs.weight or leave the column out (every comparison then weighs 1.0)")]
+    BadWeight { split: String, weight: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -66,6 +68,10 @@ pub struct PairRef {
     pub left_id: String,
     pub right_id: String,
     pub label: i8,
+    /// The comparison's weight in the loss: the split's `weight` column, 1.0 when the query
+    /// does not select one (a table written before the column existed, or a query that
+    /// names its columns without it).
+    pub weight: crate::pal::Weight,
 }
 
 /// A split loaded for training or evaluation, with the ids behind each matrix row.
@@ -112,13 +118,18 @@ pub async fn split_pairs(store: &Store, name: &str) -> Result<Vec<PairRef>, Feat
         let lefts = col("left_id", &DataType::Utf8)?;
         let rights = col("right_id", &DataType::Utf8)?;
         let labels = col("label", &DataType::Int64)?;
-        let ids = match b.column_by_name("pair_id") {
-            Some(a) => Some(
-                cast(a, &DataType::Utf8)
-                    .map_err(|e| FeatureError::Store(StoreError::Sql(e.to_string())))?,
-            ),
-            None => None,
+        // Columns a split's query need not select.
+        let optional = |c: &str, ty: &DataType| -> Result<_, FeatureError> {
+            b.column_by_name(c)
+                .map(|a| cast(a, ty))
+                .transpose()
+                .map_err(|e| FeatureError::Store(StoreError::Sql(e.to_string())))
         };
+        let weights = optional("weight", &DataType::Float32)?;
+        let weights = weights
+            .as_ref()
+            .and_then(|a| a.as_any().downcast_ref::<Float32Array>());
+        let ids = optional("pair_id", &DataType::Utf8)?;
         let ids = ids
             .as_ref()
             .and_then(|a| a.as_any().downcast_ref::<StringArray>());
@@ -138,6 +149,22 @@ pub async fn split_pairs(store: &Store, name: &str) -> Result<Vec<PairRef>, Feat
                     label,
                 });
             }
+            let weight = match weights {
+                None => 1.0,
+                Some(w) if w.is_null(i) => {
+                    return Err(FeatureError::BadWeight {
+                        split: name.into(),
+                        weight: "null".into(),
+                    })
+                }
+                Some(w) => w.value(i),
+            };
+            if !(weight.is_finite() && weight > 0.0) {
+                return Err(FeatureError::BadWeight {
+                    split: name.into(),
+                    weight: weight.to_string(),
+                });
+            }
             out.push(PairRef {
                 pair_id: ids.and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string())),
                 user_id: u.value(i).to_string(),
@@ -145,6 +172,7 @@ pub async fn split_pairs(store: &Store, name: &str) -> Result<Vec<PairRef>, Feat
                 left_id: l.value(i).to_string(),
                 right_id: r.value(i).to_string(),
                 label: label as i8,
+                weight: crate::pal::Weight(weight),
             });
         }
     }
@@ -283,6 +311,7 @@ pub fn index_pairs(pairs: &[PairRef]) -> Indexed {
             left: items[p.left_id.as_str()],
             right: items[p.right_id.as_str()],
             y: p.label,
+            weight: p.weight,
         })
         .collect();
     Indexed {
@@ -343,6 +372,7 @@ mod tests {
                 left_id: format!("item-{:02}", (i * 5) % 12),
                 right_id: format!("item-{:02}", (i * 5 + 7) % 12),
                 label: if i % 2 == 0 { 1 } else { -1 },
+                weight: crate::pal::Weight::ONE,
             })
             .collect()
     }

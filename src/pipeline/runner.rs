@@ -86,6 +86,14 @@ pub async fn run(
         Some(store.lock()?)
     };
     check_references(p, store).await?;
+    if !opts.dry_run {
+        // A store an earlier version wrote gets today's schema first, whichever stages run
+        // (a re-run that skips every stage still ends as a fresh run would).
+        // Said even when quiet: the store changed.
+        if let Some(done) = crate::store::migrate::upgrade(store, "pairs").await? {
+            printer.warn(done.to_string());
+        }
+    }
     let started = now_ms();
     let run_id = format!("{}-{}", p.name, started);
     let versions_before = store.versions().await?;

@@ -181,6 +181,7 @@ impl Scorer {
                     left: 2 * i as u32,
                     right: 2 * i as u32 + 1,
                     y: -1,
+                    weight: crate::pal::Weight::ONE,
                 })
                 .collect();
             Ok(ComparisonSet::new(

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use arrow_array::builder::{FixedSizeListBuilder, Float32Builder};
 use arrow_array::{
-    ArrayRef, Int32Array, Int64Array, Int8Array, LargeBinaryArray, RecordBatch, StringArray,
+    ArrayRef, Float32Array, Int32Array, Int64Array, Int8Array, LargeBinaryArray, RecordBatch,
+    StringArray,
 };
 
 use super::records::{EmbeddingRow, ItemRow, PairRow, PromptRow, UserRow};
@@ -74,11 +75,15 @@ pub fn pairs(rows: &[PairRow]) -> Result<RecordBatch, StoreError> {
             strs(rows.iter().map(|r| r.dataset.as_str())),
             strs(rows.iter().map(|r| r.split.as_str())),
             opt_strs(rows.iter().map(|r| r.source_ref.as_deref())),
+            Arc::new(Float32Array::from_iter_values(
+                rows.iter().map(|r| r.weight),
+            )),
         ],
     )
 }
 
-/// The inverse of [`pairs`]: the rows of a `pairs` batch (all columns read).
+/// The inverse of [`pairs`]: the rows of a `pairs` batch (all columns read; a batch without
+/// `weight`, from a table written before that column existed, reads as weight 1.0).
 pub fn read_pairs(batch: &RecordBatch) -> Result<Vec<PairRow>, StoreError> {
     let bad = |c: &str| StoreError::Batch {
         table: "pairs".into(),
@@ -102,6 +107,14 @@ pub fn read_pairs(batch: &RecordBatch) -> Result<Vec<PairRow>, StoreError> {
         s("right_id")?,
     );
     let (dataset, split, sref) = (s("dataset")?, s("split")?, s("source_ref")?);
+    let weight = match batch.column_by_name("weight") {
+        None => None,
+        Some(a) => Some(
+            a.as_any()
+                .downcast_ref::<Float32Array>()
+                .ok_or_else(|| bad("weight"))?,
+        ),
+    };
     let opt = |a: &StringArray, i: usize| {
         (!arrow_array::Array::is_null(a, i)).then(|| a.value(i).to_string())
     };
@@ -116,6 +129,7 @@ pub fn read_pairs(batch: &RecordBatch) -> Result<Vec<PairRow>, StoreError> {
             dataset: dataset.value(i).to_string(),
             split: split.value(i).to_string(),
             source_ref: opt(sref, i),
+            weight: weight.map_or(1.0, |w| w.value(i)),
         })
         .collect())
 }
@@ -336,6 +350,7 @@ mod tests {
             dataset: "t".into(),
             split: "train".into(),
             source_ref: None,
+            weight: 1.0,
         };
         assert_eq!(pairs(&[pair]).unwrap().num_rows(), 1);
         let u = UserRow {

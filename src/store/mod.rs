@@ -13,6 +13,7 @@ mod keyed;
 pub mod knn;
 pub mod location;
 pub mod messages;
+pub mod migrate;
 pub mod records;
 pub mod schema;
 pub mod shards;
@@ -531,6 +532,7 @@ impl Store {
     /// On a content-addressed table (`items`, `prompts`, `embeddings`) the commit is keyed
     /// (see `keyed.rs`): a row whose key another writer adds at the same moment is left out.
     pub async fn append(&self, table: &str, batch: RecordBatch) -> Result<(), StoreError> {
+        migrate::upgrade(self, table).await?;
         if keyed::SHARED.contains(&table) {
             let mut w = StagedWriter::adding(self);
             w.stage(table, batch).await?;

@@ -42,6 +42,9 @@ pub struct PairRow {
     pub split: String,
     /// The source's own row id where it has one (Pick-a-Pic `ranking_id`).
     pub source_ref: Option<String>,
+    /// The comparison's weight in the PAL loss (Σ w·ℓ / Σ w over a batch): positive and
+    /// finite, 1.0 unless the data gives one (`columns.weight` of a `preferences` stage).
+    pub weight: f32,
 }
 
 /// An annotator. `role` is "seen" or "unseen"; `group` is the true group when known

@@ -253,6 +253,8 @@ impl<'a> StagedWriter<'a> {
     ) -> Result<&mut TableStage, StoreError> {
         if !self.tables.contains_key(table) {
             let spec = TableSchema::get(table)?;
+            // A table an earlier version wrote gets today's schema before rows are staged.
+            super::migrate::upgrade(self.store, table).await?;
             let base = self.store.dataset(table, None).await?.map(Arc::new);
             let cols: Vec<&str> = spec.key.iter().map(String::as_str).collect();
             let outside = scope.as_ref().map(|p| format!("NOT ({p})"));
@@ -727,6 +729,7 @@ mod tests {
             dataset: dataset.into(),
             split: split.into(),
             source_ref: None,
+            weight: 1.0,
         }
     }
 

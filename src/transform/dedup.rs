@@ -172,6 +172,7 @@ mod tests {
             dataset: "pickapic".into(),
             split: split.into(),
             source_ref: None,
+            weight: 1.0,
         }
     }
 

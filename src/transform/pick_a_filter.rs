@@ -338,6 +338,7 @@ mod tests {
                 dataset: "pickapic".into(),
                 split: if i < train { "v1-train" } else { "v1-test" }.into(),
                 source_ref: None,
+                weight: 1.0,
             })
             .collect()
     }

@@ -485,3 +485,29 @@ pub fn finish_shard(child: std::process::Child) -> usize {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no count in {out}"))
 }
+
+/// `ingest FILE --dataset mine` with the columns of `{annotator, prompt, chosen, rejected}`
+/// rows (user, prompt, chosen, rejected), then `extra`.
+pub fn chosen_rejected_args(file: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["ingest", &file.to_string_lossy(), "--dataset", "mine"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for c in [
+        "user=annotator",
+        "prompt=prompt",
+        "chosen=chosen",
+        "rejected=rejected",
+    ] {
+        args.push("--column".into());
+        args.push(c.into());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Runs [`chosen_rejected_args`] on `store`.
+pub fn ingest_chosen_rejected(store: &Path, file: &Path, extra: &[&str]) -> Run {
+    let args = chosen_rejected_args(file, extra);
+    palpipe(store, &args.iter().map(String::as_str).collect::<Vec<_>>())
+}

@@ -24,7 +24,11 @@
 //!   history (the prompt, unless a `prompt` column is mapped) and their final replies;
 //! - `chosen`/`rejected` pairs put the preferred item on a side drawn from the pair's content
 //!   (seeded), `left`/`right` pairs keep their sides; the pair id hashes user, prompt,
-//!   items, label, split and the `id` column, so a repeated row is one pair;
+//!   items, label, split, the `id` column and a weight other than 1.0, so a repeated row is
+//!   one pair;
+//! - `weight` (optional; pairwise and best_of_k) is stored per pair (`pairs.weight`) and
+//!   weighs the comparison in the PAL loss; unmapped, every pair weighs 1.0; a null, a
+//!   non-number, NaN, an infinite, negative or zero weight drops the row, counted by reason;
 //! - rows that make no preference (missing label, NaN, a tie, the same item twice, empty
 //!   text) are dropped and counted by reason; a mapped path missing in a row is counted with
 //!   the first row it happened in, or is an error with `strict: true`; a row without a user
@@ -84,7 +88,7 @@ impl Column {
 }
 
 /// The keys `columns` takes.
-pub const KEYS: [&str; 14] = [
+pub const KEYS: [&str; 15] = [
     "user",
     "prompt",
     "chosen",
@@ -99,6 +103,7 @@ pub const KEYS: [&str; 14] = [
     "group",
     "split",
     "id",
+    "weight",
 ];
 
 /// What string items are.
@@ -243,6 +248,12 @@ pub fn mapping(p: &Params) -> Result<Mapping, PrefError> {
         Layout::BestOfK => need(&["responses", "preferred"], "best_of_k")?,
         Layout::Ratings => {
             need(&["response"], "ratings")?;
+            if has("weight") {
+                return Err(PrefError::param(
+                    "columns.weight",
+                    "layout 'ratings' takes no weight: a rating row makes no comparison by itself\nhint: weights belong to pairwise and best_of_k rows",
+                ));
+            }
             if !has("score") && !has("preferred") {
                 return Err(PrefError::param(
                     "columns.score",
@@ -1007,6 +1018,8 @@ struct Rows<'m, 'f> {
     /// check, any other is an effect to check.
     kinds: Vec<(&'m str, &'static str)>,
     out: Vec<Effect<'m>>,
+    /// The weight of the row being read (see [`Rows::weight`]): every pair it makes gets it.
+    weight: f32,
 }
 
 impl<'m, 'f> Rows<'m, 'f> {
@@ -1018,6 +1031,7 @@ impl<'m, 'f> Rows<'m, 'f> {
             file_split,
             kinds: Vec::new(),
             out: Vec::new(),
+            weight: 1.0,
         }
     }
 
@@ -1203,6 +1217,35 @@ impl<'m> Rows<'m, '_> {
         Ok(Ok((user, split)))
     }
 
+    /// The row's weight in the PAL loss: 1.0 when `weight` is not mapped. A null, a value that
+    /// is not a number, NaN, an infinite, negative or zero weight drops the row (counted by
+    /// reason): a zero weight would make a comparison that counts for nothing.
+    fn weight(&mut self, row: &Val, at: Loc) -> Result<f32, RowSkip> {
+        if !self.m.columns.contains_key("weight") {
+            return Ok(1.0);
+        }
+        let v = self.val(row, "weight", at)?;
+        if matches!(v, Val::Null) {
+            return Err(RowSkip::Reason("missing weight"));
+        }
+        let Some(w) = v.as_f64() else {
+            return Err(RowSkip::Reason("weight is not a number"));
+        };
+        // As stored: an f64 too large for f32 becomes infinite and is dropped below.
+        let w = w as f32;
+        if w.is_nan() {
+            Err(RowSkip::Reason("weight is NaN"))
+        } else if w.is_infinite() {
+            Err(RowSkip::Reason("weight is infinite"))
+        } else if w < 0.0 {
+            Err(RowSkip::Reason("negative weight"))
+        } else if w == 0.0 {
+            Err(RowSkip::Reason("zero weight"))
+        } else {
+            Ok(w)
+        }
+    }
+
     /// The row's `id` (optional: a missing one is no id).
     fn id(&mut self, row: &Val, at: Loc) -> Result<Option<String>, PrefError> {
         Ok(self.text(row, "id", at)?.ok().flatten())
@@ -1263,6 +1306,7 @@ impl<'m> Rows<'m, '_> {
 
     fn pairwise(&mut self, at: Loc, row: &Val) -> RowResult {
         let (user, split) = skip!(self.user_split(row, at)?);
+        self.weight = skip!(self.weight(row, at));
         let prompt = skip!(self.text(row, "prompt", at)?);
         let chosen_rejected = self.m.columns.contains_key("chosen");
         let (ka, kb) = if chosen_rejected {
@@ -1342,6 +1386,7 @@ impl<'m> Rows<'m, '_> {
 
     fn best_of_k(&mut self, at: Loc, row: &Val) -> RowResult {
         let (user, split) = skip!(self.user_split(row, at)?);
+        self.weight = skip!(self.weight(row, at));
         let prompt = skip!(self.text(row, "prompt", at)?);
         let m = self.m;
         let (names, responses): (Vec<String>, Vec<Val>) = match &m.columns["responses"] {
@@ -1508,7 +1553,7 @@ impl<'m> Rows<'m, '_> {
     ) {
         let w = self.put_item(win);
         let l = self.put_item(lose);
-        let row = pair_row(self.p, user, prompt, &w, &l, None, split, id);
+        let row = pair_row(self.p, user, prompt, &w, &l, None, split, id, self.weight);
         self.out.push(Effect::Pair(row));
     }
 
@@ -1526,7 +1571,17 @@ impl<'m> Rows<'m, '_> {
         let l = self.put_item(left);
         let r = self.put_item(right);
         // With a label, `l`/`r` are the sides as given.
-        let row = pair_row(self.p, user, prompt, &l, &r, Some(label), split, id);
+        let row = pair_row(
+            self.p,
+            user,
+            prompt,
+            &l,
+            &r,
+            Some(label),
+            split,
+            id,
+            self.weight,
+        );
         self.out.push(Effect::Pair(row));
     }
 }
@@ -1621,6 +1676,7 @@ where
                     None,
                     &win.split,
                     Some(&group),
+                    1.0,
                 );
                 self.add_pair(row)?;
             }
@@ -1710,7 +1766,9 @@ where
 }
 
 /// One pair of `user`. `label` None: `a` is preferred and goes on a side drawn from the
-/// pair's content (seeded); Some: `a` is left, `b` right, as the row said.
+/// pair's content (seeded); Some: `a` is left, `b` right, as the row said. A weight other
+/// than 1.0 is part of the pair's id (two rows that differ only in weight are two pairs, so
+/// which one is kept never depends on row order); at 1.0 the id is the one it always was.
 #[allow(clippy::too_many_arguments)]
 fn pair_row(
     p: &Params,
@@ -1721,6 +1779,7 @@ fn pair_row(
     label: Option<i8>,
     split: &str,
     id: Option<&str>,
+    weight: f32,
 ) -> PairRow {
     let user_id = format!("{}/{user}", p.dataset);
     let (left, right, label) = match label {
@@ -1739,7 +1798,11 @@ fn pair_row(
             }
         }
     };
-    let extra = format!("{label}:{split}:{}", id.unwrap_or(""));
+    let mut extra = format!("{label}:{split}:{}", id.unwrap_or(""));
+    if weight != 1.0 {
+        // `{:?}` is the shortest text that reads back as the same f32.
+        extra.push_str(&format!(":weight={weight:?}"));
+    }
     PairRow {
         pair_id: pair_id(&user_id, prompt.as_deref(), left, right, &extra),
         user_id,
@@ -1750,6 +1813,7 @@ fn pair_row(
         dataset: p.dataset.clone(),
         split: split.to_string(),
         source_ref: id.map(String::from),
+        weight,
     }
 }
 

@@ -583,7 +583,7 @@ impl Record for PairRow {
             + len(&self.dataset)
             + len(&self.split)
             + opt_len(self.source_ref.as_deref())
-            + 8
+            + 12
     }
     fn encode(&self, w: &mut impl Write) -> io::Result<()> {
         put_str(w, &self.pair_id)?;
@@ -594,7 +594,8 @@ impl Record for PairRow {
         w.write_all(&[self.label as u8])?;
         put_str(w, &self.dataset)?;
         put_str(w, &self.split)?;
-        put_opt(w, self.source_ref.as_deref())
+        put_opt(w, self.source_ref.as_deref())?;
+        w.write_all(&self.weight.to_le_bytes())
     }
     fn decode(r: &mut impl Read) -> io::Result<Option<PairRow>> {
         let Some(pair_id) = get_first(r)? else {
@@ -606,6 +607,9 @@ impl Record for PairRow {
         let right_id = get_str(r)?;
         let mut label = [0u8; 1];
         r.read_exact(&mut label)?;
+        let (dataset, split, source_ref) = (get_str(r)?, get_str(r)?, get_opt(r)?);
+        let mut weight = [0u8; 4];
+        r.read_exact(&mut weight)?;
         Ok(Some(PairRow {
             pair_id,
             user_id,
@@ -613,9 +617,10 @@ impl Record for PairRow {
             left_id,
             right_id,
             label: label[0] as i8,
-            dataset: get_str(r)?,
-            split: get_str(r)?,
-            source_ref: get_opt(r)?,
+            dataset,
+            split,
+            source_ref,
+            weight: f32::from_le_bytes(weight),
         }))
     }
 }
@@ -771,6 +776,7 @@ mod tests {
             dataset: "d".into(),
             split: "train".into(),
             source_ref: Some("r7".into()),
+            weight: 2.5,
         };
         let mut buf = Vec::new();
         item.encode(&mut buf).unwrap();

@@ -164,6 +164,7 @@ async fn filter(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
             dataset: p.dataset.clone(),
             split: planned.split.to_string(),
             source_ref: Some(src.pair_id.clone()),
+            weight: src.weight,
         });
     }
     for (id, why) in failed.iter().take(5) {
