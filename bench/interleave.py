@@ -45,20 +45,24 @@ def parse_json(text):
 
 
 def run_one(cmd, env):
-    """Runs `cmd` under GNU time; returns (json, wall seconds, peak RSS MiB)."""
+    """Runs `cmd` under GNU time; returns (json, wall seconds, peak RSS MiB). Where GNU time
+    is not installed (a bare GPU machine) the peak RSS is None: the tools report their own."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
-        argv = ["/usr/bin/time", "-o", tf.name, "-f", "%M", "bash", "-c", cmd]
+        has_time = os.path.exists("/usr/bin/time")
+        argv = ["bash", "-c", cmd]
+        if has_time:
+            argv = ["/usr/bin/time", "-o", tf.name, "-f", "%M"] + argv
         t = time.perf_counter()
         p = subprocess.run(argv, stdout=subprocess.PIPE, env=env, text=True)
         wall = time.perf_counter() - t
         if p.returncode != 0:
             sys.exit(f"bench: command failed with status {p.returncode}: {cmd}")
-        rss_kib = int(tf.read().split()[-1])
+        rss_mib = int(tf.read().split()[-1]) / 1024.0 if has_time else None
     try:
         out = parse_json(p.stdout)
     except (json.JSONDecodeError, ValueError):
         sys.exit(f"bench: command printed no JSON object: {cmd}\n{p.stdout[-2000:]}")
-    return out, wall, rss_kib / 1024.0
+    return out, wall, rss_mib
 
 
 def numbers(obj, prefix=""):
@@ -126,7 +130,8 @@ def main():
         keys = set.intersection(*(set(f) for f in flat))
         per = {k: summary([f[k] for f in flat]) for k in sorted(keys)}
         per["wall_s"] = summary([x["wall_s"] for x in rs])
-        per["peak_rss_mib"] = summary([x["peak_rss_mib"] for x in rs])
+        if all(x["peak_rss_mib"] is not None for x in rs):
+            per["peak_rss_mib"] = summary([x["peak_rss_mib"] for x in rs])
         stats[name] = per
 
     quotable = not refusals and args.rounds >= 3

@@ -33,6 +33,7 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
 
     import torch
@@ -46,7 +47,7 @@ def main():
         with open(f) as fh:
             statements += [json.loads(l)["statement"] for l in fh if l.strip()]
 
-    model = SentenceTransformer(args.model, device="cpu")
+    model = SentenceTransformer(args.model, device=args.device)
     model.encode(statements[:64], batch_size=args.batch, normalize_embeddings=True)  # warm-up
     secs = []
     for _ in range(args.rounds):
@@ -66,6 +67,7 @@ def main():
         json.dumps(
             {
                 "tool": "sentence-transformers",
+                "device": args.device,
                 "torch": torch.__version__,
                 "threads": args.threads,
                 "batch": args.batch,

@@ -115,6 +115,7 @@ def main():
     ap.add_argument("--eval-n", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     a = ap.parse_args()
     distinct = a.distinct
     torch.set_num_threads(a.threads)
@@ -125,7 +126,13 @@ def main():
     items, prompts, user, prompt, left, right, y = generate(a, distinct, rng)
     gen_s = time.perf_counter() - t0
 
-    model = PalB(a.dim, a.d, a.k, a.users)
+    dev = torch.device(a.device)
+    items, prompts, prompt, left, right, y = (
+        t.to(dev) for t in (items, prompts, prompt, left, right, y))
+    # On a GPU the kernels run asynchronously: each phase timer waits for its work.
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    model = PalB(a.dim, a.d, a.k, a.users).to(dev)
     proj_params = list(model.f.parameters()) + list(model.g.parameters())
     # AdamW, one group per part (PAL-SPEC "Training", reference values)
     opt_proj = torch.optim.AdamW(proj_params, lr=1e-4, weight_decay=0.01,
@@ -147,16 +154,20 @@ def main():
         xl = items[left[sl]]
         xr = items[right[sl]]
         yb = y[sl]
+        sync()
         t1 = time.perf_counter()
         m = model.margins(u, xc, xl, xr)
         loss = F.softplus(yb * m).mean()  # log(1 + exp(-t)), t = -y m
+        sync()
         t2 = time.perf_counter()
         for o in opts:
             o.zero_grad(set_to_none=True)
         loss.backward()
+        sync()
         t3 = time.perf_counter()
         for o in opts:
             o.step()  # params without a gradient (absent users) are skipped
+        sync()
         t4 = time.perf_counter()
         _ = loss.item()
         t5 = time.perf_counter()
@@ -187,11 +198,13 @@ def main():
             m = model.margins(user[sl].tolist(), prompts[prompt[sl]], items[left[sl]],
                               items[right[sl]])
             correct += int(((m > 0) == (y[sl] < 0)).sum())
+    sync()
     eval_s = time.perf_counter() - t0
 
     per_step = lambda x: 1000.0 * x / a.steps
     out = {
         "tool": "pytorch",
+        "device": a.device,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "mode": "distinct" if distinct else "repeating",

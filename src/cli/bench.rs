@@ -1,5 +1,7 @@
 //! `palpipe bench-pal` (hidden): the PAL-B training and scoring speed benchmark of issue #3;
-//! `palpipe bench-clip` (hidden, at the end): CLIP image embedding throughput.
+//! `palpipe bench-clip` (hidden, at the end): CLIP image embedding throughput;
+//! `palpipe bench-minilm` (hidden, at the end): MiniLM sentence embedding throughput. Each
+//! takes `--device cpu|cuda` (cuda in a build with the `cuda` feature).
 //!
 //! Generates seeded random data in memory (no store), trains a PAL-B head for a fixed number
 //! of steps after a few warm-up steps, scores comparisons with [`evaluate`], and prints one
@@ -24,9 +26,10 @@ use rand_distr::{Distribution, StandardNormal};
 use serde_json::json;
 
 use super::{CliError, Ctx};
+use crate::embed::TextEncoder;
 use crate::pal::{
-    evaluate, train, Comparison, ComparisonSet, EvalOptions, GroupConfig, ModelConfig, ModelKind,
-    Select, TrainConfig,
+    evaluate, train_on, Comparison, ComparisonSet, EvalOptions, GroupConfig, ModelConfig,
+    ModelKind, Select, TrainConfig,
 };
 
 #[derive(Debug, Args)]
@@ -71,6 +74,9 @@ pub struct BenchPalArgs {
     /// Comparisons scored for the evaluation throughput.
     #[arg(long, default_value_t = 20_000)]
     pub eval_n: usize,
+    /// cpu or cuda (a build with --features cuda): where the model trains and scores.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -164,6 +170,7 @@ pub async fn bench_pal(_ctx: &Ctx, a: BenchPalArgs) -> Result<(), CliError> {
             "--n, --batch and --steps must be positive"
         )));
     }
+    let device = super::open_device(&a.device)?;
     let t_gen = Instant::now();
     let full = generate(&a, distinct);
     let gen_s = t_gen.elapsed().as_secs_f64();
@@ -203,7 +210,8 @@ pub async fn bench_pal(_ctx: &Ctx, a: BenchPalArgs) -> Result<(), CliError> {
     // Warm-up: a separate short run (allocator, thread pool, caches).
     if a.warmup > 0 {
         let warm = take(&full, a.warmup * a.batch);
-        train(&model_cfg, &train_cfg, &warm, None, &mut |_| {}).map_err(CliError::failure)?;
+        train_on(&model_cfg, &train_cfg, &warm, None, &mut |_| {}, &device)
+            .map_err(CliError::failure)?;
     }
 
     // Timed: `steps` steps. The training time is the sum of the steps' phase timers (model
@@ -214,15 +222,22 @@ pub async fn bench_pal(_ctx: &Ctx, a: BenchPalArgs) -> Result<(), CliError> {
     let mut cpu_first: Option<f64> = None;
     let mut cpu_last: Option<f64> = None;
     let t_call = Instant::now();
-    let (model, report) = train(&model_cfg, &train_cfg, &timed, None, &mut |p| {
-        if !p.epoch_end {
-            last = Some(Instant::now());
-            cpu_last = process_cpu_s();
-            if p.step == 1 {
-                cpu_first = cpu_last;
+    let (model, report) = train_on(
+        &model_cfg,
+        &train_cfg,
+        &timed,
+        None,
+        &mut |p| {
+            if !p.epoch_end {
+                last = Some(Instant::now());
+                cpu_last = process_cpu_s();
+                if p.step == 1 {
+                    cpu_first = cpu_last;
+                }
             }
-        }
-    })
+        },
+        &device,
+    )
     .map_err(CliError::failure)?;
     let ph = report.phases;
     let step_sum = ph.gather + ph.forward + ph.backward + ph.optimizer + ph.other;
@@ -245,6 +260,7 @@ pub async fn bench_pal(_ctx: &Ctx, a: BenchPalArgs) -> Result<(), CliError> {
     let per_step = |x: f64| 1000.0 * x / steps as f64;
     let out = json!({
         "tool": "palpipe",
+        "device": a.device,
         "mode": mode,
         "data": if distinct {
             format!("{} comparisons; prompt and both items drawn at random from pools of {} distinct vectors each", a.n, a.pool)
@@ -459,6 +475,113 @@ pub async fn bench_clip(_ctx: &Ctx, a: BenchClipArgs) -> Result<(), CliError> {
         "peak_rss_mib": peak_rss_mib(),
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "rayon_num_threads": std::env::var("RAYON_NUM_THREADS").ok(),
+        "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).map_err(CliError::failure)?
+    );
+    Ok(())
+}
+
+/// `palpipe bench-minilm`: all-MiniLM-L6-v2 sentence embedding throughput on a JSON-lines file
+/// of texts, the work `palpipe embed` does per batch (tokenise, forward, mean pooling, L2
+/// normalisation), without the store.
+#[derive(Debug, Args)]
+pub struct BenchMinilmArgs {
+    /// JSON-lines files; each line's `--field` is one text (default: the persona statements).
+    #[arg(required = true)]
+    pub files: Vec<std::path::PathBuf>,
+    /// The field of each JSON line that holds the text.
+    #[arg(long, default_value = "statement")]
+    pub field: String,
+    /// Texts per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Timed passes over all the texts (after one warm-up pass over the first 64).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// The model folder (default ~/.cache/palpipe/models/all-MiniLM-L6-v2).
+    #[arg(long)]
+    pub model_dir: Option<std::path::PathBuf>,
+    /// cpu or cuda (a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// The texts of `files`: field `field` of every non-blank JSON line; an error names the file
+/// and line.
+fn read_texts(files: &[std::path::PathBuf], field: &str) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context;
+    let mut texts = Vec::new();
+    for f in files {
+        let body =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        for (i, line) in body
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not a JSON line", f.display(), i + 1))?;
+            let t = v
+                .get(field)
+                .and_then(|t| t.as_str())
+                .with_context(|| format!("{}:{}: no string field '{field}'", f.display(), i + 1))?;
+            texts.push(t.to_string());
+        }
+    }
+    anyhow::ensure!(!texts.is_empty(), "no texts in the given files");
+    Ok(texts)
+}
+
+pub async fn bench_minilm(_ctx: &Ctx, a: BenchMinilmArgs) -> Result<(), CliError> {
+    if a.rounds == 0 {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "--rounds must be positive"
+        )));
+    }
+    let texts = read_texts(&a.files, &a.field).map_err(CliError::usage)?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let device = super::open_device(&a.device)?;
+    let enc = crate::embed::bert::BertSentenceEncoder::load_minilm(a.model_dir.as_deref(), &device)
+        .map_err(CliError::failure)?;
+    let mut enc = enc.with_batch_size(a.batch).map_err(CliError::usage)?;
+    let tokens: usize = enc
+        .count_tokens(&refs)
+        .map_err(CliError::failure)?
+        .iter()
+        .sum();
+    enc.embed_texts(&refs[..refs.len().min(64)])
+        .map_err(CliError::failure)?; // warm-up: kernels, allocator, thread pools
+    let mut secs = Vec::with_capacity(a.rounds);
+    for _ in 0..a.rounds {
+        let t = Instant::now();
+        let v = enc.embed_texts(&refs).map_err(CliError::failure)?;
+        secs.push(t.elapsed().as_secs_f64());
+        if v.len() != refs.len() {
+            return Err(CliError::failure(anyhow::anyhow!(
+                "{} vectors for {} texts",
+                v.len(),
+                refs.len()
+            )));
+        }
+    }
+    secs.sort_by(f64::total_cmp);
+    let n = refs.len() as f64;
+    let out = json!({
+        "tool": "palpipe",
+        "device": a.device,
+        "batch": a.batch,
+        "statements": refs.len(),
+        "tokens": tokens,
+        "files": a.files.len(),
+        "rounds": a.rounds,
+        "seconds": secs,
+        "best_sentences_per_s": n / secs[0],
+        "median_sentences_per_s": n / secs[secs.len() / 2],
+        "peak_rss_mib": peak_rss_mib(),
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
     println!(

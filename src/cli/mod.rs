@@ -111,6 +111,9 @@ pub enum Command {
     BenchHash(bench_image::BenchHashArgs),
     #[command(hide = true)]
     BenchClip(bench::BenchClipArgs),
+    /// all-MiniLM-L6-v2 sentences/s on JSON-lines texts (a benchmark; `--device cuda` on a GPU).
+    #[command(hide = true)]
+    BenchMinilm(bench::BenchMinilmArgs),
     /// Compare an encoder's vectors with a reference implementation's (a device check).
     ///
     /// Prints `cosine<TAB>input` per vector on stdout and a summary on stderr; exits 1 when
@@ -289,6 +292,7 @@ pub fn dispatch(cli: Cli) -> Result<(), CliError> {
             Command::BenchPal(a) => bench::bench_pal(&ctx, a).await,
             Command::BenchHash(a) => bench_image::bench_hash(&ctx, a).await,
             Command::BenchClip(a) => bench::bench_clip(&ctx, a).await,
+            Command::BenchMinilm(a) => bench::bench_minilm(&ctx, a).await,
             Command::Parity(a) => parity::parity(&ctx, a).await,
         }
     })

@@ -61,4 +61,4 @@ pub use group_bound::{group_bound, GroupBound, GroupBoundPoint};
 pub use loss::SMOOTH_HINGE_GAMMA;
 pub use model::{PalModel, SCALE_MAX, TAU_INIT};
 pub use score::ScoreJob;
-pub use train::{mean_loss, train, EpochRecord, PhaseTimes, TrainProgress, TrainReport};
+pub use train::{mean_loss, train, train_on, EpochRecord, PhaseTimes, TrainProgress, TrainReport};

@@ -123,8 +123,22 @@ impl PalModel {
     /// dims resolved. Every initial value comes from `seed`: f, then g_k / P, then the user
     /// logits W ~ N(0, 1) (as the reference code), τ = ln(1/0.07).
     pub fn new(cfg: ModelConfig, user_ids: Vec<String>, seed: u64, dtype: DType) -> Result<Self> {
+        Self::new_on(cfg, user_ids, seed, dtype, &Device::Cpu)
+    }
+
+    /// [`PalModel::new`] with its tensors on `device` (the CPU, or a CUDA GPU in a build with
+    /// the `cuda` feature). The initial values are drawn on the host from `seed` as on the
+    /// CPU, so both devices start from the same numbers; their training then differs in the
+    /// last bits (other kernels, other summation orders).
+    pub fn new_on(
+        cfg: ModelConfig,
+        user_ids: Vec<String>,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         cfg.validate()?;
-        let device = Device::Cpu;
+        let device = device.clone();
         let mut user_rows = HashMap::with_capacity(user_ids.len());
         for (row, id) in user_ids.iter().enumerate() {
             if user_rows.insert(id.clone(), row as u32).is_some() {

@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
@@ -93,7 +93,37 @@ pub fn train(
     val: Option<&ComparisonSet>,
     progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<(PalModel, TrainReport)> {
-    train_dtype(model_cfg, train_cfg, data, val, progress, DType::F32)
+    train_dtype(
+        model_cfg,
+        train_cfg,
+        data,
+        val,
+        progress,
+        DType::F32,
+        &Device::Cpu,
+    )
+}
+
+/// [`train`] on a chosen device: the CPU, or a CUDA GPU in a build with the `cuda` feature
+/// (`palpipe bench-pal --device cuda`). The same seed gives the same initial values and the
+/// same batches on both; the trained weights differ in the last bits (other kernels).
+pub fn train_on(
+    model_cfg: &ModelConfig,
+    train_cfg: &TrainConfig,
+    data: &ComparisonSet,
+    val: Option<&ComparisonSet>,
+    progress: &mut dyn FnMut(TrainProgress),
+    device: &Device,
+) -> Result<(PalModel, TrainReport)> {
+    train_dtype(
+        model_cfg,
+        train_cfg,
+        data,
+        val,
+        progress,
+        DType::F32,
+        device,
+    )
 }
 
 /// [`train`] with a chosen float type.
@@ -104,6 +134,7 @@ fn train_dtype(
     val: Option<&ComparisonSet>,
     progress: &mut dyn FnMut(TrainProgress),
     dtype: DType,
+    device: &Device,
 ) -> Result<(PalModel, TrainReport)> {
     let started = Instant::now();
     train_cfg.validate()?;
@@ -114,7 +145,7 @@ fn train_dtype(
     if let Some(v) = val {
         v.validate()?;
     }
-    let mut model = PalModel::new(cfg, data.user_ids.clone(), train_cfg.seed, dtype)?;
+    let mut model = PalModel::new_on(cfg, data.user_ids.clone(), train_cfg.seed, dtype, device)?;
     if let Some(v) = val {
         model.check_dims(v)?;
     }
@@ -149,8 +180,12 @@ fn train_dtype(
         order.shuffle(&mut shuffle_rng);
         let mut loss_sum = 0.0;
         for (i, chunk) in order.chunks(train_cfg.batch_size).enumerate() {
+            // On a GPU the kernels run asynchronously: each phase timer waits for its work
+            // (a no-op on the CPU), so the phases say where the time went.
+            let dev = model.device.clone();
             let t0 = Instant::now();
             let batch = model.gather(data, chunk, &|u| u)?;
+            dev.synchronize()?;
             let t1 = Instant::now();
             let users = Tensor::new(batch.users.as_slice(), &model.device)?;
             let logits = model.logits.as_tensor().index_select(&users, 0)?; // [Uu, K]
@@ -162,11 +197,14 @@ fn train_dtype(
             if let Some(p) = penalty {
                 l = (l + p)?;
             }
+            dev.synchronize()?;
             let t2 = Instant::now();
             let grads = l.backward()?;
+            dev.synchronize()?;
             let t3 = Instant::now();
             opt.step(&grads, &batch.users)?;
             drop(grads);
+            dev.synchronize()?;
             let t4 = Instant::now();
             let batch_loss = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             loss_sum += batch_loss;
