@@ -5,7 +5,7 @@
 #   make install put palpipe on the PATH (a copy of the debug build in $(BINDIR))
 #   make test    install what is missing, build, run every test
 #   make bench   benchmarks (see bench/README.md)
-#   make build-cuda  CUDA 13.4 from PyPI into ~/.cache/palpipe/cuda, then a --features cuda
+#   make build-cuda  CUDA 13.0 from PyPI into ~/.cache/palpipe/cuda-13.0.88, then a --features cuda
 #                    build in its own target dir (see README.md, "CUDA build")
 #   make mkl         Intel MKL (static) from PyPI into ~/.cache/palpipe/mkl (optional)
 #   make build-mkl   a --features mkl build in its own target dir; `make bench` uses it when
@@ -159,16 +159,24 @@ tiny-clip:
 # to the venv's nvidia/cu13 folder (bin/nvcc, include, lib, nvvm): the CUDA_HOME that cudarc
 # (`nvcc --version`, link paths) and candle-kernels (cudaforge: nvcc, CUDA_HOME) need. nvcc
 # finds the headers itself (its nvcc.profile adds include/ and include/cccl); LIBRARY_PATH
-# lets the final link find -lcudart. cudarc 0.19 knows CUDA up to 13.4, hence the pins. No
-# GPU is needed to build: CUDA_COMPUTE_CAP (default 90, H100) replaces nvidia-smi. The build
+# lets the final link find -lcudart. The pins are CUDA 13.0: candle's kernels are PTX that the
+# GPU driver compiles when they load, and a driver compiles PTX only up to its own CUDA
+# version (the H200 machines here run driver 580, CUDA 13.0; a 13.4 nvcc's PTX ISA 9.4 failed
+# there with CUDA_ERROR_UNSUPPORTED_PTX_VERSION), so the oldest 13.x runs on every 13.x
+# driver. Each pin gets its own prefix. cudaforge caches the compiled kernels in the build
+# folder by source hash, not by compiler: build-cuda removes them when nvcc's version
+# changes (stamp $(CUDA_TARGET_DIR)/nvcc-version). No GPU is needed to build: CUDA_COMPUTE_CAP (default 90, H100) replaces nvidia-smi. The build
 # has its own target dir so that it never invalidates the CPU build in $(CARGO_TARGET_DIR).
-CUDA_PREFIX ?= $(HOME)/.cache/palpipe/cuda
+CUDA_VERSION_PIN ?= 13.0.88
+CUDA_PREFIX ?= $(HOME)/.cache/palpipe/cuda-$(CUDA_VERSION_PIN)
 CUDA_TARGET_DIR ?= $(HOME)/.cache/palpipe/target-cuda
 CUDA_COMPUTE_CAP ?= 90
-CUDA_VERSION_PIN ?= 13.4.92
-CUDA_CCCL_PIN ?= 13.3.5.0.6
-CUDA_CUBLAS_PIN ?= 13.4.3.11
-CUDA_CURAND_PIN ?= 10.4.4.72
+CUDA_CCCL_PIN ?= 13.0.85
+CUDA_CUBLAS_PIN ?= 13.0.2.14
+CUDA_CURAND_PIN ?= 10.4.0.35
+# The CUDA build leaves out lance's `aws` (S3) so that it builds sooner and packs small
+# enough to carry to a GPU machine (54 MB); CUDA_FEATURES=cuda,aws builds both.
+CUDA_FEATURES ?= cuda
 CUDA_HOME_DIR := $(CUDA_PREFIX)/home
 CUDA_ENV := PATH="$(CUDA_HOME_DIR)/bin:$$PATH" CUDA_HOME="$(CUDA_HOME_DIR)" \
   CUDA_ROOT="$(CUDA_HOME_DIR)" CUDA_PATH="$(CUDA_HOME_DIR)" \
@@ -208,7 +216,11 @@ $(CUDA_HOME_DIR)/lib/stubs/libcuda.so: $(CUDA_HOME_DIR)/bin/nvcc Makefile
 	@echo "libcuda stub: $$(grep -c . $(@D)/libcuda-stub.c) functions"
 
 build-cuda: setup cuda-toolkit
-	$(CUDA_ENV) CARGO_TARGET_DIR="$(CUDA_TARGET_DIR)" cargo build --features cuda --bin palpipe
+	@v=$$($(CUDA_HOME_DIR)/bin/nvcc --version | tail -1); mkdir -p $(CUDA_TARGET_DIR); \
+	  if [ "$$(cat $(CUDA_TARGET_DIR)/nvcc-version 2>/dev/null)" != "$$v" ]; then \
+	    rm -rf $(CUDA_TARGET_DIR)/debug/build/candle-kernels-* $(CUDA_TARGET_DIR)/debug/.fingerprint/candle-kernels-*; \
+	    echo "$$v" > $(CUDA_TARGET_DIR)/nvcc-version; fi
+	$(CUDA_ENV) CARGO_TARGET_DIR="$(CUDA_TARGET_DIR)" cargo build --no-default-features --features $(CUDA_FEATURES) --bin palpipe
 	@echo "built $(CUDA_TARGET_DIR)/debug/palpipe (run it with LD_LIBRARY_PATH=$(CUDA_HOME_DIR)/lib)"
 
 # The CUDA build on this machine, without a GPU: it loads, passes the CPU paths and the

@@ -546,7 +546,7 @@ pub async fn bench_minilm(_ctx: &Ctx, a: BenchMinilmArgs) -> Result<(), CliError
     let device = super::open_device(&a.device)?;
     let enc = crate::embed::bert::BertSentenceEncoder::load_minilm(a.model_dir.as_deref(), &device)
         .map_err(CliError::failure)?;
-    let mut enc = enc.with_batch_size(a.batch).map_err(CliError::usage)?;
+    let enc = enc.with_batch_size(a.batch).map_err(CliError::usage)?;
     let tokens: usize = enc
         .count_tokens(&refs)
         .map_err(CliError::failure)?

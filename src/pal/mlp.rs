@@ -71,16 +71,18 @@ impl candle_core::CustomOp2 for LinearOp {
         s2: &candle_core::CpuStorage,
         l2: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::backend::BackendStorage;
-        let (&[m, k], &[n, k2]) = (l1.dims(), l2.dims()) else {
-            candle_core::bail!("pal-linear: expected 2-D input and weight")
-        };
-        if k != k2 {
-            candle_core::bail!("pal-linear: input width {k} but weight width {k2}")
-        }
-        let wt = l2.transpose(0, 1)?;
-        let out = s1.matmul(s2, (1, m, n, k), l1, &wt)?;
-        Ok((out, (m, n).into()))
+        linear_fwd(s1, l1, s2, l2)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        linear_fwd(s1, l1, s2, l2)
     }
 
     fn bwd(
@@ -98,6 +100,25 @@ impl candle_core::CustomOp2 for LinearOp {
         };
         Ok((dx, Some(dw)))
     }
+}
+
+/// x Wᵀ on any backend's storage (the CPU's, or a CUDA GPU's through cuBLAS): one matmul
+/// that reads W through a transposed layout instead of copying it.
+fn linear_fwd<S: candle_core::backend::BackendStorage>(
+    s1: &S,
+    l1: &candle_core::Layout,
+    s2: &S,
+    l2: &candle_core::Layout,
+) -> candle_core::Result<(S, candle_core::Shape)> {
+    let (&[m, k], &[n, k2]) = (l1.dims(), l2.dims()) else {
+        candle_core::bail!("pal-linear: expected 2-D input and weight")
+    };
+    if k != k2 {
+        candle_core::bail!("pal-linear: input width {k} but weight width {k2}")
+    }
+    let wt = l2.transpose(0, 1)?;
+    let out = s1.matmul(s2, (1, m, n, k), l1, &wt)?;
+    Ok((out, (m, n).into()))
 }
 
 /// An MLP projector from `d_in` to `d`.

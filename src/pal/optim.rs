@@ -145,11 +145,26 @@ impl Slot {
             return Ok(());
         }
         let t = self.var.as_tensor();
-        let g = g.to_dtype(t.dtype())?.contiguous()?;
         let (lr, wd) = (self.lr, self.wd);
+        // The moments live in host memory, and the update is a CPU kernel: a parameter on a
+        // GPU comes to the host with its gradient, is updated there, and goes back (two
+        // copies per parameter per step; the same numbers as on the CPU).
+        let on_host = t.device().is_cpu();
+        let p = if on_host {
+            t.clone()
+        } else {
+            t.to_device(&candle_core::Device::Cpu)?
+        };
+        let g = g
+            .to_device(&candle_core::Device::Cpu)?
+            .to_dtype(t.dtype())?
+            .contiguous()?;
         match &mut self.moments {
-            Moments::F32 { m, v } => t.inplace_op2(&g, &Update::new(m, v, ranges, lr, wd))?,
-            Moments::F64 { m, v } => t.inplace_op2(&g, &Update::new(m, v, ranges, lr, wd))?,
+            Moments::F32 { m, v } => p.inplace_op2(&g, &Update::new(m, v, ranges, lr, wd))?,
+            Moments::F64 { m, v } => p.inplace_op2(&g, &Update::new(m, v, ranges, lr, wd))?,
+        }
+        if !on_host {
+            self.var.set(&p.to_device(t.device())?)?;
         }
         Ok(())
     }
