@@ -610,6 +610,10 @@ async fn commit_table(
         // Nothing staged for a table that does not exist.
         return Ok(stats);
     };
+    // A shared table with nothing new to add: no commit, and no scan of other writers' keys.
+    if stage.scope.is_none() && fragments.is_empty() {
+        return Ok(stats);
+    }
     let mut digest = stage.digest;
     for attempt in 0..keyed::COMMIT_TRIES {
         if attempt > 0 {
