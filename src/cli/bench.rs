@@ -81,6 +81,15 @@ pub struct BenchPalArgs {
     pub seed: u64,
 }
 
+/// Prints a benchmark's result as one pretty JSON object on stdout.
+fn print_json(out: &serde_json::Value) -> Result<(), CliError> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(out).map_err(CliError::failure)?
+    );
+    Ok(())
+}
+
 /// The generated data: the full set of `n` comparisons.
 fn generate(a: &BenchPalArgs, distinct: bool) -> ComparisonSet {
     let mut r = ChaCha8Rng::seed_from_u64(a.seed);
@@ -292,11 +301,7 @@ pub async fn bench_pal(_ctx: &Ctx, a: BenchPalArgs) -> Result<(), CliError> {
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&out).map_err(CliError::failure)?
-    );
-    Ok(())
+    print_json(&out)
 }
 
 /// `palpipe bench-clip`: CLIP image embedding throughput, preprocessing and model apart.
@@ -477,11 +482,7 @@ pub async fn bench_clip(_ctx: &Ctx, a: BenchClipArgs) -> Result<(), CliError> {
         "rayon_num_threads": std::env::var("RAYON_NUM_THREADS").ok(),
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&out).map_err(CliError::failure)?
-    );
-    Ok(())
+    print_json(&out)
 }
 
 /// `palpipe bench-minilm`: all-MiniLM-L6-v2 sentence embedding throughput on a JSON-lines file
@@ -584,9 +585,5 @@ pub async fn bench_minilm(_ctx: &Ctx, a: BenchMinilmArgs) -> Result<(), CliError
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&out).map_err(CliError::failure)?
-    );
-    Ok(())
+    print_json(&out)
 }

@@ -93,15 +93,7 @@ pub fn train(
     val: Option<&ComparisonSet>,
     progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<(PalModel, TrainReport)> {
-    train_dtype(
-        model_cfg,
-        train_cfg,
-        data,
-        val,
-        progress,
-        DType::F32,
-        &Device::Cpu,
-    )
+    train_on(model_cfg, train_cfg, data, val, progress, &Device::Cpu)
 }
 
 /// [`train`] on a chosen device: the CPU, or a CUDA GPU in a build with the `cuda` feature
