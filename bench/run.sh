@@ -122,38 +122,22 @@ fi
 # ---------------------------------------------------------------------------------------
 # MiniLM embedding speed: palpipe (candle, dev profile) vs sentence-transformers (PyTorch),
 # all-MiniLM-L6-v2 on the 6,000 persona statements, batch 32, THREADS threads, interleaved
-# rounds (bench/interleave.py). palpipe's side is the ignored test
-# `embed::bert::tests::bench_minilm_throughput`, run from its test binary directly so that
-# the peak RSS is that process's (bench/minilm_palpipe.sh). Skip with MINILM=0.
+# rounds (bench/interleave.py). palpipe's side is `palpipe bench-minilm` (the peak RSS is
+# that process's). Skip with MINILM=0.
 # ---------------------------------------------------------------------------------------
 if [ "${MINILM:-1}" != "0" ]; then
-    MTMP=$(mktemp -d)
-    trap 'rm -rf "$TMP" "$MTMP"' EXIT
     if ! "$VENV/bin/python" -c "import sentence_transformers" 2>/dev/null; then
         echo "installing sentence-transformers into $VENV" >&2
         "$VENV/bin/pip" install --quiet transformers scipy scikit-learn
         "$VENV/bin/pip" install --quiet --no-deps sentence-transformers
     fi
-    cat "$PERSONA"/*.jsonl > "$MTMP/persona.jsonl"
-    # The library's test binary of a build: lib_testbin [cargo test arguments]
-    lib_testbin() {
-        cargo test --quiet --lib --no-run --message-format=json "$@" 2>/dev/null \
-            | python3 -c 'import json, sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["lib"]:
-        print(m["executable"])'
-    }
+    # palpipe's side: `palpipe bench-minilm` (the encoder `palpipe embed` uses), one round per
+    # run like the yardstick's.
+    minilm() { echo "$1 bench-minilm --batch 32 --rounds 1 $PERSONA/*.jsonl"; }
     TOOLS=()
-    if [ -n "${MKLBIN:-}" ]; then
-        MKLTEST=$(MKLROOT="$MKL_PREFIX/root" CARGO_TARGET_DIR="$MKL_TARGET_DIR" lib_testbin --features mkl)
-        [ -x "$MKLTEST" ] || { echo "error: could not find the MKL build's library test binary" >&2; exit 1; }
-        TOOLS+=(--tool "palpipe-mkl=bash bench/minilm_palpipe.sh $MKLTEST $MTMP/persona.jsonl 32")
-    fi
+    [ -n "${MKLBIN:-}" ] && TOOLS+=(--tool "palpipe-mkl=$(minilm "$MKLBIN")")
     if [ -n "${PLAIN:-}" ]; then
-        TESTBIN=$(lib_testbin)
-        [ -x "$TESTBIN" ] || { echo "error: could not find the library test binary" >&2; exit 1; }
-        PLAINTOOL=(--tool "palpipe=bash bench/minilm_palpipe.sh $TESTBIN $MTMP/persona.jsonl 32")
+        PLAINTOOL=(--tool "palpipe=$(minilm "$PLAIN")")
         [ -z "${MKLBIN:-}" ] && TOOLS+=("${PLAINTOOL[@]}")
     fi
     TOOLS+=(--tool "sentence-transformers=$VENV/bin/python bench/minilm_reference.py --batch 32 --threads $THREADS --rounds 1 $PERSONA/*.jsonl")
