@@ -525,66 +525,6 @@ mod tests {
         assert!(enc.with_batch_size(0).is_err());
     }
 
-    /// Throughput on Persona statements for a few batch sizes. Not run by default:
-    /// `cargo test --lib embed::bert::tests::bench_minilm_throughput -- --ignored --nocapture`
-    /// (`PALPIPE_BENCH_BATCHES=1,16,32`, `PALPIPE_BENCH_FILE=...jsonl` override the defaults).
-    #[test]
-    #[ignore]
-    fn bench_minilm_throughput() {
-        let file = std::env::var("PALPIPE_BENCH_FILE")
-            .unwrap_or_else(|_| "/work/shared/data/persona/interest-in-art.jsonl".into());
-        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("'{file}': {e}"));
-        let statements: Vec<String> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v["statement"].as_str().unwrap().to_string()
-            })
-            .collect();
-        let texts: Vec<&str> = statements.iter().map(String::as_str).collect();
-        let batches: Vec<usize> = std::env::var("PALPIPE_BENCH_BATCHES")
-            .unwrap_or_else(|_| "1,8,16,32,64,128".into())
-            .split(',')
-            .map(|s| s.trim().parse().unwrap())
-            .collect();
-        let mut enc = minilm();
-        let tokens: usize = enc.count_tokens(&texts).unwrap().iter().sum();
-        eprintln!(
-            "{} statements, {tokens} tokens, {} threads",
-            texts.len(),
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        );
-        let rounds: usize = std::env::var("PALPIPE_BENCH_ROUNDS")
-            .map(|r| r.parse().unwrap())
-            .unwrap_or(3);
-        enc.embed_texts(&texts[..64]).unwrap(); // warm-up
-                                                // Rounds interleave the batch sizes so machine noise spreads over all of them.
-        let mut secs = vec![Vec::new(); batches.len()];
-        for round in 0..rounds {
-            for (k, &b) in batches.iter().enumerate() {
-                enc = enc.with_batch_size(b).unwrap();
-                let t = std::time::Instant::now();
-                let v = enc.embed_texts(&texts).unwrap();
-                let s = t.elapsed().as_secs_f64();
-                assert_eq!(v.len(), texts.len());
-                eprintln!("round {round} batch {b:4}: {s:6.2} s");
-                secs[k].push(s);
-            }
-        }
-        for (b, mut s) in batches.into_iter().zip(secs) {
-            s.sort_by(f64::total_cmp);
-            let n = texts.len() as f64;
-            eprintln!(
-                "batch {b:4}: best {:6.1} sentences/s, median {:6.1} sentences/s",
-                n / s[0],
-                n / s[s.len() / 2]
-            );
-        }
-    }
-
     const TINY_CONFIG: &str = r#"{"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6,
         "num_attention_heads": 12, "intermediate_size": 1536, "hidden_act": "gelu",
         "hidden_dropout_prob": 0.1, "max_position_embeddings": 512, "type_vocab_size": 2,

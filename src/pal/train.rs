@@ -168,13 +168,13 @@ fn train_dtype(
     let mut step = 0;
     let mut phases = PhaseTimes::default();
 
+    // On a GPU the kernels run asynchronously: each phase timer waits for its work (a no-op
+    // on the CPU), so the phases say where the time went.
+    let dev = model.device.clone();
     for epoch in 1..=train_cfg.epochs {
         order.shuffle(&mut shuffle_rng);
         let mut loss_sum = 0.0;
         for (i, chunk) in order.chunks(train_cfg.batch_size).enumerate() {
-            // On a GPU the kernels run asynchronously: each phase timer waits for its work
-            // (a no-op on the CPU), so the phases say where the time went.
-            let dev = model.device.clone();
             let t0 = Instant::now();
             let batch = model.gather(data, chunk, &|u| u)?;
             dev.synchronize()?;
