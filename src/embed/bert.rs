@@ -31,7 +31,7 @@ pub const DEFAULT_MAX_LENGTH: usize = 256;
 /// Default texts per forward pass. On the 2-core dev CPU (2026-11, shared with builds, so
 /// noisy), 1000 Persona statements (12,321 tokens), best of 3 rounds in two runs:
 /// batch 1: 33–43 sentences/s, 16: 78–150, 32: 88–191, 64: 88–187, 128: 78
-/// (`bench_minilm_throughput` below). 32 is as fast as 64 and pads less on mixed lengths.
+/// (then measured with an ignored test; today `palpipe bench-minilm --batch N`). 32 is as fast as 64 and pads less on mixed lengths.
 pub const DEFAULT_BATCH_SIZE: usize = 32;
 
 /// A BERT sentence encoder loaded from a Hugging Face–layout folder.
