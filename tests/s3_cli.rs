@@ -7,6 +7,8 @@
 //! moto must be installed (`make setup`); `PALPIPE_NO_S3_TESTS=1` skips these tests.
 
 mod common;
+#[path = "common/old_store.rs"]
+mod old_store;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -375,6 +377,226 @@ fn persona_store(dir: &Path, store: &Path, users: usize) {
     palpipe(store, &["run", p.to_str().unwrap()]).ok();
 }
 
+/// `store` holds every vector of `expected` (content id → vector) once, nothing else, each
+/// equal to the expected one up to float noise.
+fn assert_each_vector_once(store: &Path, expected: &std::collections::HashMap<String, Vec<f64>>) {
+    assert_eq!(
+        content_keys(store)[1],
+        (expected.len() as i64, expected.len() as i64),
+        "(rows, distinct (content, encoder)) of embeddings"
+    );
+    let got = stored_vectors(store);
+    assert_eq!(
+        got.keys().collect::<BTreeSet<_>>(),
+        expected.keys().collect::<BTreeSet<_>>()
+    );
+    for (id, v) in expected {
+        let w = &got[id];
+        assert_eq!(v.len(), w.len());
+        let worst = v
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst < 1e-4, "{id}: differs by {worst}");
+    }
+}
+
+/// A persona store without vectors on `s3`, and what one `palpipe embed` stores in it
+/// (from the same store on a folder): content id → vector.
+fn persona_and_expected_vectors(
+    dir: &Path,
+    s3: &Path,
+) -> std::collections::HashMap<String, Vec<f64>> {
+    persona_store(dir, s3, 1);
+    let local = dir.join("local");
+    persona_store(dir, &local, 1);
+    palpipe(&local, &["embed"]).ok();
+    let expected = stored_vectors(&local);
+    assert!(expected.len() > 16, "{}", expected.len());
+    expected
+}
+
+/// Two embeds of the same new texts: the second holds after reading the cache (nothing is
+/// cached) while the first embeds and commits every text; then it embeds and commits its
+/// chunks. Each vector is stored once, as one embed stores it, and the second says the
+/// texts were cached.
+#[test]
+fn two_embeds_of_the_same_new_texts_on_s3_store_each_vector_once() {
+    require_minilm();
+    let Some(s3) = s3_store("embed-twice") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let expected = persona_and_expected_vectors(dir.path(), &s3);
+    let (resume, log) = (dir.path().join("resume"), dir.path().join("late.log"));
+    let late = start_paused(
+        &s3,
+        &["embed", "--chunk", "8"],
+        "embed-cache-read",
+        &resume,
+        &log,
+    );
+    wait_for_pause(&log, "embed-cache-read");
+    let first = palpipe(&s3, &["embed", "--chunk", "8"]).ok();
+    assert!(
+        first
+            .stdout
+            .contains(&format!("embedded {}", expected.len())),
+        "{}",
+        first.stdout
+    );
+    std::fs::write(&resume, "").unwrap();
+    let (code, out, err) = finish_paused(late, &log);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains(&format!("embedded 0, already cached {}", expected.len())),
+        "{out}"
+    );
+    assert_each_vector_once(&s3, &expected);
+}
+
+/// A sharded run's commit holds after its checks while a plain embed commits the same
+/// vectors: the commit is refused (re-run the shards), and each vector is stored once.
+#[test]
+fn a_sharded_commit_racing_an_embed_of_the_same_texts_stores_each_vector_once() {
+    require_minilm();
+    let Some(s3) = s3_store("commit-race") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let expected = persona_and_expected_vectors(dir.path(), &s3);
+    assert_eq!(
+        finish_shard(start_shard(&s3, "r1", 0, 1, &[])),
+        expected.len()
+    );
+    let (resume, log) = (dir.path().join("resume"), dir.path().join("commit.log"));
+    let commit = start_paused(
+        &s3,
+        &["commit", "--run-id", "r1", "--shards", "1"],
+        "commit-checked",
+        &resume,
+        &log,
+    );
+    wait_for_pause(&log, "commit-checked");
+    palpipe(&s3, &["embed"]).ok();
+    std::fs::write(&resume, "").unwrap();
+    let (code, out, err) = finish_paused(commit, &log);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("already in embeddings"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+    assert!(!err.contains(".rs:"), "{err}");
+    assert_each_vector_once(&s3, &expected);
+    // The refused run is not committed: a second commit is refused the same way.
+    let r = palpipe(&s3, &["commit", "--run-id", "r1", "--shards", "1"]).code(1);
+    assert!(r.stderr.contains("already in embeddings"), "{}", r.stderr);
+}
+
+/// Four pipelines started together, each of six ingest stages (so six commits to each
+/// content table), stage j of every pipeline adding the same 50 items: writers keep losing
+/// commits to each other, and all four succeed; the store then equals the four run one
+/// after the other on a folder.
+#[test]
+fn four_runs_committing_often_to_one_s3_store_all_succeed() {
+    if s3_store("probe-four").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pipelines: Vec<PathBuf> = (0..4)
+        .map(|w| {
+            let stages: String = (0..6)
+                .map(|j| {
+                    SMALL_SYNTH_STAGE
+                        .replace(
+                            "name: data",
+                            &format!("name: d{j}\n    dataset: syn-{w}-{j}"),
+                        )
+                        .replace("seed: 7", &format!("seed: {}", 20 + j))
+                })
+                .collect();
+            write_pipeline(
+                dir.path(),
+                &format!("w{w}.yaml"),
+                &format!("name: w{w}\nstages:\n{stages}"),
+            )
+        })
+        .collect();
+    let local = dir.path().join("local");
+    for p in &pipelines {
+        palpipe(&local, &["run", p.to_str().unwrap()]).ok();
+    }
+    let expected = (pairs_and_users(&local), content_keys(&local));
+    assert_eq!(expected.1, vec![(300, 300), (300, 300)]);
+    for round in 0..2 {
+        let s3 = s3_store(&format!("four-{round}")).unwrap();
+        let refs: Vec<&Path> = pipelines.iter().map(PathBuf::as_path).collect();
+        let outcome = race(&s3, &refs, round);
+        assert!(
+            outcome.iter().all(Option::is_none),
+            "round {round}: {outcome:?}"
+        );
+        assert_eq!(content_keys(&s3), expected.1, "round {round}");
+        assert_eq!(pairs_and_users(&s3), expected.0, "round {round}");
+    }
+}
+
+/// Two runs upgrading one old store (its `pairs` without `weight`) at once, both past the
+/// check that the column is missing before either adds it: both succeed, the column is added
+/// once, and the store equals the same runs on a fresh folder.
+#[test]
+fn two_runs_upgrading_one_old_s3_store_both_succeed() {
+    let Some(s3) = s3_store("upgrade") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let base = seeded_pipeline(dir.path(), "base", "syn-base", 9);
+    let a = seeded_pipeline(dir.path(), "a", "syn-a", 7);
+    let b = seeded_pipeline(dir.path(), "b", "syn-b", 8);
+    let old = dir.path().join("old");
+    palpipe(&old, &["run", base.to_str().unwrap()]).ok();
+    old_store::make_old(&old);
+    old_store::upload(&old, &s3);
+    assert_eq!(versions(&s3)["pairs"].0, 1);
+    let fresh = dir.path().join("fresh");
+    for p in [&base, &a, &b] {
+        palpipe(&fresh, &["run", p.to_str().unwrap()]).ok();
+    }
+    let resume = dir.path().join("resume");
+    let runs: Vec<(Child, PathBuf)> = [&a, &b]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let log = dir.path().join(format!("run{i}.log"));
+            let c = start_paused(
+                &s3,
+                &["run", p.to_str().unwrap()],
+                "upgrade-checked",
+                &resume,
+                &log,
+            );
+            (c, log)
+        })
+        .collect();
+    for (_, log) in &runs {
+        wait_for_pause(log, "upgrade-checked");
+    }
+    std::fs::write(&resume, "").unwrap();
+    let mut notes = 0;
+    for (c, log) in runs {
+        let (code, out, err) = finish_paused(c, &log);
+        assert_eq!(code, 0, "{out}\n{err}");
+        notes += err.matches("added column 'weight'").count();
+    }
+    assert_eq!(notes, 1, "the upgrade is said once");
+    assert_eq!(pairs_and_users(&s3), pairs_and_users(&fresh));
+    assert_eq!(content_keys(&s3), content_keys(&fresh));
+    let total = scalar(&s3, "SELECT count(*) FROM pairs");
+    assert_eq!(
+        scalar(&s3, "SELECT count(*) FROM pairs WHERE weight = 1.0"),
+        total
+    );
+}
+
 #[test]
 fn four_shards_on_s3_one_killed_and_rerun_equal_one_embed() {
     require_minilm();
@@ -469,21 +691,7 @@ fn four_shards_on_s3_one_killed_and_rerun_equal_one_embed() {
         assert!(ok, "{code:?}\n{out}\n{err}");
     }
     assert_eq!(versions(&s3)["embeddings"], (1, expected.len() as i64));
-    let got = stored_vectors(&s3);
-    assert_eq!(
-        got.keys().collect::<BTreeSet<_>>(),
-        expected.keys().collect::<BTreeSet<_>>()
-    );
-    for (id, v) in &expected {
-        let w = &got[id];
-        assert_eq!(v.len(), w.len());
-        let worst = v
-            .iter()
-            .zip(w)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
-        assert!(worst < 1e-4, "{id}: differs by {worst}");
-    }
+    assert_each_vector_once(&s3, &expected);
     // The same commit again is a no-op; vacuum removes the killed attempt's files.
     let r = palpipe(&s3, &["commit", "--run-id", "r1", "--shards", "4"]).ok();
     assert!(r.stdout.contains("already committed"), "{}", r.stdout);

@@ -4,13 +4,13 @@
 //! run, and then equal to a fresh run of the same pipeline.
 
 mod common;
+#[path = "common/old_store.rs"]
+mod old_store;
 
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow_array::{RecordBatch, RecordBatchIterator};
 use common::{ingest_chosen_rejected, new_store, palpipe, query, scalar, versions};
-use futures::TryStreamExt;
+use old_store::make_old;
 use serde_json::{json, Value};
 
 fn write_jsonl(path: &Path, rows: &[Value]) {
@@ -154,37 +154,6 @@ fn mapped_weights_are_stored_and_bad_ones_are_dropped_by_reason() {
     let all = format!("{}{}", run.stdout, run.stderr);
     assert!(all.contains("columns.weight"), "{all}");
     assert!(all.contains("takes no weight"), "{all}");
-}
-
-/// Rewrites `store`'s `pairs` table as an earlier palpipe wrote it: the same rows, without
-/// the `weight` column (a new table, so its files hold no trace of the column).
-fn make_old(store: &Path) {
-    let uri = store.join("pairs.lance");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let ds = lance::Dataset::open(uri.to_str().unwrap()).await.unwrap();
-        let batches: Vec<RecordBatch> = ds
-            .scan()
-            .try_into_stream()
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        let schema = Arc::new(arrow_schema::Schema::from(ds.schema()));
-        let keep: Vec<usize> = (0..schema.fields().len())
-            .filter(|&i| schema.field(i).name() != "weight")
-            .collect();
-        assert_eq!(keep.len(), schema.fields().len() - 1);
-        let old: Vec<RecordBatch> = batches.iter().map(|b| b.project(&keep).unwrap()).collect();
-        let old_schema = Arc::new(schema.project(&keep).unwrap());
-        drop(ds);
-        std::fs::remove_dir_all(&uri).unwrap();
-        let reader = RecordBatchIterator::new(old.into_iter().map(Ok), old_schema);
-        lance::Dataset::write(reader, uri.to_str().unwrap(), None)
-            .await
-            .unwrap();
-    });
 }
 
 /// Every stored pair as JSON, in pair id order.

@@ -280,6 +280,7 @@ pub async fn embed_into(
         ..Default::default()
     };
     let done = cached_ids(store, &encoder_id).await?;
+    crate::store::race_hook::pause("embed-cache-read").await;
     let mut todo: Vec<(String, String)> = Vec::new();
     let mut seen = HashSet::new();
     for target in &p.targets {

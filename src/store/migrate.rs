@@ -53,6 +53,7 @@ pub async fn upgrade(store: &Store, table: &str) -> Result<Option<Upgraded>, Sto
     if ds.schema().field(PAIRS_WEIGHT).is_some() {
         return Ok(None);
     }
+    super::race_hook::pause("upgrade-checked").await;
     let rows = ds.count_rows(None).await.map_err(lance_err(table))?;
     let out = Arc::new(Schema::new(vec![Field::new(
         PAIRS_WEIGHT,

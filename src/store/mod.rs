@@ -14,6 +14,7 @@ pub mod knn;
 pub mod location;
 pub mod messages;
 pub mod migrate;
+pub mod race_hook;
 pub mod records;
 pub mod schema;
 pub mod shards;

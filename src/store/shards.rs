@@ -403,6 +403,7 @@ pub async fn commit_run(
         check_width(ds, metas.iter().find_map(|m| m.dim))?;
         refuse_stored(store, ds, run, &metas, &fragments).await?;
     }
+    super::race_hook::pause("commit-checked").await;
     let mut props = HashMap::new();
     props.insert(RUN_PROPERTY.to_string(), run.to_string());
     props.insert("palpipe.shards".to_string(), shards.to_string());

@@ -511,3 +511,54 @@ pub fn ingest_chosen_rejected(store: &Path, file: &Path, extra: &[&str]) -> Run 
     let args = chosen_rejected_args(file, extra);
     palpipe(store, &args.iter().map(String::as_str).collect::<Vec<_>>())
 }
+
+/// Starts `palpipe ARGS --store STORE --quiet` told to pause at `point` (see
+/// `src/store/race_hook.rs`) until the file `resume` exists; its stderr goes to `log`, where
+/// [`wait_for_pause`] finds the pause.
+pub fn start_paused(
+    store: &Path,
+    args: &[&str],
+    point: &str,
+    resume: &Path,
+    log: &Path,
+) -> std::process::Child {
+    bin()
+        .args(args)
+        .arg("--store")
+        .arg(store)
+        .arg("--quiet")
+        .env("PALPIPE_TEST_PAUSE", point)
+        .env("PALPIPE_TEST_RESUME", resume)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("a log file"))
+        .spawn()
+        .expect("start palpipe")
+}
+
+/// Waits (at most three minutes) until the process whose stderr is `log` says it paused at
+/// `point`.
+pub fn wait_for_pause(log: &Path, point: &str) {
+    let start = std::time::Instant::now();
+    let line = format!("test pause at {point}");
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(&line) {
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(180),
+            "no pause at {point}: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits for a process started by [`start_paused`]: (exit code, stdout, stderr from `log`).
+pub fn finish_paused(child: std::process::Child, log: &Path) -> (i32, String, String) {
+    let o = child.wait_with_output().expect("wait for palpipe");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        std::fs::read_to_string(log).unwrap_or_default(),
+    )
+}
