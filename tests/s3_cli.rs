@@ -449,11 +449,11 @@ fn two_embeds_of_the_same_new_texts_on_s3_store_each_vector_once() {
     std::fs::write(&resume, "").unwrap();
     let (code, out, err) = finish_paused(late, &log);
     assert_eq!(code, 0, "{out}\n{err}");
+    assert_each_vector_once(&s3, &expected);
     assert!(
         out.contains(&format!("embedded 0, already cached {}", expected.len())),
         "{out}"
     );
-    assert_each_vector_once(&s3, &expected);
 }
 
 /// A sharded run's commit holds after its checks while a plain embed commits the same
@@ -482,11 +482,11 @@ fn a_sharded_commit_racing_an_embed_of_the_same_texts_stores_each_vector_once() 
     palpipe(&s3, &["embed"]).ok();
     std::fs::write(&resume, "").unwrap();
     let (code, out, err) = finish_paused(commit, &log);
+    assert_each_vector_once(&s3, &expected);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("already in embeddings"), "{err}");
     assert!(err.contains("hint:"), "{err}");
     assert!(!err.contains(".rs:"), "{err}");
-    assert_each_vector_once(&s3, &expected);
     // The refused run is not committed: a second commit is refused the same way.
     let r = palpipe(&s3, &["commit", "--run-id", "r1", "--shards", "1"]).code(1);
     assert!(r.stderr.contains("already in embeddings"), "{}", r.stderr);
