@@ -26,6 +26,7 @@ use crate::embed::{self, BertSentenceEncoder, ClipEncoder, EmbedError, ImageEnco
 use crate::store::batches;
 use crate::store::records::EmbeddingRow;
 use crate::store::shards::ShardWriter;
+use crate::store::KeysSeen;
 use crate::transform::ParamIssue;
 
 /// The `encoder` value that selects CLIP (with `model_dir`).
@@ -223,21 +224,26 @@ pub enum EmbedSink<'a> {
 }
 
 impl EmbedSink<'_> {
-    /// Writes one chunk of vectors.
+    /// Writes one chunk of vectors and returns how many were written: a commit leaves out
+    /// those another writer stored since the cache was read (`seen`, see
+    /// [`Store::append_seen`](crate::store::Store::append_seen)).
     async fn put(
         &mut self,
         store: &crate::store::Store,
         rows: &[EmbeddingRow],
         encoder_id: &str,
-    ) -> anyhow::Result<()> {
+        seen: &mut KeysSeen,
+    ) -> anyhow::Result<usize> {
         let Some(batch) = batches::embeddings(rows)? else {
-            return Ok(());
+            return Ok(0);
         };
         match self {
-            EmbedSink::Commit => store.append("embeddings", batch).await?,
-            EmbedSink::Shard(w) => w.stage(batch, encoder_id).await?,
+            EmbedSink::Commit => Ok(store.append_seen("embeddings", batch, seen).await?.inserted),
+            EmbedSink::Shard(w) => {
+                w.stage(batch, encoder_id).await?;
+                Ok(rows.len())
+            }
         }
-        Ok(())
     }
 
     /// Whether this sink takes `content_id` (a shard takes its own ids only).
@@ -251,7 +257,8 @@ impl EmbedSink<'_> {
 
 /// The cache itself, shared by the stage and `palpipe embed`: texts (items of kind `text`
 /// and prompts) through the text tower and, when the encoder has an image tower, items of
-/// kind `image` through it. Each chunk is committed as it is done.
+/// kind `image` through it. Each chunk is committed as it is done, without the vectors
+/// another writer stored since the cache was read (counted as cached).
 pub async fn embed_texts(
     p: &EmbedParams,
     store: &crate::store::Store,
@@ -279,6 +286,9 @@ pub async fn embed_into(
         encoder_id: encoder_id.clone(),
         ..Default::default()
     };
+    // The table as the cache is read (or before): each chunk's commit leaves out what other
+    // writers add after this point.
+    let mut checked = KeysSeen::at(store.dataset("embeddings", None).await?.as_ref());
     let done = cached_ids(store, &encoder_id).await?;
     crate::store::race_hook::pause("embed-cache-read").await;
     let mut todo: Vec<(String, String)> = Vec::new();
@@ -354,8 +364,9 @@ pub async fn embed_into(
                 vector: v,
             })
             .collect();
-        sink.put(store, &rows, &encoder_id).await?;
-        counts.embedded += rows.len();
+        let written = sink.put(store, &rows, &encoder_id, &mut checked).await?;
+        counts.embedded += written;
+        counts.cached += rows.len().saturating_sub(written);
         bar.inc(rows.len() as u64);
     }
     for chunk in images.chunks(p.chunk.max(1)) {
@@ -374,9 +385,10 @@ pub async fn embed_into(
             counts.failed.extend(failed);
             bar.inc(group.len() as u64);
         }
-        sink.put(store, &rows, &encoder_id).await?;
-        counts.embedded += rows.len();
-        counts.images += rows.len();
+        let written = sink.put(store, &rows, &encoder_id, &mut checked).await?;
+        counts.embedded += written;
+        counts.images += written;
+        counts.cached += rows.len().saturating_sub(written);
     }
     bar.finish_and_clear();
     Ok(counts)

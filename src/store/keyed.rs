@@ -9,10 +9,16 @@
 //! that does not say which keys it added. On that conflict the writer reads the keys the
 //! newer commits added, leaves its own rows with those keys out, and tries again at the new
 //! version (see [`StagedWriter`](super::StagedWriter), which runs the loop, and
-//! [`COMMIT_TRIES`]).
+//! [`Backoff`], which spaces the tries).
+//!
+//! A writer that adds rows over several commits (the chunks of an embedding run, checked
+//! against the cache once when the run starts) carries a [`KeysSeen`] from commit to
+//! commit, so that each commit also leaves out keys other writers added between the cache's
+//! read and the commit's own start.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow_array::{BooleanArray, RecordBatch};
 use futures::TryStreamExt;
@@ -30,9 +36,160 @@ use super::{join_key, key_columns, lance_err, Store, StoreError, TableSchema};
 /// never stored again.
 pub(crate) const SHARED: [&str; 3] = ["items", "prompts", "embeddings"];
 
-/// How many times a keyed commit is tried before it gives up: each lost try means another
-/// writer committed to the same table in the meantime.
-pub(crate) const COMMIT_TRIES: usize = 8;
+/// How long a commit keeps trying, in all, while other writers' commits win over it. Lance's
+/// key filter is a fixed-size bloom filter, so two commits of a hundred keys or more
+/// "overlap" almost surely and writers to one table take turns: the budget is time, not a
+/// count, so that several writers committing often all get through.
+pub(crate) const COMMIT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The first wait after a lost commit; each further wait doubles, up to [`MAX_WAIT`].
+const FIRST_WAIT: Duration = Duration::from_millis(20);
+/// The longest single wait between two tries.
+const MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// The waits between the tries of one commit: exponential, each drawn at random between half
+/// and all of its step (so that writers that lost together do not try again together), until
+/// [`COMMIT_PATIENCE`] has passed since the first try. The randomness comes from the operating
+/// system, not from a pipeline's seed: it decides when a commit is tried, never what it holds.
+pub(crate) struct Backoff {
+    started: Instant,
+    step: Duration,
+    patience: Duration,
+    /// The waits handed out so far, together (time spent, even if the clock says less).
+    waited: Duration,
+    /// Tries lost so far.
+    pub lost: usize,
+}
+
+impl Backoff {
+    /// The waits of a commit whose first try starts now.
+    pub(crate) fn new() -> Backoff {
+        Backoff::with_patience(COMMIT_PATIENCE)
+    }
+
+    fn with_patience(patience: Duration) -> Backoff {
+        Backoff {
+            started: Instant::now(),
+            step: FIRST_WAIT,
+            patience,
+            waited: Duration::ZERO,
+            lost: 0,
+        }
+    }
+
+    /// After a lost try: the wait before the next one, or `None` when the patience is spent
+    /// (the wait would end past it).
+    pub(crate) fn next_wait(&mut self) -> Option<Duration> {
+        use rand::Rng;
+        self.lost += 1;
+        let half = self.step / 2;
+        let wait = half + rand::rng().random_range(Duration::ZERO..=half);
+        self.step = (self.step * 2).min(MAX_WAIT);
+        let spent = self.started.elapsed().max(self.waited);
+        if spent + wait > self.patience {
+            return None;
+        }
+        self.waited += wait;
+        Some(wait)
+    }
+
+    /// Seconds since the first try.
+    pub(crate) fn elapsed_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// What a writer has checked its rows' keys against, over one or more commits to a table:
+/// the fragments whose keys it has seen (those of the version it checked its rows against,
+/// those it read since, and its own commits'), and the keys other writers' rows in the
+/// fragments read since hold. A row with one of those keys must not be added.
+#[derive(Debug, Clone, Default)]
+pub struct KeysSeen {
+    fragments: HashSet<u64>,
+    taken: HashSet<String>,
+}
+
+impl KeysSeen {
+    /// Every key stored in `ds` counts as checked (`None`: the table did not exist, so any
+    /// row found later was added since).
+    pub fn at(ds: Option<&Dataset>) -> KeysSeen {
+        KeysSeen {
+            fragments: ds
+                .map(|d| d.fragments().iter().map(|f| f.id).collect())
+                .unwrap_or_default(),
+            taken: HashSet::new(),
+        }
+    }
+
+    /// Whether another writer added `key` since the check.
+    pub fn is_taken(&self, key: &str) -> bool {
+        self.taken.contains(key)
+    }
+
+    /// Forgets which fragments were seen (the table was created anew by another writer: its
+    /// fragment ids start again), keeping the keys taken.
+    pub(crate) fn forget_fragments(&mut self) {
+        self.fragments.clear();
+    }
+
+    /// Reads the keys of the fragments of `latest` not seen yet (leaving out rows `scope`
+    /// selects: an owned scope's rows are replaced, so a key there does not count), adds
+    /// them to the keys taken and returns those that were not taken before.
+    pub(crate) async fn catch_up(
+        &mut self,
+        latest: &Arc<Dataset>,
+        table: &str,
+        scope: Option<&str>,
+    ) -> Result<HashSet<String>, StoreError> {
+        let fresh: Vec<Fragment> = latest
+            .fragments()
+            .iter()
+            .filter(|f| !self.fragments.contains(&f.id))
+            .cloned()
+            .collect();
+        let mut out = HashSet::new();
+        if fresh.is_empty() {
+            return Ok(out);
+        }
+        let ids: Vec<u64> = fresh.iter().map(|f| f.id).collect();
+        let spec = TableSchema::get(table)?;
+        let cols: Vec<&str> = spec.key.iter().map(String::as_str).collect();
+        let mut scan = latest.scan();
+        scan.with_fragments(fresh);
+        scan.project(&cols).map_err(lance_err(table))?;
+        if let Some(p) = scope {
+            scan.filter(&format!("NOT ({p})"))
+                .map_err(lance_err(table))?;
+        }
+        let mut stream = scan.try_into_stream().await.map_err(lance_err(table))?;
+        while let Some(batch) = stream.try_next().await.map_err(lance_err(table))? {
+            let arrays = key_columns(&batch, &cols)?;
+            for i in 0..batch.num_rows() {
+                let key = join_key(&arrays, i);
+                if !self.taken.contains(&key) {
+                    out.insert(key.clone());
+                    self.taken.insert(key);
+                }
+            }
+        }
+        self.fragments.extend(ids);
+        Ok(out)
+    }
+
+    /// Counts the fragments this writer's commit `done` added (those holding the data files
+    /// of `staged`) as seen: their keys are the writer's own.
+    pub(crate) fn own(&mut self, done: &Dataset, staged: &[Fragment]) {
+        let files: HashSet<&str> = staged
+            .iter()
+            .flat_map(|f| f.files.iter().map(|d| d.path.as_str()))
+            .collect();
+        for f in done.fragments().iter() {
+            if f.files.iter().any(|d| files.contains(d.path.as_str())) {
+                self.fragments.insert(f.id);
+            }
+        }
+    }
+}
 
 /// The keys a writer adds to one table, as the bloom filter lance carries in the commit.
 #[derive(Clone)]
@@ -101,48 +258,6 @@ pub(crate) fn lost_to_another_writer(e: &lance::Error) -> bool {
         e,
         lance::Error::RetryableCommitConflict { .. } | lance::Error::CommitConflict { .. }
     )
-}
-
-/// The keys of the rows `latest` holds in fragments that `known` did not hold (all of them
-/// when `known` is `None`), leaving out rows `scope` selects (an owned scope's rows are
-/// replaced, so a key there does not count). These are the keys other writers added since
-/// the version the writer checked its rows against.
-pub(crate) async fn keys_added_since(
-    known: Option<&Dataset>,
-    latest: &Arc<Dataset>,
-    table: &str,
-    scope: Option<&str>,
-) -> Result<HashSet<String>, StoreError> {
-    let known_ids: HashSet<u64> = known
-        .map(|k| k.fragments().iter().map(|f| f.id).collect())
-        .unwrap_or_default();
-    let fresh: Vec<Fragment> = latest
-        .fragments()
-        .iter()
-        .filter(|f| !known_ids.contains(&f.id))
-        .cloned()
-        .collect();
-    let mut out = HashSet::new();
-    if fresh.is_empty() {
-        return Ok(out);
-    }
-    let spec = TableSchema::get(table)?;
-    let cols: Vec<&str> = spec.key.iter().map(String::as_str).collect();
-    let mut scan = latest.scan();
-    scan.with_fragments(fresh);
-    scan.project(&cols).map_err(lance_err(table))?;
-    if let Some(p) = scope {
-        scan.filter(&format!("NOT ({p})"))
-            .map_err(lance_err(table))?;
-    }
-    let mut stream = scan.try_into_stream().await.map_err(lance_err(table))?;
-    while let Some(batch) = stream.try_next().await.map_err(lance_err(table))? {
-        let arrays = key_columns(&batch, &cols)?;
-        for i in 0..batch.num_rows() {
-            out.insert(join_key(&arrays, i));
-        }
-    }
-    Ok(out)
 }
 
 /// What [`leave_out`] did: the fragments to commit instead, and the rows left out.
@@ -239,12 +354,14 @@ pub(crate) async fn leave_out(
     })
 }
 
-/// The error of a keyed commit that lost to other writers [`COMMIT_TRIES`] times in a row.
-pub(crate) fn tries_spent(table: &str) -> StoreError {
+/// The error of a keyed commit that kept losing to other writers for [`COMMIT_PATIENCE`].
+pub(crate) fn tries_spent(table: &str, backoff: &Backoff) -> StoreError {
     StoreError::Concurrent {
         table: table.into(),
         what: format!(
-            "kept changing under this stage's commit: {COMMIT_TRIES} tries in a row, each lost to another writer's commit"
+            "kept changing under this stage's commit: {} tries over {:.0} s, each lost to another writer's commit",
+            backoff.lost,
+            backoff.elapsed_s()
         ),
     }
 }
@@ -297,6 +414,41 @@ mod tests {
         CommitBuilder::new(ds.clone())
             .execute(Transaction::new(ds.version_id(), op, None))
             .await
+    }
+
+    /// The waits double from 10-20 ms up to 1-2 s each, drawn at random within each step,
+    /// and stop once the next would pass the patience: about 30 s in all, some two dozen
+    /// tries rather than a handful.
+    #[test]
+    fn the_waits_grow_and_stop_within_the_patience() {
+        let waits = |patience| {
+            let mut b = Backoff::with_patience(patience);
+            let mut out = Vec::new();
+            while let Some(w) = b.next_wait() {
+                out.push(w);
+                assert!(out.len() < 1000, "never stops");
+            }
+            out
+        };
+        let a = waits(Duration::from_secs(30));
+        let total: Duration = a.iter().sum();
+        assert!(total <= Duration::from_secs(30), "{total:?}");
+        assert!(total > Duration::from_secs(28), "{total:?}");
+        let mut step = Duration::from_millis(20);
+        for w in &a {
+            assert!(
+                *w >= step / 2 && *w <= step,
+                "{w:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
+            step = (step * 2).min(Duration::from_secs(2));
+        }
+        // 7 growing steps (1.27 s to 2.54 s in all), then 1-2 s each: 20 to 35 waits.
+        assert!((20..=35).contains(&a.len()), "{}", a.len());
+        // Two writers that lost together draw different waits.
+        assert_ne!(a, waits(Duration::from_secs(30)));
+        // No patience, no wait.
+        assert!(waits(Duration::ZERO).is_empty());
     }
 
     /// What the keyed commit relies on: lance refuses, as a retryable conflict, a keyed

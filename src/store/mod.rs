@@ -34,6 +34,7 @@ use futures::TryStreamExt;
 use lance::dataset::{WriteMode, WriteParams};
 use lance::Dataset;
 
+pub use keyed::KeysSeen;
 pub use location::{LocalDir, StoreEntry, StoreLocation};
 pub use schema::{TableSchema, TABLES};
 pub use staged::StagedWriter;
@@ -578,6 +579,48 @@ impl Store {
         .map_err(commit_err(table))?;
         self.record_commit(table, ds.version_id());
         Ok(())
+    }
+
+    /// Adds the rows of `batch` to a content-addressed table (`items`, `prompts`,
+    /// `embeddings`) in one keyed commit, for a writer that adds, over several commits, rows
+    /// it checked against the table once (the chunks of an embedding run): a row whose key
+    /// another writer added since that check is left out, whether it landed before this
+    /// commit began or while it ran. `seen` starts as [`KeysSeen::at`] the version the rows
+    /// were checked against and is passed from one call to the next. Returns the rows added
+    /// (`inserted`) and left out (`existing`).
+    pub async fn append_seen(
+        &self,
+        table: &str,
+        batch: RecordBatch,
+        seen: &mut KeysSeen,
+    ) -> Result<WriteStats, StoreError> {
+        let spec = TableSchema::get(table)?;
+        let cols: Vec<&str> = spec.key.iter().map(String::as_str).collect();
+        let arrays = key_columns(&batch, &cols)?;
+        let keep: Vec<bool> = (0..batch.num_rows())
+            .map(|i| !seen.is_taken(&join_key(&arrays, i)))
+            .collect();
+        let taken = keep.iter().filter(|k| !**k).count();
+        let batch = if taken == 0 {
+            batch
+        } else {
+            arrow::compute::filter_record_batch(&batch, &arrow_array::BooleanArray::from(keep))
+                .map_err(|e| StoreError::Batch {
+                    table: table.into(),
+                    message: e.to_string(),
+                })?
+        };
+        let mut stats = WriteStats::default();
+        if batch.num_rows() > 0 {
+            let mut w = StagedWriter::adding(self);
+            w.stage(table, batch).await?;
+            let mut tables = BTreeMap::from([(table.to_string(), std::mem::take(seen))]);
+            let done = w.commit_seen(&mut tables).await;
+            *seen = tables.remove(table).unwrap_or_default();
+            stats = done?.remove(table).unwrap_or_default();
+        }
+        stats.existing += taken;
+        Ok(stats)
     }
 
     /// Undoes this process's commits since `before` (table → version; a table absent there

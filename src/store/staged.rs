@@ -406,7 +406,19 @@ impl<'a> StagedWriter<'a> {
     /// staged (`inserted`), the rows left out because their key was taken (`existing`), and
     /// for an owned scope the rows it held before (`replaced`), or `unchanged` when it held
     /// exactly the staged rows and nothing was committed.
-    pub async fn commit(mut self) -> Result<BTreeMap<String, WriteStats>, StoreError> {
+    pub async fn commit(self) -> Result<BTreeMap<String, WriteStats>, StoreError> {
+        self.commit_seen(&mut BTreeMap::new()).await
+    }
+
+    /// As [`StagedWriter::commit`], for a writer that adds rows over several commits: `seen`
+    /// holds, per table, what its earlier commits (or the read its rows were checked against)
+    /// covered, used instead of the table as this writer first read it, and comes back
+    /// updated. Rows whose key is taken in `seen` already must be left out before staging
+    /// (see [`Store::append_seen`]): a commit leaves out only keys it finds new.
+    pub(crate) async fn commit_seen(
+        mut self,
+        seen: &mut BTreeMap<String, keyed::KeysSeen>,
+    ) -> Result<BTreeMap<String, WriteStats>, StoreError> {
         // Every write under way first: its fragments, in order, or its error.
         for (name, stage) in self.tables.iter_mut() {
             while !stage.pending.is_empty() {
@@ -424,8 +436,12 @@ impl<'a> StagedWriter<'a> {
         let mut out = BTreeMap::new();
         for name in names {
             let stage = tables.remove(&name).expect("listed above");
-            match commit_table(self.store, &name, stage).await {
+            let mut checked = seen
+                .remove(&name)
+                .unwrap_or_else(|| keyed::KeysSeen::at(stage.base.as_deref()));
+            match commit_table(self.store, &name, stage, &mut checked).await {
                 Ok(stats) => {
+                    seen.insert(name.clone(), checked);
                     out.insert(name, stats);
                 }
                 Err(e) => {
@@ -539,15 +555,18 @@ async fn scope_digest(ds: &Dataset, table: &str, predicate: &str) -> Result<RowD
     Ok(d)
 }
 
+/// Commits what `stage` staged for `table`: keyed (see `keyed.rs`), leaving out rows whose
+/// key another writer added in a fragment `seen` has not seen, trying again while other
+/// writers' commits win (see [`keyed::Backoff`]). `seen` comes back with this commit's
+/// fragments and what was read.
 async fn commit_table(
     store: &Store,
     table: &str,
     stage: TableStage,
+    seen: &mut keyed::KeysSeen,
 ) -> Result<WriteStats, StoreError> {
     let mut stats = stage.stats;
     let latest = store.dataset(table, None).await?.map(Arc::new);
-    // The version the staged rows were checked against: keys stored in it were left out.
-    let mut known = stage.base.clone();
     let mut fragments = match stage.staged.map(|t| t.operation) {
         None => Vec::new(),
         Some(Operation::Append { fragments }) => fragments,
@@ -571,6 +590,7 @@ async fn commit_table(
                     match store.commit_to_uri(&uri).execute(t).await {
                         Ok(done) => {
                             store.record_commit(table, done.version_id());
+                            seen.own(&done, &fragments);
                             return Ok(stats);
                         }
                         Err(e) => match store.creation_err(table, e).await {
@@ -598,7 +618,8 @@ async fn commit_table(
                         .into(),
                 });
             }
-            known = None;
+            // Its fragments are new to this writer, whatever their ids.
+            seen.forget_fragments();
             fragments
         }
         Some(other) => return Err(unexpected(table, &other)),
@@ -615,36 +636,22 @@ async fn commit_table(
         return Ok(stats);
     }
     let mut digest = stage.digest;
-    for attempt in 0..keyed::COMMIT_TRIES {
-        if attempt > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(10 * attempt as u64)).await;
-            latest = match store.dataset(table, None).await? {
-                Some(ds) => Arc::new(ds),
-                None => {
-                    return Err(StoreError::Concurrent {
-                        table: table.into(),
-                        what: "was removed by another writer while this stage ran".into(),
-                    })
-                }
-            };
-        }
+    let mut backoff = keyed::Backoff::new();
+    loop {
         // Keys other writers added since the rows were checked: those rows are left out.
-        if known.as_ref().map(|k| k.version_id()) != Some(latest.version_id()) {
-            let taken =
-                keyed::keys_added_since(known.as_deref(), &latest, table, stage.scope.as_deref())
-                    .await?;
-            let out = keyed::leave_out(store, &latest, table, fragments, &taken).await?;
-            fragments = out.fragments;
-            for b in &out.dropped {
-                stats.inserted = stats.inserted.saturating_sub(b.num_rows());
-                stats.existing += b.num_rows();
-                if stage.scope.is_some() {
-                    let mut d = RowDigest::default();
-                    d.add(b, table)?;
-                    digest.subtract(d);
-                }
+        let taken = seen
+            .catch_up(&latest, table, stage.scope.as_deref())
+            .await?;
+        let out = keyed::leave_out(store, &latest, table, fragments, &taken).await?;
+        fragments = out.fragments;
+        for b in &out.dropped {
+            stats.inserted = stats.inserted.saturating_sub(b.num_rows());
+            stats.existing += b.num_rows();
+            if stage.scope.is_some() {
+                let mut d = RowDigest::default();
+                d.add(b, table)?;
+                digest.subtract(d);
             }
-            known = Some(latest.clone());
         }
         let filter = stage.added.filter(&latest, table)?;
         let mut builder = CommitBuilder::new(latest.clone());
@@ -688,14 +695,28 @@ async fn commit_table(
         match builder.execute(tx).await {
             Ok(done) => {
                 store.record_commit(table, done.version_id());
+                seen.own(&done, &fragments);
                 return Ok(stats);
             }
-            Err(e) if keyed::lost_to_another_writer(&e) => continue,
+            Err(e) if keyed::lost_to_another_writer(&e) => {
+                let Some(wait) = backoff.next_wait() else {
+                    remove_staged_files(store, table, &Operation::Append { fragments });
+                    return Err(keyed::tries_spent(table, &backoff));
+                };
+                tokio::time::sleep(wait).await;
+                latest = match store.dataset(table, None).await? {
+                    Some(ds) => Arc::new(ds),
+                    None => {
+                        return Err(StoreError::Concurrent {
+                            table: table.into(),
+                            what: "was removed by another writer while this stage ran".into(),
+                        })
+                    }
+                };
+            }
             Err(e) => return Err(commit_err(table)(e)),
         }
     }
-    remove_staged_files(store, table, &Operation::Append { fragments });
-    Err(keyed::tries_spent(table))
 }
 
 /// One scope of `table` replaced by `batch` in a single commit (none when `batch` holds
