@@ -28,7 +28,10 @@ use lance::table::format::Fragment;
 use lance::Dataset;
 use serde::{Deserialize, Serialize};
 
-use super::{check_vector_width, check_width, lance_err, Store, StoreError, TableSchema};
+use super::{
+    check_vector_width, check_width, join_key, key_columns, keyed, lance_err, Store, StoreError,
+    TableSchema,
+};
 
 /// The table sharded writes go to.
 const TABLE: &str = "embeddings";
@@ -398,10 +401,11 @@ pub async fn commit_run(
     if fragments.is_empty() {
         return Ok(CommitOutcome::Empty);
     }
+    let mut keys = HashSet::new();
     if let Some(ds) = &latest {
         // The table may have been created (by another encoder) after the shards were staged.
         check_width(ds, metas.iter().find_map(|m| m.dim))?;
-        refuse_stored(store, ds, run, &metas, &fragments).await?;
+        keys = refuse_stored(ds, run, &metas, &fragments, store).await?;
     }
     super::race_hook::pause("commit-checked").await;
     let mut props = HashMap::new();
@@ -427,7 +431,7 @@ pub async fn commit_run(
             });
         }
     }
-    let done = publish(store, latest.as_ref(), &metas, run, fragments, props).await;
+    let done = publish(store, latest.as_ref(), &metas, run, fragments, props, &keys).await;
     let done = match done {
         Ok(d) => d,
         Err(e) => {
@@ -450,7 +454,18 @@ pub async fn commit_run(
     })
 }
 
-/// Commits the shards' fragments: an append to the table, or its first version.
+/// Commits the shards' fragments: an addition to the table, or its first version.
+///
+/// The addition is keyed (`keyed.rs`: an `Update` carrying the filter of the `keys` it adds),
+/// so that lance refuses it over a commit that stored one of its vectors since `latest`, the
+/// version [`refuse_stored`] checked; a plain `Append` would be rebased over such a commit and
+/// store the vector twice. On that refusal the keys added since are read: when one of the
+/// run's is among them the run is refused ([`ShardError::AlreadyStored`]: re-run the shards),
+/// otherwise (another writer's other keys, or the filter's false positive) it is tried again
+/// at the newer version. Refusing, rather than rewriting the shards' fragments without those
+/// rows, keeps the commit a pure publication of the files the shards wrote and described,
+/// costs no rewrite of a run's every vector, and says the same as the check before the commit
+/// when the same happened earlier.
 async fn publish(
     store: &Store,
     latest: Option<&Arc<Dataset>>,
@@ -458,16 +473,58 @@ async fn publish(
     run: &str,
     fragments: Vec<Fragment>,
     props: Option<Arc<HashMap<String, String>>>,
+    keys: &HashSet<String>,
 ) -> Result<Dataset, ShardError> {
     let done = match latest {
         Some(ds) => {
-            let tx = TransactionBuilder::new(ds.version_id(), Operation::Append { fragments })
-                .transaction_properties(props)
-                .build();
-            CommitBuilder::new(ds.clone())
-                .execute(tx)
-                .await
-                .map_err(super::commit_err(TABLE))?
+            let mut added = keyed::AddedKeys::default();
+            for k in keys {
+                added.add(k.clone());
+            }
+            let mut seen = keyed::KeysSeen::at(Some(ds.as_ref()));
+            let mut latest = ds.clone();
+            let mut backoff = keyed::Backoff::new();
+            loop {
+                let taken = seen.catch_up(&latest, TABLE, None).await?;
+                let clash: Vec<&String> = keys.iter().filter(|k| taken.contains(*k)).collect();
+                if let Some(first) = clash.iter().min() {
+                    return Err(ShardError::AlreadyStored {
+                        run: run.into(),
+                        count: clash.len(),
+                        first: first.split('\u{1f}').next().unwrap_or("").to_string(),
+                        dir: runs_dir(store).join(run),
+                    });
+                }
+                let op = keyed::keyed_update(
+                    fragments.clone(),
+                    Vec::new(),
+                    Vec::new(),
+                    added.filter(&latest, TABLE)?,
+                );
+                let tx = TransactionBuilder::new(latest.version_id(), op)
+                    .transaction_properties(props.clone())
+                    .build();
+                match CommitBuilder::new(latest.clone()).execute(tx).await {
+                    Ok(d) => break d,
+                    Err(e) if keyed::lost_to_another_writer(&e) => {
+                        let Some(wait) = backoff.next_wait() else {
+                            return Err(keyed::tries_spent(TABLE, &backoff).into());
+                        };
+                        tokio::time::sleep(wait).await;
+                        latest = match store.dataset(TABLE, None).await? {
+                            Some(d) => Arc::new(d),
+                            None => {
+                                return Err(StoreError::Concurrent {
+                                    table: TABLE.into(),
+                                    what: "was removed by another writer during this commit".into(),
+                                }
+                                .into())
+                            }
+                        };
+                    }
+                    Err(e) => return Err(super::commit_err(TABLE)(e).into()),
+                }
+            }
         }
         None => {
             // The table is new: the shards' fragments become its first version, with the
@@ -621,21 +678,27 @@ fn vector_width_of(metas: &[ShardMetadata], store: &Store, run: &str) -> Result<
         })
 }
 
-/// Refuses the commit when a content id the shards staged is stored already for their
-/// encoder (another run committed it since), or staged twice.
+/// Refuses the commit when a content id the shards staged is stored in `ds` already for
+/// their encoder (another run committed it since), or staged twice. Returns the keys of the
+/// staged rows (content id and encoder, as the table's key joins them).
 async fn refuse_stored(
-    store: &Store,
     ds: &Arc<Dataset>,
     run: &str,
     metas: &[ShardMetadata],
     fragments: &[Fragment],
-) -> Result<(), ShardError> {
+    store: &Store,
+) -> Result<HashSet<String>, ShardError> {
+    let mut keys = HashSet::new();
     let Some(encoder) = metas.iter().find_map(|m| m.encoder_id.clone()) else {
-        return Ok(());
+        return Ok(keys);
     };
     let filter = format!("encoder_id = {}", super::sql_str(&encoder));
     let mut stored = HashSet::new();
-    for b in store.read(TABLE, &["content_id"], Some(&filter)).await? {
+    let mut scan = ds.scan();
+    scan.project(&["content_id"]).map_err(lance_err(TABLE))?;
+    scan.filter(&filter).map_err(lance_err(TABLE))?;
+    let mut stream = scan.try_into_stream().await.map_err(lance_err(TABLE))?;
+    while let Some(b) = stream.try_next().await.map_err(lance_err(TABLE))? {
         if let Some(a) = b.column(0).as_any().downcast_ref::<StringArray>() {
             stored.extend((0..a.len()).map(|i| a.value(i).to_string()));
         }
@@ -645,7 +708,8 @@ async fn refuse_stored(
     for f in fragments {
         let frag = FileFragment::new(ds.clone(), f.clone());
         let mut scan = frag.scan();
-        scan.project(&["content_id"]).map_err(lance_err(TABLE))?;
+        scan.project(&["content_id", "encoder_id"])
+            .map_err(lance_err(TABLE))?;
         let batches: Vec<RecordBatch> = scan
             .try_into_stream()
             .await
@@ -654,10 +718,10 @@ async fn refuse_stored(
             .await
             .map_err(lance_err(TABLE))?;
         for b in batches {
-            let Some(a) = b.column(0).as_any().downcast_ref::<StringArray>() else {
-                continue;
-            };
+            let arrays = key_columns(&b, &["content_id", "encoder_id"])?;
+            let a = arrays[0];
             for i in 0..a.len() {
+                keys.insert(join_key(&arrays, i));
                 let id = a.value(i);
                 if stored.contains(id) || !seen.insert(id.to_string()) {
                     count += 1;
@@ -667,7 +731,7 @@ async fn refuse_stored(
         }
     }
     match first {
-        None => Ok(()),
+        None => Ok(keys),
         Some(first) => Err(ShardError::AlreadyStored {
             run: run.into(),
             count,
