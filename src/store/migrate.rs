@@ -6,7 +6,8 @@
 //! that wrote those rows gives when the data has no weight), as one new version; no row is
 //! rewritten. `palpipe run` (and `ingest`) upgrades before its first stage and says so on
 //! stderr; the writers upgrade too (silently: a run has done it already), so no write can
-//! meet the old schema. Readers do not need the upgrade: a
+//! meet the old schema. Two writers upgrading one table at once (on object storage) both go
+//! on: the one whose commit loses finds the column added. Readers do not need the upgrade: a
 //! `pairs` batch without `weight` reads as weight 1.0 ([`super::batches::read_pairs`], the
 //! PAL loader), so read-only commands leave an old store as it is.
 
@@ -71,13 +72,32 @@ pub async fn upgrade(store: &Store, table: &str) -> Result<Option<Upgraded>, Sto
     };
     // The UDF reads one small column only to know each batch's row count. Boxed: Lance's
     // add-columns future is deep, and every writer awaits this one.
-    Box::pin(ds.add_columns(
+    let added = Box::pin(ds.add_columns(
         NewColumnTransform::BatchUDF(ones),
         Some(vec!["label".to_string()]),
         None,
     ))
-    .await
-    .map_err(lance_err(table))?;
+    .await;
+    if let Err(e) = added {
+        // Another writer (on object storage, where no lock keeps two runs apart) may have
+        // upgraded the table since it was read: then there is nothing left to do.
+        if let Some(now) = store.dataset(table, None).await? {
+            if now.schema().field(PAIRS_WEIGHT).is_some() {
+                return Ok(None);
+            }
+        }
+        return Err(match e {
+            lance::Error::CommitConflict { .. }
+            | lance::Error::RetryableCommitConflict { .. }
+            | lance::Error::IncompatibleTransaction { .. } => StoreError::Concurrent {
+                table: table.into(),
+                what: format!(
+                    "was changed by another writer while this run added its column '{PAIRS_WEIGHT}'"
+                ),
+            },
+            other => lance_err(table)(other),
+        });
+    }
     let version = ds.version_id();
     store.record_commit(table, version);
     Ok(Some(Upgraded {
