@@ -99,6 +99,26 @@ impl Backoff {
     }
 }
 
+/// After a lost try: waits as `backoff` says and returns the table's latest version, or
+/// `None` when the patience is spent.
+pub(crate) async fn after_lost_try(
+    store: &Store,
+    table: &str,
+    backoff: &mut Backoff,
+) -> Result<Option<Arc<Dataset>>, StoreError> {
+    let Some(wait) = backoff.next_wait() else {
+        return Ok(None);
+    };
+    tokio::time::sleep(wait).await;
+    match store.dataset(table, None).await? {
+        Some(ds) => Ok(Some(Arc::new(ds))),
+        None => Err(StoreError::Concurrent {
+            table: table.into(),
+            what: "was removed by another writer while this commit was being tried".into(),
+        }),
+    }
+}
+
 /// What a writer has checked its rows' keys against, over one or more commits to a table:
 /// the fragments whose keys it has seen (those of the version it checked its rows against,
 /// those it read since, and its own commits'), and the keys other writers' rows in the

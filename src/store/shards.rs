@@ -507,20 +507,10 @@ async fn publish(
                 match CommitBuilder::new(latest.clone()).execute(tx).await {
                     Ok(d) => break d,
                     Err(e) if keyed::lost_to_another_writer(&e) => {
-                        let Some(wait) = backoff.next_wait() else {
-                            return Err(keyed::tries_spent(TABLE, &backoff).into());
-                        };
-                        tokio::time::sleep(wait).await;
-                        latest = match store.dataset(TABLE, None).await? {
-                            Some(d) => Arc::new(d),
-                            None => {
-                                return Err(StoreError::Concurrent {
-                                    table: TABLE.into(),
-                                    what: "was removed by another writer during this commit".into(),
-                                }
-                                .into())
-                            }
-                        };
+                        match keyed::after_lost_try(store, TABLE, &mut backoff).await? {
+                            Some(d) => latest = d,
+                            None => return Err(keyed::tries_spent(TABLE, &backoff).into()),
+                        }
                     }
                     Err(e) => return Err(super::commit_err(TABLE)(e).into()),
                 }

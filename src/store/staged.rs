@@ -699,20 +699,13 @@ async fn commit_table(
                 return Ok(stats);
             }
             Err(e) if keyed::lost_to_another_writer(&e) => {
-                let Some(wait) = backoff.next_wait() else {
-                    remove_staged_files(store, table, &Operation::Append { fragments });
-                    return Err(keyed::tries_spent(table, &backoff));
-                };
-                tokio::time::sleep(wait).await;
-                latest = match store.dataset(table, None).await? {
-                    Some(ds) => Arc::new(ds),
+                match keyed::after_lost_try(store, table, &mut backoff).await? {
+                    Some(ds) => latest = ds,
                     None => {
-                        return Err(StoreError::Concurrent {
-                            table: table.into(),
-                            what: "was removed by another writer while this stage ran".into(),
-                        })
+                        remove_staged_files(store, table, &Operation::Append { fragments });
+                        return Err(keyed::tries_spent(table, &backoff));
                     }
-                };
+                }
             }
             Err(e) => return Err(commit_err(table)(e)),
         }
