@@ -33,6 +33,17 @@
 //! seen users' mean mixture, exactly. In the
 //! simulation on seen users, a user's own atom is left out of their prior (leave-one-out), or
 //! the prior would already hold the answer.
+//!
+//! Weights: a comparison's weight (`pairs.weight`, [`super::Weight`]) weighs its shot as it
+//! weighs the training loss. `mle`, whose objective is training's mean loss, takes Σ w·ℓ / Σ w
+//! (the plain mean when the weights are equal, computed as the plain mean). The
+//! likelihood-based estimators (`map`, `posterior`, `empirical`) take the weighted
+//! log-likelihood Σ w·log p(shot): their shots are evidence against a prior, so the absolute
+//! size of a weight matters (a mean would make 1 shot weigh as much as 50), and weight w
+//! counts as w copies of the shot, the same reading as training's (weight 2 = given twice).
+//! A weight of 1.0 multiplies nothing away, so data without weights adapts bit for bit as
+//! before. Huge weights cannot overflow: see `loss::weighted_sum`. Queries are scored
+//! unweighted, as `evaluate` scores seen users.
 //! Does not own: training of the shared parts (`train.rs`).
 
 use candle_core::{DType, Tensor, Var};
@@ -270,16 +281,24 @@ fn fit_gd(
         let (m, penalty) = model.margins_from(&feats, &batch, &w, None)?;
         let per = loss::per_comparison(model.cfg.loss, &loss::agreement(&m, &batch.y)?)?;
         let obj = match est {
-            // The original objective: the mean loss (and the norm-bound penalty).
-            Estimator::Mle => match penalty {
-                Some(p) => (per.mean_all()? + p)?,
-                None => per.mean_all()?,
-            },
-            // −log p(shots | W) − log p(W): summed, so each shot counts for what it is worth.
+            // The original objective: the mean loss, weighted as training weighs it
+            // (Σ w·ℓ / Σ w), and the norm-bound penalty.
+            Estimator::Mle => {
+                let mean = loss::weighted_mean(&per, &batch.weights)?;
+                match penalty {
+                    Some(p) => (mean + p)?,
+                    None => mean,
+                }
+            }
+            // −Σ w·log p(shot | W) − log p(W): summed, so each shot counts for what it is
+            // worth (weight w: as w copies of it); both terms divided by c (see
+            // `loss::weighted_sum`) so that huge weights cannot overflow.
             _ => {
                 let d = l.broadcast_sub(&centre)?;
                 let pr = (d.sqr()?.broadcast_mul(&prec)?.sum_all()? * 0.5)?;
-                (per.sum_all()? + pr)?
+                let (sum, c) = loss::weighted_sum(&per, &batch.weights)?;
+                let pr = if c == 1.0 { pr } else { (pr / c)? };
+                (sum + pr)?
             }
         };
         let grads = obj.backward()?;
@@ -406,8 +425,8 @@ fn empirical_draws(prior: &Prior, cfg: &FewShotConfig, k: usize, t: f64) -> Draw
 }
 
 /// Log-likelihood of each user's first N shots (for every N of `ns`) under each mixture of
-/// `ws`: `[ns][user][mixture]`, the negative of the model's loss per comparison, summed (a
-/// user with fewer than N shots counts all of theirs).
+/// `ws`: `[ns][user][mixture]`, the negative of the model's loss per comparison times the
+/// comparison's weight, summed in f64 (a user with fewer than N shots counts all of theirs).
 pub(super) fn shot_loglik(
     model: &PalModel,
     set: &ComparisonSet,
@@ -442,7 +461,8 @@ pub(super) fn shot_loglik(
             let mut run = vec![0f64; n_users];
             let mut count = vec![0usize; n_users];
             for (c, &u) in owner.iter().enumerate() {
-                run[u] -= per[c];
+                // A shot of weight w counts as w copies of it (1.0·ℓ is ℓ exactly).
+                run[u] -= f64::from(batch.weights[c]) * per[c];
                 count[u] += 1;
                 for (ni, &n) in ns.iter().enumerate() {
                     if count[u] == n {
@@ -613,8 +633,9 @@ fn fit_curve(
 /// Fits ONE new user's K logits from `comparisons` (all of them belong to that user, whatever
 /// their user rows say) with `cfg.estimator` (`auto` is `empirical`) and `cfg.prior_scale`; the shared
 /// parts of `model` stay frozen. With no comparison, `map` and `posterior` return T·ln w̄, the
-/// zero-shot mixture's logits, and `mle` the uniform mixture's zeros. The result can be given
-/// to [`PalModel::add_users`]. Stable entry point (used by enrolment).
+/// zero-shot mixture's logits, and `mle` the uniform mixture's zeros. Each comparison counts
+/// by its weight (module doc, "Weights"). The result can be given to
+/// [`PalModel::add_users`]. Stable entry point (used by enrolment).
 pub fn fit_new_user(
     model: &PalModel,
     comparisons: &ComparisonSet,
@@ -724,7 +745,8 @@ fn split_users(set: &ComparisonSet, maxn: usize, cfg: &FewShotConfig, stream_id:
 }
 
 /// Scores the queries with mixture rows `table` (`row_of`: set user → row), reporting users
-/// as known or not.
+/// as known or not. Queries count once each, whatever their weight: the accuracy of seen
+/// users (`evaluate`) does not weigh comparisons either.
 fn score(
     model: &PalModel,
     set: &ComparisonSet,

@@ -1059,3 +1059,139 @@ fn validation_loss_is_the_weighted_mean() {
     let got = mean_loss(&model, &weighted).unwrap();
     assert!((got - num / den).abs() < 1e-9, "{got} vs {}", num / den);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Weights in adaptation; huge weights
+// ---------------------------------------------------------------------------------------------
+
+/// Largest absolute difference of two equally long vectors.
+fn max_gap(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// A new user's 16 comparisons with shots 3 and 11 weighing 2, and the same 16 with those two
+/// given a second time instead: every estimator adapts to the same logits up to rounding.
+/// The weight matters: with weight 1 the estimate moves.
+#[test]
+fn a_shot_of_weight_two_adapts_as_the_shot_given_twice() {
+    let (model, items) = small_pal_b();
+    let base = comparisons_of(&model, &items, &[0.8, 0.2], 16, 31);
+    let mut weighted = base.clone();
+    let mut twice = base.clone();
+    for i in [3usize, 11] {
+        weighted.comps[i].weight = Weight(2.0);
+        twice.comps.push(base.comps[i]);
+    }
+    for est in [
+        Estimator::Mle,
+        Estimator::Map,
+        Estimator::Posterior,
+        Estimator::Empirical,
+    ] {
+        let cfg = FewShotConfig {
+            estimator: est,
+            ..FewShotConfig::default()
+        };
+        let fit = |s: &ComparisonSet| -> Vec<f64> {
+            fit_new_user(&model, s, &cfg)
+                .unwrap()
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        };
+        let (lw, lt, lu) = (fit(&weighted), fit(&twice), fit(&base));
+        let same = max_gap(&lw, &lt);
+        let moved = max_gap(&lw, &lu);
+        eprintln!("{est}: weight 2 vs twice {same:e}, vs weight 1 {moved:e}");
+        assert!(same < 1e-4, "{est}: weight 2 vs given twice: {same}");
+        assert!(moved > 10.0 * same.max(1e-6), "{est}: {moved} vs {same}");
+    }
+}
+
+/// Weights 1, 2, 3 (repeating) and the same weights times 1e30 and times 1e37 train the same
+/// model: the loss is Σ w·ℓ / Σ w, which does not change when every weight is scaled. At 1e37,
+/// Σ w·ℓ of a batch is above f32's largest number (3.4e38): the loss must not add it up
+/// unscaled. The scaled sums differ from the unscaled ones by rounding only (tolerance 1e-5
+/// on every parameter); the ratios 1 : 2 are a power of two and 1 : 3 is not.
+#[test]
+fn huge_weights_train_as_their_ratios_say() {
+    let set = with_context(3, 60, 4, 0, 12);
+    let cfg = no_dropout_pal_b();
+    let full = TrainConfig {
+        epochs: 10,
+        batch_size: 1000,
+        seed: 3,
+        ..TrainConfig::default()
+    };
+    let values = |scale: f32| -> Vec<f64> {
+        let mut s = set.clone();
+        for (i, c) in s.comps.iter_mut().enumerate() {
+            c.weight = Weight((1 + i % 3) as f32 * scale);
+        }
+        let (m, r) = train(&cfg, &full, &s, Some(&s), &mut |_| {}).unwrap();
+        assert!(
+            r.epochs
+                .iter()
+                .all(|e| e.train_loss.is_finite() && e.val_loss.is_some_and(|v| v.is_finite())),
+            "scale {scale}: {:?}",
+            r.epochs
+        );
+        all_values(&m)
+            .into_iter()
+            .flat_map(|(_, v)| v.into_iter().map(|b| f64::from(f32::from_bits(b))))
+            .collect()
+    };
+    let (one, e30, e37) = (values(1.0), values(1e30), values(1e37));
+    assert!(one.iter().all(|x| x.is_finite()));
+    assert!(max_gap(&one, &e30) < 1e-5, "{}", max_gap(&one, &e30));
+    assert!(max_gap(&one, &e37) < 1e-5, "{}", max_gap(&one, &e37));
+}
+
+/// Adaptation with weights 1, 2, 3 times 1e30 and times 1e37 (Σ w·ℓ over 30 shots ≈ 1e39 at
+/// 1e37: infinite in f32): every estimator gives finite logits, and the same ones at both
+/// scales (at either, the shots outweigh the prior by ≥ 1e30); `mle`, a weighted mean, also
+/// equals its fit with weights 1, 2, 3 (tolerance 1e-5 on the logits).
+#[test]
+fn huge_weights_adapt_without_overflow() {
+    let (model, items) = small_pal_b();
+    let base = comparisons_of(&model, &items, &[0.3, 0.7], 30, 41);
+    let scaled = |scale: f32| {
+        let mut s = base.clone();
+        for (i, c) in s.comps.iter_mut().enumerate() {
+            c.weight = Weight((1 + i % 3) as f32 * scale);
+        }
+        s
+    };
+    for est in [
+        Estimator::Mle,
+        Estimator::Map,
+        Estimator::Posterior,
+        Estimator::Empirical,
+    ] {
+        let cfg = FewShotConfig {
+            estimator: est,
+            ..FewShotConfig::default()
+        };
+        let fit = |s: &ComparisonSet| -> Vec<f64> {
+            fit_new_user(&model, s, &cfg)
+                .unwrap()
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        };
+        let (l30, l37) = (fit(&scaled(1e30)), fit(&scaled(1e37)));
+        assert!(
+            l30.iter().chain(&l37).all(|x| x.is_finite()),
+            "{est}: {l37:?}"
+        );
+        assert!(max_gap(&l30, &l37) < 1e-5, "{est}: {l30:?} vs {l37:?}");
+        if est == Estimator::Mle {
+            let l1 = fit(&scaled(1.0));
+            assert!(max_gap(&l1, &l37) < 1e-5, "mle: {l1:?} vs {l37:?}");
+        }
+    }
+}
