@@ -90,7 +90,8 @@ pub struct EnrollArgs {
     /// How the logits are estimated: empirical (what the default auto means here: the
     /// posterior mean under the seen users' own mixtures as the prior), posterior (the
     /// posterior mean under a Gaussian prior learned from the seen users), map, or mle (no
-    /// prior); as `palpipe adapt --estimator`.
+    /// prior); as `palpipe adapt --estimator` (offset: its mixture part, `empirical`, since
+    /// an enrolled user is stored as K logits).
     #[arg(long, default_value = "auto")]
     pub estimator: crate::pal::Estimator,
     /// Gradient steps of the map and mle fits.
