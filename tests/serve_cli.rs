@@ -315,6 +315,50 @@ fn score_reproduces_eval_predictions_and_the_numpy_reference() {
     }
 }
 
+/// The unseen pairs of the synthetic store's first unseen user, in pair order.
+fn first_unseen_user(store: &Path) -> Vec<Value> {
+    let unseen = query(
+        store,
+        "SELECT user_id, left_id, right_id, label FROM pairs WHERE split = 'unseen' ORDER BY user_id, pair_id",
+    );
+    let user = unseen[0]["user_id"].clone();
+    unseen
+        .into_iter()
+        .filter(|p| p["user_id"] == user)
+        .collect()
+}
+
+/// `palpipe enroll --model k3 --user USER --comparisons FILE --json` (and `extra`): its output.
+fn enroll_json(store: &Path, user: &str, file: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "enroll",
+        "--model",
+        "k3",
+        "--user",
+        user,
+        "--comparisons",
+        file.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let r = palpipe(store, &args).ok();
+    serde_json::from_str(r.stdout.trim()).unwrap()
+}
+
+/// One enrolment line of a stored pair (the preferred item chosen), with a weight if given.
+fn comparison_line(p: &Value, weight: Option<f64>) -> String {
+    let (c, r) = if p["label"] == -1 {
+        ("left_id", "right_id")
+    } else {
+        ("right_id", "left_id")
+    };
+    let mut v = json!({"chosen": {"id": p[c]}, "rejected": {"id": p[r]}});
+    if let Some(w) = weight {
+        v["weight"] = json!(w);
+    }
+    v.to_string()
+}
+
 /// A comparison with `"weight": 2` enrolls the user as the same comparison given twice (the
 /// stored logits equal up to rounding, for the default estimator and for `map`); weight 1
 /// written out is the same as none, to the bit; a weight that is not a positive number is a
@@ -323,29 +367,10 @@ fn score_reproduces_eval_predictions_and_the_numpy_reference() {
 fn enroll_weighs_a_comparison_as_if_given_that_many_times() {
     let dir = tempfile::tempdir().unwrap();
     let store = synthetic_store(dir.path());
-    let unseen = query(
-        &store,
-        "SELECT user_id, left_id, right_id, label FROM pairs WHERE split = 'unseen' ORDER BY user_id, pair_id",
-    );
-    let user = unseen[0]["user_id"].as_str().unwrap().to_string();
     // Eight comparisons (fewer than 10: no held-out part, the fit sees every line).
-    let mine: Vec<&Value> = unseen
-        .iter()
-        .filter(|p| p["user_id"] == user.as_str())
-        .take(8)
-        .collect();
-    let line = |p: &Value, weight: Option<f64>| {
-        let (c, r) = if p["label"] == -1 {
-            ("left_id", "right_id")
-        } else {
-            ("right_id", "left_id")
-        };
-        let mut v = json!({"chosen": {"id": p[c]}, "rejected": {"id": p[r]}});
-        if let Some(w) = weight {
-            v["weight"] = json!(w);
-        }
-        v.to_string() + "\n"
-    };
+    let unseen = first_unseen_user(&store);
+    let mine: Vec<&Value> = unseen.iter().take(8).collect();
+    let line = |p: &Value, weight: Option<f64>| comparison_line(p, weight) + "\n";
     let write = |name: &str, text: String| {
         let f = dir.path().join(name);
         std::fs::write(&f, text).unwrap();
@@ -370,23 +395,7 @@ fn enroll_weighs_a_comparison_as_if_given_that_many_times() {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let r = palpipe(
-                    &store,
-                    &[
-                        "enroll",
-                        "--model",
-                        "k3",
-                        "--user",
-                        &format!("{est}-{i}"),
-                        "--estimator",
-                        est,
-                        "--comparisons",
-                        f.to_str().unwrap(),
-                        "--json",
-                    ],
-                )
-                .ok();
-                let out: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+                let out = enroll_json(&store, &format!("{est}-{i}"), f, &["--estimator", est]);
                 out["logits"]
                     .as_array()
                     .unwrap()
@@ -442,24 +451,10 @@ fn enroll_weighs_a_comparison_as_if_given_that_many_times() {
 fn enroll_fits_a_new_user_stores_them_and_score_knows_them() {
     let dir = tempfile::tempdir().unwrap();
     let store = synthetic_store(dir.path());
-    let unseen = query(
-        &store,
-        "SELECT user_id, left_id, right_id, label FROM pairs WHERE split = 'unseen' ORDER BY user_id, pair_id",
-    );
-    let user = unseen[0]["user_id"].as_str().unwrap().to_string();
-    let mine: Vec<&Value> = unseen
-        .iter()
-        .filter(|p| p["user_id"] == user.as_str())
-        .collect();
+    let unseen = first_unseen_user(&store);
+    let mine: Vec<&Value> = unseen.iter().collect();
     assert!(mine.len() >= 20, "{}", mine.len());
-    let line = |p: &Value| {
-        let (c, r) = if p["label"] == -1 {
-            ("left_id", "right_id")
-        } else {
-            ("right_id", "left_id")
-        };
-        json!({"chosen": {"id": p[c]}, "rejected": {"id": p[r]}}).to_string()
-    };
+    let line = |p: &Value| comparison_line(p, None);
     let f = dir.path().join("alice.jsonl");
     let text: String = mine.iter().map(|&p| line(p) + "\n").collect();
     std::fs::write(&f, &text).unwrap();
@@ -494,21 +489,7 @@ fn enroll_fits_a_new_user_stores_them_and_score_knows_them() {
 
     let before = checkpoint_of(&store, "k3").join("weights.safetensors");
     let weights_before = std::fs::read(&before).unwrap();
-    let r = palpipe(
-        &store,
-        &[
-            "enroll",
-            "--model",
-            "k3",
-            "--user",
-            new_id,
-            "--comparisons",
-            f.to_str().unwrap(),
-            "--json",
-        ],
-    )
-    .ok();
-    let out: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let out = enroll_json(&store, new_id, &f, &[]);
     let n = mine.len();
     let held = (n / 5).max(2);
     assert_eq!(out["comparisons"], n);

@@ -633,12 +633,7 @@ fn fit_curve(
             out.push(vec![prior.centre.clone(); shots.len()]);
             continue;
         }
-        let mut idx: Vec<usize> = shots
-            .iter()
-            .flat_map(|s| s.iter().take(n))
-            .copied()
-            .collect();
-        idx.sort_unstable();
+        let idx = first_shots(shots, n);
         out.push(fit_gd(
             model,
             set,
@@ -652,6 +647,17 @@ fn fit_curve(
         )?);
     }
     Ok(out)
+}
+
+/// Every user's first `n` shots (all of them when they have fewer), sorted.
+fn first_shots(shots: &[Vec<usize>], n: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = shots
+        .iter()
+        .flat_map(|s| s.iter().take(n))
+        .copied()
+        .collect();
+    idx.sort_unstable();
+    idx
 }
 
 /// The prototypes' root-mean-square norm ρ in the space where a user's ideal point lives:
@@ -699,12 +705,7 @@ fn fit_offsets(
             out.push(vec![vec![0.0; dim]; n_users]);
             continue;
         }
-        let mut idx: Vec<usize> = shots
-            .iter()
-            .flat_map(|s| s.iter().take(n))
-            .copied()
-            .collect();
-        idx.sort_unstable();
+        let idx = first_shots(shots, n);
         let (batch, feats) = frozen(model, set, &idx, user_of)?;
         let rho = prototype_rms(model, &feats)?;
         let users = Tensor::new(batch.users.as_slice(), dev)?;
@@ -942,24 +943,6 @@ fn score_fit(
     score(model, set, sp, &table, off.as_ref(), row_of, true, opts)
 }
 
-/// `fit_offsets` when `est` is `offset` (and its ridge finite), else nothing.
-#[allow(clippy::too_many_arguments)]
-fn offsets_if(
-    model: &PalModel,
-    set: &ComparisonSet,
-    shots: &[Vec<usize>],
-    ns: &[usize],
-    user_of: &dyn Fn(u32) -> u32,
-    mix: &[Vec<Vec<f64>>],
-    est: Estimator,
-    cfg: &FewShotConfig,
-) -> Result<Option<Vec<Vec<Vec<f64>>>>> {
-    if est != Estimator::Offset || cfg.ridge.is_infinite() {
-        return Ok(None);
-    }
-    Ok(Some(fit_offsets(model, set, shots, ns, user_of, mix, cfg)?))
-}
-
 /// The zero-shot row of the mixture table, `[1, K]`.
 fn zero_table(model: &PalModel) -> Result<Tensor> {
     let t = model.mixture_table()?;
@@ -1031,7 +1014,12 @@ pub fn few_shot_curve(
         &prior,
         cfg,
     )?;
-    let offs = offsets_if(model, set, &sp.shots, ns, &row_of, &fits, est, cfg)?;
+    let with_offset = est == Estimator::Offset && cfg.ridge.is_finite();
+    let offs = if with_offset {
+        Some(fit_offsets(model, set, &sp.shots, ns, &row_of, &fits, cfg)?)
+    } else {
+        None
+    };
     let mut points = Vec::with_capacity(ns.len());
     for (i, (&n, rows)) in ns.iter().zip(&fits).enumerate() {
         let off = offs.as_ref().map(|o| o[i].as_slice());
@@ -1085,7 +1073,13 @@ pub fn few_shot_curve(
         &prior,
         cfg,
     )?;
-    let offs = offsets_if(model, set, &sp.shots, &all_n, &row_of, &rows, est, cfg)?;
+    let offs = if with_offset {
+        Some(fit_offsets(
+            model, set, &sp.shots, &all_n, &row_of, &rows, cfg,
+        )?)
+    } else {
+        None
+    };
     let heldout_estimator = score_fit(
         model,
         set,

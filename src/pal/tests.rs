@@ -1064,6 +1064,15 @@ fn validation_loss_is_the_weighted_mean() {
 // Weights in adaptation; huge weights; the `offset` estimator
 // ---------------------------------------------------------------------------------------------
 
+/// Every estimator but `auto` (which is one of them).
+const EVERY_ESTIMATOR: [Estimator; 5] = [
+    Estimator::Mle,
+    Estimator::Map,
+    Estimator::Posterior,
+    Estimator::Empirical,
+    Estimator::Offset,
+];
+
 /// Largest absolute difference of two equally long vectors.
 fn max_gap(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -1086,13 +1095,7 @@ fn a_shot_of_weight_two_adapts_as_the_shot_given_twice() {
         weighted.comps[i].weight = Weight(2.0);
         twice.comps.push(base.comps[i]);
     }
-    for est in [
-        Estimator::Mle,
-        Estimator::Map,
-        Estimator::Posterior,
-        Estimator::Empirical,
-        Estimator::Offset,
-    ] {
+    for est in EVERY_ESTIMATOR {
         let cfg = FewShotConfig {
             estimator: est,
             ridge: 1.0,
@@ -1174,13 +1177,7 @@ fn huge_weights_adapt_without_overflow() {
         }
         s
     };
-    for est in [
-        Estimator::Mle,
-        Estimator::Map,
-        Estimator::Posterior,
-        Estimator::Empirical,
-        Estimator::Offset,
-    ] {
+    for est in EVERY_ESTIMATOR {
         let cfg = FewShotConfig {
             estimator: est,
             ..FewShotConfig::default()
