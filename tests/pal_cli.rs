@@ -4,6 +4,8 @@ mod common;
 
 use std::path::Path;
 
+use serde_json::Value;
+
 use common::*;
 
 fn pipeline() -> String {
@@ -136,7 +138,8 @@ fn pipeline_trains_evaluates_and_adapts() {
     }
     assert!(g["true_group_accuracy"].as_f64().unwrap() > 0.0);
     // the simulation on seen users' training pairs ran and picked a listed candidate
-    // (mle once; map and posterior at 4 prior scales; empirical at 4 blurs)
+    // (mle once; map and posterior at 4 prior scales; empirical at 4 blurs; offset at 4
+    // ridges on top of the best empirical row's blur)
     let sim = v["simulation"].as_array().unwrap();
     let count = |e: &str| sim.iter().filter(|s| s["estimator"] == e).count();
     assert_eq!(
@@ -144,16 +147,53 @@ fn pipeline_trains_evaluates_and_adapts() {
             count("mle"),
             count("map"),
             count("posterior"),
-            count("empirical")
+            count("empirical"),
+            count("offset")
         ],
-        [1, 4, 4, 4]
+        [1, 4, 4, 4, 4]
     );
-    assert_eq!(sim.len(), 13);
-    let picked = (&results[0]["estimator"], &results[0]["prior_scale"]);
+    assert_eq!(sim.len(), 17);
+    let best_empirical = sim
+        .iter()
+        .filter(|s| s["estimator"] == "empirical")
+        .fold(None::<&Value>, |b, s| match b {
+            Some(b) if b["accuracy"].as_f64() >= s["accuracy"].as_f64() => Some(b),
+            _ => Some(s),
+        })
+        .unwrap();
+    for s in sim {
+        if s["estimator"] == "offset" {
+            assert_eq!(s["prior_scale"], best_empirical["prior_scale"], "{s}");
+            assert!(s["ridge"].as_f64().unwrap() > 0.0, "{s}");
+        } else {
+            assert!(s["ridge"].is_null(), "{s}");
+        }
+    }
+    let picked = (
+        &results[0]["estimator"],
+        &results[0]["prior_scale"],
+        results[0].get("ridge").unwrap_or(&Value::Null),
+    );
     assert!(
         sim.iter()
-            .any(|s| (&s["estimator"], &s["prior_scale"]) == picked),
+            .any(|s| (&s["estimator"], &s["prior_scale"], &s["ridge"]) == picked),
         "{picked:?}"
+    );
+    // auto takes offset only when its row is strictly above every mixture-only row.
+    let best = |f: &dyn Fn(&Value) -> bool| {
+        sim.iter()
+            .filter(|s| f(s))
+            .map(|s| s["accuracy"].as_f64().unwrap())
+            .fold(f64::MIN, f64::max)
+    };
+    let (mix, off) = (
+        best(&|s| s["estimator"] != "offset"),
+        best(&|s| s["estimator"] == "offset"),
+    );
+    assert_eq!(
+        results[0]["estimator"] == "offset",
+        off > mix,
+        "{mix} {off}"
     );
     // Too many shots for every user: nothing to score, a data error (exit 1) with a hint.
     let r = palpipe(

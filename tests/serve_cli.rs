@@ -315,28 +315,146 @@ fn score_reproduces_eval_predictions_and_the_numpy_reference() {
     }
 }
 
+/// The unseen pairs of the synthetic store's first unseen user, in pair order.
+fn first_unseen_user(store: &Path) -> Vec<Value> {
+    let unseen = query(
+        store,
+        "SELECT user_id, left_id, right_id, label FROM pairs WHERE split = 'unseen' ORDER BY user_id, pair_id",
+    );
+    let user = unseen[0]["user_id"].clone();
+    unseen
+        .into_iter()
+        .filter(|p| p["user_id"] == user)
+        .collect()
+}
+
+/// `palpipe enroll --model k3 --user USER --comparisons FILE --json` (and `extra`): its output.
+fn enroll_json(store: &Path, user: &str, file: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "enroll",
+        "--model",
+        "k3",
+        "--user",
+        user,
+        "--comparisons",
+        file.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let r = palpipe(store, &args).ok();
+    serde_json::from_str(r.stdout.trim()).unwrap()
+}
+
+/// One enrolment line of a stored pair (the preferred item chosen), with a weight if given.
+fn comparison_line(p: &Value, weight: Option<f64>) -> String {
+    let (c, r) = if p["label"] == -1 {
+        ("left_id", "right_id")
+    } else {
+        ("right_id", "left_id")
+    };
+    let mut v = json!({"chosen": {"id": p[c]}, "rejected": {"id": p[r]}});
+    if let Some(w) = weight {
+        v["weight"] = json!(w);
+    }
+    v.to_string()
+}
+
+/// A comparison with `"weight": 2` enrolls the user as the same comparison given twice (the
+/// stored logits equal up to rounding, for the default estimator and for `map`); weight 1
+/// written out is the same as none, to the bit; a weight that is not a positive number is a
+/// usage error naming the line and the value.
+#[test]
+fn enroll_weighs_a_comparison_as_if_given_that_many_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = synthetic_store(dir.path());
+    // Eight comparisons (fewer than 10: no held-out part, the fit sees every line).
+    let unseen = first_unseen_user(&store);
+    let mine: Vec<&Value> = unseen.iter().take(8).collect();
+    let line = |p: &Value, weight: Option<f64>| comparison_line(p, weight) + "\n";
+    let write = |name: &str, text: String| {
+        let f = dir.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        f
+    };
+    let plain: String = mine.iter().map(|&p| line(p, None)).collect();
+    let ones: String = mine.iter().map(|&p| line(p, Some(1.0))).collect();
+    let weighted: String = mine
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| line(p, (i == 2).then_some(2.0)))
+        .collect();
+    let twice: String = plain.clone() + &line(mine[2], None);
+    let files = [
+        write("plain.jsonl", plain),
+        write("ones.jsonl", ones),
+        write("weighted.jsonl", weighted),
+        write("twice.jsonl", twice),
+    ];
+    for est in ["auto", "map"] {
+        let logits: Vec<Vec<f64>> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let out = enroll_json(&store, &format!("{est}-{i}"), f, &["--estimator", est]);
+                out["logits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(logits[0], logits[1], "{est}: weight 1 written out");
+        let gap = |a: &[f64], b: &[f64]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f64::max)
+        };
+        assert!(
+            gap(&logits[2], &logits[3]) < 1e-4,
+            "{est}: weight 2 {:?} vs twice {:?}",
+            logits[2],
+            logits[3]
+        );
+        assert!(
+            gap(&logits[0], &logits[2]) > 1e-3,
+            "{est}: the weight changes nothing: {:?}",
+            logits[0]
+        );
+    }
+    let bad = write(
+        "bad.jsonl",
+        line(mine[0], None) + &line(mine[1], Some(-1.0)),
+    );
+    let r = palpipe(
+        &store,
+        &[
+            "enroll",
+            "--model",
+            "k3",
+            "--user",
+            "bad",
+            "--comparisons",
+            bad.to_str().unwrap(),
+        ],
+    )
+    .code(2);
+    assert!(
+        r.stderr.contains("bad.jsonl:2: weight") && r.stderr.contains("-1"),
+        "{}",
+        r.stderr
+    );
+}
+
 #[test]
 fn enroll_fits_a_new_user_stores_them_and_score_knows_them() {
     let dir = tempfile::tempdir().unwrap();
     let store = synthetic_store(dir.path());
-    let unseen = query(
-        &store,
-        "SELECT user_id, left_id, right_id, label FROM pairs WHERE split = 'unseen' ORDER BY user_id, pair_id",
-    );
-    let user = unseen[0]["user_id"].as_str().unwrap().to_string();
-    let mine: Vec<&Value> = unseen
-        .iter()
-        .filter(|p| p["user_id"] == user.as_str())
-        .collect();
+    let unseen = first_unseen_user(&store);
+    let mine: Vec<&Value> = unseen.iter().collect();
     assert!(mine.len() >= 20, "{}", mine.len());
-    let line = |p: &Value| {
-        let (c, r) = if p["label"] == -1 {
-            ("left_id", "right_id")
-        } else {
-            ("right_id", "left_id")
-        };
-        json!({"chosen": {"id": p[c]}, "rejected": {"id": p[r]}}).to_string()
-    };
+    let line = |p: &Value| comparison_line(p, None);
     let f = dir.path().join("alice.jsonl");
     let text: String = mine.iter().map(|&p| line(p) + "\n").collect();
     std::fs::write(&f, &text).unwrap();
@@ -371,21 +489,7 @@ fn enroll_fits_a_new_user_stores_them_and_score_knows_them() {
 
     let before = checkpoint_of(&store, "k3").join("weights.safetensors");
     let weights_before = std::fs::read(&before).unwrap();
-    let r = palpipe(
-        &store,
-        &[
-            "enroll",
-            "--model",
-            "k3",
-            "--user",
-            new_id,
-            "--comparisons",
-            f.to_str().unwrap(),
-            "--json",
-        ],
-    )
-    .ok();
-    let out: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let out = enroll_json(&store, new_id, &f, &[]);
     let n = mine.len();
     let held = (n / 5).max(2);
     assert_eq!(out["comparisons"], n);

@@ -92,12 +92,15 @@ pub struct AdaptArgs {
     pub steps: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// auto | map | posterior | empirical | mle. auto: the winner of the simulation on --tune-split, else empirical.
+    /// auto | map | posterior | empirical | mle | offset. auto: the winner of the simulation on --tune-split, else empirical.
     #[arg(long, default_value = "auto")]
     pub estimator: crate::pal::Estimator,
-    /// Prior scale of map / posterior / empirical when no --tune-split picks it.
+    /// Prior scale of map / posterior / empirical / offset when no --tune-split picks it.
     #[arg(long)]
     pub prior_scale: Option<f64>,
+    /// Ridge strength of offset when no --tune-split picks it (inf: no offset; default 100).
+    #[arg(long)]
+    pub ridge: Option<f64>,
     /// Split of SEEN users' comparisons (e.g. their training pairs) to simulate few-shot on.
     #[arg(long)]
     pub tune_split: Option<String>,
@@ -292,6 +295,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
         seed: a.seed,
         estimator: a.estimator,
         prior_scale: a.prior_scale.unwrap_or(d.prior_scale),
+        ridge: a.ridge.unwrap_or(d.ridge),
         tune_split: a.tune_split.clone(),
         seen_split: a.seen_split.clone(),
         query_frac: a.query_frac.unwrap_or(d.query_frac),
@@ -334,8 +338,13 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
     };
     if let Some(r) = first {
         println!(
-            "{} users ({} excluded: too few comparisons), {} queries each N; estimator {} (prior scale {})",
-            r.users, r.skipped_users, r.n, r.estimator, r.prior_scale
+            "{} users ({} excluded: too few comparisons), {} queries each N; estimator {} (prior scale {}{})",
+            r.users,
+            r.skipped_users,
+            r.n,
+            r.estimator,
+            r.prior_scale,
+            r.ridge.map(|l| format!(", ridge {l}")).unwrap_or_default()
         );
     }
     if !out.simulation.is_empty() {
@@ -347,9 +356,10 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
                 .map(|(n, acc)| format!("{n}: {:.2}%", 100.0 * acc))
                 .collect();
             println!(
-                "  {:<9} scale {:<4} {:>6.2}%  ({}; {} users)",
+                "  {:<9} scale {:<4}{} {:>6.2}%  ({}; {} users)",
                 s.estimator.name(),
                 s.prior_scale,
+                s.ridge.map(|l| format!(" ridge {l}")).unwrap_or_default(),
                 100.0 * s.accuracy,
                 per.join(", "),
                 s.users

@@ -70,7 +70,8 @@ pub struct ScoreArgs {
   palpipe enroll --model paf-k2 --user carol --comparisons carol-images.jsonl
 
 Each line of the comparisons is {\"prompt\": …, \"chosen\": …, \"rejected\": …}: texts, or image
-files (relative to the file's folder) for a model on CLIP vectors, or {\"id\": CONTENT_ID}. The
+files (relative to the file's folder) for a model on CLIP vectors, or {\"id\": CONTENT_ID}; an
+optional \"weight\" (a positive number, 1 by default) counts the line as that many copies. The
 user's K mixture logits are fitted with the model's shared parts frozen (the new-user estimator
 of `palpipe adapt`) and stored in the `enrollments` table: `score` and `serve` know the user from
 then on; the model itself is not changed. Enrolling again refits and replaces the user. With
@@ -89,7 +90,8 @@ pub struct EnrollArgs {
     /// How the logits are estimated: empirical (what the default auto means here: the
     /// posterior mean under the seen users' own mixtures as the prior), posterior (the
     /// posterior mean under a Gaussian prior learned from the seen users), map, or mle (no
-    /// prior); as `palpipe adapt --estimator`.
+    /// prior); as `palpipe adapt --estimator` (offset: its mixture part, `empirical`, since
+    /// an enrolled user is stored as K logits).
     #[arg(long, default_value = "auto")]
     pub estimator: crate::pal::Estimator,
     /// Gradient steps of the map and mle fits.

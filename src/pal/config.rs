@@ -595,7 +595,8 @@ impl TrainConfig {
 #[serde(rename_all = "lowercase")]
 pub enum Estimator {
     /// Whichever of the others wins the simulated few-shot on the seen users (when a split of
-    /// seen users' comparisons is given to simulate on); `empirical` otherwise.
+    /// seen users' comparisons is given to simulate on; `offset` only when strictly better
+    /// than every mixture-only candidate); `empirical` otherwise.
     #[default]
     Auto,
     /// The maximum a posteriori logits under a Gaussian prior learned from the seen users'
@@ -610,6 +611,12 @@ pub enum Estimator {
     Empirical,
     /// The original method: uniform start, mean loss, no prior, a fixed number of steps.
     Mle,
+    /// `empirical`'s mixture AND a per-user offset δ added to the user's ideal point (PAL-B:
+    /// z = Σ_k w_k g_k(x_c) + δ; PAL-A: a = Σ_k w_k P_k + δ), fitted with the mixture held
+    /// fixed under a ridge penalty of strength `ridge`; `ridge` = ∞ is `empirical` exactly.
+    /// Reaches ideal points off the prototypes' span, which no mixture can. Checkpoints and
+    /// the reward server hold mixtures only: `fit_new_user` (enrolment) keeps the mixture.
+    Offset,
 }
 
 impl Estimator {
@@ -621,6 +628,7 @@ impl Estimator {
             Estimator::Posterior => "posterior",
             Estimator::Empirical => "empirical",
             Estimator::Mle => "mle",
+            Estimator::Offset => "offset",
         }
     }
 }
@@ -640,9 +648,12 @@ impl FromStr for Estimator {
             "posterior" => Ok(Estimator::Posterior),
             "empirical" => Ok(Estimator::Empirical),
             "mle" => Ok(Estimator::Mle),
+            "offset" => Ok(Estimator::Offset),
             other => Err(PalError::config(
                 "estimator",
-                format!("is '{other}', expected one of auto, map, posterior, empirical, mle"),
+                format!(
+                    "is '{other}', expected one of auto, map, posterior, empirical, mle, offset"
+                ),
             )),
         }
     }
@@ -660,8 +671,13 @@ pub struct FewShotConfig {
     /// users more. Default 1.
     #[serde(default = "default_prior_scale")]
     pub prior_scale: f64,
+    /// Ridge strength λ of `offset`: the penalty (λ/2)·‖δ/ρ‖² on a user's offset δ, ρ the
+    /// prototypes' root-mean-square norm (so λ is free of the embedding's scale); larger
+    /// keeps the user nearer their mixture, `.inf` (∞) is `empirical` exactly. Default 100.
+    #[serde(default = "default_ridge")]
+    pub ridge: f64,
     /// Full-batch AdamW steps on the new logits (`map`, `mle`; a fixed number: no held-out
-    /// data decides). Default 300.
+    /// data decides) and on `offset`'s δ. Default 300.
     #[serde(default = "default_fs_steps")]
     pub steps: usize,
     /// Learning rate of those steps. Default 0.05.
@@ -685,6 +701,9 @@ pub struct FewShotConfig {
 fn default_prior_scale() -> f64 {
     1.0
 }
+fn default_ridge() -> f64 {
+    100.0
+}
 fn default_fs_steps() -> usize {
     300
 }
@@ -706,6 +725,7 @@ impl Default for FewShotConfig {
         FewShotConfig {
             estimator: Estimator::default(),
             prior_scale: default_prior_scale(),
+            ridge: default_ridge(),
             steps: default_fs_steps(),
             lr: default_fs_lr(),
             samples: default_samples(),
@@ -729,6 +749,12 @@ impl FewShotConfig {
             return Err(PalError::config(
                 "prior_scale",
                 format!("is {}, it must be > 0", self.prior_scale),
+            ));
+        }
+        if self.ridge.is_nan() || self.ridge <= 0.0 {
+            return Err(PalError::config(
+                "ridge",
+                format!("is {}, it must be > 0 (∞ allowed: no offset)", self.ridge),
             ));
         }
         if !(self.query_frac > 0.0 && self.query_frac < 1.0) {

@@ -2,7 +2,8 @@
 //! few-shot localisation).
 //!
 //! Owns: the fixed-query few-shot protocol ([`few_shot_curve`]), the estimators of a new user's
-//! K logits ([`Estimator`]: `map`, `posterior`, `empirical`, `mle`), the single-user entry point other parts
+//! K logits ([`Estimator`]: `map`, `posterior`, `empirical`, `mle`; `offset` adds a per-user
+//! offset of the ideal point), the single-user entry point other parts
 //! call ([`fit_new_user`]), and the simulated few-shot on seen users that picks an estimator and
 //! its prior strength ([`simulate_seen`]). f, g_k (or P) and τ stay frozen throughout.
 //!
@@ -33,6 +34,24 @@
 //! seen users' mean mixture, exactly. In the
 //! simulation on seen users, a user's own atom is left out of their prior (leave-one-out), or
 //! the prior would already hold the answer.
+//!
+//! Weights: a comparison's weight (`pairs.weight`, [`super::Weight`]) weighs its shot as it
+//! weighs the training loss. `mle`, whose objective is training's mean loss, takes Σ w·ℓ / Σ w
+//! (the plain mean when the weights are equal, computed as the plain mean). The
+//! likelihood-based estimators (`map`, `posterior`, `empirical`, `offset`) take the weighted
+//! log-likelihood Σ w·log p(shot): their shots are evidence against a prior, so the absolute
+//! size of a weight matters (a mean would make 1 shot weigh as much as 50), and weight w
+//! counts as w copies of the shot, the same reading as training's (weight 2 = given twice).
+//! A weight of 1.0 multiplies nothing away, so data without weights adapts bit for bit as
+//! before. Huge weights cannot overflow: see `loss::weighted_sum`. Queries are scored
+//! unweighted, as `evaluate` scores seen users.
+//!
+//! Offset (`offset`): `empirical`'s mixture, then a per-user offset δ of the ideal point
+//! (PAL-B: added to z = Σ_k w_k g_k(x_c) before it is normalised; PAL-A: to a = Σ_k w_k P_k,
+//! in f's input space) fitted with the mixture fixed, under a ridge penalty (λ/2)·‖δ/ρ‖² (ρ the
+//! prototypes' RMS norm): a user whose preferences lie off the prototypes' span can then be
+//! reached, which no mixture can. λ = ∞ (or 0 shots) is `empirical` exactly. The simulation
+//! tries λ on top of the best `empirical` scale; `auto` takes it only when it wins there.
 //! Does not own: training of the shared parts (`train.rs`).
 
 use candle_core::{DType, Tensor, Var};
@@ -61,6 +80,9 @@ pub const EMPIRICAL_BLUR: f64 = 0.25;
 /// The prior mass of `empirical` given to the smooth `posterior` prior (scale 1), the rest
 /// to the seen users' atoms.
 pub const EMPIRICAL_SMOOTH: f64 = 0.1;
+/// Ridge strengths λ tried by the simulation for `offset` (its mixture: `empirical` at that
+/// estimator's best simulated scale). λ = ∞ is that `empirical` row itself.
+const SIM_RIDGES: [f64; 4] = [1.0, 10.0, 100.0, 1000.0];
 /// Seen users the simulation uses at most.
 const SIM_MAX_USERS: usize = 100;
 /// Fewest seen users the simulation needs for its largest shot count.
@@ -75,6 +97,10 @@ pub struct FewShotPoint {
     pub adapted: EvalReport,
     /// The fitted logits, `user_ids.len() * K`, row-major (see [`PalModel::add_users`]).
     pub logits: Vec<f32>,
+    /// `offset` only: each user's offset δ of the ideal point, `user_ids.len() * D`
+    /// row-major (D: d for PAL-B, Dp + Dx for PAL-A); empty for the other estimators.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offsets: Vec<f32>,
 }
 
 /// The whole few-shot curve of a set of new users; see the module doc.
@@ -84,6 +110,8 @@ pub struct FewShotCurve {
     pub estimator: Estimator,
     /// Its prior scale.
     pub prior_scale: f64,
+    /// `offset`'s ridge strength λ (`None` for the other estimators).
+    pub ridge: Option<f64>,
     /// Users scored, in set order.
     pub user_ids: Vec<String>,
     /// Users without enough comparisons for the queries and the largest N, in set order.
@@ -113,6 +141,9 @@ pub struct FewShotCurve {
 pub struct SimRow {
     pub estimator: Estimator,
     pub prior_scale: f64,
+    /// `offset`'s ridge strength λ (`None` for the other estimators).
+    #[serde(default)]
+    pub ridge: Option<f64>,
     /// Mean over the simulated shot counts of the query accuracy.
     pub accuracy: f64,
     /// (N, query accuracy) per simulated shot count.
@@ -270,16 +301,24 @@ fn fit_gd(
         let (m, penalty) = model.margins_from(&feats, &batch, &w, None)?;
         let per = loss::per_comparison(model.cfg.loss, &loss::agreement(&m, &batch.y)?)?;
         let obj = match est {
-            // The original objective: the mean loss (and the norm-bound penalty).
-            Estimator::Mle => match penalty {
-                Some(p) => (per.mean_all()? + p)?,
-                None => per.mean_all()?,
-            },
-            // −log p(shots | W) − log p(W): summed, so each shot counts for what it is worth.
+            // The original objective: the mean loss, weighted as training weighs it
+            // (Σ w·ℓ / Σ w), and the norm-bound penalty.
+            Estimator::Mle => {
+                let mean = loss::weighted_mean(&per, &batch.weights)?;
+                match penalty {
+                    Some(p) => (mean + p)?,
+                    None => mean,
+                }
+            }
+            // −Σ w·log p(shot | W) − log p(W): summed, so each shot counts for what it is
+            // worth (weight w: as w copies of it); both terms divided by c (see
+            // `loss::weighted_sum`) so that huge weights cannot overflow.
             _ => {
                 let d = l.broadcast_sub(&centre)?;
                 let pr = (d.sqr()?.broadcast_mul(&prec)?.sum_all()? * 0.5)?;
-                (per.sum_all()? + pr)?
+                let (sum, c) = loss::weighted_sum(&per, &batch.weights)?;
+                let pr = if c == 1.0 { pr } else { (pr / c)? };
+                (sum + pr)?
             }
         };
         let grads = obj.backward()?;
@@ -406,8 +445,8 @@ fn empirical_draws(prior: &Prior, cfg: &FewShotConfig, k: usize, t: f64) -> Draw
 }
 
 /// Log-likelihood of each user's first N shots (for every N of `ns`) under each mixture of
-/// `ws`: `[ns][user][mixture]`, the negative of the model's loss per comparison, summed (a
-/// user with fewer than N shots counts all of theirs).
+/// `ws`: `[ns][user][mixture]`, the negative of the model's loss per comparison times the
+/// comparison's weight, summed in f64 (a user with fewer than N shots counts all of theirs).
 pub(super) fn shot_loglik(
     model: &PalModel,
     set: &ComparisonSet,
@@ -442,7 +481,8 @@ pub(super) fn shot_loglik(
             let mut run = vec![0f64; n_users];
             let mut count = vec![0usize; n_users];
             for (c, &u) in owner.iter().enumerate() {
-                run[u] -= per[c];
+                // A shot of weight w counts as w copies of it (1.0·ℓ is ℓ exactly).
+                run[u] -= f64::from(batch.weights[c]) * per[c];
                 count[u] += 1;
                 for (ni, &n) in ns.iter().enumerate() {
                     if count[u] == n {
@@ -560,13 +600,14 @@ fn importance_curve(
 fn draws_for(model: &PalModel, est: Estimator, prior: &Prior, cfg: &FewShotConfig) -> Draws {
     let (k, t) = (model.cfg.k, model.cfg.temperature);
     match est {
-        Estimator::Empirical => empirical_draws(prior, cfg, k, t),
+        Estimator::Empirical | Estimator::Offset => empirical_draws(prior, cfg, k, t),
         _ => gaussian_draws(prior, cfg, k, t),
     }
 }
 
 /// Logits per N of `ns` (`[ns][user][K]`) for users whose shots, in order, are `shots`
 /// (`own`: a local user's model row when they are a seen user, see [`importance_curve`]).
+/// For `offset`, the logits of its mixture part (`empirical`); see [`fit_offsets`].
 #[allow(clippy::too_many_arguments)]
 fn fit_curve(
     model: &PalModel,
@@ -579,7 +620,10 @@ fn fit_curve(
     prior: &Prior,
     cfg: &FewShotConfig,
 ) -> Result<Vec<Vec<Vec<f64>>>> {
-    if matches!(est, Estimator::Posterior | Estimator::Empirical) {
+    if matches!(
+        est,
+        Estimator::Posterior | Estimator::Empirical | Estimator::Offset
+    ) {
         let draws = draws_for(model, est, prior, cfg);
         return importance_curve(model, set, shots, ns, user_of, own, &draws, &prior.zero);
     }
@@ -589,12 +633,7 @@ fn fit_curve(
             out.push(vec![prior.centre.clone(); shots.len()]);
             continue;
         }
-        let mut idx: Vec<usize> = shots
-            .iter()
-            .flat_map(|s| s.iter().take(n))
-            .copied()
-            .collect();
-        idx.sort_unstable();
+        let idx = first_shots(shots, n);
         out.push(fit_gd(
             model,
             set,
@@ -610,16 +649,99 @@ fn fit_curve(
     Ok(out)
 }
 
-/// Fits ONE new user's K logits from `comparisons` (all of them belong to that user, whatever
-/// their user rows say) with `cfg.estimator` (`auto` is `empirical`) and `cfg.prior_scale`; the shared
-/// parts of `model` stay frozen. With no comparison, `map` and `posterior` return T·ln w̄, the
-/// zero-shot mixture's logits, and `mle` the uniform mixture's zeros. The result can be given
-/// to [`PalModel::add_users`]. Stable entry point (used by enrolment).
-pub fn fit_new_user(
+/// Every user's first `n` shots (all of them when they have fewer), sorted.
+fn first_shots(shots: &[Vec<usize>], n: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = shots
+        .iter()
+        .flat_map(|s| s.iter().take(n))
+        .copied()
+        .collect();
+    idx.sort_unstable();
+    idx
+}
+
+/// The prototypes' root-mean-square norm ρ in the space where a user's ideal point lives:
+/// PAL-B the g_k(x_c) of the batch's prompts (the g_k vectors without context), PAL-A the
+/// points P_k. `offset`'s penalty is on δ/ρ, so its λ does not depend on that scale.
+fn prototype_rms(model: &PalModel, feats: &Features) -> Result<f64> {
+    let sq = match (&feats.g, &model.protos) {
+        (Some(g), _) => g.sqr()?.sum(candle_core::D::Minus1)?.mean_all()?,
+        (None, super::model::Prototypes::Points(p)) => p
+            .as_tensor()
+            .sqr()?
+            .sum(candle_core::D::Minus1)?
+            .mean_all()?,
+        (None, _) => unreachable!("PAL-B features carry g"),
+    };
+    let v = sq.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    Ok(v.sqrt().max(1e-6))
+}
+
+/// `offset`'s offsets δ per N of `ns` (`[ns][user][D]`, D = [`PalModel::offset_dim`]) for
+/// users whose shots, in order, are `shots`, on top of their mixture logits `mix`
+/// (`[ns][user][K]`, from [`fit_curve`]), the mixture held fixed. δ = ρ·e (ρ from
+/// [`prototype_rms`]), e from 0 by `cfg.steps` full-batch AdamW steps (learning rate `cfg.lr`
+/// lowered linearly to 0 over the steps, so that the fit settles on the optimum instead of
+/// jittering about it by the rate, which a strong ridge would otherwise not hold at 0) on
+/// Σ w·ℓ(first N shots) + (λ/2)·Σ_u ‖e_u‖², λ = `cfg.ridge`: the shots' weighted negative
+/// log-likelihood (a shot of weight w counts as w copies, as for `map`) and a Gaussian prior
+/// on δ. N = 0, or λ = ∞, give δ = 0 without a fit, so the estimate is the mixture's exactly.
+#[allow(clippy::too_many_arguments)]
+fn fit_offsets(
+    model: &PalModel,
+    set: &ComparisonSet,
+    shots: &[Vec<usize>],
+    ns: &[usize],
+    user_of: &dyn Fn(u32) -> u32,
+    mix: &[Vec<Vec<f64>>],
+    cfg: &FewShotConfig,
+) -> Result<Vec<Vec<Vec<f64>>>> {
+    let dim = model.offset_dim();
+    let (dev, dt) = (&model.device, model.dtype);
+    let n_users = shots.len();
+    let mut out = Vec::with_capacity(ns.len());
+    for (&n, rows) in ns.iter().zip(mix) {
+        if n == 0 || cfg.ridge.is_infinite() || n_users == 0 {
+            out.push(vec![vec![0.0; dim]; n_users]);
+            continue;
+        }
+        let idx = first_shots(shots, n);
+        let (batch, feats) = frozen(model, set, &idx, user_of)?;
+        let rho = prototype_rms(model, &feats)?;
+        let users = Tensor::new(batch.users.as_slice(), dev)?;
+        let table = model.eval_mixture(&rows_tensor(model, rows)?)?.detach();
+        let w = table.index_select(&users, 0)?;
+        let e = Var::from_tensor(&Tensor::zeros((n_users, dim), dt, dev)?)?;
+        let mut opt = AdamW::new();
+        opt.add_rows(e.clone(), cfg.lr, 0.0)?;
+        let all_rows: Vec<u32> = (0..n_users as u32).collect();
+        for step in 0..cfg.steps {
+            opt.set_lr(cfg.lr * (1.0 - step as f64 / cfg.steps as f64));
+            let et = e.as_tensor();
+            let delta = (et.index_select(&users, 0)? * rho)?;
+            let (m, _) = model.margins_offset(&feats, &batch, &w, Some(&delta), None)?;
+            let per = loss::per_comparison(model.cfg.loss, &loss::agreement(&m, &batch.y)?)?;
+            let (sum, c) = loss::weighted_sum(&per, &batch.weights)?;
+            let pen = (et.sqr()?.sum_all()? * (0.5 * cfg.ridge / c))?;
+            let grads = (sum + pen)?.backward()?;
+            opt.step(&grads, &all_rows)?;
+        }
+        let e = e.as_tensor().to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        out.push(
+            e.into_iter()
+                .map(|r| r.into_iter().map(|x| x * rho).collect())
+                .collect(),
+        );
+    }
+    Ok(out)
+}
+
+/// One new user's logits, and for `offset` their offset δ (module doc of [`fit_new_user`]).
+pub(super) fn fit_one_user(
     model: &PalModel,
     comparisons: &ComparisonSet,
     cfg: &FewShotConfig,
-) -> Result<Vec<f32>> {
+) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
     cfg.validate()?;
     // No comparison at all is allowed here: the answer is the prior's (see above).
     if !comparisons.comps.is_empty() {
@@ -630,7 +752,7 @@ pub fn fit_new_user(
     let prior = Prior::of(model)?;
     let all: Vec<usize> = (0..comparisons.comps.len()).collect();
     let row = match est {
-        Estimator::Posterior | Estimator::Empirical => importance_curve(
+        Estimator::Posterior | Estimator::Empirical | Estimator::Offset => importance_curve(
             model,
             comparisons,
             &[all.clone()],
@@ -655,6 +777,41 @@ pub fn fit_new_user(
         )?
         .remove(0),
     };
+    let offset = if est == Estimator::Offset {
+        let mix = vec![vec![row.clone()]];
+        Some(
+            fit_offsets(
+                model,
+                comparisons,
+                &[all.clone()],
+                &[all.len()],
+                &|_| 0,
+                &mix,
+                cfg,
+            )?
+            .remove(0)
+            .remove(0),
+        )
+    } else {
+        None
+    };
+    Ok((row, offset))
+}
+
+/// Fits ONE new user's K logits from `comparisons` (all of them belong to that user, whatever
+/// their user rows say) with `cfg.estimator` (`auto` is `empirical`) and `cfg.prior_scale`; the shared
+/// parts of `model` stay frozen. With no comparison, `map` and `posterior` return T·ln w̄, the
+/// zero-shot mixture's logits, and `mle` the uniform mixture's zeros. Each comparison counts
+/// by its weight (module doc, "Weights"). `offset` returns its mixture part only (the
+/// `empirical` logits): a checkpoint and the reward server hold K logits per user and no
+/// offset. The result can be given to [`PalModel::add_users`]. Stable entry point (used by
+/// enrolment).
+pub fn fit_new_user(
+    model: &PalModel,
+    comparisons: &ComparisonSet,
+    cfg: &FewShotConfig,
+) -> Result<Vec<f32>> {
+    let (row, _) = fit_one_user(model, comparisons, cfg)?;
     Ok(row.into_iter().map(|x| x as f32).collect())
 }
 
@@ -723,19 +880,23 @@ fn split_users(set: &ComparisonSet, maxn: usize, cfg: &FewShotConfig, stream_id:
     sp
 }
 
-/// Scores the queries with mixture rows `table` (`row_of`: set user → row), reporting users
-/// as known or not.
+/// Scores the queries with mixture rows `table` (`row_of`: set user → row) and, for
+/// `offset`, the offset rows `offsets` (same rows), reporting users as known or not. Queries
+/// count once each, whatever their weight: the accuracy of seen users (`evaluate`) does not
+/// weigh comparisons either.
+#[allow(clippy::too_many_arguments)]
 fn score(
     model: &PalModel,
     set: &ComparisonSet,
     sp: &Split,
     table: &Tensor,
+    offsets: Option<&Tensor>,
     row_of: &dyn Fn(u32) -> u32,
     known: bool,
     opts: &EvalOptions,
 ) -> Result<EvalReport> {
     let n = sp.user_ids.len();
-    let margins = model.margins_with_table(set, table, row_of, sp.queries.clone())?;
+    let margins = model.margins_with_offsets(set, table, offsets, row_of, sp.queries.clone())?;
     let comps = sp.query_comps(set);
     let mixtures = if model.cfg.k > 1 {
         let t = table.to_dtype(DType::F64)?.to_vec2::<f64>()?;
@@ -758,9 +919,28 @@ fn score(
 }
 
 fn rows_tensor(model: &PalModel, rows: &[Vec<f64>]) -> Result<Tensor> {
-    let k = model.cfg.k;
+    let k = rows.first().map_or(model.cfg.k, |r| r.len());
     let flat: Vec<f64> = rows.iter().flatten().copied().collect();
     Ok(Tensor::from_vec(flat, (rows.len(), k), &model.device)?.to_dtype(model.dtype)?)
+}
+
+/// Scores the queries of `sp` with each local user's logits `rows` and, when given, offsets.
+#[allow(clippy::too_many_arguments)]
+fn score_fit(
+    model: &PalModel,
+    set: &ComparisonSet,
+    sp: &Split,
+    rows: &[Vec<f64>],
+    offsets: Option<&[Vec<f64>]>,
+    row_of: &dyn Fn(u32) -> u32,
+    opts: &EvalOptions,
+) -> Result<EvalReport> {
+    let table = model.eval_mixture(&rows_tensor(model, rows)?)?.detach();
+    let off = match offsets {
+        Some(o) => Some(rows_tensor(model, o)?),
+        None => None,
+    };
+    score(model, set, sp, &table, off.as_ref(), row_of, true, opts)
 }
 
 /// The zero-shot row of the mixture table, `[1, K]`.
@@ -813,7 +993,16 @@ pub fn few_shot_curve(
     let local = sp.local.clone();
     let row_of = move |u: u32| local[u as usize];
 
-    let zero_shot = score(model, set, &sp, &zero_table(model)?, &|_| 0, false, opts)?;
+    let zero_shot = score(
+        model,
+        set,
+        &sp,
+        &zero_table(model)?,
+        None,
+        &|_| 0,
+        false,
+        opts,
+    )?;
     let fits = fit_curve(
         model,
         set,
@@ -825,18 +1014,27 @@ pub fn few_shot_curve(
         &prior,
         cfg,
     )?;
+    let with_offset = est == Estimator::Offset && cfg.ridge.is_finite();
+    let offs = if with_offset {
+        Some(fit_offsets(model, set, &sp.shots, ns, &row_of, &fits, cfg)?)
+    } else {
+        None
+    };
     let mut points = Vec::with_capacity(ns.len());
-    for (&n, rows) in ns.iter().zip(fits) {
+    for (i, (&n, rows)) in ns.iter().zip(&fits).enumerate() {
+        let off = offs.as_ref().map(|o| o[i].as_slice());
         let adapted = if n == 0 {
             zero_shot.clone()
         } else {
-            let table = model.eval_mixture(&rows_tensor(model, &rows)?)?.detach();
-            score(model, set, &sp, &table, &row_of, true, opts)?
+            score_fit(model, set, &sp, rows, off, &row_of, opts)?
         };
         points.push(FewShotPoint {
             shots: n,
             adapted,
             logits: rows.iter().flatten().map(|&x| x as f32).collect(),
+            offsets: off
+                .map(|o| o.iter().flatten().map(|&x| x as f32).collect())
+                .unwrap_or_default(),
         });
     }
 
@@ -855,8 +1053,7 @@ pub fn few_shot_curve(
             cfg,
             cfg.steps.max(ORACLE_MIN_STEPS),
         )?;
-        let table = model.eval_mixture(&rows_tensor(model, &rows)?)?.detach();
-        score(model, set, &sp, &table, &row_of, true, opts)
+        score_fit(model, set, &sp, &rows, None, &row_of, opts)
     };
     // The oracle: every comparison of the user, queries included (in-sample, optimistic).
     let oracle = oracle_on(&sp.all)?;
@@ -864,24 +1061,39 @@ pub fn few_shot_curve(
     // could give.
     let heldout_oracle = oracle_on(&sp.shots)?;
     // The estimator itself on the same comparisons (all of each user's shots).
+    let all_n = [usize::MAX];
     let rows = fit_curve(
         model,
         set,
         &sp.shots,
-        &[usize::MAX],
+        &all_n,
         &row_of,
         &|_| None,
         est,
         &prior,
         cfg,
-    )?
-    .remove(0);
-    let table = model.eval_mixture(&rows_tensor(model, &rows)?)?.detach();
-    let heldout_estimator = score(model, set, &sp, &table, &row_of, true, opts)?;
+    )?;
+    let offs = if with_offset {
+        Some(fit_offsets(
+            model, set, &sp.shots, &all_n, &row_of, &rows, cfg,
+        )?)
+    } else {
+        None
+    };
+    let heldout_estimator = score_fit(
+        model,
+        set,
+        &sp,
+        &rows[0],
+        offs.as_ref().map(|o| o[0].as_slice()),
+        &row_of,
+        opts,
+    )?;
 
     Ok(FewShotCurve {
         estimator: est,
         prior_scale: cfg.prior_scale,
+        ridge: (est == Estimator::Offset).then_some(cfg.ridge),
         user_ids: sp.user_ids.clone(),
         excluded_users: sp.excluded.clone(),
         queries: sp.queries.len(),
@@ -961,7 +1173,6 @@ pub fn simulate_seen(
     let prior = Prior::of(model)?;
     let local = sp.local.clone();
     let row_of = move |u: u32| local[u as usize];
-    let opts = EvalOptions::default();
     let mut cands = vec![(Estimator::Mle, 1.0)];
     for e in [Estimator::Map, Estimator::Posterior] {
         for s in SIM_SCALES {
@@ -984,34 +1195,87 @@ pub fn simulate_seen(
         let fits = fit_curve(
             model, seen, &sp.shots, &sim_ns, &row_of, &own, est, &prior, &c,
         )?;
-        let mut per_shots = Vec::with_capacity(sim_ns.len());
-        for (&n, rows) in sim_ns.iter().zip(fits) {
-            let table = model.eval_mixture(&rows_tensor(model, &rows)?)?.detach();
-            per_shots.push((
-                n,
-                score(model, seen, &sp, &table, &row_of, true, &opts)?.accuracy,
-            ));
-        }
-        let accuracy = per_shots.iter().map(|p| p.1).sum::<f64>() / per_shots.len() as f64;
-        out.push(SimRow {
-            estimator: est,
+        out.push(sim_row(
+            model, seen, &sp, &sim_ns, &row_of, &fits, None, &c,
+        )?);
+    }
+    // `offset`: the best `empirical` scale's mixtures, and an offset at each ridge strength.
+    if let Some((_, scale, _)) = choose(&out, Estimator::Empirical) {
+        let c = FewShotConfig {
+            estimator: Estimator::Offset,
             prior_scale: scale,
-            accuracy,
-            per_shots,
-            users: sp.user_ids.len(),
-        });
+            ..cfg.clone()
+        };
+        let fits = fit_curve(
+            model,
+            seen,
+            &sp.shots,
+            &sim_ns,
+            &row_of,
+            &own,
+            Estimator::Offset,
+            &prior,
+            &c,
+        )?;
+        for ridge in SIM_RIDGES {
+            let c = FewShotConfig { ridge, ..c.clone() };
+            let offs = fit_offsets(model, seen, &sp.shots, &sim_ns, &row_of, &fits, &c)?;
+            out.push(sim_row(
+                model,
+                seen,
+                &sp,
+                &sim_ns,
+                &row_of,
+                &fits,
+                Some(offs.as_slice()),
+                &c,
+            )?);
+        }
     }
     Ok(out)
 }
 
-/// The estimator and prior scale the simulation picks: for `auto`, the best row; for a named
-/// estimator, its best row. Ties go to the earlier row. `None` when no row fits.
-pub fn choose(rows: &[SimRow], wanted: Estimator) -> Option<(Estimator, f64)> {
+/// One row of the simulation: the fits (and offsets) per N scored on the seen users' queries.
+#[allow(clippy::too_many_arguments)]
+fn sim_row(
+    model: &PalModel,
+    seen: &ComparisonSet,
+    sp: &Split,
+    sim_ns: &[usize],
+    row_of: &dyn Fn(u32) -> u32,
+    fits: &[Vec<Vec<f64>>],
+    offs: Option<&[Vec<Vec<f64>>]>,
+    c: &FewShotConfig,
+) -> Result<SimRow> {
+    let opts = EvalOptions::default();
+    let mut per_shots = Vec::with_capacity(sim_ns.len());
+    for (i, (&n, rows)) in sim_ns.iter().zip(fits).enumerate() {
+        let off = offs.map(|o| o[i].as_slice());
+        per_shots.push((
+            n,
+            score_fit(model, seen, sp, rows, off, row_of, &opts)?.accuracy,
+        ));
+    }
+    let accuracy = per_shots.iter().map(|p| p.1).sum::<f64>() / per_shots.len() as f64;
+    Ok(SimRow {
+        estimator: c.estimator,
+        prior_scale: c.prior_scale,
+        ridge: (c.estimator == Estimator::Offset).then_some(c.ridge),
+        accuracy,
+        per_shots,
+        users: sp.user_ids.len(),
+    })
+}
+
+/// The estimator, prior scale and (for `offset`) ridge strength the simulation picks: for
+/// `auto`, the best row; for a named estimator, its best row. Ties go to the earlier row (so
+/// `offset`, whose rows come last, wins only when strictly better). `None` when no row fits.
+pub fn choose(rows: &[SimRow], wanted: Estimator) -> Option<(Estimator, f64, Option<f64>)> {
     rows.iter()
         .filter(|r| wanted == Estimator::Auto || r.estimator == wanted)
         .fold(None::<&SimRow>, |best, r| match best {
             Some(b) if b.accuracy >= r.accuracy => Some(b),
             _ => Some(r),
         })
-        .map(|r| (r.estimator, r.prior_scale))
+        .map(|r| (r.estimator, r.prior_scale, r.ridge))
 }

@@ -387,9 +387,36 @@ impl PalModel {
         w: &Tensor,
         rng: Option<&mut ChaCha8Rng>,
     ) -> Result<(UserSide, Option<Tensor>)> {
+        self.user_side_with(feats, batch, w, None, rng)
+    }
+
+    /// The dimension of a user's ideal point, where a per-user offset δ is added (few-shot
+    /// `offset`): d for PAL-B (z_i = Σ_k w_ik g_k(x_c) + δ_i, before it is normalised), Dp + Dx
+    /// for PAL-A (a_i = Σ_k w_ik P_k + δ_i, in f's input space).
+    pub(crate) fn offset_dim(&self) -> usize {
+        match self.cfg.kind {
+            ModelKind::PalB => self.cfg.d,
+            ModelKind::PalA => self.cfg.f_input_dim(),
+        }
+    }
+
+    /// [`PalModel::user_side`] with an optional offset δ per distinct user (`[Uu, D]`,
+    /// [`PalModel::offset_dim`]) added to the mixture's ideal point.
+    pub(crate) fn user_side_with(
+        &self,
+        feats: &Features,
+        batch: &Batch,
+        w: &Tensor,
+        delta: Option<&Tensor>,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<(UserSide, Option<Tensor>)> {
         match &self.protos {
             Prototypes::Points(p) => {
                 let a = w.matmul(p.as_tensor())?; // [Uu, Dp+Dx]: a_i = Σ_k w_ik P_k
+                let a = match delta {
+                    Some(dl) => (a + dl)?,
+                    None => a,
+                };
                 let fa = self.f.forward(&a, rng)?; // [Uu, d]
                 let fa_b = fa.index_select(&batch.user, 0)?; // [B, d]
                 Ok((UserSide::A(fa_b), None))
@@ -399,11 +426,19 @@ impl PalModel {
                 let z = if g.dim(0)? == 1 {
                     // dp = 0: z_i = Σ_k w_ik g_k depends on the user only.
                     let zu = w.matmul(&g.squeeze(0)?)?; // [Uu, d]
+                    let zu = match delta {
+                        Some(dl) => (zu + dl)?,
+                        None => zu,
+                    };
                     zu.index_select(&batch.user, 0)? // [B, d]
                 } else {
                     let wb = w.index_select(&batch.user, 0)?; // [B, K]
                     let gb = g.index_select(&batch.prompt, 0)?; // [B, K, d]
-                    wb.unsqueeze(2)?.broadcast_mul(&gb)?.sum(1)? // [B, d]
+                    let zb = wb.unsqueeze(2)?.broadcast_mul(&gb)?.sum(1)?; // [B, d]
+                    match delta {
+                        Some(dl) => (zb + dl.index_select(&batch.user, 0)?)?,
+                        None => zb,
+                    }
                 };
                 let penalty = match &self.cfg.norm_bound {
                     Some(nb) => {
@@ -458,7 +493,20 @@ impl PalModel {
         w: &Tensor,
         rng: Option<&mut ChaCha8Rng>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (side, penalty) = self.user_side(feats, batch, w, rng)?;
+        self.margins_offset(feats, batch, w, None, rng)
+    }
+
+    /// [`PalModel::margins_from`] with an optional offset δ per distinct user of the batch
+    /// (`[Uu, D]`; see [`PalModel::user_side_with`]).
+    pub(crate) fn margins_offset(
+        &self,
+        feats: &Features,
+        batch: &Batch,
+        w: &Tensor,
+        delta: Option<&Tensor>,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (side, penalty) = self.user_side_with(feats, batch, w, delta, rng)?;
         let rl = self.reward(feats, &side, &batch.left)?;
         let rr = self.reward(feats, &side, &batch.right)?;
         Ok(((rl - rr)?, penalty))
@@ -494,13 +542,31 @@ impl PalModel {
         user_row: &dyn Fn(u32) -> u32,
         idx: Vec<usize>,
     ) -> Result<Vec<f32>> {
+        self.margins_with_offsets(set, table, None, user_row, idx)
+    }
+
+    /// [`PalModel::margins_with_table`] with, when given, an offset row per mixture row
+    /// (`offsets` `[rows, D]`, the same row numbers as `table`).
+    pub(crate) fn margins_with_offsets(
+        &self,
+        set: &ComparisonSet,
+        table: &Tensor,
+        offsets: Option<&Tensor>,
+        user_row: &dyn Fn(u32) -> u32,
+        idx: Vec<usize>,
+    ) -> Result<Vec<f32>> {
         const CHUNK: usize = 4096;
         let mut out = Vec::with_capacity(idx.len());
         for chunk in idx.chunks(CHUNK) {
             let batch = self.gather(set, chunk, user_row)?;
             let users = Tensor::new(batch.users.as_slice(), &self.device)?;
             let w = table.index_select(&users, 0)?;
-            let (m, _) = self.margins(&batch, &w, None)?;
+            let delta = match offsets {
+                Some(o) => Some(o.index_select(&users, 0)?),
+                None => None,
+            };
+            let feats = self.features(&batch, None)?;
+            let (m, _) = self.margins_offset(&feats, &batch, &w, delta.as_ref(), None)?;
             out.extend(m.to_dtype(DType::F32)?.to_vec1::<f32>()?);
         }
         Ok(out)

@@ -101,6 +101,14 @@ impl AdamW {
         Ok(())
     }
 
+    /// Sets the learning rate of every parameter (for a schedule that lowers it as the steps
+    /// go: a fixed rate leaves Adam's iterates jittering about the optimum by about the rate).
+    pub fn set_lr(&mut self, lr: f64) {
+        for slot in &mut self.slots {
+            slot.lr = lr;
+        }
+    }
+
     /// One step. `rows` lists the rows of the row-masked parameters to update (the users
     /// present in the batch; duplicates are ignored). Parameters without a gradient are left
     /// alone.

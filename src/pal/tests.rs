@@ -1059,3 +1059,288 @@ fn validation_loss_is_the_weighted_mean() {
     let got = mean_loss(&model, &weighted).unwrap();
     assert!((got - num / den).abs() < 1e-9, "{got} vs {}", num / den);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Weights in adaptation; huge weights; the `offset` estimator
+// ---------------------------------------------------------------------------------------------
+
+/// Every estimator but `auto` (which is one of them).
+const EVERY_ESTIMATOR: [Estimator; 5] = [
+    Estimator::Mle,
+    Estimator::Map,
+    Estimator::Posterior,
+    Estimator::Empirical,
+    Estimator::Offset,
+];
+
+/// Largest absolute difference of two equally long vectors.
+fn max_gap(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+/// A new user's 16 comparisons with shots 3 and 11 weighing 2, and the same 16 with those two
+/// given a second time instead: every estimator adapts to the same logits (and `offset` to the
+/// same offset) up to rounding. The weight matters: with weight 1 the estimate moves.
+#[test]
+fn a_shot_of_weight_two_adapts_as_the_shot_given_twice() {
+    let (model, items) = small_pal_b();
+    let base = comparisons_of(&model, &items, &[0.8, 0.2], 16, 31);
+    let mut weighted = base.clone();
+    let mut twice = base.clone();
+    for i in [3usize, 11] {
+        weighted.comps[i].weight = Weight(2.0);
+        twice.comps.push(base.comps[i]);
+    }
+    for est in EVERY_ESTIMATOR {
+        let cfg = FewShotConfig {
+            estimator: est,
+            ridge: 1.0,
+            ..FewShotConfig::default()
+        };
+        let fit = |s: &ComparisonSet| super::fewshot::fit_one_user(&model, s, &cfg).unwrap();
+        let (lw, dw) = fit(&weighted);
+        let (lt, dt) = fit(&twice);
+        let (lu, du) = fit(&base);
+        let same = max_gap(&lw, &lt);
+        let moved = max_gap(&lw, &lu);
+        eprintln!("{est}: weight 2 vs twice {same:e}, vs weight 1 {moved:e}");
+        assert!(same < 1e-4, "{est}: weight 2 vs given twice: {same}");
+        assert!(moved > 10.0 * same.max(1e-6), "{est}: {moved} vs {same}");
+        match est {
+            Estimator::Offset => {
+                let (dw, dt, du) = (dw.unwrap(), dt.unwrap(), du.unwrap());
+                assert_eq!(dw.len(), model.offset_dim());
+                let same = max_gap(&dw, &dt);
+                assert!(same < 1e-4, "offset δ: weight 2 vs given twice: {same}");
+                assert!(max_gap(&dw, &du) > 10.0 * same.max(1e-6));
+            }
+            _ => assert!(dw.is_none() && dt.is_none() && du.is_none()),
+        }
+    }
+}
+
+/// Weights 1, 2, 3 (repeating) and the same weights times 1e30 and times 1e37 train the same
+/// model: the loss is Σ w·ℓ / Σ w, which does not change when every weight is scaled. At 1e37,
+/// Σ w·ℓ of a batch is above f32's largest number (3.4e38): the loss must not add it up
+/// unscaled. The scaled sums differ from the unscaled ones by rounding only (tolerance 1e-5
+/// on every parameter); the ratios 1 : 2 are a power of two and 1 : 3 is not.
+#[test]
+fn huge_weights_train_as_their_ratios_say() {
+    let set = with_context(3, 60, 4, 0, 12);
+    let cfg = no_dropout_pal_b();
+    let full = TrainConfig {
+        epochs: 10,
+        batch_size: 1000,
+        seed: 3,
+        ..TrainConfig::default()
+    };
+    let values = |scale: f32| -> Vec<f64> {
+        let mut s = set.clone();
+        for (i, c) in s.comps.iter_mut().enumerate() {
+            c.weight = Weight((1 + i % 3) as f32 * scale);
+        }
+        let (m, r) = train(&cfg, &full, &s, Some(&s), &mut |_| {}).unwrap();
+        assert!(
+            r.epochs
+                .iter()
+                .all(|e| e.train_loss.is_finite() && e.val_loss.is_some_and(|v| v.is_finite())),
+            "scale {scale}: {:?}",
+            r.epochs
+        );
+        all_values(&m)
+            .into_iter()
+            .flat_map(|(_, v)| v.into_iter().map(|b| f64::from(f32::from_bits(b))))
+            .collect()
+    };
+    let (one, e30, e37) = (values(1.0), values(1e30), values(1e37));
+    assert!(one.iter().all(|x| x.is_finite()));
+    assert!(max_gap(&one, &e30) < 1e-5, "{}", max_gap(&one, &e30));
+    assert!(max_gap(&one, &e37) < 1e-5, "{}", max_gap(&one, &e37));
+}
+
+/// Adaptation with weights 1, 2, 3 times 1e30 and times 1e37 (Σ w·ℓ over 30 shots ≈ 1e39 at
+/// 1e37: infinite in f32): every estimator gives finite logits, and the same ones at both
+/// scales (at either, the shots outweigh the prior by ≥ 1e30); `mle`, a weighted mean, also
+/// equals its fit with weights 1, 2, 3 (tolerance 1e-5 on the logits).
+#[test]
+fn huge_weights_adapt_without_overflow() {
+    let (model, items) = small_pal_b();
+    let base = comparisons_of(&model, &items, &[0.3, 0.7], 30, 41);
+    let scaled = |scale: f32| {
+        let mut s = base.clone();
+        for (i, c) in s.comps.iter_mut().enumerate() {
+            c.weight = Weight((1 + i % 3) as f32 * scale);
+        }
+        s
+    };
+    for est in EVERY_ESTIMATOR {
+        let cfg = FewShotConfig {
+            estimator: est,
+            ..FewShotConfig::default()
+        };
+        let fit = |s: &ComparisonSet| super::fewshot::fit_one_user(&model, s, &cfg).unwrap();
+        let (l30, d30) = fit(&scaled(1e30));
+        let (l37, d37) = fit(&scaled(1e37));
+        let all = |l: &[f64], d: &Option<Vec<f64>>| {
+            l.iter().chain(d.iter().flatten()).all(|x| x.is_finite())
+        };
+        assert!(all(&l30, &d30) && all(&l37, &d37), "{est}: {l37:?} {d37:?}");
+        assert!(max_gap(&l30, &l37) < 1e-5, "{est}: {l30:?} vs {l37:?}");
+        if let (Some(a), Some(b)) = (&d30, &d37) {
+            assert!(max_gap(a, b) < 1e-5, "{est}: δ {}", max_gap(a, b));
+        }
+        if est == Estimator::Mle {
+            let (l1, _) = fit(&scaled(1.0));
+            assert!(max_gap(&l1, &l37) < 1e-5, "mle: {l1:?} vs {l37:?}");
+        }
+    }
+}
+
+/// New users whose true ideal point lies OFF the span of the prototypes: in the small PAL-B
+/// model (dp = 0, K = 2, d = 4) the user side is z = w₁g₁ + w₂g₂; each new user's truth z*
+/// is a unit vector orthogonal to g₁ and g₂ plus a small part inside their span, and they
+/// prefer the item whose normalised f(x) is closer in angle to z* (noiseless labels computed
+/// here from the model's own f, not from any estimator). No mixture can reach z*; `offset`
+/// can. At 0 shots both are zero-shot exactly; at 100 shots `offset` (λ = 1) is well above
+/// `empirical`; λ = ∞ is `empirical` to the bit.
+#[test]
+fn offset_reaches_ideal_points_off_the_prototypes_span() {
+    let (model, items) = small_pal_b();
+    let d = 4;
+    // Normalised f(x) of every item, from the model's frozen item tower.
+    let probe = ComparisonSet {
+        dx: 4,
+        dp: 0,
+        items: items.iter().flatten().copied().collect(),
+        prompts: Vec::new(),
+        user_ids: vec!["probe".into()],
+        comps: (0..items.len() as u32)
+            .map(|i| Comparison {
+                user: 0,
+                prompt: None,
+                left: i,
+                right: i,
+                y: 1,
+                weight: Weight::ONE,
+            })
+            .collect(),
+    };
+    let idx: Vec<usize> = (0..items.len()).collect();
+    let batch = model.gather(&probe, &idx, &|_| 0).unwrap();
+    let fx: Vec<Vec<f64>> = model
+        .features(&batch, None)
+        .unwrap()
+        .fx
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let g: Vec<Vec<f64>> = match &model.protos {
+        super::model::Prototypes::Vectors(v) => v
+            .as_tensor()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec2()
+            .unwrap(),
+        _ => unreachable!("dp = 0 PAL-B holds prototype vectors"),
+    };
+    // An orthonormal basis of span(g₁, g₂), then the complement's part of random vectors.
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let unit = |a: Vec<f64>| {
+        let n = dot(&a, &a).sqrt();
+        a.into_iter().map(|x| x / n).collect::<Vec<f64>>()
+    };
+    let b1 = unit(g[0].clone());
+    let b2 = unit(
+        g[1].iter()
+            .zip(&b1)
+            .map(|(x, u)| x - dot(&g[1], &b1) * u)
+            .collect(),
+    );
+    let mut r = ChaCha8Rng::seed_from_u64(77);
+    let n_users = 8;
+    let per_user = 200;
+    let mut set = comparisons_of(&model, &items, &[0.5, 0.5], 0, 1);
+    set.user_ids = (0..n_users).map(|u| format!("off{u}")).collect();
+    for u in 0..n_users {
+        let v: Vec<f64> = (0..d).map(|_| StandardNormal.sample(&mut r)).collect();
+        let off = unit(
+            (0..d)
+                .map(|j| v[j] - dot(&v, &b1) * b1[j] - dot(&v, &b2) * b2[j])
+                .collect(),
+        );
+        assert!(dot(&off, &b1).abs() < 1e-9 && dot(&off, &b2).abs() < 1e-9);
+        let z: Vec<f64> = (0..d).map(|j| off[j] + 0.2 * b1[j]).collect();
+        for _ in 0..per_user {
+            let (a, b) = loop {
+                let (a, b) = (
+                    r.random_range(0..items.len()),
+                    r.random_range(0..items.len()),
+                );
+                if a != b {
+                    break (a, b);
+                }
+            };
+            let y = if dot(&fx[a], &z) > dot(&fx[b], &z) {
+                -1
+            } else {
+                1
+            };
+            set.comps.push(Comparison {
+                user: u as u32,
+                prompt: None,
+                left: a as u32,
+                right: b as u32,
+                y,
+                weight: Weight::ONE,
+            });
+        }
+    }
+    let curve = |est: Estimator, ridge: f64| {
+        let cfg = FewShotConfig {
+            estimator: est,
+            ridge,
+            ..FewShotConfig::default()
+        };
+        few_shot_curve(&model, &set, &[0, 100], &cfg, &EvalOptions::default()).unwrap()
+    };
+    let mix = curve(Estimator::Empirical, 100.0);
+    let off = curve(Estimator::Offset, 1.0);
+    let inf = curve(Estimator::Offset, f64::INFINITY);
+    let (m0, m100) = (
+        mix.points[0].adapted.accuracy,
+        mix.points[1].adapted.accuracy,
+    );
+    let (o0, o100) = (
+        off.points[0].adapted.accuracy,
+        off.points[1].adapted.accuracy,
+    );
+    eprintln!(
+        "off-span users: empirical 0/100 shots {m0:.3}/{m100:.3}, offset {o0:.3}/{o100:.3}, \
+         in-sample oracle mixture {:.3}",
+        mix.oracle.accuracy
+    );
+    assert_eq!(off.points[0].adapted, mix.points[0].adapted);
+    assert_eq!(off.points[0].adapted, off.zero_shot);
+    assert!(off.points[0].offsets.iter().all(|&x| x == 0.0));
+    assert_eq!(off.points[1].offsets.len(), n_users * model.offset_dim());
+    assert!(o100 > m100 + 0.1, "offset {o100} vs empirical {m100}");
+    assert!(
+        o100 > mix.oracle.accuracy + 0.05,
+        "{o100} vs {}",
+        mix.oracle.accuracy
+    );
+    assert!(o100 >= 0.85, "{o100}");
+    // λ = ∞: `empirical` exactly, every point, logits and the bounds.
+    for (a, b) in inf.points.iter().zip(&mix.points) {
+        assert_eq!(a.adapted, b.adapted);
+        assert_eq!(a.logits, b.logits);
+        assert!(a.offsets.is_empty());
+    }
+    assert_eq!(inf.heldout_estimator, mix.heldout_estimator);
+    assert_eq!(inf.ridge, Some(f64::INFINITY));
+}

@@ -36,6 +36,9 @@ fn default_shots() -> Vec<usize> {
 fn default_prior_scale() -> f64 {
     FewShotConfig::default().prior_scale
 }
+fn default_ridge() -> f64 {
+    FewShotConfig::default().ridge
+}
 fn default_query_frac() -> f64 {
     FewShotConfig::default().query_frac
 }
@@ -149,13 +152,16 @@ pub struct AdaptParams {
     pub steps: usize,
     #[serde(default)]
     pub seed: u64,
-    /// auto | map | posterior | empirical | mle (see `pal::Estimator`). Default auto: the winner of the
+    /// auto | map | posterior | empirical | mle | offset (see `pal::Estimator`). Default auto: the winner of the
     /// simulation on `tune_split` when one is named, `empirical` otherwise.
     #[serde(default)]
     pub estimator: Estimator,
-    /// Prior scale of `map` / `posterior` / `empirical` when no `tune_split` picks it. Default 1.
+    /// Prior scale of `map` / `posterior` / `empirical` / `offset` when no `tune_split` picks it. Default 1.
     #[serde(default = "default_prior_scale")]
     pub prior_scale: f64,
+    /// Ridge strength λ of `offset` when no `tune_split` picks it (∞: no offset). Default 100.
+    #[serde(default = "default_ridge")]
+    pub ridge: f64,
     /// Split of SEEN users' comparisons (their training or validation pairs) on which a
     /// simulated few-shot picks the estimator and prior scale. Optional.
     #[serde(default)]
@@ -710,6 +716,9 @@ pub struct AdaptRow {
     pub seen_accuracy: Option<f64>,
     pub estimator: Estimator,
     pub prior_scale: f64,
+    /// `offset`'s ridge strength λ (absent for the other estimators).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ridge: Option<f64>,
 }
 
 /// The whole outcome of an adaptation.
@@ -811,6 +820,7 @@ pub async fn adapt_model(
     let base = FewShotConfig {
         estimator: p.estimator,
         prior_scale: p.prior_scale,
+        ridge: p.ridge,
         steps: p.steps,
         seed: p.seed,
         query_frac: p.query_frac,
@@ -826,9 +836,12 @@ pub async fn adapt_model(
         let mut simulation = Vec::new();
         if let Some(t) = &tune {
             simulation = simulate_seen(&model, &t.set, &shots, &base)?;
-            if let Some((e, s)) = pal::choose(&simulation, base.estimator) {
+            if let Some((e, s, ridge)) = pal::choose(&simulation, base.estimator) {
                 cfg.estimator = e;
                 cfg.prior_scale = s;
+                if let Some(r) = ridge {
+                    cfg.ridge = r;
+                }
             }
         }
         let seen = match &seen_data {
@@ -858,6 +871,7 @@ pub async fn adapt_model(
                 seen_accuracy: seen.as_ref().map(|r| r.accuracy),
                 estimator: curve.estimator,
                 prior_scale: curve.prior_scale,
+                ridge: curve.ridge,
             })
             .collect();
         Ok(AdaptOutcome {

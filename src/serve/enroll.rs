@@ -3,7 +3,7 @@
 //!
 //! Owns: the comparison input format ([`parse_comparisons`]: JSON lines
 //! `{"prompt": …, "chosen": …, "rejected": …}`, each value a text, an image path or
-//! `{"id": …}` as for scoring), the held-out split, and [`Scorer::enroll`]. The fit itself is
+//! `{"id": …}` as for scoring; an optional `"weight"`), the held-out split, and [`Scorer::enroll`]. The fit itself is
 //! [`crate::pal::fit_user_logits`] (f, g_k or P and τ frozen; only the user's K logits move).
 //! With at least [`MIN_FOR_HELD_OUT`] comparisons, a fifth of them (at least 2, chosen by a
 //! seeded shuffle) is held out: a fit on the rest scores them, and that accuracy is reported;
@@ -26,12 +26,15 @@ use crate::store::sql_str;
 /// Fewest comparisons for which a part is held out to measure accuracy.
 pub const MIN_FOR_HELD_OUT: usize = 10;
 
-/// One comparison of the user being enrolled: `chosen` preferred to `rejected`.
+/// One comparison of the user being enrolled: `chosen` preferred to `rejected`, with its
+/// weight (`"weight"`, a positive finite number; 1.0 when absent), which weighs it in the fit
+/// as a stored pair's `weight` weighs it in adaptation (weight 2: as if given twice).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComparisonInput {
     pub prompt: Option<Content>,
     pub chosen: Content,
     pub rejected: Content,
+    pub weight: f32,
 }
 
 /// What an enrolment did.
@@ -68,16 +71,35 @@ pub fn parse_comparison(
         )
     })?;
     for k in obj.keys() {
-        if !matches!(k.as_str(), "prompt" | "chosen" | "rejected") {
+        if !matches!(k.as_str(), "prompt" | "chosen" | "rejected" | "weight") {
             return Err(ServeError::bad(
                 at,
                 format!(
-                    "unknown key '{}' (keys: prompt, chosen, rejected)",
+                    "unknown key '{}' (keys: prompt, chosen, rejected, weight)",
                     shown(k)
                 ),
             ));
         }
     }
+    let weight = match obj.get("weight") {
+        None | Some(serde_json::Value::Null) => 1.0,
+        Some(v) => {
+            let w = v.as_f64().map(|x| x as f32);
+            match w {
+                Some(w) if w.is_finite() && w > 0.0 => w,
+                _ => {
+                    return Err(ServeError::bad(
+                        format!("{at}: weight"),
+                        format!(
+                            "is {}, it must be a positive finite number (at most {:e})",
+                            shown(&v.to_string()),
+                            f32::MAX
+                        ),
+                    ))
+                }
+            }
+        }
+    };
     let field = |k: &str, images: bool| -> Result<Content, ServeError> {
         let v = obj
             .get(k)
@@ -96,6 +118,7 @@ pub fn parse_comparison(
         prompt,
         chosen: field("chosen", images)?,
         rejected: field("rejected", images)?,
+        weight,
     })
 }
 
@@ -181,7 +204,7 @@ impl Scorer {
                     left: 2 * i as u32,
                     right: 2 * i as u32 + 1,
                     y: -1,
-                    weight: crate::pal::Weight::ONE,
+                    weight: crate::pal::Weight(comps[i].weight),
                 })
                 .collect();
             Ok(ComparisonSet::new(
@@ -237,6 +260,12 @@ impl Scorer {
         for c in &contents {
             h.update(format!("{c:?}").as_bytes());
             h.update(&[0]);
+        }
+        // Weights other than 1.0 change the fit; without them the fingerprint is as before.
+        if comps.iter().any(|c| c.weight != 1.0) {
+            for c in comps {
+                h.update(&c.weight.to_le_bytes());
+            }
         }
         h.update(
             format!(

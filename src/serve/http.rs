@@ -508,6 +508,7 @@ async fn enroll(State(app): State<Shared>, Path(id): Path<String>, req: Request)
                     .transpose()?,
                 chosen: no_file(c.chosen, &format!("{at}: chosen"))?,
                 rejected: no_file(c.rejected, &format!("{at}: rejected"))?,
+                weight: c.weight,
             })
         })
         .collect::<Result<Vec<_>, ServeError>>()?;
