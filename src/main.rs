@@ -27,8 +27,23 @@ fn keep_freed_memory() {
     }
 }
 
+/// candle's element-wise operations (additions, GELU, softmax, reductions) run in one thread unless `CANDLE_NUM_THREADS` says otherwise; its matrix
+/// products still use every core (rayon, `RAYON_NUM_THREADS`). candle's element-wise pool
+/// spin-waits at a barrier after each operation: on this project's 2-core machine `perf`
+/// put 22–30% of a PAL step's or a MiniLM batch's samples in that spin, and with another
+/// process on the cores the spinning thread takes turns with the one doing the work
+/// (bench/README.md, "Thread pools").
+fn one_elementwise_thread() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Set before any thread exists (the first thing `main` does), so no other thread
+        // reads the environment while it changes.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 fn main() {
     keep_freed_memory();
+    one_elementwise_thread();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => {}
