@@ -19,8 +19,9 @@ TARGET=${CARGO_TARGET_DIR:-$HOME/.cache/palpipe/target}/matmul-alone
 DATE=$(date -u +%Y-%m-%d)
 mkdir -p bench/results
 
-CARGO_TARGET_DIR="$TARGET" cargo build --quiet --release --manifest-path bench/matmul/Cargo.toml
+CARGO_TARGET_DIR="$TARGET" cargo build --quiet --release --locked --manifest-path bench/matmul/Cargo.toml
 BIN="$TARGET/release/matmul-alone"
+export RAYON_NUM_THREADS=$THREADS
 for layout in ${LAYOUTS:-t n}; do
 for m in ${ROWS:-256 512 1024}; do
     python3 bench/interleave.py --name "matmul-$m-$layout" --rounds "$ROUNDS" --threads "$THREADS" \
@@ -28,7 +29,7 @@ for m in ${ROWS:-256 512 1024}; do
         --tool "pytorch=$VENV/bin/python bench/matmul_reference.py $m 1024 1024 $THREADS $REPS $layout" \
         --metric gflops --metric ms \
         --version "torch=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)')" \
-        --version "gemm=0.19.0 (candle 0.11's CPU matmul), release, default features (AVX2/FMA kernels)" \
+        --version "gemm=0.19.0 (candle 0.11's CPU matmul), release, features std + rayon (the f32 kernels candle gets: AVX2/FMA)" \
         --out "bench/results/$DATE-matmul-$m-$layout.json"
 done
 done

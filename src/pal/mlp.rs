@@ -185,6 +185,9 @@ impl candle_core::CustomOp3 for FusedLinear {
         };
         let bias = cpu_f32(s3, l3)?;
         let width = bias.len();
+        if width == 0 {
+            candle_core::bail!("pal-linear-fused: a layer of width 0")
+        }
         if y.len() != shape.elem_count() || shape.dims().last() != Some(&width) {
             candle_core::bail!("pal-linear-fused: bias of {width} for an output of {shape:?}")
         }
@@ -216,9 +219,9 @@ impl candle_core::CustomOp3 for FusedLinear {
                 *v = a;
             }
         }
-        if self.relu {
-            // Set once: a node's forward runs once.
-            let _ = self.relu_open.set(open);
+        if self.relu && self.relu_open.set(open).is_err() {
+            // A node's forward runs once; a second run would leave a stale gate.
+            candle_core::bail!("pal-linear-fused: forward ran twice")
         }
         Ok((candle_core::CpuStorage::F32(y), shape))
     }
@@ -303,10 +306,12 @@ impl Projector {
     /// layer is one fused autograd node ([`FusedLinear`]); elsewhere (a GPU, f64, GELU) the
     /// layers are composed from candle's own ops. Both give the same numbers bit for bit.
     pub fn forward(&self, x: &Tensor, dropout_rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
-        let fused = x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && self.arch.activation != Activation::Gelu;
-        self.forward_path(x, dropout_rng, fused)
+        self.forward_path(x, dropout_rng, self.fuses(x))
+    }
+
+    /// Whether [`Projector::forward`] takes the fused path for `x`.
+    fn fuses(&self, x: &Tensor) -> bool {
+        x.device().is_cpu() && x.dtype() == DType::F32 && self.arch.activation != Activation::Gelu
     }
 
     /// [`Projector::forward`] with the path chosen by the caller (`fused` needs the CPU, f32
@@ -430,35 +435,57 @@ mod tests {
 
     /// The fused layers against the composed candle ops they replace: outputs and every
     /// gradient (weights, biases, and the input when it is a variable) equal bit for bit,
-    /// with and without dropout, for ReLU and for no activation, with a residual.
+    /// with and without dropout, for ReLU and for no activation, with a residual; and with
+    /// zero biases and an all-zero input row, where ReLU's input is exactly 0 and its
+    /// gradient passes (candle's gate is `≥ 0`), so a `> 0` gate would change the biases'
+    /// and the input's gradients.
     #[test]
     fn fused_layers_equal_the_composed_ops_bit_for_bit() {
-        for (arch, train) in [
-            ("mlp2-relu-dropout5-residual", true),
-            ("mlp2-relu-dropout5-residual", false),
-            ("mlp1-linear-dropout3", true),
-            ("mlp0-relu-dropout0", true),
+        for (arch, train, zero_row, x_var) in [
+            ("mlp2-relu-dropout5-residual", true, false, true),
+            ("mlp2-relu-dropout5-residual", false, false, true),
+            ("mlp1-linear-dropout3", true, false, true),
+            ("mlp0-relu-dropout0", true, false, true),
+            ("mlp2-relu-dropout0-residual", true, true, true),
+            ("mlp2-relu-dropout5", true, false, false),
         ] {
             let arch: Arch = arch.parse().unwrap();
             let mut init = ChaCha8Rng::seed_from_u64(11);
             let p = Projector::new(&arch, 16, 16, &mut init, DType::F32, &Device::Cpu).unwrap();
-            let x = Var::from_tensor(
-                &uniform(&mut init, &[9, 16], 2.0, DType::F32, &Device::Cpu).unwrap(),
-            )
-            .unwrap();
+            let mut x = uniform(&mut init, &[9, 16], 2.0, DType::F32, &Device::Cpu).unwrap();
+            if zero_row {
+                for l in &p.layers {
+                    l.bias.set(&l.bias.zeros_like().unwrap()).unwrap();
+                }
+                let zero = Tensor::zeros((1, 16), DType::F32, &Device::Cpu).unwrap();
+                x = Tensor::cat(&[&zero, &x.narrow(0, 1, 8).unwrap()], 0).unwrap();
+            }
+            let x = Var::from_tensor(&x).unwrap();
+            let input = if x_var {
+                x.as_tensor().clone()
+            } else {
+                x.as_tensor().detach()
+            };
             let c = uniform(&mut init, &[9, 16], 1.0, DType::F32, &Device::Cpu).unwrap();
             let run = |fused: bool| {
                 let mut rng = ChaCha8Rng::seed_from_u64(5);
                 let y = p
-                    .forward_path(x.as_tensor(), train.then_some(&mut rng), fused)
+                    .forward_path(&input, train.then_some(&mut rng), fused)
                     .unwrap();
                 let grads = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
                 let mut got = vec![y.flatten_all().unwrap().to_vec1::<f32>().unwrap()];
-                let vars = p.named_vars("f").into_iter().map(|(_, v)| v);
-                for v in vars.chain([x.clone()]) {
-                    let g = grads
-                        .get(v.as_tensor())
-                        .expect("a gradient for every variable");
+                let mut tensors: Vec<Tensor> = p
+                    .named_vars("f")
+                    .into_iter()
+                    .map(|(_, v)| v.as_tensor().clone())
+                    .collect();
+                if x_var {
+                    tensors.push(input.clone());
+                } else {
+                    assert!(grads.get(&input).is_none(), "no gradient for data");
+                }
+                for t in tensors {
+                    let g = grads.get(&t).expect("a gradient for every variable");
                     got.push(g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
                 }
                 got
@@ -467,10 +494,33 @@ mod tests {
             assert_eq!(fused.len(), composed.len());
             for (a, b) in fused.iter().zip(&composed) {
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(a), bits(b), "{arch:?}, train {train}");
+                assert_eq!(
+                    bits(a),
+                    bits(b),
+                    "{arch:?}, train {train}, zero row {zero_row}"
+                );
             }
             // Not vacuous: the output is not all zeros.
             assert!(fused[0].iter().any(|v| *v != 0.0));
+        }
+    }
+
+    /// `forward` takes the fused path on the CPU in f32 with ReLU or no activation, and the
+    /// composed one for GELU or f64.
+    #[test]
+    fn the_cpu_takes_the_fused_path() {
+        let mut init = ChaCha8Rng::seed_from_u64(3);
+        let f32x = Tensor::ones((2, 4), DType::F32, &Device::Cpu).unwrap();
+        let f64x = Tensor::ones((2, 4), DType::F64, &Device::Cpu).unwrap();
+        for (arch, x, want) in [
+            ("mlp1-relu-dropout0", &f32x, true),
+            ("mlp1-linear-dropout1", &f32x, true),
+            ("mlp1-gelu-dropout0", &f32x, false),
+            ("mlp1-relu-dropout0", &f64x, false),
+        ] {
+            let arch: Arch = arch.parse().unwrap();
+            let p = Projector::new(&arch, 4, 4, &mut init, x.dtype(), &Device::Cpu).unwrap();
+            assert_eq!(p.fuses(x), want, "{arch:?} {:?}", x.dtype());
         }
     }
 }

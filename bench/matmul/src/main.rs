@@ -38,7 +38,8 @@ fn main() {
     } else {
         (1, n as isize)
     };
-    // Values like a Linear layer's: small and varied (not all equal, not zero).
+    // Values like a Linear layer's: small and varied (not all equal, not zero); the same
+    // formulas as bench/matmul_reference.py.
     let a: Vec<f32> = (0..m * k)
         .map(|i| ((i % 97) as f32 - 48.0) / 97.0)
         .collect();
