@@ -244,8 +244,8 @@ device-pack: build-cuda
 # libiomp5.a/.so; the wheels put libiomp5.so beside libiomp5.a, and the linker would take the
 # shared one, so MKLROOT is $(MKL_PREFIX)/root: links to mkl.h, mkl_version.h and the static
 # archives only. The binary then needs nothing from $(MKL_PREFIX) at run time (check:
-# `ldd` shows no libiomp5). MKL reads MKL_NUM_THREADS / OMP_NUM_THREADS; candle's own ops
-# use RAYON_NUM_THREADS. The build has its own target dir so that it never invalidates
+# `ldd` shows no libiomp5). MKL reads MKL_NUM_THREADS / OMP_NUM_THREADS; candle's matrix
+# products RAYON_NUM_THREADS, its element-wise ops CANDLE_NUM_THREADS (1 unless set). The build has its own target dir so that it never invalidates
 # $(CARGO_TARGET_DIR); when that dir does not exist yet it starts as a copy of
 # $(CARGO_TARGET_DIR), which saves compiling the dependencies MKL does not change.
 MKL_PREFIX ?= $(HOME)/.cache/palpipe/mkl

@@ -20,7 +20,8 @@
 # (MiniLM vs sentence-transformers), CACHE (the embedding cache, `palpipe embed` three
 # times), CLIP (`palpipe bench-clip`, tiny fixture model), IMAGE (bench/image.sh: Pick-a-Pic
 # hashing vs b3sum, the image stages), INGEST (bench/ingest.sh: JSON lines ingest vs wc -l and
-# json.loads), SCORE (bench/score.sh: `palpipe score` vs PyTorch, `palpipe serve` under load).
+# json.loads), SCORE (bench/score.sh: `palpipe score` vs PyTorch, `palpipe serve` under load),
+# MATMUL (bench/matmul.sh: a Linear layer's matrix product alone, gemm vs PyTorch).
 # See bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -311,6 +312,13 @@ fi
 # generated shards, the ingest / dedup / Pick-a-Filter stages, peak memory. Skip with IMAGE=0.
 if [ "${IMAGE:-1}" != "0" ]; then
     PALPIPE_BIN="$BIN" bash bench/image.sh
+fi
+
+# The matrix product alone (issue 16): a PAL Linear layer's product with the `gemm` crate
+# candle uses, beside PyTorch's, to tell the product itself from what candle does around it.
+# Skip with MATMUL=0.
+if [ "${MATMUL:-1}" != "0" ]; then
+    BENCH_VENV="$VENV" ROUNDS="$ROUNDS" THREADS="$THREADS" bash bench/matmul.sh
 fi
 
 # Ingest of JSON lines text pairs (issue 12): peak memory at 100 MB and 1 GB, throughput

@@ -8,7 +8,44 @@ use palpipe::cli::{dispatch, Cli};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc's `mi_option_purge_delay` (its `mimalloc.h`, v2 and v3 alike): how long freed
+/// memory waits before it is handed back to the OS, in ms; -1 never.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps freed memory for reuse instead of handing it back to the OS (mimalloc v3, the one
+/// built here, purges after 1 s by default), unless the environment sets the purge delay
+/// (`MIMALLOC_PURGE_DELAY`, or any spelling mimalloc reads: those win over a default). A
+/// training step frees and allocates the same tensors every step, and memory handed back
+/// page-faults when it is allocated again, with the kernel zeroing it each time: measured
+/// with `perf`, that zeroing was a quarter of the CPU time of `palpipe bench-pal` and about
+/// 15% of an ingest's; never purging takes the page faults of a PAL training step from
+/// about 1,400 to none. The cost: memory freed after a peak stays with the process until it
+/// ends (for `palpipe serve`, the largest request's peak; README.md, "Threads and memory").
+fn keep_freed_memory() {
+    // SAFETY: sets one of mimalloc's options to a value its documentation allows. The
+    // option is a plain integer, so this runs first in `main`, before any other thread
+    // exists to read it.
+    unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, -1) };
+}
+
+/// candle's element-wise unary and binary operations (additions, products, activations) run
+/// in one thread unless `CANDLE_NUM_THREADS` says otherwise; matrix products still use every
+/// core (rayon's pool, `RAYON_NUM_THREADS`), as do candle-nn's softmax and layer norm.
+/// candle's element-wise pool spin-waits at a barrier after each operation: on this
+/// project's 2-core machine `perf` put 22–30% of a PAL step's or a MiniLM batch's samples
+/// in that spin, and with another process on the cores the spinning thread takes turns with
+/// the one doing the work (bench/README.md, "Thread pools").
+fn one_elementwise_thread() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // Sound because nothing else runs yet (the first lines of `main`, before any
+        // thread). Child processes inherit the setting, which only changes their speed.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
 fn main() {
+    keep_freed_memory();
+    one_elementwise_thread();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => {}
@@ -23,5 +60,17 @@ fn main() {
             eprintln!("palpipe: error: {}", palpipe::cli::render_error(&e.error));
             std::process::exit(e.code);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The option number is mimalloc's purge delay, and the default set takes: -1 read back.
+    #[test]
+    fn freed_memory_is_kept() {
+        super::keep_freed_memory();
+        // SAFETY: reads one option; no other test touches mimalloc's options.
+        let got = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        assert_eq!(got, -1);
     }
 }

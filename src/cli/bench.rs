@@ -299,6 +299,8 @@ pub async fn bench_pal(_ctx: &Ctx, a: BenchPalArgs) -> Result<(), CliError> {
         "data_gen_s": gen_s,
         "peak_rss_mib": peak_rss_mib(),
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "rayon_num_threads": std::env::var("RAYON_NUM_THREADS").ok(),
+        "candle_num_threads": std::env::var("CANDLE_NUM_THREADS").ok(),
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
     print_json(&out)
@@ -480,6 +482,7 @@ pub async fn bench_clip(_ctx: &Ctx, a: BenchClipArgs) -> Result<(), CliError> {
         "peak_rss_mib": peak_rss_mib(),
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "rayon_num_threads": std::env::var("RAYON_NUM_THREADS").ok(),
+        "candle_num_threads": std::env::var("CANDLE_NUM_THREADS").ok(),
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
     print_json(&out)
@@ -583,6 +586,8 @@ pub async fn bench_minilm(_ctx: &Ctx, a: BenchMinilmArgs) -> Result<(), CliError
         "median_sentences_per_s": n / secs[secs.len() / 2],
         "peak_rss_mib": peak_rss_mib(),
         "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "rayon_num_threads": std::env::var("RAYON_NUM_THREADS").ok(),
+        "candle_num_threads": std::env::var("CANDLE_NUM_THREADS").ok(),
         "date": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     });
     print_json(&out)

@@ -51,6 +51,17 @@ impl Linear {
         let y = x.apply_op2(self.weight.as_tensor(), LinearOp)?;
         Ok(y.broadcast_add(self.bias.as_tensor())?)
     }
+
+    /// `act((x Wᵀ + b) ⊙ mask)` as one autograd node ([`FusedLinear`]): CPU and f32 only.
+    /// `mask` holds `rows × out` values row by row; `relu` picks ReLU or no activation.
+    fn forward_fused(&self, x: &Tensor, mask: Option<Vec<f32>>, relu: bool) -> Result<Tensor> {
+        let op = FusedLinear {
+            mask,
+            relu,
+            relu_open: std::sync::OnceLock::new(),
+        };
+        Ok(x.apply_op3(self.weight.as_tensor(), self.bias.as_tensor(), op)?)
+    }
 }
 
 /// y = x Wᵀ as one autograd node (x `[n, in]`, W `[out, in]`). The same matmul as
@@ -121,6 +132,146 @@ fn linear_fwd<S: candle_core::backend::BackendStorage>(
     Ok((out, (m, n).into()))
 }
 
+/// One Linear layer with its bias, dropout and activation as a single autograd node on the
+/// CPU: y = act((x Wᵀ + b) ⊙ mask), x `[n, in]`, W `[out, in]`, b `[out]`, mask `[n, out]`
+/// (optional), act ReLU or the identity.
+///
+/// The numbers are those of the composed ops (`LinearOp`, `broadcast_add`, `mul`, `relu`)
+/// bit for bit, forward and backward: the same f32 operations in the same order, including
+/// candle's gradient accumulation (`0 + g`, which only turns −0 into +0). What it saves is
+/// the composed graph's intermediate tensors: each of the three extra nodes allocated and
+/// swept an `[n, out]` tensor forward and several backward (candle starts every gradient
+/// from `zeros_like` and adds to it), which was a large part of a training step.
+struct FusedLinear {
+    /// Dropout's scaled keep mask, `n × out` values row by row.
+    mask: Option<Vec<f32>>,
+    relu: bool,
+    /// Set by the forward: 1 where ReLU's input was ≥ 0 (candle's ReLU gradient passes
+    /// there), for the backward.
+    relu_open: std::sync::OnceLock<Vec<u8>>,
+}
+
+/// The f32 values a CPU storage holds for a contiguous layout.
+fn cpu_f32<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((start, end))) => Ok(&v[start..end]),
+        (candle_core::CpuStorage::F32(_), None) => {
+            candle_core::bail!("pal-linear-fused: expected a contiguous tensor")
+        }
+        _ => candle_core::bail!("pal-linear-fused: expected f32"),
+    }
+}
+
+impl candle_core::CustomOp3 for FusedLinear {
+    fn name(&self) -> &'static str {
+        "pal-linear-fused"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+        s3: &candle_core::CpuStorage,
+        l3: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (out, shape) = linear_fwd(s1, l1, s2, l2)?;
+        let candle_core::CpuStorage::F32(mut y) = out else {
+            candle_core::bail!("pal-linear-fused: expected f32")
+        };
+        let bias = cpu_f32(s3, l3)?;
+        let width = bias.len();
+        if width == 0 {
+            candle_core::bail!("pal-linear-fused: a layer of width 0")
+        }
+        if y.len() != shape.elem_count() || shape.dims().last() != Some(&width) {
+            candle_core::bail!("pal-linear-fused: bias of {width} for an output of {shape:?}")
+        }
+        if let Some(mask) = &self.mask {
+            if mask.len() != y.len() {
+                candle_core::bail!(
+                    "pal-linear-fused: mask of {} for {} outputs",
+                    mask.len(),
+                    y.len()
+                )
+            }
+        }
+        let mut open = if self.relu {
+            vec![0u8; y.len()]
+        } else {
+            Vec::new()
+        };
+        for (r, row) in y.chunks_exact_mut(width).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                let i = r * width + j;
+                let mut a = *v + bias[j];
+                if let Some(mask) = &self.mask {
+                    a *= mask[i];
+                }
+                if self.relu {
+                    open[i] = u8::from(a >= 0.0);
+                    a = a.max(0f32);
+                }
+                *v = a;
+            }
+        }
+        if self.relu && self.relu_open.set(open).is_err() {
+            // A node's forward runs once; a second run would leave a stale gate.
+            candle_core::bail!("pal-linear-fused: forward ran twice")
+        }
+        Ok((candle_core::CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        // The gradient at x Wᵀ + b, as the composed graph accumulates it node by node.
+        let g = {
+            let (storage, layout) = grad.storage_and_layout();
+            let candle_core::Storage::Cpu(s) = &*storage else {
+                candle_core::bail!("pal-linear-fused: expected a CPU gradient")
+            };
+            let g = cpu_f32(s, layout)?;
+            let open = match (self.relu, self.relu_open.get()) {
+                (true, Some(open)) => Some(open),
+                (true, None) => candle_core::bail!("pal-linear-fused: backward before forward"),
+                (false, _) => None,
+            };
+            let mut out = Vec::with_capacity(g.len());
+            for (i, &gi) in g.iter().enumerate() {
+                let mut t = gi;
+                if let Some(open) = open {
+                    t = 0.0 + t * f32::from(open[i]);
+                }
+                if let Some(mask) = &self.mask {
+                    t = 0.0 + t * mask[i];
+                }
+                out.push(0.0 + t);
+            }
+            out
+        };
+        let g = Tensor::from_vec(g, grad.dims(), grad.device())?;
+        let db = g.sum_keepdim(0)?.squeeze(0)?;
+        let dw = g.t()?.matmul(x)?; // [out, n] · [n, in] = [out, in]
+        let dx = if x.track_op() {
+            Some(g.matmul(w)?) // [n, out] · [out, in] = [n, in]
+        } else {
+            None
+        };
+        Ok((dx, Some(dw), Some(db)))
+    }
+}
+
 /// An MLP projector from `d_in` to `d`.
 #[derive(Debug, Clone)]
 pub(crate) struct Projector {
@@ -151,15 +302,47 @@ impl Projector {
     }
 
     /// Applies the projector to `x` `[n, d_in]` → `[n, d]`. Dropout is active only when a
-    /// mask RNG is given (training).
-    pub fn forward(&self, x: &Tensor, mut dropout_rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
+    /// mask RNG is given (training). On the CPU in f32 with ReLU or no activation, each
+    /// layer is one fused autograd node ([`FusedLinear`]); elsewhere (a GPU, f64, GELU) the
+    /// layers are composed from candle's own ops. Both give the same numbers bit for bit.
+    pub fn forward(&self, x: &Tensor, dropout_rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> {
+        self.forward_path(x, dropout_rng, self.fuses(x))
+    }
+
+    /// Whether [`Projector::forward`] takes the fused path for `x`.
+    fn fuses(&self, x: &Tensor) -> bool {
+        x.device().is_cpu() && x.dtype() == DType::F32 && self.arch.activation != Activation::Gelu
+    }
+
+    /// [`Projector::forward`] with the path chosen by the caller (`fused` needs the CPU, f32
+    /// and ReLU or no activation).
+    fn forward_path(
+        &self,
+        x: &Tensor,
+        mut dropout_rng: Option<&mut ChaCha8Rng>,
+        fused: bool,
+    ) -> Result<Tensor> {
         let p = self.arch.dropout();
+        let relu = self.arch.activation == Activation::Relu;
         let (hidden, last) = self.layers.split_at(self.layers.len() - 1);
         let mut h = x.clone();
         for layer in hidden {
+            // The mask is drawn for the layer's output [rows, out], row by row, in both paths.
+            let mask = match (dropout_rng.as_deref_mut(), p > 0.0) {
+                (Some(rng), true) => {
+                    let n = h.dim(0)? * layer.weight.dim(0)?;
+                    Some(dropout_values(rng, n, p))
+                }
+                _ => None,
+            };
+            if fused {
+                h = layer.forward_fused(&h, mask, relu)?;
+                continue;
+            }
             h = layer.forward(&h)?;
-            if let (Some(rng), true) = (dropout_rng.as_deref_mut(), p > 0.0) {
-                h = h.mul(&dropout_mask(rng, h.dims(), p, h.dtype(), h.device())?)?;
+            if let Some(mask) = mask {
+                let mask = Tensor::from_vec(mask, h.dims(), h.device())?.to_dtype(h.dtype())?;
+                h = h.mul(&mask)?;
             }
             h = match self.arch.activation {
                 Activation::Relu => h.relu()?,
@@ -167,7 +350,11 @@ impl Projector {
                 Activation::Linear => h,
             };
         }
-        let out = last[0].forward(&h)?;
+        let out = if fused {
+            last[0].forward_fused(&h, None, false)?
+        } else {
+            last[0].forward(&h)?
+        };
         if self.arch.residual {
             Ok((x + out)?)
         } else {
@@ -186,26 +373,13 @@ impl Projector {
     }
 }
 
-/// Inverted dropout mask: 0 with probability p, 1/(1−p) otherwise.
-fn dropout_mask(
-    rng: &mut ChaCha8Rng,
-    dims: &[usize],
-    p: f64,
-    dtype: DType,
-    device: &Device,
-) -> Result<Tensor> {
-    let n: usize = dims.iter().product();
-    let keep = 1.0 / (1.0 - p);
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            if rng.random::<f64>() < p {
-                0.0
-            } else {
-                keep as f32
-            }
-        })
-        .collect();
-    Ok(Tensor::from_vec(v, dims, device)?.to_dtype(dtype)?)
+/// Inverted dropout mask values, `n` of them in row-major order: 0 with probability p,
+/// 1/(1−p) otherwise (one `f64` draw from `rng` each).
+fn dropout_values(rng: &mut ChaCha8Rng, n: usize, p: f64) -> Vec<f32> {
+    let keep = (1.0 / (1.0 - p)) as f32;
+    (0..n)
+        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+        .collect()
 }
 
 #[cfg(test)]
@@ -257,5 +431,96 @@ mod tests {
             .to_vec2::<f32>()
             .unwrap();
         assert_ne!(t, e1);
+    }
+
+    /// The fused layers against the composed candle ops they replace: outputs and every
+    /// gradient (weights, biases, and the input when it is a variable) equal bit for bit,
+    /// with and without dropout, for ReLU and for no activation, with a residual; and with
+    /// zero biases and an all-zero input row, where ReLU's input is exactly 0 and its
+    /// gradient passes (candle's gate is `≥ 0`), so a `> 0` gate would change the biases'
+    /// and the input's gradients.
+    #[test]
+    fn fused_layers_equal_the_composed_ops_bit_for_bit() {
+        for (arch, train, zero_row, x_var) in [
+            ("mlp2-relu-dropout5-residual", true, false, true),
+            ("mlp2-relu-dropout5-residual", false, false, true),
+            ("mlp1-linear-dropout3", true, false, true),
+            ("mlp0-relu-dropout0", true, false, true),
+            ("mlp2-relu-dropout0-residual", true, true, true),
+            ("mlp2-relu-dropout5", true, false, false),
+        ] {
+            let arch: Arch = arch.parse().unwrap();
+            let mut init = ChaCha8Rng::seed_from_u64(11);
+            let p = Projector::new(&arch, 16, 16, &mut init, DType::F32, &Device::Cpu).unwrap();
+            let mut x = uniform(&mut init, &[9, 16], 2.0, DType::F32, &Device::Cpu).unwrap();
+            if zero_row {
+                for l in &p.layers {
+                    l.bias.set(&l.bias.zeros_like().unwrap()).unwrap();
+                }
+                let zero = Tensor::zeros((1, 16), DType::F32, &Device::Cpu).unwrap();
+                x = Tensor::cat(&[&zero, &x.narrow(0, 1, 8).unwrap()], 0).unwrap();
+            }
+            let x = Var::from_tensor(&x).unwrap();
+            let input = if x_var {
+                x.as_tensor().clone()
+            } else {
+                x.as_tensor().detach()
+            };
+            let c = uniform(&mut init, &[9, 16], 1.0, DType::F32, &Device::Cpu).unwrap();
+            let run = |fused: bool| {
+                let mut rng = ChaCha8Rng::seed_from_u64(5);
+                let y = p
+                    .forward_path(&input, train.then_some(&mut rng), fused)
+                    .unwrap();
+                let grads = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut got = vec![y.flatten_all().unwrap().to_vec1::<f32>().unwrap()];
+                let mut tensors: Vec<Tensor> = p
+                    .named_vars("f")
+                    .into_iter()
+                    .map(|(_, v)| v.as_tensor().clone())
+                    .collect();
+                if x_var {
+                    tensors.push(input.clone());
+                } else {
+                    assert!(grads.get(&input).is_none(), "no gradient for data");
+                }
+                for t in tensors {
+                    let g = grads.get(&t).expect("a gradient for every variable");
+                    got.push(g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                }
+                got
+            };
+            let (fused, composed) = (run(true), run(false));
+            assert_eq!(fused.len(), composed.len());
+            for (a, b) in fused.iter().zip(&composed) {
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(a),
+                    bits(b),
+                    "{arch:?}, train {train}, zero row {zero_row}"
+                );
+            }
+            // Not vacuous: the output is not all zeros.
+            assert!(fused[0].iter().any(|v| *v != 0.0));
+        }
+    }
+
+    /// `forward` takes the fused path on the CPU in f32 with ReLU or no activation, and the
+    /// composed one for GELU or f64.
+    #[test]
+    fn the_cpu_takes_the_fused_path() {
+        let mut init = ChaCha8Rng::seed_from_u64(3);
+        let f32x = Tensor::ones((2, 4), DType::F32, &Device::Cpu).unwrap();
+        let f64x = Tensor::ones((2, 4), DType::F64, &Device::Cpu).unwrap();
+        for (arch, x, want) in [
+            ("mlp1-relu-dropout0", &f32x, true),
+            ("mlp1-linear-dropout1", &f32x, true),
+            ("mlp1-gelu-dropout0", &f32x, false),
+            ("mlp1-relu-dropout0", &f64x, false),
+        ] {
+            let arch: Arch = arch.parse().unwrap();
+            let p = Projector::new(&arch, 4, 4, &mut init, x.dtype(), &Device::Cpu).unwrap();
+            assert_eq!(p.fuses(x), want, "{arch:?} {:?}", x.dtype());
+        }
     }
 }
