@@ -379,7 +379,7 @@ pub(crate) fn tries_spent(table: &str, backoff: &Backoff) -> StoreError {
     StoreError::Concurrent {
         table: table.into(),
         what: format!(
-            "kept changing under this stage's commit: {} tries over {:.0} s, each lost to another writer's commit",
+            "kept changing under this commit: {} tries over {:.0} s, each lost to another writer's commit",
             backoff.lost,
             backoff.elapsed_s()
         ),

@@ -73,6 +73,12 @@ pub enum ShardError {
     },
     #[error("run '{run}' is being committed by another process (claim '{claim}')\nhint: wait for that commit; if none is running (it died), remove '{claim}' and commit again")]
     CommitInProgress { run: String, claim: String },
+    #[error("run '{run}' could not be committed: table 'embeddings' {what}\nhint: run `palpipe commit --run-id {run} --shards {shards}` again: the shards' files are kept, and what the other writers committed stays")]
+    CommitLost {
+        run: String,
+        shards: usize,
+        what: String,
+    },
     #[error("writing '{path}': {source}")]
     Io {
         path: PathBuf,
@@ -466,6 +472,19 @@ pub async fn commit_run(
 /// rows, keeps the commit a pure publication of the files the shards wrote and described,
 /// costs no rewrite of a run's every vector, and says the same as the check before the commit
 /// when the same happened earlier.
+/// A sharded commit that lost to other writers, with the hint that fits it (commit again;
+/// the shards are kept), where a stage's would say to run the pipeline again.
+fn lost(run: &str, metas: &[ShardMetadata], e: StoreError) -> ShardError {
+    match e {
+        StoreError::Concurrent { what, .. } => ShardError::CommitLost {
+            run: run.to_string(),
+            shards: metas.first().map_or(metas.len(), |m| m.shards),
+            what,
+        },
+        other => other.into(),
+    }
+}
+
 async fn publish(
     store: &Store,
     latest: Option<&Arc<Dataset>>,
@@ -509,10 +528,12 @@ async fn publish(
                     Err(e) if keyed::lost_to_another_writer(&e) => {
                         match keyed::after_lost_try(store, TABLE, &mut backoff).await? {
                             Some(d) => latest = d,
-                            None => return Err(keyed::tries_spent(TABLE, &backoff).into()),
+                            None => {
+                                return Err(lost(run, metas, keyed::tries_spent(TABLE, &backoff)))
+                            }
                         }
                     }
-                    Err(e) => return Err(super::commit_err(TABLE)(e).into()),
+                    Err(e) => return Err(lost(run, metas, super::commit_err(TABLE)(e))),
                 }
             }
         }
