@@ -761,7 +761,9 @@ fn fit_offsets(
     Ok(out)
 }
 
-/// One new user's logits, and for `offset` their offset δ (module doc of [`fit_new_user`]).
+/// One new user's logits, and for `offset` their offset δ (module doc of [`fit_new_user`]);
+/// the tests' way to see the offset that enrolment leaves out.
+#[cfg(test)]
 pub(super) fn fit_one_user(
     model: &PalModel,
     comparisons: &ComparisonSet,
