@@ -438,3 +438,43 @@ fn empty_splits_and_nan_vectors_are_refused() {
     );
     assert_eq!(before, versions(&store), "nothing written");
 }
+
+/// An adapt stage with `ridge: -1` (and another with a ridge above the bound) is refused by
+/// `palpipe run` before anything runs: exit 2, each message naming the file, the line and
+/// the key, and no table written (the training stages before them did not run).
+#[test]
+fn a_bad_adapt_ridge_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s");
+    let text = synth_pal_pipeline(
+        "t",
+        6,
+        &[
+            "{name: ad, kind: adapt, model: k3, users: un, shots: [0, 10], ridge: -1}",
+            "{name: ad2, kind: adapt, model: k3, users: va, shots: [0, 5], ridge: 1e13}",
+        ],
+        &["un: \"SELECT * FROM pairs WHERE split = 'unseen'\""],
+    );
+    // 1-based lines of the two stages, read from the text written.
+    let line_of = |needle: &str| 1 + text.lines().position(|l| l.contains(needle)).unwrap();
+    let (bad, big) = (line_of("ridge: -1"), line_of("ridge: 1e13"));
+    let p = write_pipeline(dir.path(), "p.yaml", &text);
+    let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(2);
+    assert!(
+        r.stderr.contains(&format!("p.yaml:{bad}:")) && r.stderr.contains("'stages.3.ridge'"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("is -1, it must be > 0"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("p.yaml:{big}:")) && r.stderr.contains("'stages.4.ridge'"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("at most 1e12"), "{}", r.stderr);
+    // A run refused before any work need not create the store at all.
+    if store.exists() {
+        let v = versions(&store);
+        assert!(v.keys().all(|t| t == "runs"), "tables written: {v:?}");
+    }
+}

@@ -673,7 +673,8 @@ pub struct FewShotConfig {
     pub prior_scale: f64,
     /// Ridge strength λ of `offset`: the penalty (λ/2)·‖δ/ρ‖² on a user's offset δ, ρ the
     /// prototypes' root-mean-square norm (so λ is free of the embedding's scale); larger
-    /// keeps the user nearer their mixture, `.inf` (∞) is `empirical` exactly. Default 100.
+    /// keeps the user nearer their mixture, `.inf` (∞) is `empirical` exactly; a finite value
+    /// must be at most [`MAX_RIDGE`] (1e12). Default 100.
     #[serde(default = "default_ridge")]
     pub ridge: f64,
     /// Full-batch AdamW steps on the new logits (`map`, `mle`; a fixed number: no held-out
@@ -701,6 +702,45 @@ pub struct FewShotConfig {
 fn default_prior_scale() -> f64 {
     1.0
 }
+/// The largest finite `ridge`: stronger ones hold the offset at 0 in any case, and above about
+/// 4e20 the penalty's gradient squared overflows f32 (NaN offsets). `.inf` stays allowed.
+pub const MAX_RIDGE: f64 = 1e12;
+
+/// JSON form of an optional ridge strength λ: a number, or the string "inf" for λ = ∞ (JSON
+/// has no infinity; serde_json would write `null`, which reads back as "no ridge"). Reads
+/// numbers, "inf" and null / absence (`None`). Use with `#[serde(default, with = ...)]`.
+pub mod ridge_json {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `None` as null, ∞ as "inf", any other λ as a number.
+    pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            None => s.serialize_none(),
+            Some(x) if x.is_infinite() && *x > 0.0 => s.serialize_some("inf"),
+            Some(x) => s.serialize_some(x),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Num(f64),
+        Text(String),
+    }
+
+    /// Reads a number, "inf" or null.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        match Option::<Repr>::deserialize(d)? {
+            None => Ok(None),
+            Some(Repr::Num(x)) => Ok(Some(x)),
+            Some(Repr::Text(t)) if t == "inf" => Ok(Some(f64::INFINITY)),
+            Some(Repr::Text(t)) => Err(serde::de::Error::custom(format!(
+                "ridge is '{t}', expected a number or \"inf\""
+            ))),
+        }
+    }
+}
+
 fn default_ridge() -> f64 {
     100.0
 }
@@ -754,7 +794,19 @@ impl FewShotConfig {
         if self.ridge.is_nan() || self.ridge <= 0.0 {
             return Err(PalError::config(
                 "ridge",
-                format!("is {}, it must be > 0 (∞ allowed: no offset)", self.ridge),
+                format!(
+                    "is {}, it must be > 0 (.inf allowed: no offset)",
+                    self.ridge
+                ),
+            ));
+        }
+        if self.ridge.is_finite() && self.ridge > MAX_RIDGE {
+            return Err(PalError::config(
+                "ridge",
+                format!(
+                    "is {}, it must be at most {MAX_RIDGE:e}\nhint: so strong a ridge holds the offset at 0; write .inf for no offset",
+                    self.ridge
+                ),
             ));
         }
         if !(self.query_frac > 0.0 && self.query_frac < 1.0) {
@@ -776,6 +828,48 @@ impl FewShotConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// λ = ∞ is written "inf" (not null, which reads back as no ridge) and reads back as ∞;
+    /// finite λ and None round-trip as themselves; other text is refused.
+    #[test]
+    fn ridge_json_round_trips_infinity() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct R {
+            #[serde(default, with = "ridge_json")]
+            ridge: Option<f64>,
+        }
+        let inf = serde_json::to_string(&R {
+            ridge: Some(f64::INFINITY),
+        })
+        .unwrap();
+        assert_eq!(inf, r#"{"ridge":"inf"}"#);
+        let back: R = serde_json::from_str(&inf).unwrap();
+        assert_eq!(back.ridge, Some(f64::INFINITY));
+        for r in [None, Some(100.0), Some(0.5)] {
+            let text = serde_json::to_string(&R { ridge: r }).unwrap();
+            assert_eq!(serde_json::from_str::<R>(&text).unwrap().ridge, r, "{text}");
+        }
+        assert_eq!(serde_json::from_str::<R>("{}").unwrap().ridge, None);
+        let err = serde_json::from_str::<R>(r#"{"ridge":"big"}"#).unwrap_err();
+        assert!(err.to_string().contains("'big'"), "{err}");
+    }
+
+    /// A finite ridge above the bound is refused, naming the key; ∞ and the bound pass.
+    #[test]
+    fn ridge_above_the_bound_is_refused() {
+        let with = |ridge: f64| FewShotConfig {
+            ridge,
+            ..FewShotConfig::default()
+        };
+        assert!(with(f64::INFINITY).validate().is_ok());
+        assert!(with(1e12).validate().is_ok());
+        for bad in [1e13, 5e20, -1.0, 0.0, f64::NAN] {
+            let e = with(bad).validate().unwrap_err().to_string();
+            assert!(e.contains("'ridge'"), "{bad}: {e}");
+        }
+        let e = with(1e13).validate().unwrap_err().to_string();
+        assert!(e.contains("at most 1e12") && e.contains("hint:"), "{e}");
+    }
 
     #[test]
     fn arch_parses_and_prints_back() {

@@ -36,14 +36,16 @@
 //! the prior would already hold the answer.
 //!
 //! Weights: a comparison's weight (`pairs.weight`, [`super::Weight`]) weighs its shot as it
-//! weighs the training loss. `mle`, whose objective is training's mean loss, takes Σ w·ℓ / Σ w
-//! (the plain mean when the weights are equal, computed as the plain mean). The
-//! likelihood-based estimators (`map`, `posterior`, `empirical`, `offset`) take the weighted
-//! log-likelihood Σ w·log p(shot): their shots are evidence against a prior, so the absolute
+//! weighs the training loss. `mle`, whose objective is training's mean loss, takes each
+//! user's Σ w·ℓ / Σ w (the plain mean when the weights are equal, computed as the plain mean).
+//! The likelihood-based estimators (`map`, `posterior`, `empirical`, `offset`) take the
+//! weighted log-likelihood Σ w·log p(shot): their shots are evidence against a prior, so the absolute
 //! size of a weight matters (a mean would make 1 shot weigh as much as 50), and weight w
 //! counts as w copies of the shot, the same reading as training's (weight 2 = given twice).
 //! A weight of 1.0 multiplies nothing away, so data without weights adapts bit for bit as
-//! before. Huge weights cannot overflow: see `loss::weighted_sum`. Queries are scored
+//! before. Huge weights cannot overflow, and a user's fit does not depend on the other users'
+//! weights when many users are fitted in one objective: each user's part is scaled by their
+//! own weights only (`loss::UserScale`, `loss::user_mean_coefs`). Queries are scored
 //! unweighted, as `evaluate` scores seen users.
 //!
 //! Offset (`offset`): `empirical`'s mixture, then a per-user offset δ of the ideal point
@@ -110,7 +112,8 @@ pub struct FewShotCurve {
     pub estimator: Estimator,
     /// Its prior scale.
     pub prior_scale: f64,
-    /// `offset`'s ridge strength λ (`None` for the other estimators).
+    /// `offset`'s ridge strength λ (`None` for the other estimators; ∞ is written "inf").
+    #[serde(default, with = "super::config::ridge_json")]
     pub ridge: Option<f64>,
     /// Users scored, in set order.
     pub user_ids: Vec<String>,
@@ -141,8 +144,8 @@ pub struct FewShotCurve {
 pub struct SimRow {
     pub estimator: Estimator,
     pub prior_scale: f64,
-    /// `offset`'s ridge strength λ (`None` for the other estimators).
-    #[serde(default)]
+    /// `offset`'s ridge strength λ (`None` for the other estimators; ∞ is written "inf").
+    #[serde(default, with = "super::config::ridge_json")]
     pub ridge: Option<f64>,
     /// Mean over the simulated shot counts of the query accuracy.
     pub accuracy: f64,
@@ -292,6 +295,15 @@ fn fit_gd(
         .map(|s| 1.0 / (cfg.prior_scale * s).powi(2))
         .collect();
     let prec = Tensor::from_vec(prec, (1, k), dev)?.to_dtype(dt)?;
+    // Each user's part of the objective is scaled by their own weights only (see
+    // `loss::UserScale`): the users' rows are independent, and one user's huge weights must
+    // not shrink another's gradients below AdamW's ε.
+    let owner = owners(&batch)?;
+    let scale = loss::UserScale::new(&batch.weights, &owner, n_users, &centre)?;
+    let mle_coef = match loss::user_mean_coefs(&batch.weights, &owner, n_users) {
+        Some(a) => Some(Tensor::new(a.as_slice(), dev)?.to_dtype(dt)?),
+        None => None,
+    };
     let mut opt = AdamW::new();
     opt.add_rows(logits.clone(), cfg.lr, 0.0)?;
     let all_rows: Vec<u32> = (0..n_users as u32).collect();
@@ -301,24 +313,27 @@ fn fit_gd(
         let (m, penalty) = model.margins_from(&feats, &batch, &w, None)?;
         let per = loss::per_comparison(model.cfg.loss, &loss::agreement(&m, &batch.y)?)?;
         let obj = match est {
-            // The original objective: the mean loss, weighted as training weighs it
-            // (Σ w·ℓ / Σ w), and the norm-bound penalty.
+            // The original objective: the mean loss (with unequal weights, each user's
+            // weighted mean Σ w·ℓ / Σ w weighed by their share of the comparisons, see
+            // `loss::user_mean_coefs`), and the norm-bound penalty.
             Estimator::Mle => {
-                let mean = loss::weighted_mean(&per, &batch.weights)?;
+                let mean = match &mle_coef {
+                    None => per.mean_all()?,
+                    Some(a) => per.mul(a)?.sum_all()?,
+                };
                 match penalty {
                     Some(p) => (mean + p)?,
                     None => mean,
                 }
             }
             // −Σ w·log p(shot | W) − log p(W): summed, so each shot counts for what it is
-            // worth (weight w: as w copies of it); both terms divided by c (see
-            // `loss::weighted_sum`) so that huge weights cannot overflow.
+            // worth (weight w: as w copies of it); each user's shots and prior row divided by
+            // their own c_u so that huge weights cannot overflow.
             _ => {
                 let d = l.broadcast_sub(&centre)?;
-                let pr = (d.sqr()?.broadcast_mul(&prec)?.sum_all()? * 0.5)?;
-                let (sum, c) = loss::weighted_sum(&per, &batch.weights)?;
-                let pr = if c == 1.0 { pr } else { (pr / c)? };
-                (sum + pr)?
+                let sq = d.sqr()?.broadcast_mul(&prec)?;
+                let pr = (scale.per_user(&sq)? * 0.5)?;
+                (scale.sum(&per)? + pr)?
             }
         };
         let grads = obj.backward()?;
@@ -660,6 +675,12 @@ fn first_shots(shots: &[Vec<usize>], n: usize) -> Vec<usize> {
     idx
 }
 
+/// Each comparison's user of `batch`, as the row of the fitted table (`0..n_users`).
+fn owners(batch: &super::data::Batch) -> Result<Vec<u32>> {
+    let slot = batch.user.to_vec1::<u32>()?;
+    Ok(slot.iter().map(|&b| batch.users[b as usize]).collect())
+}
+
 /// The prototypes' root-mean-square norm ρ in the space where a user's ideal point lives:
 /// PAL-B the g_k(x_c) of the batch's prompts (the g_k vectors without context), PAL-A the
 /// points P_k. `offset`'s penalty is on δ/ρ, so its λ does not depend on that scale.
@@ -685,7 +706,8 @@ fn prototype_rms(model: &PalModel, feats: &Features) -> Result<f64> {
 /// jittering about it by the rate, which a strong ridge would otherwise not hold at 0) on
 /// Σ w·ℓ(first N shots) + (λ/2)·Σ_u ‖e_u‖², λ = `cfg.ridge`: the shots' weighted negative
 /// log-likelihood (a shot of weight w counts as w copies, as for `map`) and a Gaussian prior
-/// on δ. N = 0, or λ = ∞, give δ = 0 without a fit, so the estimate is the mixture's exactly.
+/// on δ, each user's part divided by their own c_u (`loss::UserScale`). N = 0, or λ = ∞, give
+/// δ = 0 without a fit, so the estimate is the mixture's exactly.
 #[allow(clippy::too_many_arguments)]
 fn fit_offsets(
     model: &PalModel,
@@ -712,6 +734,8 @@ fn fit_offsets(
         let table = model.eval_mixture(&rows_tensor(model, rows)?)?.detach();
         let w = table.index_select(&users, 0)?;
         let e = Var::from_tensor(&Tensor::zeros((n_users, dim), dt, dev)?)?;
+        let owner = owners(&batch)?;
+        let scale = loss::UserScale::new(&batch.weights, &owner, n_users, e.as_tensor())?;
         let mut opt = AdamW::new();
         opt.add_rows(e.clone(), cfg.lr, 0.0)?;
         let all_rows: Vec<u32> = (0..n_users as u32).collect();
@@ -721,8 +745,9 @@ fn fit_offsets(
             let delta = (et.index_select(&users, 0)? * rho)?;
             let (m, _) = model.margins_offset(&feats, &batch, &w, Some(&delta), None)?;
             let per = loss::per_comparison(model.cfg.loss, &loss::agreement(&m, &batch.y)?)?;
-            let (sum, c) = loss::weighted_sum(&per, &batch.weights)?;
-            let pen = (et.sqr()?.sum_all()? * (0.5 * cfg.ridge / c))?;
+            // Each user's shots and ridge term divided by their own c_u (`loss::UserScale`).
+            let sum = scale.sum(&per)?;
+            let pen = (scale.per_user(&et.sqr()?)? * (0.5 * cfg.ridge))?;
             let grads = (sum + pen)?.backward()?;
             opt.step(&grads, &all_rows)?;
         }
@@ -736,11 +761,24 @@ fn fit_offsets(
     Ok(out)
 }
 
-/// One new user's logits, and for `offset` their offset δ (module doc of [`fit_new_user`]).
+/// One new user's logits, and for `offset` their offset δ (module doc of [`fit_new_user`]);
+/// the tests' way to see the offset that enrolment leaves out.
+#[cfg(test)]
 pub(super) fn fit_one_user(
     model: &PalModel,
     comparisons: &ComparisonSet,
     cfg: &FewShotConfig,
+) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
+    fit_user(model, comparisons, cfg, true)
+}
+
+/// [`fit_one_user`], fitting `offset`'s δ only when `with_offset` (enrolment keeps the
+/// mixture alone, so it skips that fit).
+fn fit_user(
+    model: &PalModel,
+    comparisons: &ComparisonSet,
+    cfg: &FewShotConfig,
+    with_offset: bool,
 ) -> Result<(Vec<f64>, Option<Vec<f64>>)> {
     cfg.validate()?;
     // No comparison at all is allowed here: the answer is the prior's (see above).
@@ -777,7 +815,7 @@ pub(super) fn fit_one_user(
         )?
         .remove(0),
     };
-    let offset = if est == Estimator::Offset {
+    let offset = if with_offset && est == Estimator::Offset {
         let mix = vec![vec![row.clone()]];
         Some(
             fit_offsets(
@@ -811,7 +849,7 @@ pub fn fit_new_user(
     comparisons: &ComparisonSet,
     cfg: &FewShotConfig,
 ) -> Result<Vec<f32>> {
-    let (row, _) = fit_one_user(model, comparisons, cfg)?;
+    let (row, _) = fit_user(model, comparisons, cfg, false)?;
     Ok(row.into_iter().map(|x| x as f32).collect())
 }
 

@@ -1,8 +1,9 @@
 //! The three comparison losses of PAL-SPEC "Losses", on t = −y·m (t > 0 when the model agrees
 //! with the label; m = r(x_l) − r(x_r), y = −1 when the left item is preferred).
 //!
-//! Owns: per-comparison loss tensors and their weighted batch mean Σ w·ℓ / Σ w
-//! ([`weighted_mean`]). Does not own: the margins (`model.rs`) or the penalties (`train.rs`).
+//! Owns: per-comparison loss tensors, their weighted batch mean Σ w·ℓ / Σ w
+//! ([`weighted_mean`]) and the per-user weighting of the few-shot objectives ([`UserScale`],
+//! [`user_mean_coefs`]). Does not own: the margins (`model.rs`) or the penalties (`train.rs`).
 
 use candle_core::Tensor;
 
@@ -61,25 +62,119 @@ pub(crate) fn weighted_mean(per: &Tensor, weights: &[f32]) -> Result<Tensor> {
     Ok((per.mul(&w)?.sum_all()? / total)?)
 }
 
-/// Σ w·ℓ / c with c = max(1, max w), and c: the weighted negative log-likelihood of the
-/// likelihood-based few-shot estimators (a comparison of weight w counts as w independent
-/// copies of it), divided by c so that it cannot overflow (every weight divided by c is at
-/// most 1). The caller divides the rest of its objective (the prior) by the same c, which
-/// leaves the minimiser where it was. With every weight 1.0 (data without weights) it is the
-/// plain sum Σ ℓ, computed as the plain sum, and c = 1.
-pub(crate) fn weighted_sum(per: &Tensor, weights: &[f32]) -> Result<(Tensor, f64)> {
-    if weights.iter().all(|&w| w == 1.0) {
-        return Ok((per.sum_all()?, 1.0));
+/// Per-user scaling of the few-shot objectives, which fit many users' independent rows in one
+/// sum: each user u is divided by their own c_u = max(1, the largest weight of their
+/// comparisons), so no weight divided by it exceeds 1 (no overflow, however large) and no
+/// user's terms shrink because of another user's weights (AdamW's ε would then freeze that
+/// user at their start). Dividing one user's whole objective (shots and prior) by a constant
+/// leaves their minimiser where it was.
+pub(crate) struct UserScale {
+    /// Per comparison w_i / c_u(i), `[B]`; `None` when every weight is 1.0 (the plain sum).
+    coef: Option<Tensor>,
+    /// Per user 1 / c_u, `[U]`; `None` when every c_u is 1 (the plain sum of per-user terms).
+    inv_c: Option<Tensor>,
+}
+
+impl UserScale {
+    /// The scales of comparisons with weights `weights` whose users (in `0..n_users`) are
+    /// `owner`; tensors in the dtype and on the device of `like`.
+    pub(crate) fn new(
+        weights: &[f32],
+        owner: &[u32],
+        n_users: usize,
+        like: &Tensor,
+    ) -> Result<UserScale> {
+        if weights.iter().all(|&w| w == 1.0) {
+            return Ok(UserScale {
+                coef: None,
+                inv_c: None,
+            });
+        }
+        let mut c = vec![1f64; n_users];
+        for (&w, &u) in weights.iter().zip(owner) {
+            c[u as usize] = c[u as usize].max(f64::from(w));
+        }
+        let coef: Vec<f64> = weights
+            .iter()
+            .zip(owner)
+            .map(|(&w, &u)| {
+                let cu = c[u as usize];
+                if cu == 1.0 {
+                    f64::from(w)
+                } else {
+                    f64::from(w) / cu
+                }
+            })
+            .collect();
+        let to = |v: Vec<f64>| -> Result<Tensor> {
+            Ok(Tensor::new(v.as_slice(), like.device())?.to_dtype(like.dtype())?)
+        };
+        let inv_c = if c.iter().all(|&x| x == 1.0) {
+            None
+        } else {
+            Some(to(c.iter().map(|x| 1.0 / x).collect())?)
+        };
+        Ok(UserScale {
+            coef: Some(to(coef)?),
+            inv_c,
+        })
     }
-    let (scaled, c) = scaled_weights(weights);
-    let c = c.max(1.0);
-    let scaled: Vec<f64> = if c == 1.0 {
-        weights.iter().map(|&w| f64::from(w)).collect()
-    } else {
+
+    /// Σ_i (w_i / c_u(i))·ℓ_i of per-comparison losses `per` `[B]`: the weighted negative
+    /// log-likelihood of the likelihood-based estimators (a comparison of weight w counts as
+    /// w copies of it), each user's part divided by their c_u. Every weight 1.0 (data without
+    /// weights): the plain sum Σ ℓ, computed as the plain sum.
+    pub(crate) fn sum(&self, per: &Tensor) -> Result<Tensor> {
+        match &self.coef {
+            None => Ok(per.sum_all()?),
+            Some(w) => Ok(per.mul(w)?.sum_all()?),
+        }
+    }
+
+    /// Σ_u (Σ_j t_uj) / c_u of per-user terms `t` `[U, J]` (a user's prior, one row per
+    /// user), so that they are divided as their shots are; every c_u = 1: the plain sum of
+    /// every element, computed as such.
+    pub(crate) fn per_user(&self, t: &Tensor) -> Result<Tensor> {
+        match &self.inv_c {
+            None => Ok(t.sum_all()?),
+            Some(ic) => Ok(t.sum(1)?.mul(ic)?.sum_all()?),
+        }
+    }
+}
+
+/// The coefficients a_i of `mle`'s objective Σ a_i·ℓ_i when several users are fitted in one
+/// sum: each user's weighted mean Σ_u w·ℓ / Σ_u w, weighed by the user's share n_u / N of the
+/// comparisons, so that the objective is the plain mean when the weights are equal and no
+/// user's part depends on another user's weights. `None` when every weight is the same: the
+/// caller takes the plain mean (bit for bit as before weights existed). Each user's weights
+/// are divided by their largest first, so no sum overflows.
+pub(crate) fn user_mean_coefs(weights: &[f32], owner: &[u32], n_users: usize) -> Option<Vec<f64>> {
+    if weights.windows(2).all(|p| p[0] == p[1]) {
+        return None;
+    }
+    let mut max = vec![0f64; n_users];
+    let mut n = vec![0f64; n_users];
+    for (&w, &u) in weights.iter().zip(owner) {
+        max[u as usize] = max[u as usize].max(f64::from(w));
+        n[u as usize] += 1.0;
+    }
+    let scaled: Vec<f64> = weights
+        .iter()
+        .zip(owner)
+        .map(|(&w, &u)| f64::from(w) / max[u as usize])
+        .collect();
+    let mut total = vec![0f64; n_users];
+    for (&s, &u) in scaled.iter().zip(owner) {
+        total[u as usize] += s;
+    }
+    let all = weights.len() as f64;
+    Some(
         scaled
-    };
-    let w = Tensor::new(scaled.as_slice(), per.device())?.to_dtype(per.dtype())?;
-    Ok((per.mul(&w)?.sum_all()?, c))
+            .iter()
+            .zip(owner)
+            .map(|(&s, &u)| (n[u as usize] / all) * s / total[u as usize])
+            .collect(),
+    )
 }
 
 /// The weights divided by the largest of them (in f64), and that largest weight.
@@ -151,18 +246,41 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!((got - 17.5).abs() < 1e-5, "{got}");
-        let (sum, c) = weighted_sum(&per, &[1e38, 3e38]).unwrap();
-        let sum = sum.to_scalar::<f32>().unwrap();
-        assert_eq!(c, f64::from(3e38f32));
-        // Σ w·ℓ / c = 10/3 + 20 = 23.33…
+        // One user: Σ w·ℓ / c with c = 3e38, i.e. 10/3 + 20 = 23.33…
+        let one = UserScale::new(&[1e38, 3e38], &[0, 0], 1, &per).unwrap();
+        let sum = one.sum(&per).unwrap().to_scalar::<f32>().unwrap();
         assert!((f64::from(sum) - 70.0 / 3.0).abs() < 1e-4, "{sum}");
-        // Weights all 1.0: the plain sum, c = 1; weights below 1 are not scaled up.
-        let (plain, c1) = weighted_sum(&per, &[1.0, 1.0]).unwrap();
-        assert_eq!(plain.to_scalar::<f32>().unwrap(), 30.0);
-        assert_eq!(c1, 1.0);
-        let (half, ch) = weighted_sum(&per, &[0.5, 0.25]).unwrap();
-        assert_eq!(half.to_scalar::<f32>().unwrap(), 10.0);
-        assert_eq!(ch, 1.0);
+        // Weights all 1.0: the plain sum; weights below 1 are not scaled up.
+        let plain = UserScale::new(&[1.0, 1.0], &[0, 0], 1, &per).unwrap();
+        assert_eq!(plain.sum(&per).unwrap().to_scalar::<f32>().unwrap(), 30.0);
+        let half = UserScale::new(&[0.5, 0.25], &[0, 0], 1, &per).unwrap();
+        assert_eq!(half.sum(&per).unwrap().to_scalar::<f32>().unwrap(), 10.0);
+    }
+
+    /// Two users, each divided by their own largest weight: user 0 (weights 1e30, 2e30) by
+    /// 2e30, user 1 (weight 3, below it 1) by 3; per-user terms by the same.
+    #[test]
+    fn each_user_is_scaled_by_their_own_weights() {
+        let per = Tensor::new(&[10.0f64, 20.0, 5.0, 7.0], &Device::Cpu).unwrap();
+        let s = UserScale::new(&[1e30, 2e30, 3.0, 1.0], &[0, 0, 1, 1], 2, &per).unwrap();
+        let got = s.sum(&per).unwrap().to_scalar::<f64>().unwrap();
+        // 10·0.5 + 20·1 + 5·1 + 7/3
+        assert!((got - (25.0 + 5.0 + 7.0 / 3.0)).abs() < 1e-9, "{got}");
+        let t = Tensor::new(&[[1.0f64, 3.0], [2.0, 4.0]], &Device::Cpu).unwrap();
+        let got = s.per_user(&t).unwrap().to_scalar::<f64>().unwrap();
+        assert!((got - (4.0 / 2e30 + 2.0)).abs() < 1e-12, "{got}");
+        // mle: (2/4)·(1·10 + 2·20)/3 + (2/4)·(3·5 + 1·7)/4
+        let a = user_mean_coefs(&[1e30, 2e30, 3.0, 1.0], &[0, 0, 1, 1], 2).unwrap();
+        let got: f64 = a
+            .iter()
+            .zip([10.0, 20.0, 5.0, 7.0])
+            .map(|(a, l)| a * l)
+            .sum();
+        assert!(
+            (got - (0.5 * 50.0 / 3.0 + 0.5 * 22.0 / 4.0)).abs() < 1e-9,
+            "{got}"
+        );
+        assert!(user_mean_coefs(&[2.0, 2.0], &[0, 1], 2).is_none());
     }
 
     #[test]

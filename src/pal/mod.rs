@@ -47,8 +47,8 @@ mod tests;
 pub use baseline::{ClipScore, Popularity};
 pub use checkpoint::{CardInfo, ModelCard, CARD_FILE, CARD_FORMAT, WEIGHTS_FILE};
 pub use config::{
-    Activation, Arch, Distance, Estimator, FewShotConfig, GroupConfig, LossKind, Mode, ModelConfig,
-    ModelKind, NormBound, Select, TrainConfig,
+    ridge_json, Activation, Arch, Distance, Estimator, FewShotConfig, GroupConfig, LossKind, Mode,
+    ModelConfig, ModelKind, NormBound, Select, TrainConfig,
 };
 pub use data::{Comparison, ComparisonSet, Weight};
 pub use enroll::fit_user_logits;

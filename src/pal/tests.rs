@@ -1200,6 +1200,60 @@ fn huge_weights_adapt_without_overflow() {
     }
 }
 
+/// Two new users adapted in one curve, the second ("heavy") with weights 1e30 times the first's
+/// (weights 1, 2, 3 repeating for both): every estimator gives the first user, at 8 shots, the
+/// logits (and `offset` the offset) of a curve of that user alone (same seed, so the same
+/// queries and shots), to 1e-4, where the lone fit has moved off its 0-shot start. Each user is
+/// scaled by their own weights only; one scale for the whole batch would shrink the first
+/// user's gradients by 1e30, below AdamW's ε, and leave them at their start.
+#[test]
+fn a_users_fit_does_not_depend_on_another_users_weights() {
+    let (model, items) = small_pal_b();
+    let mut alone = comparisons_of(&model, &items, &[0.8, 0.2], 40, 51);
+    for (i, c) in alone.comps.iter_mut().enumerate() {
+        c.weight = Weight((1 + i % 3) as f32);
+    }
+    let heavy = comparisons_of(&model, &items, &[0.2, 0.8], 40, 52);
+    let mut both = alone.clone();
+    both.user_ids.push("heavy".into());
+    both.comps
+        .extend(heavy.comps.iter().enumerate().map(|(i, c)| Comparison {
+            user: 1,
+            weight: Weight((1 + i % 3) as f32 * 1e30),
+            ..*c
+        }));
+    let f64s = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| f64::from(x)).collect() };
+    let (k, dim) = (model.cfg.k, model.offset_dim());
+    let opts = EvalOptions::default();
+    for est in EVERY_ESTIMATOR {
+        let cfg = FewShotConfig {
+            estimator: est,
+            ridge: 1.0,
+            ..FewShotConfig::default()
+        };
+        let joint = few_shot_curve(&model, &both, &[0, 8], &cfg, &opts).unwrap();
+        let one = few_shot_curve(&model, &alone, &[0, 8], &cfg, &opts).unwrap();
+        assert_eq!(joint.user_ids, ["new", "heavy"]);
+        assert_eq!(one.user_ids, ["new"]);
+        let (pj, p1) = (&joint.points[1], &one.points[1]);
+        let gap = max_gap(&f64s(&pj.logits[..k]), &f64s(&p1.logits));
+        let moved = max_gap(&f64s(&p1.logits), &f64s(&one.points[0].logits));
+        eprintln!("{est}: joint vs alone {gap:e}, moved {moved:e}");
+        assert!(gap < 1e-4, "{est}: {:?} vs {:?}", pj.logits, p1.logits);
+        assert!(moved > 1e-2, "{est}: the lone fit did not move ({moved})");
+        if est == Estimator::Offset {
+            assert_eq!(p1.offsets.len(), dim);
+            let gap = max_gap(&f64s(&pj.offsets[..dim]), &f64s(&p1.offsets));
+            assert!(gap < 1e-4, "offset δ: {:?} vs {:?}", pj.offsets, p1.offsets);
+            assert!(
+                p1.offsets.iter().any(|x| x.abs() > 1e-3),
+                "{:?}",
+                p1.offsets
+            );
+        }
+    }
+}
+
 /// New users whose true ideal point lies OFF the span of the prototypes: in the small PAL-B
 /// model (dp = 0, K = 2, d = 4) the user side is z = w₁g₁ + w₂g₂; each new user's truth z*
 /// is a unit vector orthogonal to g₁ and g₂ plus a small part inside their span, and they

@@ -177,6 +177,42 @@ pub struct AdaptParams {
     pub min_queries: usize,
 }
 
+impl AdaptParams {
+    /// The few-shot configuration these parameters give (before a `tune_split` picks the
+    /// estimator, prior scale and ridge).
+    pub fn fewshot_config(&self) -> FewShotConfig {
+        FewShotConfig {
+            estimator: self.estimator,
+            prior_scale: self.prior_scale,
+            ridge: self.ridge,
+            steps: self.steps,
+            seed: self.seed,
+            query_frac: self.query_frac,
+            min_queries: self.min_queries,
+            ..FewShotConfig::default()
+        }
+    }
+
+    /// The checks of [`FewShotConfig::validate`] and a non-empty `shots`, naming the key at
+    /// fault, so that a pipeline file is refused (with the key's line) before anything runs.
+    pub fn check_params(&self) -> Result<(), crate::transform::ParamIssue> {
+        use crate::transform::ParamIssue;
+        if self.shots.is_empty() {
+            return Err(ParamIssue::new(
+                "shots",
+                "'shots' is empty, give at least one shot count (0 is zero-shot)",
+            ));
+        }
+        match self.fewshot_config().validate() {
+            Ok(()) => Ok(()),
+            Err(pal::PalError::Config { field, message }) => {
+                Err(ParamIssue::new(&field, format!("'{field}' {message}")))
+            }
+            Err(e) => Err(ParamIssue::new("", e.to_string())),
+        }
+    }
+}
+
 /// A registered model, as `models` holds it.
 #[derive(Debug, Clone)]
 pub struct ModelEntry {
@@ -716,8 +752,11 @@ pub struct AdaptRow {
     pub seen_accuracy: Option<f64>,
     pub estimator: Estimator,
     pub prior_scale: f64,
-    /// `offset`'s ridge strength λ (absent for the other estimators).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// `offset`'s ridge strength λ (absent for the other estimators; ∞ is written "inf").
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::pal::ridge_json::serialize"
+    )]
     pub ridge: Option<f64>,
 }
 
@@ -817,16 +856,7 @@ pub async fn adapt_model(
         None
     };
     let shots = p.shots.clone();
-    let base = FewShotConfig {
-        estimator: p.estimator,
-        prior_scale: p.prior_scale,
-        ridge: p.ridge,
-        steps: p.steps,
-        seed: p.seed,
-        query_frac: p.query_frac,
-        min_queries: p.min_queries,
-        ..FewShotConfig::default()
-    };
+    let base = p.fewshot_config();
     let out = tokio::task::spawn_blocking(move || -> anyhow::Result<AdaptOutcome> {
         let opts = EvalOptions {
             bootstrap_reps: 1000,

@@ -55,7 +55,7 @@ pub struct EnrollOutcome {
     pub replaced: bool,
 }
 
-/// Reads comparisons from one JSON value each: `{"prompt"?, "chosen", "rejected"}`. Strings
+/// Reads comparisons from one JSON value each: `{"prompt"?, "chosen", "rejected", "weight"?}`. Strings
 /// are image paths (relative to `base`) when `images`, texts otherwise. `what(i)` names
 /// comparison `i` in errors (a line of a file, an index of a request).
 pub fn parse_comparison(
@@ -67,7 +67,7 @@ pub fn parse_comparison(
     let obj = v.as_object().ok_or_else(|| {
         ServeError::bad(
             at,
-            "must be an object {\"prompt\", \"chosen\", \"rejected\"}",
+            "must be an object {\"prompt\", \"chosen\", \"rejected\", \"weight\"} (prompt and weight optional)",
         )
     })?;
     for k in obj.keys() {

@@ -8,8 +8,8 @@
 //! - `POST /get_reward`, OpenRLHF's remote reward model shape: `{"query": […], "prompts":
 //!   […], "labels": […]}` → `{"rewards": […]}`, where `labels[i]` is the user id and the
 //!   response is `query[i]` less its `prompts[i]` prefix;
-//! - `POST /users/{id}/enroll` `{"model"?, "comparisons": [{"prompt", "chosen",
-//!   "rejected"}, …]}` → the fitted mixture and held-out accuracy (as `palpipe enroll`);
+//! - `POST /users/{id}/enroll` `{"model"?, "comparisons": [{"prompt"?, "chosen",
+//!   "rejected", "weight"?}, …]}` → the fitted mixture and held-out accuracy (as `palpipe enroll`);
 //! - `GET /models`, `GET /health`.
 //!
 //! `GET /models` also reports each model's vector cache (entries, counted bytes, its bound,

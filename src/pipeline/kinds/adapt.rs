@@ -4,7 +4,7 @@
 //! `palpipe adapt`).
 //! Owns the `adapt:<split>` metric of the model it names.
 
-use super::{KindInfo, RunFuture, Scope, StageCtx, StageKind};
+use super::{KindInfo, ParamIssue, RunFuture, Scope, StageCtx, StageKind};
 use crate::pipeline::pal_stages::{adapt_model, AdaptParams};
 
 /// The registry entry.
@@ -50,6 +50,12 @@ impl StageKind for AdaptParams {
             "model '{}', users of '{}', shots {:?}",
             self.model, self.users, self.shots
         )
+    }
+
+    /// The few-shot settings in range (`ridge`, `prior_scale`, `query_frac`, ...) and `shots`
+    /// not empty, before anything runs.
+    fn check(&self) -> Result<(), ParamIssue> {
+        self.check_params()
     }
 
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
