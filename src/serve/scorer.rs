@@ -600,6 +600,8 @@ impl Scorer {
             for (id, v) in self.read_vectors(&wanted).await? {
                 found.insert(id, Arc::new(v));
             }
+            // Tests hold the process here while another writer stores vectors it missed.
+            crate::store::race_hook::pause("serve-cache-read").await;
         }
         // The encoder, for what is in neither (and to tell which texts it truncates).
         let mut texts: Vec<(String, String)> = Vec::new();
