@@ -492,16 +492,7 @@ fn a_score_racing_an_embed_of_the_same_new_texts_stores_each_vector_once() {
         })
         .collect();
     let comparisons = dir.path().join("new.jsonl");
-    let text: String = rows
-        .iter()
-        .map(|[p, c, r]| {
-            format!(
-                "{}\n",
-                serde_json::json!({"annotator": "a1", "prompt": p, "chosen": c, "rejected": r})
-            )
-        })
-        .collect();
-    std::fs::write(&comparisons, text).unwrap();
+    write_chosen_rejected(&comparisons, &rows);
     // The reference, on a folder: the persona texts and the new ones, embedded by `embed`.
     let local = dir.path().join("local");
     palpipe(

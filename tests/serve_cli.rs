@@ -796,16 +796,7 @@ fn a_served_write_back_racing_an_embed_leaves_out_what_embed_stored() {
         })
         .collect();
     let file = dir.path().join("new.jsonl");
-    let text: String = rows
-        .iter()
-        .map(|[p, c, r]| {
-            format!(
-                "{}\n",
-                json!({"annotator": "a1", "prompt": p, "chosen": c, "rejected": r})
-            )
-        })
-        .collect();
-    std::fs::write(&file, text).unwrap();
+    write_chosen_rejected(&file, &rows);
     ingest_chosen_rejected(&store, &file, &[]).ok();
     let counts = |s: &Path| {
         let r = &query(
