@@ -796,7 +796,7 @@ impl Scorer {
             let mut seen = self.seen.lock().await;
             // Always set by the read that missed these vectors; were it not, an empty record
             // counts every stored key as taken (safe, at the cost of reading them all).
-            let seen = seen.get_or_insert_with(KeysSeen::default);
+            let seen = seen.get_or_insert_default();
             self.seen_taken.store(true, Ordering::Release);
             self.store.append_seen("embeddings", b, seen).await
         }
