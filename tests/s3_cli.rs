@@ -456,6 +456,106 @@ fn two_embeds_of_the_same_new_texts_on_s3_store_each_vector_once() {
     );
 }
 
+/// The persona pipeline of `serve_cli` (two personas, three users each, 20 statements
+/// each; one unseen user per persona): its data and embed stages, and with `train` a PAL-B
+/// head `pb` (K = 2, prompt-conditioned) on the seen users' MiniLM vectors.
+fn persona_pipeline(dir: &Path, train: bool) -> PathBuf {
+    let mut text = format!(
+        "name: p\nstages:\n  - name: data\n    kind: persona\n    dir: {}\n    personas: [art, math]\n    users_per_persona: 3\n    queries_per_user: 20\n    unseen_users_per_persona: 1\n    unseen_queries_per_user: 16\n  - name: embed\n    kind: embed\n",
+        shared_data().join("persona").display()
+    );
+    if train {
+        text.push_str("  - {name: pb, kind: train, model: pal-b, k: 2, train: tr, encoder: all-MiniLM-L6-v2, config: {d: 8}, training: {epochs: 2}}\nsplits:\n  tr: \"SELECT * FROM pairs WHERE split = 'train'\"\n");
+    }
+    write_pipeline(dir, if train { "pt.yaml" } else { "p.yaml" }, &text)
+}
+
+/// `palpipe score` of texts the store has as items but no vectors for, held after it read
+/// the cache (nothing found) while `palpipe embed` stores those vectors; then it embeds the
+/// texts and writes them back. Each vector is stored once, as embed stores it, and the
+/// rewards equal those a later score computes from the stored vectors.
+#[test]
+fn a_score_racing_an_embed_of_the_same_new_texts_stores_each_vector_once() {
+    require_minilm();
+    let Some(s3) = s3_store("score-race") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Four comparisons whose twelve texts (prompts, chosen, rejected) are all new.
+    let rows: Vec<[String; 3]> = (0..4)
+        .map(|i| {
+            [
+                format!("Question {i}: would you rather visit a gallery or a concert hall?"),
+                format!("I would pick the gallery, visit number {i}."),
+                format!("I would pick the concert hall, visit number {i}."),
+            ]
+        })
+        .collect();
+    let comparisons = dir.path().join("new.jsonl");
+    write_chosen_rejected(&comparisons, &rows);
+    // The reference, on a folder: the persona texts and the new ones, embedded by `embed`.
+    let local = dir.path().join("local");
+    palpipe(
+        &local,
+        &["run", persona_pipeline(dir.path(), false).to_str().unwrap()],
+    )
+    .ok();
+    ingest_chosen_rejected(&local, &comparisons, &[]).ok();
+    palpipe(&local, &["embed"]).ok();
+    let expected = stored_vectors(&local);
+    // The same on the bucket, with a trained head, the new texts ingested but not embedded.
+    palpipe(
+        &s3,
+        &["run", persona_pipeline(dir.path(), true).to_str().unwrap()],
+    )
+    .ok();
+    ingest_chosen_rejected(&s3, &comparisons, &[]).ok();
+    let missing = expected.len() - stored_vectors(&s3).len();
+    assert_eq!(missing, 12, "each new text has no vector yet");
+    let user = query(
+        &s3,
+        "SELECT user_id FROM pairs WHERE split = 'train' AND dataset <> 'mine' ORDER BY user_id LIMIT 1",
+    )[0]["user_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let input = dir.path().join("score.jsonl");
+    let text: String = rows
+        .iter()
+        .map(|[p, c, r]| {
+            format!(
+                "{}\n",
+                serde_json::json!({"user": user, "prompt": p, "candidates": [c, r]})
+            )
+        })
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let args = [
+        "score",
+        "--model",
+        "pb",
+        "--input",
+        input.to_str().unwrap(),
+        "--json",
+    ];
+    let (resume, log) = (dir.path().join("resume"), dir.path().join("score.log"));
+    let late = start_paused(&s3, &args, "serve-cache-read", &resume, &log);
+    wait_for_pause(&log, "serve-cache-read");
+    let embed = palpipe(&s3, &["embed"]).ok();
+    assert!(
+        embed.stdout.contains(&format!("embedded {missing}")),
+        "{}",
+        embed.stdout
+    );
+    std::fs::write(&resume, "").unwrap();
+    let (code, out, err) = finish_paused(late, &log);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_each_vector_once(&s3, &expected);
+    assert_eq!(out.lines().count(), 8, "{out}");
+    let again = palpipe(&s3, &args).ok();
+    assert_eq!(again.stdout, out, "rewards from the stored vectors");
+}
+
 /// A sharded run's commit holds after its checks while a plain embed commits the same
 /// vectors: the commit is refused (re-run the shards), and each vector is stored once.
 #[test]

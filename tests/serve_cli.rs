@@ -636,11 +636,17 @@ impl Drop for Server {
 }
 
 fn start_server(store: &Path, args: &[&str]) -> Server {
+    start_server_env(store, args, &[])
+}
+
+/// [`start_server`] with extra environment variables.
+fn start_server_env(store: &Path, args: &[&str], env: &[(&str, &Path)]) -> Server {
     let mut child = bin()
         .arg("serve")
         .args(args)
         .args(["--addr", "127.0.0.1:0", "--store"])
         .arg(store)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -762,6 +768,112 @@ fn stop(mut srv: Server) -> String {
 fn healthy(port: u16) {
     let (st, v) = http(port, "GET", "/health", None, "");
     assert_eq!((st, v["status"].as_str()), (200, Some("ok")), "{v}");
+}
+
+/// A server writing back in batches of 12 gets a request of 12 texts the store has as
+/// items but no vectors for; it is held after its cache read (nothing found) while
+/// `palpipe embed` stores those vectors on the same folder. The server then embeds them and
+/// its write-back leaves all 12 out: each stored once, `already_stored` 12 in `GET /models`.
+#[test]
+fn a_served_write_back_racing_an_embed_leaves_out_what_embed_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = persona_store(dir.path());
+    let user = query(
+        &store,
+        "SELECT user_id FROM pairs WHERE split = 'train' AND dataset <> 'mine' ORDER BY user_id LIMIT 1",
+    )[0]["user_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Four comparisons: twelve new texts (a prompt and two answers each).
+    let rows: Vec<[String; 3]> = (0..4)
+        .map(|i| {
+            [
+                format!("Question {i}: a walk in the hills or a day at the library?"),
+                format!("The hills, for walk number {i}."),
+                format!("The library, for day number {i}."),
+            ]
+        })
+        .collect();
+    let file = dir.path().join("new.jsonl");
+    write_chosen_rejected(&file, &rows);
+    ingest_chosen_rejected(&store, &file, &[]).ok();
+    let counts = |s: &Path| {
+        let r = &query(
+            s,
+            "SELECT count(*) AS n, count(DISTINCT content_id) AS d FROM embeddings",
+        )[0];
+        (r["n"].as_i64().unwrap(), r["d"].as_i64().unwrap())
+    };
+    let (before, _) = counts(&store);
+    let resume = dir.path().join("resume");
+    let srv = start_server_env(
+        &store,
+        &[
+            "--model",
+            "pb",
+            "--write-back",
+            "--write-back-every",
+            "12",
+            "--write-back-secs",
+            "600",
+        ],
+        &[
+            ("PALPIPE_TEST_PAUSE", Path::new("serve-cache-read")),
+            ("PALPIPE_TEST_RESUME", resume.as_path()),
+        ],
+    );
+    let port = srv.port;
+    // One request holding all twelve: the first prompt, and the other texts as candidates
+    // (a text's vector is keyed by its content, whether it is a prompt or an answer).
+    let texts: Vec<&String> = rows.iter().flatten().collect();
+    let body = json!({"user": user, "prompt": texts[0], "candidates": texts[1..]}).to_string();
+    let answer = std::thread::spawn(move || http(port, "POST", "/score", None, &body));
+    let t = Instant::now();
+    while !srv
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("test pause at serve-cache-read"))
+    {
+        assert!(t.elapsed() < Duration::from_secs(120), "no pause");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let embed = palpipe(&store, &["embed"]).ok();
+    assert!(embed.stdout.contains("embedded 12"), "{}", embed.stdout);
+    assert_eq!(counts(&store), (before + 12, before + 12));
+    std::fs::write(&resume, "").unwrap();
+    let (st, v) = answer.join().unwrap();
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["rewards"].as_array().map(Vec::len), Some(11), "{v}");
+    // The twelve new vectors were offered to the write-back, due at 12, by the request
+    // itself (or, had the ticker's flush held the turn, by the ticker within a second).
+    let t = Instant::now();
+    let cache = loop {
+        let (st, v) = http(port, "GET", "/models", None, "");
+        assert_eq!(st, 200, "{v}");
+        let c = v["models"][0]["cache"].clone();
+        if c["pending_write_back"] == 0 || t.elapsed() > Duration::from_secs(30) {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        (
+            cache["pending_write_back"].as_u64(),
+            cache["written_back"].as_u64(),
+            cache["already_stored"].as_u64()
+        ),
+        (Some(0), Some(0), Some(12)),
+        "{cache}"
+    );
+    stop(srv);
+    assert_eq!(
+        counts(&store),
+        (before + 12, before + 12),
+        "each vector once"
+    );
 }
 
 #[test]

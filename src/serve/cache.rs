@@ -52,6 +52,9 @@ pub struct CacheStats {
     pub pending_write_back: usize,
     /// Vectors appended to `embeddings` by this process.
     pub written_back: u64,
+    /// Vectors this process embedded but did not append, because another writer had stored
+    /// them since this process looked them up.
+    pub already_stored: u64,
 }
 
 /// A least-recently-used vector map whose counted bytes never exceed its limit.
@@ -140,6 +143,8 @@ pub struct Pending {
     since: Option<Instant>,
     /// Vectors written back so far.
     pub written: u64,
+    /// Vectors a write-back left out so far, another writer having stored them first.
+    pub already_stored: u64,
 }
 
 impl Pending {

@@ -11,9 +11,11 @@
 //! neither is embedded, with the model's own encoder (loaded once, on first need). New
 //! vectors go back to `embeddings` as the model's [`WriteBack`] policy says: after each
 //! batch for `palpipe score`, so a candidate scored twice is embedded once; not at all, or
-//! in batches, for `palpipe serve`. An encoder whose files are missing, or whose
-//! weights hash to another id than the one the model was trained on, is
-//! [`ServeError::EncoderMissing`] naming the id and the folder looked in.
+//! in batches, for `palpipe serve`. A write-back leaves out every vector another writer
+//! (`palpipe embed`, a second `serve`) stored after this process first read `embeddings`
+//! (see [`Scorer::keys_seen_before_reading`]), so no vector is stored twice. An encoder
+//! whose files are missing, or whose weights hash to another id than the one the model was
+//! trained on, is [`ServeError::EncoderMissing`] naming the id and the folder looked in.
 //!
 //! Users: a seen user gets their trained mixture, an enrolled user (table `enrollments`,
 //! written by `enroll.rs`) the mixture of their fitted logits, [`UserSel::ZeroShot`] the mean
@@ -22,6 +24,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use arrow_array::{Array, FixedSizeListArray, Float32Array, StringArray};
@@ -32,7 +35,7 @@ use crate::embed::{self, BertSentenceEncoder, ClipEncoder, ImageEncoder, TextEnc
 use crate::pal::{PalModel, ScoreJob};
 use crate::pipeline::pal_stages::ModelEntry;
 use crate::store::records::{content_id, EmbeddingRow};
-use crate::store::{batches, sql_list, sql_str, Store};
+use crate::store::{batches, sql_list, sql_str, KeysSeen, Store, WriteStats};
 
 /// Content ids per `IN (…)` lookup; above [`READ_ALL_ABOVE`] ids, the encoder's whole
 /// vector set is read once instead.
@@ -173,6 +176,13 @@ pub struct Scorer {
     cache: Mutex<VectorCache>,
     write_back: WriteBack,
     pending: Mutex<Pending>,
+    /// What every write-back checks its vectors against: `embeddings` as it was before this
+    /// scorer's first read of it, and what other writers added since (see
+    /// [`Scorer::keys_seen_before_reading`]). `None` until that first read.
+    seen: tokio::sync::Mutex<Option<KeysSeen>>,
+    /// Whether `seen` is set (it never goes back to `None`): later reads need not wait for
+    /// a write-back holding it.
+    seen_taken: AtomicBool,
     enrolled: RwLock<HashMap<String, Vec<f32>>>,
 }
 
@@ -219,6 +229,8 @@ impl Scorer {
             ))),
             write_back: WriteBack::Immediate,
             pending: Mutex::new(Pending::default()),
+            seen: tokio::sync::Mutex::new(None),
+            seen_taken: AtomicBool::new(false),
             enrolled: RwLock::new(HashMap::new()),
         };
         s.reload_enrolled(None).await?;
@@ -256,13 +268,15 @@ impl Scorer {
             evictions,
             pending_write_back: pending.len(),
             written_back: pending.written,
+            already_stored: pending.already_stored,
         }
     }
 
     /// Writes the vectors waiting for a batched write-back, when they are due (`force`: now,
     /// whatever is waiting: at shutdown). Flushes of every model in this process take turns
     /// (they share the store's writer lock); vectors a write could not store (the lock held
-    /// by another process, a failed append) go back to wait for the next flush. Returns
+    /// by another process, a failed append) go back to wait for the next flush; those
+    /// another writer stored meanwhile are left out (counted as already stored). Returns
     /// whether nothing is left waiting.
     pub async fn flush_pending(&self, force: bool) -> bool {
         static FLUSHES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -293,12 +307,9 @@ impl Scorer {
             }
             p.take()
         };
-        let n = rows.len() as u64;
         let stored = self.append_vectors(&rows).await;
         let mut p = self.pending.lock().expect("pending vectors lock");
-        if stored {
-            p.written += n;
-        } else {
+        if !stored {
             p.add(&rows);
         }
         stored && p.is_empty()
@@ -597,9 +608,12 @@ impl Scorer {
             .into_iter()
             .collect();
         if !wanted.is_empty() {
+            self.keys_seen_before_reading().await?;
             for (id, v) in self.read_vectors(&wanted).await? {
                 found.insert(id, Arc::new(v));
             }
+            // Tests hold the process here while another writer stores vectors it missed.
+            crate::store::race_hook::pause("serve-cache-read").await;
         }
         // The encoder, for what is in neither (and to tell which texts it truncates).
         let mut texts: Vec<(String, String)> = Vec::new();
@@ -686,6 +700,43 @@ impl Scorer {
         Ok((vectors, truncated))
     }
 
+    /// Records, once, the version of `embeddings` before this scorer's first read of it: the
+    /// [`KeysSeen`] every later write-back commits with ([`Store::append_seen`]), which leaves
+    /// out each vector whose key another writer added in a fragment not in that version.
+    ///
+    /// Why one record, taken before the first read, serves every later write-back:
+    /// - a vector is written back only when a read of `embeddings` did not find it, and every
+    ///   read comes after this record, so it sees at least the recorded version: a key in
+    ///   the recorded fragments was found, never embedded, and those fragments need no check;
+    /// - every fragment added since is read by the next write-back (`catch_up`), so a key
+    ///   another writer added after the record, before or after the read that missed it, or
+    ///   while the write-back's commit is being tried, is left out; the keys taken only grow
+    ///   (other writers' fragments stay stored: a compaction's rewritten fragments are new
+    ///   ids, whose keys are all stored, so taking them is right too);
+    /// - this scorer's own commits record their fragments as seen (`commit_seen` calls
+    ///   `KeysSeen::own` on each success), so a later write-back does not count its own
+    ///   earlier vectors as another writer's; a commit that failed (or whose answer was
+    ///   lost) records nothing, so if it did land, its vectors, put back to wait, are found
+    ///   taken by the next try and left out.
+    ///
+    /// A write-back that fails keeps what was read (see `commit_seen`); a record left empty
+    /// would only make the next write-back read every key of the table. The keys other
+    /// writers added are kept for the scorer's life (memory that grows with them).
+    async fn keys_seen_before_reading(&self) -> Result<(), ServeError> {
+        if self.write_back == WriteBack::Off || self.seen_taken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Waited for, not tried: a read that ran before a concurrent first record is taken
+        // could miss a key that record counts as checked.
+        let mut seen = self.seen.lock().await;
+        if seen.is_none() {
+            let ds = self.store.dataset("embeddings", None).await?;
+            *seen = Some(KeysSeen::at(ds.as_ref()));
+            self.seen_taken.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
     /// Vectors of `ids` under the model's encoder from `embeddings` (those it holds).
     async fn read_vectors(&self, ids: &[String]) -> Result<Vec<(String, Vec<f32>)>, ServeError> {
         let enc = format!("encoder_id = {}", sql_str(&self.encoder_id));
@@ -724,9 +775,10 @@ impl Scorer {
         Ok(out)
     }
 
-    /// Appends vectors to `embeddings` in one commit when the store's writer lock is free
-    /// (true when written); otherwise they stay in memory only (the next run embeds them
-    /// again) and a line says so.
+    /// Appends vectors to `embeddings` in one keyed commit when the store's writer lock is
+    /// free (true when written), leaving out those another writer stored since this scorer
+    /// first read `embeddings` (counted in [`CacheStats::already_stored`]); otherwise they
+    /// stay in memory only (the next run embeds them again) and a line says so.
     async fn append_vectors(&self, new: &[(String, Arc<Vec<f32>>)]) -> bool {
         let rows: Vec<EmbeddingRow> = new
             .iter()
@@ -738,14 +790,24 @@ impl Scorer {
             .collect();
         let result = async {
             let _lock = self.store.lock()?;
-            if let Some(b) = batches::embeddings(&rows)? {
-                self.store.append("embeddings", b).await?;
-            }
-            Ok::<(), crate::store::StoreError>(())
+            let Some(b) = batches::embeddings(&rows)? else {
+                return Ok(WriteStats::default());
+            };
+            let mut seen = self.seen.lock().await;
+            // Always set by the read that missed these vectors; were it not, an empty record
+            // counts every stored key as taken (safe, at the cost of reading them all).
+            let seen = seen.get_or_insert_default();
+            self.seen_taken.store(true, Ordering::Release);
+            self.store.append_seen("embeddings", b, seen).await
         }
         .await;
         match result {
-            Ok(()) => true,
+            Ok(stats) => {
+                let mut p = self.pending.lock().expect("pending vectors lock");
+                p.written += stats.inserted as u64;
+                p.already_stored += stats.existing as u64;
+                true
+            }
             Err(e) => {
                 eprintln!(
                     "warning: {} new vector(s) not cached in the store: {e}",

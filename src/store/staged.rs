@@ -445,6 +445,10 @@ impl<'a> StagedWriter<'a> {
                     out.insert(name, stats);
                 }
                 Err(e) => {
+                    // What was read stays valid (keys taken only grow; fragments count as
+                    // seen only once read or committed): a writer that goes on after the
+                    // error keeps it rather than reading the whole table again.
+                    seen.insert(name, checked);
                     // The tables not committed yet go back, so that dropping the writer
                     // removes their staged files.
                     self.tables = tables;

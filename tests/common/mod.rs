@@ -506,6 +506,21 @@ pub fn chosen_rejected_args(file: &Path, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// Writes `rows` of (prompt, chosen, rejected), all from annotator `a1`, as the JSON lines
+/// [`chosen_rejected_args`] reads.
+pub fn write_chosen_rejected(file: &Path, rows: &[[String; 3]]) {
+    let text: String = rows
+        .iter()
+        .map(|[p, c, r]| {
+            format!(
+                "{}\n",
+                serde_json::json!({"annotator": "a1", "prompt": p, "chosen": c, "rejected": r})
+            )
+        })
+        .collect();
+    std::fs::write(file, text).unwrap();
+}
+
 /// Runs [`chosen_rejected_args`] on `store`.
 pub fn ingest_chosen_rejected(store: &Path, file: &Path, extra: &[&str]) -> Run {
     let args = chosen_rejected_args(file, extra);
