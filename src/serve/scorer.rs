@@ -307,6 +307,9 @@ impl Scorer {
             }
             p.take()
         };
+        // Tests hold the flush here, its vectors taken and not yet stored, while a lookup of
+        // the same process misses them.
+        crate::store::race_hook::pause("serve-write-back").await;
         let stored = self.append_vectors(&rows).await;
         let mut p = self.pending.lock().expect("pending vectors lock");
         if !stored {
@@ -807,7 +810,7 @@ impl Scorer {
             // them as taken, so that a lookup of this process that missed one while this
             // commit was in flight does not store it again later.
             seen.take(keys);
-            Ok(stats)
+            Ok::<WriteStats, crate::store::StoreError>(stats)
         }
         .await;
         match result {
