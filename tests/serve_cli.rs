@@ -876,6 +876,111 @@ fn a_served_write_back_racing_an_embed_leaves_out_what_embed_stored() {
     );
 }
 
+/// Within one server: a batched write-back of three new texts is held after it took them
+/// from the waiting list, before its commit; an enrolment of the same texts meanwhile misses
+/// them in the store (not committed yet) and in the waiting list (taken), embeds them again
+/// and leaves them waiting. Once the first commit lands, the next write-back leaves those
+/// three out: each vector stored once, `written_back` 3 and `already_stored` 3.
+#[test]
+fn a_write_back_in_flight_is_not_stored_again_by_the_same_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = persona_store(dir.path());
+    let user = query(
+        &store,
+        "SELECT user_id FROM pairs WHERE split = 'train' ORDER BY user_id LIMIT 1",
+    )[0]["user_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let texts = [
+        "Question: a swim in the lake or a nap in the shade?",
+        "The lake, before the water warms.",
+        "The shade, after lunch.",
+    ];
+    let counts = |s: &Path| {
+        let r = &query(
+            s,
+            "SELECT count(*) AS n, count(DISTINCT content_id) AS d FROM embeddings",
+        )[0];
+        (r["n"].as_i64().unwrap(), r["d"].as_i64().unwrap())
+    };
+    let (before, distinct) = counts(&store);
+    assert_eq!(before, distinct);
+    let resume = dir.path().join("resume");
+    let srv = start_server_env(
+        &store,
+        &[
+            "--model",
+            "pb",
+            "--write-back",
+            "--write-back-every",
+            "3",
+            "--write-back-secs",
+            "600",
+        ],
+        &[
+            ("PALPIPE_TEST_PAUSE", Path::new("serve-write-back")),
+            ("PALPIPE_TEST_RESUME", resume.as_path()),
+        ],
+    );
+    let port = srv.port;
+    let body = json!({"user": user, "prompt": texts[0], "candidates": texts[1..]}).to_string();
+    // The request's own flush (or the ticker's) takes the three vectors and holds.
+    let scored = std::thread::spawn(move || http(port, "POST", "/score", None, &body));
+    let t = Instant::now();
+    while !srv
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("test pause at serve-write-back"))
+    {
+        assert!(t.elapsed() < Duration::from_secs(120), "no pause");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let enrol =
+        json!({"comparisons": [{"prompt": texts[0], "chosen": texts[1], "rejected": texts[2]}]});
+    let (st, v) = http(
+        port,
+        "POST",
+        "/users/newcomer/enroll",
+        None,
+        &enrol.to_string(),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(counts(&store), (before, distinct), "nothing committed yet");
+    std::fs::write(&resume, "").unwrap();
+    let (st, v) = scored.join().unwrap();
+    assert_eq!(st, 200, "{v}");
+    let t = Instant::now();
+    let cache = loop {
+        let (st, v) = http(port, "GET", "/models", None, "");
+        assert_eq!(st, 200, "{v}");
+        let c = v["models"][0]["cache"].clone();
+        let done =
+            c["written_back"].as_u64().unwrap_or(0) + c["already_stored"].as_u64().unwrap_or(0);
+        if (c["pending_write_back"] == 0 && done >= 6) || t.elapsed() > Duration::from_secs(30) {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        (
+            cache["pending_write_back"].as_u64(),
+            cache["written_back"].as_u64(),
+            cache["already_stored"].as_u64()
+        ),
+        (Some(0), Some(3), Some(3)),
+        "{cache}"
+    );
+    stop(srv);
+    assert_eq!(
+        counts(&store),
+        (before + 3, distinct + 3),
+        "each vector once"
+    );
+}
+
 #[test]
 fn text_scoring_embeds_once_serves_openrlhf_and_survives_bad_input() {
     let dir = tempfile::tempdir().unwrap();

@@ -307,6 +307,9 @@ impl Scorer {
             }
             p.take()
         };
+        // Tests hold the flush here, its vectors taken and not yet stored, while a lookup of
+        // the same process misses them.
+        crate::store::race_hook::pause("serve-write-back").await;
         let stored = self.append_vectors(&rows).await;
         let mut p = self.pending.lock().expect("pending vectors lock");
         if !stored {
@@ -714,14 +717,17 @@ impl Scorer {
     ///   (other writers' fragments stay stored: a compaction's rewritten fragments are new
     ///   ids, whose keys are all stored, so taking them is right too);
     /// - this scorer's own commits record their fragments as seen (`commit_seen` calls
-    ///   `KeysSeen::own` on each success), so a later write-back does not count its own
-    ///   earlier vectors as another writer's; a commit that failed (or whose answer was
-    ///   lost) records nothing, so if it did land, its vectors, put back to wait, are found
-    ///   taken by the next try and left out.
+    ///   `KeysSeen::own` on each success), so their fragments are not read back; their keys
+    ///   are counted as taken instead ([`Scorer::append_vectors`]), so a lookup of this
+    ///   process that missed a vector while the commit storing it was in flight (an enrol
+    ///   beside a batch, or an evicted vector during a flush) does not store it again; a
+    ///   commit that failed (or whose answer was lost) records nothing, so if it did land,
+    ///   its vectors, put back to wait, are found taken by the next try and left out.
     ///
     /// A write-back that fails keeps what was read (see `commit_seen`); a record left empty
-    /// would only make the next write-back read every key of the table. The keys other
-    /// writers added are kept for the scorer's life (memory that grows with them).
+    /// would only make the next write-back read every key of the table. The keys taken (other
+    /// writers' and this scorer's own) are kept for the scorer's life (memory that grows
+    /// with them).
     async fn keys_seen_before_reading(&self) -> Result<(), ServeError> {
         if self.write_back == WriteBack::Off || self.seen_taken.load(Ordering::Acquire) {
             return Ok(());
@@ -798,7 +804,13 @@ impl Scorer {
             // counts every stored key as taken (safe, at the cost of reading them all).
             let seen = seen.get_or_insert_default();
             self.seen_taken.store(true, Ordering::Release);
-            self.store.append_seen("embeddings", b, seen).await
+            let keys = crate::store::row_keys("embeddings", &b)?;
+            let stats = self.store.append_seen("embeddings", b, seen).await?;
+            // Every one of these is stored now (by this commit or another writer's): count
+            // them as taken, so that a lookup of this process that missed one while this
+            // commit was in flight does not store it again later.
+            seen.take(keys);
+            Ok::<WriteStats, crate::store::StoreError>(stats)
         }
         .await;
         match result {

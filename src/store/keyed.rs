@@ -146,6 +146,12 @@ impl KeysSeen {
         self.taken.contains(key)
     }
 
+    /// Counts `keys` as taken: rows this writer stored itself and must not store again (the
+    /// serve scorer, where a lookup can miss a vector the same process is writing back).
+    pub(crate) fn take(&mut self, keys: impl IntoIterator<Item = String>) {
+        self.taken.extend(keys);
+    }
+
     /// Forgets which fragments were seen (the table was created anew by another writer: its
     /// fragment ids start again), keeping the keys taken.
     pub(crate) fn forget_fragments(&mut self) {

@@ -594,11 +594,9 @@ impl Store {
         batch: RecordBatch,
         seen: &mut KeysSeen,
     ) -> Result<WriteStats, StoreError> {
-        let spec = TableSchema::get(table)?;
-        let cols: Vec<&str> = spec.key.iter().map(String::as_str).collect();
-        let arrays = key_columns(&batch, &cols)?;
-        let keep: Vec<bool> = (0..batch.num_rows())
-            .map(|i| !seen.is_taken(&join_key(&arrays, i)))
+        let keep: Vec<bool> = row_keys(table, &batch)?
+            .iter()
+            .map(|k| !seen.is_taken(k))
             .collect();
         let taken = keep.iter().filter(|k| !**k).count();
         let batch = if taken == 0 {
@@ -775,6 +773,18 @@ fn key_columns<'a>(
                 })
         })
         .collect()
+}
+
+/// The key of each row of `batch`, a batch of `table`'s rows: its key columns joined, as
+/// [`KeysSeen`] holds keys. Errors: `table` is not a content-addressed table, or a key
+/// column is missing or not a string column.
+pub(crate) fn row_keys(table: &str, batch: &RecordBatch) -> Result<Vec<String>, StoreError> {
+    let spec = TableSchema::get(table)?;
+    let cols: Vec<&str> = spec.key.iter().map(String::as_str).collect();
+    let arrays = key_columns(batch, &cols)?;
+    Ok((0..batch.num_rows())
+        .map(|i| join_key(&arrays, i))
+        .collect())
 }
 
 fn join_key(arrays: &[&StringArray], row: usize) -> String {
