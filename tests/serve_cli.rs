@@ -770,6 +770,71 @@ fn healthy(port: u16) {
     assert_eq!((st, v["status"].as_str()), (200, Some("ok")), "{v}");
 }
 
+/// Rows and distinct content ids of `embeddings`.
+fn embedding_counts(store: &Path) -> (i64, i64) {
+    let r = &query(
+        store,
+        "SELECT count(*) AS n, count(DISTINCT content_id) AS d FROM embeddings",
+    )[0];
+    (r["n"].as_i64().unwrap(), r["d"].as_i64().unwrap())
+}
+
+/// A server of model `pb` writing back in batches of `every` (and not by age), that holds at
+/// the test pause `point` until the file `resume` exists.
+fn start_held_server(store: &Path, every: &str, point: &str, resume: &Path) -> Server {
+    start_server_env(
+        store,
+        &[
+            "--model",
+            "pb",
+            "--write-back",
+            "--write-back-every",
+            every,
+            "--write-back-secs",
+            "600",
+        ],
+        &[
+            ("PALPIPE_TEST_PAUSE", Path::new(point)),
+            ("PALPIPE_TEST_RESUME", resume),
+        ],
+    )
+}
+
+/// Waits (at most two minutes) until the server's log says it holds at `point`.
+fn wait_for_server_pause(srv: &Server, point: &str) {
+    let t = Instant::now();
+    let line = format!("test pause at {point}");
+    while !srv.log.lock().unwrap().iter().any(|l| l.contains(&line)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no pause at {point}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The first model's write-back counters from `GET /models` (pending, written back, left
+/// out as already stored), once nothing waits and `handled` vectors were written back or
+/// left out (or after 30 s: the counters as they are then).
+fn settled_write_back(port: u16, handled: u64) -> (u64, u64, u64) {
+    let t = Instant::now();
+    loop {
+        let (st, v) = http(port, "GET", "/models", None, "");
+        assert_eq!(st, 200, "{v}");
+        let c = &v["models"][0]["cache"];
+        let n = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("no {k} in {c}"));
+        let now = (
+            n("pending_write_back"),
+            n("written_back"),
+            n("already_stored"),
+        );
+        if (now.0 == 0 && now.1 + now.2 >= handled) || t.elapsed() > Duration::from_secs(30) {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A server writing back in batches of 12 gets a request of 12 texts the store has as
 /// items but no vectors for; it is held after its cache read (nothing found) while
 /// `palpipe embed` stores those vectors on the same folder. The server then embeds them and
@@ -798,79 +863,29 @@ fn a_served_write_back_racing_an_embed_leaves_out_what_embed_stored() {
     let file = dir.path().join("new.jsonl");
     write_chosen_rejected(&file, &rows);
     ingest_chosen_rejected(&store, &file, &[]).ok();
-    let counts = |s: &Path| {
-        let r = &query(
-            s,
-            "SELECT count(*) AS n, count(DISTINCT content_id) AS d FROM embeddings",
-        )[0];
-        (r["n"].as_i64().unwrap(), r["d"].as_i64().unwrap())
-    };
-    let (before, _) = counts(&store);
+    let (before, _) = embedding_counts(&store);
     let resume = dir.path().join("resume");
-    let srv = start_server_env(
-        &store,
-        &[
-            "--model",
-            "pb",
-            "--write-back",
-            "--write-back-every",
-            "12",
-            "--write-back-secs",
-            "600",
-        ],
-        &[
-            ("PALPIPE_TEST_PAUSE", Path::new("serve-cache-read")),
-            ("PALPIPE_TEST_RESUME", resume.as_path()),
-        ],
-    );
+    let srv = start_held_server(&store, "12", "serve-cache-read", &resume);
     let port = srv.port;
     // One request holding all twelve: the first prompt, and the other texts as candidates
     // (a text's vector is keyed by its content, whether it is a prompt or an answer).
     let texts: Vec<&String> = rows.iter().flatten().collect();
     let body = json!({"user": user, "prompt": texts[0], "candidates": texts[1..]}).to_string();
     let answer = std::thread::spawn(move || http(port, "POST", "/score", None, &body));
-    let t = Instant::now();
-    while !srv
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("test pause at serve-cache-read"))
-    {
-        assert!(t.elapsed() < Duration::from_secs(120), "no pause");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_server_pause(&srv, "serve-cache-read");
     let embed = palpipe(&store, &["embed"]).ok();
     assert!(embed.stdout.contains("embedded 12"), "{}", embed.stdout);
-    assert_eq!(counts(&store), (before + 12, before + 12));
+    assert_eq!(embedding_counts(&store), (before + 12, before + 12));
     std::fs::write(&resume, "").unwrap();
     let (st, v) = answer.join().unwrap();
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["rewards"].as_array().map(Vec::len), Some(11), "{v}");
     // The twelve new vectors were offered to the write-back, due at 12, by the request
     // itself (or, had the ticker's flush held the turn, by the ticker within a second).
-    let t = Instant::now();
-    let cache = loop {
-        let (st, v) = http(port, "GET", "/models", None, "");
-        assert_eq!(st, 200, "{v}");
-        let c = v["models"][0]["cache"].clone();
-        if c["pending_write_back"] == 0 || t.elapsed() > Duration::from_secs(30) {
-            break c;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(
-        (
-            cache["pending_write_back"].as_u64(),
-            cache["written_back"].as_u64(),
-            cache["already_stored"].as_u64()
-        ),
-        (Some(0), Some(0), Some(12)),
-        "{cache}"
-    );
+    assert_eq!(settled_write_back(port, 12), (0, 0, 12));
     stop(srv);
     assert_eq!(
-        counts(&store),
+        embedding_counts(&store),
         (before + 12, before + 12),
         "each vector once"
     );
@@ -897,47 +912,15 @@ fn a_write_back_in_flight_is_not_stored_again_by_the_same_server() {
         "The lake, before the water warms.",
         "The shade, after lunch.",
     ];
-    let counts = |s: &Path| {
-        let r = &query(
-            s,
-            "SELECT count(*) AS n, count(DISTINCT content_id) AS d FROM embeddings",
-        )[0];
-        (r["n"].as_i64().unwrap(), r["d"].as_i64().unwrap())
-    };
-    let (before, distinct) = counts(&store);
+    let (before, distinct) = embedding_counts(&store);
     assert_eq!(before, distinct);
     let resume = dir.path().join("resume");
-    let srv = start_server_env(
-        &store,
-        &[
-            "--model",
-            "pb",
-            "--write-back",
-            "--write-back-every",
-            "3",
-            "--write-back-secs",
-            "600",
-        ],
-        &[
-            ("PALPIPE_TEST_PAUSE", Path::new("serve-write-back")),
-            ("PALPIPE_TEST_RESUME", resume.as_path()),
-        ],
-    );
+    let srv = start_held_server(&store, "3", "serve-write-back", &resume);
     let port = srv.port;
     let body = json!({"user": user, "prompt": texts[0], "candidates": texts[1..]}).to_string();
     // The request's own flush (or the ticker's) takes the three vectors and holds.
     let scored = std::thread::spawn(move || http(port, "POST", "/score", None, &body));
-    let t = Instant::now();
-    while !srv
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("test pause at serve-write-back"))
-    {
-        assert!(t.elapsed() < Duration::from_secs(120), "no pause");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_server_pause(&srv, "serve-write-back");
     let enrol =
         json!({"comparisons": [{"prompt": texts[0], "chosen": texts[1], "rejected": texts[2]}]});
     let (st, v) = http(
@@ -948,34 +931,18 @@ fn a_write_back_in_flight_is_not_stored_again_by_the_same_server() {
         &enrol.to_string(),
     );
     assert_eq!(st, 200, "{v}");
-    assert_eq!(counts(&store), (before, distinct), "nothing committed yet");
+    assert_eq!(
+        embedding_counts(&store),
+        (before, distinct),
+        "nothing committed yet"
+    );
     std::fs::write(&resume, "").unwrap();
     let (st, v) = scored.join().unwrap();
     assert_eq!(st, 200, "{v}");
-    let t = Instant::now();
-    let cache = loop {
-        let (st, v) = http(port, "GET", "/models", None, "");
-        assert_eq!(st, 200, "{v}");
-        let c = v["models"][0]["cache"].clone();
-        let done =
-            c["written_back"].as_u64().unwrap_or(0) + c["already_stored"].as_u64().unwrap_or(0);
-        if (c["pending_write_back"] == 0 && done >= 6) || t.elapsed() > Duration::from_secs(30) {
-            break c;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(
-        (
-            cache["pending_write_back"].as_u64(),
-            cache["written_back"].as_u64(),
-            cache["already_stored"].as_u64()
-        ),
-        (Some(0), Some(3), Some(3)),
-        "{cache}"
-    );
+    assert_eq!(settled_write_back(port, 6), (0, 3, 3));
     stop(srv);
     assert_eq!(
-        counts(&store),
+        embedding_counts(&store),
         (before + 3, distinct + 3),
         "each vector once"
     );
