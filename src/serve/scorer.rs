@@ -13,7 +13,7 @@
 //! batch for `palpipe score`, so a candidate scored twice is embedded once; not at all, or
 //! in batches, for `palpipe serve`. A write-back leaves out every vector another writer
 //! (`palpipe embed`, a second `serve`) stored after this process first read `embeddings`
-//! (see [`Scorer::keys_seen_before_reading`]), so no vector is stored twice. An encoder
+//! (see [`Scorer::open`]), so no vector is stored twice. An encoder
 //! whose files are missing, or whose weights hash to another id than the one the model was
 //! trained on, is [`ServeError::EncoderMissing`] naming the id and the folder looked in.
 //!
@@ -24,7 +24,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use arrow_array::{Array, FixedSizeListArray, Float32Array, StringArray};
@@ -176,19 +175,40 @@ pub struct Scorer {
     cache: Mutex<VectorCache>,
     write_back: WriteBack,
     pending: Mutex<Pending>,
-    /// What every write-back checks its vectors against: `embeddings` as it was before this
-    /// scorer's first read of it, and what other writers added since (see
-    /// [`Scorer::keys_seen_before_reading`]). `None` until that first read.
-    seen: tokio::sync::Mutex<Option<KeysSeen>>,
-    /// Whether `seen` is set (it never goes back to `None`): later reads need not wait for
-    /// a write-back holding it.
-    seen_taken: AtomicBool,
+    /// What every write-back checks its vectors against: `embeddings` as it was when the
+    /// scorer was opened, before any read of it, and the keys stored since (see
+    /// [`Scorer::open`]).
+    seen: tokio::sync::Mutex<KeysSeen>,
     enrolled: RwLock<HashMap<String, Vec<f32>>>,
 }
 
 impl Scorer {
     /// Loads model `name` from the store, with its enrolled users. `encoder_dir` is the
     /// encoder's folder when it is not `$PALPIPE_MODELS/<name>` (or ~/.cache/palpipe/models).
+    ///
+    /// The scorer records the version of `embeddings` as it opens, before any read of it: the
+    /// [`KeysSeen`] every write-back commits with ([`Store::append_seen`]), which leaves out
+    /// each vector whose key was added in a fragment not in that version. Why one record,
+    /// taken before every read, serves every later write-back:
+    /// - a vector is written back only when a read of `embeddings` did not find it, and every
+    ///   read comes after this record, so it sees at least the recorded version: a key in
+    ///   the recorded fragments was found, never embedded, and those fragments need no check;
+    /// - every fragment added since is read by the next write-back (`catch_up`), so a key
+    ///   another writer added after the record, before or after the read that missed it, or
+    ///   while the write-back's commit is being tried, is left out; the keys taken only grow
+    ///   (other writers' fragments stay stored: a compaction's rewritten fragments are new
+    ///   ids, whose keys are all stored, so taking them is right too);
+    /// - this scorer's own commits record their fragments as seen (`commit_seen` calls
+    ///   `KeysSeen::own` on each success), so their fragments are not read back; their keys
+    ///   are counted as taken instead ([`Scorer::append_vectors`]), so a lookup of this
+    ///   process that missed a vector while the commit storing it was in flight (an enrol
+    ///   beside a batch, or an evicted vector during a flush) does not store it again; a
+    ///   commit that failed (or whose answer was lost) records nothing, so if it did land,
+    ///   its vectors, put back to wait, are found taken by the next try and left out.
+    ///
+    /// A write-back that fails keeps what was read (see `commit_seen`). The keys taken (other
+    /// writers' and this scorer's own) are kept for the scorer's life (memory that grows
+    /// with them).
     pub async fn open(
         store: &Store,
         name: &str,
@@ -211,6 +231,7 @@ impl Scorer {
         let model = tokio::task::spawn_blocking(move || PalModel::load(&dir.path))
             .await
             .map_err(|e| ServeError::Internal(e.to_string()))??;
+        let seen = KeysSeen::at(store.dataset("embeddings", None).await?.as_ref());
         let encoder_id = row
             .encoder_id
             .clone()
@@ -229,8 +250,7 @@ impl Scorer {
             ))),
             write_back: WriteBack::Immediate,
             pending: Mutex::new(Pending::default()),
-            seen: tokio::sync::Mutex::new(None),
-            seen_taken: AtomicBool::new(false),
+            seen: tokio::sync::Mutex::new(seen),
             enrolled: RwLock::new(HashMap::new()),
         };
         s.reload_enrolled(None).await?;
@@ -611,7 +631,6 @@ impl Scorer {
             .into_iter()
             .collect();
         if !wanted.is_empty() {
-            self.keys_seen_before_reading().await?;
             for (id, v) in self.read_vectors(&wanted).await? {
                 found.insert(id, Arc::new(v));
             }
@@ -703,46 +722,6 @@ impl Scorer {
         Ok((vectors, truncated))
     }
 
-    /// Records, once, the version of `embeddings` before this scorer's first read of it: the
-    /// [`KeysSeen`] every later write-back commits with ([`Store::append_seen`]), which leaves
-    /// out each vector whose key another writer added in a fragment not in that version.
-    ///
-    /// Why one record, taken before the first read, serves every later write-back:
-    /// - a vector is written back only when a read of `embeddings` did not find it, and every
-    ///   read comes after this record, so it sees at least the recorded version: a key in
-    ///   the recorded fragments was found, never embedded, and those fragments need no check;
-    /// - every fragment added since is read by the next write-back (`catch_up`), so a key
-    ///   another writer added after the record, before or after the read that missed it, or
-    ///   while the write-back's commit is being tried, is left out; the keys taken only grow
-    ///   (other writers' fragments stay stored: a compaction's rewritten fragments are new
-    ///   ids, whose keys are all stored, so taking them is right too);
-    /// - this scorer's own commits record their fragments as seen (`commit_seen` calls
-    ///   `KeysSeen::own` on each success), so their fragments are not read back; their keys
-    ///   are counted as taken instead ([`Scorer::append_vectors`]), so a lookup of this
-    ///   process that missed a vector while the commit storing it was in flight (an enrol
-    ///   beside a batch, or an evicted vector during a flush) does not store it again; a
-    ///   commit that failed (or whose answer was lost) records nothing, so if it did land,
-    ///   its vectors, put back to wait, are found taken by the next try and left out.
-    ///
-    /// A write-back that fails keeps what was read (see `commit_seen`); a record left empty
-    /// would only make the next write-back read every key of the table. The keys taken (other
-    /// writers' and this scorer's own) are kept for the scorer's life (memory that grows
-    /// with them).
-    async fn keys_seen_before_reading(&self) -> Result<(), ServeError> {
-        if self.write_back == WriteBack::Off || self.seen_taken.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        // Waited for, not tried: a read that ran before a concurrent first record is taken
-        // could miss a key that record counts as checked.
-        let mut seen = self.seen.lock().await;
-        if seen.is_none() {
-            let ds = self.store.dataset("embeddings", None).await?;
-            *seen = Some(KeysSeen::at(ds.as_ref()));
-            self.seen_taken.store(true, Ordering::Release);
-        }
-        Ok(())
-    }
-
     /// Vectors of `ids` under the model's encoder from `embeddings` (those it holds).
     async fn read_vectors(&self, ids: &[String]) -> Result<Vec<(String, Vec<f32>)>, ServeError> {
         let enc = format!("encoder_id = {}", sql_str(&self.encoder_id));
@@ -800,12 +779,8 @@ impl Scorer {
                 return Ok(WriteStats::default());
             };
             let mut seen = self.seen.lock().await;
-            // Always set by the read that missed these vectors; were it not, an empty record
-            // counts every stored key as taken (safe, at the cost of reading them all).
-            let seen = seen.get_or_insert_default();
-            self.seen_taken.store(true, Ordering::Release);
             let keys = crate::store::row_keys("embeddings", &b)?;
-            let stats = self.store.append_seen("embeddings", b, seen).await?;
+            let stats = self.store.append_seen("embeddings", b, &mut seen).await?;
             // Every one of these is stored now (by this commit or another writer's): count
             // them as taken, so that a lookup of this process that missed one while this
             // commit was in flight does not store it again later.
