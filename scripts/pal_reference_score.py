@@ -9,8 +9,10 @@ per line:
 
 "user" is a seen user's id, or null for the zero-shot mixture (the mean of the seen users'
 mixtures); "logits": [..K..] instead gives an enrolled user's fitted logits (the
-`enrollments` table's logits_json) and "mixture": [..K..] a mixture directly. Prints one line
-{"rewards": [...]} per input line. Higher is preferred.
+`enrollments` table's logits_json) and "mixture": [..K..] a mixture directly; "offset":
+[..D..] (the table's offset_json, from the offset estimator) is added to the user's ideal
+point: to z = sum_k w_k g_k(x_c) before it is normalised (PAL-B, D = d), or to a = sum_k w_k P_k
+(PAL-A, D = Dp + Dx). Prints one line {"rewards": [...]} per input line. Higher is preferred.
 
     python3 scripts/pal_reference_score.py palstore/models/pal-b-k4 < rows.jsonl
 """
@@ -72,7 +74,7 @@ def eval_mixture(cfg, logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def rewards(weights, card, w, prompt, cands):
+def rewards(weights, card, w, prompt, cands, offset=None):
     cfg = card["model"]
     x = np.asarray(cands, dtype=np.float64)  # [n, Dx]
     if cfg["kind"] == "pal-b":
@@ -84,7 +86,10 @@ def rewards(weights, card, w, prompt, cands):
             )  # [K, d]
         else:
             g = weights["g_vectors"]  # [K, d]
-        z = unit_rows(w @ g)  # [d]
+        z = w @ g  # [d]
+        if offset is not None:
+            z = z + offset
+        z = unit_rows(z)
         s = min(math.exp(float(weights["tau"][0])), 100.0)
         return s * (fx @ z)
     # pal-a
@@ -93,6 +98,8 @@ def rewards(weights, card, w, prompt, cands):
         x = np.concatenate([np.repeat(xc[None, :], len(x), axis=0), x], axis=1)  # [n, Dp+Dx]
     fx = mlp(weights, "f", cfg["item_arch"], x)
     a = w @ weights["prototypes"]  # [Dp+Dx]
+    if offset is not None:
+        a = a + offset
     fa = mlp(weights, "f", cfg["item_arch"], a[None, :])[0]
     sq = ((fx - fa) ** 2).sum(axis=1)
     return -(sq if cfg["distance"] == "squared" else np.sqrt(sq + EPS2))
@@ -119,7 +126,10 @@ def main():
             w = table.mean(axis=0) if table is not None else np.full(cfg["k"], 1.0 / cfg["k"])
         else:
             w = table[card["users"][row["user"]]]
-        r = rewards(weights, card, w, row.get("prompt"), row["candidates"])
+        offset = row.get("offset")
+        if offset is not None:
+            offset = np.asarray(offset, dtype=np.float64)
+        r = rewards(weights, card, w, row.get("prompt"), row["candidates"], offset)
         print(json.dumps({"rewards": [float(v) for v in r]}))
 
 

@@ -4,6 +4,8 @@
 //! shutdown).
 
 mod common;
+#[path = "common/old_store.rs"]
+mod old_store;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -37,15 +39,20 @@ fn synthetic_store(dir: &Path) -> PathBuf {
 /// A small persona store (MiniLM vectors of the statements and " Yes"/" No") with a PAL-B
 /// head `pb` (K = 2, prompt-conditioned g_k) trained on the seen users.
 fn persona_store(dir: &Path) -> PathBuf {
-    require_minilm();
     let store = dir.join("s");
+    persona_store_at(dir, &store);
+    store
+}
+
+/// [`persona_store`] at `store` (a folder or an `s3://` store).
+fn persona_store_at(dir: &Path, store: &Path) {
+    require_minilm();
     let text = format!(
         "name: p\nstages:\n  - name: data\n    kind: persona\n    dir: {}\n    personas: [art, math]\n    users_per_persona: 3\n    queries_per_user: 20\n    unseen_users_per_persona: 1\n    unseen_queries_per_user: 16\n  - name: embed\n    kind: embed\n  - {{name: pb, kind: train, model: pal-b, k: 2, train: tr, encoder: all-MiniLM-L6-v2, config: {{d: 8}}, training: {{epochs: 5}}}}\nsplits:\n  tr: \"SELECT * FROM pairs WHERE split = 'train'\"\n",
         shared_data().join("persona").display()
     );
     let p = write_pipeline(dir, "p.yaml", &text);
-    palpipe(&store, &["run", p.to_str().unwrap()]).ok();
-    store
+    palpipe(store, &["run", p.to_str().unwrap()]).ok();
 }
 
 /// `palpipe score --input FILE --json` → rewards per row.
@@ -615,6 +622,168 @@ fn enroll_fits_a_new_user_stores_them_and_score_knows_them() {
     assert!(r.stderr.contains("alice.jsonl:2"), "{}", r.stderr);
 }
 
+/// `palpipe score --model k3 --user USER --input FILE --json` on `cands` → the rewards.
+fn score_user(store: &Path, dir: &Path, user: &str, cands: &[Value]) -> Vec<f64> {
+    let f = dir.join("cands.jsonl");
+    let text: String = cands
+        .iter()
+        .map(|c| json!({"candidates": [c]}).to_string() + "\n")
+        .collect();
+    std::fs::write(&f, text).unwrap();
+    let r = palpipe(
+        store,
+        &[
+            "score",
+            "--model",
+            "k3",
+            "--user",
+            user,
+            "--input",
+            f.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .ok();
+    r.stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["reward"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("a JSON array: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// `--estimator offset` stores the user's offset δ of the ideal point beside the logits, and
+/// `score` adds it: the rewards equal the NumPy reference given the stored logits and offset
+/// (PAL-A: δ added to a = Σ_k w_k P_k), and differ from the logits alone. A mixture-only
+/// enrolment stores no offset. An `enrollments` table written before `offset_json` existed is
+/// read as it is (its users score as before, nothing is written) and gains the column, null
+/// for the old rows, at the next enrolment.
+#[test]
+fn enroll_with_offset_stores_it_and_score_adds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = synthetic_store(dir.path());
+    let mine = first_unseen_user(&store);
+    let f = dir.path().join("u.jsonl");
+    let text: String = mine
+        .iter()
+        .map(|p| comparison_line(p, None) + "\n")
+        .collect();
+    std::fs::write(&f, &text).unwrap();
+    let cands: Vec<Value> = mine
+        .iter()
+        .take(8)
+        .flat_map(|p| [json!({"id": p["left_id"]}), json!({"id": p["right_id"]})])
+        .collect();
+
+    // A mixture-only user, then the table as an earlier palpipe wrote it.
+    let plain = enroll_json(&store, "plain", &f, &[]);
+    assert_eq!(plain["estimator"], "empirical");
+    assert!(plain.get("offset").is_none(), "{plain}");
+    let plain_rewards = score_user(&store, dir.path(), "plain", &cands);
+    old_store::drop_column(&store, "enrollments", "offset_json");
+    let before = versions(&store);
+    let cols = query(&store, "SELECT * FROM enrollments");
+    assert!(cols[0].get("offset_json").is_none(), "{:?}", cols[0]);
+    assert_eq!(
+        score_user(&store, dir.path(), "plain", &cands),
+        plain_rewards
+    );
+    assert_eq!(
+        versions(&store),
+        before,
+        "a read-only command writes nothing"
+    );
+
+    // An offset fit: enrolling upgrades the table, then adds the row.
+    let out = enroll_json(
+        &store,
+        "dave",
+        &f,
+        &["--estimator", "offset", "--ridge", "1"],
+    );
+    assert_eq!(out["estimator"], "offset");
+    let offset = f64s(&out["offset"]);
+    // PAL-A: δ lives in f's input space, Dp + Dx values (the card's dimensions).
+    let card: Value = serde_json::from_str(
+        &std::fs::read_to_string(checkpoint_of(&store, "k3").join("card.json")).unwrap(),
+    )
+    .unwrap();
+    let dim = card["model"]["dp"].as_u64().unwrap() + card["model"]["dx"].as_u64().unwrap();
+    assert_eq!(offset.len() as u64, dim, "{out}");
+    let norm = offset.iter().map(|x| x * x).sum::<f64>().sqrt();
+    assert!(norm > 1e-3, "a ridge of 1 lets the offset move: {norm}");
+    assert!((out["offset_norm"].as_f64().unwrap() - norm).abs() < 1e-6 * (1.0 + norm));
+    let rows = query(
+        &store,
+        "SELECT user_id, logits_json, offset_json FROM enrollments ORDER BY user_id",
+    );
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["user_id"], "dave");
+    assert_eq!(rows[1]["user_id"], "plain");
+    assert!(
+        rows[1]["offset_json"].is_null(),
+        "old rows read null: {:?}",
+        rows[1]
+    );
+    let stored: Value = serde_json::from_str(rows[0]["offset_json"].as_str().unwrap()).unwrap();
+    // The same f32 values (JSON writes them at f32's or f64's precision).
+    let as_f32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    assert_eq!(as_f32(&f64s(&stored)), as_f32(&offset));
+    assert_eq!(
+        versions(&store)["enrollments"].0,
+        before["enrollments"].0 + 2
+    );
+
+    // The old user scores as before; the new one with its offset.
+    assert_eq!(
+        score_user(&store, dir.path(), "plain", &cands),
+        plain_rewards
+    );
+    let ours = score_user(&store, dir.path(), "dave", &cands);
+    let Some(py) = reference_python() else {
+        return;
+    };
+    let vecs = stored_vectors(&store);
+    let logits: Value = serde_json::from_str(rows[0]["logits_json"].as_str().unwrap()).unwrap();
+    let reference = |with_offset: bool| -> Vec<f64> {
+        let rows: Vec<Value> = cands
+            .iter()
+            .map(|c| {
+                let mut r =
+                    json!({"logits": logits, "candidates": [vecs[c["id"].as_str().unwrap()]]});
+                if with_offset {
+                    r["offset"] = stored.clone();
+                }
+                r
+            })
+            .collect();
+        numpy_rewards(&py, &checkpoint_of(&store, "k3"), &rows)
+            .into_iter()
+            .map(|r| r[0])
+            .collect()
+    };
+    let ours_rows: Vec<Vec<f64>> = ours.iter().map(|&r| vec![r]).collect();
+    let with: Vec<Vec<f64>> = reference(true).into_iter().map(|r| vec![r]).collect();
+    assert_close(&ours_rows, &with, 1e-4, "enrolled user with offset");
+    let without = reference(false);
+    let moved = ours
+        .iter()
+        .zip(&without)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-3, "the offset changes the rewards: {moved}");
+}
+
 // ---------------------------------------------------------------------------------------
 // The persona store: texts, the encoder, the cache, and the server
 // ---------------------------------------------------------------------------------------
@@ -946,6 +1115,249 @@ fn a_write_back_in_flight_is_not_stored_again_by_the_same_server() {
         (before + 3, distinct + 3),
         "each vector once"
     );
+}
+
+/// PAL-B with prompt-conditioned prototypes (the persona store's `pb`): a user enrolled over
+/// HTTP with `"estimator": "offset"` gets the same fit as `palpipe enroll --estimator offset`
+/// with the same ridge (logits and offset bit for bit), the server scores them with the
+/// offset (the NumPy reference: δ added to z = Σ_k w_k g_k(x_c) before it is normalised),
+/// unlike a mixture-only enrolment; bad settings are 400 naming the field.
+#[test]
+fn serve_enrolls_with_an_offset_as_the_cli_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = persona_store(dir.path());
+    let pairs = query(
+        &store,
+        "SELECT user_id, prompt_id, left_id, right_id, label FROM pairs WHERE split = 'unseen' ORDER BY user_id, pair_id",
+    );
+    let first = pairs[0]["user_id"].clone();
+    let mine: Vec<&Value> = pairs.iter().filter(|p| p["user_id"] == first).collect();
+    assert!(mine.len() >= 10, "{}", mine.len());
+    let comps: Vec<Value> = mine
+        .iter()
+        .map(|p| {
+            let mut c: Value = serde_json::from_str(&comparison_line(p, None)).unwrap();
+            c["prompt"] = json!({"id": p["prompt_id"]});
+            c
+        })
+        .collect();
+    let f = dir.path().join("dave.jsonl");
+    let text: String = comps.iter().map(|c| format!("{c}\n")).collect();
+    std::fs::write(&f, text).unwrap();
+    let r = palpipe(
+        &store,
+        &[
+            "enroll",
+            "--model",
+            "pb",
+            "--user",
+            "cli-dave",
+            "--comparisons",
+            f.to_str().unwrap(),
+            "--estimator",
+            "offset",
+            "--ridge",
+            "1",
+            "--json",
+        ],
+    )
+    .ok();
+    let cli: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let offset = f64s(&cli["offset"]);
+    let card: Value = serde_json::from_str(
+        &std::fs::read_to_string(checkpoint_of(&store, "pb").join("card.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        offset.len() as u64,
+        card["model"]["d"].as_u64().unwrap(),
+        "PAL-B: d values"
+    );
+    assert!(cli["offset_norm"].as_f64().unwrap() > 1e-3, "{cli}");
+
+    let srv = start_server(&store, &["--model", "pb"]);
+    let enroll = |user: &str, settings: Value| {
+        let mut body = settings;
+        body["comparisons"] = json!(comps);
+        http(
+            srv.port,
+            "POST",
+            &format!("/users/{user}/enroll"),
+            None,
+            &body.to_string(),
+        )
+    };
+    let (st, v) = enroll("http-dave", json!({"estimator": "offset", "ridge": 1}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["estimator"], "offset");
+    assert_eq!(v["logits"], cli["logits"], "the same fit as the CLI's");
+    assert_eq!(v["offset"], cli["offset"]);
+    let (st, v) = enroll("http-plain", json!({}));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["estimator"], "empirical");
+    assert!(v.get("offset").is_none(), "{v}");
+    for (settings, field) in [
+        (json!({"estimator": "offset", "ridge": 0}), "ridge"),
+        (json!({"ridge": "lots"}), "ridge"),
+        (json!({"estimator": "nope"}), "estimator"),
+        (json!({"prior_scale": -1}), "prior_scale"),
+    ] {
+        let (st, v) = enroll("bad", settings.clone());
+        assert_eq!(st, 400, "{settings}: {v}");
+        assert!(
+            v["error"].as_str().unwrap().starts_with(field),
+            "{settings}: {v}"
+        );
+    }
+
+    // Scores: the CLI's and the server's offset users alike; the mixture-only one apart.
+    let p = mine[0];
+    let score = |user: &str| {
+        let body = json!({"user": user, "prompt": {"id": p["prompt_id"]},
+            "candidates": [{"id": p["left_id"]}, {"id": p["right_id"]}]});
+        let (st, v) = http(srv.port, "POST", "/score", None, &body.to_string());
+        assert_eq!(st, 200, "{v}");
+        f64s(&v["rewards"])
+    };
+    let (cli_r, http_r, plain_r) = (score("cli-dave"), score("http-dave"), score("http-plain"));
+    assert_eq!(cli_r, http_r);
+    let moved = cli_r
+        .iter()
+        .zip(&plain_r)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-4, "{cli_r:?} vs {plain_r:?}");
+    if let Some(py) = reference_python() {
+        let vecs = stored_vectors(&store);
+        let v = |k: &str| vecs[p[k].as_str().unwrap()].clone();
+        let row = json!({"logits": cli["logits"], "offset": cli["offset"], "prompt": v("prompt_id"),
+            "candidates": [v("left_id"), v("right_id")]});
+        let np = numpy_rewards(&py, &checkpoint_of(&store, "pb"), &[row]);
+        assert_close(&[http_r], &np, 1e-4, "PAL-B user with offset");
+    }
+    stop(srv);
+}
+
+/// `palpipe serve` on an S3 store (moto on 127.0.0.1) answers as on a folder built by the
+/// same pipeline: the same rewards for texts new to the store (embedded, then written back to
+/// the bucket), the same offset enrolment, and the same tables after the servers stop
+/// (`embeddings` with each new vector once, `enrollments` with the user's fit); `palpipe
+/// score` on the bucket then knows the enrolled user and scores them as the server did.
+#[test]
+fn serve_on_an_s3_store_answers_and_writes_as_on_a_folder() {
+    let Some(s3) = s3_store("serve") else {
+        eprintln!("skipped: serve on S3 (PALPIPE_NO_S3_TESTS=1)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    persona_store_at(dir.path(), &s3);
+    let local = persona_store(dir.path());
+    let (vectors_before, _) = embedding_counts(&local);
+    assert_eq!(embedding_counts(&s3).0, vectors_before);
+    let user = query(
+        &local,
+        "SELECT user_id FROM pairs WHERE split = 'train' ORDER BY user_id LIMIT 1",
+    )[0]["user_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Three requests of new texts (a prompt, two answers each): nine vectors to write back.
+    let requests: Vec<Value> = (0..3)
+        .map(|i| {
+            json!({"user": user, "prompt": format!("Question {i}: tea or coffee in the morning?"),
+                "candidates": [format!("Tea, for morning {i}."), format!("Coffee, for morning {i}.")]})
+        })
+        .collect();
+    let comps: Vec<Value> = (0..12)
+        .map(|i| {
+            json!({"prompt": format!("Statement {i}: I like long walks."),
+                "chosen": " Yes", "rejected": " No"})
+        })
+        .collect();
+    let enroll_body = json!({"comparisons": comps, "estimator": "offset", "ridge": 10});
+    let answers = |store: &Path| -> (Vec<Value>, Value) {
+        let srv = start_server(
+            store,
+            &["--model", "pb", "--write-back", "--write-back-every", "1"],
+        );
+        let scored = requests
+            .iter()
+            .map(|r| {
+                let (st, v) = http(srv.port, "POST", "/score", None, &r.to_string());
+                assert_eq!(st, 200, "{v}");
+                v["rewards"].clone()
+            })
+            .collect();
+        let (st, enrolled) = http(
+            srv.port,
+            "POST",
+            "/users/erin/enroll",
+            None,
+            &enroll_body.to_string(),
+        );
+        assert_eq!(st, 200, "{enrolled}");
+        stop(srv);
+        (scored, enrolled)
+    };
+    let (on_s3, enrolled_s3) = answers(&s3);
+    let (on_folder, enrolled_folder) = answers(&local);
+    assert_eq!(on_s3, on_folder, "rewards on S3 and on a folder");
+    for k in ["logits", "offset", "mixture", "held_out_accuracy"] {
+        assert_eq!(enrolled_s3[k], enrolled_folder[k], "{k}");
+    }
+    assert_eq!(enrolled_s3["estimator"], "offset");
+
+    // What the servers wrote: the new vectors once each (nine texts scored, twelve new
+    // statements enrolled on; " Yes" and " No" were stored), and the enrolment.
+    let new_texts = 9 + 12;
+    for store in [&s3, &local] {
+        let (rows, distinct) = embedding_counts(store);
+        let want = vectors_before + new_texts;
+        assert_eq!((rows, distinct), (want, want), "{}", store.display());
+    }
+    let sql = "SELECT user_id, logits_json, offset_json, comparisons FROM enrollments";
+    assert_eq!(query(&s3, sql), query(&local, sql));
+    let q = "SELECT content_id, vector FROM embeddings ORDER BY content_id";
+    assert_eq!(query(&s3, q), query(&local, q));
+
+    // The CLI on the bucket knows the user the server enrolled, offset included.
+    let body = &requests[0];
+    let f = dir.path().join("erin.jsonl");
+    std::fs::write(
+        &f,
+        json!({"prompt": body["prompt"], "candidates": body["candidates"]}).to_string() + "\n",
+    )
+    .unwrap();
+    let srv = start_server(&s3, &["--model", "pb"]);
+    let mut req = body.clone();
+    req["user"] = json!("erin");
+    let (st, v) = http(srv.port, "POST", "/score", None, &req.to_string());
+    assert_eq!(st, 200, "{v}");
+    stop(srv);
+    let r = palpipe(
+        &s3,
+        &[
+            "score",
+            "--model",
+            "pb",
+            "--user",
+            "erin",
+            "--input",
+            f.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .ok();
+    let cli: Vec<f64> = r
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["reward"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(cli, f64s(&v["rewards"]));
 }
 
 #[test]

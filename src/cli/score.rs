@@ -68,13 +68,16 @@ pub struct ScoreArgs {
   cat alice.jsonl | palpipe enroll --model pal-b-k4 --user alice --comparisons - --json
   # images (a model on CLIP vectors): {\"prompt\": \"a red fox\", \"chosen\": \"fox1.png\", \"rejected\": \"fox2.png\"}
   palpipe enroll --model paf-k2 --user carol --comparisons carol-images.jsonl
+  # the mixture plus an offset of the ideal point (what `palpipe adapt` found best on Polis)
+  palpipe enroll --model pal-b-k4 --user dave --comparisons dave.jsonl --estimator offset --ridge 100
 
 Each line of the comparisons is {\"prompt\": …, \"chosen\": …, \"rejected\": …}: texts, or image
 files (relative to the file's folder) for a model on CLIP vectors, or {\"id\": CONTENT_ID}; an
 optional \"weight\" (a positive number, 1 by default) counts the line as that many copies. The
 user's K mixture logits are fitted with the model's shared parts frozen (the new-user estimator
-of `palpipe adapt`) and stored in the `enrollments` table: `score` and `serve` know the user from
-then on; the model itself is not changed. Enrolling again refits and replaces the user. With
+of `palpipe adapt`; with --estimator offset also an offset of the user's ideal point) and stored
+in the `enrollments` table: `score` and `serve` know the user from then on, offset included; the
+model itself is not changed. Enrolling again refits and replaces the user. With
 10 or more comparisons, a fifth of them is held out and scored by a fit on the others (the
 accuracy printed); the stored fit uses all of them.")]
 pub struct EnrollArgs {
@@ -87,13 +90,21 @@ pub struct EnrollArgs {
     /// JSON lines of the user's comparisons (a file, or - for stdin).
     #[arg(long)]
     pub comparisons: String,
-    /// How the logits are estimated: empirical (what the default auto means here: the
+    /// How the user is estimated: empirical (what the default auto means here: the
     /// posterior mean under the seen users' own mixtures as the prior), posterior (the
-    /// posterior mean under a Gaussian prior learned from the seen users), map, or mle (no
-    /// prior); as `palpipe adapt --estimator` (offset: its mixture part, `empirical`, since
-    /// an enrolled user is stored as K logits).
+    /// posterior mean under a Gaussian prior learned from the seen users), map, mle (no
+    /// prior), or offset (empirical's mixture plus a ridge-penalised offset of the user's
+    /// ideal point, stored and used in scoring); as `palpipe adapt --estimator`.
     #[arg(long, default_value = "auto")]
     pub estimator: crate::pal::Estimator,
+    /// Prior scale of map / posterior / empirical / offset (default 1; `palpipe adapt
+    /// --tune-split` reports the best one for a model).
+    #[arg(long)]
+    pub prior_scale: Option<f64>,
+    /// Ridge strength λ of offset's penalty (default 100; larger keeps the offset smaller,
+    /// inf none; `palpipe adapt --tune-split` reports the best one).
+    #[arg(long)]
+    pub ridge: Option<f64>,
     /// Gradient steps of the map and mle fits.
     #[arg(long)]
     pub steps: Option<usize>,
@@ -417,11 +428,14 @@ pub async fn enroll(ctx: &Ctx, a: EnrollArgs) -> Result<(), CliError> {
     };
     let comps = serve::parse_comparisons(&text, scorer.images(), base.as_deref(), source)
         .map_err(cli_err)?;
+    let d = FewShotConfig::default();
     let cfg = FewShotConfig {
-        steps: a.steps.unwrap_or_else(|| FewShotConfig::default().steps),
+        steps: a.steps.unwrap_or(d.steps),
         estimator: a.estimator,
+        prior_scale: a.prior_scale.unwrap_or(d.prior_scale),
+        ridge: a.ridge.unwrap_or(d.ridge),
         seed: a.seed,
-        ..FewShotConfig::default()
+        ..d
     };
     let out = scorer
         .enroll(&a.user, &comps, &cfg)
@@ -444,8 +458,12 @@ pub async fn enroll(ctx: &Ctx, a: EnrollArgs) -> Result<(), CliError> {
             serve::enroll::MIN_FOR_HELD_OUT
         ),
     };
+    let offset = match out.offset_norm {
+        Some(n) => format!(", offset norm {n:.3}"),
+        None => String::new(),
+    };
     println!(
-        "{} '{}' into '{}' from {} comparisons: mixture [{}]; {acc}",
+        "{} '{}' into '{}' from {} comparisons: mixture [{}]{offset}; {acc}",
         if out.replaced {
             "re-enrolled"
         } else {
@@ -454,7 +472,7 @@ pub async fn enroll(ctx: &Ctx, a: EnrollArgs) -> Result<(), CliError> {
         serve::error::shown(&out.user),
         out.model,
         out.comparisons,
-        w.join(", ")
+        w.join(", "),
     );
     Ok(())
 }

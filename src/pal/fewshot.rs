@@ -234,7 +234,7 @@ fn weighted(draws: &[Vec<f64>], a: &[f64], k: usize) -> Vec<f64> {
 /// `auto` without a simulation to decide: `empirical`, which won the seen-user simulation on
 /// 11 of the 13 stores measured for issue 14 (12 Polis stores and Persona; a tie on one,
 /// `posterior` ahead by 0.09 points on the other).
-fn resolve(e: Estimator) -> Estimator {
+pub(super) fn resolve(e: Estimator) -> Estimator {
     match e {
         Estimator::Auto => Estimator::Empirical,
         other => other,
@@ -761,9 +761,7 @@ fn fit_offsets(
     Ok(out)
 }
 
-/// One new user's logits, and for `offset` their offset δ (module doc of [`fit_new_user`]);
-/// the tests' way to see the offset that enrolment leaves out.
-#[cfg(test)]
+/// One new user's logits, and for `offset` their offset δ (module doc of [`fit_new_user`]).
 pub(super) fn fit_one_user(
     model: &PalModel,
     comparisons: &ComparisonSet,
@@ -772,8 +770,8 @@ pub(super) fn fit_one_user(
     fit_user(model, comparisons, cfg, true)
 }
 
-/// [`fit_one_user`], fitting `offset`'s δ only when `with_offset` (enrolment keeps the
-/// mixture alone, so it skips that fit).
+/// [`fit_one_user`], fitting `offset`'s δ only when `with_offset` ([`fit_new_user`] returns
+/// the mixture alone, so it skips that fit).
 fn fit_user(
     model: &PalModel,
     comparisons: &ComparisonSet,
@@ -841,9 +839,8 @@ fn fit_user(
 /// parts of `model` stay frozen. With no comparison, `map` and `posterior` return T·ln w̄, the
 /// zero-shot mixture's logits, and `mle` the uniform mixture's zeros. Each comparison counts
 /// by its weight (module doc, "Weights"). `offset` returns its mixture part only (the
-/// `empirical` logits): a checkpoint and the reward server hold K logits per user and no
-/// offset. The result can be given to [`PalModel::add_users`]. Stable entry point (used by
-/// enrolment).
+/// `empirical` logits; enrolment, which keeps δ too, calls [`super::fit_enrolled_user`]). The
+/// result can be given to [`PalModel::add_users`].
 pub fn fit_new_user(
     model: &PalModel,
     comparisons: &ComparisonSet,

@@ -7,7 +7,7 @@
 //! the losses, the trainer ([`train`]), evaluation ([`evaluate`]), few-shot adaptation of unseen
 //! users ([`few_shot_curve`], [`fit_new_user`]; the known-group bound [`group_bound`]), checkpoints ([`PalModel::save`] /
 //! [`PalModel::load`]), scoring ([`PalModel::score`], [`PalModel::score_batch`]), one new
-//! user's enrolment ([`fit_user_logits`]) and the popularity baseline ([`Popularity`]). The
+//! user's enrolment ([`fit_enrolled_user`]) and the popularity baseline ([`Popularity`]). The
 //! `bt` baseline is PAL
 //! with K = 1. Does not own: where the data comes from (the store and the CLI build
 //! [`ComparisonSet`]s from tables), generic metrics (`src/eval/metrics.rs`), or rendering.
@@ -51,7 +51,7 @@ pub use config::{
     ModelConfig, ModelKind, NormBound, Select, TrainConfig,
 };
 pub use data::{Comparison, ComparisonSet, Weight};
-pub use enroll::fit_user_logits;
+pub use enroll::{fit_enrolled_user, EnrolledFit};
 pub use error::{PalError, Result};
 pub use evaluate::{evaluate, EvalOptions, EvalReport, MixtureSummary, Outcome, UserAccuracy};
 pub use fewshot::{

@@ -393,7 +393,7 @@ impl PalModel {
     /// The dimension of a user's ideal point, where a per-user offset δ is added (few-shot
     /// `offset`): d for PAL-B (z_i = Σ_k w_ik g_k(x_c) + δ_i, before it is normalised), Dp + Dx
     /// for PAL-A (a_i = Σ_k w_ik P_k + δ_i, in f's input space).
-    pub(crate) fn offset_dim(&self) -> usize {
+    pub fn offset_dim(&self) -> usize {
         match self.cfg.kind {
             ModelKind::PalB => self.cfg.d,
             ModelKind::PalA => self.cfg.f_input_dim(),

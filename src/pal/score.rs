@@ -13,11 +13,16 @@ use super::data::{Comparison, ComparisonSet};
 use super::error::{PalError, Result};
 use super::model::PalModel;
 
-/// One scoring request: a user's mixture w (length K, on the simplex), the prompt vector x_c
-/// (exactly when the model has context, dp > 0) and the candidate vectors x.
+/// One scoring request: a user's mixture w (length K, on the simplex), their offset δ of the
+/// ideal point when they have one, the prompt vector x_c (exactly when the model has context,
+/// dp > 0) and the candidate vectors x.
 #[derive(Debug, Clone)]
 pub struct ScoreJob<'a> {
     pub mixture: &'a [f64],
+    /// A user enrolled with the `offset` estimator: δ, [`PalModel::offset_dim`] values (d
+    /// for PAL-B, added to z = Σ_k w_k g_k(x_c) before it is normalised; Dp + Dx for PAL-A,
+    /// added to a = Σ_k w_k P_k). `None`: the mixture alone.
+    pub offset: Option<&'a [f32]>,
     pub prompt: Option<&'a [f32]>,
     pub candidates: Vec<&'a [f32]>,
 }
@@ -28,8 +33,11 @@ const CHUNK: usize = 4096;
 impl PalModel {
     /// The rewards of every job's candidates, in job and candidate order (evaluation mode).
     /// A model without context (dp = 0) ignores the prompts. Dimensions are checked per job.
+    /// When any job has an offset, the others get δ = 0, which adds exactly nothing: their
+    /// rewards are the same bits as without.
     pub fn score_batch(&self, jobs: &[ScoreJob<'_>]) -> Result<Vec<Vec<f32>>> {
         let (k, dx, dp) = (self.cfg.k, self.cfg.dx, self.cfg.dp);
+        let offsets = self.offset_table(jobs)?;
         let mut table = Vec::with_capacity(jobs.len() * k);
         let mut items = Vec::new();
         let mut prompts = Vec::new();
@@ -103,8 +111,12 @@ impl PalModel {
             let batch = self.gather(&set, chunk, &|u| u)?;
             let users = Tensor::new(batch.users.as_slice(), &self.device)?;
             let w = table.index_select(&users, 0)?; // [Uu, K]
+            let delta = match &offsets {
+                Some(o) => Some(o.index_select(&users, 0)?), // [Uu, D]
+                None => None,
+            };
             let feats = self.features(&batch, None)?;
-            let (side, _) = self.user_side(&feats, &batch, &w, None)?;
+            let (side, _) = self.user_side_with(&feats, &batch, &w, delta.as_ref(), None)?;
             let r = self
                 .reward(&feats, &side, &batch.left)?
                 .to_dtype(DType::F32)?
@@ -114,6 +126,30 @@ impl PalModel {
             }
         }
         Ok(out)
+    }
+
+    /// The jobs' offsets as one `[jobs, D]` table (zeros for a job without one), or `None`
+    /// when no job has an offset.
+    fn offset_table(&self, jobs: &[ScoreJob<'_>]) -> Result<Option<Tensor>> {
+        if jobs.iter().all(|j| j.offset.is_none()) {
+            return Ok(None);
+        }
+        let dim = self.offset_dim();
+        let mut rows = vec![0f32; jobs.len() * dim];
+        for (j, job) in jobs.iter().enumerate() {
+            if let Some(o) = job.offset {
+                if o.len() != dim {
+                    return Err(PalError::Dim {
+                        what: format!("the offset of job {j}"),
+                        expected: dim,
+                        got: o.len(),
+                    });
+                }
+                rows[j * dim..(j + 1) * dim].copy_from_slice(o);
+            }
+        }
+        let t = Tensor::from_vec(rows, (jobs.len(), dim), &self.device)?.to_dtype(self.dtype)?;
+        Ok(Some(t))
     }
 
     /// The evaluation mixture of user logits W_i (length K): softmax(W_i / T), or the one-hot

@@ -1398,3 +1398,81 @@ fn offset_reaches_ideal_points_off_the_prototypes_span() {
     assert_eq!(inf.heldout_estimator, mix.heldout_estimator);
     assert_eq!(inf.ridge, Some(f64::INFINITY));
 }
+
+/// An enrolled user's offset (`fit_enrolled_user` with `offset`) scores as adaptation scores
+/// that user's queries: `score_batch` with the offset gives the margins of
+/// `margins_with_offsets` (the few-shot path). A job without an offset batched beside it gets
+/// the same bits as alone (its δ = 0 adds nothing), and a wrong-sized offset is refused.
+#[test]
+fn an_enrolled_offset_scores_as_adaptation_does_and_leaves_other_jobs_alone() {
+    let (model, items) = small_pal_b();
+    let set = comparisons_of(&model, &items, &[0.8, 0.2], 40, 3);
+    let cfg = FewShotConfig {
+        estimator: Estimator::Offset,
+        ridge: 1.0,
+        ..FewShotConfig::default()
+    };
+    let fit = fit_enrolled_user(&model, &set, &cfg).unwrap();
+    assert_eq!(fit.estimator, Estimator::Offset);
+    let offset = fit.offset.clone().unwrap();
+    assert_eq!(offset.len(), model.offset_dim());
+    assert!(offset.iter().any(|x| x.abs() > 1e-4), "{offset:?}");
+    let plain = fit_enrolled_user(&model, &set, &FewShotConfig::default()).unwrap();
+    assert_eq!(plain.estimator, Estimator::Empirical);
+    assert!(plain.offset.is_none());
+    assert_eq!(
+        plain.logits, fit.logits,
+        "offset's mixture part is empirical's"
+    );
+
+    let w = model.mixture_of_logits(&fit.logits).unwrap();
+    let cands: Vec<&[f32]> = items[..10].iter().map(|v| v.as_slice()).collect();
+    let short = [0.0f32; 1];
+    let job = |offset| ScoreJob {
+        mixture: &w,
+        offset,
+        prompt: None,
+        candidates: cands.clone(),
+    };
+    let alone = model.score_batch(&[job(None)]).unwrap();
+    let both = model.score_batch(&[job(None), job(Some(&offset))]).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&alone[0]), bits(&both[0]));
+    assert_ne!(
+        bits(&both[0]),
+        bits(&both[1]),
+        "the offset moves the rewards"
+    );
+
+    // The same user's comparisons through the few-shot path.
+    let table = Tensor::from_vec(w.clone(), (1, w.len()), &model.device)
+        .unwrap()
+        .to_dtype(model.dtype)
+        .unwrap();
+    let delta = Tensor::from_vec(offset.clone(), (1, offset.len()), &model.device)
+        .unwrap()
+        .to_dtype(model.dtype)
+        .unwrap();
+    let idx: Vec<usize> = (0..set.comps.len()).collect();
+    let margins = model
+        .margins_with_offsets(&set, &table, Some(&delta), &|_| 0, idx)
+        .unwrap();
+    for (c, m) in set.comps.iter().zip(&margins) {
+        let pair = [
+            items[c.left as usize].as_slice(),
+            items[c.right as usize].as_slice(),
+        ];
+        let r = model
+            .score_batch(&[ScoreJob {
+                mixture: &w,
+                offset: Some(&offset),
+                prompt: None,
+                candidates: pair.to_vec(),
+            }])
+            .unwrap();
+        let gap = ((r[0][0] - r[0][1]) - m).abs();
+        assert!(gap < 1e-5, "margin {m} vs scored {}", r[0][0] - r[0][1]);
+    }
+
+    assert!(model.score_batch(&[job(Some(&short))]).is_err());
+}

@@ -1,10 +1,12 @@
-//! Enrolling a new user into a served model: their comparisons in, their fitted mixture out,
-//! stored in the `enrollments` table so that `score` and `serve` know them from then on.
+//! Enrolling a new user into a served model: their comparisons in, their fitted mixture (and
+//! with the `offset` estimator their offset δ of the ideal point) out, stored in the
+//! `enrollments` table so that `score` and `serve` know them from then on.
 //!
 //! Owns: the comparison input format ([`parse_comparisons`]: JSON lines
 //! `{"prompt": …, "chosen": …, "rejected": …}`, each value a text, an image path or
-//! `{"id": …}` as for scoring; an optional `"weight"`), the held-out split, and [`Scorer::enroll`]. The fit itself is
-//! [`crate::pal::fit_user_logits`] (f, g_k or P and τ frozen; only the user's K logits move).
+//! `{"id": …}` as for scoring; an optional `"weight"`), the held-out split, and
+//! [`Scorer::enroll`]. The fit itself is [`crate::pal::fit_enrolled_user`] (f, g_k or P and τ
+//! frozen; only the user's K logits move, and δ with `offset`).
 //! With at least [`MIN_FOR_HELD_OUT`] comparisons, a fifth of them (at least 2, chosen by a
 //! seeded shuffle) is held out: a fit on the rest scores them, and that accuracy is reported;
 //! the stored logits are then fitted on every comparison. The held-out comparisons never take
@@ -19,7 +21,9 @@ use serde::Serialize;
 
 use super::error::{shown, ServeError};
 use super::scorer::{relative_to, Content, Scorer};
-use crate::pal::{fit_user_logits, Comparison, ComparisonSet, FewShotConfig, ScoreJob};
+use crate::pal::{
+    fit_enrolled_user, Comparison, ComparisonSet, Estimator, FewShotConfig, ScoreJob,
+};
 use crate::store::batches::{self, EnrollmentRow};
 use crate::store::sql_str;
 
@@ -42,9 +46,17 @@ pub struct ComparisonInput {
 pub struct EnrollOutcome {
     pub model: String,
     pub user: String,
+    /// The estimator that fitted them (`auto` is `empirical` here).
+    pub estimator: Estimator,
     /// The fitted logits W_i (K values) and their mixture w_i.
     pub logits: Vec<f32>,
     pub mixture: Vec<f64>,
+    /// `offset` only: the user's offset δ of the ideal point (D values, see
+    /// [`ScoreJob::offset`]) and its Euclidean norm; scoring adds it from then on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset_norm: Option<f64>,
     /// Comparisons the stored fit used (all of them).
     pub comparisons: usize,
     /// Comparisons held out to measure accuracy (0 when too few were given).
@@ -150,6 +162,9 @@ impl Scorer {
         if user.is_empty() {
             return Err(ServeError::bad("user", "is empty"));
         }
+        if let Err(crate::pal::PalError::Config { field, message }) = cfg.validate() {
+            return Err(ServeError::bad(field, message));
+        }
         if self.model.user_row(user).is_some() {
             return Err(ServeError::bad(
                 "user",
@@ -219,7 +234,7 @@ impl Scorer {
         // The fits are CPU work: run them where they do not hold up the runtime's other
         // tasks (a server's scoring and health checks go on meanwhile).
         let n = comps.len();
-        let (held_out, held_out_accuracy, logits, mixture) =
+        let (held_out, held_out_accuracy, fit, mixture) =
             tokio::task::block_in_place(|| -> Result<_, ServeError> {
                 let all: Vec<usize> = (0..n).collect();
                 let (held_out, held_out_accuracy) = if n >= MIN_FOR_HELD_OUT {
@@ -230,12 +245,13 @@ impl Scorer {
                         (order[..h].to_vec(), order[h..].to_vec());
                     let fit_set = set_of(&fit)?;
                     let model = &self.model;
-                    let logits = fit_user_logits(model, &fit_set, cfg)?;
-                    let w = model.mixture_of_logits(&logits)?;
+                    let part = fit_enrolled_user(model, &fit_set, cfg)?;
+                    let w = model.mixture_of_logits(&part.logits)?;
                     let mut correct = 0usize;
                     for &i in &held {
                         let job = ScoreJob {
                             mixture: &w,
+                            offset: part.offset.as_deref(),
                             prompt: (dp > 0).then(|| vectors[per * i + 2].as_slice()),
                             candidates: vec![
                                 vectors[per * i].as_slice(),
@@ -251,9 +267,9 @@ impl Scorer {
                 } else {
                     (0, None)
                 };
-                let logits = fit_user_logits(&self.model, &set_of(&all)?, cfg)?;
-                let mixture = self.model.mixture_of_logits(&logits)?;
-                Ok((held_out, held_out_accuracy, logits, mixture))
+                let fit = fit_enrolled_user(&self.model, &set_of(&all)?, cfg)?;
+                let mixture = self.model.mixture_of_logits(&fit.logits)?;
+                Ok((held_out, held_out_accuracy, fit, mixture))
             })?;
 
         let mut h = blake3::Hasher::new();
@@ -274,11 +290,17 @@ impl Scorer {
             )
             .as_bytes(),
         );
+        // The ridge changes only `offset`'s fit; for the others the fingerprint is as before.
+        if cfg.estimator == Estimator::Offset {
+            h.update(format!(":ridge {}", cfg.ridge).as_bytes());
+        }
+        let json =
+            |v: &[f32]| serde_json::to_string(v).map_err(|e| ServeError::Internal(e.to_string()));
         let row = EnrollmentRow {
             model: self.name.clone(),
             user_id: user.to_string(),
-            logits_json: serde_json::to_string(&logits)
-                .map_err(|e| ServeError::Internal(e.to_string()))?,
+            logits_json: json(&fit.logits)?,
+            offset_json: fit.offset.as_deref().map(json).transpose()?,
             comparisons: n as i32,
             held_out: held_out as i32,
             held_out_accuracy,
@@ -305,12 +327,21 @@ impl Scorer {
                 .await?;
             replaced
         };
-        self.set_enrolled(user, logits.clone());
+        self.set_enrolled(user, fit.logits.clone(), fit.offset.clone());
+        let offset_norm = fit.offset.as_ref().map(|o| {
+            o.iter()
+                .map(|&x| (x as f64) * (x as f64))
+                .sum::<f64>()
+                .sqrt()
+        });
         Ok(EnrollOutcome {
             model: self.name.clone(),
             user: user.to_string(),
-            logits,
+            estimator: fit.estimator,
+            logits: fit.logits,
             mixture,
+            offset: fit.offset,
+            offset_norm,
             comparisons: n,
             held_out,
             held_out_accuracy,

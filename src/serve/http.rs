@@ -9,7 +9,8 @@
 //!   […], "labels": […]}` → `{"rewards": […]}`, where `labels[i]` is the user id and the
 //!   response is `query[i]` less its `prompts[i]` prefix;
 //! - `POST /users/{id}/enroll` `{"model"?, "comparisons": [{"prompt"?, "chosen",
-//!   "rejected", "weight"?}, …]}` → the fitted mixture and held-out accuracy (as `palpipe enroll`);
+//!   "rejected", "weight"?}, …], "estimator"?, "prior_scale"?, "ridge"?}` → the fitted
+//!   mixture (with `offset`, the offset too) and held-out accuracy (as `palpipe enroll`);
 //! - `GET /models`, `GET /health`.
 //!
 //! `GET /models` also reports each model's vector cache (entries, counted bytes, its bound,
@@ -512,10 +513,42 @@ async fn enroll(State(app): State<Shared>, Path(id): Path<String>, req: Request)
             })
         })
         .collect::<Result<Vec<_>, ServeError>>()?;
-    let out = scorer
-        .enroll(&id, &parsed, &FewShotConfig::default())
-        .await?;
+    let out = scorer.enroll(&id, &parsed, &fit_settings(&v)?).await?;
     Ok(Json(json!(out)).into_response())
+}
+
+/// The fit settings of an enrolment request, each optional as `palpipe enroll`'s flags:
+/// `"estimator"` (auto, map, posterior, empirical, mle, offset), `"prior_scale"` (a number)
+/// and `"ridge"` (a number, or "inf" for no offset).
+fn fit_settings(v: &Value) -> Result<FewShotConfig, ServeError> {
+    let mut cfg = FewShotConfig::default();
+    let given = |k: &str| v.get(k).filter(|x| !x.is_null());
+    if let Some(e) = given("estimator") {
+        let name = e.as_str().ok_or_else(|| {
+            ServeError::bad(
+                "estimator",
+                "must be a string: auto, map, posterior, empirical, mle or offset",
+            )
+        })?;
+        cfg.estimator = name.parse().map_err(|e: crate::pal::PalError| match e {
+            crate::pal::PalError::Config { field, message } => ServeError::bad(field, message),
+            other => ServeError::bad("estimator", other.to_string()),
+        })?;
+    }
+    if let Some(x) = given("prior_scale") {
+        cfg.prior_scale = x
+            .as_f64()
+            .ok_or_else(|| ServeError::bad("prior_scale", "must be a number"))?;
+    }
+    if let Some(x) = given("ridge") {
+        cfg.ridge = match x.as_str() {
+            Some("inf") => f64::INFINITY,
+            _ => x
+                .as_f64()
+                .ok_or_else(|| ServeError::bad("ridge", "must be a number or \"inf\""))?,
+        };
+    }
+    Ok(cfg)
 }
 
 async fn models(State(app): State<Shared>) -> ApiResult {

@@ -19,7 +19,7 @@ pub use cache::{CacheStats, WriteBack, DEFAULT_CACHE_MIB};
 pub use enroll::{parse_comparisons, ComparisonInput, EnrollOutcome};
 pub use error::ServeError;
 pub use http::{serve, ServeConfig};
-pub use scorer::{Content, Prepared, ScoreRequest, Scored, Scorer, UserSel};
+pub use scorer::{Content, Prepared, ScoreRequest, Scored, Scorer, UserParams, UserSel};
 
 /// The non-blank lines of a JSON-lines text, parsed, each with where it is (`source:line`)
 /// for error messages; a line that does not parse is an error naming it.

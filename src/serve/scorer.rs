@@ -18,9 +18,10 @@
 //! trained on, is [`ServeError::EncoderMissing`] naming the id and the folder looked in.
 //!
 //! Users: a seen user gets their trained mixture, an enrolled user (table `enrollments`,
-//! written by `enroll.rs`) the mixture of their fitted logits, [`UserSel::ZeroShot`] the mean
-//! of the seen users' mixtures; any other id is [`ServeError::UnknownUser`], never a silent
-//! zero-shot.
+//! written by `enroll.rs`) the mixture of their fitted logits and, when they were enrolled
+//! with the `offset` estimator, their offset δ of the ideal point ([`UserParams`]),
+//! [`UserSel::ZeroShot`] the mean of the seen users' mixtures; any other id is
+//! [`ServeError::UnknownUser`], never a silent zero-shot.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ use super::error::{shown, ServeError};
 use crate::embed::{self, BertSentenceEncoder, ClipEncoder, ImageEncoder, TextEncoder};
 use crate::pal::{PalModel, ScoreJob};
 use crate::pipeline::pal_stages::ModelEntry;
+use crate::store::migrate::ENROLLMENTS_OFFSET;
 use crate::store::records::{content_id, EmbeddingRow};
 use crate::store::{batches, sql_list, sql_str, KeysSeen, Store, WriteStats};
 
@@ -127,7 +129,7 @@ pub struct ScoreRequest {
 /// A request made ready for the model: the mixture and the vectors.
 #[derive(Debug, Clone)]
 pub struct Prepared {
-    pub mixture: Vec<f64>,
+    pub user: UserParams,
     pub prompt: Option<Arc<Vec<f32>>>,
     pub candidates: Vec<Arc<Vec<f32>>>,
     /// Indices of candidates whose text was longer than the encoder's token limit (their
@@ -135,6 +137,22 @@ pub struct Prepared {
     pub truncated: Vec<usize>,
     /// Whether the prompt was truncated.
     pub prompt_truncated: bool,
+}
+
+/// What scoring needs of a user: their mixture w (K values) and, for a user enrolled with
+/// the `offset` estimator, their offset δ of the ideal point ([`ScoreJob::offset`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserParams {
+    pub mixture: Vec<f64>,
+    pub offset: Option<Vec<f32>>,
+}
+
+/// An enrolled user as the `enrollments` table holds them: fitted logits (K) and, from the
+/// `offset` estimator, the offset δ.
+#[derive(Debug, Clone)]
+struct Enrolled {
+    logits: Vec<f32>,
+    offset: Option<Vec<f32>>,
 }
 
 /// A request's result.
@@ -179,7 +197,8 @@ pub struct Scorer {
     /// scorer was opened, before any read of it, and the keys stored since (see
     /// [`Scorer::open`]).
     seen: tokio::sync::Mutex<KeysSeen>,
-    enrolled: RwLock<HashMap<String, Vec<f32>>>,
+    /// Enrolled users: their fitted logits and offset, by id.
+    enrolled: RwLock<HashMap<String, Enrolled>>,
 }
 
 impl Scorer {
@@ -356,73 +375,96 @@ impl Scorer {
         self.enrolled.read().map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Rereads the enrolled users of this model (only `user` when given) from the store.
+    /// Rereads the enrolled users of this model (only `user` when given) from the store. A
+    /// table written before `offset_json` existed reads as users without an offset.
     pub async fn reload_enrolled(&self, user: Option<&str>) -> Result<(), ServeError> {
         let mut filter = format!("model = {}", sql_str(&self.name));
         if let Some(u) = user {
             filter.push_str(&format!(" AND user_id = {}", sql_str(u)));
         }
+        let has_offset = match self.store.dataset("enrollments", None).await? {
+            Some(ds) => ds.schema().field(ENROLLMENTS_OFFSET).is_some(),
+            None => return Ok(()),
+        };
+        let mut columns = vec!["user_id", "logits_json"];
+        if has_offset {
+            columns.push(ENROLLMENTS_OFFSET);
+        }
         let mut found = Vec::new();
         for b in self
             .store
-            .read("enrollments", &["user_id", "logits_json"], Some(&filter))
+            .read("enrollments", &columns, Some(&filter))
             .await?
         {
-            let (Some(u), Some(l)) = (
-                b.column(0).as_any().downcast_ref::<StringArray>(),
-                b.column(1).as_any().downcast_ref::<StringArray>(),
-            ) else {
+            let strings = |i: usize| b.column(i).as_any().downcast_ref::<StringArray>();
+            let (Some(u), Some(l)) = (strings(0), strings(1)) else {
                 continue;
             };
+            let o = if has_offset { strings(2) } else { None };
             for i in 0..b.num_rows() {
-                let logits: Vec<f32> = serde_json::from_str(l.value(i)).map_err(|e| {
-                    ServeError::Internal(format!(
-                        "enrollments: the logits of user '{}' do not parse: {e}",
-                        shown(u.value(i))
-                    ))
-                })?;
-                found.push((u.value(i).to_string(), logits));
+                let parse = |what: &str, text: &str| -> Result<Vec<f32>, ServeError> {
+                    serde_json::from_str(text).map_err(|e| {
+                        ServeError::Internal(format!(
+                            "enrollments: the {what} of user '{}' do not parse: {e}",
+                            shown(u.value(i))
+                        ))
+                    })
+                };
+                let logits = parse("logits", l.value(i))?;
+                let offset = match o {
+                    Some(o) if o.is_valid(i) => Some(parse("offset", o.value(i))?),
+                    _ => None,
+                };
+                found.push((u.value(i).to_string(), Enrolled { logits, offset }));
             }
         }
         let mut map = self.enrolled.write().expect("enrolled users lock");
-        for (u, l) in found {
-            map.insert(u, l);
+        for (u, fit) in found {
+            map.insert(u, fit);
         }
         Ok(())
     }
 
-    /// Records a user's enrolled logits in memory (after they were written to the store).
-    pub fn set_enrolled(&self, user: &str, logits: Vec<f32>) {
+    /// Records a user's enrolled logits and offset in memory (after they were written to
+    /// the store).
+    pub fn set_enrolled(&self, user: &str, logits: Vec<f32>, offset: Option<Vec<f32>>) {
         if let Ok(mut m) = self.enrolled.write() {
-            m.insert(user.to_string(), logits);
+            m.insert(user.to_string(), Enrolled { logits, offset });
         }
     }
 
-    /// The mixture w of a user: seen, enrolled (rereading the store once on a miss, so that
-    /// a user enrolled by another process is found) or zero-shot.
-    pub async fn mixture(&self, user: &UserSel) -> Result<Vec<f64>, ServeError> {
+    /// What scoring needs of a user: seen, enrolled (rereading the store once on a miss, so
+    /// that a user enrolled by another process is found) or zero-shot.
+    pub async fn user(&self, user: &UserSel) -> Result<UserParams, ServeError> {
+        let mixture_only = |mixture| UserParams {
+            mixture,
+            offset: None,
+        };
         let id = match user {
-            UserSel::ZeroShot => return Ok(self.model.zero_shot_mixture()?),
+            UserSel::ZeroShot => return Ok(mixture_only(self.model.zero_shot_mixture()?)),
             UserSel::Id(id) => id,
         };
         if self.model.user_row(id).is_some() {
-            return Ok(self.model.mixture(id)?);
+            return Ok(mixture_only(self.model.mixture(id)?));
         }
-        if let Some(m) = self.enrolled_mixture(id)? {
-            return Ok(m);
+        if let Some(p) = self.enrolled_user(id)? {
+            return Ok(p);
         }
         self.reload_enrolled(Some(id)).await?;
-        self.enrolled_mixture(id)?
+        self.enrolled_user(id)?
             .ok_or_else(|| ServeError::UnknownUser {
                 model: self.name.clone(),
                 user: shown(id),
             })
     }
 
-    fn enrolled_mixture(&self, id: &str) -> Result<Option<Vec<f64>>, ServeError> {
-        let logits = self.enrolled.read().ok().and_then(|m| m.get(id).cloned());
-        match logits {
-            Some(l) => Ok(Some(self.model.mixture_of_logits(&l)?)),
+    fn enrolled_user(&self, id: &str) -> Result<Option<UserParams>, ServeError> {
+        let fit = self.enrolled.read().ok().and_then(|m| m.get(id).cloned());
+        match fit {
+            Some(f) => Ok(Some(UserParams {
+                mixture: self.model.mixture_of_logits(&f.logits)?,
+                offset: f.offset,
+            })),
             None => Ok(None),
         }
     }
@@ -497,9 +539,9 @@ impl Scorer {
     /// Mixtures and vectors for many requests, with one vector lookup for all of them.
     pub async fn prepare_many(&self, reqs: &[ScoreRequest]) -> Result<Vec<Prepared>, ServeError> {
         // Users first: an unknown one fails before anything is embedded.
-        let mut mixtures = Vec::with_capacity(reqs.len());
+        let mut users = Vec::with_capacity(reqs.len());
         for r in reqs {
-            mixtures.push(self.mixture(&r.user).await?);
+            users.push(self.user(&r.user).await?);
         }
         let mut contents: Vec<&Content> = Vec::new();
         for r in reqs {
@@ -509,7 +551,7 @@ impl Scorer {
         let (vectors, truncated) = self.vectors(&contents).await?;
         let mut at = 0;
         let mut out = Vec::with_capacity(reqs.len());
-        for (r, mixture) in reqs.iter().zip(mixtures) {
+        for (r, user) in reqs.iter().zip(users) {
             let (prompt, prompt_truncated) = match &r.prompt {
                 Some(_) => {
                     at += 1;
@@ -522,7 +564,7 @@ impl Scorer {
             let trunc = (0..n).filter(|&i| truncated[at + i]).collect();
             at += n;
             out.push(Prepared {
-                mixture,
+                user,
                 prompt,
                 candidates,
                 truncated: trunc,
@@ -539,7 +581,8 @@ impl Scorer {
         let jobs: Vec<ScoreJob<'_>> = prepared
             .iter()
             .map(|p| ScoreJob {
-                mixture: &p.mixture,
+                mixture: &p.user.mixture,
+                offset: p.user.offset.as_deref(),
                 prompt: if uses_prompt {
                     p.prompt.as_ref().map(|v| v.as_slice())
                 } else {

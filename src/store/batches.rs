@@ -287,6 +287,9 @@ pub struct EnrollmentRow {
     pub user_id: String,
     /// The K fitted logits, a JSON array.
     pub logits_json: String,
+    /// The user's offset δ of the ideal point, a JSON array (the `offset` estimator); `None`
+    /// for a mixture-only fit.
+    pub offset_json: Option<String>,
     pub comparisons: i32,
     pub held_out: i32,
     pub held_out_accuracy: Option<f64>,
@@ -302,6 +305,7 @@ pub fn enrollments(rows: &[EnrollmentRow]) -> Result<RecordBatch, StoreError> {
             strs(rows.iter().map(|r| r.model.as_str())),
             strs(rows.iter().map(|r| r.user_id.as_str())),
             strs(rows.iter().map(|r| r.logits_json.as_str())),
+            opt_strs(rows.iter().map(|r| r.offset_json.as_deref())),
             Arc::new(Int32Array::from_iter_values(
                 rows.iter().map(|r| r.comparisons),
             )),
@@ -410,6 +414,7 @@ mod tests {
             model: "m".into(),
             user_id: "u".into(),
             logits_json: "[0.5]".into(),
+            offset_json: Some("[0.0, 1.0]".into()),
             comparisons: 8,
             held_out: 2,
             held_out_accuracy: Some(0.5),

@@ -1,6 +1,7 @@
 //! Stores as an earlier palpipe wrote them, for the tests of upgrades (`tests/weight.rs`,
-//! `tests/s3_cli.rs`): a folder store's `pairs` rewritten without the `weight` column, and
-//! a folder store copied into a bucket of the test's moto server.
+//! `tests/s3_cli.rs`, `tests/serve_cli.rs`): a folder store's table rewritten without a
+//! column added since (`pairs.weight`, `enrollments.offset_json`), and a folder store copied
+//! into a bucket of the test's moto server.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -12,7 +13,13 @@ use futures::TryStreamExt;
 /// Rewrites `store`'s `pairs` table as an earlier palpipe wrote it: the same rows, without
 /// the `weight` column (a new table, so its files hold no trace of the column).
 pub fn make_old(store: &Path) {
-    let uri = store.join("pairs.lance");
+    drop_column(store, "pairs", "weight");
+}
+
+/// Rewrites the folder store's `table` as an earlier palpipe wrote it: the same rows, without
+/// `column` (a new table, so its files hold no trace of the column).
+pub fn drop_column(store: &Path, table: &str, column: &str) {
+    let uri = store.join(format!("{table}.lance"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ds = lance::Dataset::open(uri.to_str().unwrap()).await.unwrap();
@@ -26,7 +33,7 @@ pub fn make_old(store: &Path) {
             .unwrap();
         let schema = Arc::new(arrow_schema::Schema::from(ds.schema()));
         let keep: Vec<usize> = (0..schema.fields().len())
-            .filter(|&i| schema.field(i).name() != "weight")
+            .filter(|&i| schema.field(i).name() != column)
             .collect();
         assert_eq!(keep.len(), schema.fields().len() - 1);
         let old: Vec<RecordBatch> = batches.iter().map(|b| b.project(&keep).unwrap()).collect();
