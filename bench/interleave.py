@@ -32,6 +32,19 @@ import tempfile
 import time
 
 
+
+def cpu_model():
+    """The CPU's model name (/proc/cpuinfo), or None: ratios differ between CPUs (candle's
+    gemm and MKL do not gain alike from one CPU to another), so results name it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
 def parse_json(text):
     """The JSON object a command printed: all of stdout, or else its last non-empty line."""
     text = text.strip()
@@ -148,7 +161,7 @@ def main():
     result = {
         "name": args.name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"nproc": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform(),
                     "loadavg_limit": limit},
         "versions": dict(v.split("=", 1) for v in args.version) | {"palpipe_commit": git},
         "commands": {name: cmd for name, cmd in tools},

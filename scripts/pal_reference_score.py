@@ -129,6 +129,9 @@ def main():
         offset = row.get("offset")
         if offset is not None:
             offset = np.asarray(offset, dtype=np.float64)
+            want = cfg["d"] if cfg["kind"] == "pal-b" else cfg["dp"] + cfg["dx"]
+            if offset.shape != (want,):
+                sys.exit(f"offset: {offset.shape[0]} values, the model needs {want}")
         r = rewards(weights, card, w, row.get("prompt"), row["candidates"], offset)
         print(json.dumps({"rewards": [float(v) for v in r]}))
 

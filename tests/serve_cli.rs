@@ -622,29 +622,21 @@ fn enroll_fits_a_new_user_stores_them_and_score_knows_them() {
     assert!(r.stderr.contains("alice.jsonl:2"), "{}", r.stderr);
 }
 
-/// `palpipe score --model k3 --user USER --input FILE --json` on `cands` → the rewards.
+/// `palpipe score --model k3` of each of `cands` alone for `user` → the rewards.
 fn score_user(store: &Path, dir: &Path, user: &str, cands: &[Value]) -> Vec<f64> {
-    let f = dir.join("cands.jsonl");
-    let text: String = cands
+    let rows: Vec<Value> = cands
         .iter()
-        .map(|c| json!({"candidates": [c]}).to_string() + "\n")
+        .map(|c| json!({"user": user, "candidates": [c]}))
         .collect();
-    std::fs::write(&f, text).unwrap();
-    let r = palpipe(
-        store,
-        &[
-            "score",
-            "--model",
-            "k3",
-            "--user",
-            user,
-            "--input",
-            f.to_str().unwrap(),
-            "--json",
-        ],
-    )
-    .ok();
-    r.stdout
+    score_input(store, dir, "k3", &rows)
+        .into_iter()
+        .map(|r| r[0])
+        .collect()
+}
+
+/// The `"reward"` of each JSON line of `palpipe score --json`'s output, in order.
+fn reward_lines(stdout: &str) -> Vec<f64> {
+    stdout
         .lines()
         .map(|l| {
             serde_json::from_str::<Value>(l).unwrap()["reward"]
@@ -750,6 +742,15 @@ fn enroll_with_offset_stores_it_and_score_adds_it() {
         plain_rewards
     );
     let ours = score_user(&store, dir.path(), "dave", &cands);
+    // dave's logits are plain's (offset's mixture is empirical's): only δ tells them apart.
+    assert_eq!(
+        rows[0]["logits_json"],
+        query(
+            &store,
+            "SELECT logits_json FROM enrollments WHERE user_id = 'plain'"
+        )[0]["logits_json"]
+    );
+    assert_ne!(ours, plain_rewards, "score adds the offset");
     let Some(py) = reference_python() else {
         return;
     };
@@ -1201,6 +1202,8 @@ fn serve_enrolls_with_an_offset_as_the_cli_does() {
         (json!({"ridge": "lots"}), "ridge"),
         (json!({"estimator": "nope"}), "estimator"),
         (json!({"prior_scale": -1}), "prior_scale"),
+        (json!({"prior-scale": 2}), "prior-scale"),
+        (json!({"steps": 1.5}), "steps"),
     ] {
         let (st, v) = enroll("bad", settings.clone());
         assert_eq!(st, 400, "{settings}: {v}");
@@ -1348,15 +1351,7 @@ fn serve_on_an_s3_store_answers_and_writes_as_on_a_folder() {
         ],
     )
     .ok();
-    let cli: Vec<f64> = r
-        .stdout
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["reward"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect();
+    let cli: Vec<f64> = reward_lines(&r.stdout);
     assert_eq!(cli, f64s(&v["rewards"]));
 }
 
@@ -1955,15 +1950,7 @@ fn images_score_enroll_and_serve_on_the_pick_a_filter_store() {
     assert_eq!(count_copy(), 0);
     let all = palpipe(&store, &args).ok();
     assert_eq!(count_copy(), 1, "the new file is embedded and cached");
-    let r: Vec<f64> = all
-        .stdout
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["reward"]
-                .as_f64()
-                .unwrap()
-        })
-        .collect();
+    let r: Vec<f64> = reward_lines(&all.stdout);
     assert_eq!(r.len(), 4);
     assert!(
         (r[3] - r[0]).abs() <= 1e-4 * (1.0 + r[0].abs()),

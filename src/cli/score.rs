@@ -105,7 +105,7 @@ pub struct EnrollArgs {
     /// inf none; `palpipe adapt --tune-split` reports the best one).
     #[arg(long)]
     pub ridge: Option<f64>,
-    /// Gradient steps of the map and mle fits.
+    /// Gradient steps of the map and mle fits, and of offset's fit of δ.
     #[arg(long)]
     pub steps: Option<usize>,
     /// Seed choosing the held-out comparisons.

@@ -614,8 +614,9 @@ pub enum Estimator {
     /// `empirical`'s mixture AND a per-user offset δ added to the user's ideal point (PAL-B:
     /// z = Σ_k w_k g_k(x_c) + δ; PAL-A: a = Σ_k w_k P_k + δ), fitted with the mixture held
     /// fixed under a ridge penalty of strength `ridge`; `ridge` = ∞ is `empirical` exactly.
-    /// Reaches ideal points off the prototypes' span, which no mixture can. Checkpoints and
-    /// the reward server hold mixtures only: `fit_new_user` (enrolment) keeps the mixture.
+    /// Reaches ideal points off the prototypes' span, which no mixture can. Checkpoints hold
+    /// the seen users' mixtures only; an enrolled user's δ is stored in `enrollments`
+    /// ([`super::fit_enrolled_user`]) and added by scoring.
     Offset,
 }
 
@@ -795,7 +796,7 @@ impl FewShotConfig {
             return Err(PalError::config(
                 "ridge",
                 format!(
-                    "is {}, it must be > 0 (.inf allowed: no offset)",
+                    "is {}, it must be > 0 (inf allowed: no offset; .inf in YAML)",
                     self.ridge
                 ),
             ));
@@ -804,7 +805,7 @@ impl FewShotConfig {
             return Err(PalError::config(
                 "ridge",
                 format!(
-                    "is {}, it must be at most {MAX_RIDGE:e}\nhint: so strong a ridge holds the offset at 0; write .inf for no offset",
+                    "is {}, it must be at most {MAX_RIDGE:e}\nhint: so strong a ridge holds the offset at 0; write inf (.inf in YAML) for no offset",
                     self.ridge
                 ),
             ));

@@ -24,8 +24,8 @@ pub struct EnrolledFit {
     pub logits: Vec<f32>,
     /// With the `offset` estimator: the user's offset δ of the ideal point, D values (D = d
     /// for PAL-B, added to z = Σ_k w_k g_k(x_c) before it is normalised; D = Dp + Dx for
-    /// PAL-A, added to a = Σ_k w_k P_k). `None` for the mixture-only estimators. Scoring takes
-    /// it as [`super::ScoreJob::offset`].
+    /// PAL-A, added to a = Σ_k w_k P_k). `None` for the mixture-only estimators and for
+    /// `offset` with ridge λ = ∞. Scoring takes it as [`super::ScoreJob::offset`].
     pub offset: Option<Vec<f32>>,
 }
 
@@ -49,6 +49,7 @@ pub fn fit_enrolled_user(
     Ok(EnrolledFit {
         estimator: super::fewshot::resolve(cfg.estimator),
         logits: f32s(row),
-        offset: offset.map(f32s),
+        // λ = ∞ is no offset (δ = 0 exactly): nothing to store.
+        offset: offset.filter(|_| cfg.ridge.is_finite()).map(f32s),
     })
 }

@@ -1475,4 +1475,31 @@ fn an_enrolled_offset_scores_as_adaptation_does_and_leaves_other_jobs_alone() {
     }
 
     assert!(model.score_batch(&[job(Some(&short))]).is_err());
+
+    // PAL-B adds δ before the ideal point is normalised: with ‖δ‖ ≫ ‖z‖, ẑ ≈ δ/‖δ‖ whatever
+    // the mixture, so two mixtures score alike, and no reward is larger than s ≤ 100 (δ added
+    // after normalising would give rewards of about s·⟨f̂(x), δ⟩, thousands here).
+    let big: Vec<f32> = (0..offset.len())
+        .map(|i| if i % 2 == 0 { 1e4 } else { -1e4 })
+        .collect();
+    let w2 = vec![0.1, 0.9];
+    let jobs = [
+        ScoreJob {
+            mixture: &w,
+            offset: Some(&big),
+            prompt: None,
+            candidates: cands.clone(),
+        },
+        ScoreJob {
+            mixture: &w2,
+            offset: Some(&big),
+            prompt: None,
+            candidates: cands.clone(),
+        },
+    ];
+    let r = model.score_batch(&jobs).unwrap();
+    for (a, b) in r[0].iter().zip(&r[1]) {
+        assert!((a - b).abs() < 5e-2, "{a} vs {b}");
+        assert!(a.abs() <= SCALE_MAX as f32 + 1e-3, "{a}");
+    }
 }

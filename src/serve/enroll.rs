@@ -162,9 +162,7 @@ impl Scorer {
         if user.is_empty() {
             return Err(ServeError::bad("user", "is empty"));
         }
-        if let Err(crate::pal::PalError::Config { field, message }) = cfg.validate() {
-            return Err(ServeError::bad(field, message));
-        }
+        cfg.validate().map_err(ServeError::settings)?;
         if self.model.user_row(user).is_some() {
             return Err(ServeError::bad(
                 "user",
@@ -290,9 +288,13 @@ impl Scorer {
             )
             .as_bytes(),
         );
-        // The ridge changes only `offset`'s fit; for the others the fingerprint is as before.
+        // The ridge changes only `offset`'s fit, and a seed other than the default the draws
+        // and the held-out part; otherwise the fingerprint is as before.
         if cfg.estimator == Estimator::Offset {
             h.update(format!(":ridge {}", cfg.ridge).as_bytes());
+        }
+        if cfg.seed != 0 {
+            h.update(format!(":seed {}", cfg.seed).as_bytes());
         }
         let json =
             |v: &[f32]| serde_json::to_string(v).map_err(|e| ServeError::Internal(e.to_string()));

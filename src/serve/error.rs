@@ -50,6 +50,15 @@ pub enum ServeError {
 }
 
 impl ServeError {
+    /// An invalid fit setting (a [`crate::pal::PalError::Config`] names its field) as bad
+    /// input; any other error as it is.
+    pub fn settings(e: crate::pal::PalError) -> Self {
+        match e {
+            crate::pal::PalError::Config { field, message } => ServeError::bad(field, message),
+            other => ServeError::Pal(other),
+        }
+    }
+
     /// A malformed input at `field`.
     pub fn bad(field: impl Into<String>, message: impl Into<String>) -> Self {
         ServeError::BadInput {

@@ -9,8 +9,9 @@
 //!   […], "labels": […]}` → `{"rewards": […]}`, where `labels[i]` is the user id and the
 //!   response is `query[i]` less its `prompts[i]` prefix;
 //! - `POST /users/{id}/enroll` `{"model"?, "comparisons": [{"prompt"?, "chosen",
-//!   "rejected", "weight"?}, …], "estimator"?, "prior_scale"?, "ridge"?}` → the fitted
-//!   mixture (with `offset`, the offset too) and held-out accuracy (as `palpipe enroll`);
+//!   "rejected", "weight"?}, …], "estimator"?, "prior_scale"?, "ridge"?, "steps"?, "seed"?}`
+//!   → the fitted mixture (with `offset`, the offset too) and held-out accuracy (as `palpipe
+//!   enroll`);
 //! - `GET /models`, `GET /health`.
 //!
 //! `GET /models` also reports each model's vector cache (entries, counted bytes, its bound,
@@ -517,12 +518,49 @@ async fn enroll(State(app): State<Shared>, Path(id): Path<String>, req: Request)
     Ok(Json(json!(out)).into_response())
 }
 
+/// The keys of an enrolment request's body.
+const ENROLL_KEYS: [&str; 7] = [
+    "model",
+    "comparisons",
+    "estimator",
+    "prior_scale",
+    "ridge",
+    "steps",
+    "seed",
+];
+
 /// The fit settings of an enrolment request, each optional as `palpipe enroll`'s flags:
-/// `"estimator"` (auto, map, posterior, empirical, mle, offset), `"prior_scale"` (a number)
-/// and `"ridge"` (a number, or "inf" for no offset).
+/// `"estimator"` (auto, map, posterior, empirical, mle, offset), `"prior_scale"` (a number),
+/// `"ridge"` (a number, or "inf" for no offset), `"steps"` and `"seed"` (whole numbers). A
+/// key the body should not have is refused, naming it.
 fn fit_settings(v: &Value) -> Result<FewShotConfig, ServeError> {
+    if let Some(obj) = v.as_object() {
+        if let Some(k) = obj.keys().find(|k| !ENROLL_KEYS.contains(&k.as_str())) {
+            return Err(ServeError::bad(
+                super::error::shown(k),
+                format!(
+                    "is not a key of an enrolment (keys: {})",
+                    ENROLL_KEYS.join(", ")
+                ),
+            ));
+        }
+    }
     let mut cfg = FewShotConfig::default();
     let given = |k: &str| v.get(k).filter(|x| !x.is_null());
+    let whole = |k: &str| -> Result<Option<u64>, ServeError> {
+        given(k)
+            .map(|x| {
+                x.as_u64()
+                    .ok_or_else(|| ServeError::bad(k, "must be a whole number, 0 or more"))
+            })
+            .transpose()
+    };
+    if let Some(n) = whole("steps")? {
+        cfg.steps = n as usize;
+    }
+    if let Some(n) = whole("seed")? {
+        cfg.seed = n;
+    }
     if let Some(e) = given("estimator") {
         let name = e.as_str().ok_or_else(|| {
             ServeError::bad(
@@ -530,10 +568,7 @@ fn fit_settings(v: &Value) -> Result<FewShotConfig, ServeError> {
                 "must be a string: auto, map, posterior, empirical, mle or offset",
             )
         })?;
-        cfg.estimator = name.parse().map_err(|e: crate::pal::PalError| match e {
-            crate::pal::PalError::Config { field, message } => ServeError::bad(field, message),
-            other => ServeError::bad("estimator", other.to_string()),
-        })?;
+        cfg.estimator = name.parse().map_err(ServeError::settings)?;
     }
     if let Some(x) = given("prior_scale") {
         cfg.prior_scale = x

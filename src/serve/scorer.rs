@@ -402,17 +402,31 @@ impl Scorer {
             };
             let o = if has_offset { strings(2) } else { None };
             for i in 0..b.num_rows() {
-                let parse = |what: &str, text: &str| -> Result<Vec<f32>, ServeError> {
-                    serde_json::from_str(text).map_err(|e| {
-                        ServeError::Internal(format!(
-                            "enrollments: the {what} of user '{}' do not parse: {e}",
-                            shown(u.value(i))
-                        ))
-                    })
+                let user = shown(u.value(i));
+                let bad = |column: &str, why: String| {
+                    ServeError::Internal(format!(
+                        "enrollments: {column} of user '{user}' (model '{}') {why}",
+                        self.name
+                    ))
                 };
-                let logits = parse("logits", l.value(i))?;
+                let parse = |column: &str, text: &str, want: usize| {
+                    let v: Vec<f32> = serde_json::from_str(text)
+                        .map_err(|e| bad(column, format!("is not a JSON list of numbers: {e}")))?;
+                    if v.len() != want {
+                        return Err(bad(
+                            column,
+                            format!("holds {} values, the model needs {want}", v.len()),
+                        ));
+                    }
+                    Ok(v)
+                };
+                let logits = parse("logits_json", l.value(i), self.model.config().k)?;
                 let offset = match o {
-                    Some(o) if o.is_valid(i) => Some(parse("offset", o.value(i))?),
+                    Some(o) if o.is_valid(i) => Some(parse(
+                        ENROLLMENTS_OFFSET,
+                        o.value(i),
+                        self.model.offset_dim(),
+                    )?),
                     _ => None,
                 };
                 found.push((u.value(i).to_string(), Enrolled { logits, offset }));
