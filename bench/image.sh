@@ -30,7 +30,7 @@ fi
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-DATE=$(date -u +%Y-%m-%d)
+DATE=${BENCH_DATE:-$(date -u +%Y-%m-%d-%H%M)}
 OUT="bench/results/${DATE}-image.json"
 
 echo "== generating $ROWS-row shards at 256 px" >&2

@@ -26,7 +26,7 @@ TMP=${BENCH_TMP:-$(mktemp -d)}
 trap 'rm -rf "$TMP"' EXIT
 [ -x /usr/bin/time ] || { echo "error: GNU time (/usr/bin/time) is needed: apt-get install time" >&2; exit 1; }
 [ -x "$BIN" ] || { printf "error: no palpipe binary at %s\nhint: cargo build --bin palpipe, or set PALPIPE_BIN\n" "$BIN" >&2; exit 1; }
-DATE=$(date -u +%Y-%m-%d)
+DATE=${BENCH_DATE:-$(date -u +%Y-%m-%d-%H%M)}
 OUT="bench/results/$DATE-ingest.json"
 mkdir -p bench/results
 

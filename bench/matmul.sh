@@ -16,7 +16,7 @@ ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-2}
 REPS=${REPS:-50}
 TARGET=${CARGO_TARGET_DIR:-$HOME/.cache/palpipe/target}/matmul-alone
-DATE=$(date -u +%Y-%m-%d)
+DATE=${BENCH_DATE:-$(date -u +%Y-%m-%d-%H%M)}
 mkdir -p bench/results
 
 CARGO_TARGET_DIR="$TARGET" cargo build --quiet --release --locked --manifest-path bench/matmul/Cargo.toml

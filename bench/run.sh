@@ -78,7 +78,10 @@ if { [ "${MINILM:-1}" != "0" ] || [ "${CACHE:-1}" != "0" ]; } && [ ! -x /usr/bin
         || { echo "error: /usr/bin/time is missing and apt-get could not install it" >&2; exit 1; }
 fi
 
-DATE=$(date -u +%Y-%m-%d)
+# UTC date and start time: a second run on one day does not overwrite the first; the
+# sections run from here (ingest.sh, image.sh, score.sh, matmul.sh) take the same stamp.
+export BENCH_DATE=${BENCH_DATE:-$(date -u +%Y-%m-%d-%H%M)}
+DATE=$BENCH_DATE
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 PERSONA=${PERSONA:-/work/shared/data/persona}

@@ -26,7 +26,7 @@ ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-2}
 VENV=${BENCH_VENV:-/tmp/benchvenv}
 PERSONA=${PERSONA:-/work/shared/data/persona}
-DATE=$(date -u +%Y-%m-%d)
+DATE=${BENCH_DATE:-$(date -u +%Y-%m-%d-%H%M)}
 OUT=${SCORE_OUT:-bench/results/${DATE}-score.json}
 if [ -z "${PALPIPE_BIN:-}" ]; then
     export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/palpipe/target}
