@@ -86,7 +86,7 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 PERSONA=${PERSONA:-/work/shared/data/persona}
 
-if [ "${PAL:-1}" != "0" ] || [ "${MINILM:-1}" != "0" ] || [ "${SCORE:-1}" != "0" ]; then
+if [ "${PAL:-1}" != "0" ] || [ "${MINILM:-1}" != "0" ] || [ "${SCORE:-1}" != "0" ] || [ "${CLIP:-1}" != "0" ]; then
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     echo "creating $VENV with PyTorch (CPU wheel index first, then PyPI)" >&2
     python3 -m venv "$VENV"
@@ -280,35 +280,27 @@ fi
 # CLIP image embedding (`palpipe bench-clip`, src/cli/bench.rs) with the tiny fixture model
 # tests/fixtures/tiny_clip (32×32 input, 16-dim): CLIP_IMAGES (2,000) seeded JPEGs of about
 # CLIP_SIZE (256) pixels a side, batch CLIP_BATCH (64); images/s for decoding,
-# resize/crop/normalise, and the model, each timed apart. Skip with CLIP=0.
+# resize/crop/normalise, and the model, each timed apart, beside transformers' CLIPModel +
+# CLIPImageProcessor (bench/clip_reference.py). Skip with CLIP=0.
 # ---------------------------------------------------------------------------------------
 if [ "${CLIP:-1}" != "0" ]; then
-    CLOUT="bench/results/${DATE}-clip.json"
-    echo "== clip: palpipe bench-clip" >&2
-    RAYON_NUM_THREADS=2 "$BIN" bench-clip --images "${CLIP_IMAGES:-2000}" \
-        --size "${CLIP_SIZE:-256}" --batch "${CLIP_BATCH:-64}" \
-        --model-dir tests/fixtures/tiny_clip > "$TMP/clip.json"
-    python3 - "$TMP/clip.json" "$CLOUT" <<'PY'
-import json, os, sys, platform
-r = json.load(open(sys.argv[1]))
-out = sys.argv[2]
-load = os.getloadavg()
-result = {"machine": {"nproc": os.cpu_count(), "platform": platform.platform(),
-                      "loadavg_at_end": load},
-          "run": r}
-with open(out, "w") as fh:
-    json.dump(result, fh, indent=2, sort_keys=True)
-    fh.write("\n")
-print(f"{'clip':<10} {'what':<34} {'images/s':>10}")
-for k, label in (("decode_images_per_s", "JPEG decode"),
-                 ("resize_crop_normalise_images_per_s", "resize/crop/normalise"),
-                 ("preprocess_images_per_s", "preprocessing (both)"),
-                 ("model_images_per_s", f"model ({r['image_size']}px, {r['dim']}-dim)"),
-                 ("total_images_per_s", "total")):
-    print(f"{'clip':<10} {label:<34} {r[k]:>10.0f}")
-print(f"{r['images']} images of ~{r['nominal_side']}px, batch {r['batch']}; "
-      f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; written {out}")
-PY
+    # The yardstick: transformers' CLIPModel + CLIPImageProcessor on the same fixture model,
+    # timed the same way (bench/clip_reference.py), interleaved with palpipe.
+    if ! "$VENV/bin/python" -c "import transformers, PIL" 2>/dev/null; then
+        echo "installing transformers and pillow into $VENV" >&2
+        "$VENV/bin/pip" install --quiet transformers pillow
+    fi
+    CLIP_ARGS="--images ${CLIP_IMAGES:-2000} --size ${CLIP_SIZE:-256} --batch ${CLIP_BATCH:-64}"
+    RAYON_NUM_THREADS=$THREADS python3 bench/interleave.py --name clip \
+        --rounds "$ROUNDS" --threads "$THREADS" \
+        --tool "palpipe=$BIN bench-clip $CLIP_ARGS --model-dir tests/fixtures/tiny_clip" \
+        --tool "transformers=$VENV/bin/python bench/clip_reference.py $CLIP_ARGS --threads $THREADS" \
+        --metric total_images_per_s --metric preprocess_images_per_s \
+        --metric decode_images_per_s --metric resize_crop_normalise_images_per_s \
+        --metric model_images_per_s \
+        --version "torch=$(pyver torch)" --version "transformers=$(pyver transformers)" \
+        --version "candle=$CANDLE_VERSION" --version "palpipe_profile=$PROFILE" \
+        --out "bench/results/${DATE}-clip.json"
 fi
 
 # The image path (issue 4): Pick-a-Pic reading and hashing beside b3sum over > 1 GB of
