@@ -20,7 +20,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use super::error::{shown, ServeError};
-use super::scorer::{relative_to, Content, Scorer};
+use super::scorer::{relative_to, Content, Scorer, UserParams};
 use crate::pal::{
     fit_enrolled_user, Comparison, ComparisonSet, Estimator, FewShotConfig, ScoreJob,
 };
@@ -329,7 +329,13 @@ impl Scorer {
                 .await?;
             replaced
         };
-        self.set_enrolled(user, fit.logits.clone(), fit.offset.clone());
+        self.set_enrolled(
+            user,
+            UserParams {
+                mixture: mixture.clone(),
+                offset: fit.offset.clone(),
+            },
+        );
         let offset_norm = fit.offset.as_ref().map(|o| {
             o.iter()
                 .map(|&x| (x as f64) * (x as f64))

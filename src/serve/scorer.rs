@@ -147,14 +147,6 @@ pub struct UserParams {
     pub offset: Option<Vec<f32>>,
 }
 
-/// An enrolled user as the `enrollments` table holds them: fitted logits (K) and, from the
-/// `offset` estimator, the offset δ.
-#[derive(Debug, Clone)]
-struct Enrolled {
-    logits: Vec<f32>,
-    offset: Option<Vec<f32>>,
-}
-
 /// A request's result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
@@ -197,8 +189,9 @@ pub struct Scorer {
     /// scorer was opened, before any read of it, and the keys stored since (see
     /// [`Scorer::open`]).
     seen: tokio::sync::Mutex<KeysSeen>,
-    /// Enrolled users: their fitted logits and offset, by id.
-    enrolled: RwLock<HashMap<String, Enrolled>>,
+    /// Enrolled users by id: the mixture of their fitted logits (computed once, when read)
+    /// and their offset.
+    enrolled: RwLock<HashMap<String, UserParams>>,
 }
 
 impl Scorer {
@@ -429,7 +422,8 @@ impl Scorer {
                     )?),
                     _ => None,
                 };
-                found.push((u.value(i).to_string(), Enrolled { logits, offset }));
+                let mixture = self.model.mixture_of_logits(&logits)?;
+                found.push((u.value(i).to_string(), UserParams { mixture, offset }));
             }
         }
         let mut map = self.enrolled.write().expect("enrolled users lock");
@@ -439,11 +433,11 @@ impl Scorer {
         Ok(())
     }
 
-    /// Records a user's enrolled logits and offset in memory (after they were written to
-    /// the store).
-    pub fn set_enrolled(&self, user: &str, logits: Vec<f32>, offset: Option<Vec<f32>>) {
+    /// Records an enrolled user's mixture and offset in memory (after their fit was written
+    /// to the store).
+    pub fn set_enrolled(&self, user: &str, params: UserParams) {
         if let Ok(mut m) = self.enrolled.write() {
-            m.insert(user.to_string(), Enrolled { logits, offset });
+            m.insert(user.to_string(), params);
         }
     }
 
@@ -461,26 +455,19 @@ impl Scorer {
         if self.model.user_row(id).is_some() {
             return Ok(mixture_only(self.model.mixture(id)?));
         }
-        if let Some(p) = self.enrolled_user(id)? {
+        if let Some(p) = self.enrolled_user(id) {
             return Ok(p);
         }
         self.reload_enrolled(Some(id)).await?;
-        self.enrolled_user(id)?
+        self.enrolled_user(id)
             .ok_or_else(|| ServeError::UnknownUser {
                 model: self.name.clone(),
                 user: shown(id),
             })
     }
 
-    fn enrolled_user(&self, id: &str) -> Result<Option<UserParams>, ServeError> {
-        let fit = self.enrolled.read().ok().and_then(|m| m.get(id).cloned());
-        match fit {
-            Some(f) => Ok(Some(UserParams {
-                mixture: self.model.mixture_of_logits(&f.logits)?,
-                offset: f.offset,
-            })),
-            None => Ok(None),
-        }
+    fn enrolled_user(&self, id: &str) -> Option<UserParams> {
+        self.enrolled.read().ok().and_then(|m| m.get(id).cloned())
     }
 
     /// The encoder, loaded on first use and checked against the model's encoder id.
