@@ -153,6 +153,13 @@ tiny-clip:
 	$(TINY_CLIP_VENV)/bin/python -m pip install -q transformers tokenizers safetensors pillow numpy
 	$(TINY_CLIP_VENV)/bin/python tests/fixtures/make_tiny_clip.py tests/fixtures/tiny_clip
 
+# Pixels of CLIPImageProcessor (Pillow backend) for images that need resampling.
+.PHONY: clip-preprocess-fixture
+clip-preprocess-fixture:
+	@test -x $(TINY_CLIP_VENV)/bin/python || python3 -m venv $(TINY_CLIP_VENV)
+	$(TINY_CLIP_VENV)/bin/python -m pip install -q transformers pillow numpy
+	$(TINY_CLIP_VENV)/bin/python tests/fixtures/make_clip_preprocess.py tests/fixtures/clip_preprocess
+
 # CUDA build. The CUDA 13 compiler and the libraries cudarc links (cudart, nvrtc, cublas,
 # curand) come from PyPI (nvidia-cuda-nvcc ships bin/nvcc since 13.0; the cu12 wheels only
 # ship ptxas) into a venv under $(CUDA_PREFIX), outside the clone. $(CUDA_PREFIX)/home links

@@ -8,8 +8,9 @@
 //!
 //! - Config: HF's `config.json` is mapped by hand onto candle's `ClipConfig` (which has no
 //!   serde); only `quick_gelu` and layer-norm eps 1e-5 are supported (candle hard-codes both).
-//! - Images: OpenAI preprocessing — RGB, shortest side resized to `image_size` (bicubic,
-//!   `CatmullRom`), centre crop, scaled to [0, 1], normalised with CLIP's mean and std.
+//! - Images: OpenAI preprocessing — RGB, shortest side resized to `image_size` (Pillow's
+//!   bicubic, through `fast_image_resize`), centre crop, scaled to [0, 1], normalised with
+//!   CLIP's mean and std.
 //! - Text: tokenised, truncated and padded to `max_position_embeddings` (77), pooled at the
 //!   first end-of-text token (found on the host, so pad ids do not matter).
 //!
@@ -320,48 +321,96 @@ pub fn decode_image(bytes: &[u8], what: &str) -> Result<DynamicImage, EmbedError
 }
 
 /// OpenAI CLIP preprocessing: RGB, shortest side → `size` (bicubic), centre crop
-/// `size`×`size`, [0, 1], minus [`CLIP_MEAN`], over [`CLIP_STD`]. Returns CHW floats.
+/// `size`×`size`, [0, 1], minus [`CLIP_MEAN`], over [`CLIP_STD`]. Returns CHW floats,
+/// `3 · size · size` of them.
+///
+/// The resize is Pillow's bicubic convolution (Catmull-Rom, a = −0.5, the kernel widened by
+/// the scale when shrinking, 8-bit results between the two passes), as `transformers`'
+/// CLIPImageProcessor (Pillow backend) and OpenAI's torchvision `Resize` on PIL images do it,
+/// through `fast_image_resize`, which follows Pillow's algorithm. Only the centre crop is
+/// computed: it is asked for as a source window of the same kernel, whose taps are clipped
+/// at the image's edges, not the window's, so the result is the crop of the full resize.
+/// Checked against CLIPImageProcessor's pixels in `tests/fixtures/clip_preprocess`.
+///
+/// The crop's offsets follow torchvision's `CenterCrop` (OpenAI's CLIP): `round((n − size) /
+/// 2)`, ties to even. `transformers` floors them (`(n − size) // 2`), so where `n − size` is
+/// odd and its half rounds up, its crop sits one pixel to the left or top of this one.
 pub fn preprocess_image(img: &DynamicImage, size: u32) -> Vec<f32> {
-    let rgb = img.to_rgb8();
-    let (w, h) = rgb.dimensions();
-    // torchvision Resize(int): the short side becomes `size`, the long one int(size·long/short).
-    let (nw, nh) = if w <= h {
-        (
-            size,
-            ((size as u64 * h as u64) / w.max(1) as u64).max(1) as u32,
-        )
-    } else {
-        (
-            ((size as u64 * w as u64) / h.max(1) as u64).max(1) as u32,
-            size,
-        )
+    let owned;
+    let rgb = match img.as_rgb8() {
+        Some(rgb) => rgb,
+        None => {
+            owned = img.to_rgb8();
+            &owned
+        }
     };
-    let resized = if (nw, nh) == (w, h) {
-        rgb
-    } else {
-        image::imageops::resize(&rgb, nw, nh, image::imageops::FilterType::CatmullRom)
-    };
-    // torchvision CenterCrop: offsets int(round((n - size) / 2)), ties to even.
-    let left = ((nw.saturating_sub(size)) as f64 / 2.0).round_ties_even() as u32;
-    let top = ((nh.saturating_sub(size)) as f64 / 2.0).round_ties_even() as u32;
     let n = (size * size) as usize;
     let mut out = vec![0f32; 3 * n];
-    for y in 0..size {
-        for x in 0..size {
-            let (sx, sy) = (left + x, top + y);
-            // A side shorter than `size` cannot happen after the resize; pad with 0 anyway.
-            let p = if sx < nw && sy < nh {
-                resized.get_pixel(sx, sy).0
-            } else {
-                [0, 0, 0]
-            };
-            let i = (y * size + x) as usize;
-            for c in 0..3 {
-                out[c * n + i] = (p[c] as f32 / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
-            }
+    if rgb.width() == 0 || rgb.height() == 0 || size == 0 {
+        return out; // nothing to resample; no decoder yields such an image
+    }
+    for (i, p) in resize_centre_crop(rgb, size).chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            out[c * n + i] = (p[c] as f32 / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
         }
     }
     out
+}
+
+/// torchvision `Resize(size)` then `CenterCrop(size)` of an RGB image: the short side becomes
+/// `size`, the long one `int(size · long / short)`; the crop's offsets are
+/// `round((n − size) / 2)`, ties to even. Returns `size × size` RGB bytes, row-major.
+/// `rgb` and `size` must not be empty.
+fn resize_centre_crop(rgb: &image::RgbImage, size: u32) -> Vec<u8> {
+    use fast_image_resize::images::{Image, ImageRef};
+    use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions};
+    let (w, h) = rgb.dimensions();
+    let (nw, nh) = if w <= h {
+        (size, ((size as u64 * h as u64) / w as u64).max(1) as u32)
+    } else {
+        (((size as u64 * w as u64) / h as u64).max(1) as u32, size)
+    };
+    let left = ((nw.saturating_sub(size)) as f64 / 2.0).round_ties_even() as u32;
+    let top = ((nh.saturating_sub(size)) as f64 / 2.0).round_ties_even() as u32;
+    if (nw, nh) == rgb.dimensions() {
+        // No resampling (Pillow returns a copy when the size is unchanged): crop only.
+        let (w, row) = (w as usize, 3 * size as usize);
+        let mut out = Vec::with_capacity(row * size as usize);
+        for y in top..top + size {
+            let start = 3 * (y as usize * w + left as usize);
+            out.extend_from_slice(&rgb.as_raw()[start..start + row]);
+        }
+        return out;
+    }
+    // The crop [left, left + size) × [top, top + size) of the resized image, in source
+    // pixels, resampled as Pillow does it: the horizontal pass first, rounded to 8 bits, then
+    // the vertical one. (Asked for both at once, the resizer would run the vertical pass
+    // first, which rounds and clips the overshoot of the cubic elsewhere: up to 3 steps off
+    // Pillow when enlarging a noisy image.)
+    let (sx, sy) = (w as f64 / nw as f64, h as f64 / nh as f64);
+    let cubic = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+    let mut resizer = fast_image_resize::Resizer::new();
+    // Buffers of w·h·3 and size·h·3, size·size·3 bytes of one pixel type: the resizer cannot
+    // refuse them.
+    let src = ImageRef::new(w, h, rgb.as_raw(), PixelType::U8x3)
+        .expect("an RGB image's buffer holds width × height pixels");
+    let mut rows = Image::new(size, h, PixelType::U8x3);
+    resizer
+        .resize(
+            &src,
+            &mut rows,
+            &cubic.crop(left as f64 * sx, 0.0, size as f64 * sx, h as f64),
+        )
+        .expect("source and destination are both 8-bit RGB");
+    let mut out = Image::new(size, size, PixelType::U8x3);
+    resizer
+        .resize(
+            &rows,
+            &mut out,
+            &cubic.crop(0.0, top as f64 * sy, size as f64, size as f64 * sy),
+        )
+        .expect("source and destination are both 8-bit RGB");
+    out.into_vec()
 }
 
 /// HF `CLIPConfig` fields this encoder reads; defaults are HF's.
@@ -568,6 +617,59 @@ mod tests {
         assert!(
             (px[0] - black).abs() < 1e-6 && (px[1] - white).abs() < 1e-6,
             "{px:?}"
+        );
+    }
+
+    /// Parity of the resize with Pillow: `tests/fixtures/clip_preprocess` holds PNGs whose
+    /// sizes need resampling (shrunk by up to 5, enlarged, both orientations, an odd crop
+    /// offset) and the pixel values `transformers`' CLIPImageProcessor (Pillow backend) gave
+    /// for them (`make clip-preprocess-fixture`). Both sides round to 8 bits after each of
+    /// the two passes, with fixed-point weights of their own precision, so a value may differ
+    /// by one 8-bit step (measured: 785 of the 15,360 values, 5%); at least 90% must agree
+    /// exactly.
+    #[test]
+    fn preprocessing_matches_clip_image_processor() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip_preprocess");
+        let expected: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+        let size = expected["image_size"].as_u64().unwrap() as u32;
+        let step = 1.0 / 255.0 / CLIP_STD.iter().fold(f32::MAX, |a, &b| a.min(b));
+        let (mut values, mut exact) = (0usize, 0usize);
+        let images = expected["images"].as_array().unwrap();
+        assert_eq!(images.len(), 5);
+        for case in images {
+            let file = case["file"].as_str().unwrap();
+            let bytes = std::fs::read(dir.join(file)).unwrap();
+            let img = decode_image(&bytes, file).unwrap();
+            assert_eq!(
+                (img.width() as u64, img.height() as u64),
+                (
+                    case["width"].as_u64().unwrap(),
+                    case["height"].as_u64().unwrap()
+                )
+            );
+            let want: Vec<f32> = case["pixel_values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|c| c.as_array().unwrap())
+                .flat_map(|r| r.as_array().unwrap())
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            let got = preprocess_image(&img, size);
+            assert_eq!(got.len(), want.len(), "{file}");
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1.01 * step,
+                    "{file}: value {i}: {g} vs CLIPImageProcessor's {w} (more than one 8-bit step)"
+                );
+                exact += usize::from((g - w).abs() < 1e-4);
+            }
+            values += want.len();
+        }
+        assert!(
+            exact as f64 >= 0.90 * values as f64,
+            "only {exact} of {values} values equal CLIPImageProcessor's"
         );
     }
 
