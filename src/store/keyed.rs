@@ -123,10 +123,24 @@ pub(crate) async fn after_lost_try(
 /// the fragments whose keys it has seen (those of the version it checked its rows against,
 /// those it read since, and its own commits'), and the keys other writers' rows in the
 /// fragments read since hold. A row with one of those keys must not be added.
+///
+/// The keys taken are held as 128-bit digests ([`key_digest`]), 16 bytes each whatever the
+/// key's length: a long-lived writer (`palpipe serve --write-back`) records every key it
+/// writes, so the record grows with the vectors written, by about 40 bytes each with the
+/// set's own overhead, not with the keys' text.
 #[derive(Debug, Clone, Default)]
 pub struct KeysSeen {
     fragments: HashSet<u64>,
-    taken: HashSet<String>,
+    taken: HashSet<u128>,
+}
+
+/// A key's 128-bit digest (the first 16 bytes of its BLAKE3 hash): two distinct keys share
+/// one with probability about 2⁻¹²⁸ per pair, far below any store's key count.
+fn key_digest(key: &str) -> u128 {
+    let hash = blake3::hash(key.as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&hash.as_bytes()[..16]);
+    u128::from_le_bytes(first)
 }
 
 impl KeysSeen {
@@ -143,13 +157,13 @@ impl KeysSeen {
 
     /// Whether another writer added `key` since the check.
     pub fn is_taken(&self, key: &str) -> bool {
-        self.taken.contains(key)
+        self.taken.contains(&key_digest(key))
     }
 
     /// Counts `keys` as taken: rows this writer stored itself and must not store again (the
     /// serve scorer, where a lookup can miss a vector the same process is writing back).
     pub(crate) fn take(&mut self, keys: impl IntoIterator<Item = String>) {
-        self.taken.extend(keys);
+        self.taken.extend(keys.into_iter().map(|k| key_digest(&k)));
     }
 
     /// Forgets which fragments were seen (the table was created anew by another writer: its
@@ -192,9 +206,8 @@ impl KeysSeen {
             let arrays = key_columns(&batch, &cols)?;
             for i in 0..batch.num_rows() {
                 let key = join_key(&arrays, i);
-                if !self.taken.contains(&key) {
-                    out.insert(key.clone());
-                    self.taken.insert(key);
+                if self.taken.insert(key_digest(&key)) {
+                    out.insert(key);
                 }
             }
         }
