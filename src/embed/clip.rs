@@ -327,9 +327,10 @@ pub fn decode_image(bytes: &[u8], what: &str) -> Result<DynamicImage, EmbedError
 /// The resize is Pillow's bicubic convolution (Catmull-Rom, a = −0.5, the kernel widened by
 /// the scale when shrinking, 8-bit results between the two passes), as `transformers`'
 /// CLIPImageProcessor (Pillow backend) and OpenAI's torchvision `Resize` on PIL images do it,
-/// through `fast_image_resize`, which follows Pillow's algorithm. Only the centre crop is
-/// computed: it is asked for as a source window of the same kernel, whose taps are clipped
-/// at the image's edges, not the window's, so the result is the crop of the full resize.
+/// through `fast_image_resize`, which follows Pillow's algorithm. The horizontal pass computes
+/// the crop's columns only (of every row), the vertical pass its rows: each is asked for as a
+/// source window of the same kernel, whose taps are clipped at the image's edges, not the
+/// window's, so the result is the crop of the full resize.
 /// Checked against CLIPImageProcessor's pixels in `tests/fixtures/clip_preprocess`.
 ///
 /// The crop's offsets follow torchvision's `CenterCrop` (OpenAI's CLIP): `round((n − size) /
@@ -387,30 +388,36 @@ fn resize_centre_crop(rgb: &image::RgbImage, size: u32) -> Vec<u8> {
     // the vertical one. (Asked for both at once, the resizer would run the vertical pass
     // first, which rounds and clips the overshoot of the cubic elsewhere: up to 3 steps off
     // Pillow when enlarging a noisy image.)
-    let (sx, sy) = (w as f64 / nw as f64, h as f64 / nh as f64);
+    let (x0, width) = source_window(left, size, w, nw);
+    let (y0, height) = source_window(top, size, h, nh);
     let cubic = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
     let mut resizer = fast_image_resize::Resizer::new();
-    // Buffers of w·h·3 and size·h·3, size·size·3 bytes of one pixel type: the resizer cannot
-    // refuse them.
+    // Buffers of w·h·3 and size·h·3, size·size·3 bytes of one pixel type, and windows inside
+    // their images (`source_window`): the resizer has nothing to refuse.
     let src = ImageRef::new(w, h, rgb.as_raw(), PixelType::U8x3)
         .expect("an RGB image's buffer holds width × height pixels");
     let mut rows = Image::new(size, h, PixelType::U8x3);
     resizer
-        .resize(
-            &src,
-            &mut rows,
-            &cubic.crop(left as f64 * sx, 0.0, size as f64 * sx, h as f64),
-        )
-        .expect("source and destination are both 8-bit RGB");
+        .resize(&src, &mut rows, &cubic.crop(x0, 0.0, width, h as f64))
+        .expect("8-bit RGB both, the window inside the image");
     let mut out = Image::new(size, size, PixelType::U8x3);
     resizer
-        .resize(
-            &rows,
-            &mut out,
-            &cubic.crop(0.0, top as f64 * sy, size as f64, size as f64 * sy),
-        )
-        .expect("source and destination are both 8-bit RGB");
+        .resize(&rows, &mut out, &cubic.crop(0.0, y0, size as f64, height))
+        .expect("8-bit RGB both, the window inside the image");
     out.into_vec()
+}
+
+/// The source pixels `[start, start + len)` that the resized pixels `[offset, offset + size)`
+/// cover, for a side of `n` source pixels resized to `resized`: `offset · n / resized` and
+/// `size · n / resized`, each from exact integer products, so that a window reaching the
+/// resized side's end ends exactly at `n` (computed as `offset · (n / resized)`, 224 · (29 /
+/// 224) is 29.000000000000004, past the image, which the resizer refuses).
+fn source_window(offset: u32, size: u32, n: u32, resized: u32) -> (f64, f64) {
+    let at = |i: u32| (i as u64 * n as u64) as f64 / resized as f64;
+    let (start, end) = (at(offset), at(offset + size));
+    // `end` is exact when it equals `n` (n · resized / resized), and then `start` is 0 (a
+    // crop reaching the end starts at 0, the crop being centred and at most one pixel off).
+    (start, end - start)
 }
 
 /// HF `CLIPConfig` fields this encoder reads; defaults are HF's.
@@ -673,6 +680,33 @@ mod tests {
         );
     }
 
+    /// Real CLIPs take 224 or 336 px, where `n / 224` is not exact in binary: a crop window
+    /// computed as `offset · (n / resized)` ended past the image (29 × 29 at 224: 29 +
+    /// 4e-15) and the resizer refused it. Every size here must resize, crop and normalise.
+    #[test]
+    fn preprocessing_takes_any_image_size_at_224_and_336() {
+        let sides = [1, 2, 29, 40, 100, 223, 224, 225, 232, 300, 333, 448, 449];
+        let lo = (0.0 - CLIP_MEAN[2]) / CLIP_STD[2];
+        let hi = (1.0 - CLIP_MEAN[2]) / CLIP_STD[2];
+        for size in [224u32, 336] {
+            for &w in &sides {
+                for &h in &sides {
+                    let img = DynamicImage::ImageRgb8(image::RgbImage::from_fn(w, h, |x, y| {
+                        image::Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, 255])
+                    }));
+                    let px = preprocess_image(&img, size);
+                    assert_eq!(px.len(), (3 * size * size) as usize, "{w}×{h} at {size}");
+                    // The blue channel is 255 everywhere: the cubic's overshoot cannot move it.
+                    let blue = &px[2 * (size * size) as usize..];
+                    assert!(
+                        blue.iter().all(|v| (v - hi).abs() < 1e-5 && *v > lo),
+                        "{w}×{h} at {size}: blue not 1.0 after normalising"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn missing_clip_folder_is_named() {
         let e = ClipEncoder::load(Path::new("/nonexistent/clip-vit"), &Device::Cpu).unwrap_err();
@@ -808,8 +842,8 @@ mod tests {
     /// captions, and the L2-normalised `get_image_features` / `get_text_features` that
     /// transformers gave for them (`expected.json`). The fixture was generated by
     /// `tests/fixtures/make_tiny_clip.py` (`make tiny-clip`). Three images are 32×32 and one
-    /// is 48×32, so preprocessing is at most an integer centre crop: no resampling, whose
-    /// filters differ slightly between PIL and the `image` crate.
+    /// is 48×32, so preprocessing is at most an integer centre crop: no resampling (which
+    /// `preprocessing_matches_clip_image_processor` checks apart, to within an 8-bit step).
     #[test]
     fn tiny_clip_matches_transformers_fixture() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_clip");
