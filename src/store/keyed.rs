@@ -126,16 +126,16 @@ pub(crate) async fn after_lost_try(
 ///
 /// The keys taken are held as 128-bit digests ([`key_digest`]), 16 bytes each whatever the
 /// key's length: a long-lived writer (`palpipe serve --write-back`) records every key it
-/// writes, so the record grows with the vectors written, by about 40 bytes each with the
-/// set's own overhead, not with the keys' text.
+/// writes, so the record grows with the vectors written, by the digest and the set's own
+/// per-entry overhead (about 20–40 bytes in all), not with the keys' text.
 #[derive(Debug, Clone, Default)]
 pub struct KeysSeen {
     fragments: HashSet<u64>,
     taken: HashSet<u128>,
 }
 
-/// A key's 128-bit digest (the first 16 bytes of its BLAKE3 hash): two distinct keys share
-/// one with probability about 2⁻¹²⁸ per pair, far below any store's key count.
+/// A key's 128-bit digest (the first 16 bytes of its BLAKE3 hash): among n distinct keys,
+/// two share one with probability about n² / 2¹²⁹ (about 10⁻¹⁵ for a trillion keys).
 fn key_digest(key: &str) -> u128 {
     let hash = blake3::hash(key.as_bytes());
     let mut first = [0u8; 16];

@@ -775,8 +775,8 @@ fn key_columns<'a>(
         .collect()
 }
 
-/// The key of each row of `batch`, a batch of `table`'s rows: its key columns joined, as
-/// [`KeysSeen`] holds keys. Errors: `table` is not a content-addressed table, or a key
+/// The key of each row of `batch`, a batch of `table`'s rows: its key columns joined, the
+/// form [`KeysSeen`] takes keys in (it holds their digests). Errors: `table` is not a content-addressed table, or a key
 /// column is missing or not a string column.
 pub(crate) fn row_keys(table: &str, batch: &RecordBatch) -> Result<Vec<String>, StoreError> {
     let spec = TableSchema::get(table)?;
