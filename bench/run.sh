@@ -96,6 +96,15 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch" 2>/dev/
 fi
 fi
 
+# BEFORE_BIN: an earlier palpipe binary (say, main's before a change) interleaved as a third
+# tool, `palpipe-before`, in the PAL, MiniLM and CLIP sections, to measure what a change gains
+# in the same rounds as the yardstick; its `palpipe_before_build` is BEFORE_DESC.
+BEFORE=${BEFORE_BIN:-}
+if [ -n "$BEFORE" ]; then
+    [ -x "$BEFORE" ] || { echo "error: BEFORE_BIN=$BEFORE is not an executable file" >&2; exit 2; }
+    BUILD_VERSIONS+=(--version "palpipe-before_build=${BEFORE_DESC:-$BEFORE}")
+fi
+
 # Versions for the result files (bench/README.md, "How we measure").
 CANDLE_VERSION=$(awk '/^name = "candle-core"/{getline; gsub(/[^0-9.]/, ""); print; exit}' Cargo.lock)
 ROUNDS=${ROUNDS:-3}
@@ -112,6 +121,7 @@ for mode in distinct repeating; do
     [ -z "${MKLBIN:-}" ] && TOOLS+=(--tool "palpipe=$PLAIN bench-pal --$mode $COMMON")
     TOOLS+=(--tool "pytorch=$VENV/bin/python bench/pal_reference.py --$mode $COMMON --threads $THREADS")
     [ -n "${MKLBIN:-}" ] && [ -n "${PLAIN:-}" ] && TOOLS+=(--tool "palpipe=$PLAIN bench-pal --$mode $COMMON")
+    [ -n "$BEFORE" ] && TOOLS+=(--tool "palpipe-before=$BEFORE bench-pal --$mode $COMMON")
     RAYON_NUM_THREADS=$THREADS python3 bench/interleave.py --name "pal-$mode" \
         --rounds "$ROUNDS" --threads "$THREADS" "${TOOLS[@]}" \
         --metric train_comparisons_per_s --metric eval_comparisons_per_s \
@@ -146,6 +156,7 @@ if [ "${MINILM:-1}" != "0" ]; then
     fi
     TOOLS+=(--tool "sentence-transformers=$VENV/bin/python bench/minilm_reference.py --batch 32 --threads $THREADS --rounds 1 $PERSONA/*.jsonl")
     [ -n "${MKLBIN:-}" ] && [ -n "${PLAIN:-}" ] && TOOLS+=("${PLAINTOOL[@]}")
+    [ -n "$BEFORE" ] && TOOLS+=(--tool "palpipe-before=$(minilm "$BEFORE")")
     RAYON_NUM_THREADS=$THREADS python3 bench/interleave.py --name minilm \
         --rounds "$ROUNDS" --threads "$THREADS" "${TOOLS[@]}" \
         --metric median_sentences_per_s \
@@ -295,11 +306,12 @@ if [ "${CLIP:-1}" != "0" ]; then
         --rounds "$ROUNDS" --threads "$THREADS" \
         --tool "palpipe=$BIN bench-clip $CLIP_ARGS --model-dir tests/fixtures/tiny_clip" \
         --tool "transformers=$VENV/bin/python bench/clip_reference.py $CLIP_ARGS --threads $THREADS" \
+        ${BEFORE:+--tool "palpipe-before=$BEFORE bench-clip $CLIP_ARGS --model-dir tests/fixtures/tiny_clip"} \
         --metric total_images_per_s --metric preprocess_images_per_s \
         --metric decode_images_per_s --metric resize_crop_normalise_images_per_s \
         --metric model_images_per_s \
         --version "torch=$(pyver torch)" --version "transformers=$(pyver transformers)" \
-        --version "candle=$CANDLE_VERSION" --version "palpipe_profile=$PROFILE" \
+        --version "candle=$CANDLE_VERSION" --version "palpipe_profile=$PROFILE" "${BUILD_VERSIONS[@]}" \
         --out "bench/results/${DATE}-clip.json"
 fi
 
