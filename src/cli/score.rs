@@ -75,7 +75,8 @@ Each line of the comparisons is {\"prompt\": …, \"chosen\": …, \"rejected\":
 files (relative to the file's folder) for a model on CLIP vectors, or {\"id\": CONTENT_ID}; an
 optional \"weight\" (a positive number, 1 by default) counts the line as that many copies. The
 user's K mixture logits are fitted with the model's shared parts frozen (the new-user estimator
-of `palpipe adapt`; with --estimator offset also an offset of the user's ideal point) and stored
+of `palpipe adapt`, by default the one its seen-user simulation chose for the model; with
+--estimator offset also an offset of the user's ideal point) and stored
 in the `enrollments` table: `score` and `serve` know the user from then on, offset included; the
 model itself is not changed. Enrolling again refits and replaces the user. With
 10 or more comparisons, a fifth of them is held out and scored by a fit on the others (the
@@ -90,15 +91,19 @@ pub struct EnrollArgs {
     /// JSON lines of the user's comparisons (a file, or - for stdin).
     #[arg(long)]
     pub comparisons: String,
-    /// How the user is estimated: empirical (what the default auto means here: the
-    /// posterior mean under the seen users' own mixtures as the prior), posterior (the
-    /// posterior mean under a Gaussian prior learned from the seen users), map, mle (no
-    /// prior), or offset (empirical's mixture plus a ridge-penalised offset of the user's
-    /// ideal point, stored and used in scoring); as `palpipe adapt --estimator`.
+    /// How the user is estimated: auto (the estimator, prior scale and ridge that `palpipe
+    /// adapt --tune-split` chose for this model by its seen-user simulation, when it has
+    /// run; empirical otherwise), empirical (the posterior mean under the seen users' own
+    /// mixtures as the prior), posterior (the posterior mean under a Gaussian prior learned
+    /// from the seen users), map, mle (no prior), or offset (empirical's mixture plus a
+    /// ridge-penalised offset of the user's ideal point, stored and used in scoring); as
+    /// `palpipe adapt --estimator`.
     #[arg(long, default_value = "auto")]
     pub estimator: crate::pal::Estimator,
     /// Prior scale of map / posterior / empirical / offset (default 1; `palpipe adapt
-    /// --tune-split` reports the best one for a model).
+    /// --tune-split` reports the best one for a model). With auto and a recorded choice, the
+    /// choice's scale is used instead (as are its ridge and steps): name the estimator to set
+    /// them yourself.
     #[arg(long)]
     pub prior_scale: Option<f64>,
     /// Ridge strength λ of offset's penalty (default 100; larger keeps the offset smaller,
@@ -462,8 +467,19 @@ pub async fn enroll(ctx: &Ctx, a: EnrollArgs) -> Result<(), CliError> {
         Some(n) => format!(", offset norm {n:.3}"),
         None => String::new(),
     };
+    let ridge = match out.ridge {
+        Some(r) => format!(", ridge {r}"),
+        None => String::new(),
+    };
+    let how = match &out.chosen_by {
+        Some(metric) => format!(
+            " (prior scale {}{ridge}; auto: chosen by the seen-user simulation recorded in {metric})",
+            out.prior_scale
+        ),
+        None => format!(" (prior scale {}{ridge})", out.prior_scale),
+    };
     println!(
-        "{} '{}' into '{}' from {} comparisons: mixture [{}]{offset}; {acc}",
+        "{} '{}' into '{}' from {} comparisons: mixture [{}]{offset}; estimator {}{how}; {acc}",
         if out.replaced {
             "re-enrolled"
         } else {
@@ -473,6 +489,7 @@ pub async fn enroll(ctx: &Ctx, a: EnrollArgs) -> Result<(), CliError> {
         out.model,
         out.comparisons,
         w.join(", "),
+        out.estimator,
     );
     Ok(())
 }

@@ -31,7 +31,9 @@ pub struct EnrolledFit {
 
 /// The fit of the one user of `set` (every comparison's user row must be 0) with `cfg`
 /// (`shots` and `seed` are not used: every comparison takes part). `auto` is `empirical`
-/// here (no seen-user simulation is run per enrolment).
+/// here (no seen-user simulation is run per enrolment; `Scorer::enroll`, which `palpipe
+/// enroll` and the server call, first replaces `auto` by the choice a recorded simulation
+/// made for the model, where there is one).
 ///
 /// Errors: a comparison of another user row, bad dimensions, or an invalid `cfg`.
 pub fn fit_enrolled_user(

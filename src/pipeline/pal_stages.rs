@@ -758,6 +758,108 @@ pub struct AdaptRow {
         serialize_with = "crate::pal::ridge_json::serialize"
     )]
     pub ridge: Option<f64>,
+    /// Gradient steps of the map and mle fits and of offset's δ (the settings' `steps`).
+    pub steps: usize,
+    /// The estimator asked for (`auto` or a named one).
+    pub asked: Estimator,
+    /// Whether the simulated few-shot on seen users (`tune_split`) chose `estimator`,
+    /// `prior_scale` and `ridge`; false when they are the settings as given. An `auto` row
+    /// chosen by simulation is what `palpipe enroll --estimator auto` takes ([`AutoChoice`]).
+    pub chosen_by_simulation: bool,
+}
+
+/// The estimator settings a seen-user simulation chose for a model under `auto`, as its
+/// `adapt:<users>` metric records them: what enrolment's `auto` uses (PAL-SPEC "Users the
+/// model has not seen"; issue 14: a new user is enrolled as adaptation would fit them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoChoice {
+    /// The metric it comes from, `adapt:<users>`.
+    pub metric: String,
+    /// The estimator the simulation chose (never `auto`).
+    pub estimator: Estimator,
+    /// The prior scale the simulation chose for it.
+    pub prior_scale: f64,
+    /// `offset`'s ridge strength λ (∞ allowed); `None` for the other estimators.
+    pub ridge: Option<f64>,
+    /// The gradient steps adaptation ran with (`None` in rows that do not say).
+    pub steps: Option<usize>,
+    /// Unseen users that adaptation scored (the tie-break between several metrics).
+    pub users: u64,
+}
+
+impl AutoChoice {
+    /// The choice recorded in a model's `metrics_json`: among its `adapt:*` metrics whose rows
+    /// say `asked: auto` and `chosen_by_simulation: true`, the one adapted on the most users
+    /// (ties: the first metric name in order). `None` when there is none (no adaptation with
+    /// a `tune_split` has run, or only with a named estimator, or the metrics came from a
+    /// palpipe that did not record how the estimator was chosen) or the JSON is not readable.
+    pub fn from_metrics(metrics_json: &str) -> Option<AutoChoice> {
+        let metrics: BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(metrics_json).ok()?;
+        let mut best: Option<AutoChoice> = None;
+        for (key, value) in &metrics {
+            if !key.starts_with("adapt:") {
+                continue;
+            }
+            let Some(row) = value.as_array().and_then(|rows| rows.first()) else {
+                continue;
+            };
+            if row.get("asked").and_then(|v| v.as_str()) != Some("auto")
+                || row.get("chosen_by_simulation").and_then(|v| v.as_bool()) != Some(true)
+            {
+                continue;
+            }
+            let Some(estimator) = row
+                .get("estimator")
+                .and_then(|v| v.as_str())
+                .and_then(|e| e.parse::<Estimator>().ok())
+            else {
+                continue;
+            };
+            let Some(prior_scale) = row.get("prior_scale").and_then(|v| v.as_f64()) else {
+                continue;
+            };
+            let ridge = match row.get("ridge") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(t)) if t == "inf" => Some(f64::INFINITY),
+                Some(v) => match v.as_f64() {
+                    Some(x) => Some(x),
+                    None => continue,
+                },
+            };
+            let users = row.get("users").and_then(|v| v.as_u64()).unwrap_or(0);
+            let steps = row
+                .get("steps")
+                .and_then(|v| v.as_u64())
+                .map(|n| n as usize);
+            if best.as_ref().is_some_and(|b| b.users >= users) {
+                continue;
+            }
+            best = Some(AutoChoice {
+                metric: key.clone(),
+                estimator,
+                prior_scale,
+                ridge,
+                steps,
+                users,
+            });
+        }
+        best
+    }
+
+    /// `cfg` with this choice's estimator, prior scale and (when recorded) ridge and steps.
+    pub fn apply(&self, cfg: &FewShotConfig) -> FewShotConfig {
+        let mut out = cfg.clone();
+        out.estimator = self.estimator;
+        out.prior_scale = self.prior_scale;
+        if let Some(r) = self.ridge {
+            out.ridge = r;
+        }
+        if let Some(n) = self.steps {
+            out.steps = n;
+        }
+        out
+    }
 }
 
 /// The whole outcome of an adaptation.
@@ -864,6 +966,7 @@ pub async fn adapt_model(
         };
         let mut cfg = base.clone();
         let mut simulation = Vec::new();
+        let mut chosen_by_simulation = false;
         if let Some(t) = &tune {
             simulation = simulate_seen(&model, &t.set, &shots, &base)?;
             if let Some((e, s, ridge)) = pal::choose(&simulation, base.estimator) {
@@ -872,6 +975,7 @@ pub async fn adapt_model(
                 if let Some(r) = ridge {
                     cfg.ridge = r;
                 }
+                chosen_by_simulation = true;
             }
         }
         let seen = match &seen_data {
@@ -902,6 +1006,9 @@ pub async fn adapt_model(
                 estimator: curve.estimator,
                 prior_scale: curve.prior_scale,
                 ridge: curve.ridge,
+                steps: cfg.steps,
+                asked: base.estimator,
+                chosen_by_simulation,
             })
             .collect();
         Ok(AdaptOutcome {
@@ -930,4 +1037,54 @@ pub async fn adapt_model(
 pub async fn load_checkpoint(store: &Store, rel: &str) -> anyhow::Result<PalModel> {
     let dir = store.local_dir(rel).await?;
     Ok(PalModel::load(&dir.path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One `adapt:*` metric's first row, as `adapt_model` records it.
+    fn row(asked: &str, simulated: bool, estimator: &str, users: u64, ridge: &str) -> String {
+        format!(
+            r#"[{{"shots": 0, "users": {users}, "asked": "{asked}", "chosen_by_simulation": {simulated}, "estimator": "{estimator}", "prior_scale": 0.5, "steps": 40{ridge}}}]"#
+        )
+    }
+
+    #[test]
+    fn auto_choice_takes_the_simulated_auto_row_of_the_most_users() {
+        let metrics = format!(
+            r#"{{"accuracy:te": 0.9, "adapt:a": {}, "adapt:b": {}, "adapt:c": {}, "adapt:d": {}}}"#,
+            row("auto", true, "empirical", 5, ""),
+            row("auto", true, "offset", 9, r#", "ridge": "inf""#),
+            // more users, but a named estimator, or settings as given: not auto's choice
+            row("map", true, "map", 50, ""),
+            row("auto", false, "empirical", 50, ""),
+        );
+        let c = AutoChoice::from_metrics(&metrics).unwrap();
+        assert_eq!(c.metric, "adapt:b");
+        assert_eq!(c.estimator, Estimator::Offset);
+        assert_eq!(c.ridge, Some(f64::INFINITY));
+        assert_eq!((c.prior_scale, c.steps), (0.5, Some(40)));
+        let cfg = c.apply(&FewShotConfig::default());
+        assert_eq!(
+            (cfg.estimator, cfg.prior_scale, cfg.ridge, cfg.steps),
+            (Estimator::Offset, 0.5, f64::INFINITY, 40)
+        );
+        // A tie in users goes to the first metric name.
+        let tie = format!(
+            r#"{{"adapt:x": {}, "adapt:y": {}}}"#,
+            row("auto", true, "posterior", 7, ""),
+            row("auto", true, "map", 7, "")
+        );
+        let c = AutoChoice::from_metrics(&tie).unwrap();
+        assert_eq!(
+            (c.metric.as_str(), c.estimator),
+            ("adapt:x", Estimator::Posterior)
+        );
+        // Rows of an earlier palpipe (no `asked`), no adapt metric, or unreadable JSON: none.
+        let old = r#"{"adapt:a": [{"users": 3, "estimator": "offset", "prior_scale": 1.0, "ridge": 100.0}]}"#;
+        assert_eq!(AutoChoice::from_metrics(old), None);
+        assert_eq!(AutoChoice::from_metrics(r#"{"accuracy:te": 0.9}"#), None);
+        assert_eq!(AutoChoice::from_metrics("not json"), None);
+    }
 }

@@ -24,6 +24,7 @@ use super::scorer::{relative_to, Content, Scorer, UserParams};
 use crate::pal::{
     fit_enrolled_user, Comparison, ComparisonSet, Estimator, FewShotConfig, ScoreJob,
 };
+use crate::pipeline::pal_stages::{AutoChoice, ModelEntry};
 use crate::store::batches::{self, EnrollmentRow};
 use crate::store::sql_str;
 
@@ -46,8 +47,21 @@ pub struct ComparisonInput {
 pub struct EnrollOutcome {
     pub model: String,
     pub user: String,
-    /// The estimator that fitted them (`auto` is `empirical` here).
+    /// The estimator that fitted them (`auto` resolved: see [`Scorer::enroll`]).
     pub estimator: Estimator,
+    /// With `auto`: the model's `adapt:<users>` metric whose seen-user simulation chose the
+    /// estimator, prior scale and ridge; absent when none is recorded (then `auto` is
+    /// `empirical` with the settings given) or when an estimator was named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chosen_by: Option<String>,
+    /// The prior scale of the fit (unused by `mle`).
+    pub prior_scale: f64,
+    /// `offset` only: the ridge strength λ of the fit ("inf" for ∞).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::pal::ridge_json::serialize"
+    )]
+    pub ridge: Option<f64>,
     /// The fitted logits W_i (K values) and their mixture w_i.
     pub logits: Vec<f32>,
     pub mixture: Vec<f64>,
@@ -152,7 +166,44 @@ pub fn parse_comparisons(
 }
 
 impl Scorer {
-    /// Fits `user`'s logits on `comps` and records them (see the module doc).
+    /// The settings an enrolment fits with: `cfg` itself for a named estimator; for `auto`,
+    /// the estimator, prior scale and ridge that the seen-user simulation of `palpipe adapt`
+    /// (or an `adapt` stage) with a `tune_split` chose for this model, read from the model's
+    /// metrics now ([`AutoChoice::from_metrics`]), so that a new user is enrolled as
+    /// adaptation fits them; `cfg` (whose `auto` fits as `empirical`) when none is recorded.
+    async fn resolve_auto(
+        &self,
+        cfg: &FewShotConfig,
+    ) -> Result<(FewShotConfig, Option<AutoChoice>), ServeError> {
+        if cfg.estimator != Estimator::Auto {
+            return Ok((cfg.clone(), None));
+        }
+        let entry = ModelEntry::find(self.store(), &self.name)
+            .await
+            .map_err(|e| ServeError::Internal(format!("{e:#}")))?;
+        let choice = entry
+            .row
+            .metrics_json
+            .as_deref()
+            .and_then(AutoChoice::from_metrics);
+        match choice {
+            Some(c) => {
+                let resolved = c.apply(cfg);
+                resolved.validate().map_err(|e| {
+                    ServeError::Internal(format!(
+                        "model '{}': the estimator settings recorded in its metric '{}' are not valid: {e}",
+                        self.name, c.metric
+                    ))
+                })?;
+                Ok((resolved, Some(c)))
+            }
+            None => Ok((cfg.clone(), None)),
+        }
+    }
+
+    /// Fits `user`'s logits on `comps` and records them (see the module doc). With the
+    /// estimator `auto`, the settings are those adaptation chose for the model by simulation
+    /// when it has recorded them (`Scorer::resolve_auto`), `empirical` with `cfg`'s otherwise.
     pub async fn enroll(
         &self,
         user: &str,
@@ -163,6 +214,9 @@ impl Scorer {
             return Err(ServeError::bad("user", "is empty"));
         }
         cfg.validate().map_err(ServeError::settings)?;
+        let asked = cfg;
+        let (resolved, choice) = self.resolve_auto(asked).await?;
+        let cfg = &resolved;
         if self.model.user_row(user).is_some() {
             return Err(ServeError::bad(
                 "user",
@@ -284,14 +338,23 @@ impl Scorer {
         h.update(
             format!(
                 "{}:{}:{}:{}",
-                cfg.estimator, cfg.prior_scale, cfg.steps, cfg.lr
+                asked.estimator, asked.prior_scale, asked.steps, asked.lr
             )
             .as_bytes(),
         );
         // The ridge changes only `offset`'s fit, and a seed other than the default the draws
         // and the held-out part; otherwise the fingerprint is as before.
-        if cfg.estimator == Estimator::Offset {
-            h.update(format!(":ridge {}", cfg.ridge).as_bytes());
+        if asked.estimator == Estimator::Offset {
+            h.update(format!(":ridge {}", asked.ridge).as_bytes());
+        }
+        // `auto` resolved by a recorded simulation: the settings it resolved to.
+        if choice.is_some() {
+            h.update(
+                format!(":auto {}:{}:{}", cfg.estimator, cfg.prior_scale, cfg.steps).as_bytes(),
+            );
+            if cfg.estimator == Estimator::Offset {
+                h.update(format!(":ridge {}", cfg.ridge).as_bytes());
+            }
         }
         if cfg.seed != 0 {
             h.update(format!(":seed {}", cfg.seed).as_bytes());
@@ -346,6 +409,9 @@ impl Scorer {
             model: self.name.clone(),
             user: user.to_string(),
             estimator: fit.estimator,
+            chosen_by: choice.map(|c| c.metric),
+            prior_scale: cfg.prior_scale,
+            ridge: (fit.estimator == Estimator::Offset).then_some(cfg.ridge),
             logits: fit.logits,
             mixture,
             offset: fit.offset,
