@@ -1244,8 +1244,9 @@ fn serve_enrolls_with_an_offset_as_the_cli_does() {
 /// Enrolment's default `auto` (issue 14): before any adaptation it fits as `empirical`; once
 /// `palpipe adapt --tune-split` has chosen an estimator for the model by its seen-user
 /// simulation, `enroll` (CLI and HTTP) fits with exactly that estimator, prior scale and ridge
-/// (the same logits and offset as an enrolment naming them), names the metric it read, and an
-/// adaptation with a named estimator does not change what `auto` takes.
+/// (the same logits and offset as an enrolment naming them) and names the metric it read; a
+/// later adaptation of the same users with a named estimator replaces that record, and `auto`
+/// is `empirical` again.
 #[test]
 fn enroll_auto_fits_with_the_estimator_adapt_chose_by_simulation() {
     let dir = tempfile::tempdir().unwrap();
