@@ -366,6 +366,18 @@ fn comparison_line(p: &Value, weight: Option<f64>) -> String {
     v.to_string()
 }
 
+/// Writes `pairs` (stored pairs) as an enrolment file `name` in `dir`, one
+/// [`comparison_line`] each, and returns its path.
+fn comparisons_file(dir: &Path, name: &str, pairs: &[Value]) -> PathBuf {
+    let f = dir.join(name);
+    let text: String = pairs
+        .iter()
+        .map(|p| comparison_line(p, None) + "\n")
+        .collect();
+    std::fs::write(&f, text).unwrap();
+    f
+}
+
 /// A comparison with `"weight": 2` enrolls the user as the same comparison given twice (the
 /// stored logits equal up to rounding, for the default estimator and for `map`); weight 1
 /// written out is the same as none, to the bit; a weight that is not a positive number is a
@@ -665,12 +677,7 @@ fn enroll_with_offset_stores_it_and_score_adds_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = synthetic_store(dir.path());
     let mine = first_unseen_user(&store);
-    let f = dir.path().join("u.jsonl");
-    let text: String = mine
-        .iter()
-        .map(|p| comparison_line(p, None) + "\n")
-        .collect();
-    std::fs::write(&f, &text).unwrap();
+    let f = comparisons_file(dir.path(), "u.jsonl", &mine);
     let cands: Vec<Value> = mine
         .iter()
         .take(8)
@@ -1252,12 +1259,7 @@ fn enroll_auto_fits_with_the_estimator_adapt_chose_by_simulation() {
     let dir = tempfile::tempdir().unwrap();
     let store = synthetic_store(dir.path());
     let mine = first_unseen_user(&store);
-    let f = dir.path().join("u.jsonl");
-    let text: String = mine
-        .iter()
-        .map(|p| comparison_line(p, None) + "\n")
-        .collect();
-    std::fs::write(&f, &text).unwrap();
+    let f = comparisons_file(dir.path(), "u.jsonl", &mine);
 
     // No adaptation recorded: auto is empirical, with the settings given (a prior scale of 3,
     // which no simulation tries, so a fit with the recorded choice must differ).

@@ -787,6 +787,22 @@ pub struct AutoChoice {
     pub users: u64,
 }
 
+/// The fields of a recorded [`AdaptRow`] that [`AutoChoice`] reads (the others are ignored);
+/// `asked` and `steps` are absent in rows of an earlier palpipe.
+#[derive(Deserialize)]
+struct RecordedRow {
+    #[serde(default)]
+    users: u64,
+    asked: Option<Estimator>,
+    #[serde(default)]
+    chosen_by_simulation: bool,
+    estimator: Estimator,
+    prior_scale: f64,
+    #[serde(default, with = "crate::pal::ridge_json")]
+    ridge: Option<f64>,
+    steps: Option<usize>,
+}
+
 impl AutoChoice {
     /// The choice recorded in a model's `metrics_json`: among its `adapt:*` metrics whose rows
     /// say `asked: auto` and `chosen_by_simulation: true`, the one adapted on the most users
@@ -797,51 +813,28 @@ impl AutoChoice {
         let metrics: BTreeMap<String, serde_json::Value> =
             serde_json::from_str(metrics_json).ok()?;
         let mut best: Option<AutoChoice> = None;
-        for (key, value) in &metrics {
+        for (key, rows) in metrics {
             if !key.starts_with("adapt:") {
                 continue;
             }
-            let Some(row) = value.as_array().and_then(|rows| rows.first()) else {
+            // The first row speaks for the result: every row carries the same settings.
+            let Ok(rows) = serde_json::from_value::<Vec<RecordedRow>>(rows) else {
                 continue;
             };
-            if row.get("asked").and_then(|v| v.as_str()) != Some("auto")
-                || row.get("chosen_by_simulation").and_then(|v| v.as_bool()) != Some(true)
-            {
-                continue;
-            }
-            let Some(estimator) = row
-                .get("estimator")
-                .and_then(|v| v.as_str())
-                .and_then(|e| e.parse::<Estimator>().ok())
-            else {
+            let Some(row) = rows.into_iter().next() else {
                 continue;
             };
-            let Some(prior_scale) = row.get("prior_scale").and_then(|v| v.as_f64()) else {
-                continue;
-            };
-            let ridge = match row.get("ridge") {
-                None | Some(serde_json::Value::Null) => None,
-                Some(serde_json::Value::String(t)) if t == "inf" => Some(f64::INFINITY),
-                Some(v) => match v.as_f64() {
-                    Some(x) => Some(x),
-                    None => continue,
-                },
-            };
-            let users = row.get("users").and_then(|v| v.as_u64()).unwrap_or(0);
-            let steps = row
-                .get("steps")
-                .and_then(|v| v.as_u64())
-                .map(|n| n as usize);
-            if best.as_ref().is_some_and(|b| b.users >= users) {
+            let simulated = row.asked == Some(Estimator::Auto) && row.chosen_by_simulation;
+            if !simulated || best.as_ref().is_some_and(|b| b.users >= row.users) {
                 continue;
             }
             best = Some(AutoChoice {
-                metric: key.clone(),
-                estimator,
-                prior_scale,
-                ridge,
-                steps,
-                users,
+                metric: key,
+                estimator: row.estimator,
+                prior_scale: row.prior_scale,
+                ridge: row.ridge,
+                steps: row.steps,
+                users: row.users,
             });
         }
         best
