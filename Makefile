@@ -138,7 +138,7 @@ bench: setup
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 clean-demo:
 	rm -rf $(DEMO_STORE) $(LEAKAGE_STORE)

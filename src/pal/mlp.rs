@@ -200,25 +200,7 @@ impl candle_core::CustomOp3 for FusedLinear {
                 )
             }
         }
-        let mut open = if self.relu {
-            vec![0u8; y.len()]
-        } else {
-            Vec::new()
-        };
-        for (r, row) in y.chunks_exact_mut(width).enumerate() {
-            for (j, v) in row.iter_mut().enumerate() {
-                let i = r * width + j;
-                let mut a = *v + bias[j];
-                if let Some(mask) = &self.mask {
-                    a *= mask[i];
-                }
-                if self.relu {
-                    open[i] = u8::from(a >= 0.0);
-                    a = a.max(0f32);
-                }
-                *v = a;
-            }
-        }
+        let open = palpipe_kernels::epilogue_forward(&mut y, bias, self.mask.as_deref(), self.relu);
         if self.relu && self.relu_open.set(open).is_err() {
             // A node's forward runs once; a second run would leave a stale gate.
             candle_core::bail!("pal-linear-fused: forward ran twice")
@@ -235,8 +217,9 @@ impl candle_core::CustomOp3 for FusedLinear {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
+        let width = w.dim(0)?;
         // The gradient at x Wᵀ + b, as the composed graph accumulates it node by node.
-        let g = {
+        let (g, db) = {
             let (storage, layout) = grad.storage_and_layout();
             let candle_core::Storage::Cpu(s) = &*storage else {
                 candle_core::bail!("pal-linear-fused: expected a CPU gradient")
@@ -247,21 +230,23 @@ impl candle_core::CustomOp3 for FusedLinear {
                 (true, None) => candle_core::bail!("pal-linear-fused: backward before forward"),
                 (false, _) => None,
             };
-            let mut out = Vec::with_capacity(g.len());
-            for (i, &gi) in g.iter().enumerate() {
-                let mut t = gi;
-                if let Some(open) = open {
-                    t = 0.0 + t * f32::from(open[i]);
-                }
-                if let Some(mask) = &self.mask {
-                    t = 0.0 + t * mask[i];
-                }
-                out.push(0.0 + t);
+            let lengths_agree = open.is_none_or(|o| o.len() == g.len())
+                && self.mask.as_ref().is_none_or(|m| m.len() == g.len());
+            if width == 0 || g.len() % width != 0 || !lengths_agree {
+                candle_core::bail!(
+                    "pal-linear-fused: gradient of {} for width {width}",
+                    g.len()
+                )
             }
-            out
+            palpipe_kernels::epilogue_backward(
+                g,
+                width,
+                open.map(Vec::as_slice),
+                self.mask.as_deref(),
+            )
         };
         let g = Tensor::from_vec(g, grad.dims(), grad.device())?;
-        let db = g.sum_keepdim(0)?.squeeze(0)?;
+        let db = Tensor::from_vec(db, width, g.device())?;
         let dw = g.t()?.matmul(x)?; // [out, n] · [n, in] = [out, in]
         let dx = if x.track_op() {
             Some(g.matmul(w)?) // [n, out] · [out, in] = [n, in]
@@ -331,7 +316,7 @@ impl Projector {
             let mask = match (dropout_rng.as_deref_mut(), p > 0.0) {
                 (Some(rng), true) => {
                     let n = h.dim(0)? * layer.weight.dim(0)?;
-                    Some(dropout_values(rng, n, p))
+                    Some(dropout_values(rng, n, p, mask_threads()))
                 }
                 _ => None,
             };
@@ -374,12 +359,16 @@ impl Projector {
 }
 
 /// Inverted dropout mask values, `n` of them in row-major order: 0 with probability p,
-/// 1/(1−p) otherwise (one `f64` draw from `rng` each).
-fn dropout_values(rng: &mut ChaCha8Rng, n: usize, p: f64) -> Vec<f32> {
-    let keep = (1.0 / (1.0 - p)) as f32;
-    (0..n)
-        .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
-        .collect()
+/// 1/(1−p) otherwise (one `f64` draw from `rng` each, as `rng.random::<f64>() < p`), drawn
+/// on up to `threads` threads with the same values whatever their number.
+fn dropout_values(rng: &mut ChaCha8Rng, n: usize, p: f64, threads: usize) -> Vec<f32> {
+    palpipe_kernels::dropout_mask(rng, n, p, threads)
+}
+
+/// Threads for drawing dropout masks: candle's own count for its CPU loops
+/// (`RAYON_NUM_THREADS` when set), at most 8.
+fn mask_threads() -> usize {
+    candle_core::utils::get_num_threads().min(8)
 }
 
 #[cfg(test)]
@@ -448,6 +437,7 @@ mod tests {
             ("mlp0-relu-dropout0", true, false, true),
             ("mlp2-relu-dropout0-residual", true, true, true),
             ("mlp2-relu-dropout5", true, false, false),
+            ("mlp2-relu-dropout5-residual", true, true, true),
         ] {
             let arch: Arch = arch.parse().unwrap();
             let mut init = ChaCha8Rng::seed_from_u64(11);
@@ -502,6 +492,71 @@ mod tests {
             }
             // Not vacuous: the output is not all zeros.
             assert!(fused[0].iter().any(|v| *v != 0.0));
+        }
+    }
+
+    /// The block-wise dropout draw against the element-by-element one it replaced
+    /// (`rng.random::<f64>() < p` per value): the same masks, and the RNG left at the same
+    /// place, for lengths around the block size and an RNG whose position is odd in 32-bit
+    /// words (a 64-bit draw across two ChaCha blocks).
+    #[test]
+    fn dropout_masks_equal_element_by_element_draws() {
+        use rand::RngCore;
+        let by_element = |rng: &mut ChaCha8Rng, n: usize, p: f64| -> Vec<f32> {
+            let keep = (1.0 / (1.0 - p)) as f32;
+            (0..n)
+                .map(|_| if rng.random::<f64>() < p { 0.0 } else { keep })
+                .collect()
+        };
+        for (n, p, skew) in [
+            (0, 0.5, 0),
+            (1, 0.5, 1),
+            (7, 0.3, 0),
+            (1024, 0.5, 1),
+            (1025, 0.5, 0),
+            (3001, 0.1, 1),
+            (5000, 0.999, 3),
+            (200_003, 0.5, 1),
+            (300_000, 0.25, 0),
+        ] {
+            let mut a = ChaCha8Rng::seed_from_u64(9);
+            let mut b = ChaCha8Rng::seed_from_u64(9);
+            for _ in 0..skew {
+                a.next_u32();
+                b.next_u32();
+            }
+            // Three threads for a large mask: parts of the stream drawn apart, then joined.
+            let got = dropout_values(&mut a, n, p, 3);
+            let want = by_element(&mut b, n, p);
+            assert_eq!(got.len(), n);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "n {n}, p {p}, skew {skew}");
+            for _ in 0..100 {
+                assert_eq!(a.next_u64(), b.next_u64(), "the RNG moved on alike");
+            }
+            let again = dropout_values(&mut a, 70_001, p, 2);
+            assert_eq!(bits(&again), bits(&by_element(&mut b, 70_001, p)));
+            assert_eq!(a, b, "the same stream position");
+            if n > 100 {
+                let dropped = got.iter().filter(|v| **v == 0.0).count() as f64 / n as f64;
+                assert!((dropped - p).abs() < 0.05, "dropped {dropped} for p {p}");
+            }
+        }
+    }
+
+    /// A large mask is the same whatever the number of threads drawing it.
+    #[test]
+    fn dropout_masks_do_not_depend_on_threads() {
+        let draw = |threads: usize| {
+            let mut r = ChaCha8Rng::seed_from_u64(4);
+            let mask = dropout_values(&mut r, 1_000_003, 0.5, threads);
+            (mask.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), r)
+        };
+        let (one, r1) = draw(1);
+        for threads in [0, 2, 3, 16, 64] {
+            let (many, r) = draw(threads);
+            assert!(one == many, "{threads} threads");
+            assert_eq!(r, r1, "{threads} threads: the same stream position");
         }
     }
 
