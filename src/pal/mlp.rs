@@ -232,7 +232,7 @@ impl candle_core::CustomOp3 for FusedLinear {
             };
             let lengths_agree = open.is_none_or(|o| o.len() == g.len())
                 && self.mask.as_ref().is_none_or(|m| m.len() == g.len());
-            if width == 0 || g.len() % width != 0 || !lengths_agree {
+            if width == 0 || !g.len().is_multiple_of(width) || !lengths_agree {
                 candle_core::bail!(
                     "pal-linear-fused: gradient of {} for width {width}",
                     g.len()

@@ -23,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 pub fn epilogue_forward(y: &mut [f32], bias: &[f32], mask: Option<&[f32]>, relu: bool) -> Vec<u8> {
     let width = bias.len();
     assert!(
-        width > 0 && y.len() % width == 0,
+        width > 0 && y.len().is_multiple_of(width),
         "epilogue: {} outputs for width {width}",
         y.len()
     );
@@ -67,7 +67,7 @@ pub fn epilogue_backward(
     mask: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
     assert!(
-        width > 0 && grad.len() % width == 0,
+        width > 0 && grad.len().is_multiple_of(width),
         "epilogue: {} gradients for width {width}",
         grad.len()
     );
