@@ -365,8 +365,8 @@ fn dropout_values(rng: &mut ChaCha8Rng, n: usize, p: f64, threads: usize) -> Vec
     palpipe_kernels::dropout_mask(rng, n, p, threads)
 }
 
-/// Threads for drawing dropout masks: candle's own count for its CPU loops
-/// (`RAYON_NUM_THREADS` when set), at most 8.
+/// Threads for drawing dropout masks: the count candle uses for its matrix products
+/// (`RAYON_NUM_THREADS` when set, else the cores this process may run on), at most 8.
 fn mask_threads() -> usize {
     candle_core::utils::get_num_threads().min(8)
 }
