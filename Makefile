@@ -128,7 +128,7 @@ S3_PASS_TESTS := embed_cli foundation image_path ingest_rules pal_cli preference
   preferences_bad_input real_data report_cli scope sweep_cli
 test: setup
 	@status=0; \
-	cargo test --no-fail-fast -- --test-threads 2 || status=1; \
+	cargo test --workspace --no-fail-fast -- --test-threads 2 || status=1; \
 	echo "== the integration tests again, on S3 (moto): PALPIPE_TEST_STORE=s3"; \
 	PALPIPE_TEST_STORE=s3 cargo test --no-fail-fast $(S3_PASS_TESTS:%=--test %) -- --test-threads 2 || status=1; \
 	exit $$status

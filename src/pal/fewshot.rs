@@ -65,6 +65,7 @@ use super::config::{Estimator, FewShotConfig};
 use super::data::{Comparison, ComparisonSet};
 use super::error::{PalError, Result};
 use super::evaluate::{report_from_margins, EvalOptions, EvalReport};
+use super::grad::without_grad;
 use super::loss;
 use super::model::{rng, stream, Features, PalModel};
 use super::optim::AdamW;
@@ -253,7 +254,7 @@ fn frozen(
     user_of: &dyn Fn(u32) -> u32,
 ) -> Result<(super::data::Batch, Features)> {
     let batch = model.gather(set, idx, user_of)?;
-    let f = model.features(&batch, None)?;
+    let f = without_grad(|| model.features(&batch, None))?;
     let feats = Features {
         fx: f.fx.detach(),
         g: f.g.map(|g| g.detach()),

@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::config::{Activation, Arch};
 use super::error::Result;
+use super::grad::param;
 
 /// A tensor of `shape` with entries U(−bound, bound) from `rng`.
 pub(crate) fn uniform(
@@ -48,8 +49,8 @@ impl Linear {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // [n, in] · [in, out] → [n, out]
-        let y = x.apply_op2(self.weight.as_tensor(), LinearOp)?;
-        Ok(y.broadcast_add(self.bias.as_tensor())?)
+        let y = x.apply_op2(&param(&self.weight), LinearOp)?;
+        Ok(y.broadcast_add(&param(&self.bias))?)
     }
 
     /// `act((x Wᵀ + b) ⊙ mask)` as one autograd node ([`FusedLinear`]): CPU and f32 only.
@@ -60,7 +61,7 @@ impl Linear {
             relu,
             relu_open: std::sync::OnceLock::new(),
         };
-        Ok(x.apply_op3(self.weight.as_tensor(), self.bias.as_tensor(), op)?)
+        Ok(x.apply_op3(&param(&self.weight), &param(&self.bias), op)?)
     }
 }
 

@@ -33,6 +33,7 @@ mod enroll;
 mod error;
 mod evaluate;
 mod fewshot;
+mod grad;
 mod group_bound;
 mod loss;
 mod mlp;

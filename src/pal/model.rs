@@ -24,6 +24,7 @@ use super::checkpoint::CardInfo;
 use super::config::{Distance, Mode, ModelConfig, ModelKind, TrainConfig};
 use super::data::{Batch, ComparisonSet};
 use super::error::{PalError, Result};
+use super::grad::{param, without_grad};
 use super::mlp::Projector;
 
 /// RNG streams derived from the one seed (ChaCha8 stream ids).
@@ -48,8 +49,9 @@ pub(crate) fn rng(seed: u64, stream: u64) -> ChaCha8Rng {
 pub const TAU_INIT: f64 = 2.659_260_036_932_778_4;
 /// The cap of s = exp τ.
 pub const SCALE_MAX: f64 = 100.0;
-/// Added under square roots (norms, plain distances) so gradients stay finite at 0.
-const NORM_EPS2: f64 = 1e-16;
+// NORM_EPS2, added under square roots (norms, plain distances) so gradients stay finite at
+// 0, lives with the one-pass kernel, which adds the same constant.
+use palpipe_kernels::NORM_EPS2;
 
 /// Parameter groups, each with its own learning rate and weight decay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,7 +368,7 @@ impl PalModel {
                 })
             }
             (ModelKind::PalB, Prototypes::Vectors(v)) => {
-                let g = v.as_tensor().unsqueeze(0)?; // [1, K, d]
+                let g = param(v).unsqueeze(0)?; // [1, K, d]
                 Ok(Features {
                     fx: normalize_rows(&fx)?,
                     g: Some(g),
@@ -412,7 +414,7 @@ impl PalModel {
     ) -> Result<(UserSide, Option<Tensor>)> {
         match &self.protos {
             Prototypes::Points(p) => {
-                let a = w.matmul(p.as_tensor())?; // [Uu, Dp+Dx]: a_i = Σ_k w_ik P_k
+                let a = w.matmul(&param(p))?; // [Uu, Dp+Dx]: a_i = Σ_k w_ik P_k
                 let a = match delta {
                     Some(dl) => (a + dl)?,
                     None => a,
@@ -447,11 +449,18 @@ impl PalModel {
                     }
                     None => None,
                 };
-                let tau = self.tau.as_ref().expect("PAL-B has τ");
-                let s = tau.as_tensor().exp()?.minimum(SCALE_MAX)?.squeeze(0)?; // s = min(e^τ, 100)
-                Ok((UserSide::B(normalize_rows(&z)?, s), penalty))
+                Ok((
+                    UserSide::B(normalize_rows(&z)?, self.reward_scale()?),
+                    penalty,
+                ))
             }
         }
+    }
+
+    /// PAL-B's reward scale s = min(e^τ, 100), a scalar tensor.
+    fn reward_scale(&self) -> Result<Tensor> {
+        let tau = self.tau.as_ref().expect("PAL-B has τ");
+        Ok(param(tau).exp()?.minimum(SCALE_MAX)?.squeeze(0)?)
     }
 
     /// Rewards r_i(x; x_c) `[B]` of the items `idx` (rows of `feats.fx`) against the user side.
@@ -557,19 +566,111 @@ impl PalModel {
     ) -> Result<Vec<f32>> {
         const CHUNK: usize = 4096;
         let mut out = Vec::with_capacity(idx.len());
-        for chunk in idx.chunks(CHUNK) {
-            let batch = self.gather(set, chunk, user_row)?;
-            let users = Tensor::new(batch.users.as_slice(), &self.device)?;
-            let w = table.index_select(&users, 0)?;
-            let delta = match offsets {
-                Some(o) => Some(o.index_select(&users, 0)?),
-                None => None,
-            };
-            let feats = self.features(&batch, None)?;
-            let (m, _) = self.margins_offset(&feats, &batch, &w, delta.as_ref(), None)?;
-            out.extend(m.to_dtype(DType::F32)?.to_vec1::<f32>()?);
-        }
+        // Evaluation only: the table and offsets enter as constants too, so that no
+        // intermediate is held for a backward pass (`grad`).
+        let (table, offsets) = (table.detach(), offsets.map(Tensor::detach));
+        without_grad(|| -> Result<()> {
+            for chunk in idx.chunks(CHUNK) {
+                let batch = self.gather(set, chunk, user_row)?;
+                let users = Tensor::new(batch.users.as_slice(), &self.device)?;
+                let w = table.index_select(&users, 0)?;
+                let delta = match &offsets {
+                    Some(o) => Some(o.index_select(&users, 0)?),
+                    None => None,
+                };
+                let feats = self.features(&batch, None)?;
+                out.extend(self.eval_margins(&feats, &batch, &w, delta.as_ref())?);
+            }
+            Ok(())
+        })?;
         Ok(out)
+    }
+
+    /// Evaluation margins of one batch, `[B]`: for PAL-B on the CPU in f32 with more than one
+    /// prompt row, one pass per comparison ([`palpipe_kernels::pal_b_margins`], the same
+    /// numbers as the composed ops without their `[B, d]` intermediates; in the `mkl` build
+    /// the same up to the last bits); otherwise [`PalModel::margins_offset`].
+    pub(crate) fn eval_margins(
+        &self,
+        feats: &Features,
+        batch: &Batch,
+        w: &Tensor,
+        delta: Option<&Tensor>,
+    ) -> Result<Vec<f32>> {
+        if let Some(m) = self.pal_b_margins_in_one_pass(feats, batch, w, delta)? {
+            return Ok(m);
+        }
+        let (m, _) = self.margins_offset(feats, batch, w, delta, None)?;
+        Ok(m.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    }
+
+    /// [`PalModel::eval_margins`]'s one-pass path, or `None` where it does not apply (PAL-A,
+    /// one prompt row, a GPU, f64, a CPU where candle does not sum with AVX2, or shapes
+    /// other than the model's).
+    pub(crate) fn pal_b_margins_in_one_pass(
+        &self,
+        feats: &Features,
+        batch: &Batch,
+        w: &Tensor,
+        delta: Option<&Tensor>,
+    ) -> Result<Option<Vec<f32>>> {
+        let Some(g) = feats.g.as_ref() else {
+            return Ok(None);
+        };
+        let (d, k) = (self.cfg.d, self.cfg.k);
+        // The kernel sums rows in candle's AVX2 order: elsewhere, candle's ops. One prompt
+        // row (dp = 0, or a batch with one prompt): z comes from a matrix product there,
+        // whose rounding the kernel does not follow.
+        let shapes_fit = palpipe_kernels::sums_like_candle()
+            && g.rank() == 3
+            && feats.fx.rank() == 2
+            && w.rank() == 2
+            && g.dim(0)? > 1
+            && g.dims()[1..] == [k, d]
+            && feats.fx.dims().get(1) == Some(&d)
+            && w.dims().get(1) == Some(&k)
+            && delta.is_none_or(|t| t.dims() == [w.dim(0).unwrap_or(0), d]);
+        if !shapes_fit {
+            return Ok(None);
+        }
+        let scale = self.reward_scale()?;
+        if scale.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let scale = scale.to_scalar::<f32>()?;
+        let (user, prompt) = (batch.user.to_vec1::<u32>()?, batch.prompt.to_vec1::<u32>()?);
+        let (left, right) = (batch.left.to_vec1::<u32>()?, batch.right.to_vec1::<u32>()?);
+        let fx = feats.fx.contiguous()?;
+        let g = g.contiguous()?;
+        let w = w.contiguous()?;
+        let delta = delta.map(Tensor::contiguous).transpose()?;
+        let (Some(fx_v), Some(g_v), Some(w_v)) =
+            (F32View::of(&fx), F32View::of(&g), F32View::of(&w))
+        else {
+            return Ok(None);
+        };
+        let delta_v = match &delta {
+            Some(t) => match F32View::of(t) {
+                Some(v) => Some(v),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        Ok(Some(palpipe_kernels::pal_b_margins(
+            &palpipe_kernels::PalBBatch {
+                d,
+                k,
+                fx: fx_v.slice(),
+                g: g_v.slice(),
+                w: w_v.slice(),
+                delta: delta_v.as_ref().map(F32View::slice),
+                scale,
+                user: &user,
+                prompt: &prompt,
+                left: &left,
+                right: &right,
+            },
+        )))
     }
 
     pub(crate) fn check_dims(&self, set: &ComparisonSet) -> Result<()> {
@@ -694,10 +795,13 @@ impl PalModel {
         set.validate()?;
         let idx: Vec<usize> = (0..candidates.len()).collect();
         let batch = self.gather(&set, &idx, &|_| 0)?;
-        let feats = self.features(&batch, None)?;
-        let (side, _) = self.user_side(&feats, &batch, w, None)?;
-        let r = self.reward(&feats, &side, &batch.left)?;
-        Ok(r.to_dtype(DType::F32)?.to_vec1()?)
+        let w = w.detach();
+        without_grad(|| {
+            let feats = self.features(&batch, None)?;
+            let (side, _) = self.user_side(&feats, &batch, &w, None)?;
+            let r = self.reward(&feats, &side, &batch.left)?;
+            Ok(r.to_dtype(DType::F32)?.to_vec1()?)
+        })
     }
 
     /// Adds users with given logits (e.g. from few-shot adaptation) so that they can be scored
@@ -753,6 +857,37 @@ pub(crate) fn softmax_rows(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// The f32 values of a contiguous CPU tensor, borrowed for as long as the view lives.
+struct F32View<'a> {
+    storage: candle_core::StorageRef<'a>,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> F32View<'a> {
+    /// `None` for a tensor on a GPU, of another dtype, or not contiguous.
+    fn of(t: &'a Tensor) -> Option<Self> {
+        let (storage, layout) = t.storage_and_layout();
+        let (start, end) = layout.contiguous_offsets()?;
+        matches!(
+            &*storage,
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(_))
+        )
+        .then_some(F32View {
+            storage,
+            start,
+            end,
+        })
+    }
+
+    fn slice(&self) -> &[f32] {
+        match &*self.storage {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => &v[self.start..self.end],
+            _ => unreachable!("F32View::of admits CPU f32 storage only"),
+        }
+    }
 }
 
 /// x / ‖x‖ per row (‖x‖ = √(Σx² + 1e-16)).

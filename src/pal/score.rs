@@ -11,6 +11,7 @@ use candle_core::{DType, Tensor};
 
 use super::data::{Comparison, ComparisonSet};
 use super::error::{PalError, Result};
+use super::grad::without_grad;
 use super::model::PalModel;
 
 /// One scoring request: a user's mixture w (length K, on the simplex), their offset δ of the
@@ -107,24 +108,28 @@ impl PalModel {
         set.validate()?;
         let table = Tensor::from_vec(table, (jobs.len(), k), &self.device)?.to_dtype(self.dtype)?;
         let idx: Vec<usize> = (0..set.comps.len()).collect();
-        for chunk in idx.chunks(CHUNK) {
-            let batch = self.gather(&set, chunk, &|u| u)?;
-            let users = Tensor::new(batch.users.as_slice(), &self.device)?;
-            let w = table.index_select(&users, 0)?; // [Uu, K]
-            let delta = match &offsets {
-                Some(o) => Some(o.index_select(&users, 0)?), // [Uu, D]
-                None => None,
-            };
-            let feats = self.features(&batch, None)?;
-            let (side, _) = self.user_side_with(&feats, &batch, &w, delta.as_ref(), None)?;
-            let r = self
-                .reward(&feats, &side, &batch.left)?
-                .to_dtype(DType::F32)?
-                .to_vec1::<f32>()?;
-            for (&c, v) in chunk.iter().zip(r) {
-                out[set.comps[c].user as usize].push(v);
+        // Scoring only: no intermediate is held for a backward pass (`grad`).
+        without_grad(|| -> Result<()> {
+            for chunk in idx.chunks(CHUNK) {
+                let batch = self.gather(&set, chunk, &|u| u)?;
+                let users = Tensor::new(batch.users.as_slice(), &self.device)?;
+                let w = table.index_select(&users, 0)?; // [Uu, K]
+                let delta = match &offsets {
+                    Some(o) => Some(o.index_select(&users, 0)?), // [Uu, D]
+                    None => None,
+                };
+                let feats = self.features(&batch, None)?;
+                let (side, _) = self.user_side_with(&feats, &batch, &w, delta.as_ref(), None)?;
+                let r = self
+                    .reward(&feats, &side, &batch.left)?
+                    .to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?;
+                for (&c, v) in chunk.iter().zip(r) {
+                    out[set.comps[c].user as usize].push(v);
+                }
             }
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 

@@ -1503,3 +1503,77 @@ fn an_enrolled_offset_scores_as_adaptation_does_and_leaves_other_jobs_alone() {
         assert!(a.abs() <= SCALE_MAX as f32 + 1e-3, "{a}");
     }
 }
+
+#[test]
+fn one_pass_pal_b_margins_equal_the_composed_ops_bit_for_bit() {
+    // d = 70: every row sum has two 32-value blocks and a tail of 6; d = 64: blocks only.
+    // Several users, prompts and items in one batch, with and without per-user offsets.
+    for (d, k) in [(70, 3), (64, 1)] {
+        let set = with_context(5, 120, 6, 4, 21);
+        let cfg = ModelConfig {
+            kind: ModelKind::PalB,
+            k,
+            d,
+            ..ModelConfig::default()
+        };
+        let (model, _) = train(&cfg, &quick(1, 4), &set, None, &mut |_| {}).unwrap();
+        let idx: Vec<usize> = (0..set.comps.len()).collect();
+        let batch = model.gather(&set, &idx, &|u| u).unwrap();
+        let users = Tensor::new(batch.users.as_slice(), &candle_core::Device::Cpu).unwrap();
+        let w = model
+            .mixture_table()
+            .unwrap()
+            .index_select(&users, 0)
+            .unwrap();
+        let feats = model.features(&batch, None).unwrap();
+        let mut r = ChaCha8Rng::seed_from_u64(3);
+        let offsets: Vec<f32> = (0..batch.users.len() * d)
+            .map(|_| r.random_range(-0.5..0.5))
+            .collect();
+        let offsets =
+            Tensor::from_vec(offsets, (batch.users.len(), d), &candle_core::Device::Cpu).unwrap();
+        for delta in [None, Some(&offsets)] {
+            let one_pass = model
+                .pal_b_margins_in_one_pass(&feats, &batch, &w, delta)
+                .unwrap();
+            if !palpipe_kernels::sums_like_candle() {
+                // candle sums in another order here: its own ops are used.
+                assert!(one_pass.is_none());
+                continue;
+            }
+            let one_pass = one_pass.expect("the one-pass path applies to PAL-B in f32 on the CPU");
+            let (m, _) = model
+                .margins_offset(&feats, &batch, &w, delta, None)
+                .unwrap();
+            let composed = m.to_vec1::<f32>().unwrap();
+            assert_eq!(one_pass.len(), set.comps.len());
+            assert!(
+                composed.iter().any(|&v| v != 0.0),
+                "a trained model has margins"
+            );
+            if cfg!(feature = "mkl") {
+                // candle's add, square and square root go through MKL's vector math there,
+                // which may round differently: the last bits may differ (2 ulp seen).
+                for (a, b) in one_pass.iter().zip(&composed) {
+                    assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
+                }
+                continue;
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&one_pass),
+                bits(&composed),
+                "d {d}, K {k}, offsets: {}",
+                delta.is_some()
+            );
+        }
+        // And through the evaluation entry point, chunk by chunk.
+        let (margins, _) = model.margins_for(&set).unwrap();
+        let (m, _) = model
+            .margins_offset(&feats, &batch, &w, None, None)
+            .unwrap();
+        if !cfg!(feature = "mkl") {
+            assert_eq!(margins, m.to_vec1::<f32>().unwrap());
+        }
+    }
+}

@@ -3,9 +3,14 @@
 //! for compile time (the root `Cargo.toml` sets this crate's level).
 //!
 //! Owns: the epilogue of a PAL projector layer (bias, dropout, ReLU) forward and backward,
-//! and inverted-dropout masks. Each function computes the same f32 operations, in the same
-//! order, as the composed candle ops it stands in for, so results are equal bit for bit
-//! (palpipe's `pal::mlp` tests check this against candle). No candle here: plain slices.
+//! inverted-dropout masks, and PAL-B margins in evaluation mode ([`pal_b_margins`]). Each
+//! function computes the same f32 operations, in the same order, as the composed candle ops
+//! it stands in for, so results are equal bit for bit (palpipe's `pal::mlp` and `pal::model`
+//! tests check this against candle). No candle here: plain slices.
+
+mod margins;
+
+pub use margins::{pal_b_margins, sum_like_candle, sums_like_candle, PalBBatch, NORM_EPS2};
 
 use rand_chacha::rand_core::RngCore;
 use rand_chacha::ChaCha8Rng;
