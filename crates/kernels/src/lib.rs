@@ -6,7 +6,9 @@
 //! inverted-dropout masks, and PAL-B margins in evaluation mode ([`pal_b_margins`]). Each
 //! function computes the same f32 operations, in the same order, as the composed candle ops
 //! it stands in for, so results are equal bit for bit (palpipe's `pal::mlp` and `pal::model`
-//! tests check this against candle). No candle here: plain slices.
+//! tests check this against candle). One exception, stated in [`pal_b_margins`]'s module:
+//! in a build where candle uses MKL's vector math, its margins may differ in the last bits.
+//! No candle here: plain slices.
 
 mod margins;
 
