@@ -5,6 +5,7 @@
 #   make install put palpipe on the PATH (a copy of the debug build in $(BINDIR))
 #   make test    install what is missing, build, run every test
 #   make bench   benchmarks (see bench/README.md)
+#   make build-cloud / make release  with gs:// and az:// stores too (lance's gcp, azure)
 #   make build-cuda  CUDA 13.0 from PyPI into ~/.cache/palpipe/cuda-13.0.88, then a --features cuda
 #                    build in its own target dir (see README.md, "CUDA build")
 #   make mkl         Intel MKL (static) from PyPI into ~/.cache/palpipe/mkl (optional)
@@ -23,7 +24,7 @@ DEMO_STORE ?= palstore-demo
 LEAKAGE_STORE ?= palstore-demo-leakage
 BINDIR ?= $(HOME)/.cargo/bin
 
-.PHONY: setup protoc models pyref moto build install demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack mkl build-mkl
+.PHONY: setup protoc models pyref moto build build-cloud release install demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack mkl build-mkl
 
 setup: protoc models pyref moto
 
@@ -81,6 +82,18 @@ $(MINILM)/model.safetensors:
 build: setup
 	cargo build --bin palpipe
 
+# Stores on Google Cloud Storage and Azure Blob Storage too (`--store gs://…`, `az://…`):
+# lance's gcp and azure features beside aws. A released binary is built so (`make release`);
+# `make build`, `make test` and CI build aws only (gcp and azure add build time: README.md).
+CLOUD_FEATURES ?= aws,gcp,azure
+build-cloud: setup
+	cargo build --features $(CLOUD_FEATURES) --bin palpipe
+	@echo "built $(CARGO_TARGET_DIR)/debug/palpipe with $(CLOUD_FEATURES)"
+
+release: setup
+	cargo build --release --features $(CLOUD_FEATURES) --bin palpipe
+	@echo "built $(CARGO_TARGET_DIR)/release/palpipe with $(CLOUD_FEATURES)"
+
 # The debug build, copied: it reuses $(CARGO_TARGET_DIR), so at most palpipe itself is
 # recompiled. (`cargo install` builds the release profile: every dependency again, ~40 min
 # on 2 cores.) Run it again after changing the sources.
@@ -125,7 +138,7 @@ fixtures: build
 # Tests there that check what only a folder has print "skipped on s3: …" and return; the
 # files not listed keep their stores in folders (README.md, "Tests on S3").
 S3_PASS_TESTS := embed_cli foundation image_path ingest_rules pal_cli preferences \
-  preferences_bad_input real_data report_cli scope sweep_cli
+  preferences_bad_input real_data report_cli scope serve_cli sweep_cli
 test: setup
 	@status=0; \
 	cargo test --workspace --no-fail-fast -- --test-threads 2 || status=1; \

@@ -24,7 +24,13 @@ use serde_json::{json, Value};
 
 /// The synthetic store with PAL-A heads k1 and k3 (no context, dp = 0) and 4 unseen users.
 fn synthetic_store(dir: &Path) -> PathBuf {
-    let store = dir.join("s");
+    let store = new_store(dir, "s");
+    synthetic_store_at(dir, &store);
+    store
+}
+
+/// [`synthetic_store`] at `store` (a folder or an `s3://` store).
+fn synthetic_store_at(dir: &Path, store: &Path) {
     let text = synth_pal_pipeline(
         "t",
         4,
@@ -32,14 +38,13 @@ fn synthetic_store(dir: &Path) -> PathBuf {
         &["un: \"SELECT * FROM pairs WHERE split = 'unseen'\""],
     );
     let p = write_pipeline(dir, "p.yaml", &text);
-    palpipe(&store, &["run", p.to_str().unwrap()]).ok();
-    store
+    palpipe(store, &["run", p.to_str().unwrap()]).ok();
 }
 
 /// A small persona store (MiniLM vectors of the statements and " Yes"/" No") with a PAL-B
 /// head `pb` (K = 2, prompt-conditioned g_k) trained on the seen users.
 fn persona_store(dir: &Path) -> PathBuf {
-    let store = dir.join("s");
+    let store = new_store(dir, "s");
     persona_store_at(dir, &store);
     store
 }
@@ -148,12 +153,14 @@ fn numpy_rewards(py: &str, checkpoint: &Path, rows: &[Value]) -> Vec<Vec<f64>> {
         .collect()
 }
 
-fn checkpoint_of(store: &Path, model: &str) -> PathBuf {
+/// The checkpoint folder of `model` as a local folder (on an `s3://` store, a copy made
+/// under `into`; a later call with another `into` copies it afresh).
+fn checkpoint_of(store: &Path, model: &str, into: &Path) -> PathBuf {
     let rows = query(
         store,
         &format!("SELECT checkpoint FROM models WHERE name = '{model}'"),
     );
-    store.join(rows[0]["checkpoint"].as_str().unwrap())
+    local_copy(store, rows[0]["checkpoint"].as_str().unwrap(), into)
 }
 
 fn assert_close(a: &[Vec<f64>], b: &[Vec<f64>], tol: f64, what: &str) {
@@ -295,7 +302,7 @@ fn score_reproduces_eval_predictions_and_the_numpy_reference() {
                     vecs[p["left_id"].as_str().unwrap()], vecs[p["right_id"].as_str().unwrap()]]})
             })
             .collect();
-        let np = numpy_rewards(&py, &checkpoint_of(&store, "k3"), &ref_rows);
+        let np = numpy_rewards(&py, &checkpoint_of(&store, "k3", dir.path()), &ref_rows);
         assert_close(
             &rewards[..60],
             &np,
@@ -315,7 +322,7 @@ fn score_reproduces_eval_predictions_and_the_numpy_reference() {
         let ours = score_input(&store, dir.path(), "k3", &zs_ids);
         assert_close(
             &ours,
-            &numpy_rewards(&py, &checkpoint_of(&store, "k3"), &zs),
+            &numpy_rewards(&py, &checkpoint_of(&store, "k3", dir.path()), &zs),
             1e-4,
             "zero-shot",
         );
@@ -506,7 +513,7 @@ fn enroll_fits_a_new_user_stores_them_and_score_knows_them() {
     );
     assert!(r.stderr.contains("palpipe enroll"), "{}", r.stderr);
 
-    let before = checkpoint_of(&store, "k3").join("weights.safetensors");
+    let before = checkpoint_of(&store, "k3", dir.path()).join("weights.safetensors");
     let weights_before = std::fs::read(&before).unwrap();
     let out = enroll_json(&store, new_id, &f, &[]);
     let n = mine.len();
@@ -528,8 +535,9 @@ fn enroll_fits_a_new_user_stores_them_and_score_knows_them() {
     assert_eq!(w.len(), 3);
     assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-6, "{w:?}");
     assert_eq!(out["replaced"], false);
+    let after = checkpoint_of(&store, "k3", &dir.path().join("after")).join("weights.safetensors");
     assert_eq!(
-        std::fs::read(&before).unwrap(),
+        std::fs::read(&after).unwrap(),
         weights_before,
         "the base model is not rewritten"
     );
@@ -562,7 +570,7 @@ fn enroll_fits_a_new_user_stores_them_and_score_knows_them() {
         let logits: Value = serde_json::from_str(rows[0]["logits_json"].as_str().unwrap()).unwrap();
         let np = numpy_rewards(
             &py,
-            &checkpoint_of(&store, "k3"),
+            &checkpoint_of(&store, "k3", dir.path()),
             &[
                 json!({"logits": logits, "candidates": [vecs[mine[0]["left_id"].as_str().unwrap()]]}),
             ],
@@ -675,7 +683,10 @@ fn f64s(v: &Value) -> Vec<f64> {
 #[test]
 fn enroll_with_offset_stores_it_and_score_adds_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = synthetic_store(dir.path());
+    // A folder on every pass: the table an earlier palpipe wrote is made by rewriting its
+    // files (tests/common/old_store.rs).
+    let store = dir.path().join("s");
+    synthetic_store_at(dir.path(), &store);
     let mine = first_unseen_user(&store);
     let f = comparisons_file(dir.path(), "u.jsonl", &mine);
     let cands: Vec<Value> = mine
@@ -714,7 +725,8 @@ fn enroll_with_offset_stores_it_and_score_adds_it() {
     let offset = f64s(&out["offset"]);
     // PAL-A: δ lives in f's input space, Dp + Dx values (the card's dimensions).
     let card: Value = serde_json::from_str(
-        &std::fs::read_to_string(checkpoint_of(&store, "k3").join("card.json")).unwrap(),
+        &std::fs::read_to_string(checkpoint_of(&store, "k3", dir.path()).join("card.json"))
+            .unwrap(),
     )
     .unwrap();
     let dim = card["model"]["dp"].as_u64().unwrap() + card["model"]["dx"].as_u64().unwrap();
@@ -775,7 +787,7 @@ fn enroll_with_offset_stores_it_and_score_adds_it() {
                 r
             })
             .collect();
-        numpy_rewards(&py, &checkpoint_of(&store, "k3"), &rows)
+        numpy_rewards(&py, &checkpoint_of(&store, "k3", dir.path()), &rows)
             .into_iter()
             .map(|r| r[0])
             .collect()
@@ -1173,7 +1185,8 @@ fn serve_enrolls_with_an_offset_as_the_cli_does() {
     let cli: Value = serde_json::from_str(r.stdout.trim()).unwrap();
     let offset = f64s(&cli["offset"]);
     let card: Value = serde_json::from_str(
-        &std::fs::read_to_string(checkpoint_of(&store, "pb").join("card.json")).unwrap(),
+        &std::fs::read_to_string(checkpoint_of(&store, "pb", dir.path()).join("card.json"))
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(
@@ -1242,7 +1255,7 @@ fn serve_enrolls_with_an_offset_as_the_cli_does() {
         let v = |k: &str| vecs[p[k].as_str().unwrap()].clone();
         let row = json!({"logits": cli["logits"], "offset": cli["offset"], "prompt": v("prompt_id"),
             "candidates": [v("left_id"), v("right_id")]});
-        let np = numpy_rewards(&py, &checkpoint_of(&store, "pb"), &[row]);
+        let np = numpy_rewards(&py, &checkpoint_of(&store, "pb", dir.path()), &[row]);
         assert_close(&[http_r], &np, 1e-4, "PAL-B user with offset");
     }
     stop(srv);
@@ -1591,7 +1604,7 @@ fn text_scoring_embeds_once_serves_openrlhf_and_survives_bad_input() {
         let pid = blake3::hash(p0.as_bytes()).to_hex().to_string();
         let yes = blake3::hash(b" Yes").to_hex().to_string();
         let row = json!({"user": u0, "prompt": vecs[&pid], "candidates": [vecs[&yes], vecs[&id]]});
-        let np = numpy_rewards(&py, &checkpoint_of(&store, "pb"), &[row]);
+        let np = numpy_rewards(&py, &checkpoint_of(&store, "pb", dir.path()), &[row]);
         let ours = vec![lines
             .iter()
             .map(|l| l["reward"].as_f64().unwrap())
@@ -1880,6 +1893,7 @@ fn tiny_clip() -> PathBuf {
 fn paf_store(dir: &Path) -> PathBuf {
     let data = dir.join("fx");
     palpipe_raw(&["fixtures", "pickapic", "--out", data.to_str().unwrap()]).ok();
+    // A folder on every pass: its tests read image bytes through the library in this process.
     let store = dir.join("paf");
     let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/pick-a-filter.yaml");
     palpipe(

@@ -38,14 +38,30 @@ use crate::store::{Store, StoreError, StoreLocation};
 #[derive(Debug, Parser)]
 #[command(name = "palpipe", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {
-    /// The store: a folder, or s3://bucket/prefix (default ./palstore, or the pipeline's `store:`).
+    /// The store: a folder, or s3://bucket/prefix (gs://, az:// in a build with them); default
+    /// ./palstore, or the pipeline's `store:`.
     #[arg(long, global = true, env = "PALPIPE_STORE", value_name = "DIR|URI")]
     pub store: Option<PathBuf>,
+    /// An option for a store on object storage, KEY=VALUE with lance's key names
+    /// (aws_endpoint, aws_region, aws_access_key_id, allow_http, …); repeat for more. Wins
+    /// over the pipeline's `store_options:` and over the environment (AWS_*, …).
+    #[arg(long = "store-option", global = true, value_name = "KEY=VALUE", value_parser = store_option)]
+    pub store_options: Vec<(String, String)>,
     /// No status lines or progress bars on stderr (results and errors still print).
     #[arg(long, short, global = true)]
     pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Reads one `--store-option`: `KEY=VALUE`, the key not empty.
+fn store_option(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!(
+            "expected KEY=VALUE, got '{text}' (e.g. --store-option aws_region=eu-west-1)"
+        )),
+    }
 }
 
 const EXAMPLES: &str = "\
@@ -172,12 +188,15 @@ impl From<anyhow::Error> for CliError {
 /// Shared context every subcommand gets: where the store is and how to print.
 pub struct Ctx {
     pub store_flag: Option<PathBuf>,
+    /// `--store-option KEY=VALUE`s, in the order given (a later one wins).
+    pub store_options: Vec<(String, String)>,
     pub printer: Printer,
 }
 
 impl Ctx {
     /// Where the store is: --store / PALPIPE_STORE, else `fallback` (a pipeline's `store:`),
-    /// else ./palstore; a remote store gets `options` (a pipeline's `store_options:`).
+    /// else ./palstore; a remote store gets `options` (a pipeline's `store_options:`) with
+    /// the `--store-option`s over them. `--store-option` with a folder is bad usage.
     fn location(
         &self,
         fallback: Option<&str>,
@@ -188,7 +207,16 @@ impl Ctx {
             (None, Some(f)) => f.to_string(),
             (None, None) => "palstore".to_string(),
         };
-        Ok(StoreLocation::parse(&text, options)?)
+        let mut options = options.clone();
+        options.extend(self.store_options.iter().cloned());
+        let location = StoreLocation::parse(&text, &options)?;
+        if !location.is_remote() && !self.store_options.is_empty() {
+            return Err(CliError::usage(anyhow::anyhow!(
+                "--store-option is for stores on object storage, and the store '{}' is a folder\nhint: leave out --store-option, or use --store s3://bucket/prefix",
+                location.display()
+            )));
+        }
+        Ok(location)
     }
 
     /// The store a writing command (run, embed) fills, created when it does not exist.
@@ -235,22 +263,8 @@ pub fn open_device(name: &str) -> Result<candle_core::Device, CliError> {
 /// line already holds (many errors print their source in their own message), and without
 /// the Rust source locations dependencies put in their messages.
 pub fn render_error(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        // Dependencies (Lance above all) append the Rust source file that raised an error.
-        let text = crate::store::messages::without_source_locations(&cause.to_string());
-        if text.is_empty() || line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    if line.is_empty() {
-        line = "unknown error".into();
-    }
-    line
+    // Dependencies (Lance above all) append the Rust source file that raised an error.
+    crate::store::messages::error_chain(e)
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -264,6 +278,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 pub fn dispatch(cli: Cli) -> Result<(), CliError> {
     let ctx = Ctx {
         store_flag: cli.store,
+        store_options: cli.store_options,
         printer: Printer::new(cli.quiet),
     };
     let rt = runtime()?;

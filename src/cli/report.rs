@@ -214,7 +214,11 @@ pub async fn report(ctx: &Ctx, a: ReportArgs) -> Result<(), CliError> {
                     ),
                 }),
                 Ok(None) => {}
-                Err(e) => notes.push(format!("no prototype plot for '{}': {e:#}", s.model.name)),
+                Err(e) => notes.push(format!(
+                    "no prototype plot for '{}': {}",
+                    s.model.name,
+                    crate::store::messages::error_chain(&e)
+                )),
             }
         }
     }

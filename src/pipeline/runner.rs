@@ -155,7 +155,12 @@ pub async fn run(
                 Err(e) => {
                     let undo = store.roll_back(&before).await?;
                     rec.status = "failed".into();
-                    let mut msg = format!("stage '{}' ({}) failed: {e:#}", stage.name, rec.kind);
+                    let mut msg = format!(
+                        "stage '{}' ({}) failed: {}",
+                        stage.name,
+                        rec.kind,
+                        crate::store::messages::error_chain(&e)
+                    );
                     for kept in &undo.kept {
                         msg.push_str(&format!("\nwarning: {kept}"));
                     }

@@ -180,7 +180,7 @@ impl Scorer {
         }
         let entry = ModelEntry::find(self.store(), &self.name)
             .await
-            .map_err(|e| ServeError::Internal(format!("{e:#}")))?;
+            .map_err(|e| ServeError::Internal(crate::store::messages::error_chain(&e)))?;
         let choice = entry
             .row
             .metrics_json

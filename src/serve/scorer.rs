@@ -228,7 +228,7 @@ impl Scorer {
     ) -> Result<Scorer, ServeError> {
         let entry = ModelEntry::find(store, name)
             .await
-            .map_err(|e| ServeError::UnknownModel(format!("{e:#}")))?;
+            .map_err(|e| ServeError::UnknownModel(crate::store::messages::error_chain(&e)))?;
         let row = entry.row;
         if row.kind == "popularity" || row.kind == "clip-score" {
             return Err(ServeError::UnknownModel(format!(

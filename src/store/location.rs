@@ -32,12 +32,50 @@ pub struct RemoteLocation {
     pub options: BTreeMap<String, String>,
 }
 
-/// Schemes lance could serve with features this binary is not built with.
-const UNBUILT_SCHEMES: [&str; 6] = ["gs", "gcs", "az", "abfs", "abfss", "azure"];
+/// The object-storage schemes palpipe knows: lance's name for each, the cargo feature that
+/// builds it, and an example URI (for hints). `gcs://` is read as `gs://`, `azure://` as `az://`.
+const SCHEMES: [(&str, &str, &str); 4] = [
+    ("s3", "aws", "s3://bucket/prefix"),
+    ("gs", "gcp", "gs://bucket/prefix"),
+    ("az", "azure", "az://container/prefix"),
+    (
+        "abfss",
+        "azure",
+        "abfss://container@account.dfs.core.windows.net/prefix",
+    ),
+];
+
+/// Whether this binary was built with the cargo feature `feature` (one of [`SCHEMES`]').
+fn built(feature: &str) -> bool {
+    match feature {
+        "aws" => cfg!(feature = "aws"),
+        "gcp" => cfg!(feature = "gcp"),
+        "azure" => cfg!(feature = "azure"),
+        _ => false,
+    }
+}
+
+/// The schemes this binary can open, as `s3://` words for messages.
+fn built_schemes() -> String {
+    let names: Vec<String> = SCHEMES
+        .iter()
+        .filter(|(scheme, feature, _)| built(feature) && *scheme != "abfss")
+        .map(|(scheme, _, _)| format!("{scheme}://"))
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
 
 impl StoreLocation {
-    /// Reads `--store`'s value: a URI with a scheme is remote (only `s3://` is built), any
-    /// other text a folder. `options` (a pipeline's `store_options:`) only apply remotely.
+    /// Reads `--store`'s value: a URI with a scheme is remote (`s3://`, and `gs://`, `az://`
+    /// where built), any other text a folder. `options` (a pipeline's `store_options:` and
+    /// `--store-option`s) only apply remotely.
+    ///
+    /// Errors: an unknown scheme, a scheme this binary is built without (naming the cargo
+    /// feature), a URI without a bucket.
     pub fn parse(
         text: &str,
         options: &BTreeMap<String, String>,
@@ -45,26 +83,27 @@ impl StoreLocation {
         let Some((scheme, rest)) = text.split_once("://") else {
             return Ok(StoreLocation::Local(PathBuf::from(text)));
         };
-        let scheme = scheme.to_ascii_lowercase();
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "gcs" => "gs".to_string(),
+            "azure" => "az".to_string(),
+            other => other.to_string(),
+        };
         if scheme == "file" {
             return Ok(StoreLocation::Local(PathBuf::from(rest)));
         }
-        if UNBUILT_SCHEMES.contains(&scheme.as_str()) {
-            return Err(StoreError::Location {
-                store: text.into(),
-                message: format!("'{scheme}://' stores are not built into this palpipe (only s3:// is)\nhint: copy the store to S3 or an S3-compatible server (MinIO, Ceph, R2) and use s3://bucket/prefix"),
-            });
-        }
-        if scheme != "s3" {
+        let Some((_, feature, example)) = SCHEMES.iter().find(|(s, _, _)| *s == scheme) else {
             return Err(StoreError::Location {
                 store: text.into(),
                 message: format!("unknown storage scheme '{scheme}://'\nhint: a store is a folder or s3://bucket/prefix"),
             });
-        }
-        if !cfg!(feature = "aws") {
+        };
+        if !built(feature) {
             return Err(StoreError::Location {
                 store: text.into(),
-                message: "this palpipe was built without the 'aws' feature, so it cannot open s3:// stores\nhint: build with the default features (cargo build)".into(),
+                message: format!(
+                    "'{scheme}://' stores are not built into this palpipe (built: {})\nhint: build palpipe with the cargo feature '{feature}' (make release builds aws, gcp and azure), or copy the store to S3 or an S3-compatible server (MinIO, Ceph, R2) and use s3://bucket/prefix",
+                    built_schemes()
+                ),
             });
         }
         let rest = rest.trim_end_matches('/');
@@ -72,7 +111,7 @@ impl StoreLocation {
         if bucket.is_empty() {
             return Err(StoreError::Location {
                 store: text.into(),
-                message: "no bucket in the URI\nhint: s3://bucket/prefix".into(),
+                message: format!("no bucket in the URI\nhint: {example}"),
             });
         }
         let mut options = options.clone();
@@ -80,11 +119,12 @@ impl StoreLocation {
         let has_allow_http = options
             .keys()
             .any(|k| k.to_ascii_lowercase().contains("allow_http"));
-        if endpoint.is_some_and(|e| e.starts_with("http://")) && !has_allow_http {
+        // A local S3-compatible server (moto, MinIO) speaks plain HTTP.
+        if scheme == "s3" && endpoint.is_some_and(|e| e.starts_with("http://")) && !has_allow_http {
             options.insert("allow_http".into(), "true".into());
         }
         Ok(StoreLocation::Remote(RemoteLocation {
-            uri: format!("s3://{rest}"),
+            uri: format!("{scheme}://{rest}"),
             options,
         }))
     }
@@ -481,8 +521,32 @@ mod tests {
             r.options.get("allow_http").map(String::as_str),
             Some("true")
         );
-        let e = parse("gs://b/p").unwrap_err().to_string();
-        assert!(e.contains("'gs://' stores are not built"), "{e}");
+        for (uri, scheme, feature, is_built) in [
+            ("gs://b/p", "gs", "gcp", cfg!(feature = "gcp")),
+            ("gcs://b/p", "gs", "gcp", cfg!(feature = "gcp")),
+            ("az://c/p", "az", "azure", cfg!(feature = "azure")),
+            (
+                "abfss://c@a.dfs.core.windows.net/p",
+                "abfss",
+                "azure",
+                cfg!(feature = "azure"),
+            ),
+        ] {
+            match parse(uri) {
+                Ok(StoreLocation::Remote(r)) if is_built => {
+                    assert!(r.uri.starts_with(&format!("{scheme}://")), "{}", r.uri)
+                }
+                Err(e) if !is_built => {
+                    let e = e.to_string();
+                    assert!(
+                        e.contains(&format!("'{scheme}://' stores are not built")),
+                        "{e}"
+                    );
+                    assert!(e.contains(&format!("cargo feature '{feature}'")), "{e}");
+                }
+                other => panic!("{uri}: {other:?}"),
+            }
+        }
         assert!(parse("s3:///p").is_err());
         assert!(parse("ftp://b/p")
             .unwrap_err()

@@ -15,6 +15,27 @@ pub fn without_source_locations(text: &str) -> String {
         .join("\n")
 }
 
+/// An error and its causes on one line, `outer: cause: …`, leaving out a cause whose text the
+/// line already holds (many errors print their source in their own message), each cause
+/// [`without_source_locations`]. What `{e:#}` prints, fit to show a user.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = without_source_locations(&cause.to_string());
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    if line.is_empty() {
+        line = "unknown error".into();
+    }
+    line
+}
+
 fn strip_line(line: &str) -> String {
     let mut out = line.to_string();
     // Each pass removes the first location found; a line holds a handful at most.
@@ -101,6 +122,33 @@ mod tests {
             strip("table 'items': IO: x, /r/f.rs:9:9\nhint: check the path"),
             "table 'items': IO: x\nhint: check the path"
         );
+    }
+
+    #[test]
+    fn an_error_chain_is_one_line_without_locations_or_repeats() {
+        // A store error whose message already holds its cause's text (stripped), over a
+        // cause that carries a location: what a failed stage used to print with `{e:#}`.
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "table 'prompts': {}", strip(&self.0.to_string()))
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = std::io::Error::other(
+            "IO: No space left on device, /root/.cargo/registry/src/i/lance-file-14.0.2/src/writer/structural.rs:190:9",
+        );
+        let e = anyhow::Error::new(Outer(io)).context("writing the stage's rows");
+        assert_eq!(
+            super::error_chain(&e),
+            "writing the stage's rows: table 'prompts': IO: No space left on device"
+        );
+        assert!(format!("{e:#}").contains("structural.rs:190:9"));
     }
 
     #[test]

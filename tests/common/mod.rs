@@ -170,6 +170,52 @@ impl MotoServer {
     }
 }
 
+impl MotoServer {
+    /// The bytes of `key` in `bucket` (a GetObject with a dummy signature: moto refuses an
+    /// anonymous read of a private object, and does not check signatures).
+    pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("reach moto");
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            tcp,
+            "GET /{bucket}/{key} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\nx-amz-date: 20260101T000000Z\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut reply = Vec::new();
+        let _ = tcp.read_to_end(&mut reply);
+        let split = reply
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("an HTTP reply");
+        let head = String::from_utf8_lossy(&reply[..split]).to_ascii_lowercase();
+        assert!(
+            head.starts_with("http/1.1 200"),
+            "getting {bucket}/{key}: {head}"
+        );
+        assert!(!head.contains("transfer-encoding: chunked"), "{head}");
+        reply[split + 4..].to_vec()
+    }
+}
+
+/// The folder `rel` of `store` as a local folder: the store's own for a folder store; for
+/// an `s3://` store, a copy of every object under it, made under `into`.
+pub fn local_copy(store: &Path, rel: &str, into: &Path) -> PathBuf {
+    let Some(uri) = store.to_str().and_then(|s| s.strip_prefix("s3://")) else {
+        return store.join(rel);
+    };
+    let (bucket, prefix) = uri.split_once('/').unwrap();
+    let local = into.join(format!("copy-{}", rel.replace('/', "-")));
+    for key in store_keys(store, &format!("{}/", rel.trim_end_matches('/'))) {
+        let file = local.join(&key[rel.trim_end_matches('/').len() + 1..]);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, moto().get(bucket, &format!("{prefix}/{key}"))).unwrap();
+    }
+    local
+}
+
 /// This process's moto server (after a [`s3_store`]).
 pub fn moto() -> &'static MotoServer {
     MOTO.get()
