@@ -86,9 +86,12 @@ build: setup
 # lance's gcp and azure features beside aws. A released binary is built so (`make release`);
 # `make build`, `make test` and CI build aws only (gcp and azure add build time: README.md).
 CLOUD_FEATURES ?= aws,gcp,azure
+# The binary is copied to palpipe-cloud: the next `make build` or `make test` relinks
+# debug/palpipe with aws only.
 build-cloud: setup
 	cargo build --features $(CLOUD_FEATURES) --bin palpipe
-	@echo "built $(CARGO_TARGET_DIR)/debug/palpipe with $(CLOUD_FEATURES)"
+	@cp $(CARGO_TARGET_DIR)/debug/palpipe $(CARGO_TARGET_DIR)/debug/palpipe-cloud
+	@echo "built $(CARGO_TARGET_DIR)/debug/palpipe-cloud with $(CLOUD_FEATURES)"
 
 release: setup
 	cargo build --release --features $(CLOUD_FEATURES) --bin palpipe
@@ -137,8 +140,8 @@ fixtures: build
 # PALPIPE_TEST_STORE=s3: the test files whose stores come from new_store() (tests/common).
 # Tests there that check what only a folder has print "skipped on s3: …" and return; the
 # files not listed keep their stores in folders (README.md, "Tests on S3").
-S3_PASS_TESTS := embed_cli foundation image_path ingest_rules pal_cli preferences \
-  preferences_bad_input real_data report_cli scope serve_cli sweep_cli
+S3_PASS_TESTS := bad_input embed_cli foundation image_path ingest_rules pal_cli preferences \
+  preferences_bad_input real_data report_cli scope serve_cli source_layouts sweep_cli tldr
 test: setup
 	@status=0; \
 	cargo test --workspace --no-fail-fast -- --test-threads 2 || status=1; \

@@ -50,7 +50,7 @@ fn persona_pipeline(dir: &Path, data: &Path) -> std::path::PathBuf {
 
 fn assert_store_empty(store: &Path) {
     // A run refused before any work need not create the folder at all.
-    if !store.exists() {
+    if !store_exists(store) {
         return;
     }
     let v = versions(store);
@@ -60,7 +60,7 @@ fn assert_store_empty(store: &Path) {
 #[test]
 fn malformed_yaml_names_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = write_pipeline(
         dir.path(),
         "p.yaml",
@@ -74,7 +74,7 @@ fn malformed_yaml_names_file_and_line() {
 #[test]
 fn unknown_stage_kind_names_line_and_kinds() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = write_pipeline(
         dir.path(),
         "p.yaml",
@@ -98,7 +98,7 @@ fn unknown_stage_kind_names_line_and_kinds() {
 #[test]
 fn wrong_parameter_type_and_unknown_key_name_their_lines() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = write_pipeline(
         dir.path(),
         "p.yaml",
@@ -122,7 +122,7 @@ fn wrong_parameter_type_and_unknown_key_name_their_lines() {
 #[test]
 fn duplicate_stage_names_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = write_pipeline(
         dir.path(),
         "p.yaml",
@@ -140,7 +140,7 @@ fn duplicate_stage_names_are_refused() {
 #[test]
 fn missing_data_folder_is_found_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = persona_pipeline(dir.path(), &dir.path().join("nowhere"));
     let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(2);
     assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
@@ -151,7 +151,7 @@ fn missing_data_folder_is_found_before_any_work() {
 #[test]
 fn a_json_line_that_does_not_parse_names_file_and_line_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let data = persona_dir(dir.path());
     let f = data.join("interest-in-math.jsonl");
     let good = std::fs::read_to_string(&f).unwrap();
@@ -188,7 +188,7 @@ fn a_json_line_that_does_not_parse_names_file_and_line_and_writes_nothing() {
 #[test]
 fn an_empty_data_file_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let data = persona_dir(dir.path());
     std::fs::write(data.join("interest-in-art.jsonl"), "").unwrap();
     let p = persona_pipeline(dir.path(), &data);
@@ -207,7 +207,7 @@ fn an_empty_data_file_fails_clearly() {
 #[test]
 fn a_csv_missing_a_column_names_it() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let conv = dir.path().join("conv");
     std::fs::create_dir_all(&conv).unwrap();
     std::fs::write(
@@ -245,7 +245,7 @@ fn a_kind_check_names_the_key_it_refuses() {
     // Each kind's check returns its key: dedup's `reference` (line 5), pick_a_filter's
     // `seen_users` (line 9), and embed's `encoder` (line 12), all reported at once.
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = write_pipeline(
         dir.path(),
         "p.yaml",

@@ -194,8 +194,8 @@ fn store_options_on_the_command_line_win_over_the_environment() {
         &format!("name: f\nstages:\n{SMALL_SYNTH_STAGE}"),
     );
     palpipe(&s3, &["run", p.to_str().unwrap()]).ok();
-    // The environment names a port nothing listens on (connections refused at once) and no
-    // keys; the options give moto's endpoint, region and keys.
+    // The environment names a port nothing listens on (connections refused at once); with
+    // the options, which give moto's endpoint, region and keys, it has no keys either.
     let flagged = |args: &[&str], options: bool| {
         let mut c = bin();
         for k in [
@@ -208,11 +208,17 @@ fn store_options_on_the_command_line_win_over_the_environment() {
         }
         c.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("OBJECT_STORE_CLIENT_MAX_RETRIES", "0")
             .arg("--store")
             .arg(&s3)
             .args(args);
-        if options {
+        if !options {
+            // Keys and region from the environment, so that only the endpoint is wrong;
+            // nothing listens there: fail at once instead of retrying.
+            c.env("AWS_ACCESS_KEY_ID", "testing")
+                .env("AWS_SECRET_ACCESS_KEY", "testing")
+                .env("AWS_REGION", "us-east-1")
+                .env("OBJECT_STORE_CLIENT_MAX_RETRIES", "0");
+        } else {
             c.arg("--store-option")
                 .arg(format!("aws_endpoint={}", moto().endpoint()));
             for kv in [
@@ -238,7 +244,26 @@ fn store_options_on_the_command_line_win_over_the_environment() {
     assert_eq!(scalar(&s3, "SELECT count(*) FROM pairs"), 13 * 20);
     // Without the options the environment's endpoint is used, and fails.
     let o = flagged(&sql, false);
-    assert_ne!(o.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:9"), "{stderr}");
+    // Options before and after the command's name: clap would keep only the later ones,
+    // so palpipe refuses.
+    let r = palpipe_raw(&[
+        "--store-option",
+        "aws_region=us-east-1",
+        "tables",
+        "--store",
+        s3.to_str().unwrap(),
+        "--store-option",
+        "allow_http=true",
+    ])
+    .code(2);
+    assert!(
+        r.stderr.contains("2 --store-option flags given, 1 kept"),
+        "{}",
+        r.stderr
+    );
     // With a folder, or without '=': bad usage, saying why.
     let r = palpipe_raw(&[
         "tables",

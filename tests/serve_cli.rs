@@ -153,8 +153,8 @@ fn numpy_rewards(py: &str, checkpoint: &Path, rows: &[Value]) -> Vec<Vec<f64>> {
         .collect()
 }
 
-/// The checkpoint folder of `model` as a local folder (on an `s3://` store, a copy made
-/// under `into`; a later call with another `into` copies it afresh).
+/// The checkpoint folder of `model` as a local folder (on an `s3://` store, a copy of what
+/// the store holds now, made under `into`).
 fn checkpoint_of(store: &Path, model: &str, into: &Path) -> PathBuf {
     let rows = query(
         store,

@@ -70,7 +70,7 @@ fn persona_files_are_named_by_their_stems() {
             }
         }
     }
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = persona_pipeline(
         dir.path(),
         &data,
@@ -114,7 +114,7 @@ fn a_missing_persona_lists_what_the_real_folder_holds_and_writes_nothing() {
     let data = shared_data().join("persona");
     let dir = tempfile::tempdir().unwrap();
     // Stems and short names of the real folder both work.
-    let store = dir.path().join("ok");
+    let store = new_store(dir.path(), "ok");
     let p = persona_pipeline(dir.path(), &data, "[interest-in-art, math]");
     palpipe(&store, &["run", p.to_str().unwrap()]).ok();
     assert_eq!(scalar(&store, "SELECT count(*) FROM pairs"), 2 * 2 * 4);
@@ -126,7 +126,7 @@ fn a_missing_persona_lists_what_the_real_folder_holds_and_writes_nothing() {
         4
     );
 
-    let store = dir.path().join("bad");
+    let store = new_store(dir.path(), "bad");
     let p = persona_pipeline(dir.path(), &data, "[art, agreeableness]");
     let run = palpipe(&store, &["run", p.to_str().unwrap()]).code(2);
     let mut stems: Vec<String> = std::fs::read_dir(&data)
@@ -152,7 +152,7 @@ fn a_missing_persona_lists_what_the_real_folder_holds_and_writes_nothing() {
         "{}",
         run.stderr
     );
-    assert!(!store.exists(), "nothing written");
+    assert!(!store_exists(&store), "nothing written");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -294,7 +294,7 @@ fn polis_hand_written_wide_export() {
     .iter()
     .map(|(u, a, b)| (format!("polis/tiny-talk/{u}"), a.to_string(), b.to_string()))
     .collect();
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let p = write_pipeline(
         dir.path(),
         "p.yaml",

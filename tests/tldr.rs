@@ -134,7 +134,7 @@ fn length_users_follow_the_selection_rules() {
     let file = dir.path().join("comparisons.json");
     write_jsonl(&file, &rows);
     let p = users_pipeline(dir.path(), &file);
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let stdout = palpipe(&store, &["run", p.to_str().unwrap()]).ok().stdout;
 
     // Expectations from the written lines: kept = supervised; rank by kept train count.
@@ -289,7 +289,7 @@ fn a_comparison_file_with_a_bad_line_is_named_and_nothing_is_written() {
     )
     .unwrap();
     let p = users_pipeline(dir.path(), &file);
-    let store = dir.path().join("s");
+    let store = new_store(dir.path(), "s");
     let run = palpipe(&store, &["run", p.to_str().unwrap()]).code(1);
     assert!(
         run.stderr
@@ -306,7 +306,7 @@ fn a_comparison_file_with_a_bad_line_is_named_and_nothing_is_written() {
         "{}",
         run.stderr
     );
-    if store.exists() {
+    if store_exists(&store) {
         assert_eq!(
             versions(&store).get("pairs").map(|v| v.1).unwrap_or(0),
             0,
@@ -327,7 +327,7 @@ fn fixture_pipeline(dir: &Path) -> PathBuf {
 fn fixtures_plant_what_the_users_stage_finds_and_reruns_equal_a_fresh_store() {
     let dir = tempfile::tempdir().unwrap();
     let p = fixture_pipeline(dir.path());
-    let store = dir.path().join("rerun");
+    let store = new_store(dir.path(), "rerun");
     palpipe(&store, &["run", p.to_str().unwrap()]).ok();
 
     // The manifest's planted seen workers, in rank order, are the seen users: ranks 3-5
@@ -413,7 +413,7 @@ fn fixtures_plant_what_the_users_stage_finds_and_reruns_equal_a_fresh_store() {
     let mut args = vec!["run", p.to_str().unwrap()];
     args.extend(sets);
     palpipe(&store, &args).ok();
-    let fresh = dir.path().join("fresh");
+    let fresh = new_store(dir.path(), "fresh");
     palpipe(&fresh, &args).ok();
     let (a, b) = (pairs_and_users(&store), pairs_and_users(&fresh));
     assert_eq!(a.0.len(), b.0.len());

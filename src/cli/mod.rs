@@ -43,8 +43,9 @@ pub struct Cli {
     #[arg(long, global = true, env = "PALPIPE_STORE", value_name = "DIR|URI")]
     pub store: Option<PathBuf>,
     /// An option for a store on object storage, KEY=VALUE with lance's key names
-    /// (aws_endpoint, aws_region, aws_access_key_id, allow_http, …); repeat for more. Wins
-    /// over the pipeline's `store_options:` and over the environment (AWS_*, …).
+    /// (aws_endpoint, aws_region, aws_access_key_id, allow_http, …); repeat for more, after
+    /// the command's name. Wins over the pipeline's `store_options:` and over AWS_* variables
+    /// (lance lets AWS_ALLOW_HTTP and OBJECT_STORE_CLIENT_* win over options).
     #[arg(long = "store-option", global = true, value_name = "KEY=VALUE", value_parser = store_option)]
     pub store_options: Vec<(String, String)>,
     /// No status lines or progress bars on stderr (results and errors still print).
@@ -52,6 +53,26 @@ pub struct Cli {
     pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// clap keeps only the `--store-option`s given after the command's name when some come
+/// before it too (a global flag's values are replaced, not merged): refuse that rather
+/// than drop options silently.
+fn check_store_options_kept(cli: &Cli) -> Result<(), CliError> {
+    let given = std::env::args_os()
+        .skip(1)
+        .filter(|a| {
+            let a = a.to_string_lossy();
+            a == "--store-option" || a.starts_with("--store-option=")
+        })
+        .count();
+    if given > cli.store_options.len() {
+        return Err(CliError::usage(anyhow::anyhow!(
+            "{given} --store-option flags given, {} kept: some come before the command's name and some after\nhint: give every --store-option after the command's name (palpipe sql QUERY --store-option K=V …)",
+            cli.store_options.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Reads one `--store-option`: `KEY=VALUE`, the key not empty.
@@ -207,7 +228,15 @@ impl Ctx {
             (None, Some(f)) => f.to_string(),
             (None, None) => "palstore".to_string(),
         };
+        // The pipeline's options, less those a `--store-option` names (in any case: lance
+        // reads `AWS_REGION` and `aws_region` as one key), then the flags.
         let mut options = options.clone();
+        options.retain(|k, _| {
+            !self
+                .store_options
+                .iter()
+                .any(|(flag, _)| flag.eq_ignore_ascii_case(k))
+        });
         options.extend(self.store_options.iter().cloned());
         let location = StoreLocation::parse(&text, &options)?;
         if !location.is_remote() && !self.store_options.is_empty() {
@@ -276,6 +305,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 
 /// Runs the parsed command line.
 pub fn dispatch(cli: Cli) -> Result<(), CliError> {
+    check_store_options_kept(&cli)?;
     let ctx = Ctx {
         store_flag: cli.store,
         store_options: cli.store_options,

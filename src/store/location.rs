@@ -92,23 +92,37 @@ impl StoreLocation {
             return Ok(StoreLocation::Local(PathBuf::from(rest)));
         }
         let Some((_, feature, example)) = SCHEMES.iter().find(|(s, _, _)| *s == scheme) else {
+            let also = if scheme == "abfs" {
+                " (Azure Data Lake: abfss://container@account.dfs.core.windows.net/prefix)"
+            } else {
+                ""
+            };
             return Err(StoreError::Location {
                 store: text.into(),
-                message: format!("unknown storage scheme '{scheme}://'\nhint: a store is a folder or s3://bucket/prefix"),
+                message: format!(
+                    "unknown storage scheme '{scheme}://'{also}\nhint: a store is a folder or a URI this palpipe is built for: {}",
+                    built_schemes()
+                ),
             });
         };
         if !built(feature) {
             return Err(StoreError::Location {
                 store: text.into(),
                 message: format!(
-                    "'{scheme}://' stores are not built into this palpipe (built: {})\nhint: build palpipe with the cargo feature '{feature}' (make release builds aws, gcp and azure), or copy the store to S3 or an S3-compatible server (MinIO, Ceph, R2) and use s3://bucket/prefix",
-                    built_schemes()
+                    "'{scheme}://' stores are not built into this palpipe (built: {})\nhint: build palpipe with the cargo feature '{feature}' (make release builds aws, gcp and azure){}",
+                    built_schemes(),
+                    if built("aws") {
+                        ", or copy the store to S3 or an S3-compatible server (MinIO, Ceph, R2) and use s3://bucket/prefix"
+                    } else {
+                        ""
+                    }
                 ),
             });
         }
         let rest = rest.trim_end_matches('/');
+        // The bucket or container: `abfss://container@account…` names the account after it.
         let bucket = rest.split('/').next().unwrap_or("");
-        if bucket.is_empty() {
+        if bucket.split('@').next().unwrap_or("").is_empty() {
             return Err(StoreError::Location {
                 store: text.into(),
                 message: format!("no bucket in the URI\nhint: {example}"),
@@ -548,6 +562,7 @@ mod tests {
             }
         }
         assert!(parse("s3:///p").is_err());
+        assert!(parse("abfss://@acct.dfs.core.windows.net/p").is_err());
         assert!(parse("ftp://b/p")
             .unwrap_err()
             .to_string()

@@ -18,22 +18,36 @@ pub fn without_source_locations(text: &str) -> String {
 /// An error and its causes on one line, `outer: cause: …`, leaving out a cause whose text the
 /// line already holds (many errors print their source in their own message), each cause
 /// [`without_source_locations`]. What `{e:#}` prints, fit to show a user.
+///
+/// A cause's lines after its first (`hint: …`) go after the whole chain's first line, so
+/// that hints end the message whatever cause gave them.
 pub fn error_chain(e: &anyhow::Error) -> String {
     let mut line = String::new();
+    let mut after = String::new();
     for cause in e.chain() {
         let text = without_source_locations(&cause.to_string());
-        if text.is_empty() || line.contains(&text) {
+        if text.is_empty() || line.contains(&text) || after.contains(&text) {
             continue;
         }
-        if !line.is_empty() {
-            line.push_str(": ");
+        let (first, rest) = match text.split_once('\n') {
+            Some((first, rest)) => (first, Some(rest)),
+            None => (text.as_str(), None),
+        };
+        if !first.is_empty() && !line.contains(first) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(first);
         }
-        line.push_str(&text);
+        if let Some(rest) = rest.filter(|r| !after.contains(*r)) {
+            after.push('\n');
+            after.push_str(rest);
+        }
     }
     if line.is_empty() {
         line = "unknown error".into();
     }
-    line
+    line + &after
 }
 
 fn strip_line(line: &str) -> String {
@@ -149,6 +163,13 @@ mod tests {
             "writing the stage's rows: table 'prompts': IO: No space left on device"
         );
         assert!(format!("{e:#}").contains("structural.rs:190:9"));
+        // A hint of an inner cause ends the message.
+        let inner = anyhow::anyhow!("no store at 's3://b/p'\nhint: run a pipeline");
+        let e = inner.context("opening the store");
+        assert_eq!(
+            super::error_chain(&e),
+            "opening the store: no store at 's3://b/p'\nhint: run a pipeline"
+        );
     }
 
     #[test]

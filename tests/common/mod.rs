@@ -196,7 +196,26 @@ impl MotoServer {
             "getting {bucket}/{key}: {head}"
         );
         assert!(!head.contains("transfer-encoding: chunked"), "{head}");
-        reply[split + 4..].to_vec()
+        let body = reply[split + 4..].to_vec();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        assert_eq!(
+            length,
+            Some(body.len()),
+            "getting {bucket}/{key}: a whole body"
+        );
+        body
+    }
+}
+
+/// Whether anything is stored at `store`: the folder exists, or (an `s3://` store) an
+/// object is under its prefix.
+pub fn store_exists(store: &Path) -> bool {
+    match store.to_str().filter(|s| s.starts_with("s3://")) {
+        Some(_) => !store_keys(store, "").is_empty(),
+        None => store.exists(),
     }
 }
 
