@@ -117,43 +117,21 @@ impl MotoServer {
 
     /// Creates bucket `name` (an unsigned `PUT /name`: moto does not check signatures).
     pub fn create_bucket(&self, name: &str) {
-        use std::io::{Read, Write};
-        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("reach moto");
-        tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-            .unwrap();
-        write!(
-            tcp,
-            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .unwrap();
-        let mut reply = String::new();
-        let _ = tcp.read_to_string(&mut reply);
+        let (head, body) = self.exchange(&format!("PUT /{name}"), "Content-Length: 0\r\n");
         assert!(
-            reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"),
-            "creating bucket {name}: {reply}"
+            head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+            "creating bucket {name}: {head}\n{}",
+            String::from_utf8_lossy(&body)
         );
     }
-}
 
-impl MotoServer {
     /// The keys under `prefix` in `bucket` (an unsigned ListObjectsV2), sorted.
     pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
-        use std::io::{Read, Write};
-        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("reach moto");
-        tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-            .unwrap();
-        write!(
-            tcp,
-            "GET /{bucket}?list-type=2&prefix={prefix} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .unwrap();
-        let mut reply = String::new();
-        let _ = tcp.read_to_string(&mut reply);
+        let (head, body) = self.exchange(&format!("GET /{bucket}?list-type=2&prefix={prefix}"), "");
+        let reply = String::from_utf8_lossy(&body);
         assert!(
-            reply.starts_with("HTTP/1.1 200"),
-            "listing {bucket}: {reply}"
+            head.starts_with("HTTP/1.1 200"),
+            "listing {bucket}: {head}\n{reply}"
         );
         assert!(
             !reply.contains("<IsTruncated>true</IsTruncated>"),
@@ -168,35 +146,20 @@ impl MotoServer {
         keys.sort();
         keys
     }
-}
 
-impl MotoServer {
     /// The bytes of `key` in `bucket` (a GetObject with a dummy signature: moto refuses an
     /// anonymous read of a private object, and does not check signatures).
     pub fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
-        use std::io::{Read, Write};
-        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("reach moto");
-        tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-            .unwrap();
-        write!(
-            tcp,
-            "GET /{bucket}/{key} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\nx-amz-date: 20260101T000000Z\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .unwrap();
-        let mut reply = Vec::new();
-        let _ = tcp.read_to_end(&mut reply);
-        let split = reply
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("an HTTP reply");
-        let head = String::from_utf8_lossy(&reply[..split]).to_ascii_lowercase();
+        let (head, body) = self.exchange(
+            &format!("GET /{bucket}/{key}"),
+            "Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0\r\nx-amz-date: 20260101T000000Z\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\n",
+        );
+        let head = head.to_ascii_lowercase();
         assert!(
             head.starts_with("http/1.1 200"),
             "getting {bucket}/{key}: {head}"
         );
         assert!(!head.contains("transfer-encoding: chunked"), "{head}");
-        let body = reply[split + 4..].to_vec();
         let length = head
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
@@ -207,6 +170,31 @@ impl MotoServer {
             "getting {bucket}/{key}: a whole body"
         );
         body
+    }
+
+    /// One HTTP/1.1 request to the server, closed after the reply: `request` is the first
+    /// line's method and target, `headers` more header lines (each ending in CRLF). Returns
+    /// the reply's status line and headers, and its body.
+    fn exchange(&self, request: &str, headers: &str) -> (String, Vec<u8>) {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("reach moto");
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            tcp,
+            "{request} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{headers}Connection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut reply = Vec::new();
+        let _ = tcp.read_to_end(&mut reply);
+        let split = reply
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(reply.len());
+        let head = String::from_utf8_lossy(&reply[..split]).into_owned();
+        let body = reply.get(split + 4..).unwrap_or_default().to_vec();
+        (head, body)
     }
 }
 
