@@ -288,11 +288,9 @@ pub fn open_device(name: &str) -> Result<candle_core::Device, CliError> {
     })
 }
 
-/// An error and its causes on one line, `outer: cause: …`, leaving out a cause whose text the
-/// line already holds (many errors print their source in their own message), and without
-/// the Rust source locations dependencies put in their messages.
+/// An error as a user reads it: `outer: cause: …` on one line, then any hints on their own
+/// lines (see [`crate::store::messages::error_chain`], which this names for the CLI).
 pub fn render_error(e: &anyhow::Error) -> String {
-    // Dependencies (Lance above all) append the Rust source file that raised an error.
     crate::store::messages::error_chain(e)
 }
 

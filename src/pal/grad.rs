@@ -10,14 +10,21 @@
 //! is kept for a backward pass changes. The switch is the calling thread's: a thread started
 //! inside [`without_grad`] tracks again (none is; candle's own worker threads never call
 //! [`param`]).
+//!
+//! Also here: the [`GradTape`] a training step records its fused layers' weight and bias
+//! gradients on, past candle's gradient store (see there).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::sync::{Arc, Mutex};
 
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 thread_local! {
     /// False inside [`without_grad`] on this thread.
     static TRACKING: Cell<bool> = const { Cell::new(true) };
+    /// The tape layers built on this thread record on, inside [`GradTape::record`].
+    static TAPE: RefCell<Option<GradTape>> = const { RefCell::new(None) };
 }
 
 /// A parameter as it enters a computation: the variable itself (gradients reach it), or
@@ -43,6 +50,77 @@ pub(crate) fn without_grad<T>(f: impl FnOnce() -> T) -> T {
     }
     let _restore = Restore(TRACKING.with(|t| t.replace(false)));
     f()
+}
+
+/// Parameter gradients handed straight to the optimizer instead of through candle's
+/// backward pass.
+///
+/// candle's backward pass sums every gradient it is given into a tensor it starts from
+/// `zeros_like` (`0 + g`): for a `[1024, 1024]` weight that is two fresh 4 MiB tensors, a
+/// memset and an addition each step, per weight. A fused layer built inside
+/// [`GradTape::record`] returns no gradient for its weight and bias to candle and records
+/// them here instead; after `backward`, [`GradTape::drain_into`] puts them into the gradient
+/// store under their variables, so the optimizer reads them as before. A parameter used by
+/// several layers is summed here in the order candle's pass would sum it, so the values are
+/// candle's; the only difference is that a gradient of −0 stays −0 (candle's `0 + g` makes it
+/// +0), which no optimizer step can tell apart. One tape per step: the tape holds the
+/// gradients of the last backward pass over layers built while it recorded.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GradTape(Arc<Mutex<Vec<(Tensor, Tensor)>>>);
+
+impl GradTape {
+    /// Runs `f` with this tape current on this thread: fused layers built inside record their
+    /// parameters' gradients on it. The previous tape comes back when `f` returns or unwinds.
+    pub(crate) fn record<T>(&self, f: impl FnOnce() -> T) -> T {
+        /// Restores the previous tape when dropped.
+        struct Restore(Option<GradTape>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                TAPE.with(|t| *t.borrow_mut() = self.0.take());
+            }
+        }
+        let _restore = Restore(TAPE.with(|t| t.borrow_mut().replace(self.clone())));
+        f()
+    }
+
+    /// The tape current on this thread, if any ([`GradTape::record`]).
+    pub(crate) fn current() -> Option<GradTape> {
+        TAPE.with(|t| t.borrow().clone())
+    }
+
+    /// Adds `grad` to what the tape holds for the variable `param` (the first gradient as it
+    /// is, later ones summed onto it).
+    pub(crate) fn add(&self, param: &Tensor, grad: Tensor) -> candle_core::Result<()> {
+        let mut held = self
+            .0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("gradient tape poisoned".into()))?;
+        match held.iter_mut().find(|(p, _)| p.id() == param.id()) {
+            Some((_, sum)) => *sum = sum.add(&grad)?,
+            None => held.push((param.clone(), grad)),
+        }
+        Ok(())
+    }
+
+    /// Moves the tape's gradients into `grads` under their variables, emptying the tape; a
+    /// variable `grads` already holds a gradient for (a use outside the fused layers) gets
+    /// the sum.
+    pub(crate) fn drain_into(&self, grads: &mut GradStore) -> candle_core::Result<()> {
+        let held = std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("gradient tape poisoned".into()))?,
+        );
+        for (param, grad) in held {
+            let sum = match grads.remove(&param) {
+                Some(other) => other.add(&grad)?,
+                None => grad,
+            };
+            grads.insert(&param, sum);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::config::{Activation, Arch};
 use super::error::Result;
-use super::grad::param;
+use super::grad::{param, GradTape};
 
 /// A tensor of `shape` with entries U(−bound, bound) from `rng`.
 pub(crate) fn uniform(
@@ -60,6 +60,7 @@ impl Linear {
             mask,
             relu,
             relu_open: std::sync::OnceLock::new(),
+            tape: GradTape::current(),
         };
         Ok(x.apply_op3(&param(&self.weight), &param(&self.bias), op)?)
     }
@@ -104,13 +105,17 @@ impl candle_core::CustomOp2 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let dw = grad.t()?.matmul(x)?; // [out, n] · [n, in] = [out, in]
+        // No dW for a detached weight (evaluation, or features the projector is frozen for).
+        let dw = match w.track_op() {
+            true => Some(grad.t()?.matmul(x)?), // [out, n] · [n, in] = [out, in]
+            false => None,
+        };
         let dx = if x.track_op() {
             Some(grad.matmul(w)?) // [n, out] · [out, in] = [n, in]
         } else {
             None
         };
-        Ok((dx, Some(dw)))
+        Ok((dx, dw))
     }
 }
 
@@ -150,6 +155,9 @@ struct FusedLinear {
     /// Set by the forward: 1 where ReLU's input was ≥ 0 (candle's ReLU gradient passes
     /// there), for the backward.
     relu_open: std::sync::OnceLock<Vec<u8>>,
+    /// Where the weight's and bias's gradients go when the layer was built inside
+    /// [`GradTape::record`] (training); otherwise they go back to candle.
+    tape: Option<GradTape>,
 }
 
 /// The f32 values a CPU storage holds for a contiguous layout.
@@ -213,7 +221,7 @@ impl candle_core::CustomOp3 for FusedLinear {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
@@ -247,14 +255,25 @@ impl candle_core::CustomOp3 for FusedLinear {
             )
         };
         let g = Tensor::from_vec(g, grad.dims(), grad.device())?;
-        let db = Tensor::from_vec(db, width, g.device())?;
-        let dw = g.t()?.matmul(x)?; // [out, n] · [n, in] = [out, in]
         let dx = if x.track_op() {
             Some(g.matmul(w)?) // [n, out] · [out, in] = [n, in]
         } else {
             None
         };
-        Ok((dx, Some(dw), Some(db)))
+        // A detached weight and bias (the projector frozen) get no gradient.
+        if !w.track_op() && !b.track_op() {
+            return Ok((dx, None, None));
+        }
+        let db = Tensor::from_vec(db, width, g.device())?;
+        let dw = g.t()?.matmul(x)?; // [out, n] · [n, in] = [out, in]
+        match &self.tape {
+            Some(tape) if w.is_variable() && b.is_variable() => {
+                tape.add(w, dw)?;
+                tape.add(b, db)?;
+                Ok((dx, None, None))
+            }
+            _ => Ok((dx, Some(dw), Some(db))),
+        }
     }
 }
 
@@ -493,6 +512,109 @@ mod tests {
             }
             // Not vacuous: the output is not all zeros.
             assert!(fused[0].iter().any(|v| *v != 0.0));
+        }
+    }
+
+    /// Gradients recorded on a [`GradTape`] equal the ones candle's backward pass returns
+    /// without it, value for value (−0 and +0 count as equal: the tape skips candle's `0 + g`),
+    /// when the same projector runs twice in one graph (its gradients summed over both uses)
+    /// and with dropout; before the tape is drained candle's store holds none of them, and
+    /// the drained tape is empty.
+    #[test]
+    fn a_gradient_tape_gives_candles_gradients() {
+        let arch: Arch = "mlp2-relu-dropout5-residual".parse().unwrap();
+        let mut init = ChaCha8Rng::seed_from_u64(21);
+        let p = Projector::new(&arch, 16, 16, &mut init, DType::F32, &Device::Cpu).unwrap();
+        let a = uniform(&mut init, &[7, 16], 2.0, DType::F32, &Device::Cpu).unwrap();
+        let b = uniform(&mut init, &[5, 16], 2.0, DType::F32, &Device::Cpu).unwrap();
+        let c = uniform(&mut init, &[12, 16], 1.0, DType::F32, &Device::Cpu).unwrap();
+        let vars: Vec<Tensor> = p
+            .named_vars("f")
+            .into_iter()
+            .map(|(_, v)| v.as_tensor().clone())
+            .collect();
+        let run = |tape: Option<&GradTape>| {
+            let mut rng = ChaCha8Rng::seed_from_u64(8);
+            let mut forward = || {
+                let ya = p.forward(&a, Some(&mut rng)).unwrap();
+                let yb = p.forward(&b, Some(&mut rng)).unwrap();
+                Tensor::cat(&[&ya, &yb], 0).unwrap()
+            };
+            let y = match tape {
+                Some(t) => t.record(forward),
+                None => forward(),
+            };
+            let mut grads = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
+            if let Some(t) = tape {
+                for v in &vars {
+                    assert!(
+                        grads.get(v).is_none(),
+                        "recorded on the tape, not in candle's"
+                    );
+                }
+                t.drain_into(&mut grads).unwrap();
+                let ids = |g: &candle_core::backprop::GradStore| {
+                    vars.iter()
+                        .map(|v| g.get(v).unwrap().id())
+                        .collect::<Vec<_>>()
+                };
+                let before = ids(&grads);
+                t.drain_into(&mut grads).unwrap();
+                assert_eq!(ids(&grads), before, "a drained tape adds nothing");
+            }
+            vars.iter()
+                .map(|v| {
+                    grads
+                        .get(v)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        let tape = GradTape::default();
+        let (taped, plain) = (run(Some(&tape)), run(None));
+        assert_eq!(taped, plain);
+        assert!(plain.iter().all(|g| g.iter().any(|v| *v != 0.0)));
+        // Outside `record`, layers give their gradients back to candle.
+        assert!(GradTape::current().is_none());
+    }
+
+    /// With the projector frozen (its parameters detached by [`super::super::grad::without_grad`]),
+    /// an input that is a variable gets the same gradient as with the projector trained, and
+    /// no parameter gets one.
+    #[test]
+    fn a_frozen_projector_passes_the_input_gradient_alone() {
+        use super::super::grad::without_grad;
+        let arch: Arch = "mlp2-relu-dropout0-residual".parse().unwrap();
+        let mut init = ChaCha8Rng::seed_from_u64(5);
+        let p = Projector::new(&arch, 16, 16, &mut init, DType::F32, &Device::Cpu).unwrap();
+        let x =
+            Var::from_tensor(&uniform(&mut init, &[6, 16], 2.0, DType::F32, &Device::Cpu).unwrap())
+                .unwrap();
+        let c = uniform(&mut init, &[6, 16], 1.0, DType::F32, &Device::Cpu).unwrap();
+        let grads = |frozen: bool| {
+            let y = match frozen {
+                true => without_grad(|| p.forward(x.as_tensor(), None).unwrap()),
+                false => p.forward(x.as_tensor(), None).unwrap(),
+            };
+            (&y * &c).unwrap().sum_all().unwrap().backward().unwrap()
+        };
+        let (frozen, trained) = (grads(true), grads(false));
+        let dx = |g: &candle_core::backprop::GradStore| {
+            g.get(x.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(dx(&frozen), dx(&trained));
+        for (name, v) in p.named_vars("f") {
+            assert!(frozen.get(v.as_tensor()).is_none(), "{name}");
+            assert!(trained.get(v.as_tensor()).is_some(), "{name}");
         }
     }
 

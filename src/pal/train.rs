@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{ModelConfig, Select, TrainConfig};
 use super::data::ComparisonSet;
 use super::error::Result;
+use super::grad::GradTape;
 use super::loss;
 use super::model::{rng, stream, Group, PalModel};
 use super::optim::AdamW;
@@ -182,7 +183,9 @@ fn train_dtype(
             let users = Tensor::new(batch.users.as_slice(), &model.device)?;
             let logits = model.logits.as_tensor().index_select(&users, 0)?; // [Uu, K]
             let w = model.train_mixture(&logits)?;
-            let (m, penalty) = model.margins(&batch, &w, Some(&mut dropout_rng))?;
+            // The projectors' weight and bias gradients go straight to the optimizer.
+            let tape = GradTape::default();
+            let (m, penalty) = tape.record(|| model.margins(&batch, &w, Some(&mut dropout_rng)))?;
             let t = loss::agreement(&m, &batch.y)?;
             let per = loss::per_comparison(model.cfg.loss, &t)?;
             let mut l = loss::weighted_mean(&per, &batch.weights)?;
@@ -191,7 +194,8 @@ fn train_dtype(
             }
             dev.synchronize()?;
             let t2 = Instant::now();
-            let grads = l.backward()?;
+            let mut grads = l.backward()?;
+            tape.drain_into(&mut grads)?;
             dev.synchronize()?;
             let t3 = Instant::now();
             opt.step(&grads, &batch.users)?;

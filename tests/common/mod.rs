@@ -201,19 +201,27 @@ impl MotoServer {
 /// Whether anything is stored at `store`: the folder exists, or (an `s3://` store) an
 /// object is under its prefix.
 pub fn store_exists(store: &Path) -> bool {
-    match store.to_str().filter(|s| s.starts_with("s3://")) {
+    match s3_parts(store) {
         Some(_) => !store_keys(store, "").is_empty(),
         None => store.exists(),
     }
 }
 
+/// The bucket and prefix of an `s3://bucket/prefix` store; `None` for a folder store.
+fn s3_parts(store: &Path) -> Option<(&str, &str)> {
+    let uri = store.to_str()?.strip_prefix("s3://")?;
+    Some(
+        uri.split_once('/')
+            .expect("an s3:// test store has a prefix"),
+    )
+}
+
 /// The folder `rel` of `store` as a local folder: the store's own for a folder store; for
 /// an `s3://` store, a copy of every object under it, made under `into`.
 pub fn local_copy(store: &Path, rel: &str, into: &Path) -> PathBuf {
-    let Some(uri) = store.to_str().and_then(|s| s.strip_prefix("s3://")) else {
+    let Some((bucket, prefix)) = s3_parts(store) else {
         return store.join(rel);
     };
-    let (bucket, prefix) = uri.split_once('/').unwrap();
     let local = into.join(format!("copy-{}", rel.replace('/', "-")));
     for key in store_keys(store, &format!("{}/", rel.trim_end_matches('/'))) {
         let file = local.join(&key[rel.trim_end_matches('/').len() + 1..]);
@@ -233,8 +241,7 @@ pub fn moto() -> &'static MotoServer {
 /// The keys of an `s3://bucket/prefix` store under its `rel` (relative to the store),
 /// each relative to the store.
 pub fn store_keys(store: &Path, rel: &str) -> Vec<String> {
-    let uri = store.to_str().unwrap().strip_prefix("s3://").unwrap();
-    let (bucket, prefix) = uri.split_once('/').unwrap();
+    let (bucket, prefix) = s3_parts(store).expect("an s3:// store");
     moto()
         .keys(bucket, &format!("{prefix}/{rel}"))
         .into_iter()
