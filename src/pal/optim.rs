@@ -179,17 +179,10 @@ impl Slot {
 }
 
 /// Float types the update runs in.
-trait Float:
-    candle_core::WithDType
-    + Send
-    + Sync
-    + std::ops::Add<Output = Self>
-    + std::ops::Sub<Output = Self>
-    + std::ops::Mul<Output = Self>
-    + std::ops::Div<Output = Self>
-{
+trait Float: candle_core::WithDType + Send + Sync {
     fn of(v: f64) -> Self;
-    fn sqrt(self) -> Self;
+    /// The kernel of one AdamW step in this type ([`palpipe_kernels::adamw_f32`]).
+    fn adamw(p: &mut [Self], g: &[Self], m: &mut [Self], v: &mut [Self], k: &Coeffs<Self>);
     fn slice(s: &CpuStorage) -> Option<&[Self]>;
     fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
 }
@@ -198,8 +191,8 @@ impl Float for f32 {
     fn of(v: f64) -> Self {
         v as f32
     }
-    fn sqrt(self) -> Self {
-        f32::sqrt(self)
+    fn adamw(p: &mut [Self], g: &[Self], m: &mut [Self], v: &mut [Self], k: &Coeffs<Self>) {
+        palpipe_kernels::adamw_f32(p, g, m, v, k)
     }
     fn slice(s: &CpuStorage) -> Option<&[Self]> {
         match s {
@@ -219,8 +212,8 @@ impl Float for f64 {
     fn of(v: f64) -> Self {
         v
     }
-    fn sqrt(self) -> Self {
-        f64::sqrt(self)
+    fn adamw(p: &mut [Self], g: &[Self], m: &mut [Self], v: &mut [Self], k: &Coeffs<Self>) {
+        palpipe_kernels::adamw_f64(p, g, m, v, k)
     }
     fn slice(s: &CpuStorage) -> Option<&[Self]> {
         match s {
@@ -288,7 +281,7 @@ impl<T: Float> candle_core::InplaceOp2 for Update<'_, T> {
             candle_core::bail!("pal-adamw: shape mismatch")
         }
         for (range, step) in &self.ranges {
-            let k = Coeffs::new(*step, self.lr, self.wd);
+            let k = coeffs::<T>(*step, self.lr, self.wd);
             let r = range.clone();
             update_par(
                 &mut p[r.clone()],
@@ -302,32 +295,22 @@ impl<T: Float> candle_core::InplaceOp2 for Update<'_, T> {
     }
 }
 
-/// The per-step constants of the update.
-struct Coeffs<T> {
-    decay: T,
-    b1: T,
-    one_m_b1: T,
-    b2: T,
-    one_m_b2: T,
-    step_size: T,
-    inv_bc2_sqrt: T,
-    eps: T,
-}
+/// The per-step constants of the update (the kernel's type).
+type Coeffs<T> = palpipe_kernels::AdamWCoeffs<T>;
 
-impl<T: Float> Coeffs<T> {
-    fn new(step: u64, lr: f64, wd: f64) -> Self {
-        let bc1 = 1.0 - BETA1.powi(step as i32);
-        let bc2 = 1.0 - BETA2.powi(step as i32);
-        Coeffs {
-            decay: T::of(1.0 - lr * wd),
-            b1: T::of(BETA1),
-            one_m_b1: T::of(1.0 - BETA1),
-            b2: T::of(BETA2),
-            one_m_b2: T::of(1.0 - BETA2),
-            step_size: T::of(lr / bc1),
-            inv_bc2_sqrt: T::of(1.0 / bc2.sqrt()),
-            eps: T::of(EPS),
-        }
+/// The constants of step `step` (from 1) at learning rate `lr` and weight decay `wd`.
+fn coeffs<T: Float>(step: u64, lr: f64, wd: f64) -> Coeffs<T> {
+    let bc1 = 1.0 - BETA1.powi(step as i32);
+    let bc2 = 1.0 - BETA2.powi(step as i32);
+    Coeffs {
+        decay: T::of(1.0 - lr * wd),
+        b1: T::of(BETA1),
+        one_m_b1: T::of(1.0 - BETA1),
+        b2: T::of(BETA2),
+        one_m_b2: T::of(1.0 - BETA2),
+        step_size: T::of(lr / bc1),
+        inv_bc2_sqrt: T::of(1.0 / bc2.sqrt()),
+        eps: T::of(EPS),
     }
 }
 
@@ -362,15 +345,10 @@ fn threads() -> usize {
     })
 }
 
-/// The AdamW update of one contiguous run of elements.
-#[inline(never)]
+/// The AdamW update of one contiguous run of elements: the kernels crate's loop, built at
+/// opt-level 3 (vectorised) even in the dev profile.
 fn update<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: &Coeffs<T>) {
-    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        *m = k.b1 * *m + k.one_m_b1 * g;
-        *v = k.b2 * *v + k.one_m_b2 * (g * g);
-        let denom = v.sqrt() * k.inv_bc2_sqrt + k.eps;
-        *p = *p * k.decay - k.step_size * (*m / denom);
-    }
+    T::adamw(p, g, m, v, k)
 }
 
 #[cfg(test)]

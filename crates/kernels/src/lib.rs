@@ -3,15 +3,18 @@
 //! for compile time (the root `Cargo.toml` sets this crate's level).
 //!
 //! Owns: the epilogue of a PAL projector layer (bias, dropout, ReLU) forward and backward,
-//! inverted-dropout masks, and PAL-B margins in evaluation mode ([`pal_b_margins`]). Each
+//! inverted-dropout masks, PAL-B margins in evaluation mode ([`pal_b_margins`]), and the
+//! AdamW update ([`adamw_f32`]). Each
 //! function computes the same f32 operations, in the same order, as the composed candle ops
 //! it stands in for, so results are equal bit for bit (palpipe's `pal::mlp` and `pal::model`
 //! tests check this against candle). One exception, stated in [`pal_b_margins`]'s module:
 //! in a build where candle uses MKL's vector math, its margins may differ in the last bits.
 //! No candle here: plain slices.
 
+mod adamw;
 mod margins;
 
+pub use adamw::{adamw_f32, adamw_f64, AdamWCoeffs};
 pub use margins::{pal_b_margins, sum_like_candle, sums_like_candle, PalBBatch, NORM_EPS2};
 
 use rand_chacha::rand_core::RngCore;
