@@ -310,8 +310,11 @@ fn fit_gd(
     let all_rows: Vec<u32> = (0..n_users as u32).collect();
     for _ in 0..steps {
         let l = logits.as_tensor();
-        let w = model.train_mixture(&l.index_select(&users, 0)?)?;
-        let (m, penalty) = model.margins_from(&feats, &batch, &w, None)?;
+        // The model's parameters are frozen here: only the logits (not a `param`) track.
+        let (m, penalty) = without_grad(|| {
+            let w = model.train_mixture(&l.index_select(&users, 0)?)?;
+            model.margins_from(&feats, &batch, &w, None)
+        })?;
         let per = loss::per_comparison(model.cfg.loss, &loss::agreement(&m, &batch.y)?)?;
         let obj = match est {
             // The original objective: the mean loss (with unequal weights, each user's
@@ -490,7 +493,7 @@ pub(super) fn shot_loglik(
         for (j, w) in ws.iter().enumerate() {
             let flat: Vec<f64> = (0..uu).flat_map(|_| w.iter().copied()).collect();
             let wt = Tensor::from_vec(flat, (uu, k), &model.device)?.to_dtype(model.dtype)?;
-            let (mg, _) = model.margins_from(&feats, &batch, &wt, None)?;
+            let (mg, _) = without_grad(|| model.margins_from(&feats, &batch, &wt, None))?;
             let per = loss::per_comparison(model.cfg.loss, &loss::agreement(&mg, &batch.y)?)?
                 .to_dtype(DType::F64)?
                 .to_vec1::<f64>()?;
@@ -744,7 +747,9 @@ fn fit_offsets(
             opt.set_lr(cfg.lr * (1.0 - step as f64 / cfg.steps as f64));
             let et = e.as_tensor();
             let delta = (et.index_select(&users, 0)? * rho)?;
-            let (m, _) = model.margins_offset(&feats, &batch, &w, Some(&delta), None)?;
+            // Frozen parameters: only δ tracks.
+            let (m, _) =
+                without_grad(|| model.margins_offset(&feats, &batch, &w, Some(&delta), None))?;
             let per = loss::per_comparison(model.cfg.loss, &loss::agreement(&m, &batch.y)?)?;
             // Each user's shots and ridge term divided by their own c_u (`loss::UserScale`).
             let sum = scale.sum(&per)?;

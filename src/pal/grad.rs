@@ -61,10 +61,13 @@ pub(crate) fn without_grad<T>(f: impl FnOnce() -> T) -> T {
 /// [`GradTape::record`] returns no gradient for its weight and bias to candle and records
 /// them here instead; after `backward`, [`GradTape::drain_into`] puts them into the gradient
 /// store under their variables, so the optimizer reads them as before. A parameter used by
-/// several layers is summed here in the order candle's pass would sum it, so the values are
-/// candle's; the only difference is that a gradient of −0 stays −0 (candle's `0 + g` makes it
-/// +0), which no optimizer step can tell apart. One tape per step: the tape holds the
-/// gradients of the last backward pass over layers built while it recorded.
+/// several fused layers built under the tape is summed here in the order candle's pass would
+/// sum it, so the values are candle's; the only difference is that a gradient of −0 stays −0
+/// (candle's `0 + g` makes it +0), which an AdamW step cannot tell apart in practice. A
+/// parameter also used outside fused layers gets candle's sum plus the tape's, which may
+/// differ from candle's order in the last bits (no PAL model does this). The tape sums every
+/// backward pass since it was last drained: use one tape per step and drain it after
+/// `backward`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct GradTape(Arc<Mutex<Vec<(Tensor, Tensor)>>>);
 

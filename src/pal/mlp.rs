@@ -105,7 +105,7 @@ impl candle_core::CustomOp2 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        // No dW for a detached weight (evaluation, or features the projector is frozen for).
+        // No dW for a detached weight (a projector frozen while its input is trained).
         let dw = match w.track_op() {
             true => Some(grad.t()?.matmul(x)?), // [out, n] · [n, in] = [out, in]
             false => None,
@@ -144,7 +144,8 @@ fn linear_fwd<S: candle_core::backend::BackendStorage>(
 ///
 /// The numbers are those of the composed ops (`LinearOp`, `broadcast_add`, `mul`, `relu`)
 /// bit for bit, forward and backward: the same f32 operations in the same order, including
-/// candle's gradient accumulation (`0 + g`, which only turns −0 into +0). What it saves is
+/// candle's gradient accumulation (`0 + g`, which only turns −0 into +0), except that under
+/// a [`GradTape`] the weight's and bias's gradients skip that accumulation. What it saves is
 /// the composed graph's intermediate tensors: each of the three extra nodes allocated and
 /// swept an `[n, out]` tensor forward and several backward (candle starts every gradient
 /// from `zeros_like` and adds to it), which was a large part of a training step.
@@ -268,8 +269,9 @@ impl candle_core::CustomOp3 for FusedLinear {
         let dw = g.t()?.matmul(x)?; // [out, n] · [n, in] = [out, in]
         match &self.tape {
             Some(tape) if w.is_variable() && b.is_variable() => {
-                tape.add(w, dw)?;
-                tape.add(b, db)?;
+                // Detached: the tape must not hold this step's graph (x's op) alive.
+                tape.add(w, dw.detach())?;
+                tape.add(b, db.detach())?;
                 Ok((dx, None, None))
             }
             _ => Ok((dx, Some(dw), Some(db))),
@@ -584,37 +586,45 @@ mod tests {
 
     /// With the projector frozen (its parameters detached by [`super::super::grad::without_grad`]),
     /// an input that is a variable gets the same gradient as with the projector trained, and
-    /// no parameter gets one.
+    /// the gradient store holds none for the detached weights (a layer that still computed
+    /// dW for them would leave it there), on the fused path and the composed one.
     #[test]
     fn a_frozen_projector_passes_the_input_gradient_alone() {
         use super::super::grad::without_grad;
         let arch: Arch = "mlp2-relu-dropout0-residual".parse().unwrap();
         let mut init = ChaCha8Rng::seed_from_u64(5);
         let p = Projector::new(&arch, 16, 16, &mut init, DType::F32, &Device::Cpu).unwrap();
-        let x =
-            Var::from_tensor(&uniform(&mut init, &[6, 16], 2.0, DType::F32, &Device::Cpu).unwrap())
-                .unwrap();
+        let x = uniform(&mut init, &[6, 16], 2.0, DType::F32, &Device::Cpu).unwrap();
+        let x = Var::from_tensor(&x).unwrap();
         let c = uniform(&mut init, &[6, 16], 1.0, DType::F32, &Device::Cpu).unwrap();
-        let grads = |frozen: bool| {
-            let y = match frozen {
-                true => without_grad(|| p.forward(x.as_tensor(), None).unwrap()),
-                false => p.forward(x.as_tensor(), None).unwrap(),
+        for fused in [true, false] {
+            let grads = |frozen: bool| {
+                let forward = || p.forward_path(x.as_tensor(), None, fused).unwrap();
+                let y = match frozen {
+                    true => without_grad(forward),
+                    false => forward(),
+                };
+                (&y * &c).unwrap().sum_all().unwrap().backward().unwrap()
             };
-            (&y * &c).unwrap().sum_all().unwrap().backward().unwrap()
-        };
-        let (frozen, trained) = (grads(true), grads(false));
-        let dx = |g: &candle_core::backprop::GradStore| {
-            g.get(x.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-        };
-        assert_eq!(dx(&frozen), dx(&trained));
-        for (name, v) in p.named_vars("f") {
-            assert!(frozen.get(v.as_tensor()).is_none(), "{name}");
-            assert!(trained.get(v.as_tensor()).is_some(), "{name}");
+            let (frozen, trained) = (grads(true), grads(false));
+            let dx = |g: &candle_core::backprop::GradStore| {
+                let t = g.get(x.as_tensor()).unwrap();
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            };
+            assert_eq!(dx(&frozen), dx(&trained), "fused {fused}");
+            let vars = p.named_vars("f");
+            for (name, v) in &vars {
+                assert!(trained.get(v.as_tensor()).is_some(), "{name}");
+            }
+            // None for the detached copies: of the weights and biases on the fused path, of
+            // the weights on the composed one (there candle's own `broadcast_add` still
+            // gives the detached biases a gradient).
+            let skipped = if fused { vars.len() } else { vars.len() / 2 };
+            assert_eq!(
+                frozen.get_ids().count(),
+                trained.get_ids().count() - skipped,
+                "fused {fused}"
+            );
         }
     }
 

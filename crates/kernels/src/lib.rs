@@ -4,11 +4,12 @@
 //!
 //! Owns: the epilogue of a PAL projector layer (bias, dropout, ReLU) forward and backward,
 //! inverted-dropout masks, PAL-B margins in evaluation mode ([`pal_b_margins`]), and the
-//! AdamW update ([`adamw_f32`]). Each
-//! function computes the same f32 operations, in the same order, as the composed candle ops
-//! it stands in for, so results are equal bit for bit (palpipe's `pal::mlp` and `pal::model`
-//! tests check this against candle). One exception, stated in [`pal_b_margins`]'s module:
-//! in a build where candle uses MKL's vector math, its margins may differ in the last bits.
+//! AdamW update ([`adamw_f32`]). Each function computes the same operations, in the same
+//! order, as the code it stands in for, so results are equal bit for bit: palpipe's
+//! `pal::mlp` and `pal::model` tests check the epilogue, masks and margins against candle's
+//! ops and element-by-element draws; AdamW, palpipe's former loop, is checked against the
+//! formula here. One exception, stated in [`pal_b_margins`]'s module: in a build where candle
+//! uses MKL's vector math, its margins may differ in the last bits.
 //! No candle here: plain slices.
 
 mod adamw;
