@@ -94,10 +94,7 @@ impl GradTape {
     /// Adds `grad` to what the tape holds for the variable `param` (the first gradient as it
     /// is, later ones summed onto it).
     pub(crate) fn add(&self, param: &Tensor, grad: Tensor) -> candle_core::Result<()> {
-        let mut held = self
-            .0
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("gradient tape poisoned".into()))?;
+        let mut held = self.held()?;
         match held.iter_mut().find(|(p, _)| p.id() == param.id()) {
             Some((_, sum)) => *sum = sum.add(&grad)?,
             None => held.push((param.clone(), grad)),
@@ -109,12 +106,7 @@ impl GradTape {
     /// variable `grads` already holds a gradient for (a use outside the fused layers) gets
     /// the sum.
     pub(crate) fn drain_into(&self, grads: &mut GradStore) -> candle_core::Result<()> {
-        let held = std::mem::take(
-            &mut *self
-                .0
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("gradient tape poisoned".into()))?,
-        );
+        let held = std::mem::take(&mut *self.held()?);
         for (param, grad) in held {
             let sum = match grads.remove(&param) {
                 Some(other) => other.add(&grad)?,
@@ -123,6 +115,13 @@ impl GradTape {
             grads.insert(&param, sum);
         }
         Ok(())
+    }
+
+    /// The (parameter, gradient) pairs the tape holds, locked.
+    fn held(&self) -> candle_core::Result<std::sync::MutexGuard<'_, Vec<(Tensor, Tensor)>>> {
+        self.0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("gradient tape poisoned".into()))
     }
 }
 

@@ -314,12 +314,13 @@ fn coeffs<T: Float>(step: u64, lr: f64, wd: f64) -> Coeffs<T> {
     }
 }
 
-/// [`update`] split into contiguous chunks on separate threads for large parameters.
+/// One AdamW step ([`Float::adamw`], the kernels crate's loop, built at opt-level 3 even in
+/// the dev profile) split into contiguous chunks on separate threads for large parameters.
 fn update_par<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: &Coeffs<T>) {
     let n = p.len();
     let threads = threads();
     if n < PARALLEL_MIN || threads < 2 {
-        update(p, g, m, v, k);
+        T::adamw(p, g, m, v, k);
         return;
     }
     let chunk = n.div_ceil(threads);
@@ -330,7 +331,7 @@ fn update_par<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: &Coef
             .zip(m.chunks_mut(chunk))
             .zip(v.chunks_mut(chunk));
         for (((p, g), m), v) in parts {
-            s.spawn(move || update(p, g, m, v, k));
+            s.spawn(move || T::adamw(p, g, m, v, k));
         }
     });
 }
@@ -343,12 +344,6 @@ fn threads() -> usize {
             .unwrap_or(1)
             .min(8)
     })
-}
-
-/// The AdamW update of one contiguous run of elements: the kernels crate's loop, built at
-/// opt-level 3 (vectorised) even in the dev profile.
-fn update<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], k: &Coeffs<T>) {
-    T::adamw(p, g, m, v, k)
 }
 
 #[cfg(test)]
