@@ -6,10 +6,12 @@
 #
 #   bash bench/image.sh                   # ~1.1 GB of shards (ROWS=5000 at 256 px)
 #   ROWS=12000 bash bench/image.sh        # ~2.6 GB
+#   HASH_ROUNDS=3 bash bench/image.sh     # interleaved rounds of the hashing comparison (5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROWS=${ROWS:-5000}
+HASH_ROUNDS=${HASH_ROUNDS:-5}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/palpipe/target}
 TOOLS=${PALPIPE_TOOLS:-$HOME/.cache/palpipe/tools}
 if [ -n "${PALPIPE_BIN:-}" ]; then
@@ -52,9 +54,22 @@ cat $SHARDS > /dev/null   # warm the page cache for everyone alike
 read B3_S B3_KB < <(timed b3 "$B3SUM" $SHARDS)
 read B31_S B31_KB < <(timed b31 "$B3SUM" --num-threads 1 $SHARDS)
 
+# Interleaved (bench/README.md, "How we measure"): b3sum, palpipe's reader + hashing, and
+# parquet decoding alone, HASH_ROUNDS rounds each, A B C A B C …, 2 threads each; the ratio
+# quoted in bench/README.md comes from this file.
+echo "== interleaved: b3sum, palpipe read+hash, parquet decoding alone ($HASH_ROUNDS rounds)" >&2
+python3 bench/interleave.py --name hash --rounds "$HASH_ROUNDS" --threads 2 \
+    --tool "palpipe=$BIN bench-hash --data-dir $TMP/big --verify none" \
+    --tool "b3sum=$B3SUM --num-threads 2 $(echo $SHARDS) >/dev/null && echo '{}'" \
+    --tool "decode-only=$BIN bench-hash --data-dir $TMP/big --decode-only" \
+    --metric wall_s --version "shard_bytes=$SHARD_BYTES" \
+    --out "bench/results/${DATE}-hash.json" >&2
+
 echo "== palpipe reader (parquet + blake3 of every image + fingerprints), no store" >&2
 read H_S H_KB < <(timed hash "$BIN" bench-hash --data-dir "$TMP/big" --verify none)
 read HH_S HH_KB < <(timed hashh "$BIN" bench-hash --data-dir "$TMP/big" --verify header)
+echo "== parquet decoding alone (the reader's columns, batches and threads; no hashing, no rows)" >&2
+read D_S D_KB < <(timed decode "$BIN" bench-hash --data-dir "$TMP/big" --decode-only)
 
 pipeline() { # data_dir, verify
     cat <<YAML
@@ -72,10 +87,10 @@ read R_S R_KB < <(timed run "$BIN" run "$TMP/big.yaml" --store "$TMP/store-big" 
 read RS_S RS_KB < <(timed runs "$BIN" run "$TMP/small.yaml" --store "$TMP/store-small" --json --quiet)
 
 python3 - "$TMP" "$OUT" "$ROWS" "$SHARD_BYTES" "$GEN_S" \
-    "$B3_S" "$B31_S" "$H_S" "$H_KB" "$HH_S" "$R_S" "$R_KB" "$RS_S" "$RS_KB" <<'PY'
+    "$B3_S" "$B31_S" "$H_S" "$H_KB" "$HH_S" "$R_S" "$R_KB" "$RS_S" "$RS_KB" "$D_S" <<'PY'
 import json, os, sys
 (tmp, out, rows, shard_bytes, gen_s, b3_s, b31_s, h_s, h_kb, hh_s, r_s, r_kb, rs_s,
- rs_kb) = sys.argv[1:]
+ rs_kb, d_s) = sys.argv[1:]
 shard_bytes = int(shard_bytes)
 hash_run = json.load(open(os.path.join(tmp, "out-hash")))
 header_run = json.load(open(os.path.join(tmp, "out-hashh")))
@@ -103,6 +118,10 @@ result = {
                           "inner": hash_run, "peak_rss_mib": int(h_kb) / 1024},
     "palpipe_read_hash_header": {"seconds": float(hh_s),
                                  "mb_per_s_of_shards": shard_bytes / 1e6 / float(hh_s)},
+    "parquet_decode_only": {"seconds": float(d_s),
+                            "mb_per_s_of_shards": shard_bytes / 1e6 / float(d_s),
+                            "inner": json.load(open(os.path.join(tmp, "out-decode")))},
+    "ratio_decode_time_over_palpipe": float(d_s) / float(h_s),
     "ratio_b3sum_time_over_palpipe": {
         "all_threads": float(b3_s) / float(h_s),
         "one_thread": float(b31_s) / float(h_s)},
@@ -124,6 +143,8 @@ print(f"b3sum --num-threads 1    {result['b3sum_1_thread']['mb_per_s']:8.0f} MB/
 print(f"palpipe read+hash        {result['palpipe_read_hash']['mb_per_s_of_shards']:8.0f} MB/s"
       f"  (b3sum time / palpipe time: {result['ratio_b3sum_time_over_palpipe']['all_threads']:.2f})")
 print(f"palpipe read+hash+header {result['palpipe_read_hash_header']['mb_per_s_of_shards']:8.0f} MB/s")
+print(f"parquet decoding alone   {result['parquet_decode_only']['mb_per_s_of_shards']:8.0f} MB/s"
+      f"  (its time / palpipe read+hash time: {result['ratio_decode_time_over_palpipe']:.2f})")
 print(f"ingest stage into Lance  {result['ingest_stage']['image_mb_per_s']:8.0f} MB/s of images ({ingest_s:.1f} s)")
 print(f"dedup stage              {big['leakage']['seconds']:8.2f} s  ({big['leakage']['summary'][:60]}…)")
 print(f"pick_a_filter            {result['filter_stage']['seconds_per_1000_images']:8.2f} s per 1,000 images ({filtered} images)")

@@ -1,9 +1,13 @@
 //! `palpipe bench-hash` (hidden): the Pick-a-Pic reader's throughput without the store, for
-//! `bench/image.sh`, which runs `b3sum` over the same shards beside it.
+//! `bench/image.sh`, which runs `b3sum` over the same shards beside it; with `--decode-only`,
+//! the parquet decoding alone (the same columns, batches and threads, nothing done with the
+//! rows), the floor of any reader built on arrow-rs's parquet decoder.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use arrow_array::{Array, BinaryArray, LargeBinaryArray};
 use clap::Args;
 
 use super::{CliError, Ctx};
@@ -18,6 +22,9 @@ pub struct BenchHashArgs {
     /// none | header | decode
     #[arg(long, default_value = "none")]
     pub verify: String,
+    /// Decode the shards' columns and nothing else (no hashing, no rows, no dedup).
+    #[arg(long)]
+    pub decode_only: bool,
 }
 
 pub async fn bench_hash(_ctx: &Ctx, a: BenchHashArgs) -> Result<(), CliError> {
@@ -33,6 +40,21 @@ pub async fn bench_hash(_ctx: &Ctx, a: BenchHashArgs) -> Result<(), CliError> {
     };
     let mut params = pickapic::Params::new(&a.data_dir);
     params.verify_images = verify;
+    if a.decode_only {
+        let (bytes, rows, s) = tokio::task::spawn_blocking(move || decode_only(&params))
+            .await
+            .map_err(CliError::failure)?
+            .map_err(CliError::failure)?;
+        let json = serde_json::json!({
+            "mode": "decode-only",
+            "image_bytes": bytes,
+            "rows": rows,
+            "decode_s": s,
+            "decode_mb_per_s": bytes as f64 / 1e6 / s,
+        });
+        println!("{json}");
+        return Ok(());
+    }
     let result = tokio::task::spawn_blocking(move || {
         let t = Instant::now();
         let mut pairs = Vec::new();
@@ -68,4 +90,62 @@ pub async fn bench_hash(_ctx: &Ctx, a: BenchHashArgs) -> Result<(), CliError> {
     });
     println!("{json}");
     Ok(())
+}
+
+/// Decodes every shard of `p` with the reader's projection, batch size and thread count
+/// ([`pickapic::open_reader`], `p.threads` threads taking files in turn) and only counts:
+/// returns (bytes of the two image columns, rows, seconds).
+fn decode_only(p: &pickapic::Params) -> Result<(u64, u64, f64), crate::ingest::IngestError> {
+    let files = pickapic::input_files(p);
+    let next = AtomicUsize::new(0);
+    let t = Instant::now();
+    let per_thread: Vec<Result<(u64, u64), crate::ingest::IngestError>> =
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..p.threads.clamp(1, files.len().max(1)))
+                .map(|_| {
+                    scope.spawn(|| -> Result<(u64, u64), crate::ingest::IngestError> {
+                        let (mut bytes, mut rows) = (0u64, 0u64);
+                        loop {
+                            let i = next.fetch_add(1, Ordering::SeqCst);
+                            let Some(path) = files.get(i) else {
+                                return Ok((bytes, rows));
+                            };
+                            for batch in pickapic::open_reader(path)? {
+                                let batch = batch.map_err(|e| crate::ingest::IngestError::Io {
+                                    path: path.clone(),
+                                    source: std::io::Error::other(e.to_string()),
+                                })?;
+                                rows += batch.num_rows() as u64;
+                                for name in ["jpg_0", "jpg_1"] {
+                                    bytes += batch
+                                        .column_by_name(name)
+                                        .map_or(0, |c| value_bytes(c.as_ref()));
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("a decoding thread panicked"))
+                .collect()
+        });
+    let (mut bytes, mut rows) = (0, 0);
+    for r in per_thread {
+        let (b, n) = r?;
+        bytes += b;
+        rows += n;
+    }
+    Ok((bytes, rows, t.elapsed().as_secs_f64()))
+}
+
+/// The bytes of a binary column's values (its value buffer), 0 for other types.
+fn value_bytes(a: &dyn Array) -> u64 {
+    if let Some(b) = a.as_any().downcast_ref::<BinaryArray>() {
+        return b.values().len() as u64;
+    }
+    a.as_any()
+        .downcast_ref::<LargeBinaryArray>()
+        .map_or(0, |b| b.values().len() as u64)
 }

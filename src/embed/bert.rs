@@ -19,9 +19,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
+use super::bert_net::BertNet;
 use super::{l2_normalize, read_file, require_file, resolve_model_dir, weights_id, EmbedError};
 use super::{TextEncoder, MINILM_L6_V2};
 
@@ -36,7 +37,7 @@ pub const DEFAULT_BATCH_SIZE: usize = 32;
 
 /// A BERT sentence encoder loaded from a Hugging Face–layout folder.
 pub struct BertSentenceEncoder {
-    model: BertModel,
+    model: BertNet,
     tokenizer: Tokenizer,
     tokenizer_path: PathBuf,
     device: Device,
@@ -98,7 +99,7 @@ impl BertSentenceEncoder {
                     reason: e.to_string(),
                 }
             })?;
-        let model = BertModel::load(vb, &config).map_err(|e| EmbedError::WeightsMismatch {
+        let model = BertNet::load(vb, &config).map_err(|e| EmbedError::WeightsMismatch {
             path: weights_path.clone(),
             reason: e.to_string(),
         })?;
@@ -252,7 +253,7 @@ impl BertSentenceEncoder {
             let ids = Tensor::from_vec(ids, (b, l), &self.device)?; // [B, L]
             let type_ids = Tensor::from_vec(type_ids, (b, l), &self.device)?; // [B, L]
             let mask = Tensor::from_vec(mask, (b, l), &self.device)?; // [B, L]
-            let h = self.model.forward(&ids, &type_ids, Some(&mask))?; // [B, L, H]
+            let h = self.model.forward(&ids, &type_ids, &mask)?; // [B, L, H]
             let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // [B, L, 1]
             let summed = h.broadcast_mul(&m)?.sum(1)?; // [B, H]
             let counts = m.sum(1)?; // [B, 1]

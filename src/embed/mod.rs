@@ -14,6 +14,7 @@
 //! else from `$HOME/.cache/palpipe/models/<name>`; `make setup` installs the default one.
 
 pub mod bert;
+mod bert_net;
 pub mod clip;
 pub mod parity;
 

@@ -41,7 +41,7 @@ use arrow_array::{
     StringArray,
 };
 use arrow_schema::DataType;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 use serde::{Deserialize, Serialize};
 
@@ -522,18 +522,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Reads one shard file, handing its rows on in chunks.
-fn read_file<S, R>(
-    path: &Path,
-    shared: &Shared<'_, S, R>,
-    counts: &mut SetCounts,
-) -> Result<(), IngestError>
-where
-    S: FnMut(IngestBatch) -> Result<(), IngestError>,
-    R: FnMut(u64),
-{
-    let p = shared.p;
-    let tag = &shared.tag;
-    counts.files += 1;
+/// A record-batch reader over the columns [`read`] uses ([`REQUIRED`], and [`OPTIONAL`]
+/// where present), 64 rows a batch.
+///
+/// # Errors
+/// The file cannot be opened or is not parquet ([`IngestError::Io`]), or a required column
+/// is missing (the message lists the file's columns).
+pub fn open_reader(path: &Path) -> Result<ParquetRecordBatchReader, IngestError> {
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(open(path)?).map_err(parquet_err(path))?;
     let schema = builder.schema().clone();
@@ -552,11 +547,26 @@ where
         .map(|(i, _)| i)
         .collect();
     let mask = ProjectionMask::roots(builder.parquet_schema(), wanted);
-    let reader = builder
+    builder
         .with_projection(mask)
         .with_batch_size(64)
         .build()
-        .map_err(parquet_err(path))?;
+        .map_err(parquet_err(path))
+}
+
+fn read_file<S, R>(
+    path: &Path,
+    shared: &Shared<'_, S, R>,
+    counts: &mut SetCounts,
+) -> Result<(), IngestError>
+where
+    S: FnMut(IngestBatch) -> Result<(), IngestError>,
+    R: FnMut(u64),
+{
+    let p = shared.p;
+    let tag = &shared.tag;
+    counts.files += 1;
+    let reader = open_reader(path)?;
     let mut chunk = IngestBatch::default();
     let mut chunk_bytes = 0u64;
     let flush = |chunk: &mut IngestBatch| -> Result<(), IngestError> {

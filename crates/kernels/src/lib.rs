@@ -13,9 +13,11 @@
 //! No candle here: plain slices.
 
 mod adamw;
+mod gelu;
 mod margins;
 
 pub use adamw::{adamw_f32, adamw_f64, AdamWCoeffs};
+pub use gelu::gelu_erf_f32;
 pub use margins::{pal_b_margins, sum_like_candle, sums_like_candle, PalBBatch, NORM_EPS2};
 
 use rand_chacha::rand_core::RngCore;
