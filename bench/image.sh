@@ -60,7 +60,7 @@ read B31_S B31_KB < <(timed b31 "$B3SUM" --num-threads 1 $SHARDS)
 echo "== interleaved: b3sum, palpipe read+hash, parquet decoding alone ($HASH_ROUNDS rounds)" >&2
 python3 bench/interleave.py --name hash --rounds "$HASH_ROUNDS" --threads 2 \
     --tool "palpipe=$BIN bench-hash --data-dir $TMP/big --verify none" \
-    --tool "b3sum=$B3SUM --num-threads 2 $(echo $SHARDS) >/dev/null && echo '{}'" \
+    --tool "b3sum=$B3SUM --num-threads 2 $TMP/big/v1/*.parquet $TMP/big/v2/*.parquet >/dev/null && echo '{}'" \
     --tool "decode-only=$BIN bench-hash --data-dir $TMP/big --decode-only" \
     --metric wall_s --version "shard_bytes=$SHARD_BYTES" \
     --out "bench/results/${DATE}-hash.json" >&2
@@ -70,6 +70,7 @@ read H_S H_KB < <(timed hash "$BIN" bench-hash --data-dir "$TMP/big" --verify no
 read HH_S HH_KB < <(timed hashh "$BIN" bench-hash --data-dir "$TMP/big" --verify header)
 echo "== parquet decoding alone (the reader's columns, batches and threads; no hashing, no rows)" >&2
 read D_S D_KB < <(timed decode "$BIN" bench-hash --data-dir "$TMP/big" --decode-only)
+[ -n "$D_S" ] || { echo "bench-hash --decode-only failed" >&2; exit 1; }
 
 pipeline() { # data_dir, verify
     cat <<YAML

@@ -12,6 +12,7 @@ use clap::Args;
 
 use super::{CliError, Ctx};
 use crate::ingest::pickapic::{self, VerifyImages};
+use crate::ingest::IngestError;
 use crate::transform::dedup;
 
 #[derive(Debug, Args)]
@@ -22,8 +23,9 @@ pub struct BenchHashArgs {
     /// none | header | decode
     #[arg(long, default_value = "none")]
     pub verify: String,
-    /// Decode the shards' columns and nothing else (no hashing, no rows, no dedup).
-    #[arg(long)]
+    /// Decode the shards' columns and nothing else (no hashing, no rows, no dedup; `--verify`
+    /// does not apply).
+    #[arg(long, conflicts_with = "verify")]
     pub decode_only: bool,
 }
 
@@ -70,7 +72,7 @@ pub async fn bench_hash(_ctx: &Ctx, a: BenchHashArgs) -> Result<(), CliError> {
         let t = Instant::now();
         let outcome = dedup::split(&pairs, &dedup::Params::default());
         let dedup_s = t.elapsed().as_secs_f64();
-        Ok::<_, crate::ingest::IngestError>((report, read_s, dedup_s, pairs.len(), outcome))
+        Ok::<_, IngestError>((report, read_s, dedup_s, pairs.len(), outcome))
     })
     .await
     .map_err(CliError::failure)?
@@ -92,29 +94,23 @@ pub async fn bench_hash(_ctx: &Ctx, a: BenchHashArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Decodes every shard of `p` with the reader's projection, batch size and thread count
-/// ([`pickapic::open_reader`], `p.threads` threads taking files in turn) and only counts:
-/// returns (bytes of the two image columns, rows, seconds).
-fn decode_only(p: &pickapic::Params) -> Result<(u64, u64, f64), crate::ingest::IngestError> {
-    let files = pickapic::input_files(p);
-    let next = AtomicUsize::new(0);
+/// Decodes every shard of `p` as [`pickapic::read`] walks them (set by set, each set's
+/// files taken in turn by `p.threads` threads, [`pickapic::open_reader`]'s projection and
+/// batches) and only counts: returns (bytes of the two image columns, rows, seconds).
+fn decode_only(p: &pickapic::Params) -> Result<(u64, u64, f64), IngestError> {
     let t = Instant::now();
-    let per_thread: Vec<Result<(u64, u64), crate::ingest::IngestError>> =
-        std::thread::scope(|scope| {
+    let (mut bytes, mut rows) = (0, 0);
+    for set in &p.sets {
+        let files = pickapic::expand(&p.data_dir, &set.files);
+        let next = AtomicUsize::new(0);
+        let per_thread: Vec<Result<(u64, u64), IngestError>> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..p.threads.clamp(1, files.len().max(1)))
                 .map(|_| {
-                    scope.spawn(|| -> Result<(u64, u64), crate::ingest::IngestError> {
+                    scope.spawn(|| -> Result<(u64, u64), IngestError> {
                         let (mut bytes, mut rows) = (0u64, 0u64);
-                        loop {
-                            let i = next.fetch_add(1, Ordering::SeqCst);
-                            let Some(path) = files.get(i) else {
-                                return Ok((bytes, rows));
-                            };
+                        while let Some(path) = files.get(next.fetch_add(1, Ordering::SeqCst)) {
                             for batch in pickapic::open_reader(path)? {
-                                let batch = batch.map_err(|e| crate::ingest::IngestError::Io {
-                                    path: path.clone(),
-                                    source: std::io::Error::other(e.to_string()),
-                                })?;
+                                let batch = batch.map_err(pickapic::batch_err(path))?;
                                 rows += batch.num_rows() as u64;
                                 for name in ["jpg_0", "jpg_1"] {
                                     bytes += batch
@@ -123,6 +119,7 @@ fn decode_only(p: &pickapic::Params) -> Result<(u64, u64, f64), crate::ingest::I
                                 }
                             }
                         }
+                        Ok((bytes, rows))
                     })
                 })
                 .collect();
@@ -131,11 +128,11 @@ fn decode_only(p: &pickapic::Params) -> Result<(u64, u64, f64), crate::ingest::I
                 .map(|w| w.join().expect("a decoding thread panicked"))
                 .collect()
         });
-    let (mut bytes, mut rows) = (0, 0);
-    for r in per_thread {
-        let (b, n) = r?;
-        bytes += b;
-        rows += n;
+        for r in per_thread {
+            let (b, n) = r?;
+            bytes += b;
+            rows += n;
+        }
     }
     Ok((bytes, rows, t.elapsed().as_secs_f64()))
 }

@@ -2,9 +2,10 @@
 //!
 //! A sentence vector is the mean of BERT's last hidden states over the real (unmasked)
 //! tokens, scaled to unit length — sentence-transformers' `Transformer → Pooling(mean) →
-//! Normalize` stack (Reimers & Gurevych 2019, §3). The network itself is
-//! `candle_transformers::models::bert`; this file owns loading a model folder
-//! (`config.json`, `model.safetensors`, `tokenizer.json`), tokenising, batching and pooling.
+//! Normalize` stack (Reimers & Gurevych 2019, §3). The network itself is in `bert_net.rs`
+//! (candle-transformers' BERT, run by palpipe for speed on the CPU); this file owns loading a
+//! model folder (`config.json`, `model.safetensors`, `tokenizer.json`), tokenising, batching
+//! and pooling.
 //!
 //! Tokenisation: the `tokenizer.json` shipped with all-MiniLM-L6-v2 pads and truncates to a
 //! fixed 128 tokens; here truncation is [`DEFAULT_MAX_LENGTH`] (256, as sentence-transformers'
@@ -315,9 +316,14 @@ fn read_config(path: &Path) -> Result<Config, EmbedError> {
     };
     let config: Config = serde_json::from_slice(&bytes).map_err(|e| unsupported(e.to_string()))?;
     if let Some(t) = config.model_type.as_deref() {
-        if !matches!(t, "bert" | "roberta" | "xlm-roberta" | "camembert") {
+        if matches!(t, "roberta" | "xlm-roberta" | "camembert") {
             return Err(unsupported(format!(
-                "model_type '{t}' is not a BERT-family encoder"
+                "model_type '{t}' is not supported: RoBERTa-family models number positions from pad_token_id + 1, and this encoder runs BERT's 0, 1, 2, …"
+            )));
+        }
+        if t != "bert" {
+            return Err(unsupported(format!(
+                "model_type '{t}' is not a BERT encoder"
             )));
         }
     }
@@ -586,5 +592,14 @@ mod tests {
         let dir = temp_model(&gpt, Some(b"unused"));
         let e = BertSentenceEncoder::load(dir.path(), &Device::Cpu).unwrap_err();
         assert!(e.to_string().contains("model_type 'gpt2'"), "{e}");
+        // RoBERTa numbers positions otherwise: refused rather than embedded wrongly.
+        let roberta = TINY_CONFIG.replace("\"bert\"", "\"roberta\"");
+        let dir = temp_model(&roberta, Some(b"unused"));
+        let e = BertSentenceEncoder::load(dir.path(), &Device::Cpu).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("model_type 'roberta' is not supported"),
+            "{e}"
+        );
     }
 }

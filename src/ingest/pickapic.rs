@@ -521,7 +521,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Reads one shard file, handing its rows on in chunks.
+/// The error for a record batch of `path` that cannot be decoded.
+pub fn batch_err(path: &Path) -> impl Fn(arrow_schema::ArrowError) -> IngestError + '_ {
+    move |e| IngestError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(format!("cannot decode a row group: {e}")),
+    }
+}
+
 /// A record-batch reader over the columns [`read`] uses ([`REQUIRED`], and [`OPTIONAL`]
 /// where present), 64 rows a batch.
 ///
@@ -554,6 +561,7 @@ pub fn open_reader(path: &Path) -> Result<ParquetRecordBatchReader, IngestError>
         .map_err(parquet_err(path))
 }
 
+/// Reads one shard file, handing its rows on in chunks.
 fn read_file<S, R>(
     path: &Path,
     shared: &Shared<'_, S, R>,
@@ -578,10 +586,7 @@ where
         if shared.stop.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let batch = batch.map_err(|e| IngestError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(format!("cannot decode a row group: {e}")),
-        })?;
+        let batch = batch.map_err(batch_err(path))?;
         let cols = Cols::from_batch(&batch, path)?;
         for i in 0..batch.num_rows() {
             counts.rows += 1;

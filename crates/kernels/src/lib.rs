@@ -3,13 +3,15 @@
 //! for compile time (the root `Cargo.toml` sets this crate's level).
 //!
 //! Owns: the epilogue of a PAL projector layer (bias, dropout, ReLU) forward and backward,
-//! inverted-dropout masks, PAL-B margins in evaluation mode ([`pal_b_margins`]), and the
-//! AdamW update ([`adamw_f32`]). Each function computes the same operations, in the same
-//! order, as the code it stands in for, so results are equal bit for bit: palpipe's
-//! `pal::mlp` and `pal::model` tests check the epilogue, masks and margins against candle's
-//! ops and element-by-element draws; AdamW, palpipe's former loop, is checked against the
-//! formula here. One exception, stated in [`pal_b_margins`]'s module: in a build where candle
-//! uses MKL's vector math, its margins may differ in the last bits.
+//! inverted-dropout masks, PAL-B margins in evaluation mode ([`pal_b_margins`]), the AdamW
+//! update ([`adamw_f32`]), and BERT's erf GELU ([`gelu_erf_f32`]). Each function but GELU
+//! computes the same operations, in the same order, as the code it stands in for, so results
+//! are equal bit for bit: palpipe's `pal::mlp` and `pal::model` tests check the epilogue,
+//! masks and margins against candle's ops and element-by-element draws; AdamW, palpipe's
+//! former loop, is checked against the formula here. Two exceptions: in a build where candle
+//! uses MKL's vector math, [`pal_b_margins`] may differ from candle's in the last bits (its
+//! module says why); and [`gelu_erf_f32`] is its own approximation of erf, within 1e-6 of the
+//! true GELU (tested against libm), not candle's libm-based op bit for bit.
 //! No candle here: plain slices.
 
 mod adamw;
