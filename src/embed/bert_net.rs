@@ -95,7 +95,8 @@ impl BertNet {
             .add(&self.token_type.forward(type_ids)?)?
             .broadcast_add(&self.position.forward(&positions)?)?;
         let mut x = self.embed_norm.forward(&x)?; // [B, L, H]
-                                                  // 0 where a key is a real token, f32::MIN where it is padding: [B, 1, 1, L].
+
+        // 0 where a key is a real token, f32::MIN where it is padding: [B, 1, 1, L].
         let key_bias =
             ((mask.to_dtype(DType::F32)? - 1.0)? * f64::from(f32::MAX))?.reshape((b, 1, 1, l))?;
         for layer in &self.layers {
@@ -276,10 +277,7 @@ mod tests {
         for (row, &n) in real.iter().enumerate() {
             for t in 0..n {
                 let (x, y) = (&a[row][t], &b[row][t]);
-                let dot: f64 = x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum();
-                let nx: f64 = x.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
-                let ny: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum::<f64>().sqrt();
-                let cos = dot / (nx * ny);
+                let cos = crate::embed::cosine(x, y);
                 assert!(cos > 1.0 - 1e-6, "row {row} token {t}: cosine {cos}");
                 let max = x
                     .iter()

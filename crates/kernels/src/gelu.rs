@@ -37,9 +37,9 @@ const ERFC_P: [f32; 10] = [
 /// Relative error below 10⁻⁶ for x ≥ −4 and absolute error below 10⁻⁹ for x < −4 (where
 /// |y| < 1.3·10⁻⁴); candle's libm-based `gelu_erf` is within a few ulp of the true value,
 /// so the two differ in the last bits. NaN gives NaN, +∞ gives +∞ and −∞ gives NaN (−∞·0, as
-/// candle's). On x86-64 the loop runs 16 lanes wide
-/// with AVX-512, 8 with AVX2 and FMA (detected at run time), else 4; the result is the same
-/// bit for bit on every path (the same IEEE operations, none fused).
+/// candle's). On x86-64 the loop runs 16 lanes wide with AVX-512, 8 with AVX2 and FMA
+/// (detected at run time), else 4; the result is the same bit for bit on every path (the same
+/// IEEE operations, none fused).
 ///
 /// # Panics
 /// When the slices' lengths differ.
