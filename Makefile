@@ -8,9 +8,15 @@
 #   make build-cloud / make release  with gs:// and az:// stores too (lance's gcp, azure)
 #   make build-cuda  CUDA 13.0 from PyPI into ~/.cache/palpipe/cuda-13.0.88, then a --features cuda
 #                    build in its own target dir (see README.md, "CUDA build")
-#   make mkl         Intel MKL (static) from PyPI into ~/.cache/palpipe/mkl (optional)
-#   make build-mkl   a --features mkl build in its own target dir; `make bench` uses it when
-#                    `make mkl` has been run
+#   make mkl         Intel MKL (static) from PyPI into ~/.cache/palpipe/mkl (`make setup` runs
+#                    it on x86-64 Linux unless MKL=0)
+#   make build-mkl   the same as `make build`, but an error when MKL is not installed
+#
+# Numeric backend (MKL): with `auto` (default) build, test, demo, install, build-cloud and
+# release build palpipe with `--features mkl` (candle's matrix products in Intel MKL) whenever
+# `make mkl` has installed MKL, else without it (candle's own gemm); MKL=0 builds without it
+# and `make setup` then skips installing it; MKL=1 requires it. Both builds share one target
+# dir (cargo keeps each feature set's artifacts apart): switching recompiles nothing twice.
 #
 # Builds go to $(CARGO_TARGET_DIR) (default ~/.cache/palpipe/target), outside the clone, so
 # a fresh clone reuses compiled dependencies.
@@ -23,10 +29,24 @@ BIN := $(CARGO_TARGET_DIR)/debug/palpipe
 DEMO_STORE ?= palstore-demo
 LEAKAGE_STORE ?= palstore-demo-leakage
 BINDIR ?= $(HOME)/.cargo/bin
+MKL ?= auto
+# MKL's wheels (mkl-static) exist for x86-64 only.
+MKL_SETUP := $(if $(filter 0,$(MKL)),,$(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),mkl))
+
+# Shell commands, run first in a recipe, that set FEATURES to the backend's cargo features
+# (`mkl` or empty) and export MKLROOT when MKL is used; WITH_FEATURES then expands to the
+# cargo flag.
+USE_BACKEND = FEATURES=; \
+  if [ "$(MKL)" != 0 ] && [ -f "$(MKL_ROOT)/lib/libmkl_core.a" ]; then \
+    export MKLROOT="$(MKL_ROOT)"; FEATURES=mkl; \
+  elif [ "$(MKL)" = 1 ]; then \
+    echo "error: MKL=1 but Intel MKL is not installed under $(MKL_PREFIX): run make mkl" >&2; exit 1; \
+  fi
+WITH_FEATURES = $${FEATURES:+--features $$FEATURES}
 
 .PHONY: setup protoc models pyref moto build build-cloud release install demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack mkl build-mkl
 
-setup: protoc models pyref moto
+setup: protoc models pyref moto $(MKL_SETUP)
 
 # moto's S3 server (moto[server] from PyPI) in a venv outside the clone, for tests/s3_cli.rs:
 # the tests start it on a free 127.0.0.1 port. Without it those tests fail (not skip) unless
@@ -80,7 +100,7 @@ $(MINILM)/model.safetensors:
 	@test -f $@
 
 build: setup
-	cargo build --bin palpipe
+	@$(USE_BACKEND); set -x; cargo build $(WITH_FEATURES) --bin palpipe
 
 # Stores on Google Cloud Storage and Azure Blob Storage too (`--store gs://…`, `az://…`):
 # lance's gcp and azure features beside aws. A released binary is built so (`make release`);
@@ -89,12 +109,12 @@ CLOUD_FEATURES ?= aws,gcp,azure
 # The binary is copied to palpipe-cloud: the next `make build` or `make test` relinks
 # debug/palpipe with aws only.
 build-cloud: setup
-	cargo build --features $(CLOUD_FEATURES) --bin palpipe
+	@$(USE_BACKEND); set -x; cargo build --features $(CLOUD_FEATURES)$${FEATURES:+,$$FEATURES} --bin palpipe
 	@cp $(CARGO_TARGET_DIR)/debug/palpipe $(CARGO_TARGET_DIR)/debug/palpipe-cloud
 	@echo "built $(CARGO_TARGET_DIR)/debug/palpipe-cloud with $(CLOUD_FEATURES)"
 
 release: setup
-	cargo build --release --features $(CLOUD_FEATURES) --bin palpipe
+	@$(USE_BACKEND); set -x; cargo build --release --features $(CLOUD_FEATURES)$${FEATURES:+,$$FEATURES} --bin palpipe
 	@echo "built $(CARGO_TARGET_DIR)/release/palpipe with $(CLOUD_FEATURES)"
 
 # The debug build, copied: it reuses $(CARGO_TARGET_DIR), so at most palpipe itself is
@@ -107,6 +127,7 @@ install: build
 	@case ":$$PATH:" in *":$(BINDIR):"*) ;; *) echo "$(BINDIR) is not on your PATH: export PATH=\"$(BINDIR):\$$PATH\"";; esac
 
 demo: build
+	@echo "== $$($(BIN) --version)"
 	@echo "== 1. the main job: Pick-a-Pic shards → v2-test leakage split → CLIP vectors → PAL-B"
 	@echo "   (generated fixtures and the tiny random CLIP: read the counts; accuracies are near chance)"
 	@echo "$$ palpipe run pipelines/leakage-split.yaml --store $(LEAKAGE_STORE)"
@@ -143,14 +164,15 @@ fixtures: build
 S3_PASS_TESTS := bad_input embed_cli foundation image_path ingest_rules pal_cli preferences \
   preferences_bad_input real_data report_cli scope serve_cli source_layouts sweep_cli tldr
 test: setup
-	@status=0; \
-	cargo test --workspace --no-fail-fast -- --test-threads 2 || status=1; \
+	@$(USE_BACKEND); status=0; \
+	echo "== cargo test $(WITH_FEATURES) (numeric backend: $${FEATURES:-plain, candle gemm})"; \
+	cargo test --workspace $(WITH_FEATURES) --no-fail-fast -- --test-threads 2 || status=1; \
 	echo "== the integration tests again, on S3 (moto): PALPIPE_TEST_STORE=s3"; \
-	PALPIPE_TEST_STORE=s3 cargo test --no-fail-fast $(S3_PASS_TESTS:%=--test %) -- --test-threads 2 || status=1; \
+	PALPIPE_TEST_STORE=s3 cargo test $(WITH_FEATURES) --no-fail-fast $(S3_PASS_TESTS:%=--test %) -- --test-threads 2 || status=1; \
 	exit $$status
 
 bench: setup
-	MKL_PREFIX="$(MKL_PREFIX)" MKL_TARGET_DIR="$(MKL_TARGET_DIR)" bash bench/run.sh
+	MKL_PREFIX="$(MKL_PREFIX)" bash bench/run.sh
 
 lint:
 	cargo fmt --all -- --check
@@ -268,11 +290,8 @@ device-pack: build-cuda
 # shared one, so MKLROOT is $(MKL_PREFIX)/root: links to mkl.h, mkl_version.h and the static
 # archives only. The binary then needs nothing from $(MKL_PREFIX) at run time (check:
 # `ldd` shows no libiomp5). MKL reads MKL_NUM_THREADS / OMP_NUM_THREADS; candle's matrix
-# products RAYON_NUM_THREADS, its element-wise ops CANDLE_NUM_THREADS (1 unless set). The build has its own target dir so that it never invalidates
-# $(CARGO_TARGET_DIR); when that dir does not exist yet it starts as a copy of
-# $(CARGO_TARGET_DIR), which saves compiling the dependencies MKL does not change.
+# products RAYON_NUM_THREADS, its element-wise ops CANDLE_NUM_THREADS (1 unless set).
 MKL_PREFIX ?= $(HOME)/.cache/palpipe/mkl
-MKL_TARGET_DIR ?= $(HOME)/.cache/palpipe/target-mkl
 MKL_VERSION_PIN ?= 2026.2.0
 MKL_ROOT := $(MKL_PREFIX)/root
 
@@ -292,9 +311,5 @@ $(MKL_ROOT)/lib/libmkl_core.a:
 	  ln -sfn $(MKL_PREFIX)/venv/lib/$$f $(MKL_ROOT)/lib/$$f; done
 	@echo "MKLROOT for the build: $(MKL_ROOT)"
 
-build-mkl: setup mkl
-	@test -d $(MKL_TARGET_DIR) || ! test -d $(CARGO_TARGET_DIR)/debug || { \
-	  echo "seeding $(MKL_TARGET_DIR) from $(CARGO_TARGET_DIR)"; \
-	  cp -a $(CARGO_TARGET_DIR) $(MKL_TARGET_DIR); }
-	MKLROOT="$(MKL_ROOT)" CARGO_TARGET_DIR="$(MKL_TARGET_DIR)" cargo build --features mkl --bin palpipe
-	@echo "built $(MKL_TARGET_DIR)/debug/palpipe (Intel MKL, static)"
+build-mkl: MKL = 1
+build-mkl: mkl build

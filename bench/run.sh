@@ -10,11 +10,11 @@
 #   PAL=0 MINILM=0 bash bench/run.sh  # only the embedding-cache and CLIP sections
 #   MKL=both bash bench/run.sh        # the PAL and MiniLM sections with both palpipe builds
 #
-# Which palpipe build (MKL): `auto` (default) takes the Intel MKL build (`make build-mkl`,
-# built here when missing) when `make mkl` has installed MKL under MKL_PREFIX, else the plain
-# build; `1` requires the MKL build, `0` takes the plain one, `both` interleaves the MKL
-# build, the yardstick and the plain build in the PAL and MiniLM sections (the other
-# sections use the MKL build). Every result file names the build in `versions`.
+# Which palpipe build (MKL): `auto` (default) takes the Intel MKL build (`--features mkl`,
+# built here) when `make mkl` has installed MKL under MKL_PREFIX, else the plain build; `1`
+# requires the MKL build, `0` takes the plain one, `both` interleaves the MKL build, the
+# yardstick and the plain build in the PAL and MiniLM sections (the other sections use the
+# MKL build). Every result file names the build in `versions`.
 #
 # Sections, each skipped with its variable set to 0: PAL (PAL head vs PyTorch), MINILM
 # (MiniLM vs sentence-transformers), CACHE (the embedding cache, `palpipe embed` three
@@ -36,9 +36,9 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/palpipe/target}
 # The dev profile: dependencies and crates/kernels at opt-level 3, palpipe at opt-level 1
 # (see Cargo.toml).
 # PLAIN is the build without features; MKLBIN, when MKL is used, the `--features mkl` build
-# in its own target dir (Makefile, `build-mkl`); BIN is the one the single-tool sections run.
+# (both in CARGO_TARGET_DIR, copied to debug/palpipe-plain and debug/palpipe-mkl so that
+# neither build replaces the other); BIN is the one the single-tool sections run.
 MKL_PREFIX=${MKL_PREFIX:-$HOME/.cache/palpipe/mkl}
-export MKL_TARGET_DIR=${MKL_TARGET_DIR:-$HOME/.cache/palpipe/target-mkl}
 MKL_MODE=${MKL:-auto}
 case "$MKL_MODE" in
     auto) if [ -f "$MKL_PREFIX/root/lib/libmkl_core.a" ]; then BUILDS="mkl"; else BUILDS="plain"; fi ;;
@@ -51,13 +51,16 @@ PROFILE="dev (dependencies and palpipe-kernels opt-level 3, palpipe opt-level 1)
 MKL_DESC="Intel MKL $(cat "$MKL_PREFIX/venv/lib/python3"*/site-packages/mkl_static-*.dist-info/METADATA 2>/dev/null \
     | sed -n 's/^Version: //p' | head -1 || true) from PyPI, static (mkl-static-lp64-iomp)"
 if [[ " $BUILDS " == *" mkl "* ]]; then
-    make --no-print-directory build-mkl MKL_PREFIX="$MKL_PREFIX" >&2
-    MKLBIN="$MKL_TARGET_DIR/debug/palpipe"
+    make --no-print-directory mkl MKL_PREFIX="$MKL_PREFIX" >&2
+    MKLROOT="$MKL_PREFIX/root" cargo build --quiet --features mkl --bin palpipe
+    MKLBIN="$CARGO_TARGET_DIR/debug/palpipe-mkl"
+    cp "$CARGO_TARGET_DIR/debug/palpipe" "$MKLBIN"
     BIN=$MKLBIN
 fi
 if [[ " $BUILDS " == *" plain "* ]]; then
     cargo build --quiet --bin palpipe
-    PLAIN="$CARGO_TARGET_DIR/debug/palpipe"
+    PLAIN="$CARGO_TARGET_DIR/debug/palpipe-plain"
+    cp "$CARGO_TARGET_DIR/debug/palpipe" "$PLAIN"
     BIN=${MKLBIN:-$PLAIN}
 fi
 # MKL's threads (Intel OpenMP) get the same count as candle's rayon pool and PyTorch.

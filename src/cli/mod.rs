@@ -30,13 +30,20 @@ use clap::{Parser, Subcommand};
 use crate::pipeline::progress::Printer;
 use crate::store::{Store, StoreError, StoreLocation};
 
+/// `palpipe --version`: the crate's version and the numeric backend (see
+/// [`crate::NUMERIC_BACKEND`]).
+#[cfg(feature = "mkl")]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (numeric backend: mkl)");
+#[cfg(not(feature = "mkl"))]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (numeric backend: candle)");
+
 /// palpipe: preference data → leakage-free splits → embeddings → personalized reward models.
 ///
 /// A store is a folder of Lance tables (items, prompts, pairs, users, embeddings, splits,
 /// models, runs). Pipelines (YAML) fill it; `sql` queries it; `train`, `eval` and `adapt`
 /// fit and test PAL heads on it.
 #[derive(Debug, Parser)]
-#[command(name = "palpipe", version, about, long_about = None, after_help = EXAMPLES)]
+#[command(name = "palpipe", version = VERSION, about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {
     /// The store: a folder, or s3://bucket/prefix (gs://, az:// in a build with them); default
     /// ./palstore, or the pipeline's `store:`.

@@ -208,6 +208,11 @@ async fn fingerprint(
     let mut h = blake3::Hasher::new();
     h.update(stage.params.kind().as_bytes());
     h.update(format!("{:?}", stage.params).as_bytes());
+    // Only a backend other than candle's own enters, so that the plain build's
+    // fingerprints stay what they were before backends were told apart.
+    if stage.params.uses_numeric_backend() && crate::NUMERIC_BACKEND != "candle" {
+        h.update(format!("numeric backend {};", crate::NUMERIC_BACKEND).as_bytes());
+    }
     for (_, path) in stage.params.inputs() {
         h.update(path.to_string_lossy().as_bytes());
         hash_path(&mut h, &path)?;

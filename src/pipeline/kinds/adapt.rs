@@ -45,6 +45,10 @@ impl StageKind for AdaptParams {
         vec![("model".into(), self.model.clone())]
     }
 
+    fn uses_numeric_backend(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!(
             "model '{}', users of '{}', shots {:?}",

@@ -41,6 +41,10 @@ impl StageKind for EvalParams {
         }
     }
 
+    fn uses_numeric_backend(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!("model '{}' on split '{}'", self.model, self.split)
     }

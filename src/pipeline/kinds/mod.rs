@@ -221,6 +221,16 @@ pub trait StageKind: fmt::Debug + Send + Sync {
         None
     }
 
+    /// Whether the stage's results are floats from matrix products (a trained model, its
+    /// metrics), which differ in their last bits between numeric backends. When true, a
+    /// build with a backend other than candle's own ([`crate::NUMERIC_BACKEND`]) adds it to
+    /// the fingerprint, so that a store a plain build made is redone by an `mkl` build and
+    /// then equals what a fresh run of that build makes. Vectors in `embeddings` are kept
+    /// across builds: they are cached by encoder and text (README.md, "Numeric backend").
+    fn uses_numeric_backend(&self) -> bool {
+        false
+    }
+
     /// One line for `--dry-run`.
     fn describe(&self) -> String;
 
@@ -390,6 +400,30 @@ mod tests {
             assert_eq!(parsed.kind(), k.name);
             assert!(!parsed.describe().is_empty(), "kind '{}'", k.name);
         }
+    }
+
+    /// The kinds whose results are floats from matrix products, by hand: a trained model
+    /// (`train`) and what is computed from one (`eval`, `adapt`). Ingest, split and embed
+    /// stages give the same rows on any backend (vectors are cached by encoder and text).
+    #[test]
+    fn only_model_stages_depend_on_the_numeric_backend() {
+        let expected = ["train", "eval", "adapt"];
+        for k in KINDS {
+            let v: Value = serde_yaml::from_str(k.example).unwrap();
+            let parsed = (k.parse)(v).unwrap();
+            assert_eq!(
+                parsed.uses_numeric_backend(),
+                expected.contains(&k.name),
+                "kind '{}'",
+                k.name
+            );
+        }
+        let want = if cfg!(feature = "mkl") {
+            "mkl"
+        } else {
+            "candle"
+        };
+        assert_eq!(crate::NUMERIC_BACKEND, want);
     }
 
     #[test]

@@ -42,6 +42,10 @@ impl StageKind for TrainParams {
         Some(self.name.clone().unwrap_or_else(|| stage_name.to_string()))
     }
 
+    fn uses_numeric_backend(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!("{} K={} on '{}'", self.model, self.k, self.train)
     }
