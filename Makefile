@@ -10,7 +10,8 @@
 #                    build in its own target dir (see README.md, "CUDA build")
 #   make mkl         Intel MKL (static) from PyPI into ~/.cache/palpipe/mkl (`make setup` runs
 #                    it on x86-64 Linux unless MKL=0)
-#   make build-mkl   the same as `make build`, but an error when MKL is not installed
+#   make build-mkl   `make build MKL=1`: installs MKL if missing, an error where it cannot
+#   make test-plain  `make test MKL=0`: the tests with the plain build (candle's own gemm)
 #
 # Numeric backend (MKL): with `auto` (default) build, test, demo, install, build-cloud and
 # release build palpipe with `--features mkl` (candle's matrix products in Intel MKL) whenever
@@ -30,8 +31,21 @@ DEMO_STORE ?= palstore-demo
 LEAKAGE_STORE ?= palstore-demo-leakage
 BINDIR ?= $(HOME)/.cargo/bin
 MKL ?= auto
-# MKL's wheels (mkl-static) exist for x86-64 only.
-MKL_SETUP := $(if $(filter 0,$(MKL)),,$(if $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m)),mkl))
+ifeq ($(filter auto 0 1 both,$(MKL)),)
+$(error MKL must be auto, 0 or 1 (or both, for make bench), got '$(MKL)')
+endif
+# What `make setup` does about MKL: with MKL=1 install it (an error when that fails); with
+# auto install it on x86-64 Linux (MKL's wheels, mkl-static, exist for x86-64 only), and when
+# that fails warn and go on without it; with MKL=0 nothing.
+IS_X86_64_LINUX := $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m))
+MKL_SETUP := $(if $(filter 1,$(MKL)),mkl,$(if $(filter auto,$(MKL)),$(if $(IS_X86_64_LINUX),mkl-if-possible)))
+
+# $(call make_venv,DIR): a Python venv in DIR unless one is there, installing Debian's
+# python3-venv with apt when `python3 -m venv` lacks it.
+make_venv = test -x $(1)/bin/python || python3 -m venv $(1) || \
+  { apt-get install -y -qq python3-venv >/dev/null 2>&1 || \
+    (apt-get update -qq >/dev/null && apt-get install -y -qq python3-venv >/dev/null); \
+    python3 -m venv $(1); }
 
 # Shell commands, run first in a recipe, that set FEATURES to the backend's cargo features
 # (`mkl` or empty) and export MKLROOT when MKL is used; WITH_FEATURES then expands to the
@@ -40,11 +54,11 @@ USE_BACKEND = FEATURES=; \
   if [ "$(MKL)" != 0 ] && [ -f "$(MKL_ROOT)/lib/libmkl_core.a" ]; then \
     export MKLROOT="$(MKL_ROOT)"; FEATURES=mkl; \
   elif [ "$(MKL)" = 1 ]; then \
-    echo "error: MKL=1 but Intel MKL is not installed under $(MKL_PREFIX): run make mkl" >&2; exit 1; \
+    echo "error: MKL=1 but Intel MKL is not installed under $(MKL_PREFIX): run make mkl (x86-64 Linux only)" >&2; exit 1; \
   fi
 WITH_FEATURES = $${FEATURES:+--features $$FEATURES}
 
-.PHONY: setup protoc models pyref moto build build-cloud release install demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack mkl build-mkl
+.PHONY: setup protoc models pyref moto mkl-if-possible test-plain build build-cloud release install demo test bench lint clean-demo fixtures cuda-toolkit build-cuda cuda-check device-pack mkl build-mkl
 
 setup: protoc models pyref moto $(MKL_SETUP)
 
@@ -57,10 +71,7 @@ moto: $(MOTO_VENV)/.moto-server
 
 $(MOTO_VENV)/.moto-server:
 	@echo "installing moto[server] from PyPI into $(MOTO_VENV)"
-	@test -x $(MOTO_VENV)/bin/python || python3 -m venv $(MOTO_VENV) || \
-	  { apt-get install -y -qq python3-venv >/dev/null 2>&1 || \
-	    (apt-get update -qq >/dev/null && apt-get install -y -qq python3-venv >/dev/null); \
-	    python3 -m venv $(MOTO_VENV); }
+	@$(call make_venv,$(MOTO_VENV))
 	$(MOTO_VENV)/bin/python -m pip install -q 'moto[server]>=5.1,<6'
 	@touch $@
 
@@ -73,10 +84,7 @@ pyref: $(PYREF_VENV)/.numpy-safetensors
 
 $(PYREF_VENV)/.numpy-safetensors:
 	@echo "installing numpy and safetensors from PyPI into $(PYREF_VENV)"
-	@test -x $(PYREF_VENV)/bin/python || python3 -m venv $(PYREF_VENV) || \
-	  { apt-get install -y -qq python3-venv >/dev/null 2>&1 || \
-	    (apt-get update -qq >/dev/null && apt-get install -y -qq python3-venv >/dev/null); \
-	    python3 -m venv $(PYREF_VENV); }
+	@$(call make_venv,$(PYREF_VENV))
 	$(PYREF_VENV)/bin/python -m pip install -q numpy safetensors
 	@touch $@
 
@@ -107,7 +115,7 @@ build: setup
 # `make build`, `make test` and CI build aws only (gcp and azure add build time: README.md).
 CLOUD_FEATURES ?= aws,gcp,azure
 # The binary is copied to palpipe-cloud: the next `make build` or `make test` relinks
-# debug/palpipe with aws only.
+# debug/palpipe with aws only (and mkl when installed).
 build-cloud: setup
 	@$(USE_BACKEND); set -x; cargo build --features $(CLOUD_FEATURES)$${FEATURES:+,$$FEATURES} --bin palpipe
 	@cp $(CARGO_TARGET_DIR)/debug/palpipe $(CARGO_TARGET_DIR)/debug/palpipe-cloud
@@ -270,6 +278,7 @@ build-cuda: setup cuda-toolkit
 
 # The CUDA build on this machine, without a GPU: it loads, passes the CPU paths and the
 # integration tests, and `--device cuda` is a clean error (scripts/cuda-check.sh).
+cuda-check: override MKL = 0
 cuda-check: build-cuda build
 	bash scripts/cuda-check.sh $(CUDA_TARGET_DIR)/debug/palpipe $(CUDA_HOME_DIR)
 
@@ -297,19 +306,30 @@ MKL_ROOT := $(MKL_PREFIX)/root
 
 mkl: $(MKL_ROOT)/lib/libmkl_core.a
 
+# libmkl_core.a is linked last, after every other file is checked: the builds take its
+# presence to mean that MKL is installed.
+MKL_FILES := include/mkl.h include/mkl_version.h lib/libmkl_intel_lp64.a \
+  lib/libmkl_intel_thread.a lib/libiomp5.a lib/libmkl_core.a
 $(MKL_ROOT)/lib/libmkl_core.a:
 	@echo "installing MKL $(MKL_VERSION_PIN) (static) from PyPI into $(MKL_PREFIX)"
-	@test -x $(MKL_PREFIX)/venv/bin/python || python3 -m venv $(MKL_PREFIX)/venv
+	@$(call make_venv,$(MKL_PREFIX)/venv)
 	$(MKL_PREFIX)/venv/bin/python -m pip install -q \
 	  mkl-static==$(MKL_VERSION_PIN) mkl-include==$(MKL_VERSION_PIN)
+	@for f in $(MKL_FILES); do \
+	  test -f $(MKL_PREFIX)/venv/$$f || { echo "error: $(MKL_PREFIX)/venv/$$f is missing"; exit 1; }; done
 	@mkdir -p $(MKL_ROOT)/lib $(MKL_ROOT)/include
-	@for f in mkl.h mkl_version.h; do \
-	  test -f $(MKL_PREFIX)/venv/include/$$f || { echo "error: $(MKL_PREFIX)/venv/include/$$f is missing"; exit 1; }; \
-	  ln -sfn $(MKL_PREFIX)/venv/include/$$f $(MKL_ROOT)/include/$$f; done
-	@for f in libmkl_intel_lp64.a libmkl_intel_thread.a libmkl_core.a libiomp5.a; do \
-	  test -f $(MKL_PREFIX)/venv/lib/$$f || { echo "error: $(MKL_PREFIX)/venv/lib/$$f is missing"; exit 1; }; \
-	  ln -sfn $(MKL_PREFIX)/venv/lib/$$f $(MKL_ROOT)/lib/$$f; done
+	@for f in $(MKL_FILES); do ln -sfn $(MKL_PREFIX)/venv/$$f $(MKL_ROOT)/$$f; done
 	@echo "MKLROOT for the build: $(MKL_ROOT)"
 
-build-mkl: MKL = 1
+# `make setup` with MKL=auto: MKL when it installs, else a warning and the plain build.
+mkl-if-possible:
+	@$(MAKE) --no-print-directory mkl || \
+	  echo "warning: Intel MKL could not be installed; building without it (candle's own gemm)" >&2
+
+build-mkl: override MKL = 1
 build-mkl: mkl build
+
+# The tests with the plain build (candle's own gemm) on a machine that has MKL: its first
+# build compiles Lance again (README.md, "Numeric backend").
+test-plain:
+	@$(MAKE) --no-print-directory test MKL=0

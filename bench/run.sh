@@ -50,18 +50,20 @@ esac
 PROFILE="dev (dependencies and palpipe-kernels opt-level 3, palpipe opt-level 1)"
 MKL_DESC="Intel MKL $(cat "$MKL_PREFIX/venv/lib/python3"*/site-packages/mkl_static-*.dist-info/METADATA 2>/dev/null \
     | sed -n 's/^Version: //p' | head -1 || true) from PyPI, static (mkl-static-lp64-iomp)"
+# The plain build first, so that debug/palpipe is left as the MKL build (what `make build`
+# gives when MKL is installed).
+if [[ " $BUILDS " == *" plain "* ]]; then
+    cargo build --quiet --bin palpipe
+    PLAIN="$CARGO_TARGET_DIR/debug/palpipe-plain"
+    cp "$CARGO_TARGET_DIR/debug/palpipe" "$PLAIN"
+    BIN=$PLAIN
+fi
 if [[ " $BUILDS " == *" mkl "* ]]; then
     make --no-print-directory mkl MKL_PREFIX="$MKL_PREFIX" >&2
     MKLROOT="$MKL_PREFIX/root" cargo build --quiet --features mkl --bin palpipe
     MKLBIN="$CARGO_TARGET_DIR/debug/palpipe-mkl"
     cp "$CARGO_TARGET_DIR/debug/palpipe" "$MKLBIN"
     BIN=$MKLBIN
-fi
-if [[ " $BUILDS " == *" plain "* ]]; then
-    cargo build --quiet --bin palpipe
-    PLAIN="$CARGO_TARGET_DIR/debug/palpipe-plain"
-    cp "$CARGO_TARGET_DIR/debug/palpipe" "$PLAIN"
-    BIN=${MKLBIN:-$PLAIN}
 fi
 # MKL's threads (Intel OpenMP) get the same count as candle's rayon pool and PyTorch.
 export MKL_NUM_THREADS=${MKL_NUM_THREADS:-${THREADS:-2}} OMP_NUM_THREADS=${OMP_NUM_THREADS:-${THREADS:-2}}

@@ -7,7 +7,7 @@
 /// The numeric backend of this build's CPU matrix products: `"mkl"` in a `--features mkl`
 /// build (Intel MKL's sgemm, `make mkl`), else `"candle"` (candle's own gemm). Floating-point
 /// results (training, scoring, embedding) differ between backends in their last bits, so
-/// the stages whose results are floats name it in their fingerprints (see
+/// the model stages (train, eval, adapt) name it in their fingerprints (see
 /// `StageKind::uses_numeric_backend`) and `palpipe --version` prints it.
 #[cfg(feature = "mkl")]
 pub const NUMERIC_BACKEND: &str = "mkl";

@@ -9,6 +9,23 @@ static SMALL_SYNTH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!("name: small\nstages:\n{SMALL_SYNTH_STAGE}splits:\n  train: \"SELECT * FROM pairs WHERE split = 'train'\"\n")
 });
 
+/// `palpipe --version` names the numeric backend: cargo builds the binary with the features
+/// the tests are built with, so `mkl` exactly when this test has the feature.
+#[test]
+fn version_names_the_numeric_backend() {
+    let r = palpipe_raw(&["--version"]).ok();
+    let backend = if cfg!(feature = "mkl") {
+        "mkl"
+    } else {
+        "candle"
+    };
+    let want = format!(
+        "palpipe {} (numeric backend: {backend})",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(r.stdout.trim_end(), want);
+}
+
 #[test]
 fn synthetic_run_counts_and_second_run_skips_everything() {
     let dir = tempfile::tempdir().unwrap();
