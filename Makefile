@@ -34,11 +34,11 @@ MKL ?= auto
 ifeq ($(filter auto 0 1 both,$(MKL)),)
 $(error MKL must be auto, 0 or 1 (or both, for make bench), got '$(MKL)')
 endif
-# What `make setup` does about MKL: with MKL=1 install it (an error when that fails); with
-# auto install it on x86-64 Linux (MKL's wheels, mkl-static, exist for x86-64 only), and when
-# that fails warn and go on without it; with MKL=0 nothing.
+# What `make setup` does about MKL (MKL's wheels, mkl-static, exist for x86-64 only): on
+# x86-64 Linux `mkl-if-possible` decides in its recipe, where a target's own MKL (build-mkl,
+# cuda-check) applies; elsewhere MKL=1 tries `make mkl`, which fails with pip's message.
 IS_X86_64_LINUX := $(filter Linux-x86_64,$(shell uname -s)-$(shell uname -m))
-MKL_SETUP := $(if $(filter 1,$(MKL)),mkl,$(if $(filter auto,$(MKL)),$(if $(IS_X86_64_LINUX),mkl-if-possible)))
+MKL_SETUP := $(if $(IS_X86_64_LINUX),mkl-if-possible,$(if $(filter 1,$(MKL)),mkl))
 
 # $(call make_venv,DIR): a Python venv in DIR unless one is there, installing Debian's
 # python3-venv with apt when `python3 -m venv` lacks it.
@@ -278,6 +278,7 @@ build-cuda: setup cuda-toolkit
 
 # The CUDA build on this machine, without a GPU: it loads, passes the CPU paths and the
 # integration tests, and `--device cuda` is a clean error (scripts/cuda-check.sh).
+# Plain: scripts/cuda-check.sh runs a featureless `cargo test`, which relinks debug/palpipe.
 cuda-check: override MKL = 0
 cuda-check: build-cuda build
 	bash scripts/cuda-check.sh $(CUDA_TARGET_DIR)/debug/palpipe $(CUDA_HOME_DIR)
@@ -290,7 +291,7 @@ device-pack: build-cuda
 	xz -6 -T0 -f .device/palpipe
 	@ls -l .device/palpipe.xz
 
-# MKL build (optional). candle's `mkl` feature links Intel MKL statically through
+# MKL build (the default where `make setup` could install MKL). candle's `mkl` feature links Intel MKL statically through
 # intel-mkl-src (configuration mkl-static-lp64-iomp: MKL's LP64 interface, its OpenMP threading
 # layer, Intel's OpenMP runtime). The static libraries come from PyPI (mkl-static, which
 # brings intel-openmp; mkl-include for mkl.h) into a venv under $(MKL_PREFIX). intel-mkl-src's
@@ -322,12 +323,18 @@ $(MKL_ROOT)/lib/libmkl_core.a:
 	@echo "MKLROOT for the build: $(MKL_ROOT)"
 
 # `make setup` with MKL=auto: MKL when it installs, else a warning and the plain build.
+# With MKL=1 an install that fails is an error; with auto a warning (offline, set MKL=0 to
+# skip the attempt); with 0 or both (bench/run.sh installs it itself) nothing.
 mkl-if-possible:
-	@$(MAKE) --no-print-directory mkl || \
-	  echo "warning: Intel MKL could not be installed; building without it (candle's own gemm)" >&2
+	@test -f $(MKL_ROOT)/lib/libmkl_core.a || case "$(MKL)" in \
+	  0|both) ;; \
+	  1) $(MAKE) --no-print-directory mkl ;; \
+	  *) $(MAKE) --no-print-directory mkl || \
+	     echo "warning: Intel MKL could not be installed; building without it (candle's own gemm; MKL=0 skips the attempt)" >&2 ;; \
+	esac
 
 build-mkl: override MKL = 1
-build-mkl: mkl build
+build-mkl: build
 
 # The tests with the plain build (candle's own gemm) on a machine that has MKL: its first
 # build compiles Lance again (README.md, "Numeric backend").

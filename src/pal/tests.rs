@@ -1063,7 +1063,10 @@ fn validation_loss_is_the_weighted_mean() {
     let tol = if cfg!(feature = "mkl") { 1e-6 } else { 1e-9 };
     assert!((got - num / den).abs() < tol, "{got} vs {}", num / den);
     let unweighted = mean_loss(&model, &set).unwrap();
-    assert!((got - unweighted).abs() > 100.0 * tol, "{got} vs {unweighted}");
+    assert!(
+        (got - unweighted).abs() > 100.0 * tol,
+        "{got} vs {unweighted}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
