@@ -291,8 +291,8 @@ device-pack: build-cuda
 	xz -6 -T0 -f .device/palpipe
 	@ls -l .device/palpipe.xz
 
-# MKL build (the default where `make setup` could install MKL). candle's `mkl` feature links Intel MKL statically through
-# intel-mkl-src (configuration mkl-static-lp64-iomp: MKL's LP64 interface, its OpenMP threading
+# MKL build (the default where `make setup` could install MKL). candle's `mkl` feature links
+# Intel MKL statically through intel-mkl-src (configuration mkl-static-lp64-iomp: MKL's LP64 interface, its OpenMP threading
 # layer, Intel's OpenMP runtime). The static libraries come from PyPI (mkl-static, which
 # brings intel-openmp; mkl-include for mkl.h) into a venv under $(MKL_PREFIX). intel-mkl-src's
 # build script finds them through $$MKLROOT, walking that folder for mkl.h, libmkl_core.a and
