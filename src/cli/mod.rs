@@ -32,10 +32,12 @@ use crate::store::{Store, StoreError, StoreLocation};
 
 /// `palpipe --version`: the crate's version and the numeric backend (see
 /// [`crate::NUMERIC_BACKEND`]).
-#[cfg(feature = "mkl")]
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (numeric backend: mkl)");
-#[cfg(not(feature = "mkl"))]
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (numeric backend: candle)");
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (numeric backend: ",
+    crate::numeric_backend!(),
+    ")"
+);
 
 /// palpipe: preference data → leakage-free splits → embeddings → personalized reward models.
 ///
