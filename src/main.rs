@@ -28,6 +28,24 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, -1) };
 }
 
+/// Turns transparent huge pages off for this process (`prctl(PR_SET_THP_DISABLE)`, Linux),
+/// unless the environment sets `MIMALLOC_ALLOW_THP` (then mimalloc's own choice stands).
+/// mimalloc asks for huge pages on the memory it reserves (`madvise(MADV_HUGEPAGE)`, before
+/// `main` runs, so its option comes too late), and where the kernel grants them on request
+/// (`/sys/kernel/mm/transparent_hugepage/enabled` = `madvise`, the usual default) each first
+/// touch of a 2 MiB region waits for the kernel to find, compact and zero a huge page:
+/// measured with `perf` on a 100 MB ingest, that was a fifth of the samples and 0.6–2.3 s of
+/// system time, against 0.3–0.4 s without (bench/README.md, "Ingest of JSON lines"). PAL
+/// training and MiniLM embedding measured within their spread either way.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: a plain prctl call with integer arguments; failure leaves things as they
+        // were, which is fine (an old kernel without the flag).
+        let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    }
+}
+
 /// candle's element-wise unary and binary operations (additions, products, activations) run
 /// in one thread unless `CANDLE_NUM_THREADS` says otherwise; matrix products still use every
 /// core (rayon's pool, `RAYON_NUM_THREADS`), as do candle-nn's softmax and layer norm.
@@ -43,9 +61,25 @@ fn one_elementwise_thread() {
     }
 }
 
+/// Lance encodes and decodes on its own CPU pool of `LANCE_CPU_THREADS` threads, by default
+/// the cores less two it keeps for I/O, and at least one: on a 2-core machine one thread, so
+/// a 100 MB ingest compressed its strings (FSST, a third of the writing) on one core while
+/// the other waited. Unless the environment says otherwise palpipe gives that pool every
+/// core: the 100 MB ingest went from 2.20–2.45 to 2.07–2.26 s (bench/README.md, "Ingest of
+/// JSON lines"); on larger machines it adds the two threads Lance keeps back.
+fn lance_cpu_threads_per_core() {
+    if std::env::var_os("LANCE_CPU_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Sound for the same reason as in `one_elementwise_thread`: no other thread yet.
+        std::env::set_var("LANCE_CPU_THREADS", cores.to_string());
+    }
+}
+
 fn main() {
     keep_freed_memory();
+    no_huge_pages();
     one_elementwise_thread();
+    lance_cpu_threads_per_core();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(()) => {}
@@ -72,5 +106,19 @@ mod tests {
         // SAFETY: reads one option; no other test touches mimalloc's options.
         let got = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
         assert_eq!(got, -1);
+    }
+
+    /// After `no_huge_pages` the kernel reports huge pages off for the process (where the
+    /// environment leaves the choice to palpipe).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn huge_pages_are_off() {
+        if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+            return;
+        }
+        super::no_huge_pages();
+        // SAFETY: reads the process's flag.
+        let got = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+        assert_eq!(got, 1);
     }
 }

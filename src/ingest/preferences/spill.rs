@@ -16,8 +16,8 @@ use std::sync::{Mutex, Once};
 
 use crate::store::records::{ItemRow, PairRow, PromptRow};
 
-/// A row that can go through a run file.
-pub trait Record: Sized {
+/// A row that can go through a run file (sorted and written on a thread of its own).
+pub trait Record: Sized + Send + 'static {
     /// The key rows are sorted and de-duplicated by: two rows with the same key are equal.
     fn key(&self) -> &str;
     /// About how many bytes the row holds in memory.
@@ -126,6 +126,15 @@ pub struct Runs<T> {
     written: usize,
     /// Rows left out so far because their key came already.
     repeated: usize,
+    /// The run being sorted and written on its own thread, while the next one fills.
+    writing: Option<Writing>,
+}
+
+/// A full run being sorted and written to `path` on a thread of its own; the thread gives
+/// back the rows it left out as repeated.
+struct Writing {
+    path: PathBuf,
+    thread: std::thread::JoinHandle<io::Result<usize>>,
 }
 
 impl<T: Record> Runs<T> {
@@ -140,15 +149,15 @@ impl<T: Record> Runs<T> {
             files: Vec::new(),
             written: 0,
             repeated: 0,
+            writing: None,
         }
     }
 
     /// Runs that keep every row: the merge gives rows of equal key one after another.
     pub fn keep_all(name: &'static str, budget: usize) -> Runs<T> {
-        Runs {
-            dedup: false,
-            ..Runs::new(name, budget)
-        }
+        let mut runs = Runs::new(name, budget);
+        runs.dedup = false;
+        runs
     }
 
     /// Adds a row; writes the run to `dir` when it outgrows its budget.
@@ -163,24 +172,7 @@ impl<T: Record> Runs<T> {
 
     /// Sorts the run in memory by key (one row per key when de-duplicating).
     fn sort(&mut self) {
-        // The rows' order is sorted as indices (4 bytes each, where a row is 150–250), then
-        // each row is moved once to its place.
-        let rows = &self.rows;
-        let mut order: Vec<u32> = (0..rows.len() as u32).collect();
-        let by_key = |a: &u32, b: &u32| key_order(rows[*a as usize].key(), rows[*b as usize].key());
-        if self.dedup {
-            order.sort_unstable_by(by_key);
-        } else {
-            // Stable: rows of one key keep the order they came in.
-            order.sort_by(by_key);
-        }
-        permute(&mut self.rows, order);
-        if !self.dedup {
-            return;
-        }
-        let before = self.rows.len();
-        self.rows.dedup_by(|a, b| a.key() == b.key());
-        self.repeated += before - self.rows.len();
+        self.repeated += sort_run(&mut self.rows, self.dedup);
     }
 
     fn next_file(&mut self, dir: &SpillDir) -> PathBuf {
@@ -189,16 +181,31 @@ impl<T: Record> Runs<T> {
             .join(format!("{}-{:05}.run", self.name, self.written))
     }
 
+    /// Hands the run in memory to a thread that sorts it and writes it to the next run
+    /// file (after the run before it is written), and starts a new run.
     fn spill(&mut self, dir: &SpillDir) -> io::Result<()> {
-        self.sort();
-        let path = self.next_file(dir);
-        let mut w = BufWriter::with_capacity(RUN_BUFFER, File::create(&path)?);
-        for row in &self.rows {
-            row.encode(&mut w)?;
-        }
-        w.flush()?;
-        self.rows.clear();
+        self.settle(dir)?;
+        let capacity = self.rows.len();
+        let rows = std::mem::replace(&mut self.rows, Vec::with_capacity(capacity));
         self.bytes = 0;
+        let path = self.next_file(dir);
+        let (to, dedup) = (path.clone(), self.dedup);
+        let thread = std::thread::Builder::new()
+            .name(format!("palpipe-{}-run", self.name))
+            .spawn(move || write_run(rows, dedup, &to))?;
+        self.writing = Some(Writing { path, thread });
+        Ok(())
+    }
+
+    /// Waits for the run being written, if one is, and adds its file.
+    fn settle(&mut self, dir: &SpillDir) -> io::Result<()> {
+        let Some(Writing { path, thread }) = self.writing.take() else {
+            return Ok(());
+        };
+        let repeated = thread
+            .join()
+            .map_err(|_| io::Error::other("writing a run file stopped with a panic"))??;
+        self.repeated += repeated;
         self.add_file(dir, 0, path)
     }
 
@@ -260,9 +267,11 @@ impl<T: Record> Runs<T> {
     /// Once some rows went to files: writes the rest too and frees the run's memory, so that
     /// the merge holds only its read buffers.
     pub fn spill_rest(&mut self, dir: &SpillDir) -> io::Result<()> {
+        self.settle(dir)?;
         let spilled = self.files.iter().any(|l| !l.is_empty());
         if spilled && !self.rows.is_empty() {
             self.spill(dir)?;
+            self.settle(dir)?;
         }
         if spilled {
             self.rows = Vec::new();
@@ -280,6 +289,58 @@ impl<T: Record> Runs<T> {
         merged.repeated = self.repeated;
         Ok(merged)
     }
+}
+
+impl<T> Drop for Runs<T> {
+    /// Waits for a run still being written (a run dropped on an error), so that no thread
+    /// writes into the spill folder after its owner is gone.
+    fn drop(&mut self) {
+        if let Some(w) = self.writing.take() {
+            let _ = w.thread.join();
+        }
+    }
+}
+
+/// Sorts a run by key (one row per key when `dedup`: the rows of one key are equal) and
+/// returns how many rows it left out as repeated.
+fn sort_run<T: Record>(rows: &mut Vec<T>, dedup: bool) -> usize {
+    // The order is sorted as (key prefix, index) pairs (12 bytes each, where a row is
+    // 150–250), then each row is moved once to its place. The prefix, read once per row,
+    // tells most comparisons apart without following a row's key to the heap.
+    let mut order: Vec<(u64, u32)> = (rows.iter().enumerate())
+        .map(|(i, r)| (prefix(r.key()), i as u32))
+        .collect();
+    {
+        let rows = &*rows;
+        let by_key = |a: &(u64, u32), b: &(u64, u32)| {
+            (a.0.cmp(&b.0)).then_with(|| rows[a.1 as usize].key().cmp(rows[b.1 as usize].key()))
+        };
+        if dedup {
+            order.sort_unstable_by(by_key);
+        } else {
+            // Stable: rows of one key keep the order they came in.
+            order.sort_by(by_key);
+        }
+    }
+    permute(rows, order.into_iter().map(|(_, i)| i).collect());
+    if !dedup {
+        return 0;
+    }
+    let before = rows.len();
+    rows.dedup_by(|a, b| a.key() == b.key());
+    before - rows.len()
+}
+
+/// Sorts a run and writes it to a new run file at `path`; returns the rows left out as
+/// repeated. The rows are freed here too, off the reading thread.
+fn write_run<T: Record>(mut rows: Vec<T>, dedup: bool, path: &Path) -> io::Result<usize> {
+    let repeated = sort_run(&mut rows, dedup);
+    let mut w = BufWriter::with_capacity(RUN_BUFFER, File::create(path)?);
+    for row in &rows {
+        row.encode(&mut w)?;
+    }
+    w.flush()?;
+    Ok(repeated)
 }
 
 /// Puts `rows[order[i]]` at place `i`, following each cycle of the permutation with swaps
@@ -684,6 +745,8 @@ mod tests {
         for k in &keys {
             runs.push(&dir, prompt(k)).unwrap();
         }
+        // The last full run may still be on its writing thread.
+        runs.settle(&dir).unwrap();
         assert_eq!(runs.files.len(), 2);
         assert_eq!((runs.files[0].len(), runs.files[1].len()), (63, 63));
         let mut merged = Runs::merge(runs, &dir).unwrap();
