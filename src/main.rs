@@ -32,7 +32,7 @@ fn keep_freed_memory() {
 /// unless the environment sets `MIMALLOC_ALLOW_THP` (then mimalloc's own choice stands).
 /// mimalloc asks for huge pages on the memory it reserves (`madvise(MADV_HUGEPAGE)`, before
 /// `main` runs, so its option comes too late), and where the kernel grants them on request
-/// (`/sys/kernel/mm/transparent_hugepage/enabled` = `madvise`, the usual default) each first
+/// (`/sys/kernel/mm/transparent_hugepage/enabled` = `madvise` or `always`) each first
 /// touch of a 2 MiB region waits for the kernel to find, compact and zero a huge page:
 /// measured with `perf` on a 100 MB ingest, that was a fifth of the samples and 0.6–2.3 s of
 /// system time, against 0.3–0.4 s without (bench/README.md, "Ingest of JSON lines"). PAL
@@ -63,8 +63,8 @@ fn one_elementwise_thread() {
 
 /// Lance encodes and decodes on its own CPU pool of `LANCE_CPU_THREADS` threads, by default
 /// the cores less two it keeps for I/O, and at least one: on a 2-core machine one thread, so
-/// a 100 MB ingest compressed its strings (FSST, a third of the writing) on one core while
-/// the other waited. Unless the environment says otherwise palpipe gives that pool every
+/// a 100 MB ingest compressed its strings (FSST, 45% of the samples after the read) on one
+/// core while the other waited. Unless the environment says otherwise palpipe gives that pool every
 /// core: the 100 MB ingest went from 2.20–2.45 to 2.07–2.26 s (bench/README.md, "Ingest of
 /// JSON lines"); on larger machines it adds the two threads Lance keeps back.
 fn lance_cpu_threads_per_core() {

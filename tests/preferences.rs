@@ -1232,3 +1232,46 @@ fn a_killed_ingest_leaves_no_spill_folder() {
     assert!(spill_dirs().is_empty(), "the spill folder is removed");
     assert!(!found[0].exists());
 }
+
+/// An ingest that fails on a bad line after many runs went to files (some still being
+/// written on their own threads) exits with the error, names the line, writes nothing to the
+/// store and leaves no spill folder.
+#[test]
+fn a_failed_ingest_leaves_no_spill_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("bad-at-the-end.jsonl");
+    let mut text = String::new();
+    for i in 0..5_000 {
+        let row = json!({
+            "annotator": format!("w{}", i % 50),
+            "prompt": format!("prompt {i}"),
+            "chosen": format!("a good answer number {i}"),
+            "rejected": format!("a bad answer number {i}"),
+        });
+        text.push_str(&row.to_string());
+        text.push('\n');
+    }
+    text.push_str("{\"annotator\": \"w1\", \"prompt\": \n");
+    std::fs::write(&file, text).unwrap();
+    let tmp = d.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let store = d.join("store");
+    let out = ingest_mine(&file, &store)
+        .env("PALPIPE_INGEST_RUN_BYTES", "2000")
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the bad line fails the ingest");
+    assert!(
+        stderr.contains("5001"),
+        "the message names line 5001: {stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "nothing left in TMPDIR: {left:?}");
+    assert!(
+        !store.join("pairs.lance").exists(),
+        "no pairs table written"
+    );
+}

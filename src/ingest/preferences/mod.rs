@@ -550,8 +550,6 @@ struct Reader<'a, S> {
     file_split: Option<String>,
     /// Threads that parse and map JSON lines.
     threads: usize,
-    /// Where runs go when they outgrow their budget.
-    spill: SpillDir,
     items: Runs<ItemRow>,
     prompts: Runs<PromptRow>,
     pairs: Runs<PairRow>,
@@ -563,6 +561,10 @@ struct Reader<'a, S> {
     /// The `ratings` layout's ratings, grouped by (user, group) when merged.
     ratings: Runs<Rated>,
     report: Report,
+    /// Where runs go when they outgrow their budget. The last field, so that it is dropped
+    /// (the folder removed) after the runs above, whose drops wait for a run still being
+    /// written into it.
+    spill: SpillDir,
 }
 
 /// Streams the files of `p`, handing chunks of rows to `sink`. Returns what it did.

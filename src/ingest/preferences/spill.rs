@@ -202,9 +202,10 @@ impl<T: Record> Runs<T> {
         let Some(Writing { path, thread }) = self.writing.take() else {
             return Ok(());
         };
+        // A panic on the writing thread goes on here, as it would have on this one.
         let repeated = thread
             .join()
-            .map_err(|_| io::Error::other("writing a run file stopped with a panic"))??;
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         self.repeated += repeated;
         self.add_file(dir, 0, path)
     }
@@ -304,23 +305,20 @@ impl<T> Drop for Runs<T> {
 /// Sorts a run by key (one row per key when `dedup`: the rows of one key are equal) and
 /// returns how many rows it left out as repeated.
 fn sort_run<T: Record>(rows: &mut Vec<T>, dedup: bool) -> usize {
-    // The order is sorted as (key prefix, index) pairs (12 bytes each, where a row is
+    // The order is sorted as (key prefix, index) pairs (16 bytes each, where a row is
     // 150–250), then each row is moved once to its place. The prefix, read once per row,
-    // tells most comparisons apart without following a row's key to the heap.
+    // tells most comparisons apart without following a row's key to the heap; between equal
+    // keys the index decides, so rows of one key keep the order they came in.
     let mut order: Vec<(u64, u32)> = (rows.iter().enumerate())
         .map(|(i, r)| (prefix(r.key()), i as u32))
         .collect();
     {
         let rows = &*rows;
-        let by_key = |a: &(u64, u32), b: &(u64, u32)| {
-            (a.0.cmp(&b.0)).then_with(|| rows[a.1 as usize].key().cmp(rows[b.1 as usize].key()))
-        };
-        if dedup {
-            order.sort_unstable_by(by_key);
-        } else {
-            // Stable: rows of one key keep the order they came in.
-            order.sort_by(by_key);
-        }
+        order.sort_unstable_by(|a, b| {
+            (a.0.cmp(&b.0))
+                .then_with(|| rows[a.1 as usize].key().cmp(rows[b.1 as usize].key()))
+                .then(a.1.cmp(&b.1))
+        });
     }
     permute(rows, order.into_iter().map(|(_, i)| i).collect());
     if !dedup {
