@@ -64,9 +64,9 @@ fn one_elementwise_thread() {
 /// Lance encodes and decodes on its own CPU pool of `LANCE_CPU_THREADS` threads, by default
 /// the cores less two it keeps for I/O, and at least one: on a 2-core machine one thread, so
 /// a 100 MB ingest compressed its strings (FSST, 45% of the samples after the read) on one
-/// core while the other waited. Unless the environment says otherwise palpipe gives that pool every
-/// core: the 100 MB ingest went from 2.20–2.45 to 2.07–2.26 s (bench/README.md, "Ingest of
-/// JSON lines"); on larger machines it adds the two threads Lance keeps back.
+/// core while the other waited. Unless the environment says otherwise palpipe gives that
+/// pool every core: the 100 MB ingest went from 2.20–2.45 to 2.07–2.26 s (bench/README.md,
+/// "Ingest of JSON lines"); on larger machines it adds the two threads Lance keeps back.
 fn lance_cpu_threads_per_core() {
     if std::env::var_os("LANCE_CPU_THREADS").is_none() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -1265,8 +1265,8 @@ fn a_failed_ingest_leaves_no_spill_folder() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the bad line fails the ingest");
     assert!(
-        stderr.contains("5001"),
-        "the message names line 5001: {stderr}"
+        stderr.contains("bad-at-the-end.jsonl:5001: not a valid JSON line"),
+        "the message names the file and line 5001: {stderr}"
     );
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
     assert!(left.is_empty(), "nothing left in TMPDIR: {left:?}");

@@ -759,6 +759,30 @@ mod tests {
         assert_eq!(written, 1, "one run file left: {written}");
     }
 
+    /// Runs dropped without a merge (as when an ingest fails) wait for the run still being
+    /// written: its file is whole when the drop returns, so the spill folder, dropped after,
+    /// is removed with nothing writing into it.
+    #[test]
+    fn dropped_runs_wait_for_the_run_being_written() {
+        let dir = SpillDir::new().unwrap();
+        let mut runs = Runs::new("prompts", 1 << 20);
+        let mut want = 0usize;
+        for i in 0.. {
+            let row = prompt(&format!("k{i:07}"));
+            let mut encoded = Vec::new();
+            row.encode(&mut encoded).unwrap();
+            want += encoded.len();
+            runs.push(&dir, row).unwrap();
+            if runs.writing.is_some() {
+                break;
+            }
+        }
+        drop(runs);
+        let path = dir.path().join("prompts-00001.run");
+        let got = std::fs::metadata(&path).unwrap().len() as usize;
+        assert_eq!(got, want, "the run's file holds every row of the run");
+    }
+
     /// `key_order` is `str::cmp`, on keys that share prefixes, are shorter than eight bytes,
     /// or hold zero bytes.
     #[test]
