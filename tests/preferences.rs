@@ -1152,13 +1152,10 @@ fn threads_and_block_size_leave_the_same_store_report_and_errors() {
     }
 }
 
-/// A SIGTERM'd ingest removes its spill folder (a new one, private to its owner) on the way
-/// out.
-#[test]
-fn a_killed_ingest_leaves_no_spill_folder() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let rows: Vec<Value> = (0..40_000)
+/// `n` rows of distinct pairs from 50 annotators (`annotator`, `prompt`, `chosen`,
+/// `rejected`), for the tests that need many runs.
+fn numbered_pairs(n: usize) -> Vec<Value> {
+    (0..n)
         .map(|i| {
             json!({
                 "annotator": format!("w{}", i % 50),
@@ -1167,9 +1164,17 @@ fn a_killed_ingest_leaves_no_spill_folder() {
                 "rejected": format!("a bad answer number {i}"),
             })
         })
-        .collect();
+        .collect()
+}
+
+/// A SIGTERM'd ingest removes its spill folder (a new one, private to its owner) on the way
+/// out.
+#[test]
+fn a_killed_ingest_leaves_no_spill_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
     let file = d.join("many.jsonl");
-    write_jsonl(&file, &rows);
+    write_jsonl(&file, &numbered_pairs(40_000));
     let tmp = d.join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
     let spill_dirs = || -> Vec<std::path::PathBuf> {
@@ -1241,19 +1246,13 @@ fn a_failed_ingest_leaves_no_spill_folder() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let file = d.join("bad-at-the-end.jsonl");
-    let mut text = String::new();
-    for i in 0..5_000 {
-        let row = json!({
-            "annotator": format!("w{}", i % 50),
-            "prompt": format!("prompt {i}"),
-            "chosen": format!("a good answer number {i}"),
-            "rejected": format!("a bad answer number {i}"),
-        });
-        text.push_str(&row.to_string());
-        text.push('\n');
-    }
-    text.push_str("{\"annotator\": \"w1\", \"prompt\": \n");
-    std::fs::write(&file, text).unwrap();
+    write_jsonl(&file, &numbered_pairs(5_000));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    f.write_all(b"{\"annotator\": \"w1\", \"prompt\": \n")
+        .unwrap();
     let tmp = d.join("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
     let store = d.join("store");
