@@ -13,7 +13,7 @@ use common::*;
 
 /// One comparison line in the published layout (a null `note`, `extra` sometimes empty).
 fn line(worker: &str, split: &str, post: &str, texts: [&str; 2], policies: [&str; 2]) -> String {
-    let extra = if texts[0].len() % 2 == 0 {
+    let extra = if texts[0].len().is_multiple_of(2) {
         serde_json::json!({})
     } else {
         serde_json::json!({"confidence": 7})
@@ -439,21 +439,82 @@ fn fixtures_plant_what_the_users_stage_finds_and_reruns_equal_a_fresh_store() {
     );
 }
 
+/// `metrics_json` of model `name` in `store`.
+fn model_metrics(store: &Path, name: &str) -> serde_json::Value {
+    let rows = query(
+        store,
+        &format!("SELECT metrics_json FROM models WHERE name = '{name}'"),
+    );
+    assert_eq!(rows.len(), 1, "model {name}");
+    serde_json::from_str(rows[0]["metrics_json"].as_str().unwrap()).unwrap()
+}
+
+/// The shipped pipeline runs to its end on its own stand-ins (written into a temporary
+/// folder): on seen users K = 2 is far above K = 1, whose single reward gets no more than the
+/// majority group's share of the test pairs (counted here from `pairs` and `users`); every
+/// unseen user is adapted, and at 10 shots they are within a few points of the seen users.
 #[test]
-fn the_shipped_tldr_pipeline_validates() {
+fn the_shipped_tldr_pipeline_runs_end_to_end() {
+    require_minilm();
     let dir = tempfile::tempdir().unwrap();
     let pipeline = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/tldr.yaml");
+    let fx = dir.path().join("fx");
+    let store = new_store(dir.path(), "s");
     let run = palpipe(
-        &dir.path().join("s"),
-        &["run", pipeline.to_str().unwrap(), "--dry-run"],
+        &store,
+        &[
+            "run",
+            pipeline.to_str().unwrap(),
+            "--set",
+            &format!("fixtures.out={}", fx.display()),
+            "--set",
+            &format!("users.dir={}", fx.join("comparisons").display()),
+        ],
     )
     .ok();
     for stage in [
         "fixtures", "users", "embed", "pal-b-k1", "pal-b-k2", "eval-k2", "adapt-k2",
     ] {
-        assert!(
-            run.stdout.contains(stage) || run.stderr.contains(stage),
-            "{stage}"
-        );
+        assert!(run.stdout.contains(stage), "{stage}: {}", run.stdout);
     }
+
+    let test_pairs = |group: &str| {
+        scalar(
+            &store,
+            &format!(
+                "SELECT count(*) FROM pairs p JOIN users u ON p.user_id = u.user_id \
+                 WHERE p.split = 'test' AND u.group_name = '{group}'"
+            ),
+        ) as f64
+    };
+    let (longer, shorter) = (test_pairs("longer"), test_pairs("shorter"));
+    assert!(shorter > 0.0 && longer > shorter, "{longer} {shorter}");
+    let majority = longer / (longer + shorter);
+    let accuracy = |model: &str| {
+        model_metrics(&store, model)["tldr-test"]["accuracy"]
+            .as_f64()
+            .unwrap()
+    };
+    let (k1, k2) = (accuracy("pal-b-k1"), accuracy("pal-b-k2"));
+    assert!(
+        k1 <= majority + 0.02,
+        "K = 1 {k1} vs majority share {majority}"
+    );
+    assert!(
+        k2 >= k1 + 0.5 * (1.0 - majority),
+        "K = 2 {k2} not far above K = 1 {k1}"
+    );
+
+    let unseen = scalar(&store, "SELECT count(*) FROM users WHERE role = 'unseen'");
+    let curve = model_metrics(&store, "pal-b-k2")["adapt:tldr-unseen"].clone();
+    let ten = curve
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["shots"] == 10)
+        .expect("a 10-shot row");
+    assert_eq!(ten["users"].as_i64().unwrap(), unseen, "{ten}");
+    assert_eq!(ten["skipped_users"].as_i64().unwrap(), 0, "{ten}");
+    let at_ten = ten["accuracy"].as_f64().unwrap();
+    assert!(at_ten >= k2 - 0.05, "10 shots {at_ten} vs seen {k2}");
 }
