@@ -42,10 +42,12 @@ fn users_with_role(store: &Path, role: &str) -> i64 {
     )
 }
 
+/// A table's name and the function that reads its rows.
+type TableRows = (&'static str, fn(&Path) -> Vec<String>);
+
 /// `pairs` and `users` of `store` equal those of `fresh`, row for row.
 fn assert_same_rows(store: &Path, fresh: &Path, what: &str) {
-    let tables: [(&str, fn(&Path) -> Vec<String>); 2] =
-        [("pairs", pair_rows), ("users", user_rows)];
+    let tables: [TableRows; 2] = [("pairs", pair_rows), ("users", user_rows)];
     for (table, rows) in tables {
         let (a, b) = (rows(store), rows(fresh));
         assert_eq!(

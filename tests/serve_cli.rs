@@ -1659,7 +1659,7 @@ fn text_scoring_embeds_once_serves_openrlhf_and_survives_bad_input() {
         .map(|r| r[0])
         .collect();
     assert_close(
-        &[got.clone()],
+        std::slice::from_ref(&got),
         &[want],
         1e-5,
         "/get_reward vs palpipe score",
@@ -1688,7 +1688,9 @@ fn text_scoring_embeds_once_serves_openrlhf_and_survives_bad_input() {
 
     // Bad input: each answered with its status and a JSON error; the server keeps serving.
     let long = "painting ".repeat(400);
-    let cases: Vec<(&str, &str, Option<&str>, String, u16, &str)> = vec![
+    // (method, path, token, body, expected status, expected words in the error)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "POST",
             "/score",
@@ -2309,7 +2311,12 @@ fn images_score_enroll_and_serve_on_the_pick_a_filter_store() {
             .iter()
             .map(|x| x.as_f64().unwrap())
             .collect();
-        assert_close(&[got], &[w.clone()], 1e-5, "enrolled over HTTP vs the CLI");
+        assert_close(
+            &[got],
+            std::slice::from_ref(w),
+            1e-5,
+            "enrolled over HTTP vs the CLI",
+        );
     }
     let (st, v) = http(
         port,

@@ -529,7 +529,10 @@ pub async fn serve_cmd(ctx: &Ctx, a: ServeArgs) -> Result<(), CliError> {
             a.cache_mib
         )));
     }
-    if a.write_back && (a.write_back_every == 0 || !(a.write_back_secs > 0.0)) {
+    if a.write_back
+        && (a.write_back_every == 0
+            || a.write_back_secs.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+    {
         return Err(CliError::usage(anyhow::anyhow!(
             "--write-back-every {} / --write-back-secs {}: both must be above 0",
             a.write_back_every,

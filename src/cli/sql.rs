@@ -57,7 +57,7 @@ fn parse_versions(specs: &[String]) -> Result<BTreeMap<String, u64>, CliError> {
 pub async fn sql(ctx: &Ctx, a: SqlArgs) -> Result<(), CliError> {
     let versions = parse_versions(&a.version_of)?;
     let store = ctx.existing_store().await?;
-    let encoder: Arc<dyn QueryEncoder> = Arc::new(super::vectors::StoreEncoders::default());
+    let encoder: Arc<dyn QueryEncoder> = Arc::new(super::vectors::StoreEncoders);
     let session = store_sql::session_with(&store, &versions, Some(encoder)).await?;
     let result = store_sql::query_in(&session, &a.query).await?;
     let stdout = std::io::stdout();

@@ -797,7 +797,7 @@ fn fit_user(
         Estimator::Posterior | Estimator::Empirical | Estimator::Offset => importance_curve(
             model,
             comparisons,
-            &[all.clone()],
+            std::slice::from_ref(&all),
             &[all.len()],
             &|_| 0,
             &|_| None,
@@ -825,7 +825,7 @@ fn fit_user(
             fit_offsets(
                 model,
                 comparisons,
-                &[all.clone()],
+                std::slice::from_ref(&all),
                 &[all.len()],
                 &|_| 0,
                 &mix,

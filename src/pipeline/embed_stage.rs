@@ -82,6 +82,9 @@ pub struct EmbedParams {
 }
 
 /// A loaded encoder: MiniLM embeds texts; CLIP embeds texts and images under one id.
+// Both variants are large (a loaded model's handles): one lives per embed run, never moved
+// on a hot path, so boxing either would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Encoder {
     Bert(BertSentenceEncoder),
     Clip(ClipEncoder),

@@ -293,7 +293,7 @@ impl ModelEntry {
                 self.row.name
             );
         }
-        Ok(load_checkpoint(store, &self.row.checkpoint).await?)
+        load_checkpoint(store, &self.row.checkpoint).await
     }
 }
 

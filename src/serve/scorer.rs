@@ -156,6 +156,9 @@ pub struct Scored {
 }
 
 /// A loaded encoder of either family.
+// Both variants are large (a loaded model's handles): one lives per served encoder, never
+// moved on a hot path, so boxing either would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Loaded {
     Bert(BertSentenceEncoder),
     Clip(ClipEncoder),

@@ -121,7 +121,7 @@ pub async fn vacuum(store: &Store, opts: VacuumOptions) -> Result<VacuumReport, 
                     .map_err(lance_err(table))?;
             }
             t.uncommitted_files += 1;
-            t.uncommitted_bytes += meta.size as u64;
+            t.uncommitted_bytes += meta.size;
         }
         // Old versions, through Lance.
         let before = ago(opts.versions_older_than);

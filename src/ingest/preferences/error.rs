@@ -50,17 +50,10 @@ pub enum PrefError {
         message: String,
         hint: Option<String>,
     },
-    /// A column holding one kind of value in one place and another elsewhere.
-    #[error("column '{column}' holds {first_kind} in {}: {first_at} but {kind} in {}: {at}\nhint: the files disagree on the column's type; convert one of them", .first_path.display(), .path.display())]
-    MixedTypes {
-        column: String,
-        first_path: PathBuf,
-        first_at: Loc,
-        first_kind: &'static str,
-        path: PathBuf,
-        at: Loc,
-        kind: &'static str,
-    },
+    /// A column holding one kind of value in one place and another elsewhere (boxed: the
+    /// largest payload, kept out of the size of every `Result` on the read's path).
+    #[error(transparent)]
+    MixedTypes(Box<MixedTypes>),
     /// A file whose content is not the format its name (or `format:`) says.
     #[error("'{}' is not a {format} file: {found}\nhint: rename it, or set 'format:' to what it holds", .path.display())]
     NotFormat {
@@ -78,6 +71,20 @@ pub enum PrefError {
     /// The store writer stopped (its own error is reported instead).
     #[error("stopped: the store writer stopped")]
     Stopped,
+}
+
+/// A column holding one kind of value (`first_kind`) at `first_at` of `first_path` and another
+/// (`kind`) at `at` of `path`.
+#[derive(Debug, thiserror::Error)]
+#[error("column '{column}' holds {first_kind} in {}: {first_at} but {kind} in {}: {at}\nhint: the files disagree on the column's type; convert one of them", .first_path.display(), .path.display())]
+pub struct MixedTypes {
+    pub column: String,
+    pub first_path: PathBuf,
+    pub first_at: Loc,
+    pub first_kind: &'static str,
+    pub path: PathBuf,
+    pub at: Loc,
+    pub kind: &'static str,
 }
 
 impl PrefError {

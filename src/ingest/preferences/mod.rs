@@ -52,7 +52,7 @@ use std::sync::{mpsc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-pub use error::{Loc, PrefError};
+pub use error::{Loc, MixedTypes, PrefError};
 pub use formats::Format;
 pub use layouts::{LabelConvention, Layout};
 use layouts::{Verdict, MISSING_LABEL, NAN_LABEL, TIE};
@@ -224,7 +224,7 @@ pub fn mapping(p: &Params) -> Result<Mapping, PrefError> {
         ));
     }
     let need = |keys: &[&str], what: &str| -> Result<(), PrefError> {
-        match keys.iter().find(|k| !has(**k)) {
+        match keys.iter().find(|k| !has(k)) {
             Some(k) => Err(PrefError::param(
                 &format!("columns.{k}"),
                 format!("layout '{what}' needs columns.{k}"),
@@ -284,7 +284,7 @@ pub fn mapping(p: &Params) -> Result<Mapping, PrefError> {
         ));
     }
     let min_gap = p.min_gap.or(preset.min_gap).unwrap_or(0.0);
-    if !(min_gap >= 0.0) {
+    if min_gap.is_nan() || min_gap < 0.0 {
         return Err(PrefError::param(
             "min_gap",
             format!("min_gap is {min_gap}, expected a number >= 0"),
@@ -971,7 +971,7 @@ where
                 self.kinds.insert(path, (kind, self.file.clone(), at));
                 Ok(())
             }
-            Some((k, f, a)) if *k != kind => Err(PrefError::MixedTypes {
+            Some((k, f, a)) if *k != kind => Err(PrefError::MixedTypes(Box::new(MixedTypes {
                 column: path.to_string(),
                 first_path: f.clone(),
                 first_at: *a,
@@ -979,7 +979,7 @@ where
                 path: self.file.clone(),
                 at,
                 kind,
-            }),
+            }))),
             Some(_) => Ok(()),
         }
     }

@@ -107,8 +107,10 @@ async fn retag(p: &Params, ctx: &StageCtx<'_>) -> anyhow::Result<String> {
 mod tests {
     #[test]
     fn check_names_the_key_at_fault() {
-        let mut p = super::Params::default();
-        p.reference = vec!["v2-test".into()];
+        let p = super::Params {
+            reference: vec!["v2-test".into()],
+            ..Default::default()
+        };
         assert_eq!(p.check().unwrap_err().key, "reference");
         let mut p = super::Params::default();
         p.clean_tag = p.leak_tag.clone();
