@@ -7,7 +7,7 @@
 #   bash scripts/determinism.sh [BIN] [OUT] [PIPELINE …]
 #
 # BIN defaults to $CARGO_TARGET_DIR/debug/palpipe, OUT to /tmp/palpipe-determinism, the
-# pipelines to all six shipped ones (persona takes about 10 minutes a run on 2 cores).
+# pipelines to all seven shipped ones (persona takes about 10 minutes a run on 2 cores).
 # Prints one line per run and two verdicts per pipeline; exits 1 when anything differs.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +15,7 @@ BIN=${1:-${CARGO_TARGET_DIR:-$HOME/.cache/palpipe/target}/debug/palpipe}
 OUT=${2:-/tmp/palpipe-determinism}
 shift $(( $# > 2 ? 2 : $# ))
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(demo synthetic leakage-split pick-a-filter polis persona)
+[ ${#names[@]} -gt 0 ] || names=(demo synthetic leakage-split pick-a-filter polis persona tldr)
 rm -rf "$OUT" && mkdir -p "$OUT"
 status=0
 
@@ -37,7 +37,7 @@ for name in "${names[@]}"; do
   esac
   case $name in
     demo) splits=(demo-test);; synthetic) splits=(synthetic-test);; polis) splits=(polis-test);;
-    persona) splits=(persona-test);; leakage-split) splits=(v2-leakage v2-no-leakage);;
+    persona) splits=(persona-test);; tldr) splits=(tldr-test);; leakage-split) splits=(v2-leakage v2-no-leakage);;
     pick-a-filter) splits=(paf-test);; *) splits=();;
   esac
   echo "$name A ${a[*]}: $(run "$name" "$OUT/$name-a" "${a[@]}")"
