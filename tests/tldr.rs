@@ -469,14 +469,23 @@ fn the_shipped_tldr_pipeline_runs_end_to_end() {
             &format!("fixtures.out={}", fx.display()),
             "--set",
             &format!("users.dir={}", fx.join("comparisons").display()),
+            "--json",
         ],
     )
     .ok();
-    for stage in [
-        "fixtures", "users", "embed", "pal-b-k1", "pal-b-k2", "eval-k2", "adapt-k2",
-    ] {
-        assert!(run.stdout.contains(stage), "{stage}: {}", run.stdout);
-    }
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let done: Vec<&str> = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "done")
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        done,
+        ["fixtures", "users", "embed", "pal-b-k1", "pal-b-k2", "eval-k1", "eval-k2", "adapt-k2"],
+        "{report}"
+    );
 
     let test_pairs = |group: &str| {
         scalar(
@@ -496,25 +505,36 @@ fn the_shipped_tldr_pipeline_runs_end_to_end() {
             .unwrap()
     };
     let (k1, k2) = (accuracy("pal-b-k1"), accuracy("pal-b-k2"));
+    // One reward for everybody serves the majority (the stand-ins' length signal is clean).
     assert!(
-        k1 <= majority + 0.02,
+        (k1 - majority).abs() <= 0.02,
         "K = 1 {k1} vs majority share {majority}"
     );
     assert!(
-        k2 >= k1 + 0.5 * (1.0 - majority),
-        "K = 2 {k2} not far above K = 1 {k1}"
+        k2 >= majority + 0.5 * (1.0 - majority),
+        "K = 2 {k2} not far above the majority share {majority} (K = 1 {k1})"
     );
 
     let unseen = scalar(&store, "SELECT count(*) FROM users WHERE role = 'unseen'");
     let curve = model_metrics(&store, "pal-b-k2")["adapt:tldr-unseen"].clone();
-    let ten = curve
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["shots"] == 10)
-        .expect("a 10-shot row");
+    let row = |n: i64| {
+        curve
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["shots"] == n)
+            .unwrap_or_else(|| panic!("a {n}-shot row: {curve}"))
+            .clone()
+    };
+    let (zero, ten) = (row(0), row(10));
     assert_eq!(ten["users"].as_i64().unwrap(), unseen, "{ten}");
     assert_eq!(ten["skipped_users"].as_i64().unwrap(), 0, "{ten}");
     let at_ten = ten["accuracy"].as_f64().unwrap();
     assert!(at_ten >= k2 - 0.05, "10 shots {at_ten} vs seen {k2}");
+    // The shots move new users off the zero-shot mixture (which serves the majority).
+    let at_zero = zero["accuracy"].as_f64().unwrap();
+    assert!(
+        at_ten >= at_zero + 0.1,
+        "10 shots {at_ten} vs 0 shots {at_zero}"
+    );
 }

@@ -530,8 +530,7 @@ pub async fn serve_cmd(ctx: &Ctx, a: ServeArgs) -> Result<(), CliError> {
         )));
     }
     if a.write_back
-        && (a.write_back_every == 0
-            || a.write_back_secs.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+        && (a.write_back_every == 0 || a.write_back_secs.is_nan() || a.write_back_secs <= 0.0)
     {
         return Err(CliError::usage(anyhow::anyhow!(
             "--write-back-every {} / --write-back-secs {}: both must be above 0",
