@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Switching the numeric backend on one store (issue 16): a store built by one build of palpipe
-# and run again by the other must end up as a fresh run of the other build would leave it.
+# and run again by the other must end up as a fresh run of the other build leaves it.
 # The fingerprint of every stage whose numbers depend on the matrix products (train, eval,
 # adapt) names the backend, so the second build reruns exactly those stages (README.md,
 # "Numeric backend"). Per pipeline, with P = the plain build and M = the MKL build:
