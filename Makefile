@@ -4,6 +4,7 @@
 #                its Pick-a-Pic fixtures) and eval every model, then pipelines/demo.yaml
 #   make install put palpipe on the PATH (a copy of the debug build in $(BINDIR))
 #   make test    install what is missing, build, run every test
+#   make lint    cargo fmt --check and clippy -D warnings (the plain build; .ci/run runs it after make test)
 #   make bench   benchmarks (see bench/README.md)
 #   make build-cloud / make release  with gs:// and az:// stores too (lance's gcp, azure)
 #   make build-cuda  CUDA 13.0 from PyPI into ~/.cache/palpipe/cuda-13.0.88, then a --features cuda
