@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use palpipe::cli::{dispatch, Cli};
+use palpipe::pipeline::progress::to_stderr;
 
 /// mimalloc instead of the system allocator: the ingest makes and frees several small
 /// strings per row, where glibc's allocator spent a third of the read's time.
@@ -75,12 +76,49 @@ fn lance_cpu_threads_per_core() {
     }
 }
 
+/// Lance's two thread settings with the least value each may take: `LANCE_CPU_THREADS`
+/// (threads of its CPU pool) and `LANCE_IO_CORE_RESERVATION` (cores it keeps for I/O).
+const LANCE_THREAD_SETTINGS: [(&str, usize); 2] =
+    [("LANCE_CPU_THREADS", 1), ("LANCE_IO_CORE_RESERVATION", 0)];
+
+/// Checks Lance's thread settings the way Lance reads them (the value, trimmed, as a whole
+/// number no less than the least allowed; a value that is not UTF-8 counts as unset), so a
+/// bad one is refused with one line before any work. Lance itself reads them the first
+/// time it needs its CPU pool (the reservation only where `LANCE_CPU_THREADS` is unset,
+/// which palpipe never leaves it, or for a full-text index) and panics on a bad value,
+/// with a backtrace instead of a message.
+///
+/// # Errors
+/// The message names the variable, what it must be, and the value found.
+fn check_lance_thread_settings() -> Result<(), String> {
+    for (name, least) in LANCE_THREAD_SETTINGS {
+        let Ok(raw) = std::env::var(name) else {
+            continue;
+        };
+        match raw.trim().parse::<usize>() {
+            Ok(n) if n >= least => {}
+            _ => {
+                return Err(format!(
+                    "the environment variable {name} must be a whole number of at least \
+                     {least}, got '{raw}'"
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     keep_freed_memory();
     no_huge_pages();
     one_elementwise_thread();
     lance_cpu_threads_per_core();
+    // After parsing, so `--help` and `--version` answer whatever the environment holds.
     let cli = Cli::parse();
+    if let Err(message) = check_lance_thread_settings() {
+        to_stderr(format_args!("palpipe: error: {message}"));
+        std::process::exit(2);
+    }
     match dispatch(cli) {
         Ok(()) => {}
         Err(e) => {
@@ -91,7 +129,11 @@ fn main() {
             }) {
                 std::process::exit(0);
             }
-            eprintln!("palpipe: error: {}", palpipe::cli::render_error(&e.error));
+            // A closed stderr loses the message, not the exit code.
+            to_stderr(format_args!(
+                "palpipe: error: {}",
+                palpipe::cli::render_error(&e.error)
+            ));
             std::process::exit(e.code);
         }
     }

@@ -265,3 +265,63 @@ fn a_kind_check_names_the_key_it_refuses() {
     }
     assert_store_empty(&store);
 }
+
+/// Lance reads its thread settings the first time it needs its CPU pool and panics on a
+/// bad value (a backtrace, no message a user can act on). palpipe refuses them first: exit
+/// 2, one line naming the variable and the value, nothing written.
+#[test]
+fn a_bad_lance_thread_setting_is_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_pipeline(
+        dir.path(),
+        "p.yaml",
+        "name: threads\nstages:\n  - name: synth\n    kind: synthetic\n    d: 2\n    users: 3\n    unseen_users: 0\n    items: 20\n",
+    );
+    let cases = [
+        ("LANCE_CPU_THREADS", "two"),
+        ("LANCE_CPU_THREADS", "0"),
+        ("LANCE_CPU_THREADS", "-3"),
+        ("LANCE_IO_CORE_RESERVATION", "-1"),
+        ("LANCE_IO_CORE_RESERVATION", "1.5"),
+    ];
+    for (i, (name, value)) in cases.into_iter().enumerate() {
+        let store = new_store(dir.path(), &format!("s{i}"));
+        let r = palpipe_with_env(&store, &[(name, value)], &["run", p.to_str().unwrap()]).code(2);
+        let line =
+            format!("palpipe: error: the environment variable {name} must be a whole number");
+        assert!(r.stderr.starts_with(&line), "{name}={value}: {}", r.stderr);
+        assert!(r.stderr.contains(&format!("got '{value}'")), "{}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "one line: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        assert_store_empty(&store);
+    }
+    // The values Lance accepts still run: 1 thread, no cores kept for I/O, padded with
+    // spaces as Lance's own reading allows.
+    let store = new_store(dir.path(), "fine");
+    palpipe_with_env(
+        &store,
+        &[
+            ("LANCE_CPU_THREADS", " 1 "),
+            ("LANCE_IO_CORE_RESERVATION", "0"),
+        ],
+        &["run", p.to_str().unwrap()],
+    )
+    .ok();
+    assert!(
+        versions(&store).contains_key("pairs"),
+        "{:?}",
+        versions(&store)
+    );
+}
+
+/// `index --partitions 0` is refused by the argument parser (exit 2, the flag named), before
+/// the store is opened, instead of reaching Lance's k-means with no centroids.
+#[test]
+fn index_with_zero_partitions_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = new_store(dir.path(), "s");
+    let r = palpipe(&store, &["index", "--partitions", "0"]).code(2);
+    assert!(r.stderr.contains("--partitions"), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    assert!(!store_exists(&store), "nothing created");
+}

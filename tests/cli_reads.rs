@@ -2,7 +2,8 @@
 //! creates nothing; SQL errors without Rust source paths; `SIMILAR TO` refused on the parsed
 //! query; binary columns shortened in the table format and whole in CSV and JSON, with
 //! `octet_length`; `eval` without `--model` over every stored model; `search` without
-//! `--encoder`.
+//! `--encoder`; a reader that closes the pipe early ends a command quietly, and a closed
+//! stderr does not stop a run.
 
 mod common;
 
@@ -423,4 +424,62 @@ fn search_defaults_to_the_stores_only_encoder() {
         assert!(r.stderr.contains(id.as_str()), "{}", r.stderr);
     }
     assert!(r.stderr.contains("--encoder"), "{}", r.stderr);
+}
+
+/// Runs `palpipe ARGS --store STORE` with stdout (and stderr unless `stderr_to` is given) a
+/// pipe whose reading end is closed at once, as `palpipe … | head -0` does; returns the exit
+/// code.
+fn with_closed_pipes(store: &Path, args: &[&str], stderr_to: Option<&Path>) -> Option<i32> {
+    use std::process::Stdio;
+    let stderr = match stderr_to {
+        Some(f) => Stdio::from(std::fs::File::create(f).unwrap()),
+        None => Stdio::piped(),
+    };
+    let mut child = bin()
+        .args(args)
+        .arg("--store")
+        .arg(store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("run palpipe");
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    child.wait().expect("wait for palpipe").code()
+}
+
+/// `println!` panics when its pipe is closed ("failed printing to stdout"), and so did every
+/// status line on a closed stderr, in the middle of a run. Now: a closed stdout ends the
+/// command with exit 0 and (with `--quiet`) nothing on stderr; a closed stderr drops the
+/// status lines and the run still builds the same store as with both open.
+#[test]
+fn closed_pipes_end_quietly_and_the_run_still_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_pipeline(dir.path(), "synth.yaml", &synth());
+    let p = p.to_str().unwrap();
+    let reference = synthetic_store(dir.path(), "reference");
+
+    let store = dir.path().join("s");
+    assert_eq!(with_closed_pipes(&store, &["run", p], None), Some(0));
+    let sql = "SELECT pair_id, user_id, split FROM pairs ORDER BY pair_id";
+    assert_eq!(query(&store, sql), query(&reference, sql));
+    assert_eq!(
+        versions(&store).keys().collect::<Vec<_>>(),
+        versions(&reference).keys().collect::<Vec<_>>()
+    );
+    assert!(store.join("checkpoints/gone").exists());
+
+    // Commands whose results go to a closed stdout: exit 0, stderr empty.
+    let err = dir.path().join("stderr.txt");
+    for args in [
+        vec!["eval", "--split", "te", "--quiet"],
+        vec!["eval", "--split", "te", "--json", "--quiet"],
+        vec!["run", p, "--quiet"],
+    ] {
+        let code = with_closed_pipes(&store, &args, Some(&err));
+        let stderr = std::fs::read_to_string(&err).unwrap();
+        assert_eq!(code, Some(0), "{args:?}: {stderr}");
+        assert_eq!(stderr, "", "{args:?}");
+    }
 }

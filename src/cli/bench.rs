@@ -83,10 +83,10 @@ pub struct BenchPalArgs {
 
 /// Prints a benchmark's result as one pretty JSON object on stdout.
 fn print_json(out: &serde_json::Value) -> Result<(), CliError> {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(out).map_err(CliError::failure)?
-    );
+    )?;
     Ok(())
 }
 

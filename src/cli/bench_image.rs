@@ -54,7 +54,7 @@ pub async fn bench_hash(_ctx: &Ctx, a: BenchHashArgs) -> Result<(), CliError> {
             "decode_s": s,
             "decode_mb_per_s": bytes as f64 / 1e6 / s,
         });
-        println!("{json}");
+        outln!("{json}")?;
         return Ok(());
     }
     let result = tokio::task::spawn_blocking(move || {
@@ -90,7 +90,7 @@ pub async fn bench_hash(_ctx: &Ctx, a: BenchHashArgs) -> Result<(), CliError> {
         "v2_leakage": outcome.leak,
         "v2_no_leakage": outcome.clean,
     });
-    println!("{json}");
+    outln!("{json}")?;
     Ok(())
 }
 

@@ -33,16 +33,16 @@ pub async fn commit(ctx: &Ctx, a: CommitArgs) -> Result<(), CliError> {
             version,
             rows,
             fragments,
-        } => println!(
+        } => outln!(
             "run '{run}': committed {rows} rows of {} shards ({fragments} fragments) as embeddings version {version} in {:.3} s",
             a.shards,
             started.elapsed().as_secs_f64()
-        ),
-        CommitOutcome::AlreadyCommitted { version } => println!(
+        )?,
+        CommitOutcome::AlreadyCommitted { version } => outln!(
             "run '{run}' is already committed (embeddings version {version}); nothing to do"
-        ),
+        )?,
         CommitOutcome::Empty => {
-            println!("run '{run}': its {} shards hold no rows; nothing to commit", a.shards)
+            outln!("run '{run}': its {} shards hold no rows; nothing to commit", a.shards)?
         }
     }
     Ok(())

@@ -102,15 +102,15 @@ pub async fn eval_all(ctx: &Ctx, store: &Store, a: AllModels<'_>) -> Result<(), 
             v["kind"] = r.model.kind.clone().into();
             v["k"] = r.model.k.into();
             v["split"] = a.split.into();
-            println!("{v}");
+            outln!("{v}")?;
         }
     } else {
-        print_table(a.split, a.bootstrap, &rows);
+        print_table(a.split, a.bootstrap, &rows)?;
     }
     Ok(())
 }
 
-fn print_table(split: &str, bootstrap: usize, rows: &[Row]) {
+fn print_table(split: &str, bootstrap: usize, rows: &[Row]) -> std::io::Result<()> {
     // Columns as wide as their widest value or their header.
     let widest = |header: &str, value: fn(&Row) -> &str| {
         rows.iter()
@@ -120,11 +120,18 @@ fn print_table(split: &str, bootstrap: usize, rows: &[Row]) {
     let width = widest("model", |r| &r.model.name);
     let kind_width = widest("kind", |r| &r.model.kind);
     let pct = |lo: f64, hi: f64| format!("[{:.2}, {:.2}]", 100.0 * lo, 100.0 * hi);
-    println!("split '{split}', best first");
-    println!(
+    outln!("split '{split}', best first")?;
+    outln!(
         "{:<width$}  {:<kind_width$} {:>2} {:>9} {:>16} {:>16} {:>7} {:>6}",
-        "model", "kind", "K", "accuracy", "95% CI", "users' 95% CI", "n", "users"
-    );
+        "model",
+        "kind",
+        "K",
+        "accuracy",
+        "95% CI",
+        "users' 95% CI",
+        "n",
+        "users"
+    )?;
     for r in rows {
         let rep = &r.report;
         let users_ci = rep
@@ -132,7 +139,7 @@ fn print_table(split: &str, bootstrap: usize, rows: &[Row]) {
             .as_ref()
             .map(|c| pct(c.lo, c.hi))
             .unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "{:<width$}  {:<kind_width$} {:>2} {:>8.2}% {:>16} {:>16} {:>7} {:>6}",
             r.model.name,
             r.model.kind,
@@ -142,11 +149,11 @@ fn print_table(split: &str, bootstrap: usize, rows: &[Row]) {
             users_ci,
             rep.n,
             rep.users.len()
-        );
+        )?;
     }
-    println!(
+    outln!(
         "95% CI: Wilson over comparisons; users' 95% CI: bootstrap over users ({bootstrap} resamples)"
-    );
+    )?;
     let unseen: Vec<String> = rows
         .iter()
         .filter(|r| r.report.unknown_users > 0)
@@ -160,11 +167,12 @@ fn print_table(split: &str, bootstrap: usize, rows: &[Row]) {
         })
         .collect();
     if !unseen.is_empty() {
-        println!(
+        outln!(
             "users not seen in training (scored with the mean mixture): {}",
             unseen.join(", ")
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// The models in `models`, in name order.

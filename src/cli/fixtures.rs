@@ -144,7 +144,7 @@ async fn pickapic(ctx: &Ctx, a: PickapicArgs) -> Result<(), CliError> {
         per.join(", "),
         manifest.image_bytes as f64 / 1e6
     ));
-    println!(
+    outln!(
         "planted: v2-leakage {}, v2-no-leakage {}, ties {}, unlabeled {}, v1-train duplicates {}, heavy users {}; see {}",
         manifest.v2_leakage,
         manifest.v2_no_leakage,
@@ -153,7 +153,7 @@ async fn pickapic(ctx: &Ctx, a: PickapicArgs) -> Result<(), CliError> {
         manifest.spec.duplicates,
         manifest.heavy.len(),
         a.out.join("manifest.json").display()
-    );
+    )?;
     Ok(())
 }
 
@@ -177,7 +177,7 @@ async fn summarize(ctx: &Ctx, a: SummarizeArgs) -> Result<(), CliError> {
         m.files.len(),
         a.out.display()
     ));
-    println!(
+    outln!(
         "planted: {} seen, {} unseen and {} casual workers, {} equal-length and {} off-policy comparisons; see {}",
         m.seen.len(),
         m.unseen.len(),
@@ -185,6 +185,6 @@ async fn summarize(ctx: &Ctx, a: SummarizeArgs) -> Result<(), CliError> {
         m.equal_length,
         m.off_policy,
         a.out.join("manifest.json").display()
-    );
+    )?;
     Ok(())
 }

@@ -145,14 +145,14 @@ pub async fn show_image(ctx: &Ctx, a: ShowImageArgs) -> Result<(), CliError> {
         .map_err(|e| {
             CliError::failure(anyhow::anyhow!("cannot write '{}': {e}", a.out.display()))
         })?;
-    println!(
+    outln!(
         "wrote {} ({}x{} PNG) from item {} ({})",
         a.out.display(),
         img.width(),
         img.height(),
         item.item_id,
         item.source
-    );
+    )?;
     Ok(())
 }
 
@@ -184,7 +184,7 @@ fn escape(s: &str) -> String {
 /// One captioned image cell.
 fn figure(html: &mut String, item: &Item, role: &str) {
     let id = escape(&item.item_id);
-    let short = escape(&item.item_id[..item.item_id.len().min(12)]);
+    let short = escape(&item.item_id.chars().take(12).collect::<String>());
     let _ = write!(html, "<figure class=\"{role}\">");
     match item.bytes.as_deref().and_then(data_uri) {
         Some(uri) => {
@@ -300,11 +300,11 @@ pub async fn contact_sheet(ctx: &Ctx, a: ContactSheetArgs) -> Result<(), CliErro
     std::fs::write(&a.out, html).map_err(|e| {
         CliError::failure(anyhow::anyhow!("cannot write '{}': {e}", a.out.display()))
     })?;
-    println!(
+    outln!(
         "wrote {}: {} source images, {n_derived} derived images",
         a.out.display(),
         chosen.len()
-    );
+    )?;
     Ok(())
 }
 

@@ -5,6 +5,17 @@
 //! 0 success, 1 a failure in the data or the work, 2 bad usage or invalid configuration.
 //! Results go to stdout; status, warnings and progress go to stderr.
 
+/// `println!` for results on stdout, giving back the write's error instead of panicking:
+/// when a reader closes the pipe early (`palpipe score … | head -3`) the write fails with a
+/// broken pipe, `?` carries it to `main`, and `main` exits 0 without a message. Evaluates
+/// to `std::io::Result<()>`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 pub mod bench;
 pub mod bench_image;
 pub mod commit;
@@ -206,6 +217,15 @@ impl From<StoreError> for CliError {
             code,
             error: e.into(),
         }
+    }
+}
+
+/// A failed write of results on stdout (`outln!`), a failure of the work (exit 1); a broken
+/// pipe among them is turned into a quiet exit 0 by `main`. Meant for those writes only:
+/// other I/O errors need the file they concern as context.
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> CliError {
+        CliError::failure(e)
     }
 }
 

@@ -188,7 +188,7 @@ pub async fn train(ctx: &Ctx, a: TrainArgs) -> Result<(), CliError> {
     let before = store.versions().await?;
     match pal_stages::train_model(&store, &a.name, &p, None, ctx.printer).await {
         Ok(t) => {
-            println!("trained '{}': {}", a.name, t.summary);
+            outln!("trained '{}': {}", a.name, t.summary)?;
             Ok(())
         }
         Err(e) => {
@@ -258,26 +258,26 @@ pub async fn eval(ctx: &Ctx, a: EvalArgs) -> Result<(), CliError> {
         v["per_user"]["users_detail"] = serde_json::to_value(&r.users).unwrap_or_default();
         v["model"] = model.clone().into();
         v["split"] = a.split.clone().into();
-        println!("{v}");
+        outln!("{v}")?;
     } else {
-        println!("{model} on '{}': {}", a.split, pal_stages::one_line(&r));
+        outln!("{model} on '{}': {}", a.split, pal_stages::one_line(&r))?;
         if let Some(ci) = &r.ci95_users {
-            println!(
+            outln!(
                 "  95% CI over users (bootstrap, {} resamples): [{:.2}, {:.2}]",
                 a.bootstrap,
                 100.0 * ci.lo,
                 100.0 * ci.hi
-            );
+            )?;
         }
         if let Some(m) = &r.mixture {
             let w: Vec<String> = m.mean_weight.iter().map(|x| format!("{x:.2}")).collect();
-            println!(
+            outln!(
                 "  mixtures (K={}): mean weights [{}], users per top prototype {:?}, mean max weight {:.2}",
                 m.k,
                 w.join(", "),
                 m.argmax_users,
                 m.mean_max_weight
-            );
+            )?;
         }
     }
     Ok(())
@@ -306,7 +306,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
         .map_err(classify)?;
     let first = out.rows.first();
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "model": a.model,
@@ -324,7 +324,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
                 "group_bound": out.group_bound.as_ref().map(group_bound_json),
                 "simulation": out.simulation,
             })
-        );
+        )?;
         return Ok(());
     }
     let ci = |c: Option<[f64; 2]>| {
@@ -337,7 +337,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
             .and_then(|a| Some([a.first()?.as_f64()?, a.get(1)?.as_f64()?]))
     };
     if let Some(r) = first {
-        println!(
+        outln!(
             "{} users ({} excluded: too few comparisons), {} queries each N; estimator {} (prior scale {}{})",
             r.users,
             r.skipped_users,
@@ -345,17 +345,17 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
             r.estimator,
             r.prior_scale,
             r.ridge.map(|l| format!(", ridge {l}")).unwrap_or_default()
-        );
+        )?;
     }
     if !out.simulation.is_empty() {
-        println!("simulated few-shot on seen users (mean query accuracy over N):");
+        outln!("simulated few-shot on seen users (mean query accuracy over N):")?;
         for s in &out.simulation {
             let per: Vec<String> = s
                 .per_shots
                 .iter()
                 .map(|(n, acc)| format!("{n}: {:.2}%", 100.0 * acc))
                 .collect();
-            println!(
+            outln!(
                 "  {:<9} scale {:<4}{} {:>6.2}%  ({}; {} users)",
                 s.estimator.name(),
                 s.prior_scale,
@@ -363,84 +363,90 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
                 100.0 * s.accuracy,
                 per.join(", "),
                 s.users
-            );
+            )?;
         }
     }
-    println!(
+    outln!(
         "{:>10} {:>10} {:>18}",
-        "shots", "accuracy", "95% CI over users"
-    );
+        "shots",
+        "accuracy",
+        "95% CI over users"
+    )?;
     if let Some(r) = first {
-        println!(
+        outln!(
             "{:>10} {:>9.2}% {:>18}",
             "zero-shot",
             100.0 * r.zero_shot_accuracy,
             ci(ci_of(&out.zero_shot))
-        );
+        )?;
     }
     for r in &out.rows {
-        println!(
+        outln!(
             "{:>10} {:>9.2}% {:>18}",
             r.shots,
             100.0 * r.accuracy,
             ci(r.ci95_users)
-        );
+        )?;
     }
     if let Some(r) = first {
-        println!(
+        outln!(
             "{:>10} {:>9.2}% {:>18}  (bound: fitted on the queries too)",
             "oracle",
             100.0 * r.oracle_accuracy,
             ci(ci_of(&out.oracle))
-        );
-        println!(
+        )?;
+        outln!(
             "{:>10} {:>9.2}% {:>18}  (reference: fitted on every comparison but the queries)",
             "held-out",
             100.0 * r.heldout_oracle_accuracy,
             ci(ci_of(&out.heldout_oracle))
-        );
-        println!(
+        )?;
+        outln!(
             "{:>10} {:>9.2}% {:>18}  (the estimator on every comparison but the queries)",
             "all shots",
             100.0 * r.heldout_estimator_accuracy,
             ci(ci_of(&out.heldout_estimator))
-        );
+        )?;
     }
     if let Some(g) = &out.group_bound {
         let users = |r: &crate::pal::EvalReport| ci(r.ci95_users.as_ref().map(|c| [c.lo, c.hi]));
-        println!(
+        outln!(
             "known-group bound (groups {}; posterior over groups from the same shots):",
             g.groups.join(", ")
-        );
-        println!(
+        )?;
+        outln!(
             "{:>10} {:>10} {:>18} {:>10} {:>9}",
-            "shots", "posterior", "95% CI over users", "argmax", "hit rate"
-        );
+            "shots",
+            "posterior",
+            "95% CI over users",
+            "argmax",
+            "hit rate"
+        )?;
         for pt in &g.points {
-            println!(
+            outln!(
                 "{:>10} {:>9.2}% {:>18} {:>9.2}% {:>8.1}%",
                 pt.shots,
                 100.0 * pt.posterior.accuracy,
                 users(&pt.posterior),
                 100.0 * pt.argmax.accuracy,
                 100.0 * pt.hit_rate
-            );
+            )?;
         }
-        println!(
+        outln!(
             "{:>10} {:>9.2}% {:>18}  (each user's true group)",
             "true",
             100.0 * g.true_group.accuracy,
             users(&g.true_group)
-        );
+        )?;
     }
     if let Some(s) = &out.seen {
-        println!(
+        outln!(
             "{:>10} {:>9.2}% {:>18}  (seen users on '{}')",
             "seen",
             100.0 * s["accuracy"].as_f64().unwrap_or(f64::NAN),
             ci(ci_of(s)),
             a.seen_split.as_deref().unwrap_or("")
-        );
+        )?;
     }
     Ok(())
 }
@@ -529,27 +535,31 @@ pub async fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), CliError> {
     }
     for (k, ms, ci) in &rows {
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"k": k, "accuracy_mean": ms.mean, "accuracy_std": ms.std, "seeds": ms.count, "ci95_last_seed": ci.map(|c| [c.lo, c.hi])})
-            );
+            )?;
         }
     }
     if !a.json {
-        println!(
+        outln!(
             "{:>3} {:>10} {:>8} {:>6} {:>22}",
-            "K", "accuracy", "std", "seeds", "95% CI (one seed)"
-        );
+            "K",
+            "accuracy",
+            "std",
+            "seeds",
+            "95% CI (one seed)"
+        )?;
         for (k, ms, ci) in &rows {
             let ci = ci
                 .map(|c| format!("[{:.2}, {:.2}]", 100.0 * c.lo, 100.0 * c.hi))
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "{k:>3} {:>9.2}% {:>8.2} {:>6} {ci:>22}",
                 100.0 * ms.mean,
                 100.0 * ms.std,
                 ms.count
-            );
+            )?;
         }
     }
     Ok(())

@@ -247,9 +247,9 @@ pub async fn report(ctx: &Ctx, a: ReportArgs) -> Result<(), CliError> {
         evals.len(),
         adapts.len()
     ));
-    println!("{}", a.out.join("report.md").display());
+    outln!("{}", a.out.join("report.md").display())?;
     for p in &plots {
-        println!("{}", a.out.join(&p.file).display());
+        outln!("{}", a.out.join(&p.file).display())?;
     }
     Ok(())
 }

@@ -130,36 +130,51 @@ pub async fn run_pipeline(
             pipeline::runner::RunError::Invalid(m) => CliError::usage(anyhow::anyhow!(m)),
             pipeline::runner::RunError::Store(s) => s.into(),
         })?;
+    // A failed stage's error wins over a failed write of the report (a closed pipe).
+    let printed = print_report(&report, &store.root().display().to_string(), opts, json);
+    if let Some(e) = report.error {
+        return Err(CliError::failure(anyhow::anyhow!(e)));
+    }
+    printed.map_err(CliError::from)
+}
+
+/// The report of a run on stdout: a table (a line per stage and a summary), or one JSON
+/// object with `json`.
+fn print_report(
+    report: &pipeline::runner::RunReport,
+    store: &str,
+    opts: &RunOptions,
+    json: bool,
+) -> std::io::Result<()> {
     if json {
         let v = serde_json::json!({
             "run_id": report.run_id,
             "pipeline": report.pipeline,
-            "store": store.root().display().to_string(),
+            "store": store,
             "stages": report.stages,
             "error": report.error,
         });
-        println!("{v}");
+        outln!("{v}")?;
     } else {
         let mode = if opts.dry_run {
             " (dry run: nothing written)"
         } else {
             ""
         };
-        println!(
-            "pipeline '{}' on store '{}'{mode}",
-            report.pipeline,
-            store.root().display()
-        );
+        outln!("pipeline '{}' on store '{}'{mode}", report.pipeline, store)?;
         for s in &report.stages {
             let secs = if s.status == "done" || s.status == "failed" {
                 format!(" {:>7.2}s", s.seconds)
             } else {
                 String::new()
             };
-            println!(
+            outln!(
                 "  {:<24} {:<13} {:<8}{secs}  {}",
-                s.name, s.kind, s.status, s.summary
-            );
+                s.name,
+                s.kind,
+                s.status,
+                s.summary
+            )?;
         }
         let (done, skipped) = (
             report.stages.iter().filter(|s| s.status == "done").count(),
@@ -171,17 +186,14 @@ pub async fn run_pipeline(
         );
         if !opts.dry_run && report.error.is_none() {
             if done == 0 {
-                println!("nothing to do: all {skipped} stages unchanged");
+                outln!("nothing to do: all {skipped} stages unchanged")?;
             } else {
-                println!(
+                outln!(
                     "{done} stage(s) run, {skipped} unchanged (run id {})",
                     report.run_id
-                );
+                )?;
             }
         }
     }
-    match report.error {
-        Some(e) => Err(CliError::failure(anyhow::anyhow!(e))),
-        None => Ok(()),
-    }
+    Ok(())
 }

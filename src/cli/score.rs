@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::{CliError, Ctx};
 use crate::pal::FewShotConfig;
+use crate::pipeline::progress::to_stderr;
 use crate::serve::{self, Content, ScoreRequest, Scorer, ServeConfig, ServeError, UserSel};
 
 #[derive(Debug, clap::Args)]
@@ -358,11 +359,11 @@ pub async fn score(ctx: &Ctx, a: ScoreArgs) -> Result<(), CliError> {
     let keep = if a.best { Some(1) } else { a.top };
     if !a.json {
         if many {
-            println!("{:>5} {:>9} {:>12}", "row", "candidate", "reward");
+            outln!("{:>5} {:>9} {:>12}", "row", "candidate", "reward")?;
         } else if keep.is_some() {
-            println!("{:>4} {:>9} {:>12}  text", "rank", "candidate", "reward");
+            outln!("{:>4} {:>9} {:>12}  text", "rank", "candidate", "reward")?;
         } else {
-            println!("{:>9} {:>12}  text", "candidate", "reward");
+            outln!("{:>9} {:>12}  text", "candidate", "reward")?;
         }
     }
     for (row, s) in scored.iter().enumerate() {
@@ -384,13 +385,13 @@ pub async fn score(ctx: &Ctx, a: ScoreArgs) -> Result<(), CliError> {
                 if truncated {
                     v["truncated"] = true.into();
                 }
-                println!("{v}");
+                outln!("{v}")?;
             } else if many {
-                println!(
+                outln!(
                     "{row:>5} {i:>9} {:>12.6}{}",
                     s.rewards[i],
                     if truncated { "  (truncated)" } else { "" }
-                );
+                )?;
             } else {
                 let text = texts
                     .as_ref()
@@ -408,7 +409,7 @@ pub async fn score(ctx: &Ctx, a: ScoreArgs) -> Result<(), CliError> {
                 } else {
                     String::new()
                 };
-                println!("{rank}{i:>9} {:>12.6}  {shown}{note}", s.rewards[i]);
+                outln!("{rank}{i:>9} {:>12.6}  {shown}{note}", s.rewards[i])?;
             }
         }
         if s.prompt_truncated {
@@ -447,7 +448,7 @@ pub async fn enroll(ctx: &Ctx, a: EnrollArgs) -> Result<(), CliError> {
         .await
         .map_err(cli_err)?;
     if a.json {
-        println!("{}", serde_json::json!(out));
+        outln!("{}", serde_json::json!(out))?;
         return Ok(());
     }
     let w: Vec<String> = out.mixture.iter().map(|x| format!("{x:.3}")).collect();
@@ -478,7 +479,7 @@ pub async fn enroll(ctx: &Ctx, a: EnrollArgs) -> Result<(), CliError> {
         ),
         None => format!(" (prior scale {}{ridge})", out.prior_scale),
     };
-    println!(
+    outln!(
         "{} '{}' into '{}' from {} comparisons: mixture [{}]{offset}; estimator {}{how}; {acc}",
         if out.replaced {
             "re-enrolled"
@@ -490,7 +491,7 @@ pub async fn enroll(ctx: &Ctx, a: EnrollArgs) -> Result<(), CliError> {
         out.comparisons,
         w.join(", "),
         out.estimator,
-    );
+    )?;
     Ok(())
 }
 
@@ -577,7 +578,7 @@ pub async fn serve_cmd(ctx: &Ctx, a: ServeArgs) -> Result<(), CliError> {
     let stop = Arc::new(tokio::sync::Notify::new());
     let s2 = stop.clone();
     ctrlc::set_handler(move || {
-        eprintln!("stopping: finishing the requests in flight");
+        to_stderr(format_args!("stopping: finishing the requests in flight"));
         s2.notify_one();
     })
     .map_err(|e| CliError::failure(anyhow::anyhow!("cannot catch SIGINT/SIGTERM: {e}")))?;
@@ -588,11 +589,13 @@ pub async fn serve_cmd(ctx: &Ctx, a: ServeArgs) -> Result<(), CliError> {
         async move { stop.notified().await },
         move |addr| {
             // Always printed (tests and scripts read the port from it), even with --quiet.
-            eprintln!("palpipe serve: listening on http://{addr} (models: {names})");
+            to_stderr(format_args!(
+                "palpipe serve: listening on http://{addr} (models: {names})"
+            ));
         },
     )
     .await
     .map_err(cli_err)?;
-    eprintln!("palpipe serve: stopped");
+    to_stderr(format_args!("palpipe serve: stopped"));
     Ok(())
 }

@@ -61,7 +61,7 @@ pub async fn vacuum(ctx: &Ctx, a: VacuumArgs) -> Result<(), CliError> {
         if t.uncommitted_files + t.old_versions + t.version_files == 0 {
             continue;
         }
-        println!(
+        outln!(
             "{}: {verb} {} uncommitted data files ({} bytes), {} old versions ({} files, {} bytes)",
             t.table,
             t.uncommitted_files,
@@ -69,18 +69,18 @@ pub async fn vacuum(ctx: &Ctx, a: VacuumArgs) -> Result<(), CliError> {
             t.old_versions,
             t.version_files,
             t.version_bytes
-        );
+        )?;
         files += t.uncommitted_files + t.version_files;
         bytes += t.uncommitted_bytes + t.version_bytes;
         versions += t.old_versions;
     }
     for r in &report.abandoned_runs {
-        println!("run '{r}': never committed; {verb} its shard metadata");
+        outln!("run '{r}': never committed; {verb} its shard metadata")?;
     }
-    println!(
+    outln!(
         "total: {verb} {files} files ({bytes} bytes), {versions} old versions, {} abandoned runs",
         report.abandoned_runs.len()
-    );
+    )?;
     Ok(())
 }
 

@@ -54,13 +54,21 @@ pub struct EmbedArgs {
     pub run_id: Option<String>,
 }
 
+/// A count of at least 1 (`--partitions`), for clap: the message says what was expected.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number of at least 1".to_string()),
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct IndexArgs {
     /// Index kind: ivf-flat (default, small tables), ivf-pq (compact), hnsw.
     #[arg(long, value_enum, default_value = "ivf-flat")]
     pub kind: IndexKind,
-    /// IVF partitions (default: about sqrt of the row count).
-    #[arg(long)]
+    /// IVF partitions, at least 1 (default: about sqrt of the row count, at most 256).
+    #[arg(long, value_parser = at_least_one)]
     pub partitions: Option<usize>,
 }
 
@@ -160,10 +168,13 @@ pub async fn embed(ctx: &Ctx, a: EmbedArgs) -> Result<(), CliError> {
         }
         _ => String::new(),
     };
-    println!(
+    outln!(
         "{}: embedded {}{images}, already cached {}, empty skipped {}{failed}{shard_note}",
-        c.encoder_id, c.embedded, c.cached, c.empty
-    );
+        c.encoder_id,
+        c.embedded,
+        c.cached,
+        c.empty
+    )?;
     Ok(())
 }
 
@@ -183,10 +194,10 @@ pub async fn index(ctx: &Ctx, a: IndexArgs) -> Result<(), CliError> {
         .partitions
         .unwrap_or_else(|| ((rows as f64).sqrt() as usize).clamp(1, 256));
     vector::create_index(&store, a.kind, partitions).await?;
-    println!(
+    outln!(
         "indexed {rows} vectors ({:?}, {partitions} partitions)",
         a.kind
-    );
+    )?;
     Ok(())
 }
 
@@ -292,18 +303,18 @@ pub async fn search(ctx: &Ctx, a: SearchArgs) -> Result<(), CliError> {
     for (rank, h) in hits.iter().enumerate() {
         let t = texts.get(&h.content_id).cloned().unwrap_or_default();
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"rank": rank + 1, "distance": h.distance, "content_id": h.content_id, "text": t})
-            );
+            )?;
         } else {
-            println!(
+            outln!(
                 "{:>3}  {:.4}  {}  {}",
                 rank + 1,
                 h.distance,
-                &h.content_id[..12.min(h.content_id.len())],
+                h.content_id.chars().take(12).collect::<String>(),
                 t.replace('\n', " ")
-            );
+            )?;
         }
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! The one printer for status and progress: stderr only, quiet when asked, and progress
 //! bars only when stderr is a terminal, so stdout stays clean for results that pipe.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -23,13 +23,13 @@ impl Printer {
     /// A status line on stderr (nothing when quiet).
     pub fn status(&self, msg: impl AsRef<str>) {
         if !self.quiet {
-            eprintln!("{}", msg.as_ref());
+            to_stderr(format_args!("{}", msg.as_ref()));
         }
     }
 
     /// A warning on stderr, shown even when quiet.
     pub fn warn(&self, msg: impl AsRef<str>) {
-        eprintln!("warning: {}", msg.as_ref());
+        to_stderr(format_args!("warning: {}", msg.as_ref()));
     }
 
     /// A bar of `len` steps (hidden unless stderr is a terminal).
@@ -57,4 +57,11 @@ impl Printer {
         s.enable_steady_tick(Duration::from_millis(120));
         s
     }
+}
+
+/// One line on stderr that the work does not depend on: a failed write (stderr closed, as
+/// in `palpipe run p.yaml 2>&1 | head`) is dropped rather than stopping the work, which
+/// `eprintln!` would do with a panic.
+pub fn to_stderr(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }

@@ -271,6 +271,16 @@ fn combinations(foreach: &Value) -> Result<Vec<Combo>, Vec<(String, String)>> {
                     errors.push((at, SHAPE.to_string()));
                     continue;
                 };
+                if m.is_empty() {
+                    errors.push((
+                        at,
+                        format!(
+                            "'foreach' entry {} sets no keys; each entry sets the keys it sweeps, e.g. {{k: 2, lr: 0.01}}",
+                            i + 1
+                        ),
+                    ));
+                    continue;
+                }
                 let mut combo = Vec::new();
                 for (k, v) in m {
                     match key_name(k, at.clone()) {
@@ -643,6 +653,22 @@ mod tests {
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(names(&e), ["x-a-k1", "x-a-k3", "x-b-k3"]);
         assert_eq!(e.stages[1].get("k"), Some(&Value::from(3u64)));
+    }
+
+    /// An entry of the list form with no keys is refused where it stands (it used to reach
+    /// the name check with no key to suggest, and panic).
+    #[test]
+    fn an_empty_foreach_entry_is_refused() {
+        let yaml = "  - name: t\n    kind: train\n    foreach: [{}]\n  - name: u-${k}\n    kind: train\n    foreach:\n      - {k: 1}\n      - {}\n";
+        let (e, errs) = run(yaml, &[]);
+        assert!(e.stages.is_empty(), "{:?}", names(&e));
+        let got: Vec<(Option<usize>, &str)> =
+            errs.iter().map(|e| (e.line, e.message.as_str())).collect();
+        assert_eq!(errs.len(), 2, "{got:?}");
+        assert_eq!(errs[0].line, Some(4), "{got:?}");
+        assert!(errs[0].message.contains("entry 1 sets no keys"), "{got:?}");
+        assert_eq!(errs[1].line, Some(9), "{got:?}");
+        assert!(errs[1].message.contains("entry 2 sets no keys"), "{got:?}");
     }
 
     #[test]

@@ -663,10 +663,10 @@ async fn log_line(req: Request, next: Next) -> Response {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let t = Instant::now();
     let resp = next.run(req).await;
-    eprintln!(
+    crate::pipeline::progress::to_stderr(format_args!(
         "{method} {path} {} {:.1}ms",
         resp.status().as_u16(),
         t.elapsed().as_secs_f64() * 1000.0
-    );
+    ));
     resp
 }

@@ -843,10 +843,10 @@ impl Scorer {
                 true
             }
             Err(e) => {
-                eprintln!(
+                crate::pipeline::progress::to_stderr(format_args!(
                     "warning: {} new vector(s) not cached in the store: {e}",
                     rows.len()
-                );
+                ));
                 false
             }
         }

@@ -80,9 +80,13 @@ fn find_location(s: &str) -> Option<(usize, usize)> {
             col_digits > 0
         };
         if ok && dot > 0 {
+            // The character after the token's opening one, whatever its width in UTF-8
+            // (a no-break space is two bytes).
             let start = s[..dot]
-                .rfind(|c: char| c.is_whitespace() || matches!(c, '(' | '"' | '\'' | '`' | '['))
-                .map(|p| p + 1)
+                .char_indices()
+                .rev()
+                .find(|&(_, c)| c.is_whitespace() || matches!(c, '(' | '"' | '\'' | '`' | '['))
+                .map(|(p, c)| p + c.len_utf8())
                 .unwrap_or(0);
             if start < dot {
                 return Some((start, i));
@@ -169,6 +173,20 @@ mod tests {
         assert_eq!(
             super::error_chain(&e),
             "opening the store: no store at 's3://b/p'\nhint: run a pipeline"
+        );
+    }
+
+    /// A location after a space that is more than one byte in UTF-8 (a no-break space, an
+    /// ideographic space) is cut at the character's end, not inside it.
+    #[test]
+    fn a_location_after_a_wide_space_is_removed() {
+        assert_eq!(
+            strip("bad file 'a\u{a0}b'\u{a0}src/x.rs:1:2"),
+            "bad file 'a\u{a0}b'"
+        );
+        assert_eq!(
+            strip("failed\u{3000}lance/src/io.rs:10:4 now"),
+            "failed now"
         );
     }
 

@@ -341,7 +341,13 @@ fn done(o: Output) -> Run {
 
 /// Runs `palpipe ARGS --store STORE --quiet`.
 pub fn palpipe(store: &Path, args: &[&str]) -> Run {
+    palpipe_with_env(store, &[], args)
+}
+
+/// Runs `palpipe ARGS --store STORE --quiet` with the environment variables `ENV` set.
+pub fn palpipe_with_env(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
     let o = bin()
+        .envs(env.iter().copied())
         .args(args)
         .arg("--store")
         .arg(store)

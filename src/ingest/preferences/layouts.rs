@@ -108,11 +108,16 @@ pub fn judge(conv: LabelConvention, label: &[&Val]) -> Result<Verdict, String> {
 /// `Ok(None)`: no label. `Err`: a value that names none of them.
 pub fn preferred_index(v: &Val, k: usize, names: &[String]) -> Result<Option<usize>, String> {
     let bad = || {
+        // Letters name the first 26 responses only.
+        let letters = match u8::try_from(k) {
+            Ok(n @ 1..=26) => format!(", a letter a..{}", (b'a' + n - 1) as char),
+            _ if k > 26 => ", a letter a..z for the first 26".to_string(),
+            _ => String::new(),
+        };
         format!(
-            "{} names none of the {k} responses (expected an index 0..{}, a letter a..{}, or a column name)",
+            "{} names none of the {k} responses (expected an index 0..{}{letters}, or a column name)",
             v.show(),
             k.saturating_sub(1),
-            (b'a' + k.saturating_sub(1) as u8) as char
         )
     };
     let idx = match v {
@@ -260,6 +265,15 @@ mod tests {
         assert!(preferred_index(&s("response_e"), 4, &names).is_err());
         assert!(preferred_index(&Val::Int(4), 4, &names).is_err());
         assert_eq!(preferred_index(&Val::Null, 4, &names), Ok(None));
+        // The message's letter range stops at z, however many responses a row holds
+        // (best-of-256 rows used to overflow the letter's arithmetic).
+        let e = preferred_index(&s("response_zz"), 4, &names).unwrap_err();
+        assert!(e.contains("index 0..3, a letter a..d, or"), "{e}");
+        let e = preferred_index(&Val::Int(300), 256, &[]).unwrap_err();
+        assert!(
+            e.contains("index 0..255, a letter a..z for the first 26, or"),
+            "{e}"
+        );
     }
 
     #[test]

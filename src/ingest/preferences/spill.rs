@@ -71,7 +71,7 @@ fn on_signal() {
                     std::thread::sleep(std::time::Duration::from_millis(2));
                 }
             }
-            eprintln!("palpipe: stopped by a signal");
+            crate::pipeline::progress::to_stderr(format_args!("palpipe: stopped by a signal"));
             std::process::exit(130);
         });
     });
