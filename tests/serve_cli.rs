@@ -1224,6 +1224,7 @@ fn serve_enrolls_with_an_offset_as_the_cli_does() {
         (json!({"prior_scale": -1}), "prior_scale"),
         (json!({"prior-scale": 2}), "prior-scale"),
         (json!({"steps": 1.5}), "steps"),
+        (json!({"steps": 1_000_000_000_000u64}), "steps"),
     ] {
         let (st, v) = enroll("bad", settings.clone());
         assert_eq!(st, 400, "{settings}: {v}");

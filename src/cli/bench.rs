@@ -374,9 +374,9 @@ pub async fn bench_clip(_ctx: &Ctx, a: BenchClipArgs) -> Result<(), CliError> {
     use crate::embed::clip::{decode_image, preprocess_image, ClipEncoder};
     use crate::embed::ImageEncoder;
 
-    if a.images == 0 || a.batch == 0 || a.size < 8 {
+    if a.images == 0 || a.batch == 0 || !(8..=16_384).contains(&a.size) {
         return Err(CliError::usage(anyhow::anyhow!(
-            "--images and --batch must be positive and --size at least 8"
+            "--images and --batch must be positive and --size between 8 and 16384"
         )));
     }
     let device = super::open_device(&a.device)?;

@@ -87,7 +87,7 @@ pub struct AdaptArgs {
     /// Shots per user, comma-separated; 0 is zero-shot (the seen users' mean mixture).
     #[arg(long, value_delimiter = ',', default_value = "0,1,5,10,20")]
     pub shots: Vec<usize>,
-    /// Steps fitting each new user's logits (map, mle).
+    /// Steps fitting each new user's logits (map, mle) and offset's δ (at most 100000).
     #[arg(long)]
     pub steps: Option<usize>,
     #[arg(long, default_value_t = 0)]

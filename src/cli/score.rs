@@ -111,7 +111,7 @@ pub struct EnrollArgs {
     /// inf none; `palpipe adapt --tune-split` reports the best one).
     #[arg(long)]
     pub ridge: Option<f64>,
-    /// Gradient steps of the map and mle fits, and of offset's fit of δ.
+    /// Gradient steps of the map and mle fits, and of offset's fit of δ (at most 100000).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Seed choosing the held-out comparisons.

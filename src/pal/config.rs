@@ -679,14 +679,14 @@ pub struct FewShotConfig {
     #[serde(default = "default_ridge")]
     pub ridge: f64,
     /// Full-batch AdamW steps on the new logits (`map`, `mle`; a fixed number: no held-out
-    /// data decides) and on `offset`'s δ. Default 300.
+    /// data decides) and on `offset`'s δ, at most [`MAX_FS_STEPS`]. Default 300.
     #[serde(default = "default_fs_steps")]
     pub steps: usize,
     /// Learning rate of those steps. Default 0.05.
     #[serde(default = "default_fs_lr")]
     pub lr: f64,
     /// Prior draws of the importance sampler (`posterior`; `empirical` takes at least one per
-    /// seen user, at most this many seen users). Default 512.
+    /// seen user, at most this many seen users); at most [`MAX_FS_SAMPLES`]. Default 512.
     #[serde(default = "default_samples")]
     pub samples: usize,
     /// Share of each user's comparisons held out as that user's fixed query set. Default 0.5.
@@ -703,6 +703,14 @@ pub struct FewShotConfig {
 fn default_prior_scale() -> f64 {
     1.0
 }
+/// The most full-batch AdamW steps of one few-shot fit (`steps`): a bound so that one
+/// request (an enrolment sent to `palpipe serve`, say) cannot hold a worker for days.
+pub const MAX_FS_STEPS: usize = 100_000;
+
+/// The most prior draws of the few-shot sampler (`samples`): memory and time grow with them,
+/// so an absurd count would exhaust memory rather than help.
+pub const MAX_FS_SAMPLES: usize = 1_000_000;
+
 /// The largest finite `ridge`: stronger ones hold the offset at 0 in any case, and above about
 /// 4e20 the penalty's gradient squared overflows f32 (NaN offsets). `.inf` stays allowed.
 pub const MAX_RIDGE: f64 = 1e12;
@@ -822,6 +830,24 @@ impl FewShotConfig {
         if self.samples == 0 {
             return Err(PalError::config("samples", "is 0, it must be at least 1"));
         }
+        if self.samples > MAX_FS_SAMPLES {
+            return Err(PalError::config(
+                "samples",
+                format!(
+                    "is {}, it must be at most {MAX_FS_SAMPLES}\nhint: the default 512 already averages well; memory and time grow with the draws",
+                    self.samples
+                ),
+            ));
+        }
+        if self.steps > MAX_FS_STEPS {
+            return Err(PalError::config(
+                "steps",
+                format!(
+                    "is {}, it must be at most {MAX_FS_STEPS}\nhint: the default is 300; the learning rate falls to 0 over the steps, so each added step moves the fit less",
+                    self.steps
+                ),
+            ));
+        }
         Ok(())
     }
 }
@@ -870,6 +896,37 @@ mod tests {
         }
         let e = with(1e13).validate().unwrap_err().to_string();
         assert!(e.contains("at most 1e12") && e.contains("hint:"), "{e}");
+    }
+
+    #[test]
+    fn few_shot_steps_and_samples_have_an_upper_bound() {
+        let ok = FewShotConfig {
+            steps: 100_000,
+            samples: 1_000_000,
+            ..FewShotConfig::default()
+        };
+        assert!(ok.validate().is_ok());
+        for (cfg, field, shown) in [
+            (
+                FewShotConfig {
+                    steps: 100_001,
+                    ..ok.clone()
+                },
+                "'steps'",
+                "is 100001, it must be at most 100000",
+            ),
+            (
+                FewShotConfig {
+                    samples: usize::MAX,
+                    ..ok.clone()
+                },
+                "'samples'",
+                "must be at most 1000000",
+            ),
+        ] {
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(field) && e.contains(shown), "{e}");
+        }
     }
 
     #[test]

@@ -905,7 +905,7 @@ fn split_users(set: &ComparisonSet, maxn: usize, cfg: &FewShotConfig, stream_id:
             continue;
         }
         let q = ((cfg.query_frac * idx.len() as f64).ceil() as usize).max(cfg.min_queries);
-        if idx.len() < q + maxn {
+        if idx.len() < q.saturating_add(maxn) {
             sp.excluded.push(set.user_ids[u].clone());
             continue;
         }

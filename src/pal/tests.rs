@@ -748,6 +748,17 @@ fn curve_scores_every_n_on_the_same_queries_and_counts_exclusions() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("40 shots") && e.contains("hint:"), "{e}");
+    // A shot count at the top of the range is the same data error, not an overflow.
+    let e = few_shot_curve(
+        &model,
+        &set,
+        &[usize::MAX],
+        &FewShotConfig::default(),
+        &EvalOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains(&format!("{} shots", usize::MAX)), "{e}");
 }
 
 #[test]

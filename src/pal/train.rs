@@ -162,9 +162,9 @@ fn train_dtype(
     let mut dropout_rng = rng(train_cfg.seed, stream::DROPOUT);
     let n = data.comps.len();
     let steps_per_epoch = n.div_ceil(train_cfg.batch_size);
-    let total_steps = steps_per_epoch * train_cfg.epochs;
+    let total_steps = steps_per_epoch.saturating_mul(train_cfg.epochs);
     let mut order: Vec<usize> = (0..n).collect();
-    let mut history = Vec::with_capacity(train_cfg.epochs);
+    let mut history = Vec::with_capacity(train_cfg.epochs.min(1 << 12));
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     let mut step = 0;
     let mut phases = PhaseTimes::default();

@@ -531,8 +531,9 @@ const ENROLL_KEYS: [&str; 7] = [
 
 /// The fit settings of an enrolment request, each optional as `palpipe enroll`'s flags:
 /// `"estimator"` (auto, map, posterior, empirical, mle, offset), `"prior_scale"` (a number),
-/// `"ridge"` (a number, or "inf" for no offset), `"steps"` and `"seed"` (whole numbers). A
-/// key the body should not have is refused, naming it.
+/// `"ridge"` (a number, or "inf" for no offset), `"steps"` and `"seed"` (whole numbers;
+/// steps at most 100,000, checked with the other ranges when the fit starts). A key the body
+/// should not have is refused, naming it.
 fn fit_settings(v: &Value) -> Result<FewShotConfig, ServeError> {
     if let Some(obj) = v.as_object() {
         if let Some(k) = obj.keys().find(|k| !ENROLL_KEYS.contains(&k.as_str())) {
