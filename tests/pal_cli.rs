@@ -262,6 +262,14 @@ fn bad_training_requests_fail_clearly_and_write_nothing() {
     assert!(r.stderr.contains("k must be at least 1"), "{}", r.stderr);
     let r = with(&["--arch", "mlp2-relux-dropout0"]).code(2);
     assert!(r.stderr.contains("relux"), "{}", r.stderr);
+    // An epoch count past its bound is refused before any data is read, not run or overflowed.
+    let most = usize::MAX.to_string();
+    let r = with(&["--epochs", most.as_str()]).code(2);
+    assert!(
+        r.stderr.contains("epochs") && r.stderr.contains("at most 1000000"),
+        "{}",
+        r.stderr
+    );
     let r = palpipe(
         &store,
         &[
@@ -314,6 +322,19 @@ fn bad_training_requests_fail_clearly_and_write_nothing() {
     )
     .code(1);
     assert!(r.stderr.contains("saw in training"), "{}", r.stderr);
+    // A few-shot setting past its bound is refused before the users are read.
+    let r = palpipe(
+        &store,
+        &[
+            "adapt", "--model", "k3", "--users", "te", "--shots", "5", "--steps", "100001",
+        ],
+    )
+    .code(2);
+    assert!(
+        r.stderr.contains("steps") && r.stderr.contains("at most 100000"),
+        "{}",
+        r.stderr
+    );
     let mut after = versions(&store);
     // eval and adapt failures write nothing; only successful evals above touched models
     after.remove("runs");

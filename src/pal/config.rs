@@ -560,6 +560,12 @@ impl TrainConfig {
         if self.epochs == 0 {
             return Err(PalError::config("epochs", "is 0, it must be at least 1"));
         }
+        if self.epochs > MAX_EPOCHS {
+            return Err(PalError::config(
+                "epochs",
+                format!("is {}, it must be at most {MAX_EPOCHS}", self.epochs),
+            ));
+        }
         if self.batch_size == 0 {
             return Err(PalError::config(
                 "batch_size",
@@ -703,6 +709,10 @@ pub struct FewShotConfig {
 fn default_prior_scale() -> f64 {
     1.0
 }
+/// The most training epochs (`epochs`): far past any run that ends in a useful time, and low
+/// enough that every step count derived from it fits its type.
+pub const MAX_EPOCHS: usize = 1_000_000;
+
 /// The most full-batch AdamW steps of one few-shot fit (`steps`): a bound so that one
 /// request (an enrolment sent to `palpipe serve`, say) cannot hold a worker for days.
 pub const MAX_FS_STEPS: usize = 100_000;
@@ -843,7 +853,7 @@ impl FewShotConfig {
             return Err(PalError::config(
                 "steps",
                 format!(
-                    "is {}, it must be at most {MAX_FS_STEPS}\nhint: the default is 300; the learning rate falls to 0 over the steps, so each added step moves the fit less",
+                    "is {}, it must be at most {MAX_FS_STEPS}\nhint: the default is 300; a few-shot fit has K logits (and offset's d values) to find, and rarely moves after a few hundred steps",
                     self.steps
                 ),
             ));
@@ -896,6 +906,22 @@ mod tests {
         }
         let e = with(1e13).validate().unwrap_err().to_string();
         assert!(e.contains("at most 1e12") && e.contains("hint:"), "{e}");
+    }
+
+    #[test]
+    fn epochs_have_an_upper_bound() {
+        let with = |epochs: usize| TrainConfig {
+            epochs,
+            ..TrainConfig::default()
+        };
+        assert!(with(1_000_000).validate().is_ok());
+        for bad in [1_000_001, usize::MAX] {
+            let e = with(bad).validate().unwrap_err().to_string();
+            assert!(
+                e.contains("'epochs'") && e.contains("at most 1000000"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -147,7 +147,8 @@ pub struct AdaptParams {
     /// Shots per user to try; 0 is zero-shot (the seen users' mean mixture).
     #[serde(default = "default_shots")]
     pub shots: Vec<usize>,
-    /// Steps fitting each new user's K logits (`map`, `mle`).
+    /// Steps fitting each new user's K logits (`map`, `mle`) and `offset`'s δ; at most
+    /// 100,000.
     #[serde(default = "default_steps")]
     pub steps: usize,
     #[serde(default)]
@@ -433,6 +434,8 @@ pub async fn train_model(
     if name == CLIP_SCORE {
         anyhow::bail!("the model name '{CLIP_SCORE}' is reserved for the zero-shot CLIP score\nhint: choose another --name");
     }
+    // Training's ranges (epochs, batch size, learning rates) before any data is read.
+    p.training.validate()?;
     let Some(mut cfg) = p.model_config()? else {
         // popularity: check the split loads, record what it needs.
         let n_train = split_pairs(store, &p.train).await?.len();
@@ -475,7 +478,10 @@ pub async fn train_model(
     let mut tcfg = p.training.clone();
     tcfg.seed = p.seed;
     let steps_per_epoch = train.set.comps.len().div_ceil(tcfg.batch_size.max(1));
-    let bar = printer.bar((steps_per_epoch * tcfg.epochs) as u64, "training");
+    let bar = printer.bar(
+        steps_per_epoch.saturating_mul(tcfg.epochs) as u64,
+        "training",
+    );
     let bar2 = bar.clone();
     let (mut model, report) = tokio::task::spawn_blocking(move || {
         pal::train(
@@ -840,7 +846,8 @@ impl AutoChoice {
         best
     }
 
-    /// `cfg` with this choice's estimator, prior scale and (when recorded) ridge and steps.
+    /// `cfg` with this choice's estimator, prior scale and (when recorded) ridge and steps;
+    /// steps recorded by a palpipe without their bound are held to [`pal::MAX_FS_STEPS`].
     pub fn apply(&self, cfg: &FewShotConfig) -> FewShotConfig {
         let mut out = cfg.clone();
         out.estimator = self.estimator;
@@ -849,7 +856,7 @@ impl AutoChoice {
             out.ridge = r;
         }
         if let Some(n) = self.steps {
-            out.steps = n;
+            out.steps = n.min(pal::MAX_FS_STEPS);
         }
         out
     }
@@ -908,6 +915,8 @@ pub async fn adapt_model(
     p: &AdaptParams,
     group_bound: bool,
 ) -> anyhow::Result<AdaptOutcome> {
+    // The settings' ranges before the model and the splits are read.
+    p.fewshot_config().validate()?;
     let entry = ModelEntry::find(store, &p.model).await?;
     let model = entry.load_pal(store).await?;
     let encoder = entry.row.encoder_id.clone().unwrap_or_default();
@@ -1079,5 +1088,13 @@ mod tests {
         assert_eq!(AutoChoice::from_metrics(old), None);
         assert_eq!(AutoChoice::from_metrics(r#"{"accuracy:te": 0.9}"#), None);
         assert_eq!(AutoChoice::from_metrics("not json"), None);
+        // Steps recorded before they had a bound are held to it, so the choice still fits.
+        let many = AutoChoice {
+            steps: Some(5_000_000),
+            ..c
+        };
+        let cfg = many.apply(&FewShotConfig::default());
+        assert_eq!(cfg.steps, 100_000);
+        assert!(cfg.validate().is_ok());
     }
 }

@@ -557,7 +557,8 @@ fn fit_settings(v: &Value) -> Result<FewShotConfig, ServeError> {
             .transpose()
     };
     if let Some(n) = whole("steps")? {
-        cfg.steps = n as usize;
+        // Beyond usize (a 32-bit build) it is past the bound in any case.
+        cfg.steps = usize::try_from(n).unwrap_or(usize::MAX);
     }
     if let Some(n) = whole("seed")? {
         cfg.seed = n;
