@@ -557,21 +557,8 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Checks ranges.
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0 {
-            return Err(PalError::config("epochs", "is 0, it must be at least 1"));
-        }
-        if self.epochs > MAX_EPOCHS {
-            return Err(PalError::config(
-                "epochs",
-                format!("is {}, it must be at most {MAX_EPOCHS}", self.epochs),
-            ));
-        }
-        if self.batch_size == 0 {
-            return Err(PalError::config(
-                "batch_size",
-                "is 0, it must be at least 1",
-            ));
-        }
+        count_in("epochs", self.epochs, 1..=MAX_EPOCHS, "")?;
+        count_in("batch_size", self.batch_size, 1..=usize::MAX, "")?;
         for (name, g) in [
             ("projectors", &self.projectors),
             ("user_logits", &self.user_logits),
@@ -837,29 +824,47 @@ impl FewShotConfig {
                 ),
             ));
         }
-        if self.samples == 0 {
-            return Err(PalError::config("samples", "is 0, it must be at least 1"));
-        }
-        if self.samples > MAX_FS_SAMPLES {
-            return Err(PalError::config(
-                "samples",
-                format!(
-                    "is {}, it must be at most {MAX_FS_SAMPLES}\nhint: the default 512 already averages well; memory and time grow with the draws",
-                    self.samples
-                ),
-            ));
-        }
-        if self.steps > MAX_FS_STEPS {
-            return Err(PalError::config(
-                "steps",
-                format!(
-                    "is {}, it must be at most {MAX_FS_STEPS}\nhint: the default is 300; a few-shot fit has K logits (and offset's d values) to find, and rarely moves after a few hundred steps",
-                    self.steps
-                ),
-            ));
-        }
-        Ok(())
+        count_in(
+            "samples",
+            self.samples,
+            1..=MAX_FS_SAMPLES,
+            "the default 512 already averages well; memory and time grow with the draws",
+        )?;
+        count_in(
+            "steps",
+            self.steps,
+            0..=MAX_FS_STEPS,
+            "the default is 300; a few-shot fit has K logits (and offset's d values) to find, and rarely moves after a few hundred steps",
+        )
     }
+}
+
+/// A configuration error for count `field` outside `range` ("is N, it must be at least L",
+/// or "at most M" followed by `hint` when one is given); `Ok` inside it.
+fn count_in(
+    field: &str,
+    value: usize,
+    range: std::ops::RangeInclusive<usize>,
+    hint: &str,
+) -> Result<()> {
+    let (least, most) = (*range.start(), *range.end());
+    if value < least {
+        return Err(PalError::config(
+            field,
+            format!("is {value}, it must be at least {least}"),
+        ));
+    }
+    if value > most {
+        let hint = match hint {
+            "" => String::new(),
+            h => format!("\nhint: {h}"),
+        };
+        return Err(PalError::config(
+            field,
+            format!("is {value}, it must be at most {most}{hint}"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
