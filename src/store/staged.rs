@@ -44,6 +44,8 @@ const COMMIT_ORDER: [&str; 8] = [
 
 /// An order-independent digest of a set of rows: the count and the wrapping sum of each row's
 /// blake3. Two scopes with equal digests hold the same rows (as a multiset).
+/// Never stored: the two digests a commit compares are made by the same binary in that
+/// commit, so the row encoding they hash need not stay the same across versions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct RowDigest {
     rows: u64,
