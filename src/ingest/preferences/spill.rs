@@ -22,7 +22,8 @@ pub trait Record: Sized + Send + 'static {
     fn key(&self) -> &str;
     /// About how many bytes the row holds in memory.
     fn size(&self) -> usize;
-    /// Writes the row in the run file encoding.
+    /// Writes the row in the run file encoding, its key first (as [`put_str`] writes it: a
+    /// run is sorted by the keys read back from its rows' encodings).
     fn encode(&self, w: &mut impl Write) -> io::Result<()>;
     /// Reads one row; `None` at the end of the file.
     fn decode(r: &mut impl Read) -> io::Result<Option<Self>>;
@@ -330,15 +331,55 @@ fn sort_run<T: Record>(rows: &mut Vec<T>, dedup: bool) -> usize {
 }
 
 /// Sorts a run and writes it to a new run file at `path`; returns the rows left out as
-/// repeated. The rows are freed here too, off the reading thread.
-fn write_run<T: Record>(mut rows: Vec<T>, dedup: bool, path: &Path) -> io::Result<usize> {
-    let repeated = sort_run(&mut rows, dedup);
+/// repeated (the first row of a key is kept).
+///
+/// The rows are encoded first, in the order they came, each freed as soon as it is encoded:
+/// memory is read and freed about in the order it was allocated, where following the sorted
+/// order would jump across the heap for every field of every row. Then the encodings are
+/// ordered by (key prefix, key, arrival) and written in that order, so the file is the one
+/// that encoding the sorted rows would give.
+fn write_run<T: Record>(rows: Vec<T>, dedup: bool, path: &Path) -> io::Result<usize> {
+    let mut encoded = Vec::with_capacity(rows.iter().map(Record::size).sum());
+    // Per row: (key prefix, where its encoding starts, where it ends).
+    let mut spans: Vec<(u64, usize, usize)> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let start = encoded.len();
+        let (head, key_len) = (prefix(row.key()), row.key().len());
+        row.encode(&mut encoded)?;
+        if encoded_key(&encoded, start).map(<[u8]>::len) != Some(key_len) {
+            return Err(corrupt("a row's encoding does not begin with its key"));
+        }
+        spans.push((head, start, encoded.len()));
+    }
+    let key = |start: usize| encoded_key(&encoded, start).unwrap_or_default();
+    spans.sort_unstable_by(|a, b| {
+        (a.0.cmp(&b.0))
+            .then_with(|| key(a.1).cmp(key(b.1)))
+            .then(a.1.cmp(&b.1))
+    });
     let mut w = BufWriter::with_capacity(RUN_BUFFER, File::create(path)?);
-    for row in &rows {
-        row.encode(&mut w)?;
+    let mut repeated = 0;
+    let mut last: Option<&[u8]> = None;
+    for &(_, start, end) in &spans {
+        if dedup {
+            let this = key(start);
+            if last == Some(this) {
+                repeated += 1;
+                continue;
+            }
+            last = Some(this);
+        }
+        w.write_all(&encoded[start..end])?;
     }
     w.flush()?;
     Ok(repeated)
+}
+
+/// The key bytes of the encoded row at `start` (its first value, length-prefixed).
+fn encoded_key(encoded: &[u8], start: usize) -> Option<&[u8]> {
+    let n = encoded.get(start..start + 4)?;
+    let n = u32::from_le_bytes(n.try_into().ok()?) as usize;
+    encoded.get(start + 4..start + 4 + n)
 }
 
 /// Puts `rows[order[i]]` at place `i`, following each cycle of the permutation with swaps
@@ -808,6 +849,49 @@ mod tests {
             for b in keys {
                 assert_eq!(key_order(a, b), a.cmp(b), "{a:?} {b:?}");
             }
+        }
+    }
+
+    /// A run file holds the run's rows encoded in key order (the first of a key's rows only,
+    /// when de-duplicating; all of them in the order they came otherwise): the same bytes as
+    /// a stable sort of the rows by key, encoded one by one. Keys share 8-byte prefixes, are
+    /// shorter than 8 bytes, or repeat with different texts (to see which row is kept).
+    #[test]
+    fn a_written_run_is_its_rows_encoded_in_key_order() {
+        let keys = [
+            "prefix00b",
+            "k",
+            "prefix00a",
+            "k",
+            "prefix00",
+            "",
+            "zz",
+            "prefix00a",
+            "a\u{e9}",
+            "k",
+        ];
+        let rows: Vec<PromptRow> = (keys.iter().enumerate())
+            .map(|(i, k)| PromptRow {
+                prompt_id: k.to_string(),
+                text: format!("row {i}"),
+                source: "d".into(),
+            })
+            .collect();
+        for dedup in [true, false] {
+            let mut want_rows = rows.clone();
+            want_rows.sort_by(|a, b| a.prompt_id.cmp(&b.prompt_id)); // stable
+            if dedup {
+                want_rows.dedup_by(|a, b| a.prompt_id == b.prompt_id);
+            }
+            let mut want = Vec::new();
+            for row in &want_rows {
+                row.encode(&mut want).unwrap();
+            }
+            let dir = SpillDir::new().unwrap();
+            let path = dir.path().join("run");
+            let repeated = write_run(rows.clone(), dedup, &path).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), want, "dedup {dedup}");
+            assert_eq!(repeated, rows.len() - want_rows.len(), "dedup {dedup}");
         }
     }
 
