@@ -334,3 +334,35 @@ fn a_json_array_read_element_by_element_names_the_element_in_errors() {
     let msg = fails(dir.path(), &file, &TLDR);
     has(&msg, &["data.json:4", "in element 3"]);
 }
+
+/// A CSV with Windows line ends (as spreadsheets export it) and a blank line: the error names
+/// the line an editor shows (the csv reader alone numbers such rows one line too low).
+#[test]
+fn a_row_of_a_windows_csv_is_named_by_its_editor_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prefs.csv");
+    // Line 1 header, 2–3 rows, 4 blank, 5 a row, 6 the row without a user.
+    std::fs::write(
+        &file,
+        "worker,prompt,chosen,rejected\r\nw1,p1,a,b\r\nw2,p2,c,d\r\n\r\nw3,p3,e,f\r\n,p4,g,h\r\n",
+    )
+    .unwrap();
+    let msg = fails(
+        dir.path(),
+        &file,
+        &[
+            "--column",
+            "user=worker",
+            "--column",
+            "prompt=prompt",
+            "--column",
+            "chosen=chosen",
+            "--column",
+            "rejected=rejected",
+        ],
+    );
+    has(
+        &msg,
+        &["prefs.csv", "line 6,", "column 'worker'", "no user id"],
+    );
+}

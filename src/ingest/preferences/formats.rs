@@ -6,9 +6,12 @@
 //! and Parquet are read a block, a line or a record batch at a time, so memory does not grow
 //! with the file; a JSON array is streamed element by element.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
@@ -436,14 +439,19 @@ impl<'de> serde::de::Visitor<'de> for &mut Elements<'_, '_> {
 }
 
 fn read_csv(path: &Path, delimiter: u8, sink: &mut dyn RowSink) -> Result<(), PrefError> {
+    let ends = Rc::new(RefCell::new(LineEnds::default()));
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(true)
-        .from_reader(text_stream(path)?);
+        .from_reader(NewlineTap {
+            inner: text_stream(path)?,
+            ends: Rc::clone(&ends),
+        });
+    let line_of = |p: &csv::Position| ends.borrow_mut().record_line(p.line(), p.byte());
     let csv_err = |e: csv::Error| -> PrefError {
         IngestError::Csv {
             path: path.to_path_buf(),
-            line: e.position().map(|p| p.line()).unwrap_or(0),
+            line: e.position().map(line_of).unwrap_or(0),
             message: e.to_string(),
         }
         .into()
@@ -467,7 +475,7 @@ fn read_csv(path: &Path, delimiter: u8, sink: &mut dyn RowSink) -> Result<(), Pr
     let mut record = csv::StringRecord::new();
     while reader.read_record(&mut record).map_err(csv_err)? {
         any = true;
-        let n = record.position().map(|p| p.line()).unwrap_or(0);
+        let n = record.position().map(line_of).unwrap_or(0);
         let row = Val::Map(
             header
                 .iter()
@@ -549,9 +557,107 @@ fn read_parquet(path: &Path, wanted: &[String], sink: &mut dyn RowSink) -> Resul
     Ok(())
 }
 
+/// The newlines of a CSV stream not yet passed, so that a record's line is told right.
+///
+/// The csv reader numbers a record with the count of newlines read before it starts on the
+/// record, and a record ends at the first byte of its line end: with Windows line ends
+/// ("\r\n") the "\n" is read only with the next record, after its number was taken, so every
+/// record after the first line end would be numbered one line too low (the same for blank
+/// lines before a record). The reader's byte offset of a record is exact, so the newlines
+/// found at that offset (and the blank lines after it) are added back.
+#[derive(Default)]
+struct LineEnds {
+    /// Bytes handed to the reader so far.
+    offset: u64,
+    /// Whether the last byte handed over was "\r".
+    after_cr: bool,
+    /// The offsets of the newlines handed over and not yet passed, each with whether a "\r"
+    /// comes right before it: about one read buffer's worth.
+    newlines: VecDeque<(u64, bool)>,
+}
+
+impl LineEnds {
+    /// The line (1-based) of the record that the csv reader places at `line`, byte `byte`.
+    fn record_line(&mut self, line: u64, byte: u64) -> u64 {
+        while self.newlines.front().is_some_and(|&(at, _)| at < byte) {
+            self.newlines.pop_front();
+        }
+        let (mut at, mut skipped) = (byte, 0);
+        loop {
+            match self.newlines.front() {
+                Some(&(nl, _)) if nl == at => at += 1,
+                Some(&(nl, true)) if nl == at + 1 => at += 2,
+                _ => return line + skipped,
+            }
+            self.newlines.pop_front();
+            skipped += 1;
+        }
+    }
+}
+
+/// A CSV input that notes where its newlines are in [`LineEnds`] as the reader reads it.
+struct NewlineTap<R> {
+    inner: R,
+    ends: Rc<RefCell<LineEnds>>,
+}
+
+impl<R: Read> Read for NewlineTap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let read = &buf[..n];
+        let mut ends = self.ends.borrow_mut();
+        let base = ends.offset;
+        for (i, _) in read.iter().enumerate().filter(|(_, b)| **b == b'\n') {
+            let after_cr = if i == 0 {
+                ends.after_cr
+            } else {
+                read[i - 1] == b'\r'
+            };
+            ends.newlines.push_back((base + i as u64, after_cr));
+        }
+        if let Some(&last) = read.last() {
+            ends.after_cr = last == b'\r';
+        }
+        ends.offset += n as u64;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each record's line, as an editor numbers it, whatever the line ends: Unix, Windows,
+    /// blank lines before a record, a quoted field over two lines, no final line end; read in
+    /// 1-byte and larger reads (the reader's own buffering decides where a read ends).
+    #[test]
+    fn csv_records_are_numbered_by_the_line_they_start_on() {
+        let cases: [(&str, &[u64]); 4] = [
+            ("h1,h2\na,b\n\nc,\"x\ny\"\nd,e\n", &[2, 4, 6]),
+            ("h1,h2\r\na,b\r\n\r\nc,\"x\r\ny\"\r\nd,e", &[2, 4, 6]),
+            ("h\r\nx\r\ny\r\n\r\n\r\nz\r\n", &[2, 3, 6]),
+            ("h\r\nx\n\ny\r\nz", &[2, 4, 5]),
+        ];
+        for (text, want) in cases {
+            for capacity in [1, 8 << 10] {
+                let ends = Rc::new(RefCell::new(LineEnds::default()));
+                let mut reader = csv::ReaderBuilder::new()
+                    .buffer_capacity(capacity)
+                    .flexible(true)
+                    .from_reader(NewlineTap {
+                        inner: text.as_bytes(),
+                        ends: Rc::clone(&ends),
+                    });
+                let mut got = Vec::new();
+                let mut record = csv::StringRecord::new();
+                while reader.read_record(&mut record).unwrap() {
+                    let p = record.position().unwrap();
+                    got.push(ends.borrow_mut().record_line(p.line(), p.byte()));
+                }
+                assert_eq!(got, want, "{text:?}, buffer {capacity}");
+            }
+        }
+    }
 
     #[test]
     fn hugging_face_file_names_give_their_split() {
