@@ -263,7 +263,7 @@ fn rows_without_a_user_column_are_refused_before_anything_runs() {
         ],
     )
     .code(2);
-    has(&r.stderr, &["columns.user", "constant"]);
+    has(&r.stderr, &["--column user=", "constant"]);
     assert_eq!(data_tables(&store), before);
 }
 
@@ -365,4 +365,62 @@ fn a_row_of_a_windows_csv_is_named_by_its_editor_line() {
         &msg,
         &["prefs.csv", "line 6,", "column 'worker'", "no user id"],
     );
+}
+
+/// `palpipe ingest` has no pipeline file: a problem with its flags names the flag (or the
+/// PATH argument), not a line of a file that does not exist.
+#[test]
+fn ingest_flag_errors_name_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prefs.csv");
+    std::fs::write(&file, "worker,chosen,rejected\nw1,a,b\n").unwrap();
+    let store = dir.path().join("st");
+    let f = file.to_str().unwrap();
+    let cases: [(&[&str], &[&str]); 3] = [
+        (
+            &["ingest", f, "--dataset", "d", "--column", "usr=worker"],
+            &["--column usr=…:", "unknown column key 'usr'"],
+        ),
+        (
+            &[
+                "ingest",
+                f,
+                "--dataset",
+                "d",
+                "--column",
+                "user=worker",
+                "--column",
+                "left=chosen",
+                "--column",
+                "right=rejected",
+                "--column",
+                "label=worker",
+                "--label-convention",
+                "sideways",
+            ],
+            &["--label-convention:", "sideways"],
+        ),
+        (
+            &[
+                "ingest",
+                "nothere.csv",
+                "--dataset",
+                "d",
+                "--column",
+                "user=worker",
+                "--column",
+                "chosen=chosen",
+                "--column",
+                "rejected=rejected",
+            ],
+            &["PATH:", "nothere.csv", "does not exist"],
+        ),
+    ];
+    for (args, want) in cases {
+        let r = palpipe(&store, args);
+        assert_eq!(r.code, 2, "{args:?}: a usage error\n{}", r.stderr);
+        has(&r.stderr, want);
+        assert!(!r.stderr.contains("palpipe-ingest"), "{}", r.stderr);
+        assert!(!store.exists(), "{args:?}: no store is created");
+    }
 }

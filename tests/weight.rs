@@ -152,7 +152,7 @@ fn mapped_weights_are_stored_and_bad_ones_are_dropped_by_reason() {
     );
     assert_ne!(run.code, 0);
     let all = format!("{}{}", run.stdout, run.stderr);
-    assert!(all.contains("columns.weight"), "{all}");
+    assert!(all.contains("--column weight="), "{all}");
     assert!(all.contains("takes no weight"), "{all}");
 }
 

@@ -9,7 +9,7 @@ use serde_yaml::{Mapping, Value};
 
 use super::run::run_pipeline;
 use super::{CliError, Ctx};
-use crate::pipeline::{Pipeline, RunOptions};
+use crate::pipeline::{Pipeline, RunOptions, SpecErrors};
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -131,10 +131,35 @@ pub async fn ingest(ctx: &Ctx, a: IngestArgs) -> Result<(), CliError> {
     let text = serde_yaml::to_string(&doc).map_err(CliError::failure)?;
     let cwd = std::env::current_dir().map_err(CliError::failure)?;
     // Relative paths of a pipeline are relative to its file's folder: here, the current one.
-    let p = Pipeline::parse(&cwd.join("palpipe-ingest"), &text, &[]).map_err(CliError::usage)?;
+    let p = Pipeline::parse(&cwd.join("palpipe-ingest"), &text, &[])
+        .map_err(|e| CliError::usage(in_flags_words(&e)))?;
     let opts = RunOptions {
         force: Vec::new(),
         dry_run: a.dry_run,
     };
     run_pipeline(ctx, &p, &opts, a.json).await
+}
+
+/// The stage's problems in the words of the command line: `palpipe ingest` has no pipeline
+/// file, so each problem names the flag (or the PATH argument) its value came from instead of
+/// a line of a file, e.g. `--column usr=…: unknown column key 'usr'`.
+fn in_flags_words(errors: &SpecErrors) -> anyhow::Error {
+    let lines: Vec<String> = (errors.0.iter())
+        .map(|e| {
+            let key = e.key.strip_prefix("stages.0").unwrap_or(&e.key);
+            let key = key.strip_prefix('.').unwrap_or(key);
+            let flag = match key.split_once('.') {
+                Some(("columns", column)) => format!("--column {column}=…"),
+                _ if key == "columns" => "--column".to_string(),
+                _ if key == "path" => "PATH".to_string(),
+                _ if key.is_empty() || key.contains('.') => String::new(),
+                _ => format!("--{}", key.replace('_', "-")),
+            };
+            match flag.is_empty() {
+                true => e.message.clone(),
+                false => format!("{flag}: {}", e.message),
+            }
+        })
+        .collect();
+    anyhow::anyhow!(lines.join("\n"))
 }
