@@ -35,4 +35,5 @@ pub mod pal;
 pub mod pipeline;
 pub mod serve;
 pub mod store;
+pub mod suggest;
 pub mod transform;

@@ -83,7 +83,8 @@ fn unknown_stage_kind_names_line_and_kinds() {
     let r = palpipe(&store, &["run", p.to_str().unwrap()]).code(2);
     assert!(r.stderr.contains("p.yaml:4:"), "{}", r.stderr);
     assert!(
-        r.stderr.contains("unknown stage kind 'synthetik'"),
+        r.stderr
+            .contains("unknown stage kind 'synthetik'; did you mean 'synthetic'?"),
         "{}",
         r.stderr
     );

@@ -387,8 +387,9 @@ fn comparisons_file(dir: &Path, name: &str, pairs: &[Value]) -> PathBuf {
 
 /// A comparison with `"weight": 2` enrolls the user as the same comparison given twice (the
 /// stored logits equal up to rounding, for the default estimator and for `map`); weight 1
-/// written out is the same as none, to the bit; a weight that is not a positive number is a
-/// usage error naming the line and the value.
+/// written out is the same as none, to the bit; a weight that is not a positive number, an
+/// empty text, an item compared with itself and a line that is not JSON are usage errors
+/// naming the file's line.
 #[test]
 fn enroll_weighs_a_comparison_as_if_given_that_many_times() {
     let dir = tempfile::tempdir().unwrap();
@@ -449,28 +450,51 @@ fn enroll_weighs_a_comparison_as_if_given_that_many_times() {
             logits[0]
         );
     }
-    let bad = write(
-        "bad.jsonl",
-        line(mine[0], None) + &line(mine[1], Some(-1.0)),
-    );
-    let r = palpipe(
-        &store,
-        &[
-            "enroll",
-            "--model",
-            "k3",
-            "--user",
-            "bad",
-            "--comparisons",
-            bad.to_str().unwrap(),
-        ],
-    )
-    .code(2);
-    assert!(
-        r.stderr.contains("bad.jsonl:2: weight") && r.stderr.contains("-1"),
-        "{}",
-        r.stderr
-    );
+    // Each bad line is named by its line of the file (blank lines counted), once: a weight
+    // that is not positive, an empty text, a comparison of an item with itself, a line that
+    // is not JSON (its column only: serde's own "line 1" would contradict the file's line 4).
+    let id = |p: &Value| p["left_id"].as_str().unwrap().to_string();
+    let cases = [
+        (
+            comparison_line(mine[2], Some(-1.0)),
+            "bad.jsonl:4: weight: is -1",
+        ),
+        (
+            json!({"chosen": {"text": "  "}, "rejected": {"id": id(mine[1])}}).to_string(),
+            "bad.jsonl:4: chosen.text: is an empty text",
+        ),
+        (
+            json!({"chosen": "", "rejected": {"id": id(mine[1])}}).to_string(),
+            "bad.jsonl:4: chosen: is an empty text",
+        ),
+        (
+            json!({"chosen": {"id": id(mine[1])}, "rejected": {"id": id(mine[1])}}).to_string(),
+            "bad.jsonl:4: chosen and rejected are the same item",
+        ),
+        (
+            "{\"chosen\": ".to_string(),
+            "bad.jsonl:4: not valid JSON at column ",
+        ),
+    ];
+    for (bad_line, want) in cases {
+        let text = line(mine[0], None) + &line(mine[1], None) + "\n" + &bad_line + "\n";
+        let bad = write("bad.jsonl", text);
+        let r = palpipe(
+            &store,
+            &[
+                "enroll",
+                "--model",
+                "k3",
+                "--user",
+                "bad",
+                "--comparisons",
+                bad.to_str().unwrap(),
+            ],
+        )
+        .code(2);
+        assert!(r.stderr.contains(want), "want {want:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("line 1"), "{}", r.stderr);
+    }
 }
 
 #[test]
@@ -493,25 +517,43 @@ fn enroll_fits_a_new_user_stores_them_and_score_knows_them() {
     );
     let cf = dir.path().join("c.jsonl");
     std::fs::write(&cf, &cands).unwrap();
-    let r = palpipe(
-        &store,
-        &[
+    let unknown = |user: &str| {
+        let args = [
             "score",
             "--model",
             "k3",
             "--user",
-            new_id,
+            user,
             "--input",
             cf.to_str().unwrap(),
-        ],
-    )
-    .code(2);
+        ];
+        palpipe(&store, &args).code(2)
+    };
+    let r = unknown(new_id);
     assert!(
         r.stderr.contains("unknown user 'alice \\\"the\\\" new'"),
         "{}",
         r.stderr
     );
     assert!(r.stderr.contains("palpipe enroll"), "{}", r.stderr);
+
+    // A seen user named without their dataset's prefix: the error names the full id.
+    let seen = query(
+        &store,
+        "SELECT DISTINCT user_id FROM pairs WHERE split = 'train' ORDER BY user_id LIMIT 1",
+    );
+    let full = seen[0]["user_id"].as_str().unwrap().to_string();
+    let (_, bare) = full
+        .rsplit_once('/')
+        .expect("ids carry their dataset's prefix");
+    let r = unknown(bare);
+    assert!(
+        r.stderr.contains(&format!(
+            "unknown user '{bare}' for model 'k3'; did you mean '{full}'?"
+        )),
+        "{}",
+        r.stderr
+    );
 
     let before = checkpoint_of(&store, "k3", dir.path()).join("weights.safetensors");
     let weights_before = std::fs::read(&before).unwrap();

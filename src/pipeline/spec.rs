@@ -232,10 +232,18 @@ impl Pipeline {
                     });
                     parsed.push(i);
                 }
-                Err(ParamError::UnknownKind) => errors.push(at(
-                    &format!("{base}.kind"),
-                    format!("unknown stage kind '{kind}' (kinds: {})", kinds::names()),
-                )),
+                Err(ParamError::UnknownKind) => {
+                    let guess = crate::suggest::closest(&kind, kinds::KINDS.iter().map(|k| k.name))
+                        .map(|g| format!("; did you mean '{g}'?"))
+                        .unwrap_or_default();
+                    errors.push(at(
+                        &format!("{base}.kind"),
+                        format!(
+                            "unknown stage kind '{kind}'{guess}\nhint: kinds: {}",
+                            kinds::names()
+                        ),
+                    ))
+                }
                 Err(ParamError::Invalid { path, message }) => {
                     let key = if path.is_empty() || path == "." {
                         base.clone()

@@ -140,10 +140,17 @@ pub fn parse_comparison(
         None | Some(serde_json::Value::Null) => None,
         Some(_) => Some(field("prompt", false)?),
     };
+    let (chosen, rejected) = (field("chosen", images)?, field("rejected", images)?);
+    if chosen == rejected {
+        return Err(ServeError::bad(
+            at,
+            "chosen and rejected are the same item; a comparison needs two different ones",
+        ));
+    }
     Ok(ComparisonInput {
         prompt,
-        chosen: field("chosen", images)?,
-        rejected: field("rejected", images)?,
+        chosen,
+        rejected,
         weight,
     })
 }

@@ -20,8 +20,14 @@ pub enum ServeError {
     #[error("{0}")]
     UnknownModel(String),
     /// A user the model neither saw in training nor has enrolled.
-    #[error("unknown user '{user}' for model '{model}'\nhint: enroll the user first: palpipe enroll --model {model} --user ID --comparisons FILE (or POST /users/ID/enroll); --zero-shot (\"user\": null over HTTP) scores with the seen users' mean mixture")]
-    UnknownUser { model: String, user: String },
+    #[error("unknown user '{user}' for model '{model}'{}\nhint: enroll the user first: palpipe enroll --model {model} --user ID --comparisons FILE (or POST /users/ID/enroll); --zero-shot (\"user\": null over HTTP) scores with the seen users' mean mixture", .suggestion.as_ref().map(|s| format!("; did you mean '{s}'?")).unwrap_or_default())]
+    UnknownUser {
+        model: String,
+        user: String,
+        /// A known id the user likely meant (the same id under its dataset's prefix, or one
+        /// a typo away), shown as "did you mean".
+        suggestion: Option<String>,
+    },
     /// The model's encoder cannot be loaded, or its weights are not the ones the model used.
     #[error("encoder '{encoder}' is not available (looked in '{}'): {reason}\nhint: put the encoder's files there, pass --encoder-dir, or set PALPIPE_MODELS to the folder holding it", looked.display())]
     EncoderMissing {

@@ -21,6 +21,15 @@ pub use error::ServeError;
 pub use http::{serve, ServeConfig};
 pub use scorer::{Content, Prepared, ScoreRequest, Scored, Scorer, UserParams, UserSel};
 
+/// "not valid JSON at column 5: expected value": serde's message for one line, its position
+/// as a column only (its "line 1" would contradict the file's line the caller names).
+fn not_json(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let message = message.strip_suffix(&position).unwrap_or(&message);
+    format!("not valid JSON at column {}: {message}", e.column())
+}
+
 /// The non-blank lines of a JSON-lines text, parsed, each with where it is (`source:line`)
 /// for error messages; a line that does not parse is an error naming it.
 pub fn json_lines(
@@ -33,8 +42,7 @@ pub fn json_lines(
             continue;
         }
         let at = format!("{source}:{}", i + 1);
-        let v = serde_json::from_str(line)
-            .map_err(|e| ServeError::bad(&at, format!("not valid JSON: {e}")))?;
+        let v = serde_json::from_str(line).map_err(|e| ServeError::bad(&at, not_json(&e)))?;
         out.push((at, v));
     }
     Ok(out)

@@ -59,6 +59,20 @@ pub enum Content {
 }
 
 impl Content {
+    /// A text to embed; `field` names it in the error.
+    ///
+    /// # Errors
+    /// [`ServeError::BadInput`] when it is empty or only white space (it has no embedding).
+    fn text(s: &str, field: &str) -> Result<Content, ServeError> {
+        if s.trim().is_empty() {
+            return Err(ServeError::bad(
+                field,
+                "is an empty text; an empty text has no embedding",
+            ));
+        }
+        Ok(Content::Text(s.to_string()))
+    }
+
     /// Reads a JSON value: a string (a text, or an image path when `images`), or an object
     /// `{"text": …}`, `{"image": PATH}`, `{"image_base64": BASE64}` (an image's PNG or JPEG
     /// bytes) or `{"id": CONTENT_ID}`. `field` names it in errors.
@@ -69,14 +83,14 @@ impl Content {
     ) -> Result<Content, ServeError> {
         match v {
             serde_json::Value::String(s) if images => Ok(Content::Image(PathBuf::from(s))),
-            serde_json::Value::String(s) => Ok(Content::Text(s.clone())),
+            serde_json::Value::String(s) => Content::text(s, field),
             serde_json::Value::Object(m) if m.len() == 1 => {
                 let (k, val) = m.iter().next().expect("one entry");
                 let s = val
                     .as_str()
                     .ok_or_else(|| ServeError::bad(format!("{field}.{k}"), "must be a string"))?;
                 match k.as_str() {
-                    "text" => Ok(Content::Text(s.to_string())),
+                    "text" => Content::text(s, &format!("{field}.text")),
                     "image" => Ok(Content::Image(PathBuf::from(s))),
                     "image_base64" => {
                         use base64::Engine as _;
@@ -466,7 +480,29 @@ impl Scorer {
             .ok_or_else(|| ServeError::UnknownUser {
                 model: self.name.clone(),
                 user: shown(id),
+                suggestion: self.likely_user(id).map(|u| shown(&u)),
             })
+    }
+
+    /// The known user (seen or enrolled) that `id` likely means: the one whose id is `id`
+    /// under a dataset prefix (`mine/w01` for `w01`; ids carry their dataset's name), else one
+    /// a typo away. `None` when none or several match by prefix.
+    fn likely_user(&self, id: &str) -> Option<String> {
+        let enrolled: Vec<String> = (self.enrolled.read().ok())
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut known: Vec<&str> = self.model.user_ids().iter().map(String::as_str).collect();
+        known.extend(enrolled.iter().map(String::as_str));
+        known.sort_unstable();
+        known.dedup();
+        let mut prefixed = known
+            .iter()
+            .filter(|k| k.rsplit_once('/').is_some_and(|(_, rest)| rest == id));
+        match (prefixed.next(), prefixed.next()) {
+            (Some(one), None) => Some(one.to_string()),
+            (Some(_), Some(_)) => None,
+            (None, _) => crate::suggest::closest(id, known.iter().copied()),
+        }
     }
 
     fn enrolled_user(&self, id: &str) -> Option<UserParams> {
