@@ -1687,6 +1687,7 @@ where
     }
 
     fn spill_error(&self, source: std::io::Error) -> PrefError {
+        spill::wait_if_stopping();
         PrefError::Spill {
             dir: self.spill.path().to_path_buf(),
             source,

@@ -12,6 +12,7 @@ use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Mutex, Once};
 
 use crate::store::records::{ItemRow, PairRow, PromptRow};
@@ -46,6 +47,19 @@ pub struct SpillDir {
 /// The spill folders alive in this process, for the signal handler to remove.
 static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static HANDLER: Once = Once::new();
+/// Set first thing by the signal handler: the process is about to exit with 130.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Called where a spill folder's file fails: while a signal is being handled, the failure is
+/// the handler's doing (it moved the folder aside), not the ingest's, so this thread waits
+/// for the handler to exit the process with 130 instead of ending it with an error first.
+pub fn wait_if_stopping() {
+    if STOPPING.load(AtomicOrdering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
+}
 
 /// On SIGINT or SIGTERM: removes the live spill folders and exits with status 130. Set up
 /// with the first spill folder, once per process. Only an ingest makes spill folders and
@@ -54,6 +68,7 @@ static HANDLER: Once = Once::new();
 fn on_signal() {
     HANDLER.call_once(|| {
         let _ = ctrlc::set_handler(|| {
+            STOPPING.store(true, AtomicOrdering::SeqCst);
             let live = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
             for path in live {
                 // A thread may be writing run files meanwhile: move the folder aside first, so
