@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{new_store, palpipe, versions};
+use common::{new_store, palpipe, versions, write_pipeline};
 use serde_json::{json, Value};
 
 fn write_jsonl(path: &Path, rows: &[Value]) {
@@ -101,7 +101,7 @@ fn a_mapped_column_that_does_not_exist_lists_the_columns_and_the_closest() {
         &[
             "data.jsonl",
             "'wroker'",
-            "columns.user",
+            "mapped to user",
             "did you mean 'worker'",
             "summaries",
         ],
@@ -423,4 +423,101 @@ fn ingest_flag_errors_name_the_flag() {
         assert!(!r.stderr.contains("palpipe-ingest"), "{}", r.stderr);
         assert!(!store.exists(), "{args:?}: no store is created");
     }
+}
+
+/// `--dry-run` reads each file's columns (a CSV header, the first JSON line; never the rows
+/// past it) and refuses a mapping that names a column no file has, as the run would, naming
+/// the file, the column, what it is mapped to and the closest name; it writes nothing (no
+/// store is made). `--set STAGE.columns.KEY=…` changes that one column of a pipeline's
+/// mapping, and the corrected dry run plans the stage. The failed stage's error is printed
+/// once, on stderr; stdout's table points there.
+#[test]
+fn a_dry_run_checks_each_files_columns_against_the_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("data").join("a.csv");
+    std::fs::create_dir_all(csv.parent().unwrap()).unwrap();
+    // The second data row is broken past the header: a dry run never reaches it.
+    std::fs::write(&csv, "rater,good,bad\nr1,x,y\n\"unterminated\n").unwrap();
+    let jsonl = dir.path().join("data").join("b.jsonl");
+    write_jsonl(
+        &jsonl,
+        &[json!({"rater": "r2", "good": "u", "bad": "v", "extra": 1})],
+    );
+    let store = dir.path().join("st");
+    let cols = [
+        "--column",
+        "user=rater",
+        "--column",
+        "chosen=good",
+        "--column",
+    ];
+    let ingest = |file: &Path, rejected: &str| {
+        let mut args = vec![
+            "ingest",
+            file.to_str().unwrap(),
+            "--dataset",
+            "d",
+            "--dry-run",
+        ];
+        args.extend_from_slice(&cols);
+        args.push(rejected);
+        palpipe(&store, &args)
+    };
+    for file in [&csv, &jsonl] {
+        let r = ingest(file, "rejected=bda");
+        assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+        let name = file.file_name().unwrap().to_str().unwrap();
+        has(
+            &r.stderr,
+            &[
+                name,
+                "column 'bda' (mapped to rejected) is not in the file",
+                "did you mean 'bad'?",
+            ],
+        );
+        assert_eq!(
+            r.stderr.matches("is not in the file").count(),
+            1,
+            "{}",
+            r.stderr
+        );
+        assert!(!r.stdout.contains("is not in the file"), "{}", r.stdout);
+        assert!(
+            r.stdout.contains("(the error is on stderr)"),
+            "{}",
+            r.stdout
+        );
+        assert!(!store.exists(), "a dry run makes no store");
+        let r = ingest(file, "rejected=bad");
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        assert!(r.stdout.contains("planned"), "{}", r.stdout);
+        assert!(!store.exists(), "a dry run makes no store");
+    }
+    // A folder: every file is checked (the JSON file lacks a column the CSV has).
+    let r = ingest(&dir.path().join("data"), "rejected=extra");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    has(&r.stderr, &["a.csv", "column 'extra' (mapped to rejected)"]);
+
+    let yaml = "name: p\nstages:\n  - name: prefs\n    kind: preferences\n    dataset: d\n    path: data/b.jsonl\n    columns: {user: rater, chosen: good, rejected: bda}\n";
+    let p = write_pipeline(dir.path(), "p.yaml", yaml);
+    let run = |set: &[&str]| {
+        let mut args = vec!["run", p.to_str().unwrap(), "--dry-run"];
+        for s in set {
+            args.extend_from_slice(&["--set", s]);
+        }
+        palpipe(&store, &args)
+    };
+    let r = run(&[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    has(&r.stderr, &["b.jsonl", "column 'bda' (mapped to rejected)"]);
+    let r = run(&["prefs.columns.rejected=bad"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("planned"), "{}", r.stdout);
+    // The other columns stayed: a wrong one among them is still found.
+    let r = run(&["prefs.columns.rejected=bad", "prefs.columns.chosen=gdo"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    has(
+        &r.stderr,
+        &["column 'gdo' (mapped to chosen)", "did you mean 'good'?"],
+    );
 }

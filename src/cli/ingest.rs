@@ -25,7 +25,8 @@ Examples:
 pub struct IngestArgs {
     /// A file, a glob (quoted) or a folder (the Hugging Face datasets layout).
     pub path: PathBuf,
-    /// The dataset name its pairs and users get (and the prefix of user ids).
+    /// The dataset name its pairs and users get (and the prefix of user ids). Ingesting
+    /// again under the same name replaces that dataset's pairs and users with this file's.
     #[arg(long)]
     pub dataset: String,
     /// parquet, csv, tsv, jsonl or json (default: from each file's extension).
@@ -59,7 +60,8 @@ pub struct IngestArgs {
     /// Seeds the side of each chosen/rejected pair's preferred item.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Validate and print the plan; nothing is written.
+    /// Check the flags and each file's columns (its header or first row) against the
+    /// mapping, and print the plan; nothing is written.
     #[arg(long)]
     pub dry_run: bool,
     /// Print the report as one JSON object.

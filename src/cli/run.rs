@@ -18,8 +18,10 @@ pub struct RunArgs {
     /// Validate and print the plan: which stages would run and which are unchanged.
     #[arg(long)]
     pub dry_run: bool,
-    /// Override a stage parameter: --set data.users=50, --set "pal-a-k3.training={epochs: 50}"
-    /// (the value is read as YAML; repeatable).
+    /// Override a stage parameter: --set data.users=50. A dotted key sets one entry of a
+    /// mapping and keeps the others (--set prefs.columns.user=rater, --set
+    /// pal-a-k3.training.epochs=50); a mapping value replaces the whole mapping (--set
+    /// "pal-a-k3.training={epochs: 50}"). The value is read as YAML; repeatable.
     #[arg(long = "set", value_name = "STAGE.KEY=VALUE")]
     pub set: Vec<String>,
     /// Print the run report as one JSON object instead of a table.
@@ -163,17 +165,23 @@ fn print_report(
         };
         outln!("pipeline '{}' on store '{}'{mode}", report.pipeline, store)?;
         for s in &report.stages {
-            let secs = if s.status == "done" || s.status == "failed" {
+            let secs = if !opts.dry_run && (s.status == "done" || s.status == "failed") {
                 format!(" {:>7.2}s", s.seconds)
             } else {
                 String::new()
             };
+            // A failed stage's error is the command's, printed once on stderr; stdout's
+            // table points there (`--json` and the `runs` table keep it whole).
+            let summary = if s.status == "failed" {
+                "(the error is on stderr)"
+            } else {
+                s.summary.as_str()
+            };
             outln!(
-                "  {:<24} {:<13} {:<8}{secs}  {}",
+                "  {:<24} {:<13} {:<8}{secs}  {summary}",
                 s.name,
                 s.kind,
                 s.status,
-                s.summary
             )?;
         }
         let (done, skipped) = (

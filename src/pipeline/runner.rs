@@ -126,8 +126,23 @@ pub async fn run(
             rec.status = "skipped".into();
             rec.summary = "unchanged since its last run".into();
         } else if opts.dry_run {
-            rec.status = "planned".into();
-            rec.summary = stage.params.describe();
+            match stage.params.dry_check() {
+                Ok(()) => {
+                    rec.status = "planned".into();
+                    rec.summary = stage.params.describe();
+                }
+                Err(e) => {
+                    rec.status = "failed".into();
+                    let msg = format!(
+                        "stage '{}' ({}) would fail: {}",
+                        stage.name,
+                        rec.kind,
+                        crate::store::messages::error_chain(&e)
+                    );
+                    rec.summary = msg.clone();
+                    error = Some(msg);
+                }
+            }
         } else {
             printer.status(format!("stage '{}' ({}) …", stage.name, rec.kind));
             let before = store.versions().await?;

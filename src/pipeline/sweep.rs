@@ -350,6 +350,29 @@ fn target<'a>(
         .map(|(i, _, key)| (i, key))
 }
 
+/// Sets `key` of a stage to `value`; a dotted key (`columns.user`) sets one entry of a
+/// nested mapping, making the mappings on its way (or replacing what is not one), so that
+/// `--set prefs.columns.user=rater` changes one column and keeps the others.
+fn set_path(stage: &mut Mapping, key: &str, value: Value) {
+    let mut m = stage;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let k = Value::String(part.to_string());
+        if parts.peek().is_none() {
+            m.insert(k, value);
+            return;
+        }
+        let entry = m.entry(k).or_insert_with(|| Value::Mapping(Mapping::new()));
+        if !entry.is_mapping() {
+            *entry = Value::Mapping(Mapping::new());
+        }
+        m = match entry {
+            Value::Mapping(inner) => inner,
+            _ => unreachable!("made a mapping just above"),
+        };
+    }
+}
+
 fn name_of(m: &Mapping) -> Option<&str> {
     m.get("name").and_then(Value::as_str)
 }
@@ -367,9 +390,7 @@ pub fn expand(
     let mut later = Vec::new();
     for o in overrides {
         match target(o, stages.iter().map(name_of)) {
-            Some((i, key)) => {
-                stages[i].insert(Value::String(key), o.value.clone());
-            }
+            Some((i, key)) => set_path(&mut stages[i], &key, o.value.clone()),
             None => later.push(o),
         }
     }
@@ -485,7 +506,9 @@ pub fn expand(
     // Overrides that name one expanded stage.
     for o in later {
         match target(o, out.stages.iter().map(name_of)) {
-            Some((j, key)) if key == FOREACH && out.origins[j].label.is_some() => {
+            Some((j, key))
+                if key.split('.').next() == Some(FOREACH) && out.origins[j].label.is_some() =>
+            {
                 errors.push(at(
                     "",
                     format!(
@@ -494,9 +517,7 @@ pub fn expand(
                     ),
                 ));
             }
-            Some((j, key)) => {
-                out.stages[j].insert(Value::String(key), o.value.clone());
-            }
+            Some((j, key)) => set_path(&mut out.stages[j], &key, o.value.clone()),
             None => errors.push(at(
                 "",
                 format!(
@@ -717,6 +738,48 @@ mod tests {
         );
         let (_, errs) = run(yaml, &["t-k9.seed=1"]);
         assert!(errs[0].message.contains("does not have"), "{errs:?}");
+    }
+
+    #[test]
+    fn a_dotted_override_sets_one_entry_of_a_nested_mapping() {
+        let yaml = "  - name: prefs\n    kind: preferences\n    columns: {user: worker, chosen: a}\n    path: x\n";
+        let (e, errs) = run(
+            yaml,
+            &[
+                "prefs.columns.user=rater",
+                "prefs.extra.deep.key=1",
+                "prefs.path.sub=y",
+            ],
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        let m = &e.stages[0];
+        let cols = m.get("columns").and_then(Value::as_mapping).unwrap();
+        assert_eq!(cols.get("user"), Some(&Value::from("rater")));
+        assert_eq!(
+            cols.get("chosen"),
+            Some(&Value::from("a")),
+            "the other columns stay"
+        );
+        assert_eq!(cols.len(), 2);
+        let deep = m["extra"]["deep"]["key"].as_u64();
+        assert_eq!(deep, Some(1), "the mappings on the way are made");
+        // A key that held a scalar becomes a mapping holding the new entry.
+        assert_eq!(m["path"]["sub"], Value::from("y"));
+        // The same on one expansion of a sweep, after it is expanded.
+        let yaml = "  - name: t-k${k}\n    kind: train\n    foreach: {k: [1, 2]}\n    training: {lr: 0.1, epochs: 3}\n";
+        let (_, errs) = run(yaml, &["t-k2.training.lr=0.5", "t-k2.foreach.k=[9]"]);
+        assert!(
+            errs.iter()
+                .any(|e| e.message.contains("one expansion of a sweep")),
+            "{errs:?}"
+        );
+        let (e2, errs2) = run(yaml, &["t-k2.training.lr=0.5"]);
+        assert!(errs2.is_empty(), "{errs2:?}");
+        let lr: Vec<f64> = (e2.stages.iter())
+            .map(|m| m["training"]["lr"].as_f64().unwrap())
+            .collect();
+        assert_eq!(lr, [0.1, 0.5]);
+        assert_eq!(e2.stages[1]["training"]["epochs"].as_u64(), Some(3));
     }
 
     #[test]

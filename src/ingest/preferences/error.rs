@@ -33,7 +33,7 @@ pub enum PrefError {
     #[error("no data files at '{}'\nhint: give a file, a glob (data/train-*.parquet) or a folder holding .parquet, .csv, .tsv, .jsonl or .json files (optionally .gz or .zst)", .path.display())]
     NoFiles { path: PathBuf },
     /// A mapped column that the file does not have.
-    #[error("{}: column '{column}' (columns.{key}) is not in the file\nhint: the file has: {have}{}", .path.display(), .closest.as_ref().map(|c| format!("; did you mean '{c}'?")).unwrap_or_default())]
+    #[error("{}: column '{column}' (mapped to {key}) is not in the file\nhint: the file has: {have}{}", .path.display(), .closest.as_ref().map(|c| format!("; did you mean '{c}'?")).unwrap_or_default())]
     NoColumn {
         path: PathBuf,
         key: String,
@@ -55,7 +55,7 @@ pub enum PrefError {
     #[error(transparent)]
     MixedTypes(Box<MixedTypes>),
     /// A file whose content is not the format its name (or `format:`) says.
-    #[error("'{}' is not a {format} file: {found}\nhint: rename it, or set 'format:' to what it holds", .path.display())]
+    #[error("'{}' is not a {format} file: {found}\nhint: rename it, or set its format to what it holds (format: in a pipeline, --format with palpipe ingest)", .path.display())]
     NotFormat {
         path: PathBuf,
         format: String,
@@ -99,50 +99,5 @@ impl PrefError {
     /// Whether the user's configuration (not the data) is at fault: exit code 2.
     pub fn is_usage(&self) -> bool {
         matches!(self, PrefError::Param { .. })
-    }
-}
-
-/// The name in `have` closest to `want` (edit distance, case-insensitive), when it is close
-/// enough to be a likely typo.
-pub fn closest<'a>(want: &str, have: impl Iterator<Item = &'a str>) -> Option<String> {
-    let want_l = want.to_lowercase();
-    have.map(|h| (distance(&want_l, &h.to_lowercase()), h))
-        .filter(|(d, h)| *d <= (want.len().max(h.len()) / 2).max(1))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, h)| h.to_string())
-}
-
-/// Levenshtein distance in characters.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_closest_name_is_a_likely_typo_or_none() {
-        let have = ["worker", "choice", "summaries"];
-        assert_eq!(
-            closest("choise", have.iter().copied()).as_deref(),
-            Some("choice")
-        );
-        assert_eq!(
-            closest("Worker", have.iter().copied()).as_deref(),
-            Some("worker")
-        );
-        assert_eq!(closest("zzzzzzzzzz", have.iter().copied()), None);
-        assert_eq!(distance("kitten", "sitting"), 3);
     }
 }

@@ -139,7 +139,8 @@ fn open(path: &Path) -> Result<File, PrefError> {
     Ok(crate::ingest::common::open_file(path)?)
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> PrefError + '_ {
+/// An I/O error's conversion naming `path`.
+pub(super) fn io(path: &Path) -> impl Fn(std::io::Error) -> PrefError + '_ {
     move |source| {
         IngestError::Io {
             path: path.to_path_buf(),

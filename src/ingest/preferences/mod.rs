@@ -220,7 +220,7 @@ pub fn mapping(p: &Params) -> Result<Mapping, PrefError> {
     if !has("user") {
         return Err(PrefError::param(
             "columns.user",
-            "no user column: palpipe learns per-user preferences\nhint: map the annotator id (columns: {user: worker_id}), or say every row is one user's with columns: {user: {constant: NAME}}",
+            "no user column: palpipe learns per-user preferences\nhint: map the annotator id (columns: {user: worker_id}; with palpipe ingest, --column user=worker_id), or say every row is one user's with columns: {user: {constant: NAME}} (--column 'user={constant: NAME}')",
         ));
     }
     let need = |keys: &[&str], what: &str| -> Result<(), PrefError> {
@@ -567,18 +567,22 @@ struct Reader<'a, S> {
     spill: SpillDir,
 }
 
-/// Streams the files of `p`, handing chunks of rows to `sink`. Returns what it did.
-pub fn read<S>(p: &Params, sink: S) -> Result<Report, PrefError>
-where
-    S: FnMut(IngestBatch) -> Result<(), PrefError>,
-{
-    let m = mapping(p)?;
+/// The files `p.path` names (a file, a glob or a folder), in order.
+///
+/// # Errors
+/// [`PrefError::NoFiles`] when it names none.
+fn data_files(p: &Params) -> Result<Vec<PathBuf>, PrefError> {
     let files = formats::list_files(&p.path);
     if files.is_empty() {
         return Err(PrefError::NoFiles {
             path: p.path.clone(),
         });
     }
+    Ok(files)
+}
+
+/// The top-level columns the mapping reads (each dotted path whole and its first part).
+fn wanted_columns(m: &Mapping) -> Vec<String> {
     let mut wanted = Vec::new();
     for c in m.columns.values() {
         for path in c.paths() {
@@ -586,6 +590,133 @@ where
             wanted.push(path.split('.').next().unwrap_or(path).to_string());
         }
     }
+    wanted
+}
+
+/// The format of file `f`: the `format` parameter, else its name's extension.
+fn file_format(m: &Mapping, f: &Path) -> Result<Format, PrefError> {
+    m.format.or_else(|| formats::format_from_name(f)).ok_or_else(|| {
+        PrefError::param(
+            "format",
+            format!(
+                "cannot tell the format of '{}' from its name\nhint: set the format (format: in a pipeline, --format with palpipe ingest): parquet, csv, tsv, jsonl or json",
+                f.display()
+            ),
+        )
+    })
+}
+
+/// Checks every mapped column against the file's columns (see [`formats::RowSink::columns`]).
+///
+/// # Errors
+/// [`PrefError::NoColumn`] for the first mapped path whose top-level column `names` lacks,
+/// with the file's columns and the closest name.
+fn check_columns(m: &Mapping, file: &Path, names: &[String]) -> Result<(), PrefError> {
+    for (key, col) in &m.columns {
+        for path in col.paths() {
+            let root = path.split('.').next().unwrap_or(path);
+            if names.iter().any(|n| n == path || n == root) {
+                continue;
+            }
+            return Err(PrefError::NoColumn {
+                path: file.to_path_buf(),
+                key: key.clone(),
+                column: path.to_string(),
+                have: names.join(", "),
+                closest: crate::suggest::closest(root, names.iter().map(String::as_str)),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What a dry run checks of a `preferences` stage, reading each file only up to its columns
+/// (a CSV header, a Parquet footer, the first JSON row) and writing nothing: that the path
+/// names files, each has a known format and reads as it, and each holds every mapped column.
+/// Returns how many files it checked.
+///
+/// # Errors
+/// The error the ingest itself would stop with at the same place: [`PrefError::NoFiles`], a
+/// `format` [`PrefError::Param`], [`PrefError::NotFormat`], [`PrefError::NoColumn`], an I/O
+/// error naming the file.
+pub fn check_headers(p: &Params) -> Result<usize, PrefError> {
+    let m = mapping(p)?;
+    let files = data_files(p)?;
+    let wanted = wanted_columns(&m);
+    for f in &files {
+        let format = file_format(&m, f)?;
+        let mut header = HeaderCheck {
+            m: &m,
+            file: f,
+            checked: false,
+        };
+        match formats::read_file(f, format, &wanted, &mut header) {
+            // Stopped by the check itself once the columns were read and found.
+            Err(PrefError::Stopped) if header.checked => {}
+            Err(e) => return Err(e),
+            // No rows at all: what the ingest makes of that is its own (counted, or no data).
+            Ok(()) => {}
+        }
+    }
+    Ok(files.len())
+}
+
+/// The sink of [`check_headers`]: checks a file's columns, then stops its read.
+struct HeaderCheck<'a> {
+    m: &'a Mapping,
+    file: &'a Path,
+    /// The columns were read and every mapped one is there.
+    checked: bool,
+}
+
+impl formats::RowSink for HeaderCheck<'_> {
+    fn columns(&mut self, names: &[String]) -> Result<(), PrefError> {
+        check_columns(self.m, self.file, names)?;
+        self.checked = true;
+        Err(PrefError::Stopped)
+    }
+
+    fn row(&mut self, _at: Loc, _row: Val) -> Result<(), PrefError> {
+        // Readers give the columns before the first row; nothing past them is needed.
+        Err(PrefError::Stopped)
+    }
+
+    /// Reads up to the first line that is not blank: its keys are the file's columns.
+    fn json_lines(
+        &mut self,
+        path: &Path,
+        format: Format,
+        r: &mut dyn BufRead,
+    ) -> Result<(), PrefError> {
+        let mut line = Vec::new();
+        for n in 1.. {
+            line.clear();
+            if r.read_until(b'\n', &mut line).map_err(formats::io(path))? == 0 {
+                return Ok(());
+            }
+            match formats::parse_line(n, &line) {
+                formats::Line::Blank => continue,
+                formats::Line::Value(v) => {
+                    let row = formats::object(path, Loc { unit: "line", n }, v)?;
+                    return self.columns(&formats::keys(&row));
+                }
+                formats::Line::Syntax(message) => {
+                    return Err(formats::syntax_error(path, format, n, message, true))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Streams the files of `p`, handing chunks of rows to `sink`. Returns what it did.
+pub fn read<S>(p: &Params, sink: S) -> Result<Report, PrefError>
+where
+    S: FnMut(IngestBatch) -> Result<(), PrefError>,
+{
+    let m = mapping(p)?;
+    let files = data_files(p)?;
+    let wanted = wanted_columns(&m);
     let mut r = Reader {
         p,
         m: &m,
@@ -607,18 +738,7 @@ where
         report: Report::default(),
     };
     for f in &files {
-        let format = match m.format.or_else(|| formats::format_from_name(f)) {
-            Some(x) => x,
-            None => {
-                return Err(PrefError::param(
-                    "format",
-                    format!(
-                        "cannot tell the format of '{}' from its name\nhint: set format: parquet, csv, tsv, jsonl or json",
-                        f.display()
-                    ),
-                ))
-            }
-        };
+        let format = file_format(&m, f)?;
         r.file = f.clone();
         r.file_split = formats::split_from_name(f);
         formats::read_file(f, format, &wanted, &mut r)?;
@@ -649,22 +769,7 @@ where
     /// (or an error with `strict: true`) like a missing nested path, since JSON rows need not
     /// share their keys.
     fn columns(&mut self, names: &[String]) -> Result<(), PrefError> {
-        for (key, col) in &self.m.columns {
-            for path in col.paths() {
-                let root = path.split('.').next().unwrap_or(path);
-                if names.iter().any(|n| n == path || n == root) {
-                    continue;
-                }
-                return Err(PrefError::NoColumn {
-                    path: self.file.clone(),
-                    key: key.clone(),
-                    column: path.to_string(),
-                    have: names.join(", "),
-                    closest: error::closest(root, names.iter().map(String::as_str)),
-                });
-            }
-        }
-        Ok(())
+        check_columns(self.m, &self.file, names)
     }
 
     fn row(&mut self, at: Loc, row: Val) -> Result<(), PrefError> {
@@ -1207,7 +1312,7 @@ impl<'m> Rows<'m, '_> {
                     at,
                     column: self.m.columns["user"].paths().join(", "),
                     message,
-                    hint: Some("every row needs its annotator's id; if the rows all come from one user, say so with columns: {user: {constant: NAME}}".into()),
+                    hint: Some("every row needs its annotator's id; if the rows all come from one user, say so with columns: {user: {constant: NAME}} (with palpipe ingest, --column 'user={constant: NAME}')".into()),
                 })
             }
         };

@@ -240,6 +240,13 @@ pub trait StageKind: fmt::Debug + Send + Sync {
         Ok(())
     }
 
+    /// What `--dry-run` checks beyond the parameters, reading but never writing (a
+    /// `preferences` stage reads each file's header and checks its mapped columns). The
+    /// error is the one the run would stop with.
+    fn dry_check(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// Makes each path-valued parameter absolute by calling `resolve(key, &mut path)` on it:
     /// the pipeline decides the base (the pipeline file's folder, or the shell's folder for a
     /// value given with `--set`). A kind with a path parameter must list it here.

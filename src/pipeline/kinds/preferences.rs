@@ -57,6 +57,11 @@ impl StageKind for Params {
         }
     }
 
+    fn dry_check(&self) -> anyhow::Result<()> {
+        preferences::check_headers(self)?;
+        Ok(())
+    }
+
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
         Box::pin(ingest(self, ctx))
     }
