@@ -1,15 +1,16 @@
-//! "Did you mean …?": the known name closest to one a user mistyped (a column, a stage kind,
-//! a user id). Shared by the readers, the pipeline parser and the reward server, so that
-//! every such hint picks its suggestion by one rule.
+//! "Did you mean …?": the known name closest to one a user mistyped (a mapped column, a stage
+//! kind). Shared by the readers and the pipeline parser, so that every such hint picks its
+//! suggestion by one rule. (An unknown user id is never matched by likeness: a near id is
+//! another person's; see `serve::scorer`.)
 
 /// The name in `have` closest to `want` (edit distance over characters, see `distance`,
 /// ignoring case), when it is close enough to be a likely typo: at most half the longer
-/// name's length apart (at least 1). Ties go to the first name in `have`. `None` when nothing
+/// name's length in characters apart (at least 1). Ties go to the first name in `have`. `None` when nothing
 /// is that close.
 pub fn closest<'a>(want: &str, have: impl Iterator<Item = &'a str>) -> Option<String> {
     let want_l = want.to_lowercase();
     have.map(|h| (distance(&want_l, &h.to_lowercase()), h))
-        .filter(|(d, h)| *d <= (want.len().max(h.len()) / 2).max(1))
+        .filter(|(d, h)| *d <= (want.chars().count().max(h.chars().count()) / 2).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, h)| h.to_string())
 }

@@ -437,7 +437,7 @@ fn a_dry_run_checks_each_files_columns_against_the_mapping() {
     let csv = dir.path().join("data").join("a.csv");
     std::fs::create_dir_all(csv.parent().unwrap()).unwrap();
     // The second data row is broken past the header: a dry run never reaches it.
-    std::fs::write(&csv, "rater,good,bad\nr1,x,y\n\"unterminated\n").unwrap();
+    std::fs::write(&csv, "rater,good,bad,csv_only\nr1,x,y,z\n\"unterminated\n").unwrap();
     let jsonl = dir.path().join("data").join("b.jsonl");
     write_jsonl(
         &jsonl,
@@ -493,10 +493,36 @@ fn a_dry_run_checks_each_files_columns_against_the_mapping() {
         assert!(r.stdout.contains("planned"), "{}", r.stdout);
         assert!(!store.exists(), "a dry run makes no store");
     }
-    // A folder: every file is checked (the JSON file lacks a column the CSV has).
-    let r = ingest(&dir.path().join("data"), "rejected=extra");
+    // A folder: every file is checked, not only the first (a.csv has the column, b.jsonl
+    // does not).
+    let r = ingest(&dir.path().join("data"), "rejected=csv_only");
     assert_eq!(r.code, 1, "{}", r.stderr);
-    has(&r.stderr, &["a.csv", "column 'extra' (mapped to rejected)"]);
+    has(
+        &r.stderr,
+        &["b.jsonl", "column 'csv_only' (mapped to rejected)"],
+    );
+    // A header and no rows: the empty file the ingest would refuse.
+    let header_only = dir.path().join("header.csv");
+    std::fs::write(&header_only, "rater,good,bad\n").unwrap();
+    let r = ingest(&header_only, "rejected=bad");
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    has(&r.stderr, &["header.csv"]);
+    let mut args = vec!["ingest", header_only.to_str().unwrap(), "--dataset", "d"];
+    args.extend_from_slice(&cols);
+    args.push("rejected=bad");
+    let real = palpipe(&store, &args);
+    assert_eq!(real.code, 1, "{}", real.stderr);
+    let error_line = |s: &str| {
+        s.lines()
+            .find(|l| l.contains("header.csv"))
+            .map(String::from)
+    };
+    assert_eq!(
+        error_line(&r.stderr).map(|l| l.replace("would fail", "failed")),
+        error_line(&real.stderr),
+        "the dry run's error is the run's"
+    );
+    std::fs::remove_dir_all(&store).unwrap();
 
     let yaml = "name: p\nstages:\n  - name: prefs\n    kind: preferences\n    dataset: d\n    path: data/b.jsonl\n    columns: {user: rater, chosen: good, rejected: bda}\n";
     let p = write_pipeline(dir.path(), "p.yaml", yaml);
@@ -520,4 +546,12 @@ fn a_dry_run_checks_each_files_columns_against_the_mapping() {
         &r.stderr,
         &["column 'gdo' (mapped to chosen)", "did you mean 'good'?"],
     );
+
+    // Files an earlier stage of the plan makes are not there yet: planned, not checked.
+    let yaml = "name: q\nstages:\n  - {name: fx, kind: summarize_fixtures, out: fx, posts: 20, seed: 0}\n  - {name: prefs, kind: preferences, dataset: t, path: fx/comparisons, preset: summarize-from-feedback}\n";
+    let q = write_pipeline(dir.path(), "q.yaml", yaml);
+    let r = palpipe(&store, &["run", q.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.matches("planned").count(), 2, "{}", r.stdout);
+    assert!(!dir.path().join("fx").exists(), "a dry run makes nothing");
 }

@@ -473,7 +473,7 @@ fn enroll_weighs_a_comparison_as_if_given_that_many_times() {
         ),
         (
             "{\"chosen\": ".to_string(),
-            "bad.jsonl:4: not valid JSON at column ",
+            "bad.jsonl:4: not valid JSON at column 11: EOF while parsing a value",
         ),
     ];
     for (bad_line, want) in cases {

@@ -26,7 +26,7 @@ pub struct IngestArgs {
     /// A file, a glob (quoted) or a folder (the Hugging Face datasets layout).
     pub path: PathBuf,
     /// The dataset name its pairs and users get (and the prefix of user ids). Ingesting
-    /// again under the same name replaces that dataset's pairs and users with this file's.
+    /// again under the same name replaces that dataset's pairs and users with these files'.
     #[arg(long)]
     pub dataset: String,
     /// parquet, csv, tsv, jsonl or json (default: from each file's extension).

@@ -15,7 +15,9 @@ pub struct RunArgs {
     /// Rerun this stage even if unchanged (repeatable).
     #[arg(long, value_name = "STAGE")]
     pub force: Vec<String>,
-    /// Validate and print the plan: which stages would run and which are unchanged.
+    /// Validate and print the plan: which stages would run and which are unchanged. Checks
+    /// what it can without writing: a preferences stage's mapped columns against each file's
+    /// header or first row.
     #[arg(long)]
     pub dry_run: bool,
     /// Override a stage parameter: --set data.users=50. A dotted key sets one entry of a

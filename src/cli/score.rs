@@ -256,7 +256,9 @@ fn input_requests(
             Some(_) => return Err(ServeError::bad(format!("{at}: user"), "must be a string")),
         };
         let prompt = match obj.get("prompt") {
+            // An empty prompt is none, as in the server's reward endpoint.
             None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
             Some(p) => Some(Content::from_json(p, false, &format!("{at}: prompt"))?),
         };
         let cands = obj
@@ -329,20 +331,18 @@ pub async fn score(ctx: &Ctx, a: ScoreArgs) -> Result<(), CliError> {
             (reqs, None)
         }
         None => {
-            let candidates: Vec<Content> = a
-                .candidate
-                .iter()
-                .map(|c| {
-                    if images {
-                        Content::Image(PathBuf::from(c))
-                    } else {
-                        Content::Text(c.clone())
-                    }
+            let candidates: Vec<Content> = (a.candidate.iter().enumerate())
+                .map(|(i, c)| match images {
+                    true => Ok(Content::Image(PathBuf::from(c))),
+                    false => Content::text(c, &format!("--candidate {}", i + 1)),
                 })
-                .collect();
+                .collect::<Result<_, _>>()
+                .map_err(cli_err)?;
+            // An empty prompt is none, as in the server's reward endpoint.
+            let prompt = a.prompt.as_deref().filter(|p| !p.trim().is_empty());
             let req = ScoreRequest {
                 user: default_user.clone().expect("checked above"),
-                prompt: a.prompt.clone().map(Content::Text),
+                prompt: prompt.map(|p| Content::Text(p.to_string())),
                 candidates,
             };
             (vec![req], Some(a.candidate.clone()))

@@ -351,26 +351,36 @@ fn target<'a>(
 }
 
 /// Sets `key` of a stage to `value`; a dotted key (`columns.user`) sets one entry of a
-/// nested mapping, making the mappings on its way (or replacing what is not one), so that
-/// `--set prefs.columns.user=rater` changes one column and keeps the others.
-fn set_path(stage: &mut Mapping, key: &str, value: Value) {
+/// nested mapping, making the mappings missing on its way, so that `--set
+/// prefs.columns.user=rater` changes one column and keeps the others.
+///
+/// # Errors
+/// The message for `--set` when a part of the key on the way holds a value that is not a
+/// mapping (`--set prefs.path.sub=x` where `path` is a text): the stage is left unchanged.
+fn set_path(stage: &mut Mapping, key: &str, value: Value) -> Result<(), String> {
     let mut m = stage;
     let mut parts = key.split('.').peekable();
+    let mut walked = Vec::new();
     while let Some(part) = parts.next() {
         let k = Value::String(part.to_string());
+        walked.push(part);
         if parts.peek().is_none() {
             m.insert(k, value);
-            return;
+            return Ok(());
         }
         let entry = m.entry(k).or_insert_with(|| Value::Mapping(Mapping::new()));
-        if !entry.is_mapping() {
-            *entry = Value::Mapping(Mapping::new());
-        }
         m = match entry {
             Value::Mapping(inner) => inner,
-            _ => unreachable!("made a mapping just above"),
+            _ => {
+                return Err(format!(
+                    "'{}' holds a value, not a mapping: nothing under it can be set\nhint: set '{}' itself",
+                    walked.join("."),
+                    walked.join(".")
+                ))
+            }
         };
     }
+    Ok(())
 }
 
 fn name_of(m: &Mapping) -> Option<&str> {
@@ -390,7 +400,11 @@ pub fn expand(
     let mut later = Vec::new();
     for o in overrides {
         match target(o, stages.iter().map(name_of)) {
-            Some((i, key)) => set_path(&mut stages[i], &key, o.value.clone()),
+            Some((i, key)) => {
+                if let Err(m) = set_path(&mut stages[i], &key, o.value.clone()) {
+                    errors.push(at("", format!("--set '{}.{}': {m}", o.stage, o.key)));
+                }
+            }
             None => later.push(o),
         }
     }
@@ -517,7 +531,11 @@ pub fn expand(
                     ),
                 ));
             }
-            Some((j, key)) => set_path(&mut out.stages[j], &key, o.value.clone()),
+            Some((j, key)) => {
+                if let Err(m) = set_path(&mut out.stages[j], &key, o.value.clone()) {
+                    errors.push(at("", format!("--set '{}.{}': {m}", o.stage, o.key)));
+                }
+            }
             None => errors.push(at(
                 "",
                 format!(
@@ -745,11 +763,7 @@ mod tests {
         let yaml = "  - name: prefs\n    kind: preferences\n    columns: {user: worker, chosen: a}\n    path: x\n";
         let (e, errs) = run(
             yaml,
-            &[
-                "prefs.columns.user=rater",
-                "prefs.extra.deep.key=1",
-                "prefs.path.sub=y",
-            ],
+            &["prefs.columns.user=rater", "prefs.extra.deep.key=1"],
         );
         assert!(errs.is_empty(), "{errs:?}");
         let m = &e.stages[0];
@@ -763,8 +777,16 @@ mod tests {
         assert_eq!(cols.len(), 2);
         let deep = m["extra"]["deep"]["key"].as_u64();
         assert_eq!(deep, Some(1), "the mappings on the way are made");
-        // A key that held a scalar becomes a mapping holding the new entry.
-        assert_eq!(m["path"]["sub"], Value::from("y"));
+        // Nothing can be set under a key that holds a text: an error, the text kept.
+        let (e, errs) = run(yaml, &["prefs.path.sub=y"]);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0]
+                .message
+                .contains("--set 'prefs.path.sub': 'path' holds a value, not a mapping"),
+            "{errs:?}"
+        );
+        assert_eq!(e.stages[0]["path"], Value::from("x"));
         // The same on one expansion of a sweep, after it is expanded.
         let yaml = "  - name: t-k${k}\n    kind: train\n    foreach: {k: [1, 2]}\n    training: {lr: 0.1, epochs: 3}\n";
         let (_, errs) = run(yaml, &["t-k2.training.lr=0.5", "t-k2.foreach.k=[9]"]);

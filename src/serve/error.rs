@@ -24,8 +24,8 @@ pub enum ServeError {
     UnknownUser {
         model: String,
         user: String,
-        /// A known id the user likely meant (the same id under its dataset's prefix, or one
-        /// a typo away), shown as "did you mean".
+        /// A known id the user likely meant (the same id under its dataset's prefix), shown
+        /// as "did you mean".
         suggestion: Option<String>,
     },
     /// The model's encoder cannot be loaded, or its weights are not the ones the model used.

@@ -63,7 +63,7 @@ impl Content {
     ///
     /// # Errors
     /// [`ServeError::BadInput`] when it is empty or only white space (it has no embedding).
-    fn text(s: &str, field: &str) -> Result<Content, ServeError> {
+    pub(crate) fn text(s: &str, field: &str) -> Result<Content, ServeError> {
         if s.trim().is_empty() {
             return Err(ServeError::bad(
                 field,
@@ -485,24 +485,26 @@ impl Scorer {
     }
 
     /// The known user (seen or enrolled) that `id` likely means: the one whose id is `id`
-    /// under a dataset prefix (`mine/w01` for `w01`; ids carry their dataset's name), else one
-    /// a typo away. `None` when none or several match by prefix.
+    /// under a dataset prefix (`mine/w01` for `w01`; ids carry their dataset's name). `None`
+    /// when none or several are. Never a user whose id merely looks alike: that would be
+    /// another person's preferences. One pass over the ids, nothing copied.
     fn likely_user(&self, id: &str) -> Option<String> {
-        let enrolled: Vec<String> = (self.enrolled.read().ok())
-            .map(|m| m.keys().cloned().collect())
-            .unwrap_or_default();
-        let mut known: Vec<&str> = self.model.user_ids().iter().map(String::as_str).collect();
-        known.extend(enrolled.iter().map(String::as_str));
-        known.sort_unstable();
-        known.dedup();
-        let mut prefixed = known
-            .iter()
-            .filter(|k| k.rsplit_once('/').is_some_and(|(_, rest)| rest == id));
-        match (prefixed.next(), prefixed.next()) {
-            (Some(one), None) => Some(one.to_string()),
-            (Some(_), Some(_)) => None,
-            (None, _) => crate::suggest::closest(id, known.iter().copied()),
+        let under_a_prefix = |k: &&str| {
+            (k.strip_suffix(id))
+                .and_then(|head| head.strip_suffix('/'))
+                .is_some_and(|dataset| !dataset.is_empty())
+        };
+        let enrolled = self.enrolled.read().ok();
+        let enrolled_ids = enrolled.iter().flat_map(|m| m.keys()).map(String::as_str);
+        let seen_ids = self.model.user_ids().iter().map(String::as_str);
+        let mut found: Option<&str> = None;
+        for k in seen_ids.chain(enrolled_ids).filter(under_a_prefix) {
+            match found {
+                Some(f) if f != k => return None,
+                _ => found = Some(k),
+            }
         }
+        found.map(str::to_string)
     }
 
     fn enrolled_user(&self, id: &str) -> Option<UserParams> {

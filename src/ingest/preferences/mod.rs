@@ -631,14 +631,14 @@ fn check_columns(m: &Mapping, file: &Path, names: &[String]) -> Result<(), PrefE
 }
 
 /// What a dry run checks of a `preferences` stage, reading each file only up to its columns
-/// (a CSV header, a Parquet footer, the first JSON row) and writing nothing: that the path
-/// names files, each has a known format and reads as it, and each holds every mapped column.
-/// Returns how many files it checked.
+/// and first row (a Parquet file only to its schema) and writing nothing: that the path names
+/// files, each has a known format, reads as it and is not empty, and each holds every mapped
+/// column. Returns how many files it checked. The rows themselves are not checked.
 ///
 /// # Errors
 /// The error the ingest itself would stop with at the same place: [`PrefError::NoFiles`], a
-/// `format` [`PrefError::Param`], [`PrefError::NotFormat`], [`PrefError::NoColumn`], an I/O
-/// error naming the file.
+/// `format` [`PrefError::Param`], [`PrefError::NotFormat`], [`PrefError::NoColumn`], an empty
+/// file, a first JSON line that does not parse, an I/O error naming the file.
 pub fn check_headers(p: &Params) -> Result<usize, PrefError> {
     let m = mapping(p)?;
     let files = data_files(p)?;
@@ -648,23 +648,28 @@ pub fn check_headers(p: &Params) -> Result<usize, PrefError> {
         let mut header = HeaderCheck {
             m: &m,
             file: f,
+            stop_at_columns: format == Format::Parquet,
             checked: false,
         };
         match formats::read_file(f, format, &wanted, &mut header) {
             // Stopped by the check itself once the columns were read and found.
             Err(PrefError::Stopped) if header.checked => {}
             Err(e) => return Err(e),
-            // No rows at all: what the ingest makes of that is its own (counted, or no data).
+            // Read to its end without a row (a Parquet file with no row groups): the ingest
+            // reads it the same way.
             Ok(()) => {}
         }
     }
     Ok(files.len())
 }
 
-/// The sink of [`check_headers`]: checks a file's columns, then stops its read.
+/// The sink of [`check_headers`]: checks a file's columns, then stops its read at the first
+/// row (so that a file with a header and no rows is the error it is in the ingest), or right
+/// at the columns when `stop_at_columns` (Parquet: a row would decode a whole row group).
 struct HeaderCheck<'a> {
     m: &'a Mapping,
     file: &'a Path,
+    stop_at_columns: bool,
     /// The columns were read and every mapped one is there.
     checked: bool,
 }
@@ -673,15 +678,19 @@ impl formats::RowSink for HeaderCheck<'_> {
     fn columns(&mut self, names: &[String]) -> Result<(), PrefError> {
         check_columns(self.m, self.file, names)?;
         self.checked = true;
-        Err(PrefError::Stopped)
+        match self.stop_at_columns {
+            true => Err(PrefError::Stopped),
+            false => Ok(()),
+        }
     }
 
     fn row(&mut self, _at: Loc, _row: Val) -> Result<(), PrefError> {
-        // Readers give the columns before the first row; nothing past them is needed.
+        // Readers give the columns before the first row; nothing past it is needed.
         Err(PrefError::Stopped)
     }
 
-    /// Reads up to the first line that is not blank: its keys are the file's columns.
+    /// Reads up to the first line that is not blank: its keys are the file's columns. A
+    /// stream of blank lines only is an empty file, as in the ingest.
     fn json_lines(
         &mut self,
         path: &Path,
@@ -692,7 +701,7 @@ impl formats::RowSink for HeaderCheck<'_> {
         for n in 1.. {
             line.clear();
             if r.read_until(b'\n', &mut line).map_err(formats::io(path))? == 0 {
-                return Ok(());
+                break;
             }
             match formats::parse_line(n, &line) {
                 formats::Line::Blank => continue,
@@ -705,7 +714,10 @@ impl formats::RowSink for HeaderCheck<'_> {
                 }
             }
         }
-        Ok(())
+        Err(IngestError::EmptyFile {
+            path: path.to_path_buf(),
+        }
+        .into())
     }
 }
 
