@@ -655,8 +655,8 @@ pub fn check_headers(p: &Params) -> Result<usize, PrefError> {
             // Stopped by the check itself once the columns were read and found.
             Err(PrefError::Stopped) if header.checked => {}
             Err(e) => return Err(e),
-            // Read to its end without a row (a Parquet file with no row groups): the ingest
-            // reads it the same way.
+            // The JSON lines check returns once it has the columns (the other readers end
+            // with `Stopped` or, without a row, with the ingest's own empty-file error).
             Ok(()) => {}
         }
     }
