@@ -5,8 +5,8 @@
 
 /// The name in `have` closest to `want` (edit distance over characters, see `distance`,
 /// ignoring case), when it is close enough to be a likely typo: at most half the longer
-/// name's length in characters apart (at least 1). Ties go to the first name in `have`. `None` when nothing
-/// is that close.
+/// name's length in characters apart (at least 1). Ties go to the first name in `have`.
+/// `None` when nothing is that close.
 pub fn closest<'a>(want: &str, have: impl Iterator<Item = &'a str>) -> Option<String> {
     let want_l = want.to_lowercase();
     have.map(|h| (distance(&want_l, &h.to_lowercase()), h))

@@ -344,6 +344,15 @@ fn first_unseen_user(store: &Path) -> Vec<Value> {
 
 /// `palpipe enroll --model k3 --user USER --comparisons FILE --json` (and `extra`): its output.
 fn enroll_json(store: &Path, user: &str, file: &Path, extra: &[&str]) -> Value {
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    let r = enroll(store, user, file, &args).ok();
+    serde_json::from_str(r.stdout.trim()).unwrap()
+}
+
+/// `palpipe enroll --model k3 --user USER --comparisons FILE` (and `extra`), its exit unchecked.
+fn enroll(store: &Path, user: &str, file: &Path, extra: &[&str]) -> Run {
+    let file = file.to_str().unwrap();
     let mut args = vec![
         "enroll",
         "--model",
@@ -351,12 +360,10 @@ fn enroll_json(store: &Path, user: &str, file: &Path, extra: &[&str]) -> Value {
         "--user",
         user,
         "--comparisons",
-        file.to_str().unwrap(),
-        "--json",
+        file,
     ];
     args.extend_from_slice(extra);
-    let r = palpipe(store, &args).ok();
-    serde_json::from_str(r.stdout.trim()).unwrap()
+    palpipe(store, &args)
 }
 
 /// One enrolment line of a stored pair (the preferred item chosen), with a weight if given.
@@ -479,19 +486,7 @@ fn enroll_weighs_a_comparison_as_if_given_that_many_times() {
     for (bad_line, want) in cases {
         let text = line(mine[0], None) + &line(mine[1], None) + "\n" + &bad_line + "\n";
         let bad = write("bad.jsonl", text);
-        let r = palpipe(
-            &store,
-            &[
-                "enroll",
-                "--model",
-                "k3",
-                "--user",
-                "bad",
-                "--comparisons",
-                bad.to_str().unwrap(),
-            ],
-        )
-        .code(2);
+        let r = enroll(&store, "bad", &bad, &[]).code(2);
         assert!(r.stderr.contains(want), "want {want:?}: {}", r.stderr);
         assert!(!r.stderr.contains("line 1"), "{}", r.stderr);
     }
@@ -628,19 +623,7 @@ fn enroll_fits_a_new_user_stores_them_and_score_knows_them() {
     // Re-enrolling with fewer comparisons refits and replaces the one row; no held-out part.
     let few: String = mine.iter().take(6).map(|&p| line(p) + "\n").collect();
     std::fs::write(&f, few).unwrap();
-    let r = palpipe(
-        &store,
-        &[
-            "enroll",
-            "--model",
-            "k3",
-            "--user",
-            new_id,
-            "--comparisons",
-            f.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    let r = enroll(&store, new_id, &f, &[]).ok();
     assert!(r.stdout.starts_with("re-enrolled"), "{}", r.stdout);
     assert!(r.stdout.contains("no held-out accuracy"), "{}", r.stdout);
     let rows = query(&store, "SELECT comparisons, held_out FROM enrollments");
@@ -653,34 +636,10 @@ fn enroll_fits_a_new_user_stores_them_and_score_knows_them() {
         &store,
         "SELECT user_id FROM pairs WHERE split = 'train' LIMIT 1",
     );
-    let r = palpipe(
-        &store,
-        &[
-            "enroll",
-            "--model",
-            "k3",
-            "--user",
-            seen[0]["user_id"].as_str().unwrap(),
-            "--comparisons",
-            f.to_str().unwrap(),
-        ],
-    )
-    .code(2);
+    let r = enroll(&store, seen[0]["user_id"].as_str().unwrap(), &f, &[]).code(2);
     assert!(r.stderr.contains("trained on"), "{}", r.stderr);
     std::fs::write(&f, format!("{}\n{{\"chosen\": 1\n", line(mine[0]))).unwrap();
-    let r = palpipe(
-        &store,
-        &[
-            "enroll",
-            "--model",
-            "k3",
-            "--user",
-            "bob",
-            "--comparisons",
-            f.to_str().unwrap(),
-        ],
-    )
-    .code(2);
+    let r = enroll(&store, "bob", &f, &[]).code(2);
     assert!(r.stderr.contains("alice.jsonl:2"), "{}", r.stderr);
 }
 

@@ -255,12 +255,9 @@ fn input_requests(
             })?,
             Some(_) => return Err(ServeError::bad(format!("{at}: user"), "must be a string")),
         };
-        let prompt = match obj.get("prompt") {
-            // An empty prompt is none, as in the server's reward endpoint.
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
-            Some(p) => Some(Content::from_json(p, false, &format!("{at}: prompt"))?),
-        };
+        let prompt = (serve::scorer::given_prompt(obj.get("prompt")))
+            .map(|p| Content::from_json(p, false, &format!("{at}: prompt")))
+            .transpose()?;
         let cands = obj
             .get("candidates")
             .and_then(|c| c.as_array())
@@ -338,11 +335,9 @@ pub async fn score(ctx: &Ctx, a: ScoreArgs) -> Result<(), CliError> {
                 })
                 .collect::<Result<_, _>>()
                 .map_err(cli_err)?;
-            // An empty prompt is none, as in the server's reward endpoint.
-            let prompt = a.prompt.as_deref().filter(|p| !p.trim().is_empty());
             let req = ScoreRequest {
                 user: default_user.clone().expect("checked above"),
-                prompt: prompt.map(|p| Content::Text(p.to_string())),
+                prompt: a.prompt.as_deref().and_then(Content::prompt_text),
                 candidates,
             };
             (vec![req], Some(a.candidate.clone()))

@@ -136,12 +136,9 @@ pub fn parse_comparison(
             other => other,
         })
     };
-    let prompt = match obj.get("prompt") {
-        // An empty prompt is none, as in the server's reward endpoint.
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
-        Some(_) => Some(field("prompt", false)?),
-    };
+    let prompt = (super::scorer::given_prompt(obj.get("prompt")))
+        .map(|_| field("prompt", false))
+        .transpose()?;
     let (chosen, rejected) = (field("chosen", images)?, field("rejected", images)?);
     if chosen == rejected {
         return Err(ServeError::bad(

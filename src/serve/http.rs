@@ -455,11 +455,7 @@ async fn get_reward(State(app): State<Shared>, req: Request) -> ApiResult {
         }
         reqs.push(ScoreRequest {
             user: UserSel::Id(user.to_string()),
-            prompt: if p.trim().is_empty() {
-                None
-            } else {
-                Some(Content::Text(p.to_string()))
-            },
+            prompt: Content::prompt_text(p),
             candidates: vec![Content::Text(response.to_string())],
         });
     }

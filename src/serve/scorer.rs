@@ -59,6 +59,12 @@ pub enum Content {
 }
 
 impl Content {
+    /// A prompt given as text (a flag, the reward endpoint's query): an empty or blank one is
+    /// no prompt.
+    pub fn prompt_text(p: &str) -> Option<Content> {
+        (!p.trim().is_empty()).then(|| Content::Text(p.to_string()))
+    }
+
     /// A text to embed; `field` names it in the error.
     ///
     /// # Errors
@@ -122,6 +128,17 @@ impl Content {
                 "must be a string or an object {\"text\"|\"image\"|\"image_base64\"|\"id\": …}",
             )),
         }
+    }
+}
+
+/// The `prompt` value of a request or comparison line when it gives one: absent, `null` and an
+/// empty or blank text are no prompt (as [`Content::prompt_text`] reads a prompt given as
+/// text); anything else is left to [`Content::from_json`] to read or refuse.
+pub fn given_prompt(v: Option<&serde_json::Value>) -> Option<&serde_json::Value> {
+    match v? {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) if s.trim().is_empty() => None,
+        given => Some(given),
     }
 }
 
