@@ -21,7 +21,8 @@
 # times), CLIP (`palpipe bench-clip`, tiny fixture model), IMAGE (bench/image.sh: Pick-a-Pic
 # hashing vs b3sum, the image stages), INGEST (bench/ingest.sh: JSON lines ingest vs wc -l and
 # json.loads), SCORE (bench/score.sh: `palpipe score` vs PyTorch, `palpipe serve` under load),
-# MATMUL (bench/matmul.sh: a Linear layer's matrix product alone, gemm vs PyTorch).
+# MATMUL (bench/matmul.sh: a Linear layer's matrix product alone, gemm vs PyTorch). At the
+# end, bench/summary.py prints issues 16 and 12's goals against this run's result files.
 # See bench/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -346,3 +347,8 @@ fi
 if [ "${SCORE:-1}" != "0" ]; then
     PALPIPE_BIN="$BIN" BENCH_VENV="$VENV" ROUNDS="$ROUNDS" THREADS="$THREADS" bash bench/score.sh
 fi
+
+# The goals of issues 16 and 12 in one table, read back from this invocation's result files
+# (rows of skipped sections say `not run`).
+echo
+python3 bench/summary.py "$DATE"
