@@ -555,3 +555,83 @@ fn a_dry_run_checks_each_files_columns_against_the_mapping() {
     assert_eq!(r.stdout.matches("planned").count(), 2, "{}", r.stdout);
     assert!(!dir.path().join("fx").exists(), "a dry run makes nothing");
 }
+
+/// A dry run checks every stage of the plan, not only up to the first that would fail: a
+/// pipeline with two broken `preferences` stages around a good one names both (each with its
+/// file and column), counts them on the first line, plans the good one and marks both
+/// failed in the table; nothing is written. One broken stage keeps the one-stage message.
+#[test]
+fn a_dry_run_names_every_stage_that_would_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for name in ["a.jsonl", "b.jsonl", "c.jsonl"] {
+        write_jsonl(
+            &data.join(name),
+            &[json!({"rater": "r1", "good": "u", "bad": "v"})],
+        );
+    }
+    let stage = |name: &str, file: &str, rejected: &str| {
+        format!(
+            "  - {{name: {name}, kind: preferences, dataset: {name}, path: data/{file}, \
+             columns: {{user: rater, chosen: good, rejected: {rejected}}}}}\n"
+        )
+    };
+    let yaml = format!(
+        "name: p\nstages:\n{}{}{}",
+        stage("first", "a.jsonl", "bda"),
+        stage("fine", "b.jsonl", "bad"),
+        stage("last", "c.jsonl", "nope"),
+    );
+    let p = write_pipeline(dir.path(), "p.yaml", &yaml);
+    let store = dir.path().join("st");
+    let r = palpipe(&store, &["run", p.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .starts_with("palpipe: error: 2 stages would fail\n"),
+        "{}",
+        r.stderr
+    );
+    has(
+        &r.stderr,
+        &[
+            "stage 'first' (preferences) would fail:",
+            "a.jsonl: column 'bda' (mapped to rejected)",
+            "stage 'last' (preferences) would fail:",
+            "c.jsonl: column 'nope' (mapped to rejected)",
+        ],
+    );
+    assert!(!r.stderr.contains("stage 'fine'"), "{}", r.stderr);
+    let status = |stage: &str| {
+        r.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(stage))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_else(|| panic!("no row for '{stage}' in\n{}", r.stdout))
+            .to_string()
+    };
+    assert_eq!(status("first"), "failed");
+    assert_eq!(status("fine"), "planned");
+    assert_eq!(status("last"), "failed");
+    assert!(!store.exists(), "a dry run makes no store");
+
+    // One broken stage: its message alone, as before.
+    let r = palpipe(
+        &store,
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "--dry-run",
+            "--set",
+            "first.columns.rejected=bad",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .starts_with("palpipe: error: stage 'last' (preferences) would fail:"),
+        "{}",
+        r.stderr
+    );
+}

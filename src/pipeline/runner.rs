@@ -106,6 +106,8 @@ pub async fn run(
     let mut error = None;
     // What the stages planned so far in a dry run will make (see `StageKind::makes`).
     let mut planned_makes: Vec<std::path::PathBuf> = Vec::new();
+    // A dry run checks every stage, so that one pass names every stage that would fail.
+    let mut dry_failures: Vec<String> = Vec::new();
     for stage in &p.stages {
         let kind = stage.params.kind().to_string();
         let fp = fingerprint(stage, store, &p.splits).await?;
@@ -151,7 +153,7 @@ pub async fn run(
                         crate::store::messages::error_chain(&e)
                     );
                     rec.summary = msg.clone();
-                    error = Some(msg);
+                    dry_failures.push(msg);
                 }
             }
         } else {
@@ -197,6 +199,9 @@ pub async fn run(
         }
         records.push(rec);
     }
+    if error.is_none() {
+        error = dry_run_error(&dry_failures);
+    }
     if !opts.dry_run {
         let versions_after = store.versions().await?;
         let row = RunRow {
@@ -223,6 +228,21 @@ pub async fn run(
         stages: records,
         error,
     })
+}
+
+/// The error of a dry run from the messages of the stages that would fail, in plan order:
+/// one stage's message as it is; several under a line that counts them, so that the first
+/// line says how many and each stage's message (with its `hint:` lines) follows.
+fn dry_run_error(failures: &[String]) -> Option<String> {
+    match failures {
+        [] => None,
+        [one] => Some(one.clone()),
+        many => Some(format!(
+            "{} stages would fail\n{}",
+            many.len(),
+            many.join("\n")
+        )),
+    }
 }
 
 /// blake3 of the stage's kind, typed parameters, input file contents and read versions.
