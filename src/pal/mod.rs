@@ -28,6 +28,7 @@
 mod baseline;
 mod checkpoint;
 mod config;
+mod cosines;
 mod data;
 mod enroll;
 mod error;

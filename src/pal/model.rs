@@ -515,10 +515,38 @@ impl PalModel {
         delta: Option<&Tensor>,
         rng: Option<&mut ChaCha8Rng>,
     ) -> Result<(Tensor, Option<Tensor>)> {
+        if delta.is_none() && self.cfg.norm_bound.is_none() {
+            if let Some(m) = self.pal_b_margins_fused(feats, batch, w)? {
+                return Ok((m, None));
+            }
+        }
         let (side, penalty) = self.user_side_with(feats, batch, w, delta, rng)?;
         let rl = self.reward(feats, &side, &batch.left)?;
         let rr = self.reward(feats, &side, &batch.right)?;
         Ok(((rl - rr)?, penalty))
+    }
+
+    /// PAL-B margins with prompts through one autograd node for the cosines
+    /// ([`super::cosines::cosines`]), then r = s · cos and m = r_l − r_r as the composed ops
+    /// do; `None` where that node does not apply (PAL-A, one prompt row, a GPU, f64).
+    fn pal_b_margins_fused(
+        &self,
+        feats: &Features,
+        batch: &Batch,
+        w: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let Some(g) = feats.g.as_ref() else {
+            return Ok(None);
+        };
+        if self.cfg.kind != ModelKind::PalB || g.rank() != 3 || g.dim(0)? < 2 {
+            return Ok(None);
+        }
+        let idx = [&batch.user, &batch.prompt, &batch.left, &batch.right];
+        let Some(cos) = super::cosines::cosines(&feats.fx, g, w, idx)? else {
+            return Ok(None);
+        };
+        let r = cos.broadcast_mul(&self.reward_scale()?)?; // [B, 2]: r(x_l), r(x_r)
+        Ok(Some((r.narrow(1, 0, 1)? - r.narrow(1, 1, 1)?)?.squeeze(1)?))
     }
 
     /// Evaluation-mode margins for every comparison of `set`, in order, computed in chunks.

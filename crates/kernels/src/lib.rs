@@ -3,15 +3,18 @@
 //! for compile time (the root `Cargo.toml` sets this crate's level).
 //!
 //! Owns: the epilogue of a PAL projector layer (bias, dropout, ReLU) forward and backward,
-//! inverted-dropout masks, PAL-B margins in evaluation mode ([`pal_b_margins`]), the AdamW
+//! inverted-dropout masks, PAL-B margins in evaluation mode ([`pal_b_margins`]) and training's
+//! cosines with their gradients ([`pal_b_cosines`], [`pal_b_cosines_backward`]), the AdamW
 //! update ([`adamw_f32`]), and BERT's erf GELU ([`gelu_erf_f32`]). Each function but GELU
 //! computes the same operations, in the same order, as the code it stands in for, so results
 //! are equal bit for bit: palpipe's `pal::mlp` and `pal::model` tests check the epilogue,
 //! masks and margins against candle's ops and element-by-element draws; AdamW, palpipe's
-//! former loop, is checked against the formula here. Two exceptions: in a build where candle
-//! uses MKL's vector math, [`pal_b_margins`] may differ from candle's in the last bits (its
-//! module says why); and [`gelu_erf_f32`] is its own approximation of erf, within 1e-6 of the
-//! true GELU (tested against libm), not candle's libm-based op bit for bit.
+//! former loop, is checked against the formula here. Three exceptions: in a build where candle
+//! uses MKL's vector math, [`pal_b_margins`] and [`pal_b_cosines`] may differ from candle's in
+//! the last bits (their module says why); [`pal_b_cosines_backward`] is the gradient written
+//! out by hand, not candle's chain of backward ops (palpipe's `pal::cosines` tests check it
+//! against candle's within rounding); and [`gelu_erf_f32`] is its own approximation of erf,
+//! within 1e-6 of the true GELU (tested against libm), not candle's libm-based op bit for bit.
 //! No candle here: plain slices.
 
 mod adamw;
@@ -20,7 +23,10 @@ mod margins;
 
 pub use adamw::{adamw_f32, adamw_f64, AdamWCoeffs};
 pub use gelu::gelu_erf_f32;
-pub use margins::{pal_b_margins, sum_like_candle, sums_like_candle, PalBBatch, NORM_EPS2};
+pub use margins::{
+    pal_b_cosines, pal_b_cosines_backward, pal_b_margins, sum_like_candle, sums_like_candle,
+    CosineGrads, PalBBatch, NORM_EPS2,
+};
 
 use rand_chacha::rand_core::RngCore;
 use rand_chacha::ChaCha8Rng;

@@ -71,6 +71,167 @@ pub fn sums_like_candle() -> bool {
 /// When d or K is 0, the index columns differ in length, or an index or a slice length
 /// does not fit the shapes; callers build `b` from tensors whose shapes they checked.
 pub fn pal_b_margins(b: &PalBBatch) -> Vec<f32> {
+    check(b);
+    let (d, n) = (b.d, b.user.len());
+    let mut z = vec![0f32; d];
+    let mut tmp = vec![0f32; d];
+    let mut out = Vec::with_capacity(n);
+    for c in 0..n {
+        unit_ideal_point(b, c, &mut z, &mut tmp);
+        let rl = cosine(b, b.left[c], &z, &mut tmp) * b.scale;
+        let rr = cosine(b, b.right[c], &z, &mut tmp) * b.scale;
+        out.push(rl - rr);
+    }
+    out
+}
+
+/// Comparison `c`'s ideal point z = Σ_k w_k g_k (+ δ) normalised, z/‖z‖, into `z`
+/// (`tmp` is scratch of d values); returns ‖z‖ = √(Σz² · 1 + ε²). The f32 operations and
+/// their order are candle's for `Σ_k` over dim 1 of `[B, K, d]` and `normalize_rows`.
+fn unit_ideal_point(b: &PalBBatch, c: usize, z: &mut [f32], tmp: &mut [f32]) -> f32 {
+    let (d, k) = (b.d, b.k);
+    let u = b.user[c] as usize;
+    let p = b.prompt[c] as usize;
+    let w = &b.w[u * k..(u + 1) * k];
+    let g = &b.g[p * k * d..(p + 1) * k * d];
+    // z = Σ_k w_k g_k, summed over k from 0 as candle's sum over dim 1 of [B, K, d].
+    z.fill(0.0);
+    for (kk, &wk) in w.iter().enumerate() {
+        for (zj, &gj) in z.iter_mut().zip(&g[kk * d..(kk + 1) * d]) {
+            *zj += wk * gj;
+        }
+    }
+    if let Some(delta) = b.delta {
+        for (zj, &dj) in z.iter_mut().zip(&delta[u * d..(u + 1) * d]) {
+            *zj += dj;
+        }
+    }
+    // ‖z‖ = sqrt(Σ z² · 1 + ε²), then z/‖z‖.
+    for (t, &zj) in tmp.iter_mut().zip(z.iter()) {
+        *t = zj * zj;
+    }
+    let norm = (sum_like_candle(tmp) * 1.0 + NORM_EPS2 as f32).sqrt();
+    for zj in z.iter_mut() {
+        *zj /= norm;
+    }
+    norm
+}
+
+/// ⟨f(x)/‖f(x)‖, z/‖z‖⟩ for item row `row` of `b.fx` and the unit ideal point `zn`, summed in
+/// candle's order (`tmp`: scratch of d values).
+fn cosine(b: &PalBBatch, row: u32, zn: &[f32], tmp: &mut [f32]) -> f32 {
+    let (d, r) = (b.d, row as usize);
+    for ((t, &f), &zj) in tmp.iter_mut().zip(&b.fx[r * d..(r + 1) * d]).zip(zn) {
+        *t = f * zj;
+    }
+    sum_like_candle(tmp)
+}
+
+/// Training's PAL-B cosines without the scale: per comparison c of `b`, the pair
+/// (⟨f(x_l)/‖f(x_l)‖, z/‖z‖⟩, ⟨f(x_r)/‖f(x_r)‖, z/‖z‖⟩), `[n, 2]` row by row, with
+/// z = Σ_k w_k g_k(x_c) (+ δ). `b.scale` is not used: the caller multiplies by s, so that
+/// s's gradient stays with its own op. Each value is the one [`pal_b_margins`] multiplies by
+/// s, bit for bit.
+///
+/// # Panics
+/// As [`pal_b_margins`].
+pub fn pal_b_cosines(b: &PalBBatch) -> Vec<f32> {
+    check(b);
+    let n = b.user.len();
+    let mut z = vec![0f32; b.d];
+    let mut tmp = vec![0f32; b.d];
+    let mut out = Vec::with_capacity(2 * n);
+    for c in 0..n {
+        unit_ideal_point(b, c, &mut z, &mut tmp);
+        out.push(cosine(b, b.left[c], &z, &mut tmp));
+        out.push(cosine(b, b.right[c], &z, &mut tmp));
+    }
+    out
+}
+
+/// Which gradients [`pal_b_cosines_backward`] computes (an input that is data, or frozen,
+/// needs none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CosineGrads {
+    pub fx: bool,
+    pub g: bool,
+    pub w: bool,
+}
+
+/// The gradients of [`pal_b_cosines`] for the upstream gradient `grad` (`[n, 2]`, the
+/// loss's derivative by each cosine): `(d fx [U, d], d g [Up, K, d], d w [Uu, K])`, each
+/// empty where `want` says it is not needed. δ gets none (callers with δ take candle's ops).
+///
+/// Per comparison, with a = grad_l · f̂(x_l) + grad_r · f̂(x_r) the derivative by z/‖z‖:
+/// d f̂(x_l) += grad_l · z/‖z‖, d f̂(x_r) += grad_r · z/‖z‖,
+/// dz = (a − (z/‖z‖) ⟨z/‖z‖, a⟩) / ‖z‖ (the normalisation's Jacobian),
+/// d g_k(x_c) += w_k dz and d w_k += ⟨g_k(x_c), dz⟩. The comparisons are added in order, one
+/// thread, so the sums are the same on every run.
+///
+/// # Panics
+/// As [`pal_b_margins`], and when `grad` does not hold 2 values per comparison.
+pub fn pal_b_cosines_backward(
+    b: &PalBBatch,
+    grad: &[f32],
+    want: CosineGrads,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    check(b);
+    let (d, k, n) = (b.d, b.k, b.user.len());
+    assert_eq!(grad.len(), 2 * n, "pal_b_cosines_backward: gradient length");
+    let sized = |on: bool, len: usize| if on { vec![0f32; len] } else { Vec::new() };
+    let mut dfx = sized(want.fx, b.fx.len());
+    let mut dg = sized(want.g, b.g.len());
+    let mut dw = sized(want.w, b.w.len());
+    if !(want.fx || want.g || want.w) {
+        return (dfx, dg, dw);
+    }
+    let mut zn = vec![0f32; d];
+    let mut a = vec![0f32; d];
+    for c in 0..n {
+        let norm = unit_ideal_point(b, c, &mut zn, &mut a);
+        let (gl, gr) = (grad[2 * c], grad[2 * c + 1]);
+        let (l, r) = (b.left[c] as usize, b.right[c] as usize);
+        let (fl, fr) = (&b.fx[l * d..(l + 1) * d], &b.fx[r * d..(r + 1) * d]);
+        let mut dot = 0f32;
+        for j in 0..d {
+            a[j] = gl * fl[j] + gr * fr[j];
+            dot += zn[j] * a[j];
+        }
+        if want.fx {
+            for (x, &v) in dfx[l * d..(l + 1) * d].iter_mut().zip(&zn) {
+                *x += gl * v;
+            }
+            for (x, &v) in dfx[r * d..(r + 1) * d].iter_mut().zip(&zn) {
+                *x += gr * v;
+            }
+        }
+        if !(want.g || want.w) {
+            continue;
+        }
+        // a becomes dz.
+        for (aj, &v) in a.iter_mut().zip(&zn) {
+            *aj = (*aj - v * dot) / norm;
+        }
+        let (u, p) = (b.user[c] as usize, b.prompt[c] as usize);
+        for kk in 0..k {
+            let span = (p * k + kk) * d..(p * k + kk + 1) * d;
+            if want.g {
+                let wk = b.w[u * k + kk];
+                for (x, &v) in dg[span.clone()].iter_mut().zip(&a) {
+                    *x += wk * v;
+                }
+            }
+            if want.w {
+                let gk = &b.g[span];
+                dw[u * k + kk] += gk.iter().zip(&a).map(|(x, y)| x * y).sum::<f32>();
+            }
+        }
+    }
+    (dfx, dg, dw)
+}
+
+/// The shape checks of [`pal_b_margins`].
+fn check(b: &PalBBatch) {
     let (d, k) = (b.d, b.k);
     assert!(d > 0 && k > 0, "pal_b_margins: d = {d}, K = {k}");
     let n = b.user.len();
@@ -87,47 +248,6 @@ pub fn pal_b_margins(b: &PalBBatch) -> Vec<f32> {
     if let Some(delta) = b.delta {
         assert_eq!(delta.len() / d, b.w.len() / k, "pal_b_margins: δ rows");
     }
-    let eps = NORM_EPS2 as f32;
-    let mut z = vec![0f32; d];
-    let mut tmp = vec![0f32; d];
-    let mut out = Vec::with_capacity(n);
-    for c in 0..n {
-        let u = b.user[c] as usize;
-        let p = b.prompt[c] as usize;
-        let w = &b.w[u * k..(u + 1) * k];
-        let g = &b.g[p * k * d..(p + 1) * k * d];
-        // z = Σ_k w_k g_k, summed over k from 0 as candle's sum over dim 1 of [B, K, d].
-        z.fill(0.0);
-        for (kk, &wk) in w.iter().enumerate() {
-            for (zj, &gj) in z.iter_mut().zip(&g[kk * d..(kk + 1) * d]) {
-                *zj += wk * gj;
-            }
-        }
-        if let Some(delta) = b.delta {
-            for (zj, &dj) in z.iter_mut().zip(&delta[u * d..(u + 1) * d]) {
-                *zj += dj;
-            }
-        }
-        // ‖z‖ = sqrt(Σ z² · 1 + ε²), then z/‖z‖.
-        for (t, &zj) in tmp.iter_mut().zip(&z) {
-            *t = zj * zj;
-        }
-        let norm = (sum_like_candle(&tmp) * 1.0 + eps).sqrt();
-        for zj in z.iter_mut() {
-            *zj /= norm;
-        }
-        let reward = |row: u32, tmp: &mut [f32]| {
-            let r = row as usize;
-            for ((t, &f), &zj) in tmp.iter_mut().zip(&b.fx[r * d..(r + 1) * d]).zip(&z) {
-                *t = f * zj;
-            }
-            sum_like_candle(tmp) * b.scale
-        };
-        let rl = reward(b.left[c], &mut tmp);
-        let rr = reward(b.right[c], &mut tmp);
-        out.push(rl - rr);
-    }
-    out
 }
 
 /// The sum of `row` in the order candle 0.11 sums a contiguous f32 row with AVX2 (its
