@@ -12,8 +12,10 @@
 //! composed ops), or any device but the CPU.
 //!
 //! The forward values equal the composed ops' bit for bit where candle sums rows with AVX2
-//! (see `palpipe_kernels::margins`); the gradients are the same formulas in another order,
-//! equal within rounding (tested against candle's backward).
+//! and the build is not the `mkl` one (there candle's vector math may round the last bits
+//! differently; see `palpipe_kernels::margins`), and within rounding elsewhere; the
+//! gradients are the same formulas in another order, equal within rounding (tested against
+//! candle's backward).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
@@ -33,8 +35,15 @@ struct Cosines {
 /// and `right[c]` (`fx` `[U, d]`, already normalised), ẑ = z/‖z‖ and
 /// z = Σ_k `w`[user[c], k] · `g`[prompt[c], k] (`g` `[Up, K, d]`, `w` `[Uu, K]`).
 ///
-/// Returns `None` where the op does not apply: a tensor off the CPU or not f32, or shapes
-/// other than these (the caller then composes candle's ops).
+/// `idx` is `[user, prompt, left, right]`, each a u32 column `[B]` of row indices into `w`,
+/// `g`, `fx` and `fx`.
+///
+/// Returns `None` where the op does not apply: a tensor off the CPU or not f32, shapes other
+/// than these (K or d of 0 included), or an index past its table's rows (the caller then
+/// composes candle's ops, which report a bad index their own way).
+///
+/// # Errors
+/// candle's, where an index column is not a rank-1 u32 tensor or the op fails.
 pub(crate) fn cosines(
     fx: &Tensor,
     g: &Tensor,
@@ -46,7 +55,7 @@ pub(crate) fn cosines(
         return Ok(None);
     }
     let (_, k, d) = g.dims3()?;
-    if fx.dim(1)? != d || w.rank() != 2 || w.dim(1)? != k {
+    if k == 0 || d == 0 || fx.dim(1)? != d || w.rank() != 2 || w.dim(1)? != k {
         return Ok(None);
     }
     let [user, prompt, left, right] = idx.map(|t| t.to_vec1::<u32>());

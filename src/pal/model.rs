@@ -506,7 +506,9 @@ impl PalModel {
     }
 
     /// [`PalModel::margins_from`] with an optional offset δ per distinct user of the batch
-    /// (`[Uu, D]`; see [`PalModel::user_side_with`]).
+    /// (`[Uu, D]`; see [`PalModel::user_side_with`]). Without δ and a norm bound, PAL-B takes
+    /// the fused cosines node ([`super::cosines::cosines`]) where it applies; otherwise
+    /// [`PalModel::margins_composed`].
     pub(crate) fn margins_offset(
         &self,
         feats: &Features,
@@ -520,6 +522,19 @@ impl PalModel {
                 return Ok((m, None));
             }
         }
+        self.margins_composed(feats, batch, w, delta, rng)
+    }
+
+    /// [`PalModel::margins_offset`] through candle's composed ops only (the user side, then
+    /// each item's reward), never the fused cosines node: what that node is checked against.
+    pub(crate) fn margins_composed(
+        &self,
+        feats: &Features,
+        batch: &Batch,
+        w: &Tensor,
+        delta: Option<&Tensor>,
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (side, penalty) = self.user_side_with(feats, batch, w, delta, rng)?;
         let rl = self.reward(feats, &side, &batch.left)?;
         let rr = self.reward(feats, &side, &batch.right)?;
@@ -528,7 +543,8 @@ impl PalModel {
 
     /// PAL-B margins with prompts through one autograd node for the cosines
     /// ([`super::cosines::cosines`]), then r = s · cos and m = r_l − r_r as the composed ops
-    /// do; `None` where that node does not apply (PAL-A, one prompt row, a GPU, f64).
+    /// do; `None` where that node does not apply (PAL-A, one prompt row, a GPU, f64, an index
+    /// past its table).
     fn pal_b_margins_fused(
         &self,
         feats: &Features,

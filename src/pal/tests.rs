@@ -1563,9 +1563,19 @@ fn one_pass_pal_b_margins_equal_the_composed_ops_bit_for_bit() {
             }
             let one_pass = one_pass.expect("the one-pass path applies to PAL-B in f32 on the CPU");
             let (m, _) = model
-                .margins_offset(&feats, &batch, &w, delta, None)
+                .margins_composed(&feats, &batch, &w, delta, None)
                 .unwrap();
             let composed = m.to_vec1::<f32>().unwrap();
+            if delta.is_none() {
+                // Training's entry point takes the fused cosines node here (PAL-B, no offset,
+                // no norm bound): the same values as the composed ops up to rounding.
+                let (fused, _) = model
+                    .margins_offset(&feats, &batch, &w, None, None)
+                    .unwrap();
+                for (a, b) in fused.to_vec1::<f32>().unwrap().iter().zip(&composed) {
+                    assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+                }
+            }
             assert_eq!(one_pass.len(), set.comps.len());
             assert!(
                 composed.iter().any(|&v| v != 0.0),
@@ -1590,7 +1600,7 @@ fn one_pass_pal_b_margins_equal_the_composed_ops_bit_for_bit() {
         // And through the evaluation entry point, chunk by chunk.
         let (margins, _) = model.margins_for(&set).unwrap();
         let (m, _) = model
-            .margins_offset(&feats, &batch, &w, None, None)
+            .margins_composed(&feats, &batch, &w, None, None)
             .unwrap();
         if !cfg!(feature = "mkl") {
             assert_eq!(margins, m.to_vec1::<f32>().unwrap());
