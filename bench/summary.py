@@ -20,8 +20,9 @@ with their [min–max], the ratio of the medians, the goal and a verdict:
   the floor under the hashing row);
 - `not run`: the section was skipped (PAL=0, MINILM=0, …), so the file is missing.
 
-The palpipe side of a file is its first tool (bench/run.sh lists the build it measures
-first: `palpipe-mkl` where MKL is installed, else `palpipe`). Exit status 0 whatever the
+The palpipe side of a file is its first tool in the round order (bench/run.sh lists the
+build it measures first: `palpipe-mkl` where MKL is installed, else `palpipe`), never the
+earlier build `BEFORE_BIN` adds as `palpipe-before`. Exit status 0 whatever the
 verdicts: this prints, it does not judge a build.
 """
 
@@ -62,12 +63,18 @@ def load(results, stamps, name):
 
 
 def palpipe_tool(result, label):
-    """The palpipe side of a row: the build a result measures first (its first tool), or
-    for the decoding floor the `decode-only` tool."""
+    """The palpipe side of a row: the build a result measures first (its first tool in the
+    round order interleave.py records; the file's own keys are sorted), never an earlier
+    build measured beside it (`palpipe-before`); for the decoding floor the `decode-only`
+    tool."""
     if "decoding alone" in label:
         return "decode-only"
-    tools = list(result.get("commands", result["stats"]).keys())
-    return next(t for t in tools if t.startswith("palpipe"))
+    order = result.get("order", "")
+    if order.startswith("interleaved: ") and order.endswith(" in each round"):
+        tools = [t.strip() for t in order[len("interleaved: "):-len(" in each round")].split(",")]
+    else:
+        tools = list(result.get("commands", result["stats"]).keys())
+    return next(t for t in tools if t.startswith("palpipe") and t != "palpipe-before")
 
 
 def row(results, stamps, spec):
