@@ -9,10 +9,11 @@
 //! margins are equal bit for bit to the composed ops where candle sums a row with AVX2
 //! ([`sums_like_candle`] says whether this machine is one); evaluation takes the composed
 //! ops elsewhere, while training's cosines ([`pal_b_cosines`]) use this order on every CPU,
-//! which there changes only the rounding. See [`sum_like_candle`]. One exception: built with candle's `mkl` feature,
-//! candle sends f32 additions, squares and square roots to MKL's vector math, whose
-//! rounding may differ from these IEEE operations, so a margin may differ in its last bits
-//! (2 ulp in one of palpipe's test cases); still the same on every run and thread count.
+//! which there changes only the rounding. See [`sum_like_candle`]. One exception: built
+//! with candle's `mkl` feature, candle sends f32 additions, squares and square roots to
+//! MKL's vector math, whose rounding may differ from these IEEE operations, so a margin may
+//! differ in its last bits (2 ulp in one of palpipe's test cases); still the same on every
+//! run and thread count.
 
 /// One evaluation batch of a PAL-B model with prompts, as flat row-major slices.
 ///
