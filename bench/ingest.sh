@@ -12,6 +12,7 @@
 #
 #   PALPIPE_BIN=path/to/palpipe bash bench/ingest.sh
 #   SIZES="100" ROUNDS=3 bash bench/ingest.sh
+#   BEFORE_BIN=path/to/earlier/palpipe bash bench/ingest.sh   # a third tool, palpipe-before
 #
 # Disk: the file, palpipe's temporary run files (about the file's size) and the store, per
 # size at once, under BENCH_TMP (default: a new folder in TMPDIR).
@@ -63,6 +64,7 @@ for mb in $SIZES; do
         --threads "$THREADS" \
         --tool "palpipe=python3 bench/ingest_pass.py palpipe $file $TMP/store-$mb $BIN" \
         --tool "reference=python3 bench/ingest_pass.py reference $file" \
+        ${BEFORE_BIN:+--tool "palpipe-before=python3 bench/ingest_pass.py palpipe $file $TMP/store-before-$mb $BEFORE_BIN"} \
         --metric mb_per_s --out "$part"
     parts+=("$part")
     rm -f "$file"
@@ -86,6 +88,9 @@ for p in parts:
         if r["quotable"] else None,
         "palpipe_peak_rss_mib": med(pp, "peak_rss_mib"),
         "palpipe_peak_rss_mib_max": round(pp["peak_rss_mib"]["max"], 1),
+        **({"palpipe_before_mb_per_s": med(r["stats"]["palpipe-before"], "mb_per_s"),
+            "palpipe_before_peak_rss_mib": med(r["stats"]["palpipe-before"], "peak_rss_mib")}
+           if "palpipe-before" in r["stats"] else {}),
         "quotable": r["quotable"],
         "refused": r["refused"],
         "detail": p,

@@ -239,6 +239,14 @@ impl Store {
         WriteParams {
             mode,
             store_params: self.store_params(),
+            // The batches we hand Lance are built for the write and dropped after it, so its
+            // encoder may keep them while a page fills instead of copying each one (Lance's
+            // default, meant for arrays that share a larger buffer); the bytes written are
+            // the same either way.
+            file_writer_options: Some(lance_file::writer::FileWriterOptions {
+                keep_original_array: Some(true),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }

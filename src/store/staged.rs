@@ -903,6 +903,57 @@ mod tests {
         });
     }
 
+    /// The columns of hex ids are stored with the codec their schema file names (Lance keeps
+    /// it as the field's metadata), and a table written before that, without it, takes
+    /// rows that carry it: every row reads back as written, in both.
+    #[test]
+    fn hex_id_codec_is_stored_and_an_older_table_takes_new_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        runtime().block_on(async {
+            let hexes: Vec<String> = (0..300)
+                .map(|i: u32| crate::store::records::content_id(&i.to_le_bytes()))
+                .collect();
+            let rows: Vec<PairRow> = hexes.iter().map(|h| pair(h, "a", "train")).collect();
+            let mut expected: Vec<(String, String)> = hexes
+                .iter()
+                .map(|h| (h.clone(), "train".to_string()))
+                .collect();
+            expected.sort();
+
+            let new = Store::open(dir.path().join("new")).unwrap();
+            new.append("pairs", batches::pairs(&rows).unwrap())
+                .await
+                .unwrap();
+            let ds = new.dataset("pairs", None).await.unwrap().unwrap();
+            let meta = &ds.schema().field("pair_id").unwrap().metadata;
+            assert_eq!(
+                meta.get("lance-encoding:compression").map(String::as_str),
+                Some("zstd")
+            );
+            assert!(ds.schema().field("user_id").unwrap().metadata.is_empty());
+            assert_eq!(stored(&new).await, expected);
+
+            // A table as palpipe wrote it before the codec: no field metadata.
+            let old = Store::open(dir.path().join("old")).unwrap();
+            let first = batches::pairs(&rows[..100]).unwrap();
+            let bare: Vec<arrow_schema::Field> = (first.schema().fields().iter())
+                .map(|f| f.as_ref().clone().with_metadata(Default::default()))
+                .collect();
+            let bare = RecordBatch::try_new(
+                Arc::new(arrow_schema::Schema::new(bare)),
+                first.columns().to_vec(),
+            )
+            .unwrap();
+            old.append("pairs", bare).await.unwrap();
+            let ds = old.dataset("pairs", None).await.unwrap().unwrap();
+            assert!(ds.schema().field("pair_id").unwrap().metadata.is_empty());
+            old.append("pairs", batches::pairs(&rows[100..]).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(stored(&old).await, expected);
+        });
+    }
+
     fn item(id: &str) -> crate::store::records::ItemRow {
         crate::store::records::ItemRow {
             item_id: id.into(),

@@ -1905,13 +1905,9 @@ fn pair_row(
     let (left, right, label) = match label {
         Some(l) => (a, b, l),
         None => {
-            let mut h = blake3::Hasher::new();
-            h.update(&p.seed.to_le_bytes());
-            for part in [user_id.as_str(), prompt.as_deref().unwrap_or(""), a, b] {
-                h.update(part.as_bytes());
-                h.update(&[0]);
-            }
-            if h.finalize().as_bytes()[0] & 1 == 0 {
+            let parts = [user_id.as_str(), prompt.as_deref().unwrap_or(""), a, b];
+            let side = crate::store::records::hash_parts(&p.seed.to_le_bytes(), parts);
+            if side.as_bytes()[0] & 1 == 0 {
                 (a, b, -1)
             } else {
                 (b, a, 1)
