@@ -26,6 +26,7 @@ THREADS=${THREADS:-2}
 TMP=${BENCH_TMP:-$(mktemp -d)}
 trap 'rm -rf "$TMP"' EXIT
 [ -x /usr/bin/time ] || { echo "error: GNU time (/usr/bin/time) is needed: apt-get install time" >&2; exit 1; }
+[ -z "${BEFORE_BIN:-}" ] || [ -x "$BEFORE_BIN" ] || { echo "error: BEFORE_BIN=$BEFORE_BIN is not an executable file" >&2; exit 2; }
 [ -x "$BIN" ] || { printf "error: no palpipe binary at %s\nhint: cargo build --bin palpipe, or set PALPIPE_BIN\n" "$BIN" >&2; exit 1; }
 DATE=${BENCH_DATE:-$(date -u +%Y-%m-%d-%H%M)}
 OUT="bench/results/$DATE-ingest.json"
@@ -103,9 +104,11 @@ print(f"{'MB':>7} {'palpipe MB/s':>13} {'wc+json MB/s':>13} {'wc -l':>8} {'json.
       f"{'ratio':>6} {'peak RSS MiB':>13}")
 for r in rows:
     ratio = f"{r['palpipe_over_reference']:.2f}" if r["quotable"] else "—"
+    before = (f"   palpipe-before {r['palpipe_before_mb_per_s']} MB/s, peak RSS "
+              f"{r['palpipe_before_peak_rss_mib']} MiB" if "palpipe_before_mb_per_s" in r else "")
     print(f"{r['size_mb']:>7} {r['palpipe_mb_per_s']:>13} {r['reference_mb_per_s']:>13} "
           f"{r['wc_l_mb_per_s']:>8} {r['json_loads_mb_per_s']:>11} {ratio:>6} "
-          f"{r['palpipe_peak_rss_mib']:>13}")
+          f"{r['palpipe_peak_rss_mib']:>13}{before}")
 print(f"medians of the interleaved rounds; written {out}"
       + ("" if all(r["quotable"] for r in rows) else "; NOT QUOTABLE (load): no ratio"))
 PY

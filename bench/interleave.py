@@ -3,7 +3,8 @@
 the way bench/README.md ("How we measure") asks: the median and the spread (min, max) of
 every number each tool prints, the 1-minute load average before every run, a refusal
 when that load is above 1.0 + the threads the bench uses, and ratios of medians only
-when no run was refused.
+when no run was refused. Before each run it waits (up to `--settle` seconds) for the load
+the runs before left behind to fall under that limit.
 
 Each tool's command is a shell command that prints one JSON object on stdout (the whole
 stdout, or its last line). The wrapper adds `wall_s` and `peak_rss_mib` (GNU time's
@@ -101,6 +102,18 @@ def summary(values):
     }
 
 
+def settle(limit, most):
+    """Waits (polling every 2 s) until the 1-minute load average is at most `limit`, for at
+    most `most` seconds; returns the seconds waited. The runs of a long benchmark raise the
+    load average themselves (14 s of both cores lift it past 3 on 2 vCPUs, and it decays
+    with a one-minute time constant), so without a pause the next run would start loaded by
+    the one before it."""
+    start = time.monotonic()
+    while os.getloadavg()[0] > limit and time.monotonic() - start < most:
+        time.sleep(2.0)
+    return time.monotonic() - start
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--name", required=True, help="what is measured (a word)")
@@ -111,6 +124,10 @@ def main():
                     help="a printed number to put in the table (higher is better)")
     ap.add_argument("--version", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--settle", type=float, default=120.0, metavar="SECONDS",
+                    help="before a run, wait up to this long for the load average to fall "
+                         "to the limit (a long run leaves its own load behind); a run that "
+                         "starts above it still counts as refused (default 120)")
     args = ap.parse_args()
     if args.rounds < 3:
         print("bench: fewer than 3 rounds; the result is marked not quotable", file=sys.stderr)
@@ -128,6 +145,7 @@ def main():
     refusals = []
     for r in range(args.rounds):
         for name, cmd in tools:
+            waited = settle(limit, args.settle)
             load = os.getloadavg()
             if load[0] > limit:
                 refusals.append(f"round {r + 1}, {name}: load average {load[0]:.2f} > {limit:.1f}")
@@ -135,7 +153,8 @@ def main():
                   file=sys.stderr)
             out, wall, rss = run_one(cmd, env)
             runs[name].append({"round": r + 1, "load_before": list(load), "wall_s": wall,
-                               "peak_rss_mib": rss, "printed": out})
+                               "peak_rss_mib": rss, "printed": out,
+                               "settled_s": round(waited, 1)})
 
     stats = {}
     for name, rs in runs.items():

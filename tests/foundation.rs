@@ -169,6 +169,33 @@ fn sql_formats_and_old_versions() {
     assert!(table.stdout.contains("| n"), "{}", table.stdout);
     let arrow = palpipe(&store, &["sql", "SELECT * FROM users", "--format", "arrow"]).ok();
     assert!(!arrow.stdout.is_empty());
+    // The Arrow stream of pairs: every row, and no storage settings in its fields (the id
+    // columns are stored with a codec named in Lance's field metadata).
+    let out = common::bin()
+        .args([
+            "sql",
+            "SELECT pair_id, left_id, label FROM pairs",
+            "--format",
+            "arrow",
+        ])
+        .arg("--store")
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(out.stdout), None).unwrap();
+    let schema = reader.schema();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows as i64, scalar(&store, "SELECT count(*) FROM pairs"));
+    assert_eq!(schema.fields().len(), 3);
+    for f in schema.fields() {
+        assert!(f.metadata().is_empty(), "{}: {:?}", f.name(), f.metadata());
+    }
     // vectors are queryable
     let dims = query(
         &store,

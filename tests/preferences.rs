@@ -700,6 +700,87 @@ fn snapshot(store: &Path) -> [Vec<Value>; 4] {
     ]
 }
 
+/// Pair ids and the side a chosen/rejected pair's preferred item is drawn on are what the
+/// builds before them stored (the literals: a build of f3baac1 ingested these two rows; a
+/// change to how the ids are hashed must not change them).
+#[test]
+fn pair_ids_and_sides_are_those_stored_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = new_store(dir.path(), "st");
+    let labelled = dir.path().join("labelled.jsonl");
+    write_jsonl(
+        &labelled,
+        &[json!({"u": "u", "p": "p", "l": "a", "r": "b", "y": -1})],
+    );
+    ingest(
+        &store,
+        &[
+            labelled.to_str().unwrap(),
+            "--dataset",
+            "d",
+            "--column",
+            "user=u",
+            "--column",
+            "prompt=p",
+            "--column",
+            "left=l",
+            "--column",
+            "right=r",
+            "--column",
+            "label=y",
+            "--label-convention",
+            "sign",
+        ],
+    )
+    .ok();
+    let drawn = dir.path().join("drawn.jsonl");
+    write_jsonl(&drawn, &[json!({"u": "u", "p": "p", "c": "a", "j": "b"})]);
+    ingest(
+        &store,
+        &[
+            drawn.to_str().unwrap(),
+            "--dataset",
+            "e",
+            "--column",
+            "user=u",
+            "--column",
+            "prompt=p",
+            "--column",
+            "chosen=c",
+            "--column",
+            "rejected=j",
+            "--seed",
+            "7",
+        ],
+    )
+    .ok();
+    let rows = table(
+        &store,
+        "SELECT dataset, pair_id, label FROM pairs ORDER BY dataset",
+    );
+    let got: Vec<(&str, &str, i64)> = (rows.iter())
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap();
+            (s("dataset"), s("pair_id"), r["label"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "d",
+                "a0f869b05c707fa4c13ec422a116080560c9fff0a136def3baec22b1cc8b5d1c",
+                -1
+            ),
+            (
+                "e",
+                "d7f1a7cc2cad87b5cc6d54669be0751c70b27f5b3618f158787a29af2045c38d",
+                1
+            ),
+        ]
+    );
+}
+
 /// The same rows in another order give the same store rows; a re-run with a changed
 /// parameter leaves the store equal to a fresh run with that parameter.
 #[test]

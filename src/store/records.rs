@@ -90,8 +90,7 @@ pub fn hex(hash: &blake3::Hash) -> String {
         pair[0] = DIGITS[usize::from(b >> 4)];
         pair[1] = DIGITS[usize::from(b & 15)];
     }
-    // Only ASCII digits were written: the check cannot fail.
-    String::from_utf8(out.to_vec()).unwrap_or_default()
+    String::from_utf8(out.to_vec()).expect("only ASCII hex digits were written")
 }
 
 /// blake3 of `prefix`, then each of `parts` followed by one zero byte: what a

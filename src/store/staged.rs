@@ -601,9 +601,17 @@ async fn commit_table(
             // Another writer created the table while this stage ran. Fragments written for
             // a table of the same columns are rows of theirs too: they are added to it, less
             // the keys stored there (all of them are new to this stage).
+            // Columns by name, type and nullability: a field's metadata (the codec a
+            // column is stored with, which a palpipe of another version may not name) is
+            // not a different column.
+            let columns = |s: arrow_schema::Schema| -> Vec<(String, arrow_schema::DataType, bool)> {
+                (s.fields().iter())
+                    .map(|f| (f.name().clone(), f.data_type().clone(), f.is_nullable()))
+                    .collect()
+            };
             let same_columns = created.as_ref().is_some_and(|ds| {
-                arrow_schema::Schema::from(ds.schema()).fields()
-                    == arrow_schema::Schema::from(&schema).fields()
+                columns(arrow_schema::Schema::from(ds.schema()))
+                    == columns(arrow_schema::Schema::from(&schema))
             });
             if !same_columns {
                 remove_staged_files(store, table, &Operation::Append { fragments });
@@ -951,6 +959,9 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(stored(&old).await, expected);
+            // It keeps its own schema: Lance encodes the new rows by it.
+            let ds = old.dataset("pairs", None).await.unwrap().unwrap();
+            assert!(ds.schema().field("pair_id").unwrap().metadata.is_empty());
         });
     }
 
