@@ -66,12 +66,7 @@ pub fn write(
         Format::Arrow => {
             // Lance's per-column storage settings (a codec named in a field's metadata) are
             // the store's business, not the result's: the stream's fields carry none.
-            let plain: SchemaRef = Arc::new(Schema::new_with_metadata(
-                (schema.fields().iter())
-                    .map(|f| f.as_ref().clone().with_metadata(Default::default()))
-                    .collect::<Vec<Field>>(),
-                schema.metadata().clone(),
-            ));
+            let plain = crate::store::schema::without_field_metadata(schema);
             let mut w = arrow::ipc::writer::StreamWriter::try_new(out, &plain)?;
             for b in batches {
                 w.write(&RecordBatch::try_new(plain.clone(), b.columns().to_vec())?)?;

@@ -71,12 +71,22 @@ pub struct FieldSpec {
     /// (`zstd`, `lz4`, `fsst`, `none`), written as the field's `lance-encoding:compression`
     /// metadata. The columns of blake3 hex ids take `zstd` at level 1: as small as Lance's
     /// default FSST for random hex (4 bits of entropy per character either way), at less
-    /// CPU time (issue 12's ingest: about 5% of its wall time).
+    /// CPU time (bench/README.md, "Session 28").
     #[serde(default)]
     pub compression: Option<String>,
     /// The codec's level (`lance-encoding:compression-level`), with `compression` only.
     #[serde(default)]
     pub compression_level: Option<i32>,
+}
+
+/// `schema` without its fields' metadata (the schema's own is kept): the columns as a reader
+/// sees them, less Lance's per-column storage settings ([`FieldSpec::compression`]), which a
+/// table written by another palpipe version may carry or not.
+pub fn without_field_metadata(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = (schema.fields().iter())
+        .map(|f| f.as_ref().clone().with_metadata(HashMap::new()))
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 impl TableSchema {

@@ -24,6 +24,7 @@ use lance::dataset::transaction::{Operation, Transaction};
 use lance::dataset::{CommitBuilder, DeleteBuilder, InsertBuilder, WriteMode};
 use lance::Dataset;
 
+use super::schema::without_field_metadata;
 use super::{
     batches, check_vector_width, commit_err, join_key, key_columns, keyed, lance_err, records,
     sql_str, Store, StoreError, TableSchema, WriteStats,
@@ -601,17 +602,11 @@ async fn commit_table(
             // Another writer created the table while this stage ran. Fragments written for
             // a table of the same columns are rows of theirs too: they are added to it, less
             // the keys stored there (all of them are new to this stage).
-            // Columns by name, type and nullability: a field's metadata (the codec a
-            // column is stored with, which a palpipe of another version may not name) is
-            // not a different column.
-            let columns = |s: arrow_schema::Schema| -> Vec<(String, arrow_schema::DataType, bool)> {
-                (s.fields().iter())
-                    .map(|f| (f.name().clone(), f.data_type().clone(), f.is_nullable()))
-                    .collect()
-            };
+            // A field's metadata (the codec a column is stored with, which a palpipe of
+            // another version may not name) does not make it another column.
             let same_columns = created.as_ref().is_some_and(|ds| {
-                columns(arrow_schema::Schema::from(ds.schema()))
-                    == columns(arrow_schema::Schema::from(&schema))
+                without_field_metadata(&arrow_schema::Schema::from(ds.schema())).fields()
+                    == without_field_metadata(&arrow_schema::Schema::from(&schema)).fields()
             });
             if !same_columns {
                 remove_staged_files(store, table, &Operation::Append { fragments });
@@ -944,11 +939,8 @@ mod tests {
             // A table as palpipe wrote it before the codec: no field metadata.
             let old = Store::open(dir.path().join("old")).unwrap();
             let first = batches::pairs(&rows[..100]).unwrap();
-            let bare: Vec<arrow_schema::Field> = (first.schema().fields().iter())
-                .map(|f| f.as_ref().clone().with_metadata(Default::default()))
-                .collect();
             let bare = RecordBatch::try_new(
-                Arc::new(arrow_schema::Schema::new(bare)),
+                without_field_metadata(&first.schema()),
                 first.columns().to_vec(),
             )
             .unwrap();
