@@ -16,7 +16,16 @@ use super::records::{EmbeddingRow, ItemRow, PairRow, PromptRow, UserRow};
 use super::schema::TableSchema;
 use super::StoreError;
 
-fn build(table: &str, dim: Option<usize>, cols: Vec<ArrayRef>) -> Result<RecordBatch, StoreError> {
+/// A batch of `table` from its columns, in the order and of the types its schema file gives
+/// (`dim`: the vector width, for `embeddings`).
+///
+/// # Errors
+/// [`StoreError::Batch`] when the columns do not match the schema.
+pub fn build(
+    table: &str,
+    dim: Option<usize>,
+    cols: Vec<ArrayRef>,
+) -> Result<RecordBatch, StoreError> {
     let schema = TableSchema::get(table)?.arrow(dim)?;
     RecordBatch::try_new(schema, cols).map_err(|e| StoreError::Batch {
         table: table.to_string(),

@@ -299,6 +299,30 @@ pub(crate) fn lost_to_another_writer(e: &lance::Error) -> bool {
     )
 }
 
+/// The rows of uncommitted `fragments` of a table, read through `latest` (a version of that
+/// table).
+pub(crate) async fn staged_rows(
+    latest: &Dataset,
+    table: &str,
+    fragments: &[Fragment],
+) -> Result<lance::dataset::scanner::DatasetRecordBatchStream, StoreError> {
+    // Uncommitted fragments carry no id yet: give each a distinct one above every committed
+    // fragment's, for this read only.
+    let top = latest.fragments().iter().map(|f| f.id).max().unwrap_or(0);
+    let reading: Vec<Fragment> = fragments
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut f = f.clone();
+            f.id = top + 1 + i as u64;
+            f
+        })
+        .collect();
+    let mut scan = latest.scan();
+    scan.with_fragments(reading);
+    scan.try_into_stream().await.map_err(lance_err(table))
+}
+
 /// What [`leave_out`] did: the fragments to commit instead, and the rows left out.
 pub(crate) struct LeftOut {
     pub fragments: Vec<Fragment>,
@@ -325,21 +349,7 @@ pub(crate) async fn leave_out(
     }
     let spec = TableSchema::get(table)?;
     let cols: Vec<&str> = spec.key.iter().map(String::as_str).collect();
-    // Uncommitted fragments carry no id yet: give each a distinct one above every committed
-    // fragment's, for this read only.
-    let top = latest.fragments().iter().map(|f| f.id).max().unwrap_or(0);
-    let reading: Vec<Fragment> = fragments
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let mut f = f.clone();
-            f.id = top + 1 + i as u64;
-            f
-        })
-        .collect();
-    let mut scan = latest.scan();
-    scan.with_fragments(reading);
-    let mut stream = scan.try_into_stream().await.map_err(lance_err(table))?;
+    let mut stream = staged_rows(latest, table, &fragments).await?;
     let (mut kept, mut dropped) = (Vec::new(), Vec::new());
     while let Some(batch) = stream.try_next().await.map_err(lance_err(table))? {
         let arrays = key_columns(&batch, &cols)?;

@@ -74,6 +74,10 @@ pub struct IngestBatch {
     pub users: Vec<UserRow>,
     /// Vectors known at ingest time (synthetic data), written to `embeddings`.
     pub embeddings: Vec<EmbeddingRow>,
+    /// More rows of `items`, `prompts` or `pairs`, already as Arrow columns in the order and
+    /// of the types of the table's schema file (a reader that never holds them as rows); per
+    /// table, written after the rows above.
+    pub columns: Vec<(&'static str, Vec<arrow_array::ArrayRef>)>,
 }
 
 /// blake3 hex of some bytes: the id of every piece of content in the store.
@@ -99,13 +103,24 @@ pub fn hex(hash: &blake3::Hash) -> String {
 /// of a pair's id).
 pub fn hash_parts<const N: usize>(prefix: &[u8], parts: [&str; N]) -> blake3::Hash {
     let len = prefix.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>();
-    let mut buf = Vec::with_capacity(len);
-    buf.extend_from_slice(prefix);
+    // A pair's parts (ids of 64 characters, a user, a label) fit on the stack.
+    let mut stack = [0u8; 512];
+    let mut heap = Vec::new();
+    let buf: &mut [u8] = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap
+    };
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut at = prefix.len();
     for part in parts {
-        buf.extend_from_slice(part.as_bytes());
-        buf.push(0);
+        buf[at..at + part.len()].copy_from_slice(part.as_bytes());
+        at += part.len();
+        buf[at] = 0;
+        at += 1;
     }
-    blake3::hash(&buf)
+    blake3::hash(buf)
 }
 
 /// The id of a comparison: blake3 over user, prompt, left and right ids and the label.

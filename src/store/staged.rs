@@ -70,6 +70,21 @@ impl RowDigest {
         }
     }
 
+    /// [`RowDigest::add`] when `digest`, else only counts the rows.
+    fn add_or_count(
+        &mut self,
+        batch: &RecordBatch,
+        table: &str,
+        digest: bool,
+    ) -> Result<(), StoreError> {
+        if digest {
+            self.add(batch, table)
+        } else {
+            self.rows += batch.num_rows() as u64;
+            Ok(())
+        }
+    }
+
     /// Adds every row of `batch`, its columns taken in name order, each row as Arrow's row
     /// format encodes it (`arrow::row`: a byte string per row that tells apart every value
     /// and null of the columns' types, so equal rows and only equal rows encode alike).
@@ -154,7 +169,14 @@ struct TableStage {
     staged: Option<Transaction>,
     /// Writes under way, oldest first: their fragments join `staged` in this order.
     pending: VecDeque<PendingWrite>,
+    /// The staged rows of an owned scope: their count, and their sum when `digest_rows`.
     digest: RowDigest,
+    /// Whether the staged rows are digested, not only counted: where the scope held rows
+    /// when the stage first read the table (a re-run, whose rows may all be there already).
+    /// Where it held none, the commit finds the stage unchanged only when both are empty;
+    /// should another writer fill the scope meanwhile, it is replaced whole, as a changed
+    /// scope is, which leaves the same rows were they the same.
+    digest_rows: bool,
     /// The keys of the rows staged, for the commit's conflict check (see `keyed.rs`).
     added: keyed::AddedKeys,
     stats: WriteStats,
@@ -259,6 +281,15 @@ impl<'a> StagedWriter<'a> {
                     }
                 }
             }
+            let digest_rows = match (&scope, &base) {
+                (Some(p), Some(ds)) => {
+                    ds.count_rows(Some(p.clone()))
+                        .await
+                        .map_err(lance_err(table))?
+                        > 0
+                }
+                _ => false,
+            };
             self.tables.insert(
                 table.to_string(),
                 TableStage {
@@ -268,6 +299,7 @@ impl<'a> StagedWriter<'a> {
                     staged: None,
                     pending: VecDeque::new(),
                     digest: RowDigest::default(),
+                    digest_rows,
                     added: keyed::AddedKeys::default(),
                     stats: WriteStats::default(),
                 },
@@ -331,11 +363,12 @@ impl<'a> StagedWriter<'a> {
         });
         let appending = store.write_params(WriteMode::Append);
         let (base, owned, name) = (stage.base.clone(), stage.scope.is_some(), table.to_string());
+        let digest_rows = stage.digest_rows;
         stage.pending.push_back(tokio::spawn(async move {
             // An owned scope's digest (order-independent: a sum over rows).
             let digest = if owned {
                 let mut d = RowDigest::default();
-                d.add(&batch, &name)?;
+                d.add_or_count(&batch, &name, digest_rows)?;
                 Some(d)
             } else {
                 None
@@ -389,6 +422,12 @@ impl<'a> StagedWriter<'a> {
             }
             if part.num_rows() > 0 {
                 self.stage(table, part).await?;
+            }
+            for (_, columns) in batch.columns.iter().filter(|(t, _)| *t == table) {
+                let part = batches::build(table, None, columns.clone())?;
+                if part.num_rows() > 0 {
+                    self.stage(table, part).await?;
+                }
             }
         }
         Ok(())
@@ -539,6 +578,20 @@ pub(crate) fn remove_staged_files(store: &Store, table: &str, op: &Operation) {
     }
 }
 
+/// The digest of uncommitted `fragments` of `table` (read through `latest`).
+async fn staged_digest(
+    latest: &Dataset,
+    table: &str,
+    fragments: &[lance::table::format::Fragment],
+) -> Result<RowDigest, StoreError> {
+    let mut stream = keyed::staged_rows(latest, table, fragments).await?;
+    let mut d = RowDigest::default();
+    while let Some(batch) = stream.try_next().await.map_err(lance_err(table))? {
+        d.add(&batch, table)?;
+    }
+    Ok(d)
+}
+
 /// The digest of the rows `predicate` selects in `ds`.
 async fn scope_digest(ds: &Dataset, table: &str, predicate: &str) -> Result<RowDigest, StoreError> {
     let mut scan = ds.scan();
@@ -647,7 +700,7 @@ async fn commit_table(
             stats.existing += b.num_rows();
             if stage.scope.is_some() {
                 let mut d = RowDigest::default();
-                d.add(b, table)?;
+                d.add_or_count(b, table, stage.digest_rows)?;
                 digest.subtract(d);
             }
         }
@@ -664,13 +717,26 @@ async fn commit_table(
             // Owned: against the latest version, so that rows another writer put in the
             // scope meanwhile are replaced too (the stage's output is the whole scope).
             Some(scope) => {
-                let before = scope_digest(&latest, table, scope).await?;
-                if before == digest {
+                let (same, before_rows) = if stage.digest_rows {
+                    let before = scope_digest(&latest, table, scope).await?;
+                    (before == digest, before.rows)
+                } else {
+                    // Only counted so far: digested when the counts leave it open (another
+                    // writer filled the scope meanwhile with as many rows as were staged).
+                    let rows = (latest.count_rows(Some(scope.clone())).await)
+                        .map_err(lance_err(table))? as u64;
+                    let same = rows == digest.rows
+                        && (rows == 0
+                            || scope_digest(&latest, table, scope).await?
+                                == staged_digest(&latest, table, &fragments).await?);
+                    (same, rows)
+                };
+                if same {
                     stats.unchanged = true;
                     remove_staged_files(store, table, &Operation::Append { fragments });
                     return Ok(stats);
                 }
-                stats.replaced = before.rows as usize;
+                stats.replaced = before_rows as usize;
                 let deletion = DeleteBuilder::new(latest.clone(), scope.as_str())
                     .execute_uncommitted()
                     .await

@@ -8,9 +8,9 @@
 //! outgrow their budget ([`spill`]). JSON lines are parsed and mapped in blocks of lines on
 //! several threads (`PALPIPE_INGEST_THREADS`), and what each row does is applied in file
 //! order on one (see `Effect`), so nothing depends on the threads. Once the files are read
-//! the runs are merged, one row per
-//! id, in id order, and handed on in chunks (the `ratings` layout's ratings go through runs
-//! too, merged group by group once the files are read). So memory holds a run per table and
+//! the runs are merged, one row per id, in id order, and handed on in chunks of Arrow columns
+//! filled straight from the runs' encodings ([`columns`]; the `ratings` layout's ratings go
+//! through runs too, merged group by group once the files are read). So memory holds a run per table and
 //! one entry per distinct user, whatever the file size, and the rows stored do not depend on
 //! how the input was cut.
 //!
@@ -37,6 +37,7 @@
 //! The rows stored do not depend on the order of the input rows (every decision is a
 //! function of the row's content), only their storage order, which readers sort away.
 
+pub mod columns;
 pub mod error;
 pub mod formats;
 pub mod layouts;
@@ -418,6 +419,17 @@ struct Rated {
 }
 
 impl spill::Record for Rated {
+    const FIELDS: &'static [spill::Field] = &[
+        spill::Field::Value,
+        spill::Field::Value,
+        spill::Field::Value,
+        spill::Field::Value,
+        spill::Field::Fixed(8),
+        spill::Field::Fixed(1),
+        spill::Field::Value,
+        spill::Field::Value,
+        spill::Field::Value,
+    ];
     fn key(&self) -> &str {
         &self.key
     }
@@ -1817,11 +1829,10 @@ where
         // Users in id order too, so that row order in the files never shows in the store.
         let mut users = std::mem::take(&mut self.users);
         users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        let mut chunk = IngestBatch {
+        let mut chunk = Chunk {
             users,
-            ..IngestBatch::default()
+            ..Chunk::default()
         };
-        let mut bytes = 0usize;
         // Runs that went to files put the rest there too: their memory is free before the
         // merges begin.
         let dir = &self.spill;
@@ -1830,58 +1841,83 @@ where
             .and_then(|()| self.pairs.spill_rest(dir));
         settled.map_err(|e| self.spill_error(e))?;
         let items = std::mem::replace(&mut self.items, Runs::new("items", 0));
-        let mut merged = items.merge(&self.spill).map_err(|e| self.spill_error(e))?;
-        while let Some(row) = merged.next_row().map_err(|e| self.spill_error(e))? {
-            bytes += spill::Record::size(&row);
-            chunk.items.push(row);
-            self.flush_if_full(&mut chunk, &mut bytes)?;
-        }
+        self.merge_into(items, &mut chunk, |c| &mut c.items)?;
         let prompts = std::mem::replace(&mut self.prompts, Runs::new("prompts", 0));
-        let mut merged = prompts
-            .merge(&self.spill)
-            .map_err(|e| self.spill_error(e))?;
-        while let Some(row) = merged.next_row().map_err(|e| self.spill_error(e))? {
-            bytes += spill::Record::size(&row);
-            chunk.prompts.push(row);
-            self.flush_if_full(&mut chunk, &mut bytes)?;
-        }
+        self.merge_into(prompts, &mut chunk, |c| &mut c.prompts)?;
         let pairs = std::mem::replace(&mut self.pairs, Runs::new("pairs", 0));
-        let mut merged = pairs.merge(&self.spill).map_err(|e| self.spill_error(e))?;
-        while let Some(row) = merged.next_row().map_err(|e| self.spill_error(e))? {
-            self.report.pairs += 1;
-            match self.report.splits.get_mut(&row.split) {
-                Some(n) => *n += 1,
-                None => {
-                    self.report.splits.insert(row.split.clone(), 1);
-                }
-            }
-            bytes += spill::Record::size(&row);
-            chunk.pairs.push(row);
-            self.flush_if_full(&mut chunk, &mut bytes)?;
+        self.report.repeated += self.merge_into(pairs, &mut chunk, |c| &mut c.pairs)?;
+        for (split, n) in std::mem::take(&mut chunk.pairs.splits) {
+            self.report.pairs += n;
+            *self.report.splits.entry(split).or_default() += n;
         }
-        self.report.repeated += merged.repeated;
-        if !(chunk.items.is_empty()
-            && chunk.prompts.is_empty()
-            && chunk.pairs.is_empty()
-            && chunk.users.is_empty())
-        {
-            (self.sink)(chunk)?;
+        if chunk.rows > 0 || !chunk.users.is_empty() {
+            (self.sink)(chunk.batch())?;
         }
         Ok(())
     }
 
-    /// Hands `chunk` on when it holds enough rows or bytes.
-    fn flush_if_full(
+    /// Merges `runs` into `part` of `chunk` (the rows straight from their run encoding, in
+    /// key order, one per key), handing the chunk on whenever it fills; returns the rows
+    /// the merge left out as repeated.
+    fn merge_into<T: spill::Record, C: columns::Columns>(
         &mut self,
-        chunk: &mut IngestBatch,
-        bytes: &mut usize,
-    ) -> Result<(), PrefError> {
-        let rows = chunk.items.len() + chunk.prompts.len() + chunk.pairs.len();
-        if rows >= CHUNK_ROWS || *bytes >= CHUNK_BYTES {
-            (self.sink)(std::mem::take(chunk))?;
-            *bytes = 0;
+        runs: Runs<T>,
+        chunk: &mut Chunk,
+        part: impl Fn(&mut Chunk) -> &mut C,
+    ) -> Result<usize, PrefError> {
+        let mut merged = runs.merge(&self.spill).map_err(|e| self.spill_error(e))?;
+        loop {
+            let raw = match merged.next_raw() {
+                Ok(Some(raw)) => raw,
+                Ok(None) => break,
+                Err(e) => return Err(self.spill_error(e)),
+            };
+            if let Err(e) = part(chunk).append(raw) {
+                return Err(self.spill_error(e));
+            }
+            chunk.rows += 1;
+            chunk.bytes += raw.len();
+            if chunk.rows >= CHUNK_ROWS || chunk.bytes >= CHUNK_BYTES {
+                (self.sink)(chunk.batch())?;
+            }
         }
-        Ok(())
+        Ok(merged.repeated)
+    }
+}
+
+/// The rows gathered for the store writer since the last chunk was handed on.
+#[derive(Default)]
+struct Chunk {
+    items: columns::ItemColumns,
+    prompts: columns::PromptColumns,
+    pairs: columns::PairColumns,
+    users: Vec<UserRow>,
+    /// Rows and bytes (of their run encodings) in the columns.
+    rows: usize,
+    bytes: usize,
+}
+
+impl Chunk {
+    /// The chunk's rows as a batch for the writer; the chunk starts empty again.
+    fn batch(&mut self) -> IngestBatch {
+        use columns::Columns;
+        let mut parts = Vec::new();
+        if self.items.len() > 0 {
+            parts.push((columns::ItemColumns::TABLE, self.items.finish()));
+        }
+        if self.prompts.len() > 0 {
+            parts.push((columns::PromptColumns::TABLE, self.prompts.finish()));
+        }
+        if self.pairs.len() > 0 {
+            parts.push((columns::PairColumns::TABLE, self.pairs.finish()));
+        }
+        self.rows = 0;
+        self.bytes = 0;
+        IngestBatch {
+            users: std::mem::take(&mut self.users),
+            columns: parts,
+            ..IngestBatch::default()
+        }
     }
 }
 

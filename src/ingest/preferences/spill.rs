@@ -10,7 +10,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Mutex, Once};
@@ -28,6 +28,19 @@ pub trait Record: Sized + Send + 'static {
     fn encode(&self, w: &mut impl Write) -> io::Result<()>;
     /// Reads one row; `None` at the end of the file.
     fn decode(r: &mut impl Read) -> io::Result<Option<Self>>;
+    /// The row's fields as [`Record::encode`] writes them, in order: how a merge finds where
+    /// an encoded row ends without decoding it (see [`read_raw`]).
+    const FIELDS: &'static [Field];
+}
+
+/// One field of a row's run encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// A length-prefixed value ([`put_bytes`]): 4 bytes of length (little-endian; `u32::MAX`
+    /// for the absent marker), then that many bytes.
+    Value,
+    /// A value of this many bytes (a label, a weight).
+    Fixed(usize),
 }
 
 /// Runs merged at once at most: every `MAX_RUNS` runs of one level are merged into one run
@@ -246,8 +259,8 @@ impl<T: Record> Runs<T> {
         let path = self.next_file(dir);
         let mut w = BufWriter::with_capacity(RUN_BUFFER, File::create(&path)?);
         let mut merged = Merge::<T>::open(files, Vec::new(), self.dedup)?;
-        while let Some(row) = merged.next_row()? {
-            row.encode(&mut w)?;
+        while let Some(raw) = merged.next_raw()? {
+            w.write_all(raw)?;
         }
         w.flush()?;
         self.repeated += merged.repeated;
@@ -326,7 +339,7 @@ fn sort_run<T: Record>(rows: &mut Vec<T>, dedup: bool) -> usize {
     // tells most comparisons apart without following a row's key to the heap; between equal
     // keys the index decides, so rows of one key keep the order they came in.
     let mut order: Vec<(u64, u32)> = (rows.iter().enumerate())
-        .map(|(i, r)| (prefix(r.key()), i as u32))
+        .map(|(i, r)| (prefix(r.key().as_bytes()), i as u32))
         .collect();
     {
         let rows = &*rows;
@@ -359,7 +372,7 @@ fn write_run<T: Record>(rows: Vec<T>, dedup: bool, path: &Path) -> io::Result<us
     let mut spans: Vec<(u64, usize, usize)> = Vec::with_capacity(rows.len());
     for row in rows {
         let start = encoded.len();
-        let (head, key_len) = (prefix(row.key()), row.key().len());
+        let (head, key_len) = (prefix(row.key().as_bytes()), row.key().len());
         row.encode(&mut encoded)?;
         if encoded_key(&encoded, start).map(<[u8]>::len) != Some(key_len) {
             return Err(corrupt("a row's encoding does not begin with its key"));
@@ -372,7 +385,10 @@ fn write_run<T: Record>(rows: Vec<T>, dedup: bool, path: &Path) -> io::Result<us
             .then_with(|| key(a.1).cmp(key(b.1)))
             .then(a.1.cmp(&b.1))
     });
-    let mut w = BufWriter::with_capacity(RUN_BUFFER, File::create(path)?);
+    // The encodings go to the file as they lie in `encoded`, many per system call (no copy
+    // into a write buffer first).
+    let mut file = File::create(path)?;
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(SLICES_PER_WRITE);
     let mut repeated = 0;
     let mut last: Option<&[u8]> = None;
     for &(_, start, end) in &spans {
@@ -384,10 +400,33 @@ fn write_run<T: Record>(rows: Vec<T>, dedup: bool, path: &Path) -> io::Result<us
             }
             last = Some(this);
         }
-        w.write_all(&encoded[start..end])?;
+        slices.push(IoSlice::new(&encoded[start..end]));
+        if slices.len() == SLICES_PER_WRITE {
+            write_all_slices(&mut file, &mut slices)?;
+        }
     }
-    w.flush()?;
+    write_all_slices(&mut file, &mut slices)?;
     Ok(repeated)
+}
+
+/// Slices handed to one vectored write (Linux takes at most 1024).
+const SLICES_PER_WRITE: usize = 1024;
+
+/// Writes every byte of `slices`, in order, with vectored writes; leaves `slices` empty.
+fn write_all_slices(w: &mut impl Write, slices: &mut Vec<IoSlice<'_>>) -> io::Result<()> {
+    let mut rest = &mut slices[..];
+    // Empty slices in front go first (a write of only those would write nothing).
+    IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match w.write_vectored(rest) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    slices.clear();
+    Ok(())
 }
 
 /// The key bytes of the encoded row at `start` (its first value, length-prefixed).
@@ -416,16 +455,16 @@ fn permute<T>(rows: &mut [T], mut order: Vec<u32>) {
 
 /// The order of two keys: their bytes' order (as `str::cmp`), most often told by their first
 /// eight bytes as one number, without a call to compare the rest.
-fn key_order(a: &str, b: &str) -> Ordering {
+fn key_order(a: &[u8], b: &[u8]) -> Ordering {
     prefix(a).cmp(&prefix(b)).then_with(|| a.cmp(b))
 }
 
 /// The first eight bytes of a key as a big-endian number (zeros past its end): keys whose
 /// prefixes differ are in the prefixes' order.
-fn prefix(key: &str) -> u64 {
+fn prefix(key: &[u8]) -> u64 {
     let mut head = [0u8; 8];
     let n = key.len().min(8);
-    head[..n].copy_from_slice(&key.as_bytes()[..n]);
+    head[..n].copy_from_slice(&key[..n]);
     u64::from_be_bytes(head)
 }
 
@@ -436,49 +475,108 @@ enum Source<T> {
 }
 
 impl<T: Record> Source<T> {
-    fn next(&mut self) -> io::Result<Option<T>> {
+    /// The next row's run encoding into `buf` (cleared first); false at the end.
+    fn next_raw(&mut self, buf: &mut Vec<u8>) -> io::Result<bool> {
         match self {
-            Source::File(r) => T::decode(r),
-            Source::Memory(it) => Ok(it.next()),
+            Source::File(r) => read_raw(r, T::FIELDS, buf),
+            Source::Memory(it) => match it.next() {
+                Some(row) => {
+                    buf.clear();
+                    row.encode(buf)?;
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
         }
     }
 }
 
-/// The head row of a source, ordered so that the smallest key is on top of the heap (and,
-/// between equal keys, the earlier source, which makes the merge deterministic).
-struct Head<T> {
-    row: T,
+/// Reads one row's run encoding, as it is, into `buf` (cleared first), following `fields`;
+/// false at a clean end of the file (before a row's first byte).
+pub fn read_raw(r: &mut impl Read, fields: &[Field], buf: &mut Vec<u8>) -> io::Result<bool> {
+    buf.clear();
+    for (i, field) in fields.iter().enumerate() {
+        match *field {
+            Field::Value => {
+                let mut n = [0u8; 4];
+                if i == 0 {
+                    if r.read(&mut n[..1])? == 0 {
+                        return Ok(false);
+                    }
+                    r.read_exact(&mut n[1..])?;
+                } else {
+                    r.read_exact(&mut n)?;
+                }
+                buf.extend_from_slice(&n);
+                let n = u32::from_le_bytes(n);
+                if n != u32::MAX {
+                    append_exact(r, buf, n as usize)?;
+                }
+            }
+            Field::Fixed(n) => append_exact(r, buf, n)?,
+        }
+    }
+    Ok(true)
+}
+
+/// Appends exactly `n` bytes of `r` to `buf`.
+fn append_exact(r: &mut impl Read, buf: &mut Vec<u8>, n: usize) -> io::Result<()> {
+    let start = buf.len();
+    buf.resize(start + n, 0);
+    r.read_exact(&mut buf[start..]).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => corrupt("truncated"),
+        _ => e,
+    })
+}
+
+/// The head row of a source (its run encoding), ordered so that the smallest key is on top
+/// of the heap (and, between equal keys, the earlier source, which makes the merge
+/// deterministic).
+struct Head {
+    raw: Vec<u8>,
     source: usize,
 }
 
-impl<T: Record> Ord for Head<T> {
-    fn cmp(&self, other: &Self) -> Ordering {
-        key_order(other.row.key(), self.row.key()).then(other.source.cmp(&self.source))
+impl Head {
+    fn key(&self) -> &[u8] {
+        encoded_key(&self.raw, 0).unwrap_or_default()
     }
 }
 
-impl<T: Record> PartialOrd for Head<T> {
+impl Ord for Head {
+    fn cmp(&self, other: &Self) -> Ordering {
+        key_order(other.key(), self.key()).then(other.source.cmp(&self.source))
+    }
+}
+
+impl PartialOrd for Head {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl<T: Record> PartialEq for Head<T> {
+impl PartialEq for Head {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
     }
 }
 
-impl<T: Record> Eq for Head<T> {}
+impl Eq for Head {}
 
 /// The merge of sorted runs: rows in key order, one per key (or all, see
-/// [`Runs::keep_all`]).
+/// [`Runs::keep_all`]). Rows move through it in their run encoding; [`Merge::next_raw`]
+/// hands that on as it is (a run file, Arrow columns: see `columns.rs`), [`Merge::next_row`]
+/// decodes it.
 pub struct Merge<T> {
     sources: Vec<Source<T>>,
-    heap: BinaryHeap<Head<T>>,
+    heap: BinaryHeap<Head>,
     dedup: bool,
-    /// The key of the last row given (its buffer reused), when one was.
-    last: Option<String>,
+    /// The key of the last row given, when one was.
+    last: Option<Vec<u8>>,
+    /// The row last given by [`Merge::next_raw`].
+    current: Vec<u8>,
+    /// Buffers of rows done with, for the next rows read.
+    spare: Vec<Vec<u8>>,
     /// Rows left out because their key came already (in the runs, and in the merge).
     pub repeated: usize,
 }
@@ -495,8 +593,10 @@ impl<T: Record> Merge<T> {
         sources.push(Source::Memory(memory.into_iter()));
         let mut heap = BinaryHeap::with_capacity(sources.len());
         for (i, s) in sources.iter_mut().enumerate() {
-            if let Some(row) = s.next()? {
-                heap.push(Head { row, source: i });
+            let mut raw = Vec::new();
+            if s.next_raw(&mut raw)? {
+                check_key(&raw)?;
+                heap.push(Head { raw, source: i });
             }
         }
         Ok(Merge {
@@ -504,33 +604,57 @@ impl<T: Record> Merge<T> {
             heap,
             dedup,
             last: None,
+            current: Vec::new(),
+            spare: Vec::new(),
             repeated: 0,
         })
     }
 
-    /// The next row whose key has not come yet.
-    pub fn next_row(&mut self) -> io::Result<Option<T>> {
-        while let Some(Head { row, source }) = self.heap.pop() {
-            if let Some(next) = self.sources[source].next()? {
-                self.heap.push(Head { row: next, source });
+    /// The run encoding of the next row whose key has not come yet.
+    pub fn next_raw(&mut self) -> io::Result<Option<&[u8]>> {
+        while let Some(Head { raw, source }) = self.heap.pop() {
+            let mut next = self.spare.pop().unwrap_or_default();
+            if self.sources[source].next_raw(&mut next)? {
+                check_key(&next)?;
+                self.heap.push(Head { raw: next, source });
+            } else {
+                self.spare.push(next);
             }
-            if !self.dedup {
-                return Ok(Some(row));
-            }
-            if self.last.as_deref() == Some(row.key()) {
-                self.repeated += 1;
-                continue;
-            }
-            match &mut self.last {
-                Some(last) => {
-                    last.clear();
-                    last.push_str(row.key());
+            if self.dedup {
+                let key = encoded_key(&raw, 0).unwrap_or_default();
+                if self.last.as_deref() == Some(key) {
+                    self.repeated += 1;
+                    self.spare.push(raw);
+                    continue;
                 }
-                None => self.last = Some(row.key().to_string()),
+                let last = self.last.get_or_insert_with(Vec::new);
+                last.clear();
+                last.extend_from_slice(key);
             }
-            return Ok(Some(row));
+            let done = std::mem::replace(&mut self.current, raw);
+            self.spare.push(done);
+            return Ok(Some(&self.current));
         }
         Ok(None)
+    }
+
+    /// The next row whose key has not come yet.
+    pub fn next_row(&mut self) -> io::Result<Option<T>> {
+        match self.next_raw()? {
+            None => Ok(None),
+            Some(mut raw) => match T::decode(&mut raw)? {
+                Some(row) => Ok(Some(row)),
+                None => Err(corrupt("truncated")),
+            },
+        }
+    }
+}
+
+/// A row's encoding begins with its key (what the merge orders by).
+fn check_key(raw: &[u8]) -> io::Result<()> {
+    match encoded_key(raw, 0) {
+        Some(_) => Ok(()),
+        None => Err(corrupt("a row's key is absent")),
     }
 }
 
@@ -582,7 +706,8 @@ fn get_bytes(r: &mut impl Read, first: bool) -> io::Result<Option<Option<Vec<u8>
     Ok(Some(Some(b)))
 }
 
-fn corrupt(what: &str) -> io::Error {
+/// The error of a run file (or a row's encoding) that does not read back.
+pub fn corrupt(what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         format!("a run file is damaged ({what})"),
@@ -627,6 +752,7 @@ pub fn opt_len(s: Option<&str>) -> usize {
 }
 
 impl Record for ItemRow {
+    const FIELDS: &'static [Field] = &[Field::Value; 6];
     fn key(&self) -> &str {
         &self.item_id
     }
@@ -662,6 +788,7 @@ impl Record for ItemRow {
 }
 
 impl Record for PromptRow {
+    const FIELDS: &'static [Field] = &[Field::Value; 3];
     fn key(&self) -> &str {
         &self.prompt_id
     }
@@ -686,6 +813,18 @@ impl Record for PromptRow {
 }
 
 impl Record for PairRow {
+    const FIELDS: &'static [Field] = &[
+        Field::Value,
+        Field::Value,
+        Field::Value,
+        Field::Value,
+        Field::Value,
+        Field::Fixed(1),
+        Field::Value,
+        Field::Value,
+        Field::Value,
+        Field::Fixed(4),
+    ];
     fn key(&self) -> &str {
         &self.pair_id
     }
@@ -841,6 +980,50 @@ mod tests {
 
     /// `key_order` is `str::cmp`, on keys that share prefixes, are shorter than eight bytes,
     /// or hold zero bytes.
+    /// A writer that takes at most 7 bytes per call and is interrupted once still gets every
+    /// byte of the slices, in order (empty slices among them).
+    #[test]
+    fn vectored_writes_put_every_byte_in_order() {
+        struct Trickle {
+            out: Vec<u8>,
+            calls: usize,
+        }
+        impl Write for Trickle {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.write_vectored(&[IoSlice::new(b)])
+            }
+            fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+                self.calls += 1;
+                if self.calls == 2 {
+                    return Err(io::ErrorKind::Interrupted.into());
+                }
+                let mut n = 0;
+                for b in bufs {
+                    let take = (7 - n).min(b.len());
+                    self.out.extend_from_slice(&b[..take]);
+                    n += take;
+                    if n == 7 {
+                        break;
+                    }
+                }
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let parts: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; usize::from(i % 5)]).collect();
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut w = Trickle {
+            out: Vec::new(),
+            calls: 0,
+        };
+        write_all_slices(&mut w, &mut slices).unwrap();
+        assert_eq!(w.out, parts.concat());
+        assert!(slices.is_empty());
+        assert!(w.calls > 10, "the writer took a few bytes a call");
+    }
+
     #[test]
     fn key_order_is_the_strings_order() {
         let keys = [
@@ -862,7 +1045,11 @@ mod tests {
         ];
         for a in keys {
             for b in keys {
-                assert_eq!(key_order(a, b), a.cmp(b), "{a:?} {b:?}");
+                assert_eq!(
+                    key_order(a.as_bytes(), b.as_bytes()),
+                    a.cmp(b),
+                    "{a:?} {b:?}"
+                );
             }
         }
     }
