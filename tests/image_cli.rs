@@ -171,6 +171,7 @@ fn fixture(dir: &Path) -> Fixture {
             })
             .collect(),
         embeddings: Vec::new(),
+        columns: Vec::new(),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

@@ -171,11 +171,11 @@ struct TableStage {
     pending: VecDeque<PendingWrite>,
     /// The staged rows of an owned scope: their count, and their sum when `digest_rows`.
     digest: RowDigest,
-    /// Whether the staged rows are digested, not only counted: where the scope held rows
-    /// when the stage first read the table (a re-run, whose rows may all be there already).
-    /// Where it held none, the commit finds the stage unchanged only when both are empty;
-    /// should another writer fill the scope meanwhile, it is replaced whole, as a changed
-    /// scope is, which leaves the same rows were they the same.
+    /// Whether the staged rows are digested as they are staged, not only counted: where the
+    /// scope held rows when the stage first read the table (a re-run, whose rows may all be
+    /// there already). Where it held none (a first run), the commit compares counts, and
+    /// digests both sides only when another writer filled the scope meanwhile with as many
+    /// rows as were staged; so the outcome is the one digests throughout would give.
     digest_rows: bool,
     /// The keys of the rows staged, for the commit's conflict check (see `keyed.rs`).
     added: keyed::AddedKeys,
@@ -407,6 +407,13 @@ impl<'a> StagedWriter<'a> {
 
     /// Stages one ingest batch: items, prompts, users, embeddings and pairs.
     pub async fn write(&mut self, batch: &records::IngestBatch) -> Result<(), StoreError> {
+        const TABLES: [&str; 5] = ["items", "prompts", "users", "embeddings", "pairs"];
+        if let Some((table, _)) = batch.columns.iter().find(|(t, _)| !TABLES.contains(t)) {
+            return Err(StoreError::Batch {
+                table: table.to_string(),
+                message: "an ingest batch holds columns of a table it cannot write".into(),
+            });
+        }
         let parts = [
             ("items", Some(batches::items(&batch.items)?)),
             ("prompts", Some(batches::prompts(&batch.prompts)?)),

@@ -78,6 +78,10 @@ pub trait Columns: Default {
     fn append(&mut self, raw: &[u8]) -> io::Result<()>;
     /// Rows appended since the last [`Columns::finish`].
     fn len(&self) -> usize;
+    /// No row appended since the last [`Columns::finish`].
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// The columns of the rows appended so far, in the schema's order; the columns start
     /// empty again.
     fn finish(&mut self) -> Vec<ArrayRef>;

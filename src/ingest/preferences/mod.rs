@@ -1833,12 +1833,15 @@ where
             users,
             ..Chunk::default()
         };
-        // Runs that went to files put the rest there too: their memory is free before the
-        // merges begin.
+        // Runs that went to files put the rest there too (the three tables' last runs written
+        // at once): their memory is free before the merges begin.
         let dir = &self.spill;
-        let settled = (self.items.spill_rest(dir))
-            .and_then(|()| self.prompts.spill_rest(dir))
-            .and_then(|()| self.pairs.spill_rest(dir));
+        let settled = (self.items.start_spilling_rest(dir))
+            .and_then(|()| self.prompts.start_spilling_rest(dir))
+            .and_then(|()| self.pairs.start_spilling_rest(dir))
+            .and_then(|()| self.items.finish_spilling_rest(dir))
+            .and_then(|()| self.prompts.finish_spilling_rest(dir))
+            .and_then(|()| self.pairs.finish_spilling_rest(dir));
         settled.map_err(|e| self.spill_error(e))?;
         let items = std::mem::replace(&mut self.items, Runs::new("items", 0));
         self.merge_into(items, &mut chunk, |c| &mut c.items)?;
@@ -1902,13 +1905,13 @@ impl Chunk {
     fn batch(&mut self) -> IngestBatch {
         use columns::Columns;
         let mut parts = Vec::new();
-        if self.items.len() > 0 {
+        if !self.items.is_empty() {
             parts.push((columns::ItemColumns::TABLE, self.items.finish()));
         }
-        if self.prompts.len() > 0 {
+        if !self.prompts.is_empty() {
             parts.push((columns::PromptColumns::TABLE, self.prompts.finish()));
         }
-        if self.pairs.len() > 0 {
+        if !self.pairs.is_empty() {
             parts.push((columns::PairColumns::TABLE, self.pairs.finish()));
         }
         self.rows = 0;
@@ -1985,6 +1988,23 @@ fn image_bytes(b: Vec<u8>) -> Result<Item, RowSkip> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `ratings` layout's rows: their field layout frames their encoding.
+    #[test]
+    fn rated_fields_frame_their_encoding() {
+        let rated = |prompt: Option<&str>| Rated {
+            key: "u\0g".into(),
+            user: "u".into(),
+            group: "g".into(),
+            item: "i".repeat(64),
+            score: 4.5,
+            chosen: true,
+            prompt: prompt.map(String::from),
+            split: "train".into(),
+            at: "line 3".into(),
+        };
+        spill::assert_fields_frame(&[rated(Some("p")), rated(None)]);
+    }
 
     fn params(yaml: &str) -> Params {
         serde_yaml::from_str(yaml).unwrap()

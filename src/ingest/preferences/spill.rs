@@ -297,13 +297,27 @@ impl<T: Record> Runs<T> {
     /// Once some rows went to files: writes the rest too and frees the run's memory, so that
     /// the merge holds only its read buffers.
     pub fn spill_rest(&mut self, dir: &SpillDir) -> io::Result<()> {
-        self.settle(dir)?;
-        let spilled = self.files.iter().any(|l| !l.is_empty());
+        self.start_spilling_rest(dir)?;
+        self.finish_spilling_rest(dir)
+    }
+
+    /// The first half of [`Runs::spill_rest`]: once some rows went to files, starts writing
+    /// the rest on a thread of its own (so that several tables' last runs are written at
+    /// once).
+    pub fn start_spilling_rest(&mut self, dir: &SpillDir) -> io::Result<()> {
+        let spilled = self.writing.is_some() || self.files.iter().any(|l| !l.is_empty());
         if spilled && !self.rows.is_empty() {
+            // Waits for the run before, then hands this one to its thread.
             self.spill(dir)?;
-            self.settle(dir)?;
         }
-        if spilled {
+        Ok(())
+    }
+
+    /// The second half of [`Runs::spill_rest`]: waits for the run being written and, once
+    /// some rows went to files, frees the run's memory.
+    pub fn finish_spilling_rest(&mut self, dir: &SpillDir) -> io::Result<()> {
+        self.settle(dir)?;
+        if self.files.iter().any(|l| !l.is_empty()) {
             self.rows = Vec::new();
         }
         Ok(())
@@ -454,7 +468,9 @@ fn permute<T>(rows: &mut [T], mut order: Vec<u32>) {
 }
 
 /// The order of two keys: their bytes' order (as `str::cmp`), most often told by their first
-/// eight bytes as one number, without a call to compare the rest.
+/// eight bytes as one number, without a call to compare the rest. The order runs are sorted
+/// in (`sort_run`, `write_run`) and merged in (`Head`), each with the prefixes read once.
+#[cfg(test)]
 fn key_order(a: &[u8], b: &[u8]) -> Ordering {
     prefix(a).cmp(&prefix(b)).then_with(|| a.cmp(b))
 }
@@ -503,9 +519,9 @@ pub fn read_raw(r: &mut impl Read, fields: &[Field], buf: &mut Vec<u8>) -> io::R
                     if r.read(&mut n[..1])? == 0 {
                         return Ok(false);
                     }
-                    r.read_exact(&mut n[1..])?;
+                    read_all(r, &mut n[1..])?;
                 } else {
-                    r.read_exact(&mut n)?;
+                    read_all(r, &mut n)?;
                 }
                 buf.extend_from_slice(&n);
                 let n = u32::from_le_bytes(n);
@@ -519,15 +535,33 @@ pub fn read_raw(r: &mut impl Read, fields: &[Field], buf: &mut Vec<u8>) -> io::R
     Ok(true)
 }
 
-/// Appends exactly `n` bytes of `r` to `buf`.
+/// Appends exactly `n` bytes of `r` to `buf`. Memory grows with what is read, not with what a
+/// damaged length claims.
 fn append_exact(r: &mut impl Read, buf: &mut Vec<u8>, n: usize) -> io::Result<()> {
     let start = buf.len();
-    buf.resize(start + n, 0);
-    r.read_exact(&mut buf[start..]).map_err(|e| match e.kind() {
+    if n <= SMALL_VALUE {
+        buf.resize(start + n, 0);
+        return read_all(r, &mut buf[start..]);
+    }
+    if r.take(n as u64).read_to_end(buf)? != n {
+        return Err(corrupt("truncated"));
+    }
+    Ok(())
+}
+
+/// Values up to this many bytes are read into zeroed room (cheaper than `read_to_end`).
+const SMALL_VALUE: usize = 64 << 10;
+
+/// `read_exact`, with a file that ends early reported as a damaged run file.
+fn read_all(r: &mut impl Read, buf: &mut [u8]) -> io::Result<()> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => corrupt("truncated"),
         _ => e,
     })
 }
+
+/// The largest buffer a merge keeps for the next rows.
+const SPARE_CAPACITY: usize = 1 << 20;
 
 /// The head row of a source (its run encoding), ordered so that the smallest key is on top
 /// of the heap (and, between equal keys, the earlier source, which makes the merge
@@ -535,17 +569,38 @@ fn append_exact(r: &mut impl Read, buf: &mut Vec<u8>, n: usize) -> io::Result<()
 struct Head {
     raw: Vec<u8>,
     source: usize,
+    /// The key's [`prefix`], read once.
+    prefix: u64,
 }
 
 impl Head {
+    /// The head row `raw` of `source`.
+    ///
+    /// # Errors
+    /// An `InvalidData` error when `raw` does not begin with a key.
+    fn new(raw: Vec<u8>, source: usize) -> io::Result<Head> {
+        let prefix = match encoded_key(&raw, 0) {
+            Some(key) => prefix(key),
+            None => return Err(corrupt("a row's key is absent")),
+        };
+        Ok(Head {
+            raw,
+            source,
+            prefix,
+        })
+    }
+
     fn key(&self) -> &[u8] {
         encoded_key(&self.raw, 0).unwrap_or_default()
     }
 }
 
 impl Ord for Head {
+    /// [`key_order`] reversed, with the prefixes read once.
     fn cmp(&self, other: &Self) -> Ordering {
-        key_order(other.key(), self.key()).then(other.source.cmp(&self.source))
+        (other.prefix.cmp(&self.prefix))
+            .then_with(|| other.key().cmp(self.key()))
+            .then(other.source.cmp(&self.source))
     }
 }
 
@@ -595,8 +650,7 @@ impl<T: Record> Merge<T> {
         for (i, s) in sources.iter_mut().enumerate() {
             let mut raw = Vec::new();
             if s.next_raw(&mut raw)? {
-                check_key(&raw)?;
-                heap.push(Head { raw, source: i });
+                heap.push(Head::new(raw, i)?);
             }
         }
         Ok(Merge {
@@ -612,19 +666,18 @@ impl<T: Record> Merge<T> {
 
     /// The run encoding of the next row whose key has not come yet.
     pub fn next_raw(&mut self) -> io::Result<Option<&[u8]>> {
-        while let Some(Head { raw, source }) = self.heap.pop() {
+        while let Some(Head { raw, source, .. }) = self.heap.pop() {
             let mut next = self.spare.pop().unwrap_or_default();
             if self.sources[source].next_raw(&mut next)? {
-                check_key(&next)?;
-                self.heap.push(Head { raw: next, source });
+                self.heap.push(Head::new(next, source)?);
             } else {
-                self.spare.push(next);
+                self.keep_spare(next);
             }
             if self.dedup {
                 let key = encoded_key(&raw, 0).unwrap_or_default();
                 if self.last.as_deref() == Some(key) {
                     self.repeated += 1;
-                    self.spare.push(raw);
+                    self.keep_spare(raw);
                     continue;
                 }
                 let last = self.last.get_or_insert_with(Vec::new);
@@ -632,10 +685,18 @@ impl<T: Record> Merge<T> {
                 last.extend_from_slice(key);
             }
             let done = std::mem::replace(&mut self.current, raw);
-            self.spare.push(done);
+            self.keep_spare(done);
             return Ok(Some(&self.current));
         }
         Ok(None)
+    }
+
+    /// Keeps a row's buffer for the next rows, unless a large row (an image) made it large:
+    /// the merge then holds large buffers only while such rows pass.
+    fn keep_spare(&mut self, buf: Vec<u8>) {
+        if buf.capacity() <= SPARE_CAPACITY {
+            self.spare.push(buf);
+        }
     }
 
     /// The next row whose key has not come yet.
@@ -647,14 +708,6 @@ impl<T: Record> Merge<T> {
                 None => Err(corrupt("truncated")),
             },
         }
-    }
-}
-
-/// A row's encoding begins with its key (what the merge orders by).
-fn check_key(raw: &[u8]) -> io::Result<()> {
-    match encoded_key(raw, 0) {
-        Some(_) => Ok(()),
-        None => Err(corrupt("a row's key is absent")),
     }
 }
 
@@ -879,9 +932,70 @@ impl Record for PairRow {
     }
 }
 
+/// Checks that `T::FIELDS` frames `T::encode`: rows encoded back to back read back by
+/// [`read_raw`] one encoding at a time, exactly, then a clean end; and a file cut anywhere
+/// inside the last row is a damaged run file, never a row or a clean end.
+#[cfg(test)]
+pub(crate) fn assert_fields_frame<T: Record + std::fmt::Debug>(rows: &[T]) {
+    let mut file = Vec::new();
+    let mut ends = Vec::new();
+    for row in rows {
+        row.encode(&mut file).unwrap();
+        ends.push(file.len());
+    }
+    let mut r = file.as_slice();
+    let mut buf = Vec::new();
+    let mut start = 0;
+    for (row, &end) in rows.iter().zip(&ends) {
+        assert!(read_raw(&mut r, T::FIELDS, &mut buf).unwrap(), "{row:?}");
+        assert_eq!(buf, file[start..end], "{row:?}");
+        start = end;
+    }
+    assert!(!read_raw(&mut r, T::FIELDS, &mut buf).unwrap());
+    let last = ends.len().checked_sub(2).map_or(0, |i| ends[i]);
+    for cut in last + 1..file.len() {
+        let mut r = &file[last..cut];
+        let err = read_raw(&mut r, T::FIELDS, &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "cut at {cut}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The field layouts of the store's row types frame their encodings, optional values
+    /// present and absent.
+    #[test]
+    fn record_fields_frame_their_encodings() {
+        let item = |text: Option<&str>, bytes: Option<Vec<u8>>, parent: Option<&str>| ItemRow {
+            item_id: "i".repeat(64),
+            kind: if bytes.is_some() { "image" } else { "text" }.into(),
+            text: text.map(String::from),
+            bytes,
+            source: "d".into(),
+            parent_id: parent.map(String::from),
+        };
+        assert_fields_frame(&[
+            item(Some("a text"), None, None),
+            item(None, Some(vec![0, 255, 7]), Some("p")),
+            item(Some(""), Some(Vec::new()), None),
+        ]);
+        assert_fields_frame(&[prompt("k1"), prompt("k2")]);
+        let pair = |prompt: Option<&str>, source_ref: Option<&str>| PairRow {
+            pair_id: "p".repeat(64),
+            user_id: "d/u".into(),
+            prompt_id: prompt.map(String::from),
+            left_id: "a".into(),
+            right_id: "b".into(),
+            label: 1,
+            dataset: "d".into(),
+            split: "train".into(),
+            source_ref: source_ref.map(String::from),
+            weight: 0.5,
+        };
+        assert_fields_frame(&[pair(None, Some("r")), pair(Some("x"), None)]);
+    }
 
     fn prompt(id: &str) -> PromptRow {
         PromptRow {
@@ -978,8 +1092,6 @@ mod tests {
         assert_eq!(got, want, "the run's file holds every row of the run");
     }
 
-    /// `key_order` is `str::cmp`, on keys that share prefixes, are shorter than eight bytes,
-    /// or hold zero bytes.
     /// A writer that takes at most 7 bytes per call and is interrupted once still gets every
     /// byte of the slices, in order (empty slices among them).
     #[test]
@@ -1024,6 +1136,8 @@ mod tests {
         assert!(w.calls > 10, "the writer took a few bytes a call");
     }
 
+    /// `key_order` is `str::cmp`, on keys that share prefixes, are shorter than eight bytes,
+    /// or hold zero bytes.
     #[test]
     fn key_order_is_the_strings_order() {
         let keys = [
