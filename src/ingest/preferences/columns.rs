@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
 
-use arrow_array::builder::{Float32Builder, Int8Builder, LargeBinaryBuilder, StringBuilder};
+use arrow_array::builder::{
+    ArrayBuilder, Float32Builder, Int8Builder, LargeBinaryBuilder, StringBuilder,
+};
 use arrow_array::ArrayRef;
 
 use super::spill::corrupt;
@@ -96,7 +98,6 @@ pub struct ItemColumns {
     bytes: LargeBinaryBuilder,
     source: StringBuilder,
     parent_id: StringBuilder,
-    rows: usize,
 }
 
 impl Columns for ItemColumns {
@@ -112,16 +113,14 @@ impl Columns for ItemColumns {
         self.bytes.append_option(bytes);
         self.source.append_value(source);
         self.parent_id.append_option(parent_id);
-        self.rows += 1;
         Ok(())
     }
 
     fn len(&self) -> usize {
-        self.rows
+        self.item_id.len()
     }
 
     fn finish(&mut self) -> Vec<ArrayRef> {
-        self.rows = 0;
         vec![
             Arc::new(self.item_id.finish()),
             Arc::new(self.kind.finish()),
@@ -139,7 +138,6 @@ pub struct PromptColumns {
     prompt_id: StringBuilder,
     text: StringBuilder,
     source: StringBuilder,
-    rows: usize,
 }
 
 impl Columns for PromptColumns {
@@ -151,16 +149,14 @@ impl Columns for PromptColumns {
         self.prompt_id.append_value(prompt_id);
         self.text.append_value(text);
         self.source.append_value(source);
-        self.rows += 1;
         Ok(())
     }
 
     fn len(&self) -> usize {
-        self.rows
+        self.prompt_id.len()
     }
 
     fn finish(&mut self) -> Vec<ArrayRef> {
-        self.rows = 0;
         vec![
             Arc::new(self.prompt_id.finish()),
             Arc::new(self.text.finish()),
@@ -183,7 +179,6 @@ pub struct PairColumns {
     split: StringBuilder,
     source_ref: StringBuilder,
     weight: Float32Builder,
-    rows: usize,
     /// Rows appended per split, over every batch.
     pub splits: BTreeMap<String, usize>,
 }
@@ -213,16 +208,14 @@ impl Columns for PairColumns {
                 self.splits.insert(split.to_string(), 1);
             }
         }
-        self.rows += 1;
         Ok(())
     }
 
     fn len(&self) -> usize {
-        self.rows
+        self.pair_id.len()
     }
 
     fn finish(&mut self) -> Vec<ArrayRef> {
-        self.rows = 0;
         vec![
             Arc::new(self.pair_id.finish()),
             Arc::new(self.user_id.finish()),
