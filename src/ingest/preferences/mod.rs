@@ -10,9 +10,9 @@
 //! order on one (see `Effect`), so nothing depends on the threads. Once the files are read
 //! the runs are merged, one row per id, in id order, and handed on in chunks of Arrow columns
 //! filled straight from the runs' encodings ([`columns`]; the `ratings` layout's ratings go
-//! through runs too, merged group by group once the files are read). So memory holds a run per table and
-//! one entry per distinct user, whatever the file size, and the rows stored do not depend on
-//! how the input was cut.
+//! through runs too, merged group by group once the files are read). So memory holds a run
+//! per table and one entry per distinct user, whatever the file size, and the rows stored do
+//! not depend on how the input was cut.
 //!
 //! Per row:
 //! - the user is `<dataset>/<user column>` (or `user: {constant: NAME}`); all users "seen";
