@@ -15,59 +15,7 @@ use arrow_array::builder::{
 };
 use arrow_array::ArrayRef;
 
-use super::spill::corrupt;
-
-/// The fields of one row's run encoding, read in order (see [`super::spill::Field`]).
-pub struct RawFields<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> RawFields<'a> {
-    pub fn new(raw: &'a [u8]) -> RawFields<'a> {
-        RawFields { rest: raw }
-    }
-
-    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
-        if self.rest.len() < n {
-            return Err(corrupt("truncated"));
-        }
-        let (head, rest) = self.rest.split_at(n);
-        self.rest = rest;
-        Ok(head)
-    }
-
-    /// A length-prefixed value; `None` for the absent marker.
-    pub fn value(&mut self) -> io::Result<Option<&'a [u8]>> {
-        let n = u32::from_le_bytes(self.fixed::<4>()?);
-        if n == u32::MAX {
-            return Ok(None);
-        }
-        self.take(n as usize).map(Some)
-    }
-
-    /// An optional string.
-    pub fn opt_str(&mut self) -> io::Result<Option<&'a str>> {
-        match self.value()? {
-            None => Ok(None),
-            Some(b) => std::str::from_utf8(b)
-                .map(Some)
-                .map_err(|_| corrupt("text is not UTF-8")),
-        }
-    }
-
-    /// A string that must be there.
-    pub fn str(&mut self) -> io::Result<&'a str> {
-        self.opt_str()?
-            .ok_or_else(|| corrupt("a required value is absent"))
-    }
-
-    /// A value of `N` bytes.
-    pub fn fixed<const N: usize>(&mut self) -> io::Result<[u8; N]> {
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.take(N)?);
-        Ok(out)
-    }
-}
+use super::spill::RawFields;
 
 /// The columns of one table, filled from run encodings.
 pub trait Columns: Default {

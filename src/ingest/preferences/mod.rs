@@ -456,29 +456,19 @@ impl spill::Record for Rated {
         put_str(w, &self.split)?;
         put_str(w, &self.at)
     }
-    fn decode(r: &mut impl std::io::Read) -> std::io::Result<Option<Rated>> {
-        use spill::{get_first, get_opt, get_str};
-        let Some(key) = get_first(r)? else {
-            return Ok(None);
-        };
-        let user = get_str(r)?;
-        let group = get_str(r)?;
-        let item = get_str(r)?;
-        let mut score = [0u8; 8];
-        r.read_exact(&mut score)?;
-        let mut chosen = [0u8; 1];
-        r.read_exact(&mut chosen)?;
-        Ok(Some(Rated {
-            key,
-            user,
-            group,
-            item,
-            score: f64::from_le_bytes(score),
-            chosen: chosen[0] != 0,
-            prompt: get_opt(r)?,
-            split: get_str(r)?,
-            at: get_str(r)?,
-        }))
+    fn decode(raw: &[u8]) -> std::io::Result<Rated> {
+        let mut f = spill::RawFields::new(raw);
+        Ok(Rated {
+            key: f.str()?.to_string(),
+            user: f.str()?.to_string(),
+            group: f.str()?.to_string(),
+            item: f.str()?.to_string(),
+            score: f64::from_le_bytes(f.fixed::<8>()?),
+            chosen: f.fixed::<1>()?[0] != 0,
+            prompt: f.opt_str()?.map(String::from),
+            split: f.str()?.to_string(),
+            at: f.str()?.to_string(),
+        })
     }
 }
 

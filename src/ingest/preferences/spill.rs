@@ -26,8 +26,11 @@ pub trait Record: Sized + Send + 'static {
     /// Writes the row in the run file encoding, its key first (as [`put_str`] writes it: a
     /// run is sorted by the keys read back from its rows' encodings).
     fn encode(&self, w: &mut impl Write) -> io::Result<()>;
-    /// Reads one row; `None` at the end of the file.
-    fn decode(r: &mut impl Read) -> io::Result<Option<Self>>;
+    /// The row whose run encoding is `raw` (one row, as [`read_raw`] gives it).
+    ///
+    /// # Errors
+    /// An `InvalidData` error when `raw` is not a whole row of this encoding.
+    fn decode(raw: &[u8]) -> io::Result<Self>;
     /// The row's fields as [`Record::encode`] writes them, in order: how a merge finds where
     /// an encoded row ends without decoding it (see [`read_raw`]).
     const FIELDS: &'static [Field];
@@ -626,9 +629,8 @@ pub struct Merge<T> {
     sources: Vec<Source<T>>,
     heap: BinaryHeap<Head>,
     dedup: bool,
-    /// The key of the last row given, when one was.
-    last: Option<Vec<u8>>,
-    /// The row last given by [`Merge::next_raw`].
+    /// The row last given by [`Merge::next_raw`] (empty before the first: an encoding never
+    /// is).
     current: Vec<u8>,
     /// Buffers of rows done with, for the next rows read.
     spare: Vec<Vec<u8>>,
@@ -657,7 +659,6 @@ impl<T: Record> Merge<T> {
             sources,
             heap,
             dedup,
-            last: None,
             current: Vec::new(),
             spare: Vec::new(),
             repeated: 0,
@@ -673,16 +674,10 @@ impl<T: Record> Merge<T> {
             } else {
                 self.keep_spare(next);
             }
-            if self.dedup {
-                let key = encoded_key(&raw, 0).unwrap_or_default();
-                if self.last.as_deref() == Some(key) {
-                    self.repeated += 1;
-                    self.keep_spare(raw);
-                    continue;
-                }
-                let last = self.last.get_or_insert_with(Vec::new);
-                last.clear();
-                last.extend_from_slice(key);
+            if self.dedup && encoded_key(&self.current, 0) == encoded_key(&raw, 0) {
+                self.repeated += 1;
+                self.keep_spare(raw);
+                continue;
             }
             let done = std::mem::replace(&mut self.current, raw);
             self.keep_spare(done);
@@ -703,10 +698,7 @@ impl<T: Record> Merge<T> {
     pub fn next_row(&mut self) -> io::Result<Option<T>> {
         match self.next_raw()? {
             None => Ok(None),
-            Some(mut raw) => match T::decode(&mut raw)? {
-                Some(row) => Ok(Some(row)),
-                None => Err(corrupt("truncated")),
-            },
+            Some(raw) => T::decode(raw).map(Some),
         }
     }
 }
@@ -734,31 +726,6 @@ pub fn put_opt(w: &mut impl Write, s: Option<&str>) -> io::Result<()> {
     put_bytes(w, s.map(str::as_bytes))
 }
 
-/// A length-prefixed value; `Ok(None)` for the absent marker. `first` is true for a row's
-/// first field, where the end of the file is a clean end.
-fn get_bytes(r: &mut impl Read, first: bool) -> io::Result<Option<Option<Vec<u8>>>> {
-    let mut n = [0u8; 4];
-    if first {
-        let got = r.read(&mut n[..1])?;
-        if got == 0 {
-            return Ok(None);
-        }
-        r.read_exact(&mut n[1..])?;
-    } else {
-        r.read_exact(&mut n)?;
-    }
-    let n = u32::from_le_bytes(n);
-    if n == u32::MAX {
-        return Ok(Some(None));
-    }
-    // Read straight into the value's own buffer (no zeroing first).
-    let mut b = Vec::with_capacity(n as usize);
-    if r.by_ref().take(u64::from(n)).read_to_end(&mut b)? != n as usize {
-        return Err(corrupt("truncated"));
-    }
-    Ok(Some(Some(b)))
-}
-
 /// The error of a run file (or a row's encoding) that does not read back.
 pub fn corrupt(what: &str) -> io::Error {
     io::Error::new(
@@ -767,30 +734,56 @@ pub fn corrupt(what: &str) -> io::Error {
     )
 }
 
-fn text(b: Vec<u8>) -> io::Result<String> {
-    String::from_utf8(b).map_err(|_| corrupt("text is not UTF-8"))
+/// The fields of one row's run encoding, read in order (see [`super::spill::Field`]).
+pub struct RawFields<'a> {
+    rest: &'a [u8],
 }
 
-/// Reads an optional string.
-pub fn get_opt(r: &mut impl Read) -> io::Result<Option<String>> {
-    match get_bytes(r, false)? {
-        Some(Some(b)) => Ok(Some(text(b)?)),
-        Some(None) => Ok(None),
-        None => Err(corrupt("truncated")),
+impl<'a> RawFields<'a> {
+    /// The fields of `raw`, one row's encoding.
+    pub fn new(raw: &'a [u8]) -> RawFields<'a> {
+        RawFields { rest: raw }
     }
-}
 
-/// Reads a string.
-pub fn get_str(r: &mut impl Read) -> io::Result<String> {
-    get_opt(r)?.ok_or_else(|| corrupt("a required value is absent"))
-}
+    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
+        if self.rest.len() < n {
+            return Err(corrupt("truncated"));
+        }
+        let (head, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(head)
+    }
 
-/// The first field of a row: `None` at the end of the file.
-pub fn get_first(r: &mut impl Read) -> io::Result<Option<String>> {
-    match get_bytes(r, true)? {
-        None => Ok(None),
-        Some(Some(b)) => Ok(Some(text(b)?)),
-        Some(None) => Err(corrupt("a key is absent")),
+    /// A length-prefixed value; `None` for the absent marker.
+    pub fn value(&mut self) -> io::Result<Option<&'a [u8]>> {
+        let n = u32::from_le_bytes(self.fixed::<4>()?);
+        if n == u32::MAX {
+            return Ok(None);
+        }
+        self.take(n as usize).map(Some)
+    }
+
+    /// An optional string.
+    pub fn opt_str(&mut self) -> io::Result<Option<&'a str>> {
+        match self.value()? {
+            None => Ok(None),
+            Some(b) => std::str::from_utf8(b)
+                .map(Some)
+                .map_err(|_| corrupt("text is not UTF-8")),
+        }
+    }
+
+    /// A string that must be there.
+    pub fn str(&mut self) -> io::Result<&'a str> {
+        self.opt_str()?
+            .ok_or_else(|| corrupt("a required value is absent"))
+    }
+
+    /// A value of `N` bytes.
+    pub fn fixed<const N: usize>(&mut self) -> io::Result<[u8; N]> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
     }
 }
 
@@ -825,18 +818,16 @@ impl Record for ItemRow {
         put_str(w, &self.source)?;
         put_opt(w, self.parent_id.as_deref())
     }
-    fn decode(r: &mut impl Read) -> io::Result<Option<ItemRow>> {
-        let Some(item_id) = get_first(r)? else {
-            return Ok(None);
-        };
-        Ok(Some(ItemRow {
-            item_id,
-            kind: get_str(r)?,
-            text: get_opt(r)?,
-            bytes: get_bytes(r, false)?.ok_or_else(|| corrupt("truncated"))?,
-            source: get_str(r)?,
-            parent_id: get_opt(r)?,
-        }))
+    fn decode(raw: &[u8]) -> io::Result<ItemRow> {
+        let mut f = RawFields::new(raw);
+        Ok(ItemRow {
+            item_id: f.str()?.to_string(),
+            kind: f.str()?.to_string(),
+            text: f.opt_str()?.map(String::from),
+            bytes: f.value()?.map(<[u8]>::to_vec),
+            source: f.str()?.to_string(),
+            parent_id: f.opt_str()?.map(String::from),
+        })
     }
 }
 
@@ -853,15 +844,13 @@ impl Record for PromptRow {
         put_str(w, &self.text)?;
         put_str(w, &self.source)
     }
-    fn decode(r: &mut impl Read) -> io::Result<Option<PromptRow>> {
-        let Some(prompt_id) = get_first(r)? else {
-            return Ok(None);
-        };
-        Ok(Some(PromptRow {
-            prompt_id,
-            text: get_str(r)?,
-            source: get_str(r)?,
-        }))
+    fn decode(raw: &[u8]) -> io::Result<PromptRow> {
+        let mut f = RawFields::new(raw);
+        Ok(PromptRow {
+            prompt_id: f.str()?.to_string(),
+            text: f.str()?.to_string(),
+            source: f.str()?.to_string(),
+        })
     }
 }
 
@@ -904,31 +893,20 @@ impl Record for PairRow {
         put_opt(w, self.source_ref.as_deref())?;
         w.write_all(&self.weight.to_le_bytes())
     }
-    fn decode(r: &mut impl Read) -> io::Result<Option<PairRow>> {
-        let Some(pair_id) = get_first(r)? else {
-            return Ok(None);
-        };
-        let user_id = get_str(r)?;
-        let prompt_id = get_opt(r)?;
-        let left_id = get_str(r)?;
-        let right_id = get_str(r)?;
-        let mut label = [0u8; 1];
-        r.read_exact(&mut label)?;
-        let (dataset, split, source_ref) = (get_str(r)?, get_str(r)?, get_opt(r)?);
-        let mut weight = [0u8; 4];
-        r.read_exact(&mut weight)?;
-        Ok(Some(PairRow {
-            pair_id,
-            user_id,
-            prompt_id,
-            left_id,
-            right_id,
-            label: label[0] as i8,
-            dataset,
-            split,
-            source_ref,
-            weight: f32::from_le_bytes(weight),
-        }))
+    fn decode(raw: &[u8]) -> io::Result<PairRow> {
+        let mut f = RawFields::new(raw);
+        Ok(PairRow {
+            pair_id: f.str()?.to_string(),
+            user_id: f.str()?.to_string(),
+            prompt_id: f.opt_str()?.map(String::from),
+            left_id: f.str()?.to_string(),
+            right_id: f.str()?.to_string(),
+            label: f.fixed::<1>()?[0] as i8,
+            dataset: f.str()?.to_string(),
+            split: f.str()?.to_string(),
+            source_ref: f.opt_str()?.map(String::from),
+            weight: f32::from_le_bytes(f.fixed::<4>()?),
+        })
     }
 }
 
@@ -1266,17 +1244,20 @@ mod tests {
         let mut buf = Vec::new();
         item.encode(&mut buf).unwrap();
         item.encode(&mut buf).unwrap();
+        // Rows read back one encoding at a time, as a merge reads a run file.
+        let next = |r: &mut &[u8]| -> io::Result<Option<Vec<u8>>> {
+            let mut raw = Vec::new();
+            Ok(read_raw(r, ItemRow::FIELDS, &mut raw)?.then_some(raw))
+        };
         let mut r = buf.as_slice();
-        assert_eq!(ItemRow::decode(&mut r).unwrap(), Some(item.clone()));
-        assert_eq!(ItemRow::decode(&mut r).unwrap(), Some(item));
-        assert_eq!(ItemRow::decode(&mut r).unwrap(), None);
+        let decoded = |raw: Option<Vec<u8>>| raw.map(|raw| ItemRow::decode(&raw).unwrap());
+        assert_eq!(decoded(next(&mut r).unwrap()), Some(item.clone()));
+        assert_eq!(decoded(next(&mut r).unwrap()), Some(item));
+        assert_eq!(decoded(next(&mut r).unwrap()), None);
         let mut buf = Vec::new();
         pair.encode(&mut buf).unwrap();
-        assert_eq!(
-            PairRow::decode(&mut buf.as_slice()).unwrap(),
-            Some(pair.clone())
-        );
-        // A file cut inside a row is an error, not a clean end.
-        assert!(PairRow::decode(&mut &buf[..buf.len() - 1]).is_err());
+        assert_eq!(PairRow::decode(&buf).unwrap(), pair.clone());
+        // A row cut short is an error.
+        assert!(PairRow::decode(&buf[..buf.len() - 1]).is_err());
     }
 }
