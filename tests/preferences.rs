@@ -457,34 +457,49 @@ fn ratings_csv_with_min_gap() {
     assert!(ties > 0 && expected.len() > 10, "{ties} {}", expected.len());
     let file = dir.path().join("ratings.csv");
     std::fs::write(&file, csv).unwrap();
+    let args = [
+        "ingest",
+        file.to_str().unwrap(),
+        "--dataset",
+        "rt",
+        "--layout",
+        "ratings",
+        "--column",
+        "user=rater",
+        "--column",
+        "prompt=question",
+        "--column",
+        "response=answer",
+        "--column",
+        "score=stars",
+        "--min-gap",
+        "2",
+    ];
     let store = new_store(dir.path(), "store");
-    let run = ingest(
-        &store,
-        &[
-            file.to_str().unwrap(),
-            "--dataset",
-            "rt",
-            "--layout",
-            "ratings",
-            "--column",
-            "user=rater",
-            "--column",
-            "prompt=question",
-            "--column",
-            "response=answer",
-            "--column",
-            "score=stars",
-            "--min-gap",
-            "2",
-        ],
-    )
-    .ok();
+    let run = palpipe(&store, &args).ok();
     assert_eq!(comparisons(&store, "rt"), expected);
     assert!(
         run.stdout.contains(&format!("{ties} tie")),
         "{ties}: {}",
         run.stdout
     );
+    // Rows read one at a time in blocks of a few hundred bytes, ratings and pairs in runs of
+    // a few hundred: the same store.
+    let small = dir.path().join("store-small");
+    let out = common::bin()
+        .args(args)
+        .arg("--store")
+        .arg(&small)
+        .env("PALPIPE_INGEST_BLOCK_BYTES", "200")
+        .env("PALPIPE_INGEST_RUN_BYTES", "300")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(snapshot(&small), snapshot(&store));
 }
 
 /// PRISM's utterances.jsonl: within each (user, conversation, turn), the chosen response
@@ -1354,4 +1369,80 @@ fn a_failed_ingest_leaves_no_spill_folder() {
         !store.join("pairs.lance").exists(),
         "no pairs table written"
     );
+}
+
+/// Rows read one at a time (CSV) are gathered into blocks of encodings as JSON lines blocks
+/// are: the same rows as CSV and as JSON lines, with blocks and runs of a few hundred bytes or
+/// the defaults, leave the same store, and the pairs the rows say (counted here from the
+/// rows, with repeats and a row of the same item twice).
+#[test]
+fn rows_read_one_at_a_time_leave_what_json_lines_blocks_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut rows = numbered_pairs(400);
+    // Repeats (the same pair again) and a row that makes no pair.
+    rows.extend(rows.iter().step_by(9).cloned().collect::<Vec<_>>());
+    assert_eq!(rows.len(), 445);
+    let expected = chosen_rejected(&rows);
+    assert_eq!(expected.len(), 400);
+    rows.push(json!({"annotator": "w1", "prompt": "p", "chosen": "same", "rejected": "same"}));
+    let jsonl = d.join("rows.jsonl");
+    write_jsonl(&jsonl, &rows);
+    let csv_path = d.join("rows.csv");
+    let mut w = csv::Writer::from_path(&csv_path).unwrap();
+    w.write_record(["annotator", "prompt", "chosen", "rejected"])
+        .unwrap();
+    for r in &rows {
+        let field = |k: &str| r[k].as_str().unwrap().to_string();
+        w.write_record([
+            field("annotator"),
+            field("prompt"),
+            field("chosen"),
+            field("rejected"),
+        ])
+        .unwrap();
+    }
+    w.flush().unwrap();
+    let small = [
+        ("PALPIPE_INGEST_BLOCK_BYTES", "300"),
+        ("PALPIPE_INGEST_RUN_BYTES", "700"),
+    ];
+    let users: Vec<Value> = (0..50).map(|i| json!(format!("mine/w{i}"))).collect();
+    let mut users = users;
+    users.sort_by_key(|u| u.as_str().unwrap().to_string());
+    let mut first: Option<[Vec<Value>; 4]> = None;
+    for (n, (file, env)) in [
+        (&jsonl, &[][..]),
+        (&csv_path, &[][..]),
+        (&csv_path, &small[..]),
+        (&jsonl, &small[..]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let store = d.join(format!("store-{n}"));
+        let r = ingest_with_env(file, &store, env).ok();
+        for want in [
+            "446 rows → 400 pairs",
+            "45 repeat a pair",
+            "1 same item twice",
+        ] {
+            assert!(
+                r.stdout.contains(want),
+                "{file:?} {env:?}: {want}: {}",
+                r.stdout
+            );
+        }
+        assert_eq!(comparisons(&store, "mine"), expected, "{file:?} {env:?}");
+        let stored: Vec<Value> = table(&store, "SELECT user_id FROM users ORDER BY user_id")
+            .iter()
+            .map(|r| r["user_id"].clone())
+            .collect();
+        assert_eq!(stored, users, "{file:?} {env:?}");
+        let snap = snapshot(&store);
+        match &first {
+            None => first = Some(snap),
+            Some(s) => assert_eq!(&snap, s, "{file:?} {env:?}: stored rows differ"),
+        }
+    }
 }

@@ -7,7 +7,10 @@
 //! the items, prompts and pairs gather in sorted runs that go to temporary files when they
 //! outgrow their budget ([`spill`]). JSON lines are parsed and mapped in blocks of lines on
 //! several threads (`PALPIPE_INGEST_THREADS`), and what each row does is applied in file
-//! order on one (see `Effect`), so nothing depends on the threads. Once the files are read
+//! order on one (see `Effect`), so nothing depends on the threads. The rows a block makes are
+//! encoded there, on its thread, and join their tables' runs as that block of bytes (see
+//! `Encodings`; rows of other formats, read one at a time, are gathered into such blocks
+//! too). Once the files are read
 //! the runs are merged, one row per id, in id order, and handed on in chunks of Arrow columns
 //! filled straight from the runs' encodings ([`columns`]; the `ratings` layout's ratings go
 //! through runs too, merged group by group once the files are read). So memory holds a run
@@ -377,23 +380,25 @@ impl Report {
     }
 }
 
-/// A content-addressed item read from a row.
-#[derive(Debug, Clone)]
-struct Item {
+/// A content-addressed item read from a row (its text borrowed from the row where the row
+/// holds it as it is).
+#[derive(Debug)]
+struct Item<'r> {
     id: String,
-    text: Option<String>,
+    text: Option<Cow<'r, str>>,
     bytes: Option<Vec<u8>>,
 }
 
-impl Item {
-    fn text(s: String) -> Item {
+impl<'r> Item<'r> {
+    fn text(s: impl Into<Cow<'r, str>>) -> Item<'r> {
+        let s = s.into();
         Item {
             id: content_id(s.as_bytes()),
             text: Some(s),
             bytes: None,
         }
     }
-    fn image(b: Vec<u8>) -> Item {
+    fn image(b: Vec<u8>) -> Item<'r> {
         Item {
             id: content_id(&b),
             text: None,
@@ -430,20 +435,6 @@ impl spill::Record for Rated {
         spill::Field::Value,
         spill::Field::Value,
     ];
-    fn key(&self) -> &str {
-        &self.key
-    }
-    fn size(&self) -> usize {
-        use spill::{len, opt_len};
-        len(&self.key)
-            + len(&self.user)
-            + len(&self.group)
-            + len(&self.item)
-            + opt_len(self.prompt.as_deref())
-            + len(&self.split)
-            + len(&self.at)
-            + 16
-    }
     fn encode(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
         use spill::{put_opt, put_str};
         put_str(w, &self.key)?;
@@ -497,7 +488,9 @@ fn run_budget(default: usize) -> usize {
 /// Sets the number of threads that parse and map JSON lines (default: the machine's
 /// cores, at most 8; 1 reads on the calling thread). The rows stored do not depend on it.
 pub const THREADS_VAR: &str = "PALPIPE_INGEST_THREADS";
-/// Sets the bytes of JSON lines per block handed to a thread (tests make blocks small).
+/// Sets the bytes of JSON lines per block handed to a thread, and the bytes of encoded rows
+/// that rows read one at a time (CSV, Parquet) gather before they join their runs (tests make
+/// both small).
 pub const BLOCK_BYTES_VAR: &str = "PALPIPE_INGEST_BLOCK_BYTES";
 /// Bytes of JSON lines per block (whole lines, so a block may be a little longer).
 const BLOCK_BYTES: usize = 1 << 20;
@@ -534,9 +527,9 @@ enum Effect<'m> {
     },
     /// A mapped path's value kind, where it was met (checked across rows and files).
     Kind(&'m str, &'static str, Loc),
-    Item(ItemRow),
-    Prompt(PromptRow),
-    Pair(PairRow),
+    /// A pair's user, the first time the row logic met it (the pair itself is in the
+    /// [`Encodings`]).
+    User(String),
     Rating(Rated),
     /// A row (or comparison) that gives nothing, and why.
     Drop(Cow<'static, str>, Loc),
@@ -562,6 +555,12 @@ struct Reader<'a, S> {
     kinds: HashMap<&'a str, (&'static str, PathBuf, Loc)>,
     /// The `ratings` layout's ratings, grouped by (user, group) when merged.
     ratings: Runs<Rated>,
+    /// Rows of files read a row at a time (not JSON lines), until they make a block of
+    /// `block_bytes` (see [`BLOCK_BYTES_VAR`]).
+    pending: Encodings,
+    block_bytes: usize,
+    /// The users of the pairs in `pending` (each goes to the effects once per block).
+    pending_met: HashSet<String>,
     report: Report,
     /// Where runs go when they outgrow their budget. The last field, so that it is dropped
     /// (the folder removed) after the runs above, whose drops wait for a run still being
@@ -749,6 +748,9 @@ where
         users: Vec::new(),
         kinds: HashMap::new(),
         ratings: Runs::keep_all("ratings", run_budget(RUN_RATINGS)),
+        pending: Encodings::default(),
+        block_bytes: env_count(BLOCK_BYTES_VAR, BLOCK_BYTES).max(1),
+        pending_met: HashSet::new(),
         report: Report::default(),
     };
     for f in &files {
@@ -758,6 +760,7 @@ where
         formats::read_file(f, format, &wanted, &mut r)?;
         r.report.files += 1;
     }
+    r.flush_pending()?;
     r.finish_groups()?;
     r.finish()?;
     if r.report.pairs == 0 {
@@ -789,10 +792,16 @@ where
     fn row(&mut self, at: Loc, row: Val) -> Result<(), PrefError> {
         self.report.rows += 1;
         let mut rows = Rows::new(self.p, self.m, &self.file, self.file_split.as_deref());
+        rows.enc = std::mem::take(&mut self.pending);
+        rows.met = std::mem::take(&mut self.pending_met);
         rows.row(at, &row);
-        let effects = rows.out;
+        let (effects, enc, met) = (rows.out, rows.enc, rows.met);
+        (self.pending, self.pending_met) = (enc, met);
         for e in effects {
             self.apply(e)?;
+        }
+        if self.pending.size() >= self.block_bytes {
+            self.flush_pending()?;
         }
         Ok(())
     }
@@ -805,8 +814,9 @@ where
         format: Format,
         r: &mut dyn BufRead,
     ) -> Result<(), PrefError> {
-        // Rows naming image files carry the files' bytes in their effects until the block is
-        // applied: one line per block then, so a few images are in flight, not a block's worth.
+        // Rows naming image files carry the files' bytes in their block's encodings until the
+        // block is applied: one line per block then, so a few images are in flight, not a
+        // block's worth.
         let default = if self.m.items == ItemKind::Image {
             1
         } else {
@@ -819,7 +829,8 @@ where
             // One block buffer and one effect list, reused.
             let (mut data, mut effects) = (Vec::new(), Vec::new());
             while let Some(block) = lines.next_block(data)? {
-                effects = block_effects(
+                let rows;
+                (effects, rows) = block_effects(
                     self.p,
                     self.m,
                     &self.file,
@@ -828,6 +839,7 @@ where
                     effects,
                 );
                 self.apply_lines(&mut effects, format, &mut first)?;
+                self.add_rows(rows)?;
                 data = block.data;
             }
         } else {
@@ -844,8 +856,8 @@ where
 }
 
 /// The effects of one block of JSON lines, in `out` (emptied first: lists are reused, so
-/// that each block does not ask the allocator for megabytes afresh): each line parsed and
-/// mapped, in order, up to the first line that stops the read.
+/// that each block does not ask the allocator for megabytes afresh), and the rows they
+/// give: each line parsed and mapped, in order, up to the first line that stops the read.
 fn block_effects<'m>(
     p: &'m Params,
     m: &'m Mapping,
@@ -853,7 +865,7 @@ fn block_effects<'m>(
     file_split: Option<&str>,
     block: &formats::Block,
     mut out: Vec<Effect<'m>>,
-) -> Vec<Effect<'m>> {
+) -> (Vec<Effect<'m>>, Encodings) {
     out.clear();
     let mut rows = Rows::new(p, m, file, file_split);
     rows.out = out;
@@ -884,11 +896,14 @@ fn block_effects<'m>(
             break;
         }
     }
-    rows.out
+    (rows.out, rows.enc)
 }
 
-/// A worker's answer: a block's index and its effects (or the worker's panic).
-type Done<'m> = (usize, std::thread::Result<Vec<Effect<'m>>>);
+/// A block's effects and the rows it gives.
+type BlockOut<'m> = (Vec<Effect<'m>>, Encodings);
+
+/// A worker's answer: a block's index and its effects and rows (or the worker's panic).
+type Done<'m> = (usize, std::thread::Result<BlockOut<'m>>);
 
 /// Block buffers and effect lists done with, for the next blocks.
 struct Spare<'m> {
@@ -989,7 +1004,7 @@ where
     ) -> Result<(), PrefError> {
         let ahead = 2 * self.threads + 2;
         let (mut sent, mut applied, mut end) = (0usize, 0usize, false);
-        let mut waiting: BTreeMap<usize, Vec<Effect<'a>>> = BTreeMap::new();
+        let mut waiting: BTreeMap<usize, BlockOut<'a>> = BTreeMap::new();
         // A read error (I/O, a truncated .gz) waits until the blocks before it are applied:
         // an earlier row's error comes first, as it does on one thread.
         let mut read_error: Option<PrefError> = None;
@@ -1012,7 +1027,7 @@ where
                     None => Ok(()),
                 };
             }
-            let mut effects = loop {
+            let (mut effects, rows) = loop {
                 if let Some(e) = waiting.remove(&applied) {
                     break e;
                 }
@@ -1026,6 +1041,7 @@ where
             };
             applied += 1;
             self.apply_lines(&mut effects, format, first)?;
+            self.add_rows(rows)?;
             spare.give_effects(effects);
         }
     }
@@ -1062,15 +1078,7 @@ where
         match e {
             Effect::Row => self.report.rows += 1,
             Effect::Kind(path, kind, at) => self.check_kind(path, kind, at)?,
-            Effect::Item(row) => self
-                .items
-                .push(&self.spill, row)
-                .map_err(|e| self.spill_error(e))?,
-            Effect::Prompt(row) => self
-                .prompts
-                .push(&self.spill, row)
-                .map_err(|e| self.spill_error(e))?,
-            Effect::Pair(row) => self.add_pair(row)?,
+            Effect::User(user_id) => self.add_user(&user_id),
             Effect::Rating(r) => self
                 .ratings
                 .push(&self.spill, r)
@@ -1103,20 +1111,41 @@ where
         }
     }
 
-    /// A pair for the runs, and its user when it is the first of that user's.
-    fn add_pair(&mut self, row: PairRow) -> Result<(), PrefError> {
-        if !self.sent_users.contains(&row.user_id) {
-            self.sent_users.insert(row.user_id.clone());
+    /// A pair's user, kept when it is the first pair of that user's.
+    fn add_user(&mut self, user_id: &str) {
+        if !self.sent_users.contains(user_id) {
             self.users.push(UserRow {
-                user_id: row.user_id.clone(),
+                user_id: user_id.to_string(),
                 dataset: self.p.dataset.clone(),
                 group: None,
                 role: ROLE_SEEN.into(),
             });
+            self.sent_users.insert(user_id.to_string());
         }
+    }
+
+    /// A pair for the runs (made once every file is read), and its user.
+    fn add_pair(&mut self, row: PairRow) -> Result<(), PrefError> {
+        self.add_user(&row.user_id);
         self.pairs
             .push(&self.spill, row)
             .map_err(|e| self.spill_error(e))
+    }
+
+    /// Hands the rows of files read a row at a time to the tables' runs.
+    fn flush_pending(&mut self) -> Result<(), PrefError> {
+        let rows = std::mem::take(&mut self.pending);
+        self.pending_met.clear();
+        self.add_rows(rows)
+    }
+
+    /// Hands the rows a block gave to the tables' runs (as they are: see [`Encodings`]).
+    fn add_rows(&mut self, rows: Encodings) -> Result<(), PrefError> {
+        let dir = &self.spill;
+        let added = (self.items.push_block(dir, rows.items))
+            .and_then(|()| self.prompts.push_block(dir, rows.prompts))
+            .and_then(|()| self.pairs.push_block(dir, rows.pairs));
+        added.map_err(|e| self.spill_error(e))
     }
 }
 
@@ -1128,8 +1157,9 @@ fn worker_gone() -> PrefError {
     }
 }
 
-/// The row logic: what each row gives, as [`Effect`]s. It reads only the stage's settings
-/// and the file's name, so blocks of rows go through it on any thread.
+/// The row logic: what each row gives, as [`Effect`]s and rows encoded for the tables' runs
+/// ([`Encodings`]). It reads only the stage's settings and the file's name, so blocks of rows
+/// go through it on any thread.
 struct Rows<'m, 'f> {
     p: &'m Params,
     m: &'m Mapping,
@@ -1139,8 +1169,28 @@ struct Rows<'m, 'f> {
     /// check, any other is an effect to check.
     kinds: Vec<(&'m str, &'static str)>,
     out: Vec<Effect<'m>>,
+    /// The rows made, encoded.
+    enc: Encodings,
+    /// The users of the pairs made (each goes to the effects once).
+    met: HashSet<String>,
     /// The weight of the row being read (see [`Rows::weight`]): every pair it makes gets it.
     weight: f32,
+}
+
+/// The rows some input gave, encoded where they were made (see [`spill::Encoded`]); handed
+/// to the tables' runs as they are once the input's effects are applied.
+#[derive(Default)]
+struct Encodings {
+    items: spill::Encoded,
+    prompts: spill::Encoded,
+    pairs: spill::Encoded,
+}
+
+impl Encodings {
+    /// Bytes held.
+    fn size(&self) -> usize {
+        self.items.size() + self.prompts.size() + self.pairs.size()
+    }
 }
 
 impl<'m, 'f> Rows<'m, 'f> {
@@ -1152,6 +1202,8 @@ impl<'m, 'f> Rows<'m, 'f> {
             file_split,
             kinds: Vec::new(),
             out: Vec::new(),
+            enc: Encodings::default(),
+            met: HashSet::new(),
             weight: 1.0,
         }
     }
@@ -1216,7 +1268,7 @@ macro_rules! skip {
     };
 }
 
-impl<'m> Rows<'m, '_> {
+impl<'m, 'f> Rows<'m, 'f> {
     /// The value at a mapped key's (single) path; `Missing` when the path is absent.
     fn val<'r>(&mut self, row: &'r Val, key: &str, at: Loc) -> Result<&'r Val, Missing> {
         let m = self.m;
@@ -1249,26 +1301,30 @@ impl<'m> Rows<'m, '_> {
     }
 
     /// A key's value as text: a constant, one path's scalar, or several paths' scalars joined.
-    /// `Ok(Ok(None))`: null.
-    fn text(
+    /// `Ok(Ok(None))`: null. Borrowed from the row or the mapping where it is one value as
+    /// it is.
+    fn text<'r>(
         &mut self,
-        row: &Val,
+        row: &'r Val,
         key: &str,
         at: Loc,
-    ) -> Result<Result<Option<String>, Missing>, PrefError> {
+    ) -> Result<Result<Option<Cow<'r, str>>, Missing>, PrefError>
+    where
+        'm: 'r,
+    {
         let m = self.m;
         let Some(col) = m.columns.get(key) else {
             return Ok(Ok(None));
         };
         let paths: &'m [String] = match col {
-            Column::Constant { constant } => return Ok(Ok(Some(constant.clone()))),
+            Column::Constant { constant } => return Ok(Ok(Some(Cow::Borrowed(constant)))),
             Column::Path(p) => std::slice::from_ref(p),
             Column::Paths(ps) => ps,
         };
         // One path holding a plain string (the common case): the string itself.
         if let [path] = paths {
             if let Ok(Val::Str(s)) = self.lookup(row, path, at) {
-                return Ok(Ok(Some(s.clone())));
+                return Ok(Ok(Some(Cow::Borrowed(s))));
             }
         }
         let mut parts = Vec::new();
@@ -1291,7 +1347,7 @@ impl<'m> Rows<'m, '_> {
                 },
             }
         }
-        Ok(Ok(Some(parts.join("\u{1f}"))))
+        Ok(Ok(Some(Cow::Owned(parts.join("\u{1f}")))))
     }
 
     fn bad(&self, at: Loc, column: &str, message: String) -> PrefError {
@@ -1305,11 +1361,16 @@ impl<'m> Rows<'m, '_> {
     }
 
     /// The row's user (required) and split.
-    fn user_split(
+    #[allow(clippy::type_complexity)]
+    fn user_split<'r>(
         &mut self,
-        row: &Val,
+        row: &'r Val,
         at: Loc,
-    ) -> Result<Result<(String, String), RowSkip>, PrefError> {
+    ) -> Result<Result<(Cow<'r, str>, Cow<'r, str>), RowSkip>, PrefError>
+    where
+        'm: 'r,
+        'f: 'r,
+    {
         // Every row needs its user: a row without one is an error, not a drop.
         let what = match self.text(row, "user", at)? {
             Ok(Some(u)) if !u.trim().is_empty() => Ok(u),
@@ -1332,7 +1393,7 @@ impl<'m> Rows<'m, '_> {
         };
         let split = match self.text(row, "split", at)? {
             Ok(Some(s)) => s,
-            Ok(None) => self.file_split.unwrap_or("train").to_string(),
+            Ok(None) => Cow::Borrowed(self.file_split.unwrap_or("train")),
             Err(m) => return Ok(Err(m.into())),
         };
         Ok(Ok((user, split)))
@@ -1368,17 +1429,25 @@ impl<'m> Rows<'m, '_> {
     }
 
     /// The row's `id` (optional: a missing one is no id).
-    fn id(&mut self, row: &Val, at: Loc) -> Result<Option<String>, PrefError> {
+    fn id<'r>(&mut self, row: &'r Val, at: Loc) -> Result<Option<Cow<'r, str>>, PrefError>
+    where
+        'm: 'r,
+    {
         Ok(self.text(row, "id", at)?.ok().flatten())
     }
 
     /// An item from a value: text, image bytes, an `{bytes, path}` record, or an image path.
-    fn item(&self, v: &Val, column: &str, at: Loc) -> Result<Result<Item, RowSkip>, PrefError> {
+    fn item<'r>(
+        &self,
+        v: &'r Val,
+        column: &str,
+        at: Loc,
+    ) -> Result<Result<Item<'r>, RowSkip>, PrefError> {
         match v {
             Val::Null => Ok(Err(RowSkip::Reason("missing item"))),
             Val::Str(s) if self.m.items == ItemKind::Image => self.image_file(s, column, at),
             Val::Str(s) if s.trim().is_empty() => Ok(Err(RowSkip::Reason("empty text"))),
-            Val::Str(s) => Ok(Ok(Item::text(s.clone()))),
+            Val::Str(s) => Ok(Ok(Item::text(s.as_str()))),
             Val::Bytes(b) => Ok(image_bytes(b.clone())),
             Val::Map(_) => {
                 if let Found::Value(Val::Bytes(b)) = v.lookup("bytes") {
@@ -1410,7 +1479,7 @@ impl<'m> Rows<'m, '_> {
         rel: &str,
         column: &str,
         at: Loc,
-    ) -> Result<Result<Item, RowSkip>, PrefError> {
+    ) -> Result<Result<Item<'static>, RowSkip>, PrefError> {
         let base = self.file.parent().unwrap_or(Path::new("."));
         let full = base.join(rel);
         match std::fs::read(&full) {
@@ -1467,13 +1536,13 @@ impl<'m> Rows<'m, '_> {
         let (mut history, ia, ib) = match (layouts::messages(a), layouts::messages(b)) {
             (Some(ma), Some(mb)) => {
                 let (h, x, y) = layouts::split_messages(&ma, &mb);
-                (h, Item::text(x), Item::text(y))
+                (h.map(Cow::Owned), Item::text(x), Item::text(y))
             }
             _ => match (a, b) {
                 (Val::Str(sa), Val::Str(sb)) if layouts::is_hh(sa) && layouts::is_hh(sb) => {
                     match layouts::split_hh(sa, sb) {
-                        Some((h, x, y)) => (Some(h), Item::text(x), Item::text(y)),
-                        None => (None, Item::text(sa.clone()), Item::text(sb.clone())),
+                        Some((h, x, y)) => (Some(Cow::Owned(h)), Item::text(x), Item::text(y)),
+                        None => (None, Item::text(sa.as_str()), Item::text(sb.as_str())),
                     }
                 }
                 _ => {
@@ -1495,13 +1564,20 @@ impl<'m> Rows<'m, '_> {
             history = prompt;
         }
         let id = self.id(row, at)?;
-        let prompt_id = history.map(|h| self.put_prompt(h));
-        if chosen_rejected {
-            self.emit_preferred(&user, prompt_id, ia, ib, &split, id.as_deref());
-        } else {
-            let label = if verdict == Verdict::Left { -1 } else { 1 };
-            self.emit(&user, prompt_id, ia, ib, label, &split, id.as_deref());
-        }
+        let prompt_id = self.put_prompt(history.as_deref(), at)?;
+        let prompt_id = prompt_id.as_deref();
+        let (id, label) = (
+            id.as_deref(),
+            match verdict {
+                _ if chosen_rejected => None,
+                Verdict::Left => Some(-1),
+                _ => Some(1),
+            },
+        );
+        self.put_item(&ia, ka, at)?;
+        self.put_item(&ib, kb, at)?;
+        // With a label, `ia`/`ib` are the sides as given; without, `ia` is preferred.
+        self.put_pair(&user, prompt_id, &ia.id, &ib.id, label, &split, id, at)?;
         Ok(Ok(()))
     }
 
@@ -1557,7 +1633,7 @@ impl<'m> Rows<'m, '_> {
         };
         let winner = skip!(self.item(&responses[best], &names[best], at)?);
         let id = self.id(row, at)?;
-        let prompt_id = prompt.map(|h| self.put_prompt(h));
+        let prompt_id = self.put_prompt(prompt.as_deref(), at)?;
         let mut made = 0;
         for (j, r) in responses.iter().enumerate() {
             if j == best || matches!(r, Val::Null) {
@@ -1573,14 +1649,22 @@ impl<'m> Rows<'m, '_> {
                 continue;
             }
             let tag = format!("{}:{j}", id.as_deref().unwrap_or(""));
-            self.emit_preferred(
+            if made == 0 {
+                // Once, with the first pair it is in.
+                self.put_item(&winner, &names[best], at)?;
+            }
+            self.put_item(&other, &names[j], at)?;
+            let prompt_id = prompt_id.as_deref();
+            self.put_pair(
                 &user,
-                prompt_id.clone(),
-                winner.clone(),
-                other,
+                prompt_id,
+                &winner.id,
+                &other.id,
+                None,
                 &split,
                 Some(&tag),
-            );
+                at,
+            )?;
             made += 1;
         }
         if made == 0 {
@@ -1622,88 +1706,100 @@ impl<'m> Rows<'m, '_> {
                 },
             }
         };
-        let prompt_id = prompt.map(|h| self.put_prompt(h));
-        let item_id = self.put_item(item);
+        let prompt_id = self.put_prompt(prompt.as_deref(), at)?;
+        self.put_item(&item, "response", at)?;
+        let item_id = item.id;
         let rated = Rated {
             key: format!("{user}\u{1f}{group}"),
-            user,
-            group,
+            user: user.into_owned(),
+            group: group.into_owned(),
             item: item_id,
             score,
             chosen,
             prompt: prompt_id,
-            split,
+            split: split.into_owned(),
             at: format!("{} {at}", self.file.display()),
         };
         self.out.push(Effect::Rating(rated));
         Ok(Ok(()))
     }
 
-    fn put_prompt(&mut self, text: String) -> String {
-        let id = content_id(text.as_bytes());
-        self.out.push(Effect::Prompt(PromptRow {
-            prompt_id: id.clone(),
+    /// Encodes the prompt row of `text` (when there is one); gives its id.
+    fn put_prompt(&mut self, text: Option<&str>, at: Loc) -> Result<Option<String>, PrefError> {
+        let Some(text) = text else { return Ok(None) };
+        let (p, id) = (self.p, content_id(text.as_bytes()));
+        let row = spill::PromptRef {
+            prompt_id: &id,
             text,
-            source: self.p.dataset.clone(),
-        }));
-        id
+            source: &p.dataset,
+        };
+        let done = self.enc.prompts.push_with(|w| row.encode(w));
+        done.map_err(|e| self.unstorable(at, "prompt", e))?;
+        Ok(Some(id))
     }
 
-    fn put_item(&mut self, it: Item) -> String {
-        let kind = if it.bytes.is_some() { "image" } else { "text" };
-        self.out.push(Effect::Item(ItemRow {
-            item_id: it.id.clone(),
-            kind: kind.into(),
-            text: it.text,
-            bytes: it.bytes,
-            source: self.p.dataset.clone(),
+    /// Encodes the item row of `it`.
+    fn put_item(&mut self, it: &Item, column: &str, at: Loc) -> Result<(), PrefError> {
+        let p = self.p;
+        let row = spill::ItemRef {
+            item_id: &it.id,
+            kind: if it.bytes.is_some() { "image" } else { "text" },
+            text: it.text.as_deref(),
+            bytes: it.bytes.as_deref(),
+            source: &p.dataset,
             parent_id: None,
-        }));
-        it.id
+        };
+        let done = self.enc.items.push_with(|w| row.encode(w));
+        done.map_err(|e| self.unstorable(at, column, e))
     }
 
-    /// A pair whose preferred item is `win`: its side is drawn from the pair's content.
-    fn emit_preferred(
-        &mut self,
-        user: &str,
-        prompt: Option<String>,
-        win: Item,
-        lose: Item,
-        split: &str,
-        id: Option<&str>,
-    ) {
-        let w = self.put_item(win);
-        let l = self.put_item(lose);
-        let row = pair_row(self.p, user, prompt, &w, &l, None, split, id, self.weight);
-        self.out.push(Effect::Pair(row));
-    }
-
+    /// Encodes the pair row of items `a` and `b` (see [`pair_key`] for `label`), with the
+    /// row's weight; its user goes to the effects the first time these rows (a block, or the
+    /// rows read one at a time since the last flush) meet it.
     #[allow(clippy::too_many_arguments)]
-    fn emit(
+    fn put_pair(
         &mut self,
         user: &str,
-        prompt: Option<String>,
-        left: Item,
-        right: Item,
-        label: i8,
+        prompt: Option<&str>,
+        a: &str,
+        b: &str,
+        label: Option<i8>,
         split: &str,
         id: Option<&str>,
-    ) {
-        let l = self.put_item(left);
-        let r = self.put_item(right);
-        // With a label, `l`/`r` are the sides as given.
-        let row = pair_row(
-            self.p,
-            user,
-            prompt,
-            &l,
-            &r,
-            Some(label),
+        at: Loc,
+    ) -> Result<(), PrefError> {
+        let (p, weight) = (self.p, self.weight);
+        let k = pair_key(p, user, prompt, a, b, label, split, id, weight);
+        let row = spill::PairRef {
+            pair_id: &k.pair_id,
+            user_id: &k.user_id,
+            prompt_id: prompt,
+            left_id: k.left,
+            right_id: k.right,
+            label: k.label,
+            dataset: &p.dataset,
             split,
-            id,
-            self.weight,
-        );
-        self.out.push(Effect::Pair(row));
+            source_ref: id,
+            weight,
+        };
+        let done = self.enc.pairs.push_with(|w| row.encode(w));
+        done.map_err(|e| self.unstorable(at, "user, split, id", e))?;
+        if !self.met.contains(&k.user_id) {
+            self.met.insert(k.user_id.clone());
+            self.out.push(Effect::User(k.user_id));
+        }
+        Ok(())
+    }
+
+    /// A row whose value in `column` cannot be encoded for the store (one over 4 GiB).
+    fn unstorable(&self, at: Loc, column: &str, e: std::io::Error) -> PrefError {
+        PrefError::Row {
+            path: self.file.to_path_buf(),
+            at,
+            column: column.to_string(),
+            message: format!("the value cannot be stored: {e}"),
+            hint: None,
+        }
     }
 }
 
@@ -1914,27 +2010,37 @@ impl Chunk {
     }
 }
 
-/// One pair of `user`. `label` None: `a` is preferred and goes on a side drawn from the
-/// pair's content (seeded); Some: `a` is left, `b` right, as the row said. A weight other
-/// than 1.0 is part of the pair's id (two rows that differ only in weight are two pairs, so
-/// which one is kept never depends on row order); at 1.0 the id is the one it always was.
+/// What makes one pair of `user` beside its row's fields (see [`pair_key`]).
+struct PairKey<'a> {
+    user_id: String,
+    left: &'a str,
+    right: &'a str,
+    label: i8,
+    pair_id: String,
+}
+
+/// One pair of `user`'s id, sides, label and user id. `label` None: `a` is preferred and
+/// goes on a side drawn from the pair's content (seeded); Some: `a` is left, `b` right, as
+/// the row said. A weight other than 1.0 is part of the pair's id (two rows that differ only
+/// in weight are two pairs, so which one is kept never depends on row order); at 1.0 the id
+/// is the one it always was.
 #[allow(clippy::too_many_arguments)]
-fn pair_row(
+fn pair_key<'a>(
     p: &Params,
     user: &str,
-    prompt: Option<String>,
-    a: &str,
-    b: &str,
+    prompt: Option<&str>,
+    a: &'a str,
+    b: &'a str,
     label: Option<i8>,
     split: &str,
     id: Option<&str>,
     weight: f32,
-) -> PairRow {
+) -> PairKey<'a> {
     let user_id = format!("{}/{user}", p.dataset);
     let (left, right, label) = match label {
         Some(l) => (a, b, l),
         None => {
-            let parts = [user_id.as_str(), prompt.as_deref().unwrap_or(""), a, b];
+            let parts = [user_id.as_str(), prompt.unwrap_or(""), a, b];
             let side = crate::store::records::hash_parts(&p.seed.to_le_bytes(), parts);
             if side.as_bytes()[0] & 1 == 0 {
                 (a, b, -1)
@@ -1948,13 +2054,36 @@ fn pair_row(
         // `{:?}` is the shortest text that reads back as the same f32.
         extra.push_str(&format!(":weight={weight:?}"));
     }
-    PairRow {
-        pair_id: pair_id(&user_id, prompt.as_deref(), left, right, &extra),
+    PairKey {
+        pair_id: pair_id(&user_id, prompt, left, right, &extra),
         user_id,
-        prompt_id: prompt,
-        left_id: left.to_string(),
-        right_id: right.to_string(),
+        left,
+        right,
         label,
+    }
+}
+
+/// One pair of `user` as a row (see [`pair_key`]).
+#[allow(clippy::too_many_arguments)]
+fn pair_row(
+    p: &Params,
+    user: &str,
+    prompt: Option<String>,
+    a: &str,
+    b: &str,
+    label: Option<i8>,
+    split: &str,
+    id: Option<&str>,
+    weight: f32,
+) -> PairRow {
+    let k = pair_key(p, user, prompt.as_deref(), a, b, label, split, id, weight);
+    PairRow {
+        pair_id: k.pair_id,
+        user_id: k.user_id,
+        prompt_id: prompt,
+        left_id: k.left.to_string(),
+        right_id: k.right.to_string(),
+        label: k.label,
         dataset: p.dataset.clone(),
         split: split.to_string(),
         source_ref: id.map(String::from),
@@ -1963,7 +2092,7 @@ fn pair_row(
 }
 
 /// An image item from its bytes, or a drop when they are no image.
-fn image_bytes(b: Vec<u8>) -> Result<Item, RowSkip> {
+fn image_bytes(b: Vec<u8>) -> Result<Item<'static>, RowSkip> {
     let ok = image::ImageReader::new(std::io::Cursor::new(&b))
         .with_guessed_format()
         .ok()

@@ -19,12 +19,9 @@ use crate::store::records::{ItemRow, PairRow, PromptRow};
 
 /// A row that can go through a run file (sorted and written on a thread of its own).
 pub trait Record: Sized + Send + 'static {
-    /// The key rows are sorted and de-duplicated by: two rows with the same key are equal.
-    fn key(&self) -> &str;
-    /// About how many bytes the row holds in memory.
-    fn size(&self) -> usize;
     /// Writes the row in the run file encoding, its key first (as [`put_str`] writes it: a
-    /// run is sorted by the keys read back from its rows' encodings).
+    /// run is sorted and de-duplicated by the keys read back from its rows' encodings; two
+    /// rows with the same key are equal).
     fn encode(&self, w: &mut impl Write) -> io::Result<()>;
     /// The row whose run encoding is `raw` (one row, as [`read_raw`] gives it).
     ///
@@ -144,14 +141,159 @@ impl Drop for SpillDir {
     }
 }
 
+/// Row encodings of one table, back to back, and where each begins and ends: a block of
+/// rows encoded where they were read (a parsing thread, see `Rows` in the reader), or the
+/// rows a run was given one at a time. A run in memory is a list of these, taken as they
+/// are: rows are encoded once, where they are made, and never copied on their way to a
+/// run file.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    bytes: Vec<u8>,
+    spans: Vec<Span>,
+}
+
+/// What [`Encoded::push_with`] says of an encoding that does not begin with a key.
+const NO_KEY: &str = "a row's encoding does not begin with its key";
+
+/// One row of an [`Encoded`]: its key's [`prefix`] (read once), and where its encoding
+/// begins and ends.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    prefix: u64,
+    start: usize,
+    end: usize,
+}
+
+impl Encoded {
+    /// Appends one row, encoded by `encode` (which writes the row's fields, its key first, as
+    /// [`Record::encode`] does).
+    ///
+    /// # Errors
+    /// `encode`'s error (a value over 4 GiB), or an `InvalidData` error when what it wrote
+    /// does not begin with a key; nothing is appended then.
+    pub fn push_with(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let start = self.bytes.len();
+        let written = encode(&mut self.bytes).and_then(|()| {
+            encoded_key(&self.bytes, start)
+                .map(prefix)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, NO_KEY))
+        });
+        match written {
+            Ok(prefix) => {
+                let end = self.bytes.len();
+                self.spans.push(Span { prefix, start, end });
+                Ok(())
+            }
+            Err(e) => {
+                self.bytes.truncate(start);
+                Err(e)
+            }
+        }
+    }
+
+    /// Appends `row`'s encoding.
+    ///
+    /// # Errors
+    /// As [`Encoded::push_with`].
+    pub fn push<T: Record>(&mut self, row: &T) -> io::Result<()> {
+        self.push_with(|w| row.encode(w))
+    }
+
+    /// Rows held.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// No row held.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Bytes of memory held: the room taken for the encodings and their spans (filled or
+    /// not), and the block itself.
+    pub fn size(&self) -> usize {
+        self.bytes.capacity()
+            + self.spans.capacity() * std::mem::size_of::<Span>()
+            + std::mem::size_of::<Encoded>()
+    }
+
+    /// The `i`th row's encoding.
+    fn row(&self, i: usize) -> &[u8] {
+        let s = self.spans[i];
+        &self.bytes[s.start..s.end]
+    }
+
+    /// The `i`th row's key.
+    fn key(&self, i: usize) -> &[u8] {
+        encoded_key(&self.bytes, self.spans[i].start).unwrap_or_default()
+    }
+}
+
+/// A row of a run in memory: its block and its place in the block.
+type At = (u32, u32);
+
+/// A run in memory, sorted: its blocks, and its rows' places in key order (the first row of
+/// each key only, when de-duplicating).
+#[derive(Default)]
+struct Sorted {
+    blocks: Vec<Encoded>,
+    /// (key prefix, place) per row kept.
+    order: Vec<(u64, At)>,
+}
+
+impl Sorted {
+    /// Sorts `blocks`' rows by key, the rows of one key in the order they came (one per key
+    /// when `dedup`: the rows of one key are equal); also gives how many rows it left out
+    /// as repeated.
+    fn new(blocks: Vec<Encoded>, dedup: bool) -> (Sorted, usize) {
+        // (key prefix, block, row) triples are sorted (16 bytes each), most comparisons told
+        // by the prefix alone; between equal keys the place decides, so rows of one key keep
+        // the order they came in. A run holds fewer than `MAX_RUN_ROWS` rows (see
+        // `Runs::push_block`), so places fit in u32.
+        let mut order: Vec<(u64, At)> = Vec::with_capacity(blocks.iter().map(Encoded::len).sum());
+        for (b, block) in blocks.iter().enumerate() {
+            for (i, span) in block.spans.iter().enumerate() {
+                order.push((span.prefix, (b as u32, i as u32)));
+            }
+        }
+        let key = |(b, i): At| blocks[b as usize].key(i as usize);
+        order.sort_unstable_by(|x, y| {
+            (x.0.cmp(&y.0))
+                .then_with(|| key(x.1).cmp(key(y.1)))
+                .then(x.1.cmp(&y.1))
+        });
+        let total = order.len();
+        if dedup {
+            // Keys whose prefixes differ differ: most rows need no look at their key.
+            order.dedup_by(|next, kept| next.0 == kept.0 && key(next.1) == key(kept.1));
+        }
+        let repeated = total - order.len();
+        (Sorted { blocks, order }, repeated)
+    }
+
+    /// The encoding of the row at `at`.
+    fn row(&self, (b, i): At) -> &[u8] {
+        self.blocks[b as usize].row(i as usize)
+    }
+}
+
 /// The rows of one table: a run in memory plus the run files written so far.
 pub struct Runs<T> {
     name: &'static str,
     budget: usize,
     /// One row per key (else every row is kept, grouped by key).
     dedup: bool,
-    rows: Vec<T>,
+    /// The run in memory: blocks of encodings, in the order they came.
+    blocks: Vec<Encoded>,
+    /// Rows given one at a time ([`Runs::push`]), encoded here; a block of `blocks` once it
+    /// holds [`TAIL_BYTES`].
+    tail: Encoded,
+    /// Bytes and rows held by `blocks`.
     bytes: usize,
+    held: usize,
     /// Run files by level: level 0 holds runs written from memory, level i + 1 the merges
     /// of `MAX_RUNS` runs of level i. Fewer than `MAX_RUNS` per level.
     files: Vec<Vec<PathBuf>>,
@@ -160,7 +302,14 @@ pub struct Runs<T> {
     repeated: usize,
     /// The run being sorted and written on its own thread, while the next one fills.
     writing: Option<Writing>,
+    _row: std::marker::PhantomData<fn() -> T>,
 }
+
+/// Bytes of rows given one at a time that make a block of a run.
+const TAIL_BYTES: usize = 256 << 10;
+/// Rows a run in memory holds fewer of, whatever its budget: a row's place in the run is
+/// two u32 (its block, its row in the block).
+const MAX_RUN_ROWS: usize = u32::MAX as usize;
 
 /// A full run being sorted and written to `path` on a thread of its own; the thread gives
 /// back the rows it left out as repeated.
@@ -176,12 +325,15 @@ impl<T: Record> Runs<T> {
             name,
             budget,
             dedup: true,
-            rows: Vec::new(),
+            blocks: Vec::new(),
+            tail: Encoded::default(),
             bytes: 0,
+            held: 0,
             files: Vec::new(),
             written: 0,
             repeated: 0,
             writing: None,
+            _row: std::marker::PhantomData,
         }
     }
 
@@ -192,19 +344,59 @@ impl<T: Record> Runs<T> {
         runs
     }
 
-    /// Adds a row; writes the run to `dir` when it outgrows its budget.
+    /// Adds a row (encoded now); writes the run to `dir` when it outgrows its budget.
     pub fn push(&mut self, dir: &SpillDir, row: T) -> io::Result<()> {
-        self.bytes += row.size();
-        self.rows.push(row);
-        if self.bytes >= self.budget {
+        self.tail.push(&row)?;
+        if self.tail.size() >= TAIL_BYTES || self.held + self.tail.len() >= MAX_RUN_ROWS {
+            self.end_tail();
+        }
+        self.spill_if_full(dir)
+    }
+
+    /// Adds a block of rows encoded elsewhere (as they are: the block becomes part of the
+    /// run); writes the run to `dir` when it outgrows its budget.
+    ///
+    /// # Errors
+    /// A run file that cannot be written; a block of `MAX_RUN_ROWS` rows or more.
+    pub fn push_block(&mut self, dir: &SpillDir, block: Encoded) -> io::Result<()> {
+        if block.is_empty() {
+            return Ok(());
+        }
+        if block.len() >= MAX_RUN_ROWS {
+            return Err(io::Error::other("a block of over 4 billion rows"));
+        }
+        // Rows keep the order they came in: the rows given one at a time before this block
+        // go before it.
+        self.end_tail();
+        if self.held + block.len() >= MAX_RUN_ROWS {
+            self.spill(dir)?;
+        }
+        self.held += block.len();
+        self.bytes += block.size();
+        self.blocks.push(block);
+        self.spill_if_full(dir)
+    }
+
+    /// The rows given one at a time so far become a block of the run.
+    fn end_tail(&mut self) {
+        if !self.tail.is_empty() {
+            let tail = std::mem::take(&mut self.tail);
+            self.held += tail.len();
+            self.bytes += tail.size();
+            self.blocks.push(tail);
+        }
+    }
+
+    /// No row in memory.
+    fn memory_is_empty(&self) -> bool {
+        self.blocks.is_empty() && self.tail.is_empty()
+    }
+
+    fn spill_if_full(&mut self, dir: &SpillDir) -> io::Result<()> {
+        if self.bytes + self.tail.size() >= self.budget || self.held >= MAX_RUN_ROWS - 1 {
             self.spill(dir)?;
         }
         Ok(())
-    }
-
-    /// Sorts the run in memory by key (one row per key when de-duplicating).
-    fn sort(&mut self) {
-        self.repeated += sort_run(&mut self.rows, self.dedup);
     }
 
     fn next_file(&mut self, dir: &SpillDir) -> PathBuf {
@@ -217,14 +409,14 @@ impl<T: Record> Runs<T> {
     /// file (after the run before it is written), and starts a new run.
     fn spill(&mut self, dir: &SpillDir) -> io::Result<()> {
         self.settle(dir)?;
-        let capacity = self.rows.len();
-        let rows = std::mem::replace(&mut self.rows, Vec::with_capacity(capacity));
-        self.bytes = 0;
+        self.end_tail();
+        let blocks = std::mem::take(&mut self.blocks);
+        (self.bytes, self.held) = (0, 0);
         let path = self.next_file(dir);
         let (to, dedup) = (path.clone(), self.dedup);
         let thread = std::thread::Builder::new()
             .name(format!("palpipe-{}-run", self.name))
-            .spawn(move || write_run(rows, dedup, &to))?;
+            .spawn(move || write_run(blocks, dedup, &to))?;
         self.writing = Some(Writing { path, thread });
         Ok(())
     }
@@ -261,7 +453,7 @@ impl<T: Record> Runs<T> {
     fn merge_files(&mut self, dir: &SpillDir, files: &[PathBuf]) -> io::Result<PathBuf> {
         let path = self.next_file(dir);
         let mut w = BufWriter::with_capacity(RUN_BUFFER, File::create(&path)?);
-        let mut merged = Merge::<T>::open(files, Vec::new(), self.dedup)?;
+        let mut merged = Merge::<T>::open(files, Sorted::default(), self.dedup)?;
         while let Some(raw) = merged.next_raw()? {
             w.write_all(raw)?;
         }
@@ -309,30 +501,26 @@ impl<T: Record> Runs<T> {
     /// once).
     pub fn start_spilling_rest(&mut self, dir: &SpillDir) -> io::Result<()> {
         let spilled = self.writing.is_some() || self.files.iter().any(|l| !l.is_empty());
-        if spilled && !self.rows.is_empty() {
+        if spilled && !self.memory_is_empty() {
             // Waits for the run before, then hands this one to its thread.
             self.spill(dir)?;
         }
         Ok(())
     }
 
-    /// The second half of [`Runs::spill_rest`]: waits for the run being written and, once
-    /// some rows went to files, frees the run's memory.
+    /// The second half of [`Runs::spill_rest`]: waits for the run being written.
     pub fn finish_spilling_rest(&mut self, dir: &SpillDir) -> io::Result<()> {
-        self.settle(dir)?;
-        if self.files.iter().any(|l| !l.is_empty()) {
-            self.rows = Vec::new();
-        }
-        Ok(())
+        self.settle(dir)
     }
 
     /// Every row pushed, one per key, in key order.
     pub fn merge(mut self, dir: &SpillDir) -> io::Result<Merge<T>> {
         self.spill_rest(dir)?;
-        self.sort();
-        let rows = std::mem::take(&mut self.rows);
+        self.end_tail();
+        let (memory, repeated) = Sorted::new(std::mem::take(&mut self.blocks), self.dedup);
+        self.repeated += repeated;
         let files = self.final_files(dir)?;
-        let mut merged = Merge::open(&files, rows, self.dedup)?;
+        let mut merged = Merge::open(&files, memory, self.dedup)?;
         merged.repeated = self.repeated;
         Ok(merged)
     }
@@ -348,76 +536,16 @@ impl<T> Drop for Runs<T> {
     }
 }
 
-/// Sorts a run by key (one row per key when `dedup`: the rows of one key are equal) and
-/// returns how many rows it left out as repeated.
-fn sort_run<T: Record>(rows: &mut Vec<T>, dedup: bool) -> usize {
-    // The order is sorted as (key prefix, index) pairs (16 bytes each, where a row is
-    // 150–250), then each row is moved once to its place. The prefix, read once per row,
-    // tells most comparisons apart without following a row's key to the heap; between equal
-    // keys the index decides, so rows of one key keep the order they came in.
-    let mut order: Vec<(u64, u32)> = (rows.iter().enumerate())
-        .map(|(i, r)| (prefix(r.key().as_bytes()), i as u32))
-        .collect();
-    {
-        let rows = &*rows;
-        order.sort_unstable_by(|a, b| {
-            (a.0.cmp(&b.0))
-                .then_with(|| rows[a.1 as usize].key().cmp(rows[b.1 as usize].key()))
-                .then(a.1.cmp(&b.1))
-        });
-    }
-    permute(rows, order.into_iter().map(|(_, i)| i).collect());
-    if !dedup {
-        return 0;
-    }
-    let before = rows.len();
-    rows.dedup_by(|a, b| a.key() == b.key());
-    before - rows.len()
-}
-
-/// Sorts a run and writes it to a new run file at `path`; returns the rows left out as
-/// repeated (the first row of a key is kept).
-///
-/// The rows are encoded first, in the order they came, each freed as soon as it is encoded:
-/// memory is read and freed about in the order it was allocated, where following the sorted
-/// order would jump across the heap for every field of every row. Then the encodings are
-/// ordered by (key prefix, key, arrival) and written in that order, so the file is the one
-/// that encoding the sorted rows would give.
-fn write_run<T: Record>(rows: Vec<T>, dedup: bool, path: &Path) -> io::Result<usize> {
-    let mut encoded = Vec::with_capacity(rows.iter().map(Record::size).sum());
-    // Per row: (key prefix, where its encoding starts, where it ends).
-    let mut spans: Vec<(u64, usize, usize)> = Vec::with_capacity(rows.len());
-    for row in rows {
-        let start = encoded.len();
-        let (head, key_len) = (prefix(row.key().as_bytes()), row.key().len());
-        row.encode(&mut encoded)?;
-        if encoded_key(&encoded, start).map(<[u8]>::len) != Some(key_len) {
-            return Err(corrupt("a row's encoding does not begin with its key"));
-        }
-        spans.push((head, start, encoded.len()));
-    }
-    let key = |start: usize| encoded_key(&encoded, start).unwrap_or_default();
-    spans.sort_unstable_by(|a, b| {
-        (a.0.cmp(&b.0))
-            .then_with(|| key(a.1).cmp(key(b.1)))
-            .then(a.1.cmp(&b.1))
-    });
-    // The encodings go to the file as they lie in `encoded`, many per system call (no copy
-    // into a write buffer first).
+/// Sorts a run's blocks of encodings and writes them, in key order, to a new run file at
+/// `path`; returns the rows left out as repeated (the first row of a key is kept). The
+/// encodings go to the file from where they lie, many per system call (no copy into a write
+/// buffer first).
+fn write_run(blocks: Vec<Encoded>, dedup: bool, path: &Path) -> io::Result<usize> {
+    let (run, repeated) = Sorted::new(blocks, dedup);
     let mut file = File::create(path)?;
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(SLICES_PER_WRITE);
-    let mut repeated = 0;
-    let mut last: Option<&[u8]> = None;
-    for &(_, start, end) in &spans {
-        if dedup {
-            let this = key(start);
-            if last == Some(this) {
-                repeated += 1;
-                continue;
-            }
-            last = Some(this);
-        }
-        slices.push(IoSlice::new(&encoded[start..end]));
+    for &(_, at) in &run.order {
+        slices.push(IoSlice::new(run.row(at)));
         if slices.len() == SLICES_PER_WRITE {
             write_all_slices(&mut file, &mut slices)?;
         }
@@ -453,26 +581,9 @@ fn encoded_key(encoded: &[u8], start: usize) -> Option<&[u8]> {
     encoded.get(start + 4..start + 4 + n)
 }
 
-/// Puts `rows[order[i]]` at place `i`, following each cycle of the permutation with swaps
-/// (`order` is a permutation of the indices; it is used up as the marks of places done).
-fn permute<T>(rows: &mut [T], mut order: Vec<u32>) {
-    for start in 0..rows.len() {
-        let mut place = start;
-        loop {
-            let from = order[place] as usize;
-            order[place] = place as u32;
-            if from == start || from == place {
-                break;
-            }
-            rows.swap(place, from);
-            place = from;
-        }
-    }
-}
-
 /// The order of two keys: their bytes' order (as `str::cmp`), most often told by their first
 /// eight bytes as one number, without a call to compare the rest. The order runs are sorted
-/// in (`sort_run`, `write_run`) and merged in (`Head`), each with the prefixes read once.
+/// in (`Sorted::new`) and merged in (`Head`), each with the prefixes read once.
 #[cfg(test)]
 fn key_order(a: &[u8], b: &[u8]) -> Ordering {
     prefix(a).cmp(&prefix(b)).then_with(|| a.cmp(b))
@@ -487,21 +598,24 @@ fn prefix(key: &[u8]) -> u64 {
     u64::from_be_bytes(head)
 }
 
-/// One source of a merge: a run file, or the run that stayed in memory.
-enum Source<T> {
+/// One source of a merge: a run file, or the run that stayed in memory (sorted; the place
+/// of its next row).
+enum Source {
     File(BufReader<File>),
-    Memory(std::vec::IntoIter<T>),
+    Memory(Sorted, usize),
 }
 
-impl<T: Record> Source<T> {
-    /// The next row's run encoding into `buf` (cleared first); false at the end.
-    fn next_raw(&mut self, buf: &mut Vec<u8>) -> io::Result<bool> {
+impl Source {
+    /// The next row's run encoding into `buf` (cleared first), its fields read by `fields`;
+    /// false at the end.
+    fn next_raw(&mut self, fields: &[Field], buf: &mut Vec<u8>) -> io::Result<bool> {
         match self {
-            Source::File(r) => read_raw(r, T::FIELDS, buf),
-            Source::Memory(it) => match it.next() {
-                Some(row) => {
+            Source::File(r) => read_raw(r, fields, buf),
+            Source::Memory(run, next) => match run.order.get(*next) {
+                Some(&(_, at)) => {
+                    *next += 1;
                     buf.clear();
-                    row.encode(buf)?;
+                    buf.extend_from_slice(run.row(at));
                     Ok(true)
                 }
                 None => Ok(false),
@@ -626,7 +740,7 @@ impl Eq for Head {}
 /// hands that on as it is (a run file, Arrow columns: see `columns.rs`), [`Merge::next_row`]
 /// decodes it.
 pub struct Merge<T> {
-    sources: Vec<Source<T>>,
+    sources: Vec<Source>,
     heap: BinaryHeap<Head>,
     dedup: bool,
     /// The row last given by [`Merge::next_raw`] (empty before the first: an encoding never
@@ -636,10 +750,11 @@ pub struct Merge<T> {
     spare: Vec<Vec<u8>>,
     /// Rows left out because their key came already (in the runs, and in the merge).
     pub repeated: usize,
+    _row: std::marker::PhantomData<fn() -> T>,
 }
 
 impl<T: Record> Merge<T> {
-    fn open(files: &[PathBuf], memory: Vec<T>, dedup: bool) -> io::Result<Merge<T>> {
+    fn open(files: &[PathBuf], memory: Sorted, dedup: bool) -> io::Result<Merge<T>> {
         let mut sources = Vec::with_capacity(files.len() + 1);
         for f in files {
             sources.push(Source::File(BufReader::with_capacity(
@@ -647,11 +762,11 @@ impl<T: Record> Merge<T> {
                 File::open(f)?,
             )));
         }
-        sources.push(Source::Memory(memory.into_iter()));
+        sources.push(Source::Memory(memory, 0));
         let mut heap = BinaryHeap::with_capacity(sources.len());
         for (i, s) in sources.iter_mut().enumerate() {
             let mut raw = Vec::new();
-            if s.next_raw(&mut raw)? {
+            if s.next_raw(T::FIELDS, &mut raw)? {
                 heap.push(Head::new(raw, i)?);
             }
         }
@@ -662,6 +777,7 @@ impl<T: Record> Merge<T> {
             current: Vec::new(),
             spare: Vec::new(),
             repeated: 0,
+            _row: std::marker::PhantomData,
         })
     }
 
@@ -669,7 +785,7 @@ impl<T: Record> Merge<T> {
     pub fn next_raw(&mut self) -> io::Result<Option<&[u8]>> {
         while let Some(Head { raw, source, .. }) = self.heap.pop() {
             let mut next = self.spare.pop().unwrap_or_default();
-            if self.sources[source].next_raw(&mut next)? {
+            if self.sources[source].next_raw(T::FIELDS, &mut next)? {
                 self.heap.push(Head::new(next, source)?);
             } else {
                 self.keep_spare(next);
@@ -787,36 +903,88 @@ impl<'a> RawFields<'a> {
     }
 }
 
-/// Bytes a string holds beside its own size.
-pub fn len(s: &str) -> usize {
-    s.len() + 24
+/// An `items` row's fields, borrowed ([`ItemRow`]'s): how a row is encoded where it is
+/// made, without a struct of owned strings first.
+pub struct ItemRef<'a> {
+    pub item_id: &'a str,
+    pub kind: &'a str,
+    pub text: Option<&'a str>,
+    pub bytes: Option<&'a [u8]>,
+    pub source: &'a str,
+    pub parent_id: Option<&'a str>,
 }
 
-/// [`len`] of an optional string.
-pub fn opt_len(s: Option<&str>) -> usize {
-    s.map_or(24, len)
+impl ItemRef<'_> {
+    /// Writes the row's run encoding (six length-prefixed values, [`ItemRow::FIELDS`]).
+    pub fn encode(&self, w: &mut impl Write) -> io::Result<()> {
+        put_str(w, self.item_id)?;
+        put_str(w, self.kind)?;
+        put_opt(w, self.text)?;
+        put_bytes(w, self.bytes)?;
+        put_str(w, self.source)?;
+        put_opt(w, self.parent_id)
+    }
+}
+
+/// A `prompts` row's fields, borrowed ([`PromptRow`]'s).
+pub struct PromptRef<'a> {
+    pub prompt_id: &'a str,
+    pub text: &'a str,
+    pub source: &'a str,
+}
+
+impl PromptRef<'_> {
+    /// Writes the row's run encoding (three length-prefixed values, [`PromptRow::FIELDS`]).
+    pub fn encode(&self, w: &mut impl Write) -> io::Result<()> {
+        put_str(w, self.prompt_id)?;
+        put_str(w, self.text)?;
+        put_str(w, self.source)
+    }
+}
+
+/// A `pairs` row's fields, borrowed ([`PairRow`]'s).
+pub struct PairRef<'a> {
+    pub pair_id: &'a str,
+    pub user_id: &'a str,
+    pub prompt_id: Option<&'a str>,
+    pub left_id: &'a str,
+    pub right_id: &'a str,
+    pub label: i8,
+    pub dataset: &'a str,
+    pub split: &'a str,
+    pub source_ref: Option<&'a str>,
+    pub weight: f32,
+}
+
+impl PairRef<'_> {
+    /// Writes the row's run encoding ([`PairRow::FIELDS`]: the label one byte, the weight
+    /// four little-endian bytes).
+    pub fn encode(&self, w: &mut impl Write) -> io::Result<()> {
+        put_str(w, self.pair_id)?;
+        put_str(w, self.user_id)?;
+        put_opt(w, self.prompt_id)?;
+        put_str(w, self.left_id)?;
+        put_str(w, self.right_id)?;
+        w.write_all(&[self.label as u8])?;
+        put_str(w, self.dataset)?;
+        put_str(w, self.split)?;
+        put_opt(w, self.source_ref)?;
+        w.write_all(&self.weight.to_le_bytes())
+    }
 }
 
 impl Record for ItemRow {
     const FIELDS: &'static [Field] = &[Field::Value; 6];
-    fn key(&self) -> &str {
-        &self.item_id
-    }
-    fn size(&self) -> usize {
-        len(&self.item_id)
-            + len(&self.kind)
-            + opt_len(self.text.as_deref())
-            + self.bytes.as_ref().map_or(24, |b| b.len() + 24)
-            + len(&self.source)
-            + opt_len(self.parent_id.as_deref())
-    }
     fn encode(&self, w: &mut impl Write) -> io::Result<()> {
-        put_str(w, &self.item_id)?;
-        put_str(w, &self.kind)?;
-        put_opt(w, self.text.as_deref())?;
-        put_bytes(w, self.bytes.as_deref())?;
-        put_str(w, &self.source)?;
-        put_opt(w, self.parent_id.as_deref())
+        ItemRef {
+            item_id: &self.item_id,
+            kind: &self.kind,
+            text: self.text.as_deref(),
+            bytes: self.bytes.as_deref(),
+            source: &self.source,
+            parent_id: self.parent_id.as_deref(),
+        }
+        .encode(w)
     }
     fn decode(raw: &[u8]) -> io::Result<ItemRow> {
         let mut f = RawFields::new(raw);
@@ -833,16 +1001,13 @@ impl Record for ItemRow {
 
 impl Record for PromptRow {
     const FIELDS: &'static [Field] = &[Field::Value; 3];
-    fn key(&self) -> &str {
-        &self.prompt_id
-    }
-    fn size(&self) -> usize {
-        len(&self.prompt_id) + len(&self.text) + len(&self.source)
-    }
     fn encode(&self, w: &mut impl Write) -> io::Result<()> {
-        put_str(w, &self.prompt_id)?;
-        put_str(w, &self.text)?;
-        put_str(w, &self.source)
+        PromptRef {
+            prompt_id: &self.prompt_id,
+            text: &self.text,
+            source: &self.source,
+        }
+        .encode(w)
     }
     fn decode(raw: &[u8]) -> io::Result<PromptRow> {
         let mut f = RawFields::new(raw);
@@ -867,31 +1032,20 @@ impl Record for PairRow {
         Field::Value,
         Field::Fixed(4),
     ];
-    fn key(&self) -> &str {
-        &self.pair_id
-    }
-    fn size(&self) -> usize {
-        len(&self.pair_id)
-            + len(&self.user_id)
-            + opt_len(self.prompt_id.as_deref())
-            + len(&self.left_id)
-            + len(&self.right_id)
-            + len(&self.dataset)
-            + len(&self.split)
-            + opt_len(self.source_ref.as_deref())
-            + 12
-    }
     fn encode(&self, w: &mut impl Write) -> io::Result<()> {
-        put_str(w, &self.pair_id)?;
-        put_str(w, &self.user_id)?;
-        put_opt(w, self.prompt_id.as_deref())?;
-        put_str(w, &self.left_id)?;
-        put_str(w, &self.right_id)?;
-        w.write_all(&[self.label as u8])?;
-        put_str(w, &self.dataset)?;
-        put_str(w, &self.split)?;
-        put_opt(w, self.source_ref.as_deref())?;
-        w.write_all(&self.weight.to_le_bytes())
+        PairRef {
+            pair_id: &self.pair_id,
+            user_id: &self.user_id,
+            prompt_id: self.prompt_id.as_deref(),
+            left_id: &self.left_id,
+            right_id: &self.right_id,
+            label: self.label,
+            dataset: &self.dataset,
+            split: &self.split,
+            source_ref: self.source_ref.as_deref(),
+            weight: self.weight,
+        }
+        .encode(w)
     }
     fn decode(raw: &[u8]) -> io::Result<PairRow> {
         let mut f = RawFields::new(raw);
@@ -1183,39 +1337,90 @@ mod tests {
             }
             let dir = SpillDir::new().unwrap();
             let path = dir.path().join("run");
-            let repeated = write_run(rows.clone(), dedup, &path).unwrap();
+            // The rows in blocks of three, as parsing threads hand them on.
+            let blocks: Vec<Encoded> = (rows.chunks(3))
+                .map(|chunk| {
+                    let mut block = Encoded::default();
+                    for row in chunk {
+                        block.push(row).unwrap();
+                    }
+                    block
+                })
+                .collect();
+            let repeated = write_run(blocks, dedup, &path).unwrap();
             assert_eq!(std::fs::read(&path).unwrap(), want, "dedup {dedup}");
             assert_eq!(repeated, rows.len() - want_rows.len(), "dedup {dedup}");
         }
     }
 
-    /// `permute` puts each row where the order says, for every permutation of four rows
-    /// and a longer scrambled one.
+    /// Rows handed on in blocks (a parsing thread's) and rows given one at a time, mixed,
+    /// merge to what the same rows given one at a time do, whatever the budget.
     #[test]
-    fn permute_moves_each_row_to_its_place() {
-        let mut perms = Vec::new();
-        for a in 0..4u32 {
-            for b in 0..4u32 {
-                for c in 0..4u32 {
-                    for d in 0..4u32 {
-                        let p = vec![a, b, c, d];
-                        let mut q = p.clone();
-                        q.sort();
-                        if q == [0, 1, 2, 3] {
-                            perms.push(p);
-                        }
+    fn blocks_and_single_rows_merge_alike() {
+        let keys: Vec<String> = (0..500u64)
+            .map(|i| format!("k{:05}", (i * 7919) % 211))
+            .collect();
+        let merged = |runs: Runs<PromptRow>, dir: &SpillDir| {
+            let mut m = runs.merge(dir).unwrap();
+            let mut got = Vec::new();
+            while let Some(row) = m.next_row().unwrap() {
+                got.push(row);
+            }
+            (got, m.repeated)
+        };
+        let dir = SpillDir::new().unwrap();
+        let mut one_by_one = Runs::new("prompts", 1 << 30);
+        for k in &keys {
+            one_by_one.push(&dir, prompt(k)).unwrap();
+        }
+        let (want, want_repeated) = merged(one_by_one, &dir);
+        assert_eq!(want.len(), 211);
+        assert_eq!(want_repeated, 500 - 211);
+        for budget in [1usize, 700, 5_000, 1 << 30] {
+            let dir = SpillDir::new().unwrap();
+            let mut runs = Runs::new("prompts", budget);
+            for (n, chunk) in keys.chunks(7).enumerate() {
+                if n % 3 == 0 {
+                    for k in chunk {
+                        runs.push(&dir, prompt(k)).unwrap();
                     }
+                } else {
+                    let mut block = Encoded::default();
+                    for k in chunk {
+                        block.push(&prompt(k)).unwrap();
+                    }
+                    runs.push_block(&dir, block).unwrap();
                 }
             }
+            runs.push_block(&dir, Encoded::default()).unwrap();
+            assert_eq!(
+                merged(runs, &dir),
+                (want.clone(), want_repeated),
+                "budget {budget}"
+            );
         }
-        assert_eq!(perms.len(), 24);
-        perms.push((0..97u32).map(|i| (i * 31 + 7) % 97).collect());
-        for order in perms {
-            let mut rows: Vec<String> = (0..order.len()).map(|i| format!("r{i}")).collect();
-            let want: Vec<String> = order.iter().map(|&i| format!("r{i}")).collect();
-            permute(&mut rows, order);
-            assert_eq!(rows, want);
-        }
+    }
+
+    /// An encoding that does not begin with a key (or fails) is refused, and leaves the
+    /// block as it was.
+    #[test]
+    fn a_block_refuses_an_encoding_without_its_key() {
+        let mut block = Encoded::default();
+        block.push(&prompt("a")).unwrap();
+        let (bytes, len) = (block.bytes.len(), block.len());
+        let short = block.push_with(|w| w.write_all(&[9, 0]));
+        assert_eq!(short.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        let failed = block.push_with(|w| {
+            w.write_all(b"part")?;
+            Err(io::Error::other("no"))
+        });
+        assert!(failed.is_err());
+        assert_eq!((block.bytes.len(), block.len()), (bytes, len));
+        assert_eq!(block.row(0), {
+            let mut want = Vec::new();
+            prompt("a").encode(&mut want).unwrap();
+            want
+        });
     }
 
     /// Each record type reads back as written, absent values included.
