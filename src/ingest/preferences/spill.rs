@@ -10,7 +10,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, IoSlice, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, IoSlice, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Mutex, Once};
@@ -625,9 +625,20 @@ impl Source {
 }
 
 /// Reads one row's run encoding, as it is, into `buf` (cleared first), following `fields`;
-/// false at a clean end of the file (before a row's first byte).
-pub fn read_raw(r: &mut impl Read, fields: &[Field], buf: &mut Vec<u8>) -> io::Result<bool> {
+/// false at a clean end of the file (before a row's first byte). A row that lies whole in
+/// the reader's buffer is framed there and copied once; one that crosses the buffer's end
+/// is read field by field.
+pub fn read_raw(r: &mut impl BufRead, fields: &[Field], buf: &mut Vec<u8>) -> io::Result<bool> {
     buf.clear();
+    let held = r.fill_buf()?;
+    if held.is_empty() {
+        return Ok(false);
+    }
+    if let Some(n) = framed_len(held, fields) {
+        buf.extend_from_slice(&held[..n]);
+        r.consume(n);
+        return Ok(true);
+    }
     for (i, field) in fields.iter().enumerate() {
         match *field {
             Field::Value => {
@@ -650,6 +661,26 @@ pub fn read_raw(r: &mut impl Read, fields: &[Field], buf: &mut Vec<u8>) -> io::R
         }
     }
     Ok(true)
+}
+
+/// The length of the row encoding `bytes` begins with, following `fields`; None when the
+/// row does not end within `bytes`.
+fn framed_len(bytes: &[u8], fields: &[Field]) -> Option<usize> {
+    let mut at = 0usize;
+    for field in fields {
+        match *field {
+            Field::Value => {
+                let n = bytes.get(at..at + 4)?;
+                let n = u32::from_le_bytes(n.try_into().ok()?);
+                at += 4;
+                if n != u32::MAX {
+                    at = at.checked_add(n as usize)?;
+                }
+            }
+            Field::Fixed(n) => at = at.checked_add(n)?,
+        }
+    }
+    (at <= bytes.len()).then_some(at)
 }
 
 /// Appends exactly `n` bytes of `r` to `buf`. Memory grows with what is read, not with what a
@@ -1075,20 +1106,34 @@ pub(crate) fn assert_fields_frame<T: Record + std::fmt::Debug>(rows: &[T]) {
         row.encode(&mut file).unwrap();
         ends.push(file.len());
     }
-    let mut r = file.as_slice();
     let mut buf = Vec::new();
-    let mut start = 0;
-    for (row, &end) in rows.iter().zip(&ends) {
-        assert!(read_raw(&mut r, T::FIELDS, &mut buf).unwrap(), "{row:?}");
-        assert_eq!(buf, file[start..end], "{row:?}");
-        start = end;
+    // Whole in the reader's buffer (a slice), and through buffers of a few bytes, so that rows
+    // and their fields cross the buffer's end at every place.
+    for capacity in [usize::MAX, 1, 3, 7, 64] {
+        let mut r: Box<dyn BufRead> = match capacity {
+            usize::MAX => Box::new(file.as_slice()),
+            c => Box::new(BufReader::with_capacity(c, file.as_slice())),
+        };
+        let mut start = 0;
+        for (row, &end) in rows.iter().zip(&ends) {
+            assert!(read_raw(&mut r, T::FIELDS, &mut buf).unwrap(), "{row:?}");
+            assert_eq!(buf, file[start..end], "{row:?} (buffer {capacity})");
+            start = end;
+        }
+        assert!(!read_raw(&mut r, T::FIELDS, &mut buf).unwrap());
     }
-    assert!(!read_raw(&mut r, T::FIELDS, &mut buf).unwrap());
     let last = ends.len().checked_sub(2).map_or(0, |i| ends[i]);
     for cut in last + 1..file.len() {
         let mut r = &file[last..cut];
         let err = read_raw(&mut r, T::FIELDS, &mut buf).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "cut at {cut}");
+        let mut r = BufReader::with_capacity(5, &file[last..cut]);
+        let err = read_raw(&mut r, T::FIELDS, &mut buf).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            io::ErrorKind::InvalidData,
+            "cut at {cut}, buffer 5"
+        );
     }
 }
 
