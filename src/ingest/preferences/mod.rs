@@ -1925,9 +1925,9 @@ where
         let settled = (self.items.start_spilling_rest(dir))
             .and_then(|()| self.prompts.start_spilling_rest(dir))
             .and_then(|()| self.pairs.start_spilling_rest(dir))
-            .and_then(|()| self.items.finish_spilling_rest(dir))
-            .and_then(|()| self.prompts.finish_spilling_rest(dir))
-            .and_then(|()| self.pairs.finish_spilling_rest(dir));
+            .and_then(|()| self.items.settle(dir))
+            .and_then(|()| self.prompts.settle(dir))
+            .and_then(|()| self.pairs.settle(dir));
         settled.map_err(|e| self.spill_error(e))?;
         let items = std::mem::replace(&mut self.items, Runs::new("items", 0));
         self.merge_into(items, &mut chunk, |c| &mut c.items)?;

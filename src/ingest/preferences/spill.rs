@@ -422,7 +422,7 @@ impl<T: Record> Runs<T> {
     }
 
     /// Waits for the run being written, if one is, and adds its file.
-    fn settle(&mut self, dir: &SpillDir) -> io::Result<()> {
+    pub fn settle(&mut self, dir: &SpillDir) -> io::Result<()> {
         let Some(Writing { path, thread }) = self.writing.take() else {
             return Ok(());
         };
@@ -489,16 +489,9 @@ impl<T: Record> Runs<T> {
         Ok(self.files.drain(..).rev().flatten().collect())
     }
 
-    /// Once some rows went to files: writes the rest too and frees the run's memory, so that
-    /// the merge holds only its read buffers.
-    pub fn spill_rest(&mut self, dir: &SpillDir) -> io::Result<()> {
-        self.start_spilling_rest(dir)?;
-        self.finish_spilling_rest(dir)
-    }
-
-    /// The first half of [`Runs::spill_rest`]: once some rows went to files, starts writing
-    /// the rest on a thread of its own (so that several tables' last runs are written at
-    /// once).
+    /// Once some rows went to files, starts writing the rest on a thread of its own (so that
+    /// several tables' last runs are written at once, and the run's memory is free before
+    /// the merge); [`Runs::settle`] waits for it.
     pub fn start_spilling_rest(&mut self, dir: &SpillDir) -> io::Result<()> {
         let spilled = self.writing.is_some() || self.files.iter().any(|l| !l.is_empty());
         if spilled && !self.memory_is_empty() {
@@ -508,14 +501,10 @@ impl<T: Record> Runs<T> {
         Ok(())
     }
 
-    /// The second half of [`Runs::spill_rest`]: waits for the run being written.
-    pub fn finish_spilling_rest(&mut self, dir: &SpillDir) -> io::Result<()> {
-        self.settle(dir)
-    }
-
     /// Every row pushed, one per key, in key order.
     pub fn merge(mut self, dir: &SpillDir) -> io::Result<Merge<T>> {
-        self.spill_rest(dir)?;
+        self.start_spilling_rest(dir)?;
+        self.settle(dir)?;
         self.end_tail();
         let (memory, repeated) = Sorted::new(std::mem::take(&mut self.blocks), self.dedup);
         self.repeated += repeated;
