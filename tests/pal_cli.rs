@@ -80,6 +80,7 @@ fn pipeline_trains_evaluates_and_adapts() {
             "--tune-split",
             "tr",
             "--group-bound",
+            "--refit-seen",
             "--json",
         ],
     )
@@ -137,6 +138,54 @@ fn pipeline_trains_evaluates_and_adapts() {
         assert!((0.0..=1.0).contains(&h), "{p}");
     }
     assert!(g["true_group_accuracy"].as_f64().unwrap() > 0.0);
+    // Seen users re-placed from N of their 'tr' pairs, scored on all of their 'te' pairs:
+    // each of the 30 seen users has enough 'tr' pairs for 20 shots, so every 'te' pair is a
+    // query and their trained mixtures score what `eval` does.
+    let fewest_tr = scalar(
+        &store,
+        "SELECT min(c) FROM (SELECT count(*) AS c FROM pairs WHERE split = 'train' GROUP BY user_id)",
+    );
+    assert!(fewest_tr >= 20, "{fewest_tr}");
+    let rs = &v["refit_seen"];
+    assert_eq!(
+        (rs["users"].as_u64(), rs["excluded_users"].as_u64()),
+        (Some(30), Some(0)),
+        "{rs}"
+    );
+    assert_eq!(rs["n"], 30 * 30);
+    assert_eq!(rs["trained_accuracy"], k3["accuracy"]);
+    let refit = rs["points"].as_array().unwrap();
+    assert_eq!(
+        refit
+            .iter()
+            .map(|p| p["shots"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 5, 20]
+    );
+    for p in refit {
+        assert_eq!(p["report"]["n"], 30 * 30, "{p}");
+    }
+    // At 20 shots the seen users are placed better than by the zero-shot mixture.
+    assert!(
+        refit[2]["accuracy"].as_f64() > refit[0]["accuracy"].as_f64(),
+        "{rs}"
+    );
+    // Without the split of their shots there is nothing to re-place them from: a usage error.
+    let r = palpipe(
+        &store,
+        &[
+            "adapt",
+            "--model",
+            "k3",
+            "--users",
+            "un",
+            "--seen-split",
+            "te",
+            "--refit-seen",
+        ],
+    )
+    .code(2);
+    assert!(r.stderr.contains("--tune-split"), "{}", r.stderr);
     // the simulation on seen users' training pairs ran and picked a listed candidate
     // (mle once; map and posterior at 4 prior scales; empirical at 4 blurs; offset at 4
     // ridges on top of the best empirical row's blur)

@@ -118,6 +118,12 @@ pub struct AdaptArgs {
     /// each user's true group. A diagnostic: it reads the true groups.
     #[arg(long)]
     pub group_bound: bool,
+    /// Also re-place the SEEN users from N of their --tune-split comparisons (the same
+    /// estimator and settings as the curve) and score all of their --seen-split comparisons,
+    /// beside their trained mixtures on the same queries: what N comparisons are worth for
+    /// users the model knows, the yardstick for new users at N. Needs both splits.
+    #[arg(long, requires_all = ["tune_split", "seen_split"])]
+    pub refit_seen: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -301,7 +307,11 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
         query_frac: a.query_frac.unwrap_or(d.query_frac),
         min_queries: a.min_queries.unwrap_or(d.min_queries),
     };
-    let out = pal_stages::adapt_model(&store, &p, a.group_bound)
+    let diag = pal_stages::AdaptDiagnostics {
+        group_bound: a.group_bound,
+        refit_seen: a.refit_seen,
+    };
+    let out = pal_stages::adapt_model(&store, &p, diag)
         .await
         .map_err(classify)?;
     let first = out.rows.first();
@@ -322,6 +332,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
                 "heldout_estimator": out.heldout_estimator,
                 "seen": out.seen,
                 "group_bound": out.group_bound.as_ref().map(group_bound_json),
+                "refit_seen": out.refit_seen.as_ref().map(refit_seen_json),
                 "simulation": out.simulation,
             })
         )?;
@@ -437,6 +448,31 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
             "true",
             100.0 * g.true_group.accuracy,
             users(&g.true_group)
+        )?;
+    }
+    if let Some(r) = &out.refit_seen {
+        let users = |r: &crate::pal::EvalReport| ci(r.ci95_users.as_ref().map(|c| [c.lo, c.hi]));
+        outln!(
+            "seen users re-placed from N '{}' comparisons ({} users, {} excluded; {} '{}' queries each N):",
+            a.tune_split.as_deref().unwrap_or(""),
+            r.user_ids.len(),
+            r.excluded_users.len(),
+            r.queries,
+            a.seen_split.as_deref().unwrap_or("")
+        )?;
+        for pt in &r.points {
+            outln!(
+                "{:>10} {:>9.2}% {:>18}",
+                pt.shots,
+                100.0 * pt.refit.accuracy,
+                users(&pt.refit)
+            )?;
+        }
+        outln!(
+            "{:>10} {:>9.2}% {:>18}  (the same users and queries, trained mixtures)",
+            "trained",
+            100.0 * r.trained.accuracy,
+            users(&r.trained)
         )?;
     }
     if let Some(s) = &out.seen {
@@ -566,6 +602,23 @@ pub async fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), CliError> {
 }
 
 /// The known-group bound as `--json` prints it: reports without their per-user lists.
+fn refit_seen_json(r: &crate::pal::SeenRefit) -> serde_json::Value {
+    serde_json::json!({
+        "estimator": r.estimator,
+        "prior_scale": r.prior_scale,
+        "users": r.user_ids.len(),
+        "excluded_users": r.excluded_users.len(),
+        "n": r.queries,
+        "points": r.points.iter().map(|p| serde_json::json!({
+            "shots": p.shots,
+            "accuracy": p.refit.accuracy,
+            "report": pal_stages::summary_json(&p.refit),
+        })).collect::<Vec<_>>(),
+        "trained_accuracy": r.trained.accuracy,
+        "trained": pal_stages::summary_json(&r.trained),
+    })
+}
+
 fn group_bound_json(g: &crate::pal::GroupBound) -> serde_json::Value {
     serde_json::json!({
         "groups": g.groups,

@@ -162,7 +162,7 @@ pub struct SimRow {
 
 /// The Gaussian prior over a new user's logits, learned from the seen users.
 #[derive(Debug, Clone)]
-struct Prior {
+pub(super) struct Prior {
     /// T·ln w̄: softmax(centre / T) = w̄ (up to the floor).
     centre: Vec<f64>,
     /// The seen users' own logits, in model row order (the atoms of `empirical`).
@@ -174,7 +174,7 @@ struct Prior {
 }
 
 impl Prior {
-    fn of(model: &PalModel) -> Result<Prior> {
+    pub(super) fn of(model: &PalModel) -> Result<Prior> {
         let k = model.cfg.k;
         let t = model.cfg.temperature;
         let zero = model.zero_shot_mixture()?;
@@ -628,7 +628,7 @@ fn draws_for(model: &PalModel, est: Estimator, prior: &Prior, cfg: &FewShotConfi
 /// (`own`: a local user's model row when they are a seen user, see [`importance_curve`]).
 /// For `offset`, the logits of its mixture part (`empirical`); see [`fit_offsets`].
 #[allow(clippy::too_many_arguments)]
-fn fit_curve(
+pub(super) fn fit_curve(
     model: &PalModel,
     set: &ComparisonSet,
     shots: &[Vec<usize>],
@@ -713,7 +713,7 @@ fn prototype_rms(model: &PalModel, feats: &Features) -> Result<f64> {
 /// on δ, each user's part divided by their own c_u (`loss::UserScale`). N = 0, or λ = ∞, give
 /// δ = 0 without a fit, so the estimate is the mixture's exactly.
 #[allow(clippy::too_many_arguments)]
-fn fit_offsets(
+pub(super) fn fit_offsets(
     model: &PalModel,
     set: &ComparisonSet,
     shots: &[Vec<usize>],
@@ -926,7 +926,7 @@ fn split_users(set: &ComparisonSet, maxn: usize, cfg: &FewShotConfig, stream_id:
 /// count once each, whatever their weight: the accuracy of seen users (`evaluate`) does not
 /// weigh comparisons either.
 #[allow(clippy::too_many_arguments)]
-fn score(
+pub(super) fn score(
     model: &PalModel,
     set: &ComparisonSet,
     sp: &Split,
@@ -967,7 +967,7 @@ fn rows_tensor(model: &PalModel, rows: &[Vec<f64>]) -> Result<Tensor> {
 
 /// Scores the queries of `sp` with each local user's logits `rows` and, when given, offsets.
 #[allow(clippy::too_many_arguments)]
-fn score_fit(
+pub(super) fn score_fit(
     model: &PalModel,
     set: &ComparisonSet,
     sp: &Split,
@@ -985,7 +985,7 @@ fn score_fit(
 }
 
 /// The zero-shot row of the mixture table, `[1, K]`.
-fn zero_table(model: &PalModel) -> Result<Tensor> {
+pub(super) fn zero_table(model: &PalModel) -> Result<Tensor> {
     let t = model.mixture_table()?;
     let last = Tensor::new(&[t.dim(0)? as u32 - 1], &model.device)?;
     Ok(t.index_select(&last, 0)?)

@@ -36,6 +36,7 @@ pub(crate) mod stream {
     pub const POSTERIOR: u64 = 5;
     pub const SIMULATE: u64 = 6;
     pub const EMPIRICAL: u64 = 7;
+    pub const REFIT: u64 = 8;
 }
 
 /// A ChaCha8 RNG for `seed` on `stream`.

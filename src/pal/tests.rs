@@ -1607,3 +1607,84 @@ fn one_pass_pal_b_margins_equal_the_composed_ops_bit_for_bit() {
         }
     }
 }
+
+/// The seen users of [`small_pal_b`]'s training data, split by comparison order into a
+/// "train" part (the first 420) and held-out "queries" (the last 180; 30 a user), with user
+/// u5's "train" part cut to 3 comparisons.
+fn seen_parts() -> (ComparisonSet, ComparisonSet) {
+    let set = with_context(6, 600, 4, 0, 11);
+    let mut train = set.clone();
+    let mut queries = set.clone();
+    train.comps.truncate(420);
+    let mut u5 = 0;
+    train.comps.retain(|c| {
+        u5 += usize::from(c.user == 5);
+        c.user != 5 || u5 <= 3
+    });
+    queries.comps.drain(..420);
+    (train, queries)
+}
+
+#[test]
+fn refit_seen_scores_every_n_on_the_held_out_split_beside_the_trained_mixtures() {
+    let (model, _) = small_pal_b();
+    let (train, queries) = seen_parts();
+    // The users scored: u0..u4 (u5 has 3 "train" comparisons, fewer than the largest N).
+    let mut kept = queries.clone();
+    kept.comps.retain(|c| c.user != 5);
+    assert_eq!(kept.comps.len(), 150);
+    let trained = evaluate(&model, &kept, &EvalOptions::default()).unwrap();
+    // Zero shots: every user on the zero-shot mixture, as `evaluate` scores unknown users.
+    let mut strangers = kept.clone();
+    strangers.user_ids = (0..6).map(|u| format!("stranger{u}")).collect();
+    let zero = evaluate(&model, &strangers, &EvalOptions::default()).unwrap();
+    for est in [Estimator::Mle, Estimator::Empirical, Estimator::Offset] {
+        let cfg = FewShotConfig {
+            estimator: est,
+            ridge: 10.0,
+            steps: 600,
+            ..FewShotConfig::default()
+        };
+        let r = refit_seen(
+            &model,
+            &train,
+            &queries,
+            &[0, 5, 60],
+            &cfg,
+            &EvalOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(r.user_ids, vec!["u0", "u1", "u2", "u3", "u4"], "{est}");
+        assert_eq!(r.excluded_users, vec!["u5".to_string()], "{est}");
+        assert_eq!(r.queries, 150, "{est}");
+        assert!(r.points.iter().all(|p| p.refit.n == 150), "{est}");
+        assert_eq!(r.trained.accuracy, trained.accuracy, "{est}");
+        assert_eq!(r.points[0].refit.accuracy, zero.accuracy, "{est}");
+        // The users' own comparisons move them off the zero-shot mixture for the better
+        // (this small model, 3 epochs, is under-trained: 60 shots may pass its trained fit).
+        let at60 = r.points[2].refit.accuracy;
+        eprintln!(
+            "{est}: zero-shot {:.3}, 5 shots {:.3}, 60 shots {at60:.3}, trained {:.3}",
+            zero.accuracy, r.points[1].refit.accuracy, trained.accuracy
+        );
+        assert!(
+            at60 > zero.accuracy + 0.1,
+            "{est}: {at60} vs {}",
+            zero.accuracy
+        );
+    }
+    // A user of the query split the model never saw: refused by name.
+    let mut stranger = queries.clone();
+    stranger.user_ids[2] = "nobody".into();
+    let e = refit_seen(
+        &model,
+        &train,
+        &stranger,
+        &[0, 5],
+        &FewShotConfig::default(),
+        &EvalOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("'nobody'"), "{e}");
+}

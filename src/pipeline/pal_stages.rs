@@ -873,6 +873,8 @@ pub struct AdaptOutcome {
     pub seen: Option<serde_json::Value>,
     /// The known-group bound (only when asked for; see [`crate::pal::group_bound`]).
     pub group_bound: Option<GroupBound>,
+    /// Seen users re-placed from N shots (only when asked for; see [`crate::pal::refit_seen`]).
+    pub refit_seen: Option<pal::SeenRefit>,
     /// The simulated few-shot on seen users (empty without `tune_split`).
     pub simulation: Vec<SimRow>,
 }
@@ -906,14 +908,25 @@ pub async fn user_groups(
     Ok(out)
 }
 
+/// Diagnostics [`adapt_model`] computes beside the curve only when asked (reported, not
+/// recorded in the model's metrics).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdaptDiagnostics {
+    /// The known-group bound on the same queries and shots, from the users' groups in
+    /// `users` ([`crate::pal::group_bound`]).
+    pub group_bound: bool,
+    /// Seen users re-placed from N of their `tune_split` comparisons and scored on their
+    /// `seen_split` comparisons ([`crate::pal::refit_seen`]); needs both splits.
+    pub refit_seen: bool,
+}
+
 /// Adapts the users of `p.users` for every shot count under the fixed-query protocol and
-/// records the rows as the model's `adapt:<users>` metric. With `group_bound`, also the
-/// known-group bound on the same queries and shots, from the users' groups in `users`
-/// (reported, not recorded).
+/// records the rows as the model's `adapt:<users>` metric, with the diagnostics `diag` asks
+/// for (reported, not recorded).
 pub async fn adapt_model(
     store: &Store,
     p: &AdaptParams,
-    group_bound: bool,
+    diag: AdaptDiagnostics,
 ) -> anyhow::Result<AdaptOutcome> {
     // The settings' ranges before the model and the splits are read.
     p.fewshot_config().validate()?;
@@ -954,7 +967,12 @@ pub async fn adapt_model(
             }
         }
     }
-    let groups = if group_bound {
+    if diag.refit_seen && (tune.is_none() || seen_data.is_none()) {
+        anyhow::bail!(
+            "re-placing seen users needs both a tune_split (their shots) and a seen_split (their queries)\nhint: name both, e.g. the seen users' 'train' and 'test' pairs"
+        );
+    }
+    let groups = if diag.group_bound {
         Some(user_groups(store).await?)
     } else {
         None
@@ -989,6 +1007,12 @@ pub async fn adapt_model(
             Some(g) => Some(pal::group_bound(&model, &data.set, &shots, &cfg, &opts, g)?),
             None => None,
         };
+        let refit_seen = match (&tune, &seen_data) {
+            (Some(t), Some(s)) if diag.refit_seen => Some(pal::refit_seen(
+                &model, &t.set, &s.set, &shots, &cfg, &opts,
+            )?),
+            _ => None,
+        };
         let rows = curve
             .points
             .iter()
@@ -1021,6 +1045,7 @@ pub async fn adapt_model(
             heldout_estimator: summary_json(&curve.heldout_estimator),
             seen: seen.as_ref().map(summary_json),
             group_bound,
+            refit_seen,
             simulation,
         })
     })

@@ -64,7 +64,7 @@ impl StageKind for AdaptParams {
 
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
         Box::pin(async move {
-            let out = adapt_model(ctx.store, self, false).await?;
+            let out = adapt_model(ctx.store, self, Default::default()).await?;
             let rows = &out.rows;
             let parts: Vec<String> = rows
                 .iter()
