@@ -167,7 +167,7 @@ fn pipeline_trains_evaluates_and_adapts() {
     }
     // At 20 shots the seen users are placed better than by the zero-shot mixture.
     assert!(
-        refit[2]["accuracy"].as_f64() > refit[0]["accuracy"].as_f64(),
+        refit[2]["accuracy"].as_f64().unwrap() > refit[0]["accuracy"].as_f64().unwrap(),
         "{rs}"
     );
     // Without the split of their shots there is nothing to re-place them from: a usage error.

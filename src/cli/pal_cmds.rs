@@ -460,10 +460,20 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
             r.queries,
             a.seen_split.as_deref().unwrap_or("")
         )?;
+        outln!(
+            "{:>10} {:>10} {:>18}",
+            "shots",
+            "accuracy",
+            "95% CI over users"
+        )?;
         for pt in &r.points {
+            let n = match pt.shots {
+                0 => "zero-shot".to_string(),
+                n => n.to_string(),
+            };
             outln!(
                 "{:>10} {:>9.2}% {:>18}",
-                pt.shots,
+                n,
                 100.0 * pt.refit.accuracy,
                 users(&pt.refit)
             )?;
@@ -601,11 +611,13 @@ pub async fn sweep(ctx: &Ctx, a: SweepArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The known-group bound as `--json` prints it: reports without their per-user lists.
+/// Seen users re-placed from N shots as `--json` prints it: reports without their per-user
+/// lists; `ridge` ("inf" for ∞) only for `offset`.
 fn refit_seen_json(r: &crate::pal::SeenRefit) -> serde_json::Value {
     serde_json::json!({
         "estimator": r.estimator,
         "prior_scale": r.prior_scale,
+        "ridge": r.ridge.map(|l| if l.is_finite() { serde_json::json!(l) } else { serde_json::json!("inf") }),
         "users": r.user_ids.len(),
         "excluded_users": r.excluded_users.len(),
         "n": r.queries,
@@ -619,6 +631,7 @@ fn refit_seen_json(r: &crate::pal::SeenRefit) -> serde_json::Value {
     })
 }
 
+/// The known-group bound as `--json` prints it: reports without their per-user lists.
 fn group_bound_json(g: &crate::pal::GroupBound) -> serde_json::Value {
     serde_json::json!({
         "groups": g.groups,

@@ -30,7 +30,12 @@
 //! Voters with fewer than `min_pairs_per_user` pairs are dropped; a seeded `unseen_frac` of the
 //! remaining voters become unseen (every pair "unseen"); `max_pairs_per_user`, when given, caps
 //! a voter's pairs by a seeded sample without replacement (the floor applies before the cap).
-//! A seen voter's pairs are then split "test" / "val" / "train" by `test_frac` and `val_frac`.
+//! A seen voter's pairs are then split "test" / "val" / "train" by `test_frac` and `val_frac`;
+//! with `split_by: statement`, a seen voter's *statements* are split instead (agreed and
+//! disagreed ones each by the fractions, seeded), a pair goes to the part holding both of its
+//! statements and pairs across parts are left out (counted), so that no statement of a voter's
+//! test pairs appears in their training or validation pairs (their stance on it is unseen);
+//! the cap then samples among the pairs kept. Unseen voters' pairs do not depend on it.
 //! Only statements some pair uses are emitted as items (kind "text", text = `comment-body`).
 //! `users.group` is the voter's `group-id` from `participants-votes.csv`, empty when that file
 //! is absent or the voter is in no group.
@@ -82,6 +87,29 @@ pub struct Params {
     /// Keep statements marked `is-meta` as items. Default false (left out, as Polis does).
     #[serde(default)]
     pub keep_meta: bool,
+    /// What a seen voter's train / val / test split divides: `pair` (default) or `statement`
+    /// (see the module doc).
+    #[serde(default, skip_serializing_if = "SplitBy::is_pair")]
+    pub split_by: SplitBy,
+}
+
+/// The unit a seen voter's train / val / test split divides.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitBy {
+    /// The voter's pairs: a test pair's statements usually appear in training pairs too (the
+    /// voter's stance on them is known to training, only the pairing is new).
+    #[default]
+    Pair,
+    /// The voter's statements: a test pair's two statements appear in no training or
+    /// validation pair of that voter; pairs across parts are left out.
+    Statement,
+}
+
+impl SplitBy {
+    fn is_pair(&self) -> bool {
+        *self == SplitBy::Pair
+    }
 }
 
 fn default_min_pairs_per_user() -> usize {
@@ -109,6 +137,7 @@ impl Params {
             val_frac: default_val_frac(),
             seed: 0,
             keep_meta: false,
+            split_by: SplitBy::Pair,
         }
     }
 }
@@ -513,6 +542,8 @@ pub struct Report {
     pub unseen_voters: usize,
     /// Pairs left out by `max_pairs_per_user`.
     pub capped: usize,
+    /// Pairs of seen voters left out by `split_by: statement` (statements in different parts).
+    pub crossed: usize,
     /// Pairs kept.
     pub pairs: usize,
 }
@@ -551,6 +582,12 @@ impl Report {
             self.min_pairs_per_user,
         );
         s += &format!("; {} pairs", self.pairs);
+        if self.crossed > 0 {
+            s += &format!(
+                " ({} across split parts left out by split_by statement)",
+                self.crossed
+            );
+        }
         if self.capped > 0 {
             s += &format!(" ({} more left out by max_pairs_per_user)", self.capped);
         }
@@ -707,20 +744,33 @@ pub fn ingest_with_report(p: &Params) -> Result<(IngestBatch, Report), IngestErr
         let user_id = format!("{dataset}/{voter}");
         let mut rng = rng_for(p.seed, &format!("user:{user_id}"));
         let total = agreed.len() * disagreed.len();
-        let keep: Vec<usize> = match p.max_pairs_per_user {
-            Some(max) if total > max => {
-                let mut picks = rand::seq::index::sample(&mut rng, total, max).into_vec();
-                picks.sort_unstable();
-                picks
-            }
-            _ => (0..total).collect(),
+        let nd = disagreed.len();
+        // By statement: each statement's part first, then the pairs within one part.
+        let parts = (!unseen[i] && p.split_by == SplitBy::Statement).then(|| {
+            let a = assign_splits(agreed.len(), p.test_frac, p.val_frac, &mut rng);
+            let d = assign_splits(nd, p.test_frac, p.val_frac, &mut rng);
+            (a, d)
+        });
+        let candidates: Vec<usize> = match &parts {
+            Some((a, d)) => (0..total).filter(|&k| a[k / nd] == d[k % nd]).collect(),
+            None => (0..total).collect(),
         };
-        report.capped += total - keep.len();
+        let n_candidates = candidates.len();
+        report.crossed += total - n_candidates;
+        let keep: Vec<usize> = match p.max_pairs_per_user {
+            Some(max) if n_candidates > max => {
+                let mut picks = rand::seq::index::sample(&mut rng, n_candidates, max).into_vec();
+                picks.sort_unstable();
+                picks.into_iter().map(|j| candidates[j]).collect()
+            }
+            _ => candidates,
+        };
+        report.capped += n_candidates - keep.len();
         report.pairs += keep.len();
-        let splits = if unseen[i] {
-            vec![SPLIT_UNSEEN; keep.len()]
-        } else {
-            assign_splits(keep.len(), p.test_frac, p.val_frac, &mut rng)
+        let splits = match &parts {
+            _ if unseen[i] => vec![SPLIT_UNSEEN; keep.len()],
+            Some((a, _)) => keep.iter().map(|&k| a[k / nd]).collect(),
+            None => assign_splits(keep.len(), p.test_frac, p.val_frac, &mut rng),
         };
         for (k, split) in keep.into_iter().zip(splits) {
             let a = agreed[k / disagreed.len()];
@@ -927,6 +977,116 @@ mod tests {
             let (pairs, users, unseen) = check_conversation(name, &Params::new(conv_dir(name)));
             eprintln!("polis {name}: {pairs} pairs, {users} voters kept, {unseen} unseen");
         }
+    }
+
+    #[test]
+    fn split_by_statement_keeps_a_voters_test_statements_out_of_training() {
+        let name = "canadian-electoral-reform";
+        let dir = conv_dir(name);
+        let expect = rederive(&dir);
+        let by_pair = Params::new(&dir);
+        let by_statement = Params {
+            split_by: SplitBy::Statement,
+            ..by_pair.clone()
+        };
+        let (batch, report) = ingest_with_report(&by_statement).unwrap();
+        let (pair_batch, _) = ingest_with_report(&by_pair).unwrap();
+        let texts: HashMap<&str, &str> = (batch.items.iter())
+            .map(|i| (i.item_id.as_str(), i.text.as_deref().unwrap()))
+            .collect();
+        // Per voter and part: the agreed and the disagreed statements its pairs use.
+        type Sides<'a> = (BTreeSet<&'a str>, BTreeSet<&'a str>);
+        let parts = |b: &'_ IngestBatch| {
+            let mut out: BTreeMap<String, BTreeMap<String, (Sides, usize)>> = BTreeMap::new();
+            for pair in &b.pairs {
+                let (pref, other) = if pair.label == -1 {
+                    (&pair.left_id, &pair.right_id)
+                } else {
+                    (&pair.right_id, &pair.left_id)
+                };
+                let e = (out.entry(pair.user_id.clone()).or_default())
+                    .entry(pair.split.clone())
+                    .or_default();
+                e.0 .0.insert(texts[pref.as_str()]);
+                e.0 .1.insert(texts[other.as_str()]);
+                e.1 += 1;
+            }
+            out
+        };
+        let (got, before) = (parts(&batch), parts(&pair_batch));
+        let roles: HashMap<&str, &str> = (batch.users.iter())
+            .map(|u| (u.user_id.as_str(), u.role.as_str()))
+            .collect();
+        let (mut seen, mut crossed, mut overlapping_before) = (0, 0, 0);
+        for (user, splits) in &got {
+            if roles[user.as_str()] == "unseen" {
+                continue;
+            }
+            seen += 1;
+            let voter = user.rsplit('/').next().unwrap();
+            let (agreed, disagreed) = &expect[voter];
+            let statements = |part: &str| -> BTreeSet<&str> {
+                (splits.get(part).into_iter())
+                    .flat_map(|((a, d), _)| a.iter().chain(d))
+                    .copied()
+                    .collect()
+            };
+            let (test, val, train) = (statements("test"), statements("val"), statements("train"));
+            assert!(test.is_disjoint(&train) && test.is_disjoint(&val), "{user}");
+            assert!(val.is_disjoint(&train), "{user}");
+            // Every pair within a part is there, and the parts hold the fractions' counts of
+            // the voter's agreed and disagreed statements (where the other side is not empty).
+            let fractions = |n: usize| {
+                let test = (n as f64 * 0.2).round() as usize;
+                (test, (n as f64 * 0.3).round() as usize - test)
+            };
+            let (a_test, a_val) = fractions(agreed.len());
+            let (d_test, d_val) = fractions(disagreed.len());
+            let mut pairs = 0;
+            for (part, want_a, want_d) in [
+                ("test", a_test, d_test),
+                ("val", a_val, d_val),
+                (
+                    "train",
+                    agreed.len() - a_test - a_val,
+                    disagreed.len() - d_test - d_val,
+                ),
+            ] {
+                let Some(((a, d), n)) = splits.get(part) else {
+                    assert_eq!(want_a * want_d, 0, "{user} {part}");
+                    continue;
+                };
+                assert_eq!((a.len(), d.len()), (want_a, want_d), "{user} {part}");
+                assert_eq!(*n, a.len() * d.len(), "{user} {part}");
+                pairs += n;
+            }
+            crossed += agreed.len() * disagreed.len() - pairs;
+            // Split by pair, the same voter's test pairs reuse training statements.
+            let old = &before[user];
+            let old_statements = |part: &str| -> BTreeSet<&str> {
+                (old.get(part).into_iter())
+                    .flat_map(|((a, d), _)| a.iter().chain(d))
+                    .copied()
+                    .collect()
+            };
+            overlapping_before +=
+                usize::from(!old_statements("test").is_disjoint(&old_statements("train")));
+        }
+        assert_eq!(report.crossed, crossed);
+        assert!(seen > 100, "{seen}");
+        assert!(
+            overlapping_before > seen * 9 / 10,
+            "{overlapping_before} of {seen}"
+        );
+        // Unseen voters' pairs do not depend on how seen voters are split.
+        let unseen_pairs = |b: &IngestBatch| -> Vec<PairRow> {
+            (b.pairs.iter())
+                .filter(|p| p.split == "unseen")
+                .cloned()
+                .collect()
+        };
+        assert_eq!(unseen_pairs(&batch), unseen_pairs(&pair_batch));
+        assert!(!unseen_pairs(&batch).is_empty());
     }
 
     #[test]
@@ -1427,6 +1587,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("min_pairs"));
+        // The default split leaves no `split_by` in the written parameters (so stores built
+        // before it keep their stage fingerprints); `statement` round-trips.
+        assert!(!serde_yaml::to_string(&p).unwrap().contains("split_by"));
+        let by_statement: Params = serde_yaml::from_str("dir: x\nsplit_by: statement\n").unwrap();
+        assert_eq!(by_statement.split_by, SplitBy::Statement);
+        let text = serde_yaml::to_string(&by_statement).unwrap();
+        assert!(text.contains("split_by: statement"), "{text}");
+        let e = serde_yaml::from_str::<Params>("dir: x\nsplit_by: voter\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pair") && e.contains("statement"), "{e}");
         assert_eq!(dataset_name(&p).unwrap(), "polis/football-concussions");
         assert_eq!(
             input_files(&p),

@@ -64,6 +64,6 @@ pub use fewshot::{
 pub use group_bound::{group_bound, GroupBound, GroupBoundPoint};
 pub use loss::SMOOTH_HINGE_GAMMA;
 pub use model::{PalModel, SCALE_MAX, TAU_INIT};
-pub use refit::{refit_seen, SeenRefit, SeenRefitPoint};
+pub use refit::{refit_seen, refit_seen_users, SeenRefit, SeenRefitPoint};
 pub use score::ScoreJob;
 pub use train::{mean_loss, train, train_on, EpochRecord, PhaseTimes, TrainProgress, TrainReport};

@@ -5,11 +5,14 @@
 //! user's training comparisons (on Polis up to 140 a voter), while a new user has N. This
 //! measures what N comparisons are worth for the users the model knows best: each seen user's
 //! mixture (and, for `offset`, ideal-point offset) is fitted again from only their first N
-//! *training* comparisons (a seeded shuffle), with the estimator and settings of the new-user
-//! curve and their own trained logits ignored (their atom leaves the `empirical` prior, as in
-//! the simulation of `fewshot.rs`); every N is scored on the same queries, all of the user's
-//! comparisons in a held-out split (e.g. their test pairs). Beside it, the same queries scored
-//! with the users' trained mixtures: the model's seen-user accuracy on exactly these users.
+//! comparisons of a "shots" split (a seeded shuffle; e.g. their training pairs, or their
+//! validation pairs, which the shared parts were not fitted on), with the estimator and
+//! settings of the new-user curve and their own trained logits ignored (their atom leaves the
+//! `empirical` prior, as in the simulation of `fewshot.rs`); every N is scored on the same
+//! queries, all of the user's comparisons in a held-out split (e.g. their test pairs). Beside
+//! it, the same queries scored with the users' trained mixtures: the model's seen-user accuracy
+//! on exactly these users. Every seen user of the query split with enough shots is fitted (no
+//! cap), so on large stores it costs about what the new-user curve costs per user.
 //!
 //! If the re-placed seen users at N shots fall well short of their trained accuracy, N
 //! comparisons do not carry what training gave them, and new users (whose comparisons did not
@@ -97,13 +100,50 @@ fn concat(a: &ComparisonSet, b: &ComparisonSet) -> Result<ComparisonSet> {
     Ok(out)
 }
 
+fn no_users(maxn: usize) -> PalError {
+    PalError::Data(format!(
+        "no seen user of the query split has at least {maxn} comparisons in the shots split, so none can be re-placed\nhint: lower the largest shot count, or take the shots from a larger split of the seen users (e.g. their training pairs)"
+    ))
+}
+
+/// How many users of `queries` [`refit_seen`] would score at largest shot count `maxn`: those
+/// with a comparison in `queries` and at least `maxn` in `train` (matched by user id). A cheap
+/// check before the fits; a data error when there is none.
+pub fn refit_seen_users(
+    train: &ComparisonSet,
+    queries: &ComparisonSet,
+    maxn: usize,
+) -> Result<usize> {
+    let mut in_train: HashMap<&str, usize> = HashMap::new();
+    for c in &train.comps {
+        *in_train
+            .entry(train.user_ids[c.user as usize].as_str())
+            .or_default() += 1;
+    }
+    let mut asked = vec![false; queries.user_ids.len()];
+    for c in &queries.comps {
+        if let Some(a) = asked.get_mut(c.user as usize) {
+            *a = true;
+        }
+    }
+    let n = (queries.user_ids.iter().zip(&asked))
+        .filter(|(id, &a)| a && in_train.get(id.as_str()).copied().unwrap_or(0) >= maxn)
+        .count();
+    if n == 0 {
+        return Err(no_users(maxn));
+    }
+    Ok(n)
+}
+
 /// Re-places the seen users of `queries` from N of their comparisons in `train` for every N of
 /// `ns`, with `cfg`'s estimator and settings (`auto` is `empirical`), and scores all of each
 /// user's `queries` comparisons at every N and with their trained mixtures; see the module doc.
 ///
 /// Users of `queries` need at least max(`ns`) comparisons in `train` (the others are excluded
-/// and listed). Errors: a user of `queries` the model was not trained on, sets whose
-/// dimensions differ from each other or from the model, no user left to score.
+/// and listed; users without a comparison in `queries` are not scored). Errors: an invalid
+/// `cfg`, an empty `ns` or set, a user of `queries` the model was not trained on, sets whose
+/// dimensions differ from each other or from the model, no user left to score
+/// ([`refit_seen_users`] counts them first).
 pub fn refit_seen(
     model: &PalModel,
     train: &ComparisonSet,
@@ -122,7 +162,12 @@ pub fn refit_seen(
             "user '{u}' of the query split is not one the model was trained on"
         )));
     }
-    let maxn = ns.iter().copied().max().unwrap_or(0);
+    let maxn = ns.iter().copied().max().ok_or_else(|| {
+        PalError::config(
+            "shots",
+            "is empty, give at least one shot count (0 is zero-shot)",
+        )
+    })?;
     let set = concat(train, queries)?;
     let first_query = train.comps.len();
     let by_user = set.by_user();
@@ -163,9 +208,7 @@ pub fn refit_seen(
     }
     sp.queries.sort_unstable();
     if sp.user_ids.is_empty() {
-        return Err(PalError::Data(format!(
-            "no seen user of the query split has {maxn} training comparisons, so none can be re-placed\nhint: lower the largest shot count"
-        )));
+        return Err(no_users(maxn));
     }
 
     let est = resolve(cfg.estimator);

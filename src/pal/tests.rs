@@ -1609,8 +1609,10 @@ fn one_pass_pal_b_margins_equal_the_composed_ops_bit_for_bit() {
 }
 
 /// The seen users of [`small_pal_b`]'s training data, split by comparison order into a
-/// "train" part (the first 420) and held-out "queries" (the last 180; 30 a user), with user
-/// u5's "train" part cut to 3 comparisons.
+/// "shots" part (the first 420) and "queries" (the last 180; 30 a user; the model was trained
+/// on all 600), with user u5's shots cut to 3 comparisons. The query part lists its users and
+/// its item rows in reverse order (its comparisons renumbered to match), so that it shares no
+/// row numbering with the shots part.
 fn seen_parts() -> (ComparisonSet, ComparisonSet) {
     let set = with_context(6, 600, 4, 0, 11);
     let mut train = set.clone();
@@ -1622,6 +1624,16 @@ fn seen_parts() -> (ComparisonSet, ComparisonSet) {
         c.user != 5 || u5 <= 3
     });
     queries.comps.drain(..420);
+    let (n_users, n_items) = (queries.user_ids.len() as u32, queries.n_items() as u32);
+    queries.user_ids.reverse();
+    queries.items = (queries.items.chunks(queries.dx).rev().flatten())
+        .copied()
+        .collect();
+    for c in &mut queries.comps {
+        c.user = n_users - 1 - c.user;
+        c.left = n_items - 1 - c.left;
+        c.right = n_items - 1 - c.right;
+    }
     (train, queries)
 }
 
@@ -1631,7 +1643,8 @@ fn refit_seen_scores_every_n_on_the_held_out_split_beside_the_trained_mixtures()
     let (train, queries) = seen_parts();
     // The users scored: u0..u4 (u5 has 3 "train" comparisons, fewer than the largest N).
     let mut kept = queries.clone();
-    kept.comps.retain(|c| c.user != 5);
+    kept.comps
+        .retain(|c| kept.user_ids[c.user as usize] != "u5");
     assert_eq!(kept.comps.len(), 150);
     let trained = evaluate(&model, &kept, &EvalOptions::default()).unwrap();
     // Zero shots: every user on the zero-shot mixture, as `evaluate` scores unknown users.
@@ -1654,7 +1667,7 @@ fn refit_seen_scores_every_n_on_the_held_out_split_beside_the_trained_mixtures()
             &EvalOptions::default(),
         )
         .unwrap();
-        assert_eq!(r.user_ids, vec!["u0", "u1", "u2", "u3", "u4"], "{est}");
+        assert_eq!(r.user_ids, vec!["u4", "u3", "u2", "u1", "u0"], "{est}");
         assert_eq!(r.excluded_users, vec!["u5".to_string()], "{est}");
         assert_eq!(r.queries, 150, "{est}");
         assert!(r.points.iter().all(|p| p.refit.n == 150), "{est}");
@@ -1673,6 +1686,33 @@ fn refit_seen_scores_every_n_on_the_held_out_split_beside_the_trained_mixtures()
             zero.accuracy
         );
     }
+    // The shots come from the shots part: with its labels flipped, 60 shots place every user
+    // against their queries, below the zero-shot mixture.
+    let mut flipped = train.clone();
+    for c in &mut flipped.comps {
+        c.y = -c.y;
+    }
+    let cfg = FewShotConfig {
+        estimator: Estimator::Mle,
+        steps: 600,
+        ..FewShotConfig::default()
+    };
+    let opts = EvalOptions::default();
+    let r = refit_seen(&model, &flipped, &queries, &[0, 60], &cfg, &opts).unwrap();
+    assert!(
+        r.points[1].refit.accuracy < zero.accuracy,
+        "{} vs {}",
+        r.points[1].refit.accuracy,
+        zero.accuracy
+    );
+    // No shot count, or too few shots for anybody: errors that say so.
+    let e = refit_seen(&model, &train, &queries, &[], &cfg, &opts).unwrap_err();
+    assert!(e.to_string().contains("shots"), "{e}");
+    let e = refit_seen(&model, &train, &queries, &[1000], &cfg, &opts).unwrap_err();
+    assert!(e.to_string().contains("at least 1000"), "{e}");
+    assert_eq!(refit_seen_users(&train, &queries, 60).unwrap(), 5);
+    assert_eq!(refit_seen_users(&train, &queries, 3).unwrap(), 6);
+    assert!(refit_seen_users(&train, &queries, 1000).is_err());
     // A user of the query split the model never saw: refused by name.
     let mut stranger = queries.clone();
     stranger.user_ids[2] = "nobody".into();

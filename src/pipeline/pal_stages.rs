@@ -967,10 +967,20 @@ pub async fn adapt_model(
             }
         }
     }
-    if diag.refit_seen && (tune.is_none() || seen_data.is_none()) {
-        anyhow::bail!(
-            "re-placing seen users needs both a tune_split (their shots) and a seen_split (their queries)\nhint: name both, e.g. the seen users' 'train' and 'test' pairs"
-        );
+    if diag.refit_seen {
+        let (Some(t), Some(s)) = (&tune, &seen_data) else {
+            anyhow::bail!(
+                "re-placing seen users needs both a tune_split (their shots) and a seen_split (their queries)\nhint: name both, e.g. the seen users' 'train' and 'test' pairs"
+            );
+        };
+        if p.tune_split == p.seen_split {
+            anyhow::bail!(
+                "re-placing seen users takes their shots from tune_split and scores seen_split: the two must differ, or the shots would be among the queries\nhint: e.g. tune_split 'train' (or 'val') and seen_split 'test'"
+            );
+        }
+        // Before minutes of fitting: that some seen user has enough shots for the largest N.
+        let maxn = p.shots.iter().copied().max().unwrap_or(0);
+        pal::refit_seen_users(&t.set, &s.set, maxn)?;
     }
     let groups = if diag.group_bound {
         Some(user_groups(store).await?)
