@@ -170,6 +170,34 @@ fn pipeline_trains_evaluates_and_adapts() {
         refit[2]["accuracy"].as_f64().unwrap() > refit[0]["accuracy"].as_f64().unwrap(),
         "{rs}"
     );
+    // Queries drawn by item: the same users, fewer queries (only comparisons of two query
+    // items), the same number at every N, and 0 shots still the zero-shot mixture.
+    let r = palpipe(
+        &store,
+        &[
+            "adapt",
+            "--model",
+            "k3",
+            "--users",
+            "un",
+            "--shots",
+            "0,5",
+            "--queries-by",
+            "item",
+            "--json",
+        ],
+    )
+    .ok();
+    let by_item: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let rows = by_item["results"].as_array().unwrap();
+    let n = rows[0]["n"].as_u64().unwrap();
+    assert!(n > 0 && n < 6 * 30, "{n}");
+    assert_eq!(rows[1]["n"], rows[0]["n"]);
+    assert_eq!(
+        rows[0]["users"].as_u64().unwrap() + rows[0]["skipped_users"].as_u64().unwrap(),
+        6
+    );
+    assert_eq!(rows[0]["accuracy"], rows[0]["zero_shot_accuracy"]);
     // Without the split of their shots there is nothing to re-place them from: a usage error.
     let r = palpipe(
         &store,

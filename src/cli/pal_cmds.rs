@@ -113,6 +113,12 @@ pub struct AdaptArgs {
     /// Fewest queries per new user.
     #[arg(long)]
     pub min_queries: Option<usize>,
+    /// pair | item. pair: a share of each new user's comparisons are their queries. item: a
+    /// share of the items they compared are query items, the queries are their comparisons of
+    /// two query items and the shots those of two other items (comparisons across are
+    /// unused), so no query item is among the shots; fewer comparisons remain for either.
+    #[arg(long, default_value = "pair")]
+    pub queries_by: crate::pal::QueriesBy,
     /// Also report the known-group bound: the same queries scored from a posterior over the
     /// groups of `users.group_name` (e.g. Persona's personas) given the same shots, and with
     /// each user's true group. A diagnostic: it reads the true groups.
@@ -306,6 +312,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
         seen_split: a.seen_split.clone(),
         query_frac: a.query_frac.unwrap_or(d.query_frac),
         min_queries: a.min_queries.unwrap_or(d.min_queries),
+        queries_by: a.queries_by,
     };
     let diag = pal_stages::AdaptDiagnostics {
         group_bound: a.group_bound,

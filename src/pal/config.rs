@@ -688,9 +688,49 @@ pub struct FewShotConfig {
     /// Fewest queries per user. Default 10.
     #[serde(default = "default_min_queries")]
     pub min_queries: usize,
+    /// What a user's queries are drawn by: `pair` (default: a share of their comparisons) or
+    /// `item` (a share of the items they compared; see [`QueriesBy`]).
+    #[serde(default, skip_serializing_if = "QueriesBy::is_pair")]
+    pub queries_by: QueriesBy,
     /// Seed for the query sets, the shots and the sampler. Default 0.
     #[serde(default)]
     pub seed: u64,
+}
+
+/// How a user's fixed queries are set apart from their shots (issue 14's protocol).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueriesBy {
+    /// A seeded share (`query_frac`, at least `min_queries`) of the user's comparisons; the
+    /// shots are the rest, so a query's items are usually among the shots' too.
+    #[default]
+    Pair,
+    /// A seeded share (`query_frac`) of the ITEMS the user compared: the queries are the
+    /// user's comparisons of two such items, the shots those of two other items, and
+    /// comparisons across the two are used for neither. No query item is in any shot, as when
+    /// seen users' test pairs are split by item (the polis stage's `split_by: statement`).
+    Item,
+}
+
+impl QueriesBy {
+    /// Whether this is the default, [`QueriesBy::Pair`].
+    pub fn is_pair(&self) -> bool {
+        *self == QueriesBy::Pair
+    }
+}
+
+impl FromStr for QueriesBy {
+    type Err = PalError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "pair" => Ok(QueriesBy::Pair),
+            "item" => Ok(QueriesBy::Item),
+            other => Err(PalError::config(
+                "queries_by",
+                format!("is '{other}', expected pair or item"),
+            )),
+        }
+    }
 }
 
 fn default_prior_scale() -> f64 {
@@ -777,6 +817,7 @@ impl Default for FewShotConfig {
             samples: default_samples(),
             query_frac: default_query_frac(),
             min_queries: default_min_queries(),
+            queries_by: QueriesBy::Pair,
             seed: 0,
         }
     }

@@ -61,7 +61,7 @@ use rand::seq::SliceRandom;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
-use super::config::{Estimator, FewShotConfig};
+use super::config::{Estimator, FewShotConfig, QueriesBy};
 use super::data::{Comparison, ComparisonSet};
 use super::error::{PalError, Result};
 use super::evaluate::{report_from_margins, EvalOptions, EvalReport};
@@ -904,21 +904,67 @@ fn split_users(set: &ComparisonSet, maxn: usize, cfg: &FewShotConfig, stream_id:
         if idx.is_empty() {
             continue;
         }
-        let q = ((cfg.query_frac * idx.len() as f64).ceil() as usize).max(cfg.min_queries);
-        if idx.len() < q.saturating_add(maxn) {
-            sp.excluded.push(set.user_ids[u].clone());
-            continue;
-        }
-        idx.shuffle(&mut r);
+        let (queries, shots) = match cfg.queries_by {
+            QueriesBy::Pair => {
+                let q = ((cfg.query_frac * idx.len() as f64).ceil() as usize).max(cfg.min_queries);
+                if idx.len() < q.saturating_add(maxn) {
+                    sp.excluded.push(set.user_ids[u].clone());
+                    continue;
+                }
+                idx.shuffle(&mut r);
+                (idx[..q].to_vec(), idx[q..].to_vec())
+            }
+            QueriesBy::Item => {
+                let (queries, shots) = split_by_item(set, &idx, cfg.query_frac, &mut r);
+                if queries.len() < cfg.min_queries.max(1) || shots.len() < maxn {
+                    sp.excluded.push(set.user_ids[u].clone());
+                    continue;
+                }
+                (queries, shots)
+            }
+        };
         sp.local[u] = sp.user_ids.len() as u32;
         sp.user_ids.push(set.user_ids[u].clone());
-        sp.queries.extend_from_slice(&idx[..q]);
-        sp.shots.push(idx[q..].to_vec());
+        sp.queries.extend_from_slice(&queries);
+        sp.shots.push(shots);
         idx.sort_unstable();
         sp.all.push(idx);
     }
     sp.queries.sort_unstable();
     sp
+}
+
+/// One user's comparisons `idx` (in set order) split by item: a seeded ⌈`query_frac` · n⌉ of
+/// the n items they compared are query items; the queries are the comparisons of two query
+/// items (in set order), the shots those of two other items (shuffled), and the rest neither.
+fn split_by_item(
+    set: &ComparisonSet,
+    idx: &[usize],
+    query_frac: f64,
+    r: &mut impl rand::Rng,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut items: Vec<u32> = (idx.iter())
+        .flat_map(|&i| [set.comps[i].left, set.comps[i].right])
+        .collect();
+    items.sort_unstable();
+    items.dedup();
+    items.shuffle(r);
+    let n_query = ((query_frac * items.len() as f64).ceil() as usize).min(items.len());
+    let query_items: std::collections::HashSet<u32> = items[..n_query].iter().copied().collect();
+    let (mut queries, mut shots) = (Vec::new(), Vec::new());
+    for &i in idx {
+        let c = &set.comps[i];
+        match (
+            query_items.contains(&c.left),
+            query_items.contains(&c.right),
+        ) {
+            (true, true) => queries.push(i),
+            (false, false) => shots.push(i),
+            _ => {}
+        }
+    }
+    shots.shuffle(r);
+    (queries, shots)
 }
 
 /// Scores the queries with mixture rows `table` (`row_of`: set user → row) and, for
@@ -1319,4 +1365,90 @@ pub fn choose(rows: &[SimRow], wanted: Estimator) -> Option<(Estimator, f64, Opt
             _ => Some(r),
         })
         .map(|r| (r.estimator, r.prior_scale, r.ridge))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pal::Weight;
+    use std::collections::BTreeSet;
+
+    /// Three users comparing pairs of 12 items (every pair once, user u's labels by item
+    /// order, flipped for u = 1), and a fourth user with a single comparison.
+    fn small_set() -> ComparisonSet {
+        let mut comps = Vec::new();
+        for u in 0..3u32 {
+            for a in 0..12u32 {
+                for b in (a + 1)..12 {
+                    comps.push(Comparison {
+                        user: u,
+                        prompt: None,
+                        left: a,
+                        right: b,
+                        y: if u == 1 { 1 } else { -1 },
+                        weight: Weight::ONE,
+                    });
+                }
+            }
+        }
+        comps.push(Comparison {
+            user: 3,
+            prompt: None,
+            left: 0,
+            right: 1,
+            y: -1,
+            weight: Weight::ONE,
+        });
+        ComparisonSet {
+            dx: 1,
+            dp: 0,
+            items: (0..12).map(|i| i as f32).collect(),
+            prompts: Vec::new(),
+            user_ids: (0..4).map(|u| format!("u{u}")).collect(),
+            comps,
+        }
+    }
+
+    #[test]
+    fn queries_by_item_keep_every_query_item_out_of_the_shots() {
+        let set = small_set();
+        let cfg = FewShotConfig {
+            queries_by: QueriesBy::Item,
+            query_frac: 0.5,
+            min_queries: 10,
+            ..FewShotConfig::default()
+        };
+        let sp = split_users(&set, 10, &cfg, stream::FEW_SHOT);
+        // u3 has one comparison: too few queries; the others have 66, over 12 items.
+        assert_eq!(sp.user_ids, vec!["u0", "u1", "u2"]);
+        assert_eq!(sp.excluded, vec!["u3".to_string()]);
+        let items = |i: &usize| [set.comps[*i].left, set.comps[*i].right];
+        for (local, shots) in sp.shots.iter().enumerate() {
+            let queries: Vec<usize> = (sp.queries.iter())
+                .copied()
+                .filter(|&i| sp.local[set.comps[i].user as usize] == local as u32)
+                .collect();
+            let q_items: BTreeSet<u32> = queries.iter().flat_map(items).collect();
+            let s_items: BTreeSet<u32> = shots.iter().flat_map(items).collect();
+            // 6 of the 12 items are query items: 15 comparisons among them, 15 among the other
+            // 6 as shots, the 36 across them unused.
+            assert_eq!((q_items.len(), s_items.len()), (6, 6), "user {local}");
+            assert!(q_items.is_disjoint(&s_items), "user {local}");
+            assert_eq!((queries.len(), shots.len()), (15, 15), "user {local}");
+            assert_eq!(sp.all[local].len(), 66);
+        }
+        // By pair (the default), queries and shots share items.
+        let by_pair = FewShotConfig {
+            queries_by: QueriesBy::Pair,
+            ..cfg.clone()
+        };
+        let sp = split_users(&set, 10, &by_pair, stream::FEW_SHOT);
+        let q_items: BTreeSet<u32> = (sp.queries.iter())
+            .filter(|&&i| set.comps[i].user == 0)
+            .flat_map(items)
+            .collect();
+        let s_items: BTreeSet<u32> = sp.shots[0].iter().flat_map(items).collect();
+        assert!(!q_items.is_disjoint(&s_items));
+        assert_eq!(sp.queries.len(), 3 * 33);
+    }
 }

@@ -52,7 +52,7 @@ pub use baseline::{ClipScore, Popularity};
 pub use checkpoint::{CardInfo, ModelCard, CARD_FILE, CARD_FORMAT, WEIGHTS_FILE};
 pub use config::{
     ridge_json, Activation, Arch, Distance, Estimator, FewShotConfig, GroupConfig, LossKind, Mode,
-    ModelConfig, ModelKind, NormBound, Select, TrainConfig, MAX_FS_STEPS,
+    ModelConfig, ModelKind, NormBound, QueriesBy, Select, TrainConfig, MAX_FS_STEPS,
 };
 pub use data::{Comparison, ComparisonSet, Weight};
 pub use enroll::{fit_enrolled_user, EnrolledFit};

@@ -176,6 +176,10 @@ pub struct AdaptParams {
     /// Fewest queries per new user. Default 10.
     #[serde(default = "default_min_queries")]
     pub min_queries: usize,
+    /// `pair` (default) or `item`: draw each new user's queries by item, so that no query
+    /// item is among their shots (see `pal::QueriesBy`).
+    #[serde(default, skip_serializing_if = "pal::QueriesBy::is_pair")]
+    pub queries_by: pal::QueriesBy,
 }
 
 impl AdaptParams {
@@ -190,6 +194,7 @@ impl AdaptParams {
             seed: self.seed,
             query_frac: self.query_frac,
             min_queries: self.min_queries,
+            queries_by: self.queries_by,
             ..FewShotConfig::default()
         }
     }
