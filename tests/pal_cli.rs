@@ -191,13 +191,37 @@ fn pipeline_trains_evaluates_and_adapts() {
     let by_item: Value = serde_json::from_str(r.stdout.trim()).unwrap();
     let rows = by_item["results"].as_array().unwrap();
     let n = rows[0]["n"].as_u64().unwrap();
-    assert!(n > 0 && n < 6 * 30, "{n}");
-    assert_eq!(rows[1]["n"], rows[0]["n"]);
-    assert_eq!(
-        rows[0]["users"].as_u64().unwrap() + rows[0]["skipped_users"].as_u64().unwrap(),
-        6
+    let users = rows[0]["users"].as_u64().unwrap();
+    // Every user kept has at least min_queries (10) queries, and only their comparisons of two
+    // query items count: fewer than the 30 each by pair.
+    assert!(
+        users > 0 && n >= 10 * users && n < 30 * users,
+        "{n} {users}"
     );
+    assert_eq!(rows[1]["n"], rows[0]["n"]);
+    assert_eq!(users + rows[0]["skipped_users"].as_u64().unwrap(), 6);
     assert_eq!(rows[0]["accuracy"], rows[0]["zero_shot_accuracy"]);
+    // The rows say how their queries were drawn; by pair (the default) they do not.
+    assert!(rows.iter().all(|r| r["queries_by"] == "item"), "{by_item}");
+    assert!(results.iter().all(|r| r.get("queries_by").is_none()));
+    // 100 shots from a user's 60 comparisons, of which by item about a quarter are shots: no
+    // user can be adapted, and the error says why in the terms of queries drawn by item.
+    let r = palpipe(
+        &store,
+        &[
+            "adapt",
+            "--model",
+            "k3",
+            "--users",
+            "un",
+            "--shots",
+            "0,100",
+            "--queries-by",
+            "item",
+        ],
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("query items"), "{}", r.stderr);
     // Without the split of their shots there is nothing to re-place them from: a usage error.
     let r = palpipe(
         &store,

@@ -107,10 +107,11 @@ pub struct AdaptArgs {
     /// Split of seen users' test comparisons whose accuracy is shown beside the curve.
     #[arg(long)]
     pub seen_split: Option<String>,
-    /// Share of each new user's comparisons held out as fixed queries.
+    /// Share of each new user's comparisons (with --queries-by item, of the items they
+    /// compared) held out as fixed queries.
     #[arg(long)]
     pub query_frac: Option<f64>,
-    /// Fewest queries per new user.
+    /// Fewest queries per new user (by item, users with fewer are left out).
     #[arg(long)]
     pub min_queries: Option<usize>,
     /// pair | item. pair: a share of each new user's comparisons are their queries. item: a
@@ -356,10 +357,11 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
     };
     if let Some(r) = first {
         outln!(
-            "{} users ({} excluded: too few comparisons), {} queries each N; estimator {} (prior scale {}{})",
+            "{} users ({} excluded: too few comparisons), {} queries each N{}; estimator {} (prior scale {}{})",
             r.users,
             r.skipped_users,
             r.n,
+            if r.queries_by.is_pair() { "" } else { " (drawn by item)" },
             r.estimator,
             r.prior_scale,
             r.ridge.map(|l| format!(", ridge {l}")).unwrap_or_default()

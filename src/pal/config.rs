@@ -682,10 +682,12 @@ pub struct FewShotConfig {
     /// seen user, at most this many seen users); at most [`MAX_FS_SAMPLES`]. Default 512.
     #[serde(default = "default_samples")]
     pub samples: usize,
-    /// Share of each user's comparisons held out as that user's fixed query set. Default 0.5.
+    /// Share of each user's comparisons (with [`QueriesBy::Item`], of the items they
+    /// compared) held out as that user's fixed query set. Default 0.5.
     #[serde(default = "default_query_frac")]
     pub query_frac: f64,
-    /// Fewest queries per user. Default 10.
+    /// Fewest queries per user: by pair, the queries are raised to it; by item, users with
+    /// fewer are excluded. Default 10.
     #[serde(default = "default_min_queries")]
     pub min_queries: usize,
     /// What a user's queries are drawn by: `pair` (default: a share of their comparisons) or

@@ -10,11 +10,16 @@
 //! Protocol: per user, a seeded shuffle of their comparisons; the first `max(⌈query_frac·n⌉,
 //! min_queries)` are the user's queries, the rest (in shuffled order) the shots, so the shots
 //! for N are a prefix of those for any larger N and every N is scored on the same queries. Users
-//! without enough remainder for the largest N are excluded from every N (and listed). Zero-shot
+//! without enough remainder for the largest N are excluded from every N (and listed). With
+//! [`QueriesBy::Item`] the shuffle is of the items the user compared instead: the first
+//! ⌈`query_frac`·items⌉ are query items, the queries the user's comparisons of two of them,
+//! the shots (shuffled) those of two other items; comparisons across are unused, and users with
+//! fewer than `min_queries` queries or too few shots are excluded. Zero-shot
 //! (the seen users' mean mixture w̄), the oracle mixture (maximum likelihood on all of the
 //! user's comparisons, queries included: an in-sample bound, not a result) and the held-out
-//! oracle (the same fit on every comparison but the queries: the most shots the protocol could
-//! give) are scored on the same queries.
+//! oracle (the same fit on all of the user's shots, i.e. every comparison but the queries, by
+//! item also but those across: the most shots the protocol could give) are scored on the same
+//! queries.
 //!
 //! Prior: a Gaussian on a new user's logits, one standard deviation per prototype (the spread of
 //! the seen users' logits once each user's mean logit is removed, times `prior_scale`), centred
@@ -1056,6 +1061,12 @@ pub(super) fn new_user_split(
         )
     })?;
     let sp = split_users(set, maxn, cfg, stream::FEW_SHOT);
+    if sp.user_ids.is_empty() && cfg.queries_by == QueriesBy::Item {
+        return Err(PalError::Data(format!(
+            "no user has at least {} queries and {maxn} shots once {} of the items they compared are query items (queries drawn by item leave the comparisons across query and other items unused), so none can be adapted and scored\nhint: lower the largest shot count or 'min_queries', or draw queries by pair",
+            cfg.min_queries.max(1), cfg.query_frac
+        )));
+    }
     if sp.user_ids.is_empty() {
         return Err(PalError::Data(format!(
             "no user has enough comparisons for {} of queries (at least {}) plus {maxn} shots, so none can be adapted and scored\nhint: lower the largest shot count, 'query_frac' or 'min_queries'",
@@ -1144,8 +1155,8 @@ pub fn few_shot_curve(
     };
     // The oracle: every comparison of the user, queries included (in-sample, optimistic).
     let oracle = oracle_on(&sp.all)?;
-    // The held-out oracle: every comparison but the queries, i.e. the most shots the protocol
-    // could give.
+    // The held-out oracle: all of the user's shots (every comparison but the queries; by item,
+    // also but those across), i.e. the most shots the protocol could give.
     let heldout_oracle = oracle_on(&sp.shots)?;
     // The estimator itself on the same comparisons (all of each user's shots).
     let all_n = [usize::MAX];
@@ -1409,15 +1420,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn queries_by_item_keep_every_query_item_out_of_the_shots() {
-        let set = small_set();
-        let cfg = FewShotConfig {
+    /// Queries drawn by item: half of a user's items, at least 10 queries.
+    fn by_item() -> FewShotConfig {
+        FewShotConfig {
             queries_by: QueriesBy::Item,
             query_frac: 0.5,
             min_queries: 10,
             ..FewShotConfig::default()
-        };
+        }
+    }
+
+    #[test]
+    fn queries_by_item_keep_every_query_item_out_of_the_shots() {
+        let set = small_set();
+        let cfg = by_item();
         let sp = split_users(&set, 10, &cfg, stream::FEW_SHOT);
         // u3 has one comparison: too few queries; the others have 66, over 12 items.
         assert_eq!(sp.user_ids, vec!["u0", "u1", "u2"]);
@@ -1450,5 +1466,26 @@ mod tests {
         let s_items: BTreeSet<u32> = sp.shots[0].iter().flat_map(items).collect();
         assert!(!q_items.is_disjoint(&s_items));
         assert_eq!(sp.queries.len(), 3 * 33);
+    }
+
+    #[test]
+    fn queries_by_item_excludes_users_short_of_shots_and_follows_the_seed() {
+        let set = small_set();
+        let cfg = by_item();
+        // 15 shot comparisons a user (see above): 16 shots leave every user out.
+        let sp = split_users(&set, 16, &cfg, stream::FEW_SHOT);
+        assert!(sp.user_ids.is_empty());
+        assert_eq!(sp.excluded, vec!["u0", "u1", "u2", "u3"]);
+        // The same seed draws the same split; another seed another one.
+        let a = split_users(&set, 15, &cfg, stream::FEW_SHOT);
+        let b = split_users(&set, 15, &cfg, stream::FEW_SHOT);
+        assert_eq!((&a.queries, &a.shots), (&b.queries, &b.shots));
+        assert_eq!(a.user_ids, vec!["u0", "u1", "u2"]);
+        let other = FewShotConfig {
+            seed: 1,
+            ..cfg.clone()
+        };
+        let c = split_users(&set, 15, &other, stream::FEW_SHOT);
+        assert_ne!(a.shots, c.shots);
     }
 }

@@ -170,10 +170,12 @@ pub struct AdaptParams {
     /// Split of seen users' test comparisons whose accuracy is reported beside the curve.
     #[serde(default)]
     pub seen_split: Option<String>,
-    /// Share of each new user's comparisons held out as fixed queries. Default 0.5.
+    /// Share of each new user's comparisons (with `queries_by: item`, of the items they
+    /// compared) held out as fixed queries. Default 0.5.
     #[serde(default = "default_query_frac")]
     pub query_frac: f64,
-    /// Fewest queries per new user. Default 10.
+    /// Fewest queries per new user: by pair, the queries are raised to it; by item, users
+    /// with fewer are excluded. Default 10.
     #[serde(default = "default_min_queries")]
     pub min_queries: usize,
     /// `pair` (default) or `item`: draw each new user's queries by item, so that no query
@@ -746,6 +748,9 @@ pub struct AdaptRow {
     pub skipped_users: usize,
     /// Query comparisons scored (the same at every N).
     pub n: usize,
+    /// What the queries were drawn by (`pair`, the default, is not written).
+    #[serde(skip_serializing_if = "pal::QueriesBy::is_pair")]
+    pub queries_by: pal::QueriesBy,
     pub report: serde_json::Value,
     pub accuracy: f64,
     /// 95% bootstrap interval over users.
@@ -1036,6 +1041,7 @@ pub async fn adapt_model(
                 users: curve.user_ids.len(),
                 skipped_users: curve.excluded_users.len(),
                 n: pt.adapted.n,
+                queries_by: cfg.queries_by,
                 report: summary_json(&pt.adapted),
                 accuracy: pt.adapted.accuracy,
                 ci95_users: ci_users(&pt.adapted),

@@ -72,10 +72,15 @@ impl StageKind for AdaptParams {
                 .collect();
             let first = rows.first();
             let mut msg = format!(
-                "{} users ({} excluded), {} queries, {}: {}; oracle {:.2}% (held-out {:.2}%)",
+                "{} users ({} excluded), {} queries{}, {}: {}; oracle {:.2}% (held-out {:.2}%)",
                 first.map(|r| r.users).unwrap_or(0),
                 first.map(|r| r.skipped_users).unwrap_or(0),
                 first.map(|r| r.n).unwrap_or(0),
+                if self.queries_by.is_pair() {
+                    ""
+                } else {
+                    " by item"
+                },
                 first.map(|r| r.estimator.name()).unwrap_or("map"),
                 parts.join(", "),
                 100.0 * first.map(|r| r.oracle_accuracy).unwrap_or(f64::NAN),
