@@ -135,6 +135,9 @@ pub enum Command {
     /// Evaluate a trained model (or the zero-shot CLIP score), or every one that can, on a named split.
     Eval(pal_cmds::EvalArgs),
     /// Fit new users' mixture weights from a few of their comparisons and score the rest.
+    ///
+    /// Records its result as the model's `adapt:<users>` metric (in `models.metrics_json`),
+    /// replacing an adapt stage's for the same users; `enroll --estimator auto` reads it.
     Adapt(pal_cmds::AdaptArgs),
     /// Train and evaluate a model for several K (and seeds) and print one table.
     Sweep(pal_cmds::SweepArgs),

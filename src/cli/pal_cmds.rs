@@ -410,19 +410,19 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
     }
     if let Some(r) = first {
         outln!(
-            "{:>10} {:>9.2}% {:>18}  (bound: fitted on the queries too)",
+            "{:>10} {:>9.2}% {:>18}  (bound: mixture fitted by maximum likelihood on all comparisons, queries too)",
             "oracle",
             100.0 * r.oracle_accuracy,
             ci(ci_of(&out.oracle))
         )?;
         outln!(
-            "{:>10} {:>9.2}% {:>18}  (reference: fitted on every comparison but the queries)",
+            "{:>10} {:>9.2}% {:>18}  (reference: that fit on all shots, no query)",
             "held-out",
             100.0 * r.heldout_oracle_accuracy,
             ci(ci_of(&out.heldout_oracle))
         )?;
         outln!(
-            "{:>10} {:>9.2}% {:>18}  (the estimator on every comparison but the queries)",
+            "{:>10} {:>9.2}% {:>18}  (the estimator given all shots, no query)",
             "all shots",
             100.0 * r.heldout_estimator_accuracy,
             ci(ci_of(&out.heldout_estimator))

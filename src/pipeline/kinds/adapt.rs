@@ -51,8 +51,15 @@ impl StageKind for AdaptParams {
 
     fn describe(&self) -> String {
         format!(
-            "model '{}', users of '{}', shots {:?}",
-            self.model, self.users, self.shots
+            "model '{}', users of '{}', shots {:?}{}",
+            self.model,
+            self.users,
+            self.shots,
+            if self.queries_by.is_pair() {
+                ""
+            } else {
+                ", queries by item"
+            }
         )
     }
 

@@ -38,7 +38,12 @@ impl StageKind for Params {
     }
 
     fn describe(&self) -> String {
-        format!("conversation {}", self.dir.display())
+        match self.split_by {
+            polis::SplitBy::Pair => format!("conversation {}", self.dir.display()),
+            polis::SplitBy::Statement => {
+                format!("conversation {}, split by statement", self.dir.display())
+            }
+        }
     }
 
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
