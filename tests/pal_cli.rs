@@ -170,8 +170,8 @@ fn pipeline_trains_evaluates_and_adapts() {
         refit[2]["accuracy"].as_f64().unwrap() > refit[0]["accuracy"].as_f64().unwrap(),
         "{rs}"
     );
-    // Queries drawn by item: the same users, fewer queries (only comparisons of two query
-    // items), the same number at every N, and 0 shots still the zero-shot mixture.
+    // Queries drawn by item: fewer queries (only comparisons of two query items), the same
+    // number at every N, and 0 shots still the zero-shot mixture.
     let r = palpipe(
         &store,
         &[

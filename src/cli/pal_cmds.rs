@@ -386,12 +386,15 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
             )?;
         }
     }
-    outln!(
-        "{:>10} {:>10} {:>18}",
-        "shots",
-        "accuracy",
-        "95% CI over users"
-    )?;
+    let table_header = || -> std::io::Result<()> {
+        outln!(
+            "{:>10} {:>10} {:>18}",
+            "shots",
+            "accuracy",
+            "95% CI over users"
+        )
+    };
+    table_header()?;
     if let Some(r) = first {
         outln!(
             "{:>10} {:>9.2}% {:>18}",
@@ -469,12 +472,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
             r.queries,
             a.seen_split.as_deref().unwrap_or("")
         )?;
-        outln!(
-            "{:>10} {:>10} {:>18}",
-            "shots",
-            "accuracy",
-            "95% CI over users"
-        )?;
+        table_header()?;
         for pt in &r.points {
             let n = match pt.shots {
                 0 => "zero-shot".to_string(),
