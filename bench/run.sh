@@ -34,8 +34,8 @@ EVAL_N=${EVAL_N:-20000}
 VENV=${BENCH_VENV:-/tmp/benchvenv}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/palpipe/target}
 
-# The dev profile: dependencies and crates/kernels at opt-level 3, palpipe at opt-level 1
-# (see Cargo.toml).
+# The dev profile: palpipe, crates/kernels and the dependencies at opt-level 3 (see
+# Cargo.toml).
 # PLAIN is the build without features; MKLBIN, when MKL is used, the `--features mkl` build
 # (both in CARGO_TARGET_DIR, copied to debug/palpipe-plain and debug/palpipe-mkl so that
 # neither build replaces the other); BIN is the one the single-tool sections run.
@@ -48,7 +48,7 @@ case "$MKL_MODE" in
     both) BUILDS="mkl plain" ;;
     *) echo "error: MKL must be auto, 1, 0 or both, got '$MKL_MODE'" >&2; exit 2 ;;
 esac
-PROFILE="dev (dependencies and palpipe-kernels opt-level 3, palpipe opt-level 1)"
+PROFILE="dev (opt-level 3 throughout; palpipe at 1 before session 33)"
 MKL_DESC="Intel MKL $(cat "$MKL_PREFIX/venv/lib/python3"*/site-packages/mkl_static-*.dist-info/METADATA 2>/dev/null \
     | sed -n 's/^Version: //p' | head -1 || true) from PyPI, static (mkl-static-lp64-iomp)"
 # The plain build first, so that debug/palpipe is left as the MKL build (what `make build`

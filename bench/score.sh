@@ -113,7 +113,7 @@ RAYON_NUM_THREADS=$THREADS python3 bench/interleave.py --name score \
     --tool "pytorch=$VENV/bin/python bench/score_reference.py $CKPT $STMP/vectors.jsonl $STMP/rows.jsonl --threads $THREADS" \
     --metric rewards_per_s \
     --version "torch=$(pyver torch)" --version "candle=$CANDLE_VERSION" \
-    --version "palpipe_profile=dev (dependencies opt-level 3, palpipe opt-level 1)" \
+    --version "palpipe_profile=dev (opt-level 3 throughout)" \
     --out "$STMP/score.json"
 
 RAYON_NUM_THREADS=$THREADS python3 bench/interleave.py --name serve \
@@ -122,7 +122,7 @@ RAYON_NUM_THREADS=$THREADS python3 bench/interleave.py --name serve \
     --metric requests_per_s --metric rewards_per_s --metric latency_ms.p50 --metric latency_ms.p99 \
     --metric server_peak_rss_mib --metric errors \
     --version "candle=$CANDLE_VERSION" \
-    --version "palpipe_profile=dev (dependencies opt-level 3, palpipe opt-level 1)" \
+    --version "palpipe_profile=dev (opt-level 3 throughout)" \
     --out "$STMP/serve.json"
 
 python3 - "$STMP/score.json" "$STMP/serve.json" "$OUT" "$ROWS_N" "$CANDS" "$SERVE_S" "$CONNS" <<'PY'

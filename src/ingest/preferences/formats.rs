@@ -254,9 +254,21 @@ pub struct Block {
 }
 
 impl Block {
-    /// The lines with their numbers (a line keeps its end of line).
+    /// The lines with their numbers (a line keeps its end of line; the last may have none).
+    /// Ends are found with `memchr`, not byte by byte: the byte-by-byte search was nine
+    /// tenths of the samples of the function that parses a block (3% of an ingest's).
     pub fn lines(&self) -> impl Iterator<Item = (u64, &[u8])> {
-        (self.first_line..).zip(self.data.split_inclusive(|b| *b == b'\n'))
+        let mut rest = &self.data[..];
+        let lines = std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            let (line, tail) = rest.split_at(end);
+            rest = tail;
+            Some(line)
+        });
+        (self.first_line..).zip(lines)
     }
 }
 
@@ -627,6 +639,31 @@ impl<R: Read> Read for NewlineTap<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A block's lines keep their ends and are numbered from the block's first line; a last
+    /// line without an end is a line; blank lines count.
+    #[test]
+    fn block_lines_keep_their_ends_and_numbers() {
+        let cases: [(&str, &[(u64, &str)]); 5] = [
+            ("", &[]),
+            ("{}\n", &[(7, "{}\n")]),
+            ("a\nb", &[(7, "a\n"), (8, "b")]),
+            (
+                "a\r\n\n\nb\n",
+                &[(7, "a\r\n"), (8, "\n"), (9, "\n"), (10, "b\n")],
+            ),
+            ("\n", &[(7, "\n")]),
+        ];
+        for (text, want) in cases {
+            let block = Block {
+                first_line: 7,
+                data: text.as_bytes().to_vec(),
+            };
+            let got: Vec<(u64, &[u8])> = block.lines().collect();
+            let want: Vec<(u64, &[u8])> = want.iter().map(|(n, l)| (*n, l.as_bytes())).collect();
+            assert_eq!(got, want, "{text:?}");
+        }
+    }
 
     /// Each record's line, as an editor numbers it, whatever the line ends: Unix, Windows,
     /// blank lines before a record, a quoted field over two lines, no final line end; read in
