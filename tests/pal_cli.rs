@@ -42,6 +42,31 @@ fn trained_at(dir: &Path, store: std::path::PathBuf) -> std::path::PathBuf {
     store
 }
 
+/// `palpipe train` arguments for a PAL-A head named `name` with `k` prototypes, d = 2, on
+/// `tr` with `va` for validation, for `epochs` epochs (the pipeline's heads are `k1` and `k3`
+/// with 20).
+fn pal_a_training<'a>(name: &'a str, k: &'a str, epochs: &'a str) -> [&'a str; 17] {
+    [
+        "train",
+        "--name",
+        name,
+        "--model",
+        "pal-a",
+        "--k",
+        k,
+        "--train",
+        "tr",
+        "--val",
+        "va",
+        "--encoder",
+        "synthetic-identity",
+        "--d",
+        "2",
+        "--epochs",
+        epochs,
+    ]
+}
+
 #[test]
 fn pipeline_trains_evaluates_and_adapts() {
     let dir = tempfile::tempdir().unwrap();
@@ -309,29 +334,129 @@ fn pipeline_trains_evaluates_and_adapts() {
     );
 }
 
+/// A model or metric that a pipeline's stage owns, replaced by a command outside the
+/// pipeline, makes that stage (and the stages that read the model) run again on the next
+/// `palpipe run`, and no other: the store ends as the pipeline's own run left it. The
+/// pipeline's adapt stage records shots [0, 10] for `un`; `palpipe adapt` by hand records
+/// [0, 5]; `palpipe train` by hand replaces `k1` with a 3-epoch model.
+#[test]
+fn a_stage_whose_model_or_metric_was_replaced_by_hand_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = trained_store(dir.path());
+    let p = dir.path().join("p.yaml");
+    let p = p.to_str().unwrap();
+    let metrics = |model: &str| -> Value {
+        let rows = query(
+            &store,
+            &format!("SELECT metrics_json FROM models WHERE name = '{model}'"),
+        );
+        serde_json::from_str(rows[0]["metrics_json"].as_str().unwrap()).unwrap()
+    };
+    let statuses = |r: &Run| -> Vec<(String, String)> {
+        let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+        v["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let name = s["name"].as_str().unwrap().to_string();
+                (name, s["status"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    let ran = |r: &Run| -> Vec<String> {
+        statuses(r)
+            .into_iter()
+            .filter(|(_, status)| status == "done")
+            .map(|(name, _)| name)
+            .collect()
+    };
+    let (k1, k3) = (metrics("k1"), metrics("k3"));
+    let shots = |m: &Value| -> Vec<u64> {
+        m["adapt:un"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["shots"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(shots(&k3), [0, 10]);
+    assert!(ran(&palpipe(&store, &["run", p, "--json"]).ok()).is_empty());
+
+    let adapt = ["adapt", "--model", "k3", "--users", "un", "--shots", "0,5"];
+    palpipe(&store, &adapt).ok();
+    assert_eq!(shots(&metrics("k3")), [0, 5]);
+    let plan = palpipe(&store, &["run", p, "--dry-run"]).ok();
+    assert!(
+        plan.stdout
+            .contains("metric 'adapt:un' of model 'k3' changed outside this pipeline"),
+        "{}",
+        plan.stdout
+    );
+    let again = palpipe(&store, &["run", p, "--json"]).ok();
+    assert_eq!(ran(&again), ["ad"], "{}", again.stdout);
+    assert_eq!(metrics("k3"), k3, "the pipeline's adapt metric is back");
+    assert!(ran(&palpipe(&store, &["run", p, "--json"]).ok()).is_empty());
+
+    let train = pal_a_training("k1", "1", "3");
+    palpipe(&store, &train).ok();
+    let again = palpipe(&store, &["run", p, "--json"]).ok();
+    assert_eq!(ran(&again), ["k1", "e1"], "{}", again.stdout);
+    assert_eq!(
+        metrics("k1"),
+        k1,
+        "k1 trained and evaluated as the pipeline says"
+    );
+    assert!(ran(&palpipe(&store, &["run", p, "--json"]).ok()).is_empty());
+}
+
+/// `--shots` in any order, with a repeat, gives one row per count, ascending. A K = 1 model
+/// adapted by a mixture-only estimator warns that nothing moves, and indeed every N scores as
+/// zero-shot (the one prototype is every user's mixture); a K = 3 model does not warn.
+#[test]
+fn adapt_takes_shots_ascending_once_and_warns_on_one_prototype() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = trained_store(dir.path());
+    let adapt = |model: &str| {
+        palpipe(
+            &store,
+            &[
+                "adapt",
+                "--model",
+                model,
+                "--users",
+                "un",
+                "--shots",
+                "10,0,10,5",
+                "--estimator",
+                "empirical",
+                "--json",
+            ],
+        )
+        .ok()
+    };
+    let r = adapt("k1");
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    let rows = v["results"].as_array().unwrap();
+    let shots: Vec<u64> = rows.iter().map(|r| r["shots"].as_u64().unwrap()).collect();
+    assert_eq!(shots, [0, 5, 10]);
+    for row in rows {
+        assert_eq!(row["accuracy"], row["zero_shot_accuracy"], "{row}");
+    }
+    assert!(
+        r.stderr.contains("warning: model 'k1' has K = 1"),
+        "{}",
+        r.stderr
+    );
+    let r = adapt("k3");
+    assert!(!r.stderr.contains("K = 1"), "{}", r.stderr);
+}
+
 #[test]
 fn training_twice_with_one_seed_gives_identical_weights() {
     let dir = tempfile::tempdir().unwrap();
     let store = trained_local_store(dir.path());
-    let args = [
-        "train",
-        "--name",
-        "again",
-        "--model",
-        "pal-a",
-        "--k",
-        "3",
-        "--train",
-        "tr",
-        "--val",
-        "va",
-        "--encoder",
-        "synthetic-identity",
-        "--d",
-        "2",
-        "--epochs",
-        "20",
-    ];
+    let args = pal_a_training("again", "3", "20");
     palpipe(&store, &args).ok();
     let a = std::fs::read(store.join("checkpoints/again/weights.safetensors")).unwrap();
     let b = std::fs::read(store.join("checkpoints/k3/weights.safetensors")).unwrap();

@@ -137,7 +137,8 @@ pub enum Command {
     /// Fit new users' mixture weights from a few of their comparisons and score the rest.
     ///
     /// Records its result as the model's `adapt:<users>` metric (in `models.metrics_json`),
-    /// replacing an adapt stage's for the same users; `enroll --estimator auto` reads it.
+    /// replacing an adapt stage's for the same users (the pipeline's next run runs that stage
+    /// again, to put its own back); `enroll --estimator auto` reads it.
     Adapt(pal_cmds::AdaptArgs),
     /// Train and evaluate a model for several K (and seeds) and print one table.
     Sweep(pal_cmds::SweepArgs),

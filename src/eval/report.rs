@@ -1187,6 +1187,7 @@ mod tests {
             kind: kind.into(),
             fingerprint: fp.into(),
             fingerprint_after: String::new(),
+            owned: String::new(),
             status: status.into(),
             seconds: 1.0,
             summary: "s".into(),

@@ -144,7 +144,8 @@ pub struct AdaptParams {
     pub model: String,
     /// Split holding the new users' comparisons.
     pub users: String,
-    /// Shots per user to try; 0 is zero-shot (the seen users' mean mixture).
+    /// Shots per user to try, in any order (taken ascending, each once); 0 is zero-shot (the
+    /// seen users' mean mixture).
     #[serde(default = "default_shots")]
     pub shots: Vec<usize>,
     /// Steps fitting each new user's K logits (`map`, `mle`) and `offset`'s δ; at most
@@ -199,6 +200,15 @@ impl AdaptParams {
             queries_by: self.queries_by,
             ..FewShotConfig::default()
         }
+    }
+
+    /// The shot counts as the curve takes them: ascending, each once (`shots: [20, 5, 5]` is
+    /// 5, 20).
+    pub fn shot_counts(&self) -> Vec<usize> {
+        let mut shots = self.shots.clone();
+        shots.sort_unstable();
+        shots.dedup();
+        shots
     }
 
     /// The checks of [`FewShotConfig::validate`] and a non-empty `shots`, naming the key at
@@ -887,6 +897,24 @@ pub struct AdaptOutcome {
     pub refit_seen: Option<pal::SeenRefit>,
     /// The simulated few-shot on seen users (empty without `tune_split`).
     pub simulation: Vec<SimRow>,
+    /// The model's number of prototypes K.
+    pub k: usize,
+}
+
+impl AdaptOutcome {
+    /// A warning for a model with one prototype (K = 1, a plain Bradley–Terry reward model)
+    /// adapted by a mixture-only estimator: every user's mixture is that prototype, so a new
+    /// user's shots move nothing and every N scores as zero-shot. `None` for K ≥ 2, and for
+    /// `offset`, which moves each user's ideal point off the prototype.
+    pub fn single_prototype_warning(&self, model: &str) -> Option<String> {
+        let estimator = self.rows.first()?.estimator;
+        (self.k == 1 && estimator != pal::Estimator::Offset).then(|| {
+            format!(
+                "model '{model}' has K = 1: every user's mixture is its one prototype, so the {} estimator moves nothing and every N scores as zero-shot\nhint: adapt a model trained with k of 2 or more, or use the offset estimator (a per-user offset of the ideal point)",
+                estimator.name()
+            )
+        })
+    }
 }
 
 fn ci_users(r: &EvalReport) -> Option<[f64; 2]> {
@@ -997,7 +1025,8 @@ pub async fn adapt_model(
     } else {
         None
     };
-    let shots = p.shots.clone();
+    let shots = p.shot_counts();
+    let k = model.config().k;
     let base = p.fewshot_config();
     let out = tokio::task::spawn_blocking(move || -> anyhow::Result<AdaptOutcome> {
         let opts = EvalOptions {
@@ -1068,6 +1097,7 @@ pub async fn adapt_model(
             group_bound,
             refit_seen,
             simulation,
+            k,
         })
     })
     .await??;

@@ -4,8 +4,11 @@
 //! its input files (size and modification time for files over 256 MiB) and the versions of
 //! the tables it reads, or for stages that rewrite part of a table they read, the content of
 //! that part). A stage whose fingerprint matches its last successful run in this pipeline,
-//! before or after that run, is skipped. Stages stage their rows and commit each table once
-//! at their end, so a failing stage mostly leaves nothing to undo; what this process did
+//! before or after that run, is skipped, unless a model or model metric it owns has been
+//! replaced since by a command outside the pipeline (`palpipe train`, `eval`, `adapt` by
+//! hand): then it runs again, so that the store ends as a fresh run leaves it. Stages stage
+//! their rows and commit each table once at their end, so a failing stage mostly leaves
+//! nothing to undo; what this process did
 //! commit during a failed stage is rolled back, table by table, unless another writer
 //! committed to that table in between (its commit is kept, and the failure says so). The run
 //! stops there; it is recorded in `runs` either way, with the error text.
@@ -39,6 +42,11 @@ pub struct StageRecord {
     /// (`dedup`, `pick_a_filter`): the state it left counts as unchanged too.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub fingerprint_after: String,
+    /// A digest of the models and metrics the stage owns, as its run left them
+    /// (`owned_digest`); empty for stages that own neither, and in records of earlier
+    /// versions (not checked until the stage runs again).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owned: String,
     /// done | skipped | failed | not-run | planned
     pub status: String,
     #[serde(default)]
@@ -111,15 +119,23 @@ pub async fn run(
     for stage in &p.stages {
         let kind = stage.params.kind().to_string();
         let fp = fingerprint(stage, store, &p.splits).await?;
-        let unchanged = previous
-            .get(&stage.name)
-            .is_some_and(|known| known.contains(&fp))
+        let last = previous.get(&stage.name);
+        // A model or metric the stage owns that a command outside this pipeline replaced
+        // (`palpipe train`, `eval` or `adapt` by hand) makes it run again, so that the store
+        // ends as a fresh run of the pipeline leaves it.
+        let replaced = match last {
+            Some(last) if !last.owned.is_empty() => owned_digest(stage, store).await? != last.owned,
+            _ => false,
+        };
+        let unchanged = last.is_some_and(|last| last.fingerprints.contains(&fp))
+            && !replaced
             && !opts.force.contains(&stage.name);
         let mut rec = StageRecord {
             name: stage.name.clone(),
             kind,
             fingerprint: fp,
             fingerprint_after: String::new(),
+            owned: String::new(),
             status: String::new(),
             seconds: 0.0,
             summary: String::new(),
@@ -143,6 +159,12 @@ pub async fn run(
                 Ok(()) => {
                     rec.status = "planned".into();
                     rec.summary = stage.params.describe();
+                    if replaced {
+                        rec.summary.push_str(&format!(
+                            " ({} changed outside this pipeline since its last run)",
+                            owned_names(stage)
+                        ));
+                    }
                 }
                 Err(e) => {
                     rec.status = "failed".into();
@@ -157,6 +179,13 @@ pub async fn run(
                 }
             }
         } else {
+            if replaced {
+                printer.status(format!(
+                    "stage '{}': {} changed outside this pipeline since its last run; running it again",
+                    stage.name,
+                    owned_names(stage)
+                ));
+            }
             printer.status(format!("stage '{}' ({}) …", stage.name, rec.kind));
             let before = store.versions().await?;
             let t = Instant::now();
@@ -173,6 +202,12 @@ pub async fn run(
                 Ok(summary) => {
                     rec.status = "done".into();
                     rec.summary = summary;
+                    if replaced {
+                        rec.summary.push_str(&format!(
+                            " (run again: {} changed outside this pipeline)",
+                            owned_names(stage)
+                        ));
+                    }
                     if !stage.params.reads().is_empty() || !stage.params.read_scopes().is_empty() {
                         let after = fingerprint(stage, store, &p.splits).await?;
                         if after != rec.fingerprint {
@@ -203,6 +238,13 @@ pub async fn run(
         error = dry_run_error(&dry_failures);
     }
     if !opts.dry_run {
+        // What each stage that ran owns, as the whole run left it (a later stage may rewrite
+        // a row an earlier one owns part of: two stages' metrics of one model).
+        for (stage, rec) in p.stages.iter().zip(records.iter_mut()) {
+            if rec.status == "done" {
+                rec.owned = owned_digest(stage, store).await?;
+            }
+        }
         let versions_after = store.versions().await?;
         let row = RunRow {
             run_id: run_id.clone(),
@@ -313,6 +355,128 @@ async fn fingerprint(
     Ok(h.finalize().to_hex()[..32].to_string())
 }
 
+/// A digest of the models and model metrics a stage owns, as the store holds them now: each
+/// owned model's checkpoint and training time, each owned metric's recorded value (numbers to
+/// 10 significant digits, so that a value re-read and re-written by a later metric's write
+/// digests alike). Empty when the stage owns neither. Rows of datasets are not digested
+/// (reading every pair of a dataset on each run would cost as much as the stage).
+async fn owned_digest(stage: &Stage, store: &Store) -> Result<String, RunError> {
+    use super::kinds::Scope;
+    let mut h = blake3::Hasher::new();
+    let mut any = false;
+    for scope in stage.params.owns(&stage.name) {
+        let part = match &scope {
+            Scope::Model(name) => match model_row(store, name).await? {
+                Some(m) => format!("model {name}={}@{};", m.checkpoint, m.created_ms),
+                None => format!("model {name} absent;"),
+            },
+            Scope::ModelMetric { model, key } => {
+                let value = model_row(store, model)
+                    .await?
+                    .and_then(|m| m.metrics_json)
+                    .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+                    .and_then(|v| v.get(key).map(canonical_json));
+                format!("metric {model}/{key}={value:?};")
+            }
+            _ => continue,
+        };
+        any = true;
+        h.update(part.as_bytes());
+    }
+    Ok(if any {
+        h.finalize().to_hex()[..32].to_string()
+    } else {
+        String::new()
+    })
+}
+
+/// A model's row as `owned_digest` reads it.
+struct ModelState {
+    checkpoint: String,
+    created_ms: i64,
+    metrics_json: Option<String>,
+}
+
+/// The `models` row named `name`, `None` when there is none (or no `models` table yet); a
+/// store that cannot be read is an error, not an absent model.
+async fn model_row(store: &Store, name: &str) -> Result<Option<ModelState>, RunError> {
+    use arrow_array::{Array, Int64Array, StringArray};
+    let filter = format!("name = '{}'", name.replace('\'', "''"));
+    let cols = ["checkpoint", "created_ms", "metrics_json"];
+    for b in store.read("models", &cols, Some(&filter)).await? {
+        if b.num_rows() == 0 {
+            continue;
+        }
+        let text = |i: usize| {
+            b.column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .filter(|a| !a.is_null(0))
+                .map(|a| a.value(0).to_string())
+        };
+        let created_ms = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .map_or(0, |a| a.value(0));
+        return Ok(Some(ModelState {
+            checkpoint: text(0).unwrap_or_default(),
+            created_ms,
+            metrics_json: text(2),
+        }));
+    }
+    Ok(None)
+}
+
+/// `v` as text with every number written to 10 significant digits (keys in order, as
+/// serde_json's maps keep them sorted).
+fn canonical_json(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(x) if n.is_f64() => format!("{x:.9e}"),
+            _ => n.to_string(),
+        },
+        Value::Array(items) => {
+            let parts: Vec<String> = items.iter().map(canonical_json).collect();
+            format!("[{}]", parts.join(","))
+        }
+        Value::Object(map) => {
+            let parts: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{k:?}:{}", canonical_json(v)))
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The models and metrics `owned_digest` covers, for a message: "model 'm'", "metric
+/// 'adapt:u' of model 'm'".
+fn owned_names(stage: &Stage) -> String {
+    use super::kinds::Scope;
+    let names: Vec<String> = stage
+        .params
+        .owns(&stage.name)
+        .iter()
+        .filter_map(|scope| match scope {
+            Scope::Model(name) => Some(format!("model '{name}'")),
+            Scope::ModelMetric { model, key } => Some(format!("metric '{key}' of model '{model}'")),
+            _ => None,
+        })
+        .collect();
+    names.join(", ")
+}
+
+/// What a stage's latest successful run in a pipeline left: its fingerprints (before, and
+/// after where it differs) and the digest of its models and metrics (`owned_digest`).
+#[derive(Debug)]
+struct LastRun {
+    fingerprints: Vec<String>,
+    owned: String,
+}
+
 /// Files above this size enter a fingerprint by size and modification time, not content:
 /// hashing hundreds of GB of image shards on every run would cost minutes.
 const HASH_CONTENT_UP_TO: u64 = 256 << 20;
@@ -360,7 +524,7 @@ fn hash_path(h: &mut blake3::Hasher, path: &std::path::Path) -> Result<(), RunEr
 async fn last_fingerprints(
     store: &Store,
     name: &str,
-) -> Result<BTreeMap<String, Vec<String>>, RunError> {
+) -> Result<BTreeMap<String, LastRun>, RunError> {
     use arrow_array::{Array, Int64Array, StringArray};
     let filter = format!("pipeline = '{}'", name.replace('\'', "''"));
     let mut rows: Vec<(i64, String)> = Vec::new();
@@ -384,11 +548,18 @@ async fn last_fingerprints(
         let recs: Vec<StageRecord> = serde_json::from_str(&json).unwrap_or_default();
         for r in recs {
             if r.status == "done" {
-                let mut known = vec![r.fingerprint];
+                let mut fingerprints = vec![r.fingerprint];
                 if !r.fingerprint_after.is_empty() {
-                    known.push(r.fingerprint_after);
+                    fingerprints.push(r.fingerprint_after);
                 }
-                out.insert(r.name, known);
+                let owned = r.owned;
+                out.insert(
+                    r.name,
+                    LastRun {
+                        fingerprints,
+                        owned,
+                    },
+                );
             }
         }
     }

@@ -54,7 +54,7 @@ impl StageKind for AdaptParams {
             "model '{}', users of '{}', shots {:?}{}",
             self.model,
             self.users,
-            self.shots,
+            self.shot_counts(),
             if self.queries_by.is_pair() {
                 ""
             } else {
@@ -72,6 +72,9 @@ impl StageKind for AdaptParams {
     fn run<'a>(&'a self, ctx: &'a StageCtx<'a>) -> RunFuture<'a> {
         Box::pin(async move {
             let out = adapt_model(ctx.store, self, Default::default()).await?;
+            if let Some(w) = out.single_prototype_warning(&self.model) {
+                ctx.printer.warn(w);
+            }
             let rows = &out.rows;
             let parts: Vec<String> = rows
                 .iter()
