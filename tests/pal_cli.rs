@@ -364,13 +364,14 @@ fn a_stage_whose_model_or_metric_was_replaced_by_hand_runs_again() {
             })
             .collect()
     };
-    let ran = |r: &Run| -> Vec<String> {
+    let with_status = |r: &Run, wanted: &str| -> Vec<String> {
         statuses(r)
             .into_iter()
-            .filter(|(_, status)| status == "done")
+            .filter(|(_, status)| status == wanted)
             .map(|(name, _)| name)
             .collect()
     };
+    let ran = |r: &Run| with_status(r, "done");
     let (k1, k3) = (metrics("k1"), metrics("k3"));
     let shots = |m: &Value| -> Vec<u64> {
         m["adapt:un"]
@@ -398,10 +399,49 @@ fn a_stage_whose_model_or_metric_was_replaced_by_hand_runs_again() {
     assert_eq!(metrics("k3"), k3, "the pipeline's adapt metric is back");
     assert!(ran(&palpipe(&store, &["run", p, "--json"]).ok()).is_empty());
 
+    // A dry run plans what a stage it plans would change: a model trained again is read by
+    // its eval stage (nothing here is replaced by hand, so no stage says so).
+    let plan = palpipe(
+        &store,
+        &[
+            "run",
+            p,
+            "--dry-run",
+            "--json",
+            "--set",
+            "k1.training.epochs=3",
+        ],
+    )
+    .ok();
+    assert_eq!(
+        with_status(&plan, "planned"),
+        ["k1", "e1"],
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        !plan.stdout.contains("outside this pipeline"),
+        "{}",
+        plan.stdout
+    );
+
     let train = pal_a_training("k1", "1", "3");
     palpipe(&store, &train).ok();
     let again = palpipe(&store, &["run", p, "--json"]).ok();
     assert_eq!(ran(&again), ["k1", "e1"], "{}", again.stdout);
+    let summary = |name: &str| -> String {
+        let v: Value = serde_json::from_str(again.stdout.trim()).unwrap();
+        let stages = v["stages"].as_array().unwrap();
+        let stage = stages.iter().find(|s| s["name"] == name).unwrap();
+        stage["summary"].as_str().unwrap().to_string()
+    };
+    assert!(
+        summary("k1").contains("model 'k1' changed outside this pipeline"),
+        "{}",
+        summary("k1")
+    );
+    // e1 runs because the model it reads changed, which its own fingerprint says.
+    assert!(!summary("e1").contains("outside"), "{}", summary("e1"));
     assert_eq!(
         metrics("k1"),
         k1,

@@ -122,6 +122,10 @@ Exit codes: 0 ok, 1 failure in the data or the work, 2 bad usage or configuratio
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a pipeline file: validate it, then run each stage whose inputs changed.
+    ///
+    /// A stage whose inputs, parameters and the tables and models it reads are as at its last
+    /// run is skipped, unless the model or metric it owns no longer holds what that run left
+    /// (`palpipe train`, `eval` or `adapt` by hand under the same name): then it runs again.
     #[command(after_help = run::after_help())]
     Run(run::RunArgs),
     /// Read your own preference data (a file, glob or folder) into the store's pairs.
@@ -131,8 +135,15 @@ pub enum Command {
     /// List the store's tables with their current version and row count.
     Tables(sql::TablesArgs),
     /// Train a PAL head (or a baseline) on a named split.
+    ///
+    /// Under the name of a pipeline's train stage, it replaces that stage's model; the
+    /// pipeline's next run trains the stage's own again.
     Train(pal_cmds::TrainArgs),
     /// Evaluate a trained model (or the zero-shot CLIP score), or every one that can, on a named split.
+    ///
+    /// Records the result as the model's metric for the split (in `models.metrics_json`); if a
+    /// pipeline's eval stage owns that metric and this one differs, the pipeline's next run
+    /// runs that stage again.
     Eval(pal_cmds::EvalArgs),
     /// Fit new users' mixture weights from a few of their comparisons and score the rest.
     ///

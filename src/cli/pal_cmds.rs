@@ -84,8 +84,8 @@ pub struct AdaptArgs {
     /// Split holding the new users' comparisons.
     #[arg(long)]
     pub users: String,
-    /// Shots per user, comma-separated, in any order (taken ascending, each once); 0 is
-    /// zero-shot (the seen users' mean mixture).
+    /// Shots per user, comma-separated, in any order (taken ascending; a repeated count is
+    /// taken once); 0 is zero-shot (the seen users' mean mixture).
     #[arg(long, value_delimiter = ',', default_value = "0,1,5,10,20")]
     pub shots: Vec<usize>,
     /// Steps fitting each new user's logits (map, mle) and offset's δ (at most 100000).

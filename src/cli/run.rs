@@ -15,7 +15,9 @@ pub struct RunArgs {
     /// Rerun this stage even if unchanged (repeatable).
     #[arg(long, value_name = "STAGE")]
     pub force: Vec<String>,
-    /// Validate and print the plan: which stages would run and which are unchanged. Checks
+    /// Validate and print the plan: which stages would run (and why, where a stage's model or
+    /// metric was replaced by hand, or it reads what a planned stage changes) and which are
+    /// unchanged. Checks
     /// what it can without writing: a preferences stage's mapped columns against each file's
     /// header or first row. Every stage is checked, so one dry run names all that would fail.
     #[arg(long)]

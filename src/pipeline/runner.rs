@@ -112,24 +112,35 @@ pub async fn run(
     }
     let mut records = Vec::new();
     let mut error = None;
-    // What the stages planned so far in a dry run will make (see `StageKind::makes`).
+    // What the stages planned so far in a dry run will make (see `StageKind::makes`), the
+    // models they train and the tables whose rows they own.
     let mut planned_makes: Vec<std::path::PathBuf> = Vec::new();
+    let mut planned_models: Vec<String> = Vec::new();
+    let mut planned_tables: Vec<&str> = Vec::new();
     // A dry run checks every stage, so that one pass names every stage that would fail.
     let mut dry_failures: Vec<String> = Vec::new();
     for stage in &p.stages {
         let kind = stage.params.kind().to_string();
         let fp = fingerprint(stage, store, &p.splits).await?;
         let last = previous.get(&stage.name);
-        // A model or metric the stage owns that a command outside this pipeline replaced
-        // (`palpipe train`, `eval` or `adapt` by hand) makes it run again, so that the store
+        let known = last.is_some_and(|last| last.fingerprints.contains(&fp));
+        // A stage otherwise unchanged whose model or metric a command outside this pipeline
+        // replaced (`palpipe train`, `eval` or `adapt` by hand) runs again, so that the store
         // ends as a fresh run of the pipeline leaves it.
         let replaced = match last {
-            Some(last) if !last.owned.is_empty() => owned_digest(stage, store).await? != last.owned,
+            Some(last) if known && !last.owned.is_empty() => {
+                owned_digest(stage, store).await? != last.owned
+            }
             _ => false,
         };
-        let unchanged = last.is_some_and(|last| last.fingerprints.contains(&fp))
-            && !replaced
-            && !opts.force.contains(&stage.name);
+        // A dry run does not run the stages it plans, so what they would change is not in
+        // the fingerprints of the stages after them: a model a planned stage trains, the
+        // pairs and users a planned stage writes.
+        let reads_planned = (stage.params.model_refs().iter())
+            .any(|(_, model)| planned_models.contains(model))
+            || (stage.params.reads().iter()).any(|t| planned_tables.contains(t));
+        let after_planned = opts.dry_run && reads_planned;
+        let unchanged = known && !replaced && !after_planned && !opts.force.contains(&stage.name);
         let mut rec = StageRecord {
             name: stage.name.clone(),
             kind,
@@ -164,6 +175,18 @@ pub async fn run(
                             " ({} changed outside this pipeline since its last run)",
                             owned_names(stage)
                         ));
+                    } else if after_planned && known {
+                        rec.summary
+                            .push_str(" (it reads what a stage planned before it may change)");
+                    }
+                    for scope in stage.params.owns(&stage.name) {
+                        use super::kinds::Scope;
+                        match scope {
+                            Scope::Model(name) => planned_models.push(name),
+                            Scope::Dataset(_) => planned_tables.extend(["pairs", "users"]),
+                            Scope::SplitTags { .. } => planned_tables.push("pairs"),
+                            Scope::ModelMetric { .. } | Scope::Folder(_) => {}
+                        }
                     }
                 }
                 Err(e) => {
