@@ -135,10 +135,12 @@ pub async fn run(
         };
         // A dry run does not run the stages it plans, so what they would change is not in
         // the fingerprints of the stages after them: a model a planned stage trains, the
-        // pairs and users a planned stage writes.
+        // rows a planned ingest or transform writes (not what `embed` writes: it owns no
+        // rows, its vectors being shared).
         let reads_planned = (stage.params.model_refs().iter())
             .any(|(_, model)| planned_models.contains(model))
-            || (stage.params.reads().iter()).any(|t| planned_tables.contains(t));
+            || (stage.params.reads().iter()).any(|t| planned_tables.contains(t))
+            || (stage.params.read_scopes().iter()).any(|r| planned_tables.contains(&r.table));
         let after_planned = opts.dry_run && reads_planned;
         let unchanged = known && !replaced && !after_planned && !opts.force.contains(&stage.name);
         let mut rec = StageRecord {
@@ -183,7 +185,9 @@ pub async fn run(
                         use super::kinds::Scope;
                         match scope {
                             Scope::Model(name) => planned_models.push(name),
-                            Scope::Dataset(_) => planned_tables.extend(["pairs", "users"]),
+                            Scope::Dataset(_) => {
+                                planned_tables.extend(["pairs", "users", "items", "prompts"])
+                            }
                             Scope::SplitTags { .. } => planned_tables.push("pairs"),
                             Scope::ModelMetric { .. } | Scope::Folder(_) => {}
                         }
@@ -263,9 +267,17 @@ pub async fn run(
     if !opts.dry_run {
         // What each stage that ran owns, as the whole run left it (a later stage may rewrite
         // a row an earlier one owns part of: two stages' metrics of one model).
+        // A store that cannot be read now leaves the digest empty (not checked next run)
+        // rather than the run unrecorded.
         for (stage, rec) in p.stages.iter().zip(records.iter_mut()) {
             if rec.status == "done" {
-                rec.owned = owned_digest(stage, store).await?;
+                match owned_digest(stage, store).await {
+                    Ok(digest) => rec.owned = digest,
+                    Err(e) => printer.warn(format!(
+                        "stage '{}': could not read its model or metric back ({e}); the next run does not check them",
+                        stage.name
+                    )),
+                }
             }
         }
         let versions_after = store.versions().await?;
