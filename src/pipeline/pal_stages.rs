@@ -238,7 +238,27 @@ pub struct ModelEntry {
 }
 
 impl ModelEntry {
+    /// The model named `name`; an error that lists the stored models when there is none.
     pub async fn find(store: &Store, name: &str) -> anyhow::Result<ModelEntry> {
+        if let Some(entry) = ModelEntry::lookup(store, name).await? {
+            return Ok(entry);
+        }
+        let known = model_names(store).await?;
+        anyhow::bail!(
+            "no model named '{name}' in the store (models: {})\nhint: train one with 'palpipe train' or a 'train' stage",
+            if known.is_empty() { "none yet".to_string() } else { known.join(", ") }
+        )
+    }
+
+    /// The model named `name`, `None` when `models` has no such row (or no `models` table
+    /// exists yet).
+    ///
+    /// # Errors
+    /// A store that cannot be read.
+    pub async fn lookup(
+        store: &Store,
+        name: &str,
+    ) -> Result<Option<ModelEntry>, crate::store::StoreError> {
         let filter = format!("name = '{}'", name.replace('\'', "''"));
         for b in store.read("models", &[], Some(&filter)).await? {
             if b.num_rows() == 0 {
@@ -261,7 +281,7 @@ impl ModelEntry {
                 .and_then(|a| a.as_any().downcast_ref::<Int64Array>())
                 .map(|a| a.value(0))
                 .unwrap_or(0);
-            return Ok(ModelEntry {
+            return Ok(Some(ModelEntry {
                 row: ModelRow {
                     name: name.to_string(),
                     kind: s("kind").unwrap_or_default(),
@@ -274,13 +294,9 @@ impl ModelEntry {
                     run_id: s("run_id"),
                     created_ms: created,
                 },
-            });
+            }));
         }
-        let known = model_names(store).await?;
-        anyhow::bail!(
-            "no model named '{name}' in the store (models: {})\nhint: train one with 'palpipe train' or a 'train' stage",
-            if known.is_empty() { "none yet".to_string() } else { known.join(", ") }
-        )
+        Ok(None)
     }
 
     /// Merges `value` under `key` into the model's metrics and saves the row.

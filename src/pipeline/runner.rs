@@ -8,10 +8,10 @@
 //! replaced since by a command outside the pipeline (`palpipe train`, `eval`, `adapt` by
 //! hand): then it runs again, so that the store ends as a fresh run leaves it. Stages stage
 //! their rows and commit each table once at their end, so a failing stage mostly leaves
-//! nothing to undo; what this process did
-//! commit during a failed stage is rolled back, table by table, unless another writer
-//! committed to that table in between (its commit is kept, and the failure says so). The run
-//! stops there; it is recorded in `runs` either way, with the error text.
+//! nothing to undo; what this process did commit during a failed stage is rolled back, table
+//! by table, unless another writer committed to that table in between (its commit is kept,
+//! and the failure says so). The run stops there; it is recorded in `runs` either way, with
+//! the error text.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -397,18 +397,19 @@ async fn fingerprint(
 /// (reading every pair of a dataset on each run would cost as much as the stage).
 async fn owned_digest(stage: &Stage, store: &Store) -> Result<String, RunError> {
     use super::kinds::Scope;
+    use super::pal_stages::ModelEntry;
     let mut h = blake3::Hasher::new();
     let mut any = false;
     for scope in stage.params.owns(&stage.name) {
         let part = match &scope {
-            Scope::Model(name) => match model_row(store, name).await? {
-                Some(m) => format!("model {name}={}@{};", m.checkpoint, m.created_ms),
+            Scope::Model(name) => match ModelEntry::lookup(store, name).await? {
+                Some(m) => format!("model {name}={}@{};", m.row.checkpoint, m.row.created_ms),
                 None => format!("model {name} absent;"),
             },
             Scope::ModelMetric { model, key } => {
-                let value = model_row(store, model)
+                let value = ModelEntry::lookup(store, model)
                     .await?
-                    .and_then(|m| m.metrics_json)
+                    .and_then(|m| m.row.metrics_json)
                     .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
                     .and_then(|v| v.get(key).map(canonical_json));
                 format!("metric {model}/{key}={value:?};")
@@ -423,44 +424,6 @@ async fn owned_digest(stage: &Stage, store: &Store) -> Result<String, RunError> 
     } else {
         String::new()
     })
-}
-
-/// A model's row as `owned_digest` reads it.
-struct ModelState {
-    checkpoint: String,
-    created_ms: i64,
-    metrics_json: Option<String>,
-}
-
-/// The `models` row named `name`, `None` when there is none (or no `models` table yet); a
-/// store that cannot be read is an error, not an absent model.
-async fn model_row(store: &Store, name: &str) -> Result<Option<ModelState>, RunError> {
-    use arrow_array::{Array, Int64Array, StringArray};
-    let filter = format!("name = '{}'", name.replace('\'', "''"));
-    let cols = ["checkpoint", "created_ms", "metrics_json"];
-    for b in store.read("models", &cols, Some(&filter)).await? {
-        if b.num_rows() == 0 {
-            continue;
-        }
-        let text = |i: usize| {
-            b.column(i)
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .filter(|a| !a.is_null(0))
-                .map(|a| a.value(0).to_string())
-        };
-        let created_ms = b
-            .column(1)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .map_or(0, |a| a.value(0));
-        return Ok(Some(ModelState {
-            checkpoint: text(0).unwrap_or_default(),
-            created_ms,
-            metrics_json: text(2),
-        }));
-    }
-    Ok(None)
 }
 
 /// `v` as text with every number written to 10 significant digits (keys in order, as
