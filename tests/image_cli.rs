@@ -392,6 +392,46 @@ fn a_pipeline_embeds_with_clip_and_evaluates_the_clip_score_and_reports_it() {
     // unchanged: the second run skips both stages
     let r = palpipe(store, &["run", p.to_str().unwrap()]).ok();
     assert!(r.stdout.contains("nothing to do"), "{}", r.stdout);
+    // a dry run that plans `embed` again also plans the eval reading its vectors (which the
+    // run may add to), saying why; nothing is written
+    let plan = palpipe(
+        store,
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "--dry-run",
+            "--json",
+            "--set",
+            "embed.batch_size=2",
+        ],
+    )
+    .ok();
+    let plan_json: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    let statuses: Vec<(String, String)> = plan_json["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let field = |k: &str| s[k].as_str().unwrap().to_string();
+            (field("name"), field("status"))
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("embed".to_string(), "planned".to_string()),
+            ("zero-shot".to_string(), "planned".to_string())
+        ],
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout
+            .contains("it reads what a stage planned before it may change"),
+        "{}",
+        plan.stdout
+    );
+    assert_eq!(scalar(store, "SELECT count(*) FROM embeddings"), 9);
     // the report lists it
     let out = dir.path().join("report");
     palpipe(

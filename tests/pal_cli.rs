@@ -490,6 +490,35 @@ fn adapt_takes_shots_ascending_once_and_warns_on_one_prototype() {
     );
     let r = adapt("k3");
     assert!(!r.stderr.contains("K = 1"), "{}", r.stderr);
+    // the text table has one zero-shot row, whether 0 is asked for or not
+    for shots in ["0,5", "5"] {
+        let r = palpipe(
+            &store,
+            &["adapt", "--model", "k3", "--users", "un", "--shots", shots],
+        )
+        .ok();
+        let first_words: Vec<&str> = (r.stdout.lines())
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let count = |w: &str| first_words.iter().filter(|f| **f == w).count();
+        assert_eq!(
+            (count("zero-shot"), count("0"), count("5")),
+            (1, 0, 1),
+            "{shots}: {}",
+            r.stdout
+        );
+    }
+    // more shots than any user has: the hint names the flags that lower the need
+    let r = palpipe(
+        &store,
+        &[
+            "adapt", "--model", "k3", "--users", "un", "--shots", "100000",
+        ],
+    );
+    assert_ne!(r.code, 0);
+    for flag in ["--shots", "--query-frac", "--min-queries"] {
+        assert!(r.stderr.contains(flag), "{flag}: {}", r.stderr);
+    }
 }
 
 #[test]

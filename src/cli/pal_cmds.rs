@@ -399,7 +399,9 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
         )
     };
     table_header()?;
-    if let Some(r) = first {
+    // 0 shots is the zero-shot mixture itself: asked for, its row is the zero-shot row.
+    let asked_zero = out.rows.iter().any(|r| r.shots == 0);
+    if let (Some(r), false) = (first, asked_zero) {
         outln!(
             "{:>10} {:>9.2}% {:>18}",
             "zero-shot",
@@ -408,9 +410,13 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
         )?;
     }
     for r in &out.rows {
+        let n = match r.shots {
+            0 => "zero-shot".to_string(),
+            n => n.to_string(),
+        };
         outln!(
             "{:>10} {:>9.2}% {:>18}",
-            r.shots,
+            n,
             100.0 * r.accuracy,
             ci(r.ci95_users)
         )?;

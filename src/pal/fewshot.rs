@@ -1069,7 +1069,7 @@ pub(super) fn new_user_split(
     }
     if sp.user_ids.is_empty() {
         return Err(PalError::Data(format!(
-            "no user has enough comparisons for {} of queries (at least {}) plus {maxn} shots, so none can be adapted and scored\nhint: lower the largest shot count, 'query_frac' or 'min_queries'",
+            "no user has enough comparisons for {} of queries (at least {}) plus {maxn} shots, so none can be adapted and scored\nhint: lower the largest shot count (--shots), query_frac (--query-frac) or min_queries (--min-queries)",
             cfg.query_frac, cfg.min_queries
         )));
     }

@@ -135,8 +135,7 @@ pub async fn run(
         };
         // A dry run does not run the stages it plans, so what they would change is not in
         // the fingerprints of the stages after them: a model a planned stage trains, the
-        // rows a planned ingest or transform writes (not what `embed` writes: it owns no
-        // rows, its vectors being shared).
+        // rows a planned ingest or transform writes, the vectors a planned `embed` adds.
         let reads_planned = (stage.params.model_refs().iter())
             .any(|(_, model)| planned_models.contains(model))
             || (stage.params.reads().iter()).any(|t| planned_tables.contains(t))
@@ -181,6 +180,7 @@ pub async fn run(
                         rec.summary
                             .push_str(" (it reads what a stage planned before it may change)");
                     }
+                    planned_tables.extend(stage.params.appends());
                     for scope in stage.params.owns(&stage.name) {
                         use super::kinds::Scope;
                         match scope {

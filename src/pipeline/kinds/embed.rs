@@ -57,6 +57,10 @@ impl StageKind for EmbedParams {
         Vec::new()
     }
 
+    fn appends(&self) -> &'static [&'static str] {
+        &["embeddings"]
+    }
+
     fn describe(&self) -> String {
         let model = match (&self.model_dir, self.is_clip()) {
             (Some(d), true) => format!("clip ({})", d.display()),

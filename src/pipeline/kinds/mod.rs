@@ -206,6 +206,12 @@ pub trait StageKind: fmt::Debug + Send + Sync {
     /// The rows this stage owns (see [`Scope`]); `stage_name` names a model by default.
     fn owns(&self, stage_name: &str) -> Vec<Scope>;
 
+    /// Shared, content-addressed tables this stage adds rows to beyond what it owns (`embed`
+    /// adds to `embeddings`): a dry run plans the stages after it that read them.
+    fn appends(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Split names this stage uses, with their keys.
     fn split_refs(&self) -> Vec<(String, String)> {
         Vec::new()
