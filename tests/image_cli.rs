@@ -393,7 +393,9 @@ fn a_pipeline_embeds_with_clip_and_evaluates_the_clip_score_and_reports_it() {
     let r = palpipe(store, &["run", p.to_str().unwrap()]).ok();
     assert!(r.stdout.contains("nothing to do"), "{}", r.stdout);
     // a dry run that plans `embed` again also plans the eval reading its vectors (which the
-    // run may add to), saying why; nothing is written
+    // run may add to), saying why; nothing is written. (Here the real run would add no
+    // vector, vectors being cached by content and encoder, and skip the eval: the plan errs
+    // on the side of running.)
     let plan = palpipe(
         store,
         &[

@@ -1063,7 +1063,7 @@ pub(super) fn new_user_split(
     let sp = split_users(set, maxn, cfg, stream::FEW_SHOT);
     if sp.user_ids.is_empty() && cfg.queries_by == QueriesBy::Item {
         return Err(PalError::Data(format!(
-            "no user has at least {} queries and {maxn} shots once {} of the items they compared are query items (queries drawn by item leave the comparisons across query and other items unused), so none can be adapted and scored\nhint: lower the largest shot count or min_queries (--min-queries), or draw queries by pair (queries_by: pair, the default)",
+            "no user has at least {} queries and {maxn} shots once {} of the items they compared are query items (queries drawn by item leave the comparisons across query and other items unused), so none can be adapted and scored\nhint: lower the largest shot count (--shots) or min_queries (--min-queries), or draw queries by pair (queries_by: pair, the default)",
             cfg.min_queries.max(1), cfg.query_frac
         )));
     }

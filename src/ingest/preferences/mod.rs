@@ -831,7 +831,7 @@ where
         if self.threads <= 1 {
             // One block buffer and one effect list, reused.
             let (mut data, mut effects) = (Vec::new(), Vec::new());
-            let mut like = [(0, 0); 3];
+            let mut like = ListSizes::default();
             while let Some(block) = lines.next_block(data)? {
                 let rows;
                 (effects, rows) = block_effects(
@@ -863,9 +863,10 @@ where
 /// The effects of one block of JSON lines, in `out` (emptied first: lists are reused, so
 /// that each block does not ask the allocator for megabytes afresh), and the rows they
 /// give: each line parsed and mapped, in order, up to the first line that stops the read.
-/// The rows' lists start with the room the thread's previous block used (`like`, which is
-/// then set to this block's): grown from nothing, each list was copied as it doubled, about
-/// 3% of a 100 MB ingest's CPU time (bench/README.md, "Session 35").
+/// The rows' lists start with the room the thread's previous block used, scaled to this
+/// block's size (`like`, which is then set to this block's): grown from nothing, each list
+/// was copied as it doubled, about 3% of a 100 MB ingest's CPU time (bench/README.md,
+/// "Session 35").
 fn block_effects<'m>(
     p: &'m Params,
     m: &'m Mapping,
@@ -873,11 +874,11 @@ fn block_effects<'m>(
     file_split: Option<&str>,
     block: &formats::Block,
     mut out: Vec<Effect<'m>>,
-    like: &mut [(usize, usize); 3],
+    like: &mut ListSizes,
 ) -> (Vec<Effect<'m>>, Encodings) {
     out.clear();
     let mut rows = Rows::new(p, m, file, file_split);
-    rows.enc = Encodings::sized_like(like);
+    rows.enc = Encodings::sized_like(like, block.data.len());
     rows.out = out;
     let mut first = true;
     for (n, line) in block.lines() {
@@ -906,7 +907,7 @@ fn block_effects<'m>(
             break;
         }
     }
-    *like = rows.enc.lens();
+    *like = rows.enc.sizes(block.data.len());
     (rows.out, rows.enc)
 }
 
@@ -976,7 +977,7 @@ where
                 let done_tx = done_tx.clone();
                 let (work_rx, file, file_split, spare) =
                     (&work_rx, &file, file_split.as_deref(), &spare);
-                let mut like = [(0, 0); 3];
+                let mut like = ListSizes::default();
                 s.spawn(move || loop {
                     // The lock is held while waiting: the next block goes to one waiting
                     // thread.
@@ -1198,23 +1199,41 @@ struct Encodings {
     pairs: spill::Encoded,
 }
 
+/// What one block's row lists held, to size the next block's ([`Encodings::sized_like`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct ListSizes {
+    /// The block's bytes of input.
+    input: usize,
+    /// Bytes of encodings and rows of its items, prompts and pairs.
+    lists: [(usize, usize); 3],
+}
+
 impl Encodings {
-    /// Empty lists with room for as many bytes and rows as `like` holds, and an eighth more.
-    fn sized_like(like: &[(usize, usize); 3]) -> Encodings {
+    /// Empty lists with room for what `like`'s lists held, scaled from its input to `input`
+    /// bytes, and an eighth more (none when `like` read nothing: the first block).
+    fn sized_like(like: &ListSizes, input: usize) -> Encodings {
+        let scaled = |n: usize| match like.input {
+            0 => 0,
+            of => (n as u128 * input as u128 / of as u128) as usize,
+        };
         let room = |(bytes, rows): (usize, usize)| {
+            let (bytes, rows) = (scaled(bytes), scaled(rows));
             spill::Encoded::with_capacity(bytes + bytes / 8, rows + rows / 8)
         };
         Encodings {
-            items: room(like[0]),
-            prompts: room(like[1]),
-            pairs: room(like[2]),
+            items: room(like.lists[0]),
+            prompts: room(like.lists[1]),
+            pairs: room(like.lists[2]),
         }
     }
 
-    /// Bytes of encodings and rows of each list.
-    fn lens(&self) -> [(usize, usize); 3] {
+    /// What the lists hold, for a block of `input` bytes.
+    fn sizes(&self, input: usize) -> ListSizes {
         let l = |e: &spill::Encoded| (e.encoded_len(), e.len());
-        [l(&self.items), l(&self.prompts), l(&self.pairs)]
+        ListSizes {
+            input,
+            lists: [l(&self.items), l(&self.prompts), l(&self.pairs)],
+        }
     }
 
     /// Bytes held.

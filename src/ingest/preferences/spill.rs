@@ -541,9 +541,10 @@ impl<T> Drop for Runs<T> {
 /// Sorts a run's blocks of encodings and writes them, in key order, to a new run file at
 /// `path`; returns the rows left out as repeated (the first row of a key is kept). The
 /// encodings are copied into a write buffer of `RUN_BUFFER` bytes, one system call a buffer,
-/// each row asked for a few rows before its copy ([`prefetch`]). Until session 34 they went from where they lie, a vectored write of 1,024 rows at a time,
-/// and the kernel's copy of those many small pieces took about 12% of a 100 MB ingest's
-/// samples; buffered, the ingest takes about 5% less wall time (bench/README.md, "Session 34").
+/// each row asked for a few rows before its copy ([`prefetch`]). Until session 34 they went
+/// from where they lie, a vectored write of 1,024 rows at a time, and the kernel's copy of
+/// those many small pieces took about 12% of a 100 MB ingest's samples; buffered, the ingest
+/// takes about 5% less wall time (bench/README.md, "Session 34").
 fn write_run(blocks: Vec<Encoded>, dedup: bool, path: &Path) -> io::Result<usize> {
     let (run, repeated) = Sorted::new(blocks, dedup);
     let mut w = BufWriter::with_capacity(RUN_BUFFER, File::create(path)?);
@@ -560,21 +561,25 @@ fn write_run(blocks: Vec<Encoded>, dedup: bool, path: &Path) -> io::Result<usize
 /// How many rows ahead [`write_run`] asks for the row it will copy (see [`prefetch`]).
 const PREFETCH_AHEAD: usize = 8;
 
-/// Asks the CPU to bring the first 256 bytes of `row` into its cache (a hint: it reads
-/// nothing and cannot fault). A run's rows are copied out in key order, unrelated to where
-/// they lie in memory, so each row's copy would otherwise wait for memory; asked for a few
-/// rows ahead, the copies find them in cache (about 3% less CPU time for a 100 MB ingest,
-/// bench/README.md, "Session 35"). A no-op off x86-64.
+/// Asks the CPU to bring the cache lines of the first 256 bytes of `row` into its cache (a
+/// hint: it reads nothing and cannot fault). A run's rows are copied out in key order,
+/// unrelated to where they lie in memory, so each row's copy would otherwise wait for
+/// memory; asked for a few rows ahead, the copies find them in cache (a 100 MB ingest about
+/// 2% faster; bench/README.md, "Session 35"). A no-op off x86-64.
 #[inline]
 fn prefetch(row: &[u8]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        for offset in (0..row.len().min(256)).step_by(64) {
-            let p = row[offset..].as_ptr().cast::<i8>();
+        const LINE: usize = 64;
+        let start = row.as_ptr();
+        // From the start of the line `row` begins in, to the line its 256th byte is in.
+        let first = start.wrapping_sub(start.addr() % LINE);
+        let span = (start.addr() % LINE) + row.len().min(256);
+        for offset in (0..span).step_by(LINE) {
             // SAFETY: a prefetch is a hint that never faults and reads nothing the program
-            // sees; `p` points into `row` anyway.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
+            // sees, whatever the address; these are the lines `row` lies in.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(offset).cast::<i8>()) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -20,6 +20,11 @@ impl StageKind for Params {
         vec![Scope::Dataset(self.dataset.clone())]
     }
 
+    fn appends(&self) -> &'static [&'static str] {
+        // Its vectors are stored as the synthetic encoder's embeddings too.
+        &["embeddings"]
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} users × {} comparisons, d={}, K*={}",
