@@ -18,7 +18,8 @@ pub struct RunArgs {
     /// Validate and print the plan: which stages would run (and why, where a stage's model or
     /// metric was replaced by hand, or it reads what a planned stage changes) and which are
     /// unchanged. Checks what it can without writing: a preferences stage's mapped columns
-    /// against each file's header or first row. Every stage is checked, so one dry run names all that would fail.
+    /// against each file's header or first row. Every stage is checked, so one dry run names
+    /// all that would fail.
     #[arg(long)]
     pub dry_run: bool,
     /// Override a stage parameter: --set data.users=50. A dotted key sets one entry of a
