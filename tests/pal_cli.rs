@@ -106,6 +106,7 @@ fn pipeline_trains_evaluates_and_adapts() {
             "tr",
             "--group-bound",
             "--refit-seen",
+            "--model-world",
             "--json",
         ],
     )
@@ -195,6 +196,35 @@ fn pipeline_trains_evaluates_and_adapts() {
         refit[2]["accuracy"].as_f64().unwrap() > refit[0]["accuracy"].as_f64().unwrap(),
         "{rs}"
     );
+    // The model world: the same 6 users and 180 queries on labels drawn from the model at
+    // the 30 seen users' mixtures; the curve's estimator on them, and 0 shots is its
+    // zero-shot row there too.
+    let mw = &v["model_world"];
+    assert_eq!(
+        (mw["atoms"].as_u64(), mw["users"].as_u64(), mw["n"].as_u64()),
+        (Some(30), Some(6), Some(180)),
+        "{mw}"
+    );
+    assert_eq!(mw["estimator"], results[0]["estimator"]);
+    let world = mw["points"].as_array().unwrap();
+    assert_eq!(
+        world
+            .iter()
+            .map(|p| p["shots"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 5, 20]
+    );
+    assert_eq!(world[0]["estimator_accuracy"], mw["zero_shot_accuracy"]);
+    for p in world {
+        assert_eq!(p["bayes"]["n"], 180, "{p}");
+        let b = p["bayes_accuracy"].as_f64().unwrap();
+        assert!(b > 0.0 && b <= 1.0, "{p}");
+    }
+    // The synthetic groups are sharp: each user's true mixture calls more queries right than
+    // the posterior with no shot, and 20 shots move the Bayes prediction towards it.
+    let bayes = |i: usize| world[i]["bayes_accuracy"].as_f64().unwrap();
+    let truth = mw["truth_accuracy"].as_f64().unwrap();
+    assert!(truth > bayes(0) && bayes(2) > bayes(0), "{mw}");
     // Queries drawn by item: fewer queries (only comparisons of two query items), the same
     // number at every N, and 0 shots still the zero-shot mixture.
     let r = palpipe(

@@ -132,6 +132,14 @@ pub struct AdaptArgs {
     /// users the model knows, the yardstick for new users at N. Needs both splits.
     #[arg(long, requires_all = ["tune_split", "seen_split"])]
     pub refit_seen: bool,
+    /// Also run the model world: the same users, queries and shots, but each new user's labels
+    /// drawn from the model at a seen user's mixture (drawn with --seed), so that PAL holds
+    /// exactly. Reports the Bayes-optimal accuracy from N shots (the posterior over the seen
+    /// users' mixtures), each user's true mixture, and the estimator's curve and oracles on the
+    /// drawn labels: how close N shots can come to the oracle where the model is right. A
+    /// diagnostic: it records nothing.
+    #[arg(long)]
+    pub model_world: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -319,6 +327,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
     let diag = pal_stages::AdaptDiagnostics {
         group_bound: a.group_bound,
         refit_seen: a.refit_seen,
+        model_world: a.model_world,
     };
     let out = pal_stages::adapt_model(&store, &p, diag)
         .await
@@ -345,6 +354,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
                 "seen": out.seen,
                 "group_bound": out.group_bound.as_ref().map(group_bound_json),
                 "refit_seen": out.refit_seen.as_ref().map(refit_seen_json),
+                "model_world": out.model_world.as_ref().map(model_world_json),
                 "simulation": out.simulation,
             })
         )?;
@@ -502,6 +512,9 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
             users(&r.trained)
         )?;
     }
+    if let Some(w) = &out.model_world {
+        print_model_world(w)?;
+    }
     if let Some(s) = &out.seen {
         outln!(
             "{:>10} {:>9.2}% {:>18}  (seen users on '{}')",
@@ -645,6 +658,95 @@ fn refit_seen_json(r: &crate::pal::SeenRefit) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "trained_accuracy": r.trained.accuracy,
         "trained": pal_stages::summary_json(&r.trained),
+    })
+}
+
+/// The model world as the text table prints it: per N the Bayes-optimal accuracy and the
+/// estimator's, both on the drawn labels, then the oracles and the true mixtures.
+fn print_model_world(w: &crate::pal::ModelWorld) -> std::io::Result<()> {
+    let pct = |r: &crate::pal::EvalReport| format!("{:.2}%", 100.0 * r.accuracy);
+    let users = |r: &crate::pal::EvalReport| {
+        r.ci95_users
+            .as_ref()
+            .map(|c| format!("[{:.2}, {:.2}]", 100.0 * c.lo, 100.0 * c.hi))
+            .unwrap_or_else(|| "-".into())
+    };
+    let c = &w.curve;
+    outln!(
+        "model world (labels drawn from the model at the mixtures of {} seen users; {} users, {} queries each N):",
+        w.atoms,
+        c.user_ids.len(),
+        c.queries
+    )?;
+    outln!(
+        "{:>10} {:>10} {:>18} {:>10} {:>18}",
+        "shots",
+        "Bayes",
+        "95% CI over users",
+        c.estimator.name(),
+        "95% CI over users"
+    )?;
+    for (b, e) in w.points.iter().zip(&c.points) {
+        let n = match b.shots {
+            0 => "zero-shot".to_string(),
+            n => n.to_string(),
+        };
+        outln!(
+            "{:>10} {:>10} {:>18} {:>10} {:>18}",
+            n,
+            pct(&b.bayes),
+            users(&b.bayes),
+            pct(&e.adapted),
+            users(&e.adapted)
+        )?;
+    }
+    for (name, r, what) in [
+        (
+            "oracle",
+            &c.oracle,
+            "in-sample maximum likelihood on the drawn labels",
+        ),
+        (
+            "held-out",
+            &c.heldout_oracle,
+            "that fit on all shots, no query",
+        ),
+        ("true", &w.truth, "each user's true mixture"),
+    ] {
+        outln!(
+            "{:>10} {:>10} {:>18} {:>10} {:>18}  ({what})",
+            name,
+            "",
+            "",
+            pct(r),
+            users(r)
+        )?;
+    }
+    Ok(())
+}
+
+/// The model world as `--json` prints it: reports without their per-user lists.
+fn model_world_json(w: &crate::pal::ModelWorld) -> serde_json::Value {
+    let c = &w.curve;
+    serde_json::json!({
+        "atoms": w.atoms,
+        "users": c.user_ids.len(),
+        "n": c.queries,
+        "estimator": c.estimator,
+        "points": w.points.iter().zip(&c.points).map(|(b, e)| serde_json::json!({
+            "shots": b.shots,
+            "bayes_accuracy": b.bayes.accuracy,
+            "bayes": pal_stages::summary_json(&b.bayes),
+            "estimator_accuracy": e.adapted.accuracy,
+            "estimator": pal_stages::summary_json(&e.adapted),
+        })).collect::<Vec<_>>(),
+        "zero_shot_accuracy": c.zero_shot.accuracy,
+        "oracle_accuracy": c.oracle.accuracy,
+        "oracle": pal_stages::summary_json(&c.oracle),
+        "heldout_oracle_accuracy": c.heldout_oracle.accuracy,
+        "heldout_oracle": pal_stages::summary_json(&c.heldout_oracle),
+        "truth_accuracy": w.truth.accuracy,
+        "truth": pal_stages::summary_json(&w.truth),
     })
 }
 

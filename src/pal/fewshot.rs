@@ -252,7 +252,7 @@ pub(super) fn resolve(e: Estimator) -> Estimator {
 // ---------------------------------------------------------------------------------------------
 
 /// Frozen features of the comparisons `idx`, with the batch they came from.
-fn frozen(
+pub(super) fn frozen(
     model: &PalModel,
     set: &ComparisonSet,
     idx: &[usize],

@@ -6,7 +6,7 @@
 //! [`TrainConfig`], [`FewShotConfig`]), the model ([`PalModel`]: f, g_k or P, τ, user logits W),
 //! the losses, the trainer ([`train`]), evaluation ([`evaluate`]), few-shot adaptation of unseen
 //! users ([`few_shot_curve`], [`fit_new_user`]; the known-group bound [`group_bound`], seen users
-//! re-placed from N shots [`refit_seen`]), checkpoints ([`PalModel::save`] /
+//! re-placed from N shots [`refit_seen`], the model world [`model_world`]), checkpoints ([`PalModel::save`] /
 //! [`PalModel::load`]), scoring ([`PalModel::score`], [`PalModel::score_batch`]), one new
 //! user's enrolment ([`fit_enrolled_user`]) and the popularity baseline ([`Popularity`]). The
 //! `bt` baseline is PAL
@@ -40,6 +40,7 @@ mod group_bound;
 mod loss;
 mod mlp;
 mod model;
+mod model_world;
 mod optim;
 mod refit;
 mod score;
@@ -64,6 +65,7 @@ pub use fewshot::{
 pub use group_bound::{group_bound, GroupBound, GroupBoundPoint};
 pub use loss::SMOOTH_HINGE_GAMMA;
 pub use model::{PalModel, SCALE_MAX, TAU_INIT};
+pub use model_world::{model_world, ModelWorld, ModelWorldPoint};
 pub use refit::{refit_seen, refit_seen_users, SeenRefit, SeenRefitPoint};
 pub use score::ScoreJob;
 pub use train::{mean_loss, train, train_on, EpochRecord, PhaseTimes, TrainProgress, TrainReport};

@@ -37,6 +37,7 @@ pub(crate) mod stream {
     pub const SIMULATE: u64 = 6;
     pub const EMPIRICAL: u64 = 7;
     pub const REFIT: u64 = 8;
+    pub const MODEL_WORLD: u64 = 9;
 }
 
 /// A ChaCha8 RNG for `seed` on `stream`.

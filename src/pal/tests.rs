@@ -879,6 +879,99 @@ fn group_bound_knows_the_groups_and_starts_at_zero_shot() {
     assert!(e.contains("'n5'") && e.contains("hint:"), "{e}");
 }
 
+/// Eight new users of 1,000 random comparisons each (their own labels are replaced).
+fn eight_new_users(items: &[Vec<f32>]) -> ComparisonSet {
+    let mut r = ChaCha8Rng::seed_from_u64(21);
+    let mut comps = Vec::new();
+    for u in 0..8u32 {
+        while comps.len() < 1000 * (u as usize + 1) {
+            let (a, b) = (
+                r.random_range(0..items.len()),
+                r.random_range(0..items.len()),
+            );
+            if a != b {
+                comps.push(Comparison {
+                    user: u,
+                    prompt: None,
+                    left: a as u32,
+                    right: b as u32,
+                    y: 1,
+                    weight: crate::pal::Weight::ONE,
+                });
+            }
+        }
+    }
+    ComparisonSet {
+        dx: 4,
+        dp: 0,
+        items: items.iter().flatten().copied().collect(),
+        prompts: Vec::new(),
+        user_ids: (0..8).map(|u| format!("n{u}")).collect(),
+        comps,
+    }
+}
+
+#[test]
+fn model_world_draws_labels_from_the_true_mixture_and_bayes_finds_it() {
+    let (model, items, means) = two_group_model();
+    let set = eight_new_users(&items);
+    let cfg = FewShotConfig::default();
+    let ns = [0, 2, 200];
+    let opts = EvalOptions::default();
+    let w = model_world(&model, &set, &ns, &cfg, &opts).unwrap();
+    // The protocol's users and queries, as on the data's own labels.
+    let real = few_shot_curve(&model, &set, &ns, &cfg, &opts).unwrap();
+    assert_eq!(w.curve.user_ids, real.user_ids);
+    assert_eq!((w.curve.queries, real.queries), (4000, 4000));
+    assert_eq!(w.atoms, 6);
+    // Each truth is a seen user, drawn with the seed: the same again, and both groups drawn.
+    assert_eq!(w, model_world(&model, &set, &ns, &cfg, &opts).unwrap());
+    assert!(w.truths.iter().all(|t| model.user_row(t).is_some()));
+    let group = |t: &str| usize::from(model.user_row(t).unwrap() >= 3);
+    let groups: std::collections::BTreeSet<usize> = w.truths.iter().map(|t| group(t)).collect();
+    assert_eq!(groups.len(), 2, "{:?}", w.truths);
+    let other = FewShotConfig {
+        seed: 1,
+        ..FewShotConfig::default()
+    };
+    assert_ne!(
+        w.truths,
+        model_world(&model, &set, &ns, &other, &opts)
+            .unwrap()
+            .truths
+    );
+
+    // Labels follow σ(r(x_l) − r(x_r)) under the true mixture: the true mixture's calls are
+    // right on about mean(max(p, 1 − p)) of the queries (computed here from the scoring path
+    // over each user's comparisons; the queries are a random half of them).
+    let refs: Vec<&[f32]> = items.iter().map(|v| v.as_slice()).collect();
+    let mut expected = 0.0;
+    for (u, t) in w.truths.iter().enumerate() {
+        let rew = model.score_mixture(&means[group(t)], None, &refs).unwrap();
+        for c in set.comps.iter().filter(|c| c.user as usize == u) {
+            let d = f64::from(rew[c.left as usize] - rew[c.right as usize]);
+            let p = 1.0 / (1.0 + (-d).exp());
+            expected += p.max(1.0 - p) / set.comps.len() as f64;
+        }
+    }
+    assert!(
+        (w.truth.accuracy - expected).abs() < 0.03,
+        "true mixtures {} against the label law's {expected}",
+        w.truth.accuracy
+    );
+    assert!(expected < 0.99, "the labels are noisy: {expected}");
+    // With no shot the posterior is the prior: the two groups alike, below the truth; 200
+    // shots tell the sharp groups apart for every user, and the predictive is the truth's.
+    assert!(w.points[0].bayes.accuracy < w.truth.accuracy - 0.02);
+    assert_eq!(w.points[2].bayes.accuracy, w.truth.accuracy);
+    assert!(w.points[1].bayes.accuracy <= w.points[2].bayes.accuracy);
+    // The estimator's curve on the drawn labels starts at zero-shot as always.
+    assert_eq!(
+        w.curve.points[0].adapted.accuracy,
+        w.curve.zero_shot.accuracy
+    );
+}
+
 #[test]
 fn popularity_baseline_reports_like_pal() {
     let (train_set, test_set) = ideal_points(20, 30, 10, 3, 5);

@@ -911,6 +911,8 @@ pub struct AdaptOutcome {
     pub group_bound: Option<GroupBound>,
     /// Seen users re-placed from N shots (only when asked for; see [`crate::pal::refit_seen`]).
     pub refit_seen: Option<pal::SeenRefit>,
+    /// The model world (only when asked for; see [`crate::pal::model_world`]).
+    pub model_world: Option<pal::ModelWorld>,
     /// The simulated few-shot on seen users (empty without `tune_split`).
     pub simulation: Vec<SimRow>,
     /// The model's number of prototypes K.
@@ -972,6 +974,9 @@ pub struct AdaptDiagnostics {
     /// Seen users re-placed from N of their `tune_split` comparisons and scored on their
     /// `seen_split` comparisons ([`crate::pal::refit_seen`]); needs both splits.
     pub refit_seen: bool,
+    /// The model world: the same protocol on labels drawn from the model at seen users'
+    /// mixtures, with the Bayes-optimal N-shot accuracy ([`crate::pal::model_world`]).
+    pub model_world: bool,
 }
 
 /// Adapts the users of `p.users` for every shot count under the fixed-query protocol and
@@ -1078,6 +1083,11 @@ pub async fn adapt_model(
             )?),
             _ => None,
         };
+        let model_world = if diag.model_world {
+            Some(pal::model_world(&model, &data.set, &shots, &cfg, &opts)?)
+        } else {
+            None
+        };
         let rows = curve
             .points
             .iter()
@@ -1112,6 +1122,7 @@ pub async fn adapt_model(
             seen: seen.as_ref().map(summary_json),
             group_bound,
             refit_seen,
+            model_world,
             simulation,
             k,
         })
