@@ -206,6 +206,15 @@ fn pipeline_trains_evaluates_and_adapts() {
         "{mw}"
     );
     assert_eq!(mw["estimator"], results[0]["estimator"]);
+    // Each new user's truth is a seen user of the model.
+    let truths = mw["truths"].as_array().unwrap();
+    assert_eq!(truths.len(), 6);
+    for t in truths {
+        let seen_user = t["true_mixture_of"].as_str().unwrap();
+        let q =
+            format!("SELECT count(*) FROM users WHERE role = 'seen' AND user_id = '{seen_user}'");
+        assert_eq!(scalar(&store, &q), 1, "{t}");
+    }
     let world = mw["points"].as_array().unwrap();
     assert_eq!(
         world
@@ -225,6 +234,33 @@ fn pipeline_trains_evaluates_and_adapts() {
     let bayes = |i: usize| world[i]["bayes_accuracy"].as_f64().unwrap();
     let truth = mw["truth_accuracy"].as_f64().unwrap();
     assert!(truth > bayes(0) && bayes(2) > bayes(0), "{mw}");
+    // The text table: a row per N with Bayes and the estimator, then the oracles and the truth.
+    let text = palpipe(
+        &store,
+        &[
+            "adapt",
+            "--model",
+            "k3",
+            "--users",
+            "un",
+            "--shots",
+            "0,5,20",
+            "--model-world",
+        ],
+    )
+    .ok()
+    .stdout;
+    let world_rows: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("model world"))
+        .collect();
+    assert!(world_rows[2].contains("Bayes"), "{text}");
+    let first = |row: &str| row.split_whitespace().next().unwrap_or("").to_string();
+    assert_eq!(
+        world_rows[3..].iter().map(|r| first(r)).collect::<Vec<_>>(),
+        ["zero-shot", "5", "20", "oracle", "held-out", "true"],
+        "{text}"
+    );
     // Queries drawn by item: fewer queries (only comparisons of two query items), the same
     // number at every N, and 0 shots still the zero-shot mixture.
     let r = palpipe(

@@ -135,9 +135,10 @@ pub struct AdaptArgs {
     /// Also run the model world: the same users, queries and shots, but each new user's labels
     /// drawn from the model at a seen user's mixture (drawn with --seed), so that PAL holds
     /// exactly. Reports the Bayes-optimal accuracy from N shots (the posterior over the seen
-    /// users' mixtures), each user's true mixture, and the estimator's curve and oracles on the
-    /// drawn labels: how close N shots can come to the oracle where the model is right. A
-    /// diagnostic: it records nothing.
+    /// users' mixtures; no estimator does better in expectation), the accuracy of each user's
+    /// true mixture, and the estimator's curve and oracles on the drawn labels: how close N
+    /// shots can come to the oracle where the model is right. One draw: read it with its
+    /// intervals. A diagnostic: it records nothing.
     #[arg(long)]
     pub model_world: bool,
     /// Print JSON instead of a table.
@@ -512,9 +513,6 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
             users(&r.trained)
         )?;
     }
-    if let Some(w) = &out.model_world {
-        print_model_world(w)?;
-    }
     if let Some(s) = &out.seen {
         outln!(
             "{:>10} {:>9.2}% {:>18}  (seen users on '{}')",
@@ -523,6 +521,9 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
             ci(ci_of(s)),
             a.seen_split.as_deref().unwrap_or("")
         )?;
+    }
+    if let Some(w) = &out.model_world {
+        print_model_world(w, first.is_some_and(|r| !r.queries_by.is_pair()))?;
     }
     Ok(())
 }
@@ -663,7 +664,7 @@ fn refit_seen_json(r: &crate::pal::SeenRefit) -> serde_json::Value {
 
 /// The model world as the text table prints it: per N the Bayes-optimal accuracy and the
 /// estimator's, both on the drawn labels, then the oracles and the true mixtures.
-fn print_model_world(w: &crate::pal::ModelWorld) -> std::io::Result<()> {
+fn print_model_world(w: &crate::pal::ModelWorld, by_item: bool) -> std::io::Result<()> {
     let pct = |r: &crate::pal::EvalReport| format!("{:.2}%", 100.0 * r.accuracy);
     let users = |r: &crate::pal::EvalReport| {
         r.ci95_users
@@ -673,10 +674,14 @@ fn print_model_world(w: &crate::pal::ModelWorld) -> std::io::Result<()> {
     };
     let c = &w.curve;
     outln!(
-        "model world (labels drawn from the model at the mixtures of {} seen users; {} users, {} queries each N):",
+        "model world (labels drawn from the model at the mixtures of {} seen users; {} users, {} queries each N{}):",
         w.atoms,
         c.user_ids.len(),
-        c.queries
+        c.queries,
+        if by_item { " (drawn by item)" } else { "" }
+    )?;
+    outln!(
+        "  Bayes: the prediction averaged over those mixtures, weighed by how well each explains the N shots (at 0 shots, all alike); no estimator does better in expectation, one draw may"
     )?;
     outln!(
         "{:>10} {:>10} {:>18} {:>10} {:>18}",
@@ -731,6 +736,7 @@ fn model_world_json(w: &crate::pal::ModelWorld) -> serde_json::Value {
     serde_json::json!({
         "atoms": w.atoms,
         "users": c.user_ids.len(),
+        "truths": c.user_ids.iter().zip(&w.truths).map(|(u, t)| serde_json::json!({"user": u, "true_mixture_of": t})).collect::<Vec<_>>(),
         "n": c.queries,
         "estimator": c.estimator,
         "points": w.points.iter().zip(&c.points).map(|(b, e)| serde_json::json!({

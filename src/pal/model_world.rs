@@ -16,15 +16,19 @@
 //!
 //! It is a diagnostic, not a result: it says how far N shots can carry a mixture estimate when
 //! PAL holds exactly, so a gap on real data (e.g. to the in-sample oracle) can be read against
-//! it. A comparison's weight takes no part here: each drawn label is one observation. Does not
-//! own: the protocol's split or the estimators (`fewshot.rs`).
+//! it. Every claim about Bayes holds in expectation over the draws; one draw of the truths and
+//! labels carries the sampling error of its users and queries. The drawn comparisons all weigh 1
+//! (each label is one draw), whatever the data's weights. Labels follow the logistic reading of
+//! the margin whatever loss the model was trained with (for a hinge loss, the margin is not a
+//! log-odds, and the world is the Bradley–Terry one that margin would define). Does not own: the
+//! protocol's split or the estimators (`fewshot.rs`).
 
 use candle_core::{DType, Tensor};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::config::FewShotConfig;
-use super::data::ComparisonSet;
+use super::data::{ComparisonSet, Weight};
 use super::error::{PalError, Result};
 use super::evaluate::{report_from_margins, EvalOptions, EvalReport};
 use super::fewshot::{few_shot_curve, frozen, new_user_split, FewShotCurve};
@@ -86,23 +90,28 @@ pub fn model_world(
         .map(|_| r.random_range(0..n_seen))
         .collect();
 
-    // Every comparison of a scored user, in set order, and its margin under every atom.
-    let mut idx: Vec<usize> = sp.all.iter().flatten().copied().collect();
-    idx.sort_unstable();
-    let mut pos = vec![usize::MAX; set.comps.len()];
-    for (p, &i) in idx.iter().enumerate() {
-        pos[i] = p;
-    }
     let local = sp.local.clone();
     let row_of = move |u: u32| local[u as usize];
-    let m = margins_under(model, set, &idx, &row_of, atoms)?;
     let user = |i: usize| row_of(set.comps[i].user) as usize;
 
-    // The drawn labels (y = −1: the left item wins), in set order.
+    // Every comparison of a scored user (in set order) gets a label drawn at the user's true
+    // mixture (y = −1: the left item wins), and the weight 1: each label is one draw.
+    let mut all: Vec<usize> = sp.all.iter().flatten().copied().collect();
+    all.sort_unstable();
+    let k = model.cfg.k;
+    let truth_rows: Vec<f64> = truth.iter().flat_map(|&a| atoms[a].clone()).collect();
+    let truth_table =
+        Tensor::from_vec(truth_rows, (truth.len(), k), &model.device)?.to_dtype(model.dtype)?;
+    let truth_m = model.margins_with_table(set, &truth_table, &row_of, all.clone())?;
     let mut world = set.clone();
-    for &i in &idx {
-        let p_left = sigmoid(f64::from(m[truth[user(i)]][pos[i]]));
-        world.comps[i].y = if r.random::<f64>() < p_left { -1 } else { 1 };
+    for (&i, &m) in all.iter().zip(&truth_m) {
+        let c = &mut world.comps[i];
+        c.y = if r.random::<f64>() < sigmoid(f64::from(m)) {
+            -1
+        } else {
+            1
+        };
+        c.weight = Weight::ONE;
     }
     let curve = few_shot_curve(model, &world, ns, cfg, opts)?;
 
@@ -110,11 +119,28 @@ pub fn model_world(
     let known = vec![true; sp.user_ids.len()];
     let report =
         |margins: &[f32]| report_from_margins(&sp.user_ids, &comps, margins, &known, None, opts);
+    // Every query is a comparison of its user, so it is among `all`.
     let truth_margins: Vec<f32> = sp
         .queries
         .iter()
-        .map(|&q| m[truth[user(q)]][pos[q]])
+        .filter_map(|q| all.binary_search(q).ok().map(|p| truth_m[p]))
         .collect();
+
+    // The margins the Bayes prediction needs, under every seen user's mixture: each user's
+    // first max-N shots and the queries.
+    let maxn = ns.iter().copied().max().unwrap_or(0);
+    let mut used: Vec<usize> = sp
+        .shots
+        .iter()
+        .flat_map(|s| s.iter().take(maxn).copied())
+        .chain(sp.queries.iter().copied())
+        .collect();
+    used.sort_unstable();
+    let mut pos = vec![usize::MAX; set.comps.len()];
+    for (p, &i) in used.iter().enumerate() {
+        pos[i] = p;
+    }
+    let m = margins_under(model, set, &used, &row_of, atoms)?;
 
     let mut points = Vec::with_capacity(ns.len());
     for &n in ns {
@@ -162,7 +188,8 @@ pub fn model_world(
 }
 
 /// Margins of the comparisons `idx` under each mixture of `ws` (every user on it):
-/// `[mixture][position in idx]`, the frozen features computed once.
+/// `[mixture][position in idx]`, the frozen features computed once; memory is
+/// `ws.len() × idx.len()` f32 values (e.g. 200 seen users × 30,000 comparisons: 24 MB).
 fn margins_under(
     model: &PalModel,
     set: &ComparisonSet,
