@@ -254,10 +254,13 @@ fn pipeline_trains_evaluates_and_adapts() {
         .lines()
         .skip_while(|l| !l.starts_with("model world"))
         .collect();
-    assert!(world_rows[2].contains("Bayes"), "{text}");
+    assert!(
+        world_rows[3].contains("Bayes") && world_rows[3].contains("95% CI"),
+        "{text}"
+    );
     let first = |row: &str| row.split_whitespace().next().unwrap_or("").to_string();
     assert_eq!(
-        world_rows[3..].iter().map(|r| first(r)).collect::<Vec<_>>(),
+        world_rows[4..].iter().map(|r| first(r)).collect::<Vec<_>>(),
         ["zero-shot", "5", "20", "oracle", "held-out", "true"],
         "{text}"
     );

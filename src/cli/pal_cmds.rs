@@ -681,7 +681,10 @@ fn print_model_world(w: &crate::pal::ModelWorld, by_item: bool) -> std::io::Resu
         if by_item { " (drawn by item)" } else { "" }
     )?;
     outln!(
-        "  Bayes: the prediction averaged over those mixtures, weighed by how well each explains the N shots (at 0 shots, all alike); no estimator does better in expectation, one draw may"
+        "  Bayes: the prediction averaged over those mixtures, each weighed by how well it explains"
+    )?;
+    outln!(
+        "  the N shots (at 0 shots, all alike): best in expectation; one draw may fall under the estimator"
     )?;
     outln!(
         "{:>10} {:>10} {:>18} {:>10} {:>18}",

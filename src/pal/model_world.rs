@@ -120,11 +120,11 @@ pub fn model_world(
     let report =
         |margins: &[f32]| report_from_margins(&sp.user_ids, &comps, margins, &known, None, opts);
     // Every query is a comparison of its user, so it is among `all`.
-    let truth_margins: Vec<f32> = sp
-        .queries
-        .iter()
-        .filter_map(|q| all.binary_search(q).ok().map(|p| truth_m[p]))
-        .collect();
+    let mut pos_all = vec![usize::MAX; set.comps.len()];
+    for (p, &i) in all.iter().enumerate() {
+        pos_all[i] = p;
+    }
+    let truth_margins: Vec<f32> = sp.queries.iter().map(|&q| truth_m[pos_all[q]]).collect();
 
     // The margins the Bayes prediction needs, under every seen user's mixture: each user's
     // first max-N shots and the queries.
