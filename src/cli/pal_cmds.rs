@@ -361,10 +361,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
         )?;
         return Ok(());
     }
-    let ci = |c: Option<[f64; 2]>| {
-        c.map(|[lo, hi]| format!("[{:.2}, {:.2}]", 100.0 * lo, 100.0 * hi))
-            .unwrap_or_else(|| "-".into())
-    };
+    let ci = ci_text;
     let ci_of = |v: &serde_json::Value| {
         v["ci95_users"]
             .as_array()
@@ -421,10 +418,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
         )?;
     }
     for r in &out.rows {
-        let n = match r.shots {
-            0 => "zero-shot".to_string(),
-            n => n.to_string(),
-        };
+        let n = shots_label(r.shots);
         outln!(
             "{:>10} {:>9.2}% {:>18}",
             n,
@@ -453,7 +447,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
         )?;
     }
     if let Some(g) = &out.group_bound {
-        let users = |r: &crate::pal::EvalReport| ci(r.ci95_users.as_ref().map(|c| [c.lo, c.hi]));
+        let users = users_ci_text;
         outln!(
             "known-group bound (groups {}; posterior over groups from the same shots):",
             g.groups.join(", ")
@@ -484,7 +478,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
         )?;
     }
     if let Some(r) = &out.refit_seen {
-        let users = |r: &crate::pal::EvalReport| ci(r.ci95_users.as_ref().map(|c| [c.lo, c.hi]));
+        let users = users_ci_text;
         outln!(
             "seen users re-placed from N '{}' comparisons ({} users, {} excluded; {} '{}' queries each N):",
             a.tune_split.as_deref().unwrap_or(""),
@@ -495,10 +489,7 @@ pub async fn adapt(ctx: &Ctx, a: AdaptArgs) -> Result<(), CliError> {
         )?;
         table_header()?;
         for pt in &r.points {
-            let n = match pt.shots {
-                0 => "zero-shot".to_string(),
-                n => n.to_string(),
-            };
+            let n = shots_label(pt.shots);
             outln!(
                 "{:>10} {:>9.2}% {:>18}",
                 n,
@@ -662,16 +653,30 @@ fn refit_seen_json(r: &crate::pal::SeenRefit) -> serde_json::Value {
     })
 }
 
+/// A 95% interval in percent, `[lo, hi]`, or `-` without one.
+fn ci_text(c: Option<[f64; 2]>) -> String {
+    c.map(|[lo, hi]| format!("[{:.2}, {:.2}]", 100.0 * lo, 100.0 * hi))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// A report's 95% interval over users, as [`ci_text`] writes it.
+fn users_ci_text(r: &crate::pal::EvalReport) -> String {
+    ci_text(r.ci95_users.as_ref().map(|c| [c.lo, c.hi]))
+}
+
+/// A shot count as the tables label it: 0 is the zero-shot row.
+fn shots_label(n: usize) -> String {
+    match n {
+        0 => "zero-shot".to_string(),
+        n => n.to_string(),
+    }
+}
+
 /// The model world as the text table prints it: per N the Bayes-optimal accuracy and the
 /// estimator's, both on the drawn labels, then the oracles and the true mixtures.
 fn print_model_world(w: &crate::pal::ModelWorld, by_item: bool) -> std::io::Result<()> {
     let pct = |r: &crate::pal::EvalReport| format!("{:.2}%", 100.0 * r.accuracy);
-    let users = |r: &crate::pal::EvalReport| {
-        r.ci95_users
-            .as_ref()
-            .map(|c| format!("[{:.2}, {:.2}]", 100.0 * c.lo, 100.0 * c.hi))
-            .unwrap_or_else(|| "-".into())
-    };
+    let users = users_ci_text;
     let c = &w.curve;
     outln!(
         "model world (labels drawn from the model at the mixtures of {} seen users; {} users, {} queries each N{}):",
@@ -695,10 +700,7 @@ fn print_model_world(w: &crate::pal::ModelWorld, by_item: bool) -> std::io::Resu
         "95% CI over users"
     )?;
     for (b, e) in w.points.iter().zip(&c.points) {
-        let n = match b.shots {
-            0 => "zero-shot".to_string(),
-            n => n.to_string(),
-        };
+        let n = shots_label(b.shots);
         outln!(
             "{:>10} {:>10} {:>18} {:>10} {:>18}",
             n,

@@ -252,7 +252,7 @@ pub(super) fn resolve(e: Estimator) -> Estimator {
 // ---------------------------------------------------------------------------------------------
 
 /// Frozen features of the comparisons `idx`, with the batch they came from.
-pub(super) fn frozen(
+fn frozen(
     model: &PalModel,
     set: &ComparisonSet,
     idx: &[usize],
@@ -479,7 +479,6 @@ pub(super) fn shot_loglik(
     user_of: &dyn Fn(u32) -> u32,
     ws: &[Vec<f64>],
 ) -> Result<Vec<Vec<Vec<f64>>>> {
-    let k = model.cfg.k;
     let n_users = shots.len();
     let m = ws.len();
     let maxn = ns.iter().copied().max().unwrap_or(0);
@@ -493,13 +492,8 @@ pub(super) fn shot_loglik(
     }
     let mut ll = vec![vec![vec![0f64; m]; n_users]; ns.len()];
     if !idx.is_empty() {
-        let (batch, feats) = frozen(model, set, &idx, user_of)?;
-        let uu = batch.users.len();
-        for (j, w) in ws.iter().enumerate() {
-            let flat: Vec<f64> = (0..uu).flat_map(|_| w.iter().copied()).collect();
-            let wt = Tensor::from_vec(flat, (uu, k), &model.device)?.to_dtype(model.dtype)?;
-            let (mg, _) = without_grad(|| model.margins_from(&feats, &batch, &wt, None))?;
-            let per = loss::per_comparison(model.cfg.loss, &loss::agreement(&mg, &batch.y)?)?
+        margins_under_each(model, set, &idx, user_of, ws, &mut |j, batch, mg| {
+            let per = loss::per_comparison(model.cfg.loss, &loss::agreement(mg, &batch.y)?)?
                 .to_dtype(DType::F64)?
                 .to_vec1::<f64>()?;
             let mut run = vec![0f64; n_users];
@@ -521,9 +515,33 @@ pub(super) fn shot_loglik(
                     }
                 }
             }
-        }
+            Ok(())
+        })?;
     }
     Ok(ll)
+}
+
+/// Calls `each(j, batch, margins)` with the margins `[B]` of the comparisons `idx` (the batch
+/// in `idx` order) under mixture j of `ws`, every user of the batch on it, one mixture at a
+/// time; the frozen features are computed once.
+pub(super) fn margins_under_each(
+    model: &PalModel,
+    set: &ComparisonSet,
+    idx: &[usize],
+    user_of: &dyn Fn(u32) -> u32,
+    ws: &[Vec<f64>],
+    each: &mut dyn FnMut(usize, &super::data::Batch, &Tensor) -> Result<()>,
+) -> Result<()> {
+    let k = model.cfg.k;
+    let (batch, feats) = frozen(model, set, idx, user_of)?;
+    let uu = batch.users.len();
+    for (j, w) in ws.iter().enumerate() {
+        let flat: Vec<f64> = (0..uu).flat_map(|_| w.iter().copied()).collect();
+        let wt = Tensor::from_vec(flat, (uu, k), &model.device)?.to_dtype(model.dtype)?;
+        let (mg, _) = without_grad(|| model.margins_from(&feats, &batch, &wt, None))?;
+        each(j, &batch, &mg)?;
+    }
+    Ok(())
 }
 
 /// Importance-sampled posterior means (`posterior`, `empirical`) for every N of `ns` at once:

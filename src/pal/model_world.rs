@@ -31,8 +31,7 @@ use super::config::FewShotConfig;
 use super::data::{ComparisonSet, Weight};
 use super::error::{PalError, Result};
 use super::evaluate::{report_from_margins, EvalOptions, EvalReport};
-use super::fewshot::{few_shot_curve, frozen, new_user_split, FewShotCurve};
-use super::grad::without_grad;
+use super::fewshot::{few_shot_curve, margins_under_each, new_user_split, FewShotCurve};
 use super::model::{rng, stream, PalModel};
 
 /// One shot count of the model world.
@@ -120,10 +119,7 @@ pub fn model_world(
     let report =
         |margins: &[f32]| report_from_margins(&sp.user_ids, &comps, margins, &known, None, opts);
     // Every query is a comparison of its user, so it is among `all`.
-    let mut pos_all = vec![usize::MAX; set.comps.len()];
-    for (p, &i) in all.iter().enumerate() {
-        pos_all[i] = p;
-    }
+    let pos_all = positions(&all, set.comps.len());
     let truth_margins: Vec<f32> = sp.queries.iter().map(|&q| truth_m[pos_all[q]]).collect();
 
     // The margins the Bayes prediction needs, under every seen user's mixture: each user's
@@ -136,10 +132,7 @@ pub fn model_world(
         .chain(sp.queries.iter().copied())
         .collect();
     used.sort_unstable();
-    let mut pos = vec![usize::MAX; set.comps.len()];
-    for (p, &i) in used.iter().enumerate() {
-        pos[i] = p;
-    }
+    let pos = positions(&used, set.comps.len());
     let m = margins_under(model, set, &used, &row_of, atoms)?;
 
     let mut points = Vec::with_capacity(ns.len());
@@ -188,8 +181,8 @@ pub fn model_world(
 }
 
 /// Margins of the comparisons `idx` under each mixture of `ws` (every user on it):
-/// `[mixture][position in idx]`, the frozen features computed once; memory is
-/// `ws.len() × idx.len()` f32 values (e.g. 200 seen users × 30,000 comparisons: 24 MB).
+/// `[mixture][position in idx]`; memory is `ws.len() × idx.len()` f32 values (e.g. 200 seen
+/// users × 30,000 comparisons: 24 MB).
 fn margins_under(
     model: &PalModel,
     set: &ComparisonSet,
@@ -197,17 +190,21 @@ fn margins_under(
     user_of: &dyn Fn(u32) -> u32,
     ws: &[Vec<f64>],
 ) -> Result<Vec<Vec<f32>>> {
-    let k = model.cfg.k;
-    let (batch, feats) = frozen(model, set, idx, user_of)?;
-    let uu = batch.users.len();
-    ws.iter()
-        .map(|w| {
-            let flat: Vec<f64> = (0..uu).flat_map(|_| w.iter().copied()).collect();
-            let wt = Tensor::from_vec(flat, (uu, k), &model.device)?.to_dtype(model.dtype)?;
-            let (mg, _) = without_grad(|| model.margins_from(&feats, &batch, &wt, None))?;
-            Ok(mg.to_dtype(DType::F32)?.to_vec1::<f32>()?)
-        })
-        .collect()
+    let mut out = Vec::with_capacity(ws.len());
+    margins_under_each(model, set, idx, user_of, ws, &mut |_, _, mg| {
+        out.push(mg.to_dtype(DType::F32)?.to_vec1::<f32>()?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Positions in `idx` by comparison index (`usize::MAX` for those not in it), `n` comparisons.
+fn positions(idx: &[usize], n: usize) -> Vec<usize> {
+    let mut pos = vec![usize::MAX; n];
+    for (p, &i) in idx.iter().enumerate() {
+        pos[i] = p;
+    }
+    pos
 }
 
 fn sigmoid(x: f64) -> f64 {
